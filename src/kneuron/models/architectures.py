@@ -1,0 +1,167 @@
+"""The architecture registry: where each model family keeps its FFN neurons.
+
+A knowledge neuron is one unit of the FFN intermediate activation, i.e. one input feature of the
+FFN output projection. One :class:`ArchSpec` per family says where the transformer blocks are,
+which module of a block is that output projection, how the projection stores a neuron's value slot,
+and whether the model is masked or causal. Families are detected from ``config.model_type``.
+
+Registering a family of your own::
+
+    from kneuron.models.architectures import ArchSpec, register
+    register(ArchSpec(family="mymodel", model_types=("mymodel",), kind="causal",
+                      blocks=("model.layers",), ffn_out="mlp.down_proj"))
+
+or pass ``arch="my_package.my_module:MY_SPEC"`` to :func:`kneuron.load`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+from kneuron.errors import UnsupportedArchitectureError
+
+ModelKind = Literal["mlm", "causal"]
+ValueLayout = Literal["linear", "conv1d"]
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Where one model family keeps its FFN neurons.
+
+    Attributes:
+        family: readable family name ("llama", "bert", ...).
+        model_types: the ``config.model_type`` values this spec serves.
+        kind: "mlm" (masked, answer at [MASK]) or "causal" (answer is the continuation).
+        blocks: candidate dotted paths, from the loaded model, to the list of transformer blocks;
+            the first that resolves is used (so both ``BertForMaskedLM`` and ``BertModel`` work).
+        ffn_out: dotted path, inside a block, of the FFN output projection whose *input* is the
+            neuron activation (for gated FFNs that input is act(gate) * up).
+        layout: how the projection stores neuron i's value slot: "linear" is column i of an
+            ``nn.Linear`` weight (out x in); "conv1d" is row i of GPT-2's ``Conv1D`` weight (in x out).
+        flat_tokens: the block flattens (batch, seq) into one axis before the FFN (OPT does).
+    """
+
+    family: str
+    model_types: tuple[str, ...]
+    kind: ModelKind
+    blocks: tuple[str, ...]
+    ffn_out: str
+    layout: ValueLayout = "linear"
+    flat_tokens: bool = False
+
+
+_REGISTRY: dict[str, ArchSpec] = {}
+
+#: model types that route tokens through several experts: one FFN per expert, no single neuron set.
+MIXTURE_OF_EXPERTS = frozenset(
+    {"mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "dbrx", "jamba", "olmoe",
+     "phimoe", "granitemoe", "switch_transformers", "gpt_oss", "llama4", "minimax"}
+)
+
+
+def register(spec: ArchSpec) -> ArchSpec:
+    """Add (or replace) a family in the registry; returns the spec."""
+    for model_type in spec.model_types:
+        _REGISTRY[model_type] = spec
+    return spec
+
+
+def families() -> list[ArchSpec]:
+    """Every registered family, once each, in registration order."""
+    seen: dict[str, ArchSpec] = {}
+    for spec in _REGISTRY.values():
+        seen.setdefault(spec.family, spec)
+    return list(seen.values())
+
+
+def _gated(family: str, *model_types: str, blocks: tuple[str, ...] = ("model.layers",)) -> ArchSpec:
+    return ArchSpec(family, model_types or (family,), "causal", blocks, "mlp.down_proj")
+
+
+for _spec in (
+    # masked LMs
+    ArchSpec("bert", ("bert",), "mlm", ("bert.encoder.layer", "encoder.layer"), "output.dense"),
+    ArchSpec("roberta", ("roberta", "xlm-roberta", "camembert"), "mlm",
+             ("roberta.encoder.layer", "encoder.layer"), "output.dense"),
+    ArchSpec("distilbert", ("distilbert",), "mlm", ("distilbert.transformer.layer", "transformer.layer"),
+             "ffn.lin2"),
+    ArchSpec("electra", ("electra",), "mlm", ("electra.encoder.layer", "encoder.layer"), "output.dense"),
+    # causal LMs with a plain FFN
+    ArchSpec("gpt2", ("gpt2",), "causal", ("transformer.h", "h"), "mlp.c_proj", layout="conv1d"),
+    ArchSpec("gpt_neo", ("gpt_neo",), "causal", ("transformer.h", "h"), "mlp.c_proj"),
+    ArchSpec("gptj", ("gptj",), "causal", ("transformer.h", "h"), "mlp.fc_out"),
+    ArchSpec("gpt_neox", ("gpt_neox",), "causal", ("gpt_neox.layers", "layers"), "mlp.dense_4h_to_h"),
+    ArchSpec("opt", ("opt",), "causal", ("model.decoder.layers", "decoder.layers"), "fc2", flat_tokens=True),
+    ArchSpec("falcon", ("falcon",), "causal", ("transformer.h", "h"), "mlp.dense_4h_to_h"),
+    ArchSpec("phi", ("phi",), "causal", ("model.layers", "layers"), "mlp.fc2"),
+    # causal LMs with a gated FFN: the neuron is act(gate) * up, the input of down_proj
+    _gated("llama", "llama", "smollm3"),
+    _gated("mistral"),
+    _gated("qwen2"),
+    _gated("qwen3"),
+    _gated("gemma"),
+    _gated("gemma2"),
+    _gated("gemma3", "gemma3_text", "gemma3", blocks=("model.layers", "model.language_model.layers",
+                                                      "language_model.model.layers")),
+    _gated("phi3"),
+    _gated("olmo", "olmo", "olmo2"),
+):
+    register(_spec)
+
+
+def _load_dotted(path: str) -> ArchSpec:
+    module_name, _, attr = path.replace(":", ".").rpartition(".")
+    try:
+        spec = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise UnsupportedArchitectureError(
+            f"Could not import an ArchSpec from {path!r} ({exc}). Give 'package.module:NAME' where NAME "
+            "is a kneuron.models.architectures.ArchSpec."
+        ) from exc
+    if not isinstance(spec, ArchSpec):
+        raise UnsupportedArchitectureError(f"{path!r} is a {type(spec).__name__}, not an ArchSpec.")
+    return spec
+
+
+def spec_for(model_type: str, arch: ArchSpec | str | None = None) -> ArchSpec:
+    """The spec for ``model_type``; ``arch`` (a spec or a dotted path to one) overrides detection."""
+    if isinstance(arch, ArchSpec):
+        return arch
+    if isinstance(arch, str):
+        return _load_dotted(arch)
+    if model_type in MIXTURE_OF_EXPERTS:
+        raise UnsupportedArchitectureError(
+            f"{model_type!r} is a mixture-of-experts model: each expert has its own FFN, so there is no "
+            "single set of FFN neurons to attribute. kneuron supports dense models only."
+        )
+    if model_type not in _REGISTRY:
+        names = ", ".join(sorted(_REGISTRY))
+        raise UnsupportedArchitectureError(
+            f"No architecture spec for model_type {model_type!r}. Supported: {names}.\n"
+            "To add one, register an ArchSpec naming the block list and the FFN output projection, e.g.\n"
+            "  from kneuron.models.architectures import ArchSpec, register\n"
+            f"  register(ArchSpec(family={model_type!r}, model_types=({model_type!r},), kind='causal',\n"
+            "                    blocks=('model.layers',), ffn_out='mlp.down_proj'))\n"
+            "or pass arch='your_package.your_module:YOUR_SPEC' to kneuron.load (--arch on the CLI)."
+        )
+    return _REGISTRY[model_type]
+
+
+def resolve(root: nn.Module, dotted: str) -> nn.Module | None:
+    """The submodule at ``dotted`` below ``root``, or None when the path does not exist."""
+    module: nn.Module = root
+    for part in dotted.split("."):
+        if part.isdigit() and isinstance(module, (nn.ModuleList, nn.Sequential)):
+            index = int(part)
+            if index >= len(module):
+                return None
+            module = module[index]
+        elif hasattr(module, part) and isinstance(getattr(module, part), nn.Module):
+            module = getattr(module, part)
+        else:
+            return None
+    return module

@@ -1,0 +1,194 @@
+"""Read and patch FFN neuron activations, always restoring the model on exit.
+
+Everything here is a context manager that registers forward pre-hooks on the FFN output
+projections (whose input *is* the neuron activation) and removes them in ``finally``, so an
+exception inside the ``with`` body never leaves a hook behind.
+
+Positions select tokens: ``None`` means every position, an int or a list of ints means those
+positions in every row (negative indices count from the end), and a 1-D integer tensor with one
+entry per batch row means one position per row (prompts of different lengths in one batch).
+
+Example:
+    >>> with capture(lm, positions=-1) as acts:
+    ...     lm.model(**inputs)
+    >>> acts[17].shape        # (batch, 1, n_neurons)
+    >>> with patch(lm, [NeuronPatch(17, 1234, "set", 0.0)], positions=-1):
+    ...     lm.model(**inputs)   # neuron L17.N1234 switched off at the last token
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Literal, Union
+
+import torch
+
+from kneuron.errors import KneuronError
+from kneuron.models.language_model import LanguageModel
+
+Positions = Union[None, int, Sequence[int], torch.Tensor]
+ActivationFn = Callable[[torch.Tensor], torch.Tensor | None]
+PatchOp = Literal["set", "scale", "add"]
+
+
+@contextmanager
+def on_ffn_input(lm: LanguageModel, layer: int, fn: ActivationFn) -> Iterator[None]:
+    """Call ``fn(activations)`` on every forward of ``layer``'s FFN output projection.
+
+    ``activations`` has shape (batch, seq, n_neurons); ``fn`` may return a replacement of the same
+    shape (to patch) or None (to only read). Removed on exit, also when the body raises.
+    """
+    module = lm.ffn_out(layer)
+    handles = []
+    shape: dict[str, tuple[int, int]] = {}
+
+    if lm.spec.flat_tokens:  # the block flattens (batch, seq): remember them from the block's input
+        def remember_shape(_module, args, kwargs):
+            hidden = args[0] if args else kwargs.get("hidden_states")
+            shape["bt"] = tuple(hidden.shape[:2])
+
+        handles.append(lm.block(layer).register_forward_pre_hook(remember_shape, with_kwargs=True))
+
+    def pre_hook(_module, args):
+        x = args[0]
+        flat = x.dim() == 2
+        if flat:
+            x = x.view(*shape["bt"], x.shape[-1])
+        out = fn(x)
+        if out is None:
+            return None
+        if flat:
+            out = out.reshape(-1, out.shape[-1])
+        return (out, *args[1:])
+
+    handles.append(module.register_forward_pre_hook(pre_hook))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def select_positions(x: torch.Tensor, positions: Positions) -> torch.Tensor:
+    """The (batch, n_positions, n_neurons) slice of ``x`` at ``positions``."""
+    if positions is None:
+        return x
+    if isinstance(positions, torch.Tensor) and positions.dim() == 1 and positions.numel() == x.shape[0]:
+        rows = torch.arange(x.shape[0], device=x.device)
+        return x[rows, positions.to(x.device)].unsqueeze(1)
+    index = [positions] if isinstance(positions, int) else list(positions)
+    return x[:, index]
+
+
+def _check_positions(positions: Positions, x: torch.Tensor) -> None:
+    if isinstance(positions, torch.Tensor) and positions.dim() == 1 and positions.numel() != x.shape[0]:
+        raise KneuronError(
+            f"A per-row position tensor has {positions.numel()} entries but the batch has {x.shape[0]} rows."
+        )
+
+
+class Activations(dict):
+    """``{layer: tensor}`` filled by :func:`capture`; each tensor is (batch, n_positions, n_neurons)."""
+
+    def stack(self) -> torch.Tensor:
+        """All captured layers stacked: (layers, batch, n_positions, n_neurons)."""
+        return torch.stack([self[layer] for layer in sorted(self)])
+
+
+@contextmanager
+def capture(
+    lm: LanguageModel,
+    layers: Iterable[int] | None = None,
+    positions: Positions = None,
+    *,
+    detach: bool = True,
+) -> Iterator[Activations]:
+    """Record the neuron activations of ``layers`` (all by default) at ``positions``.
+
+    The last forward pass inside the block wins. With ``detach=False`` the tensors keep their
+    autograd graph (for gradients with respect to activations).
+    """
+    chosen = list(range(lm.n_layers)) if layers is None else list(layers)
+    for layer in chosen:
+        lm.check_layer(layer)
+    found = Activations()
+
+    def recorder(layer: int) -> ActivationFn:
+        def record(x: torch.Tensor) -> None:
+            _check_positions(positions, x)
+            picked = select_positions(x, positions)
+            found[layer] = picked.detach() if detach else picked
+        return record
+
+    with ExitStack() as stack:
+        for layer in chosen:
+            stack.enter_context(on_ffn_input(lm, layer, recorder(layer)))
+        yield found
+
+
+@dataclass(frozen=True)
+class NeuronPatch:
+    """One change to one neuron: ``set`` it to ``value``, ``scale`` it by ``value``, or ``add`` ``value``."""
+
+    layer: int
+    neuron: int
+    op: PatchOp = "set"
+    value: float = 0.0
+
+    def __str__(self) -> str:
+        return f"L{self.layer}.N{self.neuron} {self.op} {self.value:g}"
+
+
+def suppress_patches(neurons: Iterable[tuple[int, int]]) -> list[NeuronPatch]:
+    """Patches that zero each ``(layer, neuron)``."""
+    return [NeuronPatch(layer, neuron, "set", 0.0) for layer, neuron in neurons]
+
+
+def scale_patches(neurons: Iterable[tuple[int, int]], factor: float) -> list[NeuronPatch]:
+    """Patches that multiply each ``(layer, neuron)`` by ``factor``."""
+    return [NeuronPatch(layer, neuron, "scale", factor) for layer, neuron in neurons]
+
+
+def _apply(x: torch.Tensor, patches: list[NeuronPatch], positions: Positions) -> torch.Tensor:
+    _check_positions(positions, x)
+    out = x.clone()
+    if positions is None:
+        rows, cols = slice(None), slice(None)
+    elif isinstance(positions, torch.Tensor) and positions.dim() == 1:
+        rows, cols = torch.arange(x.shape[0], device=x.device), positions.to(x.device)
+    else:
+        rows, cols = slice(None), ([positions] if isinstance(positions, int) else list(positions))
+    for p in patches:
+        current = out[rows, cols, p.neuron] if not isinstance(rows, slice) else out[:, cols, p.neuron]
+        if p.op == "set":
+            new = torch.full_like(current, p.value)
+        elif p.op == "scale":
+            new = current * p.value
+        elif p.op == "add":
+            new = current + p.value
+        else:
+            raise KneuronError(f"Unknown patch op {p.op!r}: use 'set', 'scale' or 'add'.")
+        if isinstance(rows, slice):
+            out[:, cols, p.neuron] = new
+        else:
+            out[rows, cols, p.neuron] = new
+    return out
+
+
+@contextmanager
+def patch(lm: LanguageModel, patches: Iterable[NeuronPatch], positions: Positions = None) -> Iterator[None]:
+    """Apply ``patches`` to every forward pass inside the block, at ``positions`` (all by default)."""
+    by_layer: dict[int, list[NeuronPatch]] = {}
+    for p in patches:
+        lm.check_neuron(p.layer, p.neuron)
+        if p.op not in ("set", "scale", "add"):
+            raise KneuronError(f"Unknown patch op {p.op!r}: use 'set', 'scale' or 'add'.")
+        by_layer.setdefault(p.layer, []).append(p)
+    with ExitStack() as stack:
+        for layer, layer_patches in by_layer.items():
+            stack.enter_context(
+                on_ffn_input(lm, layer, lambda x, ps=layer_patches: _apply(x, ps, positions))
+            )
+        yield

@@ -1,0 +1,105 @@
+"""`LanguageModel`: a loaded model, its tokenizer and the map to its FFN neurons."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from kneuron.errors import NeuronIndexError, UnsupportedArchitectureError
+from kneuron.models.architectures import ArchSpec, ModelKind, resolve
+
+
+@dataclass
+class LanguageModel:
+    """A Hugging Face model ready for neuron work.
+
+    Attributes:
+        model: the ``transformers`` model, in eval mode.
+        tokenizer: its tokenizer.
+        spec: the family's :class:`ArchSpec`.
+        name: where it came from (hub id, path or embedded name).
+    """
+
+    model: nn.Module
+    tokenizer: object
+    spec: ArchSpec
+    name: str = "model"
+    _blocks: nn.ModuleList = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        for path in self.spec.blocks:
+            blocks = resolve(self.model, path)
+            if isinstance(blocks, (nn.ModuleList, nn.Sequential)) and len(blocks) > 0:
+                self._blocks = blocks
+                break
+        else:
+            raise UnsupportedArchitectureError(
+                f"{type(self.model).__name__} has none of the block lists {self.spec.blocks} that the "
+                f"{self.spec.family!r} spec names; register a spec with the right 'blocks' path."
+            )
+        for index in range(len(self._blocks)):
+            if resolve(self._blocks[index], self.spec.ffn_out) is None:
+                raise UnsupportedArchitectureError(
+                    f"Block {index} of {type(self.model).__name__} has no module {self.spec.ffn_out!r} "
+                    f"(the {self.spec.family!r} spec's FFN output projection)."
+                )
+
+    @property
+    def kind(self) -> ModelKind:
+        """"mlm" or "causal"."""
+        return self.spec.kind
+
+    @property
+    def n_layers(self) -> int:
+        return len(self._blocks)
+
+    @property
+    def n_neurons(self) -> int:
+        """Neurons per layer (the FFN intermediate width)."""
+        weight = self.ffn_out(0).weight
+        return weight.shape[1] if self.spec.layout == "linear" else weight.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def block(self, layer: int) -> nn.Module:
+        self.check_layer(layer)
+        return self._blocks[layer]
+
+    def ffn_out(self, layer: int) -> nn.Module:
+        """The FFN output projection of ``layer``: its input is that layer's neuron activations."""
+        module = resolve(self.block(layer), self.spec.ffn_out)
+        assert module is not None  # checked in __post_init__
+        return module
+
+    def value_slot(self, layer: int, neuron: int) -> torch.Tensor:
+        """A view of the vector neuron ``(layer, neuron)`` writes into the residual stream."""
+        self.check_neuron(layer, neuron)
+        weight = self.ffn_out(layer).weight
+        return weight[:, neuron] if self.spec.layout == "linear" else weight[neuron, :]
+
+    def check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.n_layers:
+            raise NeuronIndexError(
+                f"Layer {layer} is out of range: {self.name} has layers 0..{self.n_layers - 1}."
+            )
+
+    def check_neuron(self, layer: int, neuron: int) -> None:
+        self.check_layer(layer)
+        if not 0 <= neuron < self.n_neurons:
+            raise NeuronIndexError(
+                f"Neuron {neuron} is out of range: each layer of {self.name} has neurons "
+                f"0..{self.n_neurons - 1}."
+            )
+
+    def __repr__(self) -> str:
+        return (f"LanguageModel({self.name!r}, family={self.spec.family}, kind={self.kind}, "
+                f"layers={self.n_layers}, neurons={self.n_neurons})")
