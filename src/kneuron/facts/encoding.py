@@ -177,4 +177,4 @@ def top_predictions(lm: LanguageModel, prompt: Prompt | str, k: int = 5) -> list
     logits = model_logits(lm, torch.tensor(ids))[0, position].float()
     probs = torch.softmax(logits, dim=-1)
     top = torch.topk(probs, k)
-    return [(tokenizer.decode([int(i)]), float(p)) for p, i in zip(top.values, top.indices)]
+    return [(tokenizer.decode([int(i)]), float(p)) for p, i in zip(top.values, top.indices, strict=True)]

@@ -21,14 +21,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 
 from kneuron.errors import KneuronError
 from kneuron.models.language_model import LanguageModel
 
-Positions = Union[None, int, Sequence[int], torch.Tensor]
+Positions = None | int | Sequence[int] | torch.Tensor
 ActivationFn = Callable[[torch.Tensor], torch.Tensor | None]
 PatchOp = Literal["set", "scale", "add"]
 
