@@ -1,0 +1,98 @@
+"""Plain data produced by attribution: per-prompt neuron scores and a fact's knowledge neurons."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from kneuron.facts.fact import Fact
+
+
+@dataclass(frozen=True, order=True)
+class Neuron:
+    """One FFN neuron, ``(layer, index)``, with the score that selected it; prints as ``L17.N1234``."""
+
+    layer: int
+    index: int
+    score: float = field(default=0.0, compare=False)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.layer, self.index)
+
+    def __str__(self) -> str:
+        return f"L{self.layer}.N{self.index}"
+
+
+@dataclass
+class NeuronScores:
+    """Integrated-gradients attribution of one prompt.
+
+    Attributes:
+        scores: (layers, neurons) attribution of every neuron at the answer position.
+        activations: (layers, neurons) clean activations at that position.
+        probability: the answer's objective with nothing scaled (alpha = 1): its probability, or its
+            log-probability when ``objective == "logprob"``.
+        baseline: (layers,) the objective with that layer's activations at the answer position zeroed.
+        completeness_gap: (layers,) ``scores[l].sum() - (probability - baseline[l])``; it shrinks
+            towards 0 as ``steps`` grows (the completeness property of integrated gradients).
+        prompt, answer: what was attributed; ``position`` the attributed token position.
+        steps, objective, alphas: how (``alphas`` the points of the Riemann sum).
+    """
+
+    scores: torch.Tensor
+    activations: torch.Tensor
+    probability: float
+    baseline: torch.Tensor
+    completeness_gap: torch.Tensor
+    prompt: str = ""
+    answer: str = ""
+    position: int = -1
+    steps: int = 20
+    objective: str = "prob"
+    alphas: str = "right"
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.scores.shape[0])
+
+    def top(self, k: int = 10) -> list[Neuron]:
+        """The ``k`` highest-scoring neurons, best first."""
+        flat = self.scores.flatten()
+        values, indices = torch.topk(flat, min(k, flat.numel()))
+        width = self.scores.shape[1]
+        return [Neuron(int(i) // width, int(i) % width, float(v)) for v, i in zip(values, indices, strict=True)]
+
+
+@dataclass
+class KnowledgeNeurons:
+    """The refined knowledge neurons of a fact, with the per-prompt coarse sets they came from.
+
+    Attributes:
+        neurons: the refined neurons, best (highest mean score over the bag) first.
+        coarse: per prompt, its coarse neurons.
+        fact: the fact (None when attributing loose prompts).
+        params: the parameters used (threshold, share, adaptive rule, steps, ...).
+    """
+
+    neurons: list[Neuron]
+    coarse: list[list[Neuron]]
+    fact: Fact | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> list[tuple[int, int]]:
+        return [n.key for n in self.neurons]
+
+    def per_layer(self) -> dict[int, int]:
+        """Count of refined neurons in each layer that has any."""
+        counts: dict[int, int] = {}
+        for neuron in self.neurons:
+            counts[neuron.layer] = counts.get(neuron.layer, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def __str__(self) -> str:
+        what = f"{self.fact.subject} -> {self.fact.object}" if self.fact else "prompts"
+        return f"KnowledgeNeurons({what}: {', '.join(str(n) for n in self.neurons) or 'none'})"
