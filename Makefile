@@ -36,3 +36,8 @@ gemma: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
+
+# Speed and fidelity benchmarks (EleutherAI's knowledge-neurons is installed beside kneuron for them).
+bench: $(STAMP)
+	$(PIP) install --quiet --no-deps knowledge-neurons==0.0.2
+	$(PY) benchmarks/bench_attribution.py
