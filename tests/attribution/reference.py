@@ -1,0 +1,45 @@
+"""A slow, obviously-correct integrated gradients: one full forward and backward per (layer, step)."""
+
+from __future__ import annotations
+
+import torch
+
+from kneuron.attribution.integrated_gradients import alpha_points, objective_of
+from kneuron.facts.encoding import EncodedQuery
+from kneuron.models.hooks import capture, on_ffn_input
+from kneuron.models.language_model import LanguageModel
+
+
+def _objective(lm: LanguageModel, query: EncodedQuery, objective: str) -> torch.Tensor:
+    logits = lm.model(input_ids=query.input_ids[None]).logits[0]
+    log_probs = torch.log_softmax(logits[list(query.target_positions)], dim=-1)
+    picked = log_probs[torch.arange(len(query.answer_ids)), torch.tensor(query.answer_ids)]
+    return objective_of(picked[None], objective)[0]
+
+
+def naive_integrated_gradients(lm: LanguageModel, query: EncodedQuery, steps: int = 20, objective: str = "prob",
+                               alphas: str = "right") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(scores, P(alpha=1), P(alpha=0) per layer) with the paper's definition, computed the slow way."""
+    position = query.position
+    with torch.no_grad(), capture(lm, positions=[position]) as acts:
+        clean = _objective(lm, query, objective)
+    scores, baselines = [], []
+    for layer in range(lm.n_layers):
+        w_bar = acts[layer][0, 0]
+        total = torch.zeros_like(w_bar)
+        for alpha in alpha_points(steps, alphas).tolist():
+            leaf = (alpha * w_bar).clone().requires_grad_(True)
+
+            def set_leaf(x: torch.Tensor, leaf: torch.Tensor = leaf) -> torch.Tensor:
+                out = x.clone()
+                out[0, position] = leaf
+                return out
+
+            with on_ffn_input(lm, layer, set_leaf):
+                value = _objective(lm, query, objective)
+            total += torch.autograd.grad(value, leaf)[0]
+        scores.append(w_bar * total / steps)
+        zero = torch.zeros_like(w_bar)
+        with torch.no_grad(), on_ffn_input(lm, layer, lambda x, zero=zero: set_leaf(x, zero)):
+            baselines.append(_objective(lm, query, objective))
+    return torch.stack(scores), clean, torch.stack(baselines)
