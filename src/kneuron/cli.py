@@ -110,13 +110,18 @@ def load_model(model: str | None, device: str = "cpu"):
     return lm
 
 
-@app.callback()
-def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         console.print(f"kneuron {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Find, test and edit the knowledge neurons (FFN units) of transformer language models."""
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -159,7 +164,10 @@ def _prompt(lm, text: str):
     from kneuron.facts import Prompt
 
     if lm.kind == "causal":
-        return Prompt.from_text(text)
+        prompt = Prompt.from_text(text)
+        if not prompt.causal_text.strip():
+            raise FactError(f"The prompt {text!r} has nothing before [Y]: a causal model needs text to continue.")
+        return prompt
     mask = getattr(lm.tokenizer, "mask_token", None)
     if mask and "[Y]" not in text and text.count(mask) == 1:
         text = text.replace(mask, "[Y]")

