@@ -6,6 +6,10 @@ Fixtures:
     lm: a fresh float32 tiny model of ``family``.
     lm64: a fresh float64 tiny model of ``family`` (for exactness checks).
     make_lm: the ``tiny_models.tiny_lm`` factory itself, for other seeds, sizes or dtypes.
+
+Tests run torch on one thread: the tiny models' ops are far too small to gain from more, and on a
+loaded machine intra-op threads spin-wait for each other (a 2-layer forward measured 0.24 s on two
+threads against 0.001 s on one). A test of a real model may raise it with ``torch.set_num_threads``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import pytest
 import torch
 
 from tiny_models import FAMILIES, tiny_lm
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(params=FAMILIES)

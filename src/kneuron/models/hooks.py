@@ -82,6 +82,17 @@ def select_positions(x: torch.Tensor, positions: Positions) -> torch.Tensor:
     return x[:, index]
 
 
+def _put_positions(x: torch.Tensor, positions: Positions, values: torch.Tensor) -> torch.Tensor:
+    """A copy of ``x`` whose entries at ``positions`` are ``values`` (the inverse of select_positions)."""
+    out = x.clone()
+    if isinstance(positions, torch.Tensor) and positions.dim() == 1 and positions.numel() == x.shape[0]:
+        rows = torch.arange(x.shape[0], device=x.device)
+        out[rows, positions.to(x.device)] = values[:, 0]
+    else:
+        out[:, [positions] if isinstance(positions, int) else list(positions)] = values
+    return out
+
+
 def _check_positions(positions: Positions, x: torch.Tensor) -> None:
     if isinstance(positions, torch.Tensor) and positions.dim() == 1 and positions.numel() != x.shape[0]:
         raise KneuronError(
@@ -108,7 +119,8 @@ def capture(
     """Record the neuron activations of ``layers`` (all by default) at ``positions``.
 
     The last forward pass inside the block wins. With ``detach=False`` the tensors keep their
-    autograd graph (for gradients with respect to activations).
+    autograd graph and the forward pass continues from them, so ``torch.autograd.grad(output, acts[l])``
+    gives gradients with respect to the activations (also when ``positions`` selects a subset).
     """
     chosen = list(range(lm.n_layers)) if layers is None else list(layers)
     for layer in chosen:
@@ -116,10 +128,16 @@ def capture(
     found = Activations()
 
     def recorder(layer: int) -> ActivationFn:
-        def record(x: torch.Tensor) -> None:
+        def record(x: torch.Tensor) -> torch.Tensor | None:
             _check_positions(positions, x)
             picked = select_positions(x, positions)
-            found[layer] = picked.detach() if detach else picked
+            if detach:
+                found[layer] = picked.detach()
+                return None
+            found[layer] = picked
+            # selecting positions copies them, so the forward must go on from the copy for gradients
+            # with respect to it to exist: put it back into (a copy of) x, same values
+            return x if positions is None else _put_positions(x, positions, picked)
         return record
 
     with ExitStack() as stack:
