@@ -133,16 +133,17 @@ def spec_for(model_type: str, arch: ArchSpec | str | None = None) -> ArchSpec:
         return arch
     if isinstance(arch, str):
         return _load_dotted(arch)
-    if model_type in MIXTURE_OF_EXPERTS:
-        raise UnsupportedArchitectureError(
-            f"{model_type!r} is a mixture-of-experts model: each expert has its own FFN, so there is no "
-            "single set of FFN neurons to attribute. kneuron supports dense models only."
-        )
-    if model_type not in _REGISTRY:
+    if model_type not in _REGISTRY:  # (mixture-of-experts types are never built in, only user-registered)
         names = ", ".join(sorted(_REGISTRY))
+        if model_type in MIXTURE_OF_EXPERTS:
+            problem = (f"{model_type!r} is a mixture-of-experts model: each expert has its own FFN, so there is "
+                       "no single set of FFN neurons to attribute; kneuron supports dense models.")
+            todo = "To treat one FFN (e.g. one expert's) as the neurons anyway, register an ArchSpec naming it, e.g."
+        else:
+            problem = f"No architecture spec for model_type {model_type!r}."
+            todo = "To add one, register an ArchSpec naming the block list and the FFN output projection, e.g."
         raise UnsupportedArchitectureError(
-            f"No architecture spec for model_type {model_type!r}. Supported: {names}.\n"
-            "To add one, register an ArchSpec naming the block list and the FFN output projection, e.g.\n"
+            f"{problem} Supported: {names}.\n{todo}\n"
             "  from kneuron.models.architectures import ArchSpec, register\n"
             f"  register(ArchSpec(family={model_type!r}, model_types=({model_type!r},), kind='causal',\n"
             "                    blocks=('model.layers',), ffn_out='mlp.down_proj'))\n"
