@@ -49,6 +49,9 @@ AlphaRule = Literal["right", "midpoint", "linspace"]
 
 #: default memory for one batch of steps: 2 GiB, overridable per call or with KNEURON_MEMORY_BUDGET (bytes)
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+#: rows per batch when memory allows: large enough for efficient matrix products on a CPU, small
+#: enough that a batch spans few layers (a batch starts at its lowest layer)
+TARGET_ROWS = 128
 
 
 def alpha_points(steps: int, rule: AlphaRule = "right") -> torch.Tensor:
@@ -308,15 +311,13 @@ def integrated_gradients(
         raise KneuronError("No layers to attribute: give at least one layer index.")
     plan = _plan(lm, query, objective)
     # one zero-baseline row per layer (for the completeness gap), then the Riemann steps
-    rows = [(layer, alpha, is_step) for layer in chosen
-            for alpha, is_step in [(0.0, False), *((float(a), True) for a in points.tolist())]]
+    per_layer = [(0.0, False), *((float(a), True) for a in points.tolist())]
     budget = memory_budget or int(os.environ.get("KNEURON_MEMORY_BUDGET", DEFAULT_MEMORY_BUDGET))
-    per_batch = batch_rows or max(1, int(budget // max(_memory_per_row(lm, plan), 1.0)))
+    fits = max(1, int(budget // max(_memory_per_row(lm, plan), 1.0)))
     gradient_sum = torch.zeros_like(plan.activations, dtype=torch.float64)
     baseline = torch.zeros(lm.n_layers, dtype=torch.float64)
     with frozen_parameters(lm.model):
-        for first in range(0, len(rows), per_batch):
-            chunk = rows[first:first + per_batch]
+        for chunk in _batches(chosen, per_layer, min(batch_rows or TARGET_ROWS, fits)):
             grads, values = _run_rows(lm, plan, query, chunk, objective)
             for (layer, _, is_step), grad, value in zip(chunk, grads, values, strict=True):
                 if is_step:
@@ -341,6 +342,30 @@ def integrated_gradients(
         objective=objective,
         alphas=alphas,
     )
+
+
+def _batches(layers: list[int], per_layer: list[tuple[float, bool]], rows: int,
+             ) -> Iterator[list[tuple[int, float, bool]]]:
+    """Group (layer, α, is_step) rows into batches of about ``rows``, whole layers together when they fit.
+
+    A batch starts at its lowest layer, so mixing distant layers wastes the blocks between them;
+    grouping neighbouring layers keeps that waste small while the batch stays large enough for
+    efficient matrix products.
+    """
+    batch: list[tuple[int, float, bool]] = []
+    for layer in sorted(layers, reverse=True):
+        layer_rows = [(layer, alpha, is_step) for alpha, is_step in per_layer]
+        if batch and len(batch) + len(layer_rows) > rows:
+            yield batch
+            batch = []
+        for first in range(0, len(layer_rows), rows):
+            part = layer_rows[first:first + rows]
+            if len(part) == rows:
+                yield part
+            else:
+                batch.extend(part)
+    if batch:
+        yield batch
 
 
 def _run_rows(lm: LanguageModel, plan: _Plan, query: EncodedQuery, chunk: list[tuple[int, float, bool]],
