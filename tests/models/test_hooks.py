@@ -349,3 +349,45 @@ def test_neuron_patch_prints_as_layer_neuron():
     assert str(NeuronPatch(17, 1234, "set", 0.0)) == "L17.N1234 set 0"
     assert suppress_patches([(1, 2)]) == [NeuronPatch(1, 2, "set", 0.0)]
     assert scale_patches([(1, 2)], 2.0) == [NeuronPatch(1, 2, "scale", 2.0)]
+
+
+# ------------------------------------------------------------------------------------------ odd positions
+
+
+def test_integer_like_positions(lm):
+    """0-d tensors, numpy integers and tuples of them work where ints and lists do."""
+    import numpy as np
+
+    ids = _ids(lm)
+    full = _clean_acts(lm, ids)
+    for positions, index in [(torch.tensor(3), [3]), (np.int64(-1), [-1]), ((np.int32(1), torch.tensor(4)), [1, 4])]:
+        with torch.no_grad(), capture(lm, layers=[0], positions=positions) as acts:
+            lm.model(input_ids=ids)
+        assert torch.equal(acts[0], full[0][:, index])
+    with torch.no_grad(), patch(lm, [NeuronPatch(0, 2, "set", 7.0)], positions=torch.tensor(3)), \
+            capture(lm, layers=[0]) as acts:
+        lm.model(input_ids=ids)
+    assert torch.equal(acts[0][:, 3, 2], torch.full((BATCH,), 7.0, dtype=acts[0].dtype))
+
+
+@pytest.mark.parametrize("positions", [SEQ, -SEQ - 1, [0, SEQ + 3], torch.tensor([0, SEQ])])
+def test_position_out_of_range(lm, positions):
+    ids = _ids(lm)
+    before = _logits(lm, ids)
+    with pytest.raises(KneuronError, match="out of range for a sequence of 7 tokens"), torch.no_grad(), \
+            capture(lm, positions=positions):
+        lm.model(input_ids=ids)
+    with pytest.raises(KneuronError, match="out of range for a sequence of 7 tokens"), torch.no_grad(), \
+            patch(lm, suppress_patches([(0, 0)]), positions=positions):
+        lm.model(input_ids=ids)
+    assert _hook_count(lm) == 0
+    assert torch.equal(_logits(lm, ids), before)
+
+
+@pytest.mark.parametrize("positions", [torch.tensor([[1, 2]]), torch.tensor([0.5, 1.0]), "3", 2.5])
+def test_malformed_positions(lm, positions):
+    with pytest.raises(KneuronError, match="[Pp]osition"), capture(lm, positions=positions):
+        pass
+    with pytest.raises(KneuronError, match="[Pp]osition"), patch(lm, suppress_patches([(0, 0)]), positions=positions):
+        pass
+    assert _hook_count(lm) == 0

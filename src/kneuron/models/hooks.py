@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -71,8 +72,36 @@ def on_ffn_input(lm: LanguageModel, layer: int, fn: ActivationFn) -> Iterator[No
             handle.remove()
 
 
+def normalize_positions(positions: Positions) -> None | int | list[int] | torch.Tensor:
+    """``positions`` as None, an int, a list of ints, or a 1-D per-row tensor.
+
+    Accepts anything integer-like where an int goes (a 0-d tensor, a numpy integer) and any sequence
+    of those where a list goes.
+    """
+    if positions is None:
+        return None
+    if isinstance(positions, torch.Tensor):
+        if positions.dim() == 0:
+            return int(positions)
+        if positions.dim() != 1 or positions.dtype.is_floating_point or positions.dtype == torch.bool:
+            raise KneuronError(
+                f"A position tensor must be 1-D and integer (one position per batch row), not "
+                f"{positions.dtype} of shape {tuple(positions.shape)}."
+            )
+        return positions
+    try:
+        if hasattr(positions, "__index__"):
+            return operator.index(positions)
+        return [operator.index(p) for p in positions]
+    except TypeError as exc:
+        raise KneuronError(
+            f"Positions must be None, an int, a list of ints or a per-row integer tensor, not {positions!r}."
+        ) from exc
+
+
 def select_positions(x: torch.Tensor, positions: Positions) -> torch.Tensor:
     """The (batch, n_positions, n_neurons) slice of ``x`` at ``positions``."""
+    positions = normalize_positions(positions)
     if positions is None:
         return x
     if isinstance(positions, torch.Tensor) and positions.dim() == 1 and positions.numel() == x.shape[0]:
@@ -94,9 +123,22 @@ def _put_positions(x: torch.Tensor, positions: Positions, values: torch.Tensor) 
 
 
 def _check_positions(positions: Positions, x: torch.Tensor) -> None:
-    if isinstance(positions, torch.Tensor) and positions.dim() == 1 and positions.numel() != x.shape[0]:
+    if positions is None:
+        return
+    seq = x.shape[1]
+    if isinstance(positions, torch.Tensor):
+        if positions.numel() != x.shape[0]:
+            raise KneuronError(
+                f"A per-row position tensor has {positions.numel()} entries but the batch has {x.shape[0]} rows."
+            )
+        low, high = (int(positions.min()), int(positions.max())) if positions.numel() else (0, 0)
+    else:
+        chosen = [positions] if isinstance(positions, int) else positions
+        low, high = (min(chosen), max(chosen)) if chosen else (0, 0)
+    if low < -seq or high >= seq:
         raise KneuronError(
-            f"A per-row position tensor has {positions.numel()} entries but the batch has {x.shape[0]} rows."
+            f"Position {low if low < -seq else high} is out of range for a sequence of {seq} tokens "
+            f"(use 0..{seq - 1}, or -{seq}..-1 from the end)."
         )
 
 
@@ -125,6 +167,7 @@ def capture(
     chosen = list(range(lm.n_layers)) if layers is None else list(layers)
     for layer in chosen:
         lm.check_layer(layer)
+    positions = normalize_positions(positions)
     found = Activations()
 
     def recorder(layer: int) -> ActivationFn:
@@ -198,6 +241,7 @@ def _apply(x: torch.Tensor, patches: list[NeuronPatch], positions: Positions) ->
 @contextmanager
 def patch(lm: LanguageModel, patches: Iterable[NeuronPatch], positions: Positions = None) -> Iterator[None]:
     """Apply ``patches`` to every forward pass inside the block, at ``positions`` (all by default)."""
+    positions = normalize_positions(positions)
     by_layer: dict[int, list[NeuronPatch]] = {}
     for p in patches:
         lm.check_neuron(p.layer, p.neuron)
