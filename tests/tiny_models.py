@@ -152,7 +152,7 @@ MODEL_TYPES: dict[str, str] = {family: family for family in FAMILIES} | {"gemma3
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, POSITIONS = 16, 2, 1, 8, 64
 
 
-def _config_kwargs(family: str, layers: int, neurons: int) -> dict:
+def config_kwargs(family: str, layers: int, neurons: int) -> dict:
     """Config arguments for a tiny model of ``family`` (names differ between families)."""
     gated = dict(hidden_size=HIDDEN, intermediate_size=neurons, num_hidden_layers=layers,
                  num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM,
@@ -205,7 +205,7 @@ def tiny_config(family: str, *, layers: int = 2, neurons: int = 32, vocab_size: 
         ids |= dict(bos_token_id=vocab["<bos>"], eos_token_id=vocab["<eos>"])
     config = AutoConfig.for_model(
         MODEL_TYPES[family], vocab_size=vocab_size or len(vocab), initializer_range=0.2,
-        **ids, **_config_kwargs(family, layers, neurons),
+        **ids, **config_kwargs(family, layers, neurons),
     )
     config._attn_implementation = "eager"
     return config

@@ -9,7 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, Gemma3Config, Gemma3ForConditionalGeneration
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
+)
 
 from kneuron.errors import KneuronError, UnsupportedArchitectureError
 from kneuron.models import (
@@ -24,7 +30,7 @@ from kneuron.models import (
     spec_for,
 )
 from kneuron.models.architectures import MIXTURE_OF_EXPERTS, register
-from tiny_models import FAMILIES, MLM_FAMILIES, MODEL_TYPES, tiny_lm, tiny_tokenizer
+from tiny_models import FAMILIES, MLM_FAMILIES, MODEL_TYPES, config_kwargs, tiny_lm, tiny_tokenizer
 
 
 @functools.cache
@@ -79,6 +85,29 @@ def test_alias_model_types_share_a_spec():
     assert spec_for("xlm-roberta") is spec_for("roberta")
     assert spec_for("gemma3") is spec_for("gemma3_text")
     assert spec_for("olmo2") is spec_for("olmo")
+
+
+@pytest.mark.parametrize("model_type, family", [("xlm-roberta", "roberta"), ("camembert", "roberta"),
+                                                ("smollm3", "llama"), ("olmo2", "olmo")])
+def test_alias_model_types_build_and_hook(model_type, family):
+    """The registry's extra model types resolve on real modules of those types, not just by name."""
+    kind = "mlm" if family in MLM_FAMILIES else "causal"
+    vocab = len(tiny_tokenizer(kind))
+    config = AutoConfig.for_model(model_type, vocab_size=vocab, pad_token_id=0, **config_kwargs(family, 2, 24))
+    auto = AutoModelForMaskedLM if kind == "mlm" else AutoModelForCausalLM
+    torch.manual_seed(0)
+    lm = from_model(auto.from_config(config, attn_implementation="eager"), tiny_tokenizer(kind))
+    assert lm.model.config.model_type == model_type
+    assert (lm.spec.family, lm.n_layers, lm.n_neurons) == (family, 2, 24)
+    outputs = {}
+    handle = lm.ffn_out(1).register_forward_hook(lambda _m, _a, out: outputs.__setitem__(1, out.detach().clone()))
+    try:
+        with torch.no_grad(), capture(lm, layers=[1]) as acts:
+            lm.model(input_ids=_ids(lm))
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        assert torch.equal(lm.ffn_out(1)(acts[1]), outputs[1])
 
 
 def test_backbone_without_lm_head_resolves_too():
