@@ -1,0 +1,180 @@
+"""Integrated gradients: the fast path against the naive float64 reference, and IG's own properties."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attribution.reference import naive_integrated_gradients
+from kneuron.attribution.integrated_gradients import alpha_points, integrated_gradients
+from kneuron.errors import FactError, KneuronError
+from kneuron.facts import encode
+from kneuron.models import NeuronPatch, patch
+from tiny_models import CAUSAL_FAMILIES, FAMILIES, MLM_FAMILIES, tiny_lm
+
+PROMPTS = {"mlm": "The capital of France is [Y].", "causal": "The capital of France is"}
+
+
+def _query(lm, answer: str = "Paris"):
+    return encode(lm, PROMPTS[lm.kind], answer)
+
+
+def _rel_error(fast: torch.Tensor, slow: torch.Tensor) -> float:
+    return float((fast - slow).abs().max() / slow.abs().max())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("answer", ["Paris", "Copenhagen"])  # one token; two tokens (Copen ##hagen)
+def test_fast_path_matches_naive_reference(family, answer):
+    lm = tiny_lm(family, dtype=torch.float64, layers=3)
+    query = _query(lm, answer)
+    assert len(query.answer_ids) == (1 if answer == "Paris" else 2)
+    # batches of 7 rows split layers across batches, so batches start at different layers
+    fast = integrated_gradients(lm, query, steps=4, batch_rows=7)
+    slow, clean, zero = naive_integrated_gradients(lm, query, steps=4)
+    assert _rel_error(fast.scores, slow) < 1e-6
+    assert fast.probability == pytest.approx(float(clean), rel=1e-9)
+    assert torch.allclose(fast.baseline, zero, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+@pytest.mark.parametrize("objective", ["prob", "logprob"])
+@pytest.mark.parametrize("alphas", ["right", "midpoint", "linspace"])
+def test_objectives_and_alpha_rules_match_reference(family, objective, alphas):
+    lm = tiny_lm(family, dtype=torch.float64, layers=3)
+    query = _query(lm, "Copenhagen")
+    fast = integrated_gradients(lm, query, steps=5, objective=objective, alphas=alphas)
+    slow, _, _ = naive_integrated_gradients(lm, query, steps=5, objective=objective, alphas=alphas)
+    assert _rel_error(fast.scores, slow) < 1e-6
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert", "opt"])
+def test_batch_size_and_memory_budget_do_not_change_scores(family):
+    lm = tiny_lm(family, dtype=torch.float64, layers=3)
+    query = _query(lm)
+    reference = integrated_gradients(lm, query, steps=6)
+    for rows in (1, 5, 21, 1000):
+        other = integrated_gradients(lm, query, steps=6, batch_rows=rows)
+        assert _rel_error(other.scores, reference.scores) < 1e-12
+    tight = integrated_gradients(lm, query, steps=6, memory_budget=1)  # one row per batch
+    assert _rel_error(tight.scores, reference.scores) < 1e-12
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert", "qwen2"])
+def test_completeness_gap_shrinks_as_steps_grow(family):
+    lm = tiny_lm(family, dtype=torch.float64)
+    query = _query(lm)
+    coarse = integrated_gradients(lm, query, steps=2, alphas="midpoint")
+    fine = integrated_gradients(lm, query, steps=64, alphas="midpoint")
+    delta = fine.probability - fine.baseline
+    # the gap is the error of the Riemann sum: tiny relative to what the layer moves, and shrinking
+    assert (fine.completeness_gap.abs() <= 1e-3 * delta.abs() + 1e-12).all()
+    assert fine.completeness_gap.abs().sum() < coarse.completeness_gap.abs().sum()
+    assert torch.allclose(fine.scores.sum(-1), delta, rtol=1e-3, atol=1e-12)
+
+
+def test_post_ffn_norm_makes_layer_scaling_degenerate():
+    """Gemma 2/3 normalise the FFN output, so P(alpha) is flat for alpha > 0 and jumps at 0: the
+    scores no longer sum to P(1) - P(0). This pins the behaviour that the README warns about."""
+    lm = tiny_lm("gemma2", dtype=torch.float64)
+    scores = integrated_gradients(lm, _query(lm), steps=64, alphas="midpoint")
+    delta = scores.probability - scores.baseline
+    assert (scores.completeness_gap.abs() > 0.5 * delta.abs()).all()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+def test_neuron_that_is_always_zero_scores_zero(family):
+    lm = tiny_lm(family, dtype=torch.float64)
+    query = _query(lm)
+    with patch(lm, [NeuronPatch(1, 5, "set", 0.0), NeuronPatch(0, 7, "set", 0.0)]):
+        scores = integrated_gradients(lm, query, steps=5)
+    assert scores.scores[1, 5] == 0.0 and scores.scores[0, 7] == 0.0
+    assert scores.activations[1, 5] == 0.0
+    assert scores.scores.abs().sum() > 0
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2", "roberta"])
+def test_same_input_gives_identical_scores(family):
+    lm = tiny_lm(family)
+    first = integrated_gradients(lm, PROMPTS[lm.kind], "Paris", steps=5)
+    second = integrated_gradients(lm, PROMPTS[lm.kind], "Paris", steps=5)
+    assert torch.equal(first.scores, second.scores)
+    assert first.scores.dtype == torch.float32
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_bfloat16_agrees_with_float32(family):
+    lm32 = tiny_lm(family, layers=3)
+    lm16 = tiny_lm(family, layers=3, dtype=torch.bfloat16)
+    query = _query(lm32)
+    a = integrated_gradients(lm32, query, steps=8).scores.flatten()
+    b = integrated_gradients(lm16, query, steps=8).scores.flatten()
+    assert b.dtype == torch.float32
+    assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.95
+
+
+def test_layers_subset_scores_only_those_layers():
+    lm = tiny_lm("gpt2", dtype=torch.float64, layers=3)
+    query = _query(lm)
+    full = integrated_gradients(lm, query, steps=4)
+    part = integrated_gradients(lm, query, steps=4, layers=[2])
+    assert torch.equal(part.scores[:2], torch.zeros_like(part.scores[:2]))
+    assert _rel_error(part.scores[2], full.scores[2]) < 1e-12
+    assert torch.isnan(part.baseline[:2]).all()
+
+
+def test_scaling_keeps_the_model_unchanged():
+    lm = tiny_lm("llama")
+    ids = _query(lm).input_ids[None]
+    before = lm.model(input_ids=ids).logits
+    integrated_gradients(lm, PROMPTS["causal"], "Paris", steps=3)
+    assert torch.equal(lm.model(input_ids=ids).logits, before)
+    assert all(p.requires_grad for p in lm.model.parameters())
+    assert all(not m._forward_pre_hooks and "forward" not in m.__dict__ for m in lm.model.modules())
+
+
+def test_an_exception_midway_leaves_no_hooks(monkeypatch):
+    lm = tiny_lm("gpt2", layers=3)
+    import kneuron.attribution.integrated_gradients as ig
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ig, "_answer_log_probs", boom)
+    with pytest.raises(RuntimeError):
+        integrated_gradients(lm, PROMPTS["causal"], "Paris", steps=3)
+    assert all(not m._forward_pre_hooks and "forward" not in m.__dict__ for m in lm.model.modules())
+    assert all(p.requires_grad for p in lm.model.parameters())
+
+
+def test_alpha_points():
+    assert alpha_points(4).tolist() == [0.25, 0.5, 0.75, 1.0]
+    assert alpha_points(4, "midpoint").tolist() == [0.125, 0.375, 0.625, 0.875]
+    assert alpha_points(3, "linspace").tolist() == [0.0, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("family", [CAUSAL_FAMILIES[0], MLM_FAMILIES[0]])
+def test_bad_input(family):
+    lm = tiny_lm(family)
+    with pytest.raises(KneuronError, match="steps"):
+        integrated_gradients(lm, PROMPTS[lm.kind], "Paris", steps=0)
+    with pytest.raises(FactError, match="empty"):
+        integrated_gradients(lm, PROMPTS[lm.kind], "  ")
+    with pytest.raises(KneuronError, match="answer"):
+        integrated_gradients(lm, PROMPTS[lm.kind])
+    with pytest.raises(KneuronError, match="objective"):
+        integrated_gradients(lm, PROMPTS[lm.kind], "Paris", objective="loss")
+    with pytest.raises(KneuronError, match="Layer 9"):
+        integrated_gradients(lm, PROMPTS[lm.kind], "Paris", layers=[9])
+
+
+def test_unknown_answer_on_masked_model_is_an_error():
+    lm = tiny_lm("bert")
+    with pytest.raises(FactError, match="vocabulary"):
+        integrated_gradients(lm, PROMPTS["mlm"], "Xylophone")
+
+
+def test_causal_template_without_text_before_answer_is_an_error():
+    lm = tiny_lm("gpt2")
+    with pytest.raises(FactError, match="before"):
+        integrated_gradients(lm, "[Y] is the capital of France.", "Paris")
