@@ -1,5 +1,22 @@
-"""kneuron: find, test and edit the knowledge neurons of transformer language models."""
+"""kneuron: find, test and edit the knowledge neurons of transformer language models.
 
+Example:
+    >>> import kneuron
+    >>> lm = kneuron.load()                                   # embedded SmolLM2-135M
+    >>> kn = kneuron.find_knowledge_neurons(lm, ["The capital of France is", "France's capital is"], "Paris")
+    >>> print(kn.neurons)
+"""
+
+from kneuron.attribution import (
+    KnowledgeNeurons,
+    Neuron,
+    NeuronScores,
+    activation_baseline,
+    coarse_neurons,
+    find_knowledge_neurons,
+    integrated_gradients,
+    refine,
+)
 from kneuron.errors import KneuronError
 from kneuron.facts import Fact, Prompt, answer_probability, encode, top_predictions
 from kneuron.models import LanguageModel, NeuronPatch, capture, from_model, load, patch
@@ -7,6 +24,7 @@ from kneuron.models import LanguageModel, NeuronPatch, capture, from_model, load
 __version__ = "0.1.0"
 
 __all__ = [
-    "Fact", "KneuronError", "LanguageModel", "NeuronPatch", "Prompt", "__version__", "answer_probability",
-    "capture", "encode", "from_model", "load", "patch", "top_predictions",
+    "Fact", "KneuronError", "KnowledgeNeurons", "LanguageModel", "Neuron", "NeuronPatch", "NeuronScores", "Prompt",
+    "__version__", "activation_baseline", "answer_probability", "capture", "coarse_neurons", "encode",
+    "find_knowledge_neurons", "from_model", "integrated_gradients", "load", "patch", "refine", "top_predictions",
 ]

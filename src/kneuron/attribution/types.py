@@ -75,12 +75,14 @@ class KnowledgeNeurons:
         coarse: per prompt, its coarse neurons.
         fact: the fact (None when attributing loose prompts).
         params: the parameters used (threshold, share, adaptive rule, steps, ...).
+        scores: the per-prompt NeuronScores they were selected from (when kept).
     """
 
     neurons: list[Neuron]
     coarse: list[list[Neuron]]
     fact: Fact | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    scores: list[NeuronScores] = field(default_factory=list, repr=False)
 
     @property
     def keys(self) -> list[tuple[int, int]]:
