@@ -14,3 +14,17 @@ __all__ = [
     "AnswerProbability", "EncodedQuery", "Fact", "Prompt", "answer_probability", "answer_token_ids",
     "check_template", "encode", "top_predictions",
 ]
+
+from kneuron.facts.builtin import (  # noqa: E402
+    builtin_facts,
+    builtin_relations,
+    discrimination_facts,
+    discrimination_sentences,
+)
+from kneuron.facts.known import answer_ranks, known_facts  # noqa: E402
+from kneuron.facts.readers import causal_templates, load_facts, read_csv, read_jsonl, write_jsonl  # noqa: E402
+
+__all__ += [
+    "answer_ranks", "builtin_facts", "builtin_relations", "causal_templates", "discrimination_facts",
+    "discrimination_sentences", "known_facts", "load_facts", "read_csv", "read_jsonl", "write_jsonl",
+]
