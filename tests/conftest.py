@@ -17,6 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import kneuron.models
 from tiny_models import FAMILIES, tiny_lm
 
 torch.set_num_threads(1)
@@ -40,3 +41,19 @@ def lm64(family):
 @pytest.fixture
 def make_lm():
     return tiny_lm
+
+
+@pytest.fixture
+def fake_load(monkeypatch):
+    """Make ``--model tiny-<family>`` load a tiny model; returns the dict of models handed out."""
+    handed: dict[str, object] = {}
+
+    def load(model=None, *, device="cpu", **kwargs):
+        if model and str(model).startswith("tiny-"):
+            handed[model] = lm = tiny_lm(str(model)[5:])
+            return lm
+        return real(model, device=device, **kwargs)
+
+    real = kneuron.models.load
+    monkeypatch.setattr(kneuron.models, "load", load)
+    return handed

@@ -11,25 +11,8 @@ from typer.testing import CliRunner
 
 import kneuron.models
 from kneuron import cli, top_predictions
-from tiny_models import tiny_lm
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def fake_load(monkeypatch):
-    """Make ``--model tiny-<family>`` load a tiny model; returns the dict of models handed out."""
-    handed: dict[str, object] = {}
-
-    def load(model=None, *, device="cpu", **kwargs):
-        if model and str(model).startswith("tiny-"):
-            handed[model] = lm = tiny_lm(str(model)[5:])
-            return lm
-        return real(model, device=device, **kwargs)
-
-    real = kneuron.models.load
-    monkeypatch.setattr(kneuron.models, "load", load)
-    return handed
 
 
 def invoke(*args: str):
@@ -205,3 +188,31 @@ def test_console_script_entry_point_error_exit_code(tmp_path):
     assert proc.stderr.startswith("error: No file at /no/such.gguf")
     assert "Traceback" not in proc.stderr
 
+
+
+def test_find_prints_neurons_and_json(fake_load):
+    from kneuron.attribution import find_knowledge_neurons
+
+    prompts = ["The capital of France is", "The capital city of France is", "France has its capital at"]
+    args = ["find", "--model", "tiny-llama", "--answer", "Paris", "--steps", "4", "--share", "0.5"]
+    for p in prompts:
+        args += ["--prompt", p]
+    result = invoke(*args, "--json")
+    assert result.exit_code == 0, result.output
+    import json
+
+    payload = json.loads(result.stdout)
+    expected = find_knowledge_neurons(fake_load["tiny-llama"], prompts, "Paris", steps=4, share=0.5)
+    assert [(n["layer"], n["index"]) for n in payload["neurons"]] == expected.keys
+    assert payload["neurons"] and all(set(n) == {"layer", "index", "score"} for n in payload["neurons"])
+    assert payload["probabilities"] == pytest.approx([s.probability for s in expected.scores])
+    table = invoke(*args)
+    assert table.exit_code == 0
+    assert str(expected.neurons[0]) in table.stdout and "Per layer" in table.stdout
+
+
+def test_find_bad_share_is_a_clear_error(fake_load):
+    result = invoke("find", "--model", "tiny-llama", "--answer", "Paris", "--prompt", "The capital of France is",
+                    "--share", "most")
+    assert result.exit_code == 1
+    assert "--share takes a fraction" in result.stderr

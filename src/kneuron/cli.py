@@ -212,6 +212,77 @@ def models() -> None:
     console.print(table)
 
 
+def _share(value: str) -> float | str:
+    if value == "adaptive":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise KneuronError(f"--share takes a fraction such as 0.5 or 'adaptive'; got {value!r}.") from None
+
+
+@command()
+def find(
+    prompt: Annotated[list[str], typer.Option(
+        "--prompt", "-p", help="A prompt of the fact's bag (repeat for several). Causal models continue it; "
+                               "masked models fill [Y].", show_default=False)],
+    answer: Annotated[str, typer.Option("--answer", "-a", help="The correct answer.", show_default=False)],
+    model: ModelOption = None,
+    steps: Annotated[int, typer.Option(min=1, help="Riemann steps of integrated gradients.")] = 20,
+    threshold: Annotated[float, typer.Option(help="Coarse threshold, as a fraction of a prompt's top score.")] = 0.2,
+    share: Annotated[str, typer.Option(help="Refine: keep neurons coarse in more than this fraction of the "
+                                            "prompts, or 'adaptive' (start 0.7, step 0.05, aim 2-5 neurons).")
+                     ] = "adaptive",
+    objective: Annotated[str, typer.Option(help="prob (the paper) or logprob.")] = "prob",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Find the knowledge neurons of a fact from a bag of prompts (integrated gradients, then refine)."""
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from kneuron.attribution import find_knowledge_neurons
+
+    lm = load_model(model, device)
+    prompts = [_prompt(lm, text) for text in prompt]
+    columns = (TextColumn("attributing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("prompts", total=len(prompts))
+        kn = find_knowledge_neurons(lm, prompts, answer, steps=steps, threshold=threshold, share=_share(share),
+                                    objective=objective, on_prompt=lambda i, s: progress.advance(task))
+    if as_json:
+        payload = {
+            "model": lm.name, "answer": answer, "prompts": prompt,
+            "neurons": [{"layer": n.layer, "index": n.index, "score": n.score} for n in kn.neurons],
+            "per_layer": {str(layer): count for layer, count in kn.per_layer().items()},
+            "probabilities": [s.probability for s in kn.scores],
+            "coarse": [[str(n) for n in coarse] for coarse in kn.coarse],
+            "params": {k: v for k, v in kn.params.items() if isinstance(v, (int, float, str))},
+        }
+        console.print_json(json.dumps(payload))
+        return
+    table = Table(title=Text(f"Knowledge neurons for {answer!r} ({len(prompts)} prompts)", style="bold"),
+                  title_justify="left", show_edge=False)
+    table.add_column("neuron", style="bold")
+    table.add_column("mean score", justify="right")
+    table.add_column("in prompts", justify="right")
+    for neuron in kn.neurons:
+        count = sum(any(c.key == neuron.key for c in coarse) for coarse in kn.coarse)
+        table.add_row(str(neuron), f"{neuron.score:.4g}", f"{count}/{len(prompts)}")
+    console.print(table)
+    if not kn.neurons:
+        console.print("[yellow]No neuron is shared by enough prompts; try a lower --share or more prompts.[/yellow]")
+    layers = Table(title="Per layer", title_justify="left", show_edge=False)
+    layers.add_column("layer", justify="right")
+    layers.add_column("neurons", justify="right")
+    for layer, count in kn.per_layer().items():
+        layers.add_row(str(layer), str(count))
+    console.print(layers)
+    probs = ", ".join(f"{s.probability:.3f}" for s in kn.scores)
+    console.print(f"[dim]P(answer) per prompt: {probs}; share used: {kn.params.get('share_used')}[/dim]")
+
+
 def main() -> None:
     """Entry point of the ``kneuron`` script."""
     try:
