@@ -57,3 +57,35 @@ def fake_load(monkeypatch):
     real = kneuron.models.load
     monkeypatch.setattr(kneuron.models, "load", load)
     return handed
+
+
+# ------------------------------------------------------------------------- real models (marked real_model)
+
+
+def _embedded(name: str):
+    """Load an embedded model once per session, or skip when its package is not installed."""
+    from transformers.utils import logging as hf_logging
+
+    from kneuron.errors import ModelLoadError
+    from kneuron.models import load as load_model
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        return load_model(name)  # from kneuron's safetensors cache after the first run (about 2 s)
+    except ModelLoadError as exc:
+        if "not installed" in str(exc):
+            pytest.skip(str(exc))
+        raise
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded SmolLM2-135M (``kneuron.load()``), loaded once per session; read-only, do not edit it."""
+    return _embedded("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    """The embedded Gemma 3 270M, once per session; skips unless ``make gemma`` installed its package."""
+    return _embedded("gemma3-270m")
