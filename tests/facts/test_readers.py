@@ -229,3 +229,10 @@ def test_empty_folder_and_file(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n\n")
     with pytest.raises(FactError, match="has no facts"):
         load_facts(tmp_path / "empty.jsonl")
+
+
+
+def test_kn_folder_drops_facts_repeated_across_files(tmp_path):
+    shutil.copy(FIXTURES / "kn" / "data_all_allbags.json", tmp_path / "data_all_allbags.json")
+    shutil.copy(FIXTURES / "kn" / "data_all_allbags.json", tmp_path / "data_11.json")
+    assert load_facts(tmp_path) == read_kn_bags(FIXTURES / "kn" / "data_all_allbags.json")

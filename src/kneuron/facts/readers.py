@@ -520,6 +520,7 @@ def _read_directory(folder: Path) -> list[Fact]:
         if file.stem in patterns:  # PARAREL: the pattern file of the same name gives the relation's templates
             triples = [(file.stem, s, o, u) for _, s, o, u in triples]
         facts.extend(_triple_facts(triples, {**lama, **patterns}, str(file)))
+    facts = list(dict.fromkeys(facts))  # data_11.json and data_all.json of knowledge-neurons overlap
     if not facts:
         raise FactError(
             f"No facts found in folder {folder}: expected PARAREL pattern and T-REx triple files (P36.jsonl), "
