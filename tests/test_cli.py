@@ -216,3 +216,15 @@ def test_find_bad_share_is_a_clear_error(fake_load):
                     "--share", "most")
     assert result.exit_code == 1
     assert "--share takes a fraction" in result.stderr
+
+
+def test_threads_option():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        result = invoke("--threads", "2", "models")
+        assert result.exit_code == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -120,8 +120,14 @@ def _print_version(value: bool) -> None:
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
+    threads: Annotated[int, typer.Option("--threads", min=0, envvar="KNEURON_THREADS",
+                                         help="Torch CPU threads (0: torch's default). Env: KNEURON_THREADS.")] = 0,
 ) -> None:
     """Find, test and edit the knowledge neurons (FFN units) of transformer language models."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -147,7 +153,8 @@ def predict(
     for text in prompts:
         prompt = _prompt(lm, text)
         rows = top_predictions(lm, prompt, k=min(top, _vocab_size(lm)))
-        table = Table(title=Text(text, style="bold"), title_justify="left", show_edge=False)
+        console.print(Text(text, style="bold"), soft_wrap=True)
+        table = Table(show_edge=False)
         table.add_column("#", justify="right", style="dim")
         table.add_column("token")
         table.add_column("probability", justify="right")
