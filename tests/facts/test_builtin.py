@@ -6,7 +6,6 @@ import re
 from collections import Counter
 
 import pytest
-import torch
 
 from kneuron.errors import FactError
 from kneuron.facts import Fact, answer_probability
@@ -100,11 +99,7 @@ def test_known_facts_refuses_prompt_a_causal_model_cannot_read(make_lm):
 
 
 @pytest.mark.real_model
-def test_smollm2_knows_most_capitals():
-    import kneuron
-
-    torch.set_num_threads(2)
-    lm = kneuron.load()
+def test_smollm2_knows_the_capitals(smollm2):
     facts = builtin_facts(["capital"])[:8]
-    kept, dropped = known_facts(lm, facts)
-    assert len(kept) >= 6, [f.subject for f in dropped]
+    kept, dropped = known_facts(smollm2, facts)
+    assert len(kept) >= 7, [f.subject for f in dropped]  # all 32 capitals were known when the set was written

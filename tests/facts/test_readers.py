@@ -236,3 +236,10 @@ def test_kn_folder_drops_facts_repeated_across_files(tmp_path):
     shutil.copy(FIXTURES / "kn" / "data_all_allbags.json", tmp_path / "data_all_allbags.json")
     shutil.copy(FIXTURES / "kn" / "data_all_allbags.json", tmp_path / "data_11.json")
     assert load_facts(tmp_path) == read_kn_bags(FIXTURES / "kn" / "data_all_allbags.json")
+
+
+def test_byte_order_mark_is_ignored(tmp_path):
+    for name in ("facts.jsonl", "facts.csv"):
+        path = tmp_path / name
+        path.write_bytes(b"\xef\xbb\xbf" + (FIXTURES / name).read_bytes())
+        assert load_facts(path) == OUR_FACTS

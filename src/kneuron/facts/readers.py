@@ -77,7 +77,7 @@ def _check_relation_templates(templates: Iterable[str], relation: str, where: st
 def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line of a JSONL file; FactError on a malformed line."""
     try:
-        handle = path.open(encoding="utf-8")
+        handle = path.open(encoding="utf-8-sig")
     except OSError as exc:
         raise FactError(f"Cannot read facts file {path}: {exc.strerror or exc}.") from None
     with handle:
@@ -202,7 +202,7 @@ def read_csv(path: str | Path) -> list[Fact]:
     path = Path(path)
     schema = _Schema(path)
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
             fields = set(reader.fieldnames or ())
             missing = {"subject", "relation", "object"} - fields
@@ -427,7 +427,7 @@ def read_kn_bags(path: str | Path) -> list[Fact]:
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except OSError as exc:
         raise FactError(f"Cannot read facts file {path}: {exc.strerror or exc}.") from None
     except json.JSONDecodeError as exc:
