@@ -1,0 +1,28 @@
+"""The paper's studies as plain functions: (model, facts, neurons by fact id) in, long-format result rows out.
+
+Each row is ``{"study", "variant", "relation", "fact_id", "metric", "value"}``, the shape the atlas stores;
+:func:`summarize` averages a metric over facts, overall and per relation.
+
+Example:
+    >>> rows = suppress_amplify(lm, facts, neurons_by_fact, generic=generic_neurons(neurons_by_fact))
+    >>> summarize(rows, "kn", "suppress").mean
+"""
+
+from kneuron.experiments.discrimination import prompt_discrimination, sentence_discrimination
+from kneuron.experiments.generic import GenericNeuron, generic_neurons, generic_rows, probe_generic
+from kneuron.experiments.layer_distribution import layer_distribution, top_layers, top_third_share
+from kneuron.experiments.metrics import (
+    Summary,
+    activations_at,
+    answer_probabilities,
+    relative_change,
+    roc_auc,
+    summarize,
+)
+from kneuron.experiments.suppress_amplify import random_control, suppress_amplify
+
+__all__ = [
+    "GenericNeuron", "Summary", "activations_at", "answer_probabilities", "generic_neurons", "generic_rows",
+    "layer_distribution", "probe_generic", "prompt_discrimination", "random_control", "relative_change",
+    "roc_auc", "sentence_discrimination", "summarize", "suppress_amplify", "top_layers", "top_third_share",
+]

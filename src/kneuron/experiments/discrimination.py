@@ -1,0 +1,136 @@
+"""Discrimination: does a fact's knowledge neurons' activation single out text about that fact?
+
+Two measurements, each against the activation baseline (the same number of neurons with the largest activation
+on the fact's prompts):
+
+* **prompts** (:func:`prompt_discrimination`): the score of a prompt is the mean activation of the fact's neurons
+  at the answer position (the position attribution scored: the prompt's last token for a causal model, the
+  first mask for a masked one). Per fact, the ROC AUC (scikit-learn) of the scores of the fact's own prompts
+  against the prompts of every other fact of the study. 0.5 is chance, 1 a perfect separation.
+* **sentences** (:func:`sentence_discrimination`), as in the paper: sentences that state the fact (they mention
+  subject and object) against sentences that mention only the subject, from
+  :func:`kneuron.facts.discrimination_sentences`. The activation is read at the **last token** for a causal
+  model (the only position that has read the whole sentence) and averaged over the non-special tokens for a
+  masked model. Per fact: mean activation on each side, and the ROC AUC.
+
+Rows: variant ``kn``, ``baseline`` or ``kn_no_generic``; metric ``auc`` (prompts), ``sentence_auc``,
+``sentence_positive``, ``sentence_negative`` and ``neurons``.
+
+Example:
+    >>> rows = prompt_discrimination(lm, facts, neurons_by_fact, baseline_by_fact)
+    >>> summarize(rows, "kn", "auc").mean, summarize(rows, "baseline", "auc").mean
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from kneuron.attribution.types import Neuron
+from kneuron.experiments.metrics import NeuronKey, activations_at, roc_auc, row
+from kneuron.experiments.suppress_amplify import encode_facts, keys_of
+from kneuron.facts.encoding import EncodedQuery
+from kneuron.facts.fact import Fact
+from kneuron.models.language_model import LanguageModel
+
+STUDY = "discrimination"
+
+
+def _variants(fact_id: str, neurons_by_fact, baseline_by_fact, generic_keys) -> dict[str, list[NeuronKey]]:
+    kn = keys_of(neurons_by_fact.get(fact_id, ()))
+    sets = {"kn": kn}
+    if baseline_by_fact is not None:
+        sets["baseline"] = keys_of(baseline_by_fact.get(fact_id, ()))
+    sets["kn_no_generic"] = [key for key in kn if key not in generic_keys]
+    return sets
+
+
+def prompt_discrimination(
+    lm: LanguageModel,
+    facts: Sequence[Fact],
+    neurons_by_fact: Mapping[str, Sequence[Neuron | NeuronKey]],
+    baseline_by_fact: Mapping[str, Sequence[Neuron | NeuronKey]] | None = None,
+    *,
+    generic: Iterable[Neuron | NeuronKey] = (),
+    batch_size: int = 32,
+    queries: Mapping[str, list[EncodedQuery]] | None = None,
+) -> list[dict]:
+    """Per fact and variant, the ROC AUC of own prompts against all other facts' prompts (see the module doc).
+
+    Every prompt runs once: the activations of every neuron any fact needs are read in the same pass.
+    """
+    generic_keys = set(keys_of(generic))
+    queries = dict(queries) if queries is not None else {}
+    queries.update(encode_facts(lm, [fact for fact in facts if fact.id not in queries]))
+    sets = {fact.id: _variants(fact.id, neurons_by_fact, baseline_by_fact, generic_keys) for fact in facts}
+    needed = sorted({key for variants in sets.values() for keys in variants.values() for key in keys})
+    if not needed:
+        return []
+    column = {key: i for i, key in enumerate(needed)}
+    owner = np.array([f for f, fact in enumerate(facts) for _ in queries[fact.id]])
+    inputs = [(q.input_ids, q.position) for fact in facts for q in queries[fact.id]]
+    acts = activations_at(lm, inputs, needed, batch_size=batch_size)
+    rows = []
+    for f, fact in enumerate(facts):
+        for variant, keys in sets[fact.id].items():
+            rows.append(row(STUDY, variant, fact.relation, fact.id, "neurons", len(keys)))
+            if not keys:
+                continue
+            scores = acts[:, [column[key] for key in keys]].mean(axis=1)
+            auc = roc_auc(scores[owner == f], scores[owner != f])
+            if not math.isnan(auc):
+                rows.append(row(STUDY, variant, fact.relation, fact.id, "auc", auc))
+    return rows
+
+
+def sentence_inputs(lm: LanguageModel, sentences: Sequence[str]) -> list[tuple[torch.Tensor, int | list[int]]]:
+    """``(input_ids, positions)`` per sentence: the last token for a causal model, the list of non-special
+    tokens (to average over) for a masked one."""
+    tokenizer = lm.tokenizer
+    special = set(getattr(tokenizer, "all_special_ids", None) or [])
+    out: list[tuple[torch.Tensor, int | list[int]]] = []
+    for sentence in sentences:
+        ids = list(tokenizer(sentence, add_special_tokens=True)["input_ids"])
+        if lm.kind == "causal":
+            if len(ids) > 1 and ids[-1] == getattr(tokenizer, "eos_token_id", None):
+                ids = ids[:-1]  # a tokenizer that appends EOS: read the sentence's own last token
+            out.append((torch.tensor(ids, dtype=torch.long), len(ids) - 1))
+        else:
+            own = [i for i, token in enumerate(ids) if token not in special] or list(range(len(ids)))
+            out.append((torch.tensor(ids, dtype=torch.long), own))
+    return out
+
+
+def sentence_discrimination(
+    lm: LanguageModel,
+    facts: Sequence[Fact],
+    neurons_by_fact: Mapping[str, Sequence[Neuron | NeuronKey]],
+    baseline_by_fact: Mapping[str, Sequence[Neuron | NeuronKey]] | None = None,
+    *,
+    sentences: Callable[[Fact], tuple[Sequence[str], Sequence[str]]] | None = None,
+    generic: Iterable[Neuron | NeuronKey] = (),
+    batch_size: int = 32,
+) -> list[dict]:
+    """Per fact that has sentences, and per variant: mean activation on stating / subject-only sentences and
+    their ROC AUC. ``sentences(fact) -> (positive, negative)`` defaults to the built-in ones."""
+    if sentences is None:
+        from kneuron.facts import discrimination_sentences as sentences
+    generic_keys = set(keys_of(generic))
+    rows = []
+    for fact in facts:
+        positive, negative = (list(side) for side in sentences(fact))
+        if not positive or not negative:
+            continue
+        for variant, keys in _variants(fact.id, neurons_by_fact, baseline_by_fact, generic_keys).items():
+            if not keys:
+                continue
+            scores = activations_at(lm, sentence_inputs(lm, positive + negative), keys,
+                                    batch_size=batch_size).mean(axis=1)
+            pos, neg = scores[:len(positive)], scores[len(positive):]
+            rows.append(row(STUDY, variant, fact.relation, fact.id, "sentence_positive", pos.mean()))
+            rows.append(row(STUDY, variant, fact.relation, fact.id, "sentence_negative", neg.mean()))
+            rows.append(row(STUDY, variant, fact.relation, fact.id, "sentence_auc", roc_auc(pos, neg)))
+    return rows

@@ -1,0 +1,156 @@
+"""Measurements the studies share: batched answer probabilities (optionally under neuron patches), neuron
+activations at chosen positions, the paper's relative change, ROC AUC, and per-relation summaries.
+
+Everything batches rows of equal token length without padding, so a batched result equals the one-by-one
+result (no attention mask or padding side to get wrong, for either model kind).
+
+Example:
+    >>> queries = [encode(lm, p, fact.object) for p in fact.prompts()]
+    >>> before = answer_probabilities(lm, queries)
+    >>> after = answer_probabilities(lm, queries, suppress_patches([(17, 1234)]))
+    >>> relative_change(before, after).mean()
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kneuron.facts.encoding import EncodedQuery
+from kneuron.models.hooks import NeuronPatch, capture, patch
+from kneuron.models.language_model import LanguageModel
+
+NeuronKey = tuple[int, int]
+
+
+def by_length(items: Sequence[torch.Tensor], batch_size: int) -> list[list[int]]:
+    """Indices of ``items`` (1-D id tensors) grouped into batches of equal length, in a stable order."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, ids in enumerate(items):
+        groups[int(ids.shape[0])].append(i)
+    batches = []
+    for _, members in sorted(groups.items()):
+        batches.extend(members[start:start + batch_size] for start in range(0, len(members), batch_size))
+    return batches
+
+
+@torch.no_grad()
+def answer_probabilities(lm: LanguageModel, queries: Sequence[EncodedQuery], patches: Iterable[NeuronPatch] = (),
+                         *, batch_size: int = 32) -> np.ndarray:
+    """The joint probability of each query's answer, with ``patches`` applied at each query's answer position.
+
+    The answer position is :attr:`EncodedQuery.position`, the position whose output predicts the first answer
+    token (the position attribution scored). Multi-token answers are scored by their teacher-forced joint
+    probability; the patch touches only that first position.
+
+    Returns:
+        (len(queries),) float64 array.
+    """
+    patches = list(patches)
+    out = np.zeros(len(queries), dtype=np.float64)
+    for batch in by_length([q.input_ids for q in queries], batch_size):
+        chosen = [queries[i] for i in batch]
+        ids = torch.stack([q.input_ids for q in chosen]).to(lm.device)
+        positions = torch.tensor([q.position for q in chosen])
+        context = patch(lm, patches, positions=positions) if patches else nullcontext()
+        with context:
+            logits = lm.model(input_ids=ids).logits
+        for row, (i, query) in enumerate(zip(batch, chosen, strict=True)):
+            targets = torch.tensor(query.target_positions, device=logits.device)
+            answer = torch.tensor(query.answer_ids, device=logits.device)
+            log_probs = torch.log_softmax(logits[row, targets].double(), dim=-1).gather(-1, answer[:, None])
+            out[i] = float(log_probs.sum().exp())
+    return out
+
+
+@torch.no_grad()
+def activations_at(lm: LanguageModel, inputs: Sequence[tuple[torch.Tensor, int | Sequence[int] | None]],
+                   neurons: Sequence[NeuronKey], *, batch_size: int = 32) -> np.ndarray:
+    """Activations of ``neurons`` for each ``(input_ids, position)``; a list of positions means the mean over
+    them, ``None`` the mean over all positions of the row.
+
+    Returns:
+        (len(inputs), len(neurons)) float64 array (columns in the order of ``neurons``).
+    """
+    out = np.zeros((len(inputs), len(neurons)), dtype=np.float64)
+    if not neurons or not inputs:
+        return out
+    layers = sorted({layer for layer, _ in neurons})
+    for batch in by_length([ids for ids, _ in inputs], batch_size):
+        ids = torch.stack([inputs[i][0] for i in batch]).to(lm.device)
+        positions = [inputs[i][1] for i in batch]
+        with capture(lm, layers, positions=None) as acts:
+            lm.model(input_ids=ids)
+        for column, (layer, index) in enumerate(neurons):
+            values = acts[layer][:, :, index].double()  # (batch, seq)
+            for row, (i, position) in enumerate(zip(batch, positions, strict=True)):
+                if position is None:
+                    out[i, column] = float(values[row].mean())
+                elif isinstance(position, int):
+                    out[i, column] = float(values[row, position])
+                else:
+                    out[i, column] = float(values[row, list(position)].mean())
+    return out
+
+
+def relative_change(before: np.ndarray | float, after: np.ndarray | float) -> np.ndarray:
+    """The paper's metric, (after - before) / before, elementwise."""
+    before = np.asarray(before, dtype=np.float64)
+    return (np.asarray(after, dtype=np.float64) - before) / before
+
+
+def roc_auc(positive: Sequence[float], negative: Sequence[float]) -> float:
+    """ROC AUC of scores that should be higher for ``positive`` than ``negative`` (scikit-learn); NaN when a side
+    is empty."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(positive) == 0 or len(negative) == 0:
+        return math.nan
+    labels = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
+    return float(roc_auc_score(labels, np.r_[np.asarray(positive, float), np.asarray(negative, float)]))
+
+
+def fact_rng(seed: int, key: str) -> np.random.Generator:
+    """A generator that depends only on ``seed`` and ``key`` (e.g. a fact id), not on the order facts come in."""
+    return np.random.default_rng([seed, zlib.crc32(key.encode("utf-8"))])
+
+
+def row(study: str, variant: str, relation: str, fact_id: str, metric: str, value: float) -> dict:
+    """One long-format result row, as the atlas stores it."""
+    return {"study": study, "variant": variant, "relation": relation, "fact_id": fact_id, "metric": metric,
+            "value": float(value)}
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean (and median, count) of a metric over facts, overall and per relation."""
+
+    variant: str
+    metric: str
+    mean: float
+    median: float
+    n: int
+    per_relation: dict[str, tuple[float, int]]
+
+
+def summarize(rows: Iterable[dict], variant: str, metric: str) -> Summary:
+    """Average ``metric`` of ``variant`` over the per-fact rows (those with a fact id), overall and per relation.
+
+    Non-finite values are left out (and so not counted in ``n``).
+    """
+    values, per_relation = [], defaultdict(list)
+    for r in rows:
+        if r["variant"] == variant and r["metric"] == metric and r.get("fact_id") and math.isfinite(r["value"]):
+            values.append(r["value"])
+            per_relation[r["relation"]].append(r["value"])
+    if not values:
+        return Summary(variant, metric, math.nan, math.nan, 0, {})
+    return Summary(variant, metric, float(np.mean(values)), float(np.median(values)), len(values),
+                   {rel: (float(np.mean(v)), len(v)) for rel, v in sorted(per_relation.items())})

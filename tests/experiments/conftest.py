@@ -1,0 +1,76 @@
+"""Tiny facts spelled in the tiny vocabulary (see tests/tiny_models.py), fixed neuron sets, and a by-hand
+probability that shares no code with kneuron.experiments (its own hook, its own softmax)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kneuron.attribution import Neuron
+from kneuron.facts import Fact, encode
+
+CAPITAL = ("The capital of [X] is [Y].", "[X]'s capital city is [Y].", "The capital city of [X] is [Y].")
+LANGUAGE = ("The language spoken in [X] is [Y].", "In [X] they speak [Y].", "The official language of [X] is [Y].")
+CONTINENT = ("[X] is located in [Y].", "[X] is part of [Y].", "The continent of [X] is [Y].")
+
+
+def tiny_facts() -> list[Fact]:
+    """Eight facts of three relations; Denmark -> Copenhagen is a two-token answer."""
+    return (
+        [Fact(s, "capital", o, CAPITAL) for s, o in
+         [("France", "Paris"), ("Germany", "Berlin"), ("Denmark", "Copenhagen")]]
+        + [Fact(s, "language", o, LANGUAGE) for s, o in [("Italy", "Italian"), ("Spain", "Spanish"),
+                                                          ("Japan", "Japanese")]]
+        + [Fact(s, "continent", o, CONTINENT) for s, o in [("Egypt", "Africa"), ("China", "Asia")]]
+    )
+
+
+def tiny_neurons(facts: list[Fact]) -> dict[str, list[Neuron]]:
+    """Fixed knowledge neurons: L0.N3 in every fact (a generic neuron), one own neuron in layer 2, and one in
+    layer 1 for every second fact."""
+    found = {}
+    for i, fact in enumerate(facts):
+        neurons = [Neuron(2, (2 * i + 1) % 16, 1.0), Neuron(0, 3, 0.5)]
+        if i % 2 == 0:
+            neurons.append(Neuron(1, (5 * i) % 16, 0.4))
+        found[fact.id] = neurons
+    return found
+
+
+@torch.no_grad()
+def probability_by_hand(lm, prompt, answer: str, neurons=(), op: str = "set", value: float = 0.0) -> float:
+    """P(answer) with ``neurons`` patched at the answer position, with a hand-written hook and softmax."""
+    query = encode(lm, prompt, answer)
+    handles = []
+    for layer in sorted({layer for layer, _ in neurons}):
+        chosen = [i for l_, i in neurons if l_ == layer]
+
+        def hook(_module, args, chosen=chosen):
+            x = args[0].clone()
+            for i in chosen:
+                if op == "set":
+                    x[0, query.position, i] = value
+                else:
+                    x[0, query.position, i] = x[0, query.position, i] * value
+            return (x, *args[1:])
+
+        handles.append(lm.ffn_out(layer).register_forward_pre_hook(hook))
+    try:
+        logits = lm.model(input_ids=query.input_ids[None]).logits[0].double()
+    finally:
+        for handle in handles:
+            handle.remove()
+    probability = 1.0
+    for position, token in zip(query.target_positions, query.answer_ids, strict=True):
+        probability *= float(torch.softmax(logits[position], dim=-1)[token])
+    return probability
+
+
+@pytest.fixture
+def facts() -> list[Fact]:
+    return tiny_facts()
+
+
+@pytest.fixture
+def neurons(facts) -> dict[str, list[Neuron]]:
+    return tiny_neurons(facts)
