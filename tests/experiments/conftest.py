@@ -74,3 +74,25 @@ def facts() -> list[Fact]:
 @pytest.fixture
 def neurons(facts) -> dict[str, list[Neuron]]:
     return tiny_neurons(facts)
+
+
+@torch.no_grad()
+def activation_by_hand(lm, input_ids: torch.Tensor, layer: int, index: int) -> torch.Tensor:
+    """(seq,) activation of neuron ``(layer, index)`` at every position, with a hand-written hook."""
+    seen = {}
+
+    def hook(_module, args):
+        seen["x"] = args[0][0, :, index].double().clone()
+
+    handle = lm.ffn_out(layer).register_forward_pre_hook(hook)
+    try:
+        lm.model(input_ids=input_ids[None])
+    finally:
+        handle.remove()
+    return seen["x"]
+
+
+def auc_by_hand(positive, negative) -> float:
+    """Mann-Whitney: the share of (positive, negative) pairs ordered right, ties counting half."""
+    pairs = [(p > n) + 0.5 * (p == n) for p in positive for n in negative]
+    return sum(pairs) / len(pairs)

@@ -1,0 +1,81 @@
+"""Generic neurons (flagging, probing each alone) and the layer distribution, checked by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from experiments.conftest import activation_by_hand, probability_by_hand
+from kneuron.attribution import Neuron
+from kneuron.errors import KneuronError
+from kneuron.experiments import generic_neurons, generic_rows, layer_distribution, probe_generic, top_layers
+from kneuron.experiments.generic import last_word
+from kneuron.experiments.layer_distribution import top_third_share
+from kneuron.facts import Prompt, encode
+from tiny_models import tiny_lm
+
+
+def test_generic_neurons_need_more_than_the_share_of_facts():
+    sets = {f"f{i}": [Neuron(0, 3), Neuron(2, i)] for i in range(10)}
+    sets["f0"].append(Neuron(1, 1))
+    sets["f1"].append(Neuron(1, 1))
+    found = generic_neurons(sets, share=0.1)
+    assert [(str(g), g.facts, g.share) for g in found] == [("L0.N3", 10, 1.0), ("L1.N1", 2, 0.2)]
+    assert [str(g) for g in generic_neurons(sets, share=0.2)] == ["L0.N3"]  # 2 of 10 is not more than 20%
+    assert generic_neurons({"a": [Neuron(0, 1)], "b": []}, share=0.1) == []  # one fact is never generic
+    with pytest.raises(KneuronError, match="share"):
+        generic_neurons(sets, share=1.5)
+    rows = generic_rows(found, 0.1)
+    assert {(r["variant"], r["metric"]): r["value"] for r in rows}[("L1.N1", "facts")] == 2
+
+
+def test_last_word_before_the_answer():
+    assert last_word(Prompt.from_template("The capital of [X] is [Y].", "France")) == "is"
+    assert last_word(Prompt.from_template("[X], capital: [Y]", "France")) == "capital:"
+
+
+def test_probe_generic_matches_hand_computation(facts, neurons):
+    lm = tiny_lm("llama", layers=3, neurons=16, dtype=torch.float64)
+    members = dict(neurons)
+    members[facts[-1].id] = [Neuron(2, 9)]  # one fact without the generic neuron
+    rows = probe_generic(lm, facts, members, generic_neurons(members))
+    table = {(r["fact_id"], r["metric"]): r["value"] for r in rows if r["variant"] == "L0.N3"}
+    assert table[facts[0].id, "member"] == 1.0 and table[facts[-1].id, "member"] == 0.0
+    for fact in (facts[0], facts[-1]):
+        by_word: dict[str, list] = {}
+        for prompt in fact.prompts():
+            before = probability_by_hand(lm, prompt, fact.object)
+            after = probability_by_hand(lm, prompt, fact.object, [(0, 3)])
+            query = encode(lm, prompt, fact.object)
+            activation = float(activation_by_hand(lm, query.input_ids, 0, 3)[query.position])
+            by_word.setdefault(last_word(prompt), []).append(((after - before) / before, activation))
+        for word, pairs in by_word.items():
+            assert table[fact.id, f"suppress_alone:{word}"] == pytest.approx(np.mean([c for c, _ in pairs]), abs=1e-12)
+            assert table[fact.id, f"activation:{word}"] == pytest.approx(np.mean([a for _, a in pairs]))
+    assert probe_generic(lm, facts, members, []) == []
+
+
+def test_top_third_of_the_layers():
+    assert list(top_layers(30)) == list(range(20, 30))
+    assert list(top_layers(12)) == [8, 9, 10, 11]
+    assert list(top_layers(2)) == [1]
+
+
+def test_layer_distribution_by_hand(facts, neurons):
+    baseline = {f.id: [Neuron(0, 1), Neuron(0, 2)] for f in facts}
+    relations = {f.id: f.relation for f in facts}
+    rows = layer_distribution(neurons, 3, baseline, relations=relations, generic=[(0, 3)])
+    table = {(r["variant"], r["relation"], r["metric"]): r["value"] for r in rows}
+    # 8 facts: L2 own neuron each (8), L0.N3 each (8), L1 for facts 0, 2, 4, 6 (4) -> 20 neurons
+    assert table["kn", "", "total"] == 20
+    assert [table["kn", "", f"count:{layer}"] for layer in range(3)] == [8, 4, 8]
+    assert table["kn", "", "share:2"] == pytest.approx(8 / 20)
+    assert table["kn", "", "top_third"] == pytest.approx(8 / 20)
+    assert table["kn_no_generic", "", "share:0"] == 0
+    assert table["kn_no_generic", "", "top_third"] == pytest.approx(8 / 12)
+    assert table["baseline", "", "share:0"] == 1.0 and table["baseline", "", "top_third"] == 0.0
+    # per relation: capital has facts 0, 1, 2 -> L2: 3, L0: 3, L1: facts 0 and 2
+    assert [table["kn", "capital", f"count:{layer}"] for layer in range(3)] == [3, 2, 3]
+    assert top_third_share(neurons, 3) == pytest.approx(0.4)
+    assert np.isnan(top_third_share({"a": []}, 3))
