@@ -1,0 +1,97 @@
+"""All studies in one call, sharing the encoded prompts and the generic-neuron list.
+
+Study names (as stored in the atlas's results table): ``suppress_amplify``, ``generic``, ``layers``,
+``discrimination``. The generic neurons are always computed (it is a count), because the other studies report
+their numbers with and without them; the ``generic`` study stores the flags and probes each generic neuron alone.
+
+Example:
+    >>> results = run_studies(lm, facts, neurons_by_fact, baseline_by_fact)
+    >>> summarize(results["suppress_amplify"], "kn", "suppress").mean
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from kneuron.attribution.types import Neuron
+from kneuron.errors import KneuronError
+from kneuron.experiments.discrimination import prompt_discrimination, sentence_discrimination
+from kneuron.experiments.generic import generic_neurons, generic_rows, probe_generic
+from kneuron.experiments.layer_distribution import layer_distribution
+from kneuron.experiments.suppress_amplify import encode_facts, suppress_amplify
+from kneuron.facts.fact import Fact
+from kneuron.models.language_model import LanguageModel
+
+STUDIES = ("suppress_amplify", "generic", "layers", "discrimination")
+#: command-line names -> stored names
+ALIASES = {"suppress-amplify": "suppress_amplify", "suppress_amplify": "suppress_amplify", "generic": "generic",
+           "layers": "layers", "layer-distribution": "layers", "discrimination": "discrimination"}
+
+
+def study_names(name: str) -> list[str]:
+    """The stored study names for a command-line name (``all`` for every study)."""
+    if name == "all":
+        return list(STUDIES)
+    if name not in ALIASES:
+        raise KneuronError(f"Unknown study {name!r}: choose suppress-amplify, generic, layers, discrimination or all.")
+    return [ALIASES[name]]
+
+
+def run_studies(
+    lm: LanguageModel,
+    facts: Sequence[Fact],
+    neurons_by_fact: Mapping[str, Sequence[Neuron]],
+    baseline_by_fact: Mapping[str, Sequence[Neuron]] | None = None,
+    *,
+    studies: Sequence[str] = STUDIES,
+    generic_share: float = 0.1,
+    other_facts: int = 5,
+    probe_neurons: int = 3,
+    seed: int = 0,
+    sentences: Callable[[Fact], tuple[Sequence[str], Sequence[str]]] | None = None,
+    on_study: Callable[[str], None] | None = None,
+    on_fact: Callable[[Fact], None] | None = None,
+) -> dict[str, list[dict]]:
+    """Run ``studies`` and return ``{study: rows}``.
+
+    Args:
+        neurons_by_fact: refined knowledge neurons by fact id (facts missing here have none).
+        baseline_by_fact: the activation-baseline neurons by fact id (the layers and discrimination studies
+            compare against them; skipped there when None).
+        generic_share: neurons in the sets of more than this share of the facts are generic.
+        other_facts: facts of other relations used to measure suppress/amplify elsewhere.
+        probe_neurons: how many generic neurons (the most shared first) are probed alone.
+        seed: seeds the random controls and the draw of other facts.
+        sentences: ``fact -> (stating, subject-only)`` sentences (the built-in ones by default).
+        on_study: called with each study's name before it runs (status).
+        on_fact: called after each fact of the suppress/amplify study (progress).
+    """
+    unknown = [s for s in studies if s not in STUDIES]
+    if unknown:
+        raise KneuronError(f"Unknown stud{'y' if len(unknown) == 1 else 'ies'} {unknown}; choose from {STUDIES}.")
+    neurons_by_fact = {fact.id: list(neurons_by_fact.get(fact.id, ())) for fact in facts}
+    generic = generic_neurons(neurons_by_fact, share=generic_share)
+    needs_queries = any(s in studies for s in ("suppress_amplify", "generic", "discrimination"))
+    queries = encode_facts(lm, facts) if needs_queries else {}
+    results: dict[str, list[dict]] = {}
+    for study in STUDIES:
+        if study not in studies:
+            continue
+        if on_study:
+            on_study(study)
+        if study == "suppress_amplify":
+            results[study] = suppress_amplify(lm, facts, neurons_by_fact, generic=generic, other_facts=other_facts,
+                                              seed=seed, queries=queries, on_fact=on_fact)
+        elif study == "generic":
+            results[study] = generic_rows(generic, generic_share) + probe_generic(
+                lm, facts, neurons_by_fact, generic, max_neurons=probe_neurons, queries=queries)
+        elif study == "layers":
+            results[study] = layer_distribution(neurons_by_fact, lm.n_layers, baseline_by_fact,
+                                                relations={fact.id: fact.relation for fact in facts},
+                                                generic=generic)
+        else:
+            results[study] = prompt_discrimination(lm, facts, neurons_by_fact, baseline_by_fact, generic=generic,
+                                                   queries=queries)
+            results[study] += sentence_discrimination(lm, facts, neurons_by_fact, baseline_by_fact,
+                                                      sentences=sentences, generic=generic)
+    return results

@@ -1,0 +1,330 @@
+"""The HTML report: one self-contained file (inline CSS, figures as PNG data URIs, no scripts, no links to fetch)
+with the tables and figures of the studies stored in an atlas, and the headline numbers next to the paper's.
+
+Example:
+    >>> data = ReportData.from_atlas("runs/demo.sqlite")
+    >>> write_report(data, "runs/demo.html")
+    >>> print(headline_line("runs/demo.html", data))
+    report=runs/demo.html facts=212 suppress=-31.20% amplify=+40.12% top_third=61.0% auc_kn=0.812 auc_activation=0.540
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kneuron.experiments.metrics import Summary, summarize
+from kneuron.report import plots
+
+STUDIES = ("suppress_amplify", "generic", "layers", "discrimination")
+
+#: the paper's BERT-base-cased figures (Dai et al. 2022), shown next to ours
+PAPER = {"suppress": -29.03, "amplify": 31.17}
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1100px;
+       color: #222; line-height: 1.45; padding: 0 1em; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #ddd; padding-bottom: 0.2em;
+margin-top: 2em; } h3 { margin-top: 1.4em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f2f2f2; } td.l, th.l { text-align: left; }
+img { max-width: 100%; display: block; margin: 0.8em 0; border: 1px solid #eee; }
+.note { color: #555; font-size: 0.9em; } .meta { color: #555; }
+.warn { background: #fff4e0; border-left: 5px solid #e69500; padding: 0.6em 1em; margin: 1em 0; }
+.neg { color: #b00020; } .pos { color: #1b7f1b; }
+code { background: #f5f5f5; padding: 0 0.2em; }
+"""
+
+
+@dataclass
+class ReportData:
+    """What a report is made of: the result rows of each study, the run's metadata and its number of facts."""
+
+    results: Mapping[str, Sequence[dict]]
+    meta: Mapping[str, object] = field(default_factory=dict)
+    n_facts: int = 0
+    title: str = "Knowledge neurons report"
+
+    def rows(self, study: str) -> list[dict]:
+        return list(self.results.get(study, ()))
+
+    @classmethod
+    def from_atlas(cls, path: str | Path) -> ReportData:
+        """Read every study's rows, the metadata and the fact count from the atlas at ``path`` (read-only)."""
+        from kneuron.store import Atlas
+
+        atlas = Atlas.open(path, read_only=True)
+        try:
+            results = {study: atlas.results(study) for study in STUDIES}
+            meta = dict(atlas.meta) if atlas.meta is not None else {}
+            n_facts = len(atlas.facts())
+        finally:
+            close = getattr(atlas, "close", None)
+            if close:
+                close()
+        return cls(results, meta, n_facts, title=f"Knowledge neurons: {Path(path).name}")
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The numbers of the demo's last line: mean relative changes (%) when suppressing / amplifying the knowledge
+    neurons, the share (%) of knowledge neurons in the top third of the layers, and the mean per-fact ROC AUC of
+    the knowledge neurons and of the activation baseline (own prompts vs other facts' prompts)."""
+
+    facts: int
+    suppress: float
+    amplify: float
+    top_third: float
+    auc_kn: float
+    auc_activation: float
+
+
+def _layer_value(rows: Sequence[dict], variant: str, metric: str, relation: str = "") -> float:
+    for r in rows:
+        if r["variant"] == variant and r["metric"] == metric and r["relation"] == relation:
+            return r["value"]
+    return math.nan
+
+
+def headline(data: ReportData) -> Headline:
+    """The headline numbers of ``data`` (NaN where a study is missing)."""
+    sa, disc = data.rows("suppress_amplify"), data.rows("discrimination")
+    return Headline(
+        facts=data.n_facts,
+        suppress=summarize(sa, "kn", "suppress").mean * 100,
+        amplify=summarize(sa, "kn", "amplify").mean * 100,
+        top_third=_layer_value(data.rows("layers"), "kn", "top_third") * 100,
+        auc_kn=summarize(disc, "kn", "auc").mean,
+        auc_activation=summarize(disc, "baseline", "auc").mean,
+    )
+
+
+def _fmt(value: float, spec: str, suffix: str = "") -> str:
+    return f"{value:{spec}}{suffix}" if math.isfinite(value) else "nan"
+
+
+def headline_line(report_path: str | Path, data: ReportData) -> str:
+    """``report=PATH facts=N suppress=X% amplify=Y% top_third=Z% auc_kn=A auc_activation=B``."""
+    h = headline(data)
+    return (f"report={report_path} facts={h.facts} suppress={_fmt(h.suppress, '+.2f', '%')} "
+            f"amplify={_fmt(h.amplify, '+.2f', '%')} top_third={_fmt(h.top_third, '.1f', '%')} "
+            f"auc_kn={_fmt(h.auc_kn, '.3f')} auc_activation={_fmt(h.auc_activation, '.3f')}")
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+def _e(text: object) -> str:
+    return html.escape(str(text))
+
+
+def _pct(value: float, signed: bool = True) -> str:
+    if not math.isfinite(value):
+        return "–"
+    css = "neg" if value < 0 else "pos"
+    text = f"{value * 100:+.2f}%" if signed else f"{value * 100:.1f}%"
+    return f'<span class="{css}">{text}</span>' if signed else text
+
+
+def _image(png: bytes | None, alt: str) -> str:
+    if not png:
+        return ""
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """An HTML table; cells are already HTML; the first ``left`` columns are left-aligned."""
+    head = "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(header))
+    body = "".join(
+        "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{cell}</td>' for i, cell in enumerate(row)) + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _headline_section(data: ReportData) -> str:
+    h = headline(data)
+    rows = [
+        ["suppress (KN set to 0): mean Δp / p", _fmt(h.suppress, "+.2f", "%"), f"{PAPER['suppress']:+.2f}%"],
+        ["amplify (KN doubled): mean Δp / p", _fmt(h.amplify, "+.2f", "%"), f"+{PAPER['amplify']:.2f}%"],
+        ["share of KN in the top third of the layers", _fmt(h.top_third, ".1f", "%"),
+         "most in the top layers (figure only)"],
+        ["ROC AUC, KN activation: own vs other facts' prompts", _fmt(h.auc_kn, ".3f"), "not reported"],
+        ["ROC AUC, activation baseline", _fmt(h.auc_activation, ".3f"), "not reported"],
+    ]
+    return ("<h2>Headline</h2>"
+            + _table(["measure", "this run", "paper (BERT-base-cased, PARAREL)"], rows)
+            + '<p class="note">Means over facts of the per-fact mean over its prompts. Negative is a drop of the '
+              "correct answer's probability. See the sections below for the controls and the generic neurons, "
+              "which change how these numbers should be read.</p>")
+
+
+def _summary_rows(summaries: Sequence[Summary], relations: Sequence[str]) -> list[list[str]]:
+    rows = [["all facts", str(summaries[0].n)] + [_pct(s.mean) for s in summaries]]
+    for relation in relations:
+        cells = [s.per_relation.get(relation, (math.nan, 0)) for s in summaries]
+        rows.append([_e(relation), str(cells[0][1])] + [_pct(mean) for mean, _ in cells])
+    return rows
+
+
+def _suppress_section(data: ReportData, generic_names: Sequence[str]) -> str:
+    rows = data.rows("suppress_amplify")
+    if not rows:
+        return "<h2>Suppress / amplify</h2><p>Not run: <code>kneuron study suppress-amplify --run ...</code></p>"
+    parts = ["<h2>Suppress / amplify</h2>",
+             '<p class="note">Each fact\'s knowledge neurons are zeroed (suppress) or doubled (amplify) at the '
+             "answer position only (the position whose output predicts the first answer token, the one "
+             "attribution scored), and the correct answer's probability is compared with the unpatched one: "
+             "(p<sub>after</sub> − p<sub>before</sub>) / p<sub>before</sub>, averaged over the fact's prompts, "
+             "then over facts. The control patches as many random neurons drawn from the same layers "
+             "(seeded).</p>"]
+    relations = _relations(rows)
+    variants = ("kn", "random", "kn_no_generic", "random_no_generic")
+    for op in ("suppress", "amplify"):
+        summaries = [summarize(rows, v, op) for v in variants]
+        parts.append(f"<h3>{op.capitalize()}</h3>")
+        parts.append(_table(["relation", "facts", "knowledge neurons", "random (same layers)",
+                             "KN without generic", "random, without generic"],
+                            _summary_rows(summaries, relations)))
+        median = summaries[0].median
+        parts.append(f'<p class="note">Median over facts for the knowledge neurons: {_pct(median)}.</p>')
+    parts.append(_image(plots.suppress_amplify_figure(rows), "suppress and amplify per relation"))
+    dropped = sum(1 for r in rows if r["variant"] == "kn_no_generic" and r["metric"] == "neurons" and r["value"] == 0)
+    if generic_names:
+        parts.append(f'<p class="note">Without generic neurons ({", ".join(map(_e, generic_names))}): '
+                     f"{dropped} fact(s) have no knowledge neuron left and drop out of those columns.</p>")
+    parts.append("<h3>Effect on other relations' facts</h3>")
+    other = []
+    for variant in ("kn", "kn_no_generic", "random"):
+        cells = []
+        for op in ("suppress", "amplify"):
+            cells += [_pct(summarize(rows, variant, op).mean), _pct(summarize(rows, variant, f"{op}_other").mean)]
+        other.append([_e(plots.LABELS[variant])] + cells)
+    parts.append(_table(["neurons patched", "suppress: own prompts", "suppress: other relations",
+                         "amplify: own prompts", "amplify: other relations"], other))
+    parts.append('<p class="note">Same neurons, same position rule, on the prompts of facts drawn (seeded) from '
+                 "the other relations.</p>")
+    parts.append(_image(plots.other_relations_figure(rows), "own facts against other relations' facts"))
+    return "".join(parts)
+
+
+def _relations(rows: Sequence[dict]) -> list[str]:
+    return sorted({r["relation"] for r in rows if r.get("fact_id") and r["relation"]})
+
+
+def generic_names(data: ReportData) -> list[str]:
+    """The generic neurons flagged in the atlas, most shared first."""
+    shares = {r["variant"]: r["value"] for r in data.rows("generic") if r["metric"] == "share" and not r["fact_id"]}
+    return sorted(shares, key=lambda name: -shares[name])
+
+
+def _generic_section(data: ReportData) -> str:
+    rows = data.rows("generic")
+    if not rows:
+        return "<h2>Generic neurons</h2><p>Not run: <code>kneuron study generic --run ...</code></p>"
+    flags = {(r["variant"], r["metric"]): r["value"] for r in rows if not r["fact_id"]}
+    names = generic_names(data)
+    threshold = next((v for (_, metric), v in flags.items() if metric == "threshold"), math.nan)
+    parts = ["<h2>Generic neurons</h2>"]
+    if not names:
+        parts.append(f"<p>No neuron is a knowledge neuron of more than {_pct(threshold, False)} of the facts.</p>")
+        return "".join(parts)
+    parts.append(
+        f'<div class="warn"><b>{len(names)} neuron(s) are knowledge neurons of more than {_pct(threshold, False)} '
+        "of the facts</b>: they cannot store any one fact. Numbers that include them mix their effect into every "
+        "fact's; the tables above show suppress / amplify with and without them, and each is probed alone "
+        "below.</div>")
+    parts.append(_table(["neuron", "facts", "share of facts"],
+                        [[_e(n), f"{flags[n, 'facts']:.0f}", _pct(flags[n, "share"], False)] for n in names]))
+    probed = sorted({r["variant"] for r in rows if r["fact_id"]}, key=names.index if names else None)
+    for name in probed:
+        table = plots.generic_by_word(rows, name)
+        parts.append(f"<h3>{_e(name)} on its own</h3>")
+        parts.append(_table(
+            ["last word before the answer", "facts without it", "facts with it", "mean activation",
+             "zeroed alone: facts without it", "zeroed alone: facts with it"],
+            [[f"<code>{_e(word)}</code>", str(v["n_unrelated"]), str(v["n_members"]), f"{v['activation']:.3f}",
+              _pct(v["unrelated"]), _pct(v["members"])] for word, v in table.items()]))
+        worst = min(((w, v) for w, v in table.items() if v["n_unrelated"]), key=lambda item: item[1]["unrelated"],
+                    default=None)
+        if worst:
+            word, v = worst
+            parts.append(f'<p class="note">Zeroing {_e(name)} alone changes the correct probability of facts that '
+                         f"do not count it among their knowledge neurons by {_pct(v['unrelated'])} on prompts "
+                         f"ending in <code>{_e(word)}</code> (mean over {v['n_unrelated']} facts).</p>")
+        parts.append(_image(plots.generic_figure(rows, name), f"{name} by last word"))
+    return "".join(parts)
+
+
+def _layers_section(data: ReportData) -> str:
+    rows = data.rows("layers")
+    if not rows:
+        return "<h2>Layer distribution</h2><p>Not run: <code>kneuron study layers --run ...</code></p>"
+    variants = [v for v in ("kn", "kn_no_generic", "baseline") if plots.layer_shares(rows, v)]
+    table = [[_e(plots.LABELS[v]), f"{_layer_value(rows, v, 'total'):.0f}",
+              _pct(_layer_value(rows, v, "top_third"), False)] for v in variants]
+    per_layer = {v: plots.layer_shares(rows, v) for v in variants}
+    n_layers = len(per_layer[variants[0]])
+    layer_rows = [[str(layer)] + [_pct(per_layer[v].get(layer, math.nan), False) for v in variants]
+                  for layer in range(n_layers)]
+    return ("<h2>Layer distribution</h2>"
+            + _table(["neurons", "count", "share in the top third of the layers"], table)
+            + _image(plots.layers_figure(rows), "share of neurons per layer")
+            + _image(plots.layers_heatmap(rows), "share of knowledge neurons per relation and layer")
+            + "<details><summary>Share per layer</summary>"
+            + _table(["layer"] + [plots.LABELS[v] for v in variants], layer_rows)
+            + "</details>"
+            + '<p class="note">A neuron shared by several facts counts once per fact. The activation baseline is, '
+              "per fact, as many neurons as it has knowledge neurons, those with the largest activation.</p>")
+
+
+def _discrimination_section(data: ReportData) -> str:
+    rows = data.rows("discrimination")
+    if not rows:
+        return "<h2>Discrimination</h2><p>Not run: <code>kneuron study discrimination --run ...</code></p>"
+    table = []
+    for variant in ("kn", "kn_no_generic", "baseline"):
+        auc, sentence = summarize(rows, variant, "auc"), summarize(rows, variant, "sentence_auc")
+        positive, negative = summarize(rows, variant, "sentence_positive"), summarize(rows, variant,
+                                                                                         "sentence_negative")
+        table.append([_e(plots.LABELS[variant]), _fmt(auc.mean, ".3f"), str(auc.n), _fmt(sentence.mean, ".3f"),
+                      str(sentence.n), _fmt(positive.mean, ".4f"), _fmt(negative.mean, ".4f")])
+    return ("<h2>Discrimination</h2>"
+            + _table(["neurons", "AUC: own vs other prompts", "facts", "AUC: stating vs subject-only sentences",
+                      "facts", "mean activation: stating", "mean activation: subject-only"], table)
+            + _image(plots.discrimination_figure(rows), "per-fact ROC AUC")
+            + '<p class="note">Score of a text: the mean activation of the fact\'s neurons. Prompts are read at '
+              "the answer position; sentences at their last token for causal models (the only position that has "
+              "read the whole sentence) and averaged over their own tokens for masked models. AUC per fact "
+              "(scikit-learn), then the mean over facts; 0.5 is chance.</p>")
+
+
+def render_report(data: ReportData) -> str:
+    """The whole report as one HTML string."""
+    meta = "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in sorted(data.meta.items())
+                   if isinstance(v, (str, int, float)))
+    names = generic_names(data)
+    body = "".join([
+        f"<h1>{_e(data.title)}</h1>",
+        f'<p class="meta">{data.n_facts} facts.</p>',
+        f'<ul class="meta">{meta}</ul>' if meta else "",
+        _headline_section(data),
+        _suppress_section(data, names),
+        _generic_section(data),
+        _layers_section(data),
+        _discrimination_section(data),
+    ])
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(data.title)}</title>'
+            f"<style>{CSS}</style></head><body>{body}</body></html>\n")
+
+
+def write_report(data: ReportData, path: str | Path) -> Path:
+    """Write the report to ``path`` (parent folders created) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_report(data), encoding="utf-8")
+    return path

@@ -1,0 +1,231 @@
+"""Figures of the studies, drawn with matplotlib's Agg canvas (no display, no pyplot global state) and returned
+as PNG bytes, ready to embed in the HTML report as data URIs.
+
+Each function takes the study's long-format rows (see :mod:`kneuron.experiments`) and returns ``None`` when
+there is nothing to draw.
+
+Example:
+    >>> png = suppress_amplify_figure(atlas.results("suppress_amplify"))
+    >>> open("figure.png", "wb").write(png)
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from kneuron.experiments.layer_distribution import top_layers
+from kneuron.experiments.metrics import summarize
+
+COLORS = {"kn": "#1f77b4", "random": "#bbbbbb", "kn_no_generic": "#2ca02c", "random_no_generic": "#dddddd",
+          "baseline": "#ff7f0e", "other": "#9467bd"}
+LABELS = {"kn": "knowledge neurons", "random": "random (same layers)", "kn_no_generic": "KN without generic",
+          "random_no_generic": "random, without generic", "baseline": "activation baseline"}
+DPI = 100
+
+
+def to_png(figure: Figure) -> bytes:
+    """The figure as PNG bytes (Agg canvas)."""
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _relations(rows: Sequence[dict], variant: str, metric: str) -> list[str]:
+    return sorted(summarize(rows, variant, metric).per_relation)
+
+
+def suppress_amplify_figure(rows: Sequence[dict]) -> bytes | None:
+    """Mean relative change (%) of the correct probability per relation and overall: suppress and amplify, knowledge
+    neurons against random neurons of the same layers, with and without generic neurons."""
+    relations = _relations(rows, "kn", "suppress")
+    if not relations:
+        return None
+    groups = ["all", *relations]
+    figure = Figure(figsize=(max(7.0, 0.75 * len(groups) + 3), 7.2))
+    panels = figure.subplots(2, 1, sharex=True)
+    variants = ("kn", "random", "kn_no_generic", "random_no_generic")
+    width = 0.8 / len(variants)
+    x = np.arange(len(groups))
+    for axis, op in zip(panels, ("suppress", "amplify"), strict=True):
+        for k, variant in enumerate(variants):
+            summary = summarize(rows, variant, op)
+            heights = [summary.mean * 100] + [summary.per_relation.get(r, (math.nan, 0))[0] * 100 for r in relations]
+            axis.bar(x + (k - 1.5) * width, heights, width, color=COLORS[variant], label=LABELS[variant],
+                     edgecolor="#555555", linewidth=0.4)
+        axis.axhline(0, color="black", linewidth=0.8)
+        axis.set_ylabel(f"{op}: mean Δp / p (%)")
+        axis.set_title(f"{op.capitalize()} ({'activation set to 0' if op == 'suppress' else 'activation doubled'} "
+                       "at the answer position)", fontsize=10)
+        axis.grid(axis="y", alpha=0.3)
+    panels[0].legend(fontsize=8, ncol=2)
+    panels[1].set_xticks(x, groups, rotation=40, ha="right")
+    figure.tight_layout()
+    return to_png(figure)
+
+
+def other_relations_figure(rows: Sequence[dict]) -> bytes | None:
+    """Own facts against other relations' facts: mean relative change (%) when a fact's neurons are patched."""
+    bars = []
+    for variant in ("kn", "kn_no_generic", "random"):
+        for op in ("suppress", "amplify"):
+            own, other = summarize(rows, variant, op), summarize(rows, variant, f"{op}_other")
+            if own.n:
+                bars.append((f"{op}\n{LABELS[variant]}", own.mean * 100, other.mean * 100))
+    if not bars:
+        return None
+    figure = Figure(figsize=(8.5, 3.8))
+    axis = figure.subplots()
+    x = np.arange(len(bars))
+    axis.bar(x - 0.2, [b[1] for b in bars], 0.4, label="the fact's own prompts", color=COLORS["kn"])
+    axis.bar(x + 0.2, [b[2] for b in bars], 0.4, label="prompts of other relations' facts", color=COLORS["other"])
+    axis.axhline(0, color="black", linewidth=0.8)
+    axis.set_xticks(x, [b[0] for b in bars], fontsize=7)
+    axis.set_ylabel("mean Δp / p (%)")
+    axis.legend(fontsize=8)
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    return to_png(figure)
+
+
+def layer_shares(rows: Sequence[dict], variant: str, relation: str = "") -> dict[int, float]:
+    """``{layer: share}`` from the layer-distribution rows."""
+    shares = {}
+    for r in rows:
+        if r["variant"] == variant and r["relation"] == relation and r["metric"].startswith("share:"):
+            shares[int(r["metric"].split(":", 1)[1])] = r["value"]
+    return dict(sorted(shares.items()))
+
+
+def layers_figure(rows: Sequence[dict]) -> bytes | None:
+    """Share of knowledge neurons per layer against the activation baseline's; the top third shaded."""
+    variants = [v for v in ("kn", "kn_no_generic", "baseline") if layer_shares(rows, v)]
+    if not variants:
+        return None
+    n_layers = len(layer_shares(rows, variants[0]))
+    figure = Figure(figsize=(max(7.0, 0.28 * n_layers + 2), 3.8))
+    axis = figure.subplots()
+    top = top_layers(n_layers)
+    axis.axvspan(top.start - 0.5, n_layers - 0.5, color="#f3e9c6", label="top third of the layers")
+    width = 0.8 / len(variants)
+    for k, variant in enumerate(variants):
+        shares = layer_shares(rows, variant)
+        axis.bar(np.array(list(shares)) + (k - (len(variants) - 1) / 2) * width,
+                 [v * 100 if math.isfinite(v) else 0 for v in shares.values()], width, color=COLORS[variant],
+                 label=LABELS[variant])
+    axis.set_xlabel("layer")
+    axis.set_ylabel("share of neurons (%)")
+    axis.set_xlim(-0.7, n_layers - 0.3)
+    axis.legend(fontsize=8)
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    return to_png(figure)
+
+
+def layers_heatmap(rows: Sequence[dict], variant: str = "kn") -> bytes | None:
+    """Per relation (rows) and layer (columns): the share of the relation's knowledge neurons."""
+    relations = sorted({r["relation"] for r in rows if r["variant"] == variant and r["relation"]})
+    if not relations:
+        return None
+    matrix = np.array([[v if math.isfinite(v) else 0.0 for v in layer_shares(rows, variant, rel).values()]
+                       for rel in relations])
+    figure = Figure(figsize=(max(7.0, 0.28 * matrix.shape[1] + 3), 0.32 * len(relations) + 1.6))
+    axis = figure.subplots()
+    image = axis.imshow(matrix * 100, aspect="auto", cmap="Blues", vmin=0)
+    axis.set_yticks(range(len(relations)), relations, fontsize=8)
+    axis.set_xticks(range(matrix.shape[1]), [str(i) for i in range(matrix.shape[1])], fontsize=7)
+    axis.set_xlabel("layer")
+    figure.colorbar(image, ax=axis, label="share of the relation's neurons (%)")
+    figure.tight_layout()
+    return to_png(figure)
+
+
+def discrimination_figure(rows: Sequence[dict]) -> bytes | None:
+    """Per-fact ROC AUCs (own prompts vs other facts' prompts; stating vs subject-only sentences) as box plots."""
+    panels = []
+    for metric, title in (("auc", "own prompts vs other facts' prompts"),
+                          ("sentence_auc", "sentences stating the fact vs mentioning only the subject")):
+        data, names = [], []
+        for variant in ("kn", "kn_no_generic", "baseline"):
+            values = [r["value"] for r in rows if r["variant"] == variant and r["metric"] == metric
+                      and r["fact_id"] and math.isfinite(r["value"])]
+            if values:
+                data.append(values)
+                names.append(f"{LABELS[variant]}\n(n={len(values)})")
+        if data:
+            panels.append((title, data, names))
+    if not panels:
+        return None
+    figure = Figure(figsize=(5.0 * len(panels), 3.8))
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for axis, (title, data, names) in zip(axes, panels, strict=True):
+        axis.boxplot(data, showmeans=True)
+        axis.set_xticks(range(1, len(names) + 1), names, fontsize=7)
+        axis.axhline(0.5, color="#999999", linestyle="--", linewidth=0.8)
+        axis.set_ylim(-0.02, 1.02)
+        axis.set_ylabel("ROC AUC per fact")
+        axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return to_png(figure)
+
+
+def generic_by_word(rows: Sequence[dict], neuron: str) -> dict[str, dict[str, float]]:
+    """For one probed generic neuron, per last word before the answer: mean activation, mean relative change when
+    it alone is zeroed on facts that do not have it (``unrelated``) and on facts that do (``members``), and the
+    number of such facts."""
+    member = {r["fact_id"]: r["value"] > 0.5 for r in rows if r["variant"] == neuron and r["metric"] == "member"}
+    buckets: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["variant"] != neuron or ":" not in r["metric"] or not math.isfinite(r["value"]):
+            continue
+        kind, word = r["metric"].split(":", 1)
+        if kind == "activation":
+            buckets[word]["activation"].append(r["value"])
+        elif kind == "suppress_alone":
+            buckets[word]["members" if member.get(r["fact_id"]) else "unrelated"].append(r["value"])
+    table = {}
+    for word, lists in buckets.items():
+        table[word] = {
+            "activation": float(np.mean(lists["activation"])) if lists["activation"] else math.nan,
+            "unrelated": float(np.mean(lists["unrelated"])) if lists["unrelated"] else math.nan,
+            "members": float(np.mean(lists["members"])) if lists["members"] else math.nan,
+            "n_unrelated": len(lists["unrelated"]),
+            "n_members": len(lists["members"]),
+        }
+    return dict(sorted(table.items(), key=lambda item: -(item[1]["n_unrelated"] + item[1]["n_members"])))
+
+
+def generic_figure(rows: Sequence[dict], neuron: str, max_words: int = 12) -> bytes | None:
+    """One generic neuron: its activation and the effect of zeroing it alone, by the last word before the
+    answer."""
+    table = dict(list(generic_by_word(rows, neuron).items())[:max_words])
+    if not table:
+        return None
+    words = list(table)
+    figure = Figure(figsize=(max(7.0, 0.6 * len(words) + 2), 3.6))
+    left, right = figure.subplots(1, 2)
+    left.bar(words, [table[w]["activation"] for w in words], color=COLORS["kn"])
+    left.set_title(f"{neuron}: mean activation at the answer position", fontsize=9)
+    left.set_xlabel("last word before the answer")
+    x = np.arange(len(words))
+    right.bar(x - 0.2, [table[w]["unrelated"] * 100 for w in words], 0.4, color=COLORS["other"],
+              label="facts without it")
+    right.bar(x + 0.2, [table[w]["members"] * 100 for w in words], 0.4, color=COLORS["kn"],
+              label="facts with it as a knowledge neuron")
+    right.set_xticks(x, words)
+    right.axhline(0, color="black", linewidth=0.8)
+    right.set_title(f"{neuron} zeroed alone: mean Δp / p (%)", fontsize=9)
+    right.set_xlabel("last word before the answer")
+    right.legend(fontsize=7)
+    for axis in (left, right):
+        axis.tick_params(axis="x", labelrotation=40, labelsize=8)
+        axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    return to_png(figure)
