@@ -1,0 +1,193 @@
+"""Update a fact through its knowledge neurons (Dai et al. 2022, section 5.1).
+
+For a fact (h, r, t) to become (h, r, t'), each knowledge neuron's value slot moves by
+
+    delta = -lambda_old * e(t) + lambda_new * e(t')        (lambda_old = 1, lambda_new = 8 in the paper)
+
+where e(x) is x's *output* embedding: its row of the unembedding matrix
+(``lm.model.get_output_embeddings().weight``), the direction that raises x's logit. (The paper uses BERT's
+word embeddings, which its MLM head shares with the unembedding; for tied models such as SmolLM2 the two
+are the same matrix.) Every neuron gets the same delta.
+
+Multi-token answers (the paper has single-token answers only): by default (``tokens="first"``) e(x) is the
+embedding of x's **first** token, the token predicted at the position where knowledge neurons are found;
+later tokens follow by the model's own continuation. ``tokens="mean"`` uses the mean of all its tokens'
+embeddings instead. With "first", an old and a new answer that begin with the same token cannot be told
+apart (the delta would only scale that token), so that is an error; use "mean" or another answer then.
+
+Like the paper, neurons shared by many facts of the relation are left out: pass ``exclude`` (neurons to
+skip), or the relation's neuron counts (``relation_counts``: how many of the relation's ``n_facts`` facts
+each neuron is a knowledge neuron of, e.g. ``atlas.relation_neurons(relation)``), from which
+:func:`shared_neurons` leaves out those of more than ``max_share`` (10%) of the facts.
+
+Example:
+    >>> kn = find_knowledge_neurons(lm, fact)
+    >>> edit = update_fact(lm, kn, "Paris", "Rome", relation_counts=counts, n_facts=40)
+    >>> with edit.applied(lm):
+    ...     answer_probability(lm, "The capital of France is", "Rome")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
+
+import torch
+
+from kneuron.attribution.types import KnowledgeNeurons, Neuron
+from kneuron.errors import FactError
+from kneuron.facts.encoding import answer_token_ids
+from kneuron.facts.fact import Fact, Prompt
+from kneuron.interventions.edits import Edit, EditError
+from kneuron.models.language_model import LanguageModel
+
+NeuronKey = tuple[int, int]
+TokenRule = Literal["first", "mean"]
+NeuronsLike = KnowledgeNeurons | Iterable[Neuron | NeuronKey]
+
+
+def neuron_keys(neurons: NeuronsLike | Neuron | NeuronKey) -> list[NeuronKey]:
+    """``(layer, index)`` of each neuron of a KnowledgeNeurons, Neuron list or pair list; duplicates dropped."""
+    if isinstance(neurons, KnowledgeNeurons):
+        neurons = neurons.neurons
+    elif isinstance(neurons, Neuron) or (isinstance(neurons, tuple) and len(neurons) == 2
+                                         and all(isinstance(x, int) for x in neurons)):
+        neurons = [neurons]
+    keys = []
+    for n in neurons:
+        if isinstance(n, Neuron):
+            keys.append(n.key)
+        else:
+            try:
+                layer, index = n
+            except (TypeError, ValueError):
+                raise EditError(f"{n!r} is not a neuron: give Neuron objects or (layer, index) pairs.") from None
+            keys.append((int(layer), int(index)))
+    return list(dict.fromkeys(keys))
+
+
+def shared_neurons(relation_counts: Mapping[NeuronKey, int], n_facts: int, max_share: float = 0.1) -> set[NeuronKey]:
+    """Neurons that are knowledge neurons of more than ``max_share`` of a relation's ``n_facts`` facts.
+
+    A neuron of a single fact is never "shared", so that in a relation of fewer than 10 facts a fact's own
+    neurons are not all left out (1/n > 10% there).
+    """
+    if n_facts <= 0:
+        raise EditError(f"n_facts must be positive (the number of facts behind the relation's counts), not {n_facts}.")
+    if not 0 <= max_share <= 1:
+        raise EditError(f"max_share is a fraction between 0 and 1, not {max_share}.")
+    return {(int(k[0]), int(k[1])) for k, count in relation_counts.items()
+            if count >= 2 and count > max_share * n_facts}
+
+
+def _default_prompt(lm: LanguageModel) -> Prompt:
+    return Prompt(prefix="The answer is ", suffix=".", template="The answer is [Y].")
+
+
+def answer_ids(lm: LanguageModel, answer: str, prompt: Prompt | None = None) -> list[int]:
+    """The answer's token ids after ``prompt`` (its leading-space convention); KneuronError for an answer the
+    model cannot produce (it contains the unknown token, or ids beyond the output vocabulary)."""
+    prompt = prompt or _default_prompt(lm)
+    ids = answer_token_ids(lm, prompt, answer)
+    unk = getattr(lm.tokenizer, "unk_token_id", None)
+    if unk is not None and unk in ids:
+        raise FactError(f"The answer {answer!r} is not in {lm.name}'s vocabulary (it contains the unknown token "
+                        f"{lm.tokenizer.unk_token!r}); choose an answer spelled with known tokens.")
+    vocab = output_embeddings(lm).shape[0]
+    if any(not 0 <= i < vocab for i in ids):
+        raise FactError(f"The answer {answer!r} has token ids {ids} outside {lm.name}'s output vocabulary ({vocab}).")
+    return ids
+
+
+def output_embeddings(lm: LanguageModel) -> torch.Tensor:
+    """The unembedding matrix (vocab, hidden); EditError when the model has none or it does not match the slots."""
+    head = lm.model.get_output_embeddings()
+    if head is None or getattr(head, "weight", None) is None:
+        raise EditError(f"{lm.name} has no output embeddings (no LM head), so answers have no embedding to write.")
+    weight = head.weight
+    hidden = lm.value_slot(0, 0).shape[0]
+    if weight.dim() != 2 or weight.shape[1] != hidden:
+        raise EditError(f"{lm.name}'s output embeddings have shape {tuple(weight.shape)}; they do not live in the "
+                        f"residual stream the value slots write to ({hidden} entries).")
+    return weight
+
+
+def answer_embedding(lm: LanguageModel, ids: Sequence[int], tokens: TokenRule = "first") -> torch.Tensor:
+    """e(answer): the output embedding of its first token, or the mean over its tokens (a detached copy)."""
+    weight = output_embeddings(lm).detach()
+    if tokens == "first":
+        return weight[ids[0]].clone()
+    if tokens == "mean":
+        return weight[list(ids)].mean(dim=0)
+    raise EditError(f"tokens must be 'first' or 'mean', not {tokens!r}.")
+
+
+def update_fact(
+    lm: LanguageModel,
+    neurons: NeuronsLike,
+    old: str | None,
+    new: str,
+    *,
+    lambda_old: float = 1.0,
+    lambda_new: float = 8.0,
+    exclude: Iterable[Neuron | NeuronKey] | None = None,
+    relation_counts: Mapping[NeuronKey, int] | None = None,
+    n_facts: int | None = None,
+    max_share: float = 0.1,
+    tokens: TokenRule = "first",
+    prompt: Prompt | None = None,
+    fact: Fact | None = None,
+) -> Edit:
+    """The edit that moves each knowledge neuron's value slot by ``-lambda_old*e(old) + lambda_new*e(new)``.
+
+    Args:
+        lm: the model (not changed: apply the returned :class:`Edit`).
+        neurons: the fact's knowledge neurons (KnowledgeNeurons, Neurons or (layer, index) pairs).
+        old, new: the current and the wanted answer (``old=None`` takes the fact's object).
+        lambda_old, lambda_new: the paper's lambda_1 = 1 and lambda_2 = 8.
+        exclude: neurons to leave out.
+        relation_counts, n_facts, max_share: also leave out :func:`shared_neurons` of the relation.
+        tokens: "first" or "mean": e of a multi-token answer (see the module docstring).
+        prompt: where the answers are tokenized (leading space); default the fact's first prompt.
+        fact: the fact being updated (default ``neurons.fact``); used for the label and the prompt.
+
+    Raises:
+        KneuronError: no neurons left to edit, an answer outside the vocabulary, equal answers.
+    """
+    if isinstance(neurons, KnowledgeNeurons) and fact is None:
+        fact = neurons.fact
+    if old is None:
+        if fact is None:
+            raise EditError("Give the old answer (or a fact whose object it is).")
+        old = fact.object
+    if prompt is None and fact is not None and fact.templates:
+        prompt = fact.prompts()[0]
+    keys = neuron_keys(neurons)
+    if not keys:
+        raise EditError("There are no neurons to edit: the fact has no knowledge neurons.")
+    left_out = set(neuron_keys(exclude)) if exclude is not None else set()
+    if relation_counts is not None:
+        if n_facts is None:
+            raise EditError("relation_counts needs n_facts: how many facts of the relation the counts come from.")
+        left_out |= shared_neurons(relation_counts, n_facts, max_share)
+    kept = [k for k in keys if k not in left_out]
+    if not kept:
+        raise EditError(f"There are no neurons to edit: all {len(keys)} knowledge neurons are left out as shared "
+                        "by many facts of the relation (or excluded).")
+    old_ids, new_ids = answer_ids(lm, old, prompt), answer_ids(lm, new, prompt)
+    if old_ids == new_ids:
+        raise EditError(f"The old and new answers {old!r} and {new!r} are the same tokens: nothing to update.")
+    if tokens == "first" and old_ids[0] == new_ids[0]:
+        raise EditError(f"{old!r} and {new!r} begin with the same token, so their first-token embeddings cannot "
+                        "tell them apart; use tokens='mean' or another answer.")
+    e_old, e_new = answer_embedding(lm, old_ids, tokens), answer_embedding(lm, new_ids, tokens)
+    dtype = torch.promote_types(lm.ffn_out(kept[0][0]).weight.dtype, torch.float32)
+    delta = -lambda_old * e_old.to(dtype) + lambda_new * e_new.to(dtype)
+    what = f"{fact.subject} {fact.relation}: " if fact is not None else ""
+    meta = {
+        "fact_id": fact.id if fact is not None else "", "relation": fact.relation if fact is not None else "",
+        "old": old, "new": new, "old_ids": old_ids, "new_ids": new_ids, "lambda_old": lambda_old,
+        "lambda_new": lambda_new, "tokens": tokens,
+        "left_out": sorted([list(k) for k in set(keys) & left_out]), "max_share": max_share,
+    }
+    return Edit.build(lm, "add", {k: delta for k in kept}, kind="update", label=f"{what}{old} -> {new}", meta=meta)
