@@ -42,6 +42,8 @@ clean:
 	rm -rf $(VENV) build src/*.egg-info
 
 # Speed and fidelity benchmarks (EleutherAI's knowledge-neurons is installed beside kneuron for them).
+# --no-deps keeps pip away from torch (pinned above); of its requirements only einops is missing
+# (tqdm, numpy and transformers are already there; seaborn is declared but never imported).
 bench: $(STAMP)
-	$(PIP) install --quiet --no-deps knowledge-neurons==0.0.2
+	$(PIP) install --quiet --no-deps knowledge-neurons==0.0.2 einops==0.8.2
 	$(PY) benchmarks/bench_attribution.py
