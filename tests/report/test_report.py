@@ -1,0 +1,134 @@
+"""The HTML report: self-contained, numbers equal to the studies' summaries, and figures that render in headless
+Chromium (Debian's ``chromium``; ``make test`` installs it when missing, otherwise these tests skip)."""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from experiments.conftest import tiny_facts, tiny_neurons
+from kneuron.attribution import Neuron
+from kneuron.experiments import summarize
+from kneuron.experiments.studies import run_studies, study_names
+from kneuron.report import ReportData, headline, headline_line, plots, render_report, write_report
+from tiny_models import tiny_lm
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SENTENCES = (["Paris is the capital of France .", "France has its capital in Paris ."],
+             ["France is a country in Europe .", "France is big ."])
+
+
+@pytest.fixture(scope="module")
+def data() -> ReportData:
+    torch.set_num_threads(1)
+    lm = tiny_lm("llama", layers=6, neurons=16)
+    facts = tiny_facts()
+    neurons = tiny_neurons(facts)
+    neurons[facts[0].id].append(Neuron(5, 2, 0.3))  # one neuron in the top third of the layers
+    baseline = {f.id: [Neuron(1, 7), Neuron(3, 0)] for f in facts}
+    results = run_studies(lm, facts, neurons, baseline, sentences=lambda f: SENTENCES, seed=1)
+    return ReportData(results, {"model": "tiny-llama", "steps": 20}, len(facts), title="Tiny <report>")
+
+
+def test_study_names():
+    assert study_names("all") == ["suppress_amplify", "generic", "layers", "discrimination"]
+    assert study_names("suppress-amplify") == ["suppress_amplify"]
+    with pytest.raises(Exception, match="Unknown study"):
+        study_names("nope")
+
+
+def test_headline_numbers_are_the_study_summaries(data):
+    h = headline(data)
+    sa, disc = data.results["suppress_amplify"], data.results["discrimination"]
+    assert h.facts == 8
+    assert h.suppress == pytest.approx(summarize(sa, "kn", "suppress").mean * 100)
+    assert h.amplify == pytest.approx(summarize(sa, "kn", "amplify").mean * 100)
+    assert h.top_third == pytest.approx(100 / 21)  # 21 neurons, one of them in layers 4..5
+    assert h.auc_kn == pytest.approx(np.mean([r["value"] for r in disc if r["variant"] == "kn"
+                                              and r["metric"] == "auc"]))
+    line = headline_line("runs/x.html", data)
+    pattern = (r"report=runs/x\.html facts=8 suppress=[+-]\d+\.\d\d% amplify=[+-]\d+\.\d\d% top_third=\d+\.\d% "
+               r"auc_kn=\d\.\d{3} auc_activation=\d\.\d{3}")
+    assert re.fullmatch(pattern, line), line
+    assert f"suppress={h.suppress:+.2f}%" in line
+
+
+def test_headline_of_an_empty_run_says_nan():
+    line = headline_line("r.html", ReportData({}, {}, 0))
+    assert line == "report=r.html facts=0 suppress=nan amplify=nan top_third=nan auc_kn=nan auc_activation=nan"
+
+
+def test_report_is_self_contained_and_escaped(data, tmp_path):
+    text = write_report(data, tmp_path / "sub" / "report.html").read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>") and "Tiny &lt;report&gt;" in text
+    sources = re.findall(r'src="([^"]*)"', text)
+    assert len(sources) >= 6 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r"(href|src)=\"(https?:|//|file:)", text) and "<script" not in text
+    for needed in ("Suppress / amplify", "Generic neurons", "L0.N3", "Layer distribution", "Discrimination",
+                   "-29.03%", "+31.17%"):
+        assert needed in text
+    assert render_report(data) == text  # deterministic
+
+
+def test_missing_studies_say_how_to_run_them():
+    text = render_report(ReportData({}, {}, 0))
+    assert "kneuron study suppress-amplify" in text and "kneuron study discrimination" in text
+
+
+def test_figures_are_png_and_empty_input_gives_none(data):
+    png = plots.layers_figure(data.results["layers"])
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG" and image.width > 300
+    for draw in (plots.suppress_amplify_figure, plots.other_relations_figure, plots.layers_figure,
+                 plots.layers_heatmap, plots.discrimination_figure):
+        assert draw([]) is None
+    assert plots.generic_figure([], "L0.N3") is None
+
+
+def test_generic_table_splits_unrelated_and_member_facts(data):
+    table = plots.generic_by_word(data.results["generic"], "L0.N3")
+    assert "is" in table and table["is"]["n_members"] == 8 and table["is"]["n_unrelated"] == 0
+    assert math.isnan(table["is"]["unrelated"])
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.skip("chromium is not installed (make test installs it: apt-get install -y chromium)")
+    return path
+
+
+def test_figures_render_in_headless_chromium(data, tmp_path):
+    chromium = _chromium()
+    report = write_report(data, tmp_path / "report.html")
+    # a copy with a probe script that records, after load, each image's decoded width into the DOM
+    probe = report.read_text(encoding="utf-8").replace(
+        "</body>", "<script>window.addEventListener('load', () => { for (const img of document.images) "
+                   "img.setAttribute('data-natural-width', img.naturalWidth); "
+                   "document.body.setAttribute('data-loaded', document.images.length); });</script></body>")
+    probed = tmp_path / "probe.html"
+    probed.write_text(probe, encoding="utf-8")
+    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([chromium, *flags, "--virtual-time-budget=5000", "--dump-dom", probed.as_uri()],
+                         capture_output=True, text=True, timeout=60).stdout
+    widths = [int(w) for w in re.findall(r'data-natural-width="(\d+)"', dom)]
+    assert re.search(r'data-loaded="(\d+)"', dom), dom[:500]
+    assert len(widths) == len(re.findall(r"<img ", report.read_text(encoding="utf-8"))) >= 6
+    assert all(w > 0 for w in widths), widths
+    # and the report itself, unmodified, as a screenshot: not blank, and with the figures' colours in it
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1100,2400", report.as_uri()],
+                   capture_output=True, timeout=60, check=True)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
+    assert len(np.unique(pixels, axis=0)) > 50  # text, tables and plots, not one flat colour
+    bars = np.abs(pixels.astype(int) - np.array([0x1F, 0x77, 0xB4])).sum(axis=1) < 30  # the KN blue of the bars
+    assert bars.sum() > 500
