@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
 test: $(STAMP)
+	command -v chromium || (apt-get update && apt-get install -y chromium)  # the report test opens the HTML in it
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/pytest -q
 
