@@ -1,0 +1,779 @@
+"""The atlas: everything a run found, in one SQLite file (standard-library ``sqlite3``, WAL mode).
+
+A run (:func:`kneuron.store.run`) writes one fact per transaction, so a killed run loses at most the fact it was
+computing, and readers (studies, report, ``kneuron atlas``) may open the file while it grows.
+
+Example:
+    >>> atlas = Atlas.open("runs/demo.sqlite", read_only=True)
+    >>> atlas.meta["params"]["steps"], len(atlas.facts())
+    (20, 48)
+    >>> kn = atlas.knowledge_neurons("capital:France")
+    >>> atlas.relation_neurons("capital").most_common(3)
+    >>> atlas.write_results("suppress_amplify", rows)      # replaces that study's rows in one transaction
+
+Schema (version 1)
+------------------
+``meta(key TEXT PRIMARY KEY, value TEXT)``: one row per key, the value JSON-encoded.
+    ``schema_version`` (1), ``model`` (the name it was loaded by), ``family``, ``kind`` ("causal" or "mlm"),
+    ``n_layers``, ``n_neurons``, ``dtype``, ``fingerprint`` (BLAKE2b of every parameter's bytes, names, shapes
+    and dtypes and of the tokenizer's vocabulary: see :func:`model_identity`), ``kneuron_version``,
+    ``created`` (UTC, ISO 8601) and ``params``: ``{"steps", "threshold", "share", "objective", "alphas",
+    "known_only", "top", "min_share"}`` (the known-filter settings are ``known_only``, ``top`` and
+    ``min_share``; see :func:`kneuron.facts.known_facts`). The model identity and ``params`` are the atlas's
+    identity: a run with another model or other parameters refuses to write into it. ``generic``:
+    ``{"share", "min_facts", "facts"}``: the settings of the ``generic`` table and how many done facts it
+    counted.
+
+``facts``: one row per fact the run selected, in the order it computes them.
+    ``id`` (TEXT PRIMARY KEY, e.g. ``capital:France``), ``seq`` (registration order), ``relation``,
+    ``subject``, ``object``, ``templates`` (JSON list), ``status``: ``'pending'`` (selected, not computed yet),
+    ``'done'``, ``'dropped'`` (the model does not know it; kept as a record) or ``'invalid'`` (its prompts cannot
+    be encoded for this model; ``note`` says why). Known-filter outcome: ``known`` (0/1), ``known_share``
+    (share of prompts whose first answer token ranks below ``top``), ``ranks`` (JSON list of those ranks, per
+    prompt). ``params`` (JSON: the refine parameters of this fact, including ``share_used`` of the adaptive
+    rule), ``compute_seconds`` and ``write_seconds`` (timing only, not results).
+
+``prompts``: one row per prompt of a done fact, ``PRIMARY KEY (fact_id, idx)``.
+    ``template``, ``text`` (what the model read), ``probability`` (joint probability of the answer, from
+    :func:`kneuron.facts.answer_probability`), ``rank`` (of the first answer token, 0 = top-1), ``objective``
+    (the attributed objective at alpha = 1: the probability, or the log-probability with ``objective="logprob"``),
+    ``position`` (attributed token position), ``dtype``, ``layers``, ``neurons`` and four BLOBs of raw
+    little-endian numpy bytes: ``scores`` and ``activations`` (``layers x neurons``, row-major, in ``dtype``:
+    ``float32``, or ``float64`` for float64 models; half-precision models are stored as float32, which is
+    lossless) and ``baseline`` and ``completeness_gap`` (``layers`` values, float64). Float32 keeps the scores
+    bit-exact (float16 would flush the many scores below 6e-8 to zero); it costs ``8 x layers x neurons``
+    bytes per prompt, 369 KB for SmolLM2-135M (30 x 1536). Read them back with :meth:`Atlas.prompt_scores`, or
+    ``numpy.frombuffer(blob, dtype).reshape(layers, neurons)``.
+
+``neurons``: the selected neurons, ``PRIMARY KEY (fact_id, kind, prompt, rank)``.
+    ``kind``: ``'refined'`` (the fact's knowledge neurons), ``'coarse'`` (per prompt) or ``'baseline'`` (the
+    activation baseline: the neurons of largest mean activation, as many as refined); ``prompt`` (the prompt's
+    ``idx`` for coarse neurons, -1 otherwise), ``rank`` (order in its list, 0 = best), ``layer``, ``neuron``
+    (index within the layer), ``score`` (refined: mean score over the prompts; coarse: the prompt's score;
+    baseline: mean activation).
+
+``generic``: refined neurons shared by at least ``min_facts`` done facts, ``PRIMARY KEY (layer, neuron)``.
+    ``facts`` (how many facts have it), ``share`` (of all done facts), ``flagged`` (1 when ``share`` exceeds the
+    generic share, 10% by default: such a neuron cannot encode any one fact; see
+    :mod:`kneuron.experiments.generic`). A run rewrites it when it ends; :meth:`Atlas.update_generic` with
+    another share rewrites it too.
+
+``results``: the studies' long-format rows, ``(study, variant, relation, fact_id, metric, value)``.
+    ``relation`` and ``fact_id`` are ``''`` for rows about no one relation or fact; a NaN ``value`` is stored
+    as NULL and read back as NaN. :meth:`Atlas.write_results` replaces one study's rows atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores
+from kneuron.errors import KneuronError
+from kneuron.facts.fact import Fact
+
+SCHEMA_VERSION = 1
+#: seconds a writer waits for another connection's write transaction before giving up
+BUSY_TIMEOUT = 10.0
+#: the meta keys and params that make an atlas's identity (a run must match them to write into it)
+IDENTITY_KEYS = ("fingerprint", "family", "kind", "n_layers", "n_neurons", "dtype")
+PARAM_KEYS = ("steps", "threshold", "share", "objective", "alphas", "known_only", "top", "min_share")
+STATUSES = ("pending", "done", "dropped", "invalid")
+KINDS = ("refined", "coarse", "baseline")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS facts (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE,
+    relation TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    object TEXT NOT NULL,
+    templates TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'done', 'dropped', 'invalid')),
+    known INTEGER,
+    known_share REAL,
+    ranks TEXT,
+    note TEXT,
+    params TEXT,
+    compute_seconds REAL,
+    write_seconds REAL
+);
+CREATE INDEX IF NOT EXISTS facts_by_relation ON facts (relation, status);
+CREATE TABLE IF NOT EXISTS prompts (
+    fact_id TEXT NOT NULL REFERENCES facts (id),
+    idx INTEGER NOT NULL,
+    template TEXT NOT NULL,
+    text TEXT NOT NULL,
+    probability REAL NOT NULL,
+    rank INTEGER NOT NULL,
+    objective REAL NOT NULL,
+    position INTEGER NOT NULL,
+    dtype TEXT NOT NULL,
+    layers INTEGER NOT NULL,
+    neurons INTEGER NOT NULL,
+    scores BLOB NOT NULL,
+    activations BLOB NOT NULL,
+    baseline BLOB NOT NULL,
+    completeness_gap BLOB NOT NULL,
+    PRIMARY KEY (fact_id, idx)
+);
+CREATE TABLE IF NOT EXISTS neurons (
+    fact_id TEXT NOT NULL REFERENCES facts (id),
+    kind TEXT NOT NULL CHECK (kind IN ('refined', 'coarse', 'baseline')),
+    prompt INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    layer INTEGER NOT NULL,
+    neuron INTEGER NOT NULL,
+    score REAL NOT NULL,
+    PRIMARY KEY (fact_id, kind, prompt, rank)
+);
+CREATE INDEX IF NOT EXISTS neurons_by_unit ON neurons (kind, layer, neuron);
+CREATE TABLE IF NOT EXISTS generic (
+    layer INTEGER NOT NULL,
+    neuron INTEGER NOT NULL,
+    facts INTEGER NOT NULL,
+    share REAL NOT NULL,
+    flagged INTEGER NOT NULL,
+    PRIMARY KEY (layer, neuron)
+);
+CREATE TABLE IF NOT EXISTS results (
+    study TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    relation TEXT NOT NULL DEFAULT '',
+    fact_id TEXT NOT NULL DEFAULT '',
+    metric TEXT NOT NULL,
+    value REAL
+);
+CREATE INDEX IF NOT EXISTS results_by_study ON results (study);
+"""
+
+RESULT_COLUMNS = ("study", "variant", "relation", "fact_id", "metric", "value")
+NEW_ATLAS_HINT = "write to another file (kneuron run --out runs/OTHER.sqlite) or replace it (--overwrite)"
+
+
+# ------------------------------------------------------------------------------------------------ model identity
+
+
+def model_identity(lm) -> dict[str, Any]:
+    """What identifies a model in an atlas: family, kind, shape, dtype and a fingerprint of its weights.
+
+    The fingerprint is a BLAKE2b digest of every parameter and buffer (name, shape, dtype and all its bytes)
+    and of the tokenizer's vocabulary, so a model edited in a single value slot is another model. Hashing
+    SmolLM2-135M's 0.5 GB of float32 weights takes about half a second.
+    """
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in lm.model.state_dict().items():
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        if data.numel():
+            digest.update(data.view(torch.uint8).numpy().data)
+    vocab = lm.tokenizer.get_vocab() if hasattr(lm.tokenizer, "get_vocab") else {}
+    digest.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
+    return {"model": lm.name, "family": lm.spec.family, "kind": lm.kind, "n_layers": lm.n_layers,
+            "n_neurons": lm.n_neurons, "dtype": str(lm.dtype).removeprefix("torch."),
+            "fingerprint": digest.hexdigest()}
+
+
+# --------------------------------------------------------------------------------------------------- blobs
+
+
+def to_blob(tensor: torch.Tensor, dtype: str) -> bytes:
+    """Raw little-endian bytes of ``tensor`` in numpy ``dtype`` ("float32" or "float64")."""
+    return np.ascontiguousarray(tensor.detach().cpu().to(getattr(torch, dtype)).numpy(),
+                                dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+
+
+def from_blob(blob: bytes, dtype: str, shape: Sequence[int]) -> torch.Tensor:
+    """The tensor :func:`to_blob` stored."""
+    array = np.frombuffer(blob, dtype=np.dtype(dtype).newbyteorder("<")).reshape(tuple(shape))
+    return torch.from_numpy(array.astype(np.dtype(dtype), copy=True))
+
+
+def blob_dtype(scores: torch.Tensor) -> str:
+    """float64 for float64 scores, float32 otherwise (lossless for float32, float16 and bfloat16)."""
+    return "float64" if scores.dtype == torch.float64 else "float32"
+
+
+# ------------------------------------------------------------------------------------------------ the atlas
+
+
+def _quoted(path: Path) -> str:
+    return f"'{path}'"
+
+
+def _not_an_atlas(path: Path, why: str) -> KneuronError:
+    return KneuronError(f"{_quoted(path)} is not a kneuron atlas ({why}). Give the .sqlite file a "
+                        "`kneuron run --out PATH` wrote.")
+
+
+def _locked(path: Path) -> KneuronError:
+    return KneuronError(
+        f"{_quoted(path)} is locked by another writer (another kneuron run, or a program holding a write "
+        f"transaction on it). Wait for it to finish, or {NEW_ATLAS_HINT}."
+    )
+
+
+def _read_only(path: Path, why: str = "") -> KneuronError:
+    return KneuronError(
+        f"{_quoted(path)} is read-only{f' ({why})' if why else ''}: kneuron cannot write to it. Make it writable "
+        f"(chmod u+w, and its folder too: SQLite keeps a -wal file beside it) or {NEW_ATLAS_HINT}."
+    )
+
+
+def translate(path: Path, exc: sqlite3.Error) -> KneuronError:
+    """An sqlite3 error as a KneuronError that says what to do."""
+    text = str(exc).lower()
+    if "locked" in text or "busy" in text:
+        return _locked(path)
+    if "readonly" in text or "read-only" in text:
+        return _read_only(path)
+    if "not a database" in text or "malformed" in text:
+        return _not_an_atlas(path, str(exc))
+    return KneuronError(f"SQLite error on {_quoted(path)}: {exc}")
+
+
+class Atlas:
+    """One run's results in an SQLite file; see the module docstring for the schema.
+
+    Open an existing atlas with :meth:`open`; :func:`kneuron.store.run` creates them. Use as a context manager
+    (or call :meth:`close`).
+    """
+
+    def __init__(self, connection: sqlite3.Connection, path: Path, read_only: bool) -> None:
+        self._db = connection
+        self.path = path
+        self.read_only = read_only
+        self._meta: dict[str, Any] | None = None
+        self._lock_fd: int | None = None
+
+    # -------------------------------------------------------------------------------------------- opening
+
+    @classmethod
+    def open(cls, path: str | Path, read_only: bool = False) -> Atlas:
+        """Open the atlas at ``path``; ``read_only`` for readers (they may read while a run writes).
+
+        Raises:
+            KneuronError: no file, not an atlas, a newer schema, or (writing) a read-only file.
+        """
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise KneuronError(f"No atlas at {_quoted(path)}: make one with `kneuron run --out {path}`.")
+        atlas = cls._connect(path, read_only)
+        try:
+            if not atlas._has_schema():
+                raise _not_an_atlas(path, "it has no meta table: an empty file, or a run killed before it started")
+            atlas._check_version()
+        except BaseException:
+            atlas.close()
+            raise
+        return atlas
+
+    @classmethod
+    def _connect(cls, path: Path, read_only: bool) -> Atlas:
+        if read_only:
+            connection = cls._connect_read_only(path)
+        else:
+            if path.exists() and not os.access(path, os.W_OK):
+                raise _read_only(path, "no write permission")
+            if not os.access(path.parent if str(path.parent) else Path("."), os.W_OK | os.X_OK):
+                raise _read_only(path, f"its folder {path.parent} is not writable")
+            try:
+                connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+            except sqlite3.Error as exc:
+                raise translate(path, exc) from None
+        atlas = cls(connection, path, read_only)
+        try:
+            connection.execute("PRAGMA query_only = 1" if read_only else "PRAGMA query_only = 0")
+            if not read_only:
+                mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise KneuronError(f"Could not switch {_quoted(path)} to WAL mode (got {mode!r}).")
+                connection.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: safe against process crashes
+        except sqlite3.Error as exc:
+            atlas.close()
+            raise translate(path, exc) from None
+        except BaseException:
+            atlas.close()
+            raise
+        return atlas
+
+    @staticmethod
+    def _connect_read_only(path: Path) -> sqlite3.Connection:
+        uri = path.resolve().as_uri()
+        try:
+            connection = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT, isolation_level=None)
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return connection
+        except sqlite3.Error as exc:
+            if "not a database" in str(exc).lower():
+                raise _not_an_atlas(path, str(exc)) from None
+        # a WAL database on read-only media (no -shm file can be made): read it as an immutable file
+        try:
+            connection = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return connection
+        except sqlite3.Error as exc:
+            raise translate(path, exc) from None
+
+    @classmethod
+    def for_run(cls, path: str | Path, identity: Mapping[str, Any], params: Mapping[str, Any], *,
+                overwrite: bool = False, kneuron_version: str = "") -> Atlas:
+        """The atlas a run writes: created when missing (or replaced with ``overwrite``), else checked to be
+        of the same model and parameters. Holds the run lock (one run per atlas at a time) until closed.
+
+        Raises:
+            KneuronError: another model or other parameters, another run holds the lock, a read-only file,
+                or a file that is not an atlas.
+        """
+        path = Path(path).expanduser()
+        if path.exists() and overwrite:
+            cls._remove(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atlas = cls._connect(path, read_only=False)
+        try:
+            atlas._lock_for_run()
+            if atlas._has_schema():
+                atlas._check_version()
+                atlas._check_identity(identity, params)
+            else:
+                atlas._create(identity, params, kneuron_version)
+        except sqlite3.Error as exc:
+            atlas.close()
+            raise translate(path, exc) from None
+        except BaseException:
+            atlas.close()
+            raise
+        return atlas
+
+    @staticmethod
+    def _remove(path: Path) -> None:
+        """Delete an atlas (and its -wal/-shm files) for --overwrite; refuse files that are not atlases."""
+        if path.stat().st_size:
+            try:
+                probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+                try:
+                    has_meta = probe.execute(
+                        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()[0]
+                finally:
+                    probe.close()
+            except sqlite3.Error:
+                has_meta = 0
+            if not has_meta:
+                raise KneuronError(f"{_quoted(path)} exists and is not a kneuron atlas; refusing to overwrite it. "
+                                   "Choose another --out path.")
+        holder = Atlas._connect(path, read_only=False)  # takes the run lock so a running run is not deleted
+        try:
+            holder._lock_for_run()
+        finally:
+            holder.close()
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{path}{suffix}").unlink()
+
+    def _lock_for_run(self) -> None:
+        """Take the run lock: an exclusive ``flock`` on the file, released when closed or the process dies."""
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise _locked(self.path) from None
+        self._lock_fd = fd
+
+    def _has_schema(self) -> bool:
+        try:
+            row = self._db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+                                   ).fetchone()
+        except sqlite3.Error as exc:
+            raise translate(self.path, exc) from None
+        return bool(row[0])
+
+    def _check_version(self) -> None:
+        version = self.meta.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise KneuronError(f"{_quoted(self.path)} has atlas schema version {version!r}; this kneuron reads "
+                               f"version {SCHEMA_VERSION}. Re-run into a new file, or use the matching kneuron.")
+
+    def _create(self, identity: Mapping[str, Any], params: Mapping[str, Any], kneuron_version: str) -> None:
+        import datetime
+
+        meta = {"schema_version": SCHEMA_VERSION, **dict(identity), "kneuron_version": kneuron_version,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "params": dict(params), "generic": {"share": 0.1, "min_facts": 2, "facts": 0}}
+        with self.transaction() as db:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
+                           [(key, json.dumps(value)) for key, value in meta.items()])
+        self._meta = None
+
+    def _check_identity(self, identity: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+        meta = self.meta
+        differences = []
+        for key in IDENTITY_KEYS:
+            if meta.get(key) != identity.get(key):
+                differences.append(f"{key}: atlas {meta.get(key)!r}, this run {identity.get(key)!r}")
+        stored = meta.get("params", {})
+        for key in PARAM_KEYS:
+            if stored.get(key) != params.get(key):
+                differences.append(f"{key}: atlas {stored.get(key)!r}, this run {params.get(key)!r}")
+        if differences:
+            model = f"{meta.get('model')} ({meta.get('n_layers')} x {meta.get('n_neurons')})"
+            raise KneuronError(
+                f"{_quoted(self.path)} was made with another model or other parameters ({model}); an atlas holds "
+                f"one model and one set of parameters, so this run cannot continue it. To start a new one, "
+                f"{NEW_ATLAS_HINT}.\nDifferences: " + "; ".join(differences)
+            )
+
+    def close(self) -> None:
+        """Close the connection (a writer checkpoints the WAL into the file) and release the run lock."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # after the connection: closing an fd drops this process's POSIX locks
+            self._lock_fd = None
+
+    def __enter__(self) -> Atlas:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Atlas({str(self.path)!r}, read_only={self.read_only})"
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on any exception)."""
+        if self.read_only:
+            raise KneuronError(f"{_quoted(self.path)} was opened read-only; open it with read_only=False to write.")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise translate(self.path, exc) from None
+        try:
+            yield self._db
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise translate(self.path, exc) from None
+            raise
+
+    # ------------------------------------------------------------------------------------------------ reading
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The meta table as a dict (values decoded from JSON); see the module docstring for the keys."""
+        if self._meta is None:
+            rows = self._rows("SELECT key, value FROM meta")
+            self._meta = {row["key"]: json.loads(row["value"]) for row in rows}
+        return self._meta
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.meta.get("params", {}))
+
+    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
+        """Rows of an ad-hoc query as dicts.
+
+        Example:
+            >>> atlas.query("SELECT id, status FROM facts WHERE relation = ?", ["capital"])
+        """
+        return self._rows(sql, params)
+
+    def _rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
+        try:
+            cursor = self._db.execute(sql, params)
+            names = [d[0] for d in cursor.description or ()]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        except sqlite3.Error as exc:
+            raise translate(self.path, exc) from None
+
+    def fact_rows(self, status: str | Iterable[str] | None = None, relation: str | None = None,
+                  ) -> list[dict[str, Any]]:
+        """The facts table's rows (with status, known-filter outcome and timing), in run order."""
+        where, args = [], []
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            unknown = [s for s in statuses if s not in STATUSES]
+            if unknown:
+                raise KneuronError(f"Unknown fact status {unknown[0]!r}; use one of {', '.join(STATUSES)}.")
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            args += statuses
+        if relation is not None:
+            where.append("relation = ?")
+            args.append(relation)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        return self._rows(f"SELECT * FROM facts{clause} ORDER BY seq", args)
+
+    def facts(self, status: str | Iterable[str] | None = "done", relation: str | None = None) -> list[Fact]:
+        """The facts with ``status`` ("done" by default; None for all), in run order."""
+        return [_fact(row) for row in self.fact_rows(status, relation)]
+
+    def fact(self, fact_id: str) -> Fact:
+        return _fact(self._fact_row(fact_id))
+
+    def _fact_row(self, fact_id: str) -> dict[str, Any]:
+        rows = self._rows("SELECT * FROM facts WHERE id = ?", [fact_id])
+        if not rows:
+            raise KneuronError(f"No fact {fact_id!r} in {_quoted(self.path)}; `kneuron atlas --run {self.path}` "
+                               "lists its facts.")
+        return rows[0]
+
+    def _done_row(self, fact_id: str) -> dict[str, Any]:
+        row = self._fact_row(fact_id)
+        if row["status"] != "done":
+            raise KneuronError(f"Fact {fact_id!r} is {row['status']} in {_quoted(self.path)}, not done: it has no "
+                               "neurons" + (" yet (resume the run)." if row["status"] == "pending" else "."))
+        return row
+
+    def _neurons(self, fact_id: str, kind: str) -> list[tuple[int, Neuron]]:
+        rows = self._db.execute("SELECT prompt, layer, neuron, score FROM neurons WHERE fact_id = ? AND kind = ? "
+                                "ORDER BY prompt, rank", (fact_id, kind)).fetchall()
+        return [(prompt, Neuron(layer, neuron, score)) for prompt, layer, neuron, score in rows]
+
+    def knowledge_neurons(self, fact_id: str) -> KnowledgeNeurons:
+        """The fact's refined neurons (best first), its coarse neurons per prompt and its parameters."""
+        row = self._done_row(fact_id)
+        n_prompts = len(json.loads(row["templates"]))
+        coarse: list[list[Neuron]] = [[] for _ in range(n_prompts)]
+        for prompt, neuron in self._neurons(fact_id, "coarse"):
+            coarse[prompt].append(neuron)
+        refined = [neuron for _, neuron in self._neurons(fact_id, "refined")]
+        return KnowledgeNeurons(refined, coarse, _fact(row), json.loads(row["params"] or "{}"))
+
+    def baseline_neurons(self, fact_id: str) -> list[Neuron]:
+        """The activation-baseline neurons of the fact (largest mean activation, as many as refined)."""
+        self._done_row(fact_id)
+        return [neuron for _, neuron in self._neurons(fact_id, "baseline")]
+
+    def prompt_scores(self, fact_id: str) -> list[NeuronScores]:
+        """The integrated-gradients scores of each prompt of the fact, as the run computed them."""
+        self._done_row(fact_id)
+        params = self.params
+        rows = self._rows("SELECT * FROM prompts WHERE fact_id = ? ORDER BY idx", [fact_id])
+        answer = self._fact_row(fact_id)["object"]
+        found = []
+        for row in rows:
+            shape = (row["layers"], row["neurons"])
+            found.append(NeuronScores(
+                scores=from_blob(row["scores"], row["dtype"], shape),
+                activations=from_blob(row["activations"], row["dtype"], shape),
+                probability=row["objective"],
+                baseline=from_blob(row["baseline"], "float64", (row["layers"],)),
+                completeness_gap=from_blob(row["completeness_gap"], "float64", (row["layers"],)),
+                prompt=row["text"], answer=answer, position=row["position"], steps=params.get("steps", 20),
+                objective=params.get("objective", "prob"), alphas=params.get("alphas", "right"),
+            ))
+        return found
+
+    def prompt_rows(self, fact_id: str | None = None) -> list[dict[str, Any]]:
+        """The prompts table without its BLOBs (probability, rank, text...), for one fact or all."""
+        columns = "fact_id, idx, template, text, probability, rank, objective, position"
+        if fact_id is None:
+            return self._rows(f"SELECT {columns} FROM prompts ORDER BY fact_id, idx")
+        return self._rows(f"SELECT {columns} FROM prompts WHERE fact_id = ? ORDER BY idx", [fact_id])
+
+    def all_refined(self) -> dict[str, list[Neuron]]:
+        """Every done fact's refined neurons (an empty list for a fact without any), in run order."""
+        found: dict[str, list[Neuron]] = {row["id"]: [] for row in self._rows(
+            "SELECT id FROM facts WHERE status = 'done' ORDER BY seq")}
+        for fact_id, layer, neuron, score in self._db.execute(
+                "SELECT fact_id, layer, neuron, score FROM neurons WHERE kind = 'refined' ORDER BY fact_id, rank"):
+            if fact_id in found:
+                found[fact_id].append(Neuron(layer, neuron, score))
+        return found
+
+    def relation_neurons(self, relation: str) -> Counter[tuple[int, int]]:
+        """How many of the relation's done facts have each refined neuron, keyed by ``(layer, index)``."""
+        rows = self._db.execute(
+            "SELECT n.layer, n.neuron, count(DISTINCT n.fact_id) FROM neurons n JOIN facts f ON f.id = n.fact_id "
+            "WHERE n.kind = 'refined' AND f.status = 'done' AND f.relation = ? GROUP BY n.layer, n.neuron",
+            (relation,)).fetchall()
+        return Counter({(layer, neuron): count for layer, neuron, count in rows})
+
+    def relations(self) -> list[str]:
+        """The relations of the atlas's facts, in run order."""
+        rows = self._rows("SELECT relation, min(seq) AS first FROM facts GROUP BY relation ORDER BY first")
+        return [row["relation"] for row in rows]
+
+    def status_counts(self) -> dict[str, dict[str, int]]:
+        """Per relation (in run order), how many facts have each status."""
+        counts: dict[str, dict[str, int]] = {relation: dict.fromkeys(STATUSES, 0) for relation in self.relations()}
+        for row in self._rows("SELECT relation, status, count(*) AS n FROM facts GROUP BY relation, status"):
+            counts[row["relation"]][row["status"]] = row["n"]
+        return counts
+
+    def layer_counts(self, kind: str = "refined", relation: str | None = None) -> dict[int, int]:
+        """How many neurons of ``kind`` (over done facts, with repeats) sit in each layer (every layer listed)."""
+        sql = ("SELECT n.layer, count(*) FROM neurons n JOIN facts f ON f.id = n.fact_id "
+               "WHERE n.kind = ? AND f.status = 'done'")
+        args: list[Any] = [kind]
+        if relation is not None:
+            sql += " AND f.relation = ?"
+            args.append(relation)
+        counts = dict.fromkeys(range(int(self.meta.get("n_layers", 0))), 0)
+        for layer, count in self._db.execute(sql + " GROUP BY n.layer", args):
+            counts[layer] = count
+        return counts
+
+    def top_neurons(self, k: int = 10, relation: str | None = None) -> list[tuple[Neuron, int]]:
+        """The ``k`` refined neurons shared by the most done facts: ``(neuron with mean score, facts)``."""
+        sql = ("SELECT n.layer, n.neuron, count(DISTINCT n.fact_id) AS facts, avg(n.score) FROM neurons n "
+               "JOIN facts f ON f.id = n.fact_id WHERE n.kind = 'refined' AND f.status = 'done'")
+        args: list[Any] = []
+        if relation is not None:
+            sql += " AND f.relation = ?"
+            args.append(relation)
+        sql += " GROUP BY n.layer, n.neuron ORDER BY facts DESC, avg(n.score) DESC, n.layer, n.neuron LIMIT ?"
+        rows = self._db.execute(sql, [*args, k]).fetchall()
+        return [(Neuron(layer, neuron, score), facts) for layer, neuron, facts, score in rows]
+
+    # -------------------------------------------------------------------------------------------- writing
+
+    def register_facts(self, entries: Sequence[tuple[Fact, Mapping[str, Any]]]) -> None:
+        """Add facts with their known-filter outcome (``status``, ``known``, ``known_share``, ``ranks``, ``note``)
+        in one transaction, after the facts already there."""
+        if not entries:
+            return
+        with self.transaction() as db:
+            start = db.execute("SELECT coalesce(max(seq), -1) + 1 FROM facts").fetchone()[0]
+            db.executemany(
+                "INSERT INTO facts (id, seq, relation, subject, object, templates, status, known, known_share, "
+                "ranks, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(fact.id, start + i, fact.relation, fact.subject, fact.object, json.dumps(list(fact.templates)),
+                  outcome["status"], outcome.get("known"), outcome.get("known_share"),
+                  None if outcome.get("ranks") is None else json.dumps(outcome["ranks"]), outcome.get("note"))
+                 for i, (fact, outcome) in enumerate(entries)])
+
+    def store_fact(self, fact_id: str, kn: KnowledgeNeurons, probabilities: Sequence[tuple[float, int]],
+                   baseline: Sequence[Neuron], compute_seconds: float | None = None) -> float:
+        """Write one computed fact in one transaction: its prompts (``kn.scores``, with each prompt's
+        (probability, rank)), refined, coarse and baseline neurons, parameters, and status 'done'.
+        Returns the seconds spent encoding and writing (before the commit)."""
+        import time
+
+        start = time.perf_counter()
+        prompt_rows = []
+        templates = json.loads(self._fact_row(fact_id)["templates"])
+        for idx, (scores, (probability, rank)) in enumerate(zip(kn.scores, probabilities, strict=True)):
+            dtype = blob_dtype(scores.scores)
+            layers, width = scores.scores.shape
+            prompt_rows.append((
+                fact_id, idx, templates[idx] if idx < len(templates) else "", scores.prompt, float(probability),
+                int(rank), float(scores.probability), int(scores.position), dtype, int(layers), int(width),
+                to_blob(scores.scores, dtype), to_blob(scores.activations, dtype),
+                to_blob(scores.baseline, "float64"), to_blob(scores.completeness_gap, "float64")))
+        neuron_rows = [(fact_id, "refined", -1, r, n.layer, n.index, float(n.score)) for r, n in enumerate(kn.neurons)]
+        neuron_rows += [(fact_id, "coarse", p, r, n.layer, n.index, float(n.score))
+                        for p, coarse in enumerate(kn.coarse) for r, n in enumerate(coarse)]
+        neuron_rows += [(fact_id, "baseline", -1, r, n.layer, n.index, float(n.score)) for r, n in enumerate(baseline)]
+        params = {k: v for k, v in kn.params.items() if isinstance(v, (str, int, float, bool)) or v is None}
+        with self.transaction() as db:
+            db.execute("DELETE FROM prompts WHERE fact_id = ?", (fact_id,))
+            db.execute("DELETE FROM neurons WHERE fact_id = ?", (fact_id,))
+            db.executemany("INSERT INTO prompts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", prompt_rows)
+            db.executemany("INSERT INTO neurons (fact_id, kind, prompt, rank, layer, neuron, score) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)", neuron_rows)
+            seconds = time.perf_counter() - start
+            db.execute("UPDATE facts SET status = 'done', params = ?, compute_seconds = ?, write_seconds = ? "
+                       "WHERE id = ?", (json.dumps(params, sort_keys=True), compute_seconds, seconds, fact_id))
+        return seconds
+
+    # -------------------------------------------------------------------------------------------- generic
+
+    def generic_neurons(self, flagged_only: bool = True) -> list:
+        """The generic table as :class:`~kneuron.experiments.generic.GenericNeuron` values, most shared first."""
+        from kneuron.experiments.generic import GenericNeuron
+
+        sql = "SELECT layer, neuron, facts, share FROM generic"
+        if flagged_only:
+            sql += " WHERE flagged = 1"
+        rows = self._db.execute(sql + " ORDER BY facts DESC, layer, neuron").fetchall()
+        return [GenericNeuron(layer, neuron, facts, share) for layer, neuron, facts, share in rows]
+
+    def update_generic(self, share: float | None = None, min_facts: int | None = None) -> list:
+        """Recompute the generic table from the done facts' refined neurons (one transaction) and return the
+        flagged neurons; ``share`` and ``min_facts`` default to the atlas's (10%, 2) and are saved in meta."""
+        from kneuron.experiments.generic import generic_neurons
+
+        settings = dict(self.meta.get("generic", {"share": 0.1, "min_facts": 2}))
+        if share is not None:
+            settings["share"] = float(share)
+        if min_facts is not None:
+            settings["min_facts"] = int(min_facts)
+        refined = self.all_refined()
+        settings["facts"] = len(refined)
+        flagged = {g.key for g in generic_neurons(refined, settings["share"], settings["min_facts"])} \
+            if refined else set()
+        counts = Counter(n.key for neurons in refined.values() for n in {m.key: m for m in neurons}.values())
+        total = len(refined)
+        rows = [(layer, neuron, count, count / total, int((layer, neuron) in flagged))
+                for (layer, neuron), count in sorted(counts.items()) if count >= settings["min_facts"]]
+        with self.transaction() as db:
+            db.execute("DELETE FROM generic")
+            db.executemany("INSERT INTO generic (layer, neuron, facts, share, flagged) VALUES (?, ?, ?, ?, ?)", rows)
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('generic', ?)", (json.dumps(settings),))
+        self._meta = None
+        return self.generic_neurons()
+
+    # -------------------------------------------------------------------------------------------- results
+
+    def write_results(self, study: str, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Replace the rows of ``study`` with ``rows`` (dicts with variant, relation, fact_id, metric, value; a
+        row's own "study" key, if any, must match) in one transaction. Returns how many were written."""
+        if not study:
+            raise KneuronError("Give the study's name to write its results under.")
+        records = []
+        for number, entry in enumerate(rows):
+            if entry.get("study", study) != study:
+                raise KneuronError(f"Result row {number} belongs to study {entry.get('study')!r}, not {study!r}.")
+            try:
+                value = entry["value"]
+                value = None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+                records.append((study, str(entry["variant"]), str(entry.get("relation") or ""),
+                                str(entry.get("fact_id") or ""), str(entry["metric"]), value))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise KneuronError(f"Result row {number} of {study!r} is malformed ({exc!r}); each row needs "
+                                   "variant, metric and a numeric value (relation and fact_id optional).") from None
+        with self.transaction() as db:
+            db.execute("DELETE FROM results WHERE study = ?", (study,))
+            db.executemany("INSERT INTO results (study, variant, relation, fact_id, metric, value) "
+                           "VALUES (?, ?, ?, ?, ?, ?)", records)
+        return len(records)
+
+    def results(self, study: str | None = None) -> list[dict[str, Any]]:
+        """The rows of ``study`` (all studies when None) in the order written, NULL values as NaN."""
+        sql = "SELECT study, variant, relation, fact_id, metric, value FROM results"
+        rows = self._rows(sql + (" WHERE study = ? ORDER BY rowid" if study else " ORDER BY rowid"),
+                          [study] if study else [])
+        for row in rows:
+            if row["value"] is None:
+                row["value"] = math.nan
+        return rows
+
+    def studies(self) -> list[str]:
+        return [row["study"] for row in self._rows("SELECT DISTINCT study FROM results ORDER BY study")]
+
+
+def _fact(row: Mapping[str, Any]) -> Fact:
+    return Fact(row["subject"], row["relation"], row["object"], tuple(json.loads(row["templates"])), row["id"])

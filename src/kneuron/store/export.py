@@ -1,0 +1,102 @@
+"""Export an atlas's tables to CSV or Parquet (pandas / pyarrow: ``pip install 'kneuron[export]'``).
+
+``export(atlas, "out.csv")`` writes the neurons table (joined with each fact's relation, subject and object)
+to ``out.csv`` and the other tables beside it: ``out.facts.csv``, ``out.prompts.csv`` (without the score
+BLOBs: read those with :meth:`Atlas.prompt_scores`), ``out.generic.csv`` and ``out.results.csv``. A
+``.parquet`` path gives the same files in Parquet. Each file is written to a temporary name and renamed, so an
+interrupted export leaves no half-written file.
+
+Example:
+    >>> export(Atlas.open("runs/demo.sqlite", read_only=True), "demo.parquet")
+    [PosixPath('demo.parquet'), PosixPath('demo.facts.parquet'), ...]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from kneuron.errors import KneuronError
+from kneuron.store.atlas import Atlas
+
+#: table name -> query; "neurons" goes to the path itself, the others to ``stem.NAME.suffix``
+TABLES = {
+    "neurons": (
+        "SELECT n.fact_id, f.relation, f.subject, f.object, n.kind, n.prompt, n.rank, n.layer, n.neuron, "
+        "'L' || n.layer || '.N' || n.neuron AS name, n.score FROM neurons n JOIN facts f ON f.id = n.fact_id "
+        "ORDER BY f.seq, CASE n.kind WHEN 'refined' THEN 0 WHEN 'baseline' THEN 1 ELSE 2 END, n.prompt, n.rank"
+    ),
+    "facts": (
+        "SELECT id, seq, relation, subject, object, templates, status, known, known_share, ranks, note, params, "
+        "compute_seconds, write_seconds FROM facts ORDER BY seq"
+    ),
+    "prompts": (
+        "SELECT p.fact_id, f.relation, p.idx, p.template, p.text, p.probability, p.rank, p.objective, p.position "
+        "FROM prompts p JOIN facts f ON f.id = p.fact_id ORDER BY f.seq, p.idx"
+    ),
+    "generic": "SELECT layer, neuron, 'L' || layer || '.N' || neuron AS name, facts, share, flagged FROM generic "
+               "ORDER BY facts DESC, layer, neuron",
+    "results": "SELECT study, variant, relation, fact_id, metric, value FROM results ORDER BY rowid",
+}
+FORMATS = (".csv", ".parquet")
+
+
+def export_paths(path: str | Path) -> dict[str, Path]:
+    """Where each table goes for ``path``."""
+    path = Path(path).expanduser()
+    if path.suffix not in FORMATS:
+        raise KneuronError(f"Export to a .csv or .parquet path (got {str(path)!r}); e.g. --to runs/demo.parquet.")
+    return {name: path if name == "neurons" else path.with_name(f"{path.stem}.{name}{path.suffix}")
+            for name in TABLES}
+
+
+def export(atlas: Atlas | str | Path, path: str | Path) -> list[Path]:
+    """Write the atlas's neurons, facts, prompts, generic and results tables as CSV or Parquet files.
+
+    Returns:
+        The files written, the neurons table (at ``path``) first.
+
+    Raises:
+        KneuronError: a path that is neither .csv nor .parquet, or pandas / pyarrow missing.
+    """
+    paths = export_paths(path)
+    try:
+        import pandas as pd
+    except ImportError:
+        raise KneuronError("Exporting needs pandas and pyarrow: pip install 'kneuron[export]'.") from None
+    if Path(path).suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise KneuronError("Parquet export needs pyarrow: pip install 'kneuron[export]'.") from None
+    owned = not isinstance(atlas, Atlas)
+    source = Atlas.open(atlas, read_only=True) if owned else atlas
+    try:
+        written = []
+        for name, target in paths.items():
+            rows = source.query(TABLES[name])
+            columns = _columns(source, TABLES[name])
+            frame = pd.DataFrame(rows, columns=columns)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            try:
+                if target.suffix == ".csv":
+                    frame.to_csv(temporary, index=False)
+                else:
+                    frame.to_parquet(temporary, index=False, engine="pyarrow")
+                os.replace(temporary, target)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    temporary.unlink()
+            written.append(target)
+        return written
+    finally:
+        if owned:
+            source.close()
+
+
+def _columns(atlas: Atlas, sql: str) -> list[str]:
+    """The column names of a query (also when it returns no rows)."""
+    cursor = atlas._db.execute(f"SELECT * FROM ({sql}) LIMIT 0")
+    return [d[0] for d in cursor.description]

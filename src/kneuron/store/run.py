@@ -1,0 +1,352 @@
+"""A run: every fact of a set through attribution into an atlas, resumable at any moment.
+
+For each fact :func:`run` computes the answer probability and rank of each prompt, the integrated-gradients
+scores of each prompt, the coarse and refined knowledge neurons, and the activation-baseline neurons (as many
+as refined), and writes them in one transaction. A run killed at any moment (SIGKILL included) loses at most
+the fact it was computing; started again with the same arguments it carries on and ends with exactly the
+atlas an uninterrupted run writes (each fact's results depend only on the model, the fact and the parameters).
+A finished run started again computes nothing.
+
+Example:
+    >>> summary = run(kneuron.load(), builtin_facts(["capital"]), "runs/capital.sqlite", limit_per_relation=5)
+    >>> summary.computed, summary.dropped
+    (5, {'capital': 1})
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kneuron.attribution.knowledge import find_knowledge_neurons
+from kneuron.attribution.selection import activation_baseline
+from kneuron.errors import FactError, KneuronError
+from kneuron.facts.encoding import answer_probability, encode
+from kneuron.facts.fact import Fact
+from kneuron.facts.known import answer_ranks, known_share
+from kneuron.models.language_model import LanguageModel
+from kneuron.store.atlas import Atlas, model_identity
+
+
+@dataclass
+class RunSummary:
+    """What a call of :func:`run` did.
+
+    Attributes:
+        path: the atlas.
+        selected: facts of this call's selection in the atlas (any status).
+        computed: facts computed by this call.
+        already_done: facts of the selection that an earlier call had computed.
+        dropped: per relation, facts of the selection the model does not know (not computed).
+        invalid: fact id -> why its prompts cannot be used with this model.
+        compute_seconds, write_seconds: time spent computing and writing the facts of this call.
+        seconds: wall time of the call (model fingerprint, known filter and all).
+    """
+
+    path: Path
+    selected: int = 0
+    computed: int = 0
+    already_done: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    invalid: dict[str, str] = field(default_factory=dict)
+    compute_seconds: float = 0.0
+    write_seconds: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def store_overhead(self) -> float:
+        """Writing time as a share of computing time."""
+        return self.write_seconds / self.compute_seconds if self.compute_seconds else 0.0
+
+
+def run_params(*, steps: int, threshold: float, share: float | str, objective: str, alphas: str,
+               known_only: bool, top: int, min_share: float) -> dict[str, Any]:
+    """The parameters that make an atlas's identity, checked the way attribution would check them."""
+    if steps < 1:
+        raise KneuronError(f"steps must be at least 1; got {steps}.")
+    if not 0.0 <= threshold <= 1.0:
+        raise KneuronError(f"threshold must lie in [0, 1] (a fraction of the maximum score); got {threshold}.")
+    if share != "adaptive" and not (isinstance(share, (int, float)) and 0.0 <= share < 1.0):
+        raise KneuronError(f"share must be a fraction in [0, 1) or 'adaptive'; got {share!r}.")
+    if objective not in ("prob", "logprob"):
+        raise KneuronError(f"Unknown objective {objective!r}: use 'prob' or 'logprob'.")
+    if alphas not in ("right", "midpoint", "linspace"):
+        raise KneuronError(f"Unknown alpha rule {alphas!r}: use 'right', 'midpoint' or 'linspace'.")
+    if top < 1:
+        raise KneuronError(f"top must be at least 1; got {top}.")
+    return {"steps": int(steps), "threshold": float(threshold),
+            "share": share if share == "adaptive" else float(share), "objective": objective, "alphas": alphas,
+            "known_only": bool(known_only), "top": int(top), "min_share": float(min_share)}
+
+
+def _unique(facts: Sequence[Fact]) -> list[Fact]:
+    """The facts once each; the same id with different content is an error."""
+    seen: dict[str, Fact] = {}
+    for fact in facts:
+        other = seen.get(fact.id)
+        if other is None:
+            seen[fact.id] = fact
+        elif other != fact:
+            raise FactError(f"Two different facts share the id {fact.id!r} ({other.subject} -> {other.object} and "
+                            f"{fact.subject} -> {fact.object}); give them distinct ids.")
+    return list(seen.values())
+
+
+def _same(fact: Fact, row: dict[str, Any]) -> bool:
+    import json
+
+    return (row["relation"], row["subject"], row["object"], tuple(json.loads(row["templates"]))) == (
+        fact.relation, fact.subject, fact.object, tuple(fact.templates))
+
+
+def classify(lm: LanguageModel, facts: Sequence[Fact], *, known_only: bool, top: int, min_share: float,
+             ) -> list[dict[str, Any]]:
+    """The known-filter outcome of each fact: ``{"status", "known", "known_share", "ranks", "note"}``.
+
+    A fact whose prompts the model cannot read (no templates, an answer outside the vocabulary of a masked
+    model, nothing before [Y] for a causal model) is 'invalid' with the reason in ``note``.
+    """
+    outcomes: list[dict[str, Any]] = []
+    valid: list[Fact] = []
+    for fact in facts:
+        note = None
+        if not fact.templates:
+            note = "no templates"
+        else:
+            try:
+                for prompt in fact.prompts():
+                    encode(lm, prompt, fact.object)
+            except FactError as exc:
+                note = str(exc)
+        outcomes.append({"status": "invalid", "note": note} if note else {})
+        if not note:
+            valid.append(fact)
+    ranks = iter(answer_ranks(lm, valid)) if valid else iter(())
+    for outcome in outcomes:
+        if outcome:
+            continue
+        fact_ranks = next(ranks)
+        shared = known_share(fact_ranks, top)
+        known = shared > min_share
+        outcome.update(status="pending" if known or not known_only else "dropped", known=int(known),
+                       known_share=shared, ranks=fact_ranks, note=None)
+    return outcomes
+
+
+def _register(atlas: Atlas, lm: LanguageModel, facts: list[Fact], *, known_only: bool, top: int,
+              min_share: float, limit_per_relation: int | None) -> None:
+    """Add the selection's new facts to the atlas with their known-filter outcome (one transaction).
+
+    With ``limit_per_relation`` a relation takes facts in the given order until it has that many to compute
+    (pending or done), counting those already in the atlas; facts after that are left out.
+    """
+    existing = {row["id"]: row for row in atlas.fact_rows(status=None)}
+    for fact in facts:
+        row = existing.get(fact.id)
+        if row is not None and not _same(fact, row):
+            raise KneuronError(
+                f"Fact {fact.id!r} in {atlas.path} differs from the one given ({row['subject']} -> {row['object']}, "
+                f"templates {row['templates']}); an atlas keeps one version of each fact. Start a new atlas: "
+                "write to another file (--out) or replace it (--overwrite)."
+            )
+    order = {fact.id: i for i, fact in enumerate(facts)}
+    candidates: dict[str, list[Fact]] = defaultdict(list)
+    for fact in facts:
+        if fact.id not in existing:
+            candidates[fact.relation].append(fact)
+    chosen: list[tuple[Fact, dict[str, Any]]] = []
+    if limit_per_relation is None:
+        flat = [fact for fact in facts if fact.id not in existing]
+        chosen = list(zip(flat, classify(lm, flat, known_only=known_only, top=top, min_share=min_share),
+                          strict=True))
+    else:
+        have = Counter(row["relation"] for row in existing.values() if row["status"] in ("pending", "done"))
+        for relation, pool in candidates.items():
+            need, start = limit_per_relation - have[relation], 0
+            while need > 0 and start < len(pool):
+                chunk = pool[start:start + max(2 * need, 8)]
+                start += len(chunk)
+                for fact, outcome in zip(chunk, classify(lm, chunk, known_only=known_only, top=top,
+                                                         min_share=min_share), strict=True):
+                    if need <= 0:
+                        break
+                    chosen.append((fact, outcome))
+                    need -= outcome["status"] == "pending"
+    chosen.sort(key=lambda entry: order[entry[0].id])
+    atlas.register_facts(chosen)
+
+
+class _RateColumn:
+    """Seconds per fact (or facts per second), from the task's speed."""
+
+    @staticmethod
+    def make():
+        from rich.progress import ProgressColumn
+        from rich.text import Text
+
+        class RateColumn(ProgressColumn):
+            def render(self, task) -> Text:
+                speed = task.finished_speed or task.speed
+                if not speed:
+                    return Text("-- s/fact", style="progress.data.speed")
+                text = f"{1 / speed:.1f} s/fact" if speed < 1 else f"{speed:.1f} facts/s"
+                return Text(text, style="progress.data.speed")
+
+        return RateColumn()
+
+
+def _progress(console):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("facts"), _RateColumn.make(), TimeElapsedColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), TextColumn("{task.fields[current]}", style="dim"), console=console,
+                    transient=False)
+
+
+def run(
+    lm: LanguageModel,
+    facts: Sequence[Fact],
+    atlas_path: str | Path,
+    *,
+    steps: int = 20,
+    threshold: float = 0.2,
+    share: float | str = "adaptive",
+    objective: str = "prob",
+    alphas: str = "right",
+    known_only: bool = True,
+    top: int = 10,
+    min_share: float = 0.5,
+    progress: bool = True,
+    limit_per_relation: int | None = None,
+    overwrite: bool = False,
+    console=None,
+) -> RunSummary:
+    """Attribute every fact and store the results in the atlas at ``atlas_path`` (resumable).
+
+    Args:
+        lm: the model.
+        facts: the facts (e.g. ``load_facts("builtin")``); ids must be unique.
+        atlas_path: the SQLite file; created when missing, continued when it holds a run of the same model
+            and parameters.
+        steps, objective, alphas: integrated gradients (see :func:`kneuron.integrated_gradients`).
+        threshold, share: coarse threshold and refine share (see :func:`kneuron.refine`).
+        known_only: compute only facts the model knows: the first answer token ranks below ``top`` for more
+            than ``min_share`` of the prompts (:func:`kneuron.facts.known_facts`); the others are recorded as
+            'dropped'. False computes every fact (their known-filter outcome is still recorded).
+        progress: a rich progress bar (facts done, rate, ETA) and status lines on stderr (``console``).
+        limit_per_relation: at most this many facts to compute per relation: the first ones (in the given order)
+            that pass the known filter.
+        overwrite: delete an existing atlas at ``atlas_path`` first.
+
+    Returns:
+        A :class:`RunSummary` (computed, already done, dropped per relation, timing).
+
+    Raises:
+        KneuronError: an atlas of another model or other parameters at ``atlas_path``, another run writing it,
+            a read-only or locked file, a fact id reused with other content.
+    """
+    from kneuron import __version__
+
+    started = time.perf_counter()
+    if limit_per_relation is not None and limit_per_relation < 1:
+        raise KneuronError(f"limit_per_relation must be at least 1; got {limit_per_relation}.")
+    params = run_params(steps=steps, threshold=threshold, share=share, objective=objective, alphas=alphas,
+                        known_only=known_only, top=top, min_share=min_share)
+    facts = _unique(list(facts))
+    if console is None and progress:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+    say = console.print if progress else (lambda *a, **k: None)
+    summary = RunSummary(Path(atlas_path))
+    with Atlas.for_run(atlas_path, model_identity(lm), params, overwrite=overwrite,
+                       kneuron_version=__version__) as atlas:
+        _register(atlas, lm, facts, known_only=known_only, top=top, min_share=min_share,
+                  limit_per_relation=limit_per_relation)
+        wanted = {fact.id for fact in facts}
+        rows = [row for row in atlas.fact_rows(status=None) if row["id"] in wanted]
+        summary.selected = len(rows)
+        summary.already_done = sum(row["status"] == "done" for row in rows)
+        summary.dropped = dict(Counter(row["relation"] for row in rows if row["status"] == "dropped"))
+        summary.invalid = {row["id"]: row["note"] for row in rows if row["status"] == "invalid"}
+        todo = [row for row in rows if row["status"] == "pending"]
+        _announce(say, atlas, summary, len(todo), known_only)
+        if todo:
+            _compute(atlas, lm, todo, params, summary, console if progress else None)
+        if todo or _generic_stale(atlas):
+            atlas.update_generic()
+    summary.seconds = time.perf_counter() - started
+    if summary.computed:
+        say(f"[dim]{summary.computed} facts in {summary.compute_seconds:.1f} s of attribution; writing them took "
+            f"{summary.write_seconds * 1000:.0f} ms ({100 * summary.store_overhead:.2f}% of it)[/dim]",
+            highlight=False)
+    return summary
+
+
+def _announce(say, atlas: Atlas, summary: RunSummary, todo: int, known_only: bool) -> None:
+    say(f"atlas {atlas.path}: {summary.selected} facts selected, {todo} to compute, "
+        f"{summary.already_done} already done", highlight=False)
+    if summary.dropped:
+        total = sum(summary.dropped.values())
+        per = ", ".join(f"{relation} {count}" for relation, count in summary.dropped.items())
+        hint = " (--all-facts keeps them)" if known_only else ""
+        say(f"dropped {total} facts the model does not know{hint}: {per}", highlight=False)
+    if summary.invalid:
+        first = next(iter(summary.invalid.items()))
+        say(f"[yellow]skipped {len(summary.invalid)} facts whose prompts this model cannot read, e.g. "
+            f"{first[0]}: {first[1]}[/yellow]", highlight=False)
+
+
+def _generic_stale(atlas: Atlas) -> bool:
+    """Whether the generic table was computed over fewer done facts than the atlas has (a run killed after
+    its last fact but before it rewrote the table)."""
+    done = atlas.query("SELECT count(*) AS n FROM facts WHERE status = 'done'")[0]["n"]
+    return done != atlas.meta.get("generic", {}).get("facts", 0)
+
+
+def _compute(atlas: Atlas, lm: LanguageModel, todo: list[dict[str, Any]], params: dict[str, Any],
+             summary: RunSummary, console) -> None:
+    from contextlib import nullcontext
+
+    facts = [atlas.fact(row["id"]) for row in todo]
+    bar = _progress(console) if console is not None else nullcontext()
+    with bar as progress:
+        task = progress.add_task("run", total=len(facts), current="") if progress is not None else None
+        for fact in facts:
+            start = time.perf_counter()
+            n_prompts = len(fact.templates)
+
+            def advance(_index, _scores, n_prompts=n_prompts):
+                if progress is not None:
+                    progress.advance(task, 1 / n_prompts)
+
+            if progress is not None:
+                progress.update(task, current=fact.id)
+            kn = find_knowledge_neurons(lm, fact, steps=params["steps"], threshold=params["threshold"],
+                                        share=params["share"], objective=params["objective"],
+                                        alphas=params["alphas"], on_prompt=advance)
+            probabilities = [(p.probability, p.rank) for p in
+                             (answer_probability(lm, prompt, fact.object) for prompt in fact.prompts())]
+            baseline = activation_baseline(kn.scores, len(kn.neurons))
+            compute = time.perf_counter() - start
+            written = time.perf_counter()
+            atlas.store_fact(fact.id, kn, probabilities, baseline, compute)
+            summary.write_seconds += time.perf_counter() - written  # encoding, inserting and committing
+            summary.compute_seconds += compute
+            summary.computed += 1
+            if progress is not None:
+                progress.update(task, completed=summary.computed)
+        if progress is not None:
+            progress.update(task, current="")
