@@ -114,9 +114,16 @@ def test_cache_dir_follows_env_and_file(fake_gguf, tmp_path):
     assert first.parent == tmp_path / "cache"
     assert first.name.startswith("smollm2-135m-")
     assert loading.cache_dir("default") == first
-    stat = fake_gguf.stat()
-    os.utime(fake_gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert loading.cache_dir("smollm2-135m") != first  # a changed file is a different cache entry
+    os.utime(fake_gguf, ns=(0, 0))
+    assert loading.cache_dir("smollm2-135m") == first  # a reinstall of the same release shares the cache
+    fake_gguf.write_bytes(b"GGUF" + bytes(61))
+    assert loading.cache_dir("smollm2-135m") != first  # a different file is a different cache entry
+
+
+def test_cache_dir_changes_with_the_package_version(fake_gguf, monkeypatch):
+    first = loading.cache_dir("smollm2-135m")
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "99.0")
+    assert loading.cache_dir("smollm2-135m") != first
 
 
 def test_cache_root_default(monkeypatch, tmp_path):

@@ -84,15 +84,18 @@ def cache_root() -> Path:
 def cache_dir(name: str) -> Path:
     """The cache folder of an embedded model: ``<cache_root>/<name>-<key>``.
 
-    The key changes when the ``.gguf`` file changes (size, modification time) or when
-    ``transformers`` (which de-quantizes it) changes version, so a stale copy is never read.
+    The key names the package release that ships the ``.gguf`` file (distribution, version, file name and
+    size) and the ``transformers`` version that de-quantizes it: every virtual environment with the same
+    releases shares one cached copy, and a new release of either gets a new one.
     """
     import transformers
 
     name = _ALIASES.get(name, name)
-    stat = embedded_gguf(name).stat()
-    key = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}:{transformers.__version__}".encode()).hexdigest()[:12]
-    return cache_root() / f"{name}-{key}"
+    dist_name, _ = EMBEDDED[name]
+    path = embedded_gguf(name)
+    identity = (f"{dist_name}=={importlib.metadata.version(dist_name)}:{path.name}:{path.stat().st_size}:"
+                f"transformers=={transformers.__version__}")
+    return cache_root() / f"{name}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
 
 
 _CACHE_MARK = "kneuron-cache.json"
@@ -210,7 +213,7 @@ def load(
         dtype: weight dtype; GGUF files are de-quantized to float32 unless told otherwise.
         arch: an ArchSpec (or "package.module:NAME") for a family kneuron does not know.
         trust_remote_code: passed to ``transformers``; off unless you ask for it.
-        cache: embedded models only. De-quantizing a GGUF file is slow (about 17 s for SmolLM2), so the
+        cache: embedded models only. De-quantizing a GGUF file is slow (17-35 s for SmolLM2), so the
             first load saves the float32 model and its tokenizer as safetensors under :func:`cache_root`
             (``$KNEURON_CACHE`` or ``~/.cache/kneuron``) and later loads read that copy (about 2 s, the
             same logits bit for bit). False converts the GGUF file again and writes nothing.
