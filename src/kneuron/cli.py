@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -288,6 +289,116 @@ def find(
     console.print(layers)
     probs = ", ".join(f"{s.probability:.3f}" for s in kn.scores)
     console.print(f"[dim]P(answer) per prompt: {probs}; share used: {kn.params.get('share_used')}[/dim]")
+
+
+# ------------------------------------------------------------------------------------------- studies, report
+
+StudyArgument = Annotated[str, typer.Argument(
+    help="suppress-amplify, generic, layers, discrimination, or all.", show_default=False)]
+RunOption = Annotated[Path, typer.Option(
+    "--run", help="The atlas (.sqlite) that `kneuron run` wrote.", show_default=False)]
+
+
+def _atlas_model(atlas, model: str | None, device: str):
+    """The model an atlas was made with (``--model`` or the atlas's own), refusing another one."""
+    from kneuron.store import model_identity
+
+    meta = atlas.meta
+    lm = load_model(model or meta.get("model"), device)
+    if model_identity(lm)["fingerprint"] != meta.get("fingerprint"):
+        raise KneuronError(
+            f"{atlas.path} was made with {meta.get('model')!r}, and {lm.name!r} is another model (other weights "
+            f"or vocabulary); its neurons would not be this model's. Give --model {meta.get('model')}, or run "
+            f"`kneuron run --model {lm.name} --out runs/OTHER.sqlite` first.")
+    return lm
+
+
+@command()
+def study(
+    name: StudyArgument,
+    run: RunOption,
+    model: ModelOption = None,
+    generic_share: Annotated[float | None, typer.Option(
+        min=0.0, max=0.99, help="Flag neurons that are knowledge neurons of more than this share of the facts as "
+                                "generic (default: the atlas's, 0.1).", show_default=False)] = None,
+    other_facts: Annotated[int, typer.Option(min=0, help="Facts of other relations on which each fact's neurons "
+                                                         "are also patched.")] = 5,
+    probe: Annotated[int, typer.Option(min=0, help="Generic neurons (most shared first) probed alone.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seeds the random control neurons and the other facts.")] = 0,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Run the paper's studies on an atlas's facts and neurons and store their results in it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from kneuron.experiments import summarize
+    from kneuron.experiments.studies import run_studies, study_names
+    from kneuron.store import Atlas
+
+    names = study_names(name)
+    with Atlas.open(run) as atlas:
+        facts = atlas.facts()
+        if not facts:
+            raise KneuronError(f"{run} has no computed facts yet: run `kneuron run --out {run}` (or let it finish).")
+        lm = _atlas_model(atlas, model, device)
+        if generic_share is not None or not atlas.meta.get("generic"):
+            atlas.update_generic(share=generic_share)  # flags the generic neurons in the atlas's generic table
+        share = float(atlas.meta.get("generic", {}).get("share", 0.1))
+        neurons = atlas.all_refined()
+        baseline = {fact.id: atlas.baseline_neurons(fact.id) for fact in facts}
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=err_console, transient=True) as progress:
+            task = progress.add_task("studies", total=len(facts))
+            results = run_studies(
+                lm, facts, neurons, baseline, studies=names, generic_share=share, other_facts=other_facts,
+                probe_neurons=probe, seed=seed,
+                on_study=lambda s: progress.update(task, description=s.replace("_", "-"), completed=0),
+                on_fact=lambda _fact: progress.advance(task))
+        for stored, rows in results.items():
+            atlas.write_results(stored, rows)
+    table = Table(title=Text(f"Studies of {len(facts)} facts, stored in {run}", style="bold"), title_justify="left",
+                  show_edge=False)
+    table.add_column("study")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for stored, rows in results.items():
+        for variant, metric, label, percent in (
+                ("kn", "suppress", "suppress KN (mean Δp/p)", True), ("random", "suppress", "suppress random", True),
+                ("kn_no_generic", "suppress", "suppress KN without generic", True),
+                ("kn", "amplify", "amplify KN (mean Δp/p)", True), ("random", "amplify", "amplify random", True),
+                ("kn_no_generic", "amplify", "amplify KN without generic", True),
+                ("kn", "suppress_other", "suppress KN, other relations", True),
+                ("kn", "auc", "AUC KN, own vs other prompts", False),
+                ("baseline", "auc", "AUC activation baseline", False),
+                ("kn", "sentence_auc", "AUC KN, stating vs subject-only", False),
+                ("baseline", "sentence_auc", "AUC baseline, stating vs subject-only", False)):
+            summary = summarize(rows, variant, metric)
+            if summary.n:
+                table.add_row(stored, label, f"{summary.mean:+.2%}" if percent else f"{summary.mean:.3f}")
+        for r in rows:
+            if stored == "layers" and r["relation"] == "" and r["metric"] == "top_third":
+                table.add_row(stored, f"top third of the layers ({r['variant']})", f"{r['value']:.1%}")
+            if stored == "generic" and r["metric"] == "share" and not r["fact_id"] and r["variant"] != "params":
+                table.add_row(stored, f"generic neuron {r['variant']}", f"in {r['value']:.0%} of the facts")
+    console.print(table)
+
+
+@command()
+def report(
+    run: RunOption,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="The HTML file to write (default: the atlas's path with .html).", show_default=False)
+    ] = None,
+) -> None:
+    """Write one self-contained HTML report (tables, figures) of an atlas's studies; print the headline line."""
+    from kneuron.report import ReportData, headline_line, write_report
+
+    data = ReportData.from_atlas(run)
+    path = write_report(data, out or run.with_suffix(".html"))
+    missing = [s for s, rows in data.results.items() if not rows]
+    if missing:
+        err_console.print(f"[yellow]no results yet for {', '.join(missing)}: `kneuron study all --run {run}`"
+                          "[/yellow]", highlight=False)
+    typer.echo(headline_line(path, data))
 
 
 def main() -> None:

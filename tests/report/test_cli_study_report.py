@@ -1,0 +1,87 @@
+"""`kneuron study NAME --run ATLAS` and `kneuron report --run ATLAS` on an atlas made from a tiny model."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from experiments.conftest import tiny_facts
+from kneuron import cli
+from kneuron.experiments.studies import run_studies
+from kneuron.store import Atlas, run
+from tiny_models import tiny_lm
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(cli.app, list(args), env={"COLUMNS": "160"})
+
+
+@pytest.fixture
+def atlas_path(tmp_path):
+    path = tmp_path / "tiny.sqlite"
+    run(tiny_lm("llama"), tiny_facts(), path, steps=3, known_only=False, progress=False, share=0.3)
+    return path
+
+
+def test_study_all_then_report(atlas_path, fake_load):
+    result = invoke("study", "all", "--run", str(atlas_path), "--seed", "3", "--other-facts", "2")
+    assert result.exit_code == 0, result.output
+    assert "suppress KN" in result.stdout and "top third of the layers" in result.stdout
+    assert list(fake_load) == ["tiny-llama"]  # the model the atlas names
+    with Atlas.open(atlas_path, read_only=True) as atlas:
+        assert atlas.studies() == ["discrimination", "generic", "layers", "suppress_amplify"]
+        stored = {study: atlas.results(study) for study in atlas.studies()}
+        facts, neurons = atlas.facts(), atlas.all_refined()
+        baseline = {f.id: atlas.baseline_neurons(f.id) for f in facts}
+    assert any(neurons.values())
+    direct = run_studies(tiny_lm("llama"), facts, neurons, baseline, seed=3, other_facts=2,
+                         studies=("suppress_amplify", "layers"))
+    for study, rows in direct.items():
+        assert [(r["variant"], r["fact_id"], r["metric"]) for r in stored[study]] == \
+            [(r["variant"], r["fact_id"], r["metric"]) for r in rows]
+        assert [r["value"] for r in stored[study]] == pytest.approx([r["value"] for r in rows], nan_ok=True)
+
+    result = invoke("report", "--run", str(atlas_path))
+    assert result.exit_code == 0, result.output
+    html = atlas_path.with_suffix(".html")
+    assert html.is_file() and "data:image/png;base64," in html.read_text(encoding="utf-8")
+    last = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(rf"report={re.escape(str(html))} facts=8 suppress=\S+% amplify=\S+% top_third=\S+% "
+                        r"auc_kn=\S+ auc_activation=\S+", last), last
+
+
+def test_one_study_replaces_only_its_rows(atlas_path, fake_load):
+    assert invoke("study", "layers", "--run", str(atlas_path)).exit_code == 0
+    assert invoke("study", "layers", "--run", str(atlas_path)).exit_code == 0
+    with Atlas.open(atlas_path, read_only=True) as atlas:
+        assert atlas.studies() == ["layers"]
+        first = atlas.results("layers")
+    assert len(first) == len({(r["variant"], r["relation"], r["metric"]) for r in first})  # not written twice
+
+
+def test_another_model_is_refused(atlas_path, fake_load):
+    result = invoke("study", "layers", "--run", str(atlas_path), "--model", "tiny-gpt2")
+    assert result.exit_code == 1
+    assert "another model" in result.output and "--model tiny-llama" in result.output
+
+
+def test_bad_names_and_paths(tmp_path, atlas_path, fake_load):
+    result = invoke("study", "everything", "--run", str(atlas_path))
+    assert result.exit_code == 1 and "Unknown study" in result.output
+    result = invoke("study", "all", "--run", str(tmp_path / "missing.sqlite"))
+    assert result.exit_code == 1 and "No atlas" in result.output
+    result = invoke("report", "--run", str(tmp_path / "missing.sqlite"))
+    assert result.exit_code == 1 and "No atlas" in result.output
+
+
+def test_report_before_any_study_says_what_to_run(atlas_path):
+    out = atlas_path.parent / "elsewhere" / "r.html"
+    result = invoke("report", "--run", str(atlas_path), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and not atlas_path.with_suffix(".html").exists()
+    assert "kneuron study all" in result.output
+    assert result.stdout.strip().splitlines()[-1].endswith("auc_kn=nan auc_activation=nan")
