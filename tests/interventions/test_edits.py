@@ -369,3 +369,17 @@ def test_erase_counts_neuron_lists():
     edit = erase_relation(lm, lists, top=1)
     assert edit.neurons == [(1, 2)] and edit.meta["counts"] == [[1, 2, 3]]
     assert len(erase_relation(lm, lists, top=50)) == 3
+
+
+def test_slot_norm_scale_is_the_official_codes_formula(layout_family):
+    lm = tiny_lm(layout_family, dtype=torch.float64)
+    unembed = lm.model.get_output_embeddings().weight.detach()
+    e_old, e_new = unembed[token(lm, "Paris")], unembed[token(lm, "Rome")]
+    edit = update_fact(lm, NEURONS, "Paris", "Rome", scale="slot_norm")
+    assert edit.meta["scale"] == "slot_norm"
+    for key, delta in edit.values().items():
+        norm = slot_by_hand(lm, *key).norm()
+        expected = -(1.0 * norm / e_old.norm()) * e_old + (8.0 * norm / e_new.norm()) * e_new
+        assert torch.equal(delta, expected)
+    with pytest.raises(KneuronError, match="scale must be"):
+        update_fact(lm, NEURONS, "Paris", "Rome", scale="huge")

@@ -15,6 +15,11 @@ later tokens follow by the model's own continuation. ``tokens="mean"`` uses the 
 embeddings instead. With "first", an old and a new answer that begin with the same token cannot be told
 apart (the delta would only scale that token), so that is an error; use "mean" or another answer then.
 
+Scale: the paper writes the formula with plain lambdas (``scale="absolute"``, the default). The official code
+(Hunter-DDM/knowledge-neurons, ``6_edit_knowledge_sampled.py``) scales each neuron's lambdas by the size of its
+value slot: lambda_old * |v_i| / |e(old)| and lambda_new * |v_i| / |e(new)|, i.e. unit embeddings times the
+slot's norm (``scale="slot_norm"``). The two differ a lot when embeddings and value slots have different sizes.
+
 Like the paper, neurons shared by many facts of the relation are left out: pass ``exclude`` (neurons to
 skip), or the relation's neuron counts (``relation_counts``: how many of the relation's ``n_facts`` facts
 each neuron is a knowledge neuron of, e.g. ``atlas.relation_neurons(relation)``), from which
@@ -43,6 +48,7 @@ from kneuron.models.language_model import LanguageModel
 
 NeuronKey = tuple[int, int]
 TokenRule = Literal["first", "mean"]
+Scale = Literal["absolute", "slot_norm"]
 NeuronsLike = KnowledgeNeurons | Iterable[Neuron | NeuronKey]
 
 
@@ -135,6 +141,7 @@ def update_fact(
     n_facts: int | None = None,
     max_share: float = 0.1,
     tokens: TokenRule = "first",
+    scale: Scale = "absolute",
     prompt: Prompt | None = None,
     fact: Fact | None = None,
 ) -> Edit:
@@ -148,6 +155,7 @@ def update_fact(
         exclude: neurons to leave out.
         relation_counts, n_facts, max_share: also leave out :func:`shared_neurons` of the relation.
         tokens: "first" or "mean": e of a multi-token answer (see the module docstring).
+        scale: "absolute" (the paper's formula) or "slot_norm" (the official code's: lambdas times |v_i| / |e|).
         prompt: where the answers are tokenized (leading space); default the fact's first prompt.
         fact: the fact being updated (default ``neurons.fact``); used for the label and the prompt.
 
@@ -165,6 +173,8 @@ def update_fact(
     keys = neuron_keys(neurons)
     if not keys:
         raise EditError("There are no neurons to edit: the fact has no knowledge neurons.")
+    for key in keys:
+        lm.check_neuron(*key)
     left_out = set(neuron_keys(exclude)) if exclude is not None else set()
     if relation_counts is not None:
         if n_facts is None:
@@ -182,12 +192,22 @@ def update_fact(
                         "tell them apart; use tokens='mean' or another answer.")
     e_old, e_new = answer_embedding(lm, old_ids, tokens), answer_embedding(lm, new_ids, tokens)
     dtype = torch.promote_types(lm.ffn_out(kept[0][0]).weight.dtype, torch.float32)
-    delta = -lambda_old * e_old.to(dtype) + lambda_new * e_new.to(dtype)
+    e_old, e_new = e_old.to(dtype), e_new.to(dtype)
+    if scale == "absolute":
+        delta = -lambda_old * e_old + lambda_new * e_new
+        deltas = {k: delta for k in kept}
+    elif scale == "slot_norm":
+        deltas = {}
+        for k in kept:
+            norm = lm.value_slot(*k).detach().to("cpu", dtype).norm()
+            deltas[k] = -(lambda_old * norm / e_old.norm()) * e_old + (lambda_new * norm / e_new.norm()) * e_new
+    else:
+        raise EditError(f"scale must be 'absolute' or 'slot_norm', not {scale!r}.")
     what = f"{fact.subject} {fact.relation}: " if fact is not None else ""
     meta = {
         "fact_id": fact.id if fact is not None else "", "relation": fact.relation if fact is not None else "",
         "old": old, "new": new, "old_ids": old_ids, "new_ids": new_ids, "lambda_old": lambda_old,
-        "lambda_new": lambda_new, "tokens": tokens,
+        "lambda_new": lambda_new, "tokens": tokens, "scale": scale,
         "left_out": sorted([list(k) for k in set(keys) & left_out]), "max_share": max_share,
     }
-    return Edit.build(lm, "add", {k: delta for k in kept}, kind="update", label=f"{what}{old} -> {new}", meta=meta)
+    return Edit.build(lm, "add", deltas, kind="update", label=f"{what}{old} -> {new}", meta=meta)

@@ -1,0 +1,456 @@
+"""Editing metrics and the editing study: does an update through knowledge neurons take, and what else moves?
+
+**Update** (Dai et al. 2022, section 5.1; official code ``6_edit_knowledge_sampled.py``). For a fact (h, r, t) whose
+knowledge neurons are known, the study picks t' = another fact's answer of the same relation (seeded per fact),
+builds :func:`~kneuron.interventions.update_fact`, applies it in a context, and measures on the fact's own
+prompts, before and after:
+
+* ``new_beats_old``: share of prompts where P(t') > P(t) (joint probabilities of the answers' tokens);
+* ``top1_new``: share of prompts whose top-1 next token is t''s first token (the paper's *success rate*
+  measures this on one random prompt per fact, i.e. the same in expectation);
+* ``changed``: among prompts whose top-1 was t's first token before, the share where it no longer is (the
+  official code's *change rate*, ``ori_changed``);
+* ``success`` / ``success_top1``: per fact, 1 when ``new_beats_old`` / ``top1_new`` holds on more than half of
+  its prompts (so the fact-level rate is the share of facts);
+* ``p_old_*``, ``p_new_*``: mean probabilities before/after.
+
+Collateral damage, as the official code measures it: ``n_other`` (5) other facts of the *same* relation
+(``intra_*``) and 5 facts of *other* relations (``inter_*``), all their prompts, each with its own correct
+answer: ``*_log_ppl_before`` / ``*_log_ppl_after`` are the mean over those prompts of the answer's negative
+log-probability per token (log-perplexity); the paper's ΔPPL is exp(mean log-PPL after) − exp(mean log-PPL
+before) over all edits (see :func:`update_summary`). Also ``*_p_change`` (mean relative change of the
+correct answer's probability) and ``*_top1_kept`` (of the prompts answered right before, the share still right).
+
+Variants: ``kn`` edits the fact's knowledge neurons; ``random`` applies the same delta to as many random
+neurons of the same layers (the paper's control). With ``scale="slot_norm"`` (the official code's lambdas)
+the variants are ``kn_slot_norm`` and ``random_slot_norm``.
+
+**Erase** (section 5.2): :func:`erase_study` erases a relation's ``top`` most common knowledge neurons and
+measures, on the relation's facts and on facts of other relations, the correct answer's log-perplexity and
+probability before and after, and top-1 accuracy.
+
+**CounterFact** (Meng et al. 2022): :func:`counterfact_scores` gives efficacy (P(new) > P(true) on the
+rewrite prompt), paraphrase (the same on paraphrase prompts) and neighbourhood (P(true) > P(new) on other
+subjects' prompts) scores; as in ROME, answers are compared by their mean per-token log-probability.
+
+Rows are the atlas's long format (``study="editing"``); see :func:`kneuron.experiments.metrics.row`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kneuron.attribution.types import Neuron
+from kneuron.errors import KneuronError
+from kneuron.experiments.metrics import by_length, fact_rng, row
+from kneuron.facts.counterfact import CounterFactRecord
+from kneuron.facts.encoding import EncodedQuery, encode
+from kneuron.facts.fact import Fact, Prompt
+from kneuron.interventions.edits import Edit, EditError
+from kneuron.interventions.erase import count_neurons, erase_relation
+from kneuron.interventions.update import NeuronKey, Scale, TokenRule, answer_ids, neuron_keys, update_fact
+from kneuron.models.language_model import LanguageModel
+
+STUDY = "editing"
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+@dataclass(frozen=True)
+class Scores:
+    """Per query: the answer's joint probability, its mean per-token log-probability, the top-1 token id at the
+    position predicting the answer's first token, and that first token's id."""
+
+    probability: np.ndarray
+    mean_logprob: np.ndarray
+    top1: np.ndarray
+    first: np.ndarray
+
+    @property
+    def hit(self) -> np.ndarray:
+        """Top-1 is the answer's first token."""
+        return self.top1 == self.first
+
+    @property
+    def log_ppl(self) -> np.ndarray:
+        """Negative mean per-token log-probability (log-perplexity of the answer)."""
+        return -self.mean_logprob
+
+    def __len__(self) -> int:
+        return len(self.probability)
+
+
+@torch.no_grad()
+def score(lm: LanguageModel, queries: Sequence[EncodedQuery], *, batch_size: int = 32) -> Scores:
+    """:class:`Scores` of ``queries``, batched by token length without padding (equal to one-by-one runs)."""
+    n = len(queries)
+    prob, mean, top1 = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
+    first = np.array([q.answer_ids[0] for q in queries], dtype=np.int64)
+    for batch in by_length([q.input_ids for q in queries], batch_size):
+        chosen = [queries[i] for i in batch]
+        logits = lm.model(input_ids=torch.stack([q.input_ids for q in chosen]).to(lm.device)).logits
+        for r, (i, query) in enumerate(zip(batch, chosen, strict=True)):
+            positions = torch.tensor(query.target_positions, device=logits.device)
+            answer = torch.tensor(query.answer_ids, device=logits.device)
+            log_probs = torch.log_softmax(logits[r, positions].double(), dim=-1).gather(-1, answer[:, None])
+            prob[i], mean[i] = float(log_probs.sum().exp()), float(log_probs.mean())
+            top1[i] = int(logits[r, query.position].argmax())
+    return Scores(prob, mean, top1, first)
+
+
+def queries_of(lm: LanguageModel, fact: Fact, answer: str | None = None) -> list[EncodedQuery]:
+    """Every prompt of ``fact`` encoded with ``answer`` (default its object)."""
+    return [encode(lm, prompt, answer or fact.object) for prompt in fact.prompts()]
+
+
+def _share(mask: np.ndarray) -> float:
+    return float(np.mean(mask)) if len(mask) else math.nan
+
+
+# --------------------------------------------------------------------------------------------- update metrics
+
+def update_metrics(lm: LanguageModel, edit: Edit, fact: Fact, new: str, *, old: str | None = None,
+                   before: tuple[Scores, Scores] | None = None) -> dict[str, float]:
+    """The update's effect on the fact's own prompts (see the module docstring for each metric).
+
+    ``before`` may pass the clean (old, new) scores when already computed.
+    """
+    old = old or fact.object
+    q_old, q_new = queries_of(lm, fact, old), queries_of(lm, fact, new)
+    b_old, b_new = before or (score(lm, q_old), score(lm, q_new))
+    with edit.applied(lm):
+        a_old, a_new = score(lm, q_old), score(lm, q_new)
+    said_old = b_old.hit
+    beats, top1_new = a_new.probability > a_old.probability, a_new.hit
+    return {
+        "p_old_before": float(b_old.probability.mean()), "p_old_after": float(a_old.probability.mean()),
+        "p_new_before": float(b_new.probability.mean()), "p_new_after": float(a_new.probability.mean()),
+        "new_beats_old_before": _share(b_new.probability > b_old.probability),
+        "new_beats_old": _share(beats),
+        "top1_old_before": _share(said_old), "top1_old_after": _share(a_old.hit),
+        "top1_new_before": _share(b_new.hit), "top1_new": _share(top1_new),
+        "changed": _share(~a_old.hit[said_old]) if said_old.any() else math.nan,
+        "success": float(_share(beats) > 0.5), "success_top1": float(_share(top1_new) > 0.5),
+        "prompts": float(len(q_old)),
+    }
+
+
+def collateral(before: Scores, after: Scores) -> dict[str, float]:
+    """Damage on other facts' prompts (each with its own correct answer), before -> after."""
+    right = before.hit
+    return {
+        "p_change": float(np.mean((after.probability - before.probability) / before.probability)),
+        "log_ppl_before": float(before.log_ppl.mean()), "log_ppl_after": float(after.log_ppl.mean()),
+        "top1_kept": _share(after.hit[right]) if right.any() else math.nan,
+    }
+
+
+class _Clean:
+    """Clean (unedited) scores of facts' correct answers, computed once per fact."""
+
+    def __init__(self, lm: LanguageModel) -> None:
+        self.lm, self.queries, self.scores = lm, {}, {}
+
+    def of(self, facts: Sequence[Fact]) -> tuple[list[EncodedQuery], Scores]:
+        missing = [f for f in facts if f.id not in self.scores]
+        for f in missing:
+            self.queries[f.id] = queries_of(self.lm, f)
+        if missing:
+            flat = [q for f in missing for q in self.queries[f.id]]
+            joined = score(self.lm, flat)
+            start = 0
+            for f in missing:
+                end = start + len(self.queries[f.id])
+                self.scores[f.id] = Scores(*(x[start:end] for x in (joined.probability, joined.mean_logprob,
+                                                                      joined.top1, joined.first)))
+                start = end
+        queries = [q for f in facts for q in self.queries[f.id]]
+        parts = [self.scores[f.id] for f in facts]
+        return queries, Scores(*(np.concatenate([getattr(p, name) for p in parts]) if parts else np.zeros(0)
+                                 for name in ("probability", "mean_logprob", "top1", "first")))
+
+
+def choose_new_answer(lm: LanguageModel, fact: Fact, facts: Sequence[Fact], seed: int = 0) -> str | None:
+    """Another fact's answer of the same relation (seeded by ``seed`` and the fact id), whose first token differs
+    from the fact's answer's and that the model can produce; None when there is none."""
+    prompt = fact.prompts()[0] if fact.templates else None
+    try:
+        old_first = answer_ids(lm, fact.object, prompt)[0]
+    except KneuronError:
+        return None
+    candidates = []
+    for other in dict.fromkeys(f.object for f in facts if f.relation == fact.relation and f.object != fact.object):
+        try:
+            if answer_ids(lm, other, prompt)[0] != old_first:
+                candidates.append(other)
+        except KneuronError:
+            continue
+    if not candidates:
+        return None
+    return candidates[int(fact_rng(seed, fact.id).integers(len(candidates)))]
+
+
+def _sample(pool: Sequence[Fact], count: int, rng: np.random.Generator) -> list[Fact]:
+    if count <= 0 or not pool:
+        return []
+    picks = rng.choice(len(pool), size=min(count, len(pool)), replace=False)
+    return [pool[int(i)] for i in sorted(picks)]
+
+
+def _random_keys(keys: Sequence[NeuronKey], n_neurons: int, rng: np.random.Generator) -> list[NeuronKey]:
+    taken, chosen = set(keys), []
+    for layer, _ in keys:
+        free = [i for i in range(n_neurons) if (layer, i) not in taken]
+        pick = (layer, free[int(rng.integers(len(free)))])
+        chosen.append(pick)
+        taken.add(pick)
+    return chosen
+
+
+def relation_counts(facts: Sequence[Fact], neurons_by_fact: Mapping[str, Iterable[Neuron | NeuronKey]],
+                    ) -> dict[str, tuple[dict[NeuronKey, int], int]]:
+    """Per relation: (how many of its facts have each neuron, how many of its facts have neurons at all)."""
+    lists: dict[str, list] = defaultdict(list)
+    for fact in facts:
+        if fact.id in neurons_by_fact:
+            lists[fact.relation].append(neurons_by_fact[fact.id])
+    return {relation: (dict(count_neurons(found)), len(found)) for relation, found in lists.items()}
+
+
+def editing_study(
+    lm: LanguageModel,
+    facts: Sequence[Fact],
+    neurons_by_fact: Mapping[str, Iterable[Neuron | NeuronKey]],
+    *,
+    pool: Sequence[Fact] | None = None,
+    variants: Sequence[str] = ("kn", "random"),
+    lambda_old: float = 1.0,
+    lambda_new: float = 8.0,
+    scale: Scale = "absolute",
+    tokens: TokenRule = "first",
+    max_share: float = 0.1,
+    n_other: int = 5,
+    seed: int = 0,
+    on_fact: Callable[[int, Fact], None] | None = None,
+) -> list[dict]:
+    """Update each fact of ``facts`` that has knowledge neurons to another answer of its relation and measure it.
+
+    Args:
+        facts: the facts to update (e.g. the known ones).
+        neurons_by_fact: knowledge neurons by fact id; also the relation counts from which shared neurons
+            (more than ``max_share`` of the relation's facts) are left out.
+        pool: where new answers and collateral facts are drawn from (default ``facts``).
+        variants: "kn" (the knowledge neurons) and/or "random" (as many random neurons of the same layers, same
+            delta).
+        lambda_old, lambda_new, scale, tokens: passed to :func:`~kneuron.interventions.update_fact`.
+        n_other: collateral facts per edit, of the same relation and of other relations.
+
+    Returns:
+        Long-format rows (see the module docstring); a fact that could not be edited gets ``edited`` = 0 and the
+        reason in its variant's ``skipped_*`` row.
+    """
+    unknown = [v for v in variants if v not in ("kn", "random")]
+    if unknown:
+        raise KneuronError(f"Unknown editing variant(s) {unknown}; choose from 'kn' and 'random'.")
+    pool = list(pool if pool is not None else facts)
+    counts = relation_counts(pool, neurons_by_fact)
+    clean = _Clean(lm)
+    suffix = "" if scale == "absolute" else f"_{scale}"
+    rows: list[dict] = []
+    for n, fact in enumerate(facts):
+        if on_fact is not None:
+            on_fact(n, fact)
+        keys = neuron_keys(neurons_by_fact.get(fact.id, []))
+        if not keys:
+            continue
+        new = choose_new_answer(lm, fact, pool, seed)
+        rng = fact_rng(seed, fact.id)
+        intra = _sample([f for f in pool if f.relation == fact.relation and f.id != fact.id], n_other, rng)
+        inter = _sample([f for f in pool if f.relation != fact.relation], n_other, rng)
+        rel_counts, n_facts = counts.get(fact.relation, ({}, 1))
+        options = dict(lambda_old=lambda_old, lambda_new=lambda_new, tokens=tokens, scale=scale, fact=fact)
+        kn_edit = None
+        if new is not None:
+            try:
+                kn_edit = update_fact(lm, keys, fact.object, new, relation_counts=rel_counts, n_facts=n_facts,
+                                      max_share=max_share, **options)
+            except EditError:  # e.g. every neuron shared by the relation: recorded as not edited
+                kn_edit = None
+        for variant in variants:
+            name = variant + suffix
+            if kn_edit is None:
+                rows.append(row(STUDY, name, fact.relation, fact.id, "edited", 0.0))
+                continue
+            if variant == "kn":
+                edit = kn_edit
+            else:  # as many random neurons, one in the layer of each kept knowledge neuron, same delta
+                chosen = _random_keys(kn_edit.neurons, lm.n_neurons, fact_rng(seed + 1, fact.id))
+                edit = update_fact(lm, chosen, fact.object, new, **options)
+            values = {"edited": 1.0, "neurons": float(len(edit)), **update_metrics(lm, edit, fact, new)}
+            for tag, others in (("intra", intra), ("inter", inter)):
+                if not others:
+                    continue
+                queries, before = clean.of(others)
+                with edit.applied(lm):
+                    after = score(lm, queries)
+                values.update({f"{tag}_{k}": v for k, v in collateral(before, after).items()})
+            rows.extend(row(STUDY, name, fact.relation, fact.id, metric, value) for metric, value in values.items())
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------ erase
+
+def erase_study(
+    lm: LanguageModel,
+    facts: Sequence[Fact],
+    relation: str,
+    neurons_by_fact: Mapping[str, Iterable[Neuron | NeuronKey]],
+    *,
+    top: int = 20,
+    mode: str = "zero",
+    n_other: int = 50,
+    random_control: bool = True,
+    seed: int = 0,
+) -> list[dict]:
+    """Erase ``relation`` (its ``top`` most common knowledge neurons, ``mode`` "zero" or "unknown") and measure the
+    relation's facts (metrics ``own_*``) and up to ``n_other`` facts of other relations (``other_*``), with the
+    same number of random same-layer neurons as a control (variant ``erase_random_<mode>``).
+
+    Metrics per fact: ``*_log_ppl_before``, ``*_log_ppl_after``, ``*_p_change``, ``*_top1_before``,
+    ``*_top1_after`` (share of its prompts answered right); plus a row ``neurons`` (fact id "") per variant.
+    """
+    own = [f for f in facts if f.relation == relation]
+    if not own:
+        raise KneuronError(f"No fact of relation {relation!r} to erase.")
+    counts = count_neurons(neurons_by_fact[f.id] for f in own if f.id in neurons_by_fact)
+    edit = erase_relation(lm, counts, top=top, mode=mode, relation=relation)
+    others = _sample([f for f in facts if f.relation != relation], n_other, np.random.default_rng(seed))
+    edits = {f"erase_{mode}": edit}
+    if random_control:
+        chosen = _random_keys(edit.neurons, lm.n_neurons, np.random.default_rng(seed + 1))
+        edits[f"erase_random_{mode}"] = erase_relation(lm, {k: 1 for k in chosen}, top=len(chosen), mode=mode,
+                                                       relation=f"random for {relation}")
+    clean = _Clean(lm)
+    rows: list[dict] = []
+    for variant, current in edits.items():
+        rows.append(row(STUDY, variant, relation, "", "neurons", float(len(current))))
+        for tag, group in (("own", own), ("other", others)):
+            for fact in group:
+                queries, before = clean.of([fact])
+                with current.applied(lm):
+                    after = score(lm, queries)
+                values = {"log_ppl_before": float(before.log_ppl.mean()), "log_ppl_after": float(after.log_ppl.mean()),
+                          "p_change": float(np.mean((after.probability - before.probability) / before.probability)),
+                          "top1_before": _share(before.hit), "top1_after": _share(after.hit)}
+                rows.extend(row(STUDY, variant, fact.relation, fact.id, f"{tag}_{k}", v) for k, v in values.items())
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------- summaries
+
+def _values(rows: Iterable[dict], variant: str, metric: str) -> np.ndarray:
+    out = [r["value"] for r in rows if r["variant"] == variant and r["metric"] == metric and r.get("fact_id")]
+    return np.array([v for v in out if math.isfinite(v)], dtype=np.float64)
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if len(values) else math.nan
+
+
+def update_summary(rows: Sequence[dict], variant: str = "kn") -> dict[str, float]:
+    """The study's numbers for one variant: fact and prompt success rates, and collateral as the paper reports it
+    (ΔPPL = exp(mean log-PPL after) − exp(mean log-PPL before), over edits) plus mean relative probability change.
+    """
+    rows = [r for r in rows if r["variant"] == variant]
+    edited = _values(rows, variant, "edited")
+    out = {"facts": float(len(edited)), "edited": float(edited.sum()) if len(edited) else 0.0}
+    for metric in ("success", "success_top1", "new_beats_old", "top1_new", "changed", "new_beats_old_before",
+                   "top1_old_before", "p_old_before", "p_old_after", "p_new_before", "p_new_after", "neurons"):
+        out[metric] = _mean(_values(rows, variant, metric))
+    for tag in ("intra", "inter"):
+        before, after = _values(rows, variant, f"{tag}_log_ppl_before"), _values(rows, variant, f"{tag}_log_ppl_after")
+        out[f"{tag}_ppl_before"] = math.exp(before.mean()) if len(before) else math.nan
+        out[f"{tag}_ppl_after"] = math.exp(after.mean()) if len(after) else math.nan
+        out[f"{tag}_delta_ppl"] = out[f"{tag}_ppl_after"] - out[f"{tag}_ppl_before"]
+        out[f"{tag}_p_change"] = _mean(_values(rows, variant, f"{tag}_p_change"))
+        out[f"{tag}_p_change_median"] = float(np.median(v)) if len(v := _values(rows, variant, f"{tag}_p_change")) \
+            else math.nan
+        out[f"{tag}_top1_kept"] = _mean(_values(rows, variant, f"{tag}_top1_kept"))
+    return out
+
+
+def erase_summary(rows: Sequence[dict], variant: str) -> dict[str, float]:
+    """Perplexity (exp of the mean log-PPL over facts) of the erased relation and of the other relations before and
+    after, their relative change, mean probability change and top-1 accuracy before/after."""
+    out: dict[str, float] = {}
+    neurons = [r["value"] for r in rows if r["variant"] == variant and r["metric"] == "neurons"]
+    out["neurons"] = float(neurons[0]) if neurons else math.nan
+    for tag in ("own", "other"):
+        before, after = _values(rows, variant, f"{tag}_log_ppl_before"), _values(rows, variant, f"{tag}_log_ppl_after")
+        out[f"{tag}_facts"] = float(len(before))
+        out[f"{tag}_ppl_before"] = math.exp(before.mean()) if len(before) else math.nan
+        out[f"{tag}_ppl_after"] = math.exp(after.mean()) if len(after) else math.nan
+        out[f"{tag}_ppl_change"] = out[f"{tag}_ppl_after"] / out[f"{tag}_ppl_before"] - 1
+        out[f"{tag}_p_change"] = _mean(_values(rows, variant, f"{tag}_p_change"))
+        out[f"{tag}_top1_before"] = _mean(_values(rows, variant, f"{tag}_top1_before"))
+        out[f"{tag}_top1_after"] = _mean(_values(rows, variant, f"{tag}_top1_after"))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- CounterFact
+
+def _causal_prompt(lm: LanguageModel, text: str) -> Prompt:
+    if lm.kind == "causal":
+        return Prompt.from_text(text)
+    return Prompt.from_template(text.rstrip() + " [Y].")
+
+
+def _compare(lm: LanguageModel, prompts: Sequence[str], first: Sequence[str] | str, second: str) -> np.ndarray:
+    """Mean per-token log-probability of ``first`` minus that of ``second`` on each prompt."""
+    if not prompts:
+        return np.zeros(0)
+    firsts = [first] * len(prompts) if isinstance(first, str) else list(first)
+    parsed = [_causal_prompt(lm, p) for p in prompts]
+    a = score(lm, [encode(lm, p, answer) for p, answer in zip(parsed, firsts, strict=True)])
+    b = score(lm, [encode(lm, p, second) for p in parsed])
+    return a.mean_logprob - b.mean_logprob
+
+
+def counterfact_scores(lm: LanguageModel, record: CounterFactRecord, edit: Edit | None = None) -> dict[str, float]:
+    """CounterFact's efficacy, paraphrase and neighbourhood scores of ``record`` (shares of prompts, 0..1), with
+    ``edit`` applied when given (the same keys with ``_before`` are the unedited model's).
+
+    * ``efficacy``: P(new) > P(true) on the rewrite prompt;
+    * ``paraphrase``: the share of paraphrase prompts where P(new) > P(true);
+    * ``neighborhood``: the share of neighbourhood prompts where P(neighbour's answer) > P(new);
+    * ``*_diff``: the mean log-probability margin behind each.
+    Answers are compared by mean per-token log-probability, as in ROME; NaN where the record has no prompts.
+    """
+    def measure() -> dict[str, float]:
+        eff = _compare(lm, [record.rewrite_prompt], record.target_new, record.target_true)
+        par = _compare(lm, list(record.paraphrase_prompts), record.target_new, record.target_true)
+        neighbours = list(record.neighborhood_prompts)
+        nei = _compare(lm, [p for p, _ in neighbours], [t for _, t in neighbours], record.target_new)
+        return {"efficacy": _share(eff > 0), "paraphrase": _share(par > 0), "neighborhood": _share(nei > 0),
+                "efficacy_diff": _mean(eff), "paraphrase_diff": _mean(par), "neighborhood_diff": _mean(nei)}
+
+    before = measure()
+    if edit is None:
+        return before
+    with edit.applied(lm):
+        after = measure()
+    return after | {f"{k}_before": v for k, v in before.items()}
+
+
+def counterfact_edit(lm: LanguageModel, record: CounterFactRecord, neurons: Iterable[Neuron | NeuronKey],
+                     **options) -> Edit:
+    """The knowledge-neuron update of a CounterFact record: ``target_true`` -> ``target_new`` on ``neurons``."""
+    fact = record.fact()
+    return update_fact(lm, neurons, record.target_true, record.target_new, fact=fact,
+                       prompt=_causal_prompt(lm, record.rewrite_prompt), **options)
