@@ -187,3 +187,11 @@ def test_gguf_progress_bar_silenced_only_when_transformers_bars_are_off():
         assert gguf_utils.tqdm is original
     finally:
         (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()
+
+
+def test_incomplete_cache_is_ignored(fake_gguf):
+    loading._save_cache(tiny_lm("llama"), "smollm2-135m")
+    folder = loading._cached("smollm2-135m")
+    assert folder is not None
+    (folder / "model.safetensors").unlink()
+    assert loading._cached("smollm2-135m") is None

@@ -102,8 +102,11 @@ _CACHE_MARK = "kneuron-cache.json"
 
 
 def _cached(name: str) -> Path | None:
+    """The complete cached copy of ``name``, or None (folders are renamed into place once written in full)."""
     folder = cache_dir(name)
-    return folder if (folder / _CACHE_MARK).is_file() and (folder / "config.json").is_file() else None
+    needed = (_CACHE_MARK, "config.json", "tokenizer_config.json")
+    weights = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
+    return folder if weights and all((folder / file).is_file() for file in needed) else None
 
 
 def _save_cache(lm: LanguageModel, name: str) -> None:
