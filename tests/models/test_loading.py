@@ -195,3 +195,11 @@ def test_incomplete_cache_is_ignored(fake_gguf):
     assert folder is not None
     (folder / "model.safetensors").unlink()
     assert loading._cached("smollm2-135m") is None
+
+
+def test_needs_conversion(fake_gguf, tmp_path):
+    assert loading.needs_conversion(None) and loading.needs_conversion("default")
+    loading._save_cache(tiny_lm("llama"), "smollm2-135m")
+    assert not loading.needs_conversion(None) and not loading.needs_conversion("smollm2")
+    assert not loading.needs_conversion(tmp_path / "model.gguf")
+    assert not loading.needs_conversion("some/hub-id")

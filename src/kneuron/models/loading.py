@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from kneuron.errors import ModelLoadError
+from kneuron.errors import KneuronError, ModelLoadError
 from kneuron.models.architectures import ArchSpec, spec_for
 from kneuron.models.language_model import LanguageModel
 
@@ -107,6 +107,17 @@ def _cached(name: str) -> Path | None:
     needed = (_CACHE_MARK, "config.json", "tokenizer_config.json")
     weights = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
     return folder if weights and all((folder / file).is_file() for file in needed) else None
+
+
+def needs_conversion(model: str | os.PathLike | None) -> bool:
+    """Whether ``load(model)`` will de-quantize an embedded model's GGUF file (no complete cached copy yet)."""
+    name = _ALIASES.get(str(model) if model is not None else DEFAULT_MODEL, str(model or DEFAULT_MODEL))
+    if name not in EMBEDDED:
+        return False
+    try:
+        return _cached(name) is None
+    except (KneuronError, OSError):
+        return False  # load() itself reports what is wrong
 
 
 def _save_cache(lm: LanguageModel, name: str) -> None:
