@@ -10,7 +10,7 @@ from experiments.conftest import probability_by_hand
 from kneuron.attribution import Neuron
 from kneuron.experiments import answer_probabilities, random_control, summarize, suppress_amplify
 from kneuron.experiments.metrics import fact_rng
-from kneuron.experiments.suppress_amplify import keys_of, other_relation_facts
+from kneuron.experiments.suppress_amplify import keys_of, other_relation_prompts
 from kneuron.facts import encode
 from tiny_models import tiny_lm
 
@@ -34,6 +34,18 @@ def test_batched_probabilities_equal_one_by_one(tiny, facts):
                                             strict=True):
         assert value == pytest.approx(probability_by_hand(tiny, prompt, fact.object, patches), rel=1e-9)
         assert query.answer_ids  # every prompt encodes
+
+
+@pytest.mark.parametrize("family", ["gpt2", "falcon", "gemma2", "roberta", "distilbert", "opt"])
+def test_padded_batches_equal_one_by_one_across_families(family, facts):
+    lm = tiny_lm(family, layers=2, neurons=16, dtype=torch.float64)
+    queries = [encode(lm, p, f.object) for f in facts for p in f.prompts()]
+    assert len({len(q) for q in queries}) > 2  # several lengths: batches are padded
+    from kneuron.models import scale_patches
+
+    batched = answer_probabilities(lm, queries, scale_patches([(1, 5), (0, 3)], 2.0), batch_size=8)
+    alone = [answer_probabilities(lm, [q], scale_patches([(1, 5), (0, 3)], 2.0))[0] for q in queries]
+    assert batched == pytest.approx(alone, rel=1e-9)
 
 
 def test_suppress_and_amplify_match_hand_computation(tiny, facts, neurons):
@@ -62,15 +74,15 @@ def test_effect_on_other_relations_matches_hand_computation(tiny, facts, neurons
     rows = suppress_amplify(tiny, facts, neurons, other_facts=2, seed=3)
     other = by_fact(rows, "kn", "suppress_other")
     fact = facts[0]
-    picked = other_relation_facts(fact, facts, 2, fact_rng(3, fact.id))
-    assert len(picked) == 2 and all(f.relation != fact.relation for f in picked)
+    picked = other_relation_prompts(fact, facts, 2, fact_rng(3, fact.id))
+    assert len(picked) == 2 and all(f.relation != fact.relation for f, _ in picked)
     keys = [n.key for n in neurons[fact.id]]
     changes = []
-    for victim in picked:
-        for prompt in victim.prompts():
-            before = probability_by_hand(tiny, prompt, victim.object)
-            after = probability_by_hand(tiny, prompt, victim.object, keys)
-            changes.append((after - before) / before)
+    for victim, index in picked:
+        prompt = victim.prompts()[index]
+        before = probability_by_hand(tiny, prompt, victim.object)
+        after = probability_by_hand(tiny, prompt, victim.object, keys)
+        changes.append((after - before) / before)
     assert other[fact.id] == pytest.approx(np.mean(changes), rel=1e-7, abs=1e-12)
 
 

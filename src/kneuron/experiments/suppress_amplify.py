@@ -17,9 +17,9 @@ Variants (the ``variant`` column of the rows):
   facts left with no neuron are skipped there (the row ``neurons`` says how many remained).
 
 Metrics (the ``metric`` column): ``suppress``, ``amplify`` on the fact's own prompts; ``suppress_other``,
-``amplify_other`` on the prompts of ``other_facts`` facts of *other* relations (same neurons, each prompt patched
-at its own answer position), drawn with the same seeded generator; ``neurons`` (how many were patched) and
-``p_before`` (mean clean probability of the own prompts).
+``amplify_other`` on one prompt of each of ``other_facts`` facts of *other* relations (same neurons, each prompt
+patched at its own answer position), facts and prompts drawn with the same seeded generator; ``neurons`` (how
+many were patched) and ``p_before`` (mean clean probability of the own prompts).
 
 Example:
     >>> rows = suppress_amplify(lm, facts, {f.id: kn.neurons for f, kn in found})
@@ -79,6 +79,13 @@ def other_relation_facts(fact: Fact, facts: Sequence[Fact], count: int, rng: np.
     return [pool[int(i)] for i in sorted(picks)]
 
 
+def other_relation_prompts(fact: Fact, facts: Sequence[Fact], count: int, rng: np.random.Generator,
+                           ) -> list[tuple[Fact, int]]:
+    """Up to ``count`` (fact, prompt index) pairs: facts of other relations, one drawn prompt each."""
+    return [(other, int(rng.integers(len(other.templates))))
+            for other in other_relation_facts(fact, facts, count, rng) if other.templates]
+
+
 def suppress_amplify(
     lm: LanguageModel,
     facts: Sequence[Fact],
@@ -86,7 +93,7 @@ def suppress_amplify(
     *,
     generic: Iterable[Neuron | NeuronKey] = (),
     factor: float = 2.0,
-    other_facts: int = 5,
+    other_facts: int = 8,
     seed: int = 0,
     batch_size: int = 32,
     queries: Mapping[str, list[EncodedQuery]] | None = None,
@@ -100,7 +107,7 @@ def suppress_amplify(
         neurons_by_fact: each fact's knowledge neurons, by fact id.
         generic: neurons to leave out in the ``*_no_generic`` variants.
         factor: the amplify factor (the paper doubles).
-        other_facts: how many facts of other relations measure the effect elsewhere (0 to skip).
+        other_facts: how many facts of other relations (one prompt each) measure the effect elsewhere (0 to skip).
         seed: seeds the random controls and the choice of other facts.
         queries: pre-encoded prompts by fact id (computed when missing).
         on_fact: called after each fact (progress).
@@ -123,7 +130,7 @@ def suppress_amplify(
                 on_fact(fact)
             continue
         rng = fact_rng(seed, fact.id)
-        others = other_relation_facts(fact, facts, other_facts, rng)
+        others = other_relation_prompts(fact, facts, other_facts, rng)
         kept = [key for key in kn if key not in generic_keys]
         random_keys = random_control(kn, lm.n_neurons, rng)
         sets = {
@@ -134,9 +141,9 @@ def suppress_amplify(
             "random_no_generic": random_keys if kept == kn else random_control(kept, lm.n_neurons, rng, exclude=kn),
         }
         own = queries[fact.id]
-        elsewhere = [q for other in others for q in queries[other.id]]
+        elsewhere = [queries[other.id][p] for other, p in others]
         own_before = before(fact.id)
-        other_before = np.concatenate([before(other.id) for other in others]) if others else np.zeros(0)
+        other_before = np.array([before(other.id)[p] for other, p in others], dtype=np.float64)
         measured: dict[tuple[tuple[NeuronKey, ...], str], np.ndarray] = {}
         for variant, keys in sets.items():
             rows.append(row(STUDY, variant, fact.relation, fact.id, "neurons", len(keys)))
