@@ -68,12 +68,12 @@ def generic_neurons(neurons_by_fact: Mapping[str, Sequence[Neuron | NeuronKey]],
 
 
 def generic_rows(found: Sequence[GenericNeuron], share: float) -> list[dict]:
-    """Rows that flag each generic neuron (variant = its name): how many facts include it, and which share."""
-    rows = []
+    """Rows that flag each generic neuron (variant = its name): how many facts include it, and which share; and the
+    threshold ``share`` itself (variant ``params``, metric ``generic_share``)."""
+    rows = [row(STUDY, "params", "", "", "generic_share", share)]
     for g in found:
         rows.append(row(STUDY, str(g), "", "", "facts", g.facts))
         rows.append(row(STUDY, str(g), "", "", "share", g.share))
-        rows.append(row(STUDY, str(g), "", "", "threshold", share))
     return rows
 
 

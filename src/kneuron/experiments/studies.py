@@ -3,6 +3,8 @@
 Study names (as stored in the atlas's results table): ``suppress_amplify``, ``generic``, ``layers``,
 ``discrimination``. The generic neurons are always computed (it is a count), because the other studies report
 their numbers with and without them; the ``generic`` study stores the flags and probes each generic neuron alone.
+Besides the studies' own rows, rows with variant ``params`` (no relation, no fact) record the settings (seed,
+other facts, generic share, probed neurons).
 
 Example:
     >>> results = run_studies(lm, facts, neurons_by_fact, baseline_by_fact)
@@ -18,6 +20,7 @@ from kneuron.errors import KneuronError
 from kneuron.experiments.discrimination import prompt_discrimination, sentence_discrimination
 from kneuron.experiments.generic import generic_neurons, generic_rows, probe_generic
 from kneuron.experiments.layer_distribution import layer_distribution
+from kneuron.experiments.metrics import row
 from kneuron.experiments.suppress_amplify import encode_facts, suppress_amplify
 from kneuron.facts.fact import Fact
 from kneuron.models.language_model import LanguageModel
@@ -82,9 +85,13 @@ def run_studies(
         if study == "suppress_amplify":
             results[study] = suppress_amplify(lm, facts, neurons_by_fact, generic=generic, other_facts=other_facts,
                                               seed=seed, queries=queries, on_fact=on_fact)
+            results[study] += [row(study, "params", "", "", "seed", seed),
+                               row(study, "params", "", "", "other_facts", other_facts),
+                               row(study, "params", "", "", "generic_share", generic_share)]
         elif study == "generic":
             results[study] = generic_rows(generic, generic_share) + probe_generic(
                 lm, facts, neurons_by_fact, generic, max_neurons=probe_neurons, queries=queries)
+            results[study].append(row(study, "params", "", "", "probe_neurons", probe_neurons))
         elif study == "layers":
             results[study] = layer_distribution(neurons_by_fact, lm.n_layers, baseline_by_fact,
                                                 relations={fact.id: fact.relation for fact in facts},

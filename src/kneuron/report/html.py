@@ -206,8 +206,11 @@ def _suppress_section(data: ReportData, generic_names: Sequence[str]) -> str:
         other.append([_e(plots.LABELS[variant])] + cells)
     parts.append(_table(["neurons patched", "suppress: own prompts", "suppress: other relations",
                          "amplify: own prompts", "amplify: other relations"], other))
-    parts.append('<p class="note">Same neurons, same position rule, on the prompts of facts drawn (seeded) from '
-                 "the other relations.</p>")
+    settings = {r["metric"]: r["value"] for r in rows if r["variant"] == "params"}
+    drawn = f"{settings['other_facts']:.0f} facts" if "other_facts" in settings else "facts"
+    seed = f" (seed {settings['seed']:.0f})" if "seed" in settings else ""
+    parts.append(f'<p class="note">Same neurons, same position rule, on one prompt each of {drawn} drawn{seed} '
+                 "from the other relations.</p>")
     parts.append(_image(plots.other_relations_figure(rows), "own facts against other relations' facts"))
     return "".join(parts)
 
@@ -218,7 +221,8 @@ def _relations(rows: Sequence[dict]) -> list[str]:
 
 def generic_names(data: ReportData) -> list[str]:
     """The generic neurons flagged in the atlas, most shared first."""
-    shares = {r["variant"]: r["value"] for r in data.rows("generic") if r["metric"] == "share" and not r["fact_id"]}
+    shares = {r["variant"]: r["value"] for r in data.rows("generic")
+              if r["metric"] == "share" and not r["fact_id"] and r["variant"] != "params"}
     return sorted(shares, key=lambda name: -shares[name])
 
 
@@ -228,7 +232,7 @@ def _generic_section(data: ReportData) -> str:
         return "<h2>Generic neurons</h2><p>Not run: <code>kneuron study generic --run ...</code></p>"
     flags = {(r["variant"], r["metric"]): r["value"] for r in rows if not r["fact_id"]}
     names = generic_names(data)
-    threshold = next((v for (_, metric), v in flags.items() if metric == "threshold"), math.nan)
+    threshold = flags.get(("params", "generic_share"), math.nan)
     parts = ["<h2>Generic neurons</h2>"]
     if not names:
         parts.append(f"<p>No neuron is a knowledge neuron of more than {_pct(threshold, False)} of the facts.</p>")
@@ -240,7 +244,8 @@ def _generic_section(data: ReportData) -> str:
         "below.</div>")
     parts.append(_table(["neuron", "facts", "share of facts"],
                         [[_e(n), f"{flags[n, 'facts']:.0f}", _pct(flags[n, "share"], False)] for n in names]))
-    probed = sorted({r["variant"] for r in rows if r["fact_id"]}, key=names.index if names else None)
+    probed = sorted({r["variant"] for r in rows if r["fact_id"]},
+                    key=lambda name: (names.index(name) if name in names else len(names), name))
     for name in probed:
         table = plots.generic_by_word(rows, name)
         parts.append(f"<h3>{_e(name)} on its own</h3>")
