@@ -48,7 +48,7 @@ import torch
 
 from kneuron.attribution.types import Neuron
 from kneuron.errors import KneuronError
-from kneuron.experiments.metrics import by_length, fact_rng, row
+from kneuron.experiments.metrics import fact_rng, row
 from kneuron.facts.counterfact import CounterFactRecord
 from kneuron.facts.encoding import EncodedQuery, encode
 from kneuron.facts.fact import Fact, Prompt
@@ -86,13 +86,22 @@ class Scores:
         return len(self.probability)
 
 
+def _equal_length_batches(items: Sequence[torch.Tensor], batch_size: int) -> list[list[int]]:
+    """Indices of ``items`` (1-D id tensors) in batches of equal length (no padding), in a stable order."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, ids in enumerate(items):
+        groups[int(ids.shape[0])].append(i)
+    return [members[start:start + batch_size] for _, members in sorted(groups.items())
+            for start in range(0, len(members), batch_size)]
+
+
 @torch.no_grad()
 def score(lm: LanguageModel, queries: Sequence[EncodedQuery], *, batch_size: int = 32) -> Scores:
     """:class:`Scores` of ``queries``, batched by token length without padding (equal to one-by-one runs)."""
     n = len(queries)
     prob, mean, top1 = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
     first = np.array([q.answer_ids[0] for q in queries], dtype=np.int64)
-    for batch in by_length([q.input_ids for q in queries], batch_size):
+    for batch in _equal_length_batches([q.input_ids for q in queries], batch_size):
         chosen = [queries[i] for i in batch]
         logits = lm.model(input_ids=torch.stack([q.input_ids for q in chosen]).to(lm.device)).logits
         for r, (i, query) in enumerate(zip(batch, chosen, strict=True)):
