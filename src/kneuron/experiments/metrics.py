@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +53,27 @@ def padded(lm: LanguageModel, rows: Sequence[torch.Tensor]) -> tuple[torch.Tenso
     return ids.to(lm.device), mask.to(lm.device)
 
 
+@contextmanager
+def head_at(lm: LanguageModel, index: torch.Tensor) -> Iterator[bool]:
+    """Make the output head compute logits only at ``index`` ((batch, k) positions per row); yields whether it
+    could (a model without ``get_output_embeddings`` computes them all)."""
+    head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
+    if head is None:
+        yield False
+        return
+
+    def pre_hook(_module, args):
+        hidden = args[0]
+        picked = hidden.gather(1, index.to(hidden.device)[..., None].expand(-1, -1, hidden.shape[-1]))
+        return (picked, *args[1:])
+
+    handle = head.register_forward_pre_hook(pre_hook)
+    try:
+        yield True
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
 def answer_probabilities(lm: LanguageModel, queries: Sequence[EncodedQuery], patches: Iterable[NeuronPatch] = (),
                          *, batch_size: int = 32) -> np.ndarray:
@@ -71,11 +92,15 @@ def answer_probabilities(lm: LanguageModel, queries: Sequence[EncodedQuery], pat
         chosen = [queries[i] for i in batch]
         ids, mask = padded(lm, [q.input_ids for q in chosen])
         positions = torch.tensor([q.position for q in chosen])
+        width = max(len(q.target_positions) for q in chosen)
+        index = torch.tensor([list(q.target_positions) + [q.target_positions[-1]] * (width - len(q.target_positions))
+                              for q in chosen])
         context = patch(lm, patches, positions=positions) if patches else nullcontext()
-        with context:
+        with context, head_at(lm, index) as sliced:
             logits = lm.model(input_ids=ids, attention_mask=mask).logits
         for row, (i, query) in enumerate(zip(batch, chosen, strict=True)):
-            targets = torch.tensor(query.target_positions, device=logits.device)
+            targets = torch.arange(len(query.target_positions)) if sliced else torch.tensor(query.target_positions)
+            targets = targets.to(logits.device)
             answer = torch.tensor(query.answer_ids, device=logits.device)
             log_probs = torch.log_softmax(logits[row, targets].double(), dim=-1).gather(-1, answer[:, None])
             out[i] = float(log_probs.sum().exp())
@@ -99,8 +124,8 @@ def activations_at(lm: LanguageModel, inputs: Sequence[tuple[torch.Tensor, int |
         ids, mask = padded(lm, [inputs[i][0] for i in batch])
         positions = [inputs[i][1] for i in batch]
         lengths = [int(inputs[i][0].shape[0]) for i in batch]
-        with capture(lm, layers, positions=None) as acts:
-            lm.model(input_ids=ids, attention_mask=mask)
+        with capture(lm, layers, positions=None) as acts, head_at(lm, torch.zeros(len(batch), 1, dtype=torch.long)):
+            lm.model(input_ids=ids, attention_mask=mask)  # the logits are not needed: the head computes one
         for column, (layer, index) in enumerate(neurons):
             values = acts[layer][:, :, index].double()  # (batch, seq)
             for row, (i, position) in enumerate(zip(batch, positions, strict=True)):
