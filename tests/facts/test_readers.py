@@ -195,6 +195,18 @@ def test_kn_allbags_infers_subjects_and_templates():
     assert load_facts(FIXTURES / "kn" / "data_all_allbags.json") == facts
 
 
+def test_kn_paraphrases_with_subject_after_the_answer():
+    """Bags shaped like the official data_11.json (P1376, 14 PARAREL patterns, subject after [MASK] in some)."""
+    facts = load_facts(FIXTURES / "kn11" / "data_11.json")
+    assert [(f.subject, f.relation, f.object) for f in facts] == [
+        ("Edmonton", "P1376", "Alberta"), ("Ankara", "P1376", "Turkey"), ("Buenos Aires", "P1376", "Argentina")]
+    assert facts[2].templates[:5] == ("[X] is the capital of [Y].", "The capital of [Y] is [X].",
+                                      "The capital city of [Y] is [X].", "[X] is the capital city of [Y].",
+                                      "[Y]'s capital, [X].")
+    causal = causal_templates(facts)[0].templates
+    assert len(causal) == 6 and all(t.index("[X]") < t.index("[Y]") for t in causal)
+
+
 def test_kn_flat_list_takes_relation_from_entries():
     facts = read_kn_bags(FIXTURES / "kn" / "data_all.json")
     assert [(f.subject, f.relation) for f in facts] == [("Germany", "P36"), ("Japan", "P36")]

@@ -529,14 +529,21 @@ def _read_directory(folder: Path) -> list[Fact]:
     return facts
 
 
-def causal_templates(facts: Iterable[Fact]) -> list[Fact]:
-    """Keep only the templates a causal LM can read (some text before ``[Y]``); drop facts left with none.
+def _causal(template: str) -> bool:
+    before = template.split(OBJECT)[0]
+    return SUBJECT in before if SUBJECT in template else bool(before.strip())
 
-    PARAREL has patterns such as ``"[Y] is the capital of [X] ."`` that only a masked LM can use.
+
+def causal_templates(facts: Iterable[Fact]) -> list[Fact]:
+    """Keep only the templates a causal LM can use; drop facts left with none.
+
+    A causal LM reads only the text before ``[Y]``, so the subject ``[X]`` must come before it. PARAREL has
+    patterns such as ``"[Y] is the capital of [X] ."`` or ``"The capital of [Y] is [X] ."`` that only a masked
+    LM can use.
     """
     kept = []
     for fact in facts:
-        templates = tuple(t for t in fact.templates if t.split(OBJECT)[0].replace(SUBJECT, fact.subject).strip())
+        templates = tuple(t for t in fact.templates if _causal(t))
         if templates:
             kept.append(fact if templates == fact.templates else replace(fact, templates=templates))
     return kept
@@ -553,7 +560,7 @@ def load_facts(source: str | Path, *, relations: Iterable[str] | None = None, ca
 
     Args:
         relations: keep only these relations.
-        causal: keep only templates with text before ``[Y]`` (what a causal LM can use).
+        causal: keep only templates with the subject before ``[Y]`` (what a causal LM can use).
     """
     from kneuron.facts.builtin import builtin_facts  # builtin uses this module's readers
 
