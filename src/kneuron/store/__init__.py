@@ -10,6 +10,6 @@ Example:
 
 from kneuron.store.atlas import SCHEMA_VERSION, Atlas, model_identity
 from kneuron.store.export import export
-from kneuron.store.run import RunSummary, run
+from kneuron.store.runs import RunSummary, run
 
 __all__ = ["SCHEMA_VERSION", "Atlas", "RunSummary", "export", "model_identity", "run"]

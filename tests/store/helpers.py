@@ -1,0 +1,59 @@
+"""Tiny facts in the tiny vocabulary (see tests/tiny_models.py), a tiny model, and a row-for-row dump of an atlas.
+
+Also imported by the script a SIGKILL test runs in a subprocess (``tests/`` on its path).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from kneuron.facts import Fact
+
+CAPITAL = ("The capital of [X] is [Y].", "[X]'s capital city is [Y].", "The capital city of [X] is [Y].")
+LANGUAGE = ("The language spoken in [X] is [Y].", "In [X] they speak [Y].", "The official language of [X] is [Y].")
+CONTINENT = ("[X] is located in [Y].", "[X] is part of [Y].", "The continent of [X] is [Y].")
+
+#: columns that are timing, not results
+TIMING = {"compute_seconds", "write_seconds"}
+
+
+def tiny_facts() -> list[Fact]:
+    """Ten facts of three relations; Denmark -> Copenhagen and Sweden -> Stockholm are two-token answers."""
+    return (
+        [Fact(s, "capital", o, CAPITAL) for s, o in
+         [("France", "Paris"), ("Germany", "Berlin"), ("Denmark", "Copenhagen"), ("Italy", "Rome"),
+          ("Sweden", "Stockholm")]]
+        + [Fact(s, "language", o, LANGUAGE) for s, o in [("Italy", "Italian"), ("Spain", "Spanish"),
+                                                          ("Japan", "Japanese")]]
+        + [Fact(s, "continent", o, CONTINENT) for s, o in [("Egypt", "Africa"), ("China", "Asia")]]
+    )
+
+
+def tiny_model(family: str = "llama", **kwargs):
+    from tiny_models import tiny_lm
+
+    return tiny_lm(family, layers=kwargs.pop("layers", 3), neurons=kwargs.pop("neurons", 24), **kwargs)
+
+
+#: the run arguments every resume test uses
+RUN_ARGS = {"steps": 6, "known_only": False, "progress": False}
+
+
+def dump(path: str | Path) -> dict[str, list[tuple]]:
+    """Every table's rows, sorted, without timing columns and the creation time: equal dumps mean equal results
+    (BLOBs compared byte for byte)."""
+    db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        out = {}
+        for table in tables:
+            cursor = db.execute(f"SELECT * FROM {table}")
+            names = [d[0] for d in cursor.description]
+            keep = [i for i, name in enumerate(names) if name not in TIMING]
+            rows = [tuple(row[i] for i in keep) for row in cursor.fetchall()
+                    if not (table == "meta" and row[0] == "created")]
+            out[table] = sorted(rows, key=repr)
+        return out
+    finally:
+        db.close()
