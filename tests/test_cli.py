@@ -228,3 +228,22 @@ def test_threads_option():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_facts_counts_known_facts_per_relation(fake_load, tmp_path):
+    from kneuron.facts import load_facts
+    from kneuron.facts.known import known_facts
+
+    path = tmp_path / "facts.jsonl"
+    path.write_text(
+        '{"relation": "capital", "templates": ["The capital of [X] is [Y].", "The capital city of [X] is [Y]."]}\n'
+        '{"subject": "France", "relation": "capital", "object": "Paris"}\n'
+        '{"subject": "Germany", "relation": "capital", "object": "Berlin"}\n'
+        '{"subject": "Japan", "relation": "capital", "object": "Tokyo"}\n'
+    )
+    result = invoke("facts", "--model", "tiny-llama", "--facts", str(path), "--top", "20", "--list")
+    assert result.exit_code == 0, result.output
+    kept, _ = known_facts(fake_load["tiny-llama"], load_facts(path), top=20)
+    totals = [line.replace("│", " ").split() for line in result.stdout.splitlines() if line.startswith("all")]
+    assert totals == [["all", str(len(kept)), "3"]]
+    assert "capital:France" in result.stdout

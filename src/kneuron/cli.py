@@ -304,6 +304,52 @@ RunOption = Annotated[Path, typer.Option(
     "--run", help="The atlas (.sqlite) that `kneuron run` wrote.", show_default=False)]
 
 
+@command("facts")
+def facts_command(
+    model: ModelOption = None,
+    facts: Annotated[str, typer.Option("--facts", help="builtin, or a facts file/folder (JSONL, CSV, PARAREL, "
+                                                       "LAMA, knowledge-neurons).")] = "builtin",
+    relations: Annotated[str | None, typer.Option(help="Comma-separated relations to keep.")] = None,
+    top: Annotated[int, typer.Option(min=1, help="Known: the answer's first token ranks in this top-k ...")] = 10,
+    min_share: Annotated[float, typer.Option(help="... for more than this share of the fact's prompts.")] = 0.5,
+    show: Annotated[bool, typer.Option("--list", help="List every fact with its share of known prompts.")] = False,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Show which facts the model knows (runs keep only those by default)."""
+    from kneuron.facts import load_facts
+    from kneuron.facts.known import answer_ranks, known_share
+
+    lm = load_model(model, device)
+    chosen = [r.strip() for r in relations.split(",")] if relations else None
+    loaded = load_facts(facts, relations=chosen, causal=lm.kind == "causal")
+    with err_console.status(f"Ranking the answers of {len(loaded)} facts ..."):
+        ranks = answer_ranks(lm, loaded)
+    per_relation: dict[str, list[int]] = {}
+    listing = Table(title="Facts", title_justify="left", show_edge=False)
+    for column in ("fact", "answer", "known prompts", ""):
+        listing.add_column(column, justify="right" if column == "known prompts" else "left")
+    for fact, fact_ranks in zip(loaded, ranks, strict=True):
+        share = known_share(fact_ranks, top)
+        known = share > min_share
+        counts = per_relation.setdefault(fact.relation, [0, 0])
+        counts[0] += known
+        counts[1] += 1
+        status = Text("known", "green") if known else Text("dropped", "dim")
+        listing.add_row(fact.id, fact.object, f"{share:.0%}", status)
+    if show:
+        console.print(listing)
+    table = Table(title=f"Known facts (answer in the top {top} for more than {min_share:.0%} of the prompts)",
+                  title_justify="left", show_edge=False)
+    table.add_column("relation", style="bold")
+    table.add_column("known", justify="right")
+    table.add_column("facts", justify="right")
+    for relation, (known, total) in per_relation.items():
+        table.add_row(relation, str(known), str(total))
+    kept = sum(k for k, _ in per_relation.values())
+    table.add_row("all", str(kept), str(len(loaded)), style="bold")
+    console.print(table)
+
+
 def _atlas_model(atlas, model: str | None, device: str):
     """The model an atlas was made with (``--model`` or the atlas's own), refusing another one."""
     from kneuron.store import model_identity
