@@ -244,6 +244,7 @@ def test_facts_counts_known_facts_per_relation(fake_load, tmp_path):
     result = invoke("facts", "--model", "tiny-llama", "--facts", str(path), "--top", "20", "--list")
     assert result.exit_code == 0, result.output
     kept, _ = known_facts(fake_load["tiny-llama"], load_facts(path), top=20)
-    totals = [line.replace("│", " ").split() for line in result.stdout.splitlines() if line.startswith("all")]
+    rows = [line.replace("│", " ").split() for line in result.stdout.splitlines()]
+    totals = [row for row in rows if row[:1] == ["all"]]
     assert totals == [["all", str(len(kept)), "3"]]
     assert "capital:France" in result.stdout
