@@ -1,0 +1,192 @@
+"""`kneuron run`, `kneuron atlas` and `kneuron export` on tiny models (``--model tiny-<family>``, see conftest)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from kneuron import cli
+from kneuron.store import Atlas
+from store.helpers import dump, tiny_facts
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(cli.app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+@pytest.fixture
+def facts_file(tmp_path):
+    """The tiny facts in our JSONL schema: relation declarations, then facts."""
+    path = tmp_path / "facts.jsonl"
+    lines, declared = [], set()
+    for fact in tiny_facts():
+        if fact.relation not in declared:
+            declared.add(fact.relation)
+            lines.append(json.dumps({"relation": fact.relation, "templates": list(fact.templates)}))
+        lines.append(json.dumps({"subject": fact.subject, "relation": fact.relation, "object": fact.object}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_args(facts_file, out, *extra):
+    return ("run", "--model", "tiny-llama", "--facts", facts_file, "--steps", "4", "--all-facts", "--out", out,
+            *extra)
+
+
+@pytest.fixture
+def atlas_path(fake_load, facts_file, tmp_path):
+    out = tmp_path / "runs" / "tiny.sqlite"
+    result = invoke(*run_args(facts_file, out))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_run_writes_an_atlas_and_a_second_run_does_nothing(fake_load, facts_file, atlas_path):
+    with Atlas.open(atlas_path, read_only=True) as atlas:
+        assert len(atlas.facts()) == 10 and atlas.meta["params"]["steps"] == 4
+        assert atlas.meta["params"]["known_only"] is False
+    before = dump(atlas_path)
+    result = invoke(*run_args(facts_file, atlas_path))
+    assert result.exit_code == 0, result.output
+    assert f"atlas={atlas_path} facts=10 computed=0 already_done=10 dropped=0" in result.stdout
+    assert "0 to compute, 10 already done" in result.stderr
+    assert dump(atlas_path) == before
+
+
+def test_run_output_and_progress(fake_load, facts_file, tmp_path):
+    out = tmp_path / "p.sqlite"
+    result = invoke(*run_args(facts_file, out, "--relations", "capital,continent", "--per-relation", "1"))
+    assert result.exit_code == 0, result.output
+    assert f"atlas={out} facts=2 computed=2 already_done=0 dropped=0" in result.stdout
+    assert "2/2" in result.stderr and "facts" in result.stderr and "ETA" in result.stderr
+    with Atlas.open(out, read_only=True) as atlas:
+        assert [f.id for f in atlas.facts()] == ["capital:France", "continent:Egypt"]
+
+
+def test_known_filter_says_how_many_it_dropped(fake_load, facts_file, tmp_path):
+    out = tmp_path / "known.sqlite"
+    result = invoke("run", "--model", "tiny-llama", "--facts", facts_file, "--steps", "2", "--top", "1",
+                    "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "dropped 10 facts the model does not know (--all-facts keeps them): capital 5, language 3, " \
+           "continent 2" in result.stderr
+    assert "computed=0" in result.stdout and "dropped=10" in result.stdout
+
+
+def test_malformed_facts_file_names_the_line_and_writes_nothing(fake_load, facts_file, atlas_path, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    lines = facts_file.read_text().splitlines()
+    lines.insert(3, '{"subject": "Spain", "relation": "capital", "object": ')
+    bad.write_text("\n".join(lines) + "\n")
+    fresh = tmp_path / "fresh.sqlite"
+    result = invoke(*run_args(bad, fresh))
+    assert result.exit_code == 1
+    assert f"{bad}:4" in result.stderr and "Traceback" not in result.output
+    assert not fresh.exists()
+    before = dump(atlas_path)
+    result = invoke(*run_args(bad, atlas_path))
+    assert result.exit_code == 1 and f"{bad}:4" in result.stderr
+    assert dump(atlas_path) == before
+
+
+def test_template_without_placeholders_is_refused_before_writing(fake_load, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"relation": "capital", "templates": ["The capital of [X] is Paris."]}) + "\n"
+                   + json.dumps({"subject": "France", "relation": "capital", "object": "Paris"}) + "\n")
+    result = invoke(*run_args(bad, tmp_path / "x.sqlite"))
+    assert result.exit_code == 1 and "[Y]" in result.stderr
+    assert not (tmp_path / "x.sqlite").exists()
+
+
+def test_another_model_or_other_parameters_are_refused(fake_load, facts_file, atlas_path):
+    result = invoke("run", "--model", "tiny-gpt2", "--facts", facts_file, "--steps", "4", "--all-facts",
+                    "--out", atlas_path)
+    assert result.exit_code == 1
+    assert "another model or other parameters" in result.stderr
+    assert "--out" in result.stderr and "--overwrite" in result.stderr and "Traceback" not in result.output
+    result = invoke(*run_args(facts_file, atlas_path, "--steps", "5"))
+    assert result.exit_code == 1 and "steps: atlas 4, this run 5" in result.stderr
+    result = invoke(*run_args(facts_file, atlas_path, "--steps", "5", "--relations", "language", "--overwrite"))
+    assert result.exit_code == 0, result.output
+    with Atlas.open(atlas_path, read_only=True) as atlas:
+        assert atlas.meta["params"]["steps"] == 5 and len(atlas.facts()) == 3
+
+
+def test_unknown_relation(fake_load, facts_file, tmp_path):
+    result = invoke(*run_args(facts_file, tmp_path / "x.sqlite", "--relations", "capital,currency"))
+    assert result.exit_code == 1
+    assert "No facts of relation 'currency'" in result.stderr and "capital, continent, language" in result.stderr
+
+
+def test_atlas_summary(atlas_path):
+    result = invoke("atlas", "--run", atlas_path)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    for text in ("tiny-llama", "2 layers x 32 neurons", "steps=4", "Facts", "capital", "language", "continent",
+                 "Knowledge neurons per layer", "Top neurons", "all"):
+        assert text in out, text
+    with Atlas.open(atlas_path, read_only=True) as atlas:
+        best, facts = atlas.top_neurons(1)[0]
+        generic = atlas.generic_neurons()
+    assert str(best) in out
+    if generic:
+        assert "Generic neurons" in out and str(generic[0]) in out
+    result = invoke("atlas", "--run", atlas_path, "--relation", "language")
+    assert result.exit_code == 0 and "language" in result.stdout and "continent" not in result.stdout
+    result = invoke("atlas", "--run", atlas_path, "--relation", "currency")
+    assert result.exit_code == 1 and "No relation 'currency'" in result.stderr
+
+
+def test_atlas_one_fact(atlas_path):
+    result = invoke("atlas", "--run", atlas_path, "--fact", "capital:Denmark")
+    assert result.exit_code == 0, result.output
+    with Atlas.open(atlas_path, read_only=True) as atlas:
+        kn = atlas.knowledge_neurons("capital:Denmark")
+        rows = atlas.prompt_rows("capital:Denmark")
+    for text in ("Denmark -> Copenhagen", "Prompts", "Denmark's capital city is", "Knowledge neurons",
+                 "Activation baseline", f"{rows[0]['probability']:.4g}", *(str(n) for n in kn.neurons)):
+        assert text in result.stdout, text
+    result = invoke("atlas", "--run", atlas_path, "--fact", "capital:Mars")
+    assert result.exit_code == 1 and "No fact 'capital:Mars'" in result.stderr
+
+
+def test_atlas_of_a_missing_file(tmp_path):
+    result = invoke("atlas", "--run", tmp_path / "nothing.sqlite")
+    assert result.exit_code == 1 and "No atlas at" in result.stderr and "kneuron run --out" in result.stderr
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_export(atlas_path, tmp_path, suffix):
+    with Atlas.open(atlas_path) as atlas:
+        atlas.write_results("demo", [{"variant": "kn", "relation": "capital", "fact_id": "capital:France",
+                                      "metric": "suppress", "value": -0.5}])
+    target = tmp_path / "out" / f"tiny{suffix}"
+    result = invoke("export", "--run", atlas_path, "--to", target)
+    assert result.exit_code == 0, result.output
+    read = pd.read_csv if suffix == ".csv" else pd.read_parquet
+    names = ["neurons", "facts", "prompts", "generic", "results"]
+    paths = [target] + [target.with_name(f"tiny.{name}{suffix}") for name in names[1:]]
+    assert result.stdout.split() == [str(p) for p in paths]
+    with Atlas.open(atlas_path, read_only=True) as atlas:
+        neurons = read(paths[0])
+        assert len(neurons) == atlas.query("SELECT count(*) AS n FROM neurons")[0]["n"]
+        assert set(neurons["kind"]) == {"refined", "coarse", "baseline"}
+        refined = neurons[(neurons.kind == "refined") & (neurons.fact_id == "capital:France")]
+        assert list(refined["name"]) == [str(n) for n in atlas.knowledge_neurons("capital:France").neurons]
+        assert list(refined["score"]) == [n.score for n in atlas.knowledge_neurons("capital:France").neurons]
+        assert len(read(paths[1])) == 10 and len(read(paths[2])) == 30
+        assert len(read(paths[3])) == atlas.query("SELECT count(*) AS n FROM generic")[0]["n"]
+        results = read(paths[4])
+        assert results.to_dict("records") == [{"study": "demo", "variant": "kn", "relation": "capital",
+                                               "fact_id": "capital:France", "metric": "suppress", "value": -0.5}]
+    assert not list(target.parent.glob(".*tmp"))
+
+
+def test_export_to_another_format_is_refused(atlas_path, tmp_path):
+    result = invoke("export", "--run", atlas_path, "--to", tmp_path / "out.xlsx")
+    assert result.exit_code == 1 and ".csv or .parquet" in result.stderr
