@@ -171,6 +171,11 @@ def test_overwrite_refuses_files_that_are_not_atlases(lm, tmp_path):
     assert text.read_text() == "precious notes"
 
 
+def test_a_folder_is_not_an_atlas_path(lm, tmp_path):
+    with pytest.raises(KneuronError, match="is a folder"):
+        run(lm, tiny_facts()[:1], tmp_path, **RUN_ARGS)
+
+
 def test_an_empty_file_from_a_run_killed_at_its_start_is_taken_over(lm, tmp_path):
     path = tmp_path / "empty.sqlite"
     path.write_bytes(b"")

@@ -68,7 +68,6 @@ Schema (version 1)
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
@@ -84,6 +83,11 @@ import torch
 from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores
 from kneuron.errors import KneuronError
 from kneuron.facts.fact import Fact
+
+try:
+    import fcntl
+except ImportError:  # Windows: no run lock (SQLite's own locking still keeps every transaction whole)
+    fcntl = None
 
 SCHEMA_VERSION = 1
 #: seconds a writer waits for another connection's write transaction before giving up
@@ -342,6 +346,8 @@ class Atlas:
                 or a file that is not an atlas.
         """
         path = Path(path).expanduser()
+        if path.is_dir():
+            raise KneuronError(f"{_quoted(path)} is a folder: give the atlas's file, e.g. {path / 'run.sqlite'}.")
         if path.exists() and overwrite:
             cls._remove(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -388,7 +394,7 @@ class Atlas:
 
     def _lock_for_run(self) -> None:
         """Take the run lock: an exclusive ``flock`` on the file, released when closed or the process dies."""
-        if self._lock_fd is not None:
+        if self._lock_fd is not None or fcntl is None:
             return
         fd = os.open(self.path, os.O_RDONLY)
         try:
