@@ -399,11 +399,20 @@ def study(
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=err_console, transient=True) as progress:
             task = progress.add_task("studies", total=len(facts))
+            started: dict[str, float] = {}
+
+            def on_study(stored: str) -> None:
+                started[stored] = time.perf_counter()
+                progress.update(task, description=stored.replace("_", "-"), completed=0)
+
             results = run_studies(
                 lm, facts, neurons, baseline, studies=names, generic_share=share, other_facts=other_facts,
-                probe_neurons=probe, seed=seed,
-                on_study=lambda s: progress.update(task, description=s.replace("_", "-"), completed=0),
-                on_fact=lambda _fact: progress.advance(task))
+                probe_neurons=probe, seed=seed, on_study=on_study, on_fact=lambda _fact: progress.advance(task))
+            started["end"] = time.perf_counter()
+        times = list(started.values())
+        spent = [f"{stored.replace('_', '-')} {end - begin:.1f} s"
+                 for stored, begin, end in zip(started, times, times[1:], strict=False)]
+        err_console.print(f"[dim]{', '.join(spent)}[/dim]", highlight=False)
         for stored, rows in results.items():
             atlas.write_results(stored, rows)
     table = Table(title=Text(f"Studies of {len(facts)} facts, stored in {run}", style="bold"), title_justify="left",

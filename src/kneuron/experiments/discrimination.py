@@ -119,16 +119,26 @@ def sentence_discrimination(
     if sentences is None:
         from kneuron.facts import discrimination_sentences as sentences
     generic_keys = set(keys_of(generic))
-    rows = []
+    chosen = []
     for fact in facts:
         positive, negative = (list(side) for side in sentences(fact))
-        if not positive or not negative:
-            continue
-        for variant, keys in _variants(fact.id, neurons_by_fact, baseline_by_fact, generic_keys).items():
+        if positive and negative:
+            chosen.append((fact, positive, negative, _variants(fact.id, neurons_by_fact, baseline_by_fact,
+                                                               generic_keys)))
+    needed = sorted({key for *_, variants in chosen for keys in variants.values() for key in keys})
+    texts = [text for _, positive, negative, _ in chosen for text in positive + negative]
+    if not needed or not texts:
+        return []
+    column = {key: i for i, key in enumerate(needed)}
+    acts = activations_at(lm, sentence_inputs(lm, texts), needed, batch_size=batch_size)  # every sentence once
+    rows, start = [], 0
+    for fact, positive, negative, variants in chosen:
+        block = acts[start:start + len(positive) + len(negative)]
+        start += len(positive) + len(negative)
+        for variant, keys in variants.items():
             if not keys:
                 continue
-            scores = activations_at(lm, sentence_inputs(lm, positive + negative), keys,
-                                    batch_size=batch_size).mean(axis=1)
+            scores = block[:, [column[key] for key in keys]].mean(axis=1)
             pos, neg = scores[:len(positive)], scores[len(positive):]
             rows.append(row(STUDY, variant, fact.relation, fact.id, "sentence_positive", pos.mean()))
             rows.append(row(STUDY, variant, fact.relation, fact.id, "sentence_negative", neg.mean()))
