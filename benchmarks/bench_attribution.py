@@ -14,7 +14,9 @@ Cases: each shape with prompts of 5 and of 15 tokens (the number of tokens the m
 [CLS] ... [MASK] [SEP] included for the masked model), a bag of ``PROMPTS`` prompts per case that
 share one answer (the model's top prediction for the bag's first prompt) and differ in one word.
 Both tools take 20 steps; EleutherAI's batch is 20 (one batch per layer). Per prompt, the two
-run alternately (other processes share the cores: the ratios are what count).
+run alternately (other processes share the cores: the ratios are what count). The prompts of a
+case do the same work (same shapes), so a case's seconds per prompt is the best of its runs, the
+one least slowed by other processes; the median and the CPU seconds are printed beside it.
 
 What is compared, and where the two agree
 -----------------------------------------
@@ -82,6 +84,7 @@ from __future__ import annotations
 
 import copy
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -221,10 +224,37 @@ def lower_bound_flops(lm: LanguageModel, query: EncodedQuery, steps: int) -> flo
     return clean + steps * rows
 
 
-def timed(fn, *args, **kwargs):
-    start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, time.perf_counter() - start
+@dataclass
+class Runs:
+    """Wall-clock and CPU seconds of repeated runs of the same work."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def time(self, fn, *args, **kwargs):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = fn(*args, **kwargs)
+        self.wall.append(time.perf_counter() - wall)
+        self.cpu.append(time.process_time() - cpu)
+        return result
+
+    @property
+    def best(self) -> float:
+        """Best of the runs: the prompts of a case do the same work, so the fastest run is the one
+        least slowed by other processes."""
+        return min(self.wall)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.wall)
+
+    @property
+    def total(self) -> float:
+        return sum(self.wall)
+
+    def __str__(self) -> str:
+        return (f"best {self.best:6.2f} s, median {self.median:6.2f} s, CPU {statistics.mean(self.cpu):6.2f} s  "
+                f"(runs: {' '.join(f'{s:.2f}' for s in self.wall)})")
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -256,12 +286,12 @@ class Prompt:
 class CaseResult:
     shape: str
     length: int
-    eleuther_s: list[float] = field(default_factory=list)
-    eleuther_postact_s: list[float] = field(default_factory=list)
-    kneuron_s: list[float] = field(default_factory=list)
-    bf16_s: list[float] = field(default_factory=list)
-    bound_f32_s: list[float] = field(default_factory=list)  # the lower bound's time at the measured rate
-    bound_bf16_s: list[float] = field(default_factory=list)
+    eleuther: Runs = field(default_factory=Runs)
+    eleuther_postact: Runs = field(default_factory=Runs)
+    kneuron: Runs = field(default_factory=Runs)
+    bf16: Runs = field(default_factory=Runs)
+    rate_f32: float = 0.0  # best matrix-multiply rate measured just before this case's kneuron runs
+    rate_bf16: float = 0.0
     corr: list[float] = field(default_factory=list)  # kneuron vs EleutherAI (matching patch point)
     corr_bf16: list[float] = field(default_factory=list)  # kneuron bf16 vs kneuron float32
     max_abs_diff: list[float] = field(default_factory=list)
@@ -270,7 +300,11 @@ class CaseResult:
 
     @property
     def speedup(self) -> float:
-        return sum(self.eleuther_s) / sum(self.kneuron_s)
+        return self.eleuther.best / self.kneuron.best
+
+    @property
+    def cpu_speedup(self) -> float:
+        return sum(self.eleuther.cpu) / sum(self.kneuron.cpu)
 
 
 def make_bag(shape: str, tokenizer, model: nn.Module, length: int, seed: int) -> tuple[list[Prompt], str]:
@@ -318,28 +352,19 @@ def run_case(shape: str, length: int, model: nn.Module, tokenizer, rates: dict[t
 
     peer_scores, peer_postact_scores, ours, ours_bf16 = {}, {}, [], []
     for prompt in bag:
-        flops = lower_bound_flops(lm, prompt.query, STEPS)
-        result.flops = flops
-        scores, seconds = timed(peer.get_scores, prompt.text, answer, batch_size=BATCH, steps=STEPS, pbar=False)
+        result.flops = lower_bound_flops(lm, prompt.query, STEPS)
+        scores = result.eleuther.time(peer.get_scores, prompt.text, answer, batch_size=BATCH, steps=STEPS, pbar=False)
         peer_scores[prompt.text] = scores.detach()
-        result.eleuther_s.append(seconds)
-        rate = matmul_rate(torch.float32)
-        rates[torch.float32] = max(rates.get(torch.float32, 0.0), rate)
-        result.bound_f32_s.append(flops / rate)
-        scored, seconds = timed(integrated_gradients, lm, prompt.query, steps=STEPS, alphas="linspace")
-        ours.append(scored)
-        result.kneuron_s.append(seconds)
+        result.rate_f32 = max(result.rate_f32, matmul_rate(torch.float32))
+        ours.append(result.kneuron.time(integrated_gradients, lm, prompt.query, steps=STEPS, alphas="linspace"))
         if shape == "gpt2":
-            scores, seconds = timed(peer_postact.get_scores, prompt.text, answer, batch_size=BATCH, steps=STEPS,
-                                    pbar=False)
+            scores = result.eleuther_postact.time(peer_postact.get_scores, prompt.text, answer, batch_size=BATCH,
+                                                  steps=STEPS, pbar=False)
             peer_postact_scores[prompt.text] = scores.detach()
-            result.eleuther_postact_s.append(seconds)
-        rate = matmul_rate(torch.bfloat16)
-        rates[torch.bfloat16] = max(rates.get(torch.bfloat16, 0.0), rate)
-        result.bound_bf16_s.append(flops / rate)
-        scored_bf16, seconds = timed(integrated_gradients, lm_bf16, prompt.query, steps=STEPS, alphas="linspace")
-        ours_bf16.append(scored_bf16)
-        result.bf16_s.append(seconds)
+        result.rate_bf16 = max(result.rate_bf16, matmul_rate(torch.bfloat16))
+        ours_bf16.append(result.bf16.time(integrated_gradients, lm_bf16, prompt.query, steps=STEPS, alphas="linspace"))
+    rates[torch.float32] = max(rates.get(torch.float32, 0.0), result.rate_f32)
+    rates[torch.bfloat16] = max(rates.get(torch.bfloat16, 0.0), result.rate_bf16)
 
     comparable = peer_scores if shape == "bert" else peer_postact_scores
     comparable_peer = peer if shape == "bert" else peer_postact
@@ -366,29 +391,28 @@ def run_case(shape: str, length: int, model: nn.Module, tokenizer, rates: dict[t
 
 
 def report_case(r: CaseResult) -> None:
-    n = len(r.kneuron_s)
     name = f"{r.shape}-{r.length}"
-    per = lambda xs: sum(xs) / len(xs)  # noqa: E731
     floor = FLOORS[(r.shape, r.length)]
     verdict = "meets" if r.speedup >= floor else "MISSES"
-    print(f"\n[{name}] {n} prompts of {r.length} tokens, {STEPS} steps")
-    print(f"  EleutherAI get_scores (stock, batch {BATCH}): {per(r.eleuther_s):6.2f} s/prompt  "
-          f"{' '.join(f'{s:.2f}' for s in r.eleuther_s)}")
-    if r.eleuther_postact_s:
-        print(f"  EleutherAI at mlp.act (same work):          {per(r.eleuther_postact_s):6.2f} s/prompt  "
-              f"{' '.join(f'{s:.2f}' for s in r.eleuther_postact_s)}")
-    print(f"  kneuron integrated_gradients float32:       {per(r.kneuron_s):6.2f} s/prompt  "
-          f"{' '.join(f'{s:.2f}' for s in r.kneuron_s)}")
-    print(f"  speed-up {r.speedup:.2f}x ({verdict} the {floor:g}x floor)")
+    print(f"\n[{name}] {len(r.kneuron.wall)} prompts of {r.length} tokens, {STEPS} steps; seconds per prompt:")
+    print(f"  EleutherAI get_scores (batch {BATCH}):   {r.eleuther}")
+    if r.eleuther_postact.wall:
+        print(f"  EleutherAI at mlp.act (same work): {r.eleuther_postact}")
+    print(f"  kneuron float32:                   {r.kneuron}")
+    print(f"  speed-up {r.speedup:.2f}x best vs best ({verdict} the {floor:g}x floor); "
+          f"{r.eleuther.median / r.kneuron.median:.2f}x median vs median, {r.cpu_speedup:.2f}x in CPU seconds")
     where = "post-GELU intermediate, both" if r.shape == "bert" else "EleutherAI moved to mlp.act = kneuron's"
     print(f"  scores vs EleutherAI ({where}): Pearson min {min(r.corr):.8f}, "
           f"max |diff|/max|score| {max(r.max_abs_diff):.1e}")
     print(f"  refined (t={THRESHOLD}, p={SHARE}): EleutherAI {fmt_neurons(r.refined['eleuther'])}, "
           f"kneuron {fmt_neurons(r.refined['kneuron'])}: {overlap(r.refined['eleuther'], r.refined['kneuron'])}")
-    print(f"  lower bound {r.flops / 1e9:.1f} GFLOP/prompt: float32 kneuron at "
-          f"{100 * sum(r.bound_f32_s) / sum(r.kneuron_s):.0f}% of it")
-    print(f"  bfloat16: {per(r.bf16_s):.2f} s/prompt ({sum(r.kneuron_s) / sum(r.bf16_s):.2f}x float32, "
-          f"{100 * sum(r.bound_bf16_s) / sum(r.bf16_s):.0f}% of the bfloat16 bound), Pearson vs float32 min "
+    fraction = r.flops / r.rate_f32 / r.kneuron.best
+    print(f"  lower bound {r.flops / 1e9:.1f} GFLOP/prompt = {r.flops / r.rate_f32:.2f} s at "
+          f"{r.rate_f32 / 1e9:.0f} GFLOP/s float32: kneuron float32 at {100 * fraction:.0f}% of it")
+    print(f"  kneuron bfloat16:                  {r.bf16}")
+    print(f"  bfloat16 {r.kneuron.best / r.bf16.best:.2f}x float32's speed, at "
+          f"{100 * r.flops / r.rate_bf16 / r.bf16.best:.0f}% of the bfloat16 bound ({r.rate_bf16 / 1e9:.0f} GFLOP/s); "
+          f"Pearson vs float32 min "
           f"{min(r.corr_bf16):.5f}, refined vs float32: {overlap(r.refined['kneuron'], r.refined['kneuron_bf16'])}")
 
 
@@ -396,19 +420,29 @@ def report_case(r: CaseResult) -> None:
 
 @dataclass
 class FactResult:
-    f32_s: float = 0.0
-    bf16_s: float = 0.0
-    bound_f32_s: float = 0.0
+    f32: Runs = field(default_factory=Runs)  # one run per prompt of the bag
+    bf16: Runs = field(default_factory=Runs)
+    bound_f32_s: float = 0.0  # the bag's lower bound in seconds at the rate measured before each prompt
     bound_bf16_s: float = 0.0
     corr_bf16: list[float] = field(default_factory=list)
     refined: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     flops: float = 0.0
     load_s: float = 0.0
 
+    @property
+    def f32_s(self) -> float:
+        return self.f32.total
+
+    @property
+    def bf16_s(self) -> float:
+        return self.bf16.total
+
 
 def run_smollm2(rates: dict[torch.dtype, float]) -> FactResult:
     result = FactResult()
-    lm, result.load_s = timed(kneuron.load)
+    load = Runs()
+    lm = load.time(kneuron.load)
+    result.load_s = load.total
     lm.model.eval()
     lm_bf16 = from_model(copy.deepcopy(lm.model).to(torch.bfloat16), lm.tokenizer, name="SmolLM2-135M bf16")
     queries = [kneuron.encode(lm, prompt, SMOLLM2_ANSWER) for prompt in SMOLLM2_BAG]
@@ -421,29 +455,25 @@ def run_smollm2(rates: dict[torch.dtype, float]) -> FactResult:
         rate = matmul_rate(torch.float32)
         rates[torch.float32] = max(rates.get(torch.float32, 0.0), rate)
         result.bound_f32_s += flops / rate
-        scored, seconds = timed(integrated_gradients, lm, prompt, SMOLLM2_ANSWER, steps=STEPS)
+        scored = result.f32.time(integrated_gradients, lm, prompt, SMOLLM2_ANSWER, steps=STEPS)
         bag.append(scored)
-        result.f32_s += seconds
         rate = matmul_rate(torch.bfloat16)
         rates[torch.bfloat16] = max(rates.get(torch.bfloat16, 0.0), rate)
         result.bound_bf16_s += flops / rate
-        scored_bf16, seconds = timed(integrated_gradients, lm_bf16, prompt, SMOLLM2_ANSWER, steps=STEPS)
+        scored_bf16 = result.bf16.time(integrated_gradients, lm_bf16, prompt, SMOLLM2_ANSWER, steps=STEPS)
         bag_bf16.append(scored_bf16)
-        result.bf16_s += seconds
         result.corr_bf16.append(correlation(scored_bf16.scores.float(), scored.scores))
-    kn, seconds = timed(refine, bag)
-    result.f32_s += seconds
-    kn_bf16, seconds = timed(refine, bag_bf16)
-    result.bf16_s += seconds
+    kn = result.f32.time(refine, bag)
+    kn_bf16 = result.bf16.time(refine, bag_bf16)
     result.refined = {"f32": kn.keys, "bf16": kn_bf16.keys}
     return result
 
 
 def report_smollm2(r: FactResult) -> None:
-    print(f"\n[SmolLM2-135M] one fact, a bag of {len(SMOLLM2_BAG)} prompts -> {SMOLLM2_ANSWER!r}, {STEPS} steps "
-          f"(loaded in {r.load_s:.1f} s, not counted)")
-    print(f"  float32:  {r.f32_s:.2f} s/fact, {100 * r.bound_f32_s / r.f32_s:.0f}% of the float32 lower bound "
-          f"({r.flops / 1e9:.1f} GFLOP/fact); refined {fmt_neurons(r.refined['f32'])}")
+    print(f"\n[SmolLM2-135M] one fact, a bag of {len(SMOLLM2_BAG)} prompts -> {SMOLLM2_ANSWER!r}, {STEPS} steps, "
+          f"alpha k/m (loaded in {r.load_s:.1f} s, not counted)")
+    print(f"  float32:  {r.f32_s:.2f} s/fact (CPU {sum(r.f32.cpu):.2f} s), {100 * r.bound_f32_s / r.f32_s:.0f}% of "
+          f"the float32 lower bound ({r.flops / 1e9:.1f} GFLOP/fact); refined {fmt_neurons(r.refined['f32'])}")
     print(f"  bfloat16: {r.bf16_s:.2f} s/fact ({r.f32_s / r.bf16_s:.2f}x float32), "
           f"{100 * r.bound_bf16_s / r.bf16_s:.0f}% of the bfloat16 bound; Pearson vs float32 min "
           f"{min(r.corr_bf16):.5f}; refined {fmt_neurons(r.refined['bf16'])}: "
