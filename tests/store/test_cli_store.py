@@ -190,3 +190,25 @@ def test_export(atlas_path, tmp_path, suffix):
 def test_export_to_another_format_is_refused(atlas_path, tmp_path):
     result = invoke("export", "--run", atlas_path, "--to", tmp_path / "out.xlsx")
     assert result.exit_code == 1 and ".csv or .parquet" in result.stderr
+
+
+def test_ctrl_c_says_how_to_continue(fake_load, facts_file, tmp_path, monkeypatch):
+    from kneuron.store import runs
+
+    original = Atlas.store_fact
+    calls = []
+
+    def store_then_interrupt(self, *args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(runs.Atlas, "store_fact", store_then_interrupt)
+    out = tmp_path / "stopped.sqlite"
+    result = invoke(*run_args(facts_file, out))
+    assert result.exit_code == 130
+    assert f"interrupted: 2 facts are stored in {out}; run the same command again to continue" in result.stderr
+    monkeypatch.setattr(runs.Atlas, "store_fact", original)
+    result = invoke(*run_args(facts_file, out))
+    assert result.exit_code == 0 and "computed=8 already_done=2" in result.stdout

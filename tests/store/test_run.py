@@ -327,3 +327,9 @@ def test_write_happens_in_one_transaction_per_fact(lm, tmp_path, monkeypatch):
     run(lm, tiny_facts()[:3], tmp_path / "tx.sqlite", **RUN_ARGS)
     assert len(commits) == 1 + 1 + 3 + 1
     assert sqlite3.connect(tmp_path / "tx.sqlite").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_no_progress_prints_nothing(lm, tmp_path, capsys):
+    run(lm, tiny_facts()[:2], tmp_path / "quiet.sqlite", **RUN_ARGS)
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
