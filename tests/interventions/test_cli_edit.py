@@ -76,3 +76,21 @@ def test_bad_input(atlas_path, fake_load, tmp_path):
     assert result.exit_code == 1 and "another model" in result.output
     result = invoke("edit", "--run", str(tmp_path / "missing.sqlite"), "--fact", "capital:France", "--new", "Rome")
     assert result.exit_code == 1 and "No atlas" in result.output
+
+
+def test_run_editing_stores_rows_in_the_atlas(atlas_path, fake_load, tmp_path):
+    import shutil
+
+    from kneuron.experiments.editing import STUDY, format_summary, run_editing
+
+    path = tmp_path / "copy.sqlite"
+    shutil.copy(atlas_path, path)
+    rows = run_editing(str(path), erase="capital", top=3, n_other=2, n_other_erase=3,
+                       settings=(("absolute", "activation"),), log=lambda _line: None)
+    with Atlas.open(path, read_only=True) as atlas:
+        stored = atlas.results(STUDY)
+    assert len(stored) == len(rows) > 0
+    variants = {r["variant"] for r in stored}
+    assert {"kn_signed", "random_signed", "erase_zero", "erase_unknown", "erase_random_zero"} <= variants
+    text = format_summary(rows)
+    assert "kn_signed" in text and "erase_unknown" in text

@@ -383,3 +383,30 @@ def test_slot_norm_scale_is_the_official_codes_formula(layout_family):
         assert torch.equal(delta, expected)
     with pytest.raises(KneuronError, match="scale must be"):
         update_fact(lm, NEURONS, "Paris", "Rome", scale="huge")
+
+
+def test_activation_sign_flips_deltas_of_negative_neurons(layout_family):
+    from kneuron.facts import encode
+    from kneuron.models import capture
+
+    lm = tiny_lm(layout_family, dtype=torch.float64)
+    fact = Fact("France", "capital", "Paris", CAPITAL)
+    keys = [(0, i) for i in range(12)] + [(1, i) for i in range(12)]
+    plain = update_fact(lm, keys, "Paris", "Rome", fact=fact)
+    signed = update_fact(lm, keys, "Paris", "Rome", fact=fact, sign="activation")
+    totals = dict.fromkeys(keys, 0.0)
+    for prompt in fact.prompts():  # the mean activation at the answer position, by hand
+        query = encode(lm, prompt, "Paris")
+        with torch.no_grad(), capture(lm, [0, 1]) as acts:
+            lm.model(input_ids=query.input_ids[None])
+        for layer, index in keys:
+            totals[layer, index] += float(acts[layer][0, query.position, index])
+    signs = {k: -1.0 if t < 0 else 1.0 for k, t in totals.items()}
+    assert {-1.0, 1.0} == set(signs.values())  # both signs occur
+    for key, delta in signed.values().items():
+        assert torch.equal(delta, plain.values()[key] * signs[key])
+    assert signed.meta["sign"] == "activation" and len(signed.meta["signs"]) == len(keys)
+    with pytest.raises(KneuronError, match="prompts"):
+        update_fact(lm, keys, "Paris", "Rome", sign="activation")
+    with pytest.raises(KneuronError, match="sign must be"):
+        update_fact(lm, keys, "Paris", "Rome", fact=fact, sign="both")

@@ -23,7 +23,8 @@ correct answer's probability) and ``*_top1_kept`` (of the prompts answered right
 
 Variants: ``kn`` edits the fact's knowledge neurons; ``random`` applies the same delta to as many random
 neurons of the same layers (the paper's control). With ``scale="slot_norm"`` (the official code's lambdas)
-the variants are ``kn_slot_norm`` and ``random_slot_norm``.
+the variants are ``kn_slot_norm`` and ``random_slot_norm``; with ``sign="activation"`` (each delta times the sign
+of the neuron's activation, needed for gated FFNs) they end in ``_signed`` (e.g. ``kn_signed``).
 
 **Erase** (section 5.2): :func:`erase_study` erases a relation's ``top`` most common knowledge neurons and
 measures, on the relation's facts and on facts of other relations, the correct answer's log-perplexity and
@@ -54,7 +55,15 @@ from kneuron.facts.encoding import EncodedQuery, encode
 from kneuron.facts.fact import Fact, Prompt
 from kneuron.interventions.edits import Edit, EditError
 from kneuron.interventions.erase import count_neurons, erase_relation
-from kneuron.interventions.update import NeuronKey, Scale, TokenRule, answer_ids, neuron_keys, update_fact
+from kneuron.interventions.update import (
+    NeuronKey,
+    Scale,
+    SignRule,
+    TokenRule,
+    answer_ids,
+    neuron_keys,
+    update_fact,
+)
 from kneuron.models.language_model import LanguageModel
 
 STUDY = "editing"
@@ -242,6 +251,7 @@ def editing_study(
     lambda_old: float = 1.0,
     lambda_new: float = 8.0,
     scale: Scale = "absolute",
+    sign: SignRule = "none",
     tokens: TokenRule = "first",
     max_share: float = 0.1,
     n_other: int = 5,
@@ -257,7 +267,8 @@ def editing_study(
         pool: where new answers and collateral facts are drawn from (default ``facts``).
         variants: "kn" (the knowledge neurons) and/or "random" (as many random neurons of the same layers, same
             delta).
-        lambda_old, lambda_new, scale, tokens: passed to :func:`~kneuron.interventions.update_fact`.
+        lambda_old, lambda_new, scale, sign, tokens: passed to :func:`~kneuron.interventions.update_fact` (the
+            random control's signs are read on the same prompts, for its own neurons).
         n_other: collateral facts per edit, of the same relation and of other relations.
 
     Returns:
@@ -270,7 +281,7 @@ def editing_study(
     pool = list(pool if pool is not None else facts)
     counts = relation_counts(pool, neurons_by_fact)
     clean = _Clean(lm)
-    suffix = "" if scale == "absolute" else f"_{scale}"
+    suffix = ("" if scale == "absolute" else f"_{scale}") + ("" if sign == "none" else "_signed")
     rows: list[dict] = []
     for n, fact in enumerate(facts):
         if on_fact is not None:
@@ -283,7 +294,7 @@ def editing_study(
         intra = _sample([f for f in pool if f.relation == fact.relation and f.id != fact.id], n_other, rng)
         inter = _sample([f for f in pool if f.relation != fact.relation], n_other, rng)
         rel_counts, n_facts = counts.get(fact.relation, ({}, 1))
-        options = dict(lambda_old=lambda_old, lambda_new=lambda_new, tokens=tokens, scale=scale, fact=fact)
+        options = dict(lambda_old=lambda_old, lambda_new=lambda_new, tokens=tokens, scale=scale, sign=sign, fact=fact)
         kn_edit = None
         if new is not None:
             try:
@@ -463,3 +474,102 @@ def counterfact_edit(lm: LanguageModel, record: CounterFactRecord, neurons: Iter
     fact = record.fact()
     return update_fact(lm, neurons, record.target_true, record.target_new, fact=fact,
                        prompt=_causal_prompt(lm, record.rewrite_prompt), **options)
+
+
+# --------------------------------------------------------------------------------------------------------- runner
+
+#: the update settings the study runs: (scale, sign); the paper's formula first
+SETTINGS: tuple[tuple[Scale, SignRule], ...] = (("absolute", "none"), ("absolute", "activation"),
+                                                  ("slot_norm", "none"))
+
+
+def run_editing(atlas_path: str, *, erase: str | None = None, top: int = 20, n_other: int = 5, n_other_erase: int = 50,
+                seed: int = 0, settings: Sequence[tuple[Scale, SignRule]] = SETTINGS, write: bool = True,
+                log: Callable[[str], None] = print) -> list[dict]:
+    """The editing study on an atlas's facts and knowledge neurons, with the model the atlas names: every done fact
+    is updated (knowledge neurons and the random control, for each of ``settings``), collateral facts and new
+    answers are drawn from the built-in facts the model knows, and ``erase`` (a relation) is erased in modes "zero"
+    and "unknown". The rows go to ``atlas.write_results("editing", rows)`` when ``write``.
+
+    Checks that the model's weight fingerprint is unchanged after all the edits (every edit undone bit-exactly).
+    """
+    import time
+
+    from kneuron.facts import builtin_facts, known_facts
+    from kneuron.models import load
+    from kneuron.store import Atlas, model_identity
+
+    with Atlas.open(atlas_path, read_only=not write) as atlas:
+        meta, facts, neurons = atlas.meta, atlas.facts(), atlas.all_refined()
+        lm = load(meta["model"])
+        identity = model_identity(lm)
+        if identity["fingerprint"] != meta.get("fingerprint"):
+            raise KneuronError(f"{atlas_path} was made with another model than {lm.name!r}.")
+        known = {f.id: f for f in known_facts(lm, builtin_facts())[0]}
+        pool = list({**known, **{f.id: f for f in facts}}.values())
+        rows: list[dict] = []
+        for scale, sign in settings:
+            start = time.perf_counter()
+            part = editing_study(lm, facts, neurons, pool=pool, scale=scale, sign=sign, n_other=n_other, seed=seed)
+            rows += part
+            log(f"update scale={scale} sign={sign}: {len(facts)} facts in {time.perf_counter() - start:.0f} s")
+        if erase:
+            for mode in ("zero", "unknown"):
+                start = time.perf_counter()
+                rows += erase_study(lm, pool, erase, neurons, top=top, mode=mode, n_other=n_other_erase, seed=seed)
+                log(f"erase {erase} ({mode}) in {time.perf_counter() - start:.0f} s")
+        if model_identity(lm)["fingerprint"] != identity["fingerprint"]:  # pragma: no cover - would be a bug
+            raise KneuronError("The model's weights changed during the editing study: an edit was not undone.")
+        if write:
+            atlas.write_results(STUDY, rows)
+    return rows
+
+
+def format_summary(rows: Sequence[dict]) -> str:
+    """A plain-text table of :func:`update_summary` per update variant and :func:`erase_summary` per erase variant."""
+    lines = []
+    updates = list(dict.fromkeys(r["variant"] for r in rows if r["metric"] == "edited"))
+    if updates:
+        lines.append(f"{'update variant':<26}{'facts':>6}{'edited':>7}{'P(new)>P(old)':>14}{'top1=new':>9}"
+                     f"{'changed':>8}{'ΔPPL intra':>11}{'ΔPPL inter':>11}{'Δp/p intra':>11}{'Δp/p inter':>11}")
+        for variant in updates:
+            s = update_summary(rows, variant)
+            lines.append(f"{variant:<26}{s['facts']:>6.0f}{s['edited']:>7.0f}{s['new_beats_old']:>14.1%}"
+                         f"{s['top1_new']:>9.1%}{s['changed']:>8.1%}{s['intra_delta_ppl']:>11.3g}"
+                         f"{s['inter_delta_ppl']:>11.3g}{s['intra_p_change']:>+11.1%}{s['inter_p_change']:>+11.1%}")
+    erases = list(dict.fromkeys(r["variant"] for r in rows if r["metric"] == "neurons" and not r["fact_id"]))
+    if erases:
+        lines.append(f"{'erase variant':<26}{'neurons':>8}{'PPL own before→after':>24}{'PPL other before→after':>26}"
+                     f"{'top1 own':>16}{'top1 other':>16}")
+        for variant in erases:
+            s = erase_summary(rows, variant)
+            lines.append(f"{variant:<26}{s['neurons']:>8.0f}"
+                         f"{s['own_ppl_before']:>11.3g} → {s['own_ppl_after']:<9.3g} ({s['own_ppl_change']:+.0%})"
+                         f"{s['other_ppl_before']:>9.3g} → {s['other_ppl_after']:<9.3g} ({s['other_ppl_change']:+.0%})"
+                         f"{s['own_top1_before']:>7.0%} → {s['own_top1_after']:<5.0%}"
+                         f"{s['other_top1_before']:>7.0%} → {s['other_top1_after']:<5.0%}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m kneuron.experiments.editing --run runs/NAME.sqlite [--erase capital]``: run, store, print."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m kneuron.experiments.editing", description=main.__doc__)
+    parser.add_argument("--run", required=True, help="the atlas (.sqlite)")
+    parser.add_argument("--erase", default=None, help="a relation to erase")
+    parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--other", type=int, default=5, help="collateral facts per edit, per side")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--no-write", action="store_true", help="do not store the rows in the atlas")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = run_editing(args.run, erase=args.erase, top=args.top, n_other=args.other, seed=args.seed,
+                       write=not args.no_write)
+    print(format_summary(rows))
+
+
+if __name__ == "__main__":
+    main()

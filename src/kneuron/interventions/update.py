@@ -20,6 +20,13 @@ Scale: the paper writes the formula with plain lambdas (``scale="absolute"``, th
 value slot: lambda_old * |v_i| / |e(old)| and lambda_new * |v_i| / |e(new)|, i.e. unit embeddings times the
 slot's norm (``scale="slot_norm"``). The two differ a lot when embeddings and value slots have different sizes.
 
+Sign: a neuron adds ``a_i * v_i`` to the residual stream, so the update moves the output towards e(new) only where
+its activation a_i is positive. That holds for BERT's GELU knowledge neurons (the paper's setting), but a gated
+FFN's neuron (``act(gate) * up``, Llama, Gemma, ...) is as often negative: there the plain formula pushes *away*
+from the new answer. ``sign="activation"`` multiplies each neuron's delta by the sign of its mean activation at the
+answer position over the fact's prompts (the paper's formula when every activation is positive); the default
+``"none"`` is the formula as written.
+
 Like the paper, neurons shared by many facts of the relation are left out: pass ``exclude`` (neurons to
 skip), or the relation's neuron counts (``relation_counts``: how many of the relation's ``n_facts`` facts
 each neuron is a knowledge neuron of, e.g. ``atlas.relation_neurons(relation)``), from which
@@ -49,6 +56,7 @@ from kneuron.models.language_model import LanguageModel
 NeuronKey = tuple[int, int]
 TokenRule = Literal["first", "mean"]
 Scale = Literal["absolute", "slot_norm"]
+SignRule = Literal["none", "activation"]
 NeuronsLike = KnowledgeNeurons | Iterable[Neuron | NeuronKey]
 
 
@@ -128,6 +136,25 @@ def answer_embedding(lm: LanguageModel, ids: Sequence[int], tokens: TokenRule = 
     raise EditError(f"tokens must be 'first' or 'mean', not {tokens!r}.")
 
 
+@torch.no_grad()
+def activation_signs(lm: LanguageModel, keys: Sequence[NeuronKey], prompts: Sequence[Prompt], answer: str,
+                     ) -> dict[NeuronKey, float]:
+    """+1.0 or -1.0 per neuron: the sign of its mean activation at the answer position over ``prompts`` (+1 when
+    it is exactly 0)."""
+    from kneuron.facts.encoding import encode
+    from kneuron.models.hooks import capture
+
+    layers = sorted({layer for layer, _ in keys})
+    totals = {k: 0.0 for k in keys}
+    for prompt in prompts:
+        query = encode(lm, prompt, answer)
+        with capture(lm, layers, positions=query.position) as acts:
+            lm.model(input_ids=query.input_ids[None].to(lm.device))
+        for layer, index in keys:
+            totals[layer, index] += float(acts[layer][0, 0, index])
+    return {k: -1.0 if total < 0 else 1.0 for k, total in totals.items()}
+
+
 def update_fact(
     lm: LanguageModel,
     neurons: NeuronsLike,
@@ -142,6 +169,8 @@ def update_fact(
     max_share: float = 0.1,
     tokens: TokenRule = "first",
     scale: Scale = "absolute",
+    sign: SignRule = "none",
+    prompts: Sequence[Prompt] | None = None,
     prompt: Prompt | None = None,
     fact: Fact | None = None,
 ) -> Edit:
@@ -156,6 +185,9 @@ def update_fact(
         relation_counts, n_facts, max_share: also leave out :func:`shared_neurons` of the relation.
         tokens: "first" or "mean": e of a multi-token answer (see the module docstring).
         scale: "absolute" (the paper's formula) or "slot_norm" (the official code's: lambdas times |v_i| / |e|).
+        sign: "none" (the formula) or "activation" (each delta times the sign of the neuron's mean activation at the
+            answer position over ``prompts``, default the fact's prompts).
+        prompts: the prompts the activation signs are read on.
         prompt: where the answers are tokenized (leading space); default the fact's first prompt.
         fact: the fact being updated (default ``neurons.fact``); used for the label and the prompt.
 
@@ -203,11 +235,22 @@ def update_fact(
             deltas[k] = -(lambda_old * norm / e_old.norm()) * e_old + (lambda_new * norm / e_new.norm()) * e_new
     else:
         raise EditError(f"scale must be 'absolute' or 'slot_norm', not {scale!r}.")
+    signs: dict[NeuronKey, float] = {}
+    if sign == "activation":
+        bag = list(prompts) if prompts else (fact.prompts() if fact is not None and fact.templates else [])
+        if not bag:
+            raise EditError("sign='activation' needs the fact's prompts (give fact= or prompts=) to read the "
+                            "neurons' activations on.")
+        signs = activation_signs(lm, kept, bag, old)
+        deltas = {k: d * signs[k] for k, d in deltas.items()}
+    elif sign != "none":
+        raise EditError(f"sign must be 'none' or 'activation', not {sign!r}.")
     what = f"{fact.subject} {fact.relation}: " if fact is not None else ""
     meta = {
         "fact_id": fact.id if fact is not None else "", "relation": fact.relation if fact is not None else "",
         "old": old, "new": new, "old_ids": old_ids, "new_ids": new_ids, "lambda_old": lambda_old,
-        "lambda_new": lambda_new, "tokens": tokens, "scale": scale,
+        "lambda_new": lambda_new, "tokens": tokens, "scale": scale, "sign": sign,
+        "signs": [[k[0], k[1], v] for k, v in signs.items()],
         "left_out": sorted([list(k) for k in set(keys) & left_out]), "max_share": max_share,
     }
     return Edit.build(lm, "add", deltas, kind="update", label=f"{what}{old} -> {new}", meta=meta)
