@@ -543,6 +543,8 @@ def edit(
     scale: Annotated[str, typer.Option(help="absolute (the paper's formula) or slot_norm (the official code's "
                                             "lambdas, times each value slot's norm / the embedding's norm).")
                      ] = "absolute",
+    sign: Annotated[str, typer.Option(help="none (the formula) or activation (each delta times the sign of the "
+                                           "neuron's activation; gated FFNs such as Llama's need it).")] = "none",
     tokens: Annotated[str, typer.Option(help="Multi-token answers: embedding of the first token or the mean.")
                       ] = "first",
     max_share: Annotated[float, typer.Option(help="Leave out neurons that are knowledge neurons of more than this "
@@ -566,7 +568,7 @@ def edit(
         n_facts = len(atlas.facts(relation=target.relation))
     the_edit = update_fact(lm, kn, target.object, new, lambda_old=lambda_old, lambda_new=lambda_new,
                            relation_counts=counts, n_facts=n_facts, max_share=max_share, tokens=tokens,
-                           scale=scale, fact=target)
+                           scale=scale, sign=sign, fact=target)
     console.print(Text(str(the_edit), style="bold"), soft_wrap=True)
     left_out = the_edit.meta.get("left_out") or []
     if left_out:

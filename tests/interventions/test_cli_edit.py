@@ -28,7 +28,8 @@ def atlas_path(tmp_path_factory):
 
 def test_edit_prints_before_after_and_saves(atlas_path, fake_load, tmp_path):
     result = invoke("edit", "--run", str(atlas_path), "--fact", "capital:France", "--new", "Rome",
-                    "--save", str(tmp_path / "edit"), "--save-model", str(tmp_path / "model"), "--others", "2")
+                    "--save", str(tmp_path / "edit"), "--save-model", str(tmp_path / "model"), "--others", "2",
+                    "--sign", "activation")
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "Edit(update France capital: Paris -> Rome;" in out
@@ -37,6 +38,7 @@ def test_edit_prints_before_after_and_saves(atlas_path, fake_load, tmp_path):
     assert "same relation" in out and "other relation" in out
     saved = Edit.load(tmp_path / "edit")
     assert saved.meta["fact_id"] == "capital:France" and saved.meta["new"] == "Rome"
+    assert saved.meta["sign"] == "activation"
     with Atlas.open(atlas_path, read_only=True) as atlas:
         kn = atlas.knowledge_neurons("capital:France")
     assert set(saved.neurons) <= set(kn.keys)
@@ -63,6 +65,8 @@ def test_erase_prints_and_saves(atlas_path, fake_load, tmp_path):
 
 
 def test_bad_input(atlas_path, fake_load, tmp_path):
+    result = invoke("edit", "--run", str(atlas_path), "--fact", "capital:France", "--new", "Rome", "--sign", "x")
+    assert result.exit_code == 1 and "sign must be" in result.output
     result = invoke("edit", "--run", str(atlas_path), "--fact", "capital:France", "--new", "Xylophone")
     assert result.exit_code == 1 and "vocabulary" in result.output
     result = invoke("edit", "--run", str(atlas_path), "--fact", "capital:Nowhere", "--new", "Rome")
