@@ -434,20 +434,18 @@ class Atlas:
 
     def _check_identity(self, identity: Mapping[str, Any], params: Mapping[str, Any]) -> None:
         meta = self.meta
-        differences = []
-        for key in IDENTITY_KEYS:
-            if meta.get(key) != identity.get(key):
-                differences.append(f"{key}: atlas {meta.get(key)!r}, this run {identity.get(key)!r}")
+        model = [f"{key}: atlas {meta.get(key)!r}, this run {identity.get(key)!r}" for key in IDENTITY_KEYS
+                 if meta.get(key) != identity.get(key)]
         stored = meta.get("params", {})
-        for key in PARAM_KEYS:
-            if stored.get(key) != params.get(key):
-                differences.append(f"{key}: atlas {stored.get(key)!r}, this run {params.get(key)!r}")
-        if differences:
-            model = f"{meta.get('model')} ({meta.get('n_layers')} x {meta.get('n_neurons')})"
+        other = [f"{key}: atlas {stored.get(key)!r}, this run {params.get(key)!r}" for key in PARAM_KEYS
+                 if stored.get(key) != params.get(key)]
+        if model or other:
+            what = " and ".join(part for part, found in (("model", model), ("parameters", other)) if found)
             raise KneuronError(
-                f"{_quoted(self.path)} was made with another model or other parameters ({model}); an atlas holds "
-                f"one model and one set of parameters, so this run cannot continue it. To start a new one, "
-                f"{NEW_ATLAS_HINT}.\nDifferences: " + "; ".join(differences)
+                f"{_quoted(self.path)} holds a run of {meta.get('model')} ({meta.get('n_layers')} x "
+                f"{meta.get('n_neurons')}) made with another model or other parameters: this run differs in its "
+                f"{what}. An atlas holds one model and one set of parameters, so this run cannot continue it. To "
+                f"start a new one, {NEW_ATLAS_HINT}.\nDifferences: " + "; ".join(model + other)
             )
 
     def close(self) -> None:

@@ -289,23 +289,27 @@ def run(
             atlas.update_generic()
     summary.seconds = time.perf_counter() - started
     if summary.computed:
-        say(f"[dim]{summary.computed} facts in {summary.compute_seconds:.1f} s of attribution; writing them took "
+        say(f"[dim]{_facts(summary.computed)} in {summary.compute_seconds:.1f} s of attribution; writing them took "
             f"{summary.write_seconds * 1000:.0f} ms ({100 * summary.store_overhead:.2f}% of it)[/dim]",
             highlight=False)
     return summary
 
 
+def _facts(count: int) -> str:
+    return f"{count} fact" if count == 1 else f"{count} facts"
+
+
 def _announce(say, atlas: Atlas, summary: RunSummary, todo: int, known_only: bool) -> None:
-    say(f"atlas {atlas.path}: {summary.selected} facts selected, {todo} to compute, "
+    say(f"atlas {atlas.path}: {_facts(summary.selected)} selected, {todo} to compute, "
         f"{summary.already_done} already done", highlight=False)
     if summary.dropped:
         total = sum(summary.dropped.values())
         per = ", ".join(f"{relation} {count}" for relation, count in summary.dropped.items())
         hint = " (--all-facts keeps them)" if known_only else ""
-        say(f"dropped {total} facts the model does not know{hint}: {per}", highlight=False)
+        say(f"dropped {_facts(total)} the model does not know{hint}: {per}", highlight=False)
     if summary.invalid:
         first = next(iter(summary.invalid.items()))
-        say(f"[yellow]skipped {len(summary.invalid)} facts whose prompts this model cannot read, e.g. "
+        say(f"[yellow]skipped {_facts(len(summary.invalid))} whose prompts this model cannot read, e.g. "
             f"{first[0]}: {first[1]}[/yellow]", highlight=False)
 
 
