@@ -225,3 +225,16 @@ def test_counterfact_neighbourhood_targets_and_empty_prompts():
     empty = read_counterfact(FIXTURE)[1].__class__(**{**read_counterfact(FIXTURE)[1].__dict__,
                                                       "paraphrase_prompts": ()})
     assert math.isnan(counterfact_scores(lm, empty)["paraphrase"])
+
+
+def test_report_section(facts, neurons):
+    from kneuron.report.editing import editing_section
+
+    assert "Not run" in editing_section([])
+    lm = tiny_lm("llama", layers=3)
+    rows = editing_study(lm, facts[:4], neurons, n_other=1, sign="activation")
+    rows += erase_study(lm, facts, "capital", neurons, top=2, n_other=2)
+    html = editing_section(rows)
+    assert "<h3>Updating facts</h3>" in html and "Erasing a relation: capital" in html
+    assert "knowledge neurons, sign of the activation" in html and "paper: knowledge neurons" in html
+    assert "34.4%" in html and "erase_random_zero" in html and "<script" not in html
