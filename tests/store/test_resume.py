@@ -79,6 +79,7 @@ def kill_when(process: multiprocessing.Process, path: Path, facts: int, timeout:
     return done_facts(path)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and SIGKILL (POSIX)")
 def test_sigkilled_run_resumes_to_exactly_the_uninterrupted_atlas(tmp_path):
     lm = tiny_model("llama")
     killed = tmp_path / "killed.sqlite"
