@@ -80,9 +80,19 @@ def _embedded(name: str):
 
 
 @pytest.fixture(scope="session")
-def smollm2():
+def smollm2_load():
+    """``(SmolLM2-135M, converted)``: ``converted`` says whether this load de-quantized the GGUF file
+    (no cached copy yet) rather than reading kneuron's cache."""
+    from kneuron.models.loading import needs_conversion
+
+    converted = needs_conversion("smollm2-135m")
+    return _embedded("smollm2-135m"), converted
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_load):
     """The embedded SmolLM2-135M (``kneuron.load()``), loaded once per session; read-only, do not edit it."""
-    return _embedded("smollm2-135m")
+    return smollm2_load[0]
 
 
 @pytest.fixture(scope="session")
