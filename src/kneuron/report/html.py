@@ -61,6 +61,8 @@ class ReportData:
         atlas = Atlas.open(path, read_only=True)
         try:
             results = {study: atlas.results(study) for study in STUDIES}
+            if editing := atlas.results("editing"):  # optional study (python -m kneuron.experiments.editing)
+                results["editing"] = editing
             meta = dict(atlas.meta) if atlas.meta is not None else {}
             n_facts = len(atlas.facts())
         finally:
@@ -308,6 +310,16 @@ def _discrimination_section(data: ReportData) -> str:
               "(scikit-learn), then the mean over facts; 0.5 is chance.</p>")
 
 
+def _editing_section(data: ReportData) -> str:
+    """The editing study's section (see :mod:`kneuron.report.editing`), only when the atlas has its rows."""
+    rows = data.rows("editing")
+    if not rows:
+        return ""
+    from kneuron.report.editing import editing_section
+
+    return editing_section(rows)
+
+
 def render_report(data: ReportData) -> str:
     """The whole report as one HTML string."""
     meta = "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in sorted(data.meta.items())
@@ -322,6 +334,7 @@ def render_report(data: ReportData) -> str:
         _generic_section(data),
         _layers_section(data),
         _discrimination_section(data),
+        _editing_section(data),
     ])
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(data.title)}</title>'
             f"<style>{CSS}</style></head><body>{body}</body></html>\n")
