@@ -17,6 +17,7 @@ Schema (version 1)
     ``schema_version`` (1), ``model`` (the name it was loaded by), ``family``, ``kind`` ("causal" or "mlm"),
     ``n_layers``, ``n_neurons``, ``dtype``, ``fingerprint`` (BLAKE2b of every parameter's bytes, names, shapes
     and dtypes and of the tokenizer's vocabulary: see :func:`model_identity`), ``kneuron_version``,
+    ``torch_version``, ``transformers_version`` (provenance only, not checked),
     ``created`` (UTC, ISO 8601) and ``params``: ``{"steps", "threshold", "share", "objective", "alphas",
     "known_only", "top", "min_share"}`` (the known-filter settings are ``known_only``, ``top`` and
     ``min_share``; see :func:`kneuron.facts.known_facts`). The model identity and ``params`` are the atlas's
@@ -420,7 +421,10 @@ class Atlas:
     def _create(self, identity: Mapping[str, Any], params: Mapping[str, Any], kneuron_version: str) -> None:
         import datetime
 
+        import transformers
+
         meta = {"schema_version": SCHEMA_VERSION, **dict(identity), "kneuron_version": kneuron_version,
+                "torch_version": torch.__version__, "transformers_version": transformers.__version__,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "params": dict(params), "generic": {"share": 0.1, "min_facts": 2, "facts": 0}}
         with self.transaction() as db:
