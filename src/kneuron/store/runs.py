@@ -180,23 +180,20 @@ def _register(atlas: Atlas, lm: LanguageModel, facts: list[Fact], *, known_only:
     atlas.register_facts(chosen)
 
 
-class _RateColumn:
-    """Seconds per fact (or facts per second), from the task's speed."""
+def _rate_column():
+    """A progress column with seconds per fact (or facts per second), from the task's speed."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
 
-    @staticmethod
-    def make():
-        from rich.progress import ProgressColumn
-        from rich.text import Text
+    class RateColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            if not speed:
+                return Text("-- s/fact", style="progress.data.speed")
+            text = f"{1 / speed:.1f} s/fact" if speed < 1 else f"{speed:.1f} facts/s"
+            return Text(text, style="progress.data.speed")
 
-        class RateColumn(ProgressColumn):
-            def render(self, task) -> Text:
-                speed = task.finished_speed or task.speed
-                if not speed:
-                    return Text("-- s/fact", style="progress.data.speed")
-                text = f"{1 / speed:.1f} s/fact" if speed < 1 else f"{speed:.1f} facts/s"
-                return Text(text, style="progress.data.speed")
-
-        return RateColumn()
+    return RateColumn()
 
 
 def _progress(console):
@@ -210,7 +207,7 @@ def _progress(console):
     )
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("facts"), _RateColumn.make(), TimeElapsedColumn(), TextColumn("ETA"),
+                    TextColumn("facts"), _rate_column(), TimeElapsedColumn(), TextColumn("ETA"),
                     TimeRemainingColumn(), TextColumn("{task.fields[current]}", style="dim"), console=console,
                     transient=False)
 
