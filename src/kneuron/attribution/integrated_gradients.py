@@ -39,7 +39,7 @@ from torch import nn
 
 from kneuron.attribution.types import NeuronScores
 from kneuron.errors import KneuronError
-from kneuron.facts.encoding import EncodedQuery, encode
+from kneuron.facts.encoding import EncodedQuery, at_least_float32, encode
 from kneuron.facts.fact import Prompt
 from kneuron.models.hooks import on_ffn_input
 from kneuron.models.language_model import LanguageModel
@@ -189,8 +189,7 @@ def _answer_log_probs(logits: torch.Tensor, answer_ids: Sequence[int], targets: 
     if targets is not None:
         logits = logits[:, list(targets)]
     ids = torch.tensor(answer_ids, device=logits.device)
-    log_probs = torch.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits,
-                                  dim=-1)
+    log_probs = torch.log_softmax(at_least_float32(logits), dim=-1)
     return log_probs.gather(-1, ids.expand(logits.shape[0], -1)[..., None]).squeeze(-1)
 
 

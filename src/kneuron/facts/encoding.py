@@ -129,11 +129,16 @@ class AnswerProbability:
         return self.rank == 0
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is a half type; float32 and float64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def answer_log_probs(logits: torch.Tensor, query: EncodedQuery) -> torch.Tensor:
     """Log-probability of each answer token, from (seq, vocab) logits of one row."""
     positions = torch.tensor(query.target_positions, device=logits.device)
     targets = torch.tensor(query.answer_ids, device=logits.device)
-    return torch.log_softmax(logits[positions].float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    return torch.log_softmax(at_least_float32(logits[positions]), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
 def model_logits(lm: LanguageModel, input_ids: torch.Tensor) -> torch.Tensor:
@@ -156,7 +161,7 @@ def answer_probability(lm: LanguageModel, prompt: Prompt | str | EncodedQuery, a
     query = prompt if isinstance(prompt, EncodedQuery) else encode(lm, prompt, answer or "")
     logits = model_logits(lm, query.input_ids)[0]
     log_probs = answer_log_probs(logits, query)
-    first = logits[query.position].float()
+    first = at_least_float32(logits[query.position])
     rank = int((first > first[query.answer_ids[0]]).sum())
     return AnswerProbability(float(log_probs.sum().exp()), rank, tuple(float(p) for p in log_probs.exp()))
 
@@ -174,7 +179,7 @@ def top_predictions(lm: LanguageModel, prompt: Prompt | str, k: int = 5) -> list
         sep = " " if prompt.space else ""
         ids = _ids(tokenizer, prompt.prefix.rstrip(" ") + sep + tokenizer.mask_token + prompt.suffix, special=True)
         position = ids.index(tokenizer.mask_token_id)
-    logits = model_logits(lm, torch.tensor(ids))[0, position].float()
+    logits = at_least_float32(model_logits(lm, torch.tensor(ids))[0, position])
     probs = torch.softmax(logits, dim=-1)
     top = torch.topk(probs, k)
     return [(tokenizer.decode([int(i)]), float(p)) for p, i in zip(top.values, top.indices, strict=True)]
