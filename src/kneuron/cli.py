@@ -396,6 +396,7 @@ def study(
         share = float(atlas.meta.get("generic", {}).get("share", 0.1))
         neurons = atlas.all_refined()
         baseline = {fact.id: atlas.baseline_neurons(fact.id) for fact in facts}
+        coarse = {fact.id: atlas.knowledge_neurons(fact.id).coarse for fact in facts} if "generic" in names else None
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=err_console, transient=True) as progress:
             task = progress.add_task("studies", total=len(facts))
@@ -407,7 +408,8 @@ def study(
 
             results = run_studies(
                 lm, facts, neurons, baseline, studies=names, generic_share=share, other_facts=other_facts,
-                probe_neurons=probe, seed=seed, on_study=on_study, on_fact=lambda _fact: progress.advance(task))
+                probe_neurons=probe, seed=seed, coarse_by_fact=coarse, on_study=on_study,
+                on_fact=lambda _fact: progress.advance(task))
             started["end"] = time.perf_counter()
         times = list(started.values())
         spent = [f"{stored.replace('_', '-')} {end - begin:.1f} s"
@@ -439,6 +441,8 @@ def study(
                 table.add_row(stored, f"top third of the layers ({r['variant']})", f"{r['value']:.1%}")
             if stored == "generic" and r["metric"] == "share" and not r["fact_id"] and r["variant"] != "params":
                 table.add_row(stored, f"generic neuron {r['variant']}", f"in {r['value']:.0%} of the facts")
+            if stored == "generic" and r["metric"] == "coarse_share":
+                table.add_row(stored, f"coarse in many prompts: {r['variant']}", f"in {r['value']:.0%} of the prompts")
     console.print(table)
 
 

@@ -79,3 +79,20 @@ def test_layer_distribution_by_hand(facts, neurons):
     assert [table["kn", "capital", f"count:{layer}"] for layer in range(3)] == [3, 2, 3]
     assert top_third_share(neurons, 3) == pytest.approx(0.4)
     assert np.isnan(top_third_share({"a": []}, 3))
+
+
+def test_coarse_generic_neurons_and_their_last_words(facts):
+    from kneuron.experiments.generic import coarse_generic_neurons, coarse_rows
+
+    # L0.N1 is coarse in every prompt ending in "is" (2 of the 3 templates of each relation but continent's first
+    # two), L2.N2 in one prompt only
+    coarse = {f.id: [[Neuron(0, 1)] if last_word(p) == "is" else [Neuron(2, 2 if i == 0 else 3)]
+                     for i, p in enumerate(f.prompts())] for f in facts}
+    found = coarse_generic_neurons(coarse, share=0.1)
+    total = sum(len(f.templates) for f in facts)
+    n_is = sum(last_word(p) == "is" for f in facts for p in f.prompts())
+    assert str(found[0]) == "L0.N1" and found[0].facts == n_is and found[0].share == pytest.approx(n_is / total)
+    assert "L2.N2" not in [str(g) for g in found] or found[-1].facts > 0.1 * total
+    table = {(r["variant"], r["metric"]): r["value"] for r in coarse_rows(found, facts, coarse)}
+    assert table["L0.N1", "coarse:is"] == table["prompts", "prompts:is"] == n_is
+    assert ("L0.N1", "coarse:in") not in table and table["prompts", "prompts:in"] >= 1

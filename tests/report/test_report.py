@@ -35,7 +35,9 @@ def data() -> ReportData:
     neurons = tiny_neurons(facts)
     neurons[facts[0].id].append(Neuron(5, 2, 0.3))  # one neuron in the top third of the layers
     baseline = {f.id: [Neuron(1, 7), Neuron(3, 0)] for f in facts}
-    results = run_studies(lm, facts, neurons, baseline, sentences=lambda f: SENTENCES, seed=1)
+    coarse = {f.id: [[Neuron(0, 9)] if p.prefix.rstrip().endswith(" is") else [] for p in f.prompts()]
+              for f in facts}
+    results = run_studies(lm, facts, neurons, baseline, sentences=lambda f: SENTENCES, seed=1, coarse_by_fact=coarse)
     return ReportData(results, {"model": "tiny-llama", "steps": 20}, len(facts), title="Tiny <report>")
 
 
@@ -79,7 +81,7 @@ def test_report_is_self_contained_and_escaped(report_file):
     assert len(sources) >= 6 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r"(href|src)=\"(https?:|//|file:)", text) and "<script" not in text
     for needed in ("Suppress / amplify", "Generic neurons", "L0.N3", "Layer distribution", "Discrimination",
-                   "-29.03%", "+31.17%"):
+                   "-29.03%", "+31.17%", "coarse in more than", "L0.N9 on its own", "<code>is</code> "):
         assert needed in text
 
 

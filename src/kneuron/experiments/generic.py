@@ -77,6 +77,43 @@ def generic_rows(found: Sequence[GenericNeuron], share: float) -> list[dict]:
     return rows
 
 
+def coarse_generic_neurons(coarse_by_fact: Mapping[str, Sequence[Sequence[Neuron | NeuronKey]]], share: float = 0.1,
+                           min_prompts: int = 2) -> list[GenericNeuron]:
+    """Neurons that are *coarse* neurons (one prompt's attribution above the threshold) of more than ``share`` of all
+    prompts, over all facts, most frequent first; ``facts`` and ``share`` of the result count prompts.
+
+    A neuron can sit in the coarse sets of every prompt ending in " is" and still miss the refined sets of facts
+    whose templates mostly end otherwise; this finds it.
+    """
+    if not 0.0 <= share < 1.0:
+        raise KneuronError(f"The generic share must be a fraction in [0, 1); got {share}.")
+    bags = [prompt for bag in coarse_by_fact.values() for prompt in bag]
+    counts = Counter(key for prompt in bags for key in keys_of(prompt))
+    total = len(bags)
+    found = [GenericNeuron(layer, index, count, count / total) for (layer, index), count in counts.items()
+             if count > share * total and count >= min_prompts]
+    return sorted(found, key=lambda g: (-g.facts, g.layer, g.index))
+
+
+def coarse_rows(found: Sequence[GenericNeuron], facts: Sequence[Fact],
+                coarse_by_fact: Mapping[str, Sequence[Sequence[Neuron | NeuronKey]]]) -> list[dict]:
+    """Rows for coarse-generic neurons (variant = name): ``coarse_prompts`` and ``coarse_share`` over all prompts,
+    and per last word ``w`` before the answer ``coarse:w``, the number of prompts ending in ``w`` whose coarse set
+    has it; variant ``prompts`` holds ``prompts:w``, how many prompts end in ``w``."""
+    words: list[tuple[str, set[NeuronKey]]] = []
+    for fact in facts:
+        bag = coarse_by_fact.get(fact.id, ())
+        for prompt, coarse in zip(fact.prompts(), bag, strict=False):
+            words.append((last_word(prompt), set(keys_of(coarse))))
+    rows = [row(STUDY, "prompts", "", "", f"prompts:{w}", n) for w, n in Counter(w for w, _ in words).items()]
+    for g in found:
+        rows.append(row(STUDY, str(g), "", "", "coarse_prompts", g.facts))
+        rows.append(row(STUDY, str(g), "", "", "coarse_share", g.share))
+        for w, n in Counter(w for w, keys in words if g.key in keys).items():
+            rows.append(row(STUDY, str(g), "", "", f"coarse:{w}", n))
+    return rows
+
+
 def last_word(prompt: Prompt) -> str:
     """The word just before the answer: 'is' for 'The capital of France is [Y].'."""
     words = prompt.prefix.rstrip(" ").split()

@@ -18,7 +18,13 @@ from collections.abc import Callable, Mapping, Sequence
 from kneuron.attribution.types import Neuron
 from kneuron.errors import KneuronError
 from kneuron.experiments.discrimination import prompt_discrimination, sentence_discrimination
-from kneuron.experiments.generic import generic_neurons, generic_rows, probe_generic
+from kneuron.experiments.generic import (
+    coarse_generic_neurons,
+    coarse_rows,
+    generic_neurons,
+    generic_rows,
+    probe_generic,
+)
 from kneuron.experiments.layer_distribution import layer_distribution
 from kneuron.experiments.metrics import row
 from kneuron.experiments.suppress_amplify import encode_facts, suppress_amplify
@@ -52,6 +58,7 @@ def run_studies(
     probe_neurons: int = 3,
     seed: int = 0,
     sentences: Callable[[Fact], tuple[Sequence[str], Sequence[str]]] | None = None,
+    coarse_by_fact: Mapping[str, Sequence[Sequence[Neuron]]] | None = None,
     on_study: Callable[[str], None] | None = None,
     on_fact: Callable[[Fact], None] | None = None,
 ) -> dict[str, list[dict]]:
@@ -66,6 +73,9 @@ def run_studies(
         probe_neurons: how many generic neurons (the most shared first) are probed alone.
         seed: seeds the random controls and the draw of other facts.
         sentences: ``fact -> (stating, subject-only)`` sentences (the built-in ones by default).
+        coarse_by_fact: each fact's coarse neurons per prompt; when given, the generic study also flags neurons
+            that are coarse in more than ``generic_share`` of all prompts, and probes up to ``probe_neurons`` of
+            them alone as well.
         on_study: called with each study's name before it runs (status).
         on_fact: called after each fact of the suppress/amplify study (progress).
     """
@@ -89,8 +99,13 @@ def run_studies(
                                row(study, "params", "", "", "other_facts", other_facts),
                                row(study, "params", "", "", "generic_share", generic_share)]
         elif study == "generic":
+            coarse = coarse_generic_neurons(coarse_by_fact, share=generic_share) if coarse_by_fact else []
+            probed = list(dict.fromkeys([g.key for g in generic[:probe_neurons]]
+                                        + [g.key for g in coarse[:probe_neurons]]))
             results[study] = generic_rows(generic, generic_share) + probe_generic(
-                lm, facts, neurons_by_fact, generic, max_neurons=probe_neurons, queries=queries)
+                lm, facts, neurons_by_fact, probed, max_neurons=len(probed), queries=queries)
+            if coarse_by_fact:
+                results[study] += coarse_rows(coarse, facts, coarse_by_fact)
             results[study].append(row(study, "params", "", "", "probe_neurons", probe_neurons))
         elif study == "layers":
             results[study] = layer_distribution(neurons_by_fact, lm.n_layers, baseline_by_fact,

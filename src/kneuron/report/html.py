@@ -238,14 +238,15 @@ def _generic_section(data: ReportData) -> str:
     parts = ["<h2>Generic neurons</h2>"]
     if not names:
         parts.append(f"<p>No neuron is a knowledge neuron of more than {_pct(threshold, False)} of the facts.</p>")
-        return "".join(parts)
-    parts.append(
-        f'<div class="warn"><b>{len(names)} neuron(s) are knowledge neurons of more than {_pct(threshold, False)} '
-        "of the facts</b>: they cannot store any one fact. Numbers that include them mix their effect into every "
-        "fact's; the tables above show suppress / amplify with and without them, and each is probed alone "
-        "below.</div>")
-    parts.append(_table(["neuron", "facts", "share of facts"],
-                        [[_e(n), f"{flags[n, 'facts']:.0f}", _pct(flags[n, "share"], False)] for n in names]))
+    else:
+        parts.append(
+            f'<div class="warn"><b>{len(names)} neuron(s) are knowledge neurons of more than '
+            f"{_pct(threshold, False)} of the facts</b>: they cannot store any one fact. Numbers that include them "
+            "mix their effect into every fact's; the tables above show suppress / amplify with and without them, "
+            "and the most shared are probed alone below.</div>")
+        parts.append(_table(["neuron", "facts", "share of facts"],
+                            [[_e(n), f"{flags[n, 'facts']:.0f}", _pct(flags[n, "share"], False)] for n in names]))
+    parts.append(_coarse_generic(flags, threshold))
     probed = sorted({r["variant"] for r in rows if r["fact_id"]},
                     key=lambda name: (names.index(name) if name in names else len(names), name))
     for name in probed:
@@ -265,6 +266,28 @@ def _generic_section(data: ReportData) -> str:
                          f"ending in <code>{_e(word)}</code> (mean over {v['n_unrelated']} facts).</p>")
         parts.append(_image(plots.generic_figure(rows, name), f"{name} by last word"))
     return "".join(parts)
+
+
+def _coarse_generic(flags: Mapping[tuple[str, str], float], threshold: float) -> str:
+    """The neurons coarse in more than ``threshold`` of all prompts, with the last words of those prompts."""
+    names = sorted((n for n, metric in flags if metric == "coarse_share"), key=lambda n: -flags[n, "coarse_share"])
+    if not names:
+        return ""
+    totals = {metric.split(":", 1)[1]: v for (n, metric), v in flags.items() if n == "prompts"}
+    table = []
+    for name in names:
+        words = sorted(((metric.split(":", 1)[1], v) for (n, metric), v in flags.items()
+                        if n == name and metric.startswith("coarse:")), key=lambda item: -item[1])
+        where = ", ".join(f"<code>{_e(w)}</code> {v:.0f}/{totals.get(w, 0):.0f}" for w, v in words[:4])
+        table.append([_e(name), f"{flags[name, 'coarse_prompts']:.0f}", _pct(flags[name, "coarse_share"], False),
+                      where])
+    return (f"<h3>Neurons coarse in more than {_pct(threshold, False)} of all prompts</h3>"
+            '<p class="note">Before refinement: a neuron above the coarse threshold in one prompt\'s attribution. '
+            "One that is coarse in every prompt ending in a given word responds to the word, not to a fact; it "
+            "reaches a fact's refined set only when most of the fact's templates end that way. Last column: the "
+            "last words before the answer of the prompts where it is coarse (prompts where it is coarse / prompts "
+            "ending in that word).</p>"
+            + _table(["neuron", "prompts", "share of prompts", "where (last word before the answer)"], table))
 
 
 def _layers_section(data: ReportData) -> str:
