@@ -436,13 +436,20 @@ def study(
             summary = summarize(rows, variant, metric)
             if summary.n:
                 table.add_row(stored, label, f"{summary.mean:+.2%}" if percent else f"{summary.mean:.3f}")
+        shown = 0
         for r in rows:
             if stored == "layers" and r["relation"] == "" and r["metric"] == "top_third":
                 table.add_row(stored, f"top third of the layers ({r['variant']})", f"{r['value']:.1%}")
             if stored == "generic" and r["metric"] == "share" and not r["fact_id"] and r["variant"] != "params":
-                table.add_row(stored, f"generic neuron {r['variant']}", f"in {r['value']:.0%} of the facts")
-            if stored == "generic" and r["metric"] == "coarse_share":
-                table.add_row(stored, f"coarse in many prompts: {r['variant']}", f"in {r['value']:.0%} of the prompts")
+                shown += 1
+                if shown <= 5:
+                    table.add_row(stored, f"generic neuron {r['variant']}", f"in {r['value']:.0%} of the facts")
+            if stored == "generic" and r["metric"].startswith("word_score:") and r["value"] >= 0.5:
+                word = r["metric"].split(":", 1)[1]
+                table.add_row(stored, f"{r['variant']} is coarse where the prompt ends in {word!r}",
+                              f"word score {r['value']:.2f}")
+        if shown > 5:
+            table.add_row(stored, f"... {shown - 5} more generic neurons (see the report)", "")
     console.print(table)
 
 

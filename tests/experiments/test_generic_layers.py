@@ -96,3 +96,14 @@ def test_coarse_generic_neurons_and_their_last_words(facts):
     table = {(r["variant"], r["metric"]): r["value"] for r in coarse_rows(found, facts, coarse)}
     assert table["L0.N1", "coarse:is"] == table["prompts", "prompts:is"] == n_is
     assert ("L0.N1", "coarse:in") not in table and table["prompts", "prompts:in"] >= 1
+
+
+def test_word_score_is_one_for_a_neuron_coarse_exactly_where_a_word_ends_the_prompt(facts):
+    from kneuron.experiments.generic import word_scores
+
+    coarse = {f.id: [[Neuron(0, 1)] + ([Neuron(1, 1)] if i == 0 else []) if last_word(p) == "is" else [Neuron(1, 1)]
+                     for i, p in enumerate(f.prompts())] for f in facts}
+    scores = word_scores([(0, 1), (1, 1)], facts, coarse)
+    assert scores[0, 1] == ("is", 1.0)
+    word, score = scores[1, 1]
+    assert 0.0 < score < 1.0

@@ -95,22 +95,49 @@ def coarse_generic_neurons(coarse_by_fact: Mapping[str, Sequence[Sequence[Neuron
     return sorted(found, key=lambda g: (-g.facts, g.layer, g.index))
 
 
-def coarse_rows(found: Sequence[GenericNeuron], facts: Sequence[Fact],
-                coarse_by_fact: Mapping[str, Sequence[Sequence[Neuron | NeuronKey]]]) -> list[dict]:
-    """Rows for coarse-generic neurons (variant = name): ``coarse_prompts`` and ``coarse_share`` over all prompts,
-    and per last word ``w`` before the answer ``coarse:w``, the number of prompts ending in ``w`` whose coarse set
-    has it; variant ``prompts`` holds ``prompts:w``, how many prompts end in ``w``."""
-    words: list[tuple[str, set[NeuronKey]]] = []
+def _prompt_words(facts: Sequence[Fact], coarse_by_fact: Mapping[str, Sequence[Sequence[Neuron | NeuronKey]]],
+                  ) -> list[tuple[str, set[NeuronKey]]]:
+    words = []
     for fact in facts:
         bag = coarse_by_fact.get(fact.id, ())
         for prompt, coarse in zip(fact.prompts(), bag, strict=False):
             words.append((last_word(prompt), set(keys_of(coarse))))
+    return words
+
+
+def word_scores(found: Sequence[GenericNeuron | NeuronKey], facts: Sequence[Fact],
+                coarse_by_fact: Mapping[str, Sequence[Sequence[Neuron | NeuronKey]]],
+                ) -> dict[NeuronKey, tuple[str, float]]:
+    """For each neuron, the last word before the answer that best explains where it is coarse, and how well:
+    (share of the prompts ending in the word where it is coarse) x (share of its coarse prompts that end in the
+    word). 1.0 means: coarse in every prompt ending in the word, and in no other."""
+    words = _prompt_words(facts, coarse_by_fact)
+    totals = Counter(w for w, _ in words)
+    scores = {}
+    for key in keys_of(found):
+        counts = Counter(w for w, keys in words if key in keys)
+        n = sum(counts.values())
+        best = max(counts, key=lambda w: (counts[w] / totals[w]) * (counts[w] / n), default="")
+        scores[key] = (best, (counts[best] / totals[best]) * (counts[best] / n) if best else 0.0)
+    return scores
+
+
+def coarse_rows(found: Sequence[GenericNeuron], facts: Sequence[Fact],
+                coarse_by_fact: Mapping[str, Sequence[Sequence[Neuron | NeuronKey]]]) -> list[dict]:
+    """Rows for coarse-generic neurons (variant = name): ``coarse_prompts`` and ``coarse_share`` over all prompts,
+    per last word ``w`` before the answer ``coarse:w``, the number of prompts ending in ``w`` whose coarse set has
+    it, and ``word_score:w`` for the best word (see :func:`word_scores`); variant ``prompts`` holds ``prompts:w``,
+    how many prompts end in ``w``."""
+    words = _prompt_words(facts, coarse_by_fact)
+    scores = word_scores(found, facts, coarse_by_fact)
     rows = [row(STUDY, "prompts", "", "", f"prompts:{w}", n) for w, n in Counter(w for w, _ in words).items()]
     for g in found:
         rows.append(row(STUDY, str(g), "", "", "coarse_prompts", g.facts))
         rows.append(row(STUDY, str(g), "", "", "coarse_share", g.share))
         for w, n in Counter(w for w, keys in words if g.key in keys).items():
             rows.append(row(STUDY, str(g), "", "", f"coarse:{w}", n))
+        word, score = scores[g.key]
+        rows.append(row(STUDY, str(g), "", "", f"word_score:{word}", score))
     return rows
 
 

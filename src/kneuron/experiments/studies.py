@@ -24,6 +24,7 @@ from kneuron.experiments.generic import (
     generic_neurons,
     generic_rows,
     probe_generic,
+    word_scores,
 )
 from kneuron.experiments.layer_distribution import layer_distribution
 from kneuron.experiments.metrics import row
@@ -75,7 +76,8 @@ def run_studies(
         sentences: ``fact -> (stating, subject-only)`` sentences (the built-in ones by default).
         coarse_by_fact: each fact's coarse neurons per prompt; when given, the generic study also flags neurons
             that are coarse in more than ``generic_share`` of all prompts, and probes up to ``probe_neurons`` of
-            them alone as well.
+            alone those most tied to one last word before the answer (see
+            :func:`kneuron.experiments.generic.word_scores`).
         on_study: called with each study's name before it runs (status).
         on_fact: called after each fact of the suppress/amplify study (progress).
     """
@@ -100,8 +102,11 @@ def run_studies(
                                row(study, "params", "", "", "generic_share", generic_share)]
         elif study == "generic":
             coarse = coarse_generic_neurons(coarse_by_fact, share=generic_share) if coarse_by_fact else []
-            probed = list(dict.fromkeys([g.key for g in generic[:probe_neurons]]
-                                        + [g.key for g in coarse[:probe_neurons]]))
+            # probe the most shared knowledge neurons, and the coarse neurons most tied to one last word
+            scores = word_scores(coarse, facts, coarse_by_fact) if coarse_by_fact else {}
+            by_word = sorted((g for g in coarse if g.key not in {n.key for n in generic[:probe_neurons]}),
+                             key=lambda g: (-scores[g.key][1], -g.facts, g.key))
+            probed = [g.key for g in generic[:probe_neurons]] + [g.key for g in by_word[:probe_neurons]]
             results[study] = generic_rows(generic, generic_share) + probe_generic(
                 lm, facts, neurons_by_fact, probed, max_neurons=len(probed), queries=queries)
             if coarse_by_fact:

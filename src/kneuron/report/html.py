@@ -24,6 +24,8 @@ STUDIES = ("suppress_amplify", "generic", "layers", "discrimination")
 
 #: the paper's BERT-base-cased figures (Dai et al. 2022), shown next to ours
 PAPER = {"suppress": -29.03, "amplify": 31.17}
+#: rows of the table of coarse-generic neurons
+MAX_COARSE_ROWS = 15
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1100px;
@@ -279,15 +281,23 @@ def _coarse_generic(flags: Mapping[tuple[str, str], float], threshold: float) ->
         words = sorted(((metric.split(":", 1)[1], v) for (n, metric), v in flags.items()
                         if n == name and metric.startswith("coarse:")), key=lambda item: -item[1])
         where = ", ".join(f"<code>{_e(w)}</code> {v:.0f}/{totals.get(w, 0):.0f}" for w, v in words[:4])
-        table.append([_e(name), f"{flags[name, 'coarse_prompts']:.0f}", _pct(flags[name, "coarse_share"], False),
-                      where])
+        word, score = next(((m.split(":", 1)[1], v) for (n, m), v in flags.items()
+                            if n == name and m.startswith("word_score:")), ("", math.nan))
+        table.append((-score if math.isfinite(score) else 0.0,
+                      [_e(name), f"{flags[name, 'coarse_prompts']:.0f}", _pct(flags[name, "coarse_share"], False),
+                       where, f"<code>{_e(word)}</code> {score:.2f}" if word else "–"]))
+    table.sort(key=lambda item: item[0])  # stable: equal scores keep the most frequent first
+    shown = [cells for _, cells in table[:MAX_COARSE_ROWS]]
     return (f"<h3>Neurons coarse in more than {_pct(threshold, False)} of all prompts</h3>"
             '<p class="note">Before refinement: a neuron above the coarse threshold in one prompt\'s attribution. '
             "One that is coarse in every prompt ending in a given word responds to the word, not to a fact; it "
             "reaches a fact's refined set only when most of the fact's templates end that way. Last column: the "
             "last words before the answer of the prompts where it is coarse (prompts where it is coarse / prompts "
-            "ending in that word).</p>"
-            + _table(["neuron", "prompts", "share of prompts", "where (last word before the answer)"], table))
+            "ending in that word). Word score: (share of the prompts ending in the word where it is coarse) × "
+            "(share of its coarse prompts that end in the word); 1 is a neuron that responds to that word alone. "
+            f"Sorted by word score; {len(shown)} of {len(table)} shown.</p>"
+            + _table(["neuron", "prompts", "share of prompts", "where (last word before the answer)", "word score"],
+                     shown))
 
 
 def _layers_section(data: ReportData) -> str:
