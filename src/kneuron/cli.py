@@ -431,6 +431,7 @@ def study(
                 ("kn", "suppress_other", "suppress KN, other relations", True),
                 ("kn", "auc", "AUC KN, own vs other prompts", False),
                 ("baseline", "auc", "AUC activation baseline", False),
+                ("kn", "auc_signed", "AUC KN, signed by direction", False),
                 ("kn", "sentence_auc", "AUC KN, stating vs subject-only", False),
                 ("baseline", "sentence_auc", "AUC baseline, stating vs subject-only", False)):
             summary = summarize(rows, variant, metric)

@@ -49,6 +49,15 @@ def test_prompt_auc_matches_hand_computation(tiny, facts, neurons):
             own = [score(q, keys) for q in queries[fact.id]]
             others = [score(q, keys) for f in facts if f.id != fact.id for q in queries[f.id]]
             assert found[fact.id] == pytest.approx(auc_by_hand(own, others), abs=1e-12), (variant, fact.id)
+            # signed: each neuron times the sign of its mean activation on the fact's own prompts
+            signs = [1.0 if np.mean([score(q, [key]) for q in queries[fact.id]]) >= 0 else -1.0 for key in keys]
+
+            def signed(query, keys=keys, signs=signs):
+                return np.mean([sign * score(query, [key]) for sign, key in zip(signs, keys, strict=True)])
+
+            own = [signed(q) for q in queries[fact.id]]
+            others = [signed(q) for f in facts if f.id != fact.id for q in queries[f.id]]
+            assert values(rows, variant, "auc_signed")[fact.id] == pytest.approx(auc_by_hand(own, others), abs=1e-12)
     assert summarize(rows, "kn", "auc").n == len(facts)
 
 
@@ -92,6 +101,25 @@ def test_sentence_auc_matches_hand_computation(tiny, facts, neurons):
     assert values(rows, "kn", "sentence_positive")[fact.id] == pytest.approx(np.mean(pos))
     assert values(rows, "kn", "sentence_negative")[fact.id] == pytest.approx(np.mean(neg))
     assert values(rows, "kn", "sentence_auc")[fact.id] == pytest.approx(auc_by_hand(pos, neg))
+    # signed: directions from the fact's own prompts at the answer position
+    signs = []
+    for layer, index in keys:
+        own = []
+        for prompt in fact.prompts():
+            query = encode(tiny, prompt, fact.object)
+            own.append(float(activation_by_hand(tiny, query.input_ids, layer, index)[query.position]))
+        signs.append(-1.0 if np.mean(own) < 0 else 1.0)
+
+    def signed(sentence):
+        ids = torch.tensor(tiny.tokenizer(sentence)["input_ids"])
+        per_neuron = [sign * activation_by_hand(tiny, ids, layer, index)
+                      for sign, (layer, index) in zip(signs, keys, strict=True)]
+        if tiny.kind == "causal":
+            return np.mean([float(a[-1]) for a in per_neuron])
+        return np.mean([float(a[1:-1].mean()) for a in per_neuron])
+
+    expected = auc_by_hand([signed(s) for s in positive], [signed(s) for s in negative])
+    assert values(rows, "kn", "sentence_auc_signed")[fact.id] == pytest.approx(expected)
 
 
 def test_builtin_sentences_are_the_default():
@@ -101,4 +129,5 @@ def test_builtin_sentences_are_the_default():
     fact = discrimination_facts()[0]
     rows = sentence_discrimination(lm, [fact], {fact.id: [Neuron(1, 2)]})
     assert len(discrimination_sentences(fact)[0]) > 0
-    assert {r["metric"] for r in rows} == {"sentence_positive", "sentence_negative", "sentence_auc"}
+    assert {r["metric"] for r in rows} == {"sentence_positive", "sentence_negative", "sentence_auc",
+                                           "sentence_auc_signed"}

@@ -13,8 +13,15 @@ on the fact's prompts):
   model (the only position that has read the whole sentence) and averaged over the non-special tokens for a
   masked model. Per fact: mean activation on each side, and the ROC AUC.
 
-Rows: variant ``kn``, ``baseline`` or ``kn_no_generic``; metric ``auc`` (prompts), ``sentence_auc``,
-``sentence_positive``, ``sentence_negative`` and ``neurons``.
+Gated FFNs (SmolLM2, Llama...) compute act(gate) x up, which is negative as often as not: a knowledge neuron can
+matter *because* it is strongly negative on the fact's prompts (its attribution, activation x gradient, is then
+positive). The paper's raw mean activation (``auc``, ``sentence_auc``) then ranks the fact's own prompts *lowest*.
+The ``*_signed`` AUCs multiply each neuron's activation by the sign of its mean activation on the fact's own
+prompts (the direction it took when it was attributed; the neurons themselves were chosen on those prompts) before
+averaging. For the activation baseline (largest activations, positive) both agree.
+
+Rows: variant ``kn``, ``baseline`` or ``kn_no_generic``; metric ``auc`` and ``auc_signed`` (prompts),
+``sentence_auc``, ``sentence_auc_signed``, ``sentence_positive``, ``sentence_negative`` and ``neurons``.
 
 Example:
     >>> rows = prompt_discrimination(lm, facts, neurons_by_fact, baseline_by_fact)
@@ -48,6 +55,12 @@ def _variants(fact_id: str, neurons_by_fact, baseline_by_fact, generic_keys) -> 
     return sets
 
 
+def direction(own: np.ndarray) -> np.ndarray:
+    """Per neuron (column), the sign of its mean activation over the fact's own prompts (+1 when 0): the direction
+    it took when it was attributed."""
+    return np.where(own.mean(axis=0) < 0, -1.0, 1.0)
+
+
 def prompt_discrimination(
     lm: LanguageModel,
     facts: Sequence[Fact],
@@ -79,10 +92,12 @@ def prompt_discrimination(
             rows.append(row(STUDY, variant, fact.relation, fact.id, "neurons", len(keys)))
             if not keys:
                 continue
-            scores = acts[:, [column[key] for key in keys]].mean(axis=1)
-            auc = roc_auc(scores[owner == f], scores[owner != f])
-            if not math.isnan(auc):
-                rows.append(row(STUDY, variant, fact.relation, fact.id, "auc", auc))
+            values = acts[:, [column[key] for key in keys]]
+            signs = direction(values[owner == f])
+            for metric, scores in (("auc", values.mean(axis=1)), ("auc_signed", (values * signs).mean(axis=1))):
+                auc = roc_auc(scores[owner == f], scores[owner != f])
+                if not math.isnan(auc):
+                    rows.append(row(STUDY, variant, fact.relation, fact.id, metric, auc))
     return rows
 
 
@@ -131,16 +146,27 @@ def sentence_discrimination(
         return []
     column = {key: i for i, key in enumerate(needed)}
     acts = activations_at(lm, sentence_inputs(lm, texts), needed, batch_size=batch_size)  # every sentence once
-    rows, start = [], 0
+    # the fact's own prompts, at the answer position, give each neuron's direction (for the signed AUC)
+    queries = encode_facts(lm, [fact for fact, *_ in chosen])
+    prompt_inputs = [(q.input_ids, q.position) for fact, *_ in chosen for q in queries[fact.id]]
+    prompt_acts = activations_at(lm, prompt_inputs, needed, batch_size=batch_size)
+    rows, start, prompt_start = [], 0, 0
     for fact, positive, negative, variants in chosen:
         block = acts[start:start + len(positive) + len(negative)]
         start += len(positive) + len(negative)
+        own = prompt_acts[prompt_start:prompt_start + len(queries[fact.id])]
+        prompt_start += len(queries[fact.id])
         for variant, keys in variants.items():
             if not keys:
                 continue
-            scores = block[:, [column[key] for key in keys]].mean(axis=1)
+            columns = [column[key] for key in keys]
+            values = block[:, columns]
+            scores = values.mean(axis=1)
+            signed = (values * direction(own[:, columns])).mean(axis=1)
             pos, neg = scores[:len(positive)], scores[len(positive):]
             rows.append(row(STUDY, variant, fact.relation, fact.id, "sentence_positive", pos.mean()))
             rows.append(row(STUDY, variant, fact.relation, fact.id, "sentence_negative", neg.mean()))
             rows.append(row(STUDY, variant, fact.relation, fact.id, "sentence_auc", roc_auc(pos, neg)))
+            rows.append(row(STUDY, variant, fact.relation, fact.id, "sentence_auc_signed",
+                            roc_auc(signed[:len(positive)], signed[len(positive):])))
     return rows

@@ -159,6 +159,12 @@ def _headline_section(data: ReportData) -> str:
          "most in the top layers (figure only)"],
         ["ROC AUC, KN activation: own vs other facts' prompts", _fmt(h.auc_kn, ".3f"), "not reported"],
         ["ROC AUC, activation baseline", _fmt(h.auc_activation, ".3f"), "not reported"],
+        ["ROC AUC, KN activation signed by its direction on the fact's prompts",
+         _fmt(summarize(data.rows("discrimination"), "kn", "auc_signed").mean, ".3f"), "not reported"],
+        ["suppress, KN without generic neurons", _pct(summarize(data.rows("suppress_amplify"), "kn_no_generic",
+                                                                "suppress").mean), "–"],
+        ["amplify, KN without generic neurons", _pct(summarize(data.rows("suppress_amplify"), "kn_no_generic",
+                                                               "amplify").mean), "–"],
     ]
     return ("<h2>Headline</h2>"
             + _table(["measure", "this run", "paper (BERT-base-cased, PARAREL)"], rows)
@@ -329,13 +335,22 @@ def _discrimination_section(data: ReportData) -> str:
     table = []
     for variant in ("kn", "kn_no_generic", "baseline"):
         auc, sentence = summarize(rows, variant, "auc"), summarize(rows, variant, "sentence_auc")
+        auc_signed, sentence_signed = summarize(rows, variant, "auc_signed"), summarize(rows, variant,
+                                                                                          "sentence_auc_signed")
         positive, negative = summarize(rows, variant, "sentence_positive"), summarize(rows, variant,
                                                                                          "sentence_negative")
-        table.append([_e(plots.LABELS[variant]), _fmt(auc.mean, ".3f"), str(auc.n), _fmt(sentence.mean, ".3f"),
-                      str(sentence.n), _fmt(positive.mean, ".4f"), _fmt(negative.mean, ".4f")])
+        table.append([_e(plots.LABELS[variant]), _fmt(auc.mean, ".3f"), _fmt(auc_signed.mean, ".3f"), str(auc.n),
+                      _fmt(sentence.mean, ".3f"), _fmt(sentence_signed.mean, ".3f"), str(sentence.n),
+                      _fmt(positive.mean, ".4f"), _fmt(negative.mean, ".4f")])
     return ("<h2>Discrimination</h2>"
-            + _table(["neurons", "AUC: own vs other prompts", "facts", "AUC: stating vs subject-only sentences",
-                      "facts", "mean activation: stating", "mean activation: subject-only"], table)
+            + _table(["neurons", "AUC: own vs other prompts", "same, signed", "facts",
+                      "AUC: stating vs subject-only sentences", "same, signed", "facts", "mean activation: stating",
+                      "mean activation: subject-only"], table)
+            + '<p class="note"><b>Signed</b>: gated FFNs (act(gate) × up) give negative activations as often as '
+              "positive ones, and a neuron can be a knowledge neuron because it is strongly negative on the fact's "
+              "prompts. The paper's raw mean activation then ranks the fact's own prompts lowest (AUC below 0.5). "
+              "The signed AUC multiplies each neuron's activation by the sign of its mean activation on the fact's "
+              "own prompts (where it was attributed) before averaging.</p>"
             + _image(plots.discrimination_figure(rows), "per-fact ROC AUC")
             + '<p class="note">Score of a text: the mean activation of the fact\'s neurons. Prompts are read at '
               "the answer position; sentences at their last token for causal models (the only position that has "

@@ -151,7 +151,8 @@ def discrimination_figure(rows: Sequence[dict]) -> bytes | None:
     """Per-fact ROC AUCs (own prompts vs other facts' prompts; stating vs subject-only sentences) as box plots."""
     panels = []
     for metric, title in (("auc", "own prompts vs other facts' prompts"),
-                          ("sentence_auc", "sentences stating the fact vs mentioning only the subject")):
+                          ("auc_signed", "same, activations signed by their direction"),
+                          ("sentence_auc", "stating vs subject-only sentences")):
         data, names = [], []
         for variant in ("kn", "kn_no_generic", "baseline"):
             values = [r["value"] for r in rows if r["variant"] == variant and r["metric"] == metric
@@ -163,7 +164,7 @@ def discrimination_figure(rows: Sequence[dict]) -> bytes | None:
             panels.append((title, data, names))
     if not panels:
         return None
-    figure = Figure(figsize=(5.0 * len(panels), 3.8))
+    figure = Figure(figsize=(4.2 * len(panels), 3.8))
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for axis, (title, data, names) in zip(axes, panels, strict=True):
         axis.boxplot(data, showmeans=True)
