@@ -137,3 +137,9 @@ def test_figures_render_in_headless_chromium(report_file, tmp_path):
     assert len(np.unique(pixels, axis=0)) > 50  # text, tables and plots, not one flat colour
     bars = np.abs(pixels.astype(int) - np.array([0x1F, 0x77, 0xB4])).sum(axis=1) < 30  # the KN blue of the bars
     assert bars.sum() > 500
+
+
+def test_headline_line_can_use_the_signed_auc(data):
+    h = headline(data)
+    assert math.isfinite(h.auc_kn_signed)
+    assert f"auc_kn={h.auc_kn_signed:.3f} " in headline_line("r.html", data, signed_auc=True)

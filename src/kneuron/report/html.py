@@ -14,7 +14,7 @@ import base64
 import html
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kneuron.experiments.metrics import Summary, summarize
@@ -26,6 +26,8 @@ STUDIES = ("suppress_amplify", "generic", "layers", "discrimination")
 PAPER = {"suppress": -29.03, "amplify": 31.17}
 #: rows of the table of coarse-generic neurons
 MAX_COARSE_ROWS = 15
+#: rows of each probed neuron's table (last words, most frequent first)
+MAX_WORD_ROWS = 10
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1100px;
@@ -86,6 +88,7 @@ class Headline:
     top_third: float
     auc_kn: float
     auc_activation: float
+    auc_kn_signed: float = math.nan
 
 
 def _layer_value(rows: Sequence[dict], variant: str, metric: str, relation: str = "") -> float:
@@ -105,6 +108,7 @@ def headline(data: ReportData) -> Headline:
         top_third=_layer_value(data.rows("layers"), "kn", "top_third") * 100,
         auc_kn=summarize(disc, "kn", "auc").mean,
         auc_activation=summarize(disc, "baseline", "auc").mean,
+        auc_kn_signed=summarize(disc, "kn", "auc_signed").mean,
     )
 
 
@@ -112,9 +116,15 @@ def _fmt(value: float, spec: str, suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}" if math.isfinite(value) else "nan"
 
 
-def headline_line(report_path: str | Path, data: ReportData) -> str:
-    """``report=PATH facts=N suppress=X% amplify=Y% top_third=Z% auc_kn=A auc_activation=B``."""
+def headline_line(report_path: str | Path, data: ReportData, signed_auc: bool = False) -> str:
+    """``report=PATH facts=N suppress=X% amplify=Y% top_third=Z% auc_kn=A auc_activation=B``.
+
+    ``auc_kn`` is the paper's raw mean activation AUC; with ``signed_auc`` it is the signed one (see
+    :mod:`kneuron.experiments.discrimination`).
+    """
     h = headline(data)
+    if signed_auc:
+        h = replace(h, auc_kn=h.auc_kn_signed)
     return (f"report={report_path} facts={h.facts} suppress={_fmt(h.suppress, '+.2f', '%')} "
             f"amplify={_fmt(h.amplify, '+.2f', '%')} top_third={_fmt(h.top_third, '.1f', '%')} "
             f"auc_kn={_fmt(h.auc_kn, '.3f')} auc_activation={_fmt(h.auc_activation, '.3f')}")
@@ -260,18 +270,24 @@ def _generic_section(data: ReportData) -> str:
     for name in probed:
         table = plots.generic_by_word(rows, name)
         parts.append(f"<h3>{_e(name)} on its own</h3>")
+        shown = list(table.items())[:MAX_WORD_ROWS]
         parts.append(_table(
             ["last word before the answer", "facts without it", "facts with it", "mean activation",
              "zeroed alone: facts without it", "zeroed alone: facts with it"],
             [[f"<code>{_e(word)}</code>", str(v["n_unrelated"]), str(v["n_members"]), f"{v['activation']:.3f}",
-              _pct(v["unrelated"]), _pct(v["members"])] for word, v in table.items()]))
-        worst = min(((w, v) for w, v in table.items() if v["n_unrelated"]), key=lambda item: item[1]["unrelated"],
-                    default=None)
+              _pct(v["unrelated"]), _pct(v["members"])] for word, v in shown]))
+        if len(table) > len(shown):
+            parts.append(f'<p class="note">The {len(shown)} most frequent of {len(table)} last words.</p>')
+        # the clearest effect on facts that do not have it, among words seen in enough of them
+        enough = min(3, max((v["n_unrelated"] for v in table.values()), default=0))
+        worst = min(((w, v) for w, v in table.items() if enough and v["n_unrelated"] >= enough),
+                    key=lambda item: item[1]["unrelated"], default=None)
         if worst:
             word, v = worst
             parts.append(f'<p class="note">Zeroing {_e(name)} alone changes the correct probability of facts that '
                          f"do not count it among their knowledge neurons by {_pct(v['unrelated'])} on prompts "
-                         f"ending in <code>{_e(word)}</code> (mean over {v['n_unrelated']} facts).</p>")
+                         f"ending in <code>{_e(word)}</code> (mean over {v['n_unrelated']} facts; its mean activation "
+                         f"there is {v['activation']:.2f}).</p>")
         parts.append(_image(plots.generic_figure(rows, name), f"{name} by last word"))
     return "".join(parts)
 
