@@ -68,7 +68,7 @@ Y = X W needs dX = dY W^T, as many FLOPs as the forward, so counting the backwar
 the forward is a lower bound; weight gradients are not needed and not counted. The bound ignores
 element-wise work (norms, activations, softmax), which is small next to the products, and for a
 masked model the fact that the last block needs only K and V (not Q, O, FFN) at non-mask positions.
-For the gpt2 shape this is about 80 GFLOP per prompt, two thirds of it the 50257-word head.
+For the gpt2 shape this is about 80 GFLOP per prompt, nearly half of it the 50257-word head.
 
 SmolLM2-135M (the embedded default model, ``kneuron.load()``): seconds per fact for a bag of 5
 prompts (20 steps, the paper's α = k/m, probability objective, adaptive refinement), float32 and
@@ -122,7 +122,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 STEPS = 20
 BATCH = 20  # EleutherAI's batch_size: 20 steps in one batch per layer
-PROMPTS = 3  # prompts per case (a bag for refinement)
+PROMPTS = 2  # prompts per case (a bag for refinement; more would not fit the time on a shared machine)
 LENGTHS = (5, 15)
 THRESHOLD = 0.2  # coarse threshold, relative to the prompt's maximum score (the paper's t)
 SHARE = 0.5  # refined: coarse in more than this share of the bag's prompts
