@@ -386,7 +386,13 @@ def _editing_section(data: ReportData) -> str:
 
 def render_report(data: ReportData) -> str:
     """The whole report as one HTML string."""
-    meta = "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in sorted(data.meta.items())
+    flat = {}
+    for key, value in data.meta.items():
+        if isinstance(value, dict):  # e.g. the run's params and the generic settings
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    meta = "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in sorted(flat.items())
                    if isinstance(v, (str, int, float)))
     names = generic_names(data)
     body = "".join([
