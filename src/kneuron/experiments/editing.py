@@ -562,12 +562,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--other", type=int, default=5, help="collateral facts per edit, per side")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--settings", default=",".join(f"{a}:{b}" for a, b in SETTINGS),
+                        help="update settings as scale:sign pairs, comma-separated (default: %(default)s)")
     parser.add_argument("--no-write", action="store_true", help="do not store the rows in the atlas")
     args = parser.parse_args(argv)
+    settings = [tuple(item.split(":")) for item in args.settings.split(",") if item]
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = run_editing(args.run, erase=args.erase, top=args.top, n_other=args.other, seed=args.seed,
-                       write=not args.no_write)
+                       settings=settings, write=not args.no_write)
     print(format_summary(rows))
 
 
