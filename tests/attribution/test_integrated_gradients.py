@@ -180,3 +180,20 @@ def test_causal_template_without_text_before_answer_is_an_error():
     lm = tiny_lm("gpt2")
     with pytest.raises(FactError, match="before"):
         integrated_gradients(lm, "[Y] is the capital of France.", "Paris")
+
+
+@pytest.mark.parametrize("rows", [1, 5, 7, 21, 22, 64, 1000])
+def test_batches_cover_every_row_once_and_mix_only_whole_layers(rows):
+    ig = importlib.import_module("kneuron.attribution.integrated_gradients")
+    per_layer = [(0.0, False)] + [(k / 20, True) for k in range(1, 21)]
+    batches = list(ig._batches([0, 1, 2, 3, 4], per_layer, rows))
+    flat = [row for batch in batches for row in batch]
+    assert sorted(flat) == sorted((layer, a, s) for layer in range(5) for a, s in per_layer)
+    for batch in batches:
+        assert 0 < len(batch) <= rows
+        layers = {layer for layer, _, _ in batch}
+        if len(layers) > 1:  # several layers share a batch only when each is whole
+            assert all(sum(r[0] == layer for r in batch) == len(per_layer) for layer in layers)
+    if rows < len(per_layer):  # a split layer's batches differ in size by at most one
+        sizes = [len(b) for b in batches if b[0][0] == 0]
+        assert max(sizes) - min(sizes) <= 1

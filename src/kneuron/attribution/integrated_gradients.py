@@ -49,9 +49,9 @@ AlphaRule = Literal["right", "midpoint", "linspace"]
 
 #: default memory for one batch of steps: 2 GiB, overridable per call or with KNEURON_MEMORY_BUDGET (bytes)
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
-#: rows per batch when memory allows: large enough for efficient matrix products on a CPU, small
-#: enough that a batch spans few layers (a batch starts at its lowest layer)
-TARGET_ROWS = 128
+#: token rows (batch rows x tokens each row runs) per batch when memory allows: enough for efficient
+#: matrix products on a CPU, few enough that a batch spans few layers (a batch starts at its lowest layer)
+TARGET_TOKENS = 128
 
 
 def alpha_points(steps: int, rule: AlphaRule = "right") -> torch.Tensor:
@@ -316,7 +316,8 @@ def integrated_gradients(
     gradient_sum = torch.zeros_like(plan.activations, dtype=torch.float64)
     baseline = torch.zeros(lm.n_layers, dtype=torch.float64)
     with frozen_parameters(lm.model):
-        for chunk in _batches(chosen, per_layer, min(batch_rows or TARGET_ROWS, fits)):
+        target = batch_rows or max(1, TARGET_TOKENS // len(plan.input_ids))
+        for chunk in _batches(chosen, per_layer, min(target, fits)):
             grads, values = _run_rows(lm, plan, query, chunk, objective)
             for (layer, _, is_step), grad, value in zip(chunk, grads, values, strict=True):
                 if is_step:
@@ -345,24 +346,28 @@ def integrated_gradients(
 
 def _batches(layers: list[int], per_layer: list[tuple[float, bool]], rows: int,
              ) -> Iterator[list[tuple[int, float, bool]]]:
-    """Group (layer, α, is_step) rows into batches of about ``rows``, whole layers together when they fit.
+    """Group (layer, α, is_step) rows into batches of at most ``rows``.
 
-    A batch starts at its lowest layer, so mixing distant layers wastes the blocks between them;
-    grouping neighbouring layers keeps that waste small while the batch stays large enough for
-    efficient matrix products.
+    A batch starts at its lowest layer, so mixing distant layers wastes the blocks between them.
+    Neighbouring whole layers share a batch while they fit (small batches cost more per row on a
+    CPU); a layer with more rows than fit is split evenly into batches of its own.
     """
     batch: list[tuple[int, float, bool]] = []
     for layer in sorted(layers, reverse=True):
         layer_rows = [(layer, alpha, is_step) for alpha, is_step in per_layer]
-        if batch and len(batch) + len(layer_rows) > rows:
+        if len(layer_rows) > rows:
+            if batch:
+                yield batch
+                batch = []
+            parts = math.ceil(len(layer_rows) / rows)
+            size = math.ceil(len(layer_rows) / parts)
+            for first in range(0, len(layer_rows), size):
+                yield layer_rows[first:first + size]
+            continue
+        if len(batch) + len(layer_rows) > rows:
             yield batch
             batch = []
-        for first in range(0, len(layer_rows), rows):
-            part = layer_rows[first:first + rows]
-            if len(part) == rows:
-                yield part
-            else:
-                batch.extend(part)
+        batch.extend(layer_rows)
     if batch:
         yield batch
 
