@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import itertools
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -360,9 +361,9 @@ def _batches(layers: list[int], per_layer: list[tuple[float, bool]], rows: int,
                 yield batch
                 batch = []
             parts = math.ceil(len(layer_rows) / rows)
-            size = math.ceil(len(layer_rows) / parts)
-            for first in range(0, len(layer_rows), size):
-                yield layer_rows[first:first + size]
+            bounds = [len(layer_rows) * i // parts for i in range(parts + 1)]
+            for first, last in itertools.pairwise(bounds):
+                yield layer_rows[first:last]
             continue
         if len(batch) + len(layer_rows) > rows:
             yield batch
