@@ -53,6 +53,9 @@ DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 #: token rows (batch rows x tokens each row runs) per batch when memory allows: enough for efficient
 #: matrix products on a CPU, few enough that a batch spans few layers (a batch starts at its lowest layer)
 TARGET_TOKENS = 128
+#: the zero-baseline rows (forward only) run a few neighbouring layers per batch: a batch starts at its
+#: lowest layer, and without a backward pass a small batch costs little
+BASELINE_LAYERS_PER_BATCH = 4
 
 
 def alpha_points(steps: int, rule: AlphaRule = "right") -> torch.Tensor:
@@ -310,25 +313,26 @@ def integrated_gradients(
     if not chosen:
         raise KneuronError("No layers to attribute: give at least one layer index.")
     plan = _plan(lm, query, objective)
-    # one zero-baseline row per layer (for the completeness gap), then the Riemann steps
-    per_layer = [(0.0, False), *((float(a), True) for a in points.tolist())]
+    steps_per_layer = [(float(a), True) for a in points.tolist()]
     budget = memory_budget or int(os.environ.get("KNEURON_MEMORY_BUDGET", DEFAULT_MEMORY_BUDGET))
     fits = max(1, int(budget // max(_memory_per_row(lm, plan), 1.0)))
     gradient_sum = torch.zeros_like(plan.activations, dtype=torch.float64)
-    baseline = torch.zeros(lm.n_layers, dtype=torch.float64)
+    baseline = torch.full((lm.n_layers,), math.nan, dtype=torch.float64)
+    target = min(batch_rows or max(1, TARGET_TOKENS // len(plan.input_ids)), fits)
     with frozen_parameters(lm.model):
-        target = batch_rows or max(1, TARGET_TOKENS // len(plan.input_ids))
-        for chunk in _batches(chosen, per_layer, min(target, fits)):
+        for chunk in _batches(chosen, steps_per_layer, target):
             grads, values = _run_rows(lm, plan, query, chunk, objective)
-            for (layer, _, is_step), grad, value in zip(chunk, grads, values, strict=True):
-                if is_step:
-                    gradient_sum[layer] += grad.double()
-                else:
+            for (layer, alpha, _), grad, value in zip(chunk, grads, values, strict=True):
+                gradient_sum[layer] += grad.double()
+                if alpha == 0.0:  # linspace's first point is the zero baseline itself
                     baseline[layer] = value
+        # the zero baseline of the completeness gap, where no step gave it: a forward pass, no gradient
+        missing = [layer for layer in chosen if math.isnan(baseline[layer])]
+        for chunk in _batches(missing, [(0.0, False)], max(1, min(target, BASELINE_LAYERS_PER_BATCH))):
+            _, values = _run_rows(lm, plan, query, chunk, objective, gradients=False)
+            for (layer, _, _), value in zip(chunk, values, strict=True):
+                baseline[layer] = value
     scores = plan.activations.double() * gradient_sum / steps
-    for layer in range(lm.n_layers):
-        if layer not in chosen:
-            baseline[layer] = math.nan
     gap = scores.sum(-1) - (plan.probability - baseline)
     return NeuronScores(
         scores=scores if plan.activations.dtype == torch.float64 else scores.float(),
@@ -374,8 +378,9 @@ def _batches(layers: list[int], per_layer: list[tuple[float, bool]], rows: int,
 
 
 def _run_rows(lm: LanguageModel, plan: _Plan, query: EncodedQuery, chunk: list[tuple[int, float, bool]],
-              objective: Objective) -> tuple[list[torch.Tensor], list[float]]:
-    """One batch: each row scales one layer by its α; returns per-row gradients and objectives."""
+              objective: Objective, gradients: bool = True) -> tuple[list[torch.Tensor], list[float]]:
+    """One batch: each row scales one layer by its α; returns per-row gradients (empty without
+    ``gradients``) and objectives."""
     count = len(chunk)
     start = min(row[0] for row in chunk)
     device, dtype = lm.device, plan.activations.dtype
@@ -384,7 +389,7 @@ def _run_rows(lm: LanguageModel, plan: _Plan, query: EncodedQuery, chunk: list[t
     for layer in sorted({row[0] for row in chunk}):
         index = [i for i, row in enumerate(chunk) if row[0] == layer]
         alphas = torch.tensor([chunk[i][1] for i in index], dtype=dtype, device=device)
-        leaves[layer] = (alphas[:, None] * plan.activations[layer][None]).requires_grad_(True)
+        leaves[layer] = (alphas[:, None] * plan.activations[layer][None]).requires_grad_(gradients)
         rows_of[layer] = torch.tensor(index, device=device)
 
     def scaler(layer: int):
@@ -400,14 +405,14 @@ def _run_rows(lm: LanguageModel, plan: _Plan, query: EncodedQuery, chunk: list[t
         cache.batch_repeat_interleave(count)
     ids = plan.input_ids[None].expand(count, -1)
     hidden = plan.block_inputs[start].expand(count, -1, -1)
-    with torch.enable_grad(), ExitStack() as stack:
+    with torch.set_grad_enabled(gradients), ExitStack() as stack:
         stack.enter_context(start_at_layer(lm, start, hidden))
         for layer in leaves:
             stack.enter_context(on_ffn_input(lm, layer, scaler(layer)))
         logits = _forward_logits(lm, ids, plan.targets, cache)
         values = objective_of(_answer_log_probs(logits, query.answer_ids, None), objective)
-        layer_order = list(leaves)
-        grads = torch.autograd.grad(values.sum(), [leaves[layer] for layer in layer_order])
+        layer_order = list(leaves) if gradients else []
+        grads = torch.autograd.grad(values.sum(), [leaves[layer] for layer in layer_order]) if gradients else ()
     per_row: list[torch.Tensor] = [torch.empty(0)] * count
     for layer, grad in zip(layer_order, grads, strict=True):
         for j, row in enumerate(rows_of[layer].tolist()):
