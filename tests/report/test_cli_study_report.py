@@ -52,6 +52,12 @@ def test_study_all_then_report(atlas_path, fake_load):
     last = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(rf"report={re.escape(str(html))} facts=8 suppress=\S+% amplify=\S+% top_third=\S+% "
                         r"auc_kn=\S+ auc_activation=\S+", last), last
+    from kneuron.report import ReportData, headline_line
+
+    data = ReportData.from_atlas(atlas_path)
+    assert last == headline_line(html, data, signed_auc=True)  # sign-aligned AUC by default
+    raw = invoke("report", "--run", str(atlas_path), "--raw-auc").stdout.strip().splitlines()[-1]
+    assert raw == headline_line(html, data, signed_auc=False)
 
 
 def test_one_study_replaces_only_its_rows(atlas_path, fake_load):
