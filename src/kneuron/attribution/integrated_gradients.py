@@ -53,8 +53,9 @@ DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 #: token rows (batch rows x tokens each row runs) per batch when memory allows: enough for efficient
 #: matrix products on a CPU, few enough that a batch spans few layers (a batch starts at its lowest layer)
 TARGET_TOKENS = 128
-#: the zero-baseline rows (forward only) run a few neighbouring layers per batch: a batch starts at its
-#: lowest layer, and without a backward pass a small batch costs little
+#: a masked model's zero-baseline rows (forward only, each the whole sentence) run a few neighbouring layers
+#: per batch, since a batch starts at its lowest layer; a causal model's rows are one token each, so
+#: they share one batch (per-operator overhead outweighs the skipped blocks there)
 BASELINE_LAYERS_PER_BATCH = 4
 
 
@@ -328,7 +329,8 @@ def integrated_gradients(
                     baseline[layer] = value
         # the zero baseline of the completeness gap, where no step gave it: a forward pass, no gradient
         missing = [layer for layer in chosen if math.isnan(baseline[layer])]
-        for chunk in _batches(missing, [(0.0, False)], max(1, min(target, BASELINE_LAYERS_PER_BATCH))):
+        per_batch = target if lm.kind == "causal" else min(target, BASELINE_LAYERS_PER_BATCH)
+        for chunk in _batches(missing, [(0.0, False)], per_batch):
             _, values = _run_rows(lm, plan, query, chunk, objective, gradients=False)
             for (layer, _, _), value in zip(chunk, values, strict=True):
                 baseline[layer] = value
