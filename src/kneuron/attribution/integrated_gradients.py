@@ -50,8 +50,9 @@ AlphaRule = Literal["right", "midpoint", "linspace"]
 
 #: default memory for one batch of steps: 2 GiB, overridable per call or with KNEURON_MEMORY_BUDGET (bytes)
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
-#: token rows (batch rows x tokens each row runs) per batch when memory allows: enough for efficient
-#: matrix products on a CPU, few enough that a batch spans few layers (a batch starts at its lowest layer)
+#: token rows (batch rows x tokens each row runs) per batch when memory allows, and at least one layer's
+#: steps: enough for efficient matrix products on a CPU, few enough that a batch spans few layers (a
+#: batch starts at its lowest layer)
 TARGET_TOKENS = 128
 #: a masked model's zero-baseline rows (forward only, each the whole sentence) run a few neighbouring layers
 #: per batch, since a batch starts at its lowest layer; a causal model's rows are one token each, so
@@ -319,7 +320,9 @@ def integrated_gradients(
     fits = max(1, int(budget // max(_memory_per_row(lm, plan), 1.0)))
     gradient_sum = torch.zeros_like(plan.activations, dtype=torch.float64)
     baseline = torch.full((lm.n_layers,), math.nan, dtype=torch.float64)
-    target = min(batch_rows or max(1, TARGET_TOKENS // len(plan.input_ids)), fits)
+    # at least one whole layer per batch (splitting a layer's steps measured slower on a CPU), more
+    # neighbouring layers while the batch stays small in tokens; the memory budget has the last word
+    target = min(batch_rows or max(len(steps_per_layer), TARGET_TOKENS // len(plan.input_ids)), fits)
     with frozen_parameters(lm.model):
         for chunk in _batches(chosen, steps_per_layer, target):
             grads, values = _run_rows(lm, plan, query, chunk, objective)
