@@ -53,7 +53,10 @@ DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 #: token rows (batch rows x tokens each row runs) per batch when memory allows, and at least one layer's
 #: steps: enough for efficient matrix products on a CPU, few enough that a batch spans few layers (a
 #: batch starts at its lowest layer)
-TARGET_TOKENS = 128
+TARGET_TOKENS = 320
+#: and at most this many rows: a causal model's rows are one token each, and more rows per batch mean
+#: more layers per batch (measured on gpt2- and SmolLM2-shaped models)
+MAX_ROWS = 128
 #: a masked model's zero-baseline rows (forward only, each the whole sentence) run a few neighbouring layers
 #: per batch, since a batch starts at its lowest layer; a causal model's rows are one token each, so
 #: they share one batch (per-operator overhead outweighs the skipped blocks there)
@@ -322,7 +325,8 @@ def integrated_gradients(
     baseline = torch.full((lm.n_layers,), math.nan, dtype=torch.float64)
     # at least one whole layer per batch (splitting a layer's steps measured slower on a CPU), more
     # neighbouring layers while the batch stays small in tokens; the memory budget has the last word
-    target = min(batch_rows or max(len(steps_per_layer), TARGET_TOKENS // len(plan.input_ids)), fits)
+    rows = min(MAX_ROWS, TARGET_TOKENS // len(plan.input_ids))
+    target = min(batch_rows or max(len(steps_per_layer), rows), fits)
     with frozen_parameters(lm.model):
         for chunk in _batches(chosen, steps_per_layer, target):
             grads, values = _run_rows(lm, plan, query, chunk, objective)
