@@ -57,6 +57,12 @@ ModelOption = Annotated[
     ),
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, cuda:1, mps.")]
+# attribution settings shared by `find` and `run`
+StepsOption = Annotated[int, typer.Option(min=1, help="Riemann steps of integrated gradients.")]
+ThresholdOption = Annotated[float, typer.Option(help="Coarse threshold, as a fraction of a prompt's top score.")]
+ShareOption = Annotated[str, typer.Option(help="Refine: keep neurons coarse in more than this fraction of the "
+                                               "prompts, or 'adaptive' (start 0.7, step 0.05, aim 2-5 neurons).")]
+ObjectiveOption = Annotated[str, typer.Option(help="prob (the paper) or logprob.")]
 
 
 def fail(exc: BaseException | str) -> typer.Exit:
@@ -241,12 +247,10 @@ def find(
                                "masked models fill [Y].", show_default=False)],
     answer: Annotated[str, typer.Option("--answer", "-a", help="The correct answer.", show_default=False)],
     model: ModelOption = None,
-    steps: Annotated[int, typer.Option(min=1, help="Riemann steps of integrated gradients.")] = 20,
-    threshold: Annotated[float, typer.Option(help="Coarse threshold, as a fraction of a prompt's top score.")] = 0.2,
-    share: Annotated[str, typer.Option(help="Refine: keep neurons coarse in more than this fraction of the "
-                                            "prompts, or 'adaptive' (start 0.7, step 0.05, aim 2-5 neurons).")
-                     ] = "adaptive",
-    objective: Annotated[str, typer.Option(help="prob (the paper) or logprob.")] = "prob",
+    steps: StepsOption = 20,
+    threshold: ThresholdOption = 0.2,
+    share: ShareOption = "adaptive",
+    objective: ObjectiveOption = "prob",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     device: DeviceOption = "cpu",
 ) -> None:
@@ -670,12 +674,10 @@ def run_command(
     per_relation: Annotated[int | None, typer.Option(
         "--per-relation", min=1, help="At most N facts per relation: the first N the model knows.",
         show_default=False)] = None,
-    steps: Annotated[int, typer.Option(min=1, help="Riemann steps of integrated gradients.")] = 20,
-    threshold: Annotated[float, typer.Option(help="Coarse threshold, as a fraction of a prompt's top score.")] = 0.2,
-    share: Annotated[str, typer.Option(help="Refine: keep neurons coarse in more than this fraction of the "
-                                            "prompts, or 'adaptive' (start 0.7, step 0.05, aim 2-5 neurons).")
-                     ] = "adaptive",
-    objective: Annotated[str, typer.Option(help="prob (the paper) or logprob.")] = "prob",
+    steps: StepsOption = 20,
+    threshold: ThresholdOption = 0.2,
+    share: ShareOption = "adaptive",
+    objective: ObjectiveOption = "prob",
     all_facts: Annotated[bool, typer.Option("--all-facts", help="Also compute the facts the model does not know.")
                          ] = False,
     top: Annotated[int, typer.Option(min=1, help="Known filter: the answer's first token ranks in this top-k for "
