@@ -32,6 +32,7 @@ test: $(STAMP)
 # studies and the HTML report; its last line is the headline. Resumable: run it again after an interruption.
 DEMO_FACTS ?= 2
 demo: $(STAMP)
+	$(VENV)/bin/kneuron predict --top 3 "The capital of France is" "The chemical symbol for gold is" "Mozart was a famous"
 	$(VENV)/bin/kneuron run --facts builtin --per-relation $(DEMO_FACTS) --out runs/demo.sqlite
 	$(VENV)/bin/kneuron study all --run runs/demo.sqlite
 	$(VENV)/bin/kneuron report --run runs/demo.sqlite --out runs/demo.html
