@@ -302,20 +302,26 @@ class Atlas:
             except sqlite3.Error as exc:
                 raise translate(path, exc) from None
         atlas = cls(connection, path, read_only)
-        try:
+        with atlas._closed_on_error():
             connection.execute("PRAGMA query_only = 1" if read_only else "PRAGMA query_only = 0")
             if not read_only:
                 mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     raise KneuronError(f"Could not switch {_quoted(path)} to WAL mode (got {mode!r}).")
                 connection.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: safe against process crashes
-        except sqlite3.Error as exc:
-            atlas.close()
-            raise translate(path, exc) from None
-        except BaseException:
-            atlas.close()
-            raise
         return atlas
+
+    @contextlib.contextmanager
+    def _closed_on_error(self) -> Iterator[None]:
+        """While setting up: on any error close the connection; SQLite's errors become KneuronErrors."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            self.close()
+            raise translate(self.path, exc) from None
+        except BaseException:
+            self.close()
+            raise
 
     @staticmethod
     def _connect_read_only(path: Path) -> sqlite3.Connection:
@@ -352,19 +358,13 @@ class Atlas:
             cls._remove(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         atlas = cls._connect(path, read_only=False)
-        try:
+        with atlas._closed_on_error():
             atlas._lock_for_run()
             if atlas._has_schema():
                 atlas._check_version()
                 atlas._check_identity(identity, params)
             else:
                 atlas._create(identity, params, kneuron_version)
-        except sqlite3.Error as exc:
-            atlas.close()
-            raise translate(path, exc) from None
-        except BaseException:
-            atlas.close()
-            raise
         return atlas
 
     @staticmethod
