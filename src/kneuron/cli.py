@@ -240,6 +240,18 @@ def _share(value: str) -> float | str:
         raise KneuronError(f"--share takes a fraction such as 0.5 or 'adaptive'; got {value!r}.") from None
 
 
+def _neuron_table(kn) -> Table:
+    """A fact's refined neurons: mean score and in how many of its prompts each one is coarse."""
+    table = Table(show_edge=False)
+    table.add_column("neuron", style="bold")
+    table.add_column("mean score", justify="right")
+    table.add_column("in prompts", justify="right")
+    for neuron in kn.neurons:
+        count = sum(any(c.key == neuron.key for c in coarse) for coarse in kn.coarse)
+        table.add_row(str(neuron), f"{neuron.score:.4g}", f"{count}/{len(kn.coarse)}")
+    return table
+
+
 @command()
 def find(
     prompt: Annotated[list[str], typer.Option(
@@ -279,14 +291,9 @@ def find(
         }
         console.print_json(json.dumps(payload))
         return
-    table = Table(title=Text(f"Knowledge neurons for {answer!r} ({len(prompts)} prompts)", style="bold"),
-                  title_justify="left", show_edge=False)
-    table.add_column("neuron", style="bold")
-    table.add_column("mean score", justify="right")
-    table.add_column("in prompts", justify="right")
-    for neuron in kn.neurons:
-        count = sum(any(c.key == neuron.key for c in coarse) for coarse in kn.coarse)
-        table.add_row(str(neuron), f"{neuron.score:.4g}", f"{count}/{len(prompts)}")
+    table = _neuron_table(kn)
+    table.title = Text(f"Knowledge neurons for {answer!r} ({len(prompts)} prompts)", style="bold")
+    table.title_justify = "left"
     console.print(table)
     if not kn.neurons:
         console.print("[yellow]No neuron is shared by enough prompts; try a lower --share or more prompts.[/yellow]")
@@ -846,14 +853,7 @@ def _show_fact(atlas, fact_id: str) -> None:
         prompts.add_row(str(prompt["idx"]), Text(prompt["text"]), f"{prompt['probability']:.4g}",
                         str(prompt["rank"]), str(len(coarse)))
     _titled("Prompts", prompts)
-    neurons = Table(show_edge=False)
-    neurons.add_column("neuron", style="bold")
-    neurons.add_column("mean score", justify="right")
-    neurons.add_column("in prompts", justify="right")
-    for neuron in kn.neurons:
-        count = sum(any(c.key == neuron.key for c in coarse) for coarse in kn.coarse)
-        neurons.add_row(str(neuron), f"{neuron.score:.4g}", f"{count}/{len(kn.coarse)}")
-    _titled(f"Knowledge neurons (share used {json.dumps(kn.params.get('share_used'))})", neurons)
+    _titled(f"Knowledge neurons (share used {json.dumps(kn.params.get('share_used'))})", _neuron_table(kn))
     if not kn.neurons:
         console.print("[yellow]No neuron is shared by enough of its prompts.[/yellow]")
     baseline = atlas.baseline_neurons(fact_id)
