@@ -27,12 +27,14 @@ def _rel_error(fast: torch.Tensor, slow: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("answer", ["Paris", "Copenhagen"])  # one token; two tokens (Copen ##hagen)
-def test_fast_path_matches_naive_reference(family, answer):
+# the default puts all 12 rows in one batch (layers 1 and 2 join it at their own block); batches of 3
+# rows split every layer's 4 steps, so batches start at different layers
+@pytest.mark.parametrize("batch_rows", [None, 3])
+def test_fast_path_matches_naive_reference(family, answer, batch_rows):
     lm = tiny_lm(family, dtype=torch.float64, layers=3)
     query = _query(lm, answer)
     assert len(query.answer_ids) == (1 if answer == "Paris" else 2)
-    # batches of 7 rows split layers across batches, so batches start at different layers
-    fast = integrated_gradients(lm, query, steps=4, batch_rows=7)
+    fast = integrated_gradients(lm, query, steps=4, batch_rows=batch_rows)
     slow, clean, zero = naive_integrated_gradients(lm, query, steps=4)
     assert _rel_error(fast.scores, slow) < 1e-6
     assert fast.probability == pytest.approx(float(clean), rel=1e-9)
@@ -123,6 +125,18 @@ def test_layers_subset_scores_only_those_layers():
     assert torch.equal(part.scores[:2], torch.zeros_like(part.scores[:2]))
     assert _rel_error(part.scores[2], full.scores[2]) < 1e-12
     assert torch.isnan(part.baseline[:2]).all()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert", "opt"])
+def test_layers_with_a_gap_share_a_batch_exactly(family):
+    lm = tiny_lm(family, dtype=torch.float64, layers=4)
+    query = _query(lm, "Copenhagen")
+    part = integrated_gradients(lm, query, steps=3, layers=[0, 2, 3])  # one batch; layer 1's block runs layer 0's rows
+    slow, _, zero = naive_integrated_gradients(lm, query, steps=3)
+    assert torch.equal(part.scores[1], torch.zeros_like(part.scores[1]))
+    for layer in (0, 2, 3):
+        assert _rel_error(part.scores[layer], slow[layer]) < 1e-6
+        assert float(part.baseline[layer]) == pytest.approx(float(zero[layer]), rel=1e-9)
 
 
 def test_scaling_keeps_the_model_unchanged():
