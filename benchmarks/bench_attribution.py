@@ -40,8 +40,9 @@ the maximum, share p = 0.5) fed with the scores its ``get_scores`` produced in t
 (the instance's ``get_scores`` is replaced by a look-up; the refinement itself is a counter).
 kneuron's come from ``refine(bag, share=0.5, threshold=0.2)``: the same rule.
 
-kneuron's integrated_gradients with ``alphas="linspace"`` also runs one zero-baseline row per
-layer for the completeness gap; with linspace that row duplicates the α = 0 step (12 of 252 rows).
+kneuron's completeness gap needs each layer's zero-baseline probability; with ``alphas="linspace"``
+the α = 0 step is that baseline, so no extra row runs (with the paper's k/m it costs one
+forward-only row per layer).
 
 The lower bound
 ---------------
