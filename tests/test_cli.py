@@ -103,7 +103,7 @@ def test_predict_masked_without_a_slot_is_a_clear_error(fake_load, prompt):
 def test_predict_causal_nothing_before_the_answer(fake_load):
     result = invoke("predict", "--model", "tiny-llama", "[Y] is the capital of France.")
     assert result.exit_code == 1
-    assert "error: The prompt '[Y] is the capital of France.' has nothing before [Y]" in result.stderr
+    assert "error: Template '[Y] is the capital of France.' has nothing before [Y]" in result.stderr
     assert "Traceback" not in result.output
 
 

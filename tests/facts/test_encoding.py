@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from kneuron import Fact, Prompt, answer_probability, encode
+from kneuron import Fact, Prompt, answer_probability, encode, top_predictions
 from kneuron.errors import FactError, KneuronError
 from kneuron.facts import answer_token_ids
 from kneuron.models import from_model
@@ -113,6 +113,8 @@ def test_causal_template_with_nothing_before_the_answer(template):
     lm = cached_tiny("llama")
     with pytest.raises(FactError, match="nothing before"):
         encode(lm, template, "Paris")
+    with pytest.raises(FactError, match="nothing before"):
+        top_predictions(lm, template)
     # a masked model reads the whole sentence, so the same template is fine there
     assert encode(cached_tiny("bert"), template, "Paris").answer_ids
 

@@ -83,6 +83,16 @@ def answer_token_ids(lm: LanguageModel, prompt: Prompt, answer: str) -> list[int
     return ids
 
 
+def _causal_context(prompt: Prompt) -> str:
+    """The text a causal model continues; an error when there is none."""
+    if not prompt.causal_text.strip():
+        raise FactError(
+            f"Template {prompt.template!r} has nothing before [Y]: a causal model needs text to continue. "
+            "Reword it so that the answer comes after some text."
+        )
+    return prompt.causal_text
+
+
 def encode(lm: LanguageModel, prompt: Prompt | str, answer: str) -> EncodedQuery:
     """Encode ``prompt`` (a Prompt, a template with [Y], or plain causal text) with ``answer``."""
     if isinstance(prompt, str):
@@ -90,12 +100,7 @@ def encode(lm: LanguageModel, prompt: Prompt | str, answer: str) -> EncodedQuery
     tokenizer = lm.tokenizer
     answer_ids = answer_token_ids(lm, prompt, answer)
     if lm.kind == "causal":
-        if not prompt.causal_text.strip():
-            raise FactError(
-                f"Template {prompt.template!r} has nothing before [Y]: a causal model needs text to continue. "
-                "Reword it so that the answer comes after some text."
-            )
-        prompt_ids = _ids(tokenizer, prompt.causal_text, special=True)
+        prompt_ids = _ids(tokenizer, _causal_context(prompt), special=True)
         if prompt_ids and prompt_ids[-1] == getattr(tokenizer, "eos_token_id", None) and len(prompt_ids) > 1:
             prompt_ids = prompt_ids[:-1]  # some tokenizers append EOS; a continuation must not follow it
         input_ids = prompt_ids + answer_ids[:-1]
@@ -173,7 +178,7 @@ def top_predictions(lm: LanguageModel, prompt: Prompt | str, k: int = 5) -> list
     if isinstance(prompt, str):
         prompt = Prompt.from_text(prompt) if lm.kind == "causal" else Prompt.from_template(prompt)
     if lm.kind == "causal":
-        ids = _ids(tokenizer, prompt.causal_text, special=True)
+        ids = _ids(tokenizer, _causal_context(prompt), special=True)
         position = len(ids) - 1
     else:
         sep = " " if prompt.space else ""
