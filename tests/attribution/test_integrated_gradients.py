@@ -151,12 +151,12 @@ def test_scaling_keeps_the_model_unchanged():
 
 def test_an_exception_midway_leaves_no_hooks(monkeypatch):
     lm = tiny_lm("gpt2", layers=3)
-    ig = importlib.import_module("kneuron.attribution.integrated_gradients")  # the package re-exports the function
+    rows = importlib.import_module("kneuron.attribution.step_rows")
 
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(ig, "_answer_log_probs", boom)
+    monkeypatch.setattr(rows, "_answer_log_probs", boom)
     with pytest.raises(RuntimeError):
         integrated_gradients(lm, PROMPTS["causal"], "Paris", steps=3)
     assert all(not m._forward_pre_hooks and "forward" not in m.__dict__ for m in lm.model.modules())
@@ -198,16 +198,54 @@ def test_causal_template_without_text_before_answer_is_an_error():
 
 @pytest.mark.parametrize("rows", [1, 5, 7, 21, 22, 64, 1000])
 def test_batches_cover_every_row_once_and_mix_only_whole_layers(rows):
-    ig = importlib.import_module("kneuron.attribution.integrated_gradients")
+    batches_of = importlib.import_module("kneuron.attribution.step_rows").batches
     per_layer = [(0.0, False)] + [(k / 20, True) for k in range(1, 21)]
-    batches = list(ig._batches([0, 1, 2, 3, 4], per_layer, rows))
+    layer_rows = {layer: [(p, layer, a, s) for p in (0, 1) for a, s in per_layer] for layer in range(5)}
+    batches = list(batches_of(layer_rows, rows))
     flat = [row for batch in batches for row in batch]
-    assert sorted(flat) == sorted((layer, a, s) for layer in range(5) for a, s in per_layer)
+    assert sorted(flat) == sorted(row for own in layer_rows.values() for row in own)
     for batch in batches:
         assert 0 < len(batch) <= rows
-        layers = {layer for layer, _, _ in batch}
+        layers = {layer for _, layer, _, _ in batch}
         if len(layers) > 1:  # several layers share a batch only when each is whole
-            assert all(sum(r[0] == layer for r in batch) == len(per_layer) for layer in layers)
-    if rows < len(per_layer):  # a split layer's batches differ in size by at most one
-        sizes = [len(b) for b in batches if b[0][0] == 0]
+            assert all(sum(r[1] == layer for r in batch) == len(layer_rows[layer]) for layer in layers)
+    if rows < len(layer_rows[0]):  # a split layer's batches differ in size by at most one
+        sizes = [len(b) for b in batches if b[0][1] == 0]
         assert max(sizes) - min(sizes) <= 1
+
+
+BAGS = {  # two prompts of one shape (and, masked, other mask positions), one of another, a third of the first
+    "mlm": ["The capital of France is [Y].", "[Y] is the capital of France.", "The capital city of France is [Y].",
+            "France has the capital [Y]."],
+    "causal": ["The capital of France is", "The capital of Spain is", "The capital city of France is",
+               "France's capital is"],
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("answer", ["Paris", "Copenhagen"])
+@pytest.mark.parametrize("batch_rows", [None, 5])
+def test_prompts_sharing_batches_score_as_one_by_one(family, answer, batch_rows, monkeypatch):
+    ig = importlib.import_module("kneuron.attribution.integrated_gradients")
+    lm = tiny_lm(family, dtype=torch.float64, layers=3)
+    bag = BAGS[lm.kind]
+    alone = [integrated_gradients(lm, prompt, answer, steps=3) for prompt in bag]
+    chunks = []
+    run_rows = ig.run_rows
+
+    def spy(lm, plans, chunk, *args, **kwargs):
+        chunks.append(chunk)
+        return run_rows(lm, plans, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(ig, "run_rows", spy)
+    reported = []
+    together = ig.integrated_gradients_many(lm, bag, answer, steps=3, batch_rows=batch_rows,
+                                            on_prompt=lambda i, s: reported.append((i, s)))
+    assert any(len({row[0] for row in chunk}) > 1 for chunk in chunks)  # prompts did share a batch
+    assert sorted(i for i, _ in reported) == list(range(len(bag)))
+    assert all(s is together[i] for i, s in reported)
+    for one, many in zip(alone, together, strict=True):
+        assert many.prompt == one.prompt
+        assert _rel_error(many.scores, one.scores) < 1e-10
+        assert many.probability == pytest.approx(one.probability, rel=1e-12)
+        assert torch.allclose(many.baseline, one.baseline, rtol=1e-12, atol=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from kneuron.attribution.integrated_gradients import AlphaRule, Objective, integrated_gradients
+from kneuron.attribution.integrated_gradients import AlphaRule, Objective, integrated_gradients_many
 from kneuron.attribution.selection import refine
 from kneuron.attribution.types import KnowledgeNeurons, NeuronScores
 from kneuron.errors import KneuronError
@@ -42,15 +42,13 @@ def attribute_bag(
     on_prompt: Callable[[int, NeuronScores], None] | None = None,
     **options,
 ) -> list[NeuronScores]:
-    """Integrated-gradients scores for every prompt of a bag (``on_prompt`` reports each as it ends)."""
+    """Integrated-gradients scores for every prompt of a bag (``on_prompt`` reports each as it ends).
+
+    Prompts of the same shape share batches (see :func:`kneuron.attribution.integrated_gradients_many`).
+    """
     prompts, answer, _ = bag_of(lm, fact_or_prompts, answer)
-    found = []
-    for i, prompt in enumerate(prompts):
-        scores = integrated_gradients(lm, prompt, answer, steps=steps, objective=objective, alphas=alphas, **options)
-        found.append(scores)
-        if on_prompt is not None:
-            on_prompt(i, scores)
-    return found
+    return integrated_gradients_many(lm, prompts, answer, steps=steps, objective=objective, alphas=alphas,
+                                     on_prompt=on_prompt, **options)
 
 
 def find_knowledge_neurons(
