@@ -15,6 +15,7 @@ from kneuron.attribution import (
     coarse_neurons,
     find_knowledge_neurons,
     integrated_gradients,
+    integrated_gradients_many,
     refine,
 )
 from kneuron.errors import KneuronError
@@ -26,5 +27,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Fact", "KneuronError", "KnowledgeNeurons", "LanguageModel", "Neuron", "NeuronPatch", "NeuronScores", "Prompt",
     "__version__", "activation_baseline", "answer_probability", "capture", "coarse_neurons", "encode",
-    "find_knowledge_neurons", "from_model", "integrated_gradients", "load", "patch", "refine", "top_predictions",
+    "find_knowledge_neurons", "from_model", "integrated_gradients", "integrated_gradients_many", "load", "patch",
+    "refine", "top_predictions",
 ]
