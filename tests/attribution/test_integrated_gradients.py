@@ -127,14 +127,15 @@ def test_layers_subset_scores_only_those_layers():
     assert torch.isnan(part.baseline[:2]).all()
 
 
-@pytest.mark.parametrize("family", ["gpt2", "bert", "opt"])
-def test_layers_with_a_gap_share_a_batch_exactly(family):
+@pytest.mark.parametrize("family", ["gpt2", "bert", "distilbert", "opt"])
+@pytest.mark.parametrize("chosen", [[0, 2, 3], [3]])  # one batch; layer 1's block runs layer 0's rows / only the last
+def test_layers_with_a_gap_share_a_batch_exactly(family, chosen):
     lm = tiny_lm(family, dtype=torch.float64, layers=4)
     query = _query(lm, "Copenhagen")
-    part = integrated_gradients(lm, query, steps=3, layers=[0, 2, 3])  # one batch; layer 1's block runs layer 0's rows
+    part = integrated_gradients(lm, query, steps=3, layers=chosen)
     slow, _, zero = naive_integrated_gradients(lm, query, steps=3)
     assert torch.equal(part.scores[1], torch.zeros_like(part.scores[1]))
-    for layer in (0, 2, 3):
+    for layer in chosen:
         assert _rel_error(part.scores[layer], slow[layer]) < 1e-6
         assert float(part.baseline[layer]) == pytest.approx(float(zero[layer]), rel=1e-9)
 
@@ -249,3 +250,20 @@ def test_prompts_sharing_batches_score_as_one_by_one(family, answer, batch_rows,
         assert _rel_error(many.scores, one.scores) < 1e-10
         assert many.probability == pytest.approx(one.probability, rel=1e-12)
         assert torch.allclose(many.baseline, one.baseline, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("family", MLM_FAMILIES)
+def test_masked_models_last_ffn_reads_only_the_answer_positions(family):
+    lm = tiny_lm(family, dtype=torch.float64, layers=3)
+    query = _query(lm, "Copenhagen")
+    first_ffn = lm.ffn_out(2)
+    widths = []
+    handle = first_ffn.register_forward_pre_hook(lambda _m, args: widths.append(args[0].shape[1]))
+    try:
+        fast = integrated_gradients(lm, query, steps=3)
+    finally:
+        handle.remove()
+    assert widths[0] == len(query.input_ids)  # the clean pass reads every position
+    assert set(widths[1:]) == {len(query.answer_ids)}  # the rows' last FFN only the two masks
+    slow, _, _ = naive_integrated_gradients(lm, query, steps=3)
+    assert _rel_error(fast.scores, slow) < 1e-6

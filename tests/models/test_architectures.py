@@ -230,6 +230,9 @@ def test_spec_whose_paths_do_not_exist():
     wrong_ffn = ArchSpec("bert_wrong", ("bert",), "mlm", ("bert.encoder.layer",), "output.nothing_here")
     with pytest.raises(UnsupportedArchitectureError, match="no module 'output.nothing_here'"):
         from_model(bert.model, bert.tokenizer, arch=wrong_ffn)
+    wrong_in = ArchSpec("bert_wrong", ("bert",), "mlm", ("bert.encoder.layer",), "output.dense", ffn_in="middle")
+    with pytest.raises(UnsupportedArchitectureError, match=r"no module 'middle' \(the 'bert_wrong' spec's FFN input"):
+        from_model(bert.model, bert.tokenizer, arch=wrong_in)
 
 
 # ------------------------------------------------------------------------------------ custom families

@@ -13,7 +13,9 @@ layers and of several prompts share a batch; what keeps that exact and cheap:
   the same shape (:func:`shape_key`); the rows' own states are fed in at the blocks;
 * causal models read a key/value cache of the prompt before the answer position, so the rows
   hold only the answer position and the answer tokens after it;
-* the output head computes logits only at the answer positions.
+* the output head computes logits only at the answer positions, and a masked model's last block
+  computes its FFN only there (when its :class:`~kneuron.models.architectures.ArchSpec` names
+  ``ffn_in``): its other positions are never read.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from torch import nn
 
 from kneuron.errors import KneuronError
 from kneuron.facts.encoding import EncodedQuery, at_least_float32
+from kneuron.models.architectures import resolve
 from kneuron.models.hooks import on_ffn_input
 from kneuron.models.language_model import LanguageModel
 
@@ -173,6 +176,34 @@ def _at(x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(x.shape[0], device=x.device)[:, None], targets]
 
 
+@contextmanager
+def _ffn_only_at(lm: LanguageModel, targets: torch.Tensor) -> Iterator[None]:
+    """The last block's FFN reads only each row's ``targets`` ((rows, answer tokens)) and writes zeros
+    elsewhere; the block's outputs at the other positions are then wrong, and unused."""
+    first = resolve(lm.block(lm.n_layers - 1), lm.spec.ffn_in or "")
+    assert first is not None  # checked when the LanguageModel was made
+    length: dict[str, int] = {}
+
+    def rows_of(x: torch.Tensor) -> torch.Tensor:  # fewer rows than targets: the one clean row of a branch
+        return targets if x.shape[0] == targets.shape[0] else targets[:1].expand(x.shape[0], -1)
+
+    def narrow(_module, args):
+        length["seq"] = args[0].shape[1]
+        return (_at(args[0], rows_of(args[0])), *args[1:])
+
+    def widen(_module, _args, out):
+        rows = torch.arange(out.shape[0], device=out.device)[:, None]
+        full = out.new_zeros(out.shape[0], length["seq"], *out.shape[2:])
+        return full.index_put((rows, rows_of(out)), out)
+
+    handles = [first.register_forward_pre_hook(narrow), lm.ffn_out(lm.n_layers - 1).register_forward_hook(widen)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _cache_argument(model: nn.Module) -> str:
     """transformers renamed ``past_key_values`` to ``cache`` (5.x); use what this model takes."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -222,6 +253,11 @@ class Plan:
     block_inputs: dict[int, torch.Tensor]  # clean input of each block, (1, seq, hidden)
     activations: torch.Tensor  # (layers, neurons) clean activations at the position
     probability: float
+
+    @property
+    def position_among_targets(self) -> int:
+        """Where the scaled position is among the answer positions (it is the first one)."""
+        return int((self.targets == self.position).nonzero()[0, 0])
 
     @property
     def context(self) -> int:
@@ -341,9 +377,18 @@ def run_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objecti
         clean = _by_prompt({p: plans[p].activations[layer][None] for p in prompts_of[layer]}, prompts_of[layer])
         leaves[layer] = (alphas[:, None] * clean).requires_grad_(gradients)
 
+    every = [chunk[i][0] for i in order]  # the prompt of each batch row
+    first_prompt = every[0]
+    targets = _by_prompt({p: plans[p].targets[None] for p in every}, every)
+    narrowed = lm.kind == "mlm" and lm.spec.ffn_in is not None and targets.shape[1] < len(plans[first_prompt].input_ids)
+
     def scaler(layer: int):
         rows = torch.arange(before[layer], before[layer] + len(members[layer]), device=device)
-        positions = torch.tensor([plans[p].position for p in prompts_of[layer]], device=device)
+        if narrowed and layer == lm.n_layers - 1:  # that FFN reads the answer positions only
+            where = [plans[p].position_among_targets for p in prompts_of[layer]]
+        else:
+            where = [plans[p].position for p in prompts_of[layer]]
+        positions = torch.tensor(where, device=device)
 
         def scale(x: torch.Tensor) -> torch.Tensor:
             branching = layer == start and branch_at_ffn  # x is the one clean row
@@ -352,8 +397,6 @@ def run_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objecti
             return out
         return scale
 
-    every = [chunk[i][0] for i in order]  # the prompt of each batch row
-    first_prompt = every[0]
     cache = None
     if plans[first_prompt].cache is not None:
         cache = copy.deepcopy(plans[first_prompt].cache)
@@ -373,7 +416,8 @@ def run_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objecti
                 stack.enter_context(_entering(lm, layer, _by_prompt(inputs, prompts_of[layer]), layer == start))
         for layer in layers:
             stack.enter_context(on_ffn_input(lm, layer, scaler(layer)))
-        targets = _by_prompt({p: plans[p].targets[None] for p in every}, every)
+        if narrowed:
+            stack.enter_context(_ffn_only_at(lm, targets))
         logits = _forward_logits(lm, plans[first_prompt].input_ids[None], targets, cache)
         answers = _by_prompt({p: plans[p].answer_ids[None] for p in every}, every)
         values = objective_of(_answer_log_probs(logits, answers), objective)

@@ -43,6 +43,9 @@ class ArchSpec:
         layout: how the projection stores neuron i's value slot: "linear" is column i of an
             ``nn.Linear`` weight (out x in); "conv1d" is row i of GPT-2's ``Conv1D`` weight (in x out).
         flat_tokens: the block flattens (batch, seq) into one axis before the FFN (OPT does).
+        ffn_in: optional dotted path, inside a block, of the module whose input is the FFN's input and
+            whose output feeds only the FFN (its first projection, or the FFN as a whole). With it, a
+            masked model's attribution runs the last block's FFN at the answer positions only.
     """
 
     family: str
@@ -52,6 +55,7 @@ class ArchSpec:
     ffn_out: str
     layout: ValueLayout = "linear"
     flat_tokens: bool = False
+    ffn_in: str | None = None
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -84,12 +88,14 @@ def _gated(family: str, *model_types: str, blocks: tuple[str, ...] = ("model.lay
 
 for _spec in (
     # masked LMs
-    ArchSpec("bert", ("bert",), "mlm", ("bert.encoder.layer", "encoder.layer"), "output.dense"),
+    ArchSpec("bert", ("bert",), "mlm", ("bert.encoder.layer", "encoder.layer"), "output.dense",
+             ffn_in="intermediate"),
     ArchSpec("roberta", ("roberta", "xlm-roberta", "camembert"), "mlm",
-             ("roberta.encoder.layer", "encoder.layer"), "output.dense"),
+             ("roberta.encoder.layer", "encoder.layer"), "output.dense", ffn_in="intermediate"),
     ArchSpec("distilbert", ("distilbert",), "mlm", ("distilbert.transformer.layer", "transformer.layer"),
-             "ffn.lin2"),
-    ArchSpec("electra", ("electra",), "mlm", ("electra.encoder.layer", "encoder.layer"), "output.dense"),
+             "ffn.lin2", ffn_in="ffn"),
+    ArchSpec("electra", ("electra",), "mlm", ("electra.encoder.layer", "encoder.layer"), "output.dense",
+             ffn_in="intermediate"),
     # causal LMs with a plain FFN
     ArchSpec("gpt2", ("gpt2",), "causal", ("transformer.h", "h"), "mlp.c_proj", layout="conv1d"),
     ArchSpec("gpt_neo", ("gpt_neo",), "causal", ("transformer.h", "h"), "mlp.c_proj"),

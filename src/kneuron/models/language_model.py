@@ -40,12 +40,14 @@ class LanguageModel:
                 f"{type(self.model).__name__} has none of the block lists {self.spec.blocks} that the "
                 f"{self.spec.family!r} spec names; register a spec with the right 'blocks' path."
             )
+        paths = {"FFN output projection": self.spec.ffn_out, "FFN input (ffn_in)": self.spec.ffn_in}
         for index in range(len(self._blocks)):
-            if resolve(self._blocks[index], self.spec.ffn_out) is None:
-                raise UnsupportedArchitectureError(
-                    f"Block {index} of {type(self.model).__name__} has no module {self.spec.ffn_out!r} "
-                    f"(the {self.spec.family!r} spec's FFN output projection)."
-                )
+            for role, path in paths.items():
+                if path is not None and resolve(self._blocks[index], path) is None:
+                    raise UnsupportedArchitectureError(
+                        f"Block {index} of {type(self.model).__name__} has no module {path!r} "
+                        f"(the {self.spec.family!r} spec's {role})."
+                    )
 
     @property
     def kind(self) -> ModelKind:
