@@ -110,10 +110,7 @@ def _record_block_inputs(lm: LanguageModel, store: dict[int, torch.Tensor]) -> I
 @contextmanager
 def start_at_layer(lm: LanguageModel, start: int, hidden: torch.Tensor) -> Iterator[None]:
     """Run only blocks ``start``.. : the blocks below pass their input through untouched and
-    block ``start`` receives ``hidden`` (its clean input) instead. Restored on exit."""
-    if start == 0:
-        yield
-        return
+    block ``start`` receives ``hidden`` (its clean input, one row per batch row) instead. Restored on exit."""
     skipped = [lm.block(layer) for layer in range(start)]
 
     def passthrough(*args, **kwargs):
@@ -135,13 +132,12 @@ def start_at_layer(lm: LanguageModel, start: int, hidden: torch.Tensor) -> Itera
 
 
 @contextmanager
-def _entering(lm: LanguageModel, layer: int, rows: torch.Tensor, first: bool) -> Iterator[None]:
-    """``rows`` (their clean inputs to block ``layer``) join the batch at that block: appended to the
-    rows already running, or as the whole batch at its ``first`` block."""
+def _entering(lm: LanguageModel, layer: int, rows: torch.Tensor) -> Iterator[None]:
+    """``rows`` (their clean inputs to block ``layer``) join the batch at that block, after the rows
+    already running."""
 
     def enter(_module, args, kwargs):
-        hidden = rows if first else torch.cat([_hidden_from(args, kwargs), rows])
-        return _replace_hidden(args, kwargs, hidden)
+        return _replace_hidden(args, kwargs, torch.cat([_hidden_from(args, kwargs), rows]))
 
     handle = lm.block(layer).register_forward_pre_hook(enter, with_kwargs=True)
     try:
@@ -409,11 +405,12 @@ def run_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objecti
             mine[layer].keys = _by_prompt({p: c.keys for p, c in theirs.items()}, active)
             mine[layer].values = _by_prompt({p: c.values for p, c in theirs.items()}, active)
     with torch.set_grad_enabled(gradients), ExitStack() as stack:
-        stack.enter_context(start_at_layer(lm, start, plans[first_prompt].block_inputs[start]))
-        for layer in layers:
-            if layer != start or not branch_at_ffn:
-                inputs = {p: plans[p].block_inputs[layer] for p in prompts_of[layer]}
-                stack.enter_context(_entering(lm, layer, _by_prompt(inputs, prompts_of[layer]), layer == start))
+        clean_rows = {layer: _by_prompt({p: plans[p].block_inputs[layer] for p in prompts_of[layer]},
+                                        prompts_of[layer]) for layer in layers}
+        first_rows = plans[first_prompt].block_inputs[start] if branch_at_ffn else clean_rows[start]
+        stack.enter_context(start_at_layer(lm, start, first_rows))
+        for layer in layers[1:]:
+            stack.enter_context(_entering(lm, layer, clean_rows[layer]))
         for layer in layers:
             stack.enter_context(on_ffn_input(lm, layer, scaler(layer)))
         if narrowed:
