@@ -35,7 +35,7 @@ The models
 ----------
 :func:`tiny_lm` builds ``AutoModelFor{MaskedLM,CausalLM}.from_config`` with hidden size 16, 2 heads (one
 key/value head less where grouped-query attention exists, to exercise it), ``neurons`` FFN units, the
-tokenizer's vocabulary, 64 positions, eager attention, and an ``initializer_range`` of 0.2 so that
+tokenizer's vocabulary, 64 positions, SDPA attention (eager where a family lacks it; see :func:`attention_of`), and an ``initializer_range`` of 0.2 so that
 activations and logits are far from uniform. Weights come from ``torch.manual_seed(seed)``, so the same
 arguments give bit-identical models. The model is in eval mode (no dropout).
 """
@@ -195,6 +195,16 @@ def config_kwargs(family: str, layers: int, neurons: int) -> dict:
     return table[family]
 
 
+#: families whose transformers class has no SDPA attention (their eager attention is used)
+EAGER_ONLY = {"gpt_neo", "gemma2"}
+
+
+def attention_of(family: str) -> str:
+    """SDPA attention, which keeps float64 in float64; transformers' eager attention takes its softmax in float32
+    (``softmax(..., dtype=torch.float32)``), so padded and unpadded float64 batches differ by float32 rounding."""
+    return "eager" if family in EAGER_ONLY else "sdpa"
+
+
 def tiny_config(family: str, *, layers: int = 2, neurons: int = 32, vocab_size: int | None = None):
     """The ``transformers`` config of a tiny ``family`` model (vocabulary and special ids of its tokenizer)."""
     kind: TokenizerKind = "mlm" if family in MLM_FAMILIES else "causal"
@@ -207,7 +217,7 @@ def tiny_config(family: str, *, layers: int = 2, neurons: int = 32, vocab_size: 
         MODEL_TYPES[family], vocab_size=vocab_size or len(vocab), initializer_range=0.2,
         **ids, **config_kwargs(family, layers, neurons),
     )
-    config._attn_implementation = "eager"
+    config._attn_implementation = attention_of(family)
     return config
 
 
@@ -228,7 +238,7 @@ def tiny_lm(
     config = tiny_config(family, layers=layers, neurons=neurons)
     auto = AutoModelForMaskedLM if kind == "mlm" else AutoModelForCausalLM
     torch.manual_seed(seed)
-    model = auto.from_config(config, attn_implementation="eager")
+    model = auto.from_config(config, attn_implementation=attention_of(family))
     model.to(dtype)
     model.eval()
     return from_model(model, tiny_tokenizer(kind), name=f"tiny-{family}")

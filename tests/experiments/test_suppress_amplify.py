@@ -12,7 +12,7 @@ from kneuron.experiments import answer_probabilities, random_control, summarize,
 from kneuron.experiments.metrics import fact_rng
 from kneuron.experiments.suppress_amplify import keys_of, other_relation_prompts
 from kneuron.facts import encode
-from tiny_models import tiny_lm
+from tiny_models import EAGER_ONLY, tiny_lm
 
 
 @pytest.fixture(params=["llama", "bert"])
@@ -45,7 +45,8 @@ def test_padded_batches_equal_one_by_one_across_families(family, facts):
 
     batched = answer_probabilities(lm, queries, scale_patches([(1, 5), (0, 3)], 2.0), batch_size=8)
     alone = [answer_probabilities(lm, [q], scale_patches([(1, 5), (0, 3)], 2.0))[0] for q in queries]
-    assert batched == pytest.approx(alone, rel=1e-9)
+    # eager attention (the only kind gemma2 has) takes its softmax in float32, whose rounding depends on the width
+    assert batched == pytest.approx(alone, rel=1e-6 if family in EAGER_ONLY else 1e-9)
 
 
 def test_suppress_and_amplify_match_hand_computation(tiny, facts, neurons):

@@ -1,0 +1,219 @@
+"""The ``kneuron`` typer app, its shared options and the helpers its command modules share.
+
+Each command is a small function that parses its options, calls the library and prints with rich. To add one,
+in the command module of its group::
+
+    @command()
+    def find(model: ModelOption = None, prompt: str = typer.Argument(...)) -> None:
+        \"\"\"One-line help shown by ``kneuron --help``.\"\"\"
+        lm = load_model(model)
+        ...
+        console.print(table)
+
+``@command()`` registers the function on :data:`app` and turns any :class:`KneuronError` into one red
+line on stderr and exit code 1 (no traceback). Results go to :data:`console` (stdout); progress,
+status and errors go to :data:`err_console` (stderr), so output can be piped.
+"""
+
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from kneuron import __version__
+from kneuron.errors import FactError, KneuronError
+
+app = typer.Typer(
+    name="kneuron",
+    help="Find, test and edit the knowledge neurons (FFN units) of transformer language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="rich",
+)
+#: results (tables) go to stdout
+console = Console()
+#: status, progress and errors go to stderr
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable)
+
+# ------------------------------------------------------------------------------------------ shared options
+
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model", "-m", envvar="KNEURON_MODEL", show_default=False,
+        help="Model: an embedded name (smollm2-135m [default], gemma3-270m), a .gguf file, a local folder "
+             "or a hub id. Env: KNEURON_MODEL.",
+    ),
+]
+DeviceOption = Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, cuda:1, mps.")]
+# attribution settings shared by `find` and `run`
+StepsOption = Annotated[int, typer.Option(min=1, help="Riemann steps of integrated gradients.")]
+ThresholdOption = Annotated[float, typer.Option(help="Coarse threshold, as a fraction of a prompt's top score.")]
+ShareOption = Annotated[str, typer.Option(help="Refine: keep neurons coarse in more than this fraction of the "
+                                               "prompts, or 'adaptive' (start 0.7, step 0.05, aim 2-5 neurons).")]
+ObjectiveOption = Annotated[str, typer.Option(help="prob (the paper) or logprob.")]
+
+
+def fail(exc: BaseException | str) -> typer.Exit:
+    """Print ``exc`` as a red error line (further lines of the message plain) and return Exit(1) to raise."""
+    first, _, rest = str(exc).partition("\n")
+    line = Text("error: ", style="bold red")
+    line.append(first, style="red")
+    err_console.print(line, soft_wrap=True)
+    if rest:
+        err_console.print(Text(rest), soft_wrap=True)
+    return typer.Exit(code=1)
+
+
+def command(*args, **kwargs) -> Callable[[F], F]:
+    """``app.command`` that reports KneuronError as one red line and exit code 1."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*a, **kw):
+            try:
+                return func(*a, **kw)
+            except KneuronError as exc:
+                raise fail(exc) from None
+
+        app.command(*args, **kwargs)(wrapper)
+        return func
+
+    return decorate
+
+
+def quiet_transformers() -> None:
+    """Keep transformers' warnings and progress bars (also the GGUF de-quantizing bar) off the terminal."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def load_model(model: str | None, device: str = "cpu"):
+    """Load ``model`` (see :data:`ModelOption`) quietly, with a status spinner and one line saying how long."""
+    from kneuron.models import load
+    from kneuron.models.loading import needs_conversion
+
+    quiet_transformers()
+    name = model or "smollm2-135m"
+    status = f"Loading {name} ..."
+    if needs_conversion(model):
+        status = f"Converting {name} from GGUF (once; later loads read the cached copy) ..."
+        err_console.print(f"[dim]{status}[/dim]", highlight=False)
+    start = time.perf_counter()
+    with err_console.status(status):
+        lm = load(model, device=device)
+    err_console.print(
+        f"[dim]{lm.name}: {lm.spec.family}, {lm.kind}, {lm.n_layers} layers x {lm.n_neurons} neurons, "
+        f"loaded in {time.perf_counter() - start:.1f} s[/dim]", highlight=False,
+    )
+    return lm
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"kneuron {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    threads: Annotated[int, typer.Option("--threads", min=0, envvar="KNEURON_THREADS",
+                                         help="Torch CPU threads (0: torch's default). Env: KNEURON_THREADS.")] = 0,
+) -> None:
+    """Find, test and edit the knowledge neurons (FFN units) of transformer language models."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def show_token(token: str) -> str:
+    """A token as text with its spaces and control characters visible: ' Paris'."""
+    return repr(token)
+
+
+def parse_prompt(lm, text: str):
+    """A Prompt from the command line: plain text for causal models, [Y] or the mask token for masked ones."""
+    from kneuron.facts import Prompt
+
+    if lm.kind == "causal":
+        return Prompt.from_text(text)  # (encode and top_predictions refuse one with nothing before [Y])
+    mask = getattr(lm.tokenizer, "mask_token", None)
+    if mask and "[Y]" not in text and text.count(mask) == 1:
+        text = text.replace(mask, "[Y]")
+    if text.count("[Y]") != 1:
+        where = f"[Y] (or {mask})" if mask else "[Y]"
+        raise FactError(f"{lm.name} is a masked model: mark the answer's place with one {where}, "
+                        "e.g. 'The capital of France is [Y].'")
+    return Prompt.from_template(text)
+
+
+def vocab_size(lm) -> int:
+    return int(lm.model.get_output_embeddings().weight.shape[0])
+
+
+def parse_share(value: str) -> float | str:
+    if value == "adaptive":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise KneuronError(f"--share takes a fraction such as 0.5 or 'adaptive'; got {value!r}.") from None
+
+
+def neuron_table(kn) -> Table:
+    """A fact's refined neurons: mean score and in how many of its prompts each one is coarse."""
+    table = Table(show_edge=False)
+    table.add_column("neuron", style="bold")
+    table.add_column("mean score", justify="right")
+    table.add_column("in prompts", justify="right")
+    for neuron in kn.neurons:
+        count = sum(any(c.key == neuron.key for c in coarse) for coarse in kn.coarse)
+        table.add_row(str(neuron), f"{neuron.score:.4g}", f"{count}/{len(kn.coarse)}")
+    return table
+
+
+StudyArgument = Annotated[str, typer.Argument(
+    help="suppress-amplify, generic, layers, discrimination, or all.", show_default=False)]
+
+
+RunOption = Annotated[Path, typer.Option(
+    "--run", help="The atlas (.sqlite) that `kneuron run` wrote.", show_default=False)]
+
+
+def atlas_model(atlas, model: str | None, device: str):
+    """The model an atlas was made with (``--model`` or the atlas's own), refusing another one."""
+    from kneuron.store import model_identity
+
+    meta = atlas.meta
+    lm = load_model(model or meta.get("model"), device)
+    if model_identity(lm)["fingerprint"] != meta.get("fingerprint"):
+        raise KneuronError(
+            f"{atlas.path} was made with {meta.get('model')!r}, and {lm.name!r} is another model (other weights "
+            f"or vocabulary); its neurons would not be this model's. Give --model {meta.get('model')}, or run "
+            f"`kneuron run --model {lm.name} --out runs/OTHER.sqlite` first.")
+    return lm
+
+
+def parse_relations(value: str | None) -> list[str] | None:
+    return [r.strip() for r in value.split(",") if r.strip()] if value else None

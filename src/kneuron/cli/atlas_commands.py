@@ -1,0 +1,236 @@
+"""Commands that write and read an atlas: run, atlas, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from kneuron.cli.app import (
+    DeviceOption,
+    ModelOption,
+    ObjectiveOption,
+    RunOption,
+    ShareOption,
+    StepsOption,
+    ThresholdOption,
+    command,
+    console,
+    err_console,
+    load_model,
+    neuron_table,
+    parse_relations,
+    parse_share,
+)
+from kneuron.errors import FactError, KneuronError
+
+
+@command("run")
+def run_command(
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="The atlas to write, e.g. runs/NAME.sqlite. An atlas of the same model and parameters "
+                            "there is continued (a killed run resumes where it stopped).", show_default=False)],
+    model: ModelOption = None,
+    facts: Annotated[str, typer.Option("--facts", help="builtin, or a facts file/folder (JSONL, CSV, PARAREL, "
+                                                       "LAMA, knowledge-neurons).")] = "builtin",
+    relations: Annotated[str | None, typer.Option(help="Comma-separated relations to keep.", show_default=False)
+                         ] = None,
+    per_relation: Annotated[int | None, typer.Option(
+        "--per-relation", min=1, help="At most N facts per relation: the first N the model knows.",
+        show_default=False)] = None,
+    steps: StepsOption = 20,
+    threshold: ThresholdOption = 0.2,
+    share: ShareOption = "adaptive",
+    objective: ObjectiveOption = "prob",
+    all_facts: Annotated[bool, typer.Option("--all-facts", help="Also compute the facts the model does not know.")
+                         ] = False,
+    top: Annotated[int, typer.Option(min=1, help="Known filter: the answer's first token ranks in this top-k for "
+                                                 "more than half of the fact's prompts.")] = 10,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing atlas at --out first.")] = False,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Find the knowledge neurons of every fact of a set and store everything in an atlas (resumable)."""
+    import contextlib
+
+    from kneuron.facts import causal_templates, load_facts
+    from kneuron.store import Atlas
+    from kneuron.store import run as run_facts
+
+    chosen = parse_relations(relations)
+    loaded = load_facts(facts, relations=chosen)  # a malformed file fails here, before anything is written
+    if chosen:
+        missing = [r for r in chosen if r not in {fact.relation for fact in loaded}]
+        if missing:
+            raise KneuronError(f"No facts of relation {', '.join(map(repr, missing))} in {facts}; its relations: "
+                               f"{', '.join(sorted({f.relation for f in load_facts(facts)}))}.")
+    if not loaded:
+        raise FactError(f"{facts} holds no facts.")
+    lm = load_model(model, device)
+    if lm.kind == "causal":
+        usable = causal_templates(loaded)
+        if not usable:
+            raise FactError(f"None of the facts in {facts} has a template with text before [Y], which a causal "
+                            "model needs.")
+        loaded = usable
+    try:
+        summary = run_facts(lm, loaded, out, steps=steps, threshold=threshold, share=parse_share(share),
+                            objective=objective, known_only=not all_facts, top=top,
+                            limit_per_relation=per_relation, overwrite=overwrite, console=err_console)
+    except KeyboardInterrupt:
+        done = 0
+        with contextlib.suppress(KneuronError), Atlas.open(out, read_only=True) as atlas:
+            done = len(atlas.facts())
+        err_console.print(f"[yellow]interrupted: {done} facts are stored in {out}; run the same command again to "
+                          "continue.[/yellow]", highlight=False)
+        raise typer.Exit(code=130) from None
+    with Atlas.open(out, read_only=True) as atlas:
+        generic = atlas.generic_neurons()
+        done = len(atlas.facts())
+    line = (f"atlas={out} facts={done} computed={summary.computed} already_done={summary.already_done} "
+            f"dropped={sum(summary.dropped.values())}")
+    if generic:
+        line += " generic=" + ",".join(str(g) for g in generic[:5])
+    console.print(line, highlight=False, soft_wrap=True)
+
+
+@command("atlas")
+def atlas_command(
+    run: RunOption,
+    fact: Annotated[str | None, typer.Option("--fact", help="Show one fact: its prompts and neurons.",
+                                             show_default=False)] = None,
+    relation: Annotated[str | None, typer.Option("--relation", help="Summarize one relation.", show_default=False)
+                        ] = None,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, help="How many top neurons to list.")] = 10,
+) -> None:
+    """Summarize an atlas: facts, knowledge neurons per layer, top and generic neurons (or one fact)."""
+    from kneuron.store import Atlas
+
+    with Atlas.open(run, read_only=True) as atlas:
+        if fact is not None:
+            _show_fact(atlas, fact)
+            return
+        if relation is not None and relation not in atlas.relations():
+            raise KneuronError(f"No relation {relation!r} in {run}; it has {', '.join(atlas.relations())}.")
+        _show_atlas(atlas, relation, top)
+
+
+def _titled(title: str, table: Table) -> None:
+    """A table with its title on its own line above it (a table's own title wraps to the table's width)."""
+    console.print(Text(title, style="bold"), soft_wrap=True)
+    console.print(table)
+
+
+def _show_atlas(atlas, relation: str | None, top: int) -> None:
+    meta = atlas.meta
+    params = meta.get("params", {})
+    console.print(Text(f"{atlas.path}: {meta.get('model')} ({meta.get('family')}, {meta.get('kind')}, "
+                       f"{meta.get('n_layers')} layers x {meta.get('n_neurons')} neurons)", style="bold"),
+                  soft_wrap=True)
+    console.print(Text(", ".join(f"{k}={v}" for k, v in params.items()) + f"; made {meta.get('created')} by "
+                       f"kneuron {meta.get('kneuron_version')}", style="dim"), soft_wrap=True)
+    facts = Table(show_edge=False)
+    facts.add_column("relation", style="bold")
+    for column in ("done", "pending", "dropped", "invalid", "neurons/fact"):
+        facts.add_column(column, justify="right")
+    refined = atlas.all_refined()
+    totals = [0, 0, 0, 0]
+    for name, counts in atlas.status_counts().items():
+        if relation is not None and name != relation:
+            continue
+        ids = [f.id for f in atlas.facts(relation=name)]
+        mean = sum(len(refined[i]) for i in ids) / len(ids) if ids else 0.0
+        values = [counts[s] for s in ("done", "pending", "dropped", "invalid")]
+        totals = [a + b for a, b in zip(totals, values, strict=True)]
+        facts.add_row(name, *map(str, values), f"{mean:.1f}" if ids else "")
+    if relation is None:
+        mean = sum(len(v) for v in refined.values()) / len(refined) if refined else 0.0
+        facts.add_row("all", *map(str, totals), f"{mean:.1f}" if refined else "", style="bold")
+    _titled("Facts", facts)
+    if not refined:
+        console.print("[yellow]No fact is done yet: resume the run with the same `kneuron run` command.[/yellow]")
+        return
+    layers = atlas.layer_counts(relation=relation)
+    total = sum(layers.values()) or 1
+    per_layer = Table(show_edge=False)
+    per_layer.add_column("layer", justify="right")
+    per_layer.add_column("neurons", justify="right")
+    per_layer.add_column("share", justify="right")
+    per_layer.add_column("", no_wrap=True)
+    for layer, count in layers.items():
+        per_layer.add_row(str(layer), str(count), f"{count / total:.0%}", Text("█" * round(40 * count / total),
+                                                                                  style="cyan"))
+    _titled("Knowledge neurons per layer" + (f" ({relation})" if relation else ""), per_layer)
+    done = len(atlas.facts(relation=relation))
+    best = Table(show_edge=False)
+    best.add_column("neuron", style="bold")
+    best.add_column("facts", justify="right")
+    best.add_column("share", justify="right")
+    best.add_column("mean score", justify="right")
+    for neuron, count in atlas.top_neurons(top, relation=relation):
+        best.add_row(str(neuron), str(count), f"{count / done:.0%}", f"{neuron.score:.4g}")
+    _titled("Top neurons (shared by the most facts)", best)
+    generic = atlas.generic_neurons()
+    share = atlas.meta.get("generic", {}).get("share", 0.1)
+    if generic:
+        table = Table(show_edge=False)
+        table.add_column("neuron", style="bold")
+        table.add_column("facts", justify="right")
+        table.add_column("share", justify="right")
+        for g in generic[:top]:
+            table.add_row(str(g), str(g.facts), f"{g.share:.0%}")
+        _titled(f"Generic neurons (knowledge neurons of more than {share:.0%} of all facts)", table)
+    else:
+        console.print(f"[dim]No generic neuron (none is a knowledge neuron of more than {share:.0%} of the facts)."
+                      "[/dim]")
+    studies = atlas.studies()
+    if studies:
+        console.print(Text("Studies stored: " + ", ".join(studies), style="dim"))
+
+
+def _show_fact(atlas, fact_id: str) -> None:
+    import json
+
+    row = atlas.query("SELECT * FROM facts WHERE id = ?", [fact_id])
+    if not row:
+        known = [f.id for f in atlas.facts(status=None)][:8]
+        raise KneuronError(f"No fact {fact_id!r} in {atlas.path}; facts are named like {', '.join(known)} ...")
+    row = row[0]
+    known = "" if row["known_share"] is None else f", known in {row['known_share']:.0%} of its prompts"
+    console.print(Text(f"{row['id']}: {row['subject']} -> {row['object']} ({row['status']}{known})", style="bold"),
+                  soft_wrap=True)
+    if row["status"] != "done":
+        if row["note"]:
+            console.print(Text(row["note"], style="yellow"), soft_wrap=True)
+        return
+    kn = atlas.knowledge_neurons(fact_id)
+    prompts = Table(show_edge=False)
+    for column in ("#", "prompt", "P(answer)", "rank", "coarse"):
+        prompts.add_column(column, justify="left" if column == "prompt" else "right")
+    for prompt, coarse in zip(atlas.prompt_rows(fact_id), kn.coarse, strict=True):
+        prompts.add_row(str(prompt["idx"]), Text(prompt["text"]), f"{prompt['probability']:.4g}",
+                        str(prompt["rank"]), str(len(coarse)))
+    _titled("Prompts", prompts)
+    _titled(f"Knowledge neurons (share used {json.dumps(kn.params.get('share_used'))})", neuron_table(kn))
+    if not kn.neurons:
+        console.print("[yellow]No neuron is shared by enough of its prompts.[/yellow]")
+    baseline = atlas.baseline_neurons(fact_id)
+    if baseline:
+        console.print(Text("Activation baseline: " + ", ".join(f"{n} ({n.score:.3g})" for n in baseline),
+                           style="dim"), soft_wrap=True)
+
+
+@command("export")
+def export_command(
+    run: RunOption,
+    to: Annotated[Path, typer.Option("--to", help="out.csv or out.parquet: the neurons table there, the facts, "
+                                                  "prompts, generic and results tables beside it "
+                                                  "(out.facts.csv, ...).", show_default=False)],
+) -> None:
+    """Export an atlas's tables to CSV or Parquet."""
+    from kneuron.store import export
+
+    for path in export(run, to):
+        console.print(str(path), highlight=False, soft_wrap=True)

@@ -1,0 +1,194 @@
+"""Commands that edit a model through an atlas's neurons: edit, erase."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from kneuron.cli.app import (
+    DeviceOption,
+    ModelOption,
+    RunOption,
+    atlas_model,
+    command,
+    console,
+    err_console,
+)
+from kneuron.errors import KneuronError
+
+
+def _edit_context(run: Path, model: str | None, device: str):
+    """The atlas's facts and its model (refusing another one), for `edit` and `erase`."""
+    from kneuron.store import Atlas
+
+    atlas = Atlas.open(run, read_only=True)
+    try:
+        facts = atlas.facts()
+        if not facts:
+            raise KneuronError(f"{run} has no computed facts yet: run `kneuron run --out {run}` (or let it finish).")
+        lm = atlas_model(atlas, model, device)
+    except BaseException:
+        atlas.close()
+        raise
+    return atlas, facts, lm
+
+
+def _arrow(before: float, after: float, fmt: str = ".4f") -> str:
+    return f"{before:{fmt}} → {after:{fmt}}"
+
+
+def _save_edit(edit, lm, save: Path | None, save_model: Path | None) -> None:
+    if save is not None:
+        err_console.print(f"edit saved to {edit.save(save)}", highlight=False)
+    if save_model is not None:
+        with err_console.status(f"Writing the edited model to {save_model} ..."):
+            edit.save_model(lm, save_model)
+        err_console.print(f"edited model (save_pretrained) written to {save_model}", highlight=False)
+
+
+def _collateral_table(lm, edit, title: str, groups) -> Table:
+    """One row per fact: mean P(correct) before → after over its prompts, and top-1 right before → after."""
+    from kneuron.experiments.editing import queries_of, score
+
+    table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False)
+    for name, justify in (("fact", "left"), ("answer", "left"), ("P(answer)", "right"), ("Δp/p", "right"),
+                          ("top-1 right", "right")):
+        table.add_column(name, justify=justify)
+    for label, facts in groups:
+        for fact in facts:
+            queries = queries_of(lm, fact)
+            before = score(lm, queries)
+            with edit.applied(lm):
+                after = score(lm, queries)
+            change = float(((after.probability - before.probability) / before.probability).mean())
+            n = len(queries)
+            table.add_row(f"{fact.id} [dim]({label})[/dim]", fact.object,
+                          _arrow(float(before.probability.mean()), float(after.probability.mean())),
+                          f"{change:+.1%}", f"{int(before.hit.sum())}/{n} → {int(after.hit.sum())}/{n}")
+    return table
+
+
+def _pick_others(facts, fact_relation: str, exclude: set[str], count: int, seed: int):
+    from kneuron.experiments.metrics import fact_rng
+
+    rng = fact_rng(seed, fact_relation)
+    same = [f for f in facts if f.relation == fact_relation and f.id not in exclude]
+    other = [f for f in facts if f.relation != fact_relation and f.id not in exclude]
+    pick = lambda pool: [pool[int(i)] for i in sorted(rng.choice(len(pool), min(count, len(pool)), replace=False))] \
+        if pool and count else []  # noqa: E731
+    return pick(same), pick(other)
+
+
+SaveOption = Annotated[Path | None, typer.Option(
+    "--save", help="Write the edit (edit.safetensors + edit.json) to this folder.", show_default=False)]
+
+
+SaveModelOption = Annotated[Path | None, typer.Option(
+    "--save-model", help="Write the edited model and tokenizer (save_pretrained) to this folder.", show_default=False)]
+
+
+@command()
+def edit(
+    run: RunOption,
+    fact: Annotated[str, typer.Option("--fact", help="The fact's id in the atlas, e.g. capital:France.",
+                                      show_default=False)],
+    new: Annotated[str, typer.Option("--new", help="The new answer, e.g. Rome.", show_default=False)],
+    model: ModelOption = None,
+    lambda_old: Annotated[float, typer.Option(help="Weight of the old answer's embedding (paper: 1).")] = 1.0,
+    lambda_new: Annotated[float, typer.Option(help="Weight of the new answer's embedding (paper: 8).")] = 8.0,
+    scale: Annotated[str, typer.Option(help="absolute (the paper's formula) or slot_norm (the official code's "
+                                            "lambdas, times each value slot's norm / the embedding's norm).")
+                     ] = "absolute",
+    sign: Annotated[str, typer.Option(help="none (the formula) or activation (each delta times the sign of the "
+                                           "neuron's activation; gated FFNs such as Llama's need it).")] = "none",
+    tokens: Annotated[str, typer.Option(help="Multi-token answers: embedding of the first token or the mean.")
+                      ] = "first",
+    max_share: Annotated[float, typer.Option(help="Leave out neurons that are knowledge neurons of more than this "
+                                                  "share of the relation's facts.")] = 0.1,
+    others: Annotated[int, typer.Option(min=0, help="Other facts shown, of the same and of other relations.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seeds the choice of the other facts.")] = 0,
+    save: SaveOption = None,
+    save_model: SaveModelOption = None,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Update a fact through its knowledge neurons (value slot += −λ_old·e(old) + λ_new·e(new)) and show the
+    before/after probabilities on its prompts and on a few other facts."""
+    from kneuron.experiments.editing import queries_of, score
+    from kneuron.interventions import update_fact
+
+    atlas, facts, lm = _edit_context(run, model, device)
+    with atlas:
+        target = atlas.fact(fact)
+        kn = atlas.knowledge_neurons(fact)
+        counts = atlas.relation_neurons(target.relation)
+        n_facts = len(atlas.facts(relation=target.relation))
+    the_edit = update_fact(lm, kn, target.object, new, lambda_old=lambda_old, lambda_new=lambda_new,
+                           relation_counts=counts, n_facts=n_facts, max_share=max_share, tokens=tokens,
+                           scale=scale, sign=sign, fact=target)
+    console.print(Text(str(the_edit), style="bold"), soft_wrap=True)
+    left_out = the_edit.meta.get("left_out") or []
+    if left_out:
+        console.print(f"[dim]left out as shared by more than {max_share:.0%} of the {n_facts} {target.relation} "
+                      f"facts: {', '.join(f'L{layer}.N{index}' for layer, index in left_out)}[/dim]", highlight=False)
+    table = Table(title=Text(f"{target.id}: {target.object} → {new}", style="bold"), title_justify="left",
+                  show_edge=False)
+    for name, justify in (("prompt", "left"), (f"P({target.object})", "right"), (f"P({new})", "right"),
+                          ("top-1", "left")):
+        table.add_column(name, justify=justify)
+    q_old, q_new = queries_of(lm, target), queries_of(lm, target, new)
+    b_old, b_new = score(lm, q_old), score(lm, q_new)
+    with the_edit.applied(lm):
+        a_old, a_new = score(lm, q_old), score(lm, q_new)
+    tok = lm.tokenizer
+    for i, query in enumerate(q_old):
+        table.add_row(Text(query.text), _arrow(b_old.probability[i], a_old.probability[i]),
+                      _arrow(b_new.probability[i], a_new.probability[i]),
+                      Text(f"{tok.decode([int(b_old.top1[i])])!r} → {tok.decode([int(a_old.top1[i])])!r}"))
+    console.print(table)
+    beats = float((a_new.probability > a_old.probability).mean())
+    console.print(f"P({new}) > P({target.object}) on {beats:.0%} of the prompts after the edit "
+                  f"(before: {float((b_new.probability > b_old.probability).mean()):.0%}); top-1 is {new!r} on "
+                  f"{float(a_new.hit.mean()):.0%}.", highlight=False)
+    same, other = _pick_others(facts, target.relation, {target.id}, others, seed)
+    if same or other:
+        console.print(_collateral_table(lm, the_edit, "Collateral: other facts",
+                                        [("same relation", same), ("other relation", other)]))
+    _save_edit(the_edit, lm, save, save_model)
+
+
+@command()
+def erase(
+    run: RunOption,
+    relation: Annotated[str, typer.Option("--relation", "-r", help="The relation to erase, e.g. capital.",
+                                          show_default=False)],
+    model: ModelOption = None,
+    top: Annotated[int, typer.Option(min=1, help="How many of its most common knowledge neurons to erase.")] = 20,
+    mode: Annotated[str, typer.Option(help="zero, or unknown (the unknown token's output embedding).")] = "zero",
+    others: Annotated[int, typer.Option(min=0, help="Facts of other relations shown.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seeds the choice of the other facts.")] = 0,
+    save: SaveOption = None,
+    save_model: SaveModelOption = None,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Erase a relation: set the value slots of its most common knowledge neurons to zero (or the unknown token's
+    embedding) and show what its facts, and others, lose."""
+    from kneuron.interventions import erase_relation
+
+    atlas, facts, lm = _edit_context(run, model, device)
+    with atlas:
+        if relation not in atlas.relations():
+            raise KneuronError(f"{run} has no relation {relation!r}; it has {', '.join(atlas.relations())}.")
+        counts = atlas.relation_neurons(relation)
+    the_edit = erase_relation(lm, counts, top=top, mode=mode, relation=relation)
+    console.print(Text(str(the_edit), style="bold"), soft_wrap=True)
+    console.print("[dim]" + ", ".join(f"L{layer}.N{index} ({count} facts)" for layer, index, count
+                                      in the_edit.meta["counts"]) + "[/dim]", highlight=False)
+    own = [f for f in facts if f.relation == relation]
+    _, other = _pick_others(facts, relation, set(), others, seed)
+    console.print(_collateral_table(lm, the_edit, f"Erasing {relation}",
+                                    [(relation, own), ("other relation", other)]))
+    _save_edit(the_edit, lm, save, save_model)

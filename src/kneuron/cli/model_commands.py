@@ -1,0 +1,187 @@
+"""Commands that ask a model directly: predict, models, find, facts."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from kneuron.cli.app import (
+    DeviceOption,
+    ModelOption,
+    ObjectiveOption,
+    ShareOption,
+    StepsOption,
+    ThresholdOption,
+    command,
+    console,
+    err_console,
+    load_model,
+    neuron_table,
+    parse_prompt,
+    parse_share,
+    show_token,
+    vocab_size,
+)
+
+
+@command()
+def predict(
+    prompts: Annotated[list[str], typer.Argument(
+        help="Prompt(s). Causal models continue the text; masked models fill [Y] (or the mask token), "
+             "e.g. 'The capital of France is [Y].'", show_default=False)],
+    model: ModelOption = None,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, help="How many tokens to show.")] = 5,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Print the most likely next tokens (causal) or mask fillers (masked) with their probabilities."""
+    from kneuron.facts import top_predictions
+
+    lm = load_model(model, device)
+    for text in prompts:
+        prompt = parse_prompt(lm, text)
+        rows = top_predictions(lm, prompt, k=min(top, vocab_size(lm)))
+        console.print(Text(text, style="bold"), soft_wrap=True)
+        table = Table(show_edge=False)
+        table.add_column("#", justify="right", style="dim")
+        table.add_column("token")
+        table.add_column("probability", justify="right")
+        table.add_column("", no_wrap=True)
+        for rank, (token, probability) in enumerate(rows, start=1):
+            table.add_row(str(rank), Text(show_token(token)), f"{probability:.4f}",
+                          Text("█" * round(probability * 20), style="cyan"))
+        console.print(table)
+        console.print()
+
+
+@command()
+def models() -> None:
+    """List the model families kneuron knows and the embedded models."""
+    from kneuron.models.architectures import families
+    from kneuron.models.loading import embedded_models
+
+    table = Table(title="Families (detected from config.model_type)", title_justify="left",
+                  caption="neurons = the input of the FFN output projection; layout: where neuron i's value "
+                          "slot lives (linear: weight column i, conv1d: weight row i)", caption_justify="left")
+    table.add_column("family", style="bold", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("FFN output projection", no_wrap=True)
+    table.add_column("layout", no_wrap=True)
+    table.add_column("model types")
+    for spec in families():
+        table.add_row(spec.family, "masked" if spec.kind == "mlm" else "causal",
+                      f"{spec.blocks[0]}.{{i}}.{spec.ffn_out}", spec.layout, ", ".join(spec.model_types))
+    console.print(table)
+
+    table = Table(title="Embedded models (--model NAME)", title_justify="left")
+    table.add_column("name", style="bold")
+    table.add_column("package")
+    table.add_column("installed")
+    for row in embedded_models():
+        name = f"{row.name} (default)" if row.default else row.name
+        status = Text("yes", style="green") if row.installed else Text(f"no: {row.install}", style="yellow")
+        table.add_row(name, row.distribution, status)
+    console.print(table)
+
+
+@command()
+def find(
+    prompt: Annotated[list[str], typer.Option(
+        "--prompt", "-p", help="A prompt of the fact's bag (repeat for several). Causal models continue it; "
+                               "masked models fill [Y].", show_default=False)],
+    answer: Annotated[str, typer.Option("--answer", "-a", help="The correct answer.", show_default=False)],
+    model: ModelOption = None,
+    steps: StepsOption = 20,
+    threshold: ThresholdOption = 0.2,
+    share: ShareOption = "adaptive",
+    objective: ObjectiveOption = "prob",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Find the knowledge neurons of a fact from a bag of prompts (integrated gradients, then refine)."""
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from kneuron.attribution import find_knowledge_neurons
+
+    lm = load_model(model, device)
+    prompts = [parse_prompt(lm, text) for text in prompt]
+    columns = (TextColumn("attributing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("prompts", total=len(prompts))
+        kn = find_knowledge_neurons(lm, prompts, answer, steps=steps, threshold=threshold, share=parse_share(share),
+                                    objective=objective, on_prompt=lambda i, s: progress.advance(task))
+    if as_json:
+        payload = {
+            "model": lm.name, "answer": answer, "prompts": prompt,
+            "neurons": [{"layer": n.layer, "index": n.index, "score": n.score} for n in kn.neurons],
+            "per_layer": {str(layer): count for layer, count in kn.per_layer().items()},
+            "probabilities": [s.probability for s in kn.scores],
+            "coarse": [[str(n) for n in coarse] for coarse in kn.coarse],
+            "params": {k: v for k, v in kn.params.items() if isinstance(v, (int, float, str))},
+        }
+        console.print_json(json.dumps(payload))
+        return
+    table = neuron_table(kn)
+    table.title = Text(f"Knowledge neurons for {answer!r} ({len(prompts)} prompts)", style="bold")
+    table.title_justify = "left"
+    console.print(table)
+    if not kn.neurons:
+        console.print("[yellow]No neuron is shared by enough prompts; try a lower --share or more prompts.[/yellow]")
+    layers = Table(title="Per layer", title_justify="left", show_edge=False)
+    layers.add_column("layer", justify="right")
+    layers.add_column("neurons", justify="right")
+    for layer, count in kn.per_layer().items():
+        layers.add_row(str(layer), str(count))
+    console.print(layers)
+    probs = ", ".join(f"{s.probability:.3f}" for s in kn.scores)
+    console.print(f"[dim]P(answer) per prompt: {probs}; share used: {kn.params.get('share_used')}[/dim]")
+
+
+@command("facts")
+def facts_command(
+    model: ModelOption = None,
+    facts: Annotated[str, typer.Option("--facts", help="builtin, or a facts file/folder (JSONL, CSV, PARAREL, "
+                                                       "LAMA, knowledge-neurons).")] = "builtin",
+    relations: Annotated[str | None, typer.Option(help="Comma-separated relations to keep.")] = None,
+    top: Annotated[int, typer.Option(min=1, help="Known: the answer's first token ranks in this top-k ...")] = 10,
+    min_share: Annotated[float, typer.Option(help="... for more than this share of the fact's prompts.")] = 0.5,
+    show: Annotated[bool, typer.Option("--list", help="List every fact with its share of known prompts.")] = False,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Show which facts the model knows (runs keep only those by default)."""
+    from kneuron.facts import load_facts
+    from kneuron.facts.known import answer_ranks, known_share
+
+    lm = load_model(model, device)
+    chosen = [r.strip() for r in relations.split(",")] if relations else None
+    loaded = load_facts(facts, relations=chosen, causal=lm.kind == "causal")
+    with err_console.status(f"Ranking the answers of {len(loaded)} facts ..."):
+        ranks = answer_ranks(lm, loaded)
+    per_relation: dict[str, list[int]] = {}
+    listing = Table(title="Facts", title_justify="left", show_edge=False)
+    for column in ("fact", "answer", "known prompts", ""):
+        listing.add_column(column, justify="right" if column == "known prompts" else "left")
+    for fact, fact_ranks in zip(loaded, ranks, strict=True):
+        share = known_share(fact_ranks, top)
+        known = share > min_share
+        counts = per_relation.setdefault(fact.relation, [0, 0])
+        counts[0] += known
+        counts[1] += 1
+        status = Text("known", "green") if known else Text("dropped", "dim")
+        listing.add_row(fact.id, fact.object, f"{share:.0%}", status)
+    if show:
+        console.print(listing)
+    table = Table(title=f"Known facts (answer in the top {top} for more than {min_share:.0%} of the prompts)",
+                  title_justify="left", show_edge=False)
+    table.add_column("relation", style="bold")
+    table.add_column("known", justify="right")
+    table.add_column("facts", justify="right")
+    for relation, (known, total) in per_relation.items():
+        table.add_row(relation, str(known), str(total))
+    kept = sum(k for k, _ in per_relation.values())
+    table.add_row("all", str(kept), str(len(loaded)), style="bold")
+    console.print(table)

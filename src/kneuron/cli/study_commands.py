@@ -1,0 +1,137 @@
+"""Commands that study an atlas and report on it: study, report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from kneuron.cli.app import (
+    DeviceOption,
+    ModelOption,
+    RunOption,
+    StudyArgument,
+    atlas_model,
+    command,
+    console,
+    err_console,
+)
+from kneuron.errors import KneuronError
+
+
+@command()
+def study(
+    name: StudyArgument,
+    run: RunOption,
+    model: ModelOption = None,
+    generic_share: Annotated[float | None, typer.Option(
+        min=0.0, max=0.99, help="Flag neurons that are knowledge neurons of more than this share of the facts as "
+                                "generic (default: the atlas's, 0.1).", show_default=False)] = None,
+    other_facts: Annotated[int, typer.Option(min=0, help="Facts of other relations on which each fact's neurons "
+                                                         "are also patched.")] = 5,
+    probe: Annotated[int, typer.Option(min=0, help="Generic neurons (most shared first) probed alone.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seeds the random control neurons and the other facts.")] = 0,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Run the paper's studies on an atlas's facts and neurons and store their results in it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from kneuron.experiments import summarize
+    from kneuron.experiments.studies import run_studies, study_names
+    from kneuron.store import Atlas
+
+    names = study_names(name)
+    with Atlas.open(run) as atlas:
+        facts = atlas.facts()
+        if not facts:
+            raise KneuronError(f"{run} has no computed facts yet: run `kneuron run --out {run}` (or let it finish).")
+        lm = atlas_model(atlas, model, device)
+        if generic_share is not None or not atlas.meta.get("generic"):
+            atlas.update_generic(share=generic_share)  # flags the generic neurons in the atlas's generic table
+        share = float(atlas.meta.get("generic", {}).get("share", 0.1))
+        neurons = atlas.all_refined()
+        baseline = {fact.id: atlas.baseline_neurons(fact.id) for fact in facts}
+        coarse = {fact.id: atlas.knowledge_neurons(fact.id).coarse for fact in facts} if "generic" in names else None
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=err_console, transient=True) as progress:
+            task = progress.add_task("studies", total=len(facts))
+            started: dict[str, float] = {}
+
+            def on_study(stored: str) -> None:
+                started[stored] = time.perf_counter()
+                progress.update(task, description=stored.replace("_", "-"), completed=0)
+
+            results = run_studies(
+                lm, facts, neurons, baseline, studies=names, generic_share=share, other_facts=other_facts,
+                probe_neurons=probe, seed=seed, coarse_by_fact=coarse, on_study=on_study,
+                on_fact=lambda _fact: progress.advance(task))
+            started["end"] = time.perf_counter()
+        times = list(started.values())
+        spent = [f"{stored.replace('_', '-')} {end - begin:.1f} s"
+                 for stored, begin, end in zip(started, times, times[1:], strict=False)]
+        err_console.print(f"[dim]{', '.join(spent)}[/dim]", highlight=False)
+        for stored, rows in results.items():
+            atlas.write_results(stored, rows)
+    table = Table(title=Text(f"Studies of {len(facts)} facts, stored in {run}", style="bold"), title_justify="left",
+                  show_edge=False)
+    table.add_column("study")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for stored, rows in results.items():
+        for variant, metric, label, percent in (
+                ("kn", "suppress", "suppress KN (mean Δp/p)", True), ("random", "suppress", "suppress random", True),
+                ("kn_no_generic", "suppress", "suppress KN without generic", True),
+                ("kn", "amplify", "amplify KN (mean Δp/p)", True), ("random", "amplify", "amplify random", True),
+                ("kn_no_generic", "amplify", "amplify KN without generic", True),
+                ("kn", "suppress_other", "suppress KN, other relations", True),
+                ("kn", "auc", "AUC KN, own vs other prompts", False),
+                ("baseline", "auc", "AUC activation baseline", False),
+                ("kn", "auc_signed", "AUC KN, signed by direction", False),
+                ("kn", "sentence_auc", "AUC KN, stating vs subject-only", False),
+                ("baseline", "sentence_auc", "AUC baseline, stating vs subject-only", False)):
+            summary = summarize(rows, variant, metric)
+            if summary.n:
+                table.add_row(stored, label, f"{summary.mean:+.2%}" if percent else f"{summary.mean:.3f}")
+        shown = 0
+        for r in rows:
+            if stored == "layers" and r["relation"] == "" and r["metric"] == "top_third":
+                table.add_row(stored, f"top third of the layers ({r['variant']})", f"{r['value']:.1%}")
+            if stored == "generic" and r["metric"] == "share" and not r["fact_id"] and r["variant"] != "params":
+                shown += 1
+                if shown <= 5:
+                    table.add_row(stored, f"generic neuron {r['variant']}", f"in {r['value']:.0%} of the facts")
+            if stored == "generic" and r["metric"].startswith("word_score:") and r["value"] >= 0.5:
+                word = r["metric"].split(":", 1)[1]
+                table.add_row(stored, f"{r['variant']} is coarse where the prompt ends in {word!r}",
+                              f"word score {r['value']:.2f}")
+        if shown > 5:
+            table.add_row(stored, f"... {shown - 5} more generic neurons (see the report)", "")
+    console.print(table)
+
+
+@command()
+def report(
+    run: RunOption,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="The HTML file to write (default: the atlas's path with .html).", show_default=False)
+    ] = None,
+    raw_auc: Annotated[bool, typer.Option(
+        "--raw-auc", help="Headline auc_kn from raw activations (the paper's) instead of sign-aligned ones. A gated "
+                          "FFN is unchanged when a neuron's up row and down column both flip sign, so only the "
+                          "sign-aligned AUC is well defined there; for positive activations the two agree.")
+    ] = False,
+) -> None:
+    """Write one self-contained HTML report (tables, figures) of an atlas's studies; print the headline line."""
+    from kneuron.report import ReportData, headline_line, write_report
+
+    data = ReportData.from_atlas(run)
+    path = write_report(data, out or run.with_suffix(".html"))
+    missing = [s for s, rows in data.results.items() if not rows]
+    if missing:
+        err_console.print(f"[yellow]no results yet for {', '.join(missing)}: `kneuron study all --run {run}`"
+                          "[/yellow]", highlight=False)
+    typer.echo(headline_line(path, data, signed_auc=not raw_auc))
