@@ -35,9 +35,10 @@ The models
 ----------
 :func:`tiny_lm` builds ``AutoModelFor{MaskedLM,CausalLM}.from_config`` with hidden size 16, 2 heads (one
 key/value head less where grouped-query attention exists, to exercise it), ``neurons`` FFN units, the
-tokenizer's vocabulary, 64 positions, SDPA attention (eager where a family lacks it; see :func:`attention_of`), and an ``initializer_range`` of 0.2 so that
-activations and logits are far from uniform. Weights come from ``torch.manual_seed(seed)``, so the same
-arguments give bit-identical models. The model is in eval mode (no dropout).
+tokenizer's vocabulary, 64 positions, SDPA attention (eager where a family lacks it; see
+:func:`attention_of`), and an ``initializer_range`` of 0.2 so that activations and logits are far from uniform.
+Weights come from ``torch.manual_seed(seed)``, so the same arguments give bit-identical models. The model is in
+eval mode (no dropout).
 """
 
 from __future__ import annotations
