@@ -36,8 +36,8 @@ def tiny_model(family: str = "llama", **kwargs):
     return tiny_lm(family, layers=kwargs.pop("layers", 3), neurons=kwargs.pop("neurons", 24), **kwargs)
 
 
-#: the run arguments every resume test uses
-RUN_ARGS = {"steps": 6, "known_only": False, "progress": False}
+#: the run arguments every resume test uses (chunks of 3 facts: 10 facts make chunks of 3, 3, 3 and 1)
+RUN_ARGS = {"steps": 6, "known_only": False, "progress": False, "chunk_facts": 3}
 
 
 def dump(path: str | Path) -> dict[str, list[tuple]]:
@@ -57,3 +57,20 @@ def dump(path: str | Path) -> dict[str, list[tuple]]:
         return out
     finally:
         db.close()
+
+
+SUBJECTS = ("France", "Germany", "Italy", "Spain", "Japan", "China", "England", "Britain", "Russia", "Portugal",
+            "Denmark", "Sweden", "Netherlands", "Australia", "Canada", "Egypt", "India", "Brazil", "Mexico")
+OBJECTS = ("Paris", "Berlin", "Rome", "Madrid", "Tokyo", "Beijing", "London", "Moscow", "Ottawa", "Cairo", "Delhi")
+
+
+def synthetic_facts(count: int) -> list[Fact]:
+    """``count`` distinct facts in the tiny vocabulary (subjects and objects cycled over several relations), for
+    runs larger than :func:`tiny_facts`; prompts of the same template and subject length share a shape."""
+    bags = (CAPITAL, LANGUAGE, CONTINENT)
+    facts = []
+    for number in range(count):
+        subject = SUBJECTS[number % len(SUBJECTS)]
+        relation = f"r{number // len(SUBJECTS)}"
+        facts.append(Fact(subject, relation, OBJECTS[number % len(OBJECTS)], bags[(number // 7) % 3]))
+    return facts

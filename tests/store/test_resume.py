@@ -20,13 +20,13 @@ from store.helpers import RUN_ARGS, dump, tiny_facts, tiny_model
 
 
 def child(lm, path: str, pause: float, log: str) -> None:
-    """The run in a forked child process; each fact is slowed down (a sleep before and after attribution, inside
-    the run) so that the parent can kill it with some facts committed and in the middle of another one."""
+    """The run in a forked child process; each chunk is slowed down (a sleep before and after attribution, inside
+    the run) so that the parent can kill it with some facts committed and in the middle of another chunk."""
     from rich.console import Console
 
-    from kneuron.store import runs
+    from kneuron.store import chunks, runs
 
-    real = runs.find_knowledge_neurons
+    real = chunks.compute_chunk
 
     def slow(*args, **kwargs):
         time.sleep(pause)
@@ -34,7 +34,7 @@ def child(lm, path: str, pause: float, log: str) -> None:
         time.sleep(pause)
         return found
 
-    runs.find_knowledge_neurons = slow
+    chunks.compute_chunk = slow
     with open(log, "w") as handle:
         console = Console(file=handle, width=200)
         runs.run(lm, tiny_facts(), path, **{**RUN_ARGS, "progress": True}, console=console)

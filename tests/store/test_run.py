@@ -17,7 +17,7 @@ from kneuron.attribution import activation_baseline, find_knowledge_neurons
 from kneuron.errors import KneuronError
 from kneuron.facts import Fact, answer_probability
 from kneuron.store import SCHEMA_VERSION, Atlas, model_identity, run
-from kneuron.store import runs as run_module
+from kneuron.store import chunks as chunk_module
 from store.helpers import RUN_ARGS, dump, tiny_facts, tiny_model
 
 
@@ -44,7 +44,8 @@ def test_schema_and_meta(done, lm):
             "family": "llama", "kind": "causal", "n_layers": 3, "n_neurons": 24, "dtype": "float32"}
         assert meta["fingerprint"] == model_identity(lm)["fingerprint"]
         assert meta["params"] == {"steps": 6, "threshold": 0.2, "share": "adaptive", "objective": "prob",
-                                  "alphas": "right", "known_only": False, "top": 10, "min_share": 0.5}
+                                  "alphas": "right", "known_only": False, "top": 10, "min_share": 0.5,
+                                  "chunk_facts": 3, "keep_scores": "full"}
         tables = {row["name"] for row in atlas.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert tables == {"meta", "facts", "prompts", "neurons", "generic", "results"}
         assert atlas.query("PRAGMA journal_mode")[0]["journal_mode"] == "wal"
@@ -52,9 +53,11 @@ def test_schema_and_meta(done, lm):
         assert atlas.facts() == tiny_facts()
 
 
-def test_stored_results_equal_the_library(done, lm):
-    """Every stored number is what find_knowledge_neurons, activation_baseline and answer_probability give."""
-    path, _ = done
+def test_stored_results_equal_the_library(lm, tmp_path):
+    """Every stored number is what find_knowledge_neurons, activation_baseline and answer_probability give (with
+    chunks of one fact: a fact alone; tests/store/test_chunks.py compares larger chunks)."""
+    path = tmp_path / "alone.sqlite"
+    run(lm, tiny_facts()[:4], path, **{**RUN_ARGS, "chunk_facts": 1})
     with Atlas.open(path, read_only=True) as atlas:
         for fact in tiny_facts()[:4]:
             expected = find_knowledge_neurons(lm, fact, steps=6)
@@ -135,8 +138,8 @@ def test_finished_run_started_again_does_nothing(done, lm, monkeypatch):
     path, _ = done
     before = hashlib.sha256(path.read_bytes()).hexdigest()
     calls = []
-    original = run_module.find_knowledge_neurons
-    monkeypatch.setattr(run_module, "find_knowledge_neurons", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = chunk_module.compute_chunk
+    monkeypatch.setattr(chunk_module, "compute_chunk", lambda *a, **k: calls.append(1) or original(*a, **k))
     summary = run(lm, tiny_facts(), path, **RUN_ARGS)
     assert (summary.computed, summary.already_done, calls) == (0, 10, [])
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before

@@ -84,6 +84,7 @@ import torch
 from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores
 from kneuron.errors import KneuronError
 from kneuron.facts.fact import Fact
+from kneuron.store import scores as score_blobs
 
 try:
     import fcntl
@@ -95,7 +96,8 @@ SCHEMA_VERSION = 1
 BUSY_TIMEOUT = 10.0
 #: the meta keys and params that make an atlas's identity (a run must match them to write into it)
 IDENTITY_KEYS = ("fingerprint", "family", "kind", "n_layers", "n_neurons", "dtype")
-PARAM_KEYS = ("steps", "threshold", "share", "objective", "alphas", "known_only", "top", "min_share")
+PARAM_KEYS = ("steps", "threshold", "share", "objective", "alphas", "known_only", "top", "min_share",
+              "chunk_facts", "keep_scores", "sparse_threshold")
 STATUSES = ("pending", "done", "dropped", "invalid")
 KINDS = ("refined", "coarse", "baseline")
 
@@ -584,9 +586,11 @@ class Atlas:
         found = []
         for row in rows:
             shape = (row["layers"], row["neurons"])
+            scores, activations = score_blobs.decode_dense(row["scores"], row["activations"], row["dtype"], shape,
+                                                           params.get("keep_scores", "full"))
             found.append(NeuronScores(
-                scores=from_blob(row["scores"], row["dtype"], shape),
-                activations=from_blob(row["activations"], row["dtype"], shape),
+                scores=scores,
+                activations=activations,
                 probability=row["objective"],
                 baseline=from_blob(row["baseline"], "float64", (row["layers"],)),
                 completeness_gap=from_blob(row["completeness_gap"], "float64", (row["layers"],)),
@@ -594,6 +598,16 @@ class Atlas:
                 objective=params.get("objective", "prob"), alphas=params.get("alphas", "right"),
             ))
         return found
+
+    def prompt_sparse(self, fact_id: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per prompt of a fact in a ``keep_scores="sparse"`` atlas: its kept (flat indices, scores, activations);
+        a flat index is ``layer * neurons + neuron``."""
+        self._done_row(fact_id)
+        if self.params.get("keep_scores", "full") != "sparse":
+            raise KneuronError(f"{_quoted(self.path)} keeps {self.params.get('keep_scores', 'full')} scores, not "
+                               "sparse ones: read them with prompt_scores().")
+        rows = self._rows("SELECT scores, activations, dtype FROM prompts WHERE fact_id = ? ORDER BY idx", [fact_id])
+        return [score_blobs.decode_sparse(row["scores"], row["activations"], row["dtype"]) for row in rows]
 
     def prompt_rows(self, fact_id: str | None = None) -> list[dict[str, Any]]:
         """The prompts table without its BLOBs (probability, rank, text...), for one fact or all."""
@@ -684,13 +698,14 @@ class Atlas:
         start = time.perf_counter()
         prompt_rows = []
         templates = json.loads(self._fact_row(fact_id)["templates"])
+        keep = self.params.get("keep_scores", "full")
         for idx, (scores, (probability, rank)) in enumerate(zip(kn.scores, probabilities, strict=True)):
             dtype = blob_dtype(scores.scores)
             layers, width = scores.scores.shape
             prompt_rows.append((
                 fact_id, idx, templates[idx] if idx < len(templates) else "", scores.prompt, float(probability),
                 int(rank), float(scores.probability), int(scores.position), dtype, int(layers), int(width),
-                to_blob(scores.scores, dtype), to_blob(scores.activations, dtype),
+                *score_blobs.encode(scores.scores, scores.activations, dtype, keep),
                 to_blob(scores.baseline, "float64"), to_blob(scores.completeness_gap, "float64")))
         neuron_rows = [(fact_id, "refined", -1, r, n.layer, n.index, float(n.score)) for r, n in enumerate(kn.neurons)]
         neuron_rows += [(fact_id, "coarse", p, r, n.layer, n.index, float(n.score))

@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kneuron.attribution.knowledge import find_knowledge_neurons
-from kneuron.attribution.selection import activation_baseline
 from kneuron.errors import FactError, KneuronError
-from kneuron.facts.encoding import answer_probability, encode
+from kneuron.facts.encoding import encode
 from kneuron.facts.fact import Fact
 from kneuron.facts.known import answer_ranks, known_share
 from kneuron.models.language_model import LanguageModel
 from kneuron.store.atlas import Atlas, model_identity
+from kneuron.store.chunks import DEFAULT_CHUNK_FACTS, Chunk, Executor, LocalExecutor, plan_chunks
+from kneuron.store.scores import KEEP_SCORES, keep_params
 
 
 @dataclass
@@ -64,8 +64,18 @@ class RunSummary:
 
 
 def run_params(*, steps: int, threshold: float, share: float | str, objective: str, alphas: str,
-               known_only: bool, top: int, min_share: float) -> dict[str, Any]:
-    """The parameters that make an atlas's identity, checked the way attribution would check them."""
+               known_only: bool, top: int, min_share: float, chunk_facts: int = DEFAULT_CHUNK_FACTS,
+               keep_scores: str = "full") -> dict[str, Any]:
+    """The parameters that make an atlas's identity, checked the way attribution would check them.
+
+    ``chunk_facts`` is part of it because a chunk's facts share batches (their scores differ from a run with
+    other chunks by float rounding, see :mod:`kneuron.store.chunks`); ``keep_scores`` because it decides what
+    the prompts table holds (see :mod:`kneuron.store.scores`).
+    """
+    if chunk_facts < 1:
+        raise KneuronError(f"chunk_facts must be at least 1; got {chunk_facts}.")
+    if keep_scores not in KEEP_SCORES:
+        raise KneuronError(f"Unknown keep_scores {keep_scores!r}: use {', '.join(map(repr, KEEP_SCORES))}.")
     if steps < 1:
         raise KneuronError(f"steps must be at least 1; got {steps}.")
     if not 0.0 <= threshold <= 1.0:
@@ -80,7 +90,8 @@ def run_params(*, steps: int, threshold: float, share: float | str, objective: s
         raise KneuronError(f"top must be at least 1; got {top}.")
     return {"steps": int(steps), "threshold": float(threshold),
             "share": share if share == "adaptive" else float(share), "objective": objective, "alphas": alphas,
-            "known_only": bool(known_only), "top": int(top), "min_share": float(min_share)}
+            "known_only": bool(known_only), "top": int(top), "min_share": float(min_share),
+            "chunk_facts": int(chunk_facts), **keep_params(keep_scores)}
 
 
 def _unique(facts: Sequence[Fact]) -> list[Fact]:
@@ -180,38 +191,6 @@ def _register(atlas: Atlas, lm: LanguageModel, facts: list[Fact], *, known_only:
     atlas.register_facts(chosen)
 
 
-def _rate_column():
-    """A progress column with seconds per fact (or facts per second), from the task's speed."""
-    from rich.progress import ProgressColumn
-    from rich.text import Text
-
-    class RateColumn(ProgressColumn):
-        def render(self, task) -> Text:
-            speed = task.finished_speed or task.speed
-            if not speed:
-                return Text("-- s/fact", style="progress.data.speed")
-            text = f"{1 / speed:.1f} s/fact" if speed < 1 else f"{speed:.1f} facts/s"
-            return Text(text, style="progress.data.speed")
-
-    return RateColumn()
-
-
-def _progress(console):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("facts"), _rate_column(), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), TextColumn("{task.fields[current]}", style="dim"), console=console,
-                    transient=False)
-
-
 def run(
     lm: LanguageModel,
     facts: Sequence[Fact],
@@ -229,6 +208,10 @@ def run(
     limit_per_relation: int | None = None,
     overwrite: bool = False,
     console=None,
+    executor: Executor | None = None,
+    chunk_facts: int = DEFAULT_CHUNK_FACTS,
+    keep_scores: str = "full",
+    progress_interval: float = 30.0,
 ) -> RunSummary:
     """Attribute every fact and store the results in the atlas at ``atlas_path`` (resumable).
 
@@ -246,6 +229,13 @@ def run(
         limit_per_relation: at most this many facts to compute per relation: the first ones (in the given order)
             that pass the known filter.
         overwrite: delete an existing atlas at ``atlas_path`` first.
+        executor: what computes the chunks: :class:`~kneuron.store.chunks.LocalExecutor` (default, this process
+            and ``lm``) or :class:`kneuron.parallel.RayExecutor` (Ray actors that each load the model).
+        chunk_facts: facts per chunk; a chunk's prompts of the same shape share batches. Part of the atlas's
+            identity (it changes scores by float rounding), see :mod:`kneuron.store.chunks`.
+        keep_scores: "full", "sparse" or "none": how much of each prompt's score matrix the atlas keeps
+            (:mod:`kneuron.store.scores`).
+        progress_interval: seconds between plain progress lines when ``console`` is not a terminal.
 
     Returns:
         A :class:`RunSummary` (computed, already done, dropped per relation, timing).
@@ -260,7 +250,8 @@ def run(
     if limit_per_relation is not None and limit_per_relation < 1:
         raise KneuronError(f"limit_per_relation must be at least 1; got {limit_per_relation}.")
     params = run_params(steps=steps, threshold=threshold, share=share, objective=objective, alphas=alphas,
-                        known_only=known_only, top=top, min_share=min_share)
+                        known_only=known_only, top=top, min_share=min_share, chunk_facts=chunk_facts,
+                        keep_scores=keep_scores)
     facts = _unique(list(facts))
     if console is None and progress:
         from rich.console import Console
@@ -268,7 +259,8 @@ def run(
         console = Console(stderr=True)
     say = console.print if progress else (lambda *a, **k: None)
     summary = RunSummary(Path(atlas_path))
-    with Atlas.for_run(atlas_path, model_identity(lm), params, overwrite=overwrite,
+    identity = model_identity(lm)
+    with Atlas.for_run(atlas_path, identity, params, overwrite=overwrite,
                        kneuron_version=__version__) as atlas:
         _register(atlas, lm, facts, known_only=known_only, top=top, min_share=min_share,
                   limit_per_relation=limit_per_relation)
@@ -281,7 +273,8 @@ def run(
         todo = [row for row in rows if row["status"] == "pending"]
         _announce(say, atlas, summary, len(todo), known_only)
         if todo:
-            _compute(atlas, lm, todo, params, summary, console if progress else None)
+            _compute(atlas, lm, todo, params, summary, console if progress else None,
+                     executor or LocalExecutor(lm), identity, progress_interval)
         if todo or _generic_stale(atlas):
             atlas.update_generic()
     summary.seconds = time.perf_counter() - started
@@ -318,36 +311,26 @@ def _generic_stale(atlas: Atlas) -> bool:
 
 
 def _compute(atlas: Atlas, lm: LanguageModel, todo: list[dict[str, Any]], params: dict[str, Any],
-             summary: RunSummary, console) -> None:
+             summary: RunSummary, console, executor: Executor, identity: dict[str, Any],
+             progress_interval: float) -> None:
+    """Compute the pending facts chunk by chunk through ``executor`` and store each fact in its own transaction
+    as its chunk's result arrives (the driver is the atlas's only writer)."""
     from contextlib import nullcontext
 
-    facts = [atlas.fact(row["id"]) for row in todo]
-    bar = _progress(console) if console is not None else nullcontext()
+    from kneuron.store.progress import RunProgress
+
+    wanted = {row["id"] for row in todo}
+    plan = plan_chunks(atlas.fact_rows(status=None), wanted, params["chunk_facts"])
+    facts = {fact.id: fact for fact in atlas.facts(status=None)}
+    chunks = (Chunk(number, [facts[i] for i in ids], store) for number, ids, store in plan)
+    bar = RunProgress(console, len(todo), executor.name, progress_interval) if console is not None else nullcontext()
     with bar as progress:
-        task = progress.add_task("run", total=len(facts), current="") if progress is not None else None
-        for fact in facts:
-            start = time.perf_counter()
-            n_prompts = len(fact.templates)
-
-            def advance(_index, _scores, n_prompts=n_prompts):
+        for result in executor.map(chunks, params, identity):
+            for fact in result.results:
+                written = time.perf_counter()
+                atlas.store_fact(fact.fact_id, fact.kn, fact.probabilities, fact.baseline, fact.compute_seconds)
+                summary.write_seconds += time.perf_counter() - written  # encoding, inserting and committing
+                summary.compute_seconds += fact.compute_seconds
+                summary.computed += 1
                 if progress is not None:
-                    progress.advance(task, 1 / n_prompts)
-
-            if progress is not None:
-                progress.update(task, current=fact.id)
-            kn = find_knowledge_neurons(lm, fact, steps=params["steps"], threshold=params["threshold"],
-                                        share=params["share"], objective=params["objective"],
-                                        alphas=params["alphas"], on_prompt=advance)
-            probabilities = [(p.probability, p.rank) for p in
-                             (answer_probability(lm, prompt, fact.object) for prompt in fact.prompts())]
-            baseline = activation_baseline(kn.scores, len(kn.neurons))
-            compute = time.perf_counter() - start
-            written = time.perf_counter()
-            atlas.store_fact(fact.id, kn, probabilities, baseline, compute)
-            summary.write_seconds += time.perf_counter() - written  # encoding, inserting and committing
-            summary.compute_seconds += compute
-            summary.computed += 1
-            if progress is not None:
-                progress.update(task, completed=summary.computed)
-        if progress is not None:
-            progress.update(task, current="")
+                    progress.advance()

@@ -1,0 +1,158 @@
+"""Facts in chunks: what one unit of a run's work is, how it is computed, and the executor interface.
+
+A run (:func:`kneuron.store.run`) splits the atlas's computable facts (status pending or done, in registration
+order) into consecutive chunks of ``chunk_facts``. One chunk is computed as one call of
+:func:`integrated_gradients_many` over the prompts of all its facts, so prompts of the same shape from different
+facts share integrated-gradients batches. Each prompt's scores are those it gets alone up to float rounding (a
+batch's composition changes the order of the sums in its matrix products), so a fact's stored bytes depend on
+its chunk mates. For that reason the chunks depend on the atlas's fact order only, never on which facts are
+done or on worker timing: a resumed run recomputes every chunk that still has a pending fact as a whole (and
+stores only its pending facts), and any executor (local, or Ray actors in :mod:`kneuron.parallel`) writes the
+same atlas byte for byte.
+
+Layering: an executor is anything with the :class:`Executor` interface (``name``, ``map``). The store defines
+it and the local one; :mod:`kneuron.parallel` (above the store) adds the Ray one. ``store.run`` takes an
+executor object, so the store never imports ``parallel``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kneuron.attribution.integrated_gradients import integrated_gradients_many
+from kneuron.attribution.selection import activation_baseline, refine
+from kneuron.attribution.types import KnowledgeNeurons, Neuron
+from kneuron.facts.encoding import answer_probability, encode
+from kneuron.facts.fact import Fact
+from kneuron.models.language_model import LanguageModel
+
+#: facts per chunk by default (see the README's "Running a whole dataset" for the measurement behind it)
+DEFAULT_CHUNK_FACTS = 16
+
+
+@dataclass
+class Chunk:
+    """One unit of work: ``facts`` (all computed together, in this order) and the ids of those to store."""
+
+    number: int
+    facts: list[Fact]
+    store: list[str]
+
+
+@dataclass
+class FactResult:
+    """Everything :meth:`Atlas.store_fact` writes for one fact."""
+
+    fact_id: str
+    kn: KnowledgeNeurons
+    probabilities: list[tuple[float, int]]
+    baseline: list[Neuron]
+    compute_seconds: float
+
+
+@dataclass
+class ChunkResult:
+    """The stored facts of a chunk, with who computed it (``worker``) and how long it took."""
+
+    number: int
+    results: list[FactResult]
+    seconds: float
+    worker: str = "local"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Executor(Protocol):
+    """What runs chunks. ``map`` yields each chunk's result exactly once, in any order; it holds at most a
+    bounded number of finished chunks (the caller writes each before asking for the next)."""
+
+    name: str
+
+    def map(self, chunks: Iterable[Chunk], params: dict[str, Any], identity: dict[str, Any]
+            ) -> Iterator[ChunkResult]: ...
+
+
+def plan_chunks(rows: Sequence[dict[str, Any]], todo: set[str], size: int) -> list[tuple[int, list[str], list[str]]]:
+    """``(number, ids of the chunk, ids to store)`` for every chunk holding a fact of ``todo``.
+
+    ``rows`` are the atlas's fact rows in registration order; only pending and done facts are computable and
+    they are cut into consecutive chunks of ``size``, so a chunk's composition depends on that order alone.
+    """
+    computable = [row["id"] for row in rows if row["status"] in ("pending", "done")]
+    planned = []
+    for number, start in enumerate(range(0, len(computable), size)):
+        ids = computable[start:start + size]
+        wanted = [i for i in ids if i in todo]
+        if wanted:
+            planned.append((number, ids, wanted))
+    return planned
+
+
+def compute_chunk(lm: LanguageModel, chunk: Chunk, params: dict[str, Any],
+                  memory_budget: int | None = None) -> ChunkResult:
+    """Attribute every prompt of the chunk's facts in one :func:`integrated_gradients_many` call, then refine
+    each fact and compute its prompts' probabilities and its activation baseline."""
+    started = time.perf_counter()
+    queries, owners = [], []
+    for number, fact in enumerate(chunk.facts):
+        for prompt in fact.prompts():
+            queries.append(encode(lm, prompt, fact.object))
+            owners.append(number)
+    scores = integrated_gradients_many(lm, queries, steps=params["steps"], objective=params["objective"],
+                                       alphas=params["alphas"], memory_budget=memory_budget)
+    attributed = time.perf_counter()
+    per_prompt = (attributed - started) / max(len(queries), 1)
+    wanted = set(chunk.store)
+    results = []
+    for number, fact in enumerate(chunk.facts):
+        if fact.id not in wanted:
+            continue
+        start = time.perf_counter()
+        bag = [s for s, owner in zip(scores, owners, strict=True) if owner == number]
+        for one in bag:
+            one.answer = fact.object
+        kn = refine(bag, share=params["share"], threshold=params["threshold"], fact=fact)
+        kn.params.update(alphas=params["alphas"], answer=fact.object)
+        kn.scores = bag
+        probabilities = [(p.probability, p.rank) for p in
+                         (answer_probability(lm, prompt, fact.object) for prompt in fact.prompts())]
+        baseline = activation_baseline(bag, len(kn.neurons))
+        seconds = per_prompt * len(bag) + time.perf_counter() - start
+        results.append(FactResult(fact.id, kn, probabilities, baseline, seconds))
+    return ChunkResult(chunk.number, results, time.perf_counter() - started)
+
+
+class LocalExecutor:
+    """Chunks computed one after another in this process, with the driver's model (the default)."""
+
+    name = "local"
+
+    def __init__(self, lm: LanguageModel, memory_budget: int | None = None) -> None:
+        self.lm = lm
+        self.memory_budget = memory_budget
+
+    def map(self, chunks: Iterable[Chunk], params: dict[str, Any], identity: dict[str, Any]
+            ) -> Iterator[ChunkResult]:
+        for chunk in chunks:
+            yield compute_chunk(self.lm, chunk, params, self.memory_budget)
+
+
+def same_shape_shares(lm: LanguageModel, facts: Sequence[Fact], chunk_facts: int) -> dict[str, float]:
+    """The share of prompts that have a same-shape partner (and so share IG batches) within their fact, and
+    within their chunk of ``chunk_facts`` facts: ``{"within_fact", "within_chunk", "prompts"}``."""
+    from collections import Counter
+
+    from kneuron.attribution.step_rows import make_plan, shape_key
+
+    keys = [[shape_key(make_plan(lm, encode(lm, prompt, fact.object), "prob")) for prompt in fact.prompts()]
+            for fact in facts]
+    total = sum(len(k) for k in keys)
+    in_fact = sum(count for k in keys for count in Counter(k).values() if count > 1)
+    in_chunk = 0
+    for start in range(0, len(keys), chunk_facts):
+        counts = Counter(key for k in keys[start:start + chunk_facts] for key in k)
+        in_chunk += sum(count for count in counts.values() if count > 1)
+    return {"within_fact": in_fact / total if total else 0.0, "within_chunk": in_chunk / total if total else 0.0,
+            "prompts": float(total)}

@@ -1,0 +1,82 @@
+"""How much of each prompt's score matrix an atlas keeps: ``full``, ``sparse`` or ``none`` (``keep_scores``).
+
+* ``full``: the ``scores`` and ``activations`` BLOBs hold the whole ``layers x neurons`` matrices (raw
+  little-endian ``dtype`` bytes, row-major): ``8 x layers x neurons`` bytes per prompt in float32.
+* ``sparse``: per prompt, every neuron whose score satisfies ``|score| >= SPARSE_THRESHOLD x max(score)``
+  (0.05 of the prompt's maximum): the ``scores`` BLOB is their flat indices (``layer * neurons + neuron``,
+  int32, ascending) followed by their scores (``dtype``), the ``activations`` BLOB the activations at those
+  indices (``dtype``). Coarse neurons at any threshold >= 0.05 depend only on scores above 0.05 x max, so
+  coarse and refined sets recomputed from a sparse atlas equal the stored ones (tests/store/test_scores.py).
+  The threshold is recorded in the atlas's params (``sparse_threshold``).
+* ``none``: both BLOBs are empty; the neurons, probabilities, baselines and gaps are kept.
+
+Readers: :func:`decode_dense` gives dense tensors (zeros where nothing was kept), :func:`decode_sparse` the kept
+entries. The neurons table (refined, coarse and activation-baseline neurons) is the same for all three.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from kneuron.errors import KneuronError
+
+KEEP_SCORES = ("full", "sparse", "none")
+#: the share of a prompt's maximum score above which ``sparse`` keeps a score
+SPARSE_THRESHOLD = 0.05
+
+
+def keep_params(keep: str) -> dict[str, Any]:
+    """The params entries recording ``keep`` (and, for sparse, its threshold)."""
+    return {"keep_scores": keep, **({"sparse_threshold": SPARSE_THRESHOLD} if keep == "sparse" else {})}
+
+
+def _le(dtype: str) -> np.dtype:
+    return np.dtype(dtype).newbyteorder("<")
+
+
+def encode(scores: torch.Tensor, activations: torch.Tensor, dtype: str, keep: str,
+           threshold: float = SPARSE_THRESHOLD) -> tuple[bytes, bytes]:
+    """The (scores, activations) BLOBs of one prompt under ``keep``."""
+    matrix = scores.detach().cpu().to(getattr(torch, dtype)).numpy()
+    acts = activations.detach().cpu().to(getattr(torch, dtype)).numpy()
+    if keep == "full":
+        return (np.ascontiguousarray(matrix, dtype=_le(dtype)).tobytes(),
+                np.ascontiguousarray(acts, dtype=_le(dtype)).tobytes())
+    if keep == "none":
+        return b"", b""
+    if keep != "sparse":
+        raise KneuronError(f"Unknown keep_scores {keep!r}: use {', '.join(map(repr, KEEP_SCORES))}.")
+    flat, flat_acts = matrix.reshape(-1), acts.reshape(-1)
+    top = float(flat.max()) if flat.size else 0.0
+    index = np.flatnonzero(np.abs(flat) >= threshold * top) if top > 0 else np.arange(flat.size)
+    return (index.astype(_le("int32")).tobytes() + flat[index].astype(_le(dtype)).tobytes(),
+            flat_acts[index].astype(_le(dtype)).tobytes())
+
+
+def decode_sparse(scores_blob: bytes, activations_blob: bytes, dtype: str
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(flat indices, scores, activations)`` of a sparse prompt."""
+    size = np.dtype(dtype).itemsize
+    count = len(scores_blob) // (4 + size)
+    index = np.frombuffer(scores_blob[:4 * count], dtype=_le("int32")).astype(np.int64)
+    values = np.frombuffer(scores_blob[4 * count:], dtype=_le(dtype)).astype(dtype)
+    acts = np.frombuffer(activations_blob, dtype=_le(dtype)).astype(dtype)
+    return index, values, acts
+
+
+def decode_dense(scores_blob: bytes, activations_blob: bytes, dtype: str, shape: tuple[int, int], keep: str
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense ``(scores, activations)`` of one prompt; zeros where a sparse atlas kept nothing."""
+    if keep == "none":
+        raise KneuronError("This atlas keeps no score matrices (made with --keep-scores none): its neurons, "
+                           "probabilities and baselines are there; re-run with --keep-scores sparse or full.")
+    if keep == "full":
+        return (torch.from_numpy(np.frombuffer(scores_blob, dtype=_le(dtype)).astype(dtype).reshape(shape)),
+                torch.from_numpy(np.frombuffer(activations_blob, dtype=_le(dtype)).astype(dtype).reshape(shape)))
+    index, values, acts = decode_sparse(scores_blob, activations_blob, dtype)
+    dense, dense_acts = np.zeros(shape[0] * shape[1], dtype=dtype), np.zeros(shape[0] * shape[1], dtype=dtype)
+    dense[index], dense_acts[index] = values, acts
+    return torch.from_numpy(dense.reshape(shape)), torch.from_numpy(dense_acts.reshape(shape))
