@@ -212,3 +212,20 @@ def test_ctrl_c_says_how_to_continue(fake_load, facts_file, tmp_path, monkeypatc
     monkeypatch.setattr(runs.Atlas, "store_fact", original)
     result = invoke(*run_args(facts_file, out))
     assert result.exit_code == 0 and "computed=8 already_done=2" in result.stdout
+
+
+def test_run_executor_chunk_and_keep_options(fake_load, facts_file, tmp_path):
+    """--chunk-facts and --keep-scores reach the atlas's params; --executor local is today's run; a log (stderr
+    not a terminal) gets plain progress lines; a bad executor or keep value is one error line."""
+    out = tmp_path / "opts.sqlite"
+    result = invoke(*run_args(facts_file, out, "--executor", "local", "--chunk-facts", "4", "--keep-scores",
+                              "sparse"))
+    assert result.exit_code == 0, result.output
+    assert "progress: 10/10 facts (100.0%)" in result.stderr and "executor local" in result.stderr
+    with Atlas.open(out, read_only=True) as atlas:
+        assert atlas.params["chunk_facts"] == 4 and atlas.params["keep_scores"] == "sparse"
+        assert atlas.params["sparse_threshold"] == 0.05
+    bad = invoke(*run_args(facts_file, tmp_path / "b.sqlite", "--executor", "spark"))
+    assert bad.exit_code == 1 and "error: Unknown executor 'spark': use local or ray." in bad.stderr
+    bad = invoke(*run_args(facts_file, tmp_path / "c.sqlite", "--keep-scores", "half"))
+    assert bad.exit_code == 1 and "Unknown keep_scores 'half'" in bad.stderr

@@ -64,11 +64,30 @@ AlphaRule = Literal["right", "midpoint", "linspace"]
 
 #: default memory for one batch of steps: 2 GiB, overridable per call or with KNEURON_MEMORY_BUDGET (bytes)
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+#: on CUDA without a given budget, this share of the device's free memory (the rest is headroom for the
+#: allocator's fragmentation, the plans' cached prefixes and memory_per_row's estimate being an estimate)
+CUDA_MEMORY_SHARE = 0.6
 #: at most this many (prompt, layer, α) rows per batch; below it the memory budget decides. Rows join a
 #: batch at their own layer, so a large batch wastes no block, and on a CPU larger matrix products and
 #: fewer operator calls make it faster (measured on bert-, gpt2- and SmolLM2-shaped models: one batch of
 #: all 240 or 600 rows of a prompt beats batches of 64 to 128 by 5 to 15%)
 MAX_ROWS = 1024
+
+
+def default_memory_budget(lm: LanguageModel) -> int:
+    """Bytes one batch of steps may use when the caller gives no budget.
+
+    KNEURON_MEMORY_BUDGET (bytes) when set; on CUDA, :data:`CUDA_MEMORY_SHARE` of the device's free memory
+    (``torch.cuda.mem_get_info``) at the call; elsewhere :data:`DEFAULT_MEMORY_BUDGET` (measured on CPU).
+    The CUDA rule is written to be right by construction and has not run on a GPU here (this machine has none).
+    """
+    if os.environ.get("KNEURON_MEMORY_BUDGET"):
+        return int(os.environ["KNEURON_MEMORY_BUDGET"])
+    device = torch.device(lm.device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return max(1, int(free * CUDA_MEMORY_SHARE))
+    return DEFAULT_MEMORY_BUDGET
 
 
 def alpha_points(steps: int, rule: AlphaRule = "right") -> torch.Tensor:
@@ -109,7 +128,7 @@ def integrated_gradients(
         objective: "prob" (the paper) or "logprob" (log of the joint probability).
         alphas: "right" (k/m, the paper), "midpoint" ((k-½)/m) or "linspace" (EleutherAI).
         layers: only these layers (others score 0); all by default.
-        memory_budget: bytes one batch of steps may use (default 2 GiB or KNEURON_MEMORY_BUDGET).
+        memory_budget: bytes one batch of steps may use (default: :func:`default_memory_budget`).
         batch_rows: force the number of (layer, α) rows per batch instead of the budget's choice.
 
     Returns:
@@ -160,7 +179,7 @@ def integrated_gradients_many(
     groups: dict[tuple[int, int, int], list[int]] = defaultdict(list)
     for index, plan in enumerate(plans):
         groups[shape_key(plan)].append(index)
-    budget = memory_budget or int(os.environ.get("KNEURON_MEMORY_BUDGET", DEFAULT_MEMORY_BUDGET))
+    budget = memory_budget or default_memory_budget(lm)
     results: list[NeuronScores | None] = [None] * len(plans)
     with frozen_parameters(lm.model):
         for members in groups.values():

@@ -51,6 +51,18 @@ def run_command(
                                                  "more than half of the fact's prompts.")] = 10,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete an existing atlas at --out first.")] = False,
     device: DeviceOption = "cpu",
+    executor: Annotated[str, typer.Option("--executor", help="local (this process) or ray (actors that each load "
+                                                             "--model; needs kneuron[ray]).")] = "local",
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to join (host:port, "
+                                                    "ray://host:port, auto); default: start a local Ray.",
+                                                    show_default=False)] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Ray workers (each loads the model once).")] = 2,
+    gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", min=0.0, help="GPUs Ray reserves per "
+                                                   "worker (fractions allowed); > 0 puts workers on cuda.")] = 0.0,
+    chunk_facts: Annotated[int, typer.Option("--chunk-facts", min=1, help="Facts per chunk: their same-shape "
+                                             "prompts share batches (part of the atlas's parameters).")] = 16,
+    keep_scores: Annotated[str, typer.Option("--keep-scores", help="Score matrices to keep per prompt: full, "
+                                             "sparse (scores >= 0.05 x the prompt's max) or none.")] = "full",
 ) -> None:
     """Find the knowledge neurons of every fact of a set and store everything in an atlas (resumable)."""
     import contextlib
@@ -75,10 +87,15 @@ def run_command(
             raise FactError(f"None of the facts in {facts} has a template with text before [Y], which a causal "
                             "model needs.")
         loaded = usable
+    from kneuron.parallel import make_executor
+
+    chosen_executor = make_executor(executor, lm, model=model, address=ray_address, workers=workers,
+                                    gpus_per_worker=gpus_per_worker, device=device)
     try:
         summary = run_facts(lm, loaded, out, steps=steps, threshold=threshold, share=parse_share(share),
                             objective=objective, known_only=not all_facts, top=top,
-                            limit_per_relation=per_relation, overwrite=overwrite, console=err_console)
+                            limit_per_relation=per_relation, overwrite=overwrite, console=err_console,
+                            executor=chosen_executor, chunk_facts=chunk_facts, keep_scores=keep_scores)
     except KeyboardInterrupt:
         done = 0
         with contextlib.suppress(KneuronError), Atlas.open(out, read_only=True) as atlas:

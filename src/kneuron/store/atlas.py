@@ -699,13 +699,14 @@ class Atlas:
         prompt_rows = []
         templates = json.loads(self._fact_row(fact_id)["templates"])
         keep = self.params.get("keep_scores", "full")
+        index = score_blobs.sparse_index([s.scores for s in kn.scores]) if keep == "sparse" else None
         for idx, (scores, (probability, rank)) in enumerate(zip(kn.scores, probabilities, strict=True)):
             dtype = blob_dtype(scores.scores)
             layers, width = scores.scores.shape
             prompt_rows.append((
                 fact_id, idx, templates[idx] if idx < len(templates) else "", scores.prompt, float(probability),
                 int(rank), float(scores.probability), int(scores.position), dtype, int(layers), int(width),
-                *score_blobs.encode(scores.scores, scores.activations, dtype, keep),
+                *score_blobs.encode(scores.scores, scores.activations, dtype, keep, index),
                 to_blob(scores.baseline, "float64"), to_blob(scores.completeness_gap, "float64")))
         neuron_rows = [(fact_id, "refined", -1, r, n.layer, n.index, float(n.score)) for r, n in enumerate(kn.neurons)]
         neuron_rows += [(fact_id, "coarse", p, r, n.layer, n.index, float(n.score))

@@ -3,11 +3,15 @@
 * ``full``: the ``scores`` and ``activations`` BLOBs hold the whole ``layers x neurons`` matrices (raw
   little-endian ``dtype`` bytes, row-major): ``8 x layers x neurons`` bytes per prompt in float32.
 * ``sparse``: per prompt, every neuron whose score satisfies ``|score| >= SPARSE_THRESHOLD x max(score)``
-  (0.05 of the prompt's maximum): the ``scores`` BLOB is their flat indices (``layer * neurons + neuron``,
-  int32, ascending) followed by their scores (``dtype``), the ``activations`` BLOB the activations at those
-  indices (``dtype``). Coarse neurons at any threshold >= 0.05 depend only on scores above 0.05 x max, so
-  coarse and refined sets recomputed from a sparse atlas equal the stored ones (tests/store/test_scores.py).
-  The threshold is recorded in the atlas's params (``sparse_threshold``).
+  (0.05 of the prompt's maximum), and also the neurons where another prompt of the same fact does (the union
+  over the fact's bag): the ``scores`` BLOB is their flat indices (``layer * neurons + neuron``, int32,
+  ascending) followed by their scores (``dtype``), the ``activations`` BLOB the activations at those indices
+  (``dtype``). Coarse neurons at any threshold >= 0.05 depend only on a prompt's own scores above 0.05 x max,
+  so coarse sets recomputed from a sparse atlas are exact; the union makes refinement exact too at any share:
+  a refined neuron's score is its mean over all prompts of the bag, including prompts where it is small, and
+  the union keeps exactly those values (per prompt only, the means and so the order of refined neurons could
+  differ). Tested in tests/store/test_scores.py. The threshold is recorded in the params
+  (``sparse_threshold``).
 * ``none``: both BLOBs are empty; the neurons, probabilities, baselines and gaps are kept.
 
 Readers: :func:`decode_dense` gives dense tensors (zeros where nothing was kept), :func:`decode_sparse` the kept
@@ -16,6 +20,7 @@ entries. The neurons table (refined, coarse and activation-baseline neurons) is 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -37,9 +42,22 @@ def _le(dtype: str) -> np.dtype:
     return np.dtype(dtype).newbyteorder("<")
 
 
+def sparse_index(bag: Sequence[torch.Tensor], threshold: float = SPARSE_THRESHOLD) -> np.ndarray:
+    """The flat indices a sparse atlas keeps for every prompt of a fact: those where some prompt of the bag has
+    ``|score| >= threshold x`` its maximum (all indices for a prompt whose maximum is not positive)."""
+    keep = None
+    for scores in bag:
+        flat = scores.detach().cpu().double().numpy().reshape(-1)
+        top = float(flat.max()) if flat.size else 0.0
+        mine = np.abs(flat) >= threshold * top if top > 0 else np.ones(flat.size, dtype=bool)
+        keep = mine if keep is None else keep | mine
+    return np.flatnonzero(keep) if keep is not None else np.zeros(0, dtype=np.int64)
+
+
 def encode(scores: torch.Tensor, activations: torch.Tensor, dtype: str, keep: str,
-           threshold: float = SPARSE_THRESHOLD) -> tuple[bytes, bytes]:
-    """The (scores, activations) BLOBs of one prompt under ``keep``."""
+           index: np.ndarray | None = None) -> tuple[bytes, bytes]:
+    """The (scores, activations) BLOBs of one prompt under ``keep``; sparse needs its fact's
+    :func:`sparse_index`."""
     matrix = scores.detach().cpu().to(getattr(torch, dtype)).numpy()
     acts = activations.detach().cpu().to(getattr(torch, dtype)).numpy()
     if keep == "full":
@@ -47,11 +65,9 @@ def encode(scores: torch.Tensor, activations: torch.Tensor, dtype: str, keep: st
                 np.ascontiguousarray(acts, dtype=_le(dtype)).tobytes())
     if keep == "none":
         return b"", b""
-    if keep != "sparse":
+    if keep != "sparse" or index is None:
         raise KneuronError(f"Unknown keep_scores {keep!r}: use {', '.join(map(repr, KEEP_SCORES))}.")
     flat, flat_acts = matrix.reshape(-1), acts.reshape(-1)
-    top = float(flat.max()) if flat.size else 0.0
-    index = np.flatnonzero(np.abs(flat) >= threshold * top) if top > 0 else np.arange(flat.size)
     return (index.astype(_le("int32")).tobytes() + flat[index].astype(_le(dtype)).tobytes(),
             flat_acts[index].astype(_le(dtype)).tobytes())
 
