@@ -153,12 +153,18 @@ def facts_command(
     device: DeviceOption = "cpu",
 ) -> None:
     """Show which facts the model knows (runs keep only those by default)."""
-    from kneuron.facts import load_facts
+    from kneuron.facts import load_facts, validate_facts
     from kneuron.facts.known import answer_ranks, known_share
 
+    chosen = [r.strip() for r in relations.split(",") if r.strip()] if relations else None
+    every = load_facts(facts)  # a malformed file fails here, before the model loads
+    validate_facts(every, causal=False, relations=chosen, source=facts)
     lm = load_model(model, device)
-    chosen = [r.strip() for r in relations.split(",")] if relations else None
-    loaded = load_facts(facts, relations=chosen, causal=lm.kind == "causal")
+    loaded = validate_facts(every, causal=lm.kind == "causal", relations=chosen, source=facts)
+    chosen_count = len(every) if chosen is None else sum(fact.relation in set(chosen) for fact in every)
+    if len(loaded) < chosen_count:
+        err_console.print(f"{chosen_count - len(loaded)} of {chosen_count} facts have no template with text before "
+                          "[Y] (a causal model reads only that) and are left out.", highlight=False)
     with err_console.status(f"Ranking the answers of {len(loaded)} facts ..."):
         ranks = answer_ranks(lm, loaded)
     per_relation: dict[str, list[int]] = {}

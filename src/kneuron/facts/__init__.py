@@ -22,9 +22,10 @@ from kneuron.facts.builtin import (  # noqa: E402
     discrimination_sentences,
 )
 from kneuron.facts.known import answer_ranks, known_facts  # noqa: E402
-from kneuron.facts.readers import causal_templates, load_facts, read_csv, read_jsonl, write_jsonl  # noqa: E402
+from kneuron.facts.readers import load_facts, read_csv, read_jsonl, write_jsonl  # noqa: E402
+from kneuron.facts.validation import causal_templates, validate_facts  # noqa: E402
 
 __all__ += [
     "answer_ranks", "builtin_facts", "builtin_relations", "causal_templates", "discrimination_facts",
-    "discrimination_sentences", "known_facts", "load_facts", "read_csv", "read_jsonl", "write_jsonl",
+    "discrimination_sentences", "known_facts", "load_facts", "read_csv", "read_jsonl", "validate_facts", "write_jsonl",
 ]

@@ -8,6 +8,7 @@ position is the prompt's last token; for a masked LM the answer is replaced by o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +47,48 @@ def _ids(tokenizer, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-def answer_token_ids(lm: LanguageModel, prompt: Prompt, answer: str) -> list[int]:
+class _Tokens:
+    """Token ids of texts, and the tokenizer's special ids, looked up once.
+
+    :func:`encode_many` fills it with batched tokenizer calls ahead of use; a text not filled in is tokenized
+    on its own, exactly as before, so results never depend on what was filled.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.known: dict[tuple[str, bool], list[int]] = {}
+        self.attributes: dict[str, object] = {}
+
+    def fill(self, texts: Sequence[str], special: bool) -> None:
+        todo = list(dict.fromkeys(t for t in texts if (t, special) not in self.known))
+        if todo:
+            found = self.tokenizer(todo, add_special_tokens=special, return_attention_mask=False,
+                                   return_token_type_ids=False)["input_ids"]
+            for text, ids in zip(todo, found, strict=True):
+                self.known[(text, special)] = list(ids)
+
+    def ids(self, text: str, special: bool) -> list[int]:
+        ids = self.known.get((text, special))
+        return list(ids) if ids is not None else _ids(self.tokenizer, text, special)
+
+    def attr(self, name: str):
+        """``getattr(tokenizer, name, None)``, cached (transformers' tokenizer attribute look-up is slow)."""
+        if name not in self.attributes:
+            self.attributes[name] = getattr(self.tokenizer, name, None)
+        return self.attributes[name]
+
+
+def _answer_texts(lm: LanguageModel, prompt: Prompt, answer: str) -> tuple[str, str] | None:
+    """The (context, context + separator + answer) that :func:`answer_token_ids` tokenizes, or None."""
+    answer = answer.strip()
+    if not answer:
+        return None
+    sep = " " if prompt.space else ""
+    context = prompt.prefix.rstrip(" ") if lm.kind == "mlm" else prompt.causal_text
+    return (context, context + sep + answer) if context else None
+
+
+def answer_token_ids(lm: LanguageModel, prompt: Prompt, answer: str, _tokens: _Tokens | None = None) -> list[int]:
     """The answer's token ids as the model sees them after ``prompt.prefix``.
 
     Tokenizes prefix+answer and prefix alone and keeps the difference, so that leading-space
@@ -56,29 +98,26 @@ def answer_token_ids(lm: LanguageModel, prompt: Prompt, answer: str) -> list[int
     """
     if not answer.strip():
         raise FactError("The answer is empty: give the word(s) the model should predict.")
-    tokenizer = lm.tokenizer
+    tokens = _tokens or _Tokens(lm.tokenizer)
     answer = answer.strip()
-    if lm.kind == "mlm":
-        sep = " " if prompt.space else ""
-        context = prompt.prefix.rstrip(" ")
-    else:
-        sep, context = " " if prompt.space else "", prompt.causal_text
+    sep = " " if prompt.space else ""
+    context = prompt.prefix.rstrip(" ") if lm.kind == "mlm" else prompt.causal_text
     if context:
-        base = _ids(tokenizer, context, special=False)
-        full = _ids(tokenizer, context + sep + answer, special=False)
+        base = tokens.ids(context, special=False)
+        full = tokens.ids(context + sep + answer, special=False)
         if full[: len(base)] == base and len(full) > len(base):
             ids = full[len(base):]
         else:
-            ids = _ids(tokenizer, sep + answer, special=False)
+            ids = tokens.ids(sep + answer, special=False)
     else:
-        ids = _ids(tokenizer, answer, special=False)
+        ids = tokens.ids(answer, special=False)
     if not ids:
         raise FactError(f"The answer {answer!r} tokenizes to nothing with {lm.name}'s tokenizer.")
-    unk = getattr(tokenizer, "unk_token_id", None)
-    if lm.kind == "mlm" and unk is not None and unk in ids:
+    unk = tokens.attr("unk_token_id") if lm.kind == "mlm" else None
+    if unk is not None and unk in ids:
         raise FactError(
             f"The answer {answer!r} contains a word that {lm.name}'s vocabulary does not have (it becomes "
-            f"{tokenizer.unk_token!r}); the model cannot predict it. Choose an answer spelled with known tokens."
+            f"{lm.tokenizer.unk_token!r}); the model cannot predict it. Choose an answer spelled with known tokens."
         )
     return ids
 
@@ -93,32 +132,60 @@ def _causal_context(prompt: Prompt) -> str:
     return prompt.causal_text
 
 
-def encode(lm: LanguageModel, prompt: Prompt | str, answer: str) -> EncodedQuery:
+def _masked_text(prompt: Prompt, mask: str, count: int) -> str:
+    """The sentence a masked LM reads: ``count`` mask tokens where the answer goes."""
+    sep = " " if prompt.space else ""
+    return prompt.prefix.rstrip(" ") + sep + " ".join([mask] * count) + prompt.suffix
+
+
+def encode(lm: LanguageModel, prompt: Prompt | str, answer: str, _tokens: _Tokens | None = None) -> EncodedQuery:
     """Encode ``prompt`` (a Prompt, a template with [Y], or plain causal text) with ``answer``."""
     if isinstance(prompt, str):
         prompt = Prompt.from_text(prompt) if lm.kind == "causal" else Prompt.from_template(prompt)
-    tokenizer = lm.tokenizer
-    answer_ids = answer_token_ids(lm, prompt, answer)
+    tokens = _tokens or _Tokens(lm.tokenizer)
+    answer_ids = answer_token_ids(lm, prompt, answer, tokens)
     if lm.kind == "causal":
-        prompt_ids = _ids(tokenizer, _causal_context(prompt), special=True)
-        if prompt_ids and prompt_ids[-1] == getattr(tokenizer, "eos_token_id", None) and len(prompt_ids) > 1:
+        prompt_ids = tokens.ids(_causal_context(prompt), special=True)
+        if prompt_ids and prompt_ids[-1] == tokens.attr("eos_token_id") and len(prompt_ids) > 1:
             prompt_ids = prompt_ids[:-1]  # some tokenizers append EOS; a continuation must not follow it
         input_ids = prompt_ids + answer_ids[:-1]
         targets = tuple(range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(answer_ids)))
         text = prompt.causal_text
     else:
-        mask = tokenizer.mask_token
+        mask = tokens.attr("mask_token")
         if mask is None:
             raise FactError(f"{lm.name}'s tokenizer has no mask token; it cannot be used as a masked LM.")
-        sep = " " if prompt.space else ""
-        text = prompt.prefix.rstrip(" ") + sep + " ".join([mask] * len(answer_ids)) + prompt.suffix
-        input_ids = _ids(tokenizer, text, special=True)
-        targets = tuple(i for i, t in enumerate(input_ids) if t == tokenizer.mask_token_id)
+        text = _masked_text(prompt, mask, len(answer_ids))
+        input_ids = tokens.ids(text, special=True)
+        mask_id = tokens.attr("mask_token_id")
+        targets = tuple(i for i, t in enumerate(input_ids) if t == mask_id)
         if len(targets) != len(answer_ids):
             raise FactError(
                 f"Expected {len(answer_ids)} mask tokens in {text!r} but the tokenizer produced {len(targets)}."
             )
     return EncodedQuery(torch.tensor(input_ids, dtype=torch.long), tuple(answer_ids), targets, text)
+
+
+def encode_many(lm: LanguageModel, items: Sequence[tuple[Prompt, str]]) -> list[EncodedQuery]:
+    """``[encode(lm, prompt, answer) for prompt, answer in items]``, with the tokenizer called on batches of
+    texts instead of three times per prompt (the cost that dominated ranking thousands of facts).
+
+    The result is the same as the loop's, and so is the first error raised.
+    """
+    tokens = _Tokens(lm.tokenizer)
+    pairs = [texts for prompt, answer in items if (texts := _answer_texts(lm, prompt, answer)) is not None]
+    tokens.fill([text for pair in pairs for text in pair], special=False)
+    if lm.kind == "causal":
+        tokens.fill([p.causal_text for p, _ in items if p.causal_text.strip()], special=True)
+    elif (mask := tokens.attr("mask_token")) is not None:
+        texts = []
+        for prompt, answer in items:
+            try:
+                texts.append(_masked_text(prompt, mask, len(answer_token_ids(lm, prompt, answer, tokens))))
+            except FactError:
+                continue  # raised again, in order, by encode below
+        tokens.fill(texts, special=True)
+    return [encode(lm, prompt, answer, tokens) for prompt, answer in items]
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,58 @@ at ``[Y]``; a causal LM reads the text before ``[Y]`` and is asked to continue i
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from kneuron.errors import FactError
 
 SUBJECT, OBJECT = "[X]", "[Y]"
 
+#: the mask token as the common tokenizers spell it: BERT, ALBERT, ELECTRA, DeBERTa, ModernBERT ``[MASK]``;
+#: RoBERTa, XLM-R, BART, MPNet, XLNet, Funnel ``<mask>``; any case. kneuron places masks itself, at [Y].
+MASK_TOKEN = re.compile(r"\[mask\]|<mask>", re.IGNORECASE)
+
+CAUSAL_HOW = ("a causal model reads the text before [Y] and the answer continues it: write a template such as "
+              "'The capital of [X] is [Y].' or, for predict/find, plain text such as 'The capital of France is'")
+
+
+def mask_token_in(text: str) -> str | None:
+    """The first mask-token spelling (``[MASK]``, ``<mask>``) found in ``text``, or None."""
+    found = MASK_TOKEN.search(text)
+    return found.group() if found else None
+
+
+def _refuse_mask(text: str, what: str) -> None:
+    mask = mask_token_in(text)
+    if mask is None:
+        return
+    if what == "Template":
+        raise FactError(f"Template {text!r} contains the mask token {mask}: mark the answer's place with [Y] "
+                        f"(kneuron puts the masks there for a masked model); {CAUSAL_HOW}.")
+    raise FactError(f"The prompt {text!r} contains the mask token {mask}, which a causal model reads as literal "
+                    f"text: {CAUSAL_HOW}.")
+
+
+def check_filler(value: str, name: str, fact: str) -> None:
+    """Raise FactError when a subject or object (``name``) contains a placeholder or a mask token.
+
+    ``fact`` names the fact in the message, e.g. ``"capital:France -> Paris"``.
+    """
+    for placeholder in (SUBJECT, OBJECT):
+        if placeholder in value:
+            raise FactError(
+                f"Fact {fact}: the {name} {value!r} contains {placeholder}, which marks a place in a template; "
+                "it must be plain text."
+            )
+    mask = mask_token_in(value)
+    if mask is not None:
+        raise FactError(f"Fact {fact}: the {name} {value!r} contains the mask token {mask}; "
+                        "it must be plain text.")
+
 
 def check_template(template: str) -> None:
-    """Raise FactError unless ``template`` has exactly one [Y] and at most one [X]."""
+    """Raise FactError unless ``template`` has exactly one [Y], at most one [X] and no mask token."""
+    _refuse_mask(template, "Template")
     if template.count(OBJECT) != 1:
         raise FactError(
             f"Template {template!r} has {template.count(OBJECT)} '{OBJECT}' placeholders; it needs exactly one, "
@@ -54,6 +97,7 @@ class Prompt:
         check_template(template)
         if SUBJECT in template and not subject:
             raise FactError(f"Template {template!r} needs a subject for '{SUBJECT}', but the subject is empty.")
+        check_filler(subject, "subject", repr(subject))
         prefix, suffix = template.replace(SUBJECT, subject).split(OBJECT)
         return cls(prefix=prefix, suffix=suffix, template=template)
 
@@ -64,6 +108,7 @@ class Prompt:
             raise FactError("The prompt is empty: give the text that the answer should continue.")
         if OBJECT in text:
             return cls.from_template(text)
+        _refuse_mask(text, "The prompt")
         return cls(prefix=text.rstrip(" ") + " ", suffix="", template=text)
 
 
@@ -88,6 +133,9 @@ class Fact:
             raise FactError(f"The answer (object) of fact {self.subject!r} / {self.relation!r} is empty.")
         if not self.subject.strip():
             raise FactError(f"The subject of a {self.relation!r} fact (answer {self.object!r}) is empty.")
+        name = f"{self.id or self.relation + ':' + self.subject} ({self.subject!r} -> {self.object!r})"
+        check_filler(self.subject, "subject", name)
+        check_filler(self.object, "object", name)
         object.__setattr__(self, "templates", tuple(self.templates))
         for template in self.templates:
             check_template(template)

@@ -3,70 +3,126 @@
 Example:
     >>> kept, dropped = known_facts(lm, builtin_facts())
     >>> len(kept), len(dropped)
+
+Ranking runs the prompts in batches: sorted by length, right-padded (with an attention mask for a masked
+model), and the output head applied only at the position that predicts the first answer token. Padding sits
+after every real token, so a causal model's read position cannot see it and a masked model's mask hides it; the
+ranks equal those of one forward pass per prompt (:func:`answer_ranks_one_by_one`, the reference the tests
+compare against in float64) up to floating-point rounding, which can only swap two logits that are equal
+to rounding (near-exact ties).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
-from kneuron.facts.encoding import EncodedQuery, encode
+from kneuron.facts.encoding import EncodedQuery, encode, encode_many
 from kneuron.facts.fact import Fact
 from kneuron.models.language_model import LanguageModel
 
 
-def _rank_input(lm: LanguageModel, query: EncodedQuery) -> tuple[torch.Tensor, int]:
-    """The ids to run and the position to read: a causal LM needs nothing after the predicting position."""
-    if lm.kind == "causal":
-        return query.input_ids[: query.position + 1], query.position
-    return query.input_ids, query.position
+def _rank_input(lm: LanguageModel, query: EncodedQuery) -> torch.Tensor:
+    """The ids to run: a causal LM needs nothing after the position that predicts the first answer token."""
+    return query.input_ids[: query.position + 1] if lm.kind == "causal" else query.input_ids
 
 
-def _logits(lm: LanguageModel, input_ids: torch.Tensor, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits at ``positions``; for a causal LM (whose position is the last one) only the last row is computed."""
-    if lm.kind == "causal":
-        try:
-            logits = lm.model(input_ids=input_ids, logits_to_keep=1).logits
-            return logits, torch.zeros(len(positions), dtype=torch.long, device=logits.device)
-        except TypeError:  # an older or custom model without logits_to_keep
-            pass
-    logits = lm.model(input_ids=input_ids).logits
-    return logits, torch.tensor(positions, device=logits.device)
+def _pad_id(lm: LanguageModel) -> int:
+    pad = getattr(lm.tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(lm.tokenizer, "eos_token_id", None)
+    return int(pad) if pad is not None else 0
+
+
+@contextmanager
+def _head_at(lm: LanguageModel, positions: torch.Tensor) -> Iterator[bool]:
+    """Make the output head read only ``positions`` ((batch,), one per row); yields whether it could (a model
+    without ``get_output_embeddings`` computes logits at every position). The hook is removed on exit."""
+    head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Module):
+        yield False
+        return
+
+    def pre_hook(_module, args):
+        hidden = args[0]
+        index = positions.to(hidden.device)[:, None, None].expand(-1, 1, hidden.shape[-1])
+        return (hidden.gather(1, index), *args[1:])
+
+    handle = head.register_forward_pre_hook(pre_hook)
+    try:
+        yield True
+    finally:
+        handle.remove()
+
+
+def _first_token_ranks(scores: torch.Tensor, targets: torch.Tensor) -> list[int]:
+    """Rank of ``targets`` in each row of ``scores`` (batch, vocab): how many tokens score strictly higher."""
+    scores = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
+    return (scores > scores.gather(1, targets[:, None])).sum(dim=1).tolist()
+
+
+def _queries(lm: LanguageModel, facts: Sequence[Fact]) -> list[tuple[int, int, EncodedQuery]]:
+    items = [(f, p, prompt, fact.object) for f, fact in enumerate(facts) for p, prompt in enumerate(fact.prompts())]
+    queries = encode_many(lm, [(prompt, answer) for _, _, prompt, answer in items])
+    return [(f, p, query) for (f, p, _, _), query in zip(items, queries, strict=True)]
 
 
 @torch.no_grad()
-def answer_ranks(lm: LanguageModel, facts: Sequence[Fact], batch_size: int = 32) -> list[list[int]]:
+def answer_ranks(lm: LanguageModel, facts: Sequence[Fact], batch_size: int = 64) -> list[list[int]]:
     """Rank (0 = top-1) of each prompt's first answer token, per fact, in the order of ``facts`` and prompts.
 
-    Prompts are grouped by token length and run in batches without padding, so results equal one-by-one runs.
-    On a busy machine, ``torch.set_num_threads(1)`` can be several times faster than more threads (all 444
-    built-in facts: 526 s on two threads at load average 9; a 40-fact sample took 13 s on one thread and
-    103 s on two).
+    Prompts run in batches of ``batch_size`` (see the module docstring); only one position per row reaches
+    the output head, so memory grows with ``batch_size`` x prompt length x hidden size, not with the vocabulary.
+    ``kneuron facts`` on 10,000 synthetic facts (30,000 prompts) of a tiny model: see
+    ``benchmarks/bench_known_filter.py`` and the README for the measured speed-up over one pass per prompt.
 
     Raises:
         FactError: a prompt the model cannot read (e.g. a causal model and a template that starts with [Y]).
     """
     ranks: list[list[int]] = [[0] * len(fact.templates) for fact in facts]
-    groups: dict[int, list[tuple[int, int, torch.Tensor, int, int]]] = defaultdict(list)
-    for f, fact in enumerate(facts):
-        for p, prompt in enumerate(fact.prompts()):
+    queries = _queries(lm, facts)
+    inputs = [_rank_input(lm, query) for _, _, query in queries]
+    order = sorted(range(len(queries)), key=lambda i: int(inputs[i].shape[0]))
+    pad = _pad_id(lm)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        width = max(int(inputs[i].shape[0]) for i in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            ids[row, :inputs[i].shape[0]] = inputs[i]
+            mask[row, :inputs[i].shape[0]] = 1
+        positions = torch.tensor([queries[i][2].position for i in chunk])
+        # A causal model gets no attention mask: its read position is the row's last real token, which cannot
+        # attend to the padding after it anyway, while a padding mask can leave a padded position with no
+        # key to attend to under a sliding window (Gemma 2/3), whose NaN then spreads to the whole row.
+        kwargs = {} if lm.kind == "causal" else {"attention_mask": mask.to(lm.device)}
+        with _head_at(lm, positions) as sliced:
+            logits = lm.model(input_ids=ids.to(lm.device), **kwargs).logits
+        rows = torch.arange(len(chunk), device=logits.device)
+        scores = logits[:, 0] if sliced else logits[rows, positions.to(logits.device)]
+        targets = torch.tensor([queries[i][2].answer_ids[0] for i in chunk], device=logits.device)
+        for i, rank in zip(chunk, _first_token_ranks(scores, targets), strict=True):
+            f, p, _ = queries[i]
+            ranks[f][p] = int(rank)
+    return ranks
+
+
+@torch.no_grad()
+def answer_ranks_one_by_one(lm: LanguageModel, facts: Sequence[Fact]) -> list[list[int]]:
+    """:func:`answer_ranks` the slow, obviously correct way: one encode and one forward pass per prompt."""
+    ranks = []
+    for fact in facts:
+        fact_ranks = []
+        for prompt in fact.prompts():
             query = encode(lm, prompt, fact.object)
-            ids, position = _rank_input(lm, query)
-            groups[len(ids)].append((f, p, ids, position, query.answer_ids[0]))
-    for _, items in sorted(groups.items()):
-        for start in range(0, len(items), batch_size):
-            chunk = items[start:start + batch_size]
-            input_ids = torch.stack([item[2] for item in chunk]).to(lm.device)
-            logits, positions = _logits(lm, input_ids, [item[3] for item in chunk])
-            rows = torch.arange(len(chunk), device=logits.device)
-            scores = logits[rows, positions].float()  # (batch, vocab)
-            targets = torch.tensor([item[4] for item in chunk], device=logits.device)
-            target_scores = scores.gather(1, targets[:, None])
-            counts = (scores > target_scores).sum(dim=1)
-            for (f, p, *_), count in zip(chunk, counts.tolist(), strict=True):
-                ranks[f][p] = int(count)
+            ids = _rank_input(lm, query)[None].to(lm.device)
+            logits = lm.model(input_ids=ids).logits[0, query.position][None]
+            target = torch.tensor([query.answer_ids[0]], device=logits.device)
+            fact_ranks.append(int(_first_token_ranks(logits, target)[0]))
+        ranks.append(fact_ranks)
     return ranks
 
 
@@ -76,7 +132,7 @@ def known_share(ranks: Sequence[int], top: int = 10) -> float:
 
 
 def known_facts(lm: LanguageModel, facts: Sequence[Fact], top: int = 10, min_share: float = 0.5,
-                batch_size: int = 32) -> tuple[list[Fact], list[Fact]]:
+                batch_size: int = 64) -> tuple[list[Fact], list[Fact]]:
     """Split ``facts`` into (known, dropped).
 
     A fact is known when the first token of its answer is among the model's ``top`` next-token (or

@@ -33,11 +33,11 @@ import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 from kneuron.errors import FactError
-from kneuron.facts.fact import OBJECT, SUBJECT, Fact, Prompt
+from kneuron.facts.fact import OBJECT, SUBJECT, Fact, Prompt, check_filler
+from kneuron.facts.validation import causal_templates
 
 _SKIP_PREFIXES = ("//", "#")
 MASK = "[MASK]"
@@ -296,6 +296,11 @@ def read_trex_triples(path: str | Path) -> list[tuple[str, str, str, str]]:
         obj = _string(record, "obj_label", where)
         relation = _string(record, "predicate_id", where, required=False) or path.stem
         uuid = record.get("uuid")
+        try:
+            check_filler(subject, "subject", f"{relation}:{subject}")
+            check_filler(obj, "object", f"{relation}:{subject}")
+        except FactError as exc:
+            raise FactError(f"{where}: {exc}") from None
         triples.append((relation, subject, obj, str(uuid) if uuid is not None else ""))
     return triples
 
@@ -527,26 +532,6 @@ def _read_directory(folder: Path) -> list[Fact]:
             "LAMA's TREx/*.jsonl with relations.jsonl, the knowledge-neurons data_all*.json, or our .jsonl files."
         )
     return facts
-
-
-def _causal(template: str) -> bool:
-    before = template.split(OBJECT)[0]
-    return SUBJECT in before if SUBJECT in template else bool(before.strip())
-
-
-def causal_templates(facts: Iterable[Fact]) -> list[Fact]:
-    """Keep only the templates a causal LM can use; drop facts left with none.
-
-    A causal LM reads only the text before ``[Y]``, so the subject ``[X]`` must come before it. PARAREL has
-    patterns such as ``"[Y] is the capital of [X] ."`` or ``"The capital of [Y] is [X] ."`` that only a masked
-    LM can use.
-    """
-    kept = []
-    for fact in facts:
-        templates = tuple(t for t in fact.templates if _causal(t))
-        if templates:
-            kept.append(fact if templates == fact.templates else replace(fact, templates=templates))
-    return kept
 
 
 def load_facts(source: str | Path, *, relations: Iterable[str] | None = None, causal: bool = False) -> list[Fact]:
