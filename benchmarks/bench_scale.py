@@ -35,6 +35,7 @@ from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
 import torch  # noqa: E402
 
@@ -73,14 +74,14 @@ def real_model_part(args, folder: Path) -> dict[str, float | str]:
     prompts = sum(len(f.templates) for f in facts)
     common = {"steps": args.steps, "chunk_facts": 16}
     out: dict[str, float | str] = {}
+    shares = same_shape_shares(lm, builtin, 16)
+    print(f"built-in set: {shares['prompts']:.0f} prompts; with a same-shape partner: {shares['within_fact']:.1%} "
+          f"within their fact, {shares['within_chunk']:.1%} within a chunk of 16 facts")
     seconds_one = timed_run(lm, facts, folder / "chunk1.sqlite", **{**common, "chunk_facts": 1})
     seconds_local = timed_run(lm, facts, folder / "local.sqlite", **common)
     out["cross_fact_speedup"] = seconds_one / seconds_local
     out["local_fph"] = 3600 * len(facts) / seconds_local
     out["seconds_per_prompt"] = seconds_local / prompts
-    shares = same_shape_shares(lm, builtin, 16)
-    print(f"built-in set: {shares['prompts']:.0f} prompts; with a same-shape partner: {shares['within_fact']:.1%} "
-          f"within their fact, {shares['within_chunk']:.1%} within a chunk of 16 facts")
     print(f"SmolLM2, {len(facts)} facts ({prompts} prompts), {args.steps} steps: chunks of 1 {seconds_one:.1f} s, "
           f"chunks of 16 {seconds_local:.1f} s: cross-fact speed-up x{out['cross_fact_speedup']:.2f}")
     reference = dump(folder / "local.sqlite")

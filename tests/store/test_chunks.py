@@ -111,3 +111,16 @@ def test_same_shape_shares():
     assert shares["prompts"] == 24
     assert 0.0 <= shares["within_fact"] <= shares["within_chunk"] <= 1.0
     assert shares["within_chunk"] > shares["within_fact"]
+
+
+def test_query_shape_is_the_plans_shape_key():
+    from kneuron.attribution.step_rows import make_plan, shape_key
+    from kneuron.facts import encode
+    from kneuron.store.chunks import query_shape
+
+    for family in ("llama", "bert"):
+        lm = tiny_model(family)
+        for fact in tiny_facts():
+            for prompt in fact.prompts():
+                query = encode(lm, prompt, fact.object)
+                assert query_shape(lm, query) == shape_key(make_plan(lm, query, "prob"))

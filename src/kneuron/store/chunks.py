@@ -139,15 +139,22 @@ class LocalExecutor:
             yield compute_chunk(self.lm, chunk, params, self.memory_budget)
 
 
+def query_shape(lm: LanguageModel, query) -> tuple[int, int, int]:
+    """:func:`~kneuron.attribution.step_rows.shape_key` of the query's plan, from its tokens alone (no forward
+    pass): a causal model's rows read the tokens from the attributed position on, after a cache of the tokens
+    before it; a masked model's rows read the whole input."""
+    ids, position = len(query.input_ids), query.position
+    if lm.kind == "causal":
+        return ids - position, position, len(query.answer_ids)
+    return ids, 0, len(query.answer_ids)
+
+
 def same_shape_shares(lm: LanguageModel, facts: Sequence[Fact], chunk_facts: int) -> dict[str, float]:
     """The share of prompts that have a same-shape partner (and so share IG batches) within their fact, and
     within their chunk of ``chunk_facts`` facts: ``{"within_fact", "within_chunk", "prompts"}``."""
     from collections import Counter
 
-    from kneuron.attribution.step_rows import make_plan, shape_key
-
-    keys = [[shape_key(make_plan(lm, encode(lm, prompt, fact.object), "prob")) for prompt in fact.prompts()]
-            for fact in facts]
+    keys = [[query_shape(lm, encode(lm, prompt, fact.object)) for prompt in fact.prompts()] for fact in facts]
     total = sum(len(k) for k in keys)
     in_fact = sum(count for k in keys for count in Counter(k).values() if count > 1)
     in_chunk = 0
