@@ -72,7 +72,7 @@ def real_model_part(args, folder: Path) -> dict[str, float | str]:
     builtin = causal_templates(load_facts("builtin"))
     facts = builtin[:args.facts]
     prompts = sum(len(f.templates) for f in facts)
-    common = {"steps": args.steps, "chunk_facts": 16}
+    common = {"steps": args.steps, "chunk_facts": 16, "keep_scores": "full"}
     out: dict[str, float | str] = {}
     shares = same_shape_shares(lm, builtin, 16)
     print(f"built-in set: {shares['prompts']:.0f} prompts; with a same-shape partner: {shares['within_fact']:.1%} "

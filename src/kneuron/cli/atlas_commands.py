@@ -61,8 +61,9 @@ def run_command(
                                                    "worker (fractions allowed); > 0 puts workers on cuda.")] = 0.0,
     chunk_facts: Annotated[int, typer.Option("--chunk-facts", min=1, help="Facts per chunk: their same-shape "
                                              "prompts share batches (part of the atlas's parameters).")] = 16,
-    keep_scores: Annotated[str, typer.Option("--keep-scores", help="Score matrices to keep per prompt: full, "
-                                             "sparse (scores >= 0.05 x the prompt's max) or none.")] = "full",
+    keep_scores: Annotated[str, typer.Option("--keep-scores", help="Score matrices to keep per prompt: sparse "
+                                             "(scores >= 0.05 x the prompt's max; 15x smaller), full or none.")
+                         ] = "sparse",
 ) -> None:
     """Find the knowledge neurons of every fact of a set and store everything in an atlas (resumable)."""
     import contextlib

@@ -210,7 +210,7 @@ def run(
     console=None,
     executor: Executor | None = None,
     chunk_facts: int = DEFAULT_CHUNK_FACTS,
-    keep_scores: str = "full",
+    keep_scores: str = "sparse",
     progress_interval: float = 30.0,
 ) -> RunSummary:
     """Attribute every fact and store the results in the atlas at ``atlas_path`` (resumable).
@@ -233,8 +233,9 @@ def run(
             and ``lm``) or :class:`kneuron.parallel.RayExecutor` (Ray actors that each load the model).
         chunk_facts: facts per chunk; a chunk's prompts of the same shape share batches. Part of the atlas's
             identity (it changes scores by float rounding), see :mod:`kneuron.store.chunks`.
-        keep_scores: "full", "sparse" or "none": how much of each prompt's score matrix the atlas keeps
-            (:mod:`kneuron.store.scores`).
+        keep_scores: "sparse" (default), "full" or "none": how much of each prompt's score matrix the atlas
+            keeps (:mod:`kneuron.store.scores`). Sparse is 15x smaller on SmolLM2-135M (24 KB against 369 KB per
+            prompt) and every selection (coarse at thresholds >= 0.05, refined at any share) recomputes exactly.
         progress_interval: seconds between plain progress lines when ``console`` is not a terminal.
 
     Returns:
