@@ -149,7 +149,7 @@ def test_stacked_edits_undo_in_reverse_order():
     first = update_fact(lm, NEURONS, "Paris", "Rome").apply(lm)
     middle = state(lm)
     second = erase_relation(lm, {(1, 5): 2}).apply(lm)
-    with pytest.raises(EditError, match="changed after"):
+    with pytest.raises(EditError, match="applied after"):
         first.undo()
     second.undo()
     assert same_state(lm, middle)
