@@ -107,11 +107,20 @@ def _record_block_inputs(lm: LanguageModel, store: dict[int, torch.Tensor]) -> I
             handle.remove()
 
 
+_ABSENT = object()
+
+
 @contextmanager
 def start_at_layer(lm: LanguageModel, start: int, hidden: torch.Tensor) -> Iterator[None]:
     """Run only blocks ``start``.. : the blocks below pass their input through untouched and
-    block ``start`` receives ``hidden`` (its clean input, one row per batch row) instead. Restored on exit."""
+    block ``start`` receives ``hidden`` (its clean input, one row per batch row) instead.
+
+    A hook cannot skip a module's forward, so the blocks below ``start`` get an instance ``forward``; the
+    exact previous instance attribute (e.g. the wrapper accelerate's hooks install on every block of a
+    ``device_map=`` model) is put back on exit, also after an exception, and an absent one stays absent.
+    """
     skipped = [lm.block(layer) for layer in range(start)]
+    saved = [(block, block.__dict__.get("forward", _ABSENT)) for block in skipped]
 
     def passthrough(*args, **kwargs):
         return _hidden_from(args, kwargs)
@@ -119,16 +128,20 @@ def start_at_layer(lm: LanguageModel, start: int, hidden: torch.Tensor) -> Itera
     def feed(_module, args, kwargs):
         return _replace_hidden(args, kwargs, hidden)
 
-    handle = lm.block(start).register_forward_pre_hook(feed, with_kwargs=True)
+    handles = []
     try:
+        handles.append(lm.block(start).register_forward_pre_hook(feed, with_kwargs=True))
         for block in skipped:
-            block.forward = passthrough
+            block.__dict__["forward"] = passthrough
         yield
     finally:
-        handle.remove()
-        for block in skipped:
-            if "forward" in block.__dict__:
-                del block.forward
+        for handle in handles:
+            handle.remove()
+        for block, previous in saved:
+            if previous is _ABSENT:
+                block.__dict__.pop("forward", None)
+            else:
+                block.__dict__["forward"] = previous
 
 
 @contextmanager
@@ -192,8 +205,10 @@ def _ffn_only_at(lm: LanguageModel, targets: torch.Tensor) -> Iterator[None]:
         full = out.new_zeros(out.shape[0], length["seq"], *out.shape[2:])
         return full.index_put((rows, rows_of(out)), out)
 
-    handles = [first.register_forward_pre_hook(narrow), lm.ffn_out(lm.n_layers - 1).register_forward_hook(widen)]
+    handles = []
     try:
+        handles.append(first.register_forward_pre_hook(narrow))
+        handles.append(lm.ffn_out(lm.n_layers - 1).register_forward_hook(widen))
         yield
     finally:
         for handle in handles:
