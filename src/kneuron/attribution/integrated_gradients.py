@@ -173,7 +173,8 @@ def integrated_gradients_many(
             rows = min(batch_rows or MAX_ROWS, fits)
             gradient_sums, baselines = _integrate(lm, plans, members, chosen, points, rows, objective)
             for index in members:
-                results[index] = _scores(plans[index], queries[index], answer, gradient_sums[index],
+                said = answer if answer is not None else lm.tokenizer.decode(list(queries[index].answer_ids))
+                results[index] = _scores(plans[index], queries[index], said, gradient_sums[index],
                                          baselines[index], steps, objective, alphas)
                 if on_prompt is not None:
                     on_prompt(index, results[index])
@@ -219,7 +220,7 @@ def _scores(plan: Plan, query: EncodedQuery, answer: str | None, gradient_sum: t
     scores = plan.activations.double() * gradient_sum / steps
     gap = scores.sum(-1) - (plan.probability - baseline)
     return NeuronScores(
-        scores=scores if plan.activations.dtype == torch.float64 else scores.float(),
+        scores=scores,  # float64 always: the scores of an answer with P below 1e-45 underflow float32
         activations=plan.activations,
         probability=plan.probability,
         baseline=baseline,
@@ -230,4 +231,7 @@ def _scores(plan: Plan, query: EncodedQuery, answer: str | None, gradient_sum: t
         steps=steps,
         objective=objective,
         alphas=alphas,
+        log_probability=plan.log_probability,
+        answer_ranks=plan.answer_ranks,
+        vocab_size=plan.vocab_size,
     )
