@@ -127,8 +127,10 @@ def cache_status(name: str) -> tuple[CacheState, str]:
             return "damaged", f"its manifest {_CACHE_MARK} does not list the model's files"
     except FileNotFoundError:
         return "damaged", f"{_CACHE_MARK} is missing"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "damaged", f"{_CACHE_MARK} is unreadable or has no checksums"
+    except KeyError:
+        return "damaged", f"{_CACHE_MARK} has no checksums (written by an older kneuron)"
+    except (OSError, ValueError, TypeError):
+        return "damaged", f"{_CACHE_MARK} is unreadable"
     for file, expected in files.items():
         path = folder / file
         try:
