@@ -41,6 +41,25 @@ def test_non_finite_weight_is_refused_by_load(tmp_path):
         kneuron.load(tmp_path / "nan")
 
 
+def test_finite_values_whose_sum_overflows_pass():
+    """The sum fast path must not refuse large finite weights whose float32 sum overflows to inf."""
+    lm = tiny_lm("llama")
+    with torch.no_grad():
+        lm.model.model.layers[0].mlp.up_proj.weight.fill_(3e38)
+    assert torch.isinf(lm.model.model.layers[0].mlp.up_proj.weight.sum())
+    from_model(lm.model, lm.tokenizer)  # no error
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_non_finite_weight_in_other_dtypes(dtype):
+    lm = tiny_lm("gpt2")
+    lm.model.to(dtype)
+    with torch.no_grad():
+        lm.model.lm_head.weight[4, 2] = float("nan")  # tied to the input embedding
+    with pytest.raises(ModelLoadError, match=r"transformer\.wte\.weight holds 1 non-finite value \(NaN\)"):
+        from_model(lm.model, lm.tokenizer)
+
+
 def test_finite_models_pass(family):
     lm = tiny_lm(family)
     from_model(lm.model, lm.tokenizer)  # no error
@@ -152,7 +171,7 @@ def test_encode_refuses_a_prompt_past_the_limit(family):
 def test_float16_on_cpu_warns():
     lm = tiny_lm("llama")
     lm.model.half()
-    with pytest.warns(UserWarning, match=r"float16 on the CPU.*slower.*bfloat16 or float32"):
+    with pytest.warns(UserWarning, match=r"float16 on the CPU.*slower than float32.*load it in float32"):
         from_model(lm.model, lm.tokenizer)
 
 

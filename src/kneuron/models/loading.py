@@ -334,11 +334,16 @@ def check_finite(model: torch.nn.Module) -> None:
     """Refuse a model with a NaN or infinite weight, naming the first such parameter.
 
     Such a model predicts NaN probabilities, and every score, JSON line and atlas row built on it is garbage.
+    A parameter whose sum is finite has only finite values (NaN and inf propagate through a sum), so the
+    exact element-wise test runs only when a sum is not (also when finite values merely overflow it): 0.11 s
+    for SmolLM2-135M on one thread, against 0.6-1.2 s for ``isfinite(p).all()`` on every parameter.
     """
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if parameter.is_floating_point() and not bool(torch.isfinite(parameter).all()):
-                bad = ~torch.isfinite(parameter)
+            if not parameter.is_floating_point() or bool(torch.isfinite(parameter.sum())):
+                continue
+            bad = ~torch.isfinite(parameter)
+            if bool(bad.any()):
                 count = int(bad.sum())
                 kinds = " and ".join(kind for kind, present in (("NaN", bool(parameter.isnan().any())),
                                                                 ("inf", bool(parameter.isinf().any()))) if present)
@@ -351,9 +356,9 @@ def check_finite(model: torch.nn.Module) -> None:
 
 def _warn_slow_dtype(lm: LanguageModel) -> None:
     if lm.device.type == "cpu" and lm.dtype == torch.float16:
-        warnings.warn(f"{lm.name} is in float16 on the CPU, where float16 matrix products are many times "
-                      "slower than float32 (about 12x); load it in bfloat16 or float32 "
-                      "(dtype=torch.bfloat16 or torch.float32).", stacklevel=3)
+        warnings.warn(f"{lm.name} is in float16 on the CPU, where it runs many times slower than float32 (22x "
+                      "for a forward and backward pass of SmolLM2-135M here); load it in float32 "
+                      "(dtype=torch.float32), or bfloat16 on a CPU with native bfloat16 support.", stacklevel=3)
 
 
 def _read(source: str, gguf_file: str | None, *, dtype: torch.dtype | None, arch: ArchSpec | str | None,
