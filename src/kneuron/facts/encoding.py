@@ -163,6 +163,7 @@ def encode(lm: LanguageModel, prompt: Prompt | str, answer: str, _tokens: _Token
             raise FactError(
                 f"Expected {len(answer_ids)} mask tokens in {text!r} but the tokenizer produced {len(targets)}."
             )
+    lm.check_length(len(input_ids))
     return EncodedQuery(torch.tensor(input_ids, dtype=torch.long), tuple(answer_ids), targets, text)
 
 
