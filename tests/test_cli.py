@@ -362,3 +362,8 @@ def test_float16_on_cpu_warns_on_one_line(saved_llama):
 def test_long_prompt_is_one_line(fake_load):
     long = " ".join(["Paris"] * 70) + " is the capital of"
     _one_error_line(invoke("find", "-m", "tiny-gpt2", "-p", long, "-a", "France"), "tokens long")
+
+
+def test_long_prompt_in_predict_is_one_line(fake_load):
+    long = " ".join(["Paris"] * 70) + " is the capital of"
+    _one_error_line(invoke("predict", "-m", "tiny-gpt2", long), "tokens long")

@@ -252,6 +252,7 @@ def top_predictions(lm: LanguageModel, prompt: Prompt | str, k: int = 5) -> list
         sep = " " if prompt.space else ""
         ids = _ids(tokenizer, prompt.prefix.rstrip(" ") + sep + tokenizer.mask_token + prompt.suffix, special=True)
         position = ids.index(tokenizer.mask_token_id)
+    lm.check_length(len(ids))
     logits = at_least_float32(model_logits(lm, torch.tensor(ids))[0, position])
     probs = torch.softmax(logits, dim=-1)
     top = torch.topk(probs, k)
