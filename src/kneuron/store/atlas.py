@@ -84,11 +84,11 @@ import torch
 from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores
 from kneuron.errors import KneuronError
 from kneuron.facts.fact import Fact
+from kneuron.store import files
+from kneuron.store.files import NEW_ATLAS_HINT, quoted, translate
 
-try:
-    import fcntl
-except ImportError:  # Windows: no run lock (SQLite's own locking still keeps every transaction whole)
-    fcntl = None
+__all__ = ["NEW_ATLAS_HINT", "SCHEMA", "SCHEMA_VERSION", "Atlas", "from_blob", "model_identity", "to_blob",
+           "translate"]
 
 SCHEMA_VERSION = 1
 #: seconds a writer waits for another connection's write transaction before giving up
@@ -166,7 +166,6 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE INDEX IF NOT EXISTS results_by_study ON results (study);
 """
 
-NEW_ATLAS_HINT = "write to another file (kneuron run --out runs/OTHER.sqlite) or replace it (--overwrite)"
 
 
 # ------------------------------------------------------------------------------------------------ model identity
@@ -217,39 +216,7 @@ def blob_dtype(scores: torch.Tensor) -> str:
 # ------------------------------------------------------------------------------------------------ the atlas
 
 
-def _quoted(path: Path) -> str:
-    return f"'{path}'"
-
-
-def _not_an_atlas(path: Path, why: str) -> KneuronError:
-    return KneuronError(f"{_quoted(path)} is not a kneuron atlas ({why}). Give the .sqlite file a "
-                        "`kneuron run --out PATH` wrote.")
-
-
-def _locked(path: Path) -> KneuronError:
-    return KneuronError(
-        f"{_quoted(path)} is locked by another writer (another kneuron run, or a program holding a write "
-        f"transaction on it). Wait for it to finish, or {NEW_ATLAS_HINT}."
-    )
-
-
-def _read_only(path: Path, why: str = "") -> KneuronError:
-    return KneuronError(
-        f"{_quoted(path)} is read-only{f' ({why})' if why else ''}: kneuron cannot write to it. Make it writable "
-        f"(chmod u+w, and its folder too: SQLite keeps a -wal file beside it) or {NEW_ATLAS_HINT}."
-    )
-
-
-def translate(path: Path, exc: sqlite3.Error) -> KneuronError:
-    """An sqlite3 error as a KneuronError that says what to do."""
-    text = str(exc).lower()
-    if "locked" in text or "busy" in text:
-        return _locked(path)
-    if "readonly" in text or "read-only" in text:
-        return _read_only(path)
-    if "not a database" in text or "malformed" in text:
-        return _not_an_atlas(path, str(exc))
-    return KneuronError(f"SQLite error on {_quoted(path)}: {exc}")
+_quoted = quoted
 
 
 class Atlas:
@@ -265,6 +232,8 @@ class Atlas:
         self.read_only = read_only
         self._meta: dict[str, Any] | None = None
         self._lock_fd: int | None = None
+        #: whether :meth:`for_run` created the file (a run that fails before its first fact deletes it again)
+        self.created = False
 
     # -------------------------------------------------------------------------------------------- opening
 
@@ -272,31 +241,32 @@ class Atlas:
     def open(cls, path: str | Path, read_only: bool = False) -> Atlas:
         """Open the atlas at ``path``; ``read_only`` for readers (they may read while a run writes).
 
+        Checks that the file is an atlas (see :mod:`kneuron.store.files`) and runs SQLite's quick integrity check.
+
         Raises:
-            KneuronError: no file, not an atlas, a newer schema, or (writing) a read-only file.
+            KneuronError: no file, not an atlas, a damaged one, a newer schema, or (writing) a read-only file.
         """
         path = Path(path).expanduser()
         if not path.is_file():
             raise KneuronError(f"No atlas at {_quoted(path)}: make one with `kneuron run --out {path}`.")
+        kind = files.probe(path)
         atlas = cls._connect(path, read_only)
-        try:
-            if not atlas._has_schema():
-                raise _not_an_atlas(path, "it has no meta table: an empty file, or a run killed before it started")
+        with atlas._closed_on_error():
+            files.quick_check(atlas._db, path)
             atlas._check_version()
-        except BaseException:
-            atlas.close()
-            raise
+            if kind == "legacy" and not read_only:
+                atlas._stamp()
         return atlas
 
     @classmethod
     def _connect(cls, path: Path, read_only: bool) -> Atlas:
         if read_only:
-            connection = cls._connect_read_only(path)
+            connection = files.connect_read_only(path, BUSY_TIMEOUT)
         else:
             if path.exists() and not os.access(path, os.W_OK):
-                raise _read_only(path, "no write permission")
+                raise files.read_only(path, "no write permission")
             if not os.access(path.parent if str(path.parent) else Path("."), os.W_OK | os.X_OK):
-                raise _read_only(path, f"its folder {path.parent} is not writable")
+                raise files.read_only(path, f"its folder {path.parent} is not writable")
             try:
                 connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
             except sqlite3.Error as exc:
@@ -323,94 +293,57 @@ class Atlas:
             self.close()
             raise
 
-    @staticmethod
-    def _connect_read_only(path: Path) -> sqlite3.Connection:
-        uri = path.resolve().as_uri()
-        try:
-            connection = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT, isolation_level=None)
-            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            return connection
-        except sqlite3.Error as exc:
-            if "not a database" in str(exc).lower():
-                raise _not_an_atlas(path, str(exc)) from None
-        # a WAL database on read-only media (no -shm file can be made): read it as an immutable file
-        try:
-            connection = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
-            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            return connection
-        except sqlite3.Error as exc:
-            raise translate(path, exc) from None
-
     @classmethod
     def for_run(cls, path: str | Path, identity: Mapping[str, Any], params: Mapping[str, Any], *,
                 overwrite: bool = False, kneuron_version: str = "") -> Atlas:
-        """The atlas a run writes: created when missing (or replaced with ``overwrite``), else checked to be
-        of the same model and parameters. Holds the run lock (one run per atlas at a time) until closed.
+        """The atlas a run writes: created when missing (or replaced with ``overwrite``), else checked to be an
+        atlas, undamaged, and of the same model and parameters. Holds the run lock (one run per atlas at a time)
+        until closed. ``atlas.created`` says whether this call created the file.
 
         Raises:
             KneuronError: another model or other parameters, another run holds the lock, a read-only file,
-                or a file that is not an atlas.
+                a damaged atlas, or a file that is not an atlas (refused also with ``overwrite``).
         """
         path = Path(path).expanduser()
         if path.is_dir():
             raise KneuronError(f"{_quoted(path)} is a folder: give the atlas's file, e.g. {path / 'run.sqlite'}.")
-        if path.exists() and overwrite:
-            cls._remove(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        kind = None
+        if path.exists() or path.is_symlink():
+            if overwrite:
+                files.remove(path)
+            else:
+                kind = files.probe(path)
+        created = kind is None
+        if created:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise KneuronError(f"Cannot make the folder of {_quoted(path)} ({exc.strerror}); choose another "
+                                   "--out path.") from None
+            if not os.access(path.parent, os.W_OK | os.X_OK):
+                raise files.read_only(path, f"its folder {path.parent} is not writable")
+            files.create(path, SCHEMA, cls._meta_rows(identity, params, kneuron_version))
         atlas = cls._connect(path, read_only=False)
         with atlas._closed_on_error():
             atlas._lock_for_run()
-            if atlas._has_schema():
+            if not created:
+                files.quick_check(atlas._db, path)
                 atlas._check_version()
                 atlas._check_identity(identity, params)
-            else:
-                atlas._create(identity, params, kneuron_version)
+                if kind == "legacy":
+                    atlas._stamp()
+        atlas.created = created
         return atlas
 
-    @staticmethod
-    def _remove(path: Path) -> None:
-        """Delete an atlas (and its -wal/-shm files) for --overwrite; refuse files that are not atlases."""
-        if path.stat().st_size:
-            try:
-                probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-                try:
-                    has_meta = probe.execute(
-                        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()[0]
-                finally:
-                    probe.close()
-            except sqlite3.Error:
-                has_meta = 0
-            if not has_meta:
-                raise KneuronError(f"{_quoted(path)} exists and is not a kneuron atlas; refusing to overwrite it. "
-                                   "Choose another --out path.")
-        holder = Atlas._connect(path, read_only=False)  # takes the run lock so a running run is not deleted
-        try:
-            holder._lock_for_run()
-        finally:
-            holder.close()
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                Path(f"{path}{suffix}").unlink()
+    def _stamp(self) -> None:
+        """Write kneuron's application id into an atlas made before kneuron set it."""
+        with self.transaction() as db:
+            db.execute(f"PRAGMA application_id = {files.APPLICATION_ID}")
 
     def _lock_for_run(self) -> None:
-        """Take the run lock: an exclusive ``flock`` on the file, released when closed or the process dies."""
-        if self._lock_fd is not None or fcntl is None:
-            return
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise _locked(self.path) from None
-        self._lock_fd = fd
-
-    def _has_schema(self) -> bool:
-        try:
-            row = self._db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-                                   ).fetchone()
-        except sqlite3.Error as exc:
-            raise translate(self.path, exc) from None
-        return bool(row[0])
+        """Take the run lock (:func:`kneuron.store.files.lock`) until closed."""
+        if self._lock_fd is None:
+            self._lock_fd = files.lock(self.path)
 
     def _check_version(self) -> None:
         version = self.meta.get("schema_version")
@@ -418,7 +351,9 @@ class Atlas:
             raise KneuronError(f"{_quoted(self.path)} has atlas schema version {version!r}; this kneuron reads "
                                f"version {SCHEMA_VERSION}. Re-run into a new file, or use the matching kneuron.")
 
-    def _create(self, identity: Mapping[str, Any], params: Mapping[str, Any], kneuron_version: str) -> None:
+    @staticmethod
+    def _meta_rows(identity: Mapping[str, Any], params: Mapping[str, Any], kneuron_version: str,
+                   ) -> list[tuple[str, str]]:
         import datetime
 
         import transformers
@@ -427,13 +362,7 @@ class Atlas:
                 "torch_version": torch.__version__, "transformers_version": transformers.__version__,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "params": dict(params), "generic": {"share": 0.1, "min_facts": 2, "facts": 0}}
-        with self.transaction() as db:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
-                           [(key, json.dumps(value)) for key, value in meta.items()])
-        self._meta = None
+        return [(key, json.dumps(value)) for key, value in meta.items()]
 
     def _check_identity(self, identity: Mapping[str, Any], params: Mapping[str, Any]) -> None:
         meta = self.meta
