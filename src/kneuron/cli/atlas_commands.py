@@ -86,7 +86,7 @@ def run_command(
         err_console.print(f"[yellow]interrupted: {done} facts are stored in {out}; run the same command again to "
                           "continue.[/yellow]", highlight=False)
         raise typer.Exit(code=130) from None
-    with Atlas.open(out, read_only=True) as atlas:
+    with Atlas.open(out, read_only=True) as atlas, atlas.snapshot():
         generic = atlas.generic_neurons()
         done = len(atlas.facts())
     line = (f"atlas={out} facts={done} computed={summary.computed} already_done={summary.already_done} "
@@ -108,7 +108,7 @@ def atlas_command(
     """Summarize an atlas: facts, knowledge neurons per layer, top and generic neurons (or one fact)."""
     from kneuron.store import Atlas
 
-    with Atlas.open(run, read_only=True) as atlas:
+    with Atlas.open(run, read_only=True) as atlas, atlas.snapshot():  # one moment, also while a run writes
         if fact is not None:
             _show_fact(atlas, fact)
             return

@@ -122,7 +122,7 @@ def probe(path: Path) -> str | None:
     if not header:
         raise not_an_atlas(path, "an empty file; if a run killed at its start left it, delete it")
     if header != SQLITE_HEADER:
-        raise not_an_atlas(path, "not an SQLite database")
+        raise not_an_atlas(path, "not an SQLite database, or an atlas whose first page is damaged")
     db = connect_read_only(path)
     try:
         found = identify(db, path)
@@ -161,7 +161,7 @@ def quick_check(db: sqlite3.Connection, path: Path) -> None:
         raise translate(path, exc) from None
     findings = [row[0] for row in rows]
     if findings != ["ok"]:
-        raise damaged(path, "SQLite's integrity check found: " + "; ".join(findings))
+        raise damaged(path, "SQLite's integrity check found: " + "; ".join(" ".join(f.split()) for f in findings))
 
 
 def check_sidecars(path: Path) -> None:
