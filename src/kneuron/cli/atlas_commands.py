@@ -83,6 +83,10 @@ def run_command(
         done = 0
         with contextlib.suppress(KneuronError), Atlas.open(out, read_only=True) as atlas:
             done = len(atlas.facts())
+        if not out.exists():  # a run stopped before its first fact removes the atlas it created
+            err_console.print(Text(f"interrupted before the first fact: nothing was stored, and {out} was not "
+                                   "kept.", style="yellow"), soft_wrap=True)
+            raise typer.Exit(code=130) from None
         err_console.print(f"[yellow]interrupted: {done} facts are stored in {out}; run the same command again to "
                           "continue.[/yellow]", highlight=False)
         raise typer.Exit(code=130) from None
