@@ -88,3 +88,56 @@ def test_every_command_refuses_a_damaged_atlas_in_one_line(made, tmp_path, monke
     assert "already done" not in result.stderr
     assert path.read_bytes() == before  # nothing written into it
     assert not path.with_suffix(".html").exists() and not path.with_suffix(".csv").exists()
+
+
+DAMAGED_CELLS = {
+    "text that is not UTF-8": "UPDATE facts SET subject = CAST(x'ff00fe' AS TEXT) WHERE id = 'capital:France'",
+    "a meta value that is not JSON": "UPDATE meta SET value = '{\"steps\": ' WHERE key = 'params'",
+    "templates that are not JSON": "UPDATE facts SET templates = '[\"The capital' WHERE id = 'capital:France'",
+    "a BLOB of the wrong size": "UPDATE prompts SET scores = x'0000' WHERE fact_id = 'capital:France'",
+}
+
+
+#: what a command never decodes (export copies templates as text; only Atlas.prompt_scores reads score BLOBs)
+UNREAD = {("export", "templates that are not JSON")}
+
+
+@pytest.mark.parametrize("cell", list(DAMAGED_CELLS))
+@pytest.mark.parametrize("name", ["atlas", "atlas --fact", "export", "study", "report"])
+def test_damaged_values_that_pass_the_integrity_check_give_one_line(made, tmp_path, monkeypatch, cell, name):
+    """Bytes damaged inside a value leave SQLite's page structure whole: what reads them says the atlas is
+    damaged, in one line, instead of a decoding traceback."""
+    import sqlite3
+
+    source, facts = made
+    _fake_load(monkeypatch)
+    path = tmp_path / "bad.sqlite"
+    shutil.copy(source, path)
+    db = sqlite3.connect(path)
+    db.execute(DAMAGED_CELLS[cell])
+    db.commit()
+    db.close()
+    result = runner.invoke(cli.app, COMMANDS[name](path, facts), env={"COLUMNS": "400"})
+    assert "Traceback" not in result.output and isinstance(result.exception, (SystemExit, type(None))), \
+        repr(result.exception)
+    if (name, cell) in UNREAD or (cell == "a BLOB of the wrong size"):  # no command reads the score BLOBs
+        assert result.exit_code == 0, result.output
+        return
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1 and "is damaged (" in errors[0], result.stderr
+
+
+def test_prompt_scores_of_a_wrong_size_blob_say_the_atlas_is_damaged(made, tmp_path):
+    import sqlite3
+
+    from kneuron.errors import KneuronError
+    from kneuron.store import Atlas
+
+    path = tmp_path / "bad.sqlite"
+    shutil.copy(made[0], path)
+    db = sqlite3.connect(path)
+    db.execute("UPDATE prompts SET scores = x'0000' WHERE fact_id = 'capital:France' AND idx = 1")
+    db.commit()
+    db.close()
+    with Atlas.open(path, read_only=True) as atlas, pytest.raises(KneuronError, match="is damaged.*prompt 1"):
+        atlas.prompt_scores("capital:France")
