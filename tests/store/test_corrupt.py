@@ -84,7 +84,7 @@ def test_every_command_refuses_a_damaged_atlas_in_one_line(made, tmp_path, monke
         assert "not a kneuron atlas (not an SQLite database, or an atlas whose first page is damaged)" in errors[0]
     else:
         assert "is damaged (" in errors[0], errors[0]
-        assert "kneuron run --out runs/NEW.sqlite" in errors[0] and ".recover" in errors[0]
+        assert "Start a new atlas: `kneuron run --out runs/NEW.sqlite`" in errors[0] and ".recover" in errors[0]
     assert "already done" not in result.stderr
     assert path.read_bytes() == before  # nothing written into it
     assert not path.with_suffix(".html").exists() and not path.with_suffix(".csv").exists()

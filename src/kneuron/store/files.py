@@ -35,8 +35,9 @@ SIDECARS = ("-wal", "-shm")
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 NEW_ATLAS_HINT = "write to another file (kneuron run --out runs/OTHER.sqlite) or replace it (--overwrite)"
-RECOVER_HINT = ("Start a new atlas (kneuron run --out runs/NEW.sqlite); to salvage the rows still readable, "
-                "`sqlite3 OLD.sqlite .recover | sqlite3 SALVAGED.sqlite` copies them into another file")
+RECOVER_HINT = ("Start a new atlas: `kneuron run --out runs/NEW.sqlite` with the same facts and settings computes "
+                "them again (keep the damaged file to try SQLite's own `sqlite3 OLD.sqlite .recover`, which kneuron "
+                "does not check)")
 
 
 def quoted(path: Path) -> str:
