@@ -185,6 +185,9 @@ def create(path: Path, schema: str, meta: list[tuple[str, str]]) -> None:
     """
     check_sidecars(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.new")
+    for suffix in ("", "-journal"):  # a leftover of a killed process that had this pid
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{temporary}{suffix}")
     try:
         db = sqlite3.connect(temporary, isolation_level=None)
         try:
