@@ -212,3 +212,21 @@ def test_ctrl_c_says_how_to_continue(fake_load, facts_file, tmp_path, monkeypatc
     monkeypatch.setattr(runs.Atlas, "store_fact", original)
     result = invoke(*run_args(facts_file, out))
     assert result.exit_code == 0 and "computed=8 already_done=2" in result.stdout
+
+
+def test_export_where_it_cannot_write_gives_one_line(atlas_path, tmp_path):
+    from store.test_atlas_errors import read_only
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (tmp_path / "file").write_text("mine")
+    with read_only(locked):
+        for target, text in ((locked / "x.csv", "Cannot write"), (tmp_path / "file" / "x.csv", "Cannot write"),
+                             (tmp_path / "folder.csv", "is a folder")):
+            if text == "is a folder":
+                target.mkdir()
+            result = invoke("export", "--run", atlas_path, "--to", target)
+            assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+            errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+            assert len(errors) == 1 and text in errors[0], result.stderr
+    assert list(locked.iterdir()) == [] and (tmp_path / "file").read_text() == "mine"

@@ -83,10 +83,14 @@ def run_command(
         done = 0
         with contextlib.suppress(KneuronError), Atlas.open(out, read_only=True) as atlas:
             done = len(atlas.facts())
+        if not out.exists():  # a run stopped before its first fact removes the atlas it created
+            err_console.print(Text(f"interrupted before the first fact: nothing was stored, and {out} was not "
+                                   "kept.", style="yellow"), soft_wrap=True)
+            raise typer.Exit(code=130) from None
         err_console.print(f"[yellow]interrupted: {done} facts are stored in {out}; run the same command again to "
                           "continue.[/yellow]", highlight=False)
         raise typer.Exit(code=130) from None
-    with Atlas.open(out, read_only=True) as atlas:
+    with Atlas.open(out, read_only=True) as atlas, atlas.snapshot():
         generic = atlas.generic_neurons()
         done = len(atlas.facts())
     line = (f"atlas={out} facts={done} computed={summary.computed} already_done={summary.already_done} "
@@ -108,7 +112,7 @@ def atlas_command(
     """Summarize an atlas: facts, knowledge neurons per layer, top and generic neurons (or one fact)."""
     from kneuron.store import Atlas
 
-    with Atlas.open(run, read_only=True) as atlas:
+    with Atlas.open(run, read_only=True) as atlas, atlas.snapshot():  # one moment, also while a run writes
         if fact is not None:
             _show_fact(atlas, fact)
             return
