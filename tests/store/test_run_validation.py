@@ -20,20 +20,31 @@ def lm():
     return tiny_model("llama")
 
 
-BAD = [Fact("[Y]land", "capital", "Paris", CAPITAL), Fact("[X] Republic", "capital", "Paris", CAPITAL),
-       Fact("France", "capital", "Par[Y]is", CAPITAL), Fact("France", "capital", "[X]", CAPITAL)]
+BAD = [("[Y]land", "Paris"), ("[X] Republic", "Paris"), ("France", "Par[Y]is"), ("France", "[X]")]
 
 
-@pytest.mark.parametrize("bad", BAD, ids=lambda f: f"{f.subject}->{f.object}")
+def unchecked_fact(subject: str, obj: str) -> Fact:
+    """A capital Fact built around Fact's own check, to write a bad facts file or to reach run's check."""
+    fact = object.__new__(Fact)
+    for name, value in (("subject", subject), ("relation", "capital"), ("object", obj), ("templates", CAPITAL),
+                        ("id", f"capital:{subject}")):
+        object.__setattr__(fact, name, value)
+    return fact
+
+
+@pytest.mark.parametrize("bad", BAD, ids=lambda b: f"{b[0]}->{b[1]}")
 def test_a_fact_with_a_placeholder_in_its_subject_or_object_is_refused_before_any_file(lm, tmp_path, bad):
+    with pytest.raises(FactError, match=r"capital:.*\[[XY]\]"):  # Fact itself refuses it ...
+        Fact(bad[0], "capital", bad[1], CAPITAL)
+    unchecked = unchecked_fact(*bad)  # ... and so does run, for a Fact built around that check
     path = tmp_path / "new.sqlite"
-    with pytest.raises(FactError, match=r"capital:.*\[[XY]\]"):
-        run(lm, [*tiny_facts()[:2], bad], path, **RUN_ARGS)
+    with pytest.raises(FactError, match=r"\[[XY]\]"):
+        run(lm, [*tiny_facts()[:2], unchecked], path, **RUN_ARGS)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_the_cli_refuses_it_in_one_line_and_writes_no_file(fake_load, tmp_path):
-    facts = write_facts_file(tmp_path / "facts.jsonl", [*tiny_facts()[:2], BAD[0]])
+    facts = write_facts_file(tmp_path / "facts.jsonl", [*tiny_facts()[:2], unchecked_fact(*BAD[0])])
     out = tmp_path / "runs" / "new.sqlite"
     result = runner.invoke(cli.app, ["run", "--model", "tiny-llama", "--facts", str(facts), "--steps", "2",
                                      "--all-facts", "--out", str(out)])
@@ -49,7 +60,7 @@ def test_an_existing_atlas_is_untouched_by_a_bad_fact(lm, tmp_path):
     run(lm, tiny_facts()[:2], path, **RUN_ARGS)
     before = dump(path)
     with pytest.raises(FactError):
-        run(lm, [*tiny_facts()[:3], BAD[0]], path, **RUN_ARGS)
+        run(lm, [*tiny_facts()[:3], unchecked_fact(*BAD[0])], path, **RUN_ARGS)
     assert dump(path) == before
 
 

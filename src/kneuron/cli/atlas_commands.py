@@ -25,7 +25,7 @@ from kneuron.cli.app import (
     parse_relations,
     parse_share,
 )
-from kneuron.errors import FactError, KneuronError
+from kneuron.errors import KneuronError
 
 
 @command("run")
@@ -55,26 +55,15 @@ def run_command(
     """Find the knowledge neurons of every fact of a set and store everything in an atlas (resumable)."""
     import contextlib
 
-    from kneuron.facts import causal_templates, load_facts
+    from kneuron.facts import load_facts, validate_facts
     from kneuron.store import Atlas
     from kneuron.store import run as run_facts
 
     chosen = parse_relations(relations)
-    loaded = load_facts(facts, relations=chosen)  # a malformed file fails here, before anything is written
-    if chosen:
-        missing = [r for r in chosen if r not in {fact.relation for fact in loaded}]
-        if missing:
-            raise KneuronError(f"No facts of relation {', '.join(map(repr, missing))} in {facts}; its relations: "
-                               f"{', '.join(sorted({f.relation for f in load_facts(facts)}))}.")
-    if not loaded:
-        raise FactError(f"{facts} holds no facts.")
+    # a malformed file, a missing relation or an empty set fails here, before the model loads or anything is written
+    loaded = validate_facts(load_facts(facts), causal=False, relations=chosen, source=facts)
     lm = load_model(model, device)
-    if lm.kind == "causal":
-        usable = causal_templates(loaded)
-        if not usable:
-            raise FactError(f"None of the facts in {facts} has a template with text before [Y], which a causal "
-                            "model needs.")
-        loaded = usable
+    loaded = validate_facts(loaded, causal=lm.kind == "causal", source=facts)  # the same checks as `kneuron facts`
     try:
         summary = run_facts(lm, loaded, out, steps=steps, threshold=threshold, share=parse_share(share),
                             objective=objective, known_only=not all_facts, top=top,
