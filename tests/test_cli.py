@@ -245,3 +245,125 @@ def test_facts_counts_known_facts_per_relation(fake_load, tmp_path):
     totals = [row for row in rows if row[:1] == ["all"]]
     assert totals == [["all", str(len(kept)), "3"]]
     assert "capital:France" in result.stdout
+
+
+# ------------------------------------------------------------------------------ bad models, devices, --arch
+
+
+@pytest.fixture
+def saved_llama(tmp_path):
+    """A tiny Llama saved as a model folder, loaded through the real ``kneuron.load``."""
+    from tiny_models import tiny_lm
+
+    lm = tiny_lm("llama")
+    lm.model.save_pretrained(tmp_path / "tiny")
+    lm.tokenizer.save_pretrained(tmp_path / "tiny")
+    return lm, tmp_path / "tiny"
+
+
+_USER_ARCH = (
+    "from kneuron.models.architectures import ArchSpec\n"
+    "SPEC = ArchSpec('llama_custom', ('llama',), 'causal', ('model.layers',), 'mlp.down_proj')\n"
+)
+
+
+def _one_error_line(result, text: str) -> None:
+    """Exit code 1 and one ``error:`` line, the last of stderr (after at most the model's load line)."""
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and text in errors[0] and lines[-1] == errors[0], result.stderr
+    assert len(lines) <= 2 and "Traceback" not in result.output, result.stderr
+
+
+def test_arch_option_on_the_root_command(saved_llama, tmp_path, monkeypatch):
+    (tmp_path / "kneuron_cli_arch.py").write_text(_USER_ARCH)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _, folder = saved_llama
+    result = invoke("--arch", "kneuron_cli_arch:SPEC", "predict", "-m", str(folder), "The capital of France is")
+    assert result.exit_code == 0, result.output
+    assert "llama_custom, causal, 2 layers x 32 neurons" in result.stderr
+    plain = invoke("predict", "-m", str(folder), "The capital of France is")
+    assert plain.exit_code == 0 and "llama_custom" not in plain.stderr and ": llama, causal" in plain.stderr
+
+
+def test_arch_from_the_environment_and_as_a_file(saved_llama, tmp_path):
+    (tmp_path / "my_arch.py").write_text(_USER_ARCH)  # not importable by name: given as a file
+    _, folder = saved_llama
+    result = runner.invoke(cli.app, ["predict", "-m", str(folder), "The capital of France is"],
+                           env={"COLUMNS": "120", "KNEURON_ARCH": f"{tmp_path / 'my_arch.py'}:SPEC"})
+    assert result.exit_code == 0, result.output
+    assert "llama_custom" in result.stderr
+
+
+def test_bad_arch_is_one_line(saved_llama):
+    _, folder = saved_llama
+    _one_error_line(invoke("--arch", "kneuron_no_such_module:SPEC", "predict", "-m", str(folder), "x"),
+                    "Could not import an ArchSpec")
+
+
+def test_unknown_architecture_says_how_to_pass_arch(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "xlnet"}')
+    result = invoke("predict", "-m", str(tmp_path), "x")
+    assert result.exit_code == 1
+    assert "kneuron --arch your_package.your_module:YOUR_SPEC predict" not in result.stderr  # no made-up command
+    assert "kneuron --arch your_package.your_module:YOUR_SPEC COMMAND" in result.stderr
+    assert "KNEURON_ARCH" in result.stderr
+
+
+@pytest.mark.parametrize("device, text", [("gpu", "'gpu' is not a torch device"),
+                                          ("cuda:7", "'cuda:7'"), ("mps", "'mps'")])
+def test_bad_device_is_one_line(saved_llama, device, text, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    _, folder = saved_llama
+    _one_error_line(invoke("predict", "-m", str(folder), "--device", device, "x"), text)
+
+
+def test_cuda_without_cuda_is_one_line(saved_llama, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _, folder = saved_llama
+    _one_error_line(invoke("predict", "-m", str(folder), "--device", "cuda", "x"), "CUDA is not available")
+
+
+def test_truncated_gguf_is_one_line(tmp_path):
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(b"GGUF\x03\x00\x00\x00")
+    _one_error_line(invoke("predict", "-m", str(path), "x"), "is truncated or corrupted")
+
+
+def test_nan_weights_are_one_line(saved_llama):
+    import torch
+
+    lm, folder = saved_llama
+    with torch.no_grad():
+        lm.model.model.layers[0].mlp.gate_proj.weight[0, 0] = float("nan")
+    lm.model.save_pretrained(folder)
+    for args in (["predict", "-m", str(folder), "The capital of France is"],
+                 ["find", "-m", str(folder), "-p", "The capital of France is", "-a", "Paris", "--json"]):
+        _one_error_line(invoke(*args), "model.layers.0.mlp.gate_proj.weight holds 1 non-finite value (NaN)")
+
+
+def test_float16_on_cpu_warns_on_one_line(saved_llama):
+    lm, folder = saved_llama
+    lm.model.half().save_pretrained(folder)
+    result = invoke("predict", "-m", str(folder), "The capital of France is")
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1 and "float16 on the CPU" in warning[0], result.stderr
+    assert "UserWarning" not in result.stderr and "warnings.warn" not in result.stderr
+
+
+def test_long_prompt_is_one_line(fake_load):
+    long = " ".join(["Paris"] * 70) + " is the capital of"
+    _one_error_line(invoke("find", "-m", "tiny-gpt2", "-p", long, "-a", "France"), "tokens long")
+
+
+def test_long_prompt_in_predict_is_one_line(fake_load):
+    long = " ".join(["Paris"] * 70) + " is the capital of"
+    _one_error_line(invoke("predict", "-m", "tiny-gpt2", long), "tokens long")

@@ -18,8 +18,14 @@ def _objective(lm: LanguageModel, query: EncodedQuery, objective: str) -> torch.
 
 
 def naive_integrated_gradients(lm: LanguageModel, query: EncodedQuery, steps: int = 20, objective: str = "prob",
-                               alphas: str = "right") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(scores, P(alpha=1), P(alpha=0) per layer) with the paper's definition, computed the slow way."""
+                               alphas: str = "right", log_space: bool = False,
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(scores, P(alpha=1), P(alpha=0) per layer) with the paper's definition, computed the slow way.
+
+    With ``log_space`` (objective "prob" only) each step's gradient is taken by the chain rule by hand,
+    dP/da = P · dlogP/da with P in float64: a tiny P's own gradient underflows where a model computes in
+    float32 even in a float64 model (Llama's RMSNorm casts to float32, also in its backward).
+    """
     position = query.position
     with torch.no_grad(), capture(lm, positions=[position]) as acts:
         clean = _objective(lm, query, objective)
@@ -35,6 +41,11 @@ def naive_integrated_gradients(lm: LanguageModel, query: EncodedQuery, steps: in
                 out[0, position] = leaf
                 return out
 
+            if log_space and objective == "prob":
+                with on_ffn_input(lm, layer, set_leaf):
+                    log_p = _objective(lm, query, "logprob")
+                total += log_p.detach().double().exp() * torch.autograd.grad(log_p, leaf)[0].double()
+                continue
             with on_ffn_input(lm, layer, set_leaf):
                 value = _objective(lm, query, objective)
             total += torch.autograd.grad(value, leaf)[0]

@@ -9,6 +9,7 @@ import torch
 
 from attribution.reference import naive_integrated_gradients
 from kneuron.attribution.integrated_gradients import alpha_points, integrated_gradients
+from kneuron.attribution.step_rows import make_plan, memory_per_row
 from kneuron.errors import FactError, KneuronError
 from kneuron.facts import encode
 from kneuron.models import NeuronPatch, patch
@@ -60,7 +61,8 @@ def test_batch_size_and_memory_budget_do_not_change_scores(family):
     for rows in (1, 5, 21, 1000):
         other = integrated_gradients(lm, query, steps=6, batch_rows=rows)
         assert _rel_error(other.scores, reference.scores) < 1e-12
-    tight = integrated_gradients(lm, query, steps=6, memory_budget=1)  # one row per batch
+    one_row = memory_per_row(lm, make_plan(lm, query, "prob"))
+    tight = integrated_gradients(lm, query, steps=6, memory_budget=int(one_row) + 1)  # one row per batch
     assert _rel_error(tight.scores, reference.scores) < 1e-12
 
 
@@ -103,7 +105,7 @@ def test_same_input_gives_identical_scores(family):
     first = integrated_gradients(lm, PROMPTS[lm.kind], "Paris", steps=5)
     second = integrated_gradients(lm, PROMPTS[lm.kind], "Paris", steps=5)
     assert torch.equal(first.scores, second.scores)
-    assert first.scores.dtype == torch.float32
+    assert first.scores.dtype == torch.float64  # whatever the model's dtype (tiny P must not underflow)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -113,7 +115,7 @@ def test_bfloat16_agrees_with_float32(family):
     query = _query(lm32)
     a = integrated_gradients(lm32, query, steps=8).scores.flatten()
     b = integrated_gradients(lm16, query, steps=8).scores.flatten()
-    assert b.dtype == torch.float32
+    assert b.dtype == torch.float64
     assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.95
 
 

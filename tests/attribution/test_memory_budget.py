@@ -8,11 +8,8 @@ from types import SimpleNamespace
 
 import torch
 
-from kneuron.attribution.integrated_gradients import (
-    CUDA_MEMORY_SHARE,
-    DEFAULT_MEMORY_BUDGET,
-    default_memory_budget,
-)
+from kneuron.attribution.integrated_gradients import CUDA_MEMORY_SHARE, default_memory_budget
+from kneuron.attribution.limits import DEFAULT_MEMORY_BUDGET
 
 
 def test_budget_rule(monkeypatch):

@@ -98,3 +98,64 @@ def test_run_editing_stores_rows_in_the_atlas(atlas_path, fake_load, tmp_path):
     assert {"kn_signed", "random_signed", "erase_zero", "erase_unknown", "erase_random_zero"} <= variants
     text = format_summary(rows)
     assert "kn_signed" in text and "erase_unknown" in text
+
+
+def error_line(result) -> str:
+    """The one line the CLI prints for an error a user can act on (no traceback)."""
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.output
+    return errors[0]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_lambda_is_one_clear_line(atlas_path, fake_load, tmp_path, value):
+    result = invoke("edit", "--run", str(atlas_path), "--fact", "capital:France", "--new", "Rome",
+                    "--lambda-new", value, "--save", str(tmp_path / "edit"))
+    assert "finite" in error_line(result)
+    assert not (tmp_path / "edit").exists()
+
+
+@pytest.mark.parametrize("command", ["edit", "erase"])
+def test_save_targets_are_refused_in_one_line_before_any_work(atlas_path, fake_load, tmp_path, command):
+    args = (["edit", "--fact", "capital:France", "--new", "Rome"] if command == "edit"
+            else ["erase", "--relation", "capital", "--top", "2"]) + ["--run", str(atlas_path)]
+    user = tmp_path / "notes.txt"
+    user.write_text("mine")
+    assert "is a file" in error_line(invoke(*args, "--save", str(user)))
+    assert "is a file" in error_line(invoke(*args, "--save-model", str(user)))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(b"mine")
+    assert "not empty" in error_line(invoke(*args, "--save-model", str(folder)))
+    assert user.read_text() == "mine" and [p.name for p in folder.iterdir()] == ["weights.bin"]
+    # an earlier saved edit is replaced only with --overwrite
+    assert invoke(*args, "--save", str(tmp_path / "edit")).exit_code == 0
+    assert "--overwrite" in error_line(invoke(*args, "--save", str(tmp_path / "edit")))
+    result = invoke(*args, "--save", str(tmp_path / "edit"), "--save-model", str(folder), "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert (folder / "weights.bin").read_bytes() == b"mine" and (folder / "config.json").is_file()
+
+
+def test_save_model_over_the_models_own_folder_is_refused(atlas_path, fake_load, tmp_path, monkeypatch):
+    import kneuron.models
+
+    source = tmp_path / "tiny-llama"
+    tiny = tiny_lm("llama")
+    tiny.model.save_pretrained(source)
+    tiny.tokenizer.save_pretrained(source)
+    files = {p.name: p.read_bytes() for p in source.iterdir()}
+    fake = kneuron.models.load
+
+    def load(model=None, **kwargs):  # the atlas's tiny-llama, as if loaded from that folder
+        lm = fake(model, **kwargs)
+        lm.model.name_or_path = str(source)
+        return lm
+
+    monkeypatch.setattr(kneuron.models, "load", load)
+    for extra in ((), ("--overwrite",)):
+        result = invoke("edit", "--run", str(atlas_path), "--fact", "capital:France", "--new", "Rome",
+                        "--save-model", str(source), *extra)
+        assert "loaded from" in error_line(result)
+    assert {p.name: p.read_bytes() for p in source.iterdir()} == files

@@ -363,3 +363,23 @@ def test_load_from_a_saved_folder_with_arch(tmp_path, arch_module):
         f"SPEC = ArchSpec({custom.family!r}, ('llama',), 'causal', ('model.layers',), 'mlp.down_proj')\n"
     )
     assert load(tmp_path / "tiny", arch="kneuron_user_arch2:SPEC").spec == custom
+
+
+def test_arch_as_a_file_path(tmp_path):
+    """``path/to/file.py:NAME`` needs no importable module (the CLI's --arch runs outside the user's folder)."""
+    (tmp_path / "my arch.py").write_text(
+        "from kneuron.models.architectures import ArchSpec\n"
+        "TOY = ArchSpec(family='toy', model_types=('toy_mlp',), kind='causal', blocks=('stack',), ffn_out='down')\n"
+    )
+    _check_toy(from_model(_toy(), tiny_tokenizer("causal"), arch=f"{tmp_path / 'my arch.py'}:TOY"))
+    with pytest.raises(UnsupportedArchitectureError, match=r"Could not import an ArchSpec.*no Python file at"):
+        spec_for("llama", f"{tmp_path / 'missing.py'}:TOY")
+    with pytest.raises(UnsupportedArchitectureError, match="Could not import an ArchSpec"):
+        spec_for("llama", f"{tmp_path / 'my arch.py'}:MISSING")
+
+
+def test_unknown_model_type_names_the_cli_option():
+    with pytest.raises(UnsupportedArchitectureError) as info:
+        spec_for("mamba2")
+    assert "kneuron --arch your_package.your_module:YOUR_SPEC COMMAND" in str(info.value)
+    assert "KNEURON_ARCH" in str(info.value) and "path/to/file.py:YOUR_SPEC" in str(info.value)

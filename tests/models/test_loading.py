@@ -100,10 +100,11 @@ def test_embedded_models_reports_installation(monkeypatch):
 
 @pytest.fixture
 def fake_gguf(tmp_path, monkeypatch):
-    """Point the embedded SmolLM2 at a stand-in .gguf file and the cache at a temporary folder."""
+    """Point the embedded SmolLM2 at a stand-in .gguf file (well-formed, but no model transformers can build)
+    and the cache at a temporary folder."""
     gguf = tmp_path / "pkg" / "model.gguf"
     gguf.parent.mkdir()
-    gguf.write_bytes(b"GGUF" + bytes(60))
+    _write_gguf(gguf)
     monkeypatch.setenv("KNEURON_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(loading, "embedded_gguf", lambda name: gguf)
     return gguf
@@ -202,3 +203,144 @@ def test_needs_conversion(fake_gguf, tmp_path):
     assert not loading.needs_conversion(None) and not loading.needs_conversion("smollm2")
     assert not loading.needs_conversion(tmp_path / "model.gguf")
     assert not loading.needs_conversion("some/hub-id")
+
+
+# ------------------------------------------------------------------------------- truncated or corrupt GGUF
+
+
+def _write_gguf(path) -> int:
+    """A small well-formed GGUF file (metadata and two float32 tensors); returns its size in bytes."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.add_context_length(64)
+    writer.add_tensor("token_embd.weight", np.ones((8, 4), dtype=np.float32))
+    writer.add_tensor("output.weight", np.ones((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path.stat().st_size
+
+
+def test_well_formed_gguf_passes_the_check(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    _write_gguf(path)
+    loading.check_gguf(path)  # no error: a complete file
+
+
+@pytest.mark.parametrize("keep", [4, 10, 23, 30, 100, -200, -1])
+def test_truncated_gguf(tmp_path, keep):
+    """Cut in the header, in the metadata, in the tensor table or in the tensor data: one clear error."""
+    full = tmp_path / "full.gguf"
+    size = _write_gguf(full)
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(full.read_bytes()[: keep if keep > 0 else size + keep])
+    with pytest.raises(ModelLoadError, match=r"cut\.gguf is truncated or corrupted") as info:
+        kneuron.load(path)
+    assert "download" in str(info.value)
+
+
+@pytest.mark.parametrize("tail", [b"\x03\x00\x00\x00" + bytes(range(200, 256)) * 20,  # v3, then garbage
+                                  bytes(range(256)) * 4])  # an absurd version
+def test_gguf_magic_followed_by_garbage(tmp_path, tail):
+    path = tmp_path / "garbage.gguf"
+    path.write_bytes(b"GGUF" + tail)
+    with pytest.raises(ModelLoadError, match="is truncated or corrupted|is not a GGUF file"):
+        kneuron.load(path)
+
+
+def test_folder_named_like_a_gguf_file(tmp_path):
+    folder = tmp_path / "model.gguf"
+    folder.mkdir()
+    with pytest.raises(ModelLoadError, match=r"model\.gguf is a folder, not a \.gguf file") as info:
+        kneuron.load(folder)
+    assert "config.json" in str(info.value)
+
+
+def test_random_bytes_are_not_gguf(tmp_path):
+    path = tmp_path / "random.gguf"
+    path.write_bytes(torch.randint(0, 256, (5000,), generator=torch.Generator().manual_seed(0),
+                                   dtype=torch.uint8).numpy().tobytes())
+    with pytest.raises(ModelLoadError, match="is not a GGUF file"):
+        kneuron.load(path)
+
+
+# ----------------------------------------------------------------------------- corrupted cached copies
+
+
+@pytest.fixture
+def converter(fake_gguf, monkeypatch):
+    """Make the GGUF conversion of the stand-in file return a tiny Llama; counts the conversions."""
+    calls = []
+    real = loading._read
+
+    def read(source, gguf_file, **kwargs):
+        if gguf_file is None:
+            return real(source, gguf_file, **kwargs)
+        calls.append(gguf_file)
+        lm = tiny_lm("llama", seed=3)
+        lm.name = kwargs["display"]
+        return lm
+
+    monkeypatch.setattr(loading, "_read", read)
+    return calls
+
+
+def test_cache_manifest_records_each_file_checksum(fake_gguf):
+    import hashlib
+    import json
+
+    loading._save_cache(tiny_lm("llama"), "smollm2-135m")
+    folder = loading.cache_dir("smollm2-135m")
+    manifest = json.loads((folder / loading._CACHE_MARK).read_text())["files"]
+    on_disk = {p.name for p in folder.iterdir()} - {loading._CACHE_MARK}
+    assert set(manifest) == on_disk and "model.safetensors" in on_disk
+    for name, entry in manifest.items():
+        data = (folder / name).read_bytes()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "manifest", "old-manifest"])
+def test_corrupted_cache_is_converted_again_with_a_warning(converter, damage):
+    import json
+
+    kneuron.load("smollm2-135m")  # first load: converts and caches
+    assert len(converter) == 1
+    folder = loading.cache_dir("smollm2-135m")
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    if damage == "truncate":
+        weights.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        weights.write_bytes(data[:-10] + bytes([data[-10] ^ 1]) + data[-9:])
+    elif damage == "delete":
+        weights.unlink()
+    elif damage == "manifest":
+        (folder / loading._CACHE_MARK).write_text("{not json")
+    else:  # a cache written before checksums were recorded
+        mark = json.loads((folder / loading._CACHE_MARK).read_text())
+        del mark["files"]
+        (folder / loading._CACHE_MARK).write_text(json.dumps(mark))
+    assert loading.needs_conversion("smollm2-135m")
+    with pytest.warns(UserWarning, match=r"cached copy of 'smollm2-135m' in .* is (damaged|incomplete).*"
+                                         "converting the GGUF file again"):
+        lm = kneuron.load("smollm2-135m")
+    assert len(converter) == 2 and lm.name == "smollm2-135m"
+    assert loading.cache_status("smollm2-135m")[0] == "ok"  # rewritten in full
+    assert not loading.needs_conversion("smollm2-135m")
+    reloaded = kneuron.load("smollm2-135m")  # and read from the new copy, without a warning or a conversion
+    assert len(converter) == 2
+    ids = torch.tensor([[2, 7, 9, 11]])
+    with torch.no_grad():
+        assert torch.equal(reloaded.model(input_ids=ids).logits, tiny_lm("llama", seed=3).model(input_ids=ids).logits)
+    assert [p.name for p in loading.cache_root().iterdir()] == [folder.name]  # no leftover folders
+
+
+def test_intact_cache_is_read_without_conversion(converter, recwarn):
+    kneuron.load("smollm2-135m")
+    kneuron.load("smollm2-135m")
+    assert len(converter) == 1
+    assert not [w for w in recwarn if "cached copy" in str(w.message)]

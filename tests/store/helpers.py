@@ -75,3 +75,39 @@ def synthetic_facts(count: int) -> list[Fact]:
         relation = f"r{number // len(SUBJECTS)}"
         facts.append(Fact(subject, relation, OBJECTS[number % len(OBJECTS)], bags[(number // 7) % 3]))
     return facts
+
+
+def write_facts_file(path: str | Path, facts) -> Path:
+    """``facts`` in our JSONL schema (relation declarations, then facts), for the CLI's ``--facts``."""
+    import json
+
+    lines, declared = [], set()
+    for fact in facts:
+        if fact.relation not in declared:
+            declared.add(fact.relation)
+            lines.append(json.dumps({"relation": fact.relation, "templates": list(fact.templates)}))
+        lines.append(json.dumps({"subject": fact.subject, "relation": fact.relation, "object": fact.object}))
+    Path(path).write_text("\n".join(lines) + "\n")
+    return Path(path)
+
+
+def copy_fact(source: str | Path, target: str | Path, fact_id: str, new_id: str | None = None) -> None:
+    """Another writer: copy a done fact (its facts, prompts and neurons rows) from the atlas ``source`` into the
+    atlas ``target`` in one transaction of a separate connection, as ``new_id`` (after the target's last seq)."""
+    new_id = new_id or fact_id
+    db = sqlite3.connect(Path(target).resolve().as_uri(), uri=True, timeout=10, isolation_level=None)
+    try:
+        db.execute("ATTACH DATABASE ? AS source", (f"{Path(source).resolve().as_uri()}?mode=ro",))
+        db.execute("BEGIN IMMEDIATE")
+        seq = db.execute("SELECT coalesce(max(seq), -1) + 1 FROM main.facts").fetchone()[0]
+        columns = [row[1] for row in db.execute("PRAGMA main.table_info(facts)")]
+        values = ", ".join("?" if c == "id" else ("? AS seq" if c == "seq" else c) for c in columns)
+        db.execute(f"INSERT INTO main.facts SELECT {values} FROM source.facts WHERE id = ?", (new_id, seq, fact_id))
+        for table in ("prompts", "neurons"):
+            columns = [row[1] for row in db.execute(f"PRAGMA main.table_info({table})")]
+            values = ", ".join("?" if c == "fact_id" else c for c in columns)
+            db.execute(f"INSERT INTO main.{table} SELECT {values} FROM source.{table} WHERE fact_id = ?",
+                       (new_id, fact_id))
+        db.execute("COMMIT")
+    finally:
+        db.close()

@@ -229,3 +229,21 @@ def test_run_executor_chunk_and_keep_options(fake_load, facts_file, tmp_path):
     assert bad.exit_code == 1 and "error: Unknown executor 'spark': use local or ray." in bad.stderr
     bad = invoke(*run_args(facts_file, tmp_path / "c.sqlite", "--keep-scores", "half"))
     assert bad.exit_code == 1 and "Unknown keep_scores 'half'" in bad.stderr
+
+
+def test_export_where_it_cannot_write_gives_one_line(atlas_path, tmp_path):
+    from store.test_atlas_errors import read_only
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (tmp_path / "file").write_text("mine")
+    with read_only(locked):
+        for target, text in ((locked / "x.csv", "Cannot write"), (tmp_path / "file" / "x.csv", "Cannot write"),
+                             (tmp_path / "folder.csv", "is a folder")):
+            if text == "is a folder":
+                target.mkdir()
+            result = invoke("export", "--run", atlas_path, "--to", target)
+            assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+            errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+            assert len(errors) == 1 and text in errors[0], result.stderr
+    assert list(locked.iterdir()) == [] and (tmp_path / "file").read_text() == "mine"

@@ -39,6 +39,8 @@ from typing import Literal
 
 import torch
 
+from kneuron.attribution import limits
+from kneuron.attribution.limits import check_row_fits, check_run_fits, count
 from kneuron.attribution.step_rows import (
     Objective,
     Plan,
@@ -62,8 +64,6 @@ __all__ = ["AlphaRule", "Objective", "alpha_points", "integrated_gradients", "in
 
 AlphaRule = Literal["right", "midpoint", "linspace"]
 
-#: default memory for one batch of steps: 2 GiB, overridable per call or with KNEURON_MEMORY_BUDGET (bytes)
-DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 #: on CUDA without a given budget, this share of the device's free memory (the rest is headroom for the
 #: allocator's fragmentation, the plans' cached prefixes and memory_per_row's estimate being an estimate)
 CUDA_MEMORY_SHARE = 0.6
@@ -78,22 +78,21 @@ def default_memory_budget(lm: LanguageModel) -> int:
     """Bytes one batch of steps may use when the caller gives no budget.
 
     KNEURON_MEMORY_BUDGET (bytes) when set; on CUDA, :data:`CUDA_MEMORY_SHARE` of the device's free memory
-    (``torch.cuda.mem_get_info``) at the call; elsewhere :data:`DEFAULT_MEMORY_BUDGET` (measured on CPU).
+    (``torch.cuda.mem_get_info``) at the call; elsewhere ``limits.DEFAULT_MEMORY_BUDGET`` (2 GiB, measured on CPU).
     The CUDA rule is written to be right by construction and has not run on a GPU here (this machine has none).
     """
-    if os.environ.get("KNEURON_MEMORY_BUDGET"):
-        return int(os.environ["KNEURON_MEMORY_BUDGET"])
+    if os.environ.get(limits.BUDGET_VARIABLE) is not None:
+        return limits.memory_budget(None)
     device = torch.device(lm.device)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return max(1, int(free * CUDA_MEMORY_SHARE))
-    return DEFAULT_MEMORY_BUDGET
+    return limits.DEFAULT_MEMORY_BUDGET
 
 
 def alpha_points(steps: int, rule: AlphaRule = "right") -> torch.Tensor:
-    """The α at which gradients are taken, in float64."""
-    if steps < 1:
-        raise KneuronError(f"steps must be at least 1; got {steps}.")
+    """The α at which gradients are taken, in float64 (``steps`` a whole number ≥ 1: a float would put α above 1)."""
+    steps = count("steps", steps)
     k = torch.arange(1, steps + 1, dtype=torch.float64)
     if rule == "right":
         return k / steps
@@ -113,7 +112,7 @@ def integrated_gradients(
     objective: Objective = "prob",
     alphas: AlphaRule = "right",
     layers: Sequence[int] | None = None,
-    memory_budget: int | None = None,
+    memory_budget: int | str | None = None,
     batch_rows: int | None = None,
 ) -> NeuronScores:
     """Integrated-gradients attribution of every FFN neuron for ``answer`` after ``prompt``.
@@ -128,8 +127,11 @@ def integrated_gradients(
         objective: "prob" (the paper) or "logprob" (log of the joint probability).
         alphas: "right" (k/m, the paper), "midpoint" ((k-½)/m) or "linspace" (EleutherAI).
         layers: only these layers (others score 0); all by default.
-        memory_budget: bytes one batch of steps may use (default: :func:`default_memory_budget`).
-        batch_rows: force the number of (layer, α) rows per batch instead of the budget's choice.
+        memory_budget: memory one batch of steps may use: bytes, or a size such as "4GiB" or "512MB" (default
+            :func:`default_memory_budget`: KNEURON_MEMORY_BUDGET, else on CUDA a share of the free memory, else
+            2 GiB). A run whose rows alone would not fit, or one of whose rows would not, is refused before
+            anything is allocated.
+        batch_rows: at most this many (layer, α) rows per batch (a whole number ≥ 1; the budget may lower it).
 
     Returns:
         NeuronScores with the (layers, neurons) scores, the clean activations, the clean
@@ -152,7 +154,7 @@ def integrated_gradients_many(
     objective: Objective = "prob",
     alphas: AlphaRule = "right",
     layers: Sequence[int] | None = None,
-    memory_budget: int | None = None,
+    memory_budget: int | str | None = None,
     batch_rows: int | None = None,
     on_prompt: Callable[[int, NeuronScores], None] | None = None,
 ) -> list[NeuronScores]:
@@ -168,26 +170,32 @@ def integrated_gradients_many(
     Example:
         >>> bag = integrated_gradients_many(lm, ["The capital of France is", "France's capital is"], "Paris")
     """
+    steps = count("steps", steps)
+    batch_rows = None if batch_rows is None else count("batch_rows", batch_rows)
+    budget = limits.memory_budget(memory_budget) if memory_budget is not None else default_memory_budget(lm)
     queries = [_query(lm, prompt, answer) for prompt in prompts]
-    points = alpha_points(steps, alphas)
     chosen = sorted(set(range(lm.n_layers) if layers is None else layers))
     for layer in chosen:
         lm.check_layer(layer)
     if not chosen:
         raise KneuronError("No layers to attribute: give at least one layer index.")
+    check_run_fits(steps, len(chosen), len(queries), budget)
+    points = alpha_points(steps, alphas)
     plans = [make_plan(lm, query, objective) for query in queries]
     groups: dict[tuple[int, int, int], list[int]] = defaultdict(list)
     for index, plan in enumerate(plans):
         groups[shape_key(plan)].append(index)
-    budget = memory_budget or default_memory_budget(lm)
     results: list[NeuronScores | None] = [None] * len(plans)
     with frozen_parameters(lm.model):
         for members in groups.values():
-            fits = max(1, int(budget // max(memory_per_row(lm, plans[members[0]]), 1.0)))
+            per_row = memory_per_row(lm, plans[members[0]])
+            check_row_fits(per_row, budget)
+            fits = max(1, int(budget // max(per_row, 1.0)))
             rows = min(batch_rows or MAX_ROWS, fits)
             gradient_sums, baselines = _integrate(lm, plans, members, chosen, points, rows, objective)
             for index in members:
-                results[index] = _scores(plans[index], queries[index], answer, gradient_sums[index],
+                said = answer if answer is not None else lm.tokenizer.decode(list(queries[index].answer_ids))
+                results[index] = _scores(plans[index], queries[index], said, gradient_sums[index],
                                          baselines[index], steps, objective, alphas)
                 if on_prompt is not None:
                     on_prompt(index, results[index])
@@ -233,7 +241,7 @@ def _scores(plan: Plan, query: EncodedQuery, answer: str | None, gradient_sum: t
     scores = plan.activations.double() * gradient_sum / steps
     gap = scores.sum(-1) - (plan.probability - baseline)
     return NeuronScores(
-        scores=scores if plan.activations.dtype == torch.float64 else scores.float(),
+        scores=scores,  # float64 always: the scores of an answer with P below 1e-45 underflow float32
         activations=plan.activations,
         probability=plan.probability,
         baseline=baseline,
@@ -244,4 +252,7 @@ def _scores(plan: Plan, query: EncodedQuery, answer: str | None, gradient_sum: t
         steps=steps,
         objective=objective,
         alphas=alphas,
+        log_probability=plan.log_probability,
+        answer_ranks=plan.answer_ranks,
+        vocab_size=plan.vocab_size,
     )

@@ -70,10 +70,11 @@ def refine(
         params["share_used"] = float(share)
     else:
         raise KneuronError(f"share must be a fraction in [0, 1) or 'adaptive'; got {share!r}.")
-    mean = torch.stack([s.scores for s in bag]).float().mean(0)
+    mean = torch.stack([s.scores for s in bag]).double().mean(0)  # float64: tiny scores must not underflow
     neurons = sorted((Neuron(layer, i, float(mean[layer, i])) for layer, i in chosen), key=lambda n: -n.score)
     params.update(steps=bag[0].steps, objective=bag[0].objective)
-    return KnowledgeNeurons(neurons, coarse, fact, params)
+    warnings = [w for p, s in enumerate(bag) if (w := s.unlikely_warning(f"at prompt {p + 1}")) is not None]
+    return KnowledgeNeurons(neurons, coarse, fact, params, warnings=warnings)
 
 
 def _adaptive(coarse: Sequence[Sequence[Neuron]]) -> tuple[list[tuple[int, int]], float]:

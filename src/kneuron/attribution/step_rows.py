@@ -107,11 +107,20 @@ def _record_block_inputs(lm: LanguageModel, store: dict[int, torch.Tensor]) -> I
             handle.remove()
 
 
+_ABSENT = object()
+
+
 @contextmanager
 def start_at_layer(lm: LanguageModel, start: int, hidden: torch.Tensor) -> Iterator[None]:
     """Run only blocks ``start``.. : the blocks below pass their input through untouched and
-    block ``start`` receives ``hidden`` (its clean input, one row per batch row) instead. Restored on exit."""
+    block ``start`` receives ``hidden`` (its clean input, one row per batch row) instead.
+
+    A hook cannot skip a module's forward, so the blocks below ``start`` get an instance ``forward``; the
+    exact previous instance attribute (e.g. the wrapper accelerate's hooks install on every block of a
+    ``device_map=`` model) is put back on exit, also after an exception, and an absent one stays absent.
+    """
     skipped = [lm.block(layer) for layer in range(start)]
+    saved = [(block, block.__dict__.get("forward", _ABSENT)) for block in skipped]
 
     def passthrough(*args, **kwargs):
         return _hidden_from(args, kwargs)
@@ -119,16 +128,20 @@ def start_at_layer(lm: LanguageModel, start: int, hidden: torch.Tensor) -> Itera
     def feed(_module, args, kwargs):
         return _replace_hidden(args, kwargs, hidden)
 
-    handle = lm.block(start).register_forward_pre_hook(feed, with_kwargs=True)
+    handles = []
     try:
+        handles.append(lm.block(start).register_forward_pre_hook(feed, with_kwargs=True))
         for block in skipped:
-            block.forward = passthrough
+            block.__dict__["forward"] = passthrough
         yield
     finally:
-        handle.remove()
-        for block in skipped:
-            if "forward" in block.__dict__:
-                del block.forward
+        for handle in handles:
+            handle.remove()
+        for block, previous in saved:
+            if previous is _ABSENT:
+                block.__dict__.pop("forward", None)
+            else:
+                block.__dict__["forward"] = previous
 
 
 @contextmanager
@@ -192,8 +205,10 @@ def _ffn_only_at(lm: LanguageModel, targets: torch.Tensor) -> Iterator[None]:
         full = out.new_zeros(out.shape[0], length["seq"], *out.shape[2:])
         return full.index_put((rows, rows_of(out)), out)
 
-    handles = [first.register_forward_pre_hook(narrow), lm.ffn_out(lm.n_layers - 1).register_forward_hook(widen)]
+    handles = []
     try:
+        handles.append(first.register_forward_pre_hook(narrow))
+        handles.append(lm.ffn_out(lm.n_layers - 1).register_forward_hook(widen))
         yield
     finally:
         for handle in handles:
@@ -237,6 +252,14 @@ def _answer_log_probs(logits: torch.Tensor, answer_ids: torch.Tensor) -> torch.T
     return log_probs.gather(-1, answer_ids.to(logits.device).expand(logits.shape[0], -1)[..., None]).squeeze(-1)
 
 
+def _answer_ranks(logits: torch.Tensor, answer_ids: torch.Tensor) -> tuple[int, ...]:
+    """Each answer token's rank (1 = the most likely) among the (answer tokens, vocabulary) ``logits`` at its
+    position; tokens with equal logits share the best rank."""
+    logits = at_least_float32(logits)
+    own = logits.gather(-1, answer_ids.to(logits.device)[:, None])
+    return tuple(int(r) + 1 for r in (logits > own).sum(-1).tolist())
+
+
 @dataclass
 class Plan:
     """One prompt, prepared: the ids its rows read, where to scale and read, its clean states."""
@@ -248,7 +271,10 @@ class Plan:
     cache: object | None  # key/value cache of the causal prefix
     block_inputs: dict[int, torch.Tensor]  # clean input of each block, (1, seq, hidden)
     activations: torch.Tensor  # (layers, neurons) clean activations at the position
-    probability: float
+    probability: float  # the clean objective, computed in float64 from the log-probability
+    log_probability: float = 0.0  # the clean joint log-probability of the answer
+    answer_ranks: tuple[int, ...] = ()  # each answer token's clean rank at its position (1 = most likely)
+    vocab_size: int = 0
 
     @property
     def position_among_targets(self) -> int:
@@ -296,9 +322,11 @@ def make_plan(lm: LanguageModel, query: EncodedQuery, objective: Objective) -> P
         for layer in range(lm.n_layers):
             stack.enter_context(on_ffn_input(lm, layer, recorder(layer)))
         logits = _forward_logits(lm, step_ids[None], target_tensor[None], copy.deepcopy(cache))
-    value = objective_of(_answer_log_probs(logits, answer_ids[None]), objective)
+    log_p = _answer_log_probs(logits, answer_ids[None]).double().sum(-1)
+    value = objective_of(log_p[:, None], objective)  # in float64: exp() of a float32 log P below -103 is 0
     activations = torch.stack([acts[layer] for layer in range(lm.n_layers)])
-    return Plan(step_ids, local, target_tensor, answer_ids, cache, block_inputs, activations, float(value[0]))
+    return Plan(step_ids, local, target_tensor, answer_ids, cache, block_inputs, activations, float(value[0]),
+                float(log_p[0]), _answer_ranks(logits[0], answer_ids), int(logits.shape[-1]))
 
 
 def memory_per_row(lm: LanguageModel, plan: Plan) -> float:
@@ -417,13 +445,17 @@ def run_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objecti
             stack.enter_context(_ffn_only_at(lm, targets))
         logits = _forward_logits(lm, plans[first_prompt].input_ids[None], targets, cache)
         answers = _by_prompt({p: plans[p].answer_ids[None] for p in every}, every)
-        values = objective_of(_answer_log_probs(logits, answers), objective)
-        grads = torch.autograd.grad(values.sum(), [leaves[layer] for layer in layers]) if gradients else ()
+        log_p = _answer_log_probs(logits, answers).sum(-1)
+        # the objective in float64 from log P; gradients in log space: dP/da = P · dlogP/da, with P in float64,
+        # so that a P below float32's range (1e-45) neither underflows to 0 nor drags its gradients to 0
+        values = objective_of(log_p.detach().double()[:, None], objective)
+        grads = torch.autograd.grad(log_p.sum(), [leaves[layer] for layer in layers]) if gradients else ()
     per_row: list[torch.Tensor] = [torch.empty(0)] * len(chunk)
     row_values: list[float] = [0.0] * len(chunk)
-    for chunk_row, value in zip(order, values.detach().double().tolist(), strict=True):
+    for chunk_row, value in zip(order, values.tolist(), strict=True):
         row_values[chunk_row] = value
     for layer, grad in zip(layers if gradients else [], grads, strict=True):
         for j, chunk_row in enumerate(members[layer]):
-            per_row[chunk_row] = grad[j].detach()
+            row_grad = grad[j].detach().double()
+            per_row[chunk_row] = row_grad * values[before[layer] + j] if objective == "prob" else row_grad
     return per_row, row_values

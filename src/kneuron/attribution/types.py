@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from kneuron.facts.fact import Fact
+
+#: an answer whose first token ranks below this many of the model's predictions gets a warning (the same top-10
+#: that ``kneuron facts`` calls known)
+LIKELY_TOP = 10
 
 
 @dataclass(frozen=True, order=True)
@@ -40,6 +45,13 @@ class NeuronScores:
             towards 0 as ``steps`` grows (the completeness property of integrated gradients).
         prompt, answer: what was attributed; ``position`` the attributed token position.
         steps, objective, alphas: how (``alphas`` the points of the Riemann sum).
+        log_probability: the answer's clean joint log-probability (finite where ``probability`` underflows).
+        answer_ranks: each answer token's clean rank at its position (1 = the model's top prediction), out of
+            ``vocab_size``; empty when unknown (e.g. scores read back from an older atlas).
+
+    The scores are float64 whatever the model's dtype: an answer the model never predicts can have a
+    probability below float32's range (1e-45), whose scores would all be 0. Such scores are exact but say
+    little about the fact; :attr:`warning` says so when the answer is not among the model's likely tokens.
     """
 
     scores: torch.Tensor
@@ -53,10 +65,40 @@ class NeuronScores:
     steps: int = 20
     objective: str = "prob"
     alphas: str = "right"
+    log_probability: float = math.nan
+    answer_ranks: tuple[int, ...] = ()
+    vocab_size: int = 0
 
     @property
     def n_layers(self) -> int:
         return int(self.scores.shape[0])
+
+    @property
+    def answer_rank(self) -> int:
+        """The clean rank of the answer's first token (1 = the model's top prediction; 0 when unknown)."""
+        return self.answer_ranks[0] if self.answer_ranks else 0
+
+    @property
+    def likely(self) -> bool:
+        """Whether the answer's first token is among the model's :data:`LIKELY_TOP` predictions (True if unknown)."""
+        return not self.answer_ranks or self.answer_rank <= LIKELY_TOP
+
+    def unlikely_warning(self, where: str = "") -> str | None:
+        """A warning when the answer is not among the model's likely tokens, else None; ``where`` names the prompt."""
+        if self.likely:
+            return None
+        if math.isfinite(self.log_probability) and math.exp(self.log_probability) > 0:
+            chance = f"P={math.exp(self.log_probability):.1e}"
+        else:
+            chance = f"log P={self.log_probability:.1f}"
+        place = f" {where}" if where else ""
+        return (f"answer {self.answer!r} ranks {self.answer_rank} of {self.vocab_size}{place} ({chance}): the model "
+                f"does not predict it, so its neurons say little")
+
+    @property
+    def warning(self) -> str | None:
+        """:meth:`unlikely_warning` for this prompt alone."""
+        return self.unlikely_warning()
 
     def top(self, k: int = 10) -> list[Neuron]:
         """The ``k`` highest-scoring neurons, best first."""
@@ -76,6 +118,7 @@ class KnowledgeNeurons:
         fact: the fact (None when attributing loose prompts).
         params: the parameters used (threshold, share, adaptive rule, steps, ...).
         scores: the per-prompt NeuronScores they were selected from (when kept).
+        warnings: one line per prompt whose answer is not among the model's likely tokens (where it ranks).
     """
 
     neurons: list[Neuron]
@@ -83,6 +126,7 @@ class KnowledgeNeurons:
     fact: Fact | None = None
     params: dict[str, Any] = field(default_factory=dict)
     scores: list[NeuronScores] = field(default_factory=list, repr=False)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def keys(self) -> list[tuple[int, int]]:

@@ -10,9 +10,11 @@ in the command module of its group::
         ...
         console.print(table)
 
-``@command()`` registers the function on :data:`app` and turns any :class:`KneuronError` into one red
-line on stderr and exit code 1 (no traceback). Results go to :data:`console` (stdout); progress,
-status and errors go to :data:`err_console` (stderr), so output can be piped.
+``@command()`` registers the function on :data:`app`, turns any :class:`KneuronError` into one red
+line on stderr and exit code 1 (no traceback), and prints Python warnings as one yellow ``warning: ...``
+line. Results go to :data:`console` (stdout); progress, status, warnings and errors go to
+:data:`err_console` (stderr), so output can be piped. Options of the root command that every model load
+needs (``--arch``) reach :func:`load_model` through :data:`root_arch`, so commands do not repeat them.
 """
 
 
@@ -20,7 +22,9 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -77,16 +81,25 @@ def fail(exc: BaseException | str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Print a Python warning as one ``warning: ...`` line on stderr (no file name, no source line)."""
+    text = Text("warning: ", style="bold yellow")
+    text.append(str(message), style="yellow")
+    err_console.print(text, soft_wrap=True)
+
+
 def command(*args, **kwargs) -> Callable[[F], F]:
-    """``app.command`` that reports KneuronError as one red line and exit code 1."""
+    """``app.command`` that reports KneuronError as one red line and exit code 1, and warnings as one line."""
 
     def decorate(func: F) -> F:
         @functools.wraps(func)
         def wrapper(*a, **kw):
-            try:
-                return func(*a, **kw)
-            except KneuronError as exc:
-                raise fail(exc) from None
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                try:
+                    return func(*a, **kw)
+                except KneuronError as exc:
+                    raise fail(exc) from None
 
         app.command(*args, **kwargs)(wrapper)
         return func
@@ -102,10 +115,22 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_model(model: str | None, device: str = "cpu"):
-    """Load ``model`` (see :data:`ModelOption`) quietly, with a status spinner and one line saying how long."""
+#: the root command's ``--arch`` (``kneuron --arch X COMMAND``), set anew by every invocation (typer vendors its
+#: own click, whose current-context lookup is private, so root options travel in a ContextVar).
+root_arch: ContextVar[str | None] = ContextVar("kneuron_root_arch", default=None)
+
+
+def load_model(model: str | None, device: str = "cpu", arch: str | None = None):
+    """Load ``model`` (see :data:`ModelOption`) quietly, with a status spinner and one line saying how long.
+
+    ``arch`` (default: the root ``--arch`` option / ``KNEURON_ARCH``) names an ArchSpec for a family kneuron
+    does not know.
+    """
     from kneuron.models import load
     from kneuron.models.loading import needs_conversion
+
+    arch = arch or root_arch.get()
+    extra = {"arch": arch} if arch else {}
 
     quiet_transformers()
     name = model or "smollm2-135m"
@@ -115,7 +140,7 @@ def load_model(model: str | None, device: str = "cpu"):
         err_console.print(f"[dim]{status}[/dim]", highlight=False)
     start = time.perf_counter()
     with err_console.status(status):
-        lm = load(model, device=device)
+        lm = load(model, device=device, **extra)
     err_console.print(
         f"[dim]{lm.name}: {lm.spec.family}, {lm.kind}, {lm.n_layers} layers x {lm.n_neurons} neurons, "
         f"loaded in {time.perf_counter() - start:.1f} s[/dim]", highlight=False,
@@ -135,8 +160,13 @@ def _root(
                                           help="Print the version and exit.")] = False,
     threads: Annotated[int, typer.Option("--threads", min=0, envvar="KNEURON_THREADS",
                                          help="Torch CPU threads (0: torch's default). Env: KNEURON_THREADS.")] = 0,
+    arch: Annotated[str | None, typer.Option(
+        "--arch", envvar="KNEURON_ARCH", show_default=False,
+        help="An ArchSpec for a model family kneuron does not know, for every command that loads a model: "
+             "package.module:NAME (importable) or path/to/file.py:NAME. Env: KNEURON_ARCH.")] = None,
 ) -> None:
     """Find, test and edit the knowledge neurons (FFN units) of transformer language models."""
+    root_arch.set(arch)
     if threads:
         import torch
 

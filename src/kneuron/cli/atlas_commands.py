@@ -25,7 +25,7 @@ from kneuron.cli.app import (
     parse_relations,
     parse_share,
 )
-from kneuron.errors import FactError, KneuronError
+from kneuron.errors import KneuronError
 
 
 @command("run")
@@ -68,26 +68,15 @@ def run_command(
     """Find the knowledge neurons of every fact of a set and store everything in an atlas (resumable)."""
     import contextlib
 
-    from kneuron.facts import causal_templates, load_facts
+    from kneuron.facts import load_facts, validate_facts
     from kneuron.store import Atlas
     from kneuron.store import run as run_facts
 
     chosen = parse_relations(relations)
-    loaded = load_facts(facts, relations=chosen)  # a malformed file fails here, before anything is written
-    if chosen:
-        missing = [r for r in chosen if r not in {fact.relation for fact in loaded}]
-        if missing:
-            raise KneuronError(f"No facts of relation {', '.join(map(repr, missing))} in {facts}; its relations: "
-                               f"{', '.join(sorted({f.relation for f in load_facts(facts)}))}.")
-    if not loaded:
-        raise FactError(f"{facts} holds no facts.")
+    # a malformed file, a missing relation or an empty set fails here, before the model loads or anything is written
+    loaded = validate_facts(load_facts(facts), causal=False, relations=chosen, source=facts)
     lm = load_model(model, device)
-    if lm.kind == "causal":
-        usable = causal_templates(loaded)
-        if not usable:
-            raise FactError(f"None of the facts in {facts} has a template with text before [Y], which a causal "
-                            "model needs.")
-        loaded = usable
+    loaded = validate_facts(loaded, causal=lm.kind == "causal", source=facts)  # the same checks as `kneuron facts`
     from kneuron.parallel import make_executor
 
     chosen_executor = make_executor(executor, lm, model=model, address=ray_address, workers=workers,
@@ -101,10 +90,14 @@ def run_command(
         done = 0
         with contextlib.suppress(KneuronError), Atlas.open(out, read_only=True) as atlas:
             done = len(atlas.facts())
+        if not out.exists():  # a run stopped before its first fact removes the atlas it created
+            err_console.print(Text(f"interrupted before the first fact: nothing was stored, and {out} was not "
+                                   "kept.", style="yellow"), soft_wrap=True)
+            raise typer.Exit(code=130) from None
         err_console.print(f"[yellow]interrupted: {done} facts are stored in {out}; run the same command again to "
                           "continue.[/yellow]", highlight=False)
         raise typer.Exit(code=130) from None
-    with Atlas.open(out, read_only=True) as atlas:
+    with Atlas.open(out, read_only=True) as atlas, atlas.snapshot():
         generic = atlas.generic_neurons()
         done = len(atlas.facts())
     line = (f"atlas={out} facts={done} computed={summary.computed} already_done={summary.already_done} "
@@ -126,7 +119,7 @@ def atlas_command(
     """Summarize an atlas: facts, knowledge neurons per layer, top and generic neurons (or one fact)."""
     from kneuron.store import Atlas
 
-    with Atlas.open(run, read_only=True) as atlas:
+    with Atlas.open(run, read_only=True) as atlas, atlas.snapshot():  # one moment, also while a run writes
         if fact is not None:
             _show_fact(atlas, fact)
             return

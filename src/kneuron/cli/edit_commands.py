@@ -41,13 +41,24 @@ def _arrow(before: float, after: float, fmt: str = ".4f") -> str:
     return f"{before:{fmt}} → {after:{fmt}}"
 
 
-def _save_edit(edit, lm, save: Path | None, save_model: Path | None) -> None:
+def _check_targets(lm, save: Path | None, save_model: Path | None, overwrite: bool) -> None:
+    """Refuse the --save / --save-model paths before any work (the same rules as when writing them)."""
+    from kneuron.interventions.edit_files import EDIT_FOLDER, edit_target, model_target
+
     if save is not None:
-        err_console.print(f"edit saved to {edit.save(save)}", highlight=False)
+        edit_target(save, overwrite=overwrite)
+    if save_model is not None:
+        model_target(lm, save_model, overwrite=overwrite)
+        edit_target(save_model / EDIT_FOLDER, overwrite=overwrite)
+
+
+def _save_edit(edit, lm, save: Path | None, save_model: Path | None, overwrite: bool) -> None:
     if save_model is not None:
         with err_console.status(f"Writing the edited model to {save_model} ..."):
-            edit.save_model(lm, save_model)
+            edit.save_model(lm, save_model, overwrite=overwrite)
         err_console.print(f"edited model (save_pretrained) written to {save_model}", highlight=False)
+    if save is not None:
+        err_console.print(f"edit saved to {edit.save(save, overwrite=overwrite)}", highlight=False)
 
 
 def _collateral_table(lm, edit, title: str, groups) -> Table:
@@ -88,7 +99,14 @@ SaveOption = Annotated[Path | None, typer.Option(
 
 
 SaveModelOption = Annotated[Path | None, typer.Option(
-    "--save-model", help="Write the edited model and tokenizer (save_pretrained) to this folder.", show_default=False)]
+    "--save-model", help="Write the edited model and tokenizer (save_pretrained) to this new or empty folder.",
+    show_default=False)]
+
+
+OverwriteOption = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace an edit saved earlier at --save, and the model files in a non-empty --save-model "
+                        "folder. Never the folder the model was loaded from, kneuron's model cache, or a file that "
+                        "is not a kneuron edit.")]
 
 
 @command()
@@ -113,6 +131,7 @@ def edit(
     seed: Annotated[int, typer.Option(help="Seeds the choice of the other facts.")] = 0,
     save: SaveOption = None,
     save_model: SaveModelOption = None,
+    overwrite: OverwriteOption = False,
     device: DeviceOption = "cpu",
 ) -> None:
     """Update a fact through its knowledge neurons (value slot += −λ_old·e(old) + λ_new·e(new)) and show the
@@ -122,6 +141,7 @@ def edit(
 
     atlas, facts, lm = _edit_context(run, model, device)
     with atlas:
+        _check_targets(lm, save, save_model, overwrite)
         target = atlas.fact(fact)
         kn = atlas.knowledge_neurons(fact)
         counts = atlas.relation_neurons(target.relation)
@@ -157,7 +177,7 @@ def edit(
     if same or other:
         console.print(_collateral_table(lm, the_edit, "Collateral: other facts",
                                         [("same relation", same), ("other relation", other)]))
-    _save_edit(the_edit, lm, save, save_model)
+    _save_edit(the_edit, lm, save, save_model, overwrite)
 
 
 @command()
@@ -172,6 +192,7 @@ def erase(
     seed: Annotated[int, typer.Option(help="Seeds the choice of the other facts.")] = 0,
     save: SaveOption = None,
     save_model: SaveModelOption = None,
+    overwrite: OverwriteOption = False,
     device: DeviceOption = "cpu",
 ) -> None:
     """Erase a relation: set the value slots of its most common knowledge neurons to zero (or the unknown token's
@@ -180,6 +201,7 @@ def erase(
 
     atlas, facts, lm = _edit_context(run, model, device)
     with atlas:
+        _check_targets(lm, save, save_model, overwrite)
         if relation not in atlas.relations():
             raise KneuronError(f"{run} has no relation {relation!r}; it has {', '.join(atlas.relations())}.")
         counts = atlas.relation_neurons(relation)
@@ -191,4 +213,4 @@ def erase(
     _, other = _pick_others(facts, relation, set(), others, seed)
     console.print(_collateral_table(lm, the_edit, f"Erasing {relation}",
                                     [(relation, own), ("other relation", other)]))
-    _save_edit(the_edit, lm, save, save_model)
+    _save_edit(the_edit, lm, save, save_model, overwrite)

@@ -100,8 +100,11 @@ def find(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     device: DeviceOption = "cpu",
 ) -> None:
-    """Find the knowledge neurons of a fact from a bag of prompts (integrated gradients, then refine)."""
+    """Find the knowledge neurons of a fact from a bag of prompts (integrated gradients, then refine).
+
+    Warns (and lists in --json) each prompt whose answer is not among the model's 10 likeliest tokens."""
     import json
+    import math
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -114,17 +117,26 @@ def find(
         task = progress.add_task("prompts", total=len(prompts))
         kn = find_knowledge_neurons(lm, prompts, answer, steps=steps, threshold=threshold, share=parse_share(share),
                                     objective=objective, on_prompt=lambda i, s: progress.advance(task))
+    def finite(value):  # JSON has no NaN or infinity: they become null
+        return value if not isinstance(value, float) or math.isfinite(value) else None
+
     if as_json:
         payload = {
             "model": lm.name, "answer": answer, "prompts": prompt,
-            "neurons": [{"layer": n.layer, "index": n.index, "score": n.score} for n in kn.neurons],
+            "neurons": [{"layer": n.layer, "index": n.index, "score": finite(n.score)} for n in kn.neurons],
             "per_layer": {str(layer): count for layer, count in kn.per_layer().items()},
-            "probabilities": [s.probability for s in kn.scores],
+            "probabilities": [finite(s.probability) for s in kn.scores],
+            "answer_ranks": [s.answer_rank for s in kn.scores],
+            "warnings": kn.warnings,
             "coarse": [[str(n) for n in coarse] for coarse in kn.coarse],
-            "params": {k: v for k, v in kn.params.items() if isinstance(v, (int, float, str))},
+            "params": {k: finite(v) for k, v in kn.params.items() if isinstance(v, (int, float, str))},
         }
-        console.print_json(json.dumps(payload))
+        for warning in kn.warnings:
+            err_console.print(f"[yellow]warning: {warning}[/yellow]", highlight=False)
+        console.print_json(json.dumps(payload, allow_nan=False))
         return
+    for warning in kn.warnings:
+        console.print(f"[yellow]warning: {warning}[/yellow]", highlight=False)
     table = neuron_table(kn)
     table.title = Text(f"Knowledge neurons for {answer!r} ({len(prompts)} prompts)", style="bold")
     table.title_justify = "left"
@@ -137,7 +149,7 @@ def find(
     for layer, count in kn.per_layer().items():
         layers.add_row(str(layer), str(count))
     console.print(layers)
-    probs = ", ".join(f"{s.probability:.3f}" for s in kn.scores)
+    probs = ", ".join(f"{s.probability:.3g}" for s in kn.scores)
     console.print(f"[dim]P(answer) per prompt: {probs}; share used: {kn.params.get('share_used')}[/dim]")
 
 

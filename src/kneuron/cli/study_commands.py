@@ -46,16 +46,21 @@ def study(
 
     names = study_names(name)
     with Atlas.open(run) as atlas:
-        facts = atlas.facts()
-        if not facts:
+        with atlas.snapshot():
+            has_facts = bool(atlas.query("SELECT 1 FROM facts WHERE status = 'done' LIMIT 1"))
+            stale = generic_share is not None or not atlas.meta.get("generic")
+        if not has_facts:
             raise KneuronError(f"{run} has no computed facts yet: run `kneuron run --out {run}` (or let it finish).")
         lm = atlas_model(atlas, model, device)
-        if generic_share is not None or not atlas.meta.get("generic"):
+        if stale:
             atlas.update_generic(share=generic_share)  # flags the generic neurons in the atlas's generic table
-        share = float(atlas.meta.get("generic", {}).get("share", 0.1))
-        neurons = atlas.all_refined()
-        baseline = {fact.id: atlas.baseline_neurons(fact.id) for fact in facts}
-        coarse = {fact.id: atlas.knowledge_neurons(fact.id).coarse for fact in facts} if "generic" in names else None
+        with atlas.snapshot():  # the facts and all their neurons of one moment, also while a run writes
+            facts = atlas.facts()
+            share = float(atlas.meta.get("generic", {}).get("share", 0.1))
+            neurons = atlas.all_refined()
+            baseline = {fact.id: atlas.baseline_neurons(fact.id) for fact in facts}
+            coarse = ({fact.id: atlas.knowledge_neurons(fact.id).coarse for fact in facts}
+                      if "generic" in names else None)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=err_console, transient=True) as progress:
             task = progress.add_task("studies", total=len(facts))
@@ -74,8 +79,9 @@ def study(
         spent = [f"{stored.replace('_', '-')} {end - begin:.1f} s"
                  for stored, begin, end in zip(started, times, times[1:], strict=False)]
         err_console.print(f"[dim]{', '.join(spent)}[/dim]", highlight=False)
+        covered = [fact.id for fact in facts]
         for stored, rows in results.items():
-            atlas.write_results(stored, rows)
+            atlas.write_results(stored, rows, facts=covered)  # with the facts they covered (see `kneuron report`)
     table = Table(title=Text(f"Studies of {len(facts)} facts, stored in {run}", style="bold"), title_justify="left",
                   show_edge=False)
     table.add_column("study")
@@ -130,6 +136,8 @@ def report(
 
     data = ReportData.from_atlas(run)
     path = write_report(data, out or run.with_suffix(".html"))
+    for warning in data.warnings():
+        err_console.print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
     missing = [s for s, rows in data.results.items() if not rows]
     if missing:
         err_console.print(f"[yellow]no results yet for {', '.join(missing)}: `kneuron study all --run {run}`"

@@ -163,6 +163,7 @@ def encode(lm: LanguageModel, prompt: Prompt | str, answer: str, _tokens: _Token
             raise FactError(
                 f"Expected {len(answer_ids)} mask tokens in {text!r} but the tokenizer produced {len(targets)}."
             )
+    lm.check_length(len(input_ids))
     return EncodedQuery(torch.tensor(input_ids, dtype=torch.long), tuple(answer_ids), targets, text)
 
 
@@ -251,6 +252,7 @@ def top_predictions(lm: LanguageModel, prompt: Prompt | str, k: int = 5) -> list
         sep = " " if prompt.space else ""
         ids = _ids(tokenizer, prompt.prefix.rstrip(" ") + sep + tokenizer.mask_token + prompt.suffix, special=True)
         position = ids.index(tokenizer.mask_token_id)
+    lm.check_length(len(ids))
     logits = at_least_float32(model_logits(lm, torch.tensor(ids))[0, position])
     probs = torch.softmax(logits, dim=-1)
     top = torch.topk(probs, k)

@@ -3,12 +3,17 @@
 A knowledge neuron's *value slot* is what it writes into the residual stream: column ``i`` of an
 ``nn.Linear`` output projection's weight, or row ``i`` of GPT-2's ``Conv1D`` weight. An :class:`Edit`
 names the slots it touches (per layer: the module's dotted path, its layout and the neuron indices)
-and holds one vector per slot: a delta to add (``op="add"``, what :func:`~kneuron.interventions.update_fact`
-makes) or the new value (``op="set"``, what :func:`~kneuron.interventions.erase_relation` makes).
+and holds one finite vector per slot: a delta to add (``op="add"``, what
+:func:`~kneuron.interventions.update_fact` makes) or the new value (``op="set"``, what
+:func:`~kneuron.interventions.erase_relation` makes).
 
 Applying an edit first copies the original slot values; undoing writes those copies back, so undo is
-bit-exact (nothing is subtracted). An edit remembers the model it was made for (a fingerprint: name,
-family and shapes) and refuses any other.
+bit-exact (nothing is subtracted). Undo compares bit patterns, not values (so NaN weights and -0.0 are
+handled), and refuses when a later edit of the same slots is still applied. An edit remembers the model it
+was made for (a fingerprint: name, family, shapes, layout and a digest of the weights, see
+:mod:`kneuron.interventions.live`) and refuses any other; it always refuses a layout that is not the model's.
+Saving never replaces the folder a model was loaded from, and replaces other files only when asked (see
+:mod:`kneuron.interventions.edit_files`).
 
 Example:
     >>> edit = update_fact(lm, kn, "Paris", "Rome")
@@ -24,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,20 +37,45 @@ from typing import Any, Literal
 
 import torch
 
-from kneuron.errors import KneuronError
+from kneuron.interventions import live
+from kneuron.interventions.live import AppliedEdit
+from kneuron.interventions.slots import LAYOUTS, EditError, read_slots, same_bits, slot_index, slot_names, write_slots
 from kneuron.models.language_model import LanguageModel
 
+__all__ = ["LAYOUTS", "AppliedEdit", "Edit", "EditError", "SlotGroup", "fingerprint", "module_path", "read_slots",
+           "same_bits", "weights_digest", "write_slots"]
+
 EditOp = Literal["add", "set"]
-FORMAT = "kneuron-edit/1"
-TENSORS_FILE, JSON_FILE = "edit.safetensors", "edit.json"
+VALUE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-class EditError(KneuronError):
-    """An edit that cannot be made, applied, undone, saved or loaded."""
+def weights_digest(lm: LanguageModel) -> str:
+    """SHA-256 of ``lm``'s weights with its live edits read as undone (see :mod:`kneuron.interventions.live`)."""
+    model = lm.model
+
+    def base(tensor: torch.Tensor):
+        handles = [h for h in live.live(model) if any(w is tensor for w in h.weights)]
+        if not handles:
+            return None
+
+        def build() -> torch.Tensor:
+            copy = tensor.detach().clone()
+            for h in reversed(handles):
+                for g, weight, original in zip(h.edit.groups, h.weights, h.originals, strict=True):
+                    if weight is tensor:
+                        write_slots(copy, g.layout, slot_index(g, copy), original)
+            return copy
+
+        return tuple(h.sequence for h in handles), build
+
+    return live.weights_digest(model, base)
 
 
-def fingerprint(lm: LanguageModel) -> dict[str, Any]:
-    """What an edit checks before it touches a model: its name, family and the shapes the edit relies on."""
+def fingerprint(lm: LanguageModel, *, fresh: bool = False) -> dict[str, Any]:
+    """What an edit checks before it touches a model: its name, family, the shapes and layout the edit relies on,
+    and ``weights``, the :func:`weights_digest` (``fresh=True`` recomputes it even for unchanged tensors)."""
+    if fresh:
+        live.forget(lm.model)
     config = getattr(lm.model, "config", None)
     out = lm.model.get_output_embeddings()
     return {
@@ -58,6 +87,7 @@ def fingerprint(lm: LanguageModel) -> dict[str, Any]:
         "neurons": lm.n_neurons,
         "hidden": int(lm.value_slot(0, 0).shape[0]),
         "vocab": int(out.weight.shape[0]) if out is not None else 0,
+        "weights": weights_digest(lm),
     }
 
 
@@ -70,6 +100,19 @@ def module_path(lm: LanguageModel, layer: int) -> str:
     raise EditError(f"The FFN output projection of layer {layer} is not a submodule of {lm.name}.")  # pragma: no cover
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def finite_or_error(values: torch.Tensor, what: str) -> None:
+    """EditError unless every entry of ``values`` is finite (NaN or inf would make the edit impossible to undo
+    by comparison, and the model useless)."""
+    if not bool(torch.isfinite(values).all()):
+        bad = int((~torch.isfinite(values)).sum())
+        raise EditError(f"{what} has {bad} non-finite entr{'y' if bad == 1 else 'ies'} (NaN or inf); an edit's "
+                        "values must be finite numbers.")
+
+
 @dataclass(frozen=True)
 class SlotGroup:
     """The value slots an edit touches in one layer.
@@ -79,7 +122,8 @@ class SlotGroup:
         module: dotted path of its FFN output projection (e.g. ``model.layers.21.mlp.down_proj``).
         layout: "linear" (slot = weight column) or "conv1d" (slot = weight row).
         indices: the neurons whose slots change, in order.
-        values: (len(indices), hidden) tensor: one delta (op "add") or new value (op "set") per slot.
+        values: (len(indices), hidden) floating tensor of finite numbers: one delta (op "add") or new value
+            (op "set") per slot.
     """
 
     layer: int
@@ -89,26 +133,27 @@ class SlotGroup:
     values: torch.Tensor
 
     def __post_init__(self) -> None:
+        if not _is_int(self.layer) or self.layer < 0:
+            raise EditError(f"An edit's layer is a non-negative integer, not {self.layer!r}.")
+        if not isinstance(self.module, str) or not self.module:
+            raise EditError(f"Layer {self.layer} of the edit names no module (got {self.module!r}).")
+        if self.layout not in LAYOUTS:
+            raise EditError(f"Layer {self.layer} of the edit has layout {self.layout!r}; a layout is 'linear' "
+                            "or 'conv1d'.")
+        if not isinstance(self.indices, tuple) or not all(_is_int(i) and i >= 0 for i in self.indices):
+            raise EditError(f"Layer {self.layer} of the edit lists neurons {self.indices!r}; they are "
+                            "non-negative integers.")
         if not self.indices:
             raise EditError(f"Layer {self.layer} of the edit lists no neuron.")
         if len(set(self.indices)) != len(self.indices):
             raise EditError(f"Layer {self.layer} of the edit lists a neuron twice: {self.indices}.")
-        if self.values.dim() != 2 or self.values.shape[0] != len(self.indices):
+        if not isinstance(self.values, torch.Tensor) or self.values.dtype not in VALUE_DTYPES:
+            raise EditError(f"Layer {self.layer}: an edit's values are a float16, bfloat16, float32 or float64 "
+                            f"tensor, not {getattr(self.values, 'dtype', type(self.values).__name__)}.")
+        if self.values.dim() != 2 or self.values.shape[0] != len(self.indices) or self.values.shape[1] < 1:
             raise EditError(f"Layer {self.layer}: values of shape {tuple(self.values.shape)} do not give one "
                             f"vector per neuron ({len(self.indices)}).")
-
-
-def read_slots(weight: torch.Tensor, layout: str, indices: torch.Tensor) -> torch.Tensor:
-    """A copy of the slots ``indices`` of ``weight``, as rows: (len(indices), hidden)."""
-    return weight[:, indices].T.clone() if layout == "linear" else weight[indices, :].clone()
-
-
-def write_slots(weight: torch.Tensor, layout: str, indices: torch.Tensor, values: torch.Tensor) -> None:
-    """Write ``values`` (rows, one per index) into the slots ``indices`` of ``weight``, in place."""
-    if layout == "linear":
-        weight[:, indices] = values.T.to(weight.dtype)
-    else:
-        weight[indices, :] = values.to(weight.dtype)
+        finite_or_error(self.values, f"Layer {self.layer} of the edit")
 
 
 @dataclass
@@ -117,7 +162,7 @@ class Edit:
 
     Attributes:
         op: "add" (``values`` are deltas) or "set" (``values`` are the new slot values).
-        groups: the touched slots, one :class:`SlotGroup` per layer, layers ascending.
+        groups: the touched slots, one :class:`SlotGroup` per layer, layers ascending, all of one layout.
         model: the :func:`fingerprint` of the model the edit was made for.
         kind: what made it ("update", "erase", or anything of yours).
         label: a readable description (e.g. "France capital: Paris -> Rome").
@@ -134,12 +179,35 @@ class Edit:
     def __post_init__(self) -> None:
         if self.op not in ("add", "set"):
             raise EditError(f"An edit's op is 'add' or 'set', not {self.op!r}.")
+        if not isinstance(self.model, dict):
+            raise EditError(f"An edit's model fingerprint is a mapping, not {type(self.model).__name__}.")
+        for name, value in (("kind", self.kind), ("label", self.label)):
+            if not isinstance(value, str):
+                raise EditError(f"An edit's {name} is a string, not {value!r}.")
+        if not isinstance(self.meta, dict):
+            raise EditError(f"An edit's meta is a mapping, not {type(self.meta).__name__}.")
+        if not isinstance(self.groups, (tuple, list)) or not all(isinstance(g, SlotGroup) for g in self.groups):
+            raise EditError("An edit's groups are SlotGroups.")
         self.groups = tuple(sorted(self.groups, key=lambda g: g.layer))
         if not self.groups:
             raise EditError("The edit touches no value slot: there are no neurons to edit.")
         layers = [g.layer for g in self.groups]
         if len(set(layers)) != len(layers):
             raise EditError(f"The edit has several groups for one layer: {layers}.")
+        if "layout" in self.model and self.model["layout"] not in LAYOUTS:
+            raise EditError(f"The edit's model fingerprint has layout {self.model['layout']!r:.40}, not one of "
+                            f"{LAYOUTS}.")
+        if "hidden" in self.model and not _is_int(self.model["hidden"]):
+            raise EditError(f"The edit's model fingerprint has hidden size {self.model['hidden']!r:.40}, not an "
+                            "integer.")
+        layouts = {g.layout for g in self.groups} | ({self.model["layout"]} if "layout" in self.model else set())
+        if len(layouts) != 1:
+            raise EditError(f"The edit mixes value-slot layouts ({', '.join(sorted(map(str, layouts)))}); one "
+                            "model has one layout.")
+        widths = {int(g.values.shape[1]) for g in self.groups}
+        if len(widths) != 1 or ("hidden" in self.model and self.model["hidden"] not in widths):
+            raise EditError(f"The edit's vectors have {sorted(widths)} entries, its model's value slots "
+                            f"{self.model.get('hidden')!r}.")
 
     # ------------------------------------------------------------------------------------------ building
 
@@ -150,12 +218,13 @@ class Edit:
         if not slots:
             raise EditError("There are no neurons to edit (the neuron list is empty, or every neuron was left out).")
         by_layer: dict[int, list[tuple[int, torch.Tensor]]] = {}
-        hidden = fingerprint(lm)["hidden"]
+        hidden = int(lm.value_slot(0, 0).shape[0])
         for (layer, index), vector in slots.items():
             lm.check_neuron(int(layer), int(index))
-            if vector.shape != (hidden,):
-                raise EditError(f"The vector for L{layer}.N{index} has shape {tuple(vector.shape)}; "
+            if not isinstance(vector, torch.Tensor) or vector.shape != (hidden,):
+                raise EditError(f"The vector for L{layer}.N{index} has shape {tuple(getattr(vector, 'shape', ()))}; "
                                 f"{lm.name}'s value slots have {hidden} entries.")
+            finite_or_error(vector, f"The vector for L{layer}.N{index}")
             by_layer.setdefault(int(layer), []).append((int(index), vector))
         groups = []
         for layer, items in sorted(by_layer.items()):
@@ -202,12 +271,19 @@ class Edit:
     # ------------------------------------------------------------------------------------------ applying
 
     def check(self, lm: LanguageModel) -> None:
-        """Raise EditError unless ``lm`` is the model this edit was made for (same name and shapes)."""
+        """Raise EditError unless ``lm`` is the model this edit was made for (same name, shapes and weights)."""
         mine, theirs = self.model, fingerprint(lm)
-        wrong = [f"{key} {mine.get(key)!r} != {theirs.get(key)!r}" for key in mine if mine.get(key) != theirs.get(key)]
-        if wrong:
+        wrong = [key for key in mine if mine.get(key) != theirs.get(key)]
+        if wrong == ["weights"]:
             raise EditError(
-                f"This edit was made for {mine.get('name')!r}, not for {lm.name!r} ({'; '.join(wrong)}). "
+                f"This edit was made for other weights of {mine.get('name')!r} (the weight digest differs: "
+                "another checkpoint of the same shapes, or the model changed since). Make the edit again on this "
+                "model (or pass check=False if you know the weights match)."
+            )
+        if wrong:
+            details = "; ".join(f"{key} {mine.get(key)!r} != {theirs.get(key)!r}" for key in wrong if key != "weights")
+            raise EditError(
+                f"This edit was made for {mine.get('name')!r}, not for {lm.name!r} ({details}). "
                 "Make the edit again on this model (or pass check=False if you know the models match)."
             )
         for g in self.groups:
@@ -215,51 +291,79 @@ class Edit:
                 raise EditError(f"Layer {g.layer}'s FFN output projection is {module_path(lm, g.layer)!r} in "
                                 f"{lm.name}, but the edit was made for {g.module!r}.")
 
+    def fits(self, lm: LanguageModel) -> None:
+        """Raise EditError unless the edit can be written into ``lm`` at all (also with ``check=False``): its
+        layout is the model's, its neurons exist and its vectors have the value slots' length."""
+        hidden = int(lm.value_slot(0, 0).shape[0])
+        for g in self.groups:
+            if g.layout != lm.spec.layout:
+                raise EditError(f"L{g.layer} of the edit has layout {g.layout!r}, but {lm.name} ({lm.spec.family}) "
+                                f"stores value slots as {lm.spec.layout!r} (a "
+                                f"{'column' if lm.spec.layout == 'linear' else 'row'} per neuron); the edit was "
+                                "made for another model or was altered.")
+            for i in g.indices:
+                lm.check_neuron(g.layer, i)
+            if g.values.shape[1] != hidden:
+                raise EditError(f"L{g.layer}: the edit's vectors have {g.values.shape[1]} entries, the model's value "
+                                f"slots {hidden}.")
+
     def apply(self, lm: LanguageModel, *, check: bool = True) -> AppliedEdit:
-        """Change ``lm``'s weights in place; returns the handle whose ``undo()`` restores them bit-exactly."""
+        """Change ``lm``'s weights in place; returns the handle whose ``undo()`` restores them bit-exactly.
+
+        Everything is checked before the first write: a refused edit leaves the model untouched.
+        """
         if check:
             self.check(lm)
-        originals: list[torch.Tensor] = []
-        written: list[torch.Tensor] = []
+        self.fits(lm)
+        weights, originals, news = [], [], []
         with torch.no_grad():
+            for g in self.groups:
+                weight = lm.ffn_out(g.layer).weight
+                current = read_slots(weight, g.layout, slot_index(g, weight))
+                values = g.values.to(weight.device)
+                if self.op == "add":
+                    work = torch.promote_types(weight.dtype, values.dtype)
+                    new = (current.to(work) + values.to(work)).to(weight.dtype)
+                else:
+                    new = values.to(weight.dtype)
+                overflow = ~torch.isfinite(new) & torch.isfinite(current)
+                if bool(overflow.any()):
+                    rows = {(g.layer, g.indices[int(r)]) for r in overflow.nonzero()[:, 0]}
+                    raise EditError(f"Applying {self} would make value slots non-finite ({slot_names(rows)}: "
+                                    f"{weight.dtype} overflows); use smaller lambdas or a wider dtype.")
+                weights.append(weight)
+                originals.append(current)
+                news.append(new)
+            done = 0
             try:
-                for g in self.groups:
-                    weight = lm.ffn_out(g.layer).weight
-                    index = torch.tensor(g.indices, dtype=torch.long, device=weight.device)
-                    for i in g.indices:
-                        lm.check_neuron(g.layer, i)
-                    current = read_slots(weight, g.layout, index)
-                    if current.shape[1] != g.values.shape[1]:
-                        raise EditError(f"L{g.layer}: the edit's vectors have {g.values.shape[1]} entries, the "
-                                        f"model's value slots {current.shape[1]}.")
-                    values = g.values.to(weight.device)
-                    if self.op == "add":
-                        work = torch.promote_types(weight.dtype, values.dtype)
-                        new = (current.to(work) + values.to(work)).to(weight.dtype)
-                    else:
-                        new = values.to(weight.dtype)
-                    originals.append(current)
-                    write_slots(weight, g.layout, index, new)
-                    written.append(new)
+                for g, weight, new in zip(self.groups, weights, news, strict=True):
+                    write_slots(weight, g.layout, slot_index(g, weight), new)
+                    done += 1
             except BaseException:
-                _restore(lm, self.groups[: len(originals)], originals)
+                for g, weight, original in zip(self.groups[:done], weights, originals, strict=False):
+                    write_slots(weight, g.layout, slot_index(g, weight), original)
                 raise
-        return AppliedEdit(self, lm, originals, written)
+        handle = AppliedEdit(self, lm, originals, news, weights, live.next_sequence())
+        live.register(lm.model, handle)
+        return handle
 
     @contextmanager
     def applied(self, lm: LanguageModel, *, check: bool = True) -> Iterator[LanguageModel]:
         """Apply the edit for the ``with`` body only; the weights are restored bit-exactly on exit, also when
-        the body raises."""
+        the body raises (later edits of the same slots applied in the body and still live are undone too)."""
         handle = self.apply(lm, check=check)
         try:
             yield lm
         finally:
-            handle.undo(force=True)
+            if not handle.undone:
+                handle.undo(force=True)
 
     # ------------------------------------------------------------------------------------------ saving
 
     def to_dict(self) -> dict[str, Any]:
         """The edit's metadata (everything but the vectors), JSON-able."""
+        from kneuron.interventions.edit_files import FORMAT
+
         return {
             "format": FORMAT, "op": self.op, "kind": self.kind, "label": self.label, "model": self.model,
             "groups": [{"layer": g.layer, "module": g.module, "layout": g.layout, "indices": list(g.indices),
@@ -268,108 +372,35 @@ class Edit:
             "meta": self.meta, "summary": str(self),
         }
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the edit: a directory gets ``edit.safetensors`` (the vectors, with the metadata in its header)
         and ``edit.json`` (the same metadata, readable); a ``*.safetensors`` path gets that file and a ``.json``
-        next to it. Returns the safetensors file."""
-        from safetensors.torch import save_file
+        next to it. Returns the safetensors file.
 
-        path = Path(path)
-        if path.suffix == ".safetensors":
-            file, json_file = path, path.with_suffix(".json")
-            file.parent.mkdir(parents=True, exist_ok=True)
-        else:
-            path.mkdir(parents=True, exist_ok=True)
-            file, json_file = path / TENSORS_FILE, path / JSON_FILE
-        meta = self.to_dict()
-        tensors = {f"L{g.layer}": g.values.detach().to("cpu").contiguous() for g in self.groups}
-        save_file(tensors, str(file), metadata={"kneuron_edit": json.dumps(meta)})
-        json_file.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        return file
+        An existing edit there is replaced only with ``overwrite=True``; any other existing file never is.
+        """
+        from kneuron.interventions.edit_files import save_edit
+
+        return save_edit(self, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> Edit:
-        """Read an edit written by :meth:`save` (its directory or its ``.safetensors`` file)."""
-        from safetensors import SafetensorError, safe_open
+        """Read an edit written by :meth:`save` (its directory, its ``.safetensors`` file or its ``.json``).
+        Anything malformed is an :class:`EditError`."""
+        from kneuron.interventions.edit_files import load_edit
 
-        path = Path(path)
-        file = path / TENSORS_FILE if path.is_dir() else path
-        if not file.is_file():
-            raise EditError(f"No saved edit at {path} (expected a directory with {TENSORS_FILE}, or that file).")
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                header = f.metadata() or {}
-                if "kneuron_edit" not in header:
-                    raise EditError(f"{file} is a safetensors file but not a kneuron edit (no 'kneuron_edit' "
-                                    "metadata).")
-                meta = json.loads(header["kneuron_edit"])
-                if meta.get("format") != FORMAT:
-                    raise EditError(f"{file} holds an edit of format {meta.get('format')!r}; this kneuron reads "
-                                    f"{FORMAT!r}.")
-                groups = tuple(SlotGroup(int(g["layer"]), g["module"], g["layout"], tuple(int(i) for i in g["indices"]),
-                                         f.get_tensor(g["tensor"])) for g in meta["groups"])
-        except (SafetensorError, OSError, ValueError, KeyError) as exc:
-            raise EditError(f"Could not read the edit in {file}: {exc}") from exc
-        return cls(meta["op"], groups, meta["model"], kind=meta.get("kind", "edit"), label=meta.get("label", ""),
-                   meta=meta.get("meta", {}))
+        return load_edit(cls, path)
 
-    def save_model(self, lm: LanguageModel, directory: str | Path) -> Path:
+    def save_model(self, lm: LanguageModel, directory: str | Path, *, overwrite: bool = False) -> Path:
         """Write the *edited* model (``save_pretrained``) and its tokenizer to ``directory``, with the edit itself
-        in ``directory/kneuron_edit/``; ``lm`` is left unedited afterwards."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        with self.applied(lm):
-            lm.model.save_pretrained(str(directory))
-        if hasattr(lm.tokenizer, "save_pretrained"):
-            lm.tokenizer.save_pretrained(str(directory))
-        self.save(directory / "kneuron_edit")
-        return directory
+        in ``directory/kneuron_edit/``; ``lm`` is left unedited afterwards.
+
+        ``directory`` must be new or empty, unless ``overwrite=True`` (which replaces the model files kneuron
+        writes and keeps the others); the folder ``lm`` was loaded from (or holding its GGUF file) and kneuron's
+        model cache are refused even then.
+        """
+        from kneuron.interventions.edit_files import save_model
+
+        return save_model(self, lm, directory, overwrite=overwrite)
 
     save_pretrained = save_model
-
-
-def _restore(lm: LanguageModel, groups: tuple[SlotGroup, ...], originals: list[torch.Tensor]) -> None:
-    with torch.no_grad():
-        for g, original in zip(groups, originals, strict=True):
-            weight = lm.ffn_out(g.layer).weight
-            write_slots(weight, g.layout, torch.tensor(g.indices, dtype=torch.long, device=weight.device), original)
-
-
-@dataclass
-class AppliedEdit:
-    """The undo handle :meth:`Edit.apply` returns: it holds copies of the original slot values.
-
-    ``undo()`` writes them back (bit-exact). It refuses when the slots changed after the edit was applied
-    (another edit of the same slots applied later and not undone yet: undo that one first), unless
-    ``force=True``. Also a context manager: ``with edit.apply(lm): ...`` undoes on exit.
-    """
-
-    edit: Edit
-    lm: LanguageModel
-    originals: list[torch.Tensor] = field(repr=False)
-    written: list[torch.Tensor] = field(repr=False)
-    undone: bool = False
-
-    def undo(self, *, force: bool = False) -> None:
-        if self.undone:
-            raise EditError(f"{self.edit} was already undone.")
-        if not force:
-            with torch.no_grad():
-                for g, expected in zip(self.edit.groups, self.written, strict=True):
-                    weight = self.lm.ffn_out(g.layer).weight
-                    now = read_slots(weight, g.layout, torch.tensor(g.indices, dtype=torch.long, device=weight.device))
-                    if not torch.equal(now, expected):
-                        raise EditError(
-                            f"The slots of {self.edit} changed after it was applied (a later edit of the same "
-                            "neurons?). Undo the later edits first, or call undo(force=True) to write the "
-                            "original values back anyway."
-                        )
-        _restore(self.lm, self.edit.groups, self.originals)
-        self.undone = True
-
-    def __enter__(self) -> LanguageModel:
-        return self.lm
-
-    def __exit__(self, *exc) -> None:
-        if not self.undone:
-            self.undo(force=True)

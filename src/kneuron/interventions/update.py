@@ -41,6 +41,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
@@ -192,8 +193,16 @@ def update_fact(
         fact: the fact being updated (default ``neurons.fact``); used for the label and the prompt.
 
     Raises:
-        KneuronError: no neurons left to edit, an answer outside the vocabulary, equal answers.
+        KneuronError: no neurons left to edit, an answer outside the vocabulary, equal answers, non-finite
+            lambdas (or a delta that overflows to inf).
     """
+    for name, value in (("lambda_old", lambda_old), ("lambda_new", lambda_new)):
+        try:
+            finite = math.isfinite(float(value))
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            raise EditError(f"{name} must be a finite number, not {value!r}.")
     if isinstance(neurons, KnowledgeNeurons) and fact is None:
         fact = neurons.fact
     if old is None:

@@ -11,12 +11,16 @@ Registering a family of your own::
     register(ArchSpec(family="mymodel", model_types=("mymodel",), kind="causal",
                       blocks=("model.layers",), ffn_out="mlp.down_proj"))
 
-or pass ``arch="my_package.my_module:MY_SPEC"`` to :func:`kneuron.load`.
+or pass ``arch="my_package.my_module:MY_SPEC"`` (or ``arch="path/to/my_arch.py:MY_SPEC"``) to
+:func:`kneuron.load`; on the command line, ``kneuron --arch my_package.my_module:MY_SPEC COMMAND ...`` or the
+environment variable ``KNEURON_ARCH``.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,6 +50,10 @@ class ArchSpec:
         ffn_in: optional dotted path, inside a block, of the module whose input is the FFN's input and
             whose output feeds only the FFN (its first projection, or the FFN as a whole). With it, a
             masked model's attribution runs the last block's FFN at the answer positions only.
+        position_fields: config fields that hold the model's position limit, the first present one wins
+            (``LanguageModel.max_positions``); a family without any (ALiBi, e.g. BLOOM) has no limit.
+        positions_after_padding: position ids start after ``pad_token_id`` (RoBERTa): ``pad_token_id + 1``
+            of the configured positions are never used by a token.
     """
 
     family: str
@@ -56,6 +64,8 @@ class ArchSpec:
     layout: ValueLayout = "linear"
     flat_tokens: bool = False
     ffn_in: str | None = None
+    position_fields: tuple[str, ...] = ("max_position_embeddings", "n_positions")
+    positions_after_padding: bool = False
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -91,7 +101,8 @@ for _spec in (
     ArchSpec("bert", ("bert",), "mlm", ("bert.encoder.layer", "encoder.layer"), "output.dense",
              ffn_in="intermediate"),
     ArchSpec("roberta", ("roberta", "xlm-roberta", "camembert"), "mlm",
-             ("roberta.encoder.layer", "encoder.layer"), "output.dense", ffn_in="intermediate"),
+             ("roberta.encoder.layer", "encoder.layer"), "output.dense", ffn_in="intermediate",
+             positions_after_padding=True),
     ArchSpec("distilbert", ("distilbert",), "mlm", ("distilbert.transformer.layer", "transformer.layer"),
              "ffn.lin2", ffn_in="ffn"),
     ArchSpec("electra", ("electra",), "mlm", ("electra.encoder.layer", "encoder.layer"), "output.dense",
@@ -119,14 +130,37 @@ for _spec in (
     register(_spec)
 
 
-def _load_dotted(path: str) -> ArchSpec:
-    module_name, _, attr = path.replace(":", ".").rpartition(".")
+def _import_file(path: str):
+    """The module defined by the Python file at ``path`` (for ``--arch ./my_arch.py:SPEC``)."""
+    name = "kneuron_arch_" + importlib.util.source_hash(path.encode()).hex()
+    if name in sys.modules:
+        return sys.modules[name]
+    location = importlib.util.spec_from_file_location(name, path)
+    if location is None or location.loader is None:
+        raise ImportError(f"no Python file at {path}")
+    module = importlib.util.module_from_spec(location)
     try:
-        spec = getattr(importlib.import_module(module_name), attr)
+        location.loader.exec_module(module)
+    except FileNotFoundError as exc:
+        raise ImportError(f"no Python file at {path}") from exc
+    sys.modules[name] = module
+    return module
+
+
+def _load_dotted(path: str) -> ArchSpec:
+    if ":" in path and path.rpartition(":")[0].endswith(".py"):
+        module_name, _, attr = path.rpartition(":")
+        importer = _import_file
+    else:
+        module_name, _, attr = path.replace(":", ".").rpartition(".")
+        importer = importlib.import_module
+    try:
+        spec = getattr(importer(module_name), attr)
     except (ImportError, AttributeError, ValueError) as exc:
         raise UnsupportedArchitectureError(
-            f"Could not import an ArchSpec from {path!r} ({exc}). Give 'package.module:NAME' where NAME "
-            "is a kneuron.models.architectures.ArchSpec."
+            f"Could not import an ArchSpec from {path!r} ({exc}). Give 'package.module:NAME' (importable from "
+            "sys.path / PYTHONPATH) or 'path/to/file.py:NAME', where NAME is a "
+            "kneuron.models.architectures.ArchSpec."
         ) from exc
     if not isinstance(spec, ArchSpec):
         raise UnsupportedArchitectureError(f"{path!r} is a {type(spec).__name__}, not an ArchSpec.")
@@ -153,7 +187,9 @@ def spec_for(model_type: str, arch: ArchSpec | str | None = None) -> ArchSpec:
             "  from kneuron.models.architectures import ArchSpec, register\n"
             f"  register(ArchSpec(family={model_type!r}, model_types=({model_type!r},), kind='causal',\n"
             "                    blocks=('model.layers',), ffn_out='mlp.down_proj'))\n"
-            "or pass arch='your_package.your_module:YOUR_SPEC' to kneuron.load (--arch on the CLI)."
+            "or pass arch='your_package.your_module:YOUR_SPEC' to kneuron.load; on the command line: "
+            "kneuron --arch your_package.your_module:YOUR_SPEC COMMAND ... (or set KNEURON_ARCH; "
+            "'path/to/file.py:YOUR_SPEC' works too)."
         )
     return _REGISTRY[model_type]
 

@@ -45,12 +45,9 @@ def on_ffn_input(lm: LanguageModel, layer: int, fn: ActivationFn) -> Iterator[No
     handles = []
     shape: dict[str, tuple[int, int]] = {}
 
-    if lm.spec.flat_tokens:  # the block flattens (batch, seq): remember them from the block's input
-        def remember_shape(_module, args, kwargs):
-            hidden = args[0] if args else kwargs.get("hidden_states")
-            shape["bt"] = tuple(hidden.shape[:2])
-
-        handles.append(lm.block(layer).register_forward_pre_hook(remember_shape, with_kwargs=True))
+    def remember_shape(_module, args, kwargs):  # the block flattens (batch, seq): remember them from its input
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        shape["bt"] = tuple(hidden.shape[:2])
 
     def pre_hook(_module, args):
         x = args[0]
@@ -64,8 +61,10 @@ def on_ffn_input(lm: LanguageModel, layer: int, fn: ActivationFn) -> Iterator[No
             out = out.reshape(-1, out.shape[-1])
         return (out, *args[1:])
 
-    handles.append(module.register_forward_pre_hook(pre_hook))
-    try:
+    try:  # registered inside the try: should the second registration fail, the first is removed
+        if lm.spec.flat_tokens:
+            handles.append(lm.block(layer).register_forward_pre_hook(remember_shape, with_kwargs=True))
+        handles.append(module.register_forward_pre_hook(pre_hook))
         yield
     finally:
         for handle in handles:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from kneuron.errors import NeuronIndexError, UnsupportedArchitectureError
+from kneuron.errors import FactError, NeuronIndexError, UnsupportedArchitectureError
 from kneuron.models.architectures import ArchSpec, ModelKind, resolve
 
 
@@ -71,6 +71,36 @@ class LanguageModel:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    @property
+    def max_positions(self) -> int | None:
+        """The longest input (in tokens) the model's configuration allows, or None when it sets no limit.
+
+        Read from the config field the spec names (``max_position_embeddings``, GPT-2's ``n_positions``);
+        RoBERTa-style models lose ``pad_token_id + 1`` of them. Past it, models with learned positions
+        (BERT, GPT-2, OPT) fail with an IndexError and rotary ones (Llama) run beyond what they were made for.
+        """
+        config = getattr(self.model, "config", None)
+        if config is None:
+            return None
+        if hasattr(config, "get_text_config"):  # multimodal wrappers keep the language model's config inside
+            config = config.get_text_config()
+        for name in self.spec.position_fields:
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                if self.spec.positions_after_padding:
+                    value -= (getattr(config, "pad_token_id", None) or 0) + 1
+                return value
+        return None
+
+    def check_length(self, n_tokens: int) -> None:
+        """Refuse an input of ``n_tokens`` tokens that does not fit in :attr:`max_positions`."""
+        limit = self.max_positions
+        if limit is not None and n_tokens > limit:
+            raise FactError(
+                f"The prompt is {n_tokens} tokens long (answer tokens and special tokens included), and {self.name} "
+                f"reads at most {limit} positions: shorten the prompt by {n_tokens - limit} tokens or more."
+            )
 
     def block(self, layer: int) -> nn.Module:
         self.check_layer(layer)

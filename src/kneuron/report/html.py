@@ -11,8 +11,10 @@ Example:
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,27 +55,54 @@ class ReportData:
     meta: Mapping[str, object] = field(default_factory=dict)
     n_facts: int = 0
     title: str = "Knowledge neurons report"
+    #: per study, the facts its results covered (``Atlas.coverage()``), and the atlas's done facts now
+    #: (``Atlas.done_coverage()``); None when not read from an atlas
+    coverage: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    done: Mapping[str, object] | None = None
+    source: str = ""
 
     def rows(self, study: str) -> list[dict]:
         return list(self.results.get(study, ()))
 
     @classmethod
     def from_atlas(cls, path: str | Path) -> ReportData:
-        """Read every study's rows, the metadata and the fact count from the atlas at ``path`` (read-only)."""
+        """Read every study's rows, the metadata, the fact count and what each study covered from the atlas at
+        ``path`` (read-only, in one snapshot: the same moment also while a run writes)."""
         from kneuron.store import Atlas
 
-        atlas = Atlas.open(path, read_only=True)
-        try:
+        with Atlas.open(path, read_only=True) as atlas, atlas.snapshot():
             results = {study: atlas.results(study) for study in STUDIES}
             if editing := atlas.results("editing"):  # optional study (python -m kneuron.experiments.editing)
                 results["editing"] = editing
-            meta = dict(atlas.meta) if atlas.meta is not None else {}
+            meta = dict(atlas.meta)
             n_facts = len(atlas.facts())
-        finally:
-            close = getattr(atlas, "close", None)
-            if close:
-                close()
-        return cls(results, meta, n_facts, title=f"Knowledge neurons: {Path(path).name}")
+            coverage, done = atlas.coverage(), atlas.done_coverage()
+        return cls(results, meta, n_facts, title=f"Knowledge neurons: {Path(path).name}", coverage=coverage,
+                   done=done, source=str(path))
+
+    def warnings(self) -> list[str]:
+        """One line per problem with the studies' currency: results computed on fewer (or other) facts than the
+        atlas's done facts now, or results whose covered facts were not recorded."""
+        if self.done is None:
+            return []
+        stale, unknown = [], []
+        for study in STUDIES:
+            if not self.results.get(study):
+                continue
+            seen = self.coverage.get(study)
+            if seen is None:
+                unknown.append(study)
+            elif seen.get("digest") != self.done.get("digest"):
+                stale.append(f"{study} {seen.get('facts')}")
+        again = f"rerun `kneuron study all --run {self.source or 'ATLAS'}`"
+        lines = []
+        if stale:
+            lines.append(f"the atlas has {self.done.get('facts')} done facts, but its studies covered other facts "
+                         f"({', '.join(stale)}): their figures are not current; {again}.")
+        if unknown:
+            lines.append(f"which facts {', '.join(unknown)} covered was not recorded (results written by an older "
+                         f"kneuron or without facts=): they may not be current; {again}.")
+        return lines
 
 
 @dataclass(frozen=True)
@@ -397,6 +426,7 @@ def render_report(data: ReportData) -> str:
     names = generic_names(data)
     body = "".join([
         f"<h1>{_e(data.title)}</h1>",
+        "".join(f'<div class="warn stale"><b>Not current:</b> {_e(line)}</div>' for line in data.warnings()),
         f'<p class="meta">{data.n_facts} facts.</p>',
         f'<ul class="meta">{meta}</ul>' if meta else "",
         _headline_section(data),
@@ -406,13 +436,50 @@ def render_report(data: ReportData) -> str:
         _discrimination_section(data),
         _editing_section(data),
     ])
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(data.title)}</title>'
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{GENERATOR}<title>{_e(data.title)}</title>'
             f"<style>{CSS}</style></head><body>{body}</body></html>\n")
 
 
+#: what marks a file as a kneuron report (the only kind of existing file a report replaces)
+GENERATOR = '<meta name="generator" content="kneuron report">'
+#: how reports written before the generator tag began
+OLD_REPORT_START = '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Knowledge neurons'
+
+
+def is_report(path: str | Path) -> bool:
+    """Whether the file at ``path`` is a report kneuron wrote (by its first bytes)."""
+    with open(path, "rb") as handle:
+        start = handle.read(512).decode("utf-8", "replace")
+    return GENERATOR in start or start.startswith(OLD_REPORT_START)
+
+
 def write_report(data: ReportData, path: str | Path) -> Path:
-    """Write the report to ``path`` (parent folders created) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(data), encoding="utf-8")
+    """Write the report to ``path`` and return the path.
+
+    It writes only there (through a temporary file beside it, renamed into place, so an interrupted write leaves
+    the previous file whole); missing parent folders are created. An existing file is replaced only when it is a
+    kneuron report.
+
+    Raises:
+        KneuronError: ``path`` is a folder, an existing file that is not a kneuron report, or not writable.
+    """
+    from kneuron.errors import KneuronError
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise KneuronError(f"'{path}' is a folder: give the report's file, e.g. --out {path / 'report.html'}.")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if path.exists() and not is_report(path):
+            raise KneuronError(f"'{path}' exists and is not a kneuron report; kneuron does not replace it. Give "
+                               "another --out path (or move that file away).")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(render_report(data), encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise KneuronError(f"Cannot write the report to '{path}' ({exc.strerror or exc}); give a writable --out "
+                           "path.") from None
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
     return path

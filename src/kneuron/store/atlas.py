@@ -19,11 +19,20 @@ Schema (version 1)
     and dtypes and of the tokenizer's vocabulary: see :func:`model_identity`), ``kneuron_version``,
     ``torch_version``, ``transformers_version`` (provenance only, not checked),
     ``created`` (UTC, ISO 8601) and ``params``: ``{"steps", "threshold", "share", "objective", "alphas",
-    "known_only", "top", "min_share"}`` (the known-filter settings are ``known_only``, ``top`` and
-    ``min_share``; see :func:`kneuron.facts.known_facts`). The model identity and ``params`` are the atlas's
-    identity: a run with another model or other parameters refuses to write into it. ``generic``:
+    "known_only", "top", "min_share", "chunk_facts", "keep_scores"}`` (+ ``"sparse_threshold"`` when
+    ``keep_scores`` is "sparse"; the known-filter settings are ``known_only``, ``top`` and ``min_share``; see
+    :func:`kneuron.facts.known_facts`; chunks: :mod:`kneuron.store.chunks`). The model identity and
+    ``params`` are the atlas's identity: a run with another model or other parameters refuses to write into
+    it. ``generic``:
     ``{"share", "min_facts", "facts"}``: the settings of the ``generic`` table and how many done facts it
-    counted.
+    counted. ``coverage``: ``{study: {"facts", "digest"}}``, the done facts each study's stored results covered
+    (count and :func:`fact_digest` of their ids; see :meth:`Atlas.write_results`).
+
+File identity: ``PRAGMA application_id`` is ``0x6B6E726E`` ("knrn"); see :mod:`kneuron.store.files` for how an
+atlas is recognised (also one written before kneuron set it), created and deleted.
+
+Readers read inside :meth:`Atlas.snapshot` (one read transaction), so what they read is one moment of the atlas
+even while a run writes it.
 
 ``facts``: one row per fact the run selected, in the order it computes them.
     ``id`` (TEXT PRIMARY KEY, e.g. ``capital:France``), ``seq`` (registration order), ``relation``,
@@ -45,8 +54,10 @@ Schema (version 1)
     bit-exact, so anything recomputed from the atlas equals what the run selected. Float16 would not: on
     SmolLM2-135M 18-65% of a prompt's scores fall below float16's normal range (6.1e-5), and the coarse set
     recomputed from float16 scores differed for one prompt in three. The cost is ``8 x layers x neurons`` bytes
-    per prompt, 369 KB for SmolLM2-135M (30 x 1536; zlib would save only 5%). Read them back with
-    :meth:`Atlas.prompt_scores`, or ``numpy.frombuffer(blob, dtype).reshape(layers, neurons)``.
+    per prompt, 369 KB for SmolLM2-135M (30 x 1536; zlib would save only 5%), with ``keep_scores="full"``;
+    ``"sparse"`` (the default) and ``"none"`` store less in the same two columns (:mod:`kneuron.store.scores`).
+    Read them back with :meth:`Atlas.prompt_scores` (dense) or :meth:`Atlas.prompt_sparse`; a full BLOB is
+    ``numpy.frombuffer(blob, dtype).reshape(layers, neurons)``.
 
 ``neurons``: the selected neurons, ``PRIMARY KEY (fact_id, kind, prompt, rank)``.
     ``kind``: ``'refined'`` (the fact's knowledge neurons), ``'coarse'`` (per prompt) or ``'baseline'`` (the
@@ -82,14 +93,14 @@ import numpy as np
 import torch
 
 from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores
-from kneuron.errors import KneuronError
+from kneuron.errors import FactError, KneuronError
 from kneuron.facts.fact import Fact
+from kneuron.store import files
 from kneuron.store import scores as score_blobs
+from kneuron.store.files import NEW_ATLAS_HINT, damaged, quoted, translate
 
-try:
-    import fcntl
-except ImportError:  # Windows: no run lock (SQLite's own locking still keeps every transaction whole)
-    fcntl = None
+__all__ = ["NEW_ATLAS_HINT", "SCHEMA", "SCHEMA_VERSION", "Atlas", "fact_digest", "from_blob", "model_identity",
+           "to_blob", "translate"]
 
 SCHEMA_VERSION = 1
 #: seconds a writer waits for another connection's write transaction before giving up
@@ -168,7 +179,6 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE INDEX IF NOT EXISTS results_by_study ON results (study);
 """
 
-NEW_ATLAS_HINT = "write to another file (kneuron run --out runs/OTHER.sqlite) or replace it (--overwrite)"
 
 
 # ------------------------------------------------------------------------------------------------ model identity
@@ -196,6 +206,13 @@ def model_identity(lm) -> dict[str, Any]:
             "fingerprint": digest.hexdigest()}
 
 
+def fact_digest(ids: Iterable[str]) -> str:
+    """BLAKE2b-128 of the sorted, distinct fact ids (one per line): which facts a study covered."""
+    import hashlib
+
+    return hashlib.blake2b("\n".join(sorted(set(ids))).encode(), digest_size=16).hexdigest()
+
+
 # --------------------------------------------------------------------------------------------------- blobs
 
 
@@ -219,39 +236,7 @@ def blob_dtype(scores: torch.Tensor) -> str:
 # ------------------------------------------------------------------------------------------------ the atlas
 
 
-def _quoted(path: Path) -> str:
-    return f"'{path}'"
-
-
-def _not_an_atlas(path: Path, why: str) -> KneuronError:
-    return KneuronError(f"{_quoted(path)} is not a kneuron atlas ({why}). Give the .sqlite file a "
-                        "`kneuron run --out PATH` wrote.")
-
-
-def _locked(path: Path) -> KneuronError:
-    return KneuronError(
-        f"{_quoted(path)} is locked by another writer (another kneuron run, or a program holding a write "
-        f"transaction on it). Wait for it to finish, or {NEW_ATLAS_HINT}."
-    )
-
-
-def _read_only(path: Path, why: str = "") -> KneuronError:
-    return KneuronError(
-        f"{_quoted(path)} is read-only{f' ({why})' if why else ''}: kneuron cannot write to it. Make it writable "
-        f"(chmod u+w, and its folder too: SQLite keeps a -wal file beside it) or {NEW_ATLAS_HINT}."
-    )
-
-
-def translate(path: Path, exc: sqlite3.Error) -> KneuronError:
-    """An sqlite3 error as a KneuronError that says what to do."""
-    text = str(exc).lower()
-    if "locked" in text or "busy" in text:
-        return _locked(path)
-    if "readonly" in text or "read-only" in text:
-        return _read_only(path)
-    if "not a database" in text or "malformed" in text:
-        return _not_an_atlas(path, str(exc))
-    return KneuronError(f"SQLite error on {_quoted(path)}: {exc}")
+_quoted = quoted
 
 
 class Atlas:
@@ -267,6 +252,8 @@ class Atlas:
         self.read_only = read_only
         self._meta: dict[str, Any] | None = None
         self._lock_fd: int | None = None
+        #: whether :meth:`for_run` created the file (a run that fails before its first fact deletes it again)
+        self.created = False
 
     # -------------------------------------------------------------------------------------------- opening
 
@@ -274,31 +261,32 @@ class Atlas:
     def open(cls, path: str | Path, read_only: bool = False) -> Atlas:
         """Open the atlas at ``path``; ``read_only`` for readers (they may read while a run writes).
 
+        Checks that the file is an atlas (see :mod:`kneuron.store.files`) and runs SQLite's quick integrity check.
+
         Raises:
-            KneuronError: no file, not an atlas, a newer schema, or (writing) a read-only file.
+            KneuronError: no file, not an atlas, a damaged one, a newer schema, or (writing) a read-only file.
         """
         path = Path(path).expanduser()
         if not path.is_file():
             raise KneuronError(f"No atlas at {_quoted(path)}: make one with `kneuron run --out {path}`.")
+        kind = files.probe(path)
         atlas = cls._connect(path, read_only)
-        try:
-            if not atlas._has_schema():
-                raise _not_an_atlas(path, "it has no meta table: an empty file, or a run killed before it started")
+        with atlas._closed_on_error():
+            files.quick_check(atlas._db, path)
             atlas._check_version()
-        except BaseException:
-            atlas.close()
-            raise
+            if kind == "legacy" and not read_only:
+                atlas._stamp()
         return atlas
 
     @classmethod
     def _connect(cls, path: Path, read_only: bool) -> Atlas:
         if read_only:
-            connection = cls._connect_read_only(path)
+            connection = files.connect_read_only(path, BUSY_TIMEOUT)
         else:
             if path.exists() and not os.access(path, os.W_OK):
-                raise _read_only(path, "no write permission")
+                raise files.read_only(path, "no write permission")
             if not os.access(path.parent if str(path.parent) else Path("."), os.W_OK | os.X_OK):
-                raise _read_only(path, f"its folder {path.parent} is not writable")
+                raise files.read_only(path, f"its folder {path.parent} is not writable")
             try:
                 connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
             except sqlite3.Error as exc:
@@ -325,94 +313,57 @@ class Atlas:
             self.close()
             raise
 
-    @staticmethod
-    def _connect_read_only(path: Path) -> sqlite3.Connection:
-        uri = path.resolve().as_uri()
-        try:
-            connection = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_TIMEOUT, isolation_level=None)
-            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            return connection
-        except sqlite3.Error as exc:
-            if "not a database" in str(exc).lower():
-                raise _not_an_atlas(path, str(exc)) from None
-        # a WAL database on read-only media (no -shm file can be made): read it as an immutable file
-        try:
-            connection = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
-            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            return connection
-        except sqlite3.Error as exc:
-            raise translate(path, exc) from None
-
     @classmethod
     def for_run(cls, path: str | Path, identity: Mapping[str, Any], params: Mapping[str, Any], *,
                 overwrite: bool = False, kneuron_version: str = "") -> Atlas:
-        """The atlas a run writes: created when missing (or replaced with ``overwrite``), else checked to be
-        of the same model and parameters. Holds the run lock (one run per atlas at a time) until closed.
+        """The atlas a run writes: created when missing (or replaced with ``overwrite``), else checked to be an
+        atlas, undamaged, and of the same model and parameters. Holds the run lock (one run per atlas at a time)
+        until closed. ``atlas.created`` says whether this call created the file.
 
         Raises:
             KneuronError: another model or other parameters, another run holds the lock, a read-only file,
-                or a file that is not an atlas.
+                a damaged atlas, or a file that is not an atlas (refused also with ``overwrite``).
         """
         path = Path(path).expanduser()
         if path.is_dir():
             raise KneuronError(f"{_quoted(path)} is a folder: give the atlas's file, e.g. {path / 'run.sqlite'}.")
-        if path.exists() and overwrite:
-            cls._remove(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        kind = None
+        if path.exists() or path.is_symlink():
+            if overwrite:
+                files.remove(path)
+            else:
+                kind = files.probe(path)
+        created = kind is None
+        if created:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise KneuronError(f"Cannot make the folder of {_quoted(path)} ({exc.strerror}); choose another "
+                                   "--out path.") from None
+            if not os.access(path.parent, os.W_OK | os.X_OK):
+                raise files.read_only(path, f"its folder {path.parent} is not writable")
+            files.create(path, SCHEMA, cls._meta_rows(identity, params, kneuron_version))
         atlas = cls._connect(path, read_only=False)
         with atlas._closed_on_error():
             atlas._lock_for_run()
-            if atlas._has_schema():
+            if not created:
+                files.quick_check(atlas._db, path)
                 atlas._check_version()
                 atlas._check_identity(identity, params)
-            else:
-                atlas._create(identity, params, kneuron_version)
+                if kind == "legacy":
+                    atlas._stamp()
+        atlas.created = created
         return atlas
 
-    @staticmethod
-    def _remove(path: Path) -> None:
-        """Delete an atlas (and its -wal/-shm files) for --overwrite; refuse files that are not atlases."""
-        if path.stat().st_size:
-            try:
-                probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-                try:
-                    has_meta = probe.execute(
-                        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()[0]
-                finally:
-                    probe.close()
-            except sqlite3.Error:
-                has_meta = 0
-            if not has_meta:
-                raise KneuronError(f"{_quoted(path)} exists and is not a kneuron atlas; refusing to overwrite it. "
-                                   "Choose another --out path.")
-        holder = Atlas._connect(path, read_only=False)  # takes the run lock so a running run is not deleted
-        try:
-            holder._lock_for_run()
-        finally:
-            holder.close()
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                Path(f"{path}{suffix}").unlink()
+    def _stamp(self) -> None:
+        """Write kneuron's application id into an atlas made before kneuron set it."""
+        with self.transaction() as db:
+            db.execute(f"PRAGMA application_id = {files.APPLICATION_ID}")
 
     def _lock_for_run(self) -> None:
-        """Take the run lock: an exclusive ``flock`` on the file, released when closed or the process dies."""
-        if self._lock_fd is not None or fcntl is None:
-            return
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise _locked(self.path) from None
-        self._lock_fd = fd
-
-    def _has_schema(self) -> bool:
-        try:
-            row = self._db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-                                   ).fetchone()
-        except sqlite3.Error as exc:
-            raise translate(self.path, exc) from None
-        return bool(row[0])
+        """Take the run lock (:func:`kneuron.store.files.lock`) until closed."""
+        if self._lock_fd is None:
+            self._lock_fd = files.lock(self.path)
 
     def _check_version(self) -> None:
         version = self.meta.get("schema_version")
@@ -420,7 +371,9 @@ class Atlas:
             raise KneuronError(f"{_quoted(self.path)} has atlas schema version {version!r}; this kneuron reads "
                                f"version {SCHEMA_VERSION}. Re-run into a new file, or use the matching kneuron.")
 
-    def _create(self, identity: Mapping[str, Any], params: Mapping[str, Any], kneuron_version: str) -> None:
+    @staticmethod
+    def _meta_rows(identity: Mapping[str, Any], params: Mapping[str, Any], kneuron_version: str,
+                   ) -> list[tuple[str, str]]:
         import datetime
 
         import transformers
@@ -429,13 +382,7 @@ class Atlas:
                 "torch_version": torch.__version__, "transformers_version": transformers.__version__,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "params": dict(params), "generic": {"share": 0.1, "min_facts": 2, "facts": 0}}
-        with self.transaction() as db:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
-                           [(key, json.dumps(value)) for key, value in meta.items()])
-        self._meta = None
+        return [(key, json.dumps(value)) for key, value in meta.items()]
 
     def _check_identity(self, identity: Mapping[str, Any], params: Mapping[str, Any]) -> None:
         meta = self.meta
@@ -475,6 +422,9 @@ class Atlas:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on any exception)."""
         if self.read_only:
             raise KneuronError(f"{_quoted(self.path)} was opened read-only; open it with read_only=False to write.")
+        if self._db.in_transaction:
+            raise KneuronError(f"Cannot write to {_quoted(self.path)} inside a snapshot or another transaction: "
+                               "leave the `with atlas.snapshot():` block first.")
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -489,6 +439,36 @@ class Atlas:
                 raise translate(self.path, exc) from None
             raise
 
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Atlas]:
+        """Read one consistent state of the atlas: every read inside the block sees the atlas as it was when the
+        block began, whatever a run commits meanwhile (one SQLite read transaction; WAL lets the writer go on).
+
+        Every command that reads an atlas reads it inside one snapshot, so its tables always agree with each
+        other (each done fact has its neurons and prompts, counts match). Nested blocks share the outer one.
+
+        Example:
+            >>> with Atlas.open("runs/demo.sqlite", read_only=True) as atlas, atlas.snapshot():
+            ...     facts, neurons = atlas.facts(), atlas.all_refined()   # the same moment
+        """
+        if self._db.in_transaction:
+            yield self
+            return
+        try:
+            self._db.execute("BEGIN DEFERRED")
+            self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the read transaction starts here
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise translate(self.path, exc) from None
+        self._meta = None  # read meta of this snapshot
+        try:
+            yield self
+        finally:
+            self._meta = None
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+
     # ------------------------------------------------------------------------------------------------ reading
 
     @property
@@ -496,7 +476,7 @@ class Atlas:
         """The meta table as a dict (values decoded from JSON); see the module docstring for the keys."""
         if self._meta is None:
             rows = self._rows("SELECT key, value FROM meta")
-            self._meta = {row["key"]: json.loads(row["value"]) for row in rows}
+            self._meta = {row["key"]: self._json(row["value"], f"meta value {row['key']!r}") for row in rows}
         return self._meta
 
     @property
@@ -512,12 +492,30 @@ class Atlas:
         return self._rows(sql, params)
 
     def _rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
+        names, rows = self._select(sql, params)
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def _execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple]:
+        """Every read goes through here (or :meth:`_rows`): SQLite's errors become one KneuronError."""
+        return self._select(sql, params)[1]
+
+    def columns(self, sql: str) -> list[str]:
+        """The column names of a query, also when it returns no rows."""
+        return self._select(f"SELECT * FROM ({sql}) LIMIT 0")[0]
+
+    def _select(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> tuple[list[str], list[tuple]]:
         try:
             cursor = self._db.execute(sql, params)
-            names = [d[0] for d in cursor.description or ()]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            return [d[0] for d in cursor.description or ()], cursor.fetchall()
         except sqlite3.Error as exc:
             raise translate(self.path, exc) from None
+
+    def _json(self, text: str | None, what: str) -> Any:
+        """A JSON value stored in the atlas; undecodable means the file is damaged."""
+        try:
+            return json.loads(text) if text is not None else None
+        except (TypeError, ValueError) as exc:
+            raise damaged(self.path, f"{what} is not valid JSON: {exc}") from None
 
     def fact_rows(self, status: str | Iterable[str] | None = None, relation: str | None = None,
                   ) -> list[dict[str, Any]]:
@@ -538,10 +536,17 @@ class Atlas:
 
     def facts(self, status: str | Iterable[str] | None = "done", relation: str | None = None) -> list[Fact]:
         """The facts with ``status`` ("done" by default; None for all), in run order."""
-        return [_fact(row) for row in self.fact_rows(status, relation)]
+        return [self._to_fact(row) for row in self.fact_rows(status, relation)]
+
+    def _to_fact(self, row: Mapping[str, Any]) -> Fact:
+        templates = self._json(row["templates"], f"the templates of {row['id']!r}")
+        try:
+            return Fact(row["subject"], row["relation"], row["object"], tuple(templates), row["id"])
+        except (TypeError, ValueError, FactError) as exc:
+            raise damaged(self.path, f"fact {row['id']!r} cannot be read back: {exc}") from None
 
     def fact(self, fact_id: str) -> Fact:
-        return _fact(self._fact_row(fact_id))
+        return self._to_fact(self._fact_row(fact_id))
 
     def _fact_row(self, fact_id: str) -> dict[str, Any]:
         rows = self._rows("SELECT * FROM facts WHERE id = ?", [fact_id])
@@ -558,19 +563,20 @@ class Atlas:
         return row
 
     def _neurons(self, fact_id: str, kind: str) -> list[tuple[int, Neuron]]:
-        rows = self._db.execute("SELECT prompt, layer, neuron, score FROM neurons WHERE fact_id = ? AND kind = ? "
-                                "ORDER BY prompt, rank", (fact_id, kind)).fetchall()
+        rows = self._execute("SELECT prompt, layer, neuron, score FROM neurons WHERE fact_id = ? AND kind = ? "
+                             "ORDER BY prompt, rank", (fact_id, kind))
         return [(prompt, Neuron(layer, neuron, score)) for prompt, layer, neuron, score in rows]
 
     def knowledge_neurons(self, fact_id: str) -> KnowledgeNeurons:
         """The fact's refined neurons (best first), its coarse neurons per prompt and its parameters."""
         row = self._done_row(fact_id)
-        n_prompts = len(json.loads(row["templates"]))
+        n_prompts = len(self._json(row["templates"], f"the templates of {fact_id!r}"))
         coarse: list[list[Neuron]] = [[] for _ in range(n_prompts)]
         for prompt, neuron in self._neurons(fact_id, "coarse"):
             coarse[prompt].append(neuron)
         refined = [neuron for _, neuron in self._neurons(fact_id, "refined")]
-        return KnowledgeNeurons(refined, coarse, _fact(row), json.loads(row["params"] or "{}"))
+        return KnowledgeNeurons(refined, coarse, self._to_fact(row),
+                                self._json(row["params"] or "{}", f"the params of {fact_id!r}"))
 
     def baseline_neurons(self, fact_id: str) -> list[Neuron]:
         """The activation-baseline neurons of the fact (largest mean activation, as many as refined)."""
@@ -586,8 +592,13 @@ class Atlas:
         found = []
         for row in rows:
             shape = (row["layers"], row["neurons"])
+            keep = params.get("keep_scores", "full")
+            try:
+                self._check_blobs(row, shape, keep)
+            except ValueError as exc:
+                raise damaged(self.path, f"prompt {row['idx']} of {fact_id!r}: {exc}") from None
             scores, activations = score_blobs.decode_dense(row["scores"], row["activations"], row["dtype"], shape,
-                                                           params.get("keep_scores", "full"))
+                                                           keep)
             found.append(NeuronScores(
                 scores=scores,
                 activations=activations,
@@ -604,10 +615,36 @@ class Atlas:
         a flat index is ``layer * neurons + neuron``."""
         self._done_row(fact_id)
         if self.params.get("keep_scores", "full") != "sparse":
-            raise KneuronError(f"{_quoted(self.path)} keeps {self.params.get('keep_scores', 'full')} scores, not "
+            raise KneuronError(f"{quoted(self.path)} keeps {self.params.get('keep_scores', 'full')} scores, not "
                                "sparse ones: read them with prompt_scores().")
         rows = self._rows("SELECT scores, activations, dtype FROM prompts WHERE fact_id = ? ORDER BY idx", [fact_id])
         return [score_blobs.decode_sparse(row["scores"], row["activations"], row["dtype"]) for row in rows]
+
+    @staticmethod
+    def _check_blobs(row: Mapping[str, Any], shape: tuple[int, int], keep: str = "full") -> None:
+        """Raise ValueError unless the prompt's BLOBs have the sizes its dtype, shape and ``keep_scores`` say
+        (sparse: whole (index, score) entries, an activation per entry, indices inside the matrix)."""
+        if row["dtype"] not in ("float32", "float64"):
+            raise ValueError(f"unknown dtype {row['dtype']!r}")
+        width = np.dtype(row["dtype"]).itemsize
+        cells = shape[0] * shape[1]
+        sizes = [("baseline", shape[0] * 8), ("completeness_gap", shape[0] * 8)]
+        if keep == "full":
+            sizes += [("scores", cells * width), ("activations", cells * width)]
+        elif keep == "none":
+            sizes += [("scores", 0), ("activations", 0)]
+        else:
+            blob = row["scores"]
+            if not isinstance(blob, bytes) or len(blob) % (4 + width):
+                raise ValueError(f"its sparse scores BLOB is not whole (index, {row['dtype']}) entries")
+            count = len(blob) // (4 + width)
+            sizes.append(("activations", count * width))
+            index = np.frombuffer(blob[:4 * count], dtype=np.dtype("int32").newbyteorder("<"))
+            if count and (index.min() < 0 or index.max() >= cells):
+                raise ValueError("its sparse scores BLOB has an index outside the matrix")
+        for name, size in sizes:
+            if not isinstance(row[name], bytes) or len(row[name]) != size:
+                raise ValueError(f"its {name} BLOB does not hold {size} bytes")
 
     def prompt_rows(self, fact_id: str | None = None) -> list[dict[str, Any]]:
         """The prompts table without its BLOBs (probability, rank, text...), for one fact or all."""
@@ -620,7 +657,7 @@ class Atlas:
         """Every done fact's refined neurons (an empty list for a fact without any), in run order."""
         found: dict[str, list[Neuron]] = {row["id"]: [] for row in self._rows(
             "SELECT id FROM facts WHERE status = 'done' ORDER BY seq")}
-        for fact_id, layer, neuron, score in self._db.execute(
+        for fact_id, layer, neuron, score in self._execute(
                 "SELECT fact_id, layer, neuron, score FROM neurons WHERE kind = 'refined' ORDER BY fact_id, rank"):
             if fact_id in found:
                 found[fact_id].append(Neuron(layer, neuron, score))
@@ -628,10 +665,10 @@ class Atlas:
 
     def relation_neurons(self, relation: str) -> Counter[tuple[int, int]]:
         """How many of the relation's done facts have each refined neuron, keyed by ``(layer, index)``."""
-        rows = self._db.execute(
+        rows = self._execute(
             "SELECT n.layer, n.neuron, count(DISTINCT n.fact_id) FROM neurons n JOIN facts f ON f.id = n.fact_id "
             "WHERE n.kind = 'refined' AND f.status = 'done' AND f.relation = ? GROUP BY n.layer, n.neuron",
-            (relation,)).fetchall()
+            (relation,))
         return Counter({(layer, neuron): count for layer, neuron, count in rows})
 
     def relations(self) -> list[str]:
@@ -655,7 +692,7 @@ class Atlas:
             sql += " AND f.relation = ?"
             args.append(relation)
         counts = dict.fromkeys(range(int(self.meta.get("n_layers", 0))), 0)
-        for layer, count in self._db.execute(sql + " GROUP BY n.layer", args):
+        for layer, count in self._execute(sql + " GROUP BY n.layer", args):
             counts[layer] = count
         return counts
 
@@ -668,7 +705,7 @@ class Atlas:
             sql += " AND f.relation = ?"
             args.append(relation)
         sql += " GROUP BY n.layer, n.neuron ORDER BY facts DESC, avg(n.score) DESC, n.layer, n.neuron LIMIT ?"
-        rows = self._db.execute(sql, [*args, k]).fetchall()
+        rows = self._execute(sql, [*args, k])
         return [(Neuron(layer, neuron, score), facts) for layer, neuron, facts, score in rows]
 
     # -------------------------------------------------------------------------------------------- writing
@@ -697,7 +734,7 @@ class Atlas:
 
         start = time.perf_counter()
         prompt_rows = []
-        templates = json.loads(self._fact_row(fact_id)["templates"])
+        templates = self._json(self._fact_row(fact_id)["templates"], f"the templates of {fact_id!r}")
         keep = self.params.get("keep_scores", "full")
         index = score_blobs.sparse_index([s.scores for s in kn.scores]) if keep == "sparse" else None
         for idx, (scores, (probability, rank)) in enumerate(zip(kn.scores, probabilities, strict=True)):
@@ -733,7 +770,7 @@ class Atlas:
         sql = "SELECT layer, neuron, facts, share FROM generic"
         if flagged_only:
             sql += " WHERE flagged = 1"
-        rows = self._db.execute(sql + " ORDER BY facts DESC, layer, neuron").fetchall()
+        rows = self._execute(sql + " ORDER BY facts DESC, layer, neuron")
         return [GenericNeuron(layer, neuron, facts, share) for layer, neuron, facts, share in rows]
 
     def update_generic(self, share: float | None = None, min_facts: int | None = None) -> list:
@@ -746,15 +783,15 @@ class Atlas:
             settings["share"] = float(share)
         if min_facts is not None:
             settings["min_facts"] = int(min_facts)
-        refined = self.all_refined()
-        settings["facts"] = len(refined)
-        flagged = {g.key for g in generic_neurons(refined, settings["share"], settings["min_facts"])} \
-            if refined else set()
-        counts = Counter(n.key for neurons in refined.values() for n in {m.key: m for m in neurons}.values())
-        total = len(refined)
-        rows = [(layer, neuron, count, count / total, int((layer, neuron) in flagged))
-                for (layer, neuron), count in sorted(counts.items()) if count >= settings["min_facts"]]
-        with self.transaction() as db:
+        with self.transaction() as db:  # read the facts in the transaction that writes the table
+            refined = self.all_refined()
+            settings["facts"] = len(refined)
+            flagged = {g.key for g in generic_neurons(refined, settings["share"], settings["min_facts"])} \
+                if refined else set()
+            counts = Counter(n.key for neurons in refined.values() for n in {m.key: m for m in neurons}.values())
+            total = len(refined)
+            rows = [(layer, neuron, count, count / total, int((layer, neuron) in flagged))
+                    for (layer, neuron), count in sorted(counts.items()) if count >= settings["min_facts"]]
             db.execute("DELETE FROM generic")
             db.executemany("INSERT INTO generic (layer, neuron, facts, share, flagged) VALUES (?, ?, ?, ?, ?)", rows)
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('generic', ?)", (json.dumps(settings),))
@@ -763,9 +800,14 @@ class Atlas:
 
     # -------------------------------------------------------------------------------------------- results
 
-    def write_results(self, study: str, rows: Iterable[Mapping[str, Any]]) -> int:
+    def write_results(self, study: str, rows: Iterable[Mapping[str, Any]], facts: Iterable[str] | None = None,
+                      ) -> int:
         """Replace the rows of ``study`` with ``rows`` (dicts with variant, relation, fact_id, metric, value; a
-        row's own "study" key, if any, must match) in one transaction. Returns how many were written."""
+        row's own "study" key, if any, must match) in one transaction. Returns how many were written.
+
+        ``facts``: the ids of the facts the study covered; their count and :func:`fact_digest` are stored with the
+        rows (meta ``coverage``), so that a report can tell results that cover every done fact from stale ones.
+        """
         if not study:
             raise KneuronError("Give the study's name to write its results under.")
         records = []
@@ -780,11 +822,30 @@ class Atlas:
             except (KeyError, TypeError, ValueError) as exc:
                 raise KneuronError(f"Result row {number} of {study!r} is malformed ({exc!r}); each row needs "
                                    "variant, metric and a numeric value (relation and fact_id optional).") from None
+        covered = None if facts is None else sorted(set(facts))
         with self.transaction() as db:
             db.execute("DELETE FROM results WHERE study = ?", (study,))
             db.executemany("INSERT INTO results (study, variant, relation, fact_id, metric, value) "
                            "VALUES (?, ?, ?, ?, ?, ?)", records)
+            row = db.execute("SELECT value FROM meta WHERE key = 'coverage'").fetchone()
+            coverage = self._json(row[0], "meta value 'coverage'") if row else {}
+            coverage.pop(study, None)
+            if covered is not None:
+                coverage[study] = {"facts": len(covered), "digest": fact_digest(covered)}
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('coverage', ?)",
+                       (json.dumps(coverage, sort_keys=True),))
+        self._meta = None
         return len(records)
+
+    def coverage(self) -> dict[str, dict[str, Any]]:
+        """Per study, the facts its stored results covered: ``{"facts": count, "digest": fact_digest}`` (studies
+        written without ``facts``, or before kneuron recorded it, are missing)."""
+        return dict(self.meta.get("coverage", {}))
+
+    def done_coverage(self) -> dict[str, Any]:
+        """The done facts now, as :meth:`coverage` records them: ``{"facts": count, "digest": fact_digest}``."""
+        ids = [row[0] for row in self._execute("SELECT id FROM facts WHERE status = 'done'")]
+        return {"facts": len(ids), "digest": fact_digest(ids)}
 
     def results(self, study: str | None = None) -> list[dict[str, Any]]:
         """The rows of ``study`` (all studies when None) in the order written, NULL values as NaN."""
@@ -799,6 +860,3 @@ class Atlas:
     def studies(self) -> list[str]:
         return [row["study"] for row in self._rows("SELECT DISTINCT study FROM results ORDER BY study")]
 
-
-def _fact(row: Mapping[str, Any]) -> Fact:
-    return Fact(row["subject"], row["relation"], row["object"], tuple(json.loads(row["templates"])), row["id"])

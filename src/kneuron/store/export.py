@@ -73,30 +73,32 @@ def export(atlas: Atlas | str | Path, path: str | Path) -> list[Path]:
     owned = not isinstance(atlas, Atlas)
     source = Atlas.open(atlas, read_only=True) if owned else atlas
     try:
-        written = []
-        for name, target in paths.items():
-            rows = source.query(TABLES[name])
-            columns = _columns(source, TABLES[name])
-            frame = pd.DataFrame(rows, columns=columns)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            try:
-                if target.suffix == ".csv":
-                    frame.to_csv(temporary, index=False)
-                else:
-                    frame.to_parquet(temporary, index=False, engine="pyarrow")
-                os.replace(temporary, target)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    temporary.unlink()
-            written.append(target)
-        return written
+        with source.snapshot():  # every table of the same moment, also while a run writes
+            frames = {name: pd.DataFrame(source.query(TABLES[name]), columns=source.columns(TABLES[name]))
+                      for name in paths}
     finally:
         if owned:
             source.close()
+    return [_write(frames[name], target) for name, target in paths.items()]
 
 
-def _columns(atlas: Atlas, sql: str) -> list[str]:
-    """The column names of a query (also when it returns no rows)."""
-    cursor = atlas._db.execute(f"SELECT * FROM ({sql}) LIMIT 0")
-    return [d[0] for d in cursor.description]
+def _write(frame, target: Path) -> Path:
+    """Write one table to a temporary name beside ``target``, then rename it; a failure is one KneuronError."""
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        if target.is_dir():
+            raise KneuronError(f"{str(target)!r} is a folder: give a file path to export to, e.g. "
+                               f"{target / 'atlas.csv'}.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.suffix == ".csv":
+            frame.to_csv(temporary, index=False)
+        else:
+            frame.to_parquet(temporary, index=False, engine="pyarrow")
+        os.replace(temporary, target)
+    except OSError as exc:
+        raise KneuronError(f"Cannot write {str(target)!r} ({exc.strerror or exc}); choose a writable --to path."
+                           ) from None
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+    return target

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -105,6 +106,48 @@ def _unique(facts: Sequence[Fact]) -> list[Fact]:
             raise FactError(f"Two different facts share the id {fact.id!r} ({other.subject} -> {other.object} and "
                             f"{fact.subject} -> {fact.object}); give them distinct ids.")
     return list(seen.values())
+
+
+def check_facts(facts: Sequence[Fact]) -> None:
+    """Refuse, before anything is written, a fact no model can read: a subject or object holding a placeholder
+    ([X] or [Y]), or a template the facts API refuses (:meth:`Fact.prompts`). A fact only this model cannot read
+    is not an error: the run records it as 'invalid'.
+
+    Raises:
+        FactError: naming the first such fact.
+    """
+    from kneuron.facts.fact import OBJECT, SUBJECT
+
+    for fact in facts:
+        for part, text in (("subject", fact.subject), ("object", fact.object)):
+            marks = [mark for mark in (SUBJECT, OBJECT) if mark in text]
+            if marks:
+                raise FactError(f"Fact {fact.id!r} has {' and '.join(marks)} in its {part} {text!r}: a subject or "
+                                "object cannot hold a template's placeholder. Fix that fact in the facts file.")
+        try:
+            fact.prompts()
+        except (FactError, ValueError) as exc:  # ValueError: facts/ before it raised FactError for every case
+            raise FactError(f"Fact {fact.id!r} cannot make its prompts: {exc}") from None
+
+
+@contextlib.contextmanager
+def _discarded_on_failure(atlas: Atlas):
+    """On any failure, delete the atlas this run created if it holds no done fact yet (nothing a rerun would
+    not redo), so that a run failing before its first fact leaves no atlas behind."""
+    from kneuron.store import files
+
+    try:
+        yield
+    except BaseException:
+        if atlas.created:
+            atlas.close()  # releases the run lock, which removing the file takes
+            done = 1  # unless the atlas says otherwise, keep it
+            with contextlib.suppress(KneuronError, OSError), Atlas.open(atlas.path, read_only=True) as check:
+                done = check.query("SELECT count(*) AS n FROM facts WHERE status = 'done'")[0]["n"]
+            with contextlib.suppress(KneuronError, OSError):
+                if not done:
+                    files.remove(atlas.path)
+        raise
 
 
 def _same(fact: Fact, row: dict[str, Any]) -> bool:
@@ -259,10 +302,11 @@ def run(
 
         console = Console(stderr=True)
     say = console.print if progress else (lambda *a, **k: None)
+    check_facts(facts)  # before the atlas file exists
     summary = RunSummary(Path(atlas_path))
     identity = model_identity(lm)
     with Atlas.for_run(atlas_path, identity, params, overwrite=overwrite,
-                       kneuron_version=__version__) as atlas:
+                       kneuron_version=__version__) as atlas, _discarded_on_failure(atlas):
         _register(atlas, lm, facts, known_only=known_only, top=top, min_share=min_share,
                   limit_per_relation=limit_per_relation)
         wanted = {fact.id for fact in facts}

@@ -1,0 +1,111 @@
+"""The limits of one attribution run: counts (steps, batch rows) and the memory budget, checked up front.
+
+Everything here refuses bad input with one :class:`~kneuron.errors.KneuronError` before anything is
+allocated: a float ``steps`` would silently put α above 1, and a billion steps would build billions of
+row descriptors before the first batch ran (the kernel killed such a run at 24 GB).
+
+Memory sizes are plain bytes or a number with a unit: ``B``, decimal ``KB MB GB TB`` (10³ steps), binary
+``KiB MiB GiB TiB`` (2¹⁰ steps) and the one-letter ``K M G T``, which are binary too (as in Docker's
+``--memory`` or ``ulimit``): ``2GB`` is 2·10⁹ bytes, ``2GiB`` and ``2G`` are 2·2³⁰.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+import os
+import re
+
+from kneuron.errors import KneuronError
+
+#: the environment variable that overrides :data:`DEFAULT_MEMORY_BUDGET`
+BUDGET_VARIABLE = "KNEURON_MEMORY_BUDGET"
+#: default memory for one batch of steps: 2 GiB
+DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+#: bytes of bookkeeping per (prompt, layer, α) row, all rows of a run held at once (a 4-tuple, its float and
+#: list slots: 104 bytes on CPython 3.12, rounded up)
+ROW_BOOKKEEPING = 128
+
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)(?:e(\d+))?\s*([a-z]*)\s*$", re.IGNORECASE)
+ACCEPTED_SIZES = "plain bytes (2147483648) or a number with a unit: 2GiB, 2G, 512MiB, 2GB, 512MB, 1.5G"
+
+
+def count(name: str, value: object, *, at_least: int = 1) -> int:
+    """``value`` as an int of at least ``at_least``; refuses bools, floats (also 3.0) and other non-integers.
+
+    Integer types that are not ``int`` (a numpy integer, a 0-d integer tensor) are accepted.
+    """
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise KneuronError(f"{name} must be a whole number of at least {at_least}; got {value!r} "
+                           f"({type(value).__name__}).")
+    try:
+        number = operator.index(value)
+    except TypeError:  # e.g. a float tensor, whose __index__ refuses
+        raise KneuronError(f"{name} must be a whole number of at least {at_least}; got {value!r}.") from None
+    if number < at_least:
+        raise KneuronError(f"{name} must be at least {at_least}; got {number}.")
+    return number
+
+
+def parse_size(text: str, what: str = "a memory size") -> int:
+    """Bytes of a human size such as ``2GiB``, ``512MB``, ``1.5G`` or ``2147483648`` (see the module docstring)."""
+    match = _SIZE.match(text)
+    unit = match.group(3).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise KneuronError(f"{what} of {text!r} is not a size; use {ACCEPTED_SIZES}.")
+    number = float(match.group(1)) * 10 ** int(match.group(2) or 0) * _UNITS[unit]
+    if not math.isfinite(number) or number < 1:
+        raise KneuronError(f"{what} of {text!r} is below one byte; use {ACCEPTED_SIZES}.")
+    return int(number)
+
+
+def memory_budget(value: int | str | None = None) -> int:
+    """The memory budget in bytes: ``value`` (bytes, or a size string), else ``$KNEURON_MEMORY_BUDGET``, else 2 GiB."""
+    if value is None:
+        text = os.environ.get(BUDGET_VARIABLE)
+        if text is None:
+            return DEFAULT_MEMORY_BUDGET
+        return parse_size(text, f"{BUDGET_VARIABLE}")
+    if isinstance(value, str):
+        return parse_size(value, "memory_budget")
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and math.isfinite(value) \
+            and value == int(value):
+        value = int(value)  # 2e9 is a fine number of bytes
+    return count("memory_budget (bytes)", value)
+
+
+def format_size(size: float) -> str:
+    """``size`` bytes for people: 2.0 GiB, 512.0 MiB, 96 B."""
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= factor:
+            return f"{size / factor:.1f} {unit}"
+    return f"{size:.0f} B"
+
+
+def check_run_fits(steps: int, layers: int, prompts: int, budget: int) -> None:
+    """Refuse a run whose row bookkeeping alone (steps × layers × prompts rows) exceeds ``budget``."""
+    rows = steps * layers * prompts
+    need = rows * ROW_BOOKKEEPING + steps * 16  # the rows, and the α points (float64, and a Python float each)
+    if need > budget:
+        raise KneuronError(
+            f"steps={steps:,} over {layers} layer(s) and {prompts} prompt(s) makes {rows:,} attribution rows, "
+            f"whose bookkeeping alone needs about {format_size(need)}, more than the memory budget of "
+            f"{format_size(budget)}; lower steps (the paper uses 20) or attribute fewer layers or prompts at once "
+            f"(or raise memory_budget / {BUDGET_VARIABLE})."
+        )
+
+
+def check_row_fits(per_row: float, budget: int) -> None:
+    """Refuse a prompt one of whose rows alone is estimated to need more than ``budget``."""
+    if per_row > budget:
+        raise KneuronError(
+            f"One attribution row of this prompt needs about {format_size(per_row)}, more than the memory budget "
+            f"of {format_size(budget)}; raise memory_budget / {BUDGET_VARIABLE} (e.g. 4GiB) or use a shorter prompt."
+        )
