@@ -102,14 +102,17 @@ def real_model_part(args, folder: Path) -> dict[str, float | str]:
     out["ray_equal_local"] = "yes" if equal else "no"
     print(f"local: {seconds_local:.1f} s ({out['local_fph']:.0f} facts/hour)")
 
-    full = 8 * lm.n_layers * lm.n_neurons
     kept = []
     with Atlas.open(folder / "local.sqlite", read_only=True) as atlas:
+        stored = atlas.query("SELECT avg(length(scores) + length(activations)) AS n, max(dtype) AS dtype "
+                             "FROM prompts")[0]
         for fact in facts:
             bag = atlas.prompt_scores(fact.id)
             kept += [len(sparse_index([s.scores for s in bag]))] * len(bag)
+    full = int(stored["n"])  # the full BLOBs as stored (scores and activations)
+    width = 8 if stored["dtype"] == "float64" else 4
     out["full_bytes_per_prompt"] = full
-    out["sparse_bytes_per_prompt"] = 12 * sum(kept) / len(kept)
+    out["sparse_bytes_per_prompt"] = (4 + 2 * width) * sum(kept) / len(kept)  # int32 index, score, activation
     ranks = classify(lm, builtin, known_only=True, top=10, min_share=0.5)
     taken: Counter[str] = Counter()
     demo_prompts = 0

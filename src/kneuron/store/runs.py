@@ -277,8 +277,9 @@ def run(
         chunk_facts: facts per chunk; a chunk's prompts of the same shape share batches. Part of the atlas's
             identity (it changes scores by float rounding), see :mod:`kneuron.store.chunks`.
         keep_scores: "sparse" (default), "full" or "none": how much of each prompt's score matrix the atlas
-            keeps (:mod:`kneuron.store.scores`). Sparse is 15x smaller on SmolLM2-135M (24 KB against 369 KB per
-            prompt) and every selection (coarse at thresholds >= 0.05, refined at any share) recomputes exactly.
+            keeps (:mod:`kneuron.store.scores`). Sparse is 15x smaller on SmolLM2-135M (24 KB against 369 KB
+            per prompt in float32) and every selection (coarse at thresholds >= 0.05, refined at any share)
+            recomputes exactly.
         progress_interval: seconds between plain progress lines when ``console`` is not a terminal.
 
     Returns:
