@@ -28,9 +28,9 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/pytest -q
 
-# The main job: knowledge neurons of the built-in facts SmolLM2-135M knows (2 per relation), the paper's
+# The main job: knowledge neurons of the built-in facts SmolLM2-135M knows (1 per relation), the paper's
 # studies and the HTML report; its last line is the headline. Resumable: run it again after an interruption.
-DEMO_FACTS ?= 2
+DEMO_FACTS ?= 1
 demo: $(STAMP)
 	$(VENV)/bin/kneuron predict --top 3 "The capital of France is" "The chemical symbol for gold is" "Mozart was a famous"
 	$(VENV)/bin/kneuron run --facts builtin --per-relation $(DEMO_FACTS) --out runs/demo.sqlite
