@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+from interventions.test_edits import same_bits, same_state, state  # noqa: F401 (one bitwise comparison)
 from kneuron.interventions import Edit, EditError, SlotGroup, erase_relation, fingerprint, update_fact
 from kneuron.models import load
 from tiny_models import tiny_lm
@@ -23,19 +24,6 @@ from tiny_models import tiny_lm
 NEURONS = [(0, 3), (1, 5), (1, 7)]
 
 
-def state(lm) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
-
-
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
-        a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
-
-
-def same_state(lm, before: dict[str, torch.Tensor]) -> bool:
-    """Bit for bit (NaN == NaN, 0.0 != -0.0)."""
-    now = lm.model.state_dict()
-    return now.keys() == before.keys() and all(same_bits(now[k], before[k]) for k in before)
 
 
 def slot(lm, layer: int, index: int) -> torch.Tensor:
