@@ -116,17 +116,14 @@ def check_facts(facts: Sequence[Fact]) -> None:
     Raises:
         FactError: naming the first such fact.
     """
-    from kneuron.facts.fact import OBJECT, SUBJECT
+    from kneuron.facts.fact import check_filler
 
     for fact in facts:
         for part, text in (("subject", fact.subject), ("object", fact.object)):
-            marks = [mark for mark in (SUBJECT, OBJECT) if mark in text]
-            if marks:
-                raise FactError(f"Fact {fact.id!r} has {' and '.join(marks)} in its {part} {text!r}: a subject or "
-                                "object cannot hold a template's placeholder. Fix that fact in the facts file.")
+            check_filler(text, part, f"{fact.id} ({fact.subject!r} -> {fact.object!r})")  # Fact's own check
         try:
             fact.prompts()
-        except (FactError, ValueError) as exc:  # ValueError: facts/ before it raised FactError for every case
+        except FactError as exc:
             raise FactError(f"Fact {fact.id!r} cannot make its prompts: {exc}") from None
 
 
