@@ -1,5 +1,14 @@
-"""Attribution: integrated-gradients scores of FFN neurons and knowledge-neuron selection."""
+"""Attribution: scores of FFN neurons (integrated gradients or a cheaper estimator) and knowledge-neuron selection."""
 
+from kneuron.attribution.estimators import (
+    Estimator,
+    GradientTimesActivation,
+    IntegratedGradients,
+    ScreenedIntegratedGradients,
+    estimator_from_params,
+    estimator_named,
+    screen_layers,
+)
 from kneuron.attribution.integrated_gradients import (
     alpha_points,
     integrated_gradients,
@@ -10,6 +19,8 @@ from kneuron.attribution.selection import activation_baseline, coarse_neurons, r
 from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores
 
 __all__ = [
+    "Estimator", "GradientTimesActivation", "IntegratedGradients", "ScreenedIntegratedGradients",
+    "estimator_from_params", "estimator_named", "screen_layers",
     "KnowledgeNeurons", "Neuron", "NeuronScores", "activation_baseline", "alpha_points", "attribute_bag",
     "coarse_neurons", "find_knowledge_neurons", "integrated_gradients", "integrated_gradients_many", "refine",
 ]

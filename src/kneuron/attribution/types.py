@@ -33,7 +33,7 @@ class Neuron:
 
 @dataclass
 class NeuronScores:
-    """Integrated-gradients attribution of one prompt.
+    """The attribution of one prompt's FFN neurons (integrated gradients, or another estimator).
 
     Attributes:
         scores: (layers, neurons) attribution of every neuron at the answer position.
@@ -48,6 +48,9 @@ class NeuronScores:
         log_probability: the answer's clean joint log-probability (finite where ``probability`` underflows).
         answer_ranks: each answer token's clean rank at its position (1 = the model's top prediction), out of
             ``vocab_size``; empty when unknown (e.g. scores read back from an older atlas).
+        estimator: the name of the estimator that made the scores (:mod:`kneuron.attribution.estimators`): "ig"
+            (integrated gradients), "gxa" (gradient x activation) or "lpi" (log probability increase). Only
+            integrated gradients computes ``baseline`` and ``completeness_gap``; the others leave them NaN.
 
     The scores are float64 whatever the model's dtype: an answer the model never predicts can have a
     probability below float32's range (1e-45), whose scores would all be 0. Such scores are exact but say
@@ -68,6 +71,7 @@ class NeuronScores:
     log_probability: float = math.nan
     answer_ranks: tuple[int, ...] = ()
     vocab_size: int = 0
+    estimator: str = "ig"
 
     @property
     def n_layers(self) -> int:
