@@ -58,6 +58,17 @@ def test_one_worker_equals_local(cluster, saved, facts, local, tmp_path):
     assert dump(tmp_path / "ray1.sqlite") == local  # row for row, score BLOBs byte for byte
 
 
+@pytest.mark.parametrize("estimator", [{"estimator": "gxa"}, {"screen": 2}], ids=["gxa", "screened"])
+def test_other_estimators_on_two_workers_equal_local(cluster, saved, facts, tmp_path, estimator):
+    """Workers build the estimator from the params they receive, so a gradient x activation run and a screened
+    run write the local atlas too."""
+    run(saved[1], facts, tmp_path / "local.sqlite", **ARGS, **estimator)
+    executor = RayExecutor(saved[0], workers=2, start_timeout=START)
+    summary = run(saved[1], facts, tmp_path / "ray.sqlite", executor=executor, **ARGS, **estimator)
+    assert summary.computed == 12
+    assert dump(tmp_path / "ray.sqlite") == dump(tmp_path / "local.sqlite")
+
+
 def test_two_workers_one_sigkilled_mid_chunk_equals_local(cluster, saved, facts, local, tmp_path):
     """After the first chunk arrives, SIGKILL a worker that has chunks in flight: they run again on a new
     worker; no fact is lost or stored twice, and the atlas equals the local one."""

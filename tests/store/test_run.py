@@ -43,9 +43,9 @@ def test_schema_and_meta(done, lm):
         assert {k: meta[k] for k in ("family", "kind", "n_layers", "n_neurons", "dtype")} == {
             "family": "llama", "kind": "causal", "n_layers": 3, "n_neurons": 24, "dtype": "float32"}
         assert meta["fingerprint"] == model_identity(lm)["fingerprint"]
-        assert meta["params"] == {"steps": 6, "threshold": 0.2, "share": "adaptive", "objective": "prob",
-                                  "alphas": "right", "known_only": False, "top": 10, "min_share": 0.5,
-                                  "chunk_facts": 3, "keep_scores": "full"}
+        assert meta["params"] == {"estimator": "ig", "steps": 6, "threshold": 0.2, "share": "adaptive",
+                                  "objective": "prob", "alphas": "right", "known_only": False, "top": 10,
+                                  "min_share": 0.5, "chunk_facts": 3, "keep_scores": "full"}
         tables = {row["name"] for row in atlas.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert tables == {"meta", "facts", "prompts", "neurons", "generic", "results"}
         assert atlas.query("PRAGMA journal_mode")[0]["journal_mode"] == "wal"

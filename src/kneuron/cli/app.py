@@ -34,6 +34,8 @@ from rich.table import Table
 from rich.text import Text
 
 from kneuron import __version__
+from kneuron.attribution.estimators import estimator_names
+from kneuron.attribution.integrated_gradients import ALPHA_RULES
 from kneuron.errors import FactError, KneuronError
 
 app = typer.Typer(
@@ -68,6 +70,16 @@ ThresholdOption = Annotated[float, typer.Option(help="Coarse threshold, as a fra
 ShareOption = Annotated[str, typer.Option(help="Refine: keep neurons coarse in more than this fraction of the "
                                                "prompts, or 'adaptive' (start 0.7, step 0.05, aim 2-5 neurons).")]
 ObjectiveOption = Annotated[str, typer.Option(help="prob (the paper) or logprob.")]
+AlphasOption = Annotated[str, typer.Option(
+    "--alphas", help=f"Integrated gradients' points: {', '.join(ALPHA_RULES)} (right: the paper's k/m; gauss: "
+                     "Gauss-Legendre, near a 200-step sum with few --steps).")]
+EstimatorOption = Annotated[str, typer.Option(
+    "--estimator", help=f"Attribution estimator: {', '.join(estimator_names())} (ig: exact integrated gradients, "
+                        "the paper's and the default; gxa: gradient x activation, one backward pass).")]
+ScreenOption = Annotated[int | None, typer.Option(
+    "--screen", min=1, show_default=False,
+    help="Opt-in: gradient x activation picks each fact's K most promising layers and exact integrated "
+         "gradients runs only there (with --estimator ig; the refined neurons can differ from a full run's).")]
 
 
 def fail(exc: BaseException | str) -> typer.Exit:
@@ -200,6 +212,24 @@ def parse_prompt(lm, text: str):
 
 def vocab_size(lm) -> int:
     return int(lm.model.get_output_embeddings().weight.shape[0])
+
+
+def parse_estimator(name: str, screen: int | None, *, steps: int, objective: str, alphas: str):
+    """``--estimator``, ``--screen`` (and the integrated-gradients options) as what the library takes: None for the
+    exact default (``--estimator ig`` without a screen: the library's own default path), else an Estimator.
+
+    Raises:
+        KneuronError: an unknown estimator or alpha rule, or ``--screen`` with an estimator other than ig.
+    """
+    from kneuron.attribution.knowledge import resolve_estimator
+
+    if name not in estimator_names():
+        raise KneuronError(f"Unknown estimator {name!r}: use --estimator {' or '.join(estimator_names())}.")
+    if screen is not None and name != "ig":
+        raise KneuronError(f"--screen {screen} picks the layers where exact integrated gradients runs, so it needs "
+                           f"--estimator ig, not {name}: drop --screen or use --estimator ig.")
+    chosen = resolve_estimator(name, steps=steps, objective=objective, alphas=alphas, screen=screen)  # checks them
+    return None if name == "ig" and screen is None else chosen
 
 
 def parse_share(value: str) -> float | str:

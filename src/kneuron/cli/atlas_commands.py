@@ -10,10 +10,13 @@ from rich.table import Table
 from rich.text import Text
 
 from kneuron.cli.app import (
+    AlphasOption,
     DeviceOption,
+    EstimatorOption,
     ModelOption,
     ObjectiveOption,
     RunOption,
+    ScreenOption,
     ShareOption,
     StepsOption,
     ThresholdOption,
@@ -22,6 +25,7 @@ from kneuron.cli.app import (
     err_console,
     load_model,
     neuron_table,
+    parse_estimator,
     parse_relations,
     parse_share,
 )
@@ -64,6 +68,9 @@ def run_command(
     keep_scores: Annotated[str, typer.Option("--keep-scores", help="Score matrices to keep per prompt: sparse "
                                              "(scores >= 0.05 x the prompt's max; 15x smaller), full or none.")
                          ] = "sparse",
+    estimator: EstimatorOption = "ig",
+    alphas: AlphasOption = "right",
+    screen: ScreenOption = None,
 ) -> None:
     """Find the knowledge neurons of every fact of a set and store everything in an atlas (resumable)."""
     import contextlib
@@ -73,6 +80,7 @@ def run_command(
     from kneuron.store import run as run_facts
 
     chosen = parse_relations(relations)
+    chosen_estimator = parse_estimator(estimator, screen, steps=steps, objective=objective, alphas=alphas)
     # a malformed file, a missing relation or an empty set fails here, before the model loads or anything is written
     loaded = validate_facts(load_facts(facts), causal=False, relations=chosen, source=facts)
     lm = load_model(model, device)
@@ -83,7 +91,8 @@ def run_command(
                                     gpus_per_worker=gpus_per_worker, device=device)
     try:
         summary = run_facts(lm, loaded, out, steps=steps, threshold=threshold, share=parse_share(share),
-                            objective=objective, known_only=not all_facts, top=top,
+                            objective=objective, alphas=alphas, estimator=chosen_estimator,
+                            known_only=not all_facts, top=top,
                             limit_per_relation=per_relation, overwrite=overwrite, console=err_console,
                             executor=chosen_executor, chunk_facts=chunk_facts, keep_scores=keep_scores)
     except KeyboardInterrupt:
@@ -134,12 +143,26 @@ def _titled(title: str, table: Table) -> None:
     console.print(table)
 
 
+def describe_estimator(params: dict) -> str:
+    """The estimator an atlas's params record, in words (an atlas made before estimators: exact IG)."""
+    from kneuron.store.atlas import param
+
+    name = param(params, "estimator")
+    if name != "ig":
+        return f"{name} (objective {params.get('objective', 'prob')})"
+    text = f"ig (exact integrated gradients, {params.get('steps')} steps, alphas {params.get('alphas', 'right')})"
+    if param(params, "screen"):
+        text += f", screened to each fact's {params['screen']} best layers by {params.get('screen_estimator')}"
+    return text
+
+
 def _show_atlas(atlas, relation: str | None, top: int) -> None:
     meta = atlas.meta
     params = meta.get("params", {})
     console.print(Text(f"{atlas.path}: {meta.get('model')} ({meta.get('family')}, {meta.get('kind')}, "
                        f"{meta.get('n_layers')} layers x {meta.get('n_neurons')} neurons)", style="bold"),
                   soft_wrap=True)
+    console.print(Text(f"estimator: {describe_estimator(params)}", style="bold"), soft_wrap=True)
     console.print(Text(", ".join(f"{k}={v}" for k, v in params.items()) + f"; made {meta.get('created')} by "
                        f"kneuron {meta.get('kneuron_version')}", style="dim"), soft_wrap=True)
     facts = Table(show_edge=False)
@@ -227,6 +250,9 @@ def _show_fact(atlas, fact_id: str) -> None:
     _titled(f"Knowledge neurons (share used {json.dumps(kn.params.get('share_used'))})", neuron_table(kn))
     if not kn.neurons:
         console.print("[yellow]No neuron is shared by enough of its prompts.[/yellow]")
+    if kn.params.get("screen_layers") is not None:
+        console.print(Text(f"Screened: integrated gradients ran in layers {kn.params['screen_layers'] or 'none'}",
+                           style="dim"), soft_wrap=True)
     baseline = atlas.baseline_neurons(fact_id)
     if baseline:
         console.print(Text("Activation baseline: " + ", ".join(f"{n} ({n.score:.3g})" for n in baseline),

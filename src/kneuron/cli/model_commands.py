@@ -9,9 +9,12 @@ from rich.table import Table
 from rich.text import Text
 
 from kneuron.cli.app import (
+    AlphasOption,
     DeviceOption,
+    EstimatorOption,
     ModelOption,
     ObjectiveOption,
+    ScreenOption,
     ShareOption,
     StepsOption,
     ThresholdOption,
@@ -20,6 +23,7 @@ from kneuron.cli.app import (
     err_console,
     load_model,
     neuron_table,
+    parse_estimator,
     parse_prompt,
     parse_share,
     show_token,
@@ -99,8 +103,11 @@ def find(
     objective: ObjectiveOption = "prob",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     device: DeviceOption = "cpu",
+    estimator: EstimatorOption = "ig",
+    alphas: AlphasOption = "right",
+    screen: ScreenOption = None,
 ) -> None:
-    """Find the knowledge neurons of a fact from a bag of prompts (integrated gradients, then refine).
+    """Find the knowledge neurons of a fact from a bag of prompts (integrated gradients or --estimator, then refine).
 
     Warns (and lists in --json) each prompt whose answer is not among the model's 10 likeliest tokens."""
     import json
@@ -110,13 +117,15 @@ def find(
 
     from kneuron.attribution import find_knowledge_neurons
 
+    chosen = parse_estimator(estimator, screen, steps=steps, objective=objective, alphas=alphas)  # before the load
     lm = load_model(model, device)
     prompts = [parse_prompt(lm, text) for text in prompt]
     columns = (TextColumn("attributing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
         task = progress.add_task("prompts", total=len(prompts))
         kn = find_knowledge_neurons(lm, prompts, answer, steps=steps, threshold=threshold, share=parse_share(share),
-                                    objective=objective, on_prompt=lambda i, s: progress.advance(task))
+                                    objective=objective, alphas=alphas, estimator=chosen,  # type: ignore[arg-type]
+                                    on_prompt=lambda i, s: progress.advance(task))
     def finite(value):  # JSON has no NaN or infinity: they become null
         return value if not isinstance(value, float) or math.isfinite(value) else None
 
@@ -150,7 +159,10 @@ def find(
         layers.add_row(str(layer), str(count))
     console.print(layers)
     probs = ", ".join(f"{s.probability:.3g}" for s in kn.scores)
-    console.print(f"[dim]P(answer) per prompt: {probs}; share used: {kn.params.get('share_used')}[/dim]")
+    made_by = f"estimator {kn.params.get('estimator')}"
+    if kn.params.get("screen"):
+        made_by += f" screened by {kn.params.get('screen_estimator')} to layers {kn.params.get('screen_layers')}"
+    console.print(f"[dim]P(answer) per prompt: {probs}; share used: {kn.params.get('share_used')}; {made_by}[/dim]")
 
 
 @command("facts")

@@ -19,9 +19,13 @@ Schema (version 1)
     and dtypes and of the tokenizer's vocabulary: see :func:`model_identity`), ``kneuron_version``,
     ``torch_version``, ``transformers_version`` (provenance only, not checked),
     ``created`` (UTC, ISO 8601) and ``params``: ``{"steps", "threshold", "share", "objective", "alphas",
-    "known_only", "top", "min_share", "chunk_facts", "keep_scores"}`` (+ ``"sparse_threshold"`` when
-    ``keep_scores`` is "sparse"; the known-filter settings are ``known_only``, ``top`` and ``min_share``; see
-    :func:`kneuron.facts.known_facts`; chunks: :mod:`kneuron.store.chunks`). The model identity and
+    "known_only", "top", "min_share", "chunk_facts", "keep_scores", "estimator"}`` (+ ``"sparse_threshold"`` when
+    ``keep_scores`` is "sparse"; ``"estimator"`` and the estimator's own params, see
+    :mod:`kneuron.attribution.estimators`: "ig" has ``steps``, ``alphas`` and ``objective``, "gxa" ``objective``
+    only; a screened run adds ``"screen"`` (K layers) and ``"screen_estimator"``; an atlas made before estimators
+    lacks these keys and means exact integrated gradients, :data:`PARAM_DEFAULTS`; the known-filter settings
+    are ``known_only``, ``top`` and ``min_share``, see :func:`kneuron.facts.known_facts`; chunks:
+    :mod:`kneuron.store.chunks`). The model identity and
     ``params`` are the atlas's identity: a run with another model or other parameters refuses to write into
     it. ``generic``:
     ``{"share", "min_facts", "facts"}``: the settings of the ``generic`` table and how many done facts it
@@ -107,8 +111,10 @@ SCHEMA_VERSION = 1
 BUSY_TIMEOUT = 10.0
 #: the meta keys and params that make an atlas's identity (a run must match them to write into it)
 IDENTITY_KEYS = ("fingerprint", "family", "kind", "n_layers", "n_neurons", "dtype")
-PARAM_KEYS = ("steps", "threshold", "share", "objective", "alphas", "known_only", "top", "min_share",
-              "chunk_facts", "keep_scores", "sparse_threshold")
+PARAM_KEYS = ("estimator", "steps", "threshold", "share", "objective", "alphas", "known_only", "top", "min_share",
+              "chunk_facts", "keep_scores", "sparse_threshold", "screen", "screen_estimator")
+#: what a param an atlas made before estimators existed lacks meant there: exact integrated gradients, no screen
+PARAM_DEFAULTS = {"estimator": "ig", "screen": None, "screen_estimator": None}
 STATUSES = ("pending", "done", "dropped", "invalid")
 KINDS = ("refined", "coarse", "baseline")
 
@@ -237,6 +243,11 @@ def blob_dtype(scores: torch.Tensor) -> str:
 
 
 _quoted = quoted
+
+
+def param(params: Mapping[str, Any], key: str) -> Any:
+    """``params[key]``, or what its absence means (:data:`PARAM_DEFAULTS`: an atlas made before estimators)."""
+    return params.get(key, PARAM_DEFAULTS.get(key))
 
 
 class Atlas:
@@ -389,8 +400,9 @@ class Atlas:
         model = [f"{key}: atlas {meta.get(key)!r}, this run {identity.get(key)!r}" for key in IDENTITY_KEYS
                  if meta.get(key) != identity.get(key)]
         stored = meta.get("params", {})
-        other = [f"{key}: atlas {stored.get(key)!r}, this run {params.get(key)!r}" for key in PARAM_KEYS
-                 if stored.get(key) != params.get(key)]
+        extra = sorted((set(stored) | set(params)) - set(PARAM_KEYS))  # an estimator's own params (e.g. lpi's)
+        other = [f"{key}: atlas {param(stored, key)!r}, this run {param(params, key)!r}"
+                 for key in (*PARAM_KEYS, *extra) if param(stored, key) != param(params, key)]
         if model or other:
             what = " and ".join(part for part, found in (("model", model), ("parameters", other)) if found)
             raise KneuronError(
@@ -584,7 +596,8 @@ class Atlas:
         return [neuron for _, neuron in self._neurons(fact_id, "baseline")]
 
     def prompt_scores(self, fact_id: str) -> list[NeuronScores]:
-        """The integrated-gradients scores of each prompt of the fact, as the run computed them."""
+        """The scores of each prompt of the fact (of the atlas's estimator: ``estimator`` says which), as the run
+        computed them."""
         self._done_row(fact_id)
         params = self.params
         rows = self._rows("SELECT * FROM prompts WHERE fact_id = ? ORDER BY idx", [fact_id])
@@ -599,14 +612,16 @@ class Atlas:
                 raise damaged(self.path, f"prompt {row['idx']} of {fact_id!r}: {exc}") from None
             scores, activations = score_blobs.decode_dense(row["scores"], row["activations"], row["dtype"], shape,
                                                            keep)
+            estimator = param(params, "estimator")
             found.append(NeuronScores(
                 scores=scores,
                 activations=activations,
                 probability=row["objective"],
                 baseline=from_blob(row["baseline"], "float64", (row["layers"],)),
                 completeness_gap=from_blob(row["completeness_gap"], "float64", (row["layers"],)),
-                prompt=row["text"], answer=answer, position=row["position"], steps=params.get("steps", 20),
-                objective=params.get("objective", "prob"), alphas=params.get("alphas", "right"),
+                prompt=row["text"], answer=answer, position=row["position"],
+                steps=params.get("steps", 20 if estimator == "ig" else 1),  # an estimator without steps takes α = 1
+                objective=params.get("objective", "prob"), alphas=params.get("alphas", "right"), estimator=estimator,
             ))
         return found
 

@@ -10,6 +10,11 @@ done or on worker timing: a resumed run recomputes every chunk that still has a 
 stores only its pending facts), and any executor (local, or Ray actors in :mod:`kneuron.parallel`) writes the
 same atlas byte for byte.
 
+That is the default, exact integrated gradients. The estimator is the one the run's params record
+(:func:`~kneuron.attribution.estimators.estimator_from_params`, so a Ray worker builds the same one): another
+estimator attributes the chunk's prompts in one ``attribute`` call, and a screened run screens each fact on its
+own (the layers it keeps depend on that fact's bag alone), see :func:`compute_chunk`.
+
 Layering: an executor is anything with the :class:`Executor` interface (``name``, ``map``). The store defines
 it and the local one; :mod:`kneuron.parallel` (above the store) adds the Ray one. ``store.run`` takes an
 executor object, so the store never imports ``parallel``.
@@ -22,9 +27,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from kneuron.attribution.estimators import IntegratedGradients, ScreenedIntegratedGradients, estimator_from_params
 from kneuron.attribution.integrated_gradients import integrated_gradients_many
+from kneuron.attribution.knowledge import SCREEN_LAYERS, layer_list
 from kneuron.attribution.selection import activation_baseline, refine
-from kneuron.attribution.types import KnowledgeNeurons, Neuron
+from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores
 from kneuron.facts.encoding import answer_probability, encode
 from kneuron.facts.fact import Fact
 from kneuron.models.language_model import LanguageModel
@@ -92,35 +99,60 @@ def plan_chunks(rows: Sequence[dict[str, Any]], todo: set[str], size: int) -> li
 
 def compute_chunk(lm: LanguageModel, chunk: Chunk, params: dict[str, Any],
                   memory_budget: int | None = None) -> ChunkResult:
-    """Attribute every prompt of the chunk's facts in one :func:`integrated_gradients_many` call, then refine
-    each fact and compute its prompts' probabilities and its activation baseline."""
+    """Attribute the chunk's facts with the estimator the params record, then refine each fact and compute its
+    prompts' probabilities and its activation baseline.
+
+    Exact integrated gradients (the default) attributes every prompt of the chunk in one
+    :func:`integrated_gradients_many` call (prompts of the same shape share batches across facts); another
+    estimator attributes the chunk's prompts in one ``estimator.attribute`` call; a screened run
+    (:class:`ScreenedIntegratedGradients`) screens each fact to be stored on its own (its prompts are one bag) and
+    records the layers chosen in the fact's params (``"screen_layers"``, a comma list).
+    """
     started = time.perf_counter()
-    queries, owners = [], []
-    for number, fact in enumerate(chunk.facts):
-        for prompt in fact.prompts():
-            queries.append(encode(lm, prompt, fact.object))
-            owners.append(number)
-    scores = integrated_gradients_many(lm, queries, steps=params["steps"], objective=params["objective"],
-                                       alphas=params["alphas"], memory_budget=memory_budget)
-    attributed = time.perf_counter()
-    per_prompt = (attributed - started) / max(len(queries), 1)
+    estimator = estimator_from_params({**params, "memory_budget": memory_budget})
+    bags: dict[int, list[NeuronScores]] = {}
+    seconds: dict[int, float] = {}
+    extra: dict[int, dict[str, Any]] = {}
     wanted = set(chunk.store)
+    if isinstance(estimator, ScreenedIntegratedGradients):
+        for number, fact in enumerate(chunk.facts):
+            if fact.id in wanted:
+                start = time.perf_counter()
+                bags[number] = estimator.attribute(lm, [encode(lm, p, fact.object) for p in fact.prompts()])
+                extra[number] = {SCREEN_LAYERS: layer_list(estimator.chosen)}
+                seconds[number] = time.perf_counter() - start
+    else:
+        queries, owners = [], []
+        for number, fact in enumerate(chunk.facts):
+            for prompt in fact.prompts():
+                queries.append(encode(lm, prompt, fact.object))
+                owners.append(number)
+        if type(estimator) is IntegratedGradients:  # the exact default: the same call as before estimators existed
+            scores = integrated_gradients_many(lm, queries, steps=params["steps"], objective=params["objective"],
+                                               alphas=params["alphas"], memory_budget=memory_budget)
+        else:
+            scores = estimator.attribute(lm, queries)
+        per_prompt = (time.perf_counter() - started) / max(len(queries), 1)
+        for number in range(len(chunk.facts)):
+            bags[number] = [s for s, owner in zip(scores, owners, strict=True) if owner == number]
+            seconds[number] = per_prompt * len(bags[number])
+    made_by = estimator.params()
     results = []
     for number, fact in enumerate(chunk.facts):
         if fact.id not in wanted:
             continue
         start = time.perf_counter()
-        bag = [s for s, owner in zip(scores, owners, strict=True) if owner == number]
+        bag = bags[number]
         for one in bag:
             one.answer = fact.object
         kn = refine(bag, share=params["share"], threshold=params["threshold"], fact=fact)
-        kn.params.update(alphas=params["alphas"], answer=fact.object)
+        kn.params.update(made_by, answer=fact.object, **extra.get(number, {}))
         kn.scores = bag
         probabilities = [(p.probability, p.rank) for p in
                          (answer_probability(lm, prompt, fact.object) for prompt in fact.prompts())]
         baseline = activation_baseline(bag, len(kn.neurons))
-        seconds = per_prompt * len(bag) + time.perf_counter() - start
-        results.append(FactResult(fact.id, kn, probabilities, baseline, seconds))
+        results.append(FactResult(fact.id, kn, probabilities, baseline,
+                                  seconds[number] + time.perf_counter() - start))
     return ChunkResult(chunk.number, results, time.perf_counter() - started)
 
 

@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kneuron.attribution.estimators import Estimator, estimator_from_params, estimator_names
+from kneuron.attribution.integrated_gradients import ALPHA_RULES
+from kneuron.attribution.knowledge import resolve_estimator
 from kneuron.errors import FactError, KneuronError
 from kneuron.facts.encoding import encode
 from kneuron.facts.fact import Fact
@@ -66,12 +69,17 @@ class RunSummary:
 
 def run_params(*, steps: int, threshold: float, share: float | str, objective: str, alphas: str,
                known_only: bool, top: int, min_share: float, chunk_facts: int = DEFAULT_CHUNK_FACTS,
-               keep_scores: str = "full") -> dict[str, Any]:
+               keep_scores: str = "full", estimator: Estimator | str | None = None, screen: int | None = None,
+               ) -> dict[str, Any]:
     """The parameters that make an atlas's identity, checked the way attribution would check them.
 
     ``chunk_facts`` is part of it because a chunk's facts share batches (their scores differ from a run with
     other chunks by float rounding, see :mod:`kneuron.store.chunks`); ``keep_scores`` because it decides what
-    the prompts table holds (see :mod:`kneuron.store.scores`).
+    the prompts table holds (see :mod:`kneuron.store.scores`). The estimator (default exact integrated gradients
+    from ``steps``, ``objective`` and ``alphas``; see :func:`kneuron.attribution.knowledge.resolve_estimator`)
+    adds its own params (``estimator.params()``: ``"estimator"`` and, for integrated gradients, ``steps``,
+    ``alphas`` and ``objective``; a screened run also ``"screen"`` (K) and ``"screen_estimator"``). Only the
+    estimator's params are recorded, so an atlas of gradient x activation has no ``steps``.
     """
     if chunk_facts < 1:
         raise KneuronError(f"chunk_facts must be at least 1; got {chunk_facts}.")
@@ -85,14 +93,20 @@ def run_params(*, steps: int, threshold: float, share: float | str, objective: s
         raise KneuronError(f"share must be a fraction in [0, 1) or 'adaptive'; got {share!r}.")
     if objective not in ("prob", "logprob"):
         raise KneuronError(f"Unknown objective {objective!r}: use 'prob' or 'logprob'.")
-    if alphas not in ("right", "midpoint", "linspace"):
-        raise KneuronError(f"Unknown alpha rule {alphas!r}: use 'right', 'midpoint' or 'linspace'.")
+    if alphas not in ALPHA_RULES:
+        raise KneuronError(f"Unknown alpha rule {alphas!r}: use {', '.join(map(repr, ALPHA_RULES))}.")
     if top < 1:
         raise KneuronError(f"top must be at least 1; got {top}.")
-    return {"steps": int(steps), "threshold": float(threshold),
-            "share": share if share == "adaptive" else float(share), "objective": objective, "alphas": alphas,
-            "known_only": bool(known_only), "top": int(top), "min_share": float(min_share),
-            "chunk_facts": int(chunk_facts), **keep_params(keep_scores)}
+    chosen = resolve_estimator(estimator, steps=int(steps), objective=objective, alphas=alphas,  # type: ignore[arg-type]
+                               screen=screen)
+    if estimator_from_params(chosen.params()) != chosen:  # what every chunk (and Ray worker) rebuilds it from
+        raise KneuronError(f"{type(chosen).__name__} is not in the estimator registry, so a run cannot rebuild it "
+                           "from the atlas's params: register it with kneuron.attribution.estimators."
+                           "register_estimator, or use one of " + ", ".join(map(repr, estimator_names())) + ".")
+    return {**chosen.params(), "threshold": float(threshold),
+            "share": share if share == "adaptive" else float(share), "known_only": bool(known_only),
+            "top": int(top), "min_share": float(min_share), "chunk_facts": int(chunk_facts),
+            **keep_params(keep_scores)}
 
 
 def _unique(facts: Sequence[Fact]) -> list[Fact]:
@@ -252,6 +266,8 @@ def run(
     chunk_facts: int = DEFAULT_CHUNK_FACTS,
     keep_scores: str = "sparse",
     progress_interval: float = 30.0,
+    estimator: Estimator | str | None = None,
+    screen: int | None = None,
 ) -> RunSummary:
     """Attribute every fact and store the results in the atlas at ``atlas_path`` (resumable).
 
@@ -278,6 +294,12 @@ def run(
             per prompt in float32) and every selection (coarse at thresholds >= 0.05, refined at any share)
             recomputes exactly.
         progress_interval: seconds between plain progress lines when ``console`` is not a terminal.
+        estimator: how prompts are attributed: None (exact integrated gradients from ``steps``, ``objective`` and
+            ``alphas``, the default), a name ("ig", "gxa", ...) or an Estimator object (which brings its own
+            settings); see :mod:`kneuron.attribution.estimators`. Part of the atlas's identity, like ``screen``.
+        screen: K, to let gradient x activation pick each fact's K most promising layers and run exact integrated
+            gradients only there (:class:`~kneuron.attribution.ScreenedIntegratedGradients`; only with
+            integrated gradients). Each fact's params record the layers chosen (``"screen_layers"``).
 
     Returns:
         A :class:`RunSummary` (computed, already done, dropped per relation, timing).
@@ -293,7 +315,7 @@ def run(
         raise KneuronError(f"limit_per_relation must be at least 1; got {limit_per_relation}.")
     params = run_params(steps=steps, threshold=threshold, share=share, objective=objective, alphas=alphas,
                         known_only=known_only, top=top, min_share=min_share, chunk_facts=chunk_facts,
-                        keep_scores=keep_scores)
+                        keep_scores=keep_scores, estimator=estimator, screen=screen)
     facts = _unique(list(facts))
     if console is None and progress:
         from rich.console import Console
