@@ -259,9 +259,8 @@ def estimators_figure(rows: Sequence[dict]) -> bytes | None:
         axis.set_ylabel(label)
         axis.axhline(0, color="black", linewidth=0.8)
         axis.grid(axis="y", alpha=0.3)
-    left.set_ylim(min(0.0, left.get_ylim()[0]), 1.3)  # room for the legend above the bars
-    left.legend(fontsize=7, loc="upper center", ncol=3)
-    right.legend(fontsize=7, loc="best")
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)  # below: bars fill the axes
+    left.set_ylim(min(0.0, left.get_ylim()[0]), 1.05)
     left.set_title("Rank correlation, top-10 overlap, refined sets", fontsize=9)
     right.set_title("Refined neurons set to 0 at the answer position", fontsize=9)
     figure.tight_layout()
