@@ -254,7 +254,8 @@ def neuron_table(kn) -> Table:
 
 
 StudyArgument = Annotated[str, typer.Argument(
-    help="suppress-amplify, generic, layers, discrimination, or all.", show_default=False)]
+    help="suppress-amplify, generic, layers, discrimination, or all; estimators (cheaper attribution against IG, "
+         "not part of all).", show_default=False)]
 
 
 RunOption = Annotated[Path, typer.Option(

@@ -35,15 +35,32 @@ def study(
                                                          "are also patched.")] = 5,
     probe: Annotated[int, typer.Option(min=0, help="Generic neurons (most shared first) probed alone.")] = 3,
     seed: Annotated[int, typer.Option(help="Seeds the random control neurons and the other facts.")] = 0,
+    estimators: Annotated[str | None, typer.Option(
+        "--estimators", help="estimators only: the estimators to compare with IG, comma-separated: registered names "
+                             "(gxa, ...), ig-gaussN (N-point Gauss–Legendre IG) or ig (exact IG measured again). "
+                             "Default: every registered one but ig, and ig-gauss5.", show_default=False)] = None,
+    facts_limit: Annotated[int | None, typer.Option(
+        "--facts", min=1, help="estimators only: compare on the first N done facts (default: all).",
+        show_default=False)] = None,
     device: DeviceOption = "cpu",
 ) -> None:
-    """Run the paper's studies on an atlas's facts and neurons and store their results in it."""
+    """Run the paper's studies on an atlas's facts and neurons and store their results in it.
+
+    [b]estimators[/b] compares cheaper attribution estimators with the atlas's exact integrated gradients (rank
+    correlation, top-10 recall, refined neurons, suppression, seconds per prompt). It recomputes attributions,
+    so it is not part of [b]all[/b]; it needs an atlas computed with exact IG (full or sparse scores).
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from kneuron.experiments import summarize
     from kneuron.experiments.studies import run_studies, study_names
     from kneuron.store import Atlas
 
+    if name == "estimators":
+        from kneuron.cli.estimator_study import estimator_study
+
+        estimator_study(run, model, device, estimators, facts_limit, seed)
+        return
     names = study_names(name)
     with Atlas.open(run) as atlas:
         with atlas.snapshot():

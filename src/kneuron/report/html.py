@@ -74,6 +74,8 @@ class ReportData:
             results = {study: atlas.results(study) for study in STUDIES}
             if editing := atlas.results("editing"):  # optional study (python -m kneuron.experiments.editing)
                 results["editing"] = editing
+            if estimators := atlas.results("estimators"):  # not part of `study all` (kneuron study estimators)
+                results["estimators"] = estimators
             meta = dict(atlas.meta)
             n_facts = len(atlas.facts())
             coverage, done = atlas.coverage(), atlas.done_coverage()
@@ -413,6 +415,15 @@ def _editing_section(data: ReportData) -> str:
     return editing_section(rows)
 
 
+def _estimators_section(data: ReportData) -> str:
+    """The estimator study's section (see :mod:`kneuron.report.estimators`); says how to run it when missing."""
+    from kneuron.report.estimators import estimators_section
+
+    done = int(data.done.get("facts", 0)) if data.done else data.n_facts
+    return estimators_section(data.rows("estimators"), data.coverage.get("estimators"), done,
+                              data.source or "ATLAS")
+
+
 def render_report(data: ReportData) -> str:
     """The whole report as one HTML string."""
     flat = {}
@@ -434,6 +445,7 @@ def render_report(data: ReportData) -> str:
         _generic_section(data),
         _layers_section(data),
         _discrimination_section(data),
+        _estimators_section(data),
         _editing_section(data),
     ])
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{GENERATOR}<title>{_e(data.title)}</title>'

@@ -230,3 +230,38 @@ def generic_figure(rows: Sequence[dict], neuron: str, max_words: int = 12) -> by
         axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     return to_png(figure)
+
+
+def estimators_figure(rows: Sequence[dict]) -> bytes | None:
+    """Per compared estimator: its agreement with integrated gradients (Spearman, top-10 recall, refined Jaccard;
+    left) and the suppression of its refined neurons against IG's and a random control's (mean Δp/p; right)."""
+    from kneuron.experiments.estimator_agreement import agreement_summary
+
+    entries = [e for e in agreement_summary(rows) if e["estimator"] != "ig"]
+    if not entries:
+        return None
+    names = [str(e["estimator"]) for e in entries]
+    figure = Figure(figsize=(max(8.0, 1.6 * len(names) + 5), 3.8))
+    left, right = figure.subplots(1, 2)
+    x = np.arange(len(names))
+    for axis, bars, label in (
+            (left, (("spearman", "Spearman", "#1f77b4"), ("top_recall", "top-10 recall", "#ff7f0e"),
+                    ("refined_jaccard", "refined Jaccard", "#2ca02c")), "agreement with IG"),
+            (right, (("suppress", "estimator's neurons", "#1f77b4"), ("suppress_ig", "IG's neurons", "#9467bd"),
+                     ("suppress_random", "random (same layers)", "#bbbbbb")), "suppress: mean Δp / p (%)")):
+        width = 0.8 / len(bars)
+        scale = 100 if axis is right else 1
+        for k, (metric, name, color) in enumerate(bars):
+            heights = [float(e[metric]) * scale if math.isfinite(float(e[metric])) else 0.0 for e in entries]
+            axis.bar(x + (k - 1) * width, heights, width, color=color, label=name, edgecolor="#555555",
+                     linewidth=0.4)
+        axis.set_xticks(x, names, fontsize=8)
+        axis.set_ylabel(label)
+        axis.axhline(0, color="black", linewidth=0.8)
+        axis.grid(axis="y", alpha=0.3)
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3)  # below: bars fill the axes
+    left.set_ylim(min(0.0, left.get_ylim()[0]), 1.05)
+    left.set_title("Rank correlation, top-10 overlap, refined sets", fontsize=9)
+    right.set_title("Refined neurons set to 0 at the answer position", fontsize=9)
+    figure.tight_layout()
+    return to_png(figure)

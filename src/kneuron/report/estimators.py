@@ -1,0 +1,74 @@
+"""The report's section on cheaper estimators: how far each agrees with exact integrated gradients, from the
+``estimators`` study's rows (:mod:`kneuron.experiments.estimator_agreement`), with one figure."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping, Sequence
+
+from kneuron.experiments.estimator_agreement import agreement_summary
+from kneuron.report import plots
+
+TITLE = "Cheaper estimators against integrated gradients"
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text))
+
+
+def _num(value: object, spec: str) -> str:
+    return f"{value:{spec}}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f'<th class="{"l" if i == 0 else ""}">{_e(h)}</th>' for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f'<td class="{"l" if i == 0 else ""}">{c}</td>' for i, c in enumerate(row))
+                   + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def estimators_section(rows: Sequence[dict], covered: Mapping[str, object] | None = None, done_facts: int = 0,
+                       source: str = "ATLAS") -> str:
+    """The section as an HTML fragment; says how to run the study when ``rows`` is empty. ``covered``: the
+    facts the study covered (``Atlas.coverage()["estimators"]``), against the atlas's ``done_facts``."""
+    if not rows:
+        return (f"<h2>{TITLE}</h2><p>Not run: <code>kneuron study estimators --run {_e(source)}</code> (not part of "
+                "<code>study all</code>: it recomputes attributions).</p>")
+    table = []
+    for entry in agreement_summary(rows):
+        if entry["estimator"] == "ig":
+            table.append(["ig (the atlas's)", str(entry["facts"]), "", "", "", "", _num(entry["suppress"], "+.2%"),
+                          _num(entry["suppress_random"], "+.2%"), _num(entry["seconds_per_prompt"], ".3f"), "1"])
+            continue
+        over = "all neurons" if entry["spearman_over"] == "all" else f"{entry['spearman_neurons']:.0f} kept"
+        table.append([_e(entry["estimator"]), str(entry["facts"]),
+                      f"{_num(entry['spearman'], '.3f')} ({over})", _num(entry["top_recall"], ".2f"),
+                      _num(entry["refined_jaccard"], ".2f"), _num(entry["suppress"], "+.2%"),
+                      _num(entry["suppress_ig"], "+.2%"), _num(entry["suppress_random"], "+.2%"),
+                      _num(entry["seconds_per_prompt"], ".3f"), _num(entry["speedup"], ".1f")])
+    facts = covered.get("facts") if covered else None
+    scope = (f" on {facts} of the atlas's {done_facts} done facts" if facts is not None and done_facts else "")
+    png = plots.estimators_figure(rows)
+    image = (f'<img alt="estimators against integrated gradients" '
+             f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">' if png else "")
+    return (f"<h2>{TITLE}</h2>"
+            f'<p class="note">Each estimator scored the prompts anew{scope} and is compared with the exact '
+            "integrated-gradients scores and refined neurons of the atlas.</p>"
+            + _table(["estimator", "facts", "Spearman with IG", "top-10 recall", "refined Jaccard",
+                      "suppress: its neurons", "suppress: IG's", "suppress: random", "s / prompt",
+                      "× faster than IG"], table)
+            + image
+            + '<p class="note"><b>Spearman</b>: rank correlation of the scores with IG\'s per prompt, averaged over '
+              "the prompts, then over facts; over every neuron when the atlas keeps full score matrices, otherwise "
+              "over the neurons a sparse atlas keeps (those at least 0.05 of a prompt's maximum in some prompt of "
+              "the fact; the count is shown), which leaves out the many near-zero scores. <b>Top-10 recall</b>: "
+              "the share of IG's ten best neurons of a prompt among the estimator's ten best. <b>Refined "
+              "Jaccard</b>: overlap of the estimator's refined neurons (its scores through the atlas's threshold "
+              "and share) with IG's, 1 when both are empty. <b>Suppress</b>: mean Δp/p of the fact's prompts when "
+              "the refined neurons (or as many random ones of the same layers, seeded) are set to 0 at the answer "
+              "position, as in the suppress / amplify study; facts without neurons are left out of a column. "
+              "<b>s / prompt</b>: measured in the study for the estimators; IG's is the atlas's own "
+              "(compute seconds of its facts / their prompts, measured when the atlas was made, with refining and "
+              "probabilities included), so the speed-up compares two moments of the machine.</p>")

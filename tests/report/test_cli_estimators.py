@@ -1,0 +1,140 @@
+"""`kneuron study estimators --run ATLAS` on a tiny atlas: stored rows equal the library's, the table, refusals,
+a refusing estimator skipped with a note, and the report's section with and without results."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from experiments.conftest import tiny_facts
+from kneuron import cli
+from kneuron.attribution import GradientTimesActivation, IntegratedGradients
+from kneuron.attribution.estimators import ESTIMATORS
+from kneuron.errors import KneuronError
+from kneuron.experiments.estimator_agreement import estimator_agreement
+from kneuron.report import ReportData, render_report
+from kneuron.report.estimators import TITLE, estimators_section
+from kneuron.store import Atlas, run
+from tiny_models import tiny_lm
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(cli.app, list(args), env={"COLUMNS": "200"})
+
+
+@pytest.fixture
+def atlas_path(tmp_path):
+    path = tmp_path / "tiny.sqlite"
+    run(tiny_lm("llama"), tiny_facts(), path, steps=3, known_only=False, progress=False, share=0.3)  # sparse
+    return path
+
+
+def set_params(path, **changes) -> None:
+    db = sqlite3.connect(path)
+    try:
+        params = json.loads(db.execute("SELECT value FROM meta WHERE key = 'params'").fetchone()[0])
+        params.update(changes)
+        db.execute("UPDATE meta SET value = ? WHERE key = 'params'", (json.dumps(params),))
+        db.commit()
+    finally:
+        db.close()
+
+
+def test_study_estimators_stores_the_library_rows(atlas_path, fake_load):
+    result = invoke("study", "estimators", "--run", str(atlas_path), "--estimators", "ig,gxa", "--facts", "3",
+                    "--seed", "4")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    exact = next(line for line in lines if line.lstrip().startswith("ig-exact"))
+    assert "1.000" in exact and exact.count("1.00") >= 3  # spearman, recall, Jaccard of IG against itself
+    assert any(line.lstrip().startswith("gxa") for line in lines)
+    assert any(line.lstrip().startswith("ig (atlas)") for line in lines)
+    with Atlas.open(atlas_path, read_only=True) as atlas:
+        assert atlas.studies() == ["estimators"]
+        stored = atlas.results("estimators")
+        facts = atlas.facts()[:3]
+        scores = {f.id: atlas.prompt_scores(f.id) for f in facts}
+        kept = {f.id: atlas.prompt_sparse(f.id)[0][0] for f in facts}
+        refined, params = atlas.all_refined(), atlas.params
+        assert atlas.coverage()["estimators"]["facts"] == 3
+    assert {r["fact_id"] for r in stored if r["fact_id"]} == {f.id for f in facts}
+    direct = estimator_agreement(
+        tiny_lm("llama"), facts, scores, refined,
+        {"ig-exact": IntegratedGradients(3, "right", "prob"), "gxa": GradientTimesActivation()},
+        threshold=params["threshold"], share=params["share"], kept=kept, seed=4)
+    timing = {"seconds_per_prompt"}
+    assert [(r["variant"], r["fact_id"], r["metric"]) for r in stored if r["metric"] not in timing] == \
+        [(r["variant"], r["fact_id"], r["metric"]) for r in direct if r["metric"] not in timing]
+    assert [r["value"] for r in stored if r["metric"] not in timing] == \
+        pytest.approx([r["value"] for r in direct if r["metric"] not in timing], nan_ok=True)
+
+    # the report shows its section
+    html_path = atlas_path.with_suffix(".html")
+    assert invoke("report", "--run", str(atlas_path)).exit_code == 0
+    html = html_path.read_text(encoding="utf-8")
+    section = html[html.index(TITLE):]
+    assert "ig-exact" in section and "gxa" in section and "data:image/png;base64," in section
+    assert "on 3 of the atlas&#x27;s 8 done facts" in section or "on 3 of the atlas's 8 done facts" in section
+
+
+def test_default_estimators_and_a_refusing_one(atlas_path, fake_load, monkeypatch):
+    class Refusing(GradientTimesActivation):
+        name = "refusing"
+
+        def attribute(self, lm, prompts, answer=None, *, layers=None, on_prompt=None):
+            raise KneuronError("refusing does not support llama models.")
+
+    monkeypatch.setitem(ESTIMATORS, "refusing", Refusing)
+    result = invoke("study", "estimators", "--run", str(atlas_path), "--facts", "2")
+    assert result.exit_code == 0, result.output
+    assert "skipped refusing: refusing does not support llama models." in result.stderr
+    with Atlas.open(atlas_path, read_only=True) as atlas:
+        variants = {r["variant"] for r in atlas.results("estimators")}
+    assert variants == {"gxa", "ig-gauss5", "ig", "params"}  # every registered one but ig, and ig-gauss5
+
+
+@pytest.mark.parametrize(("changes", "says"), [({"estimator": "gxa"}, "the 'gxa' estimator"),
+                                                ({"estimator": "ig", "screen": 2}, "screened IG")])
+def test_an_atlas_not_made_with_exact_ig_is_refused(atlas_path, fake_load, changes, says):
+    set_params(atlas_path, **changes)
+    result = invoke("study", "estimators", "--run", str(atlas_path))
+    assert result.exit_code == 1
+    assert says in result.output and "exact integrated gradients" in result.output
+    assert "Traceback" not in result.output
+    assert result.output.count("error:") == 1
+    with Atlas.open(atlas_path, read_only=True) as atlas:
+        assert atlas.studies() == []
+    assert not fake_load  # refused before loading the model
+
+
+def test_bad_estimator_names(atlas_path, fake_load):
+    result = invoke("study", "estimators", "--run", str(atlas_path), "--estimators", "gxa,nope")
+    assert result.exit_code == 1 and "Unknown estimator 'nope'" in result.output
+    result = invoke("study", "estimators", "--run", str(atlas_path), "--estimators", " , ")
+    assert result.exit_code == 1 and "names none" in result.output
+
+
+def test_report_section_with_and_without_results():
+    torch.set_num_threads(1)
+    empty = render_report(ReportData({}, {}, 0))
+    assert TITLE in empty and "Not run: <code>kneuron study estimators --run ATLAS</code>" in empty
+    rows = [{"study": "estimators", "variant": v, "relation": "r", "fact_id": f, "metric": m, "value": x}
+            for f in ("a", "b") for v, m, x in (
+                ("gxa", "prompts", 3), ("gxa", "spearman", 0.5 if f == "a" else 0.7), ("gxa", "top_recall", 0.4),
+                ("gxa", "refined_jaccard", 0.25), ("gxa", "suppress", -0.2), ("gxa", "suppress_ig", -0.4),
+                ("gxa", "suppress_random", 0.01), ("ig", "neurons", 2), ("ig", "suppress", -0.4))]
+    rows += [{"study": "estimators", "variant": "gxa", "relation": "", "fact_id": "", "metric": "seconds_per_prompt",
+              "value": 0.5}, {"study": "estimators", "variant": "ig", "relation": "", "fact_id": "",
+                              "metric": "seconds_per_prompt", "value": 10.0}]
+    html = estimators_section(rows, {"facts": 2}, 5)
+    assert "0.600 (all neurons)" in html and "0.40" in html and "0.25" in html
+    assert "-20.00%" in html and "-40.00%" in html and "20.0" in html  # x faster: 10 / 0.5
+    assert "on 2 of the atlas's 5 done facts" in html and "data:image/png;base64," in html
+    full = render_report(ReportData({"estimators": rows}, {}, 5))
+    assert "Not run: <code>kneuron study estimators" not in full and "0.600 (all neurons)" in full
