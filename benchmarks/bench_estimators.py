@@ -1,0 +1,196 @@
+"""Cheaper estimators against exact integrated gradients, side by side in one process on SmolLM2-135M.
+
+    flock /tmp/kneuron-timing.lock .venv/bin/python benchmarks/bench_estimators.py            # 16 facts
+    flock /tmp/kneuron-timing.lock .venv/bin/python benchmarks/bench_estimators.py --facts 4  # quicker
+
+The facts are the demo's: the built-in facts the model knows, the first ``--per-relation`` of each relation
+(16 facts, 1 per relation, by default). Per fact (its bag of prompts, one ``attribute`` call per estimator,
+in this order): exact IG (20 steps, the paper's right Riemann sum), gradient x activation (gxa), log
+probability increase (lpi, when registered and the model supports it), Gauss–Legendre IG with 5 points, and
+screen-then-exact (``ScreenedIntegratedGradients``) for each K of ``--screen-ks``. Torch runs on ``--threads``
+threads (1 by default).
+
+Per estimator, against exact IG on the same prompts:
+
+* speed-up: IG's seconds per prompt over the estimator's (each timed over the same bags);
+* Spearman correlation of the (layers x neurons) scores per prompt, over all neurons, averaged;
+* recall of IG's top-10 neurons per prompt (share of them in the estimator's top 10);
+* Jaccard of the refined sets (same threshold 0.2 and adaptive share) per fact, averaged (two empty sets: 1).
+
+For the screen, per K: the share of facts whose refined neurons equal full IG's, the speed-up per prompt (the
+screen's own gxa pass included), and for each fact that differs the reason: ``max_outside`` (a prompt's
+maximum IG score lies in a layer the screen left out, so the coarse threshold, 0.2 of the maximum, moved),
+``coarse_outside`` (the maxima are in, but a coarse neuron of full IG lies outside), ``other``.
+
+Gauss–Legendre against a 200-step right Riemann sum (the reference integral) on the first ``--reference-prompts``
+prompts of the first fact: the relative max error of the 20-step sum and of the 5-point quadrature.
+
+Last line: ``gxa_speedup=X gxa_spearman=R gxa_refined_jaccard=J lpi_speedup=X lpi_spearman=R
+lpi_refined_jaccard=J screen_k=K screen_speedup=S screen_same_refined=P`` (lpi fields ``na`` when lpi is not
+available; ``screen_k`` is ``--screen-k``, declared before measuring, 6 by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections import Counter, defaultdict
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+import kneuron  # noqa: E402
+from kneuron.attribution import coarse_neurons, refine  # noqa: E402
+from kneuron.attribution.estimators import (  # noqa: E402
+    ESTIMATORS,
+    GradientTimesActivation,
+    IntegratedGradients,
+    ScreenedIntegratedGradients,
+)
+from kneuron.errors import KneuronError  # noqa: E402
+from kneuron.facts import encode, load_facts  # noqa: E402
+from kneuron.store.runs import classify  # noqa: E402
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(spearmanr(a.double().flatten().numpy(), b.double().flatten().numpy()).statistic)
+
+
+def top_recall(reference: torch.Tensor, estimate: torch.Tensor, k: int = 10) -> float:
+    ref = set(torch.topk(reference.flatten(), k).indices.tolist())
+    est = set(torch.topk(estimate.flatten(), k).indices.tolist())
+    return len(ref & est) / k
+
+
+def jaccard(a: set, b: set) -> float:
+    return 1.0 if not a and not b else len(a & b) / len(a | b)
+
+
+def why_differs(full_bag, chosen: list[int]) -> str:
+    """Why a screened fact's refined neurons differ from full IG's (see the module docstring)."""
+    inside = set(chosen)
+    for scores in full_bag:
+        top_layer = int(torch.argmax(scores.scores.max(dim=1).values))
+        if top_layer not in inside:
+            return "max_outside"
+    if any(n.layer not in inside for scores in full_bag for n in coarse_neurons(scores)):
+        return "coarse_outside"
+    return "other"
+
+
+def timed(estimator, lm, queries, answer):
+    start = time.perf_counter()
+    bag = estimator.attribute(lm, queries, answer)
+    return bag, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--per-relation", type=int, default=1)
+    parser.add_argument("--facts", type=int, default=None, help="at most this many facts")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--screen-k", type=int, default=6, help="the K of the last line")
+    parser.add_argument("--screen-ks", default="2,4,6,8,10")
+    parser.add_argument("--reference-prompts", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    ks = sorted({int(k) for k in args.screen_ks.split(",")} | {args.screen_k})
+    lm = kneuron.load()
+    builtin = load_facts("builtin")
+    outcomes = classify(lm, builtin, known_only=True, top=10, min_share=0.5)
+    taken: Counter[str] = Counter()
+    facts = []
+    for fact, outcome in zip(builtin, outcomes, strict=True):
+        if outcome.get("status") == "pending" and taken[fact.relation] < args.per_relation:
+            taken[fact.relation] += 1
+            facts.append(fact)
+    facts = facts[:args.facts] if args.facts else facts
+    prompts = sum(len(f.prompts()) for f in facts)
+    print(f"SmolLM2-135M ({lm.n_layers} layers x {lm.n_neurons} neurons), {len(facts)} facts, {prompts} prompts, "
+          f"torch threads {torch.get_num_threads()}")
+    estimators = {"ig": IntegratedGradients(), "gxa": GradientTimesActivation()}
+    if "lpi" in ESTIMATORS:
+        estimators["lpi"] = ESTIMATORS["lpi"]()
+    estimators["ig-gauss5"] = IntegratedGradients(steps=5, alphas="gauss")
+    for k in ks:
+        estimators[f"screen{k}"] = ScreenedIntegratedGradients(k)
+    seconds: dict[str, float] = defaultdict(float)
+    measures: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    reasons: dict[str, Counter[str]] = defaultdict(Counter)
+    unavailable: dict[str, str] = {}
+    for number, fact in enumerate(facts, 1):
+        queries = [encode(lm, prompt, fact.object) for prompt in fact.prompts()]
+        full, spent = timed(estimators["ig"], lm, queries, fact.object)
+        seconds["ig"] += spent
+        reference = refine(full)
+        line = [f"fact {number}/{len(facts)} {fact.id}: ig {spent / len(queries):.2f} s/prompt"]
+        for name, estimator in estimators.items():
+            if name == "ig" or name in unavailable:
+                continue
+            try:
+                bag, spent = timed(estimator, lm, queries, fact.object)
+            except KneuronError as exc:
+                unavailable[name] = str(exc)
+                print(f"{name} not available on this model: {exc}")
+                continue
+            seconds[name] += spent
+            line.append(f"{name} {spent / len(queries):.3f}")
+            refined = refine(bag)
+            same = refined.keys == reference.keys
+            measures[name]["jaccard"].append(jaccard(set(refined.keys), set(reference.keys)))
+            measures[name]["same_refined"].append(float(same))
+            for mine, theirs in zip(bag, full, strict=True):
+                measures[name]["spearman"].append(spearman(theirs.scores, mine.scores))
+                measures[name]["recall10"].append(top_recall(theirs.scores, mine.scores))
+            if isinstance(estimator, ScreenedIntegratedGradients) and not same:
+                reasons[name][why_differs(full, estimator.chosen)] += 1
+        print(", ".join(line), flush=True)
+    per_prompt = {name: value / prompts for name, value in seconds.items()}
+    print("\n| estimator | s/prompt | speed-up vs IG | Spearman | top-10 recall | refined Jaccard | same refined |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| ig (20 steps) | {per_prompt['ig']:.3f} | 1 | 1 | 1 | 1 | 100% |")
+    for name in estimators:
+        if name == "ig" or name not in measures:
+            continue
+        m = measures[name]
+        print(f"| {name} | {per_prompt[name]:.3f} | {per_prompt['ig'] / per_prompt[name]:.1f}x | "
+              f"{np.mean(m['spearman']):.3f} | {np.mean(m['recall10']):.3f} | {np.mean(m['jaccard']):.3f} | "
+              f"{np.mean(m['same_refined']):.0%} |")
+    for k in ks:
+        name = f"screen{k}"
+        if reasons[name]:
+            print(f"screen K={k}: differing facts by reason: "
+                  + ", ".join(f"{why} {n}" for why, n in reasons[name].most_common()))
+
+    # Gauss-Legendre against a 200-step reference integral
+    first = [encode(lm, prompt, facts[0].object) for prompt in facts[0].prompts()][:args.reference_prompts]
+    exact = IntegratedGradients(steps=200).attribute(lm, first, facts[0].object)
+    for name, estimator in (("right 20", IntegratedGradients()), ("gauss 4", IntegratedGradients(4, "gauss")),
+                            ("gauss 5", IntegratedGradients(5, "gauss")), ("gauss 6", IntegratedGradients(6, "gauss"))):
+        bag = estimator.attribute(lm, first, facts[0].object)
+        errors = [float((b.scores - e.scores).abs().max() / e.scores.abs().max()) for b, e in zip(bag, exact,
+                                                                                                strict=True)]
+        same = refine(bag).keys == refine(exact).keys
+        print(f"{name} against 200 steps ({len(first)} prompts of {facts[0].id}): relative max error "
+              f"{max(errors):.2e}, refined neurons {'equal' if same else 'differ'}")
+
+    def fields(name: str, short: str) -> str:
+        if name not in measures:
+            return f"{short}_speedup=na {short}_spearman=na {short}_refined_jaccard=na"
+        m = measures[name]
+        return (f"{short}_speedup={per_prompt['ig'] / per_prompt[name]:.1f} "
+                f"{short}_spearman={np.mean(m['spearman']):.3f} {short}_refined_jaccard={np.mean(m['jaccard']):.3f}")
+
+    screen = f"screen{args.screen_k}"
+    print(f"{fields('gxa', 'gxa')} {fields('lpi', 'lpi')} screen_k={args.screen_k} "
+          f"screen_speedup={per_prompt['ig'] / per_prompt[screen]:.1f} "
+          f"screen_same_refined={np.mean(measures[screen]['same_refined']):.2f}")
+
+
+if __name__ == "__main__":
+    main()
