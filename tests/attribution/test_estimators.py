@@ -34,16 +34,17 @@ def _rel_error(fast: torch.Tensor, slow: torch.Tensor) -> float:
     return float((fast - slow).abs().max() / slow.abs().max())
 
 
-def naive_gradient_times_activation(lm, query, objective: str = "prob") -> torch.Tensor:
-    """a x dP/da at the clean activations, one layer at a time: a full forward of the whole input with that
-    layer's activation at the answer position replaced by a leaf holding its clean value, then a backward."""
+def naive_integrand(lm, query, alpha: float = 1.0, objective: str = "prob") -> torch.Tensor:
+    """a x dP/d(alpha a) at one alpha, for every layer (one layer scaled at a time): a full forward of the whole
+    input with that layer's activation at the answer position replaced by a leaf holding alpha times its clean
+    value, then a backward. At alpha = 1 it is gradient x activation."""
     position = query.position
     with torch.no_grad(), capture(lm, positions=[position]) as acts:
         lm.model(input_ids=query.input_ids[None])
     rows = []
     for layer in range(lm.n_layers):
         clean = acts[layer][0, 0]
-        leaf = clean.clone().requires_grad_(True)
+        leaf = (alpha * clean).clone().requires_grad_(True)
 
         def put(x, leaf=leaf):
             out = x.clone()
@@ -65,7 +66,7 @@ def test_gradient_times_activation_matches_its_naive_formula(family, answer):
     lm = tiny_lm(family, dtype=torch.float64, layers=3)
     query = encode(lm, PROMPTS[lm.kind], answer)
     fast = GradientTimesActivation().attribute(lm, [query])[0]
-    slow = naive_gradient_times_activation(lm, query)
+    slow = naive_integrand(lm, query)
     # 1e-6 as for integrated gradients: the eager attention of gpt_neo and gemma2 takes its softmax in float32
     assert _rel_error(fast.scores, slow) < 1e-6
     assert fast.estimator == "gxa" and fast.scores.dtype == torch.float64
@@ -82,7 +83,7 @@ def test_gradient_times_activation_logprob_and_layers(family):
     lm = tiny_lm(family, dtype=torch.float64, layers=3)
     query = encode(lm, PROMPTS[lm.kind], "Copenhagen")
     logprob = GradientTimesActivation("logprob").attribute(lm, [query])[0]
-    assert _rel_error(logprob.scores, naive_gradient_times_activation(lm, query, "logprob")) < 1e-9
+    assert _rel_error(logprob.scores, naive_integrand(lm, query, objective="logprob")) < 1e-9
     prob = GradientTimesActivation().attribute(lm, [query])[0]
     # d P / d a = P d log P / d a
     assert _rel_error(prob.scores, logprob.scores * prob.probability) < 1e-9
@@ -113,36 +114,13 @@ def test_gauss_integrated_gradients_matches_its_naive_formula(family):
     per_alpha, _, zero = naive_integrated_gradients(lm, query, steps=200, alphas="right")
     reference = per_alpha  # a 200-step Riemann sum of the same integral
     for alpha, weight in zip(alphas.tolist(), weights.tolist(), strict=True):
-        slow += weight * _naive_integrand(lm, query, alpha)
+        slow += weight * naive_integrand(lm, query, alpha)
     # 1e-6 as for the 20-step rule: Llama's RMSNorm and eager attention compute in float32 in a float64 model
     assert _rel_error(fast.scores, slow) < 1e-6
     # and it is close to the 200-step sum: closer than the paper's 20-step sum is
     right20 = integrated_gradients(lm, query, steps=20)
     assert _rel_error(fast.scores, reference) < _rel_error(right20.scores, reference)
     assert torch.allclose(fast.baseline, zero.double(), rtol=1e-9, atol=0)
-
-
-def _naive_integrand(lm, query, alpha: float) -> torch.Tensor:
-    """a x dP/d(alpha a) at one alpha, for every layer (one layer scaled at a time), from full forwards."""
-    position = query.position
-    with torch.no_grad(), capture(lm, positions=[position]) as acts:
-        lm.model(input_ids=query.input_ids[None])
-    rows = []
-    for layer in range(lm.n_layers):
-        clean = acts[layer][0, 0]
-        leaf = (alpha * clean).clone().requires_grad_(True)
-
-        def put(x, leaf=leaf):
-            out = x.clone()
-            out[0, position] = leaf
-            return out
-
-        with on_ffn_input(lm, layer, put):
-            logits = lm.model(input_ids=query.input_ids[None]).logits[0]
-        log_probs = torch.log_softmax(logits[list(query.target_positions)], dim=-1)
-        value = log_probs[torch.arange(len(query.answer_ids)), torch.tensor(query.answer_ids)].sum().exp()
-        rows.append(clean * torch.autograd.grad(value, leaf)[0])
-    return torch.stack(rows)
 
 
 @pytest.mark.parametrize("family", ["llama", "bert"])
