@@ -10,7 +10,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from experiments.conftest import tiny_facts
 from kneuron import cli
 from kneuron.attribution import GradientTimesActivation, IntegratedGradients
 from kneuron.attribution.estimators import ESTIMATORS
@@ -18,7 +17,7 @@ from kneuron.errors import KneuronError
 from kneuron.experiments.estimator_agreement import estimator_agreement
 from kneuron.report import ReportData, render_report
 from kneuron.report.estimators import TITLE, estimators_section
-from kneuron.store import Atlas, run
+from kneuron.store import Atlas
 from tiny_models import tiny_lm
 
 runner = CliRunner()
@@ -26,13 +25,6 @@ runner = CliRunner()
 
 def invoke(*args: str):
     return runner.invoke(cli.app, list(args), env={"COLUMNS": "200"})
-
-
-@pytest.fixture
-def atlas_path(tmp_path):
-    path = tmp_path / "tiny.sqlite"
-    run(tiny_lm("llama"), tiny_facts(), path, steps=3, known_only=False, progress=False, share=0.3)  # sparse
-    return path
 
 
 def set_params(path, **changes) -> None:

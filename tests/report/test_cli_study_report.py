@@ -7,10 +7,9 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from experiments.conftest import tiny_facts
 from kneuron import cli
 from kneuron.experiments.studies import run_studies
-from kneuron.store import Atlas, run
+from kneuron.store import Atlas
 from tiny_models import tiny_lm
 
 runner = CliRunner()
@@ -18,13 +17,6 @@ runner = CliRunner()
 
 def invoke(*args: str):
     return runner.invoke(cli.app, list(args), env={"COLUMNS": "160"})
-
-
-@pytest.fixture
-def atlas_path(tmp_path):
-    path = tmp_path / "tiny.sqlite"
-    run(tiny_lm("llama"), tiny_facts(), path, steps=3, known_only=False, progress=False, share=0.3)
-    return path
 
 
 def test_study_all_then_report(atlas_path, fake_load):
