@@ -252,3 +252,10 @@ def estimator_from_params(params: Mapping[str, Any]) -> Estimator:
 __all__ = ["ALPHA_RULES", "ESTIMATORS", "Estimator", "GradientTimesActivation", "IntegratedGradients",
            "ScreenedIntegratedGradients", "encode_prompts", "estimator_from_params", "estimator_named",
            "estimator_names", "register_estimator", "screen_layers"]
+
+
+# registered here, after everything it imports from this module exists (it subclasses Estimator)
+from kneuron.attribution.log_prob_increase import LogProbIncrease  # noqa: E402
+
+register_estimator(LogProbIncrease)
+__all__ += ["LogProbIncrease"]
