@@ -13,6 +13,9 @@ them unchanged.
   by Gauss–Legendre quadrature with few points.
 * :class:`GradientTimesActivation` (``"gxa"``): attribution patching, activation × gradient at α = 1, one forward
   and one backward pass per prompt for all layers.
+* :class:`~kneuron.attribution.log_prob_increase.LogProbIncrease` (``"lpi"``): Yu & Ananiadou's log-probability
+  increase, each neuron's value read out directly through the frozen final norm and the head (causal pre-norm
+  models only; forward passes only, but a vocabulary × neurons matrix per layer, so not always cheaper).
 * :class:`ScreenedIntegratedGradients`: a cheap estimator picks a bag's K most promising layers, exact
   integrated gradients runs only there (opt-in; see its docstring for when to trust it).
 
