@@ -45,7 +45,8 @@ def _by_hand(lm, x: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
     projection = head_projection_of(lm.spec, lm.model)
     if projection is not None:
         y = projection(y)
-    logits = lm.model.get_output_embeddings()(y)
+    head = lm.model.get_output_embeddings()
+    logits = torch.nn.functional.linear(y, head.weight, head.bias)  # the head's weights, not its (hooked) forward
     cap = getattr(config, "final_logit_softcapping", None)
     if cap:
         logits = cap * torch.tanh(logits / cap)
@@ -210,3 +211,20 @@ def test_log_prob_increase_restores_everything_also_after_an_exception(family, m
         LogProbIncrease().attribute(lm, [PROMPT], "Paris")
     assert snapshot(lm.model) == before
     assert_hooks_work(lm, calls)
+
+
+def test_logit_softcapping_is_applied_where_the_config_sets_it():
+    # no supported tiny family caps its logits (Gemma 2 does, and is refused): give llama a capping head
+    lm = tiny_lm("llama", dtype=torch.float64, layers=3)
+    lm.model.config.final_logit_softcapping = 2.0
+    head = lm.model.get_output_embeddings()
+    handle = head.register_forward_hook(lambda m, a, out: 2.0 * torch.tanh(out / 2.0))
+    try:
+        query = encode(lm, PROMPT, "Paris")
+        fast = LogProbIncrease(memory_budget=5 * 8 * lm.model.config.vocab_size * 10).attribute(lm, [query])[0]
+        slow = naive_log_prob_increase(lm, query)
+    finally:
+        handle.remove()
+    assert float((fast.scores - slow).abs().max()) < 1e-10 * (1 + float(slow.abs().max()))
+    uncapped = LogProbIncrease().attribute(tiny_lm("llama", dtype=torch.float64, layers=3), [query])[0]
+    assert float((fast.scores - uncapped.scores).abs().max()) > 1e-3

@@ -80,8 +80,11 @@ from kneuron.models.language_model import LanguageModel
 
 #: bytes the (vocabulary × neuron-chunk) work matrices may take at once, by default
 DEFAULT_MEMORY_BUDGET = 192 * 2**20
-#: work matrices of one chunk alive at once (M, δ, log p + δ and log-sum-exp's own temporaries)
+#: work matrices of one chunk alive at once (M, with room to spare)
 _MATRICES_PER_CHUNK = 5
+#: neurons whose log-sum-exp is taken together: (group × vocabulary) temporaries stay in the CPU cache (measured
+#: 1.6× faster than one pass over a whole chunk on SmolLM2's 49152-token vocabulary)
+_GROUP = 16
 
 
 @dataclass
@@ -325,17 +328,23 @@ def _score_layers(lm: LanguageModel, readout: Readout, cleans: list[_Clean], cho
         slots = readout.centre(_value_slots(lm, layer, dtype), dim=0) * readout.gamma[:, None]
         for start in range(0, lm.n_neurons, chunk):
             stop = min(start + chunk, lm.n_neurons)
-            matrix = readout.unembed @ slots[:, start:stop]  # M[:, start:stop], (vocabulary, chunk)
+            matrix = slots[:, start:stop].T @ readout.unembed.T  # M[:, start:stop] transposed, (chunk, vocabulary)
             for p, clean in enumerate(cleans):
                 coefficients = clean.activations[layer, start:stop].to(dtype) / scales[p]
-                delta = matrix * coefficients
-                if pre_base is None:
-                    increase = delta[words[p]] - torch.logsumexp(base_log_p[p][:, None] + delta, dim=0)
-                else:  # soft-capping bends the logits: take the log-softmax of the capped sum itself
-                    capped = readout.capped(pre_base[p][:, None] + delta)
-                    increase = (capped[words[p]] - torch.logsumexp(capped, dim=0)) - base_log_p[p, words[p]]
+                increase = torch.cat([_increase(readout, matrix[g:g + _GROUP] * coefficients[g:g + _GROUP, None],
+                                                base_log_p[p], None if pre_base is None else pre_base[p],
+                                                int(words[p]))
+                                      for g in range(0, stop - start, _GROUP)])
                 scores[p][layer, start:stop] = increase.double().cpu()
 
+
+def _increase(readout: Readout, delta: torch.Tensor, base_log_p: torch.Tensor, pre_base: torch.Tensor | None,
+              word: int) -> torch.Tensor:
+    """Imp of a few neurons from their logit changes ``delta`` (neurons, vocabulary)."""
+    if pre_base is None:
+        return delta[:, word] - torch.logsumexp(base_log_p + delta, dim=-1)
+    capped = readout.capped(pre_base + delta)  # soft-capping bends the logits: log-softmax of the capped sum
+    return (capped[:, word] - torch.logsumexp(capped, dim=-1)) - base_log_p[word]
 
 class LogProbIncrease(Estimator):
     """The log-probability increase of Yu & Ananiadou (2024): each neuron's value slot read out directly through
