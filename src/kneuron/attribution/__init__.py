@@ -4,6 +4,7 @@ from kneuron.attribution.estimators import (
     Estimator,
     GradientTimesActivation,
     IntegratedGradients,
+    LogProbIncrease,
     ScreenedIntegratedGradients,
     estimator_from_params,
     estimator_named,
@@ -19,7 +20,7 @@ from kneuron.attribution.selection import activation_baseline, coarse_neurons, r
 from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores
 
 __all__ = [
-    "Estimator", "GradientTimesActivation", "IntegratedGradients", "ScreenedIntegratedGradients",
+    "Estimator", "GradientTimesActivation", "IntegratedGradients", "LogProbIncrease", "ScreenedIntegratedGradients",
     "estimator_from_params", "estimator_named", "screen_layers",
     "KnowledgeNeurons", "Neuron", "NeuronScores", "activation_baseline", "alpha_points", "attribute_bag",
     "coarse_neurons", "find_knowledge_neurons", "integrated_gradients", "integrated_gradients_many", "refine",

@@ -13,6 +13,9 @@ them unchanged.
   by Gauss–Legendre quadrature with few points.
 * :class:`GradientTimesActivation` (``"gxa"``): attribution patching, activation × gradient at α = 1, one forward
   and one backward pass per prompt for all layers.
+* :class:`~kneuron.attribution.log_prob_increase.LogProbIncrease` (``"lpi"``): Yu & Ananiadou's log-probability
+  increase, each neuron's value read out directly through the frozen final norm and the head (causal pre-norm
+  models only; forward passes only, but a vocabulary × neurons matrix per layer, so not always cheaper).
 * :class:`ScreenedIntegratedGradients`: a cheap estimator picks a bag's K most promising layers, exact
   integrated gradients runs only there (opt-in; see its docstring for when to trust it).
 
@@ -252,3 +255,10 @@ def estimator_from_params(params: Mapping[str, Any]) -> Estimator:
 __all__ = ["ALPHA_RULES", "ESTIMATORS", "Estimator", "GradientTimesActivation", "IntegratedGradients",
            "ScreenedIntegratedGradients", "encode_prompts", "estimator_from_params", "estimator_named",
            "estimator_names", "register_estimator", "screen_layers"]
+
+
+# registered here, after everything it imports from this module exists (it subclasses Estimator)
+from kneuron.attribution.log_prob_increase import LogProbIncrease  # noqa: E402
+
+register_estimator(LogProbIncrease)
+__all__ += ["LogProbIncrease"]

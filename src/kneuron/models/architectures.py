@@ -30,6 +30,7 @@ from kneuron.errors import UnsupportedArchitectureError
 
 ModelKind = Literal["mlm", "causal"]
 ValueLayout = Literal["linear", "conv1d"]
+NormKind = Literal["layernorm", "rmsnorm"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,25 @@ class ArchSpec:
             (``LanguageModel.max_positions``); a family without any (ALiBi, e.g. BLOOM) has no limit.
         positions_after_padding: position ids start after ``pad_token_id`` (RoBERTa): ``pad_token_id + 1``
             of the configured positions are never used by a token.
+
+    The direct readout (the "lpi" estimator reads a neuron's value through the final norm and the output head,
+    :func:`direct_readout_problem`) needs five more facts; a spec without ``final_norm`` cannot be read out so:
+
+        final_norm: candidate dotted paths, from the loaded model, to the norm between the last block and the
+            output head; the first that resolves is used. A path whose last attribute exists and is None says
+            the model was built without that norm (OPT with ``_remove_final_layer_norm``): the readout is then
+            the head alone.
+        final_norm_kind: "layernorm" (centre, divide by the standard deviation) or "rmsnorm" (divide by the
+            root mean square).
+        norm_weight_offset: the norm multiplies by ``offset + weight`` (Gemma's RMSNorm: 1 + weight).
+        norm_eps: the norm's epsilon when the module keeps none as an attribute (OLMo's LayerNorm has 1e-5
+            written in its forward); otherwise its ``eps`` or ``variance_epsilon`` is read.
+        head_projection: candidate dotted paths of a linear map between the final norm and the head (OPT's
+            ``project_out`` when its embedding width differs from the hidden width); absent or None: none.
+        ffn_output_normed: the model types of this spec whose blocks pass the FFN output through a norm before
+            adding it to the residual stream (Gemma 2 and 3, OLMo 2: ``post_feedforward_layernorm``).
+        pre_norm_flag: a config field that is False when the model's blocks are post-norm (OPT's
+            ``do_layer_norm_before``: OPT-350m normalises after the residual addition).
     """
 
     family: str
@@ -66,6 +86,13 @@ class ArchSpec:
     ffn_in: str | None = None
     position_fields: tuple[str, ...] = ("max_position_embeddings", "n_positions")
     positions_after_padding: bool = False
+    final_norm: tuple[str, ...] = ()
+    final_norm_kind: NormKind | None = None
+    norm_weight_offset: float = 0.0
+    norm_eps: float | None = None
+    head_projection: tuple[str, ...] = ()
+    ffn_output_normed: tuple[str, ...] = ()
+    pre_norm_flag: str | None = None
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -92,8 +119,13 @@ def families() -> list[ArchSpec]:
     return list(seen.values())
 
 
-def _gated(family: str, *model_types: str, blocks: tuple[str, ...] = ("model.layers",)) -> ArchSpec:
-    return ArchSpec(family, model_types or (family,), "causal", blocks, "mlp.down_proj")
+def _gated(family: str, *model_types: str, blocks: tuple[str, ...] = ("model.layers",),
+           final_norm: tuple[str, ...] = ("model.norm",), **readout) -> ArchSpec:
+    return ArchSpec(family, model_types or (family,), "causal", blocks, "mlp.down_proj", final_norm=final_norm,
+                    final_norm_kind=readout.pop("final_norm_kind", "rmsnorm"), **readout)
+
+
+_LN_F = dict(final_norm=("transformer.ln_f", "ln_f"), final_norm_kind="layernorm")
 
 
 for _spec in (
@@ -108,24 +140,33 @@ for _spec in (
     ArchSpec("electra", ("electra",), "mlm", ("electra.encoder.layer", "encoder.layer"), "output.dense",
              ffn_in="intermediate"),
     # causal LMs with a plain FFN
-    ArchSpec("gpt2", ("gpt2",), "causal", ("transformer.h", "h"), "mlp.c_proj", layout="conv1d"),
-    ArchSpec("gpt_neo", ("gpt_neo",), "causal", ("transformer.h", "h"), "mlp.c_proj"),
-    ArchSpec("gptj", ("gptj",), "causal", ("transformer.h", "h"), "mlp.fc_out"),
-    ArchSpec("gpt_neox", ("gpt_neox",), "causal", ("gpt_neox.layers", "layers"), "mlp.dense_4h_to_h"),
-    ArchSpec("opt", ("opt",), "causal", ("model.decoder.layers", "decoder.layers"), "fc2", flat_tokens=True),
-    ArchSpec("falcon", ("falcon",), "causal", ("transformer.h", "h"), "mlp.dense_4h_to_h"),
-    ArchSpec("phi", ("phi",), "causal", ("model.layers", "layers"), "mlp.fc2"),
+    ArchSpec("gpt2", ("gpt2",), "causal", ("transformer.h", "h"), "mlp.c_proj", layout="conv1d", **_LN_F),
+    ArchSpec("gpt_neo", ("gpt_neo",), "causal", ("transformer.h", "h"), "mlp.c_proj", **_LN_F),
+    ArchSpec("gptj", ("gptj",), "causal", ("transformer.h", "h"), "mlp.fc_out", **_LN_F),
+    ArchSpec("gpt_neox", ("gpt_neox",), "causal", ("gpt_neox.layers", "layers"), "mlp.dense_4h_to_h",
+             final_norm=("gpt_neox.final_layer_norm", "final_layer_norm"), final_norm_kind="layernorm"),
+    ArchSpec("opt", ("opt",), "causal", ("model.decoder.layers", "decoder.layers"), "fc2", flat_tokens=True,
+             final_norm=("model.decoder.final_layer_norm", "decoder.final_layer_norm"), final_norm_kind="layernorm",
+             head_projection=("model.decoder.project_out", "decoder.project_out"),
+             pre_norm_flag="do_layer_norm_before"),
+    ArchSpec("falcon", ("falcon",), "causal", ("transformer.h", "h"), "mlp.dense_4h_to_h", **_LN_F),
+    ArchSpec("phi", ("phi",), "causal", ("model.layers", "layers"), "mlp.fc2",
+             final_norm=("model.final_layernorm", "final_layernorm"), final_norm_kind="layernorm"),
     # causal LMs with a gated FFN: the neuron is act(gate) * up, the input of down_proj
     _gated("llama", "llama", "smollm3"),
     _gated("mistral"),
     _gated("qwen2"),
     _gated("qwen3"),
-    _gated("gemma"),
-    _gated("gemma2"),
+    _gated("gemma", norm_weight_offset=1.0),
+    _gated("gemma2", norm_weight_offset=1.0, ffn_output_normed=("gemma2",)),
     _gated("gemma3", "gemma3_text", "gemma3", blocks=("model.layers", "model.language_model.layers",
-                                                      "language_model.model.layers")),
+                                                      "language_model.model.layers"),
+           final_norm=("model.norm", "model.language_model.norm", "language_model.model.norm"),
+           norm_weight_offset=1.0, ffn_output_normed=("gemma3_text", "gemma3")),
     _gated("phi3"),
-    _gated("olmo", "olmo", "olmo2"),
+    # OLMo's LayerNorm has neither weight nor bias, and its epsilon is written in its forward (OLMo 2's final
+    # norm is an RMSNorm, but its FFN output is normed, so the direct readout refuses it before reading the norm)
+    _gated("olmo", "olmo", "olmo2", final_norm_kind="layernorm", norm_eps=1e-5, ffn_output_normed=("olmo2",)),
 ):
     register(_spec)
 
@@ -208,3 +249,71 @@ def resolve(root: nn.Module, dotted: str) -> nn.Module | None:
         else:
             return None
     return module
+
+
+_ABSENT = object()
+
+
+def _resolve_or_absent(root: nn.Module, dotted: str) -> nn.Module | None | object:
+    """The module at ``dotted``; None when its last attribute exists and is None; ``_ABSENT`` when unresolved."""
+    parent_path, _, last = dotted.rpartition(".")
+    parent = resolve(root, parent_path) if parent_path else root
+    if parent is None or not hasattr(parent, last):
+        return _ABSENT
+    value = getattr(parent, last)
+    if value is None:
+        return None
+    return value if isinstance(value, nn.Module) else _ABSENT
+
+
+def direct_readout_problem(spec: ArchSpec, config: object) -> str | None:
+    """Why a neuron's value slot cannot be read out directly through the final norm and the head (the "lpi"
+    estimator), or None when it can: the blocks must be pre-norm with the FFN output added to the stream as it
+    is (block output = stream + FFN output), and the spec must say where the final norm is."""
+    model_type = getattr(config, "model_type", "")
+    if spec.kind == "mlm":
+        return (f"{spec.family} is a masked LM: its blocks normalise after the residual addition and its head "
+                "transforms the stream non-linearly, so a neuron's value has no direct readout")
+    if model_type in spec.ffn_output_normed:
+        return (f"{model_type} passes the FFN output through a norm (post_feedforward_layernorm) before the "
+                "residual, so a neuron adds no fixed vector to the stream")
+    if spec.pre_norm_flag is not None and getattr(config, spec.pre_norm_flag, True) is False:
+        return (f"this {model_type} model has post-norm blocks ({spec.pre_norm_flag}=False): the stream is "
+                "normalised after each FFN output is added")
+    if not spec.final_norm or spec.final_norm_kind is None:
+        return (f"the {spec.family!r} spec names no final norm: give its ArchSpec final_norm and "
+                "final_norm_kind")
+    return None
+
+
+def final_norm_of(spec: ArchSpec, model: nn.Module) -> nn.Module | None:
+    """The norm between the last block and the output head (None when the model was built without one)."""
+    for path in spec.final_norm:
+        found = _resolve_or_absent(model, path)
+        if found is not _ABSENT:
+            return found  # type: ignore[return-value]
+    raise UnsupportedArchitectureError(
+        f"{type(model).__name__} has none of the final norms {spec.final_norm} that the {spec.family!r} spec "
+        "names; register a spec with the right 'final_norm' path.")
+
+
+def head_projection_of(spec: ArchSpec, model: nn.Module) -> nn.Module | None:
+    """The linear map between the final norm and the output head, if the model has one (OPT's project_out)."""
+    for path in spec.head_projection:
+        found = _resolve_or_absent(model, path)
+        if isinstance(found, nn.Module):
+            return found
+    return None
+
+
+def norm_epsilon(spec: ArchSpec, norm: nn.Module) -> float:
+    """The epsilon ``norm`` adds to the variance (or mean square): its own attribute, else the spec's."""
+    for name in ("eps", "variance_epsilon"):
+        value = getattr(norm, name, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    if spec.norm_eps is not None:
+        return spec.norm_eps
+    raise UnsupportedArchitectureError(
+        f"The final norm {type(norm).__name__} keeps no 'eps' or 'variance_epsilon': give the {spec.family!r} "
+        "spec's norm_eps.")
