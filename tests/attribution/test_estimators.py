@@ -25,7 +25,7 @@ from kneuron.attribution.integrated_gradients import alpha_points, alpha_weights
 from kneuron.errors import KneuronError
 from kneuron.facts import encode
 from kneuron.models.hooks import capture, on_ffn_input
-from tiny_models import FAMILIES, tiny_lm
+from tiny_models import EAGER_ONLY, FAMILIES, tiny_lm
 
 PROMPTS = {"mlm": "The capital of France is [Y].", "causal": "The capital of France is"}
 
@@ -201,3 +201,24 @@ def test_gradient_times_activation_restores_everything_also_after_an_exception(f
         GradientTimesActivation().attribute(lm, [PROMPTS[lm.kind]], "Paris")
     assert snapshot(lm.model) == before
     assert_hooks_work(lm, calls)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradient_times_activation_batches_padded_prompts_exactly(family):
+    """Prompts of different lengths and answer lengths, right-padded into shared batches, each get the scores of
+    their own naive pass."""
+    lm = tiny_lm(family, dtype=torch.float64, layers=3)
+    base = PROMPTS[lm.kind]
+    texts = [base, base.replace("The capital", "Everyone knows that the capital"), base.replace("capital", "seat")]
+    queries = [encode(lm, text, answer) for text in texts for answer in ("Paris", "Copenhagen")]
+    assert len({len(q.input_ids) for q in queries}) > 1 and len({len(q.answer_ids) for q in queries}) == 2
+    together = GradientTimesActivation().attribute(lm, queries)
+    one_by_one = [GradientTimesActivation().attribute(lm, [q])[0] for q in queries]
+    # eager attention (gpt_neo, gemma2) takes its softmax in float32, also in a float64 model
+    tolerance = 1e-6 if family in EAGER_ONLY else 1e-9
+    for query, mine, alone in zip(queries, together, one_by_one, strict=True):
+        assert _rel_error(mine.scores, alone.scores) < tolerance
+        assert _rel_error(mine.scores, naive_integrand(lm, query)) < 1e-6
+        assert math.isclose(mine.probability, alone.probability, rel_tol=tolerance)
+        assert mine.answer_ranks == alone.answer_ranks and mine.position == query.position
+        assert torch.allclose(mine.activations, alone.activations, rtol=tolerance, atol=1e-12)

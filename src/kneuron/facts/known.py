@@ -29,7 +29,8 @@ def _rank_input(lm: LanguageModel, query: EncodedQuery) -> torch.Tensor:
     return query.input_ids[: query.position + 1] if lm.kind == "causal" else query.input_ids
 
 
-def _pad_id(lm: LanguageModel) -> int:
+def pad_token_id(lm: LanguageModel) -> int:
+    """The id right-padding uses: the tokenizer's pad token, else its end-of-sequence token, else 0."""
     pad = getattr(lm.tokenizer, "pad_token_id", None)
     if pad is None:
         pad = getattr(lm.tokenizer, "eos_token_id", None)
@@ -85,7 +86,7 @@ def answer_ranks(lm: LanguageModel, facts: Sequence[Fact], batch_size: int = 64)
     queries = _queries(lm, facts)
     inputs = [_rank_input(lm, query) for _, _, query in queries]
     order = sorted(range(len(queries)), key=lambda i: int(inputs[i].shape[0]))
-    pad = _pad_id(lm)
+    pad = pad_token_id(lm)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         width = max(int(inputs[i].shape[0]) for i in chunk)
