@@ -7,9 +7,10 @@ import re
 import pytest
 from typer.testing import CliRunner
 
+from experiments.conftest import tiny_facts
 from kneuron import cli
 from kneuron.experiments.studies import run_studies
-from kneuron.store import Atlas
+from kneuron.store import Atlas, run
 from tiny_models import tiny_lm
 
 runner = CliRunner()
@@ -83,3 +84,24 @@ def test_report_before_any_study_says_what_to_run(atlas_path):
     assert out.is_file() and not atlas_path.with_suffix(".html").exists()
     assert "kneuron study all" in result.output
     assert result.stdout.strip().splitlines()[-1].endswith("auc_kn=nan auc_activation=nan")
+
+
+def test_studies_and_report_run_on_a_cheaper_estimators_atlas(tmp_path, fake_load):
+    """The paper's studies and the report take any estimator's atlas: a gxa atlas's studies are those of its own
+    refined neurons, and the report says which estimator made them."""
+    path = tmp_path / "gxa.sqlite"
+    run(tiny_lm("llama"), tiny_facts(), path, estimator="gxa", known_only=False, progress=False, share=0.3)
+    result = invoke("study", "all", "--run", str(path), "--seed", "3", "--other-facts", "2")
+    assert result.exit_code == 0, result.output
+    with Atlas.open(path, read_only=True) as atlas:
+        assert atlas.params["estimator"] == "gxa"
+        stored = atlas.results("suppress_amplify")
+        facts, neurons = atlas.facts(), atlas.all_refined()
+        baseline = {f.id: atlas.baseline_neurons(f.id) for f in facts}
+    assert any(neurons.values())
+    direct = run_studies(tiny_lm("llama"), facts, neurons, baseline, seed=3, other_facts=2,
+                         studies=("suppress_amplify",))["suppress_amplify"]
+    assert [r["value"] for r in stored] == pytest.approx([r["value"] for r in direct], nan_ok=True)
+    result = invoke("report", "--run", str(path))
+    assert result.exit_code == 0, result.output
+    assert "<b>params.estimator</b>: gxa" in path.with_suffix(".html").read_text(encoding="utf-8")
