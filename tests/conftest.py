@@ -16,9 +16,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import settings
 
 import kneuron.models
 from tiny_models import FAMILIES, tiny_lm
+
+# property tests draw the same examples on every run: a failure is reproducible, never a matter of luck
+settings.register_profile("kneuron", derandomize=True)
+settings.load_profile("kneuron")
 
 torch.set_num_threads(1)
 

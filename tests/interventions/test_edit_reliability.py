@@ -330,7 +330,9 @@ def test_fuzzed_metadata_is_loaded_or_an_edit_error(tmp_path_factory, data):
         loaded = Edit.load(file)
     except EditError:
         return
-    assert loaded.neurons == edit.neurons or where != "group"
+    # a group's layer and indices are what make its neurons: another valid value there is another, valid edit
+    # (hypothesis found group 0's layer 0 -> 2 loading as neurons (2, 3), (1, 5), (1, 7)); nothing else may move them
+    assert loaded.neurons == edit.neurons or (where == "group" and key in ("layer", "indices"))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

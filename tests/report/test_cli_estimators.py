@@ -88,7 +88,8 @@ def test_default_estimators_and_a_refusing_one(atlas_path, fake_load, monkeypatc
     assert "skipped refusing: refusing does not support llama models." in result.stderr
     with Atlas.open(atlas_path, read_only=True) as atlas:
         variants = {r["variant"] for r in atlas.results("estimators")}
-    assert variants == {"gxa", "ig-gauss5", "ig", "params"}  # every registered one but ig, and ig-gauss5
+    # every registered one but ig (gxa, lpi: tiny Llama supports both) and the refusing one, and ig-gauss5
+    assert variants == {"gxa", "lpi", "ig-gauss5", "ig", "params"}
 
 
 @pytest.mark.parametrize(("changes", "says"), [({"estimator": "gxa"}, "the 'gxa' estimator"),

@@ -21,6 +21,7 @@ from kneuron.attribution import (
 from kneuron.attribution.estimators import Estimator
 from kneuron.attribution.knowledge import layer_list
 from kneuron.errors import KneuronError
+from kneuron.facts import encode
 from kneuron.store import Atlas, run
 from kneuron.store.runs import run_params
 from store.helpers import RUN_ARGS, dump, tiny_facts, tiny_model
@@ -63,8 +64,14 @@ def test_a_gxa_run_stores_what_gxa_and_refine_give(lm, tmp_path):
         params = atlas.meta["params"]
         assert params["estimator"] == "gxa" and params["objective"] == "prob"
         assert "steps" not in params and "alphas" not in params and "screen" not in params
+        # the run attributes each chunk's prompts in one call, batched together (chunks of RUN_ARGS' 3 facts)
+        size = RUN_ARGS["chunk_facts"]
+        everything = [scores for start in range(0, len(facts), size) for scores in gxa.attribute(
+            lm, [encode(lm, prompt, fact.object) for fact in facts[start:start + size] for prompt in fact.prompts()])]
         for fact in facts:
-            bag = gxa.attribute(lm, fact.prompts(), fact.object)
+            bag, everything = everything[:len(fact.prompts())], everything[len(fact.prompts()):]
+            for scores in bag:
+                scores.answer = fact.object
             expected = expected_fact(bag, fact, gxa)
             assert expected.params["estimator"] == "gxa" and expected.params["steps"] == 1
             assert_stored(atlas, fact, expected, bag)
