@@ -46,7 +46,6 @@ os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
 
 import kneuron  # noqa: E402
 from kneuron.attribution import coarse_neurons, refine  # noqa: E402
@@ -57,22 +56,9 @@ from kneuron.attribution.estimators import (  # noqa: E402
     ScreenedIntegratedGradients,
 )
 from kneuron.errors import KneuronError  # noqa: E402
+from kneuron.experiments.estimator_agreement import jaccard, spearman, top_recall  # noqa: E402
 from kneuron.facts import encode, load_facts  # noqa: E402
 from kneuron.store.runs import classify  # noqa: E402
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(spearmanr(a.double().flatten().numpy(), b.double().flatten().numpy()).statistic)
-
-
-def top_recall(reference: torch.Tensor, estimate: torch.Tensor, k: int = 10) -> float:
-    ref = set(torch.topk(reference.flatten(), k).indices.tolist())
-    est = set(torch.topk(estimate.flatten(), k).indices.tolist())
-    return len(ref & est) / k
-
-
-def jaccard(a: set, b: set) -> float:
-    return 1.0 if not a and not b else len(a & b) / len(a | b)
 
 
 def why_differs(full_bag, chosen: list[int]) -> str:
@@ -91,11 +77,11 @@ def compare(into: dict[str, list[float]], bag, full) -> bool:
     """Add one fact's agreement figures to ``into``; whether its refined neurons equal full IG's."""
     refined, reference = refine(bag), refine(full)
     same = refined.keys == reference.keys
-    into["jaccard"].append(jaccard(set(refined.keys), set(reference.keys)))
+    into["jaccard"].append(jaccard(refined.keys, reference.keys))
     into["same_refined"].append(float(same))
     for mine, theirs in zip(bag, full, strict=True):
-        into["spearman"].append(spearman(theirs.scores, mine.scores))
-        into["recall10"].append(top_recall(theirs.scores, mine.scores))
+        into["spearman"].append(spearman(theirs.scores.numpy(), mine.scores.numpy()))
+        into["recall10"].append(top_recall(theirs.scores.numpy(), mine.scores.numpy()))
     return same
 
 
@@ -200,7 +186,7 @@ def main() -> None:
         pairs = list(zip(bag, exact, strict=True))
         worst = max(float((b.scores - e.scores).abs().max() / e.scores.abs().max()) for b, e in pairs)
         l2 = max(float((b.scores - e.scores).norm() / e.scores.norm()) for b, e in pairs)
-        coarse = np.mean([jaccard({n.key for n in coarse_neurons(b)}, {n.key for n in coarse_neurons(e)})
+        coarse = np.mean([jaccard(coarse_neurons(b), coarse_neurons(e))
                           for b, e in pairs])
         print(f"{name} against 200 steps ({len(first)} prompts of {facts[0].id}): relative error max-norm "
               f"{worst:.2e}, L2 {l2:.2e}; coarse Jaccard {coarse:.3f}")

@@ -38,6 +38,7 @@ from kneuron.attribution.step_rows import (
     Objective,
     _answer_log_probs,
     _answer_ranks,
+    _at,
     frozen_parameters,
     logits_at,
     objective_of,
@@ -143,7 +144,7 @@ def _one_batch(lm: LanguageModel, queries: list[EncodedQuery], objective: Object
         sliced = stack.enter_context(logits_at(lm, targets))
         logits = lm.model(input_ids=ids.to(device), **kwargs).logits
         if not sliced:
-            logits = logits[rows[:, None], targets]
+            logits = _at(logits, targets)
         log_p = _answer_log_probs(logits, answer_ids).sum(-1)
         grads = torch.autograd.grad(log_p.sum(), [deltas[layer] for layer in chosen])
     log_probabilities = log_p.detach().double()

@@ -37,9 +37,7 @@ def resolve_estimator(estimator: Estimator | str | None = None, *, steps: int = 
     """
     if estimator is None or isinstance(estimator, str):
         name = IntegratedGradients.name if estimator is None else estimator
-        if name not in estimator_names():
-            raise KneuronError(f"Unknown estimator {name!r}: use {', '.join(map(repr, estimator_names()))}.")
-        chosen = estimator_named(name, steps=steps, objective=objective, alphas=alphas, **options)
+        chosen = estimator_named(name, steps=steps, objective=objective, alphas=alphas, **options)  # refuses unknowns
     elif isinstance(estimator, Estimator):
         chosen = estimator
     else:
