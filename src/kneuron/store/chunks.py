@@ -27,8 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kneuron.attribution.estimators import IntegratedGradients, ScreenedIntegratedGradients, estimator_from_params
-from kneuron.attribution.integrated_gradients import integrated_gradients_many
+from kneuron.attribution.estimators import ScreenedIntegratedGradients, estimator_from_params
 from kneuron.attribution.knowledge import SCREEN_LAYERS, layer_list
 from kneuron.attribution.selection import activation_baseline, refine
 from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores
@@ -127,11 +126,8 @@ def compute_chunk(lm: LanguageModel, chunk: Chunk, params: dict[str, Any],
             for prompt in fact.prompts():
                 queries.append(encode(lm, prompt, fact.object))
                 owners.append(number)
-        if type(estimator) is IntegratedGradients:  # the exact default: the same call as before estimators existed
-            scores = integrated_gradients_many(lm, queries, steps=params["steps"], objective=params["objective"],
-                                               alphas=params["alphas"], memory_budget=memory_budget)
-        else:
-            scores = estimator.attribute(lm, queries)
+        # exact IG's attribute is the one integrated_gradients_many call over the chunk made before estimators existed
+        scores = estimator.attribute(lm, queries)
         per_prompt = (time.perf_counter() - started) / max(len(queries), 1)
         for number in range(len(chunk.facts)):
             bags[number] = [s for s, owner in zip(scores, owners, strict=True) if owner == number]
