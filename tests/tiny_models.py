@@ -139,10 +139,10 @@ def tiny_tokenizer(kind: TokenizerKind = "mlm") -> PreTrainedTokenizerFast:
 
 # -------------------------------------------------------------------------------------------------- models
 
-MLM_FAMILIES: tuple[str, ...] = ("bert", "roberta", "distilbert", "electra")
+MLM_FAMILIES: tuple[str, ...] = ("bert", "roberta", "distilbert", "electra", "modernbert")
 CAUSAL_FAMILIES: tuple[str, ...] = (
-    "gpt2", "gpt_neo", "gptj", "gpt_neox", "opt", "falcon", "phi", "llama", "mistral", "qwen2", "qwen3",
-    "gemma", "gemma2", "gemma3", "phi3", "olmo",
+    "gpt2", "gpt_neo", "gptj", "gpt_neox", "opt", "falcon", "bloom", "phi", "starcoder2", "llama", "mistral",
+    "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "stablelm", "olmo",
 )
 #: every family of the registry, in registry order, by its ``ArchSpec.family`` name.
 FAMILIES: tuple[str, ...] = MLM_FAMILIES + CAUSAL_FAMILIES
@@ -158,6 +158,7 @@ def config_kwargs(family: str, layers: int, neurons: int) -> dict:
     gated = dict(hidden_size=HIDDEN, intermediate_size=neurons, num_hidden_layers=layers,
                  num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM,
                  max_position_embeddings=POSITIONS)
+    mlm_ids = _vocab("mlm")
     bert_like = dict(hidden_size=HIDDEN, intermediate_size=neurons, num_hidden_layers=layers,
                      num_attention_heads=HEADS, max_position_embeddings=POSITIONS)
     table: dict[str, dict] = {
@@ -167,6 +168,11 @@ def config_kwargs(family: str, layers: int, neurons: int) -> dict:
         "distilbert": dict(dim=HIDDEN, hidden_dim=neurons, n_layers=layers, n_heads=HEADS,
                            max_position_embeddings=POSITIONS),
         "electra": bert_like | dict(embedding_size=HIDDEN),
+        # layer 0 global, layer 1 local (a window of 4 tokens each side), layer 2 global again; the special ids
+        # default to ModernBERT's own vocabulary, so they are given the tiny tokenizer's
+        "modernbert": bert_like | dict(global_attn_every_n_layers=2, local_attention=8,
+                                       cls_token_id=mlm_ids["[CLS]"], bos_token_id=mlm_ids["[CLS]"],
+                                       sep_token_id=mlm_ids["[SEP]"], eos_token_id=mlm_ids["[SEP]"]),
         "gpt2": dict(n_embd=HIDDEN, n_inner=neurons, n_layer=layers, n_head=HEADS, n_positions=POSITIONS),
         "gpt_neo": dict(hidden_size=HIDDEN, intermediate_size=neurons, num_layers=layers, num_heads=HEADS,
                         max_position_embeddings=POSITIONS, window_size=8,
@@ -179,6 +185,8 @@ def config_kwargs(family: str, layers: int, neurons: int) -> dict:
                     max_position_embeddings=POSITIONS, word_embed_proj_dim=HIDDEN),
         "falcon": dict(hidden_size=HIDDEN, ffn_hidden_size=neurons, num_hidden_layers=layers,
                        num_attention_heads=HEADS, max_position_embeddings=POSITIONS),
+        # BLOOM's FFN is 4 × hidden by construction: tiny_lm swaps in projections of `neurons` (see _resize_bloom)
+        "bloom": dict(hidden_size=HIDDEN, n_layer=layers, n_head=HEADS),
         "phi": dict(hidden_size=HIDDEN, intermediate_size=neurons, num_hidden_layers=layers,
                     num_attention_heads=HEADS, max_position_embeddings=POSITIONS, partial_rotary_factor=0.5),
         "llama": gated,
@@ -188,7 +196,9 @@ def config_kwargs(family: str, layers: int, neurons: int) -> dict:
         "gemma": gated,
         "gemma2": gated | dict(sliding_window=8, query_pre_attn_scalar=HEAD_DIM),
         "gemma3": gated | dict(sliding_window=8, query_pre_attn_scalar=HEAD_DIM),
+        "starcoder2": gated | dict(sliding_window=None),
         "phi3": {k: v for k, v in gated.items() if k != "head_dim"},
+        "stablelm": {k: v for k, v in gated.items() if k != "head_dim"} | dict(partial_rotary_factor=0.5),
         "olmo": {k: v for k, v in gated.items() if k != "head_dim"},
     }
     if family not in table:
@@ -197,7 +207,7 @@ def config_kwargs(family: str, layers: int, neurons: int) -> dict:
 
 
 #: families whose transformers class has no SDPA attention (their eager attention is used)
-EAGER_ONLY = {"gpt_neo", "gemma2"}
+EAGER_ONLY = {"gpt_neo", "gemma2", "bloom"}
 
 
 def attention_of(family: str) -> str:
@@ -240,9 +250,23 @@ def tiny_lm(
     auto = AutoModelForMaskedLM if kind == "mlm" else AutoModelForCausalLM
     torch.manual_seed(seed)
     model = auto.from_config(config, attn_implementation=attention_of(family))
+    if family == "bloom":
+        _resize_bloom(model, neurons)
     model.to(dtype)
     model.eval()
     return from_model(model, tiny_tokenizer(kind), name=f"tiny-{family}")
+
+
+def _resize_bloom(model, neurons: int) -> None:
+    """Give every BLOOM block an FFN of ``neurons`` units (BLOOM fixes it at 4 × hidden; its MLP reads its
+    projections' shapes from their weights), initialised as BLOOM initialises its linear layers."""
+    hidden = model.config.hidden_size
+    for block in model.transformer.h:
+        block.mlp.dense_h_to_4h = torch.nn.Linear(hidden, neurons)
+        block.mlp.dense_4h_to_h = torch.nn.Linear(neurons, hidden)
+        for linear in (block.mlp.dense_h_to_4h, block.mlp.dense_4h_to_h):
+            torch.nn.init.normal_(linear.weight, std=model.config.initializer_range)
+            torch.nn.init.zeros_(linear.bias)
 
 
 def tiny_kind(family: str) -> TokenizerKind:

@@ -160,6 +160,30 @@ def _entering(lm: LanguageModel, layer: int, rows: torch.Tensor) -> Iterator[Non
 
 
 @contextmanager
+def _batch_head_inputs_for_rows(lm: LanguageModel, start: int) -> Iterator[None]:
+    """Repeat the block inputs laid out (batch · heads, ...) (``ArchSpec.batch_head_inputs``: BLOOM's ALiBi), which
+    the model computes for the one row it is called on, once per row that blocks ``start``.. run. Entered after
+    the hooks that feed and append rows, so it sees each block's final rows."""
+    names = lm.spec.batch_head_inputs
+    handles = []
+
+    def repeat(_module, args, kwargs):
+        rows = _hidden_from(args, kwargs).shape[0]
+        fitted = {name: kwargs[name].repeat(rows, *[1] * (kwargs[name].dim() - 1))
+                  for name in names if isinstance(kwargs.get(name), torch.Tensor)}
+        return args, {**kwargs, **fitted}
+
+    try:
+        if names:
+            for layer in range(start, lm.n_layers):
+                handles.append(lm.block(layer).register_forward_pre_hook(repeat, with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
 def logits_at(lm: LanguageModel, targets: torch.Tensor) -> Iterator[bool]:
     """Make the output head compute logits only at ``targets`` ((rows, answer tokens) positions, or
     one row of them for every row); yields whether it could."""
@@ -439,6 +463,7 @@ def run_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objecti
         stack.enter_context(start_at_layer(lm, start, first_rows))
         for layer in layers[1:]:
             stack.enter_context(_entering(lm, layer, clean_rows[layer]))
+        stack.enter_context(_batch_head_inputs_for_rows(lm, start))
         for layer in layers:
             stack.enter_context(on_ffn_input(lm, layer, scaler(layer)))
         if narrowed:

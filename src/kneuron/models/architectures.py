@@ -55,6 +55,9 @@ class ArchSpec:
             (``LanguageModel.max_positions``); a family without any (ALiBi, e.g. BLOOM) has no limit.
         positions_after_padding: position ids start after ``pad_token_id`` (RoBERTa): ``pad_token_id + 1``
             of the configured positions are never used by a token.
+        batch_head_inputs: keyword inputs of a block laid out (batch · heads, ...) rather than broadcast over the
+            batch (BLOOM's ``alibi``). The attribution engine calls the model on one row and feeds its own rows in at
+            the blocks, so it repeats these inputs to match the rows a block runs.
 
     The direct readout (the "lpi" estimator reads a neuron's value through the final norm and the output head,
     :func:`direct_readout_problem`) needs five more facts; a spec without ``final_norm`` cannot be read out so:
@@ -74,6 +77,8 @@ class ArchSpec:
             adding it to the residual stream (Gemma 2 and 3, OLMo 2: ``post_feedforward_layernorm``).
         pre_norm_flag: a config field that is False when the model's blocks are post-norm (OPT's
             ``do_layer_norm_before``: OPT-350m normalises after the residual addition).
+        post_norm_flag: a config field that is True when the residual stream a block passes on is normalised
+            (BLOOM's ``apply_residual_connection_post_layernorm``: the residual is the layer-normed input).
     """
 
     family: str
@@ -86,6 +91,7 @@ class ArchSpec:
     ffn_in: str | None = None
     position_fields: tuple[str, ...] = ("max_position_embeddings", "n_positions")
     positions_after_padding: bool = False
+    batch_head_inputs: tuple[str, ...] = ()
     final_norm: tuple[str, ...] = ()
     final_norm_kind: NormKind | None = None
     norm_weight_offset: float = 0.0
@@ -93,6 +99,7 @@ class ArchSpec:
     head_projection: tuple[str, ...] = ()
     ffn_output_normed: tuple[str, ...] = ()
     pre_norm_flag: str | None = None
+    post_norm_flag: str | None = None
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -139,6 +146,10 @@ for _spec in (
              "ffn.lin2", ffn_in="ffn"),
     ArchSpec("electra", ("electra",), "mlm", ("electra.encoder.layer", "encoder.layer"), "output.dense",
              ffn_in="intermediate"),
+    # ModernBERT: a gated FFN whose Wi computes input and gate in one matrix (chunked in two); the neuron is
+    # act(input) * gate, the input of Wo. Its blocks are pre-norm, its tokens stay (batch, seq) (transformers 5
+    # unpads only inside flash attention), and the MLP reads nothing but its own input, so ffn_in is the MLP.
+    ArchSpec("modernbert", ("modernbert",), "mlm", ("model.layers", "layers"), "mlp.Wo", ffn_in="mlp"),
     # causal LMs with a plain FFN
     ArchSpec("gpt2", ("gpt2",), "causal", ("transformer.h", "h"), "mlp.c_proj", layout="conv1d", **_LN_F),
     ArchSpec("gpt_neo", ("gpt_neo",), "causal", ("transformer.h", "h"), "mlp.c_proj", **_LN_F),
@@ -150,8 +161,13 @@ for _spec in (
              head_projection=("model.decoder.project_out", "decoder.project_out"),
              pre_norm_flag="do_layer_norm_before"),
     ArchSpec("falcon", ("falcon",), "causal", ("transformer.h", "h"), "mlp.dense_4h_to_h", **_LN_F),
+    # BLOOM: ALiBi (no position embeddings, so no position limit) laid out (batch · heads, 1, keys)
+    ArchSpec("bloom", ("bloom",), "causal", ("transformer.h", "h"), "mlp.dense_4h_to_h", position_fields=(),
+             batch_head_inputs=("alibi",), post_norm_flag="apply_residual_connection_post_layernorm", **_LN_F),
     ArchSpec("phi", ("phi",), "causal", ("model.layers", "layers"), "mlp.fc2",
              final_norm=("model.final_layernorm", "final_layernorm"), final_norm_kind="layernorm"),
+    ArchSpec("starcoder2", ("starcoder2",), "causal", ("model.layers", "layers"), "mlp.c_proj",
+             final_norm=("model.norm", "norm"), final_norm_kind="layernorm"),
     # causal LMs with a gated FFN: the neuron is act(gate) * up, the input of down_proj
     _gated("llama", "llama", "smollm3"),
     _gated("mistral"),
@@ -164,6 +180,9 @@ for _spec in (
            final_norm=("model.norm", "model.language_model.norm", "language_model.model.norm"),
            norm_weight_offset=1.0, ffn_output_normed=("gemma3_text", "gemma3")),
     _gated("phi3"),
+    # StableLM: LayerNorms; with use_parallel_residual its FFN reads the same normed input as the attention, and its
+    # output is still added to the stream as it is (qk_layernorm norms only inside the attention)
+    _gated("stablelm", final_norm_kind="layernorm"),
     # OLMo's LayerNorm has neither weight nor bias, and its epsilon is written in its forward (OLMo 2's final
     # norm is an RMSNorm, but its FFN output is normed, so the direct readout refuses it before reading the norm)
     _gated("olmo", "olmo", "olmo2", final_norm_kind="layernorm", norm_eps=1e-5, ffn_output_normed=("olmo2",)),
@@ -280,6 +299,9 @@ def direct_readout_problem(spec: ArchSpec, config: object) -> str | None:
     if spec.pre_norm_flag is not None and getattr(config, spec.pre_norm_flag, True) is False:
         return (f"this {model_type} model has post-norm blocks ({spec.pre_norm_flag}=False): the stream is "
                 "normalised after each FFN output is added")
+    if spec.post_norm_flag is not None and getattr(config, spec.post_norm_flag, False) is True:
+        return (f"this {model_type} model passes on a normalised residual ({spec.post_norm_flag}=True): the stream "
+                "is normalised after each FFN output is added")
     if not spec.final_norm or spec.final_norm_kind is None:
         return (f"the {spec.family!r} spec names no final norm: give its ArchSpec final_norm and "
                 "final_norm_kind")
