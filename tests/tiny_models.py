@@ -216,8 +216,9 @@ def attention_of(family: str) -> str:
     return "eager" if family in EAGER_ONLY else "sdpa"
 
 
-def tiny_config(family: str, *, layers: int = 2, neurons: int = 32, vocab_size: int | None = None):
-    """The ``transformers`` config of a tiny ``family`` model (vocabulary and special ids of its tokenizer)."""
+def tiny_config(family: str, *, layers: int = 2, neurons: int = 32, vocab_size: int | None = None, **overrides):
+    """The ``transformers`` config of a tiny ``family`` model (vocabulary and special ids of its tokenizer);
+    ``overrides`` replace or add config fields (e.g. StableLM's ``use_parallel_residual=True``)."""
     kind: TokenizerKind = "mlm" if family in MLM_FAMILIES else "causal"
     vocab = _vocab(kind)
     specials = SPECIALS[kind]
@@ -226,7 +227,7 @@ def tiny_config(family: str, *, layers: int = 2, neurons: int = 32, vocab_size: 
         ids |= dict(bos_token_id=vocab["<bos>"], eos_token_id=vocab["<eos>"])
     config = AutoConfig.for_model(
         MODEL_TYPES[family], vocab_size=vocab_size or len(vocab), initializer_range=0.2,
-        **ids, **config_kwargs(family, layers, neurons),
+        **ids, **(config_kwargs(family, layers, neurons) | overrides),
     )
     config._attn_implementation = attention_of(family)
     return config
@@ -239,14 +240,16 @@ def tiny_lm(
     dtype: torch.dtype = torch.float32,
     layers: int = 2,
     neurons: int = 32,
+    **overrides,
 ) -> LanguageModel:
     """A fresh tiny random ``family`` model with its tiny tokenizer, wrapped as a LanguageModel.
 
     Same arguments, bit-identical weights. ``neurons`` is the FFN intermediate width (``lm.n_neurons``).
-    Each call builds a new model, so tests may change its weights freely.
+    Each call builds a new model, so tests may change its weights freely. ``overrides`` are config fields
+    (see :func:`tiny_config`).
     """
     kind: TokenizerKind = "mlm" if family in MLM_FAMILIES else "causal"
-    config = tiny_config(family, layers=layers, neurons=neurons)
+    config = tiny_config(family, layers=layers, neurons=neurons, **overrides)
     auto = AutoModelForMaskedLM if kind == "mlm" else AutoModelForCausalLM
     torch.manual_seed(seed)
     model = auto.from_config(config, attn_implementation=attention_of(family))

@@ -42,6 +42,27 @@ def test_fast_path_matches_naive_reference(family, answer, batch_rows):
     assert torch.allclose(fast.baseline, zero, rtol=1e-9, atol=0)
 
 
+#: block options of the registered families that the tiny models' defaults leave off
+VARIANTS = [
+    ("stablelm", dict(use_parallel_residual=True, qk_layernorm=True)),  # StableLM 2 12B
+    ("bloom", dict(apply_residual_connection_post_layernorm=True)),
+    ("modernbert", dict(global_attn_every_n_layers=1)),  # every layer global
+]
+
+
+@pytest.mark.parametrize("family, options", VARIANTS)
+def test_fast_path_matches_naive_reference_on_block_variants(family, options):
+    lm = tiny_lm(family, dtype=torch.float64, layers=3, **options)
+    assert all(getattr(lm.model.config, key) == value for key, value in options.items())
+    query = _query(lm, "Copenhagen")
+    fast = integrated_gradients(lm, query, steps=4, batch_rows=3)
+    slow, clean, _ = naive_integrated_gradients(lm, query, steps=4)
+    assert _rel_error(fast.scores, slow) < 1e-6
+    assert fast.probability == pytest.approx(float(clean), rel=1e-9)
+    default = integrated_gradients(tiny_lm(family, dtype=torch.float64, layers=3), query, steps=4)
+    assert _rel_error(default.scores, fast.scores) > 1e-3  # the option changes the model
+
+
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
 @pytest.mark.parametrize("objective", ["prob", "logprob"])
 @pytest.mark.parametrize("alphas", ["right", "midpoint", "linspace"])

@@ -167,6 +167,25 @@ def test_olmo2_is_refused_but_olmo_is_not():
     assert direct_readout_problem(spec, SimpleNamespace(model_type="olmo")) is None
 
 
+def test_stablelm_parallel_residual_and_qk_layernorm_read_out_directly():
+    """StableLM 2's blocks add the FFN output of the normed input as it is (use_parallel_residual: beside the
+    attention output); qk_layernorm norms only inside the attention: the direct readout holds."""
+    lm = tiny_lm("stablelm", dtype=torch.float64, layers=3, use_parallel_residual=True, qk_layernorm=True)
+    assert lm.block(0).use_parallel_residual and lm.block(0).self_attn.qk_layernorm
+    query = encode(lm, PROMPT, "Paris")
+    fast = LogProbIncrease().attribute(lm, [query])[0]
+    slow = naive_log_prob_increase(lm, query)
+    assert float((fast.scores - slow).abs().max()) < 1e-10 * (1 + float(slow.abs().max()))
+    assert float(slow.abs().max()) > 1e-3
+
+
+def test_bloom_with_a_normed_residual_is_refused():
+    lm = tiny_lm("bloom", apply_residual_connection_post_layernorm=True)
+    with pytest.raises(KneuronError, match=r"apply_residual_connection_post_layernorm=True.*use --estimator gxa"):
+        LogProbIncrease().attribute(lm, PROMPT, "Paris")
+    assert direct_readout_problem(lm.spec, tiny_lm("bloom").model.config) is None
+
+
 def test_post_norm_opt_is_refused_and_opt_without_final_norm_reads_out_through_the_head():
     lm = tiny_lm("opt", dtype=torch.float64, layers=3)
     lm.model.config.do_layer_norm_before = False

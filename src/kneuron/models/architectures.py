@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -79,6 +80,9 @@ class ArchSpec:
             ``do_layer_norm_before``: OPT-350m normalises after the residual addition).
         post_norm_flag: a config field that is True when the residual stream a block passes on is normalised
             (BLOOM's ``apply_residual_connection_post_layernorm``: the residual is the layer-normed input).
+        settings_problem: a function of the loaded model returning why kneuron cannot work with a model built
+            with those settings (one line), or None; :class:`~kneuron.models.language_model.LanguageModel` refuses such
+            a model (BLOOM's ``slow_but_exact`` bypasses the FFN output projection's forward).
     """
 
     family: str
@@ -100,6 +104,7 @@ class ArchSpec:
     ffn_output_normed: tuple[str, ...] = ()
     pre_norm_flag: str | None = None
     post_norm_flag: str | None = None
+    settings_problem: Callable[[nn.Module], str | None] | None = None
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -130,6 +135,15 @@ def _gated(family: str, *model_types: str, blocks: tuple[str, ...] = ("model.lay
            final_norm: tuple[str, ...] = ("model.norm",), **readout) -> ArchSpec:
     return ArchSpec(family, model_types or (family,), "causal", blocks, "mlp.down_proj", final_norm=final_norm,
                     final_norm_kind=readout.pop("final_norm_kind", "rmsnorm"), **readout)
+
+
+def _bloom_settings_problem(model: nn.Module) -> str | None:
+    """BLOOM's MLP with ``slow_but_exact`` and ``pretraining_tp > 1`` bypasses ``dense_4h_to_h``'s forward."""
+    if any(getattr(m, "slow_but_exact", False) and getattr(m, "pretraining_tp", 1) > 1 for m in model.modules()):
+        return ("it was built with slow_but_exact=True and pretraining_tp > 1, so its MLP multiplies slices of "
+                "dense_4h_to_h's weight itself and no hook sees the neurons; load it with "
+                "from_pretrained(..., slow_but_exact=False) (the same product, summed at once)")
+    return None
 
 
 _LN_F = dict(final_norm=("transformer.ln_f", "ln_f"), final_norm_kind="layernorm")
@@ -163,7 +177,8 @@ for _spec in (
     ArchSpec("falcon", ("falcon",), "causal", ("transformer.h", "h"), "mlp.dense_4h_to_h", **_LN_F),
     # BLOOM: ALiBi (no position embeddings, so no position limit) laid out (batch · heads, 1, keys)
     ArchSpec("bloom", ("bloom",), "causal", ("transformer.h", "h"), "mlp.dense_4h_to_h", position_fields=(),
-             batch_head_inputs=("alibi",), post_norm_flag="apply_residual_connection_post_layernorm", **_LN_F),
+             batch_head_inputs=("alibi",), post_norm_flag="apply_residual_connection_post_layernorm",
+             settings_problem=_bloom_settings_problem, **_LN_F),
     ArchSpec("phi", ("phi",), "causal", ("model.layers", "layers"), "mlp.fc2",
              final_norm=("model.final_layernorm", "final_layernorm"), final_norm_kind="layernorm"),
     ArchSpec("starcoder2", ("starcoder2",), "causal", ("model.layers", "layers"), "mlp.c_proj",

@@ -40,6 +40,9 @@ class LanguageModel:
                 f"{type(self.model).__name__} has none of the block lists {self.spec.blocks} that the "
                 f"{self.spec.family!r} spec names; register a spec with the right 'blocks' path."
             )
+        problem = self.spec.settings_problem(self.model) if self.spec.settings_problem else None
+        if problem is not None:
+            raise UnsupportedArchitectureError(f"kneuron cannot work with {type(self.model).__name__}: {problem}.")
         paths = {"FFN output projection": self.spec.ffn_out, "FFN input (ffn_in)": self.spec.ffn_in}
         for index in range(len(self._blocks)):
             for role, path in paths.items():
