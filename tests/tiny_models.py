@@ -142,7 +142,7 @@ def tiny_tokenizer(kind: TokenizerKind = "mlm") -> PreTrainedTokenizerFast:
 MLM_FAMILIES: tuple[str, ...] = ("bert", "roberta", "distilbert", "electra", "modernbert")
 CAUSAL_FAMILIES: tuple[str, ...] = (
     "gpt2", "gpt_neo", "gptj", "gpt_neox", "opt", "falcon", "bloom", "phi", "starcoder2", "llama", "mistral",
-    "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "stablelm", "olmo",
+    "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "stablelm", "granite", "cohere", "olmo",
 )
 #: every family of the registry, in registry order, by its ``ArchSpec.family`` name.
 FAMILIES: tuple[str, ...] = MLM_FAMILIES + CAUSAL_FAMILIES
@@ -199,6 +199,12 @@ def config_kwargs(family: str, layers: int, neurons: int) -> dict:
         "starcoder2": gated | dict(sliding_window=None),
         "phi3": {k: v for k, v in gated.items() if k != "head_dim"},
         "stablelm": {k: v for k, v in gated.items() if k != "head_dim"} | dict(partial_rotary_factor=0.5),
+        # Granite's multipliers away from 1 (granite-3.0-2b: 12, 0.015625, 0.22, 8), so that a test ignoring one fails
+        "granite": {k: v for k, v in gated.items() if k != "head_dim"}
+                   | dict(embedding_multiplier=4.0, attention_multiplier=0.25, residual_multiplier=0.5,
+                          logits_scaling=2.0),
+        # Cohere's default logit_scale (0.0625) would leave the tiny model's logits nearly uniform
+        "cohere": {k: v for k, v in gated.items() if k != "head_dim"} | dict(logit_scale=0.5),
         "olmo": {k: v for k, v in gated.items() if k != "head_dim"},
     }
     if family not in table:

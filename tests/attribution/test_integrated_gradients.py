@@ -47,6 +47,7 @@ VARIANTS = [
     ("stablelm", dict(use_parallel_residual=True, qk_layernorm=True)),  # StableLM 2 12B
     ("bloom", dict(apply_residual_connection_post_layernorm=True)),
     ("modernbert", dict(global_attn_every_n_layers=1)),  # every layer global
+    ("cohere", dict(use_qk_norm=True)),  # Command R+
 ]
 
 

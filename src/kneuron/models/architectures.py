@@ -80,6 +80,10 @@ class ArchSpec:
             ``do_layer_norm_before``: OPT-350m normalises after the residual addition).
         post_norm_flag: a config field that is True when the residual stream a block passes on is normalised
             (BLOOM's ``apply_residual_connection_post_layernorm``: the residual is the layer-normed input).
+        ffn_output_multiplier: a config field by which every block multiplies its FFN output before adding it to
+            the stream (Granite's ``residual_multiplier``): neuron i then adds that times a_i · w_i.
+        logit_multiplier: a config field by which the model multiplies its logits (Cohere's ``logit_scale``).
+        logit_divisor: a config field by which the model divides its logits (Granite's ``logits_scaling``).
         settings_problem: a function of the loaded model returning why kneuron cannot work with a model built
             with those settings (one line), or None; :class:`~kneuron.models.language_model.LanguageModel` refuses such
             a model (BLOOM's ``slow_but_exact`` bypasses the FFN output projection's forward).
@@ -104,6 +108,9 @@ class ArchSpec:
     ffn_output_normed: tuple[str, ...] = ()
     pre_norm_flag: str | None = None
     post_norm_flag: str | None = None
+    ffn_output_multiplier: str | None = None
+    logit_multiplier: str | None = None
+    logit_divisor: str | None = None
     settings_problem: Callable[[nn.Module], str | None] | None = None
 
 
@@ -198,6 +205,11 @@ for _spec in (
     # StableLM: LayerNorms; with use_parallel_residual its FFN reads the same normed input as the attention, and its
     # output is still added to the stream as it is (qk_layernorm norms only inside the attention)
     _gated("stablelm", final_norm_kind="layernorm"),
+    # Granite: Llama's blocks with every residual branch (attention and FFN output) times residual_multiplier, the
+    # embeddings times embedding_multiplier and the logits divided by logits_scaling
+    _gated("granite", ffn_output_multiplier="residual_multiplier", logit_divisor="logits_scaling"),
+    # Cohere (Command R): attention and FFN in parallel on one LayerNorm (without bias), logits times logit_scale
+    _gated("cohere", final_norm_kind="layernorm", logit_multiplier="logit_scale"),
     # OLMo's LayerNorm has neither weight nor bias, and its epsilon is written in its forward (OLMo 2's final
     # norm is an RMSNorm, but its FFN output is normed, so the direct readout refuses it before reading the norm)
     _gated("olmo", "olmo", "olmo2", final_norm_kind="layernorm", norm_eps=1e-5, ffn_output_normed=("olmo2",)),
@@ -321,6 +333,26 @@ def direct_readout_problem(spec: ArchSpec, config: object) -> str | None:
         return (f"the {spec.family!r} spec names no final norm: give its ArchSpec final_norm and "
                 "final_norm_kind")
     return None
+
+
+def _config_number(config: object, field: str | None) -> float:
+    if field is None:
+        return 1.0
+    value = getattr(config, field, None)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise UnsupportedArchitectureError(
+            f"The model's config has no number {field!r} (it is {value!r}), which its family's spec names.")
+    return float(value)
+
+
+def ffn_output_multiplier(spec: ArchSpec, config: object) -> float:
+    """What each block multiplies its FFN output by before adding it to the stream (1 for most families)."""
+    return _config_number(config, spec.ffn_output_multiplier)
+
+
+def logit_multiplier(spec: ArchSpec, config: object) -> float:
+    """What the model multiplies the output head's logits by (1 for most families; before any softcapping)."""
+    return _config_number(config, spec.logit_multiplier) / _config_number(config, spec.logit_divisor)
 
 
 def final_norm_of(spec: ArchSpec, model: nn.Module) -> nn.Module | None:
