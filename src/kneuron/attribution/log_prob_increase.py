@@ -12,10 +12,10 @@ with m the factor by which the block multiplies its FFN output (Granite's ``resi
 :func:`~kneuron.models.architectures.ffn_output_multiplier`), w the **first** answer token and
 p(w | x) = softmax(readout(x))[w]. Only the first token: the readout at the answer position predicts the token after
 it, and later answer tokens sit at later positions, which this direct readout does not reach (their probabilities
-depend on the neuron only through attention). ``h`` is exact for every
-block whose output is ``stream + m · FFN output`` with the FFN output added as it is: sequential pre-norm blocks
-(stream = input + attention output) and parallel-residual ones (stream = input + attention output of the same
-input) alike; the FFN output includes its bias, so ``h`` excludes it and ``h + v_i`` holds one neuron's value.
+depend on the neuron only through attention). ``h`` is exact for every block whose output is
+``stream + m · FFN output`` with the FFN output added as it is: sequential pre-norm blocks (stream = input +
+attention output) and parallel-residual ones (stream = input + attention output of the same input) alike; the FFN
+output includes its bias, so ``h`` excludes it and ``h + v_i`` holds one neuron's value.
 
 The readout, as in the authors' code (their ``get_bsvalues`` with ``final_var`` taken from the last layer's output):
 
