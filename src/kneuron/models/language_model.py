@@ -116,7 +116,8 @@ class LanguageModel:
         return module
 
     def value_slot(self, layer: int, neuron: int) -> torch.Tensor:
-        """A view of the vector neuron ``(layer, neuron)`` writes into the residual stream."""
+        """A view of the vector neuron ``(layer, neuron)`` writes into the residual stream per unit of activation
+        (Granite's blocks add it times ``residual_multiplier``: ``ArchSpec.ffn_output_multiplier``)."""
         self.check_neuron(layer, neuron)
         weight = self.ffn_out(layer).weight
         return weight[:, neuron] if self.spec.layout == "linear" else weight[neuron, :]
