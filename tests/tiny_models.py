@@ -142,8 +142,10 @@ def tiny_tokenizer(kind: TokenizerKind = "mlm") -> PreTrainedTokenizerFast:
 MLM_FAMILIES: tuple[str, ...] = ("bert", "roberta", "distilbert", "electra", "modernbert")
 CAUSAL_FAMILIES: tuple[str, ...] = (
     "gpt2", "gpt_neo", "gptj", "gpt_neox", "opt", "falcon", "bloom", "phi", "starcoder2", "llama", "mistral",
-    "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "stablelm", "granite", "cohere", "olmo",
+    "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "stablelm", "granite", "cohere", "olmo", "olmo2",
 )
+#: families whose blocks pass the FFN output through a norm before the residual (post_feedforward_layernorm)
+NORMED_FAMILIES: tuple[str, ...] = ("gemma2", "gemma3", "olmo2")
 #: every family of the registry, in registry order, by its ``ArchSpec.family`` name.
 FAMILIES: tuple[str, ...] = MLM_FAMILIES + CAUSAL_FAMILIES
 
@@ -207,6 +209,7 @@ def config_kwargs(family: str, layers: int, neurons: int) -> dict:
         # Cohere's default logit_scale (0.0625) would leave the tiny model's logits nearly uniform
         "cohere": {k: v for k, v in gated.items() if k != "head_dim"} | dict(logit_scale=0.5),
         "olmo": {k: v for k, v in gated.items() if k != "head_dim"},
+        "olmo2": {k: v for k, v in gated.items() if k != "head_dim"},
     }
     if family not in table:
         raise ValueError(f"No tiny config for family {family!r}; known: {', '.join(FAMILIES)}")

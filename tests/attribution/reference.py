@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack, contextmanager
+
 import torch
 
 from kneuron.attribution.integrated_gradients import alpha_points, objective_of
@@ -17,18 +19,71 @@ def _objective(lm: LanguageModel, query: EncodedQuery, objective: str) -> torch.
     return objective_of(picked[None], objective)[0]
 
 
+def post_ffn_norm(lm: LanguageModel, layer: int) -> torch.nn.Module:
+    """The RMSNorm Gemma 2/3 and OLMo 2 blocks apply to the FFN output (written out here, not from the spec)."""
+    return lm.block(layer).post_feedforward_layernorm
+
+
+def _gain(lm: LanguageModel, norm: torch.nn.Module) -> torch.Tensor:
+    """Gemma's RMSNorm multiplies by 1 + weight, OLMo 2's by weight."""
+    model_type = lm.model.config.model_type
+    return (1.0 + norm.weight) if model_type.startswith("gemma") else norm.weight
+
+
+@contextmanager
+def held_norm(lm: LanguageModel, layer: int, position: int, scale: float):
+    """``layer``'s post-FFN norm output at ``position`` of row 0 is its input · ``scale`` · gain (the frozen norm)."""
+    norm = post_ffn_norm(lm, layer)
+
+    def hook(_module, args, out):
+        replaced = out.clone()
+        replaced[0, position] = args[0][0, position] * scale * _gain(lm, norm).to(out.dtype)
+        return replaced
+
+    handle = norm.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def clean_norm_scales(lm: LanguageModel, query: EncodedQuery) -> list[float]:
+    """Each layer's post-FFN norm factor 1 / sqrt(mean(x²) + eps) at the answer position, from a clean pass."""
+    seen: dict[int, torch.Tensor] = {}
+    handles = []
+    for layer in range(lm.n_layers):
+        def record(_module, args, layer=layer):
+            seen[layer] = args[0][0, query.position].detach().double()
+        handles.append(post_ffn_norm(lm, layer).register_forward_pre_hook(record))
+    try:
+        with torch.no_grad():
+            lm.model(input_ids=query.input_ids[None])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [float(1.0 / torch.sqrt(seen[layer].pow(2).mean() + _eps(post_ffn_norm(lm, layer))))
+            for layer in range(lm.n_layers)]
+
+
+def _eps(norm: torch.nn.Module) -> float:
+    return float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 0.0)))
+
+
 def naive_integrated_gradients(lm: LanguageModel, query: EncodedQuery, steps: int = 20, objective: str = "prob",
-                               alphas: str = "right", log_space: bool = False,
+                               alphas: str = "right", log_space: bool = False, frozen_norm: bool = False,
                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(scores, P(alpha=1), P(alpha=0) per layer) with the paper's definition, computed the slow way.
 
     With ``log_space`` (objective "prob" only) each step's gradient is taken by the chain rule by hand,
     dP/da = P · dlogP/da with P in float64: a tiny P's own gradient underflows where a model computes in
     float32 even in a float64 model (Llama's RMSNorm casts to float32, also in its backward).
+    With ``frozen_norm`` (Gemma 2/3, OLMo 2) the scaled layer's post-FFN norm keeps its clean 1/RMS factor at
+    the answer position.
     """
     position = query.position
     with torch.no_grad(), capture(lm, positions=[position]) as acts:
         clean = _objective(lm, query, objective)
+    scales = clean_norm_scales(lm, query) if frozen_norm else None
     scores, baselines = [], []
     for layer in range(lm.n_layers):
         w_bar = acts[layer][0, 0]
@@ -41,12 +96,14 @@ def naive_integrated_gradients(lm: LanguageModel, query: EncodedQuery, steps: in
                 out[0, position] = leaf
                 return out
 
-            if log_space and objective == "prob":
-                with on_ffn_input(lm, layer, set_leaf):
+            with ExitStack() as stack:
+                stack.enter_context(on_ffn_input(lm, layer, set_leaf))
+                if scales is not None:
+                    stack.enter_context(held_norm(lm, layer, position, scales[layer]))
+                if log_space and objective == "prob":
                     log_p = _objective(lm, query, "logprob")
-                total += log_p.detach().double().exp() * torch.autograd.grad(log_p, leaf)[0].double()
-                continue
-            with on_ffn_input(lm, layer, set_leaf):
+                    total += log_p.detach().double().exp() * torch.autograd.grad(log_p, leaf)[0].double()
+                    continue
                 value = _objective(lm, query, objective)
             total += torch.autograd.grad(value, leaf)[0]
         scores.append(w_bar * total / steps)

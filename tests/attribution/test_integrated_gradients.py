@@ -13,7 +13,7 @@ from kneuron.attribution.step_rows import make_plan, memory_per_row
 from kneuron.errors import FactError, KneuronError
 from kneuron.facts import encode
 from kneuron.models import NeuronPatch, patch
-from tiny_models import CAUSAL_FAMILIES, FAMILIES, MLM_FAMILIES, tiny_lm
+from tiny_models import CAUSAL_FAMILIES, FAMILIES, MLM_FAMILIES, NORMED_FAMILIES, tiny_lm
 
 PROMPTS = {"mlm": "The capital of France is [Y].", "causal": "The capital of France is"}
 
@@ -36,7 +36,8 @@ def test_fast_path_matches_naive_reference(family, answer, batch_rows):
     query = _query(lm, answer)
     assert len(query.answer_ids) == (1 if answer == "Paris" else 2)
     fast = integrated_gradients(lm, query, steps=4, batch_rows=batch_rows)
-    slow, clean, zero = naive_integrated_gradients(lm, query, steps=4)
+    # Gemma 2/3 and OLMo 2 hold their post-FFN norm's scale by default (tests/attribution/test_ffn_norm.py)
+    slow, clean, zero = naive_integrated_gradients(lm, query, steps=4, frozen_norm=family in NORMED_FAMILIES)
     assert _rel_error(fast.scores, slow) < 1e-6
     assert fast.probability == pytest.approx(float(clean), rel=1e-9)
     assert torch.allclose(fast.baseline, zero, rtol=1e-9, atol=0)
@@ -101,11 +102,11 @@ def test_completeness_gap_shrinks_as_steps_grow(family):
     assert torch.allclose(fine.scores.sum(-1), delta, rtol=1e-3, atol=1e-12)
 
 
-def test_post_ffn_norm_makes_layer_scaling_degenerate():
-    """Gemma 2/3 normalise the FFN output, so P(alpha) is flat for alpha > 0 and jumps at 0: the
-    scores no longer sum to P(1) - P(0). This pins the behaviour that the README warns about."""
+def test_post_ffn_norm_makes_the_live_layer_scaling_degenerate():
+    """Gemma 2/3 normalise the FFN output, so with the live norm P(alpha) is flat for alpha > 0 and jumps at 0:
+    the scores no longer sum to P(1) - P(0) (the frozen default does: tests/attribution/test_ffn_norm.py)."""
     lm = tiny_lm("gemma2", dtype=torch.float64)
-    scores = integrated_gradients(lm, _query(lm), steps=64, alphas="midpoint")
+    scores = integrated_gradients(lm, _query(lm), steps=64, alphas="midpoint", norm="live")
     delta = scores.probability - scores.baseline
     assert (scores.completeness_gap.abs() > 0.5 * delta.abs()).all()
 

@@ -20,7 +20,7 @@ from tiny_models import CAUSAL_FAMILIES, MLM_FAMILIES, tiny_lm
 
 PROMPT = "The capital of France is"
 #: causal families whose FFN output passes a norm before the residual: the direct readout is not defined
-NORMED_FFN_OUTPUT = ("gemma2", "gemma3")
+NORMED_FFN_OUTPUT = ("gemma2", "gemma3", "olmo2")
 SUPPORTED = tuple(family for family in CAUSAL_FAMILIES if family not in NORMED_FFN_OUTPUT)
 
 
@@ -192,9 +192,9 @@ def test_families_that_norm_the_ffn_output_are_refused(family):
 def test_olmo2_is_refused_but_olmo_is_not():
     from types import SimpleNamespace
 
-    spec = spec_for("olmo2")
-    assert "post_feedforward_layernorm" in direct_readout_problem(spec, SimpleNamespace(model_type="olmo2"))
-    assert direct_readout_problem(spec, SimpleNamespace(model_type="olmo")) is None
+    assert "post_feedforward_layernorm" in direct_readout_problem(spec_for("olmo2"),
+                                                                  SimpleNamespace(model_type="olmo2"))
+    assert direct_readout_problem(spec_for("olmo"), SimpleNamespace(model_type="olmo")) is None
 
 
 def test_stablelm_parallel_residual_and_qk_layernorm_read_out_directly():

@@ -14,6 +14,7 @@ from kneuron.cli.app import (
     DeviceOption,
     EstimatorOption,
     ModelOption,
+    NormOption,
     ObjectiveOption,
     RunOption,
     ScreenOption,
@@ -71,6 +72,7 @@ def run_command(
     estimator: EstimatorOption = "ig",
     alphas: AlphasOption = "right",
     screen: ScreenOption = None,
+    norm: NormOption = None,
 ) -> None:
     """Find the knowledge neurons of every fact of a set and store everything in an atlas (resumable)."""
     import contextlib
@@ -80,7 +82,7 @@ def run_command(
     from kneuron.store import run as run_facts
 
     chosen = parse_relations(relations)
-    chosen_estimator = parse_estimator(estimator, screen, steps=steps, objective=objective, alphas=alphas)
+    chosen_estimator = parse_estimator(estimator, screen, steps=steps, objective=objective, alphas=alphas, norm=norm)
     # a malformed file, a missing relation or an empty set fails here, before the model loads or anything is written
     loaded = validate_facts(load_facts(facts), causal=False, relations=chosen, source=facts)
     lm = load_model(model, device)

@@ -74,8 +74,11 @@ class ArchSpec:
             written in its forward); otherwise its ``eps`` or ``variance_epsilon`` is read.
         head_projection: candidate dotted paths of a linear map between the final norm and the head (OPT's
             ``project_out`` when its embedding width differs from the hidden width); absent or None: none.
-        ffn_output_normed: the model types of this spec whose blocks pass the FFN output through a norm before
-            adding it to the residual stream (Gemma 2 and 3, OLMo 2: ``post_feedforward_layernorm``).
+        ffn_output_norm: dotted path, inside a block, of the norm the block passes the FFN output through before
+            adding it to the residual stream (Gemma 2 and 3, OLMo 2: ``post_feedforward_layernorm``); None when the
+            FFN output is added as it is. It must be an RMSNorm, ``x / sqrt(mean(x²) + eps) · (norm_weight_offset
+            + weight)``: attribution holds its 1/RMS factor at its clean value while it scales the layer's
+            neurons (:mod:`kneuron.attribution.ffn_norm`), and the direct readout refuses such a family.
         pre_norm_flag: a config field that is False when the model's blocks are post-norm (OPT's
             ``do_layer_norm_before``: OPT-350m normalises after the residual addition).
         post_norm_flag: a config field that is True when the residual stream a block passes on is normalised
@@ -105,7 +108,7 @@ class ArchSpec:
     norm_weight_offset: float = 0.0
     norm_eps: float | None = None
     head_projection: tuple[str, ...] = ()
-    ffn_output_normed: tuple[str, ...] = ()
+    ffn_output_norm: str | None = None
     pre_norm_flag: str | None = None
     post_norm_flag: str | None = None
     ffn_output_multiplier: str | None = None
@@ -196,11 +199,11 @@ for _spec in (
     _gated("qwen2"),
     _gated("qwen3"),
     _gated("gemma", norm_weight_offset=1.0),
-    _gated("gemma2", norm_weight_offset=1.0, ffn_output_normed=("gemma2",)),
+    _gated("gemma2", norm_weight_offset=1.0, ffn_output_norm="post_feedforward_layernorm"),
     _gated("gemma3", "gemma3_text", "gemma3", blocks=("model.layers", "model.language_model.layers",
                                                       "language_model.model.layers"),
            final_norm=("model.norm", "model.language_model.norm", "language_model.model.norm"),
-           norm_weight_offset=1.0, ffn_output_normed=("gemma3_text", "gemma3")),
+           norm_weight_offset=1.0, ffn_output_norm="post_feedforward_layernorm"),
     _gated("phi3"),
     # StableLM: LayerNorms; with use_parallel_residual its FFN reads the same normed input as the attention, and its
     # output is still added to the stream as it is (qk_layernorm norms only inside the attention)
@@ -210,9 +213,10 @@ for _spec in (
     _gated("granite", ffn_output_multiplier="residual_multiplier", logit_divisor="logits_scaling"),
     # Cohere (Command R): attention and FFN in parallel on one LayerNorm (without bias), logits times logit_scale
     _gated("cohere", final_norm_kind="layernorm", logit_multiplier="logit_scale"),
-    # OLMo's LayerNorm has neither weight nor bias, and its epsilon is written in its forward (OLMo 2's final
-    # norm is an RMSNorm, but its FFN output is normed, so the direct readout refuses it before reading the norm)
-    _gated("olmo", "olmo", "olmo2", final_norm_kind="layernorm", norm_eps=1e-5, ffn_output_normed=("olmo2",)),
+    # OLMo's LayerNorm has neither weight nor bias, and its epsilon is written in its forward
+    _gated("olmo", final_norm_kind="layernorm", norm_eps=1e-5),
+    # OLMo 2 normalises after attention and after the FFN (RMSNorms with a weight), not before
+    _gated("olmo2", ffn_output_norm="post_feedforward_layernorm"),
 ):
     register(_spec)
 
@@ -320,9 +324,9 @@ def direct_readout_problem(spec: ArchSpec, config: object) -> str | None:
     if spec.kind == "mlm":
         return (f"{spec.family} is a masked LM: its blocks normalise after the residual addition and its head "
                 "transforms the stream non-linearly, so a neuron's value has no direct readout")
-    if model_type in spec.ffn_output_normed:
-        return (f"{model_type} passes the FFN output through a norm (post_feedforward_layernorm) before the "
-                "residual, so a neuron adds no fixed vector to the stream")
+    if spec.ffn_output_norm is not None:
+        return (f"{model_type or spec.family} passes the FFN output through a norm ({spec.ffn_output_norm}) before "
+                "the residual, so a neuron adds no fixed vector to the stream")
     if spec.pre_norm_flag is not None and getattr(config, spec.pre_norm_flag, True) is False:
         return (f"this {model_type} model has post-norm blocks ({spec.pre_norm_flag}=False): the stream is "
                 "normalised after each FFN output is added")

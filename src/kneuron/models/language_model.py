@@ -43,7 +43,8 @@ class LanguageModel:
         problem = self.spec.settings_problem(self.model) if self.spec.settings_problem else None
         if problem is not None:
             raise UnsupportedArchitectureError(f"kneuron cannot work with {type(self.model).__name__}: {problem}.")
-        paths = {"FFN output projection": self.spec.ffn_out, "FFN input (ffn_in)": self.spec.ffn_in}
+        paths = {"FFN output projection": self.spec.ffn_out, "FFN input (ffn_in)": self.spec.ffn_in,
+                 "FFN output norm (ffn_output_norm)": self.spec.ffn_output_norm}
         for index in range(len(self._blocks)):
             for role, path in paths.items():
                 if path is not None and resolve(self._blocks[index], path) is None:
@@ -114,6 +115,12 @@ class LanguageModel:
         module = resolve(self.block(layer), self.spec.ffn_out)
         assert module is not None  # checked in __post_init__
         return module
+
+    def ffn_output_norm(self, layer: int) -> nn.Module | None:
+        """The norm ``layer``'s block applies to its FFN output before the residual (Gemma 2/3, OLMo 2), or None."""
+        if self.spec.ffn_output_norm is None:
+            return None
+        return resolve(self.block(layer), self.spec.ffn_output_norm)
 
     def value_slot(self, layer: int, neuron: int) -> torch.Tensor:
         """A view of the vector neuron ``(layer, neuron)`` writes into the residual stream per unit of activation
