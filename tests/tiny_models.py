@@ -38,7 +38,8 @@ key/value head less where grouped-query attention exists, to exercise it), ``neu
 tokenizer's vocabulary, 64 positions, SDPA attention (eager where a family lacks it; see
 :func:`attention_of`), and an ``initializer_range`` of 0.2 so that activations and logits are far from uniform.
 Weights come from ``torch.manual_seed(seed)``, so the same arguments give bit-identical models. The model is in
-eval mode (no dropout).
+eval mode (no dropout). BLOOM fixes its FFN at 4 × hidden, so its tiny model gets ``neurons``-wide projections
+(:func:`_resize_bloom`); ``tiny_lm(family, **overrides)`` sets further config fields (block variants).
 """
 
 from __future__ import annotations
