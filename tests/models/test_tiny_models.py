@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -16,9 +14,7 @@ def test_every_registered_family_has_a_tiny_model():
 
 
 def test_builds(family):
-    start = time.perf_counter()
     lm = tiny_lm(family)
-    assert time.perf_counter() - start < 2.0  # usually ~0.02 s; generous for a loaded machine
     assert lm.spec.family == family
     assert lm.kind == tiny_kind(family)
     assert (lm.n_layers, lm.n_neurons) == (2, 32)
