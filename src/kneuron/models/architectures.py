@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -74,6 +75,15 @@ class ArchSpec:
             adding it to the residual stream (Gemma 2 and 3, OLMo 2: ``post_feedforward_layernorm``).
         pre_norm_flag: a config field that is False when the model's blocks are post-norm (OPT's
             ``do_layer_norm_before``: OPT-350m normalises after the residual addition).
+
+    Shared layers (ALBERT runs one layer's weights at every depth):
+
+        depth_schedule: the name of a :data:`DEPTH_SCHEDULES` function that, from the module ``blocks``
+            resolves to and the model's config, lists the block each depth runs (one entry per FFN application,
+            in the order of one forward pass). Without it every block of ``blocks`` is one depth. When a block
+            serves several depths a knowledge neuron is (depth, index): ``lm.n_layers`` counts depths, hooks act
+            at one depth only (:func:`kneuron.models.hooks.at_depth`), and the depths that run one block share
+            its value slots, so an edit of neuron (d, i) changes neuron i at every one of them.
     """
 
     family: str
@@ -93,6 +103,31 @@ class ArchSpec:
     head_projection: tuple[str, ...] = ()
     ffn_output_normed: tuple[str, ...] = ()
     pre_norm_flag: str | None = None
+    depth_schedule: str | None = None
+
+
+#: lists the block each depth runs, from the module a spec's ``blocks`` resolves to and the model's config
+DepthSchedule = Callable[[nn.Module, object], list[nn.Module]]
+
+
+def albert_depths(groups: nn.Module, config: object) -> list[nn.Module]:
+    """ALBERT's depths: ``AlbertTransformer`` runs, for i in 0..num_hidden_layers-1, every layer of group
+    ``int(i / (num_hidden_layers / num_hidden_groups))`` (``inner_group_num`` of them, usually 1); ``groups`` is
+    its ``albert_layer_groups``. Released ALBERTs have 1 group of 1 layer: one layer run num_hidden_layers times."""
+    depths = int(getattr(config, "num_hidden_layers", 0))
+    n_groups = int(getattr(config, "num_hidden_groups", 1))
+    if depths < 1 or not 1 <= n_groups <= len(groups):
+        raise UnsupportedArchitectureError(
+            f"An ALBERT config with num_hidden_layers={depths} and num_hidden_groups={n_groups} does not match its "
+            f"{len(groups)} layer groups.")
+    order: list[nn.Module] = []
+    for depth in range(depths):
+        order.extend(groups[int(depth / (depths / n_groups))].albert_layers)
+    return order
+
+
+#: the depth schedules a spec's ``depth_schedule`` may name; add yours with ``DEPTH_SCHEDULES[name] = fn``
+DEPTH_SCHEDULES: dict[str, DepthSchedule] = {"albert": albert_depths}
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -139,6 +174,9 @@ for _spec in (
              "ffn.lin2", ffn_in="ffn"),
     ArchSpec("electra", ("electra",), "mlm", ("electra.encoder.layer", "encoder.layer"), "output.dense",
              ffn_in="intermediate"),
+    # one layer's weights at every depth: a neuron is (depth, index), and the depths share value slots
+    ArchSpec("albert", ("albert",), "mlm", ("albert.encoder.albert_layer_groups", "encoder.albert_layer_groups"),
+             "ffn_output", ffn_in="ffn", depth_schedule="albert"),
     # causal LMs with a plain FFN
     ArchSpec("gpt2", ("gpt2",), "causal", ("transformer.h", "h"), "mlp.c_proj", layout="conv1d", **_LN_F),
     ArchSpec("gpt_neo", ("gpt_neo",), "causal", ("transformer.h", "h"), "mlp.c_proj", **_LN_F),
