@@ -145,6 +145,8 @@ CAUSAL_FAMILIES: tuple[str, ...] = (
     "gpt2", "gpt_neo", "gptj", "gpt_neox", "opt", "falcon", "phi", "llama", "mistral", "qwen2", "qwen3",
     "gemma", "gemma2", "gemma3", "phi3", "olmo",
 )
+#: families whose one block runs at several depths (a neuron is (depth, index)), see ``LanguageModel.shared_layers``
+SHARED_LAYER_FAMILIES: tuple[str, ...] = ("albert",)
 #: every family of the registry, in registry order, by its ``ArchSpec.family`` name.
 FAMILIES: tuple[str, ...] = MLM_FAMILIES + CAUSAL_FAMILIES
 

@@ -28,6 +28,11 @@ What makes it fast without changing the result (the machinery is in
   position and the answer tokens after it.
 * **Logits where they are needed.** The output head computes only the answer positions.
 
+Shared layers (ALBERT runs one layer's weights at every depth; a neuron is (depth, index)): a block's hooks and
+forward are every depth's, so rows cannot join at their own block. There each row is a full forward pass of its
+prompt with only its depth scaled, batched as above (:mod:`kneuron.attribution.shared_depths`); the scores are the
+same definition, computed without the prefix reuse.
+
 A naive reference (one full forward and backward per step) lives in the test-suite, which
 checks that this implementation matches it within 1e-6 relative in float64.
 """
@@ -44,6 +49,7 @@ import torch
 
 from kneuron.attribution import limits
 from kneuron.attribution.limits import check_row_fits, check_run_fits, count
+from kneuron.attribution.shared_depths import run_shared_rows
 from kneuron.attribution.step_rows import (
     Objective,
     Plan,
@@ -244,11 +250,12 @@ def _integrate(lm: LanguageModel, plans: Sequence[Plan], members: list[int], cho
     """Sum each member prompt's gradients over the α points (each times its weight, when the rule has weights),
     and find each layer's zero baseline."""
     weight_of = {} if weights is None else dict(zip(points.tolist(), weights.tolist(), strict=True))
+    run = run_shared_rows if lm.shared_layers else run_rows  # one block at every depth (ALBERT): full passes
     sums = {p: torch.zeros_like(plans[p].activations, dtype=torch.float64) for p in members}
     baselines = {p: torch.full((lm.n_layers,), math.nan, dtype=torch.float64) for p in members}
     step_rows = {layer: [(p, layer, float(a), True) for p in members for a in points.tolist()] for layer in chosen}
     for chunk in batches(step_rows, rows):
-        grads, values = run_rows(lm, plans, chunk, objective)
+        grads, values = run(lm, plans, chunk, objective)
         for (p, layer, alpha, _), grad, value in zip(chunk, grads, values, strict=True):
             sums[p][layer] += grad.double() if weights is None else grad.double() * weight_of[alpha]
             if alpha == 0.0:  # linspace's first point is the zero baseline itself
@@ -260,7 +267,7 @@ def _integrate(lm: LanguageModel, plans: Sequence[Plan], members: list[int], cho
             if math.isnan(baselines[p][layer]):
                 missing[layer].append((p, layer, 0.0, False))
     for chunk in batches(missing, rows):
-        _, values = run_rows(lm, plans, chunk, objective, gradients=False)
+        _, values = run(lm, plans, chunk, objective, gradients=False)
         for (p, layer, _, _), value in zip(chunk, values, strict=True):
             baselines[p][layer] = value
     return sums, baselines
