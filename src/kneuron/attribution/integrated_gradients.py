@@ -49,7 +49,7 @@ import torch
 
 from kneuron.attribution import limits
 from kneuron.attribution.limits import check_row_fits, check_run_fits, count
-from kneuron.attribution.shared_depths import run_shared_rows
+from kneuron.attribution.shared_depths import check_shared_layers_supported, run_shared_rows
 from kneuron.attribution.step_rows import (
     Objective,
     Plan,
@@ -212,6 +212,7 @@ def integrated_gradients_many(
     if not chosen:
         raise KneuronError("No layers to attribute: give at least one layer index.")
     check_run_fits(steps, len(chosen), len(queries), budget)
+    check_shared_layers_supported(lm)
     points = alpha_points(steps, alphas)
     weights = alpha_weights(steps, alphas)
     plans = [make_plan(lm, query, objective) for query in queries]

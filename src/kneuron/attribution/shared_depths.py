@@ -32,16 +32,21 @@ from kneuron.models.hooks import on_ffn_input
 from kneuron.models.language_model import LanguageModel
 
 
+def check_shared_layers_supported(lm: LanguageModel) -> None:
+    """KneuronError for a causal model with shared layers (before any pass reads its key/value cache)."""
+    if lm.shared_layers and lm.kind != "mlm":
+        raise KneuronError(
+            f"{lm.name} is a causal model with shared layers: kneuron's integrated gradients supports shared layers "
+            "in masked models only (ALBERT); use the 'gxa' estimator, which needs no key/value cache.")
+
+
 def run_shared_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objective: Objective,
                     gradients: bool = True) -> tuple[list[torch.Tensor], list[float]]:
     """One batch of rows (prompts of one :func:`~kneuron.attribution.step_rows.shape_key`), each a full forward
     of its prompt with its depth scaled; returns what :func:`~kneuron.attribution.step_rows.run_rows` returns:
     per-row gradients with respect to the scaled activations (empty without ``gradients``) and per-row
     objectives, in ``chunk``'s order."""
-    if lm.kind != "mlm" or any(plans[p].cache is not None for p, *_ in chunk):
-        raise KneuronError(
-            f"{lm.name} is a causal model with shared layers: kneuron's integrated gradients supports shared layers "
-            "in masked models only (ALBERT); use the 'gxa' estimator, which needs no key/value cache.")
+    check_shared_layers_supported(lm)
     device, dtype = lm.device, plans[chunk[0][0]].activations.dtype
     prompts = [row[0] for row in chunk]
     ids = torch.stack([plans[p].input_ids for p in prompts])
