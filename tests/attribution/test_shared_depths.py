@@ -10,6 +10,7 @@ from transformers import AlbertForMaskedLM, AutoModelForCausalLM
 
 from attribution.reference import naive_integrated_gradients
 from kneuron.attribution import GradientTimesActivation, integrated_gradients, integrated_gradients_many
+from kneuron.attribution.estimators import estimator_named
 from kneuron.errors import KneuronError
 from kneuron.facts import encode
 from kneuron.models import from_model
@@ -78,3 +79,5 @@ def test_a_repeated_block_is_found_by_identity():
     assert _rel_error(gxa.scores, one_point) < 1e-6
     with pytest.raises(KneuronError, match="causal model with shared layers"):
         integrated_gradients(lm, query, steps=2)
+    with pytest.raises(KneuronError, match="shared layers"):
+        estimator_named("lpi").attribute(lm, [query])
