@@ -120,13 +120,45 @@ def test_the_count_survives_a_submodule_pass_and_a_pass_cut_short():
 
 
 def test_hooks_leave_nothing_behind_after_an_exception():
+    """Every module's __dict__, hook dicts and torch's global hooks as they were (test_model_restored's snapshot),
+    after an exception in the body of each hook context and inside a hook mid-forward."""
+    from attribution.test_model_restored import snapshot
+    from kneuron.attribution.step_rows import _record_block_inputs
+
     lm = tiny_lm("albert")
-    modules = [lm.model, lm.block(0), lm.ffn_out(0)]
-    before = [(dict(m._forward_pre_hooks), dict(m._forward_hooks)) for m in modules]
+    before = snapshot(lm.model)
     with pytest.raises(RuntimeError), at_depth(lm, 1) as current:
         assert not current()
         raise RuntimeError("inside")
     with pytest.raises(RuntimeError), patch(lm, [NeuronPatch(2, 1)]), capture(lm, detach=False):
         lm.model(input_ids=IDS)
         raise RuntimeError("inside")
-    assert [(dict(m._forward_pre_hooks), dict(m._forward_hooks)) for m in modules] == before
+    with pytest.raises(RuntimeError), _record_block_inputs(lm, {}):
+        lm.model(input_ids=IDS)
+        raise RuntimeError("inside")
+
+    def fail(_x):
+        raise RuntimeError("in the hook")
+
+    with pytest.raises(RuntimeError, match="in the hook"), capture(lm), on_ffn_input(lm, 1, fail):
+        lm.model(input_ids=IDS)
+    assert snapshot(lm.model) == before
+
+
+def test_block_inputs_are_recorded_per_depth():
+    """make_plan's clean block inputs (what its rows would start from) are each depth's, not the last call's."""
+    from kneuron.attribution.step_rows import make_plan
+    from kneuron.facts import encode
+
+    lm = tiny_lm("albert", dtype=torch.float64)
+    query = encode(lm, "The capital of France is [Y].", "Paris")
+    plan = make_plan(lm, query, "prob")
+    albert = lm.model.albert
+    layer = albert.encoder.albert_layer_groups[0].albert_layers[0]
+    with torch.no_grad():
+        hidden = albert.encoder.embedding_hidden_mapping_in(albert.embeddings(input_ids=query.input_ids[None]))
+        for depth in range(3):
+            assert torch.equal(plan.block_inputs[depth], hidden), depth
+            hidden = layer(hidden)
+    expected, _ = by_hand(lm, query.input_ids[None])
+    assert torch.equal(plan.activations, torch.stack([a[0, query.position] for a in expected]))
