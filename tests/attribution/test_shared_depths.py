@@ -81,3 +81,11 @@ def test_a_repeated_block_is_found_by_identity():
         integrated_gradients(lm, query, steps=2)
     with pytest.raises(KneuronError, match="shared layers"):
         estimator_named("lpi").attribute(lm, [query])
+
+
+def test_the_prefix_skipping_path_refuses_shared_layers():
+    from kneuron.attribution.step_rows import start_at_layer
+
+    lm = tiny_lm("albert")
+    with pytest.raises(KneuronError, match="several depths"), start_at_layer(lm, 1, torch.zeros(1, 3, 16)):
+        pass
