@@ -89,3 +89,19 @@ def test_the_prefix_skipping_path_refuses_shared_layers():
     lm = tiny_lm("albert")
     with pytest.raises(KneuronError, match="several depths"), start_at_layer(lm, 1, torch.zeros(1, 3, 16)):
         pass
+
+
+def test_rows_join_at_their_own_depth_and_skip_the_depths_below():
+    """The FFN of each depth sees only the rows running there: none below the batch's lowest depth, then the rows
+    of each depth join (steps 3, depths 1 and 2 in one batch: 3 rows at depth 1, 3 + 3 at depth 2)."""
+    lm = tiny_lm("albert", dtype=torch.float64)
+    query = encode(lm, "The capital of France is [Y].", "Paris")
+    widths: list[int] = []
+    handle = lm.ffn_out(0).register_forward_pre_hook(lambda _m, args: widths.append(args[0].shape[0]))
+    try:
+        fast = integrated_gradients(lm, query, steps=3, layers=[1, 2])
+    finally:
+        handle.remove()
+    assert widths == [1, 1, 1, 3, 6, 1, 2]  # clean pass; the steps; the zero baselines (one row per depth)
+    slow, _, _ = naive_integrated_gradients(lm, query, steps=3)
+    assert _rel_error(fast.scores[1:], slow[1:]) < 1e-6 and not fast.scores[0].any()

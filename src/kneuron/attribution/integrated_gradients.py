@@ -29,9 +29,9 @@ What makes it fast without changing the result (the machinery is in
 * **Logits where they are needed.** The output head computes only the answer positions.
 
 Shared layers (ALBERT runs one layer's weights at every depth; a neuron is (depth, index)): a block's hooks and
-forward are every depth's, so rows cannot join at their own block. There each row is a full forward pass of its
-prompt with only its depth scaled, batched as above (:mod:`kneuron.attribution.shared_depths`); the scores are the
-same definition, computed without the prefix reuse.
+forward are every depth's, so the rows join at their own *depth* through one depth-aware forward of the shared
+block (:mod:`kneuron.attribution.shared_depths`), with the same prefix reuse and batching, but neither the
+single-prompt branching at the FFN nor the narrowed last FFN.
 
 A naive reference (one full forward and backward per step) lives in the test-suite, which
 checks that this implementation matches it within 1e-6 relative in float64.

@@ -122,7 +122,7 @@ def start_at_layer(lm: LanguageModel, start: int, hidden: torch.Tensor) -> Itera
     exact previous instance attribute (e.g. the wrapper accelerate's hooks install on every block of a
     ``device_map=`` model) is put back on exit, also after an exception, and an absent one stays absent.
     """
-    if lm.shared_layers:  # a passthrough forward would skip the block at every depth (shared_depths.py runs those)
+    if lm.shared_layers:  # a passthrough forward would skip the block at every depth (see shared_depths.py)
         raise KneuronError(f"{lm.name} runs one block at several depths: its rows cannot start at a block.")
     skipped = [lm.block(layer) for layer in range(start)]
     saved = [(block, block.__dict__.get("forward", _ABSENT)) for block in skipped]
