@@ -5,6 +5,7 @@ Import this from any test::
     from tiny_models import FAMILIES, MLM_FAMILIES, CAUSAL_FAMILIES, tiny_lm, tiny_tokenizer
 
     lm = tiny_lm("llama")                          # LanguageModel, 2 layers, 32 neurons per layer
+    lm = tiny_lm("albert")                         # one shared layer run at 3 depths (lm.n_layers == 3)
     lm = tiny_lm("bert", dtype=torch.float64)      # float64 for exactness checks
     lm = tiny_lm("gpt2", seed=1, layers=3, neurons=48)
 
@@ -140,13 +141,15 @@ def tiny_tokenizer(kind: TokenizerKind = "mlm") -> PreTrainedTokenizerFast:
 
 # -------------------------------------------------------------------------------------------------- models
 
-MLM_FAMILIES: tuple[str, ...] = ("bert", "roberta", "distilbert", "electra", "modernbert")
+MLM_FAMILIES: tuple[str, ...] = ("bert", "roberta", "distilbert", "electra", "modernbert", "albert")
 CAUSAL_FAMILIES: tuple[str, ...] = (
     "gpt2", "gpt_neo", "gptj", "gpt_neox", "opt", "falcon", "bloom", "phi", "starcoder2", "llama", "mistral",
     "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "stablelm", "granite", "cohere", "olmo", "olmo2",
 )
 #: families whose blocks pass the FFN output through a norm before the residual (post_feedforward_layernorm)
 NORMED_FAMILIES: tuple[str, ...] = ("gemma2", "gemma3", "olmo2")
+#: families whose one block runs at several depths (a neuron is (depth, index)), see ``LanguageModel.shared_layers``
+SHARED_LAYER_FAMILIES: tuple[str, ...] = ("albert",)
 #: every family of the registry, in registry order, by its ``ArchSpec.family`` name.
 FAMILIES: tuple[str, ...] = MLM_FAMILIES + CAUSAL_FAMILIES
 
@@ -154,6 +157,14 @@ FAMILIES: tuple[str, ...] = MLM_FAMILIES + CAUSAL_FAMILIES
 MODEL_TYPES: dict[str, str] = {family: family for family in FAMILIES} | {"gemma3": "gemma3_text"}
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, POSITIONS = 16, 2, 1, 8, 64
+
+#: layers (depths) of a family's tiny model when ``tiny_lm`` is not told: 2, except ALBERT's 3, so that its one
+#: shared layer runs at several depths in every family-parametrized test and depth mix-ups show
+DEFAULT_LAYERS: dict[str, int] = {"albert": 3}
+
+
+def default_layers(family: str) -> int:
+    return DEFAULT_LAYERS.get(family, 2)
 
 
 def config_kwargs(family: str, layers: int, neurons: int) -> dict:
@@ -176,6 +187,8 @@ def config_kwargs(family: str, layers: int, neurons: int) -> dict:
         "modernbert": bert_like | dict(global_attn_every_n_layers=2, local_attention=8,
                                        cls_token_id=mlm_ids["[CLS]"], bos_token_id=mlm_ids["[CLS]"],
                                        sep_token_id=mlm_ids["[SEP]"], eos_token_id=mlm_ids["[SEP]"]),
+        # one group of one layer, run at every depth; the factorised embeddings are smaller than the hidden size
+        "albert": bert_like | dict(embedding_size=8, num_hidden_groups=1, inner_group_num=1, type_vocab_size=2),
         "gpt2": dict(n_embd=HIDDEN, n_inner=neurons, n_layer=layers, n_head=HEADS, n_positions=POSITIONS),
         "gpt_neo": dict(hidden_size=HIDDEN, intermediate_size=neurons, num_layers=layers, num_heads=HEADS,
                         max_position_embeddings=POSITIONS, window_size=8,
@@ -227,9 +240,12 @@ def attention_of(family: str) -> str:
     return "eager" if family in EAGER_ONLY else "sdpa"
 
 
-def tiny_config(family: str, *, layers: int = 2, neurons: int = 32, vocab_size: int | None = None, **overrides):
+def tiny_config(family: str, *, layers: int | None = None, neurons: int = 32, vocab_size: int | None = None,
+                **overrides):
     """The ``transformers`` config of a tiny ``family`` model (vocabulary and special ids of its tokenizer);
-    ``overrides`` replace or add config fields (e.g. StableLM's ``use_parallel_residual=True``)."""
+    ``layers`` defaults to :func:`default_layers`; ``overrides`` replace or add config fields (e.g. StableLM's
+    ``use_parallel_residual=True``)."""
+    layers = default_layers(family) if layers is None else layers
     kind: TokenizerKind = "mlm" if family in MLM_FAMILIES else "causal"
     vocab = _vocab(kind)
     specials = SPECIALS[kind]
@@ -249,11 +265,12 @@ def tiny_lm(
     *,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
-    layers: int = 2,
+    layers: int | None = None,
     neurons: int = 32,
     **overrides,
 ) -> LanguageModel:
-    """A fresh tiny random ``family`` model with its tiny tokenizer, wrapped as a LanguageModel.
+    """A fresh tiny random ``family`` model with its tiny tokenizer, wrapped as a LanguageModel; ``layers``
+    (depths) defaults to :func:`default_layers` (2; ALBERT 3).
 
     Same arguments, bit-identical weights. ``neurons`` is the FFN intermediate width (``lm.n_neurons``).
     Each call builds a new model, so tests may change its weights freely. ``overrides`` are config fields

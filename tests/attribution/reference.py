@@ -1,7 +1,13 @@
-"""A slow, obviously-correct integrated gradients: one full forward and backward per (layer, step)."""
+"""A slow, obviously-correct integrated gradients: one full forward and backward per (layer, step).
+
+For a model with shared layers (ALBERT: one output projection runs at every depth) the reference finds its
+depth by itself: each context below wraps exactly one forward pass, in which depth l is call number
+#{d < l : ffn_out(d) is ffn_out(l)} of that module; it does not use kneuron's depth counting (hooks.at_depth).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
 import torch
@@ -47,6 +53,32 @@ def held_norm(lm: LanguageModel, layer: int, position: int, scale: float):
         handle.remove()
 
 
+@contextmanager
+def at_one_depth(lm: LanguageModel, layer: int, fn: Callable[[torch.Tensor], torch.Tensor | None],
+                 ) -> Iterator[None]:
+    """``fn`` on layer ``layer``'s FFN activations in the one forward pass the body runs."""
+    module = lm.ffn_out(layer)
+    if not any(lm.ffn_out(d) is module for d in range(lm.n_layers) if d != layer):
+        with on_ffn_input(lm, layer, fn):
+            yield
+        return
+    mine = sum(lm.ffn_out(d) is module for d in range(layer))
+    calls = [0]
+
+    def pre_hook(_module, args):
+        calls[0] += 1
+        if calls[0] - 1 != mine:
+            return None
+        out = fn(args[0])
+        return None if out is None else (out, *args[1:])
+
+    handle = module.register_forward_pre_hook(pre_hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def clean_norm_scales(lm: LanguageModel, query: EncodedQuery) -> list[float]:
     """Each layer's post-FFN norm factor 1 / sqrt(mean(x²) + eps) at the answer position, from a clean pass."""
     seen: dict[int, torch.Tensor] = {}
@@ -69,6 +101,21 @@ def _eps(norm: torch.nn.Module) -> float:
     return float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 0.0)))
 
 
+def _clean_activations(lm: LanguageModel, query: EncodedQuery, objective: str) -> tuple[dict, torch.Tensor]:
+    if not lm.shared_layers:
+        with torch.no_grad(), capture(lm, positions=[query.position]) as acts:
+            clean = _objective(lm, query, objective)
+        return acts, clean
+    acts: dict[int, torch.Tensor] = {}
+    with torch.no_grad(), ExitStack() as stack:
+        for layer in range(lm.n_layers):
+            def record(x: torch.Tensor, layer: int = layer) -> None:
+                acts[layer] = x[:, [query.position]].detach().clone()
+            stack.enter_context(at_one_depth(lm, layer, record))
+        clean = _objective(lm, query, objective)
+    return acts, clean
+
+
 def naive_integrated_gradients(lm: LanguageModel, query: EncodedQuery, steps: int = 20, objective: str = "prob",
                                alphas: str = "right", log_space: bool = False, frozen_norm: bool = False,
                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -81,8 +128,7 @@ def naive_integrated_gradients(lm: LanguageModel, query: EncodedQuery, steps: in
     the answer position.
     """
     position = query.position
-    with torch.no_grad(), capture(lm, positions=[position]) as acts:
-        clean = _objective(lm, query, objective)
+    acts, clean = _clean_activations(lm, query, objective)
     scales = clean_norm_scales(lm, query) if frozen_norm else None
     scores, baselines = [], []
     for layer in range(lm.n_layers):
@@ -97,7 +143,7 @@ def naive_integrated_gradients(lm: LanguageModel, query: EncodedQuery, steps: in
                 return out
 
             with ExitStack() as stack:
-                stack.enter_context(on_ffn_input(lm, layer, set_leaf))
+                stack.enter_context(at_one_depth(lm, layer, set_leaf))
                 if scales is not None:
                     stack.enter_context(held_norm(lm, layer, position, scales[layer]))
                 if log_space and objective == "prob":
@@ -108,6 +154,6 @@ def naive_integrated_gradients(lm: LanguageModel, query: EncodedQuery, steps: in
             total += torch.autograd.grad(value, leaf)[0]
         scores.append(w_bar * total / steps)
         zero = torch.zeros_like(w_bar)
-        with torch.no_grad(), on_ffn_input(lm, layer, lambda x, zero=zero: set_leaf(x, zero)):
+        with torch.no_grad(), at_one_depth(lm, layer, lambda x, zero=zero: set_leaf(x, zero)):
             baselines.append(_objective(lm, query, objective))
     return torch.stack(scores), clean, torch.stack(baselines)

@@ -13,7 +13,7 @@ from kneuron.attribution.step_rows import make_plan, memory_per_row
 from kneuron.errors import FactError, KneuronError
 from kneuron.facts import encode
 from kneuron.models import NeuronPatch, patch
-from tiny_models import CAUSAL_FAMILIES, FAMILIES, MLM_FAMILIES, NORMED_FAMILIES, tiny_lm
+from tiny_models import CAUSAL_FAMILIES, FAMILIES, MLM_FAMILIES, NORMED_FAMILIES, SHARED_LAYER_FAMILIES, tiny_lm
 
 PROMPTS = {"mlm": "The capital of France is [Y].", "causal": "The capital of France is"}
 
@@ -257,13 +257,14 @@ def test_prompts_sharing_batches_score_as_one_by_one(family, answer, batch_rows,
     bag = BAGS[lm.kind]
     alone = [integrated_gradients(lm, prompt, answer, steps=3) for prompt in bag]
     chunks = []
-    run_rows = ig.run_rows
+    runner = "run_shared_rows" if lm.shared_layers else "run_rows"  # ALBERT's rows are full passes
+    run_rows = getattr(ig, runner)
 
     def spy(lm, plans, chunk, *args, **kwargs):
         chunks.append(chunk)
         return run_rows(lm, plans, chunk, *args, **kwargs)
 
-    monkeypatch.setattr(ig, "run_rows", spy)
+    monkeypatch.setattr(ig, runner, spy)
     reported = []
     together = ig.integrated_gradients_many(lm, bag, answer, steps=3, batch_rows=batch_rows,
                                             on_prompt=lambda i, s: reported.append((i, s)))
@@ -277,7 +278,8 @@ def test_prompts_sharing_batches_score_as_one_by_one(family, answer, batch_rows,
         assert torch.allclose(many.baseline, one.baseline, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("family", MLM_FAMILIES)
+# (not ALBERT: its rows are full forward passes, see attribution/shared_depths.py)
+@pytest.mark.parametrize("family", [f for f in MLM_FAMILIES if f not in SHARED_LAYER_FAMILIES])
 def test_masked_models_last_ffn_reads_only_the_answer_positions(family):
     lm = tiny_lm(family, dtype=torch.float64, layers=3)
     query = _query(lm, "Copenhagen")

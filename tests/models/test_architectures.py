@@ -215,13 +215,14 @@ def test_ffn_output_is_the_sum_of_value_slots(family):
     """The FFN output projection writes sum_i act_i * value_slot(i) + bias: the neurons' "writing"."""
     lm = _lm64(family)
     ids = _ids(lm)
-    outputs = {}
-    handle = lm.ffn_out(1).register_forward_hook(lambda _m, _a, out: outputs.__setitem__(1, out.detach().clone()))
+    outputs = []  # every call's output (ALBERT's one layer runs at each depth: depth 1 is its call number 1)
+    handle = lm.ffn_out(1).register_forward_hook(lambda _m, _a, out: outputs.append(out.detach().clone()))
     try:
         with torch.no_grad(), capture(lm, layers=[1]) as acts:
             lm.model(input_ids=ids)
     finally:
         handle.remove()
+    outputs = {1: outputs[lm.occurrence(1)]}
     slots = torch.stack([lm.value_slot(1, i) for i in range(lm.n_neurons)])  # (n_neurons, hidden)
     bias = lm.ffn_out(1).bias
     written = torch.einsum("btn,nh->bth", acts[1], slots) + (0 if bias is None else bias)

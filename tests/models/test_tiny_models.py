@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kneuron.models import families
-from tiny_models import FAMILIES, MULTI_TOKEN_WORDS, tiny_kind, tiny_lm, tiny_tokenizer
+from tiny_models import FAMILIES, MULTI_TOKEN_WORDS, default_layers, tiny_kind, tiny_lm, tiny_tokenizer
 
 
 def test_every_registered_family_has_a_tiny_model():
@@ -17,7 +17,7 @@ def test_builds(family):
     lm = tiny_lm(family)
     assert lm.spec.family == family
     assert lm.kind == tiny_kind(family)
-    assert (lm.n_layers, lm.n_neurons) == (2, 32)
+    assert (lm.n_layers, lm.n_neurons) == (default_layers(family), 32)
     assert not lm.model.training
     assert lm.model.config.vocab_size == len(lm.tokenizer)
 

@@ -28,6 +28,11 @@ What makes it fast without changing the result (the machinery is in
   position and the answer tokens after it.
 * **Logits where they are needed.** The output head computes only the answer positions.
 
+Shared layers (ALBERT runs one layer's weights at every depth; a neuron is (depth, index)): a block's hooks and
+forward are every depth's, so the rows join at their own *depth* through one depth-aware forward of the shared
+block (:mod:`kneuron.attribution.shared_depths`), with the same prefix reuse and batching, but neither the
+single-prompt branching at the FFN nor the narrowed last FFN.
+
 A naive reference (one full forward and backward per step) lives in the test-suite, which
 checks that this implementation matches it within 1e-6 relative in float64.
 """
@@ -45,6 +50,7 @@ import torch
 from kneuron.attribution import limits
 from kneuron.attribution.ffn_norm import NormRule, effective_norm
 from kneuron.attribution.limits import check_row_fits, check_run_fits, count
+from kneuron.attribution.shared_depths import check_shared_layers_supported, run_shared_rows
 from kneuron.attribution.step_rows import (
     Objective,
     Plan,
@@ -214,6 +220,7 @@ def integrated_gradients_many(
     if not chosen:
         raise KneuronError("No layers to attribute: give at least one layer index.")
     check_run_fits(steps, len(chosen), len(queries), budget)
+    check_shared_layers_supported(lm)
     points = alpha_points(steps, alphas)
     weights = alpha_weights(steps, alphas)
     plans = [make_plan(lm, query, objective) for query in queries]
@@ -252,11 +259,13 @@ def _integrate(lm: LanguageModel, plans: Sequence[Plan], members: list[int], cho
     """Sum each member prompt's gradients over the α points (each times its weight, when the rule has weights),
     and find each layer's zero baseline."""
     weight_of = {} if weights is None else dict(zip(points.tolist(), weights.tolist(), strict=True))
+    run = run_shared_rows if lm.shared_layers else run_rows  # one block at every depth (ALBERT): full passes
+    norm_option = {"frozen_norm": True} if frozen_norm else {}  # (no shared-layer family has a post-FFN norm)
     sums = {p: torch.zeros_like(plans[p].activations, dtype=torch.float64) for p in members}
     baselines = {p: torch.full((lm.n_layers,), math.nan, dtype=torch.float64) for p in members}
     step_rows = {layer: [(p, layer, float(a), True) for p in members for a in points.tolist()] for layer in chosen}
     for chunk in batches(step_rows, rows):
-        grads, values = run_rows(lm, plans, chunk, objective, frozen_norm=frozen_norm)
+        grads, values = run(lm, plans, chunk, objective, **norm_option)
         for (p, layer, alpha, _), grad, value in zip(chunk, grads, values, strict=True):
             sums[p][layer] += grad.double() if weights is None else grad.double() * weight_of[alpha]
             if alpha == 0.0:  # linspace's first point is the zero baseline itself
@@ -268,7 +277,7 @@ def _integrate(lm: LanguageModel, plans: Sequence[Plan], members: list[int], cho
             if math.isnan(baselines[p][layer]):
                 missing[layer].append((p, layer, 0.0, False))
     for chunk in batches(missing, rows):
-        _, values = run_rows(lm, plans, chunk, objective, gradients=False, frozen_norm=frozen_norm)
+        _, values = run(lm, plans, chunk, objective, gradients=False, **norm_option)
         for (p, layer, _, _), value in zip(chunk, values, strict=True):
             baselines[p][layer] = value
     return sums, baselines

@@ -132,6 +132,8 @@ def readout_of(lm: LanguageModel) -> Readout:
     """The model's frozen-scale readout, or a KneuronError saying why the direct readout is not defined for it."""
     config = getattr(lm.model, "config", None)
     problem = direct_readout_problem(lm.spec, config)
+    if problem is None and lm.shared_layers:  # its hooks on the blocks would see every depth's forward
+        problem = "one block runs at several depths (shared layers), which the readout's block hooks do not tell apart"
     if problem is not None:
         raise KneuronError(f"The log-probability increase (lpi) cannot score {lm.name}: {problem}; use "
                            "--estimator gxa or ig instead.")

@@ -36,7 +36,7 @@ from kneuron.attribution.ffn_norm import frozen_rows, recording_norm_scales
 from kneuron.errors import KneuronError
 from kneuron.facts.encoding import EncodedQuery, at_least_float32
 from kneuron.models.architectures import resolve
-from kneuron.models.hooks import on_ffn_input
+from kneuron.models.hooks import at_depth, on_ffn_input
 from kneuron.models.language_model import LanguageModel
 
 Objective = Literal["prob", "logprob"]
@@ -91,21 +91,24 @@ def _replace_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tu
 
 @contextmanager
 def _record_block_inputs(lm: LanguageModel, store: dict[int, torch.Tensor]) -> Iterator[None]:
-    """Record each block's input hidden states (detached) into ``store``."""
+    """Record each block's input hidden states (detached) into ``store`` (with shared layers: each depth's)."""
     handles = []
 
-    def make(layer: int):
+    def make(layer: int, current):
         def hook(_module, args, kwargs):
-            store[layer] = _hidden_from(args, kwargs).detach()
+            if current():
+                store[layer] = _hidden_from(args, kwargs).detach()
         return hook
 
-    try:
-        for layer in range(lm.n_layers):
-            handles.append(lm.block(layer).register_forward_pre_hook(make(layer), with_kwargs=True))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    with ExitStack() as depths:
+        try:
+            for layer in range(lm.n_layers):
+                current = depths.enter_context(at_depth(lm, layer))  # its counting hook runs before ours
+                handles.append(lm.block(layer).register_forward_pre_hook(make(layer, current), with_kwargs=True))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 _ABSENT = object()
@@ -120,6 +123,8 @@ def start_at_layer(lm: LanguageModel, start: int, hidden: torch.Tensor) -> Itera
     exact previous instance attribute (e.g. the wrapper accelerate's hooks install on every block of a
     ``device_map=`` model) is put back on exit, also after an exception, and an absent one stays absent.
     """
+    if lm.shared_layers:  # a passthrough forward would skip the block at every depth (see shared_depths.py)
+        raise KneuronError(f"{lm.name} runs one block at several depths: its rows cannot start at a block.")
     skipped = [lm.block(layer) for layer in range(start)]
     saved = [(block, block.__dict__.get("forward", _ABSENT)) for block in skipped]
 

@@ -90,6 +90,15 @@ class ArchSpec:
         settings_problem: a function of the loaded model returning why kneuron cannot work with a model built
             with those settings (one line), or None; :class:`~kneuron.models.language_model.LanguageModel` refuses such
             a model (BLOOM's ``slow_but_exact`` bypasses the FFN output projection's forward).
+
+    Shared layers (ALBERT runs one layer's weights at every depth):
+
+        depth_schedule: the name of a :data:`DEPTH_SCHEDULES` function that, from the module ``blocks``
+            resolves to and the model's config, lists the block each depth runs (one entry per FFN application,
+            in the order of one forward pass). Without it every block of ``blocks`` is one depth. When a block
+            serves several depths a knowledge neuron is (depth, index): ``lm.n_layers`` counts depths, hooks act
+            at one depth only (:func:`kneuron.models.hooks.at_depth`), and the depths that run one block share
+            its value slots, so an edit of neuron (d, i) changes neuron i at every one of them.
     """
 
     family: str
@@ -115,6 +124,31 @@ class ArchSpec:
     logit_multiplier: str | None = None
     logit_divisor: str | None = None
     settings_problem: Callable[[nn.Module], str | None] | None = None
+    depth_schedule: str | None = None
+
+
+#: lists the block each depth runs, from the module a spec's ``blocks`` resolves to and the model's config
+DepthSchedule = Callable[[nn.Module, object], list[nn.Module]]
+
+
+def albert_depths(groups: nn.Module, config: object) -> list[nn.Module]:
+    """ALBERT's depths: ``AlbertTransformer`` runs, for i in 0..num_hidden_layers-1, every layer of group
+    ``int(i / (num_hidden_layers / num_hidden_groups))`` (``inner_group_num`` of them, usually 1); ``groups`` is
+    its ``albert_layer_groups``. Released ALBERTs have 1 group of 1 layer: one layer run num_hidden_layers times."""
+    depths = int(getattr(config, "num_hidden_layers", 0))
+    n_groups = int(getattr(config, "num_hidden_groups", 1))
+    if depths < 1 or not 1 <= n_groups <= len(groups):
+        raise UnsupportedArchitectureError(
+            f"An ALBERT config with num_hidden_layers={depths} and num_hidden_groups={n_groups} does not match its "
+            f"{len(groups)} layer groups.")
+    order: list[nn.Module] = []
+    for depth in range(depths):
+        order.extend(groups[int(depth / (depths / n_groups))].albert_layers)
+    return order
+
+
+#: the depth schedules a spec's ``depth_schedule`` may name; add yours with ``DEPTH_SCHEDULES[name] = fn``
+DEPTH_SCHEDULES: dict[str, DepthSchedule] = {"albert": albert_depths}
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -174,6 +208,9 @@ for _spec in (
     # act(input) * gate, the input of Wo. Its blocks are pre-norm, its tokens stay (batch, seq) (transformers 5
     # unpads only inside flash attention), and the MLP reads nothing but its own input, so ffn_in is the MLP.
     ArchSpec("modernbert", ("modernbert",), "mlm", ("model.layers", "layers"), "mlp.Wo", ffn_in="mlp"),
+    # one layer's weights at every depth: a neuron is (depth, index), and the depths share value slots
+    ArchSpec("albert", ("albert",), "mlm", ("albert.encoder.albert_layer_groups", "encoder.albert_layer_groups"),
+             "ffn_output", ffn_in="ffn", depth_schedule="albert"),
     # causal LMs with a plain FFN
     ArchSpec("gpt2", ("gpt2",), "causal", ("transformer.h", "h"), "mlp.c_proj", layout="conv1d", **_LN_F),
     ArchSpec("gpt_neo", ("gpt_neo",), "causal", ("transformer.h", "h"), "mlp.c_proj", **_LN_F),
