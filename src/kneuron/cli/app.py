@@ -85,6 +85,11 @@ NormOption = Annotated[str | None, typer.Option(
     help="Models that normalise each FFN output before the residual (Gemma 2/3, OLMo 2): frozen (the default: the "
          "scaled layer's norm keeps its clean scale, so the integral keeps its meaning) or live (the literal "
          "definition, which that norm makes degenerate). Other models have nothing to freeze.")]
+# `facts` and `run`: keep the facts of some languages (ids ending in @code, as in --facts multilingual)
+LanguageOption = Annotated[str | None, typer.Option(
+    "--language", show_default=False,
+    help="Comma-separated language codes to keep (en,fr,de,es,zh): the facts whose id ends in @code, e.g. "
+         "with --facts multilingual.")]
 
 
 def fail(exc: BaseException | str) -> typer.Exit:
