@@ -83,3 +83,13 @@ def test_gemma3_tokenizer_round_trips_every_answer():
     tokenizer = AutoTokenizer.from_pretrained(cache_dir("gemma3-270m"))
     _check_tokenizer(tokenizer, "gemma3-270m")
     assert _ids(tokenizer, "巴黎") == [tokenizer.convert_tokens_to_ids("巴黎")]  # one whole-word piece
+
+
+@pytest.mark.real_model
+def test_smollm2_knows_the_english_capitals_and_not_the_french(smollm2):
+    from kneuron.facts import known_facts
+
+    kept, _ = known_facts(smollm2, multilingual_facts(["en"], ["capital"]))
+    assert len(kept) >= 10  # all 12 when the set was written
+    kept, _ = known_facts(smollm2, multilingual_facts(["fr"], ["capital"]))
+    assert len(kept) <= 2  # none: an English model continues "La capitale de la France est" with " une"
