@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.conftest import CAPITAL, probability_by_hand
+from experiments.conftest import (
+    CAPITAL,
+    multilingual_done_facts,
+    multilingual_fact,
+    multilingual_pool,
+    probability_by_hand,
+)
 from kneuron.attribution import Neuron
 from kneuron.errors import KneuronError
 from kneuron.experiments.cross_lingual_edit import choose_target, cross_lingual_edit, edit_summary
@@ -27,39 +33,8 @@ from kneuron.experiments.languages import (
     suppression_matrix,
 )
 from kneuron.facts import Fact
-from kneuron.facts.languages import fact_key, language_of, with_language
+from kneuron.facts.languages import language_of, with_language
 from tiny_models import tiny_lm
-
-# three made-up "languages" spelled in the tiny vocabulary: each its own templates, and its own answers
-TEMPLATES = {
-    "en": CAPITAL,
-    "fr": ("[X] capital city is [Y].", "The city of [X] is [Y].", "In [X] the capital is [Y]."),
-    "de": ("The capital city of [X] is [Y].", "[X] has the capital [Y]."),
-}
-ANSWERS = {  # "Rome" is "Tiber" in de: the target of an edit has its own form per language
-    "France": {"en": "Paris", "fr": "Paris", "de": "Paris"},
-    "Germany": {"en": "Berlin", "fr": "Berlin", "de": "Berlin"},
-    "Italy": {"en": "Rome", "fr": "Rome", "de": "Tiber"},
-}
-
-
-def fact(subject: str, language: str) -> Fact:
-    return Fact(subject, "capital", ANSWERS[subject][language], TEMPLATES[language],
-                id=with_language(f"capital:{subject}", language))
-
-
-def done_facts() -> list[Fact]:
-    """France in en/fr/de, Germany in en/fr/de, Italy in en/fr (Italy@de not known); China in en only; one fact
-    without a language."""
-    return ([fact(s, code) for s in ("France", "Germany") for code in ("en", "fr", "de")]
-            + [fact("Italy", "en"), fact("Italy", "fr"),
-               Fact("China", "capital", "Beijing", CAPITAL, id="capital:China@en"),
-               Fact("Japan", "capital", "Tokyo", CAPITAL)])
-
-
-def pool() -> list[Fact]:
-    """What the atlas holds: the done facts and Italy@de (dropped, but its answer is Italy's German form)."""
-    return [*done_facts(), fact("Italy", "de")]
 
 
 def neurons() -> dict[str, list[Neuron]]:
@@ -89,14 +64,14 @@ def values(rows, variant, metric=None, fact_id=None):
 
 
 def test_grouping_by_key_and_the_refusals():
-    keys = multilingual_keys(done_facts())
+    keys = multilingual_keys(multilingual_done_facts())
     assert list(keys) == ["capital:France", "capital:Germany", "capital:Italy"]  # not China (en only), not Japan
     assert list(keys["capital:Italy"]) == ["en", "fr"]
-    assert language_versions(done_facts())["capital:China"]["en"].object == "Beijing"
-    assert multilingual_refusal(done_facts()) is None
+    assert language_versions(multilingual_done_facts())["capital:China"]["en"].object == "Beijing"
+    assert multilingual_refusal(multilingual_done_facts()) is None
     plain = [Fact("Japan", "capital", "Tokyo", CAPITAL)]
     assert "none of its done facts has a language" in multilingual_refusal(plain)
-    one = [fact("France", "en"), fact("Germany", "fr")]
+    one = [multilingual_fact("France", "en"), multilingual_fact("Germany", "fr")]
     assert "2 or more languages" in multilingual_refusal(one)
     with pytest.raises(KneuronError, match="No cross-lingual study"):
         language_study(tiny_lm("llama"), one, neurons())
@@ -112,9 +87,9 @@ def by_hand_overlap(found: dict[str, set]) -> dict[str, object]:
 
 def test_overlap_counts_and_jaccard_match_hand_computation():
     lm = tiny_lm("llama", layers=3, neurons=16, dtype=torch.float64)
-    rows = language_study(lm, done_facts(), neurons(), seed=1)
+    rows = language_study(lm, multilingual_done_facts(), neurons(), seed=1)
     found = neurons()
-    for key, versions in multilingual_keys(done_facts()).items():
+    for key, versions in multilingual_keys(multilingual_done_facts()).items():
         sets = {code: {n.key for n in found[f.id]} for code, f in versions.items()}
         expected = by_hand_overlap(sets)
         got = values(rows, "overlap", fact_id=key)
@@ -147,7 +122,7 @@ def test_overlap_counts_and_jaccard_match_hand_computation():
     layers = layer_summary(rows)
     for name in ("shared_all", "shared", "specific"):
         want = [0, 0, 0]
-        for versions in multilingual_keys(done_facts()).values():
+        for versions in multilingual_keys(multilingual_done_facts()).values():
             for layer, _ in by_hand_overlap({c: {n.key for n in found[f.id]} for c, f in versions.items()})[name]:
                 want[layer] += 1
         assert [layers[name][layer] for layer in range(3)] == want
@@ -155,9 +130,9 @@ def test_overlap_counts_and_jaccard_match_hand_computation():
 
 
 def test_suppression_matrix_matches_explicit_patches(tiny):
-    rows = language_study(tiny, done_facts(), neurons(), seed=3)
+    rows = language_study(tiny, multilingual_done_facts(), neurons(), seed=3)
     found = neurons()
-    keys = multilingual_keys(done_facts())
+    keys = multilingual_keys(multilingual_done_facts())
     for key, versions in keys.items():
         for source, target in itertools.product(versions, versions):
             kn = [n.key for n in found[versions[source].id]]
@@ -193,15 +168,15 @@ def test_suppression_matrix_matches_explicit_patches(tiny):
 
 
 def test_random_control_is_same_layers_disjoint_and_seeded(tiny):
-    rows = language_study(tiny, done_facts(), neurons(), seed=5)
-    again = language_study(tiny, list(reversed(done_facts())), neurons(), seed=5)
+    rows = language_study(tiny, multilingual_done_facts(), neurons(), seed=5)
+    again = language_study(tiny, list(reversed(multilingual_done_facts())), neurons(), seed=5)
     first, second = values(rows, "random"), values(again, "random")
     assert first.keys() == second.keys() and [first[k] for k in first] == pytest.approx([second[k] for k in first])
-    other = language_study(tiny, done_facts(), neurons(), seed=6)
+    other = language_study(tiny, multilingual_done_facts(), neurons(), seed=6)
     assert values(other, "random") != values(rows, "random")
     from kneuron.experiments.languages import overlap_of, suppression_sets
 
-    for key, versions in multilingual_keys(done_facts()).items():
+    for key, versions in multilingual_keys(multilingual_done_facts()).items():
         overlap = overlap_of(key, versions, neurons())
         for source in versions:
             sets = suppression_sets(overlap, source, tiny.n_neurons, 5)
@@ -236,16 +211,22 @@ def hand_edit_probabilities(lm, neurons_kept, old_en, new_en, facts_by_language,
 
 
 def test_cross_lingual_edit_matches_a_hand_made_edit_and_restores_the_model(tiny):
-    keys = multilingual_keys(done_facts())
+    keys = multilingual_keys(multilingual_done_facts())
     before = {name: p.detach().clone() for name, p in tiny.model.state_dict().items()}
-    rows = cross_lingual_edit(tiny, keys, neurons(), pool=pool(), counted=done_facts(), signs=("none",), seed=2)
+    rows = cross_lingual_edit(tiny, keys, neurons(), pool=multilingual_pool(), counted=multilingual_done_facts(),
+                              signs=("none",), seed=2)
     after = tiny.model.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)  # every edit undone bit-exactly
     france = keys["capital:France"]
-    target = choose_target(tiny, "capital:France", france["en"], language_versions(pool()), "en", seed=2)
-    assert target in ("capital:Germany", "capital:Italy", "capital:China")
-    forms = {code: language_versions(pool())[target][code].object for code in france
-             if code in language_versions(pool())[target]}
+    versions = language_versions(multilingual_pool())
+    target = choose_target(tiny, "capital:France", france["en"], versions, "en", seed=2, languages=list(france))
+    # a target with a version in each of France's languages (Germany, Italy), never China (English only)
+    assert {choose_target(tiny, "capital:France", france["en"], versions, "en", seed=s, languages=list(france))
+            for s in range(40)} == {"capital:Germany", "capital:Italy"}
+    assert "capital:China" in {choose_target(tiny, "capital:France", france["en"], versions, "en", seed=s)
+                               for s in range(40)}
+    forms = {code: language_versions(multilingual_pool())[target][code].object for code in france
+             if code in language_versions(multilingual_pool())[target]}
     # (2, 1) is in all three of France's languages, but one key: it is not left out as shared by many facts
     kept = [(2, 1), (2, 5), (1, 3)]
     hand = hand_edit_probabilities(tiny, kept, "Paris", forms["en"], france, forms)
@@ -271,33 +252,34 @@ def test_cross_lingual_edit_matches_a_hand_made_edit_and_restores_the_model(tiny
 
 
 def test_edit_measures_the_target_form_of_each_language():
-    """Italy's German form is "Tiber": an edit towards capital:Italy is measured with "Tiber" on the German prompts;
-    a key whose target lacks a language is recorded as not measured there."""
+    """With Italy the only other capital, the edit goes to capital:Italy and is measured with Italy's form in each
+    language ("Tiber" on the German prompts); without Italy@de in the pool, German is recorded as not measured."""
     lm = tiny_lm("llama", layers=3, neurons=16, dtype=torch.float64)
-    keys = multilingual_keys(done_facts())
-    versions = language_versions(pool())
-    rows = cross_lingual_edit(lm, {"capital:France": keys["capital:France"]}, neurons(), pool=pool(),
-                              signs=("none",), random=False, seed=0)
-    target = choose_target(lm, "capital:France", keys["capital:France"]["en"], versions, "en", seed=0)
-    for code, f in keys["capital:France"].items():
-        queries_new = versions[target][code].object
+    keys = multilingual_keys(multilingual_done_facts())
+    france = keys["capital:France"]
+    italy = [multilingual_fact("Italy", code) for code in ("en", "fr", "de")]
+    assert choose_target(lm, "capital:France", france["en"], language_versions([*france.values(), *italy]), "en") \
+        == "capital:Italy"
+    rows = cross_lingual_edit(lm, {"capital:France": france}, neurons(), pool=italy, signs=("none",), random=False)
+    for code, f in france.items():
         got = values(rows, "edit_kn", fact_id=f.id)
-        clean = np.mean([probability_by_hand(lm, p, queries_new) for p in f.prompts()])
+        assert got[f.id, "measured"] == 1
+        new = {"en": "Rome", "fr": "Rome", "de": "Tiber"}[code]
+        clean = np.mean([probability_by_hand(lm, p, new) for p in f.prompts()])
         assert got[f.id, "p_new_before"] == pytest.approx(clean, rel=1e-7, abs=1e-12)
-    # without Italy@de in the pool, an edit towards Italy cannot be measured in German
-    only_done = cross_lingual_edit(lm, keys, neurons(), pool=done_facts(), signs=("none",), random=False, seed=0)
-    for key in keys:
-        chosen = choose_target(lm, key, keys[key]["en"], language_versions(done_facts()), "en", seed=0)
-        if chosen == "capital:Italy" and "de" in keys[key]:
-            assert values(only_done, "edit_kn", "measured", f"{key}@de")[f"{key}@de", "measured"] == 0
-    assert all(fact_key(r["fact_id"]) in keys for r in only_done)
+    rows = cross_lingual_edit(lm, {"capital:France": france}, neurons(), pool=italy[:2], signs=("none",),
+                              random=False)
+    measured = {fid: v for (fid, _), v in values(rows, "edit_kn", "measured").items()}
+    assert measured == {"capital:France@en": 1, "capital:France@fr": 1, "capital:France@de": 0}
+    assert values(rows, "edit_kn", fact_id="capital:France@de").keys() == {
+        ("capital:France@de", m) for m in ("edited", "neurons", "measured")}
 
 
 def test_edit_without_english_neurons_is_recorded_as_not_edited():
     lm = tiny_lm("llama", layers=3, neurons=16, dtype=torch.float64)
-    keys = multilingual_keys(done_facts())
+    keys = multilingual_keys(multilingual_done_facts())
     found = neurons() | {"capital:Italy@en": []}
-    rows = cross_lingual_edit(lm, {"capital:Italy": keys["capital:Italy"]}, found, pool=pool(), seed=0)
+    rows = cross_lingual_edit(lm, {"capital:Italy": keys["capital:Italy"]}, found, pool=multilingual_pool(), seed=0)
     assert {(r["variant"], r["fact_id"], r["metric"], r["value"]) for r in rows} == {
         (variant, "capital:Italy@en", "edited", 0.0)
         for variant in ("edit_kn", "edit_random", "edit_kn_signed", "edit_random_signed")}

@@ -2,14 +2,15 @@
 every language whether the update took.
 
 For a key (e.g. ``capital:France``) with an English version that has knowledge neurons, the target is another
-key of the same relation (seeded by ``seed`` and the key; its English answer must begin with another token than
-the fact's), e.g. ``capital:Italy``. The edit is the paper's update (:func:`~kneuron.interventions.update_fact`,
-λ = 1, 8) of the English neurons from the English answer to the target's English answer ("Paris" → "Rome"). Each
-language t of the key is then measured on its own prompts with its own forms: the key's answer in t against the
-target key's answer in t (``capital:France@de`` "Paris" against ``capital:Italy@de`` "Rom"), with the editing
-study's metrics (:func:`~kneuron.experiments.editing.update_metrics`: P(new) > P(old), top-1 = new, change rate,
-probabilities before/after...). Every edit is applied in a ``with edit.applied(lm)`` block, so the model is restored
-bit-exactly after each.
+key of the same relation (seeded by ``seed`` and the key, among those with versions in the most of the key's
+languages; its English answer must begin with another token than the fact's), e.g. ``capital:Italy``. The edit is
+the paper's update (:func:`~kneuron.interventions.update_fact`, λ = 1, 8) of the English neurons from the English
+answer to the target's English answer ("Paris" → "Rome"). Each language t of the key is then measured on its own
+prompts with its own forms: the key's answer in t against the target key's answer in t (``capital:France@de``
+"Paris" against ``capital:Italy@de`` "Rom"), with the editing study's metrics
+(:func:`~kneuron.experiments.editing.update_metrics`: P(new) > P(old), top-1 = new, change rate, probabilities
+before/after...). Every edit is applied in a ``with edit.applied(lm)`` block, so the model is restored bit-exactly
+after each.
 
 As in the editing study, neurons that are knowledge neurons of more than ``max_share`` of the relation's facts are
 left out; here a fact is a key (its language versions count once), so the neurons one fact shares across its
@@ -71,9 +72,11 @@ def key_counts(versions_by_key: Mapping[str, Mapping[str, Fact]],
 
 
 def choose_target(lm: LanguageModel, key: str, fact: Fact, pool: Mapping[str, Mapping[str, Fact]], source: str,
-                  seed: int = 0) -> str | None:
+                  seed: int = 0, languages: Sequence[str] = ()) -> str | None:
     """Another key of ``fact``'s relation with a ``source`` version whose answer begins with another token than
-    ``fact``'s (and that the model can produce), drawn with :func:`fact_rng` (``seed``, ``key``); None when none."""
+    ``fact``'s (and that the model can produce), drawn with :func:`fact_rng` (``seed``, ``key``) among those with
+    versions in the most of ``languages`` (the key's own: so that the edit can be measured there); None when none.
+    """
     prompt = fact.prompts()[0] if fact.templates else None
     try:
         first = answer_ids(lm, fact.object, prompt)[0]
@@ -91,6 +94,8 @@ def choose_target(lm: LanguageModel, key: str, fact: Fact, pool: Mapping[str, Ma
             continue
     if not candidates:
         return None
+    covered = {other: sum(code in pool[other] for code in languages) for other in candidates}
+    candidates = [other for other in candidates if covered[other] == max(covered.values())]
     return candidates[int(fact_rng(seed, key).integers(len(candidates)))]
 
 
@@ -139,7 +144,7 @@ def cross_lingual_edit(
                 on_key(key)
             continue
         kept = keys_of(neurons_by_fact.get(english.id, ()))
-        target_key = choose_target(lm, key, english, targets, source, seed) if kept else None
+        target_key = choose_target(lm, key, english, targets, source, seed, list(versions)) if kept else None
         for sign in signs:
             edits: dict[str, Edit] = {}
             if target_key is not None:
