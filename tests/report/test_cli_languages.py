@@ -32,8 +32,9 @@ def test_study_languages_stores_what_the_library_computes(multilingual_atlas, fa
     result = invoke("study", "languages", "--run", str(multilingual_atlas), "--seed", "2")
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert "Knowledge neurons across languages: 3 fact(s) done in 2+ languages" in out
-    assert "Suppress knowledge neurons of s" in out and "Edit through the English neurons" in out
+    assert "Knowledge neurons across languages: 3 fact(s) done in 2+ languages (en, fr, de)" in out
+    assert "only 3 fact(s): read every mean below as n = 3 or fewer" in out
+    assert "Suppress the knowledge neurons of language s" in out and "Update through the English neurons" in out
     with Atlas.open(multilingual_atlas, read_only=True) as atlas:
         assert atlas.studies() == ["languages"]
         stored = atlas.results("languages")
@@ -50,9 +51,8 @@ def test_study_languages_stores_what_the_library_computes(multilingual_atlas, fa
     assert [r["value"] for r in stored] == pytest.approx([r["value"] for r in direct], nan_ok=True, rel=1e-6)
     assert coverage["facts"] == 9  # the three keys' versions; not China@en, not Japan
     # the printed matrix is the stored one
-    en_fr = suppression_matrix(stored, "kn").get(("en", "fr"))
-    if en_fr:
-        assert f"{en_fr[0]:+.1%} [{en_fr[1]}]" in out
+    en_fr = suppression_matrix(stored, "kn")["en", "fr"]
+    assert f"{en_fr[0]:+.1%} (n={en_fr[1]})" in out
     assert edit_summary(stored, "edit_kn")
 
 
