@@ -58,6 +58,23 @@ def multilingual_pool() -> list[Fact]:
     return [*multilingual_done_facts(), multilingual_fact("Italy", "de")]
 
 
+def multilingual_neurons() -> dict[str, list[Neuron]]:
+    """Fixed knowledge neurons of the multilingual facts, with overlaps across languages chosen by hand."""
+    by_hand = {
+        "capital:France@en": [(2, 1), (2, 5), (1, 3)],
+        "capital:France@fr": [(2, 1), (2, 5), (0, 7)],
+        "capital:France@de": [(2, 1), (1, 9)],
+        "capital:Germany@en": [(2, 3), (0, 2)],
+        "capital:Germany@fr": [(2, 3)],
+        "capital:Germany@de": [],  # done, no knowledge neuron
+        "capital:Italy@en": [(2, 6)],
+        "capital:Italy@fr": [(1, 4)],
+        "capital:China@en": [(2, 8)],
+        "capital:Japan": [(2, 9)],
+    }
+    return {fid: [Neuron(layer, index, 1.0) for layer, index in keys] for fid, keys in by_hand.items()}
+
+
 def tiny_neurons(facts: list[Fact]) -> dict[str, list[Neuron]]:
     """Fixed knowledge neurons: L0.N3 in every fact (a generic neuron), one own neuron in layer 2, and one in
     layer 1 for every second fact."""

@@ -14,10 +14,10 @@ from experiments.conftest import (
     CAPITAL,
     multilingual_done_facts,
     multilingual_fact,
+    multilingual_neurons,
     multilingual_pool,
     probability_by_hand,
 )
-from kneuron.attribution import Neuron
 from kneuron.errors import KneuronError
 from kneuron.experiments.cross_lingual_edit import choose_target, cross_lingual_edit, edit_summary
 from kneuron.experiments.languages import (
@@ -35,22 +35,6 @@ from kneuron.experiments.languages import (
 from kneuron.facts import Fact
 from kneuron.facts.languages import language_of, with_language
 from tiny_models import tiny_lm
-
-
-def neurons() -> dict[str, list[Neuron]]:
-    by_hand = {
-        "capital:France@en": [(2, 1), (2, 5), (1, 3)],
-        "capital:France@fr": [(2, 1), (2, 5), (0, 7)],
-        "capital:France@de": [(2, 1), (1, 9)],
-        "capital:Germany@en": [(2, 3), (0, 2)],
-        "capital:Germany@fr": [(2, 3)],
-        "capital:Germany@de": [],  # done, no knowledge neuron
-        "capital:Italy@en": [(2, 6)],
-        "capital:Italy@fr": [(1, 4)],
-        "capital:China@en": [(2, 8)],
-        "capital:Japan": [(2, 9)],
-    }
-    return {fid: [Neuron(layer, index, 1.0) for layer, index in keys] for fid, keys in by_hand.items()}
 
 
 @pytest.fixture(params=["llama", "bert"])
@@ -74,7 +58,7 @@ def test_grouping_by_key_and_the_refusals():
     one = [multilingual_fact("France", "en"), multilingual_fact("Germany", "fr")]
     assert "2 or more languages" in multilingual_refusal(one)
     with pytest.raises(KneuronError, match="No cross-lingual study"):
-        language_study(tiny_lm("llama"), one, neurons())
+        language_study(tiny_lm("llama"), one, multilingual_neurons())
 
 
 def by_hand_overlap(found: dict[str, set]) -> dict[str, object]:
@@ -87,8 +71,8 @@ def by_hand_overlap(found: dict[str, set]) -> dict[str, object]:
 
 def test_overlap_counts_and_jaccard_match_hand_computation():
     lm = tiny_lm("llama", layers=3, neurons=16, dtype=torch.float64)
-    rows = language_study(lm, multilingual_done_facts(), neurons(), seed=1)
-    found = neurons()
+    rows = language_study(lm, multilingual_done_facts(), multilingual_neurons(), seed=1)
+    found = multilingual_neurons()
     for key, versions in multilingual_keys(multilingual_done_facts()).items():
         sets = {code: {n.key for n in found[f.id]} for code, f in versions.items()}
         expected = by_hand_overlap(sets)
@@ -130,8 +114,8 @@ def test_overlap_counts_and_jaccard_match_hand_computation():
 
 
 def test_suppression_matrix_matches_explicit_patches(tiny):
-    rows = language_study(tiny, multilingual_done_facts(), neurons(), seed=3)
-    found = neurons()
+    rows = language_study(tiny, multilingual_done_facts(), multilingual_neurons(), seed=3)
+    found = multilingual_neurons()
     keys = multilingual_keys(multilingual_done_facts())
     for key, versions in keys.items():
         for source, target in itertools.product(versions, versions):
@@ -168,16 +152,16 @@ def test_suppression_matrix_matches_explicit_patches(tiny):
 
 
 def test_random_control_is_same_layers_disjoint_and_seeded(tiny):
-    rows = language_study(tiny, multilingual_done_facts(), neurons(), seed=5)
-    again = language_study(tiny, list(reversed(multilingual_done_facts())), neurons(), seed=5)
+    rows = language_study(tiny, multilingual_done_facts(), multilingual_neurons(), seed=5)
+    again = language_study(tiny, list(reversed(multilingual_done_facts())), multilingual_neurons(), seed=5)
     first, second = values(rows, "random"), values(again, "random")
     assert first.keys() == second.keys() and [first[k] for k in first] == pytest.approx([second[k] for k in first])
-    other = language_study(tiny, multilingual_done_facts(), neurons(), seed=6)
+    other = language_study(tiny, multilingual_done_facts(), multilingual_neurons(), seed=6)
     assert values(other, "random") != values(rows, "random")
     from kneuron.experiments.languages import overlap_of, suppression_sets
 
     for key, versions in multilingual_keys(multilingual_done_facts()).items():
-        overlap = overlap_of(key, versions, neurons())
+        overlap = overlap_of(key, versions, multilingual_neurons())
         for source in versions:
             sets = suppression_sets(overlap, source, tiny.n_neurons, 5)
             assert sorted(layer for layer, _ in sets["random"]) == sorted(layer for layer, _ in sets["kn"])
@@ -213,8 +197,8 @@ def hand_edit_probabilities(lm, neurons_kept, old_en, new_en, facts_by_language,
 def test_cross_lingual_edit_matches_a_hand_made_edit_and_restores_the_model(tiny):
     keys = multilingual_keys(multilingual_done_facts())
     before = {name: p.detach().clone() for name, p in tiny.model.state_dict().items()}
-    rows = cross_lingual_edit(tiny, keys, neurons(), pool=multilingual_pool(), counted=multilingual_done_facts(),
-                              signs=("none",), seed=2)
+    rows = cross_lingual_edit(tiny, keys, multilingual_neurons(), pool=multilingual_pool(),
+                              counted=multilingual_done_facts(), signs=("none",), seed=2)
     after = tiny.model.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)  # every edit undone bit-exactly
     france = keys["capital:France"]
@@ -260,14 +244,15 @@ def test_edit_measures_the_target_form_of_each_language():
     italy = [multilingual_fact("Italy", code) for code in ("en", "fr", "de")]
     assert choose_target(lm, "capital:France", france["en"], language_versions([*france.values(), *italy]), "en") \
         == "capital:Italy"
-    rows = cross_lingual_edit(lm, {"capital:France": france}, neurons(), pool=italy, signs=("none",), random=False)
+    rows = cross_lingual_edit(lm, {"capital:France": france}, multilingual_neurons(), pool=italy, signs=("none",),
+                              random=False)
     for code, f in france.items():
         got = values(rows, "edit_kn", fact_id=f.id)
         assert got[f.id, "measured"] == 1
         new = {"en": "Rome", "fr": "Rome", "de": "Tiber"}[code]
         clean = np.mean([probability_by_hand(lm, p, new) for p in f.prompts()])
         assert got[f.id, "p_new_before"] == pytest.approx(clean, rel=1e-7, abs=1e-12)
-    rows = cross_lingual_edit(lm, {"capital:France": france}, neurons(), pool=italy[:2], signs=("none",),
+    rows = cross_lingual_edit(lm, {"capital:France": france}, multilingual_neurons(), pool=italy[:2], signs=("none",),
                               random=False)
     measured = {fid: v for (fid, _), v in values(rows, "edit_kn", "measured").items()}
     assert measured == {"capital:France@en": 1, "capital:France@fr": 1, "capital:France@de": 0}
@@ -278,7 +263,7 @@ def test_edit_measures_the_target_form_of_each_language():
 def test_edit_without_english_neurons_is_recorded_as_not_edited():
     lm = tiny_lm("llama", layers=3, neurons=16, dtype=torch.float64)
     keys = multilingual_keys(multilingual_done_facts())
-    found = neurons() | {"capital:Italy@en": []}
+    found = multilingual_neurons() | {"capital:Italy@en": []}
     rows = cross_lingual_edit(lm, {"capital:Italy": keys["capital:Italy"]}, found, pool=multilingual_pool(), seed=0)
     assert {(r["variant"], r["fact_id"], r["metric"], r["value"]) for r in rows} == {
         (variant, "capital:Italy@en", "edited", 0.0)
