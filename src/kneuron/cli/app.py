@@ -80,6 +80,11 @@ ScreenOption = Annotated[int | None, typer.Option(
     "--screen", min=1, show_default=False,
     help="Opt-in: gradient x activation picks each fact's K most promising layers and exact integrated "
          "gradients runs only there (with --estimator ig; the refined neurons can differ from a full run's).")]
+# `facts` and `run`: keep the facts of some languages (ids ending in @code, as in --facts multilingual)
+LanguageOption = Annotated[str | None, typer.Option(
+    "--language", show_default=False,
+    help="Comma-separated language codes to keep (en,fr,de,es,zh): the facts whose id ends in @code, e.g. "
+         "with --facts multilingual.")]
 
 
 def fail(exc: BaseException | str) -> typer.Exit:

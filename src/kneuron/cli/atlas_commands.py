@@ -13,6 +13,7 @@ from kneuron.cli.app import (
     AlphasOption,
     DeviceOption,
     EstimatorOption,
+    LanguageOption,
     ModelOption,
     ObjectiveOption,
     RunOption,
@@ -38,10 +39,12 @@ def run_command(
         "--out", "-o", help="The atlas to write, e.g. runs/NAME.sqlite. An atlas of the same model and parameters "
                             "there is continued (a killed run resumes where it stopped).", show_default=False)],
     model: ModelOption = None,
-    facts: Annotated[str, typer.Option("--facts", help="builtin, or a facts file/folder (JSONL, CSV, PARAREL, "
-                                                       "LAMA, knowledge-neurons).")] = "builtin",
+    facts: Annotated[str, typer.Option("--facts", help="builtin, multilingual (en/fr/de/es/zh), or a facts "
+                                                       "file/folder (JSONL, CSV, PARAREL, LAMA, knowledge-neurons)."
+                                       )] = "builtin",
     relations: Annotated[str | None, typer.Option(help="Comma-separated relations to keep.", show_default=False)
                          ] = None,
+    language: LanguageOption = None,
     per_relation: Annotated[int | None, typer.Option(
         "--per-relation", min=1, help="At most N facts per relation: the first N the model knows.",
         show_default=False)] = None,
@@ -75,14 +78,17 @@ def run_command(
     """Find the knowledge neurons of every fact of a set and store everything in an atlas (resumable)."""
     import contextlib
 
-    from kneuron.facts import load_facts, validate_facts
+    from kneuron.facts import load_facts, select_languages, validate_facts
     from kneuron.store import Atlas
     from kneuron.store import run as run_facts
 
     chosen = parse_relations(relations)
     chosen_estimator = parse_estimator(estimator, screen, steps=steps, objective=objective, alphas=alphas)
     # a malformed file, a missing relation or an empty set fails here, before the model loads or anything is written
-    loaded = validate_facts(load_facts(facts), causal=False, relations=chosen, source=facts)
+    loaded = load_facts(facts)
+    if language is not None:
+        loaded = select_languages(loaded, language, source=facts)
+    loaded = validate_facts(loaded, causal=False, relations=chosen, source=facts)
     lm = load_model(model, device)
     loaded = validate_facts(loaded, causal=lm.kind == "causal", source=facts)  # the same checks as `kneuron facts`
     from kneuron.parallel import make_executor

@@ -12,6 +12,7 @@ from kneuron.cli.app import (
     AlphasOption,
     DeviceOption,
     EstimatorOption,
+    LanguageOption,
     ModelOption,
     ObjectiveOption,
     ScreenOption,
@@ -168,20 +169,25 @@ def find(
 @command("facts")
 def facts_command(
     model: ModelOption = None,
-    facts: Annotated[str, typer.Option("--facts", help="builtin, or a facts file/folder (JSONL, CSV, PARAREL, "
-                                                       "LAMA, knowledge-neurons).")] = "builtin",
+    facts: Annotated[str, typer.Option("--facts", help="builtin, multilingual (en/fr/de/es/zh), or a facts "
+                                                       "file/folder (JSONL, CSV, PARAREL, LAMA, knowledge-neurons)."
+                                       )] = "builtin",
     relations: Annotated[str | None, typer.Option(help="Comma-separated relations to keep.")] = None,
+    language: LanguageOption = None,
     top: Annotated[int, typer.Option(min=1, help="Known: the answer's first token ranks in this top-k ...")] = 10,
     min_share: Annotated[float, typer.Option(help="... for more than this share of the fact's prompts.")] = 0.5,
     show: Annotated[bool, typer.Option("--list", help="List every fact with its share of known prompts.")] = False,
     device: DeviceOption = "cpu",
 ) -> None:
-    """Show which facts the model knows (runs keep only those by default)."""
-    from kneuron.facts import load_facts, validate_facts
+    """Show which facts the model knows (runs keep only those by default), per language for multilingual facts."""
+    from kneuron.facts import load_facts, select_languages, validate_facts
     from kneuron.facts.known import answer_ranks, known_share
+    from kneuron.facts.languages import language_of
 
     chosen = [r.strip() for r in relations.split(",") if r.strip()] if relations else None
-    every = load_facts(facts)  # a malformed file fails here, before the model loads
+    every = load_facts(facts)  # a malformed file or an unknown language fails here, before the model loads
+    if language is not None:
+        every = select_languages(every, language, source=facts)
     validate_facts(every, causal=False, relations=chosen, source=facts)
     lm = load_model(model, device)
     loaded = validate_facts(every, causal=lm.kind == "causal", relations=chosen, source=facts)
@@ -191,27 +197,60 @@ def facts_command(
                           "[Y] (a causal model reads only that) and are left out.", highlight=False)
     with err_console.status(f"Ranking the answers of {len(loaded)} facts ..."):
         ranks = answer_ranks(lm, loaded)
-    per_relation: dict[str, list[int]] = {}
+    counts: dict[tuple[str, str | None], list[int]] = {}  # (relation, language) -> [known, facts]
     listing = Table(title="Facts", title_justify="left", show_edge=False)
     for column in ("fact", "answer", "known prompts", ""):
         listing.add_column(column, justify="right" if column == "known prompts" else "left")
     for fact, fact_ranks in zip(loaded, ranks, strict=True):
         share = known_share(fact_ranks, top)
         known = share > min_share
-        counts = per_relation.setdefault(fact.relation, [0, 0])
-        counts[0] += known
-        counts[1] += 1
+        cell = counts.setdefault((fact.relation, language_of(fact)), [0, 0])
+        cell[0] += known
+        cell[1] += 1
         status = Text("known", "green") if known else Text("dropped", "dim")
         listing.add_row(fact.id, fact.object, f"{share:.0%}", status)
     if show:
         console.print(listing)
-    table = Table(title=f"Known facts (answer in the top {top} for more than {min_share:.0%} of the prompts)",
-                  title_justify="left", show_edge=False)
+    title = f"Known facts (answer in the top {top} for more than {min_share:.0%} of the prompts)"
+    languages = list(dict.fromkeys(code for _, code in counts))
+    if languages == [None]:
+        console.print(_known_table(title, counts))
+    else:
+        console.print(_known_by_language(title, counts, languages))
+
+
+def _known_table(title: str, counts: dict[tuple[str, str | None], list[int]]) -> Table:
+    """One row per relation: known facts and facts."""
+    table = Table(title=title, title_justify="left", show_edge=False)
     table.add_column("relation", style="bold")
     table.add_column("known", justify="right")
     table.add_column("facts", justify="right")
-    for relation, (known, total) in per_relation.items():
+    for (relation, _), (known, total) in counts.items():
         table.add_row(relation, str(known), str(total))
-    kept = sum(k for k, _ in per_relation.values())
-    table.add_row("all", str(kept), str(len(loaded)), style="bold")
-    console.print(table)
+    table.add_row("all", str(sum(k for k, _ in counts.values())), str(sum(n for _, n in counts.values())),
+                  style="bold")
+    return table
+
+
+def _known_by_language(title: str, counts: dict[tuple[str, str | None], list[int]],
+                       languages: list[str | None]) -> Table:
+    """One row per relation and a column per language: ``known/facts`` in each cell, totals last."""
+    table = Table(title=title + ", per language", title_justify="left", show_edge=False)
+    table.add_column("relation", style="bold")
+    for code in languages:
+        table.add_column(code or "(none)", justify="right")
+    table.add_column("all", justify="right", style="bold")
+
+    def cells(pairs: list[list[int] | None]) -> list[str]:
+        return [f"{pair[0]}/{pair[1]}" if pair else "-" for pair in pairs]
+
+    for relation in dict.fromkeys(relation for relation, _ in counts):
+        row = [counts.get((relation, code)) for code in languages]
+        present = [pair for pair in row if pair]
+        total = [sum(p[0] for p in present), sum(p[1] for p in present)]
+        table.add_row(relation, *cells([*row, total]))
+    columns = [[sum(p[0] for (_, c), p in counts.items() if c == code),
+                sum(p[1] for (_, c), p in counts.items() if c == code)] for code in languages]
+    overall = [sum(k for k, _ in counts.values()), sum(n for _, n in counts.values())]
+    table.add_row("all", *cells([*columns, overall]), style="bold")
+    return table

@@ -22,10 +22,19 @@ from kneuron.facts.builtin import (  # noqa: E402
     discrimination_sentences,
 )
 from kneuron.facts.known import answer_ranks, known_facts  # noqa: E402
+from kneuron.facts.multilingual import (  # noqa: E402
+    multilingual_facts,
+    multilingual_languages,
+    multilingual_relations,
+    read_multilingual,
+    select_languages,
+)
 from kneuron.facts.readers import load_facts, read_csv, read_jsonl, write_jsonl  # noqa: E402
 from kneuron.facts.validation import causal_templates, validate_facts  # noqa: E402
 
 __all__ += [
     "answer_ranks", "builtin_facts", "builtin_relations", "causal_templates", "discrimination_facts",
-    "discrimination_sentences", "known_facts", "load_facts", "read_csv", "read_jsonl", "validate_facts", "write_jsonl",
+    "discrimination_sentences", "known_facts", "load_facts", "multilingual_facts", "multilingual_languages",
+    "multilingual_relations", "read_csv", "read_jsonl", "read_multilingual", "select_languages", "validate_facts",
+    "write_jsonl",
 ]

@@ -1,6 +1,7 @@
 """Read facts from files: our own JSONL/CSV schema, PARAREL, LAMA T-REx and the official knowledge-neurons data.
 
-One entry point, :func:`load_facts`, takes ``"builtin"``, a directory or a file and picks the reader. Every
+One entry point, :func:`load_facts`, takes ``"builtin"``, ``"multilingual"``, a directory or a file and picks the
+reader. Every
 reader returns plain :class:`~kneuron.facts.fact.Fact` values; every malformed input raises
 :class:`~kneuron.errors.FactError` naming the file and, for line-based formats, the line.
 
@@ -484,8 +485,10 @@ def read_kn_bags(path: str | Path) -> list[Fact]:
 
 
 def _sniff_jsonl(path: Path) -> str:
-    """'pattern', 'triples', 'lama-relations' or 'schema', from the first record of a JSONL file."""
+    """'pattern', 'triples', 'lama-relations', 'multilingual' or 'schema', from the first record of a JSONL file."""
     for _, record in _json_lines(path):
+        if "entity" in record or "objects" in record or isinstance(record.get("templates"), dict):
+            return "multilingual"
         if "pattern" in record:
             return "pattern"
         if "sub_label" in record or "obj_label" in record:
@@ -520,6 +523,10 @@ def _read_directory(folder: Path) -> list[Fact]:
             lama.update(read_lama_relations(file))
         elif kind == "schema":
             facts.extend(read_jsonl(file))
+        elif kind == "multilingual":
+            from kneuron.facts.multilingual import read_multilingual
+
+            facts.extend(read_multilingual(file))
     for file in triple_files:
         triples = read_trex_triples(file)
         if file.stem in patterns:  # PARAREL: the pattern file of the same name gives the relation's templates
@@ -535,29 +542,36 @@ def _read_directory(folder: Path) -> list[Fact]:
 
 
 def load_facts(source: str | Path, *, relations: Iterable[str] | None = None, causal: bool = False) -> list[Fact]:
-    """Facts from ``"builtin"``, a folder or a file, with the reader its format needs.
+    """Facts from ``"builtin"``, ``"multilingual"``, a folder or a file, with the reader its format needs.
 
     - ``"builtin"``: the facts shipped with kneuron (:func:`kneuron.facts.builtin.builtin_facts`);
+    - ``"multilingual"``: the built-in facts in English, French, German, Spanish and Chinese, ids
+      ``relation:subject@language`` (:func:`kneuron.facts.multilingual.multilingual_facts`);
     - a folder: PARAREL (``graphs_json/P*.jsonl`` patterns and ``trex_lms_vocab/P*.jsonl`` triples), LAMA
       (``TREx/P*.jsonl`` and ``relations.jsonl``), knowledge-neurons ``data_all*.json`` or our ``.jsonl`` files;
-    - ``.jsonl``: our schema, LAMA T-REx triples or PARAREL (told apart by the first line's keys);
+    - ``.jsonl``: our schema, the multilingual schema, LAMA T-REx triples or PARAREL (told apart by the first
+      line's keys);
     - ``.csv``: our schema; ``.json``: the knowledge-neurons bags.
 
     Args:
         relations: keep only these relations.
         causal: keep only templates with the subject before ``[Y]`` (what a causal LM can use).
     """
-    from kneuron.facts.builtin import builtin_facts  # builtin uses this module's readers
+    from kneuron.facts.builtin import builtin_facts  # builtin and multilingual use this module's readers
+    from kneuron.facts.multilingual import multilingual_facts, read_multilingual
 
     wanted = set(relations) if relations is not None else None
     if isinstance(source, str) and source == "builtin":
         facts = builtin_facts(wanted)
+    elif isinstance(source, str) and source == "multilingual":
+        facts = multilingual_facts(relations=wanted)
     else:
         path = Path(source).expanduser()
         if path.is_dir():
             facts = _read_directory(path)
         elif not path.exists():
-            raise FactError(f"No facts file or folder at {path}. Give 'builtin', a .jsonl/.csv/.json file or a folder.")
+            raise FactError(f"No facts file or folder at {path}. Give 'builtin', 'multilingual', a .jsonl/.csv/.json "
+                           "file or a folder.")
         elif path.suffix == ".csv":
             facts = read_csv(path)
         elif path.suffix == ".json":
@@ -575,6 +589,8 @@ def load_facts(source: str | Path, *, relations: Iterable[str] | None = None, ca
                 raise FactError(f"{path} is LAMA's relations.jsonl (templates only): load a TREx/P*.jsonl file.")
             elif kind == "empty":
                 raise FactError(f"{path} has no facts in it.")
+            elif kind == "multilingual":
+                facts = read_multilingual(path)
             else:
                 facts = read_jsonl(path)
     if wanted is not None:
