@@ -12,6 +12,7 @@ import torch
 
 from experiments.conftest import (
     CAPITAL,
+    LANGUAGE_TEMPLATES,
     multilingual_done_facts,
     multilingual_fact,
     multilingual_neurons,
@@ -258,6 +259,11 @@ def test_edit_measures_the_target_form_of_each_language():
     assert measured == {"capital:France@en": 1, "capital:France@fr": 1, "capital:France@de": 0}
     assert values(rows, "edit_kn", fact_id="capital:France@de").keys() == {
         ("capital:France@de", m) for m in ("edited", "neurons", "measured")}
+    # a German form the tiny vocabulary cannot spell ("Xylophone" is its unknown token) is not measured either
+    unspellable = Fact("Italy", "capital", "Xylophone", LANGUAGE_TEMPLATES["de"], id="capital:Italy@de")
+    rows = cross_lingual_edit(lm, {"capital:France": france}, multilingual_neurons(), pool=[*italy[:2], unspellable],
+                              signs=("none",), random=False)
+    assert values(rows, "edit_kn", "measured", "capital:France@de") == {("capital:France@de", "measured"): 0.0}
 
 
 def test_edit_without_english_neurons_is_recorded_as_not_edited():

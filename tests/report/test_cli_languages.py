@@ -10,6 +10,7 @@ from experiments.conftest import multilingual_pool
 from kneuron import cli
 from kneuron.experiments.cross_lingual_edit import cross_lingual_edit, edit_summary
 from kneuron.experiments.languages import language_study, multilingual_keys, suppression_matrix
+from kneuron.facts.multilingual import multilingual_facts
 from kneuron.store import Atlas, run
 from tiny_models import tiny_lm
 
@@ -39,7 +40,7 @@ def test_study_languages_stores_what_the_library_computes(multilingual_atlas, fa
         assert atlas.studies() == ["languages"]
         stored = atlas.results("languages")
         facts, neurons = atlas.facts(), atlas.all_refined()
-        pool = atlas.facts(status=("done", "dropped"))
+        pool = [*multilingual_facts(), *atlas.facts(status=("done", "dropped"))]
         coverage = atlas.coverage()["languages"]
     assert sum(bool(v) for v in neurons.values()) >= 6  # the tiny run found neurons for most facts
     lm = tiny_lm("llama")

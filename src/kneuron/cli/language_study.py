@@ -73,11 +73,14 @@ def run_language_study(atlas, lm, seed: int) -> list[dict]:
 
     from kneuron.experiments.cross_lingual_edit import cross_lingual_edit
     from kneuron.experiments.languages import STUDY, language_study, multilingual_keys
+    from kneuron.facts.multilingual import multilingual_facts
     from kneuron.store import model_identity
 
     with atlas.snapshot():  # the facts and neurons of one moment, also while a run writes
         facts = atlas.facts()
-        pool = atlas.facts(status=("done", "dropped"))  # targets' forms: also facts the model does not know
+        # the edit targets and their forms in each language: the built-in multilingual set, then the atlas's own
+        # facts (also those the model does not know), which take precedence where an id is in both
+        pool = [*multilingual_facts(), *atlas.facts(status=("done", "dropped"))]
         neurons = atlas.all_refined()
     keys = multilingual_keys(facts)
     identity = model_identity(lm)["fingerprint"]

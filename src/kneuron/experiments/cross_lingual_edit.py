@@ -22,9 +22,9 @@ in the layer of each kept neuron, seeded, the same delta), with ``_signed`` appe
 
 Rows (``study="languages"``, fact id ``key@t``): ``edited`` (1, or 0 when no edit could be made: no English
 neurons, no target, every neuron left out; then on the English fact only), ``measured`` (0 when the target key has
-no version in t or the same answer as the fact there), ``neurons`` and the metrics of ``update_metrics``. A
-``target`` row is not stored (values are numbers); the metric ``target_same_first`` says (1) when t's old and new
-answers begin with the same token, where the top-1 metrics cannot tell them apart.
+no version in t, has the fact's own answer there, or one the model cannot spell, with an unknown token),
+``neurons`` and the metrics of ``update_metrics``; ``target_same_first`` is 1 when t's old and new answers begin
+with the same token, where the top-1 metrics cannot tell them apart.
 """
 
 from __future__ import annotations
@@ -97,6 +97,15 @@ def choose_target(lm: LanguageModel, key: str, fact: Fact, pool: Mapping[str, Ma
     covered = {other: sum(code in pool[other] for code in languages) for other in candidates}
     candidates = [other for other in candidates if covered[other] == max(covered.values())]
     return candidates[int(fact_rng(seed, key).integers(len(candidates)))]
+
+
+def _producible(lm: LanguageModel, fact: Fact, answer: str) -> bool:
+    """Whether the model can produce ``answer`` after ``fact``'s first prompt (no unknown token, ids in range)."""
+    try:
+        answer_ids(lm, answer, fact.prompts()[0] if fact.templates else None)
+    except KneuronError:
+        return False
+    return True
 
 
 def _same_first(lm: LanguageModel, fact: Fact, old: str, new: str) -> bool:
@@ -178,7 +187,7 @@ def _measure(lm: LanguageModel, edit: Edit, variant: str, versions: Mapping[str,
     for code, fact in versions.items():
         target = target_versions.get(code)
         base = {"edited": 1.0, "neurons": float(len(edit))}
-        if target is None or target.object == fact.object:
+        if target is None or target.object == fact.object or not _producible(lm, fact, target.object):
             rows += [row(STUDY, variant, fact.relation, fact.id, metric, value)
                      for metric, value in {**base, "measured": 0.0}.items()]
             continue
