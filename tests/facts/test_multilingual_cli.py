@@ -82,3 +82,20 @@ def test_run_keeps_only_the_chosen_languages(fake_load, tmp_path):
     assert [f.id for f in stored] == ["capital:France@fr", "capital:France@zh", "capital:Germany@fr"]
     french = {f.id: f for f in multilingual_facts(["fr"])}
     assert stored[0].templates == french["capital:France@fr"].templates
+
+
+def test_languages_come_from_the_ids_of_any_facts_file(fake_load, tmp_path):
+    path = tmp_path / "tagged.jsonl"
+    path.write_text(
+        '{"relation": "capital", "templates": ["The capital of [X] is [Y].", "The capital city of [X] is [Y]."]}\n'
+        '{"subject": "France", "relation": "capital", "object": "Paris", "id": "capital:France@en"}\n'
+        '{"subject": "Germany", "relation": "capital", "object": "Berlin", "id": "capital:Germany@en"}\n'
+        '{"subject": "Japan", "relation": "capital", "object": "Tokyo"}\n'
+    )
+    result = invoke("facts", "--model", "tiny-llama", "--facts", path, "--top", "30")
+    assert result.exit_code == 0, result.output
+    rows = _rows(result.stdout)
+    assert rows[[row[0] for row in rows].index("relation")] == ["relation", "en", "(none)", "all"]
+    kept = invoke("facts", "--model", "tiny-llama", "--facts", path, "--top", "30", "--language", "en", "--list")
+    assert kept.exit_code == 0, kept.output
+    assert "capital:Germany@en" in kept.stdout and "capital:Japan" not in kept.stdout
