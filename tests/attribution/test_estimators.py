@@ -25,7 +25,7 @@ from kneuron.attribution.integrated_gradients import alpha_points, alpha_weights
 from kneuron.errors import KneuronError
 from kneuron.facts import encode
 from kneuron.models.hooks import capture, on_ffn_input
-from tiny_models import EAGER_ONLY, FAMILIES, tiny_lm
+from tiny_models import EAGER_ONLY, FAMILIES, NORMED_FAMILIES, tiny_lm
 
 PROMPTS = {"mlm": "The capital of France is [Y].", "causal": "The capital of France is"}
 
@@ -65,14 +65,16 @@ def naive_integrand(lm, query, alpha: float = 1.0, objective: str = "prob") -> t
 def test_gradient_times_activation_matches_its_naive_formula(family, answer):
     lm = tiny_lm(family, dtype=torch.float64, layers=3)
     query = encode(lm, PROMPTS[lm.kind], answer)
-    fast = GradientTimesActivation().attribute(lm, [query])[0]
+    # the naive formula is the literal gradient; Gemma 2/3 and OLMo 2's frozen default is checked against
+    # one-point integrated gradients in tests/attribution/test_ffn_norm.py
+    fast = GradientTimesActivation(norm="live").attribute(lm, [query])[0]
     slow = naive_integrand(lm, query)
     # 1e-6 as for integrated gradients: the eager attention of gpt_neo and gemma2 takes its softmax in float32
     assert _rel_error(fast.scores, slow) < 1e-6
     assert fast.estimator == "gxa" and fast.scores.dtype == torch.float64
     assert torch.isnan(fast.baseline).all() and torch.isnan(fast.completeness_gap).all()
     # its scores are one-point (alpha = 1) integrated gradients, from one backward pass instead of one per layer
-    one_point = integrated_gradients(lm, query, steps=1)
+    one_point = integrated_gradients(lm, query, steps=1, norm="live")
     assert _rel_error(fast.scores, one_point.scores) < 1e-9
     assert math.isclose(fast.probability, one_point.probability, rel_tol=1e-12)
     assert fast.answer_ranks == one_point.answer_ranks
@@ -107,7 +109,7 @@ def test_gauss_legendre_points_integrate_polynomials_exactly():
 def test_gauss_integrated_gradients_matches_its_naive_formula(family):
     lm = tiny_lm(family, dtype=torch.float64, layers=3)
     query = encode(lm, PROMPTS[lm.kind], "Copenhagen")
-    fast = IntegratedGradients(steps=5, alphas="gauss").attribute(lm, [query])[0]
+    fast = IntegratedGradients(steps=5, alphas="gauss", norm="live").attribute(lm, [query])[0]  # naive = live
     slow = torch.zeros_like(fast.scores)
     # the weighted sum of naive one-point integrands: each alpha's naive 1-step IG at that alpha
     alphas, weights = alpha_points(5, "gauss"), alpha_weights(5, "gauss")
@@ -118,7 +120,7 @@ def test_gauss_integrated_gradients_matches_its_naive_formula(family):
     # 1e-6 as for the 20-step rule: Llama's RMSNorm and eager attention compute in float32 in a float64 model
     assert _rel_error(fast.scores, slow) < 1e-6
     # and it is close to the 200-step sum: closer than the paper's 20-step sum is
-    right20 = integrated_gradients(lm, query, steps=20)
+    right20 = integrated_gradients(lm, query, steps=20, norm="live")
     assert _rel_error(fast.scores, reference) < _rel_error(right20.scores, reference)
     assert torch.allclose(fast.baseline, zero.double(), rtol=1e-9, atol=0)
 
@@ -218,7 +220,11 @@ def test_gradient_times_activation_batches_padded_prompts_exactly(family):
     tolerance = 1e-6 if family in EAGER_ONLY else 1e-9
     for query, mine, alone in zip(queries, together, one_by_one, strict=True):
         assert _rel_error(mine.scores, alone.scores) < tolerance
-        assert _rel_error(mine.scores, naive_integrand(lm, query)) < 1e-6
+        # Gemma 2/3 and OLMo 2 hold their post-FFN norm (the default): one-point IG with that rule, itself checked
+        # against a naive reference that holds the norm the same way (tests/attribution/test_ffn_norm.py)
+        expected = (integrated_gradients(lm, query, steps=1).scores if family in NORMED_FAMILIES
+                    else naive_integrand(lm, query))
+        assert _rel_error(mine.scores, expected) < 1e-6
         assert math.isclose(mine.probability, alone.probability, rel_tol=tolerance)
         assert mine.answer_ranks == alone.answer_ranks and mine.position == query.position
         assert _rel_error(mine.activations, alone.activations) < tolerance

@@ -13,7 +13,7 @@ from kneuron.attribution.step_rows import make_plan, memory_per_row
 from kneuron.errors import FactError, KneuronError
 from kneuron.facts import encode
 from kneuron.models import NeuronPatch, patch
-from tiny_models import CAUSAL_FAMILIES, FAMILIES, MLM_FAMILIES, tiny_lm
+from tiny_models import CAUSAL_FAMILIES, FAMILIES, MLM_FAMILIES, NORMED_FAMILIES, SHARED_LAYER_FAMILIES, tiny_lm
 
 PROMPTS = {"mlm": "The capital of France is [Y].", "causal": "The capital of France is"}
 
@@ -36,10 +36,33 @@ def test_fast_path_matches_naive_reference(family, answer, batch_rows):
     query = _query(lm, answer)
     assert len(query.answer_ids) == (1 if answer == "Paris" else 2)
     fast = integrated_gradients(lm, query, steps=4, batch_rows=batch_rows)
-    slow, clean, zero = naive_integrated_gradients(lm, query, steps=4)
+    # Gemma 2/3 and OLMo 2 hold their post-FFN norm's scale by default (tests/attribution/test_ffn_norm.py)
+    slow, clean, zero = naive_integrated_gradients(lm, query, steps=4, frozen_norm=family in NORMED_FAMILIES)
     assert _rel_error(fast.scores, slow) < 1e-6
     assert fast.probability == pytest.approx(float(clean), rel=1e-9)
     assert torch.allclose(fast.baseline, zero, rtol=1e-9, atol=0)
+
+
+#: block options of the registered families that the tiny models' defaults leave off
+VARIANTS = [
+    ("stablelm", dict(use_parallel_residual=True, qk_layernorm=True)),  # StableLM 2 12B
+    ("bloom", dict(apply_residual_connection_post_layernorm=True)),
+    ("modernbert", dict(global_attn_every_n_layers=1)),  # every layer global
+    ("cohere", dict(use_qk_norm=True)),  # Command R+
+]
+
+
+@pytest.mark.parametrize("family, options", VARIANTS)
+def test_fast_path_matches_naive_reference_on_block_variants(family, options):
+    lm = tiny_lm(family, dtype=torch.float64, layers=3, **options)
+    assert all(getattr(lm.model.config, key) == value for key, value in options.items())
+    query = _query(lm, "Copenhagen")
+    fast = integrated_gradients(lm, query, steps=4, batch_rows=3)
+    slow, clean, _ = naive_integrated_gradients(lm, query, steps=4)
+    assert _rel_error(fast.scores, slow) < 1e-6
+    assert fast.probability == pytest.approx(float(clean), rel=1e-9)
+    default = integrated_gradients(tiny_lm(family, dtype=torch.float64, layers=3), query, steps=4)
+    assert _rel_error(default.scores, fast.scores) > 1e-3  # the option changes the model
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
@@ -79,11 +102,11 @@ def test_completeness_gap_shrinks_as_steps_grow(family):
     assert torch.allclose(fine.scores.sum(-1), delta, rtol=1e-3, atol=1e-12)
 
 
-def test_post_ffn_norm_makes_layer_scaling_degenerate():
-    """Gemma 2/3 normalise the FFN output, so P(alpha) is flat for alpha > 0 and jumps at 0: the
-    scores no longer sum to P(1) - P(0). This pins the behaviour that the README warns about."""
+def test_post_ffn_norm_makes_the_live_layer_scaling_degenerate():
+    """Gemma 2/3 normalise the FFN output, so with the live norm P(alpha) is flat for alpha > 0 and jumps at 0:
+    the scores no longer sum to P(1) - P(0) (the frozen default does: tests/attribution/test_ffn_norm.py)."""
     lm = tiny_lm("gemma2", dtype=torch.float64)
-    scores = integrated_gradients(lm, _query(lm), steps=64, alphas="midpoint")
+    scores = integrated_gradients(lm, _query(lm), steps=64, alphas="midpoint", norm="live")
     delta = scores.probability - scores.baseline
     assert (scores.completeness_gap.abs() > 0.5 * delta.abs()).all()
 
@@ -234,13 +257,14 @@ def test_prompts_sharing_batches_score_as_one_by_one(family, answer, batch_rows,
     bag = BAGS[lm.kind]
     alone = [integrated_gradients(lm, prompt, answer, steps=3) for prompt in bag]
     chunks = []
-    run_rows = ig.run_rows
+    runner = "run_shared_rows" if lm.shared_layers else "run_rows"  # ALBERT's rows are full passes
+    run_rows = getattr(ig, runner)
 
     def spy(lm, plans, chunk, *args, **kwargs):
         chunks.append(chunk)
         return run_rows(lm, plans, chunk, *args, **kwargs)
 
-    monkeypatch.setattr(ig, "run_rows", spy)
+    monkeypatch.setattr(ig, runner, spy)
     reported = []
     together = ig.integrated_gradients_many(lm, bag, answer, steps=3, batch_rows=batch_rows,
                                             on_prompt=lambda i, s: reported.append((i, s)))
@@ -254,7 +278,8 @@ def test_prompts_sharing_batches_score_as_one_by_one(family, answer, batch_rows,
         assert torch.allclose(many.baseline, one.baseline, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("family", MLM_FAMILIES)
+# (not ALBERT: its rows are full forward passes, see attribution/shared_depths.py)
+@pytest.mark.parametrize("family", [f for f in MLM_FAMILIES if f not in SHARED_LAYER_FAMILIES])
 def test_masked_models_last_ffn_reads_only_the_answer_positions(family):
     lm = tiny_lm(family, dtype=torch.float64, layers=3)
     query = _query(lm, "Copenhagen")

@@ -20,8 +20,13 @@ from tiny_models import CAUSAL_FAMILIES, MLM_FAMILIES, tiny_lm
 
 PROMPT = "The capital of France is"
 #: causal families whose FFN output passes a norm before the residual: the direct readout is not defined
-NORMED_FFN_OUTPUT = ("gemma2", "gemma3")
+NORMED_FFN_OUTPUT = ("gemma2", "gemma3", "olmo2")
 SUPPORTED = tuple(family for family in CAUSAL_FAMILIES if family not in NORMED_FFN_OUTPUT)
+
+
+def _logit_factor(config) -> float:
+    """What the model multiplies its head's logits by (Cohere's logit_scale, Granite's 1 / logits_scaling)."""
+    return getattr(config, "logit_scale", 1.0) / getattr(config, "logits_scaling", 1.0)
 
 
 def _by_hand(lm, x: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
@@ -47,24 +52,48 @@ def _by_hand(lm, x: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
         y = projection(y)
     head = lm.model.get_output_embeddings()
     logits = torch.nn.functional.linear(y, head.weight, head.bias)  # the head's weights, not its (hooked) forward
+    logits = logits * _logit_factor(config)
     cap = getattr(config, "final_logit_softcapping", None)
     if cap:
         logits = cap * torch.tanh(logits / cap)
     return torch.log_softmax(logits, dim=-1)
 
 
-def naive_log_prob_increase(lm, query) -> torch.Tensor:
-    """log p(w | h + a_i w_i) - log p(w | h), one neuron at a time, in float64."""
+def _block_outputs(lm, query, layer: int, ffn_outputs: torch.Tensor) -> torch.Tensor:
+    """Block ``layer``'s output at the answer position when its FFN output projection's output there is replaced by
+    each row of ``ffn_outputs`` ((rows, hidden), one batch row each): the model itself says what a block adds."""
+    position, rows = query.position, ffn_outputs.shape[0]
+    ids = query.input_ids[None].expand(rows, -1)
+    seen = {}
+
+    def replace(_module, _args, out):
+        out = out.clone()
+        if out.dim() == 2:  # OPT flattens (batch, seq)
+            out[torch.arange(rows) * ids.shape[1] + position] = ffn_outputs.to(out.dtype)
+        else:
+            out[:, position] = ffn_outputs.to(out.dtype)
+        return out
+
+    def read(_module, _args, out):
+        seen["out"] = (out[0] if isinstance(out, tuple) else out)[:, position].clone()
+
+    handles = [lm.ffn_out(layer).register_forward_hook(replace), lm.block(layer).register_forward_hook(read)]
+    try:
+        with torch.no_grad():
+            lm.model(input_ids=ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen["out"]
+
+
+def naive_log_prob_increase(lm, query, readout_tolerance: float = 1e-10) -> torch.Tensor:
+    """log p(w | h + v_i) - log p(w | h), one neuron at a time, in float64: h is the block's output with its FFN
+    output zeroed at the answer position, h + v_i its output with that FFN output replaced by a_i · w_i."""
     position, word = query.position, query.answer_ids[0]
     seen: dict = {}
     handles = []
     for layer in range(lm.n_layers):
-        handles.append(lm.block(layer).register_forward_hook(
-            lambda m, a, out, layer=layer: seen.__setitem__(("block", layer), (out[0] if isinstance(out, tuple)
-                                                                                else out)[0, position].clone())))
-        handles.append(lm.ffn_out(layer).register_forward_hook(
-            lambda m, a, out, layer=layer: seen.__setitem__(
-                ("ffn", layer), (out[position] if out.dim() == 2 else out[0, position]).clone())))
         handles.append(lm.ffn_out(layer).register_forward_pre_hook(
             lambda m, a, layer=layer: seen.__setitem__(
                 ("act", layer), (a[0][position] if a[0].dim() == 2 else a[0][0, position]).clone())))
@@ -81,13 +110,14 @@ def naive_log_prob_increase(lm, query) -> torch.Tensor:
     scores = torch.zeros(lm.n_layers, lm.n_neurons, dtype=torch.float64)
     with torch.no_grad():
         if final is not None:  # the frozen readout of the clean final stream is the model's own readout
-            assert torch.allclose(_by_hand(lm, final, final), torch.log_softmax(logits, -1), atol=1e-10)
+            assert torch.allclose(_by_hand(lm, final, final), torch.log_softmax(logits, -1), atol=readout_tolerance)
         for layer in range(lm.n_layers):
-            h = seen["block", layer] - seen["ffn", layer]
-            before = _by_hand(lm, h, final)[word]
+            values = seen["act", layer][:, None] * torch.stack(
+                [lm.value_slot(layer, neuron) for neuron in range(lm.n_neurons)])
+            outputs = _block_outputs(lm, query, layer, torch.cat([torch.zeros_like(values[:1]), values]))
+            before = _by_hand(lm, outputs[0], final)[word]
             for neuron in range(lm.n_neurons):
-                v = seen["act", layer][neuron] * lm.value_slot(layer, neuron)
-                scores[layer, neuron] = _by_hand(lm, h + v, final)[word] - before
+                scores[layer, neuron] = _by_hand(lm, outputs[1 + neuron], final)[word] - before
     return scores
 
 
@@ -162,9 +192,43 @@ def test_families_that_norm_the_ffn_output_are_refused(family):
 def test_olmo2_is_refused_but_olmo_is_not():
     from types import SimpleNamespace
 
-    spec = spec_for("olmo2")
-    assert "post_feedforward_layernorm" in direct_readout_problem(spec, SimpleNamespace(model_type="olmo2"))
-    assert direct_readout_problem(spec, SimpleNamespace(model_type="olmo")) is None
+    assert "post_feedforward_layernorm" in direct_readout_problem(spec_for("olmo2"),
+                                                                  SimpleNamespace(model_type="olmo2"))
+    assert direct_readout_problem(spec_for("olmo"), SimpleNamespace(model_type="olmo")) is None
+
+
+def test_stablelm_parallel_residual_and_qk_layernorm_read_out_directly():
+    """StableLM 2's blocks add the FFN output of the normed input as it is (use_parallel_residual: beside the
+    attention output); qk_layernorm norms only inside the attention: the direct readout holds."""
+    lm = tiny_lm("stablelm", dtype=torch.float64, layers=3, use_parallel_residual=True, qk_layernorm=True)
+    assert lm.block(0).use_parallel_residual and lm.block(0).self_attn.qk_layernorm
+    query = encode(lm, PROMPT, "Paris")
+    fast = LogProbIncrease().attribute(lm, [query])[0]
+    slow = naive_log_prob_increase(lm, query)
+    assert float((fast.scores - slow).abs().max()) < 1e-10 * (1 + float(slow.abs().max()))
+    assert float(slow.abs().max()) > 1e-3
+
+
+def test_granite_multipliers_are_read_from_its_spec():
+    """Granite multiplies each FFN output by residual_multiplier and divides the logits by logits_scaling (the
+    tiny model sets 0.5 and 2): a spec without either scores differently, or is caught by the readout check."""
+    import dataclasses
+
+    lm = tiny_lm("granite", dtype=torch.float64, layers=3)
+    query = encode(lm, PROMPT, "Paris")
+    right = LogProbIncrease().attribute(lm, [query])[0].scores
+    lm.spec = dataclasses.replace(lm.spec, ffn_output_multiplier=None)
+    assert float((LogProbIncrease().attribute(lm, [query])[0].scores - right).abs().max()) > 1e-2
+    lm.spec = dataclasses.replace(lm.spec, ffn_output_multiplier="residual_multiplier", logit_divisor=None)
+    with pytest.raises(KneuronError, match="do not reproduce"):
+        LogProbIncrease().attribute(lm, [query])
+
+
+def test_bloom_with_a_normed_residual_is_refused():
+    lm = tiny_lm("bloom", apply_residual_connection_post_layernorm=True)
+    with pytest.raises(KneuronError, match=r"apply_residual_connection_post_layernorm=True.*use --estimator gxa"):
+        LogProbIncrease().attribute(lm, PROMPT, "Paris")
+    assert direct_readout_problem(lm.spec, tiny_lm("bloom").model.config) is None
 
 
 def test_post_norm_opt_is_refused_and_opt_without_final_norm_reads_out_through_the_head():

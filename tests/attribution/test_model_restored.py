@@ -56,13 +56,15 @@ def hooked(family: str) -> tuple:
 
 
 def assert_hooks_work(lm, calls: dict) -> None:
-    """Every module's accelerate hook still runs: one forward calls each of them once."""
+    """Every module's accelerate hook still runs: one forward calls each block once per depth it serves (once,
+    but ALBERT's one layer at each of its depths)."""
     calls.clear()
     query = encode(lm, PROMPTS[lm.kind], "Paris")
     with torch.no_grad():
         lm.model(input_ids=query.input_ids[None])
-    blocks = [name for name, module in lm.model.named_modules() if any(module is lm.block(i) for i in range(4))]
-    assert all(calls.get(name) == 1 for name in blocks), {name: calls.get(name) for name in blocks}
+    depths = {name: len(lm.sharing(i)) for name, module in lm.model.named_modules() for i in range(4)
+              if module is lm.block(i)}
+    assert all(calls.get(name) == n for name, n in depths.items()), {name: calls.get(name) for name in depths}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -85,6 +87,7 @@ def test_an_exception_mid_run_restores_everything(family, monkeypatch):
     lm, calls = hooked(family)
     before = snapshot(lm.model)
     rows = importlib.import_module("kneuron.attribution.step_rows")
+    shared = importlib.import_module("kneuron.attribution.shared_depths")  # ALBERT's rows (full passes)
     real = rows._answer_log_probs
     seen = []
 
@@ -95,6 +98,7 @@ def test_an_exception_mid_run_restores_everything(family, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(rows, "_answer_log_probs", boom_in_the_second_batch)
+    monkeypatch.setattr(shared, "_answer_log_probs", boom_in_the_second_batch)
     with pytest.raises(RuntimeError, match="boom"):
         integrated_gradients(lm, PROMPTS[lm.kind], "Paris", steps=4, batch_rows=4)
     assert len(seen) == 3
@@ -102,7 +106,7 @@ def test_an_exception_mid_run_restores_everything(family, monkeypatch):
     assert_hooks_work(lm, calls)
 
 
-@pytest.mark.parametrize("family", ["llama", "bert", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "bert", "gpt2", "albert"])
 def test_hooks_and_patches_restore_everything(family):
     lm, calls = hooked(family)
     before = snapshot(lm.model)

@@ -99,3 +99,27 @@ def test_languages_come_from_the_ids_of_any_facts_file(fake_load, tmp_path):
     kept = invoke("facts", "--model", "tiny-llama", "--facts", path, "--top", "30", "--language", "en", "--list")
     assert kept.exit_code == 0, kept.output
     assert "capital:Germany@en" in kept.stdout and "capital:Japan" not in kept.stdout
+
+
+def test_run_min_languages_keeps_the_facts_known_in_several_languages(fake_load, tmp_path):
+    path = tmp_path / "tagged.jsonl"
+    path.write_text(
+        '{"relation": "capital", "templates": ["The capital of [X] is [Y].", "The capital city of [X] is [Y]."]}\n'
+        '{"subject": "France", "relation": "capital", "object": "Paris", "id": "capital:France@en"}\n'
+        '{"subject": "France", "relation": "capital", "object": "Paris", "id": "capital:France@fr"}\n'
+        '{"subject": "Germany", "relation": "capital", "object": "Berlin", "id": "capital:Germany@en"}\n'
+        '{"subject": "Japan", "relation": "capital", "object": "Tokyo", "id": "capital:Japan@en"}\n'
+        '{"subject": "Japan", "relation": "capital", "object": "Xylophone", "id": "capital:Japan@de"}\n'
+    )
+    out = tmp_path / "two.sqlite"
+    # top 30 of the tiny vocabulary: every answer but the unknown-token one (Xylophone) counts as known
+    result = invoke("run", "--model", "tiny-llama", "--facts", path, "--min-languages", "2", "--top", "30",
+                    "--steps", "2", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "2 of 5 facts kept" in " ".join(result.stderr.split())
+    with Atlas.open(out, read_only=True) as atlas:
+        assert [f.id for f in atlas.facts()] == ["capital:France@en", "capital:France@fr"]
+    none = invoke("run", "--model", "tiny-llama", "--facts", path, "--min-languages", "3", "--top", "30",
+                  "--steps", "2", "--out", tmp_path / "three.sqlite")
+    assert none.exit_code == 1 and "in 3 languages or more" in none.stderr
+    assert not (tmp_path / "three.sqlite").exists()

@@ -100,12 +100,21 @@ def test_update_float32_delta_and_custom_lambdas(layout_family):
 def test_undo_is_bit_exact_on_every_family(family):
     lm = tiny_lm(family, neurons=32)
     before = state(lm)
-    edit = update_fact(lm, NEURONS + [(0, 31)], "Paris", "Tokyo", lambda_new=1e4)
-    handle = edit.apply(lm)
-    assert not same_state(lm, before)
-    handle.undo()
-    assert same_state(lm, before)
-    erase = erase_relation(lm, {(1, 0): 3, (0, 31): 2, (1, 30): 1}, mode="unknown")
+    if lm.model.get_output_embeddings().weight.shape[1] != lm.value_slot(0, 0).shape[0]:
+        # ALBERT's factorised embeddings (8 entries in the tiny model) are not in the 16-entry residual stream
+        for make in (lambda: update_fact(lm, NEURONS, "Paris", "Tokyo"),
+                     lambda: erase_relation(lm, {(1, 0): 3}, mode="unknown")):
+            with pytest.raises(EditError, match="factorised embeddings"):
+                make()
+        mode = "zero"
+    else:
+        edit = update_fact(lm, NEURONS + [(0, 31)], "Paris", "Tokyo", lambda_new=1e4)
+        handle = edit.apply(lm)
+        assert not same_state(lm, before)
+        handle.undo()
+        assert same_state(lm, before)
+        mode = "unknown"
+    erase = erase_relation(lm, {(1, 0): 3, (0, 31): 2, (1, 30): 1}, mode=mode)
     with erase.applied(lm):
         assert not same_state(lm, before)
     assert same_state(lm, before)

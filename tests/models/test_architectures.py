@@ -84,11 +84,11 @@ def test_alias_model_types_share_a_spec():
     assert spec_for("smollm3") is spec_for("llama")
     assert spec_for("xlm-roberta") is spec_for("roberta")
     assert spec_for("gemma3") is spec_for("gemma3_text")
-    assert spec_for("olmo2") is spec_for("olmo")
+    assert spec_for("olmo2") is not spec_for("olmo")  # OLMo 2 normalises its FFN output, OLMo does not
 
 
 @pytest.mark.parametrize("model_type, family", [("xlm-roberta", "roberta"), ("camembert", "roberta"),
-                                                ("smollm3", "llama"), ("olmo2", "olmo")])
+                                                ("smollm3", "llama")])
 def test_alias_model_types_build_and_hook(model_type, family):
     """The registry's extra model types resolve on real modules of those types, not just by name."""
     kind = "mlm" if family in MLM_FAMILIES else "causal"
@@ -108,6 +108,64 @@ def test_alias_model_types_build_and_hook(model_type, family):
         handle.remove()
     with torch.no_grad():
         assert torch.equal(lm.ffn_out(1)(acts[1]), outputs[1])
+
+
+def test_bloom_built_slow_but_exact_is_refused_in_one_line():
+    """With slow_but_exact and pretraining_tp > 1 BLOOM's MLP multiplies dense_4h_to_h's weight slices itself: no
+    hook would see the neurons."""
+    lm = tiny_lm("bloom")
+    for module in lm.model.modules():
+        if hasattr(module, "slow_but_exact"):
+            module.slow_but_exact, module.pretraining_tp = True, 2
+    with pytest.raises(UnsupportedArchitectureError, match=r"slow_but_exact=True.*slow_but_exact=False") as info:
+        from_model(lm.model, lm.tokenizer)
+    assert "\n" not in str(info.value)
+    assert from_model(tiny_lm("bloom", slow_but_exact=True).model, lm.tokenizer).spec.family == "bloom"  # tp 1
+
+
+def test_bloom_alibi_rows_are_repeated_for_each_batch_row():
+    """The attribution engine calls the model on one row and feeds many rows in at the blocks; BLOOM's ALiBi input
+    is laid out (batch · heads, 1, keys), so the engine repeats it (ArchSpec.batch_head_inputs)."""
+    from kneuron.attribution.step_rows import _batch_head_inputs_for_rows, start_at_layer
+
+    lm = tiny_lm("bloom", dtype=torch.float64)
+    assert lm.spec.batch_head_inputs == ("alibi",)
+    ids = _ids(lm, rows=3)
+    inputs = {}
+    handle = lm.block(0).register_forward_pre_hook(lambda _m, args: inputs.__setitem__(0, args[0]))
+    try:
+        with torch.no_grad():
+            batched = lm.model(input_ids=ids).logits
+    finally:
+        handle.remove()
+    with torch.no_grad(), start_at_layer(lm, 0, inputs[0]):
+        with pytest.raises(RuntimeError):  # one row's ALiBi for three rows
+            lm.model(input_ids=ids[:1])
+        with _batch_head_inputs_for_rows(lm, 0):
+            fed = lm.model(input_ids=ids[:1]).logits
+    assert fed.shape == batched.shape and torch.allclose(fed, batched, atol=1e-12)
+
+
+def test_modernbert_local_layers_attend_within_their_window():
+    """Layer 1 of the tiny ModernBERT is local (a window of 4 tokens each side): a token 6 positions away does not
+    reach it, so widening the window changes the outputs."""
+    local = tiny_lm("modernbert", dtype=torch.float64)
+    assert local.model.config.layer_types == ["full_attention", "sliding_attention"]
+    wide = tiny_lm("modernbert", dtype=torch.float64, local_attention=64)
+    ids = _ids(local, rows=1, seq=12)
+    with torch.no_grad():
+        assert not torch.allclose(local.model(input_ids=ids).logits, wide.model(input_ids=ids).logits)
+
+
+def test_modernbert_sparse_prediction_does_not_change_attribution():
+    """sparse_prediction drops unlabelled positions only when labels are given; kneuron passes none."""
+    from kneuron.attribution import integrated_gradients
+
+    prompt = "The capital of France is [Y]."
+    plain = integrated_gradients(tiny_lm("modernbert", dtype=torch.float64), prompt, "Paris", steps=3)
+    sparse = integrated_gradients(tiny_lm("modernbert", dtype=torch.float64, sparse_prediction=True), prompt,
+                                  "Paris", steps=3)
+    assert torch.equal(plain.scores, sparse.scores)
 
 
 def test_backbone_without_lm_head_resolves_too():
@@ -157,13 +215,14 @@ def test_ffn_output_is_the_sum_of_value_slots(family):
     """The FFN output projection writes sum_i act_i * value_slot(i) + bias: the neurons' "writing"."""
     lm = _lm64(family)
     ids = _ids(lm)
-    outputs = {}
-    handle = lm.ffn_out(1).register_forward_hook(lambda _m, _a, out: outputs.__setitem__(1, out.detach().clone()))
+    outputs = []  # every call's output (ALBERT's one layer runs at each depth: depth 1 is its call number 1)
+    handle = lm.ffn_out(1).register_forward_hook(lambda _m, _a, out: outputs.append(out.detach().clone()))
     try:
         with torch.no_grad(), capture(lm, layers=[1]) as acts:
             lm.model(input_ids=ids)
     finally:
         handle.remove()
+    outputs = {1: outputs[lm.occurrence(1)]}
     slots = torch.stack([lm.value_slot(1, i) for i in range(lm.n_neurons)])  # (n_neurons, hidden)
     bias = lm.ffn_out(1).bias
     written = torch.einsum("btn,nh->bth", acts[1], slots) + (0 if bias is None else bias)

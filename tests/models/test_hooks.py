@@ -61,12 +61,11 @@ def _clean_acts(lm, ids):
 def test_captured_activation_reproduces_ffn_output_exactly(family, dtype):
     lm = _lm64(family) if dtype == torch.float64 else tiny_lm(family)
     ids = _ids(lm)
-    outputs: dict[int, torch.Tensor] = {}
+    calls: dict[int, list[torch.Tensor]] = {}  # each output projection's outputs, in call order
     # clone: some blocks (Falcon) add to the FFN output in place afterwards
     handles = [
-        lm.ffn_out(layer).register_forward_hook(
-            lambda _m, _a, out, layer=layer: outputs.__setitem__(layer, out.detach().clone()))
-        for layer in range(lm.n_layers)
+        module.register_forward_hook(lambda m, _a, out: calls.setdefault(id(m), []).append(out.detach().clone()))
+        for module in {id(lm.ffn_out(layer)): lm.ffn_out(layer) for layer in range(lm.n_layers)}.values()
     ]
     try:
         with torch.no_grad(), capture(lm, positions=None) as acts:
@@ -74,6 +73,9 @@ def test_captured_activation_reproduces_ffn_output_exactly(family, dtype):
     finally:
         for handle in handles:
             handle.remove()
+    # depth l is its module's call number lm.occurrence(l) (always its only call, but for shared layers: ALBERT)
+    outputs = {layer: calls[id(lm.ffn_out(layer))][lm.occurrence(layer)] for layer in range(lm.n_layers)}
+    assert all(len(calls[id(lm.ffn_out(layer))]) == len(lm.sharing(layer)) for layer in range(lm.n_layers))
     assert sorted(acts) == list(range(lm.n_layers))
     for layer in range(lm.n_layers):
         assert acts[layer].shape == (BATCH, SEQ, lm.n_neurons)  # also for OPT, whose block flattens tokens

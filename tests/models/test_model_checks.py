@@ -116,12 +116,29 @@ def test_cpu_devices_pass(saved):
 # --------------------------------------------------------------------------------------- position limit
 
 
+#: families whose positions are not embedded (BLOOM's ALiBi biases attention by distance): no limit
+UNLIMITED = ("bloom",)
+LIMITED = tuple(family for family in FAMILIES if family not in UNLIMITED)
+
+
+@pytest.mark.parametrize("family", LIMITED)
 def test_max_positions_comes_from_the_config(family):
     lm = tiny_lm(family)
     # tiny_models configures 64 positions (RoBERTa 66, of which pad_token_id + 1 = 1 go unused)
     assert lm.max_positions == (POSITIONS + 1 if family == "roberta" else POSITIONS)
 
 
+@pytest.mark.parametrize("family", UNLIMITED)
+def test_alibi_models_have_no_position_limit(family):
+    lm = tiny_lm(family)
+    assert lm.max_positions is None
+    lm.check_length(10**6)
+    ids = torch.full((1, 4 * POSITIONS), len(lm.tokenizer) - 1)
+    with torch.no_grad():
+        assert torch.isfinite(lm.model(input_ids=ids).logits).all()
+
+
+@pytest.mark.parametrize("family", LIMITED)
 def test_max_positions_is_exact(family):
     """A prompt of exactly max_positions tokens runs; where positions are learned, one more crashes."""
     lm = tiny_lm(family)
@@ -135,6 +152,7 @@ def test_max_positions_is_exact(family):
             lm.model(input_ids=torch.full((1, n + 1), len(lm.tokenizer) - 1))
 
 
+@pytest.mark.parametrize("family", LIMITED)
 def test_check_length_refuses_a_longer_prompt(family):
     lm = tiny_lm(family)
     n = lm.max_positions

@@ -24,9 +24,9 @@ def test_chunk_prompts_share_batches_across_facts_and_score_as_alone(monkeypatch
     seen: list[set[int]] = []
     real = ig_module.run_rows
 
-    def spy(lm_, plans, chunk, objective, gradients=True):
+    def spy(lm_, plans, chunk, objective, gradients=True, **options):
         seen.append({p for p, *_ in chunk})
-        return real(lm_, plans, chunk, objective, gradients=gradients)
+        return real(lm_, plans, chunk, objective, gradients=gradients, **options)
 
     monkeypatch.setattr(ig_module, "run_rows", spy)
     result = compute_chunk(lm, Chunk(0, facts, [f.id for f in facts]), params)

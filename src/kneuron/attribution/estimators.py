@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from kneuron.attribution.ffn_norm import NormRule, check_norm
 from kneuron.attribution.gradient_times_activation import gradient_times_activation
 from kneuron.attribution.integrated_gradients import (
     ALPHA_RULES,
@@ -110,6 +111,10 @@ class Estimator(ABC):
         return hash(tuple(sorted(self.params().items())))
 
 
+def _norm_param(norm: str | None) -> dict[str, str]:
+    return {} if norm is None else {"norm": norm}
+
+
 class IntegratedGradients(Estimator):
     """The paper's attribution, exact (see :func:`kneuron.attribution.integrated_gradients`).
 
@@ -118,45 +123,52 @@ class IntegratedGradients(Estimator):
         alphas: "right" (the paper's k/m), "midpoint", "linspace" or "gauss" (``steps``-point Gauss–Legendre).
         objective: "prob" (the paper) or "logprob".
         memory_budget, batch_rows: how the steps are batched (they change no score beyond float rounding).
+        norm: "frozen" or "live" for models that normalise each FFN output (Gemma 2/3, OLMo 2; see
+            :mod:`kneuron.attribution.ffn_norm`); None is the family's default ("frozen" there, nothing elsewhere).
+            Recorded in :meth:`params` only when given; a run records the rule it used on its model.
     """
 
     name = "ig"
 
     def __init__(self, steps: int = 20, alphas: AlphaRule = "right", objective: Objective = "prob", *,
-                 memory_budget: int | str | None = None, batch_rows: int | None = None) -> None:
+                 memory_budget: int | str | None = None, batch_rows: int | None = None,
+                 norm: NormRule | None = None) -> None:
         self.steps = count("steps", steps)
         alpha_points(self.steps, alphas)  # checks the rule
         self.alphas = alphas
         self.objective = _check_objective(objective)
         self.memory_budget = memory_budget
         self.batch_rows = batch_rows
+        self.norm = check_norm(norm)
 
     def params(self) -> dict[str, Any]:
-        return {"estimator": self.name, "steps": self.steps, "alphas": self.alphas, "objective": self.objective}
+        return {"estimator": self.name, "steps": self.steps, "alphas": self.alphas, "objective": self.objective,
+                **_norm_param(self.norm)}
 
     def attribute(self, lm, prompts, answer=None, *, layers=None, on_prompt=None):
         return integrated_gradients_many(
             lm, encode_prompts(lm, prompts, answer), answer, steps=self.steps, objective=self.objective,
             alphas=self.alphas, layers=layers, memory_budget=self.memory_budget, batch_rows=self.batch_rows,
-            on_prompt=on_prompt)
+            on_prompt=on_prompt, norm=self.norm)
 
 
 class GradientTimesActivation(Estimator):
     """Attribution patching: activation × ∂objective/∂activation at the clean activations, every layer from one
     backward pass (:mod:`kneuron.attribution.gradient_times_activation`); the same numbers as one-point (α = 1)
-    integrated gradients."""
+    integrated gradients (with the same ``norm`` rule, see :class:`IntegratedGradients`)."""
 
     name = "gxa"
 
-    def __init__(self, objective: Objective = "prob") -> None:
+    def __init__(self, objective: Objective = "prob", *, norm: NormRule | None = None) -> None:
         self.objective = _check_objective(objective)
+        self.norm = check_norm(norm)
 
     def params(self) -> dict[str, Any]:
-        return {"estimator": self.name, "objective": self.objective}
+        return {"estimator": self.name, "objective": self.objective, **_norm_param(self.norm)}
 
     def attribute(self, lm, prompts, answer=None, *, layers=None, on_prompt=None):
         return gradient_times_activation(lm, encode_prompts(lm, prompts, answer), objective=self.objective,
-                                         layers=layers, answer=answer, on_prompt=on_prompt)
+                                         layers=layers, answer=answer, on_prompt=on_prompt, norm=self.norm)
 
 
 def screen_layers(bag: Sequence[NeuronScores], k: int) -> list[int]:
@@ -188,7 +200,7 @@ class ScreenedIntegratedGradients(Estimator):
     def __init__(self, layers: int, ig: IntegratedGradients | None = None, screen: Estimator | None = None) -> None:
         self.k = count("screen", layers)
         self.ig = ig or IntegratedGradients()
-        self.screen = screen or GradientTimesActivation(self.ig.objective)
+        self.screen = screen or GradientTimesActivation(self.ig.objective, norm=self.ig.norm)
         if isinstance(self.screen, ScreenedIntegratedGradients):
             raise KneuronError("A screen cannot itself be screened: give GradientTimesActivation() or another "
                                "single estimator.")

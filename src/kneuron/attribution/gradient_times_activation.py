@@ -34,6 +34,7 @@ from contextlib import ExitStack
 
 import torch
 
+from kneuron.attribution.ffn_norm import NormRule, effective_norm, frozen_deltas
 from kneuron.attribution.step_rows import (
     Objective,
     _answer_log_probs,
@@ -63,6 +64,7 @@ def gradient_times_activation(
     answer: str | None = None,
     on_prompt: Callable[[int, NeuronScores], None] | None = None,
     batch_tokens: int = BATCH_TOKENS,
+    norm: NormRule | None = None,
 ) -> list[NeuronScores]:
     """Gradient × activation of every FFN neuron for each encoded prompt, in the order of ``queries``.
 
@@ -75,6 +77,10 @@ def gradient_times_activation(
     ``layers`` limits the scored layers (the others score 0); ``answer`` is the text recorded in the results
     (default: the decoded answer tokens). The model is left as it was: hooks are removed and parameters'
     ``requires_grad`` flags restored on exit, also after an exception.
+
+    ``norm`` (models that normalise each FFN output, see :mod:`kneuron.attribution.ffn_norm`): with "frozen"
+    (their default) each layer's gradient reaches the stream through its own post-FFN norm with the norm's factor
+    held, and through later layers' live norms: the gradient of integrated gradients' α = 1 row with that rule.
     """
     chosen = sorted(set(range(lm.n_layers) if layers is None else layers))
     for layer in chosen:
@@ -82,12 +88,13 @@ def gradient_times_activation(
     if not chosen:
         raise KneuronError("No layers to attribute: give at least one layer index.")
     objective_of(torch.zeros(1, 1, dtype=torch.float64), objective)  # checks the objective's name
+    rule = effective_norm(lm, norm)
     results: list[NeuronScores | None] = [None] * len(queries)
     order = sorted(range(len(queries)), key=lambda i: (len(queries[i].answer_ids), len(queries[i].input_ids)))
     with frozen_parameters(lm.model):
         for group in _batches(queries, order, max(1, batch_tokens)):
-            for index, scores in zip(group, _one_batch(lm, [queries[i] for i in group], objective, chosen),
-                                     strict=True):
+            for index, scores in zip(group, _one_batch(lm, [queries[i] for i in group], objective, chosen,
+                                                       rule), strict=True):
                 scores.answer = answer if answer is not None else lm.tokenizer.decode(list(queries[index].answer_ids))
                 results[index] = scores
                 if on_prompt is not None:
@@ -109,7 +116,7 @@ def _batches(queries: Sequence[EncodedQuery], order: list[int], tokens: int) -> 
 
 
 def _one_batch(lm: LanguageModel, queries: list[EncodedQuery], objective: Objective, chosen: list[int],
-               ) -> list[NeuronScores]:
+               rule: NormRule | None = None) -> list[NeuronScores]:
     device = lm.device
     width = max(len(q.input_ids) for q in queries)
     ids = torch.full((len(queries), width), pad_token_id(lm), dtype=torch.long)
@@ -131,6 +138,8 @@ def _one_batch(lm: LanguageModel, queries: list[EncodedQuery], objective: Object
             if layer not in chosen_set:
                 return x
             deltas[layer] = torch.zeros_like(x[rows, positions]).requires_grad_(True)
+            if rule == "frozen":  # the delta enters after the FFN, through the norm with its factor held
+                return x
             out = x.clone()
             out[rows, positions] = x[rows, positions] + deltas[layer]
             return out
@@ -141,6 +150,9 @@ def _one_batch(lm: LanguageModel, queries: list[EncodedQuery], objective: Object
     with torch.enable_grad(), ExitStack() as stack:
         for layer in range(lm.n_layers):
             stack.enter_context(on_ffn_input(lm, layer, adder(layer)))
+        if rule == "frozen":
+            for layer in chosen:
+                stack.enter_context(frozen_deltas(lm, layer, rows, positions, lambda layer=layer: deltas[layer]))
         sliced = stack.enter_context(logits_at(lm, targets))
         logits = lm.model(input_ids=ids.to(device), **kwargs).logits
         if not sliced:
@@ -163,5 +175,5 @@ def _one_batch(lm: LanguageModel, queries: list[EncodedQuery], objective: Object
             completeness_gap=nan.clone(), prompt=query.text, position=query.position, steps=1, objective=objective,
             alphas="right", log_probability=float(log_probabilities[row]),
             answer_ranks=_answer_ranks(logits.detach()[row], answer_ids[row]), vocab_size=int(logits.shape[-1]),
-            estimator="gxa"))
+            estimator="gxa", norm=rule))
     return results

@@ -28,6 +28,11 @@ What makes it fast without changing the result (the machinery is in
   position and the answer tokens after it.
 * **Logits where they are needed.** The output head computes only the answer positions.
 
+Shared layers (ALBERT runs one layer's weights at every depth; a neuron is (depth, index)): a block's hooks and
+forward are every depth's, so the rows join at their own *depth* through one depth-aware forward of the shared
+block (:mod:`kneuron.attribution.shared_depths`), with the same prefix reuse and batching, but neither the
+single-prompt branching at the FFN nor the narrowed last FFN.
+
 A naive reference (one full forward and backward per step) lives in the test-suite, which
 checks that this implementation matches it within 1e-6 relative in float64.
 """
@@ -43,7 +48,9 @@ from typing import Literal
 import torch
 
 from kneuron.attribution import limits
+from kneuron.attribution.ffn_norm import NormRule, effective_norm
 from kneuron.attribution.limits import check_row_fits, check_run_fits, count
+from kneuron.attribution.shared_depths import check_shared_layers_supported, run_shared_rows
 from kneuron.attribution.step_rows import (
     Objective,
     Plan,
@@ -139,6 +146,7 @@ def integrated_gradients(
     layers: Sequence[int] | None = None,
     memory_budget: int | str | None = None,
     batch_rows: int | None = None,
+    norm: NormRule | None = None,
 ) -> NeuronScores:
     """Integrated-gradients attribution of every FFN neuron for ``answer`` after ``prompt``.
 
@@ -158,6 +166,9 @@ def integrated_gradients(
             2 GiB). A run whose rows alone would not fit, or one of whose rows would not, is refused before
             anything is allocated.
         batch_rows: at most this many (layer, α) rows per batch (a whole number ≥ 1; the budget may lower it).
+        norm: for a model that normalises each FFN output before the residual (Gemma 2/3, OLMo 2): "frozen" (the
+            default) holds the scaled layer's norm factor at its clean value, "live" keeps the literal definition
+            (see :mod:`kneuron.attribution.ffn_norm`); other models have nothing to freeze.
 
     Returns:
         NeuronScores with the (layers, neurons) scores, the clean activations, the clean
@@ -168,7 +179,8 @@ def integrated_gradients(
         >>> scores.top(3)      # [L27.N1011, ...]
     """
     return integrated_gradients_many(lm, [prompt], answer, steps=steps, objective=objective, alphas=alphas,
-                                     layers=layers, memory_budget=memory_budget, batch_rows=batch_rows)[0]
+                                     layers=layers, memory_budget=memory_budget, batch_rows=batch_rows,
+                                     norm=norm)[0]
 
 
 def integrated_gradients_many(
@@ -183,6 +195,7 @@ def integrated_gradients_many(
     memory_budget: int | str | None = None,
     batch_rows: int | None = None,
     on_prompt: Callable[[int, NeuronScores], None] | None = None,
+    norm: NormRule | None = None,
 ) -> list[NeuronScores]:
     """:func:`integrated_gradients` of several prompts, whose rows share batches where they can.
 
@@ -197,6 +210,7 @@ def integrated_gradients_many(
         >>> bag = integrated_gradients_many(lm, ["The capital of France is", "France's capital is"], "Paris")
     """
     steps = count("steps", steps)
+    rule = effective_norm(lm, norm)
     batch_rows = None if batch_rows is None else count("batch_rows", batch_rows)
     budget = limits.memory_budget(memory_budget) if memory_budget is not None else default_memory_budget(lm)
     queries = [_query(lm, prompt, answer) for prompt in prompts]
@@ -206,6 +220,7 @@ def integrated_gradients_many(
     if not chosen:
         raise KneuronError("No layers to attribute: give at least one layer index.")
     check_run_fits(steps, len(chosen), len(queries), budget)
+    check_shared_layers_supported(lm)
     points = alpha_points(steps, alphas)
     weights = alpha_weights(steps, alphas)
     plans = [make_plan(lm, query, objective) for query in queries]
@@ -220,11 +235,11 @@ def integrated_gradients_many(
             fits = max(1, int(budget // max(per_row, 1.0)))
             rows = min(batch_rows or MAX_ROWS, fits)
             gradient_sums, baselines = _integrate(lm, plans, members, chosen, points, weights, rows,
-                                                 objective)
+                                                 objective, rule == "frozen")
             for index in members:
                 said = answer if answer is not None else lm.tokenizer.decode(list(queries[index].answer_ids))
                 results[index] = _scores(plans[index], queries[index], said, gradient_sums[index],
-                                         baselines[index], steps, objective, alphas)
+                                         baselines[index], steps, objective, alphas, rule)
                 if on_prompt is not None:
                     on_prompt(index, results[index])
     return [r for r in results if r is not None]
@@ -240,15 +255,17 @@ def _query(lm: LanguageModel, prompt: Prompt | str | EncodedQuery, answer: str |
 
 def _integrate(lm: LanguageModel, plans: Sequence[Plan], members: list[int], chosen: list[int],
                points: torch.Tensor, weights: torch.Tensor | None, rows: int, objective: Objective,
-               ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+               frozen_norm: bool = False) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """Sum each member prompt's gradients over the α points (each times its weight, when the rule has weights),
     and find each layer's zero baseline."""
     weight_of = {} if weights is None else dict(zip(points.tolist(), weights.tolist(), strict=True))
+    run = run_shared_rows if lm.shared_layers else run_rows  # one block at every depth (ALBERT): full passes
+    norm_option = {"frozen_norm": True} if frozen_norm else {}  # (no shared-layer family has a post-FFN norm)
     sums = {p: torch.zeros_like(plans[p].activations, dtype=torch.float64) for p in members}
     baselines = {p: torch.full((lm.n_layers,), math.nan, dtype=torch.float64) for p in members}
     step_rows = {layer: [(p, layer, float(a), True) for p in members for a in points.tolist()] for layer in chosen}
     for chunk in batches(step_rows, rows):
-        grads, values = run_rows(lm, plans, chunk, objective)
+        grads, values = run(lm, plans, chunk, objective, **norm_option)
         for (p, layer, alpha, _), grad, value in zip(chunk, grads, values, strict=True):
             sums[p][layer] += grad.double() if weights is None else grad.double() * weight_of[alpha]
             if alpha == 0.0:  # linspace's first point is the zero baseline itself
@@ -260,14 +277,15 @@ def _integrate(lm: LanguageModel, plans: Sequence[Plan], members: list[int], cho
             if math.isnan(baselines[p][layer]):
                 missing[layer].append((p, layer, 0.0, False))
     for chunk in batches(missing, rows):
-        _, values = run_rows(lm, plans, chunk, objective, gradients=False)
+        _, values = run(lm, plans, chunk, objective, gradients=False, **norm_option)
         for (p, layer, _, _), value in zip(chunk, values, strict=True):
             baselines[p][layer] = value
     return sums, baselines
 
 
 def _scores(plan: Plan, query: EncodedQuery, answer: str | None, gradient_sum: torch.Tensor,
-            baseline: torch.Tensor, steps: int, objective: Objective, alphas: AlphaRule) -> NeuronScores:
+            baseline: torch.Tensor, steps: int, objective: Objective, alphas: AlphaRule,
+            norm: NormRule | None = None) -> NeuronScores:
     scores = plan.activations.double() * (gradient_sum if alphas == "gauss" else gradient_sum / steps)
     gap = scores.sum(-1) - (plan.probability - baseline)
     return NeuronScores(
@@ -285,4 +303,5 @@ def _scores(plan: Plan, query: EncodedQuery, answer: str | None, gradient_sum: t
         log_probability=plan.log_probability,
         answer_ranks=plan.answer_ranks,
         vocab_size=plan.vocab_size,
+        norm=norm,
     )

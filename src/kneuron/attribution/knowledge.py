@@ -12,6 +12,7 @@ from kneuron.attribution.estimators import (
     estimator_named,
     estimator_names,
 )
+from kneuron.attribution.ffn_norm import with_effective_norm
 from kneuron.attribution.integrated_gradients import AlphaRule, Objective, integrated_gradients_many
 from kneuron.attribution.selection import refine
 from kneuron.attribution.types import KnowledgeNeurons, NeuronScores
@@ -120,7 +121,8 @@ def find_knowledge_neurons(
 
     ``estimator`` chooses the attribution (default: exact integrated gradients from ``steps``, ``objective`` and
     ``alphas``; a name such as "gxa", or an Estimator object, see :mod:`kneuron.attribution.estimators`). The
-    result's ``params`` record the estimator's parameters (``estimator.params()``), and for a
+    result's ``params`` record the estimator's parameters (``estimator.params()``; ``"norm"``, the rule used on a
+    model whose FFN outputs are normalised, see :mod:`kneuron.attribution.ffn_norm`), and for a
     :class:`ScreenedIntegratedGradients` the layers it chose (``"screen_layers"``, e.g. "2,5").
 
     Example:
@@ -138,8 +140,10 @@ def find_knowledge_neurons(
     bag = attribute_bag(lm, prompts, answer, steps=steps, objective=objective, alphas=alphas,
                         on_prompt=on_prompt, estimator=estimator, **options)
     found = refine(bag, share=share, threshold=threshold, fact=fact)
-    made_by = IntegratedGradients(steps, alphas, objective) if estimator is None else estimator
+    made_by = (IntegratedGradients(steps, alphas, objective, norm=options.get("norm")) if estimator is None
+               else estimator)
     found.params.update(made_by.params(), answer=answer)
+    found.params = with_effective_norm(found.params, lm)  # the rule used on this model, or none to record
     if isinstance(made_by, ScreenedIntegratedGradients):
         found.params[SCREEN_LAYERS] = layer_list(made_by.chosen)
     found.scores = bag

@@ -4,16 +4,18 @@ log-probability (Yu & Ananiadou, "Neuron-Level Knowledge Attribution in Large La
 For neuron i of layer l at the answer position, with a_i its clean activation and w_i its value slot
 (``lm.value_slot(l, i)``, the column of the FFN output projection it multiplies):
 
-    v_i = a_i · w_i                      the neuron's contribution to the block's output
-    h   = block output − FFN output      the residual stream the FFN output is added to, at that position
+    v_i = m · a_i · w_i                  the neuron's contribution to the block's output
+    h   = block output − m · FFN output  the residual stream the FFN output is added to, at that position
     Imp = log p(w | h + v_i) − log p(w | h)
 
-with w the **first** answer token and p(w | x) = softmax(readout(x))[w]. Only the first token: the readout at the
-answer position predicts the token after it, and later answer tokens sit at later positions, which this direct
-readout does not reach (their probabilities depend on the neuron only through attention). ``h`` is exact for every
-block whose output is ``stream + FFN output`` with the FFN output added as it is: sequential pre-norm blocks
-(stream = input + attention output) and parallel-residual ones (stream = input + attention output of the same
-input) alike; the FFN output includes its bias, so ``h`` excludes it and ``h + v_i`` holds one neuron's value.
+with m the factor by which the block multiplies its FFN output (Granite's ``residual_multiplier``; 1 elsewhere:
+:func:`~kneuron.models.architectures.ffn_output_multiplier`), w the **first** answer token and
+p(w | x) = softmax(readout(x))[w]. Only the first token: the readout at the answer position predicts the token after
+it, and later answer tokens sit at later positions, which this direct readout does not reach (their probabilities
+depend on the neuron only through attention). ``h`` is exact for every block whose output is
+``stream + m · FFN output`` with the FFN output added as it is: sequential pre-norm blocks (stream = input +
+attention output) and parallel-residual ones (stream = input + attention output of the same input) alike; the FFN
+output includes its bias, so ``h`` excludes it and ``h + v_i`` holds one neuron's value.
 
 The readout, as in the authors' code (their ``get_bsvalues`` with ``final_var`` taken from the last layer's output):
 
@@ -26,7 +28,9 @@ The readout, as in the authors' code (their ``get_bsvalues`` with ``final_var`` 
 * γ is the norm's weight (``1 + weight`` for Gemma's RMSNorm, 1 where the norm has none, e.g. OLMo), β its bias
   (0 where it has none);
 * Proj is a linear map between the norm and the head when the model has one (OPT's ``project_out``), U and b the
-  output head's weight and bias (GPT-J's and Phi's heads have one);
+  output head's weight and bias (GPT-J's and Phi's heads have one), times the factor the model multiplies its
+  logits by (Cohere's ``logit_scale``, 1 / Granite's ``logits_scaling``; 1 elsewhere:
+  :func:`~kneuron.models.architectures.logit_multiplier`);
 * softcap(z) = c · tanh(z / c) when ``config.final_logit_softcapping`` = c is set, else z.
 
 A model without a final norm (OPT built with ``_remove_final_layer_norm``) reads out through the head alone (r = 1,
@@ -71,8 +75,10 @@ from kneuron.errors import KneuronError
 from kneuron.facts.encoding import EncodedQuery
 from kneuron.models.architectures import (
     direct_readout_problem,
+    ffn_output_multiplier,
     final_norm_of,
     head_projection_of,
+    logit_multiplier,
     norm_epsilon,
 )
 from kneuron.models.hooks import on_ffn_input
@@ -126,6 +132,8 @@ def readout_of(lm: LanguageModel) -> Readout:
     """The model's frozen-scale readout, or a KneuronError saying why the direct readout is not defined for it."""
     config = getattr(lm.model, "config", None)
     problem = direct_readout_problem(lm.spec, config)
+    if problem is None and lm.shared_layers:  # its hooks on the blocks would see every depth's forward
+        problem = "one block runs at several depths (shared layers), which the readout's block hooks do not tell apart"
     if problem is not None:
         raise KneuronError(f"The log-probability increase (lpi) cannot score {lm.name}: {problem}; use "
                            "--estimator gxa or ig instead.")
@@ -158,6 +166,9 @@ def readout_of(lm: LanguageModel) -> Readout:
             unembed = unembed @ projection.weight.to(dtype)
         if beta is not None:
             constant = constant + unembed @ beta
+        multiplier = logit_multiplier(lm.spec, config)
+        if multiplier != 1.0:
+            unembed, constant = unembed * multiplier, constant * multiplier
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     softcap = getattr(text_config, "final_logit_softcapping", None)
     return Readout(unembed, gamma, constant, centred=norm is not None and lm.spec.final_norm_kind == "layernorm",
@@ -231,7 +242,8 @@ def _clean_pass(lm: LanguageModel, query: EncodedQuery, readout: Readout) -> _Cl
     answer_ids = torch.tensor(query.answer_ids, device=logits.device)
     at_targets = logits[targets]
     log_p = float(_answer_log_probs(at_targets[None], answer_ids[None]).double().sum())
-    streams = torch.stack([store["block", layer].to(dtype) - store["ffn", layer].to(dtype)
+    added = ffn_output_multiplier(lm.spec, lm.model.config)
+    streams = torch.stack([store["block", layer].to(dtype) - added * store["ffn", layer].to(dtype)
                            for layer in range(lm.n_layers)])
     final = store["final"].to(dtype) if readout.norm is not None else None
     scale = readout.scale(final) if final is not None else torch.ones((), dtype=dtype, device=streams.device)
@@ -251,14 +263,17 @@ def _check_readout(lm: LanguageModel, readout: Readout, final: torch.Tensor, sca
     if not gap <= tolerance * (1 + float(theirs.abs().max())):
         raise KneuronError(
             f"The final norm and head that the {lm.spec.family!r} spec describes do not reproduce {lm.name}'s "
-            f"logits (largest difference {gap:.3g}): fix its ArchSpec final_norm, final_norm_kind or "
-            "norm_weight_offset, or use --estimator gxa or ig.")
+            f"logits (largest difference {gap:.3g}): fix its ArchSpec final_norm, final_norm_kind, "
+            "norm_weight_offset or logit_multiplier / logit_divisor, or use --estimator gxa or ig.")
 
 
 def _value_slots(lm: LanguageModel, layer: int, dtype: torch.dtype) -> torch.Tensor:
-    """(hidden, neurons): column i is neuron i's value slot."""
+    """(hidden, neurons): column i is what neuron i adds to the stream per unit of activation (its value slot, times
+    the block's FFN output multiplier)."""
     weight = lm.ffn_out(layer).weight
-    return (weight if lm.spec.layout == "linear" else weight.T).to(dtype)
+    slots = (weight if lm.spec.layout == "linear" else weight.T).to(dtype)
+    added = ffn_output_multiplier(lm.spec, lm.model.config)
+    return slots if added == 1.0 else slots * added
 
 
 def chunk_size(vocab: int, neurons: int, dtype: torch.dtype, memory_budget: int) -> int:

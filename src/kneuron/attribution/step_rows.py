@@ -32,10 +32,11 @@ from typing import Literal
 import torch
 from torch import nn
 
+from kneuron.attribution.ffn_norm import frozen_rows, recording_norm_scales
 from kneuron.errors import KneuronError
 from kneuron.facts.encoding import EncodedQuery, at_least_float32
 from kneuron.models.architectures import resolve
-from kneuron.models.hooks import on_ffn_input
+from kneuron.models.hooks import at_depth, on_ffn_input
 from kneuron.models.language_model import LanguageModel
 
 Objective = Literal["prob", "logprob"]
@@ -90,21 +91,24 @@ def _replace_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tu
 
 @contextmanager
 def _record_block_inputs(lm: LanguageModel, store: dict[int, torch.Tensor]) -> Iterator[None]:
-    """Record each block's input hidden states (detached) into ``store``."""
+    """Record each block's input hidden states (detached) into ``store`` (with shared layers: each depth's)."""
     handles = []
 
-    def make(layer: int):
+    def make(layer: int, current):
         def hook(_module, args, kwargs):
-            store[layer] = _hidden_from(args, kwargs).detach()
+            if current():
+                store[layer] = _hidden_from(args, kwargs).detach()
         return hook
 
-    try:
-        for layer in range(lm.n_layers):
-            handles.append(lm.block(layer).register_forward_pre_hook(make(layer), with_kwargs=True))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    with ExitStack() as depths:
+        try:
+            for layer in range(lm.n_layers):
+                current = depths.enter_context(at_depth(lm, layer))  # its counting hook runs before ours
+                handles.append(lm.block(layer).register_forward_pre_hook(make(layer, current), with_kwargs=True))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 _ABSENT = object()
@@ -119,6 +123,8 @@ def start_at_layer(lm: LanguageModel, start: int, hidden: torch.Tensor) -> Itera
     exact previous instance attribute (e.g. the wrapper accelerate's hooks install on every block of a
     ``device_map=`` model) is put back on exit, also after an exception, and an absent one stays absent.
     """
+    if lm.shared_layers:  # a passthrough forward would skip the block at every depth (see shared_depths.py)
+        raise KneuronError(f"{lm.name} runs one block at several depths: its rows cannot start at a block.")
     skipped = [lm.block(layer) for layer in range(start)]
     saved = [(block, block.__dict__.get("forward", _ABSENT)) for block in skipped]
 
@@ -157,6 +163,30 @@ def _entering(lm: LanguageModel, layer: int, rows: torch.Tensor) -> Iterator[Non
         yield
     finally:
         handle.remove()
+
+
+@contextmanager
+def _batch_head_inputs_for_rows(lm: LanguageModel, start: int) -> Iterator[None]:
+    """Repeat the block inputs laid out (batch · heads, ...) (``ArchSpec.batch_head_inputs``: BLOOM's ALiBi), which
+    the model computes for the one row it is called on, once per row that blocks ``start``.. run. Entered after
+    the hooks that feed and append rows, so it sees each block's final rows."""
+    names = lm.spec.batch_head_inputs
+    handles = []
+
+    def repeat(_module, args, kwargs):
+        rows = _hidden_from(args, kwargs).shape[0]
+        fitted = {name: kwargs[name].repeat(rows, *[1] * (kwargs[name].dim() - 1))
+                  for name in names if isinstance(kwargs.get(name), torch.Tensor)}
+        return args, {**kwargs, **fitted}
+
+    try:
+        if names:
+            for layer in range(start, lm.n_layers):
+                handles.append(lm.block(layer).register_forward_pre_hook(repeat, with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager
@@ -275,6 +305,8 @@ class Plan:
     log_probability: float = 0.0  # the clean joint log-probability of the answer
     answer_ranks: tuple[int, ...] = ()  # each answer token's clean rank at its position (1 = most likely)
     vocab_size: int = 0
+    #: (layers,) float64: each layer's post-FFN norm factor 1/RMS at the position (models with such a norm)
+    norm_scales: torch.Tensor | None = None
 
     @property
     def position_among_targets(self) -> int:
@@ -311,6 +343,7 @@ def make_plan(lm: LanguageModel, query: EncodedQuery, objective: Objective) -> P
     answer_ids = torch.tensor(query.answer_ids, device=device)
     block_inputs: dict[int, torch.Tensor] = {}
     acts: dict[int, torch.Tensor] = {}
+    norm_scales: dict[int, float] = {}
 
     def recorder(layer: int):
         def record(x: torch.Tensor) -> None:
@@ -321,12 +354,16 @@ def make_plan(lm: LanguageModel, query: EncodedQuery, objective: Objective) -> P
         stack.enter_context(_record_block_inputs(lm, block_inputs))
         for layer in range(lm.n_layers):
             stack.enter_context(on_ffn_input(lm, layer, recorder(layer)))
+        if lm.spec.ffn_output_norm is not None:
+            stack.enter_context(recording_norm_scales(lm, local, norm_scales))
         logits = _forward_logits(lm, step_ids[None], target_tensor[None], copy.deepcopy(cache))
     log_p = _answer_log_probs(logits, answer_ids[None]).double().sum(-1)
     value = objective_of(log_p[:, None], objective)  # in float64: exp() of a float32 log P below -103 is 0
     activations = torch.stack([acts[layer] for layer in range(lm.n_layers)])
+    scales = (torch.tensor([norm_scales[layer] for layer in range(lm.n_layers)], dtype=torch.float64)
+              if norm_scales else None)
     return Plan(step_ids, local, target_tensor, answer_ids, cache, block_inputs, activations, float(value[0]),
-                float(log_p[0]), _answer_ranks(logits[0], answer_ids), int(logits.shape[-1]))
+                float(log_p[0]), _answer_ranks(logits[0], answer_ids), int(logits.shape[-1]), scales)
 
 
 def memory_per_row(lm: LanguageModel, plan: Plan) -> float:
@@ -379,9 +416,12 @@ def _by_prompt(values: dict[int, torch.Tensor], prompts: Sequence[int]) -> torch
 
 
 def run_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objective: Objective,
-             gradients: bool = True) -> tuple[list[torch.Tensor], list[float]]:
+             gradients: bool = True, frozen_norm: bool = False) -> tuple[list[torch.Tensor], list[float]]:
     """One batch of rows (prompts of one :func:`shape_key`); returns per-row gradients with respect to
-    the scaled activations (empty without ``gradients``) and per-row objectives, in ``chunk``'s order."""
+    the scaled activations (empty without ``gradients``) and per-row objectives, in ``chunk``'s order.
+
+    ``frozen_norm``: each row's own layer's post-FFN norm holds its clean factor 1/RMS at the scaled position
+    (:mod:`kneuron.attribution.ffn_norm`)."""
     device, dtype = lm.device, plans[chunk[0][0]].activations.dtype
     # batch rows: by layer (the order in which they join), then prompt, then as given
     order = sorted(range(len(chunk)), key=lambda i: (chunk[i][1], chunk[i][0]))
@@ -406,8 +446,11 @@ def run_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objecti
     targets = _by_prompt({p: plans[p].targets[None] for p in every}, every)
     narrowed = lm.kind == "mlm" and lm.spec.ffn_in is not None and targets.shape[1] < len(plans[first_prompt].input_ids)
 
+    def rows_of(layer: int) -> torch.Tensor:
+        return torch.arange(before[layer], before[layer] + len(members[layer]), device=device)
+
     def scaler(layer: int):
-        rows = torch.arange(before[layer], before[layer] + len(members[layer]), device=device)
+        rows = rows_of(layer)
         if narrowed and layer == lm.n_layers - 1:  # that FFN reads the answer positions only
             where = [plans[p].position_among_targets for p in prompts_of[layer]]
         else:
@@ -439,8 +482,13 @@ def run_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objecti
         stack.enter_context(start_at_layer(lm, start, first_rows))
         for layer in layers[1:]:
             stack.enter_context(_entering(lm, layer, clean_rows[layer]))
+        stack.enter_context(_batch_head_inputs_for_rows(lm, start))
         for layer in layers:
             stack.enter_context(on_ffn_input(lm, layer, scaler(layer)))
+            if frozen_norm:  # the norm reads the whole sequence again (after _ffn_only_at widens it)
+                held = torch.stack([plans[p].norm_scales[layer] for p in prompts_of[layer]])  # type: ignore[index]
+                where = torch.tensor([plans[p].position for p in prompts_of[layer]], device=device)
+                stack.enter_context(frozen_rows(lm, layer, rows_of(layer), where, held))
         if narrowed:
             stack.enter_context(_ffn_only_at(lm, targets))
         logits = _forward_logits(lm, plans[first_prompt].input_ids[None], targets, cache)

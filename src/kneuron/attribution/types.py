@@ -51,6 +51,8 @@ class NeuronScores:
         estimator: the name of the estimator that made the scores (:mod:`kneuron.attribution.estimators`): "ig"
             (integrated gradients), "gxa" (gradient x activation) or "lpi" (log probability increase). Only
             integrated gradients computes ``baseline`` and ``completeness_gap``; the others leave them NaN.
+        norm: for a model that normalises its FFN outputs (Gemma 2/3, OLMo 2), how the scores treated that norm:
+            "frozen" (its scale held at the clean value) or "live"; None for other models (or unknown).
 
     The scores are float64 whatever the model's dtype: an answer the model never predicts can have a
     probability below float32's range (1e-45), whose scores would all be 0. Such scores are exact but say
@@ -72,6 +74,7 @@ class NeuronScores:
     answer_ranks: tuple[int, ...] = ()
     vocab_size: int = 0
     estimator: str = "ig"
+    norm: str | None = None
 
     @property
     def n_layers(self) -> int:

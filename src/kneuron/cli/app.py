@@ -80,6 +80,11 @@ ScreenOption = Annotated[int | None, typer.Option(
     "--screen", min=1, show_default=False,
     help="Opt-in: gradient x activation picks each fact's K most promising layers and exact integrated "
          "gradients runs only there (with --estimator ig; the refined neurons can differ from a full run's).")]
+NormOption = Annotated[str | None, typer.Option(
+    "--norm", show_default=False,
+    help="Models that normalise each FFN output before the residual (Gemma 2/3, OLMo 2): frozen (the default: the "
+         "scaled layer's norm keeps its clean scale, so the integral keeps its meaning) or live (the literal "
+         "definition, which that norm makes degenerate). Other models have nothing to freeze.")]
 # `facts` and `run`: keep the facts of some languages (ids ending in @code, as in --facts multilingual)
 LanguageOption = Annotated[str | None, typer.Option(
     "--language", show_default=False,
@@ -219,22 +224,27 @@ def vocab_size(lm) -> int:
     return int(lm.model.get_output_embeddings().weight.shape[0])
 
 
-def parse_estimator(name: str, screen: int | None, *, steps: int, objective: str, alphas: str):
+def parse_estimator(name: str, screen: int | None, *, steps: int, objective: str, alphas: str,
+                    norm: str | None = None):
     """``--estimator``, ``--screen`` (and the integrated-gradients options) as what the library takes: None for the
     exact default (``--estimator ig`` without a screen: the library's own default path), else an Estimator.
 
     Raises:
-        KneuronError: an unknown estimator or alpha rule, or ``--screen`` with an estimator other than ig.
+        KneuronError: an unknown estimator, alpha or norm rule, or ``--screen`` with an estimator other than ig.
     """
+    from kneuron.attribution.ffn_norm import check_norm
     from kneuron.attribution.knowledge import resolve_estimator
+
+    check_norm(norm)
 
     if name not in estimator_names():
         raise KneuronError(f"Unknown estimator {name!r}: use --estimator {' or '.join(estimator_names())}.")
     if screen is not None and name != "ig":
         raise KneuronError(f"--screen {screen} picks the layers where exact integrated gradients runs, so it needs "
                            f"--estimator ig, not {name}: drop --screen or use --estimator ig.")
-    chosen = resolve_estimator(name, steps=steps, objective=objective, alphas=alphas, screen=screen)  # checks them
-    return None if name == "ig" and screen is None else chosen
+    chosen = resolve_estimator(name, steps=steps, objective=objective, alphas=alphas, screen=screen,  # checks them
+                               **({} if norm is None else {"norm": norm}))
+    return None if name == "ig" and screen is None and norm is None else chosen
 
 
 def parse_share(value: str) -> float | str:

@@ -15,6 +15,7 @@ from kneuron.cli.app import (
     EstimatorOption,
     LanguageOption,
     ModelOption,
+    NormOption,
     ObjectiveOption,
     RunOption,
     ScreenOption,
@@ -45,6 +46,10 @@ def run_command(
     relations: Annotated[str | None, typer.Option(help="Comma-separated relations to keep.", show_default=False)
                          ] = None,
     language: LanguageOption = None,
+    min_languages: Annotated[int | None, typer.Option(
+        "--min-languages", min=2, show_default=False,
+        help="Multilingual facts: keep only the facts the model knows in at least N languages (each in the "
+             "languages it knows), as `kneuron study languages` compares them.")] = None,
     per_relation: Annotated[int | None, typer.Option(
         "--per-relation", min=1, help="At most N facts per relation: the first N the model knows.",
         show_default=False)] = None,
@@ -74,6 +79,7 @@ def run_command(
     estimator: EstimatorOption = "ig",
     alphas: AlphasOption = "right",
     screen: ScreenOption = None,
+    norm: NormOption = None,
 ) -> None:
     """Find the knowledge neurons of every fact of a set and store everything in an atlas (resumable)."""
     import contextlib
@@ -83,7 +89,7 @@ def run_command(
     from kneuron.store import run as run_facts
 
     chosen = parse_relations(relations)
-    chosen_estimator = parse_estimator(estimator, screen, steps=steps, objective=objective, alphas=alphas)
+    chosen_estimator = parse_estimator(estimator, screen, steps=steps, objective=objective, alphas=alphas, norm=norm)
     # a malformed file, a missing relation or an empty set fails here, before the model loads or anything is written
     loaded = load_facts(facts)
     if language is not None:
@@ -91,6 +97,19 @@ def run_command(
     loaded = validate_facts(loaded, causal=False, relations=chosen, source=facts)
     lm = load_model(model, device)
     loaded = validate_facts(loaded, causal=lm.kind == "causal", source=facts)  # the same checks as `kneuron facts`
+    if min_languages is not None:
+        from kneuron.facts import known_facts
+        from kneuron.facts.languages import fact_key, in_several_languages
+
+        with err_console.status(f"Ranking the answers of {len(loaded)} facts ..."):
+            known, _ = known_facts(lm, loaded, top=top)
+        kept = in_several_languages(known, min_languages)
+        err_console.print(f"{len(kept)} of {len(loaded)} facts kept: the model knows them in at least {min_languages} "
+                          f"languages ({len({fact_key(f) for f in kept})} facts).", highlight=False)
+        if not kept:
+            raise KneuronError(f"{lm.name} knows none of these facts in {min_languages} languages or more: lower "
+                               "--min-languages, or choose other languages or facts.")
+        loaded = kept
     from kneuron.parallel import make_executor
 
     chosen_executor = make_executor(executor, lm, model=model, address=ray_address, workers=workers,

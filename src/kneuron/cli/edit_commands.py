@@ -150,6 +150,7 @@ def edit(
                            relation_counts=counts, n_facts=n_facts, max_share=max_share, tokens=tokens,
                            scale=scale, sign=sign, fact=target)
     console.print(Text(str(the_edit), style="bold"), soft_wrap=True)
+    _print_shared_notes(the_edit)
     left_out = the_edit.meta.get("left_out") or []
     if left_out:
         console.print(f"[dim]left out as shared by more than {max_share:.0%} of the {n_facts} {target.relation} "
@@ -180,6 +181,14 @@ def edit(
     _save_edit(the_edit, lm, save, save_model, overwrite)
 
 
+def _print_shared_notes(the_edit) -> None:
+    """With shared layers (ALBERT), what the edit changes beyond the neurons it names."""
+    from kneuron.interventions.edits import shared_notes
+
+    for note in shared_notes(the_edit):
+        console.print(Text(note, style="dim"), soft_wrap=True)
+
+
 @command()
 def erase(
     run: RunOption,
@@ -207,6 +216,7 @@ def erase(
         counts = atlas.relation_neurons(relation)
     the_edit = erase_relation(lm, counts, top=top, mode=mode, relation=relation)
     console.print(Text(str(the_edit), style="bold"), soft_wrap=True)
+    _print_shared_notes(the_edit)
     console.print("[dim]" + ", ".join(f"L{layer}.N{index} ({count} facts)" for layer, index, count
                                       in the_edit.meta["counts"]) + "[/dim]", highlight=False)
     own = [f for f in facts if f.relation == relation]

@@ -14,6 +14,7 @@ from kneuron.cli.app import (
     EstimatorOption,
     LanguageOption,
     ModelOption,
+    NormOption,
     ObjectiveOption,
     ScreenOption,
     ShareOption,
@@ -107,6 +108,7 @@ def find(
     estimator: EstimatorOption = "ig",
     alphas: AlphasOption = "right",
     screen: ScreenOption = None,
+    norm: NormOption = None,
 ) -> None:
     """Find the knowledge neurons of a fact from a bag of prompts (integrated gradients or --estimator, then refine).
 
@@ -118,7 +120,8 @@ def find(
 
     from kneuron.attribution import find_knowledge_neurons
 
-    chosen = parse_estimator(estimator, screen, steps=steps, objective=objective, alphas=alphas)  # before the load
+    chosen = parse_estimator(estimator, screen, steps=steps, objective=objective, alphas=alphas,  # before the load
+                             norm=norm)
     lm = load_model(model, device)
     prompts = [parse_prompt(lm, text) for text in prompt]
     columns = (TextColumn("attributing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -163,6 +166,8 @@ def find(
     made_by = f"estimator {kn.params.get('estimator')}"
     if kn.params.get("screen"):
         made_by += f" screened by {kn.params.get('screen_estimator')} to layers {kn.params.get('screen_layers')}"
+    if kn.params.get("norm"):
+        made_by += f"; post-FFN norm {kn.params['norm']}"
     console.print(f"[dim]P(answer) per prompt: {probs}; share used: {kn.params.get('share_used')}; {made_by}[/dim]")
 
 

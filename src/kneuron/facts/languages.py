@@ -42,3 +42,16 @@ def fact_key(fact: Fact | str) -> str:
 def with_language(key: str, language: str) -> str:
     """The id of ``key``'s version in ``language`` (``"capital:France", "fr"`` → ``"capital:France@fr"``)."""
     return f"{key}@{language}"
+
+
+def in_several_languages(facts: list[Fact], min_languages: int = 2) -> list[Fact]:
+    """The facts whose key has versions in at least ``min_languages`` languages among ``facts`` (in their order),
+    e.g. the facts a model knows (:func:`kneuron.facts.known_facts`) that it knows in two languages or more; facts
+    without a language never count."""
+    languages: dict[str, set[str]] = {}
+    for fact in facts:
+        code = language_of(fact)
+        if code is not None:
+            languages.setdefault(fact_key(fact), set()).add(code)
+    return [fact for fact in facts
+            if language_of(fact) is not None and len(languages[fact_key(fact)]) >= min_languages]

@@ -15,6 +15,14 @@ was made for (a fingerprint: name, family, shapes, layout and a digest of the we
 Saving never replaces the folder a model was loaded from, and replaces other files only when asked (see
 :mod:`kneuron.interventions.edit_files`).
 
+Shared layers (ALBERT runs one layer's weights at every depth, ``lm.shared_layers``): neurons (d1, i) and (d2, i)
+of depths that run the same block write through one value slot, so editing that slot changes neuron i at every
+one of those depths (``lm.sharing(d)``). An edit names each slot once: :meth:`Edit.build` merges neurons that share
+a slot into the lowest of them when their vectors are equal (so a change is never written twice into one column)
+and refuses different vectors for one slot; the edit's meta then records ``shared_depths`` (per edited layer, the
+depths its slots serve) and ``merged`` (``[layer, index, [depths given]]`` for each slot several neurons named),
+and :meth:`Edit.describe` says so.
+
 Example:
     >>> edit = update_fact(lm, kn, "Paris", "Rome")
     >>> print(edit)
@@ -43,7 +51,7 @@ from kneuron.interventions.slots import LAYOUTS, EditError, read_slots, same_bit
 from kneuron.models.language_model import LanguageModel
 
 __all__ = ["LAYOUTS", "AppliedEdit", "Edit", "EditError", "SlotGroup", "fingerprint", "module_path", "read_slots",
-           "same_bits", "weights_digest", "write_slots"]
+           "same_bits", "shared_notes", "slot_sharers", "weights_digest", "write_slots"]
 
 EditOp = Literal["add", "set"]
 VALUE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -111,6 +119,50 @@ def finite_or_error(values: torch.Tensor, what: str) -> None:
         bad = int((~torch.isfinite(values)).sum())
         raise EditError(f"{what} has {bad} non-finite entr{'y' if bad == 1 else 'ies'} (NaN or inf); an edit's "
                         "values must be finite numbers.")
+
+
+def slot_sharers(lm: LanguageModel, keys) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """``keys`` ((layer, index) pairs) grouped by the value slot they write through: ``{lowest key: its keys}``,
+    in order of first appearance. Without shared layers every key is a group of its own."""
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for layer, index in keys:
+        groups.setdefault((lm.sharing(layer)[0], index), []).append((layer, index))
+    return {min(members): sorted(members) for members in groups.values()}
+
+
+def _one_vector_per_slot(lm: LanguageModel, slots: dict[tuple[int, int], torch.Tensor],
+                         ) -> tuple[dict[tuple[int, int], torch.Tensor], list[list]]:
+    """``slots`` with the neurons that share a value slot merged into the lowest one (their vectors must be equal,
+    else EditError), and ``[layer, index, [depths]]`` for each slot that several neurons named."""
+    kept: dict[tuple[int, int], torch.Tensor] = {}
+    merged: list[list] = []
+    for first, members in slot_sharers(lm, list(slots)).items():
+        vector = slots[first]
+        wide = vector.detach().to("cpu", torch.float64)
+        for other in members[1:]:
+            if not torch.equal(slots[other].detach().to("cpu", torch.float64), wide):
+                raise EditError(
+                    f"L{first[0]}.N{first[1]} and L{other[0]}.N{other[1]} are one value slot ({lm.name} runs one "
+                    f"block at depths {', '.join(map(str, lm.sharing(first[0])))}), and the edit gives them different "
+                    "vectors; give one vector per slot.")
+        kept[first] = vector
+        if len(members) > 1:
+            merged.append([first[0], first[1], [layer for layer, _ in members]])
+    return kept, merged
+
+
+def shared_notes(edit: Edit) -> list[str]:
+    """What an edit of a model with shared layers changes beyond the neurons it names (empty otherwise)."""
+    depths = edit.meta.get("shared_depths") or {}
+    notes = []
+    for layer, serves in depths.items():
+        if len(serves) > 1:
+            notes.append(f"shared layers: the slots of L{layer} serve depths {', '.join(map(str, serves))} (one "
+                         "block runs at each), so this edit changes those neurons at every one of them")
+    for layer, index, given in edit.meta.get("merged") or []:
+        notes.append(f"L{layer}.N{index} is also {', '.join(f'L{d}.N{index}' for d in given if d != layer)}: one "
+                     "slot, written once")
+    return notes
 
 
 @dataclass(frozen=True)
@@ -194,6 +246,14 @@ class Edit:
         layers = [g.layer for g in self.groups]
         if len(set(layers)) != len(layers):
             raise EditError(f"The edit has several groups for one layer: {layers}.")
+        named: dict[tuple[str, int], int] = {}
+        for g in self.groups:  # with shared layers, the groups of several depths name one module
+            for i in g.indices:
+                if (g.module, i) in named:
+                    raise EditError(f"L{named[g.module, i]}.N{i} and L{g.layer}.N{i} of the edit are one value slot "
+                                    f"(column {i} of {g.module}, whose block runs at several depths): an edit names "
+                                    "each slot once.")
+                named[g.module, i] = g.layer
         if "layout" in self.model and self.model["layout"] not in LAYOUTS:
             raise EditError(f"The edit's model fingerprint has layout {self.model['layout']!r:.40}, not one of "
                             f"{LAYOUTS}.")
@@ -225,13 +285,21 @@ class Edit:
                 raise EditError(f"The vector for L{layer}.N{index} has shape {tuple(getattr(vector, 'shape', ()))}; "
                                 f"{lm.name}'s value slots have {hidden} entries.")
             finite_or_error(vector, f"The vector for L{layer}.N{index}")
+        meta = dict(meta or {})
+        slots = {(int(layer), int(index)): vector for (layer, index), vector in slots.items()}
+        if lm.shared_layers:
+            slots, merged = _one_vector_per_slot(lm, slots)
+            meta["shared_depths"] = {str(layer): list(lm.sharing(layer)) for layer in sorted({k[0] for k in slots})}
+            if merged:
+                meta["merged"] = merged
+        for (layer, index), vector in slots.items():
             by_layer.setdefault(int(layer), []).append((int(index), vector))
         groups = []
         for layer, items in sorted(by_layer.items()):
             items.sort(key=lambda item: item[0])
             values = torch.stack([v.detach().to("cpu") for _, v in items])
             groups.append(SlotGroup(layer, module_path(lm, layer), lm.spec.layout, tuple(i for i, _ in items), values))
-        return cls(op, tuple(groups), fingerprint(lm), kind=kind, label=label, meta=dict(meta or {}))
+        return cls(op, tuple(groups), fingerprint(lm), kind=kind, label=label, meta=meta)
 
     # ------------------------------------------------------------------------------------------ reading
 
@@ -266,6 +334,7 @@ class Edit:
         for g in self.groups:
             norms = ", ".join(f"N{i} |v|={float(g.values[r].float().norm()):.3g}" for r, i in enumerate(g.indices))
             lines.append(f"  L{g.layer} {g.module} ({g.layout}): {norms}")
+        lines.extend(f"  {note}" for note in shared_notes(self))
         return "\n".join(lines)
 
     # ------------------------------------------------------------------------------------------ applying

@@ -7,6 +7,11 @@ set to zero (``mode="zero"``) or to the unknown token's output embedding (``mode
 ``top`` neurons with the highest counts are erased, ties broken by (layer, index) so the choice is
 deterministic.
 
+Shared layers (ALBERT: one layer's weights at every depth): neurons (d1, i) and (d2, i) of depths that run one
+block are one value slot, and erasing it erases neuron i at every depth of the block. ``top`` then counts slots:
+the neurons are taken in the order above, a neuron whose slot is already chosen adds nothing, and the edit's
+``meta["merged"]`` lists the relation's neurons that each erased slot stands for.
+
 Example:
     >>> edit = erase_relation(lm, atlas.relation_neurons("capital"), top=20, mode="zero")
     >>> with edit.applied(lm):
@@ -70,6 +75,14 @@ def erase_relation(
         raise EditError(f"top must be at least 1, not {top}.")
     counts = relation_neurons if isinstance(relation_neurons, Mapping) else count_neurons(relation_neurons)
     chosen = top_neurons(counts, top)
+    same_slot: list[NeuronKey] = []  # with shared layers: the relation's other neurons in the chosen slots
+    if lm.shared_layers:
+        by_slot: dict[NeuronKey, list[tuple[NeuronKey, int]]] = {}  # the ranked neurons, by the slot they share
+        for key, count in top_neurons(counts, len(counts)):
+            by_slot.setdefault((lm.sharing(key[0])[0], key[1]), []).append((key, count))
+        slots = list(by_slot.values())[:top]
+        chosen = [members[0] for members in slots]
+        same_slot = [key for members in slots for key, _ in members[1:]]
     if not chosen:
         raise EditError(f"There are no neurons to edit: relation {relation or '?'!r} has no knowledge neurons.")
     dtype = lm.ffn_out(chosen[0][0][0]).weight.dtype
@@ -87,4 +100,5 @@ def erase_relation(
     meta = {"relation": relation, "mode": mode, "top": top, "counts": [[k[0], k[1], c] for k, c in chosen],
             **meta_token}
     label = f"{relation or 'relation'} ({mode})"
-    return Edit.build(lm, "set", {key: value for key, _ in chosen}, kind="erase", label=label, meta=meta)
+    slots = {key: value for key, _ in chosen} | dict.fromkeys(same_slot, value)  # Edit.build writes each slot once
+    return Edit.build(lm, "set", slots, kind="erase", label=label, meta=meta)

@@ -27,6 +27,14 @@ from the new answer. ``sign="activation"`` multiplies each neuron's delta by the
 answer position over the fact's prompts (the paper's formula when every activation is positive); the default
 ``"none"`` is the formula as written.
 
+Shared layers (ALBERT: one layer's weights at every depth): the neurons (d1, i) and (d2, i) of depths that run one
+block write through one value slot, so the slot moves once, by the delta above, and that changes neuron i at every
+depth of the block (``lm.sharing(d)``), not only at the knowledge neuron's. With ``sign="activation"`` the slot's
+sign is that of the summed mean activations of the fact's neurons that share it (the slot adds
+``sum_d a_{d,i} * v_i`` to the stream). A slot is left out when any neuron that writes through it, at any depth,
+is left out. The edit's ``meta["merged"]`` lists the slots several knowledge neurons share, and
+``meta["shared_depths"]`` the depths each edited slot serves.
+
 Like the paper, neurons shared by many facts of the relation are left out: pass ``exclude`` (neurons to
 skip), or the relation's neuron counts (``relation_counts``: how many of the relation's ``n_facts`` facts
 each neuron is a knowledge neuron of, e.g. ``atlas.relation_neurons(relation)``), from which
@@ -51,7 +59,7 @@ from kneuron.attribution.types import KnowledgeNeurons, Neuron
 from kneuron.errors import FactError
 from kneuron.facts.encoding import answer_token_ids
 from kneuron.facts.fact import Fact, Prompt
-from kneuron.interventions.edits import Edit, EditError
+from kneuron.interventions.edits import Edit, EditError, slot_sharers
 from kneuron.models.language_model import LanguageModel
 
 NeuronKey = tuple[int, int]
@@ -123,7 +131,9 @@ def output_embeddings(lm: LanguageModel) -> torch.Tensor:
     hidden = lm.value_slot(0, 0).shape[0]
     if weight.dim() != 2 or weight.shape[1] != hidden:
         raise EditError(f"{lm.name}'s output embeddings have shape {tuple(weight.shape)}; they do not live in the "
-                        f"residual stream the value slots write to ({hidden} entries).")
+                        f"residual stream the value slots write to ({hidden} entries; factorised embeddings, as "
+                        "ALBERT's, are narrower than the hidden states), so answers have no embedding to write: "
+                        "erase with mode 'zero' instead.")
     return weight
 
 
@@ -137,11 +147,17 @@ def answer_embedding(lm: LanguageModel, ids: Sequence[int], tokens: TokenRule = 
     raise EditError(f"tokens must be 'first' or 'mean', not {tokens!r}.")
 
 
-@torch.no_grad()
 def activation_signs(lm: LanguageModel, keys: Sequence[NeuronKey], prompts: Sequence[Prompt], answer: str,
                      ) -> dict[NeuronKey, float]:
     """+1.0 or -1.0 per neuron: the sign of its mean activation at the answer position over ``prompts`` (+1 when
     it is exactly 0)."""
+    return {k: -1.0 if total < 0 else 1.0 for k, total in activation_totals(lm, keys, prompts, answer).items()}
+
+
+@torch.no_grad()
+def activation_totals(lm: LanguageModel, keys: Sequence[NeuronKey], prompts: Sequence[Prompt], answer: str,
+                      ) -> dict[NeuronKey, float]:
+    """Each neuron's activation at the answer position, summed over ``prompts``."""
     from kneuron.facts.encoding import encode
     from kneuron.models.hooks import capture
 
@@ -153,7 +169,7 @@ def activation_signs(lm: LanguageModel, keys: Sequence[NeuronKey], prompts: Sequ
             lm.model(input_ids=query.input_ids[None].to(lm.device))
         for layer, index in keys:
             totals[layer, index] += float(acts[layer][0, 0, index])
-    return {k: -1.0 if total < 0 else 1.0 for k, total in totals.items()}
+    return totals
 
 
 def update_fact(
@@ -221,7 +237,8 @@ def update_fact(
         if n_facts is None:
             raise EditError("relation_counts needs n_facts: how many facts of the relation the counts come from.")
         left_out |= shared_neurons(relation_counts, n_facts, max_share)
-    kept = [k for k in keys if k not in left_out]
+    # a slot is left out with any neuron that writes through it (with shared layers, at any depth)
+    kept = [k for k in keys if not any((depth, k[1]) in left_out for depth in lm.sharing(k[0]))]
     if not kept:
         raise EditError(f"There are no neurons to edit: all {len(keys)} knowledge neurons are left out as shared "
                         "by many facts of the relation (or excluded).")
@@ -234,12 +251,13 @@ def update_fact(
     e_old, e_new = answer_embedding(lm, old_ids, tokens), answer_embedding(lm, new_ids, tokens)
     dtype = torch.promote_types(lm.ffn_out(kept[0][0]).weight.dtype, torch.float32)
     e_old, e_new = e_old.to(dtype), e_new.to(dtype)
+    sharers = slot_sharers(lm, kept)  # one delta per value slot (with shared layers, several neurons share one)
     if scale == "absolute":
         delta = -lambda_old * e_old + lambda_new * e_new
-        deltas = {k: delta for k in kept}
+        deltas = {k: delta for k in sharers}
     elif scale == "slot_norm":
         deltas = {}
-        for k in kept:
+        for k in sharers:
             norm = lm.value_slot(*k).detach().to("cpu", dtype).norm()
             deltas[k] = -(lambda_old * norm / e_old.norm()) * e_old + (lambda_new * norm / e_new.norm()) * e_new
     else:
@@ -250,16 +268,18 @@ def update_fact(
         if not bag:
             raise EditError("sign='activation' needs the fact's prompts (give fact= or prompts=) to read the "
                             "neurons' activations on.")
-        signs = activation_signs(lm, kept, bag, old)
+        totals = activation_totals(lm, kept, bag, old)
+        signs = {k: -1.0 if sum(totals[m] for m in members) < 0 else 1.0 for k, members in sharers.items()}
         deltas = {k: d * signs[k] for k, d in deltas.items()}
     elif sign != "none":
         raise EditError(f"sign must be 'none' or 'activation', not {sign!r}.")
+    deltas = {m: deltas[k] for k, members in sharers.items() for m in members}  # Edit.build writes each slot once
     what = f"{fact.subject} {fact.relation}: " if fact is not None else ""
     meta = {
         "fact_id": fact.id if fact is not None else "", "relation": fact.relation if fact is not None else "",
         "old": old, "new": new, "old_ids": old_ids, "new_ids": new_ids, "lambda_old": lambda_old,
         "lambda_new": lambda_new, "tokens": tokens, "scale": scale, "sign": sign,
         "signs": [[k[0], k[1], v] for k, v in signs.items()],
-        "left_out": sorted([list(k) for k in set(keys) & left_out]), "max_share": max_share,
+        "left_out": sorted([list(k) for k in set(keys) - set(kept)]), "max_share": max_share,
     }
     return Edit.build(lm, "add", deltas, kind="update", label=f"{what}{old} -> {new}", meta=meta)

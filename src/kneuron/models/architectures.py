@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -55,6 +56,9 @@ class ArchSpec:
             (``LanguageModel.max_positions``); a family without any (ALiBi, e.g. BLOOM) has no limit.
         positions_after_padding: position ids start after ``pad_token_id`` (RoBERTa): ``pad_token_id + 1``
             of the configured positions are never used by a token.
+        batch_head_inputs: keyword inputs of a block laid out (batch · heads, ...) rather than broadcast over the
+            batch (BLOOM's ``alibi``). The attribution engine calls the model on one row and feeds its own rows in at
+            the blocks, so it repeats these inputs to match the rows a block runs.
 
     The direct readout (the "lpi" estimator reads a neuron's value through the final norm and the output head,
     :func:`direct_readout_problem`) needs five more facts; a spec without ``final_norm`` cannot be read out so:
@@ -70,10 +74,31 @@ class ArchSpec:
             written in its forward); otherwise its ``eps`` or ``variance_epsilon`` is read.
         head_projection: candidate dotted paths of a linear map between the final norm and the head (OPT's
             ``project_out`` when its embedding width differs from the hidden width); absent or None: none.
-        ffn_output_normed: the model types of this spec whose blocks pass the FFN output through a norm before
-            adding it to the residual stream (Gemma 2 and 3, OLMo 2: ``post_feedforward_layernorm``).
+        ffn_output_norm: dotted path, inside a block, of the norm the block passes the FFN output through before
+            adding it to the residual stream (Gemma 2 and 3, OLMo 2: ``post_feedforward_layernorm``); None when the
+            FFN output is added as it is. It must be an RMSNorm, ``x / sqrt(mean(x²) + eps) · (norm_weight_offset
+            + weight)``: attribution holds its 1/RMS factor at its clean value while it scales the layer's
+            neurons (:mod:`kneuron.attribution.ffn_norm`), and the direct readout refuses such a family.
         pre_norm_flag: a config field that is False when the model's blocks are post-norm (OPT's
             ``do_layer_norm_before``: OPT-350m normalises after the residual addition).
+        post_norm_flag: a config field that is True when the residual stream a block passes on is normalised
+            (BLOOM's ``apply_residual_connection_post_layernorm``: the residual is the layer-normed input).
+        ffn_output_multiplier: a config field by which every block multiplies its FFN output before adding it to
+            the stream (Granite's ``residual_multiplier``): neuron i then adds that times a_i · w_i.
+        logit_multiplier: a config field by which the model multiplies its logits (Cohere's ``logit_scale``).
+        logit_divisor: a config field by which the model divides its logits (Granite's ``logits_scaling``).
+        settings_problem: a function of the loaded model returning why kneuron cannot work with a model built
+            with those settings (one line), or None; :class:`~kneuron.models.language_model.LanguageModel` refuses such
+            a model (BLOOM's ``slow_but_exact`` bypasses the FFN output projection's forward).
+
+    Shared layers (ALBERT runs one layer's weights at every depth):
+
+        depth_schedule: the name of a :data:`DEPTH_SCHEDULES` function that, from the module ``blocks``
+            resolves to and the model's config, lists the block each depth runs (one entry per FFN application,
+            in the order of one forward pass). Without it every block of ``blocks`` is one depth. When a block
+            serves several depths a knowledge neuron is (depth, index): ``lm.n_layers`` counts depths, hooks act
+            at one depth only (:func:`kneuron.models.hooks.at_depth`), and the depths that run one block share
+            its value slots, so an edit of neuron (d, i) changes neuron i at every one of them.
     """
 
     family: str
@@ -86,13 +111,44 @@ class ArchSpec:
     ffn_in: str | None = None
     position_fields: tuple[str, ...] = ("max_position_embeddings", "n_positions")
     positions_after_padding: bool = False
+    batch_head_inputs: tuple[str, ...] = ()
     final_norm: tuple[str, ...] = ()
     final_norm_kind: NormKind | None = None
     norm_weight_offset: float = 0.0
     norm_eps: float | None = None
     head_projection: tuple[str, ...] = ()
-    ffn_output_normed: tuple[str, ...] = ()
+    ffn_output_norm: str | None = None
     pre_norm_flag: str | None = None
+    post_norm_flag: str | None = None
+    ffn_output_multiplier: str | None = None
+    logit_multiplier: str | None = None
+    logit_divisor: str | None = None
+    settings_problem: Callable[[nn.Module], str | None] | None = None
+    depth_schedule: str | None = None
+
+
+#: lists the block each depth runs, from the module a spec's ``blocks`` resolves to and the model's config
+DepthSchedule = Callable[[nn.Module, object], list[nn.Module]]
+
+
+def albert_depths(groups: nn.Module, config: object) -> list[nn.Module]:
+    """ALBERT's depths: ``AlbertTransformer`` runs, for i in 0..num_hidden_layers-1, every layer of group
+    ``int(i / (num_hidden_layers / num_hidden_groups))`` (``inner_group_num`` of them, usually 1); ``groups`` is
+    its ``albert_layer_groups``. Released ALBERTs have 1 group of 1 layer: one layer run num_hidden_layers times."""
+    depths = int(getattr(config, "num_hidden_layers", 0))
+    n_groups = int(getattr(config, "num_hidden_groups", 1))
+    if depths < 1 or not 1 <= n_groups <= len(groups):
+        raise UnsupportedArchitectureError(
+            f"An ALBERT config with num_hidden_layers={depths} and num_hidden_groups={n_groups} does not match its "
+            f"{len(groups)} layer groups.")
+    order: list[nn.Module] = []
+    for depth in range(depths):
+        order.extend(groups[int(depth / (depths / n_groups))].albert_layers)
+    return order
+
+
+#: the depth schedules a spec's ``depth_schedule`` may name; add yours with ``DEPTH_SCHEDULES[name] = fn``
+DEPTH_SCHEDULES: dict[str, DepthSchedule] = {"albert": albert_depths}
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -125,6 +181,15 @@ def _gated(family: str, *model_types: str, blocks: tuple[str, ...] = ("model.lay
                     final_norm_kind=readout.pop("final_norm_kind", "rmsnorm"), **readout)
 
 
+def _bloom_settings_problem(model: nn.Module) -> str | None:
+    """BLOOM's MLP with ``slow_but_exact`` and ``pretraining_tp > 1`` bypasses ``dense_4h_to_h``'s forward."""
+    if any(getattr(m, "slow_but_exact", False) and getattr(m, "pretraining_tp", 1) > 1 for m in model.modules()):
+        return ("it was built with slow_but_exact=True and pretraining_tp > 1, so its MLP multiplies slices of "
+                "dense_4h_to_h's weight itself and no hook sees the neurons; load it with "
+                "from_pretrained(..., slow_but_exact=False) (the same product, summed at once)")
+    return None
+
+
 _LN_F = dict(final_norm=("transformer.ln_f", "ln_f"), final_norm_kind="layernorm")
 
 
@@ -139,6 +204,13 @@ for _spec in (
              "ffn.lin2", ffn_in="ffn"),
     ArchSpec("electra", ("electra",), "mlm", ("electra.encoder.layer", "encoder.layer"), "output.dense",
              ffn_in="intermediate"),
+    # ModernBERT: a gated FFN whose Wi computes input and gate in one matrix (chunked in two); the neuron is
+    # act(input) * gate, the input of Wo. Its blocks are pre-norm, its tokens stay (batch, seq) (transformers 5
+    # unpads only inside flash attention), and the MLP reads nothing but its own input, so ffn_in is the MLP.
+    ArchSpec("modernbert", ("modernbert",), "mlm", ("model.layers", "layers"), "mlp.Wo", ffn_in="mlp"),
+    # one layer's weights at every depth: a neuron is (depth, index), and the depths share value slots
+    ArchSpec("albert", ("albert",), "mlm", ("albert.encoder.albert_layer_groups", "encoder.albert_layer_groups"),
+             "ffn_output", ffn_in="ffn", depth_schedule="albert"),
     # causal LMs with a plain FFN
     ArchSpec("gpt2", ("gpt2",), "causal", ("transformer.h", "h"), "mlp.c_proj", layout="conv1d", **_LN_F),
     ArchSpec("gpt_neo", ("gpt_neo",), "causal", ("transformer.h", "h"), "mlp.c_proj", **_LN_F),
@@ -150,23 +222,38 @@ for _spec in (
              head_projection=("model.decoder.project_out", "decoder.project_out"),
              pre_norm_flag="do_layer_norm_before"),
     ArchSpec("falcon", ("falcon",), "causal", ("transformer.h", "h"), "mlp.dense_4h_to_h", **_LN_F),
+    # BLOOM: ALiBi (no position embeddings, so no position limit) laid out (batch · heads, 1, keys)
+    ArchSpec("bloom", ("bloom",), "causal", ("transformer.h", "h"), "mlp.dense_4h_to_h", position_fields=(),
+             batch_head_inputs=("alibi",), post_norm_flag="apply_residual_connection_post_layernorm",
+             settings_problem=_bloom_settings_problem, **_LN_F),
     ArchSpec("phi", ("phi",), "causal", ("model.layers", "layers"), "mlp.fc2",
              final_norm=("model.final_layernorm", "final_layernorm"), final_norm_kind="layernorm"),
+    ArchSpec("starcoder2", ("starcoder2",), "causal", ("model.layers", "layers"), "mlp.c_proj",
+             final_norm=("model.norm", "norm"), final_norm_kind="layernorm"),
     # causal LMs with a gated FFN: the neuron is act(gate) * up, the input of down_proj
     _gated("llama", "llama", "smollm3"),
     _gated("mistral"),
     _gated("qwen2"),
     _gated("qwen3"),
     _gated("gemma", norm_weight_offset=1.0),
-    _gated("gemma2", norm_weight_offset=1.0, ffn_output_normed=("gemma2",)),
+    _gated("gemma2", norm_weight_offset=1.0, ffn_output_norm="post_feedforward_layernorm"),
     _gated("gemma3", "gemma3_text", "gemma3", blocks=("model.layers", "model.language_model.layers",
                                                       "language_model.model.layers"),
            final_norm=("model.norm", "model.language_model.norm", "language_model.model.norm"),
-           norm_weight_offset=1.0, ffn_output_normed=("gemma3_text", "gemma3")),
+           norm_weight_offset=1.0, ffn_output_norm="post_feedforward_layernorm"),
     _gated("phi3"),
-    # OLMo's LayerNorm has neither weight nor bias, and its epsilon is written in its forward (OLMo 2's final
-    # norm is an RMSNorm, but its FFN output is normed, so the direct readout refuses it before reading the norm)
-    _gated("olmo", "olmo", "olmo2", final_norm_kind="layernorm", norm_eps=1e-5, ffn_output_normed=("olmo2",)),
+    # StableLM: LayerNorms; with use_parallel_residual its FFN reads the same normed input as the attention, and its
+    # output is still added to the stream as it is (qk_layernorm norms only inside the attention)
+    _gated("stablelm", final_norm_kind="layernorm"),
+    # Granite: Llama's blocks with every residual branch (attention and FFN output) times residual_multiplier, the
+    # embeddings times embedding_multiplier and the logits divided by logits_scaling
+    _gated("granite", ffn_output_multiplier="residual_multiplier", logit_divisor="logits_scaling"),
+    # Cohere (Command R): attention and FFN in parallel on one LayerNorm (without bias), logits times logit_scale
+    _gated("cohere", final_norm_kind="layernorm", logit_multiplier="logit_scale"),
+    # OLMo's LayerNorm has neither weight nor bias, and its epsilon is written in its forward
+    _gated("olmo", final_norm_kind="layernorm", norm_eps=1e-5),
+    # OLMo 2 normalises after attention and after the FFN (RMSNorms with a weight), not before
+    _gated("olmo2", ffn_output_norm="post_feedforward_layernorm"),
 ):
     register(_spec)
 
@@ -274,16 +361,39 @@ def direct_readout_problem(spec: ArchSpec, config: object) -> str | None:
     if spec.kind == "mlm":
         return (f"{spec.family} is a masked LM: its blocks normalise after the residual addition and its head "
                 "transforms the stream non-linearly, so a neuron's value has no direct readout")
-    if model_type in spec.ffn_output_normed:
-        return (f"{model_type} passes the FFN output through a norm (post_feedforward_layernorm) before the "
-                "residual, so a neuron adds no fixed vector to the stream")
+    if spec.ffn_output_norm is not None:
+        return (f"{model_type or spec.family} passes the FFN output through a norm ({spec.ffn_output_norm}) before "
+                "the residual, so a neuron adds no fixed vector to the stream")
     if spec.pre_norm_flag is not None and getattr(config, spec.pre_norm_flag, True) is False:
         return (f"this {model_type} model has post-norm blocks ({spec.pre_norm_flag}=False): the stream is "
                 "normalised after each FFN output is added")
+    if spec.post_norm_flag is not None and getattr(config, spec.post_norm_flag, False) is True:
+        return (f"this {model_type} model passes on a normalised residual ({spec.post_norm_flag}=True): the stream "
+                "is normalised after each FFN output is added")
     if not spec.final_norm or spec.final_norm_kind is None:
         return (f"the {spec.family!r} spec names no final norm: give its ArchSpec final_norm and "
                 "final_norm_kind")
     return None
+
+
+def _config_number(config: object, field: str | None) -> float:
+    if field is None:
+        return 1.0
+    value = getattr(config, field, None)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise UnsupportedArchitectureError(
+            f"The model's config has no number {field!r} (it is {value!r}), which its family's spec names.")
+    return float(value)
+
+
+def ffn_output_multiplier(spec: ArchSpec, config: object) -> float:
+    """What each block multiplies its FFN output by before adding it to the stream (1 for most families)."""
+    return _config_number(config, spec.ffn_output_multiplier)
+
+
+def logit_multiplier(spec: ArchSpec, config: object) -> float:
+    """What the model multiplies the output head's logits by (1 for most families; before any softcapping)."""
+    return _config_number(config, spec.logit_multiplier) / _config_number(config, spec.logit_divisor)
 
 
 def final_norm_of(spec: ArchSpec, model: nn.Module) -> nn.Module | None:

@@ -4,6 +4,9 @@ Everything here is a context manager that registers forward pre-hooks on the FFN
 projections (whose input *is* the neuron activation) and removes them in ``finally``, so an
 exception inside the ``with`` body never leaves a hook behind.
 
+With shared layers (ALBERT: one block runs at every depth) a layer is a depth: every hook here acts on
+that depth's forward of the block only (:func:`at_depth`), never on the other depths that run the same module.
+
 Positions select tokens: ``None`` means every position, an int or a list of ints means those
 positions in every row (negative indices count from the end), and a 1-D integer tensor with one
 entry per batch row means one position per row (prompts of different lengths in one batch).
@@ -34,13 +37,61 @@ ActivationFn = Callable[[torch.Tensor], torch.Tensor | None]
 PatchOp = Literal["set", "scale", "add"]
 
 
+def _always() -> bool:
+    return True
+
+
+@contextmanager
+def at_depth(lm: LanguageModel, layer: int) -> Iterator[Callable[[], bool]]:
+    """Yields ``current()``: whether the forward of ``lm.block(layer)`` running now is depth ``layer``'s.
+
+    Without shared layers a block runs at one depth only, so ``current`` is always True and nothing is
+    registered. With shared layers (ALBERT) the block's forwards are counted by a forward pre-hook: within one
+    forward pass of the model, depth ``layer`` is the block's forward number ``lm.occurrence(layer)`` of
+    ``len(lm.sharing(layer))``. The count restarts at every forward of ``lm.model`` (so a pass an exception cut
+    short leaves nothing behind) and wraps around after a whole pass (so a pass of a submodule, e.g.
+    ``lm.model.albert``, counts right too). Register hooks that ask ``current`` on the block itself after
+    entering this context, so that the count is already up to date when they run. Hooks are removed on exit.
+    Gradient checkpointing, which runs a block's forward again during backward, is not supported (eval mode
+    never checkpoints).
+    """
+    lm.check_layer(layer)
+    if not lm.shared_layers or len(lm.sharing(layer)) == 1:
+        yield _always
+        return
+    per_pass, target = len(lm.sharing(layer)), lm.occurrence(layer)
+    forwards = [0]
+
+    def restart(*_args) -> None:
+        forwards[0] = 0
+
+    def count(*_args) -> None:
+        forwards[0] += 1
+
+    handles = []
+    try:
+        handles.append(lm.model.register_forward_pre_hook(restart))
+        handles.append(lm.block(layer).register_forward_pre_hook(count))
+        yield lambda: (forwards[0] - 1) % per_pass == target
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @contextmanager
 def on_ffn_input(lm: LanguageModel, layer: int, fn: ActivationFn) -> Iterator[None]:
-    """Call ``fn(activations)`` on every forward of ``layer``'s FFN output projection.
+    """Call ``fn(activations)`` on every forward of ``layer``'s FFN output projection (with shared layers: on
+    its forwards at depth ``layer`` only, see :func:`at_depth`).
 
     ``activations`` has shape (batch, seq, n_neurons); ``fn`` may return a replacement of the same
     shape (to patch) or None (to only read). Removed on exit, also when the body raises.
     """
+    with at_depth(lm, layer) as current, _on_ffn_input(lm, layer, fn, current):
+        yield
+
+
+@contextmanager
+def _on_ffn_input(lm: LanguageModel, layer: int, fn: ActivationFn, current: Callable[[], bool]) -> Iterator[None]:
     module = lm.ffn_out(layer)
     handles = []
     shape: dict[str, tuple[int, int]] = {}
@@ -50,6 +101,8 @@ def on_ffn_input(lm: LanguageModel, layer: int, fn: ActivationFn) -> Iterator[No
         shape["bt"] = tuple(hidden.shape[:2])
 
     def pre_hook(_module, args):
+        if not current():
+            return None
         x = args[0]
         flat = x.dim() == 2
         if flat:

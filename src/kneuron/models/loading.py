@@ -20,6 +20,7 @@ import torch
 
 from kneuron.errors import KneuronError, ModelLoadError
 from kneuron.models.architectures import ArchSpec, spec_for
+from kneuron.models.gguf_types import extra_gguf_types
 from kneuron.models.language_model import LanguageModel
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -292,8 +293,16 @@ def check_gguf(path: str | os.PathLike) -> None:
     except ImportError:  # another transformers layout: its own loader reports what it finds
         return
     try:
-        header = GgufHeader.from_file(str(path))
-    except (struct.error, ValueError, KeyError, IndexError, OverflowError, UnicodeDecodeError, MemoryError) as exc:
+        with extra_gguf_types():
+            header = GgufHeader.from_file(str(path))
+    except ValueError as exc:
+        if "not supported" in str(exc):  # a complete file of a block type transformers cannot de-quantize
+            raise ModelLoadError(f"{path} holds tensors that this transformers cannot de-quantize ({exc}); "
+                                 "convert the file to one of those types, or try another transformers "
+                                 "version.") from None
+        raise ModelLoadError(f"{path} is truncated or corrupted: its GGUF header does not parse ({exc}); "
+                             f"{redo}.") from None
+    except (struct.error, KeyError, IndexError, OverflowError, UnicodeDecodeError, MemoryError) as exc:
         raise ModelLoadError(f"{path} is truncated or corrupted: its GGUF header does not parse ({exc}); "
                              f"{redo}.") from None
     end = header.data_start + max((info.offset + info.nbytes for info in header.tensors), default=0)
@@ -382,7 +391,7 @@ def _read(source: str, gguf_file: str | None, *, dtype: torch.dtype | None, arch
         dtype = torch.float32
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        with _gguf_progress():
+        with _gguf_progress(), extra_gguf_types():
             network = auto.from_pretrained(source, dtype=dtype, **kwargs) if dtype else auto.from_pretrained(
                 source, **kwargs)
     except (OSError, ValueError) as exc:

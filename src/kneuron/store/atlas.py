@@ -22,7 +22,9 @@ Schema (version 1)
     "known_only", "top", "min_share", "chunk_facts", "keep_scores", "estimator"}`` (+ ``"sparse_threshold"`` when
     ``keep_scores`` is "sparse"; ``"estimator"`` and the estimator's own params, see
     :mod:`kneuron.attribution.estimators`: "ig" has ``steps``, ``alphas`` and ``objective``, "gxa" ``objective``
-    only; a screened run adds ``"screen"`` (K layers) and ``"screen_estimator"``; an atlas made before estimators
+    only; a screened run adds ``"screen"`` (K layers) and ``"screen_estimator"``; a model that normalises its FFN
+    outputs (Gemma 2/3, OLMo 2) adds ``"norm"``, "frozen" or "live" (:mod:`kneuron.attribution.ffn_norm`: an atlas
+    of such a model without it was made with the live rule, before the rule existed); an atlas made before estimators
     lacks these keys and means exact integrated gradients, :data:`PARAM_DEFAULTS`; the known-filter settings
     are ``known_only``, ``top`` and ``min_share``, see :func:`kneuron.facts.known_facts`; chunks:
     :mod:`kneuron.store.chunks`). The model identity and
@@ -112,7 +114,7 @@ BUSY_TIMEOUT = 10.0
 #: the meta keys and params that make an atlas's identity (a run must match them to write into it)
 IDENTITY_KEYS = ("fingerprint", "family", "kind", "n_layers", "n_neurons", "dtype")
 PARAM_KEYS = ("estimator", "steps", "threshold", "share", "objective", "alphas", "known_only", "top", "min_share",
-              "chunk_facts", "keep_scores", "sparse_threshold", "screen", "screen_estimator")
+              "chunk_facts", "keep_scores", "sparse_threshold", "screen", "screen_estimator", "norm")
 #: what a param an atlas made before estimators existed lacks meant there: exact integrated gradients, no screen
 PARAM_DEFAULTS = {"estimator": "ig", "screen": None, "screen_estimator": None}
 STATUSES = ("pending", "done", "dropped", "invalid")
@@ -622,6 +624,7 @@ class Atlas:
                 prompt=row["text"], answer=answer, position=row["position"],
                 steps=params.get("steps", 20 if estimator == "ig" else 1),  # an estimator without steps takes α = 1
                 objective=params.get("objective", "prob"), alphas=params.get("alphas", "right"), estimator=estimator,
+                norm=params.get("norm"),
             ))
         return found
 

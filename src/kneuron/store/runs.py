@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kneuron.attribution.estimators import Estimator, estimator_from_params, estimator_names
+from kneuron.attribution.ffn_norm import check_norm, with_effective_norm
 from kneuron.attribution.integrated_gradients import ALPHA_RULES
 from kneuron.attribution.knowledge import resolve_estimator
 from kneuron.errors import FactError, KneuronError
@@ -70,7 +71,7 @@ class RunSummary:
 def run_params(*, steps: int, threshold: float, share: float | str, objective: str, alphas: str,
                known_only: bool, top: int, min_share: float, chunk_facts: int = DEFAULT_CHUNK_FACTS,
                keep_scores: str = "full", estimator: Estimator | str | None = None, screen: int | None = None,
-               ) -> dict[str, Any]:
+               norm: str | None = None) -> dict[str, Any]:
     """The parameters that make an atlas's identity, checked the way attribution would check them.
 
     ``chunk_facts`` is part of it because a chunk's facts share batches (their scores differ from a run with
@@ -98,7 +99,7 @@ def run_params(*, steps: int, threshold: float, share: float | str, objective: s
     if top < 1:
         raise KneuronError(f"top must be at least 1; got {top}.")
     chosen = resolve_estimator(estimator, steps=int(steps), objective=objective, alphas=alphas,  # type: ignore[arg-type]
-                               screen=screen)
+                               screen=screen, **({} if norm is None else {"norm": check_norm(norm)}))
     if estimator_from_params(chosen.params()) != chosen:  # what every chunk (and Ray worker) rebuilds it from
         raise KneuronError(f"{type(chosen).__name__} is not in the estimator registry, so a run cannot rebuild it "
                            "from the atlas's params: register it with kneuron.attribution.estimators."
@@ -268,6 +269,7 @@ def run(
     progress_interval: float = 30.0,
     estimator: Estimator | str | None = None,
     screen: int | None = None,
+    norm: str | None = None,
 ) -> RunSummary:
     """Attribute every fact and store the results in the atlas at ``atlas_path`` (resumable).
 
@@ -300,6 +302,9 @@ def run(
         screen: K, to let gradient x activation pick each fact's K most promising layers and run exact integrated
             gradients only there (:class:`~kneuron.attribution.ScreenedIntegratedGradients`; only with
             integrated gradients). Each fact's params record the layers chosen (``"screen_layers"``).
+        norm: for a model that normalises each FFN output (Gemma 2/3, OLMo 2): "frozen" (the default: the scaled
+            layer's norm keeps its clean scale) or "live" (the literal definition); see
+            :mod:`kneuron.attribution.ffn_norm`. The params record the rule used (none for other models).
 
     Returns:
         A :class:`RunSummary` (computed, already done, dropped per relation, timing).
@@ -315,7 +320,8 @@ def run(
         raise KneuronError(f"limit_per_relation must be at least 1; got {limit_per_relation}.")
     params = run_params(steps=steps, threshold=threshold, share=share, objective=objective, alphas=alphas,
                         known_only=known_only, top=top, min_share=min_share, chunk_facts=chunk_facts,
-                        keep_scores=keep_scores, estimator=estimator, screen=screen)
+                        keep_scores=keep_scores, estimator=estimator, screen=screen, norm=norm)
+    params = with_effective_norm(params, lm)
     facts = _unique(list(facts))
     if console is None and progress:
         from rich.console import Console
