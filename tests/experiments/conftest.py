@@ -8,6 +8,7 @@ import torch
 
 from kneuron.attribution import Neuron
 from kneuron.facts import Fact, encode
+from kneuron.facts.languages import with_language
 
 CAPITAL = ("The capital of [X] is [Y].", "[X]'s capital city is [Y].", "The capital city of [X] is [Y].")
 LANGUAGE = ("The language spoken in [X] is [Y].", "In [X] they speak [Y].", "The official language of [X] is [Y].")
@@ -23,6 +24,55 @@ def tiny_facts() -> list[Fact]:
                                                           ("Japan", "Japanese")]]
         + [Fact(s, "continent", o, CONTINENT) for s, o in [("Egypt", "Africa"), ("China", "Asia")]]
     )
+
+
+# three made-up "languages" spelled in the tiny vocabulary: each its own templates, and its own answers
+LANGUAGE_TEMPLATES = {
+    "en": CAPITAL,
+    "fr": ("[X] capital city is [Y].", "The city of [X] is [Y].", "In [X] the capital is [Y]."),
+    "de": ("The capital city of [X] is [Y].", "[X] has the capital [Y]."),
+}
+LANGUAGE_ANSWERS = {  # "Rome" is "Tiber" in de: the target of an edit has its own form per language
+    "France": {"en": "Paris", "fr": "Paris", "de": "Paris"},
+    "Germany": {"en": "Berlin", "fr": "Berlin", "de": "Berlin"},
+    "Italy": {"en": "Rome", "fr": "Rome", "de": "Tiber"},
+}
+
+
+def multilingual_fact(subject: str, language: str) -> Fact:
+    return Fact(subject, "capital", LANGUAGE_ANSWERS[subject][language], LANGUAGE_TEMPLATES[language],
+                id=with_language(f"capital:{subject}", language))
+
+
+def multilingual_done_facts() -> list[Fact]:
+    """France in en/fr/de, Germany in en/fr/de, Italy in en/fr (Italy@de not known); China in en only; one fact
+    without a language."""
+    return ([multilingual_fact(s, code) for s in ("France", "Germany") for code in ("en", "fr", "de")]
+            + [multilingual_fact("Italy", "en"), multilingual_fact("Italy", "fr"),
+               Fact("China", "capital", "Beijing", CAPITAL, id="capital:China@en"),
+               Fact("Japan", "capital", "Tokyo", CAPITAL)])
+
+
+def multilingual_pool() -> list[Fact]:
+    """What the atlas holds: the done facts and Italy@de (dropped, but its answer is Italy's German form)."""
+    return [*multilingual_done_facts(), multilingual_fact("Italy", "de")]
+
+
+def multilingual_neurons() -> dict[str, list[Neuron]]:
+    """Fixed knowledge neurons of the multilingual facts, with overlaps across languages chosen by hand."""
+    by_hand = {
+        "capital:France@en": [(2, 1), (2, 5), (1, 3)],
+        "capital:France@fr": [(2, 1), (2, 5), (0, 7)],
+        "capital:France@de": [(2, 1), (1, 9)],
+        "capital:Germany@en": [(2, 3), (0, 2)],
+        "capital:Germany@fr": [(2, 3)],
+        "capital:Germany@de": [],  # done, no knowledge neuron
+        "capital:Italy@en": [(2, 6)],
+        "capital:Italy@fr": [(1, 4)],
+        "capital:China@en": [(2, 8)],
+        "capital:Japan": [(2, 9)],
+    }
+    return {fid: [Neuron(layer, index, 1.0) for layer, index in keys] for fid, keys in by_hand.items()}
 
 
 def tiny_neurons(facts: list[Fact]) -> dict[str, list[Neuron]]:

@@ -34,7 +34,8 @@ def study(
     other_facts: Annotated[int, typer.Option(min=0, help="Facts of other relations on which each fact's neurons "
                                                          "are also patched.")] = 5,
     probe: Annotated[int, typer.Option(min=0, help="Generic neurons (most shared first) probed alone.")] = 3,
-    seed: Annotated[int, typer.Option(help="Seeds the random control neurons and the other facts.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seeds the random control neurons, the other facts and the edit "
+                                           "targets.")] = 0,
     estimators: Annotated[str | None, typer.Option(
         "--estimators", help="estimators only: the estimators to compare with IG, comma-separated: registered names "
                              "(gxa, ...), ig-gaussN (N-point Gauss–Legendre IG) or ig (exact IG measured again). "
@@ -49,6 +50,11 @@ def study(
     [b]estimators[/b] compares cheaper attribution estimators with the atlas's exact integrated gradients (rank
     correlation, top-10 recall, refined neurons, suppression, seconds per prompt). It recomputes attributions,
     so it is not part of [b]all[/b]; it needs an atlas computed with exact IG (full or sparse scores).
+
+    [b]languages[/b] compares the knowledge neurons of one fact across its languages (ids such as
+    capital:France@fr, e.g. `kneuron run --facts multilingual`): neurons shared by all languages or specific to one,
+    their layers, suppressing one language's neurons measured in every language, and an update through the English
+    neurons measured in every language. [b]all[/b] includes it when the atlas has a fact done in two languages.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -60,6 +66,11 @@ def study(
         from kneuron.cli.estimator_study import estimator_study
 
         estimator_study(run, model, device, estimators, facts_limit, seed)
+        return
+    if name == "languages":
+        from kneuron.cli.language_study import language_study
+
+        language_study(run, model, device, seed)
         return
     names = study_names(name)
     with Atlas.open(run) as atlas:
@@ -99,6 +110,11 @@ def study(
         covered = [fact.id for fact in facts]
         for stored, rows in results.items():
             atlas.write_results(stored, rows, facts=covered)  # with the facts they covered (see `kneuron report`)
+        languages = None
+        if name == "all":  # the cross-lingual study too, when the atlas has facts done in two languages
+            from kneuron.cli.language_study import languages_in_all
+
+            languages = languages_in_all(atlas, lm, seed)
     table = Table(title=Text(f"Studies of {len(facts)} facts, stored in {run}", style="bold"), title_justify="left",
                   show_edge=False)
     table.add_column("study")
@@ -134,6 +150,10 @@ def study(
         if shown > 5:
             table.add_row(stored, f"... {shown - 5} more generic neurons (see the report)", "")
     console.print(table)
+    if languages:
+        from kneuron.cli.language_study import print_language_summary
+
+        print_language_summary(languages, run)
 
 
 @command()

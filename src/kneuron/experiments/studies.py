@@ -43,8 +43,8 @@ def study_names(name: str) -> list[str]:
     if name == "all":
         return list(STUDIES)
     if name not in ALIASES:
-        raise KneuronError(f"Unknown study {name!r}: choose suppress-amplify, generic, layers, discrimination or all "
-                           "(or estimators, which all leaves out).")
+        raise KneuronError(f"Unknown study {name!r}: choose suppress-amplify, generic, layers, discrimination, "
+                           "languages or all (or estimators, which all leaves out).")
     return [ALIASES[name]]
 
 

@@ -76,6 +76,8 @@ class ReportData:
                 results["editing"] = editing
             if estimators := atlas.results("estimators"):  # not part of `study all` (kneuron study estimators)
                 results["estimators"] = estimators
+            if languages := atlas.results("languages"):  # atlases with facts in several languages only
+                results["languages"] = languages
             meta = dict(atlas.meta)
             n_facts = len(atlas.facts())
             coverage, done = atlas.coverage(), atlas.done_coverage()
@@ -424,6 +426,14 @@ def _estimators_section(data: ReportData) -> str:
                               data.source or "ATLAS")
 
 
+def _languages_section(data: ReportData) -> str:
+    """The cross-lingual study's section (see :mod:`kneuron.report.languages`), only when the atlas has its rows."""
+    from kneuron.report.languages import languages_section
+
+    done = int(data.done.get("facts", 0)) if data.done else data.n_facts
+    return languages_section(data.rows("languages"), data.coverage.get("languages"), done)
+
+
 def render_report(data: ReportData) -> str:
     """The whole report as one HTML string."""
     flat = {}
@@ -447,6 +457,7 @@ def render_report(data: ReportData) -> str:
         _discrimination_section(data),
         _estimators_section(data),
         _editing_section(data),
+        _languages_section(data),
     ])
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{GENERATOR}<title>{_e(data.title)}</title>'
             f"<style>{CSS}</style></head><body>{body}</body></html>\n")

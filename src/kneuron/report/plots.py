@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from kneuron.experiments.languages import layer_summary, overlap_summary, study_languages, suppression_matrix
 from kneuron.experiments.layer_distribution import top_layers
 from kneuron.experiments.metrics import summarize
 
@@ -264,4 +265,64 @@ def estimators_figure(rows: Sequence[dict]) -> bytes | None:
     left.set_title("Rank correlation, top-10 overlap, refined sets", fontsize=9)
     right.set_title("Refined neurons set to 0 at the answer position", fontsize=9)
     figure.tight_layout()
+    return to_png(figure)
+
+
+def language_layers_figure(rows: Sequence[dict]) -> bytes | None:
+    """The ``languages`` study: per layer, how many of the facts' neurons are shared by all their languages, shared
+    by at least two, or specific to one language (left), and the mean share of each per fact (right)."""
+    layers = layer_summary(rows)
+    if not any(layers.values()) or not any(any(v.values()) for v in layers.values()):
+        return None
+    summary = overlap_summary(rows)
+    n_layers = max(max(v, default=-1) for v in layers.values()) + 1
+    figure = Figure(figsize=(max(8.0, 0.3 * n_layers + 5), 3.8))
+    left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1]})
+    x = np.arange(n_layers)
+    colors = {"shared_all": "#1f77b4", "shared": "#9ecae1", "specific": "#ff7f0e"}
+    names = {"shared_all": "shared by all its languages", "shared": "shared by at least two",
+             "specific": "language-specific"}
+    for k, name in enumerate(("shared_all", "shared", "specific")):
+        left.bar(x + (k - 1) * 0.27, [layers[name].get(i, 0) for i in x], 0.27, color=colors[name], label=names[name])
+    left.set_xticks(x, [str(i) for i in x], fontsize=7 if n_layers > 20 else 9)
+    left.set_xlabel("layer")
+    left.set_ylabel("neurons (over facts)")
+    left.legend(fontsize=8)
+    left.grid(axis="y", alpha=0.3)
+    n = summary.get("union", (math.nan, 0))[1]
+    shares = [summary.get(f"share_{name}", (math.nan, 0))[0] * 100 for name in ("shared_all", "shared", "specific")]
+    right.bar(range(3), shares, color=[colors[k] for k in ("shared_all", "shared", "specific")])
+    right.set_xticks(range(3), ["all", "2+", "one"], fontsize=8)
+    right.set_ylabel("mean share of a fact's neurons (%)")
+    right.set_title(f"n = {n} facts", fontsize=9)
+    right.set_ylim(0, 100)
+    figure.tight_layout()
+    return to_png(figure)
+
+
+def suppression_matrix_figure(rows: Sequence[dict]) -> bytes | None:
+    """The ``languages`` study's s × t matrices (suppress language s's neurons, mean Δp/p in language t) for the
+    knowledge neurons and the random control, as annotated heatmaps on one colour scale."""
+    codes = study_languages(rows)
+    panels = [(variant, suppression_matrix(rows, variant)) for variant in ("kn", "random")]
+    if not codes or not panels[0][1]:
+        return None
+    values = [[[m.get((s, t), (math.nan, 0))[0] * 100 for t in codes] for s in codes] for _, m in panels]
+    limit = max([abs(v) for grid in values for line in grid for v in line if math.isfinite(v)] + [1.0])
+    figure = Figure(figsize=(1.1 * len(codes) * 2 + 3, 0.9 * len(codes) + 1.8))
+    axes = figure.subplots(1, 2)
+    for axis, (variant, matrix), grid in zip(axes, panels, values, strict=True):
+        image = axis.imshow(np.array(grid, dtype=float), cmap="RdBu", vmin=-limit, vmax=limit)
+        for i, s in enumerate(codes):
+            for j, t in enumerate(codes):
+                mean, n = matrix.get((s, t), (math.nan, 0))
+                dark = n and abs(mean * 100) > 0.6 * limit
+                axis.text(j, i, f"{mean * 100:+.0f}%\nn={n}" if n else "–", ha="center", va="center", fontsize=7,
+                          color="white" if dark else "black")
+        axis.set_xticks(range(len(codes)), codes)
+        axis.set_yticks(range(len(codes)), codes)
+        axis.set_xlabel("measured in language t")
+        axis.set_ylabel("neurons of language s set to 0")
+        axis.set_title("knowledge neurons" if variant == "kn" else "random (same layers)", fontsize=9)
+    figure.colorbar(image, ax=list(axes), label="mean Δp / p (%)")
     return to_png(figure)

@@ -1,0 +1,207 @@
+"""``kneuron study languages --run ATLAS``: knowledge neurons across languages
+(:mod:`kneuron.experiments.languages` and :mod:`kneuron.experiments.cross_lingual_edit`), stored as the
+``languages`` study and printed as a few tables; ``kneuron study all`` runs it too when the atlas has facts done in
+two languages."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.table import Table
+from rich.text import Text
+
+from kneuron.cli.app import atlas_model, console, err_console
+from kneuron.errors import KneuronError
+
+
+def _num(value: float, spec: str) -> str:
+    return f"{value:{spec}}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
+
+
+def _moved(summary: dict, metric: str) -> str:
+    before, after = summary.get(f"{metric}_before", math.nan), summary.get(f"{metric}_after", math.nan)
+    return f"{_num(before, '.3g')}→{_num(after, '.3g')}"
+
+
+def language_study(run: Path, model: str | None, device: str, seed: int) -> None:
+    """Run the study on the atlas at ``run`` (refusing, in one line, an atlas without facts in two languages),
+    store it and print its summary."""
+    from kneuron.store import Atlas
+
+    with Atlas.open(run) as atlas:
+        with atlas.snapshot():
+            facts = atlas.facts()
+        why = _refusal(run, facts)
+        if why:
+            raise KneuronError(why)
+        lm = atlas_model(atlas, model, device)
+        rows = run_language_study(atlas, lm, seed)
+    print_language_summary(rows, run)
+
+
+def _refusal(run: Path, facts: Sequence) -> str | None:
+    from kneuron.experiments.languages import multilingual_refusal
+
+    if not facts:
+        return f"{run} has no computed facts yet: run `kneuron run --out {run}` (or let it finish)."
+    why = multilingual_refusal(facts)
+    return f"{run} cannot be studied across languages: {why}." if why else None
+
+
+def languages_in_all(atlas, lm, seed: int) -> list[dict] | None:
+    """For ``kneuron study all``: the study's rows when the atlas has a fact done in two languages, else None
+    (with a note saying why it was skipped)."""
+    with atlas.snapshot():
+        facts = atlas.facts()
+    from kneuron.experiments.languages import multilingual_refusal
+
+    why = multilingual_refusal(facts)
+    if why:
+        err_console.print(f"[dim]languages: skipped ({why}).[/dim]", highlight=False)
+        return None
+    return run_language_study(atlas, lm, seed)
+
+
+def run_language_study(atlas, lm, seed: int) -> list[dict]:
+    """Compute the overlap, suppression and edit rows on the atlas's done facts and write them under
+    ``languages`` (with the facts they covered); checks that every edit was undone."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from kneuron.experiments.cross_lingual_edit import cross_lingual_edit
+    from kneuron.experiments.languages import STUDY, language_study, multilingual_keys
+    from kneuron.facts.multilingual import multilingual_facts
+    from kneuron.store import model_identity
+
+    with atlas.snapshot():  # the facts and neurons of one moment, also while a run writes
+        facts = atlas.facts()
+        # the edit targets and their forms in each language: the built-in multilingual set, then the atlas's own
+        # facts (also those the model does not know), which take precedence where an id is in both
+        pool = [*multilingual_facts(), *atlas.facts(status=("done", "dropped"))]
+        neurons = atlas.all_refined()
+    keys = multilingual_keys(facts)
+    identity = model_identity(lm)["fingerprint"]
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    start = time.perf_counter()
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("languages: suppress", total=len(keys))
+        rows = language_study(lm, facts, neurons, seed=seed, on_key=lambda _key: progress.advance(task))
+        progress.update(task, description="languages: edit", completed=0)
+        rows += cross_lingual_edit(lm, keys, neurons, pool=pool, counted=facts, seed=seed,
+                                   on_key=lambda _key: progress.advance(task))
+    if model_identity(lm)["fingerprint"] != identity:  # pragma: no cover - would be a bug
+        raise KneuronError("The model's weights changed during the languages study: an edit was not undone.")
+    err_console.print(f"[dim]languages {time.perf_counter() - start:.1f} s[/dim]", highlight=False)
+    covered = [fact.id for versions in keys.values() for fact in versions.values()]
+    atlas.write_results(STUDY, rows, facts=covered)
+    return rows
+
+
+def print_language_summary(rows: Sequence[dict], run: Path) -> None:
+    """The study's tables: neurons and overlap per language, Jaccard per pair, the suppression matrix (knowledge
+    neurons and the random control) and the cross-lingual edit per language."""
+    for part in language_tables(rows, run):
+        console.print(part, soft_wrap=isinstance(part, Text))
+
+
+#: below this many keys the summary says the numbers are anecdotes
+FEW_KEYS = 10
+
+
+def _titled(title: str, table: Table, note: str = "") -> list[Table | Text]:
+    parts: list[Table | Text] = [Text(""), Text(title, style="bold"), table]
+    return parts + [Text(note, style="dim")] if note else parts
+
+
+def language_tables(rows: Sequence[dict], run: Path | str) -> list[Table | Text]:
+    """The summary as title lines, tables and notes (see :func:`print_language_summary`)."""
+    from kneuron.experiments.cross_lingual_edit import edit_summary
+    from kneuron.experiments.languages import (
+        jaccard_summary,
+        neurons_per_language,
+        overlap_summary,
+        own_and_cross,
+        study_languages,
+        suppression_matrix,
+    )
+    from kneuron.facts.languages import LANGUAGE_NAMES
+
+    codes = study_languages(rows)
+    overlap = overlap_summary(rows)
+    n_keys = overlap.get("union", (math.nan, 0))[1]
+    parts: list[Table | Text] = [Text(f"Knowledge neurons across languages: {n_keys} fact(s) done in 2+ languages "
+                                      f"({', '.join(codes)}), stored in {run}", style="bold")]
+    if n_keys < FEW_KEYS:
+        parts.append(Text(f"only {n_keys} fact(s): read every mean below as n = {n_keys} or fewer, not as a finding",
+                          style="yellow"))
+    head = Table(show_edge=False)
+    for column in ("per fact", "mean", "n"):
+        head.add_column(column, justify="left" if column == "per fact" else "right")
+    for metric, label, spec in (("languages", "languages", ".2f"), ("union", "neurons (union of its languages)", ".2f"),
+                                ("shared_all", "shared by all its languages", ".2f"),
+                                ("shared", "shared by at least two", ".2f"), ("specific", "language-specific", ".2f"),
+                                ("share_shared_all", "share shared by all", ".1%"),
+                                ("share_shared", "share shared by 2+", ".1%"),
+                                ("share_specific", "share language-specific", ".1%")):
+        mean, n = overlap.get(metric, (math.nan, 0))
+        head.add_row(label, _num(mean, spec), str(n))
+    parts += _titled("Overlap of one fact's neurons across its languages (means over facts)", head)
+
+    per = Table(show_edge=False)
+    for column in ("language", "facts", "neurons / fact", "specific / fact"):
+        per.add_column(column, justify="left" if column == "language" else "right")
+    for code, (mean, n) in neurons_per_language(rows).items():
+        specific = overlap.get(f"specific@{code}", (math.nan, 0))[0]
+        per.add_row(f"{code} {LANGUAGE_NAMES.get(code, '')}".strip(), str(n), _num(mean, ".2f"), _num(specific, ".2f"))
+    parts += _titled("Per language", per)
+
+    pairs = Table(show_edge=False)
+    for column in ("pair", "mean Jaccard", "n"):
+        pairs.add_column(column, justify="left" if column == "pair" else "right")
+    for (a, b), (mean, n) in sorted(jaccard_summary(rows).items(),
+                                    key=lambda item: (codes.index(item[0][0]), codes.index(item[0][1]))):
+        pairs.add_row(f"{a}–{b}", _num(mean, ".3f"), str(n))
+    parts += _titled("Jaccard of the neuron sets per language pair", pairs,
+                     "n = facts with both languages; a pair whose two sets are empty is left out")
+
+    for variant, label in (("kn", "the knowledge neurons of language s"),
+                           ("random", "as many random neurons of the same layers (control)")):
+        matrix = suppression_matrix(rows, variant)
+        grid = Table(show_edge=False)
+        grid.add_column("s \\ t")
+        for target in codes:
+            grid.add_column(target, justify="right")
+        for source in codes:
+            grid.add_row(source, *(Text(f"{_num(matrix[source, t][0], '+.1%')} (n={matrix[source, t][1]})")
+                                   if (source, t) in matrix else "–" for t in codes))
+        (own, n_own), (cross, n_cross) = own_and_cross(matrix)
+        parts += _titled(f"Suppress {label}: mean Δp/p of the answer in language t, on t's prompts", grid,
+                         f"own language (s = t): {_num(own, '+.1%')} (n={n_own}); other languages (s ≠ t): "
+                         f"{_num(cross, '+.1%')} (n={n_cross})")
+
+    edits = Table(show_edge=False)
+    for column in ("edit", "language", "facts", "P(new)>P(old) before", "after", "success", "top-1 = new",
+                   "change rate", "p(old) before→after", "p(new) before→after"):
+        edits.add_column(column, justify="left" if column in ("edit", "language") else "right")
+    for variant in ("edit_kn", "edit_kn_signed", "edit_random", "edit_random_signed"):
+        summary = edit_summary(rows, variant)
+        if not summary:
+            continue
+        english = summary.get("en", {})
+        name = (f"{variant.removeprefix('edit_')} ({english.get('edited', 0):.0f}/"
+                f"{english.get('attempted', 0):.0f} edited)")
+        for code, entry in summary.items():
+            shares = [_num(entry.get(metric, math.nan), ".1%")
+                      for metric in ("new_beats_old_before", "new_beats_old", "success", "top1_new", "changed")]
+            edits.add_row(name, code, f"{entry['keys']:.0f}", *shares, _moved(entry, "p_old"), _moved(entry, "p_new"))
+            name = ""
+    parts += _titled("Update through the English neurons to another fact's answer, measured in every language with "
+                     "that language's forms", edits,
+                     "facts: measured in that language (the target has a version there); P(new)>P(old): share of "
+                     "prompts; success: share of facts where it holds on most prompts; top-1 = new: share of prompts; "
+                     "change rate: of the prompts answered right before, the share no longer; signed: each delta "
+                     "times the sign of the neuron's activation on the English prompts")
+    return parts
