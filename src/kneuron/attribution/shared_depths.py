@@ -33,6 +33,7 @@ from kneuron.attribution.step_rows import (
     _hidden_from,
     _replace_hidden,
     objective_of,
+    rows_in_chunk_order,
 )
 from kneuron.errors import KneuronError
 from kneuron.models.hooks import at_depth, on_ffn_input
@@ -137,12 +138,5 @@ def run_shared_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], 
         # as run_rows: the objective in float64 from log P, gradients in log space (dP/da = P · dlogP/da)
         values = objective_of(log_p.detach().double()[:, None], objective)
         grads = torch.autograd.grad(log_p.sum(), [leaves[layer] for layer in layers]) if gradients else ()
-    per_row: list[torch.Tensor] = [torch.empty(0)] * len(chunk)
-    row_values: list[float] = [0.0] * len(chunk)
-    for chunk_row, value in zip(order, values.tolist(), strict=True):
-        row_values[chunk_row] = value
-    for layer, grad in zip(layers if gradients else [], grads, strict=True):
-        for j, chunk_row in enumerate(members[layer]):
-            row_grad = grad[j].detach().double()
-            per_row[chunk_row] = row_grad * values[before[layer] + j] if objective == "prob" else row_grad
-    return per_row, row_values
+    return rows_in_chunk_order(len(chunk), order, values, layers if gradients else [], grads, members, before,
+                               objective)

@@ -498,11 +498,21 @@ def run_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objecti
         # so that a P below float32's range (1e-45) neither underflows to 0 nor drags its gradients to 0
         values = objective_of(log_p.detach().double()[:, None], objective)
         grads = torch.autograd.grad(log_p.sum(), [leaves[layer] for layer in layers]) if gradients else ()
-    per_row: list[torch.Tensor] = [torch.empty(0)] * len(chunk)
-    row_values: list[float] = [0.0] * len(chunk)
+    return rows_in_chunk_order(len(chunk), order, values, layers if gradients else [], grads, members, before,
+                               objective)
+
+
+def rows_in_chunk_order(size: int, order: list[int], values: torch.Tensor, layers: Sequence[int],
+                        grads: Sequence[torch.Tensor], members: dict[int, list[int]], before: dict[int, int],
+                        objective: Objective) -> tuple[list[torch.Tensor], list[float]]:
+    """A batch's per-row gradients (empty when ``layers`` is) and objectives, back in the chunk's order: batch
+    row k is chunk row ``order[k]``, and layer l's rows are batch rows ``before[l]`` + j for its ``members[l]``.
+    With the "prob" objective a gradient of log P becomes one of P (dP/da = P · dlogP/da)."""
+    per_row: list[torch.Tensor] = [torch.empty(0)] * size
+    row_values: list[float] = [0.0] * size
     for chunk_row, value in zip(order, values.tolist(), strict=True):
         row_values[chunk_row] = value
-    for layer, grad in zip(layers if gradients else [], grads, strict=True):
+    for layer, grad in zip(layers, grads, strict=True):
         for j, chunk_row in enumerate(members[layer]):
             row_grad = grad[j].detach().double()
             per_row[chunk_row] = row_grad * values[before[layer] + j] if objective == "prob" else row_grad
