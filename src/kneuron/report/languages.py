@@ -25,10 +25,9 @@ from kneuron.report import plots
 TITLE = "Languages"
 #: below this many facts (keys) the section warns that its means are anecdotes
 FEW_KEYS = 10
-PAPER = ("Chen et al. (AAAI 2024, multilingual BERT and mGPT on multilingual PARAREL) find language-independent "
-         "knowledge neurons, shared by a fact's versions across languages (suppressing them lowers the answer's "
-         "probability in every language), and language-specific ones that matter in their own language; editing "
-         "through language-independent neurons carries an edit across languages.")
+#: what ../shared/PAPER.md says of Chen et al. (the report quotes nothing beyond it)
+PAPER = ("Chen et al. (AAAI 2024), on mBERT and mGPT with mLAMA, report language-independent knowledge neurons "
+         "(shared by a fact across languages) and degenerate ones (several neuron sets that each suffice).")
 SUPPRESS_LABELS = {"kn": "all knowledge neurons of s", "random": "random neurons, same layers (control)",
                    "kn_shared": "those of s also found in another language", "kn_specific": "those of s only"}
 EDIT_LABELS = {"edit_kn": "English knowledge neurons, the paper's formula",
