@@ -76,11 +76,16 @@ def test_smollm2_tokenizer_round_trips_every_answer(smollm2):
 def test_gemma3_tokenizer_round_trips_every_answer():
     from transformers import AutoTokenizer
 
+    from kneuron.errors import ModelLoadError
     from kneuron.models.loading import cache_dir
 
-    if not (cache_dir("gemma3-270m") / "tokenizer_config.json").is_file():
+    try:
+        folder = cache_dir("gemma3-270m")
+    except ModelLoadError:  # the package is not installed (make gemma installs it; make test does not)
+        pytest.skip("Gemma 3 270M is not installed (make gemma)")
+    if not (folder / "tokenizer_config.json").is_file():
         pytest.skip("Gemma 3 270M is not in kneuron's cache (load it once: kneuron predict -m gemma3-270m ...)")
-    tokenizer = AutoTokenizer.from_pretrained(cache_dir("gemma3-270m"))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     _check_tokenizer(tokenizer, "gemma3-270m")
     assert _ids(tokenizer, "巴黎") == [tokenizer.convert_tokens_to_ids("巴黎")]  # one whole-word piece
 
