@@ -32,8 +32,8 @@ from kneuron.attribution.step_rows import (
     _forward_logits,
     _hidden_from,
     _replace_hidden,
+    lay_out,
     objective_of,
-    rows_in_chunk_order,
 )
 from kneuron.errors import KneuronError
 from kneuron.models.hooks import at_depth, on_ffn_input
@@ -97,28 +97,14 @@ def run_shared_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], 
     own depth; returns what :func:`~kneuron.attribution.step_rows.run_rows` returns: per-row gradients with
     respect to the scaled activations (empty without ``gradients``) and per-row objectives, in ``chunk``'s order."""
     check_shared_layers_supported(lm)
-    device, dtype = lm.device, plans[chunk[0][0]].activations.dtype
-    # batch rows: by depth (the order in which they join), then prompt, then as given
-    order = sorted(range(len(chunk)), key=lambda i: (chunk[i][1], chunk[i][0]))
-    layers = sorted({row[1] for row in chunk})
-    members = {layer: [i for i in order if chunk[i][1] == layer] for layer in layers}
-    prompts_of = {layer: [chunk[i][0] for i in members[layer]] for layer in layers}
-    before: dict[int, int] = {}  # rows running when a depth's rows join
-    running = 0
-    for layer in layers:
-        before[layer] = running
-        running += len(members[layer])
-    leaves: dict[int, torch.Tensor] = {}
-    for layer in layers:
-        alphas = torch.tensor([chunk[i][2] for i in members[layer]], dtype=dtype, device=device)
-        clean = _by_prompt({p: plans[p].activations[layer][None] for p in prompts_of[layer]}, prompts_of[layer])
-        leaves[layer] = (alphas[:, None] * clean).requires_grad_(gradients)
-    every = [chunk[i][0] for i in order]  # the prompt of each batch row
+    device = lm.device
+    layout = lay_out(lm, plans, chunk, gradients)  # batch rows by depth (the order in which they join), then prompt
+    layers, prompts_of, leaves, every = layout.layers, layout.prompts_of, layout.leaves, layout.every
     targets = _by_prompt({p: plans[p].targets[None] for p in every}, every)
     answers = _by_prompt({p: plans[p].answer_ids[None] for p in every}, every)
 
     def scaler(layer: int):
-        rows = torch.arange(before[layer], before[layer] + len(members[layer]), device=device)
+        rows = layout.rows_of(layer)
         positions = torch.tensor([plans[p].position for p in prompts_of[layer]], device=device)
 
         def scale(x: torch.Tensor) -> torch.Tensor:
@@ -138,5 +124,4 @@ def run_shared_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], 
         # as run_rows: the objective in float64 from log P, gradients in log space (dP/da = P · dlogP/da)
         values = objective_of(log_p.detach().double()[:, None], objective)
         grads = torch.autograd.grad(log_p.sum(), [leaves[layer] for layer in layers]) if gradients else ()
-    return rows_in_chunk_order(len(chunk), order, values, layers if gradients else [], grads, members, before,
-                               objective)
+    return layout.in_chunk_order(values, grads, objective)

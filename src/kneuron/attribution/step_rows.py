@@ -422,35 +422,18 @@ def run_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objecti
 
     ``frozen_norm``: each row's own layer's post-FFN norm holds its clean factor 1/RMS at the scaled position
     (:mod:`kneuron.attribution.ffn_norm`)."""
-    device, dtype = lm.device, plans[chunk[0][0]].activations.dtype
-    # batch rows: by layer (the order in which they join), then prompt, then as given
-    order = sorted(range(len(chunk)), key=lambda i: (chunk[i][1], chunk[i][0]))
-    layers = sorted({row[1] for row in chunk})
+    device = lm.device
+    layout = lay_out(lm, plans, chunk, gradients)
+    layers, members, prompts_of = layout.layers, layout.members, layout.prompts_of
+    leaves, every = layout.leaves, layout.every
     start = layers[0]
     branch_at_ffn = len({row[0] for row in chunk}) == 1 and not lm.spec.flat_tokens
-    members: dict[int, list[int]] = {layer: [i for i in order if chunk[i][1] == layer] for layer in layers}
-    prompts_of = {layer: [chunk[i][0] for i in members[layer]] for layer in layers}
-    before: dict[int, int] = {}  # rows running when a layer's rows join
-    running = 0
-    for layer in layers:
-        before[layer] = running
-        running += len(members[layer])
-    leaves: dict[int, torch.Tensor] = {}
-    for layer in layers:
-        alphas = torch.tensor([chunk[i][2] for i in members[layer]], dtype=dtype, device=device)
-        clean = _by_prompt({p: plans[p].activations[layer][None] for p in prompts_of[layer]}, prompts_of[layer])
-        leaves[layer] = (alphas[:, None] * clean).requires_grad_(gradients)
-
-    every = [chunk[i][0] for i in order]  # the prompt of each batch row
     first_prompt = every[0]
     targets = _by_prompt({p: plans[p].targets[None] for p in every}, every)
     narrowed = lm.kind == "mlm" and lm.spec.ffn_in is not None and targets.shape[1] < len(plans[first_prompt].input_ids)
 
-    def rows_of(layer: int) -> torch.Tensor:
-        return torch.arange(before[layer], before[layer] + len(members[layer]), device=device)
-
     def scaler(layer: int):
-        rows = rows_of(layer)
+        rows = layout.rows_of(layer)
         if narrowed and layer == lm.n_layers - 1:  # that FFN reads the answer positions only
             where = [plans[p].position_among_targets for p in prompts_of[layer]]
         else:
@@ -488,7 +471,7 @@ def run_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objecti
             if frozen_norm:  # the norm reads the whole sequence again (after _ffn_only_at widens it)
                 held = torch.stack([plans[p].norm_scales[layer] for p in prompts_of[layer]])  # type: ignore[index]
                 where = torch.tensor([plans[p].position for p in prompts_of[layer]], device=device)
-                stack.enter_context(frozen_rows(lm, layer, rows_of(layer), where, held))
+                stack.enter_context(frozen_rows(lm, layer, layout.rows_of(layer), where, held))
         if narrowed:
             stack.enter_context(_ffn_only_at(lm, targets))
         logits = _forward_logits(lm, plans[first_prompt].input_ids[None], targets, cache)
@@ -498,22 +481,58 @@ def run_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objecti
         # so that a P below float32's range (1e-45) neither underflows to 0 nor drags its gradients to 0
         values = objective_of(log_p.detach().double()[:, None], objective)
         grads = torch.autograd.grad(log_p.sum(), [leaves[layer] for layer in layers]) if gradients else ()
-    return rows_in_chunk_order(len(chunk), order, values, layers if gradients else [], grads, members, before,
-                               objective)
+    return layout.in_chunk_order(values, grads, objective)
 
 
-def rows_in_chunk_order(size: int, order: list[int], values: torch.Tensor, layers: Sequence[int],
-                        grads: Sequence[torch.Tensor], members: dict[int, list[int]], before: dict[int, int],
-                        objective: Objective) -> tuple[list[torch.Tensor], list[float]]:
-    """A batch's per-row gradients (empty when ``layers`` is) and objectives, back in the chunk's order: batch
-    row k is chunk row ``order[k]``, and layer l's rows are batch rows ``before[l]`` + j for its ``members[l]``.
-    With the "prob" objective a gradient of log P becomes one of P (dP/da = P · dlogP/da)."""
-    per_row: list[torch.Tensor] = [torch.empty(0)] * size
-    row_values: list[float] = [0.0] * size
-    for chunk_row, value in zip(order, values.tolist(), strict=True):
-        row_values[chunk_row] = value
-    for layer, grad in zip(layers, grads, strict=True):
-        for j, chunk_row in enumerate(members[layer]):
-            row_grad = grad[j].detach().double()
-            per_row[chunk_row] = row_grad * values[before[layer] + j] if objective == "prob" else row_grad
-    return per_row, row_values
+@dataclass
+class RowLayout:
+    """Where a chunk's rows sit in their batch: sorted by layer (the order in which they join the batch), then
+    prompt, then as given; layer l's rows are batch rows ``before[l]`` .. ``before[l] + len(members[l]) - 1``."""
+
+    order: list[int]  # batch row k is chunk row order[k]
+    layers: list[int]  # the layers (or depths) the chunk scales, ascending
+    members: dict[int, list[int]]  # each layer's chunk rows, in batch order
+    prompts_of: dict[int, list[int]]  # the prompt of each of those rows
+    before: dict[int, int]  # batch rows running when a layer's rows join
+    leaves: dict[int, torch.Tensor]  # each layer's scaled activations (rows, neurons), the gradients' leaves
+    every: list[int]  # the prompt of each batch row
+
+    def rows_of(self, layer: int) -> torch.Tensor:
+        """The batch rows that scale ``layer``."""
+        first = self.before[layer]
+        return torch.arange(first, first + len(self.members[layer]), device=self.leaves[layer].device)
+
+    def in_chunk_order(self, values: torch.Tensor, grads: Sequence[torch.Tensor], objective: Objective,
+                       ) -> tuple[list[torch.Tensor], list[float]]:
+        """The batch's per-row gradients (none when ``grads`` is empty) and objectives, back in the chunk's order.
+        With the "prob" objective a gradient of log P becomes one of P (dP/da = P · dlogP/da)."""
+        per_row: list[torch.Tensor] = [torch.empty(0)] * len(self.order)
+        row_values: list[float] = [0.0] * len(self.order)
+        for chunk_row, value in zip(self.order, values.tolist(), strict=True):
+            row_values[chunk_row] = value
+        for layer, grad in zip(self.layers if grads else [], grads, strict=True):
+            for j, chunk_row in enumerate(self.members[layer]):
+                row_grad = grad[j].detach().double()
+                per_row[chunk_row] = row_grad * values[self.before[layer] + j] if objective == "prob" else row_grad
+        return per_row, row_values
+
+
+def lay_out(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], gradients: bool) -> RowLayout:
+    """The :class:`RowLayout` of ``chunk``, with each row's leaf α · (its prompt's clean activations at its layer)
+    on the model's device (requiring a gradient when ``gradients``)."""
+    device, dtype = lm.device, plans[chunk[0][0]].activations.dtype
+    order = sorted(range(len(chunk)), key=lambda i: (chunk[i][1], chunk[i][0]))
+    layers = sorted({row[1] for row in chunk})
+    members = {layer: [i for i in order if chunk[i][1] == layer] for layer in layers}
+    prompts_of = {layer: [chunk[i][0] for i in members[layer]] for layer in layers}
+    before: dict[int, int] = {}
+    running = 0
+    for layer in layers:
+        before[layer] = running
+        running += len(members[layer])
+    leaves: dict[int, torch.Tensor] = {}
+    for layer in layers:
+        alphas = torch.tensor([chunk[i][2] for i in members[layer]], dtype=dtype, device=device)
+        clean = _by_prompt({p: plans[p].activations[layer][None] for p in prompts_of[layer]}, prompts_of[layer])
+        leaves[layer] = (alphas[:, None] * clean).requires_grad_(gradients)
+    return RowLayout(order, layers, members, prompts_of, before, leaves, [chunk[i][0] for i in order])
