@@ -148,6 +148,9 @@ def test_run_records_the_rule_and_refuses_to_mix_rules(tmp_path):
         assert {s.norm for s in atlas.prompt_scores(fact.id)} == {"frozen"}
     with pytest.raises(KneuronError, match="norm: atlas 'frozen', this run 'live'"):
         run(lm, [fact], path, steps=2, known_only=False, progress=False, norm="live")
+    with pytest.raises(KneuronError, match="norm='live' belongs to the estimator"):
+        run(lm, [fact], tmp_path / "mixed.sqlite", estimator=IntegratedGradients(2), norm="live", progress=False)
+    assert not (tmp_path / "mixed.sqlite").exists()
     llama_path = tmp_path / "llama.sqlite"
     run(tiny_lm("llama", layers=3), [fact], llama_path, steps=2, known_only=False, progress=False, norm="live")
     with Atlas.open(llama_path, read_only=True) as atlas:

@@ -259,7 +259,7 @@ def _integrate(lm: LanguageModel, plans: Sequence[Plan], members: list[int], cho
     """Sum each member prompt's gradients over the α points (each times its weight, when the rule has weights),
     and find each layer's zero baseline."""
     weight_of = {} if weights is None else dict(zip(points.tolist(), weights.tolist(), strict=True))
-    run = run_shared_rows if lm.shared_layers else run_rows  # one block at every depth (ALBERT): full passes
+    run = run_shared_rows if lm.shared_layers else run_rows  # one block at every depth (ALBERT): rows join by depth
     norm_option = {"frozen_norm": True} if frozen_norm else {}  # (no shared-layer family has a post-FFN norm)
     sums = {p: torch.zeros_like(plans[p].activations, dtype=torch.float64) for p in members}
     baselines = {p: torch.full((lm.n_layers,), math.nan, dtype=torch.float64) for p in members}

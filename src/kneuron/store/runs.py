@@ -98,6 +98,9 @@ def run_params(*, steps: int, threshold: float, share: float | str, objective: s
         raise KneuronError(f"Unknown alpha rule {alphas!r}: use {', '.join(map(repr, ALPHA_RULES))}.")
     if top < 1:
         raise KneuronError(f"top must be at least 1; got {top}.")
+    if norm is not None and isinstance(estimator, Estimator) and getattr(estimator, "norm", None) != norm:
+        raise KneuronError(f"norm={norm!r} belongs to the estimator: give it when making "
+                           f"{type(estimator).__name__}(..., norm={norm!r}), or pass the estimator's name.")
     chosen = resolve_estimator(estimator, steps=int(steps), objective=objective, alphas=alphas,  # type: ignore[arg-type]
                                screen=screen, **({} if norm is None else {"norm": check_norm(norm)}))
     if estimator_from_params(chosen.params()) != chosen:  # what every chunk (and Ray worker) rebuilds it from
