@@ -115,7 +115,7 @@ def frozen_output(lm: LanguageModel, norm: nn.Module, x: torch.Tensor, scale: to
     """The norm's output for inputs ``x`` (rows, hidden) with the factor 1/RMS held at ``scale`` (rows,):
     ``x · scale · (offset + weight)``, computed in at least float32 as the norms themselves do."""
     wide = at_least_float32(x)
-    return wide * scale.to(wide.dtype)[:, None] * _gain(lm, norm, wide)
+    return wide * scale.to(device=wide.device, dtype=wide.dtype)[:, None] * _gain(lm, norm, wide)
 
 
 @contextmanager
