@@ -55,6 +55,11 @@ def study(
     capital:France@fr, e.g. `kneuron run --facts multilingual`): neurons shared by all languages or specific to one,
     their layers, suppressing one language's neurons measured in every language, and an update through the English
     neurons measured in every language. [b]all[/b] includes it when the atlas has a fact done in two languages.
+
+    [b]robustness[/b] tests edits as Niu et al. (ICLR 2024) do: each fact is updated through its knowledge neurons
+    and measured on the reversed relation (one-to-one relations), on its subject's aliases, on paraphrases held out
+    when the neurons are refined again from the stored coarse sets, and on other subjects of the relation
+    (CounterFact's neighbourhood), with probability and top-1 side by side. Not part of [b]all[/b].
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -71,6 +76,11 @@ def study(
         from kneuron.cli.language_study import language_study
 
         language_study(run, model, device, seed)
+        return
+    if name == "robustness":
+        from kneuron.cli.robustness_study import robustness_study
+
+        robustness_study(run, model, device, seed)
         return
     names = study_names(name)
     with Atlas.open(run) as atlas:
