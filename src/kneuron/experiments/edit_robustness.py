@@ -145,8 +145,8 @@ def coverage_notes(facts: Sequence[Fact], data: RobustnessData, coarse_by_fact: 
     """One line per test that cannot run on ``facts`` (the rest still runs)."""
     notes = []
     if not data.one_to_one_facts(facts):
-        notes.append(f"no fact of a one-to-one relation ({', '.join(sorted(data.one_to_one))}, currencies of one "
-                     "country): the symmetry test is skipped.")
+        notes.append(f"no fact of a one-to-one relation ({', '.join(sorted(data.one_to_one))}): the symmetry test "
+                     "is skipped.")
     if not any(data.aliases_of(f) for f in facts):
         notes.append("no fact whose subject has aliases: the synonym test is skipped.")
     if coarse_by_fact is None or not any(coarse_by_fact.get(f.id) for f in facts):
