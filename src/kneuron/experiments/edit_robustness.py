@@ -474,3 +474,35 @@ def run_edit_robustness(atlas, lm: LanguageModel, *, seed: int = 0, held_out: in
     if write:
         atlas.write_results(STUDY, rows, facts=[f.id for f in inputs["facts"]])
     return rows, notes
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m kneuron.experiments.edit_robustness --run ATLAS``: run with the atlas's model, store, print."""
+    import argparse
+
+    import torch
+
+    from kneuron.models import load
+    from kneuron.store import Atlas
+
+    parser = argparse.ArgumentParser(prog="python -m kneuron.experiments.edit_robustness", description=main.__doc__)
+    parser.add_argument("--run", required=True, help="the atlas (.sqlite)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--held-out", type=int, default=2, help="templates held out per fact")
+    parser.add_argument("--neighbours", type=int, default=10, help="other facts of the relation per edit")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--no-write", action="store_true", help="do not store the rows in the atlas")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with Atlas.open(args.run, read_only=args.no_write) as atlas:
+        lm = load(atlas.meta["model"])
+        rows, notes = run_edit_robustness(atlas, lm, seed=args.seed, held_out=args.held_out,
+                                          n_neighbours=args.neighbours, write=not args.no_write)
+    for note in notes:
+        print(f"note: {note}")
+    print(format_summary(rows))
+
+
+if __name__ == "__main__":
+    main()
