@@ -262,3 +262,12 @@ def test_bad_settings_are_refused_in_one_line(facts, neurons):
     lm = tiny_lm("llama", layers=3)
     with pytest.raises(er.KneuronError, match="Unknown update setting absolute:up"):
         edit_robustness_study(lm, facts, neurons, data=DATA, settings=[("absolute", "up")])
+
+
+def test_a_one_to_one_fact_without_a_one_to_one_answer_is_edited_without_the_symmetry_test(facts, neurons):
+    lm = tiny_lm("llama", dtype=torch.float64, layers=3)
+    only_france = RobustnessData({"capital": OneToOne("capital", ("[X] is the capital of [Y].",), ("France",))})
+    rows = edit_robustness_study(lm, facts[:1], neurons, pool=facts, data=only_france, settings=[("absolute", "none")])
+    values = values_of(rows, "capital:France")
+    assert values["edited"] == 1.0 and not any(k.startswith("reverse") for k in values)
+    assert values["own_prompts"] == 3

@@ -20,8 +20,9 @@ measured, before and after, on:
   (``reverse_new_p_*``), top-1 (``reverse_new_top1_*``), and whether it beats the new answer's own subject
   (``reverse_new_beats_owner*``: P(France) > P(Italy)); and the old reverse fact ("Paris is the capital of" →
   France): ``reverse_old_top1_*`` and ``reverse_old_kept`` (of the prompts it was right on, the share still right).
-  For these facts t' is drawn among the relation's one-to-one answers, so that the reverse query has one answer
-  (for capital and chemical symbol this is the editing study's t'; for currency it may differ);
+  For these facts t' is drawn among the relation's one-to-one answers the model knows, so that the reverse query
+  has one answer (for capital and chemical symbol this is the editing study's t'; for currency it may differ; when
+  there is none, t' is drawn as usual and the symmetry test skipped for the fact);
 * ``neighborhood*``: **CounterFact's neighbourhood score** (Meng et al. 2022) on the built-in set: ``n_neighbours``
   other facts of the same relation (not answered t'), all their prompts: the share where their own answer beats t'
   (mean per-token log-probability, as in ROME), before and after, and the mean margin (``neighborhood_diff*``).
@@ -227,6 +228,8 @@ def _fact_rows(lm: LanguageModel, fact: Fact, keys: list[NeuronKey], *, data: Ro
         return [row(STUDY, variant, fact.relation, fact.id, k, v) for k, v in values.items()]
 
     new = choose_new_answer(lm, fact, _symmetry_pool(fact, pool, data), seed)
+    if new is None and data.is_one_to_one(fact):  # no one-to-one answer to move to: the symmetry test is skipped
+        new = choose_new_answer(lm, fact, pool, seed)
     rel_counts, n_facts = counts.get(fact.relation, ({}, 1))
     prompts = fact.prompts()
     batch = _Batch()  # the prompt sets of the ordinary edit
@@ -240,11 +243,11 @@ def _fact_rows(lm: LanguageModel, fact: Fact, keys: list[NeuronKey], *, data: Ro
             batch.add("alias_old", _queries(lm, aliases, fact.object))
             batch.add("alias_new", _queries(lm, aliases, new))
         owner = owners.get((fact.relation, new)) if data.is_one_to_one(fact) else None
-        if data.is_one_to_one(fact):
+        if owner is not None:  # the edited fact and the new answer's own fact are both one-to-one
             reverse_new, reverse_old = data.reverse_fact(fact, new).prompts(), data.reverse_fact(fact).prompts()
             batch.add("reverse_new", _queries(lm, reverse_new, fact.subject))
             batch.add("reverse_old", _queries(lm, reverse_old, fact.subject))
-            if owner is not None and owner != fact.subject:
+            if owner != fact.subject:
                 batch.add("reverse_owner", _queries(lm, reverse_new, owner))
         candidates = [f for f in pool if f.relation == fact.relation and f.id != fact.id and f.object != new]
         neighbours = _sample(candidates, n_neighbours, fact_rng(seed + 3, fact.id))
@@ -483,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import torch
 
     from kneuron.models import load
-    from kneuron.store import Atlas
+    from kneuron.store import Atlas, model_identity
 
     parser = argparse.ArgumentParser(prog="python -m kneuron.experiments.edit_robustness", description=main.__doc__)
     parser.add_argument("--run", required=True, help="the atlas (.sqlite)")
@@ -497,6 +500,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     with Atlas.open(args.run, read_only=args.no_write) as atlas:
         lm = load(atlas.meta["model"])
+        if model_identity(lm)["fingerprint"] != atlas.meta.get("fingerprint"):
+            raise KneuronError(f"{args.run} was made with another model than {lm.name!r}.")
         rows, notes = run_edit_robustness(atlas, lm, seed=args.seed, held_out=args.held_out,
                                           n_neighbours=args.neighbours, write=not args.no_write)
     for note in notes:
