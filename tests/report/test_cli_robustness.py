@@ -27,8 +27,8 @@ def test_study_robustness_stores_what_the_library_computes(atlas_path, fake_load
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "Edit robustness (kn):" in out and "Edit robustness (kn_signed):" in out
-    assert "own prompts (neurons found on them)" in out and "held-out paraphrases (kept-prompt neurons)" in out
-    assert "reverse of the new answer → subject" in out and "neighbourhood" in out
+    assert "own prompts" in out and "held-out paraphrases" in out and "held-out, all-prompt neurons" in out
+    assert "reverse: t' → subject" in out and "neighbourhood" in out
     assert "equal the atlas's for 100%" in out  # the recomputed refined sets
     with Atlas.open(atlas_path, read_only=True) as atlas:
         stored = atlas.results(STUDY)
@@ -57,7 +57,7 @@ def test_study_robustness_says_which_tests_cannot_run(tmp_path, fake_load):
     assert result.exit_code == 0, result.output
     assert "note: no fact of a one-to-one relation (capital, chemical_symbol, currency): the symmetry test is " \
            "skipped." in result.output
-    assert "reverse of the new answer" not in result.stdout and "own prompts" in result.stdout
+    assert "reverse: t'" not in result.stdout and "own prompts" in result.stdout
 
 
 def test_study_robustness_refuses_an_atlas_without_done_facts(tmp_path, fake_load):

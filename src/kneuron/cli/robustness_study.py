@@ -78,6 +78,10 @@ def robustness_tables(rows: Sequence[dict], run: Path | str) -> list[Table | Tex
             lines.append(f"refined sets recomputed from the stored coarse sets equal the atlas's for "
                          f"{_pct(s.get('refined_equal'))} of {s['refined_equal_facts']:.0f} facts; neurons of the kept "
                          f"prompts vs all prompts: Jaccard {s.get('heldout_jaccard', math.nan):.2f}")
+        lines.append("kept / held-out paraphrases: the update goes through the neurons refined again from the kept "
+                     "prompts only; 'held-out, all-prompt neurons' is the ordinary update on the same held-out "
+                     "prompts. P(new) rose: the new answer's first token (the one top-1 is about); reverse: "
+                     "P(new) > P(old) is P(subject) > P(the new answer's own subject).")
         parts += [Text(line, style="dim") for line in lines]
     return parts
 

@@ -30,8 +30,11 @@ measured, before and after, on:
   (CounterFact's neighbours share the edited fact's true object; here they are the relation's other subjects.)
 
 For each prompt set, **probability vs top-1** (Niu et al.: edits move probabilities more than they change top-1
-predictions): ``*_p_rose`` is the share of prompts where the target's probability rose, ``*_top1_became`` the share
-whose top-1 became the target (it was not before); also ``*_new_beats_old`` (P(t') > P(t)) and ``*_top1_new``.
+predictions): ``*_p_rose`` is the share of prompts where the probability of the target's first token (the token
+top-1 is about) rose, ``*_top1_became`` the share whose top-1 became the target (it was not before); also
+``*_p_joint_rose`` (the whole answer's probability: for a multi-token answer it can fall while the first token
+rises, since the edit pushes every position towards that token), ``*_new_beats_old`` (joint P(t') > P(t), as the
+editing study) and ``*_top1_new``.
 
 Rows are long format in the study ``edit_robustness``; variant ``kn`` (the paper's formula), ``kn_signed`` (each
 delta times the sign of the neuron's mean activation, as gated FFNs need) and ``kn_slot_norm`` as in the editing
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -76,6 +80,18 @@ def variant_name(scale: Scale = "absolute", sign: SignRule = "none") -> str:
     return "kn" + ("" if scale == "absolute" else f"_{scale}") + ("" if sign == "none" else "_signed")
 
 
+@dataclass(frozen=True)
+class TokenScores(Scores):
+    """:class:`~kneuron.experiments.editing.Scores` plus the probability of the answer's first token at the position
+    whose top-1 is read (the quantity top-1 is about: a multi-token answer's joint probability can fall while its
+    first token becomes top-1, when the edit, written at every position, also pushes the later positions)."""
+
+    first_probability: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+FIELDS = ("probability", "mean_logprob", "top1", "first", "first_probability")
+
+
 def _read_input(lm: LanguageModel, query: EncodedQuery) -> tuple[int, ...]:
     """The ids a query's scores depend on: a causal model reads nothing after the position predicting the answer's
     last token, so two answers of one token after the same prompt share one input."""
@@ -86,12 +102,12 @@ def _read_input(lm: LanguageModel, query: EncodedQuery) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def score(lm: LanguageModel, queries: Sequence[EncodedQuery], *, batch_size: int = 64) -> Scores:
+def score(lm: LanguageModel, queries: Sequence[EncodedQuery], *, batch_size: int = 64) -> TokenScores:
     """:func:`kneuron.experiments.editing.score` in fewer forward passes: each distinct input once (see
     :func:`_read_input`), right-padded batches, the head computed only where it is read; the same numbers up to
     float rounding."""
     n = len(queries)
-    prob, mean, top1 = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64)
+    prob, mean, top1, first_prob = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n)
     first = np.array([q.answer_ids[0] for q in queries], dtype=np.int64)
     users: dict[tuple[int, ...], list[int]] = {}
     for i, query in enumerate(queries):
@@ -117,7 +133,8 @@ def score(lm: LanguageModel, queries: Sequence[EncodedQuery], *, batch_size: int
                 log_probs = log_softmax[rows].gather(-1, answer[:, None])
                 prob[i], mean[i] = float(log_probs.sum().exp()), float(log_probs.mean())
                 top1[i] = int(log_softmax[where[query.position]].argmax())
-    return Scores(prob, mean, top1, first)
+                first_prob[i] = float(log_softmax[where[query.position], query.answer_ids[0]].exp())
+    return TokenScores(prob, mean, top1, first, first_prob)
 
 
 class _Batch:
@@ -129,7 +146,7 @@ class _Batch:
     def add(self, name: str, queries: list[EncodedQuery]) -> None:
         self.sets[name] = queries
 
-    def scored(self, lm: LanguageModel, edit: Edit | None = None) -> dict[str, Scores]:
+    def scored(self, lm: LanguageModel, edit: Edit | None = None) -> dict[str, TokenScores]:
         flat = [q for queries in self.sets.values() for q in queries]
         if not flat:
             return {}
@@ -141,8 +158,7 @@ class _Batch:
         out, start = {}, 0
         for name, queries in self.sets.items():
             end = start + len(queries)
-            out[name] = Scores(*(x[start:end] for x in (joined.probability, joined.mean_logprob, joined.top1,
-                                                         joined.first)))
+            out[name] = TokenScores(*(getattr(joined, f)[start:end] for f in FIELDS))
             start = end
         return out
 
@@ -151,8 +167,8 @@ def _queries(lm: LanguageModel, prompts: Sequence[Prompt], answer: str) -> list[
     return [encode(lm, p, answer) for p in prompts]
 
 
-def pair_metrics(prefix: str, before_old: Scores, before_new: Scores, after_old: Scores, after_new: Scores,
-                 ) -> dict[str, float]:
+def pair_metrics(prefix: str, before_old: TokenScores, before_new: TokenScores, after_old: TokenScores,
+                 after_new: TokenScores) -> dict[str, float]:
     """The update's effect on one prompt set: old answer vs new answer, before and after (see the module docstring).
     """
     if not len(before_old):
@@ -162,7 +178,10 @@ def pair_metrics(prefix: str, before_old: Scores, before_new: Scores, after_old:
         f"{prefix}_new_beats_old": _share(after_new.probability > after_old.probability),
         f"{prefix}_top1_new_before": _share(before_new.hit), f"{prefix}_top1_new": _share(after_new.hit),
         f"{prefix}_top1_became": _share(after_new.hit & ~before_new.hit),
-        f"{prefix}_p_rose": _share(after_new.probability > before_new.probability),
+        f"{prefix}_p_rose": _share(after_new.first_probability > before_new.first_probability),
+        f"{prefix}_p_joint_rose": _share(after_new.probability > before_new.probability),
+        f"{prefix}_p_first_new_before": _mean(before_new.first_probability),
+        f"{prefix}_p_first_new_after": _mean(after_new.first_probability),
         f"{prefix}_p_new_before": _mean(before_new.probability), f"{prefix}_p_new_after": _mean(after_new.probability),
         f"{prefix}_p_old_before": _mean(before_old.probability), f"{prefix}_p_old_after": _mean(after_old.probability),
         f"{prefix}_top1_old_kept": _share(after_old.hit[before_old.hit]) if before_old.hit.any() else math.nan,
@@ -355,7 +374,8 @@ def _reverse_metrics(before: Mapping[str, Scores], after: Mapping[str, Scores]) 
     b_old, a_old = before["reverse_old"], after["reverse_old"]
     values = {
         "reverse_new_p_before": _mean(b_new.probability), "reverse_new_p_after": _mean(a_new.probability),
-        "reverse_new_p_rose": _share(a_new.probability > b_new.probability),
+        "reverse_new_p_rose": _share(a_new.first_probability > b_new.first_probability),
+        "reverse_new_p_joint_rose": _share(a_new.probability > b_new.probability),
         "reverse_new_top1_before": _share(b_new.hit), "reverse_new_top1_after": _share(a_new.hit),
         "reverse_new_top1_became": _share(a_new.hit & ~b_new.hit),
         "reverse_old_p_before": _mean(b_old.probability), "reverse_old_p_after": _mean(a_old.probability),
@@ -423,10 +443,8 @@ def robustness_summary(rows: Sequence[dict], variant: str) -> dict[str, float]:
 
 
 #: (label, prompt set, its prefix) of the summary table: P(new) > P(old), top-1 new, P(new) rose, top-1 became new
-TABLE_SETS = (("own prompts (neurons found on them)", "own"), ("aliases of the subject", "alias"),
-              ("kept paraphrases (kept-prompt neurons)", "kept"), ("held-out paraphrases (kept-prompt neurons)",
-                                                                   "heldout"),
-              ("held-out paraphrases (all-prompt neurons)", "heldout_full"))
+TABLE_SETS = (("own prompts", "own"), ("aliases of the subject", "alias"), ("kept paraphrases", "kept"),
+              ("held-out paraphrases", "heldout"), ("held-out, all-prompt neurons", "heldout_full"))
 
 
 def summary_table(rows: Sequence[dict], variant: str) -> list[tuple[str, float, float, float, float, float]]:
@@ -440,7 +458,7 @@ def summary_table(rows: Sequence[dict], variant: str) -> list[tuple[str, float, 
             table.append((label, get(f"{prefix}_new_beats_old_facts"), get(f"{prefix}_new_beats_old"),
                           get(f"{prefix}_top1_new"), get(f"{prefix}_p_rose"), get(f"{prefix}_top1_became")))
     if get("reverse_new_top1_after_facts"):
-        table.append(("reverse of the new answer → subject", get("reverse_new_top1_after_facts"),
+        table.append(("reverse: t' → subject", get("reverse_new_top1_after_facts"),
                       get("reverse_new_beats_owner", math.nan), get("reverse_new_top1_after"),
                       get("reverse_new_p_rose"), get("reverse_new_top1_became")))
     return table

@@ -79,6 +79,9 @@ def edit_robustness_section(rows: Sequence[dict]) -> str:
         "chemical symbol, currencies of one country); CounterFact's neighbourhood score on up to 10 other subjects "
         "of the relation (their own answer beats t' by mean log-probability per token; CounterFact's neighbours "
         "share the true object, ours only the relation). <b>P(new) rose</b> vs <b>top-1 became new</b>: the "
-        f"share of prompts where the new answer's probability rose, and where its first token became the top-1. "
+        f"share of prompts where the probability of the new answer's first token rose, and where that token became the "
+        "top-1 (a multi-token answer's joint probability can fall meanwhile: the edit pushes every position towards "
+        "the first token). <i>kept</i> / <i>held-out paraphrases</i> are updated through the neurons of the kept "
+        "prompts; <i>held-out, all-prompt neurons</i> is the ordinary update on the held-out prompts. "
         f"{_e(PAPER_NIU)}.</p>")
     return "".join(parts)
