@@ -46,7 +46,12 @@ from kneuron.experiments.suppress_amplify import encode_facts, keys_of, random_c
 from kneuron.facts.encoding import EncodedQuery
 from kneuron.facts.fact import Fact
 from kneuron.interventions.update import answer_ids
-from kneuron.interventions.vocabulary import NeuronVocabulary, activation_signs, neuron_vocabulary
+from kneuron.interventions.vocabulary import (
+    NeuronVocabulary,
+    activation_signs,
+    neuron_vocabulary,
+    normalised_unembedding,
+)
 from kneuron.models.language_model import LanguageModel
 
 STUDY = "vocabulary"
@@ -88,7 +93,12 @@ def mean_activations(lm: LanguageModel, queries: Sequence[EncodedQuery], keys: S
 
 def fact_vocabulary(lm: LanguageModel, fact: Fact, neurons: Sequence[Neuron | NeuronKey], *, seed: int = 0,
                     top: int = TOP, queries: Sequence[EncodedQuery] | None = None) -> FactVocabulary:
-    """The projection of one fact's knowledge neurons and of its random control (see the module docstring)."""
+    """The projection of one fact's knowledge neurons and of its random control (see the module docstring).
+
+    Raises:
+        VocabularyError: the model's value slots have no projection (ALBERT's factorised embeddings).
+    """
+    normalised_unembedding(lm)  # refuses a model without a projection before anything else does, in its own words
     kn = keys_of(neurons)
     control = random_control(kn, lm.n_neurons, fact_rng(seed, fact.id))
     if queries is None:
