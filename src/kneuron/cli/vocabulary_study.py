@@ -19,6 +19,8 @@ from kneuron.errors import KneuronError
 EXAMPLE_FACTS = 6
 #: tokens per neuron in the examples and the ``--fact`` display
 SHOWN_TOKENS = 6
+#: neurons per fact in the examples (the best ones)
+EXAMPLE_NEURONS = 4
 
 
 def vocabulary_study_command(run: Path, model: str | None, device: str, seed: int) -> list[dict]:
@@ -105,12 +107,15 @@ def vocabulary_tables(rows: Sequence[dict], stored: Sequence[Mapping], run: Path
                 if len(shown) == EXAMPLE_FACTS:
                     break
                 shown.append(entry["fact_id"])
+            if entry["idx"] >= EXAMPLE_NEURONS:
+                continue
             examples.add_row(entry["fact_id"] if entry["idx"] == 0 else "", neuron_name(entry), _sign(entry["sign"]),
                              str(entry["answer_rank"]), Text(tokens(entry["promoted"])),
                              Text(tokens(entry["suppressed"], 4)))
         facts = len({entry["fact_id"] for entry in stored})
-        parts += [Text(""), Text(f"Examples ({len(shown)} of {facts} facts; `kneuron atlas --run {run} --fact ID` "
-                                 "shows one fact's)", style="bold"), examples]
+        parts += [Text(""), Text(f"Examples ({len(shown)} of {facts} facts, their {EXAMPLE_NEURONS} best neurons at "
+                                 f"most; `kneuron atlas --run {run} --fact ID` shows all of one fact's)",
+                                 style="bold"), examples]
     return parts
 
 
