@@ -126,9 +126,12 @@ def test_rows_and_summary():
             assert values[variant, "negative"] == sum(v.sign < 0 for v in neurons_of) / len(neurons_of)
     per_neuron = [r["value"] for r in rows if r["variant"] == "kn_neuron" and r["metric"] == "answer_rank"]
     assert per_neuron == [v.answer_rank for entry in found for v in entry.knowledge]
+    raises = [r["value"] for r in rows if r["variant"] == "random_neuron" and r["metric"] == "raises_answer"]
+    assert raises == [float(v.answer_logit > 0) for entry in found for v in entry.random]
     summary = vocabulary_summary(rows)
     assert summary["kn"]["answer_top10"] == (summarize(rows, "kn", "answer_top10").mean, len(facts))
     assert summary["kn"]["neuron_rank"] == (statistics.median(per_neuron), len(per_neuron))
+    assert summary["random"]["raises_answer"] == (sum(raises) / len(raises), len(raises))
     assert summary["random"]["best_rank"][0] == statistics.median(
         min(v.answer_rank for v in entry.random) for entry in found)
     params = {r["metric"]: r["value"] for r in rows if r["variant"] == "params"}

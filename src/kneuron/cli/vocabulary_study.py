@@ -89,6 +89,7 @@ def vocabulary_tables(rows: Sequence[dict], stored: Sequence[Mapping], run: Path
             (f"suppressed_top{wide}", f"facts: answer among a neuron's {wide} most suppressed", ".1%"),
             ("best_rank", "median over facts of the best answer rank", ".0f"),
             ("neuron_rank", "median answer rank over (fact, neuron) pairs", ".0f"),
+            ("raises_answer", "neurons that raise the answer's logit (at any rank)", ".1%"),
             ("negative", "neurons with a negative activation (slot taken as −slot)", ".1%"),
             ("neurons", "neurons per fact", ".2f")):
         cells = [f"{_num(summary[v][metric][0], spec)} (n={summary[v][metric][1]})" for v in ("kn", "random")]

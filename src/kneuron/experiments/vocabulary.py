@@ -21,8 +21,10 @@ Rows (the atlas's long format, ``study="vocabulary"``, relation = the fact's rel
   ``wide``), ``suppressed_top10`` / ``suppressed_top100`` (the same among the most suppressed tokens), ``best_rank``
   (the best answer rank over the fact's neurons), ``median_rank`` (the median over them), ``negative`` (the share of
   its neurons with a negative activation);
-* variants ``kn_neuron`` and ``random_neuron``, per fact, one row per neuron: ``answer_rank`` (its answer rank) and
-  ``negative`` (1 or 0), so that means and medians over all (fact, neuron) pairs are a :func:`summarize` away;
+* variants ``kn_neuron`` and ``random_neuron``, per fact, one row per neuron: ``answer_rank`` (its answer rank),
+  ``negative`` (1 or 0) and ``raises_answer`` (1 when its signed projection gives the answer a positive logit: it
+  pushes the answer up, at any rank), so that means and medians over all (fact, neuron) pairs are a
+  :func:`summarize` away;
 * variant ``params`` (no fact): ``seed``, ``top``, ``wide``, ``vocab_size`` (how many tokens were ranked).
 
 The top tokens themselves are in the :class:`FactVocabulary` values of :func:`study_vocabularies`; ``kneuron study
@@ -153,6 +155,8 @@ def vocabulary_rows(vocabularies: Sequence[FactVocabulary], *, seed: int = 0, to
             for v in neurons:
                 rows.append(row(STUDY, f"{variant}_neuron", fact.relation, fact.id, "answer_rank", v.answer_rank))
                 rows.append(row(STUDY, f"{variant}_neuron", fact.relation, fact.id, "negative", float(v.sign < 0)))
+                rows.append(row(STUDY, f"{variant}_neuron", fact.relation, fact.id, "raises_answer",
+                                float(v.answer_logit > 0)))
     rows += [row(STUDY, "params", "", "", "seed", seed), row(STUDY, "params", "", "", "top", top),
              row(STUDY, "params", "", "", "wide", wide), row(STUDY, "params", "", "", "vocab_size", vocab_size)]
     return rows
@@ -183,7 +187,8 @@ def study_params(rows: Sequence[dict]) -> dict[str, float]:
 def vocabulary_summary(rows: Sequence[dict]) -> dict[str, dict[str, tuple[float, int]]]:
     """Per variant (``kn``, ``random``), ``{measure: (value, n)}``: the shares of facts with the answer promoted
     (suppressed) within ``top`` / ``wide`` (means of the 0/1 rows), the median over facts of the best rank, the
-    median answer rank over all (fact, neuron) pairs, the share of negative neurons and the mean neurons per fact."""
+    median answer rank over all (fact, neuron) pairs, the shares of neurons that are negative and that raise the
+    answer's logit, and the mean neurons per fact."""
     params = study_params(rows)
     top, wide = int(params.get("top", TOP)), int(params.get("wide", WIDE))
     out: dict[str, dict[str, tuple[float, int]]] = {}
@@ -197,8 +202,9 @@ def vocabulary_summary(rows: Sequence[dict]) -> dict[str, dict[str, tuple[float,
         entry["best_rank"] = (best.median, best.n)
         pooled = summarize(rows, f"{variant}_neuron", "answer_rank")
         entry["neuron_rank"] = (pooled.median, pooled.n)
-        negative = summarize(rows, f"{variant}_neuron", "negative")
-        entry["negative"] = (negative.mean, negative.n)
+        for metric in ("negative", "raises_answer"):
+            pooled = summarize(rows, f"{variant}_neuron", metric)
+            entry[metric] = (pooled.mean, pooled.n)
         out[variant] = entry
     return out
 

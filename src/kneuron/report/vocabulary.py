@@ -112,6 +112,7 @@ def vocabulary_section(rows: Sequence[dict], stored: Sequence[Mapping] = (),
             (f"suppressed_top{wide}", f"… among its {wide} most suppressed", "pct"),
             ("best_rank", "median over facts of the best answer rank of its neurons", ".0f"),
             ("neuron_rank", "median answer rank over (fact, neuron) pairs", ".0f"),
+            ("raises_answer", "neurons whose projection raises the answer's logit (at any rank)", "pct"),
             ("negative", "neurons with a negative activation", "pct"),
             ("neurons", "neurons per fact", ".2f")):
         cells = []
