@@ -130,8 +130,9 @@ def vocabulary_section(rows: Sequence[dict], stored: Sequence[Mapping] = (),
 
 def _per_relation(rows: Sequence[dict], top: int, wide: int) -> str:
     metrics = (f"answer_top{top}", f"answer_top{wide}")
-    relations = sorted(summarize(rows, "kn", metrics[0]).per_relation)
-    if len(relations) < 2:
+    counts = summarize(rows, "kn", metrics[0]).per_relation
+    relations = sorted(counts)
+    if len(relations) < 2 or max(n for _, n in counts.values()) < 2:  # one fact per relation: the rows say nothing
         return ""
     body = []
     for relation in relations:
