@@ -275,6 +275,9 @@ def _show_fact(atlas, fact_id: str) -> None:
     _titled(f"Knowledge neurons (share used {json.dumps(kn.params.get('share_used'))})", neuron_table(kn))
     if not kn.neurons:
         console.print("[yellow]No neuron is shared by enough of its prompts.[/yellow]")
+    from kneuron.cli.vocabulary_study import show_fact_vocabulary
+
+    show_fact_vocabulary(atlas, fact_id, kn.neurons)
     if kn.params.get("screen_layers") is not None:
         console.print(Text(f"Screened: integrated gradients ran in layers {kn.params['screen_layers'] or 'none'}",
                            style="dim"), soft_wrap=True)

@@ -55,6 +55,10 @@ def study(
     capital:France@fr, e.g. `kneuron run --facts multilingual`): neurons shared by all languages or specific to one,
     their layers, suppressing one language's neurons measured in every language, and an update through the English
     neurons measured in every language. [b]all[/b] includes it when the atlas has a fact done in two languages.
+
+    [b]vocabulary[/b] projects each knowledge neuron's value slot onto the vocabulary (Geva et al. 2022), with the
+    sign of its activation: does it promote the fact's answer (top 10 / 100), against random neurons of the same
+    layers? Stores the top tokens per neuron (`kneuron atlas --fact` shows them); not part of [b]all[/b].
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -71,6 +75,11 @@ def study(
         from kneuron.cli.language_study import language_study
 
         language_study(run, model, device, seed)
+        return
+    if name == "vocabulary":
+        from kneuron.cli.vocabulary_study import vocabulary_study_command
+
+        vocabulary_study_command(run, model, device, seed)
         return
     names = study_names(name)
     with Atlas.open(run) as atlas:
