@@ -67,6 +67,7 @@ from kneuron.experiments.metrics import (
     head_at,
     joint_probability,
     row,
+    summarize,
 )
 from kneuron.experiments.suppress_amplify import encode_facts, random_control
 from kneuron.facts.encoding import EncodedQuery
@@ -320,3 +321,30 @@ def curve_summary(rows: Iterable[dict], variant: str = "kn") -> dict[int, tuple[
 def study_params(rows: Iterable[dict]) -> dict[str, float]:
     """The ``params`` rows as ``{name: value}``."""
     return {r["metric"]: r["value"] for r in rows if r["variant"] == "params"}
+
+
+#: the per-fact figures :func:`interaction_summary` averages: (label, variant, metric)
+SUMMARY_METRICS = (
+    ("neurons", "kn", "neurons"), ("best single", "single", "delta:1"), ("all", "kn", "suppress_all"),
+    ("synergistic", "pairs", "synergistic"), ("redundant", "pairs", "redundant"), ("additive", "pairs", "additive"),
+    ("mean interaction", "pairs", "mean_interaction"),
+    ("synergistic (mult.)", "pairs_mult", "synergistic"), ("redundant (mult.)", "pairs_mult", "redundant"),
+    ("needed 50 kn", "kn", "needed_50"), ("needed 90 kn", "kn", "needed_90"),
+    ("needed 50 random", "random", "needed_50"), ("needed 90 random", "random", "needed_90"),
+    ("reached 50 kn", "kn", "reached_50"), ("reached 90 kn", "kn", "reached_90"),
+    ("reached 50 random", "random", "reached_50"), ("reached 90 random", "random", "reached_90"),
+)
+
+
+def interaction_summary(rows: Sequence[dict]) -> dict[str, dict[str, tuple[float, int]]]:
+    """``{group: {label: (mean over facts, facts)}}`` of :data:`SUMMARY_METRICS`, for ``"all"`` and each relation.
+
+    NaN values are left out: ``needed …`` is the mean over the facts that reach the level (their number is the
+    ``n``), ``reached …`` the share of facts that do."""
+    out: dict[str, dict[str, tuple[float, int]]] = {"all": {}}
+    for label, variant, metric in SUMMARY_METRICS:
+        summary = summarize(rows, variant, metric)
+        out["all"][label] = (summary.mean, summary.n)
+        for relation, entry in summary.per_relation.items():
+            out.setdefault(relation, {})[label] = entry
+    return {"all": out["all"], **{relation: out[relation] for relation in sorted(out) if relation != "all"}}
