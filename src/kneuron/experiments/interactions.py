@@ -309,12 +309,22 @@ def interactions_study(
 
 # ------------------------------------------------------------------------------------------------ summaries
 
+def fact_curves(rows: Iterable[dict], variant: str = "kn") -> dict[str, list[float]]:
+    """``{fact id: [Δ of the top-1, top-2, ...]}`` of one variant's cumulative curves (``kn`` or ``random``)."""
+    points: dict[str, dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        if r["variant"] == variant and r["fact_id"] and r["metric"].startswith("curve:"):
+            points[r["fact_id"]][int(r["metric"].split(":", 1)[1])] = r["value"]
+    return {fact_id: [by_k[k] for k in sorted(by_k)] for fact_id, by_k in points.items()}
+
+
 def curve_summary(rows: Iterable[dict], variant: str = "kn") -> dict[int, tuple[float, int]]:
     """``{k: (mean Δ of the top-k over the facts whose curve reaches k, facts)}``."""
     found: dict[int, list[float]] = defaultdict(list)
-    for r in rows:
-        if r["variant"] == variant and r["fact_id"] and r["metric"].startswith("curve:") and math.isfinite(r["value"]):
-            found[int(r["metric"].split(":", 1)[1])].append(r["value"])
+    for curve in fact_curves(rows, variant).values():
+        for k, value in enumerate(curve, start=1):
+            if math.isfinite(value):
+                found[k].append(value)
     return {k: (float(np.mean(v)), len(v)) for k, v in sorted(found.items())}
 
 
@@ -341,10 +351,12 @@ def interaction_summary(rows: Sequence[dict]) -> dict[str, dict[str, tuple[float
 
     NaN values are left out: ``needed …`` is the mean over the facts that reach the level (their number is the
     ``n``), ``reached …`` the share of facts that do."""
-    out: dict[str, dict[str, tuple[float, int]]] = {"all": {}}
+    rows = list(rows)
+    relations = sorted({r["relation"] for r in rows if r["fact_id"]})
+    out = {group: {label: (math.nan, 0) for label, _, _ in SUMMARY_METRICS} for group in ("all", *relations)}
     for label, variant, metric in SUMMARY_METRICS:
         summary = summarize(rows, variant, metric)
         out["all"][label] = (summary.mean, summary.n)
         for relation, entry in summary.per_relation.items():
-            out.setdefault(relation, {})[label] = entry
-    return {"all": out["all"], **{relation: out[relation] for relation in sorted(out) if relation != "all"}}
+            out[relation][label] = entry
+    return out
