@@ -275,7 +275,8 @@ def neuron_table(kn, writes: dict[tuple[int, int], str] | None = None) -> Table:
 StudyArgument = Annotated[str, typer.Argument(
     help="suppress-amplify, generic, layers, discrimination, languages (facts in several languages), or all "
          "(languages included when the atlas has facts in two languages); estimators (cheaper attribution against "
-         "IG, not part of all); vocabulary (what each neuron's value slot writes, not part of all).",
+         "IG, not part of all); vocabulary (what each neuron's value slot writes), interactions (knowledge neurons "
+         "alone, in pairs, all together): not part of all.",
     show_default=False)]
 
 

@@ -41,8 +41,17 @@ def study(
                              "(gxa, ...), ig-gaussN (N-point Gauss–Legendre IG) or ig (exact IG measured again). "
                              "Default: every registered one but ig, and ig-gauss5.", show_default=False)] = None,
     facts_limit: Annotated[int | None, typer.Option(
-        "--facts", min=1, help="estimators only: compare on the first N done facts (default: all).",
+        "--facts", min=1, help="estimators and interactions only: study the first N done facts (default: all).",
         show_default=False)] = None,
+    cap: Annotated[int, typer.Option(
+        "--cap", min=1, help="interactions only: each fact's best-scored neurons whose singles and pairs are "
+                             "measured (8: up to 28 pairs).")] = 8,
+    max_k: Annotated[int | None, typer.Option(
+        "--max-k", min=1, help="interactions only: the longest cumulative curve (top-k neurons; default: all of the "
+                               "fact's).", show_default=False)] = None,
+    tolerance: Annotated[float, typer.Option(
+        "--tolerance", min=0.0, help="interactions only: a pair whose Δ is within this of the sum of its neurons' "
+                                     "is additive (in units of Δp/p).")] = 0.02,
     device: DeviceOption = "cpu",
 ) -> None:
     """Run the paper's studies on an atlas's facts and neurons and store their results in it.
@@ -59,6 +68,10 @@ def study(
     [b]vocabulary[/b] projects each knowledge neuron's value slot onto the vocabulary (Geva et al. 2022), with the
     sign of its activation: does it promote the fact's answer (top 10 / 100), against random neurons of the same
     layers? Stores the top tokens per neuron (`kneuron atlas --fact` shows them); not part of [b]all[/b].
+
+    [b]interactions[/b] suppresses each fact's knowledge neurons alone, in pairs (synergy or redundancy) and all
+    together, and counts the top-k neurons it takes to remove 50% / 90% of the answer's probability against random
+    neurons of the same layers (not part of [b]all[/b]).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -80,6 +93,12 @@ def study(
         from kneuron.cli.vocabulary_study import vocabulary_study_command
 
         vocabulary_study_command(run, model, device, seed)
+        return
+    if name == "interactions":
+        from kneuron.cli.interactions_study import interactions_command
+
+        interactions_command(run, model, device, seed=seed, cap=cap, max_k=max_k, tolerance=tolerance,
+                             facts_limit=facts_limit)
         return
     names = study_names(name)
     with Atlas.open(run) as atlas:

@@ -84,6 +84,8 @@ class ReportData:
             if vocabulary := atlas.results("vocabulary"):  # not part of `study all` (kneuron study vocabulary)
                 results["vocabulary"] = vocabulary
             tokens = read_vocabulary(atlas)
+            if interactions := atlas.results("interactions"):  # not part of `study all` (kneuron study interactions)
+                results["interactions"] = interactions
             meta = dict(atlas.meta)
             n_facts = len(atlas.facts())
             coverage, done = atlas.coverage(), atlas.done_coverage()
@@ -449,6 +451,15 @@ def _vocabulary_section(data: ReportData) -> str:
                               data.source or "ATLAS")
 
 
+def _interactions_section(data: ReportData) -> str:
+    """The neuron-interactions study's section (see :mod:`kneuron.report.interactions`), only when the atlas has its
+    rows."""
+    from kneuron.report.interactions import interactions_section
+
+    done = int(data.done.get("facts", 0)) if data.done else data.n_facts
+    return interactions_section(data.rows("interactions"), data.coverage.get("interactions"), done)
+
+
 def render_report(data: ReportData) -> str:
     """The whole report as one HTML string."""
     flat = {}
@@ -474,6 +485,7 @@ def render_report(data: ReportData) -> str:
         _editing_section(data),
         _languages_section(data),
         _vocabulary_section(data),
+        _interactions_section(data),
     ])
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{GENERATOR}<title>{_e(data.title)}</title>'
             f"<style>{CSS}</style></head><body>{body}</body></html>\n")
