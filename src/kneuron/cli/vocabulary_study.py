@@ -25,38 +25,51 @@ EXAMPLE_NEURONS = 4
 
 def vocabulary_study_command(run: Path, model: str | None, device: str, seed: int) -> list[dict]:
     """Run the study on the atlas's done facts, store its rows and the neurons' top tokens, print its summary."""
+    from kneuron.store import Atlas
+
+    with Atlas.open(run) as atlas:
+        with atlas.snapshot():
+            has_facts = bool(atlas.facts())
+        if not has_facts:
+            raise KneuronError(f"{run} has no computed facts yet: run `kneuron run --out {run}` (or let it finish).")
+        lm = atlas_model(atlas, model, device)
+        rows, stored = run_vocabulary_study(atlas, lm, seed)
+    print_vocabulary_summary(rows, stored, run)
+    return rows
+
+
+def run_vocabulary_study(atlas, lm, seed: int = 0) -> tuple[list[dict], list[Mapping]]:
+    """Compute the study on the atlas's done facts with ``lm``, write its rows and the neurons' top tokens, and
+    return ``(rows, stored top tokens)`` (what :func:`print_vocabulary_summary` prints)."""
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from kneuron.experiments.vocabulary import STUDY, study_vocabularies, vocabulary_rows
     from kneuron.interventions.vocabulary import token_text
-    from kneuron.store import Atlas
-    from kneuron.store.vocabulary import write_vocabulary
+    from kneuron.store.vocabulary import read_vocabulary, write_vocabulary
 
-    with Atlas.open(run) as atlas:
-        with atlas.snapshot():  # the facts and their neurons of one moment, also while a run writes
-            facts = atlas.facts()
-            neurons = atlas.all_refined()
-        if not facts:
-            raise KneuronError(f"{run} has no computed facts yet: run `kneuron run --out {run}` (or let it finish).")
-        lm = atlas_model(atlas, model, device)
-        start = time.perf_counter()
-        columns = (TextColumn("vocabulary"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=err_console, transient=True) as progress:
-            task = progress.add_task("facts", total=len(facts))
-            found = study_vocabularies(lm, facts, neurons, seed=seed, on_fact=lambda _fact: progress.advance(task))
-        rows = vocabulary_rows(found, seed=seed)
-        err_console.print(f"[dim]vocabulary {time.perf_counter() - start:.1f} s[/dim]", highlight=False)
-        atlas.write_results(STUDY, rows, facts=[fact.id for fact in facts])
-        write_vocabulary(atlas, found, lambda token: token_text(lm, token))
-        with atlas.snapshot():
-            from kneuron.store.vocabulary import read_vocabulary
+    with atlas.snapshot():  # the facts and their neurons of one moment, also while a run writes
+        facts = atlas.facts()
+        neurons = atlas.all_refined()
+    start = time.perf_counter()
+    columns = (TextColumn("vocabulary"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("facts", total=len(facts))
+        found = study_vocabularies(lm, facts, neurons, seed=seed, on_fact=lambda _fact: progress.advance(task))
+    rows = vocabulary_rows(found, seed=seed)
+    err_console.print(f"[dim]vocabulary {time.perf_counter() - start:.1f} s[/dim]", highlight=False)
+    atlas.write_results(STUDY, rows, facts=[fact.id for fact in facts])
+    write_vocabulary(atlas, found, lambda token: token_text(lm, token))
+    with atlas.snapshot():
+        stored = read_vocabulary(atlas)
+    return rows, stored
 
-            stored = read_vocabulary(atlas)
+
+def print_vocabulary_summary(rows: Sequence[dict], stored: Sequence[Mapping], run: Path | str) -> None:
+    """Print the study's summary table and examples."""
     for part in vocabulary_tables(rows, stored, run):
         console.print(part, soft_wrap=isinstance(part, Text))
-    return rows
 
 
 def _num(value: float, spec: str) -> str:
