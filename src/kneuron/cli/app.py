@@ -271,7 +271,7 @@ def neuron_table(kn) -> Table:
 StudyArgument = Annotated[str, typer.Argument(
     help="suppress-amplify, generic, layers, discrimination, languages (facts in several languages), or all "
          "(languages included when the atlas has facts in two languages); estimators (cheaper attribution against "
-         "IG, not part of all).", show_default=False)]
+         "IG, not part of all); consistency (across a fact's prompts, Chen et al.; no model).", show_default=False)]
 
 
 RunOption = Annotated[Path, typer.Option(

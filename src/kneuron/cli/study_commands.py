@@ -55,6 +55,10 @@ def study(
     capital:France@fr, e.g. `kneuron run --facts multilingual`): neurons shared by all languages or specific to one,
     their layers, suppressing one language's neurons measured in every language, and an update through the English
     neurons measured in every language. [b]all[/b] includes it when the atlas has a fact done in two languages.
+
+    [b]consistency[/b] (no model needed) scores how consistent each fact's attributions are across its prompts
+    (mean pairwise Jaccard of the coarse sets, mean pairwise rank correlation of the scores) and splits the facts
+    into consistent and inconsistent by an Otsu threshold on the Jaccard (Chen et al., ICLR 2025).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -66,6 +70,11 @@ def study(
         from kneuron.cli.estimator_study import estimator_study
 
         estimator_study(run, model, device, estimators, facts_limit, seed)
+        return
+    if name == "consistency":
+        from kneuron.cli.consistency_study import consistency_command
+
+        consistency_command(run)
         return
     if name == "languages":
         from kneuron.cli.language_study import language_study
