@@ -233,6 +233,8 @@ def test_rows_summaries_and_the_split():
     otsu = summary_values(rows, "otsu")
     assert otsu["threshold"] == pytest.approx((0.15 + 0.7) / 2) and otsu["facts"] == 4
     overall = summary_values(rows)
+    # Jaccard 0.1, 0.8, 0.7, 0.15 against rank correlation 0.2, 0.7, 0.5, 0.1: ranks 1 4 3 2 and 2 4 3 1
+    assert overall.pop("score_agreement") == pytest.approx(spearmanr([1, 4, 3, 2], [2, 4, 3, 1]).statistic)
     assert overall == pytest.approx({"facts": 5, "jaccard": np.mean([0.1, 0.8, 0.7, 0.15]),
                                      "rank_correlation": np.mean([0.2, 0.7, 0.5, 0.1]), "consistent": 2,
                                      "inconsistent": 2, "inconsistent_share": 0.5})

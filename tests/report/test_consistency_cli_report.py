@@ -145,6 +145,7 @@ def test_section_shows_the_summaries_and_the_comparison():
     assert "No suppress/amplify rows yet: run <code>kneuron study suppress-amplify --run runs/x.sqlite</code>" in html
     assert "No editing rows yet" not in html
     assert html.count("data:image/png;base64,") == 2
+    assert "to a Spearman correlation of 0.80 across the facts" in html  # ranks 1 4 3 2 against 2 4 3 1
     stale = consistency_section(rows, {}, {"facts": 3, "digest": "x"}, {"facts": 4, "digest": "y"})
     assert "Not current:</b> the study covered 3 facts, the atlas has 4 done facts now" in stale
     assert "Not run: <code>kneuron study consistency --run runs/x.sqlite</code>" in consistency_section(

@@ -37,8 +37,10 @@ Rows (study ``consistency``): variant ``fact`` per fact (relation, id): ``jaccar
 (+ ``rank_correlation_all`` in a full atlas), ``consistent`` (1/0, NaN without a split), ``prompts``; variant
 ``relation`` per relation (no fact id) and ``all`` (no relation): ``facts``, ``jaccard`` and ``rank_correlation``
 (means over the facts where finite), ``consistent`` and ``inconsistent`` (counts) and ``inconsistent_share`` (of
-the facts the split classed); variant ``otsu``: ``threshold``, ``facts`` (how many scores it split),
-``between_variance``; variant ``params``: ``union_share`` (the 0.05 of the kept union).
+the facts the split classed); ``all`` also has ``score_agreement``, Spearman's rank correlation across the facts of
+their Jaccard and their rank correlation (NaN below two facts with both); variant ``otsu``: ``threshold``,
+``facts`` (how many scores it split), ``between_variance``; variant ``params``: ``union_share`` (the 0.05 of the
+kept union).
 
 :func:`split_comparison` compares another study's per-fact metric (suppress / amplify, editing) between the two
 classes, from the rows alone.
@@ -60,7 +62,7 @@ from itertools import combinations
 import numpy as np
 
 from kneuron.attribution.types import Neuron
-from kneuron.experiments.estimator_agreement import average_ranks
+from kneuron.experiments.estimator_agreement import average_ranks, spearman
 from kneuron.experiments.metrics import NeuronKey, row
 
 STUDY = "consistency"
@@ -201,6 +203,10 @@ def consistency_rows(entries: Sequence[FactConsistency], union_share: float = UN
                                        + [("all", "", classed)]):
         rows += [row(STUDY, variant, relation, "", metric, value)
                  for metric, value in _summary(members).items()]
+    pairs = [(e.jaccard, e.rank_correlation) for e in entries
+             if math.isfinite(e.jaccard) and math.isfinite(e.rank_correlation)]
+    agreement = spearman([a for a, _ in pairs], [b for _, b in pairs]) if pairs else math.nan
+    rows.append(row(STUDY, "all", "", "", "score_agreement", agreement))
     rows += [row(STUDY, "otsu", "", "", "threshold", split.threshold),
              row(STUDY, "otsu", "", "", "facts", split.n),
              row(STUDY, "otsu", "", "", "between_variance", split.between_variance),

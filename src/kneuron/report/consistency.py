@@ -176,6 +176,10 @@ def consistency_section(rows: Sequence[dict], others: Mapping[str, Sequence[dict
     else:
         parts.append(f'<p class="note">No Otsu split: {otsu.get("facts", 0):.0f} fact(s) with a finite Jaccard '
                      "(fewer than 2, or all equal).</p>")
+    agreement = overall.get("score_agreement", math.nan)
+    if math.isfinite(agreement):
+        parts.append(f'<p class="note">The two scores rank the facts alike to a Spearman correlation of '
+                     f"{agreement:.2f} across the facts.</p>")
     parts.append(_image(consistency_figure(rows), "distribution of the consistency scores"))
     parts.append(_image(relations_figure(rows), "consistency score per relation"))
     parts.append(_effects(rows, others, source))
