@@ -72,6 +72,11 @@ def test_the_fact_line_before_and_after_the_study(atlas_path):
         assert (f"consistency: Jaccard {mine['jaccard']:.2f}, rank corr {mine['rank_correlation']:.2f}, {verdict} "
                 f"(Otsu threshold {otsu['threshold']:.2f} over 8 facts)") in after.stdout
     assert {v["consistent"] for v in values.values()} == {0.0, 1.0}  # both lines shown
+    with Atlas.open(atlas_path) as atlas:  # rows of a study that ran before capital:France was done
+        atlas.write_results("consistency", [r for r in rows if r["fact_id"] != "capital:France"])
+    stale = invoke("atlas", "--run", str(atlas_path), "--fact", "capital:France")
+    assert "consistency: this fact was not done when the study ran; run `kneuron study consistency --run" in \
+        stale.stdout
 
 
 def test_missing_atlas_and_no_done_facts_are_one_line_errors(tmp_path):
