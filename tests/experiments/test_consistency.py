@@ -250,6 +250,7 @@ def test_split_comparison_and_effects():
                 for f, v in (("a:1", -0.1), ("a:2", -0.5), ("b:1", -0.3), ("b:2", -0.9), ("b:3", math.nan))]
     suppress.append({"variant": "kn", "relation": "", "fact_id": "", "metric": "suppress", "value": -1.0})
     suppress.append({"variant": "random", "relation": "a", "fact_id": "a:1", "metric": "suppress", "value": 9.0})
+    suppress.append({"variant": "kn_no_generic", "relation": "a", "fact_id": "a:2", "metric": "amplify", "value": 0.5})
     comparison = split_comparison(rows, suppress, "kn", "suppress")
     assert comparison["consistent"] == (pytest.approx(-0.4), 2)  # b:2 is not classed, b:3 NaN
     assert comparison["inconsistent"] == (pytest.approx(-0.1), 1)
@@ -257,9 +258,11 @@ def test_split_comparison_and_effects():
                for variant in ("kn", "kn_signed", "random") for f, v in (("a:1", 0.0), ("a:2", 1.0))]
     found = effect_comparisons(rows, {"suppress_amplify": suppress, "editing": editing})
     assert [(study, variant, label.split(":")[0]) for study, variant, label, _ in found] == [
-        ("suppress_amplify", "kn", "suppress KN"), ("editing", "kn", "edit success (share of facts)"),
+        ("suppress_amplify", "kn", "suppress KN"), ("suppress_amplify", "kn_no_generic", "amplify KN"),
+        ("editing", "kn", "edit success (share of facts)"),
         ("editing", "kn_signed", "edit success (share of facts)")]
-    assert found[1][3] == {"consistent": (1.0, 1), "inconsistent": (0.0, 1)}
+    assert found[1][3] == {"consistent": (0.5, 1), "inconsistent": (pytest.approx(math.nan, nan_ok=True), 0)}
+    assert found[2][3] == {"consistent": (1.0, 1), "inconsistent": (0.0, 1)}
     assert effect_comparisons(rows, {}) == []
 
 

@@ -308,8 +308,8 @@ def split_comparison(rows: Iterable[Mapping], other: Iterable[Mapping], variant:
     return {name: (float(np.mean(values)) if values else math.nan, len(values)) for name, values in groups.items()}
 
 
-#: the per-fact metrics compared between the classes: (study, metric, label); editing: every variant of the knowledge
-#: neurons present (kn, kn_signed, kn_slot_norm...)
+#: the per-fact metrics compared between the classes: (study, metric, label); suppress / amplify: variants kn and
+#: kn_no_generic; editing: every variant of the knowledge neurons present (kn, kn_signed, kn_slot_norm...)
 COMPARED = (("suppress_amplify", "suppress", "suppress KN: mean Δp/p"),
             ("suppress_amplify", "amplify", "amplify KN: mean Δp/p"),
             ("editing", "success", "edit success (share of facts)"),
@@ -319,11 +319,12 @@ COMPARED = (("suppress_amplify", "suppress", "suppress KN: mean Δp/p"),
 def effect_comparisons(rows: Sequence[Mapping], studies: Mapping[str, Sequence[Mapping]]
                        ) -> list[tuple[str, str, str, dict[str, tuple[float, int]]]]:
     """``(study, variant, label, split_comparison)`` for each compared metric present in ``studies`` (study name ->
-    its rows): suppress / amplify of variant ``kn``, editing of every variant starting with ``kn``."""
+    its rows): suppress / amplify of variants ``kn`` and ``kn_no_generic`` (generic neurons left out: they mix one
+    effect into every fact's), editing of every variant starting with ``kn``."""
     found = []
     for study, metric, label in COMPARED:
         other = studies.get(study) or []
-        variants = (["kn"] if study == "suppress_amplify" else
+        variants = (["kn", "kn_no_generic"] if study == "suppress_amplify" else
                     sorted({r["variant"] for r in other if r["variant"].startswith("kn") and r["metric"] == metric}))
         for variant in variants:
             comparison = split_comparison(rows, other, variant, metric)
