@@ -276,7 +276,8 @@ StudyArgument = Annotated[str, typer.Argument(
     help="suppress-amplify, generic, layers, discrimination, languages (facts in several languages), or all "
          "(languages included when the atlas has facts in two languages); estimators (cheaper attribution against "
          "IG, not part of all); vocabulary (what each neuron's value slot writes), interactions (knowledge neurons "
-         "alone, in pairs, all together): not part of all.",
+         "alone, in pairs, all together), consistency (across a fact's prompts, Chen et al.; no model): not part of "
+         "all.",
     show_default=False)]
 
 

@@ -72,6 +72,10 @@ def study(
     [b]interactions[/b] suppresses each fact's knowledge neurons alone, in pairs (synergy or redundancy) and all
     together, and counts the top-k neurons it takes to remove 50% / 90% of the answer's probability against random
     neurons of the same layers (not part of [b]all[/b]).
+
+    [b]consistency[/b] (no model needed) scores how consistent each fact's attributions are across its prompts
+    (mean pairwise Jaccard of the coarse sets, mean pairwise rank correlation of the scores) and splits the facts
+    into consistent and inconsistent by an Otsu threshold on the Jaccard (Chen et al., ICLR 2025).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -83,6 +87,11 @@ def study(
         from kneuron.cli.estimator_study import estimator_study
 
         estimator_study(run, model, device, estimators, facts_limit, seed)
+        return
+    if name == "consistency":
+        from kneuron.cli.consistency_study import consistency_command
+
+        consistency_command(run)
         return
     if name == "languages":
         from kneuron.cli.language_study import language_study

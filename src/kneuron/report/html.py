@@ -86,6 +86,8 @@ class ReportData:
             tokens = read_vocabulary(atlas)
             if interactions := atlas.results("interactions"):  # not part of `study all` (kneuron study interactions)
                 results["interactions"] = interactions
+            if consistency := atlas.results("consistency"):  # kneuron study consistency (no model)
+                results["consistency"] = consistency
             meta = dict(atlas.meta)
             n_facts = len(atlas.facts())
             coverage, done = atlas.coverage(), atlas.done_coverage()
@@ -460,6 +462,15 @@ def _interactions_section(data: ReportData) -> str:
     return interactions_section(data.rows("interactions"), data.coverage.get("interactions"), done)
 
 
+def _consistency_section(data: ReportData) -> str:
+    """The consistency study's section (see :mod:`kneuron.report.consistency`); says how to run it when missing."""
+    from kneuron.report.consistency import consistency_section
+
+    others = {study: data.rows(study) for study in ("suppress_amplify", "editing")}
+    return consistency_section(data.rows("consistency"), others, data.coverage.get("consistency"), data.done,
+                               data.source or "ATLAS")
+
+
 def render_report(data: ReportData) -> str:
     """The whole report as one HTML string."""
     flat = {}
@@ -484,8 +495,9 @@ def render_report(data: ReportData) -> str:
         _estimators_section(data),
         _editing_section(data),
         _languages_section(data),
-        _vocabulary_section(data),
+        _consistency_section(data),
         _interactions_section(data),
+        _vocabulary_section(data),
     ])
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{GENERATOR}<title>{_e(data.title)}</title>'
             f"<style>{CSS}</style></head><body>{body}</body></html>\n")
