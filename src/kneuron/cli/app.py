@@ -277,7 +277,7 @@ StudyArgument = Annotated[str, typer.Argument(
          "(languages included when the atlas has facts in two languages); estimators (cheaper attribution against "
          "IG, not part of all); vocabulary (what each neuron's value slot writes), interactions (knowledge neurons "
          "alone, in pairs, all together), consistency (across a fact's prompts, Chen et al.; no model): not part of "
-         "all.",
+         "all; beyond (all of those, on one model load).",
     show_default=False)]
 
 

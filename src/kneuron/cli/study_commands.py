@@ -52,6 +52,9 @@ def study(
     tolerance: Annotated[float, typer.Option(
         "--tolerance", min=0.0, help="interactions only: a pair whose Δ is within this of the sum of its neurons' "
                                      "is additive (in units of Δp/p).")] = 0.02,
+    only: Annotated[str | None, typer.Option(
+        "--only", help="beyond only: some of its studies, comma-separated (vocabulary, interactions, consistency; "
+                       "default: all of them).", show_default=False)] = None,
     device: DeviceOption = "cpu",
 ) -> None:
     """Run the paper's studies on an atlas's facts and neurons and store their results in it.
@@ -76,6 +79,9 @@ def study(
     [b]consistency[/b] (no model needed) scores how consistent each fact's attributions are across its prompts
     (mean pairwise Jaccard of the coarse sets, mean pairwise rank correlation of the scores) and splits the facts
     into consistent and inconsistent by an Otsu threshold on the Jaccard (Chen et al., ICLR 2025).
+
+    [b]beyond[/b] runs vocabulary, interactions and consistency (the studies beyond the paper) on one model load,
+    or those ``--only`` names.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -87,6 +93,11 @@ def study(
         from kneuron.cli.estimator_study import estimator_study
 
         estimator_study(run, model, device, estimators, facts_limit, seed)
+        return
+    if name == "beyond":
+        from kneuron.cli.beyond_study import beyond_study
+
+        beyond_study(run, model, device, only=only, seed=seed, cap=cap, max_k=max_k, tolerance=tolerance)
         return
     if name == "consistency":
         from kneuron.cli.consistency_study import consistency_command
