@@ -10,6 +10,7 @@ import torch
 
 from kneuron.errors import KneuronError, NeuronIndexError
 from kneuron.models import NeuronPatch, capture, on_ffn_input, patch, scale_patches, suppress_patches
+from kneuron.models.hooks import patch_rows
 from tiny_models import tiny_lm
 
 BATCH, SEQ = 2, 7
@@ -264,6 +265,39 @@ def test_scale_by_one_and_add_zero_change_nothing(lm):
     clean = _logits(lm, ids)
     with patch(lm, [NeuronPatch(0, 2, "scale", 1.0), NeuronPatch(1, 3, "add", 0.0)]):
         assert torch.equal(_logits(lm, ids), clean)
+
+
+@pytest.mark.parametrize("positions", POSITIONS, ids=["all", "int", "list", "per-row"])
+def test_patch_rows_gives_each_row_what_patch_gives_it(lm, positions):
+    """Row r under patch_rows equals row r of the same batch under patch(patches of r), bit for bit."""
+    ids = _ids(lm)
+    arg, _ = _resolve_positions(positions)
+    last = lm.n_layers - 1
+    per_row = [[NeuronPatch(last, 5, "set", 0.0), NeuronPatch(0, 2, "add", 1.5)], [NeuronPatch(last, 7, "scale", -2.0)]]
+    with torch.no_grad(), patch_rows(lm, per_row, positions=arg):
+        together = lm.model(input_ids=ids).logits
+    for r, patches in enumerate(per_row):
+        with torch.no_grad(), patch(lm, patches, positions=arg):
+            alone = lm.model(input_ids=ids).logits
+        assert torch.equal(together[r], alone[r])
+    assert not torch.equal(together[0], _logits(lm, ids)[0])
+    # a row without patches is the clean row
+    with torch.no_grad(), patch_rows(lm, [[], per_row[1]], positions=arg):
+        assert torch.equal(lm.model(input_ids=ids).logits[0], _logits(lm, ids)[0])
+
+
+def test_patch_rows_refuses_another_batch_size_and_leaves_nothing(lm):
+    ids = _ids(lm)
+    before = _logits(lm, ids)
+    with pytest.raises(KneuronError, match="3 rows but the batch has 2"), torch.no_grad(), \
+            patch_rows(lm, [suppress_patches([(0, 1)])] * 3, positions=-1):
+        lm.model(input_ids=ids)
+    with pytest.raises(Boom), torch.no_grad(), patch_rows(lm, [suppress_patches([(0, 1)])] * BATCH):
+        _explode(lm, ids)
+    with pytest.raises(NeuronIndexError), patch_rows(lm, [[], [NeuronPatch(lm.n_layers, 0)]]):
+        pass
+    assert _hook_count(lm) == 0
+    assert torch.equal(_logits(lm, ids), before)
 
 
 # ------------------------------------------------------------------------------------- exception safety

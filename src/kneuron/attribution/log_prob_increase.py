@@ -73,16 +73,10 @@ from kneuron.attribution.step_rows import _answer_log_probs, _answer_ranks
 from kneuron.attribution.types import NeuronScores
 from kneuron.errors import KneuronError
 from kneuron.facts.encoding import EncodedQuery
-from kneuron.models.architectures import (
-    direct_readout_problem,
-    ffn_output_multiplier,
-    final_norm_of,
-    head_projection_of,
-    logit_multiplier,
-    norm_epsilon,
-)
+from kneuron.models.architectures import direct_readout_problem, ffn_output_multiplier, norm_epsilon
 from kneuron.models.hooks import on_ffn_input
 from kneuron.models.language_model import LanguageModel
+from kneuron.models.readout import linear_head, output_head
 
 #: bytes the (vocabulary × neuron-chunk) work matrices may take at once, by default
 DEFAULT_MEMORY_BUDGET = 192 * 2**20
@@ -137,26 +131,17 @@ def readout_of(lm: LanguageModel) -> Readout:
     if problem is not None:
         raise KneuronError(f"The log-probability increase (lpi) cannot score {lm.name}: {problem}; use "
                            "--estimator gxa or ig instead.")
-    head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
-    if not isinstance(head, nn.Linear):
+    if linear_head(lm) is None:
         raise KneuronError(f"The log-probability increase (lpi) cannot score {lm.name}: its output head is not one "
                            "linear layer; use --estimator gxa or ig instead.")
     dtype = _compute_dtype(lm)
-    norm = final_norm_of(lm.spec, lm.model)
-    projection = head_projection_of(lm.spec, lm.model)
+    parts = output_head(lm, dtype)
+    norm, projection, gamma, beta = parts.norm, parts.projection, parts.gamma, parts.beta
     with torch.no_grad():
-        unembed = head.weight.to(dtype)
-        constant = head.bias.to(dtype) if head.bias is not None else torch.zeros(unembed.shape[0], dtype=dtype,
-                                                                                   device=unembed.device)
-        beta = None
-        hidden = (projection.weight.shape[1] if projection is not None else unembed.shape[1])
-        gamma = torch.ones(hidden, dtype=dtype, device=unembed.device)
-        if norm is not None:
-            weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
-            if isinstance(weight, torch.Tensor):
-                gamma = lm.spec.norm_weight_offset + weight.to(dtype)
-            if isinstance(bias, torch.Tensor):
-                beta = bias.to(dtype)
+        unembed = parts.head.weight.to(dtype)
+        bias = parts.head.bias
+        constant = bias.to(dtype) if bias is not None else torch.zeros(unembed.shape[0], dtype=dtype,
+                                                                         device=unembed.device)
         if projection is not None:
             if beta is not None:
                 constant = constant + unembed @ (projection.weight.to(dtype) @ beta)
@@ -166,13 +151,13 @@ def readout_of(lm: LanguageModel) -> Readout:
             unembed = unembed @ projection.weight.to(dtype)
         if beta is not None:
             constant = constant + unembed @ beta
-        multiplier = logit_multiplier(lm.spec, config)
+        multiplier = parts.multiplier
         if multiplier != 1.0:
             unembed, constant = unembed * multiplier, constant * multiplier
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     softcap = getattr(text_config, "final_logit_softcapping", None)
-    return Readout(unembed, gamma, constant, centred=norm is not None and lm.spec.final_norm_kind == "layernorm",
-                   rms=lm.spec.final_norm_kind == "rmsnorm", eps=None if norm is None else norm_epsilon(lm.spec, norm),
+    return Readout(unembed, gamma, constant, centred=parts.centred, rms=parts.rms,
+                   eps=None if norm is None else norm_epsilon(lm.spec, norm),
                    softcap=float(softcap) if softcap else None, norm=norm)
 
 

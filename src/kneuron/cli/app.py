@@ -256,23 +256,30 @@ def parse_share(value: str) -> float | str:
         raise KneuronError(f"--share takes a fraction such as 0.5 or 'adaptive'; got {value!r}.") from None
 
 
-def neuron_table(kn) -> Table:
-    """A fact's refined neurons: mean score and in how many of its prompts each one is coarse."""
+def neuron_table(kn, writes: dict[tuple[int, int], str] | None = None) -> Table:
+    """A fact's refined neurons: mean score and in how many of its prompts each one is coarse (and, given
+    ``writes``, a column of what each one writes: ``kneuron find --vocab``)."""
     table = Table(show_edge=False)
     table.add_column("neuron", style="bold")
     table.add_column("mean score", justify="right")
     table.add_column("in prompts", justify="right")
+    if writes is not None:
+        table.add_column("promotes most (value slot × activation sign)")
     for neuron in kn.neurons:
         count = sum(any(c.key == neuron.key for c in coarse) for coarse in kn.coarse)
-        table.add_row(str(neuron), f"{neuron.score:.4g}", f"{count}/{len(kn.coarse)}")
+        extra = [Text(writes.get(neuron.key, ""))] if writes is not None else []
+        table.add_row(str(neuron), f"{neuron.score:.4g}", f"{count}/{len(kn.coarse)}", *extra)
     return table
 
 
 StudyArgument = Annotated[str, typer.Argument(
     help="suppress-amplify, generic, layers, discrimination, languages (facts in several languages), or all "
          "(languages included when the atlas has facts in two languages); estimators (cheaper attribution against "
-         "IG, not part of all); robustness (edits under Niu et al.'s tests: symmetry, aliases, held-out "
-         "paraphrases, neighbourhood; not part of all).", show_default=False)]
+         "IG, not part of all); vocabulary (what each neuron's value slot writes), interactions (knowledge neurons "
+         "alone, in pairs, all together), consistency (across a fact's prompts, Chen et al.; no model), robustness "
+         "(edits under Niu et al.'s tests: symmetry, aliases, held-out paraphrases, neighbourhood): not part of "
+         "all; beyond (vocabulary, interactions, consistency on one model load).",
+    show_default=False)]
 
 
 RunOption = Annotated[Path, typer.Option(

@@ -272,9 +272,15 @@ def _show_fact(atlas, fact_id: str) -> None:
         prompts.add_row(str(prompt["idx"]), Text(prompt["text"]), f"{prompt['probability']:.4g}",
                         str(prompt["rank"]), str(len(coarse)))
     _titled("Prompts", prompts)
+    from kneuron.cli.consistency_study import fact_consistency_line
+
+    console.print(fact_consistency_line(atlas, fact_id), soft_wrap=True)
     _titled(f"Knowledge neurons (share used {json.dumps(kn.params.get('share_used'))})", neuron_table(kn))
     if not kn.neurons:
         console.print("[yellow]No neuron is shared by enough of its prompts.[/yellow]")
+    from kneuron.cli.vocabulary_study import show_fact_vocabulary
+
+    show_fact_vocabulary(atlas, fact_id, kn.neurons)
     if kn.params.get("screen_layers") is not None:
         console.print(Text(f"Screened: integrated gradients ran in layers {kn.params['screen_layers'] or 'none'}",
                            style="dim"), soft_wrap=True)

@@ -109,6 +109,10 @@ def find(
     alphas: AlphasOption = "right",
     screen: ScreenOption = None,
     norm: NormOption = None,
+    vocab: Annotated[int, typer.Option(
+        "--vocab", min=0, help="Show the N tokens each neuron's value slot promotes most (projected onto the "
+                               "vocabulary, times the sign of its activation) and the answer's rank there; 0: "
+                               "none.")] = 5,
 ) -> None:
     """Find the knowledge neurons of a fact from a bag of prompts (integrated gradients or --estimator, then refine).
 
@@ -133,6 +137,10 @@ def find(
     def finite(value):  # JSON has no NaN or infinity: they become null
         return value if not isinstance(value, float) or math.isfinite(value) else None
 
+    from kneuron.cli.vocabulary_study import find_projection, projection_cells, projection_json
+
+    projected = find_projection(lm, kn, prompts[0], answer, vocab) if vocab else None
+
     if as_json:
         payload = {
             "model": lm.name, "answer": answer, "prompts": prompt,
@@ -144,13 +152,18 @@ def find(
             "coarse": [[str(n) for n in coarse] for coarse in kn.coarse],
             "params": {k: finite(v) for k, v in kn.params.items() if isinstance(v, (int, float, str))},
         }
+        if projected is not None:
+            payload["vocabulary"] = (projection_json(lm, projected) if not isinstance(projected, str)
+                                     else {"error": projected})
         for warning in kn.warnings:
             err_console.print(f"[yellow]warning: {warning}[/yellow]", highlight=False)
         console.print_json(json.dumps(payload, allow_nan=False))
         return
     for warning in kn.warnings:
         console.print(f"[yellow]warning: {warning}[/yellow]", highlight=False)
-    table = neuron_table(kn)
+    if isinstance(projected, str):
+        console.print(Text(f"no vocabulary projection: {projected}", style="yellow"), soft_wrap=True)
+    table = neuron_table(kn, projection_cells(lm, projected) if isinstance(projected, list) else None)
     table.title = Text(f"Knowledge neurons for {answer!r} ({len(prompts)} prompts)", style="bold")
     table.title_justify = "left"
     console.print(table)

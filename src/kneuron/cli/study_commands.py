@@ -41,8 +41,20 @@ def study(
                              "(gxa, ...), ig-gaussN (N-point Gauss–Legendre IG) or ig (exact IG measured again). "
                              "Default: every registered one but ig, and ig-gauss5.", show_default=False)] = None,
     facts_limit: Annotated[int | None, typer.Option(
-        "--facts", min=1, help="estimators only: compare on the first N done facts (default: all).",
+        "--facts", min=1, help="estimators and interactions only: study the first N done facts (default: all).",
         show_default=False)] = None,
+    cap: Annotated[int, typer.Option(
+        "--cap", min=1, help="interactions only: each fact's best-scored neurons whose singles and pairs are "
+                             "measured (8: up to 28 pairs).")] = 8,
+    max_k: Annotated[int | None, typer.Option(
+        "--max-k", min=1, help="interactions only: the longest cumulative curve (top-k neurons; default: all of the "
+                               "fact's).", show_default=False)] = None,
+    tolerance: Annotated[float, typer.Option(
+        "--tolerance", min=0.0, help="interactions only: a pair whose Δ is within this of the sum of its neurons' "
+                                     "is additive (in units of Δp/p).")] = 0.02,
+    only: Annotated[str | None, typer.Option(
+        "--only", help="beyond only: some of its studies, comma-separated (vocabulary, interactions, consistency; "
+                       "default: all of them).", show_default=False)] = None,
     device: DeviceOption = "cpu",
 ) -> None:
     """Run the paper's studies on an atlas's facts and neurons and store their results in it.
@@ -55,6 +67,21 @@ def study(
     capital:France@fr, e.g. `kneuron run --facts multilingual`): neurons shared by all languages or specific to one,
     their layers, suppressing one language's neurons measured in every language, and an update through the English
     neurons measured in every language. [b]all[/b] includes it when the atlas has a fact done in two languages.
+
+    [b]vocabulary[/b] projects each knowledge neuron's value slot onto the vocabulary (Geva et al. 2022), with the
+    sign of its activation: does it promote the fact's answer (top 10 / 100), against random neurons of the same
+    layers? Stores the top tokens per neuron (`kneuron atlas --fact` shows them); not part of [b]all[/b].
+
+    [b]interactions[/b] suppresses each fact's knowledge neurons alone, in pairs (synergy or redundancy) and all
+    together, and counts the top-k neurons it takes to remove 50% / 90% of the answer's probability against random
+    neurons of the same layers (not part of [b]all[/b]).
+
+    [b]consistency[/b] (no model needed) scores how consistent each fact's attributions are across its prompts
+    (mean pairwise Jaccard of the coarse sets, mean pairwise rank correlation of the scores) and splits the facts
+    into consistent and inconsistent by an Otsu threshold on the Jaccard (Chen et al., ICLR 2025).
+
+    [b]beyond[/b] runs vocabulary, interactions and consistency (the studies beyond the paper) on one model load,
+    or those ``--only`` names.
 
     [b]robustness[/b] tests edits as Niu et al. (ICLR 2024) do: each fact is updated through its knowledge neurons
     and measured on the reversed relation (one-to-one relations), on its subject's aliases, on paraphrases held out
@@ -72,10 +99,31 @@ def study(
 
         estimator_study(run, model, device, estimators, facts_limit, seed)
         return
+    if name == "beyond":
+        from kneuron.cli.beyond_study import beyond_study
+
+        beyond_study(run, model, device, only=only, seed=seed, cap=cap, max_k=max_k, tolerance=tolerance)
+        return
+    if name == "consistency":
+        from kneuron.cli.consistency_study import consistency_command
+
+        consistency_command(run)
+        return
     if name == "languages":
         from kneuron.cli.language_study import language_study
 
         language_study(run, model, device, seed)
+        return
+    if name == "vocabulary":
+        from kneuron.cli.vocabulary_study import vocabulary_study_command
+
+        vocabulary_study_command(run, model, device, seed)
+        return
+    if name == "interactions":
+        from kneuron.cli.interactions_study import interactions_command
+
+        interactions_command(run, model, device, seed=seed, cap=cap, max_k=max_k, tolerance=tolerance,
+                             facts_limit=facts_limit)
         return
     if name == "robustness":
         from kneuron.cli.robustness_study import robustness_study

@@ -20,9 +20,11 @@ from kneuron.experiments.metrics import (
     summarize,
 )
 from kneuron.experiments.suppress_amplify import random_control, suppress_amplify
+from kneuron.experiments.vocabulary import vocabulary_study
 
 __all__ = [
     "GenericNeuron", "Summary", "activations_at", "answer_probabilities", "generic_neurons", "generic_rows",
     "layer_distribution", "probe_generic", "prompt_discrimination", "random_control", "relative_change",
     "roc_auc", "sentence_discrimination", "summarize", "suppress_amplify", "top_layers", "top_third_share",
+    "vocabulary_study",
 ]

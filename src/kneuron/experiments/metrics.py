@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from kneuron.facts.encoding import EncodedQuery
-from kneuron.models.hooks import NeuronPatch, capture, patch
+from kneuron.models.hooks import NeuronPatch, capture, patch, patch_rows
 from kneuron.models.language_model import LanguageModel
 
 NeuronKey = tuple[int, int]
@@ -76,17 +76,21 @@ def head_at(lm: LanguageModel, index: torch.Tensor) -> Iterator[bool]:
 
 @torch.no_grad()
 def answer_probabilities(lm: LanguageModel, queries: Sequence[EncodedQuery], patches: Iterable[NeuronPatch] = (),
-                         *, batch_size: int = 32) -> np.ndarray:
+                         *, batch_size: int = 32,
+                         row_patches: Sequence[Sequence[NeuronPatch]] | None = None) -> np.ndarray:
     """The joint probability of each query's answer, with ``patches`` applied at each query's answer position.
 
     The answer position is :attr:`EncodedQuery.position`, the position whose output predicts the first answer
     token (the position attribution scored). Multi-token answers are scored by their teacher-forced joint
-    probability; the patch touches only that first position.
+    probability; the patch touches only that first position. ``row_patches`` (one list per query, instead of
+    ``patches``) gives each query its own patches, so that many patched variants share forward passes.
 
     Returns:
         (len(queries),) float64 array.
     """
     patches = list(patches)
+    if row_patches is not None and (patches or len(row_patches) != len(queries)):
+        raise ValueError("row_patches needs one list of patches per query, and no patches beside it")
     out = np.zeros(len(queries), dtype=np.float64)
     for batch in by_length([q.input_ids for q in queries], batch_size):
         chosen = [queries[i] for i in batch]
@@ -95,16 +99,25 @@ def answer_probabilities(lm: LanguageModel, queries: Sequence[EncodedQuery], pat
         width = max(len(q.target_positions) for q in chosen)
         index = torch.tensor([list(q.target_positions) + [q.target_positions[-1]] * (width - len(q.target_positions))
                               for q in chosen])
-        context = patch(lm, patches, positions=positions) if patches else nullcontext()
+        if row_patches is not None:
+            context = patch_rows(lm, [row_patches[i] for i in batch], positions=positions)
+        else:
+            context = patch(lm, patches, positions=positions) if patches else nullcontext()
         with context, head_at(lm, index) as sliced:
             logits = lm.model(input_ids=ids, attention_mask=mask).logits
         for row, (i, query) in enumerate(zip(batch, chosen, strict=True)):
-            targets = torch.arange(len(query.target_positions)) if sliced else torch.tensor(query.target_positions)
-            targets = targets.to(logits.device)
-            answer = torch.tensor(query.answer_ids, device=logits.device)
-            log_probs = torch.log_softmax(logits[row, targets].double(), dim=-1).gather(-1, answer[:, None])
-            out[i] = float(log_probs.sum().exp())
+            out[i] = joint_probability(logits[row], query, sliced)
     return out
+
+
+def joint_probability(logits: torch.Tensor, query: EncodedQuery, sliced: bool, offset: int = 0) -> float:
+    """The joint probability of ``query``'s answer from one row's ``logits``: (k, vocab) logits at its target
+    positions when ``sliced`` (see :func:`head_at`), else (seq, vocab) logits of positions ``offset`` onwards."""
+    positions = torch.arange(len(query.target_positions)) if sliced else torch.tensor(query.target_positions) - offset
+    targets = positions.to(logits.device)
+    answer = torch.tensor(query.answer_ids, device=logits.device)
+    log_probs = torch.log_softmax(logits[targets].double(), dim=-1).gather(-1, answer[:, None])
+    return float(log_probs.sum().exp())
 
 
 @torch.no_grad()

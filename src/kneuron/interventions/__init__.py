@@ -18,9 +18,10 @@ from kneuron.interventions.update import (
     shared_neurons,
     update_fact,
 )
+from kneuron.interventions.vocabulary import NeuronVocabulary, neuron_vocabulary, slot_logits
 
 __all__ = [
-    "AppliedEdit", "Edit", "EditError", "SlotGroup", "answer_embedding", "answer_ids", "count_neurons",
-    "erase_relation", "fingerprint", "neuron_keys", "output_embeddings", "shared_neurons", "top_neurons",
-    "update_fact",
+    "AppliedEdit", "Edit", "EditError", "NeuronVocabulary", "SlotGroup", "answer_embedding", "answer_ids",
+    "count_neurons", "erase_relation", "fingerprint", "neuron_keys", "neuron_vocabulary", "output_embeddings",
+    "shared_neurons", "slot_logits", "top_neurons", "update_fact",
 ]

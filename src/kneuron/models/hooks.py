@@ -306,3 +306,40 @@ def patch(lm: LanguageModel, patches: Iterable[NeuronPatch], positions: Position
                 on_ffn_input(lm, layer, lambda x, ps=layer_patches: _apply(x, ps, positions))
             )
         yield
+
+
+@contextmanager
+def patch_rows(lm: LanguageModel, patches_by_row: Sequence[Iterable[NeuronPatch]],
+               positions: Positions = None) -> Iterator[None]:
+    """Like :func:`patch`, but row ``r`` of every batch gets its own patches, ``patches_by_row[r]`` (several
+    patched variants of the same inputs in one forward pass). Each row is patched by the same code as
+    :func:`patch`, so a row's result is the one it would get alone under ``patch``; a batch whose size is not
+    ``len(patches_by_row)`` is refused. ``positions``: as in :func:`patch` (a per-row tensor gives each row its
+    own position)."""
+    positions = normalize_positions(positions)
+    by_layer: dict[int, dict[int, list[NeuronPatch]]] = {}
+    for row, patches in enumerate(patches_by_row):
+        for p in patches:
+            lm.check_neuron(p.layer, p.neuron)
+            if p.op not in ("set", "scale", "add"):
+                raise KneuronError(f"Unknown patch op {p.op!r}: use 'set', 'scale' or 'add'.")
+            by_layer.setdefault(p.layer, {}).setdefault(row, []).append(p)
+    rows = len(patches_by_row)
+
+    def row_positions(row: int) -> Positions:
+        if isinstance(positions, torch.Tensor) and positions.dim() == 1:
+            return positions[row:row + 1]
+        return positions
+
+    def patch_layer(x: torch.Tensor, chosen: dict[int, list[NeuronPatch]]) -> torch.Tensor:
+        if x.shape[0] != rows:
+            raise KneuronError(f"patch_rows was given patches for {rows} rows but the batch has {x.shape[0]}.")
+        out = x.clone()
+        for row, patches in chosen.items():
+            out[row:row + 1] = _apply(x[row:row + 1], patches, row_positions(row))
+        return out
+
+    with ExitStack() as stack:
+        for layer, chosen in by_layer.items():
+            stack.enter_context(on_ffn_input(lm, layer, lambda x, c=chosen: patch_layer(x, c)))
+        yield

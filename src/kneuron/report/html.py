@@ -60,6 +60,8 @@ class ReportData:
     coverage: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     done: Mapping[str, object] | None = None
     source: str = ""
+    #: the atlas's vocabulary table (``kneuron study vocabulary``: each knowledge neuron's top tokens)
+    vocabulary: Sequence[Mapping[str, object]] = ()
 
     def rows(self, study: str) -> list[dict]:
         return list(self.results.get(study, ()))
@@ -69,6 +71,7 @@ class ReportData:
         """Read every study's rows, the metadata, the fact count and what each study covered from the atlas at
         ``path`` (read-only, in one snapshot: the same moment also while a run writes)."""
         from kneuron.store import Atlas
+        from kneuron.store.vocabulary import read_vocabulary
 
         with Atlas.open(path, read_only=True) as atlas, atlas.snapshot():
             results = {study: atlas.results(study) for study in STUDIES}
@@ -80,11 +83,18 @@ class ReportData:
                 results["estimators"] = estimators
             if languages := atlas.results("languages"):  # atlases with facts in several languages only
                 results["languages"] = languages
+            if vocabulary := atlas.results("vocabulary"):  # not part of `study all` (kneuron study vocabulary)
+                results["vocabulary"] = vocabulary
+            tokens = read_vocabulary(atlas)
+            if interactions := atlas.results("interactions"):  # not part of `study all` (kneuron study interactions)
+                results["interactions"] = interactions
+            if consistency := atlas.results("consistency"):  # kneuron study consistency (no model)
+                results["consistency"] = consistency
             meta = dict(atlas.meta)
             n_facts = len(atlas.facts())
             coverage, done = atlas.coverage(), atlas.done_coverage()
         return cls(results, meta, n_facts, title=f"Knowledge neurons: {Path(path).name}", coverage=coverage,
-                   done=done, source=str(path))
+                   done=done, source=str(path), vocabulary=tokens)
 
     def warnings(self) -> list[str]:
         """One line per problem with the studies' currency: results computed on fewer (or other) facts than the
@@ -444,6 +454,33 @@ def _languages_section(data: ReportData) -> str:
     return languages_section(data.rows("languages"), data.coverage.get("languages"), done)
 
 
+def _vocabulary_section(data: ReportData) -> str:
+    """What the knowledge neurons write (see :mod:`kneuron.report.vocabulary`); says how to run it when missing."""
+    from kneuron.report.vocabulary import vocabulary_section
+
+    done = int(data.done.get("facts", 0)) if data.done else data.n_facts
+    return vocabulary_section(data.rows("vocabulary"), data.vocabulary, data.coverage.get("vocabulary"), done,
+                              data.source or "ATLAS")
+
+
+def _interactions_section(data: ReportData) -> str:
+    """The neuron-interactions study's section (see :mod:`kneuron.report.interactions`), only when the atlas has its
+    rows."""
+    from kneuron.report.interactions import interactions_section
+
+    done = int(data.done.get("facts", 0)) if data.done else data.n_facts
+    return interactions_section(data.rows("interactions"), data.coverage.get("interactions"), done)
+
+
+def _consistency_section(data: ReportData) -> str:
+    """The consistency study's section (see :mod:`kneuron.report.consistency`); says how to run it when missing."""
+    from kneuron.report.consistency import consistency_section
+
+    others = {study: data.rows(study) for study in ("suppress_amplify", "editing")}
+    return consistency_section(data.rows("consistency"), others, data.coverage.get("consistency"), data.done,
+                               data.source or "ATLAS")
+
+
 def render_report(data: ReportData) -> str:
     """The whole report as one HTML string."""
     flat = {}
@@ -469,6 +506,9 @@ def render_report(data: ReportData) -> str:
         _editing_section(data),
         _edit_robustness_section(data),
         _languages_section(data),
+        _consistency_section(data),
+        _interactions_section(data),
+        _vocabulary_section(data),
     ])
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{GENERATOR}<title>{_e(data.title)}</title>'
             f"<style>{CSS}</style></head><body>{body}</body></html>\n")

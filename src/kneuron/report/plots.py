@@ -20,6 +20,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from kneuron.experiments.interactions import curve_summary, fact_curves
 from kneuron.experiments.languages import layer_summary, overlap_summary, study_languages, suppression_matrix
 from kneuron.experiments.layer_distribution import top_layers
 from kneuron.experiments.metrics import summarize
@@ -325,4 +326,37 @@ def suppression_matrix_figure(rows: Sequence[dict]) -> bytes | None:
         axis.set_ylabel("neurons of language s set to 0")
         axis.set_title("knowledge neurons" if variant == "kn" else "random (same layers)", fontsize=9)
     figure.colorbar(image, ax=list(axes), label="mean Δp / p (%)")
+    return to_png(figure)
+
+
+def interactions_figure(rows: Sequence[dict]) -> bytes | None:
+    """The ``interactions`` study's cumulative curves: Δp/p (%) of the answer with a fact's top-k knowledge neurons
+    (by score) set to 0, k = 1, 2, ..., each fact thin and the mean over the facts that have k neurons thick, against
+    as many random neurons of the same layers; the −50% and −90% levels dashed; n = facts at each k."""
+    kn, random = curve_summary(rows, "kn"), curve_summary(rows, "random")
+    if not kn:
+        return None
+    figure = Figure(figsize=(max(7.0, 0.35 * len(kn) + 5), 4.6))
+    axis = figure.subplots()
+    for curve in fact_curves(rows, "kn").values():
+        axis.plot(range(1, len(curve) + 1), [v * 100 for v in curve], color=COLORS["kn"], alpha=0.18, linewidth=0.8)
+    for variant, summary in (("random", random), ("kn", kn)):
+        if summary:
+            ks = list(summary)
+            axis.plot(ks, [summary[k][0] * 100 for k in ks], color=COLORS[variant] if variant == "kn" else "#777777",
+                      marker="o", linewidth=2.2, label=f"{LABELS[variant]}, mean")
+    for level in (50, 90):
+        axis.axhline(-level, color="#b00020", linestyle="--", linewidth=0.8)
+        axis.text(max(kn) + 0.1, -level, f"−{level}%", color="#b00020", va="bottom", fontsize=8)
+    axis.axhline(0, color="black", linewidth=0.8)
+    for k, (_, n) in kn.items():
+        axis.annotate(f"n={n}", (k, 0), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7,
+                      color="#555555")
+    axis.set_xticks(list(kn))
+    axis.set_xlabel("k: the fact's k best-scored knowledge neurons (or k random ones) set to 0")
+    axis.set_ylabel("Δp / p of the answer (%)")
+    axis.set_title("Cumulative suppression at the answer position (thin: one fact)", fontsize=10)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="lower left")
+    figure.tight_layout()
     return to_png(figure)

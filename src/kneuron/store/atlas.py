@@ -81,6 +81,9 @@ even while a run writes it.
 ``results``: the studies' long-format rows, ``(study, variant, relation, fact_id, metric, value)``.
     ``relation`` and ``fact_id`` are ``''`` for rows about no one relation or fact; a NaN ``value`` is stored
     as NULL and read back as NaN. :meth:`Atlas.write_results` replaces one study's rows atomically.
+
+``vocabulary`` (optional, created by ``kneuron study vocabulary``): each knowledge neuron's top promoted and
+    suppressed tokens; see :mod:`kneuron.store.vocabulary`.
 """
 
 from __future__ import annotations

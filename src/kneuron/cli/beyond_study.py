@@ -1,0 +1,100 @@
+"""``kneuron study beyond --run ATLAS``: the studies beyond the paper in one command, on one model load.
+
+In order: ``vocabulary`` (what each knowledge neuron's value slot writes, Geva et al. 2022), ``interactions``
+(neurons alone, in pairs, all together, and how many it takes) and last ``consistency`` (Chen et al.'s consistency
+across a fact's prompts; no model), which compares the other studies' figures on consistent and inconsistent facts
+and so runs after them. ``--only`` picks some of them (e.g. ``--only consistency,vocabulary``, what ``make demo`` runs);
+each is also ``kneuron study NAME`` on its own. Every study stores its rows in the atlas (results table) and
+prints its summary; the line at the end says how long each took.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.text import Text
+
+from kneuron.cli.app import atlas_model, err_console
+from kneuron.errors import KneuronError
+
+#: the studies, in the order they run (consistency last: it reads the others' rows)
+BEYOND = ("vocabulary", "interactions", "consistency")
+#: the studies that need the model
+NEEDS_MODEL = frozenset({"vocabulary", "interactions"})
+
+
+def beyond_names(only: str | None) -> list[str]:
+    """The studies ``--only`` names (comma-separated; all of them when None), in their running order; an unknown
+    name is refused in one line."""
+    if only is None:
+        return list(BEYOND)
+    names = [name.strip().replace("-", "_") for name in only.split(",") if name.strip()]
+    unknown = [name for name in names if name not in BEYOND]
+    if unknown or not names:
+        raise KneuronError(f"--only {only!r}: choose among {', '.join(BEYOND)} (comma-separated).")
+    return [name for name in BEYOND if name in names]
+
+
+def beyond_study(run: Path, model: str | None, device: str, *, only: str | None = None, seed: int = 0,
+                 cap: int = 8, max_k: int | None = None, tolerance: float = 0.02) -> dict[str, list[dict]]:
+    """Run the chosen studies on the atlas at ``run`` (loading the model once, only when one of them needs it),
+    store and print each, and return ``{study: rows}``."""
+    from kneuron.store import Atlas
+
+    names = beyond_names(only)
+    with Atlas.open(run) as atlas:
+        with atlas.snapshot():
+            has_facts = bool(atlas.facts())
+        if not has_facts:
+            raise KneuronError(f"{run} has no computed facts yet: run `kneuron run --out {run}` (or let it finish).")
+        lm = atlas_model(atlas, model, device) if NEEDS_MODEL & set(names) else None
+        steps: dict[str, Callable[[], list[dict]]] = {
+            "vocabulary": lambda: _vocabulary(atlas, lm, run, seed),
+            "interactions": lambda: _interactions(atlas, lm, run, seed, cap, max_k, tolerance),
+            "consistency": lambda: _consistency(atlas, run),
+        }
+        results: dict[str, list[dict]] = {}
+        spent: list[str] = []
+        for name in names:
+            err_console.print(Text(f"study {name}", style="bold"), highlight=False)
+            start = time.perf_counter()
+            results[name] = steps[name]()
+            spent.append(f"{name} {time.perf_counter() - start:.1f} s")
+    err_console.print(f"[dim]beyond: {', '.join(spent)}; stored in {run} (`kneuron report --run {run}`)[/dim]",
+                      highlight=False)
+    return results
+
+
+def _vocabulary(atlas, lm, run: Path, seed: int) -> list[dict]:
+    from kneuron.cli.vocabulary_study import print_vocabulary_summary, run_vocabulary_study
+
+    rows, stored = run_vocabulary_study(atlas, lm, seed)
+    print_vocabulary_summary(rows, stored, run)
+    return rows
+
+
+def _interactions(atlas, lm, run: Path, seed: int, cap: int, max_k: int | None, tolerance: float) -> list[dict]:
+    from kneuron.cli.app import console
+    from kneuron.cli.interactions_study import interactions_table, run_interactions_study
+
+    rows, seconds = run_interactions_study(atlas, lm, seed=seed, cap=cap, max_k=max_k, tolerance=tolerance)
+    console.print(interactions_table(rows, run, seconds))
+    return rows
+
+
+def _consistency(atlas, run: Path) -> list[dict]:
+    from kneuron.cli.consistency_study import print_consistency_summary
+    from kneuron.experiments.consistency import consistency_study
+
+    rows = consistency_study(atlas)
+    with atlas.snapshot():
+        others = {study: atlas.results(study) for study in _compared()}
+    print_consistency_summary(rows, run, others)
+    return rows
+
+
+def _compared() -> Sequence[str]:
+    """The studies whose per-fact figures the consistency summary compares."""
+    return ("suppress_amplify", "editing")

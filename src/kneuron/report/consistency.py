@@ -1,0 +1,233 @@
+"""The report's Consistency section: how consistent each fact's attributions are across its prompts, the Otsu split
+into consistent and inconsistent facts (Chen et al., ICLR 2025), overall and per relation, and whether suppress /
+amplify and editing work less well on the inconsistent facts, from the ``consistency`` study's rows
+(:mod:`kneuron.experiments.consistency`) and the other studies' per-fact rows."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from kneuron.experiments.consistency import (
+    effect_comparisons,
+    fact_values,
+    relation_names,
+    summary_values,
+)
+from kneuron.report import plots
+
+TITLE = "Consistency across paraphrases"
+#: what ../shared/PAPER.md says of Chen et al. (the report quotes nothing beyond it)
+PAPER = ("Chen et al. (ICLR 2025), \"Knowledge Localization: Mission Not Accomplished? Enter Query Localization!\": "
+         "many facts' neurons are not consistent across paraphrases; they split facts into consistent and "
+         "inconsistent with an Otsu threshold on a consistency score.")
+#: below this many facts the section warns that its figures are anecdotes
+FEW_FACTS = 10
+#: facts listed in the table of the least consistent
+MAX_FACT_ROWS = 20
+CLASS_COLORS = {"consistent": plots.COLORS["kn"], "inconsistent": plots.COLORS["baseline"],
+                "not classed": plots.COLORS["random"]}
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text))
+
+
+def _num(value: float, spec: str) -> str:
+    return f"{value:{spec}}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    head = "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(row))
+                   + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _image(png: bytes | None, alt: str) -> str:
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">' if png else ""
+
+
+def _class(flag: float) -> str:
+    return "consistent" if flag == 1.0 else "inconsistent" if flag == 0.0 else "not classed"
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+
+def consistency_figure(rows: Sequence[dict]) -> bytes | None:
+    """Histograms of the facts' Jaccard (the consistency score, with the Otsu threshold) and rank correlation,
+    stacked by class."""
+    facts = fact_values(rows)
+    if not facts:
+        return None
+    threshold = summary_values(rows, "otsu").get("threshold", math.nan)
+    panels = [("jaccard", "mean pairwise Jaccard of the coarse sets (consistency score)", (0.0, 1.0))]
+    if any(math.isfinite(v.get("rank_correlation", math.nan)) for v in facts.values()):
+        panels.append(("rank_correlation", "mean pairwise Spearman over the kept union", (0.0, 1.0)))
+    figure = Figure(figsize=(4.6 * len(panels) + 0.6, 3.6))
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for axis, (metric, title, span) in zip(axes, panels, strict=True):
+        groups = {name: [v[metric] for v in facts.values()
+                         if _class(v.get("consistent", math.nan)) == name and math.isfinite(v.get(metric, math.nan))]
+                  for name in CLASS_COLORS}
+        shown = [(name, values) for name, values in groups.items() if values]
+        if not shown:
+            continue
+        lowest = min(min(values) for _, values in shown)
+        bins = np.linspace(min(span[0], lowest), span[1], 21)
+        axis.hist([values for _, values in shown], bins=bins, stacked=True, edgecolor="#555555", linewidth=0.4,
+                  color=[CLASS_COLORS[name] for name, _ in shown],
+                  label=[f"{name} (n={len(values)})" for name, values in shown])
+        if metric == "jaccard" and math.isfinite(threshold):
+            axis.axvline(threshold, color="black", linestyle="--", linewidth=1.0, label=f"Otsu {threshold:.2f}")
+        axis.set_xlabel(title, fontsize=8)
+        axis.set_ylabel("facts")
+        axis.yaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(axis="y", alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    return plots.to_png(figure)
+
+
+def relations_figure(rows: Sequence[dict]) -> bytes | None:
+    """Each fact's Jaccard per relation (one dot per fact, coloured by class) with the Otsu threshold."""
+    facts = fact_values(rows)
+    relation_of = {r["fact_id"]: r["relation"] for r in rows if r["variant"] == "fact" and r.get("fact_id")}
+    relations = relation_names(rows)
+    if not facts or not relations:
+        return None
+    threshold = summary_values(rows, "otsu").get("threshold", math.nan)
+    figure = Figure(figsize=(7.5, 0.3 * len(relations) + 1.4))
+    axis = figure.subplots()
+    seen = set()
+    for y, relation in enumerate(relations):
+        members = [(fid, v) for fid, v in facts.items() if relation_of.get(fid) == relation
+                   and math.isfinite(v.get("jaccard", math.nan))]
+        for k, (_, v) in enumerate(members):
+            name = _class(v.get("consistent", math.nan))
+            jitter = 0.0 if len(members) == 1 else 0.3 * (k / (len(members) - 1) - 0.5)
+            axis.scatter(v["jaccard"], y + jitter, s=18, color=CLASS_COLORS[name], edgecolor="#555555",
+                         linewidth=0.4, label=None if name in seen else name, zorder=3)
+            seen.add(name)
+    if math.isfinite(threshold):
+        axis.axvline(threshold, color="black", linestyle="--", linewidth=1.0, label=f"Otsu {threshold:.2f}")
+    axis.set_yticks(range(len(relations)), relations, fontsize=8)
+    axis.set_ylim(len(relations) - 0.4, -0.6)  # the first relation on top
+    axis.set_xlim(-0.02, 1.02)
+    axis.set_xlabel("mean pairwise Jaccard of the coarse sets")
+    axis.grid(axis="x", alpha=0.3)
+    axis.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    return plots.to_png(figure)
+
+
+# ------------------------------------------------------------------------------------------------ the section
+
+
+def consistency_section(rows: Sequence[dict], others: Mapping[str, Sequence[dict]] | None = None,
+                        covered: Mapping[str, object] | None = None, done: Mapping[str, object] | None = None,
+                        source: str = "ATLAS") -> str:
+    """The section as an HTML fragment; says how to run the study when the atlas has no ``consistency`` rows.
+
+    ``others``: the other studies' rows (``suppress_amplify``, ``editing``); ``covered`` / ``done``: the facts the
+    study covered (``Atlas.coverage()["consistency"]``) and the atlas's done facts now (``Atlas.done_coverage()``).
+    """
+    rows = list(rows)
+    others = others or {}
+    if not rows:
+        return (f"<h2>{TITLE}</h2><p>Not run: <code>kneuron study consistency --run {_e(source)}</code> (no model "
+                "needed).</p>")
+    overall, otsu = summary_values(rows), summary_values(rows, "otsu")
+    union = summary_values(rows, "params").get("union_share", math.nan)
+    n_facts = int(overall.get("facts", 0))
+    parts = [f"<h2>{TITLE}</h2>",
+             f'<p class="note">{_e(PAPER)} Here, per fact: the <b>Jaccard</b> |C(i) ∩ C(j)| / |C(i) ∪ C(j)| of the '
+             "coarse sets of two of its prompts (the neurons above the coarse threshold in that prompt's "
+             "attribution), averaged over its prompt pairs, and the <b>rank correlation</b> (Spearman) of the two "
+             "prompts' scores over the fact's kept union (the neurons where some prompt of the fact scores at least "
+             f"{_num(union, '.0%')} of its maximum), averaged the same way. The consistency score is the Jaccard: "
+             "the method localises a fact through its coarse sets, and it is defined for every atlas. The Otsu "
+             "threshold maximises the between-class variance of the facts' Jaccards; a fact is consistent above "
+             "it. Otsu always splits two or more distinct values: where it falls is not a test that two groups "
+             "exist.</p>"]
+    if covered is not None and done is not None and covered.get("digest") != done.get("digest"):
+        parts.append(f'<div class="warn"><b>Not current:</b> the study covered {_e(covered.get("facts"))} facts, the '
+                     f"atlas has {_e(done.get('facts'))} done facts now; rerun <code>kneuron study consistency --run "
+                     f"{_e(source)}</code>.</div>")
+    if n_facts < FEW_FACTS:
+        parts.append(f'<div class="warn"><b>Only {n_facts} fact(s).</b> Every figure below is over {n_facts} or '
+                     "fewer facts (n is shown): read them as examples, not as findings.</div>")
+    table = [_summary_cells(_e(relation), summary_values(rows, "relation", relation))
+             for relation in relation_names(rows)]
+    table.append(_summary_cells("<b>all facts</b>", overall))
+    parts.append(_table(["relation", "facts", "mean Jaccard", "mean rank correlation", "consistent", "inconsistent",
+                         "share inconsistent"], table))
+    if math.isfinite(otsu.get("threshold", math.nan)):
+        parts.append(f"<p>Otsu threshold on the Jaccard: <b>{otsu['threshold']:.3f}</b> over "
+                     f"{otsu.get('facts', 0):.0f} facts; {overall.get('inconsistent', 0):.0f} of them "
+                     f"({_num(overall.get('inconsistent_share', math.nan), '.1%')}) are inconsistent.</p>")
+    else:
+        parts.append(f'<p class="note">No Otsu split: {otsu.get("facts", 0):.0f} fact(s) with a finite Jaccard '
+                     "(fewer than 2, or all equal).</p>")
+    agreement = overall.get("score_agreement", math.nan)
+    if math.isfinite(agreement):
+        parts.append(f'<p class="note">The two scores rank the facts alike to a Spearman correlation of '
+                     f"{agreement:.2f} across the facts.</p>")
+    parts.append(_image(consistency_figure(rows), "distribution of the consistency scores"))
+    parts.append(_image(relations_figure(rows), "consistency score per relation"))
+    parts.append(_effects(rows, others, source))
+    parts.append(_least_consistent(rows))
+    return "".join(parts)
+
+
+def _summary_cells(name: str, values: Mapping[str, float]) -> list[str]:
+    return [name, f"{values.get('facts', 0):.0f}", _num(values.get("jaccard", math.nan), ".3f"),
+            _num(values.get("rank_correlation", math.nan), ".3f"), f"{values.get('consistent', 0):.0f}",
+            f"{values.get('inconsistent', 0):.0f}", _num(values.get("inconsistent_share", math.nan), ".1%")]
+
+
+def _effects(rows: Sequence[dict], others: Mapping[str, Sequence[dict]], source: str) -> str:
+    comparisons = effect_comparisons(rows, others)
+    parts = ["<h3>Do the interventions work less well on inconsistent facts?</h3>"]
+    if comparisons:
+        table = []
+        for study, variant, label, split in comparisons:
+            spec = "+.1%" if "Δp/p" in label else ".1%"
+            (mean_c, n_c), (mean_i, n_i) = split["consistent"], split["inconsistent"]
+            table.append([_e(label), f"<code>{_e(study)}</code> {_e(variant)}",
+                          f"{_num(mean_c, spec)} <span class=\"note\">n={n_c}</span>",
+                          f"{_num(mean_i, spec)} <span class=\"note\">n={n_i}</span>",
+                          _num(mean_i - mean_c, "+.1%")])
+        parts.append(_table(["measure", "rows", "consistent facts", "inconsistent facts",
+                             "inconsistent − consistent"], table, left=2))
+        parts.append('<p class="note">Means over the facts of each class that have the row (n). Suppress: a larger '
+                     "drop (more negative) is a stronger effect; amplify and editing: larger is stronger. Editing: "
+                     "facts that were edited (an edit can be refused, e.g. when every neuron is shared by the "
+                     "relation).</p>")
+    studied = {study for study, *_ in comparisons}
+    for study, hint in (("suppress_amplify", f"kneuron study suppress-amplify --run {source}"),
+                        ("editing", f"python -m kneuron.experiments.editing --run {source}")):
+        if study not in studied:
+            parts.append(f'<p class="note">No {_e(study.replace("_", "/"))} rows yet: run <code>{_e(hint)}</code>.</p>')
+    return "".join(parts)
+
+
+def _least_consistent(rows: Sequence[dict]) -> str:
+    relation_of = {r["fact_id"]: r["relation"] for r in rows if r["variant"] == "fact" and r.get("fact_id")}
+    facts = sorted(fact_values(rows).items(),
+                   key=lambda item: (not math.isfinite(item[1].get("jaccard", math.nan)),
+                                     item[1].get("jaccard", math.nan), item[0]))
+    shown = facts[:MAX_FACT_ROWS]
+    table = [[_e(fid), _e(relation_of.get(fid, "")), f"{v.get('prompts', 0):.0f}",
+              _num(v.get("jaccard", math.nan), ".3f"), _num(v.get("rank_correlation", math.nan), ".3f"),
+              _class(v.get("consistent", math.nan))] for fid, v in shown]
+    return (f"<details><summary>The {len(shown)} least consistent of {len(facts)} facts</summary>"
+            + _table(["fact", "relation", "prompts", "Jaccard", "rank correlation", "class"], table, left=2)
+            + "</details>")

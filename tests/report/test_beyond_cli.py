@@ -1,0 +1,65 @@
+"""`kneuron study beyond --run ATLAS`: the studies beyond the paper on one model load, each stored as its own
+command stores it; `--only` picks some; bad names are refused in one line."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from kneuron import cli
+from kneuron.cli.beyond_study import BEYOND, beyond_names
+from kneuron.errors import KneuronError
+from kneuron.store import Atlas
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(cli.app, list(args), env={"COLUMNS": "200"})
+
+
+def _stored(path) -> dict[str, list[tuple]]:
+    with Atlas.open(path, read_only=True) as atlas:
+        return {study: [(r["variant"], r["relation"], r["fact_id"], r["metric"], r["value"])
+                        for r in atlas.results(study)] for study in atlas.studies()}
+
+
+def test_names_run_in_their_order_and_unknown_ones_are_refused():
+    assert beyond_names(None) == list(BEYOND)
+    assert beyond_names("consistency, vocabulary") == ["vocabulary", "consistency"]  # running order, not given
+    for bad in ("vocab", "", "consistency,suppress-amplify"):
+        with pytest.raises(KneuronError, match="choose among"):
+            beyond_names(bad)
+
+
+def test_beyond_stores_what_each_study_stores_alone(atlas_path, fake_load, tmp_path):
+    alone = tmp_path / "alone.sqlite"
+    alone.write_bytes(atlas_path.read_bytes())
+    result = invoke("study", "beyond", "--run", str(atlas_path), "--model", "tiny-llama", "--cap", "3")
+    assert result.exit_code == 0, result.output
+    assert len(fake_load) == 1  # one model load for every study
+    assert "beyond: vocabulary" in result.stderr and "consistency" in result.stderr
+    for name in BEYOND:
+        extra = ["--cap", "3"] if name == "interactions" else []
+        model = [] if name == "consistency" else ["--model", "tiny-llama"]
+        assert invoke("study", name, "--run", str(alone), *model, *extra).exit_code == 0
+    together, one_by_one = _stored(atlas_path), _stored(alone)
+    assert sorted(together) == sorted(one_by_one) == sorted(BEYOND)
+    for study in BEYOND:
+        assert [r[:4] for r in together[study]] == [r[:4] for r in one_by_one[study]]
+        assert [r[4] for r in together[study]] == pytest.approx([r[4] for r in one_by_one[study]], nan_ok=True,
+                                                                rel=1e-9)
+
+
+def test_only_consistency_needs_no_model(atlas_path, fake_load):
+    result = invoke("study", "beyond", "--run", str(atlas_path), "--only", "consistency")
+    assert result.exit_code == 0, result.output
+    assert not fake_load and _stored(atlas_path).keys() == {"consistency"}
+
+
+def test_bad_input_is_one_line(atlas_path, fake_load, tmp_path):
+    result = invoke("study", "beyond", "--run", str(atlas_path), "--only", "everything")
+    assert result.exit_code == 1 and "choose among" in result.output and "Traceback" not in result.output
+    result = invoke("study", "beyond", "--run", str(tmp_path / "missing.sqlite"))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert not fake_load

@@ -1,0 +1,64 @@
+"""`kneuron study interactions --run ATLAS` and the report's section, on an atlas made from the tiny Llama."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from kneuron import cli
+from kneuron.experiments.interactions import interaction_summary, interactions_study
+from kneuron.interventions.edits import fingerprint
+from kneuron.report import ReportData
+from kneuron.store import Atlas
+from tiny_models import tiny_lm
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(cli.app, list(args), env={"COLUMNS": "200"})
+
+
+def test_study_interactions_stores_what_the_library_computes(atlas_path, fake_load):
+    result = invoke("study", "interactions", "--run", str(atlas_path), "--model", "tiny-llama", "--cap", "3",
+                    "--max-k", "4", "--tolerance", "0.05", "--seed", "2", "--facts", "5")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "Neuron interactions of 5 facts (top 3 neurons: up to 3 pairs per fact)" in out
+    assert "s per fact with neurons" in result.stderr
+    with Atlas.open(atlas_path, read_only=True) as atlas:
+        assert atlas.studies() == ["interactions"]
+        stored = atlas.results("interactions")
+        facts, neurons = atlas.facts()[:5], atlas.all_refined()
+        coverage = atlas.coverage()["interactions"]
+    lm = tiny_lm("llama")
+    # the CLI's model is left as loaded: the same weights as a fresh tiny Llama
+    assert fingerprint(fake_load["tiny-llama"], fresh=True)["weights"] == fingerprint(lm, fresh=True)["weights"]
+    direct = interactions_study(lm, facts, neurons, cap=3, max_k=4, tolerance=0.05, seed=2)
+    assert [(r["variant"], r["fact_id"], r["metric"]) for r in stored] == \
+        [(r["variant"], r["fact_id"], r["metric"]) for r in direct]
+    assert [r["value"] for r in stored] == pytest.approx([r["value"] for r in direct], nan_ok=True, rel=1e-5)
+    assert coverage["facts"] == 5
+    overall = interaction_summary(stored)["all"]
+    assert f"{overall['all'][0]:+.1%}" in out  # the printed table is the stored summary
+    html_rows = ReportData.from_atlas(atlas_path).rows("interactions")
+    assert len(html_rows) == len(stored)
+
+
+def test_study_interactions_refuses_an_atlas_without_facts(tmp_path, fake_load):
+    from experiments.conftest import tiny_facts
+    from kneuron.store import run
+
+    path = tmp_path / "empty.sqlite"
+    run(tiny_lm("llama"), tiny_facts()[:0], path, steps=3, known_only=False, progress=False)
+    result = invoke("study", "interactions", "--run", str(path))
+    assert result.exit_code == 1 and "has no computed facts yet" in result.output
+    assert "Traceback" not in result.output and not fake_load
+
+
+def test_report_has_the_section_after_the_study(atlas_path, fake_load, tmp_path):
+    assert invoke("study", "interactions", "--run", str(atlas_path), "--model", "tiny-llama").exit_code == 0
+    out = tmp_path / "report.html"
+    result = invoke("report", "--run", str(atlas_path), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "<h2>Neuron interactions</h2>" in out.read_text()
