@@ -62,19 +62,26 @@ def refine(
         raise KneuronError("The bag of prompts is empty: give at least one prompt's scores to refine.")
     coarse = [coarse_neurons(scores, threshold) for scores in bag]
     params: dict = {"threshold": threshold, "share": share, "prompts": len(bag)}
-    if share == "adaptive":
-        chosen, used = _adaptive(coarse)
-        params["share_used"] = used
-    elif isinstance(share, (int, float)) and 0.0 <= share < 1.0:
-        chosen = _shared(coarse, float(share))
-        params["share_used"] = float(share)
-    else:
-        raise KneuronError(f"share must be a fraction in [0, 1) or 'adaptive'; got {share!r}.")
+    chosen, params["share_used"] = refined_keys(coarse, share)
     mean = torch.stack([s.scores for s in bag]).double().mean(0)  # float64: tiny scores must not underflow
     neurons = sorted((Neuron(layer, i, float(mean[layer, i])) for layer, i in chosen), key=lambda n: -n.score)
     params.update(steps=bag[0].steps, objective=bag[0].objective)
     warnings = [w for p, s in enumerate(bag) if (w := s.unlikely_warning(f"at prompt {p + 1}")) is not None]
     return KnowledgeNeurons(neurons, coarse, fact, params, warnings=warnings)
+
+
+def refined_keys(coarse: Sequence[Sequence[Neuron]], share: float | str = "adaptive",
+                 ) -> tuple[list[tuple[int, int]], float]:
+    """The refinement step of :func:`refine` alone: ``(layer, index)`` of the neurons that more than ``share`` of
+    the prompts' ``coarse`` sets hold (or the adaptive rule), and the share used. From stored coarse sets (an
+    atlas keeps them per prompt) this gives the fact's refined set again, or that of a subset of its prompts."""
+    if not coarse:
+        raise KneuronError("There are no prompts' coarse neurons to refine: give at least one prompt's set.")
+    if share == "adaptive":
+        return _adaptive(coarse)
+    if isinstance(share, (int, float)) and not isinstance(share, bool) and 0.0 <= share < 1.0:
+        return _shared(coarse, float(share)), float(share)
+    raise KneuronError(f"share must be a fraction in [0, 1) or 'adaptive'; got {share!r}.")
 
 
 def _adaptive(coarse: Sequence[Sequence[Neuron]]) -> tuple[list[tuple[int, int]], float]:

@@ -276,8 +276,9 @@ StudyArgument = Annotated[str, typer.Argument(
     help="suppress-amplify, generic, layers, discrimination, languages (facts in several languages), or all "
          "(languages included when the atlas has facts in two languages); estimators (cheaper attribution against "
          "IG, not part of all); vocabulary (what each neuron's value slot writes), interactions (knowledge neurons "
-         "alone, in pairs, all together), consistency (across a fact's prompts, Chen et al.; no model): not part of "
-         "all; beyond (all of those, on one model load).",
+         "alone, in pairs, all together), consistency (across a fact's prompts, Chen et al.; no model), robustness "
+         "(edits under Niu et al.'s tests: symmetry, aliases, held-out paraphrases, neighbourhood): not part of "
+         "all; beyond (vocabulary, interactions, consistency on one model load).",
     show_default=False)]
 
 

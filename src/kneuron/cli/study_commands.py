@@ -82,6 +82,11 @@ def study(
 
     [b]beyond[/b] runs vocabulary, interactions and consistency (the studies beyond the paper) on one model load,
     or those ``--only`` names.
+
+    [b]robustness[/b] tests edits as Niu et al. (ICLR 2024) do: each fact is updated through its knowledge neurons
+    and measured on the reversed relation (one-to-one relations), on its subject's aliases, on paraphrases held out
+    when the neurons are refined again from the stored coarse sets, and on other subjects of the relation
+    (CounterFact's neighbourhood), with probability and top-1 side by side. Not part of [b]all[/b].
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -119,6 +124,11 @@ def study(
 
         interactions_command(run, model, device, seed=seed, cap=cap, max_k=max_k, tolerance=tolerance,
                              facts_limit=facts_limit)
+        return
+    if name == "robustness":
+        from kneuron.cli.robustness_study import robustness_study
+
+        robustness_study(run, model, device, seed)
         return
     names = study_names(name)
     with Atlas.open(run) as atlas:

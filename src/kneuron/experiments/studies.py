@@ -44,8 +44,8 @@ def study_names(name: str) -> list[str]:
         return list(STUDIES)
     if name not in ALIASES:
         raise KneuronError(f"Unknown study {name!r}: choose suppress-amplify, generic, layers, discrimination, "
-                           "languages or all (or estimators, vocabulary, interactions, consistency or beyond, which "
-                           "all leaves out).")
+                           "languages or all (or estimators, vocabulary, interactions, consistency, robustness or "
+                           "beyond, which all leaves out).")
     return [ALIASES[name]]
 
 

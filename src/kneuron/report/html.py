@@ -77,6 +77,8 @@ class ReportData:
             results = {study: atlas.results(study) for study in STUDIES}
             if editing := atlas.results("editing"):  # optional study (python -m kneuron.experiments.editing)
                 results["editing"] = editing
+            if robustness := atlas.results("edit_robustness"):  # optional study (kneuron study robustness)
+                results["edit_robustness"] = robustness
             if estimators := atlas.results("estimators"):  # not part of `study all` (kneuron study estimators)
                 results["estimators"] = estimators
             if languages := atlas.results("languages"):  # atlases with facts in several languages only
@@ -427,6 +429,14 @@ def _editing_section(data: ReportData) -> str:
     return editing_section(rows)
 
 
+def _edit_robustness_section(data: ReportData) -> str:
+    """Edits under Niu et al.'s tests (see :mod:`kneuron.report.edit_robustness`), only when the atlas has its rows."""
+    from kneuron.report.edit_robustness import edit_robustness_section
+
+    section = edit_robustness_section(data.rows("edit_robustness"))
+    return "<h2>Editing knowledge</h2>" + section if section and not data.rows("editing") else section
+
+
 def _estimators_section(data: ReportData) -> str:
     """The estimator study's section (see :mod:`kneuron.report.estimators`); says how to run it when missing."""
     from kneuron.report.estimators import estimators_section
@@ -494,6 +504,7 @@ def render_report(data: ReportData) -> str:
         _discrimination_section(data),
         _estimators_section(data),
         _editing_section(data),
+        _edit_robustness_section(data),
         _languages_section(data),
         _consistency_section(data),
         _interactions_section(data),

@@ -1,0 +1,592 @@
+"""Edits under Niu et al.'s tests (ICLR 2024): does a knowledge-neuron update hold beyond the fact's own prompts?
+
+Each fact with knowledge neurons is updated as the editing study does (:mod:`kneuron.experiments.editing`: t' =
+another answer of its relation from :func:`~kneuron.experiments.editing.choose_new_answer`, the update of
+:func:`~kneuron.interventions.update_fact`, neurons shared by more than 10% of the relation's facts left out), and
+measured, before and after, on:
+
+* ``own_*``: the fact's own prompts (those the neurons were found with);
+* ``alias_*``: **synonym invariance**: the same templates with each alias of the subject in its place ("the French
+  Republic", "the UK"; :mod:`kneuron.facts.robustness`); facts without aliases have none;
+* ``heldout_*`` / ``kept_*``: **paraphrases not used to find the neurons**: ``held_out`` templates of the fact
+  (seeded per fact) are left out, the refined set is recomputed from the kept prompts' stored coarse sets exactly as
+  :func:`~kneuron.attribution.selection.refine` refines (no attribution is rerun; ``refined_equal`` says whether the
+  recomputation from all prompts gives the atlas's set), the update goes through those neurons (signs, when used,
+  read on the kept prompts only), and is measured on the held-out prompts and on the kept ones;
+  ``heldout_full_*`` is the ordinary update (neurons from all prompts) on the same held-out prompts;
+* ``reverse_new_*`` / ``reverse_old_*``: **bijective symmetry**, for facts of one-to-one relations (capital, chemical
+  symbol, the currencies only one country uses): after France → Rome, the reverse prompts of the new answer
+  ("Rome is the capital of") answered with the edited subject (France): its probability before and after
+  (``reverse_new_p_*``), top-1 (``reverse_new_top1_*``), and whether it beats the new answer's own subject
+  (``reverse_new_beats_owner*``: P(France) > P(Italy)); and the old reverse fact ("Paris is the capital of" →
+  France): ``reverse_old_top1_*`` and ``reverse_old_kept`` (of the prompts it was right on, the share still right).
+  For these facts t' is drawn among the relation's one-to-one answers the model knows, so that the reverse query
+  has one answer (for capital and chemical symbol this is the editing study's t'; for currency it may differ; when
+  there is none, t' is drawn as usual and the symmetry test skipped for the fact);
+* ``neighborhood*``: **CounterFact's neighbourhood score** (Meng et al. 2022) on the built-in set: ``n_neighbours``
+  other facts of the same relation (not answered t'), one prompt each (a template drawn per neighbour, as
+  CounterFact has one prompt per neighbour): the share where their own answer beats t' (mean per-token
+  log-probability, as in ROME), before and after, and the mean margin (``neighborhood_diff*``).
+  (CounterFact's neighbours share the edited fact's true object; here they are the relation's other subjects.)
+
+For each prompt set, **probability vs top-1** (Niu et al.: edits move probabilities more than they change top-1
+predictions): ``*_p_rose`` is the share of prompts where the probability of the target's first token (the token
+top-1 is about) rose, ``*_top1_became`` the share whose top-1 became the target (it was not before); also
+``*_p_joint_rose`` (the whole answer's probability: for a multi-token answer it can fall while the first token
+rises, since the edit pushes every position towards that token), ``*_new_beats_old`` (joint P(t') > P(t), as the
+editing study) and ``*_top1_new``.
+
+Rows are long format in the study ``edit_robustness``; variant ``kn`` (the paper's formula), ``kn_signed`` (each
+delta times the sign of the neuron's mean activation, as gated FFNs need) and ``kn_slot_norm`` as in the editing
+study. Every edit is applied in a context and undone bit-exactly, also after an exception.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from kneuron.attribution.selection import refined_keys
+from kneuron.attribution.types import Neuron
+from kneuron.errors import KneuronError
+from kneuron.experiments.editing import Scores, _sample, choose_new_answer, relation_counts
+from kneuron.experiments.metrics import by_length, fact_rng, head_at, padded, row
+from kneuron.facts.encoding import EncodedQuery, encode
+from kneuron.facts.fact import Fact, Prompt
+from kneuron.facts.robustness import RobustnessData, robustness_data
+from kneuron.interventions.edits import Edit, EditError
+from kneuron.interventions.update import NeuronKey, Scale, SignRule, neuron_keys, update_fact
+from kneuron.models.language_model import LanguageModel
+
+STUDY = "edit_robustness"
+#: the prompt sets every fact is measured on (those that exist for it), in report order
+GROUPS = ("own", "alias", "kept", "heldout", "heldout_full")
+
+
+def _share(mask: np.ndarray) -> float:
+    return float(np.mean(mask)) if len(mask) else math.nan
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values)) if len(values) else math.nan
+
+
+def variant_name(scale: Scale = "absolute", sign: SignRule = "none") -> str:
+    """``kn``, ``kn_signed``, ``kn_slot_norm``, ``kn_slot_norm_signed``: as the editing study names its variants."""
+    return "kn" + ("" if scale == "absolute" else f"_{scale}") + ("" if sign == "none" else "_signed")
+
+
+@dataclass(frozen=True)
+class TokenScores(Scores):
+    """:class:`~kneuron.experiments.editing.Scores` plus the probability of the answer's first token at the position
+    whose top-1 is read (the quantity top-1 is about: a multi-token answer's joint probability can fall while its
+    first token becomes top-1, when the edit, written at every position, also pushes the later positions)."""
+
+    first_probability: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+FIELDS = ("probability", "mean_logprob", "top1", "first", "first_probability")
+
+
+def _read_input(lm: LanguageModel, query: EncodedQuery) -> tuple[int, ...]:
+    """The ids a query's scores depend on: a causal model reads nothing after the position predicting the answer's
+    last token, so two answers of one token after the same prompt share one input."""
+    ids = query.input_ids
+    if lm.kind == "causal":
+        ids = ids[: max(query.position, *query.target_positions) + 1]
+    return tuple(int(i) for i in ids)
+
+
+@torch.no_grad()
+def score(lm: LanguageModel, queries: Sequence[EncodedQuery], *, batch_size: int = 64) -> TokenScores:
+    """:func:`kneuron.experiments.editing.score` in fewer forward passes: each distinct input once (see
+    :func:`_read_input`), right-padded batches, the head computed only where it is read; the same numbers up to
+    float rounding."""
+    n = len(queries)
+    prob, mean, top1, first_prob = np.zeros(n), np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n)
+    first = np.array([q.answer_ids[0] for q in queries], dtype=np.int64)
+    users: dict[tuple[int, ...], list[int]] = {}
+    for i, query in enumerate(queries):
+        users.setdefault(_read_input(lm, query), []).append(i)
+    inputs = list(users)
+    for batch in by_length([torch.tensor(ids) for ids in inputs], batch_size):
+        ids, mask = padded(lm, [torch.tensor(inputs[b]) for b in batch])
+        # every position any of the input's queries reads: the top-1 position and the answer's target positions
+        read = [sorted({p for i in users[inputs[b]] for p in (queries[i].position, *queries[i].target_positions)})
+                for b in batch]
+        width = max(len(r) for r in read)
+        index = torch.tensor([r + [r[-1]] * (width - len(r)) for r in read])
+        with head_at(lm, index) as sliced:
+            logits = lm.model(input_ids=ids, attention_mask=mask).logits
+        for r, b in enumerate(batch):
+            at = torch.arange(len(read[r])) if sliced else torch.tensor(read[r])
+            log_softmax = torch.log_softmax(logits[r, at.to(logits.device)].double(), dim=-1)
+            where = {p: k for k, p in enumerate(read[r])}
+            for i in users[inputs[b]]:
+                query = queries[i]
+                rows = torch.tensor([where[p] for p in query.target_positions], device=logits.device)
+                answer = torch.tensor(query.answer_ids, device=logits.device)
+                log_probs = log_softmax[rows].gather(-1, answer[:, None])
+                prob[i], mean[i] = float(log_probs.sum().exp()), float(log_probs.mean())
+                top1[i] = int(log_softmax[where[query.position]].argmax())
+                first_prob[i] = float(log_softmax[where[query.position], query.answer_ids[0]].exp())
+    return TokenScores(prob, mean, top1, first, first_prob)
+
+
+class _Batch:
+    """Queries of several named sets, scored together before and under an edit (one pass each)."""
+
+    def __init__(self) -> None:
+        self.sets: dict[str, list[EncodedQuery]] = {}
+
+    def add(self, name: str, queries: list[EncodedQuery]) -> None:
+        self.sets[name] = queries
+
+    def scored(self, lm: LanguageModel, edit: Edit | None = None) -> dict[str, TokenScores]:
+        flat = [q for queries in self.sets.values() for q in queries]
+        if not flat:
+            return {}
+        if edit is None:
+            joined = score(lm, flat)
+        else:
+            with edit.applied(lm):
+                joined = score(lm, flat)
+        out, start = {}, 0
+        for name, queries in self.sets.items():
+            end = start + len(queries)
+            out[name] = TokenScores(*(getattr(joined, f)[start:end] for f in FIELDS))
+            start = end
+        return out
+
+
+def _queries(lm: LanguageModel, prompts: Sequence[Prompt], answer: str) -> list[EncodedQuery]:
+    return [encode(lm, p, answer) for p in prompts]
+
+
+def pair_metrics(prefix: str, before_old: TokenScores, before_new: TokenScores, after_old: TokenScores,
+                 after_new: TokenScores) -> dict[str, float]:
+    """The update's effect on one prompt set: old answer vs new answer, before and after (see the module docstring).
+    """
+    if not len(before_old):
+        return {}
+    return {
+        f"{prefix}_new_beats_old_before": _share(before_new.probability > before_old.probability),
+        f"{prefix}_new_beats_old": _share(after_new.probability > after_old.probability),
+        f"{prefix}_top1_new_before": _share(before_new.hit), f"{prefix}_top1_new": _share(after_new.hit),
+        f"{prefix}_top1_became": _share(after_new.hit & ~before_new.hit),
+        f"{prefix}_p_rose": _share(after_new.first_probability > before_new.first_probability),
+        f"{prefix}_p_joint_rose": _share(after_new.probability > before_new.probability),
+        f"{prefix}_p_first_new_before": _mean(before_new.first_probability),
+        f"{prefix}_p_first_new_after": _mean(after_new.first_probability),
+        f"{prefix}_p_new_before": _mean(before_new.probability), f"{prefix}_p_new_after": _mean(after_new.probability),
+        f"{prefix}_p_old_before": _mean(before_old.probability), f"{prefix}_p_old_after": _mean(after_old.probability),
+        f"{prefix}_top1_old_kept": _share(after_old.hit[before_old.hit]) if before_old.hit.any() else math.nan,
+        f"{prefix}_prompts": float(len(before_old)),
+    }
+
+
+def held_out_split(fact: Fact, held_out: int, seed: int) -> tuple[list[int], list[int]]:
+    """(kept, held-out) prompt indices of ``fact``: ``held_out`` of its templates chosen at random (seeded by
+    ``seed`` and the fact id), at least two kept; ([all], []) when the fact has too few templates."""
+    n = len(fact.templates)
+    count = min(held_out, n - 2)
+    if count <= 0:
+        return list(range(n)), []
+    chosen = set(int(i) for i in fact_rng(seed + 2, fact.id).choice(n, size=count, replace=False))
+    return [i for i in range(n) if i not in chosen], sorted(chosen)
+
+
+def held_out_neurons(coarse: Sequence[Sequence[Neuron]], kept: Sequence[int], share: float | str = "adaptive",
+                     ) -> list[NeuronKey]:
+    """The refined set of the ``kept`` prompts, from their coarse sets, as :func:`refine` would find it."""
+    keys, _ = refined_keys([coarse[i] for i in kept], share)
+    return sorted(keys)
+
+
+def coverage_notes(facts: Sequence[Fact], data: RobustnessData, coarse_by_fact: Mapping | None = None) -> list[str]:
+    """One line per test that cannot run on ``facts`` (the rest still runs)."""
+    notes = []
+    if not data.one_to_one_facts(facts):
+        notes.append(f"no fact of a one-to-one relation ({', '.join(sorted(data.one_to_one))}): the symmetry test "
+                     "is skipped.")
+    if not any(data.aliases_of(f) for f in facts):
+        notes.append("no fact whose subject has aliases: the synonym test is skipped.")
+    if coarse_by_fact is None or not any(coarse_by_fact.get(f.id) for f in facts):
+        notes.append("no prompts' coarse neurons given: the held-out paraphrase test is skipped.")
+    return notes
+
+
+def _symmetry_pool(fact: Fact, pool: Sequence[Fact], data: RobustnessData) -> Sequence[Fact]:
+    return [f for f in pool if f.relation == fact.relation and data.is_one_to_one(f)] \
+        if data.is_one_to_one(fact) else pool
+
+
+def edit_robustness_study(
+    lm: LanguageModel,
+    facts: Sequence[Fact],
+    neurons_by_fact: Mapping[str, Iterable[Neuron | NeuronKey]],
+    *,
+    coarse_by_fact: Mapping[str, Sequence[Sequence[Neuron]]] | None = None,
+    share: float | str = "adaptive",
+    pool: Sequence[Fact] | None = None,
+    owners_from: Sequence[Fact] | None = None,
+    data: RobustnessData | None = None,
+    settings: Sequence[tuple[Scale, SignRule]] = (("absolute", "none"), ("absolute", "activation")),
+    lambda_old: float = 1.0,
+    lambda_new: float = 8.0,
+    max_share: float = 0.1,
+    held_out: int = 2,
+    n_neighbours: int = 10,
+    seed: int = 0,
+    on_fact: Callable[[int, Fact], None] | None = None,
+) -> list[dict]:
+    """Update each fact of ``facts`` that has knowledge neurons and measure the update under Niu et al.'s tests.
+
+    Args:
+        neurons_by_fact: refined knowledge neurons by fact id (also the relation counts behind ``max_share``).
+        coarse_by_fact: each fact's coarse neurons per prompt (``atlas.knowledge_neurons(id).coarse``) for the
+            held-out test, refined again with ``share`` (the atlas's ``params["share"]``); None skips that test.
+        pool: where new answers and neighbours come from (default ``facts``), e.g. the built-in facts the model
+            knows plus the atlas's.
+        owners_from: facts that say whose the new answer is for the reverse query (default ``pool``; e.g. all
+            built-in facts: Rome is Italy's capital whether or not the model knows it).
+        data: aliases and one-to-one relations (default the shipped :func:`robustness_data`).
+        settings: (scale, sign) pairs of :func:`update_fact`, one variant each (:func:`variant_name`).
+        held_out: templates of a fact left out when its neurons are refined again.
+        n_neighbours: other facts of the relation for the neighbourhood score.
+
+    Returns:
+        Long-format rows of study ``edit_robustness``; a fact that could not be edited gets ``edited`` = 0.
+    """
+    data = data or robustness_data()
+    pool = list(pool if pool is not None else facts)
+    owners = data.owners(owners_from if owners_from is not None else pool)
+    counts = relation_counts(pool, neurons_by_fact)
+    for scale, sign in settings:
+        if scale not in ("absolute", "slot_norm") or sign not in ("none", "activation"):
+            raise KneuronError(f"Unknown update setting {scale}:{sign}; scale is absolute or slot_norm, sign is none "
+                               "or activation.")
+    rows: list[dict] = []
+    for n, fact in enumerate(facts):
+        if on_fact is not None:
+            on_fact(n, fact)
+        keys = neuron_keys(neurons_by_fact.get(fact.id, []))
+        if not keys:
+            continue
+        rows += _fact_rows(lm, fact, keys, data=data, pool=pool, owners=owners, counts=counts,
+                           coarse=(coarse_by_fact or {}).get(fact.id), share=share, settings=settings,
+                           options=dict(lambda_old=lambda_old, lambda_new=lambda_new, max_share=max_share),
+                           held_out=held_out, n_neighbours=n_neighbours, seed=seed)
+    return rows
+
+
+def _fact_rows(lm: LanguageModel, fact: Fact, keys: list[NeuronKey], *, data: RobustnessData, pool: Sequence[Fact],
+               owners: Mapping[tuple[str, str], str], counts: Mapping, coarse: Sequence[Sequence[Neuron]] | None,
+               share: float | str, settings: Sequence[tuple[Scale, SignRule]], options: dict, held_out: int,
+               n_neighbours: int, seed: int) -> list[dict]:
+    """Every variant's rows for one fact."""
+    def out(variant: str, values: Mapping[str, float]) -> list[dict]:
+        return [row(STUDY, variant, fact.relation, fact.id, k, v) for k, v in values.items()]
+
+    new = choose_new_answer(lm, fact, _symmetry_pool(fact, pool, data), seed)
+    if new is None and data.is_one_to_one(fact):  # no one-to-one answer to move to: the symmetry test is skipped
+        new = choose_new_answer(lm, fact, pool, seed)
+    rel_counts, n_facts = counts.get(fact.relation, ({}, 1))
+    prompts = fact.prompts()
+    batch = _Batch()  # the prompt sets of the ordinary edit
+    common: dict[str, float] = {}
+    if new is not None:
+        batch.add("own_old", _queries(lm, prompts, fact.object))
+        batch.add("own_new", _queries(lm, prompts, new))
+        aliases = [p for alias in data.alias_facts(fact) for p in alias.prompts()]
+        common["aliases"] = float(len(data.aliases_of(fact)))
+        if aliases:
+            batch.add("alias_old", _queries(lm, aliases, fact.object))
+            batch.add("alias_new", _queries(lm, aliases, new))
+        owner = owners.get((fact.relation, new)) if data.is_one_to_one(fact) else None
+        if owner is not None:  # the edited fact and the new answer's own fact are both one-to-one
+            reverse_new, reverse_old = data.reverse_fact(fact, new).prompts(), data.reverse_fact(fact).prompts()
+            batch.add("reverse_new", _queries(lm, reverse_new, fact.subject))
+            batch.add("reverse_old", _queries(lm, reverse_old, fact.subject))
+            if owner != fact.subject:
+                batch.add("reverse_owner", _queries(lm, reverse_new, owner))
+        candidates = [f for f in pool if f.relation == fact.relation and f.id != fact.id and f.object != new]
+        rng = fact_rng(seed + 3, fact.id)
+        neighbours = _sample(candidates, n_neighbours, rng)
+        common["neighbours"] = float(len(neighbours))
+        if neighbours:  # one prompt per neighbour, as CounterFact's neighbourhood prompts
+            chosen = [(f, f.prompts()[int(rng.integers(len(f.templates)))]) for f in neighbours]
+            batch.add("neighbour_true", [encode(lm, p, f.object) for f, p in chosen])
+            batch.add("neighbour_new", [encode(lm, p, new) for _, p in chosen])
+    # held-out paraphrases: the refined set of the kept prompts, from the stored coarse sets
+    kept, heldout = held_out_split(fact, held_out, seed)
+    held_keys: list[NeuronKey] = []
+    if coarse is not None and len(coarse) == len(prompts):
+        common["refined_equal"] = float(set(held_out_neurons(coarse, range(len(prompts)), share)) == set(keys))
+        if heldout:
+            held_keys = held_out_neurons(coarse, kept, share)
+            common["heldout_neurons"] = float(len(held_keys))
+            union = set(held_keys) | set(keys)
+            common["heldout_jaccard"] = len(set(held_keys) & set(keys)) / len(union) if union else math.nan
+    held_batch = _Batch()
+    if new is not None and heldout and coarse is not None and len(coarse) == len(prompts):
+        for name, chosen in (("heldout", heldout), ("kept", kept)):
+            held_batch.add(f"{name}_old", _queries(lm, [prompts[i] for i in chosen], fact.object))
+            held_batch.add(f"{name}_new", _queries(lm, [prompts[i] for i in chosen], new))
+    before = batch.scored(lm) | held_batch.scored(lm)
+    rows: list[dict] = []
+    for scale, sign in settings:
+        variant = variant_name(scale, sign)
+        edit = None
+        if new is not None:
+            try:
+                edit = update_fact(lm, keys, fact.object, new, relation_counts=rel_counts, n_facts=n_facts,
+                                   scale=scale, sign=sign, fact=fact, **options)
+            except EditError:  # e.g. every neuron shared by the relation
+                edit = None
+        if edit is None:
+            rows += out(variant, {"edited": 0.0})
+            continue
+        after = batch.scored(lm, edit)
+        values = {"edited": 1.0, "neurons": float(len(edit)), **common}
+        values |= pair_metrics("own", before["own_old"], before["own_new"], after["own_old"], after["own_new"])
+        if "alias_old" in before:
+            values |= pair_metrics("alias", before["alias_old"], before["alias_new"], after["alias_old"],
+                                   after["alias_new"])
+        if "reverse_new" in before:
+            values |= _reverse_metrics(before, after)
+        if "neighbour_true" in before:
+            values |= _neighbourhood(before, after)
+        if held_batch.sets:
+            values |= _held_out_metrics(lm, fact, new, held_keys, kept, heldout, held_batch, before, edit,
+                                        rel_counts=rel_counts, n_facts=n_facts, scale=scale, sign=sign,
+                                        options=options)
+        rows += out(variant, values)
+    return rows
+
+
+def _reverse_metrics(before: Mapping[str, Scores], after: Mapping[str, Scores]) -> dict[str, float]:
+    b_new, a_new = before["reverse_new"], after["reverse_new"]
+    b_old, a_old = before["reverse_old"], after["reverse_old"]
+    values = {
+        "reverse_new_p_before": _mean(b_new.probability), "reverse_new_p_after": _mean(a_new.probability),
+        "reverse_new_p_rose": _share(a_new.first_probability > b_new.first_probability),
+        "reverse_new_p_joint_rose": _share(a_new.probability > b_new.probability),
+        "reverse_new_top1_before": _share(b_new.hit), "reverse_new_top1_after": _share(a_new.hit),
+        "reverse_new_top1_became": _share(a_new.hit & ~b_new.hit),
+        "reverse_old_p_before": _mean(b_old.probability), "reverse_old_p_after": _mean(a_old.probability),
+        "reverse_old_top1_before": _share(b_old.hit), "reverse_old_top1_after": _share(a_old.hit),
+        "reverse_old_kept": _share(a_old.hit[b_old.hit]) if b_old.hit.any() else math.nan,
+        "reverse_prompts": float(len(b_new)),
+    }
+    if "reverse_owner" in before:
+        values["reverse_new_beats_owner_before"] = _share(b_new.probability > before["reverse_owner"].probability)
+        values["reverse_new_beats_owner"] = _share(a_new.probability > after["reverse_owner"].probability)
+    return values
+
+
+def _neighbourhood(before: Mapping[str, Scores], after: Mapping[str, Scores]) -> dict[str, float]:
+    margin_before = before["neighbour_true"].mean_logprob - before["neighbour_new"].mean_logprob
+    margin_after = after["neighbour_true"].mean_logprob - after["neighbour_new"].mean_logprob
+    return {"neighborhood_before": _share(margin_before > 0), "neighborhood": _share(margin_after > 0),
+            "neighborhood_diff_before": _mean(margin_before), "neighborhood_diff": _mean(margin_after),
+            "neighborhood_prompts": float(len(margin_before))}
+
+
+def _held_out_metrics(lm: LanguageModel, fact: Fact, new: str, held_keys: list[NeuronKey], kept: list[int],
+                      heldout: list[int], held_batch: _Batch, before: Mapping[str, Scores], full_edit: Edit, *,
+                      rel_counts: Mapping, n_facts: int, scale: Scale, sign: SignRule, options: dict,
+                      ) -> dict[str, float]:
+    """The full-neuron edit on the held-out prompts, and the kept-prompt neurons' edit on held-out and kept ones."""
+    full = held_batch.scored(lm, full_edit)
+    values = pair_metrics("heldout_full", before["heldout_old"], before["heldout_new"], full["heldout_old"],
+                          full["heldout_new"])
+    if not held_keys:
+        return values | {"heldout_edited": 0.0}
+    prompts = fact.prompts()
+    try:
+        edit = update_fact(lm, held_keys, fact.object, new, relation_counts=rel_counts, n_facts=n_facts,
+                           scale=scale, sign=sign, fact=fact, prompts=[prompts[i] for i in kept], **options)
+    except EditError:
+        return values | {"heldout_edited": 0.0}
+    after = held_batch.scored(lm, edit)
+    values["heldout_edited"] = 1.0
+    for name in ("heldout", "kept"):
+        values |= pair_metrics(name, before[f"{name}_old"], before[f"{name}_new"], after[f"{name}_old"],
+                               after[f"{name}_new"])
+    return values
+
+
+# ---------------------------------------------------------------------------------------------------- summaries
+
+def robustness_variants(rows: Sequence[dict]) -> list[str]:
+    return list(dict.fromkeys(r["variant"] for r in rows if r["metric"] == "edited"))
+
+
+def robustness_summary(rows: Sequence[dict], variant: str) -> dict[str, float]:
+    """Every metric's mean over the facts that have it (NaN where none does), plus ``facts`` (updated or not),
+    ``edited`` and, per test, how many facts it covered (``<metric>_facts``)."""
+    mine = [r for r in rows if r["variant"] == variant and r.get("fact_id")]
+    values: dict[str, list[float]] = {}
+    for r in mine:
+        if isinstance(r["value"], float) and math.isfinite(r["value"]):
+            values.setdefault(r["metric"], []).append(r["value"])
+    out = {metric: float(np.mean(v)) for metric, v in values.items()}
+    out |= {f"{metric}_facts": float(len(v)) for metric, v in values.items()}
+    edited = values.get("edited", [])
+    out["facts"], out["edited"] = float(len({r["fact_id"] for r in mine})), float(sum(edited))
+    return out
+
+
+#: (label, prompt set, its prefix) of the summary table: P(new) > P(old), top-1 new, P(new) rose, top-1 became new
+TABLE_SETS = (("own prompts", "own"), ("aliases of the subject", "alias"), ("kept paraphrases", "kept"),
+              ("held-out paraphrases", "heldout"), ("held-out, all-prompt neurons", "heldout_full"))
+
+
+def summary_table(rows: Sequence[dict], variant: str) -> list[tuple[str, float, float, float, float, float]]:
+    """(set label, facts, P(new) > P(old), top-1 = new, P(new) rose, top-1 became new) per prompt set that has
+    rows, then the reverse query of the new answer (target: the edited subject)."""
+    s = robustness_summary(rows, variant)
+    get = s.get
+    table = []
+    for label, prefix in TABLE_SETS:
+        if get(f"{prefix}_new_beats_old_facts"):
+            table.append((label, get(f"{prefix}_new_beats_old_facts"), get(f"{prefix}_new_beats_old"),
+                          get(f"{prefix}_top1_new"), get(f"{prefix}_p_rose"), get(f"{prefix}_top1_became")))
+    if get("reverse_new_top1_after_facts"):
+        table.append(("reverse: t' → subject", get("reverse_new_top1_after_facts"),
+                      get("reverse_new_beats_owner", math.nan), get("reverse_new_top1_after"),
+                      get("reverse_new_p_rose"), get("reverse_new_top1_became")))
+    return table
+
+
+def format_summary(rows: Sequence[dict]) -> str:
+    """A plain-text summary per variant: the prompt sets' success and probability vs top-1, symmetry and the
+    neighbourhood."""
+    def pct(value: float | None) -> str:
+        return f"{value:.0%}" if value is not None and math.isfinite(value) else "–"
+
+    lines = []
+    for variant in robustness_variants(rows):
+        s = robustness_summary(rows, variant)
+        lines.append(f"{variant}: {s['edited']:.0f} of {s['facts']:.0f} facts updated")
+        lines.append(f"  {'prompt set':<46}{'facts':>6}{'P(new)>P(old)':>14}{'top1=new':>9}{'P(new) rose':>12}"
+                     f"{'top1 became':>12}")
+        for label, count, beats, top1, rose, became in summary_table(rows, variant):
+            lines.append(f"  {label:<46}{count:>6.0f}{pct(beats):>14}{pct(top1):>9}{pct(rose):>12}{pct(became):>12}")
+        if s.get("reverse_old_top1_before_facts"):
+            lines.append(f"  old reverse fact (e.g. 'Paris is the capital of' -> France): top-1 right "
+                         f"{pct(s.get('reverse_old_top1_before'))} -> {pct(s.get('reverse_old_top1_after'))}, kept "
+                         f"{pct(s.get('reverse_old_kept'))}")
+        if s.get("neighborhood_facts"):
+            lines.append(f"  neighbourhood (other subjects keep their answer over t'): "
+                         f"{pct(s.get('neighborhood_before'))} -> {pct(s.get('neighborhood'))}")
+        if s.get("refined_equal_facts"):
+            lines.append(f"  refined set recomputed from the coarse sets equals the atlas's: "
+                         f"{pct(s.get('refined_equal'))} of {s['refined_equal_facts']:.0f} facts; held-out neurons "
+                         f"vs all-prompt neurons, Jaccard {s.get('heldout_jaccard', math.nan):.2f}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------- runner
+
+def atlas_inputs(atlas) -> dict:
+    """What the study needs from an atlas (in one snapshot): its done facts, refined neurons, per-prompt coarse
+    sets and refinement share."""
+    with atlas.snapshot():
+        facts = atlas.facts()
+        return {"facts": facts, "neurons_by_fact": atlas.all_refined(),
+                "coarse_by_fact": {f.id: atlas.knowledge_neurons(f.id).coarse for f in facts},
+                "share": atlas.params.get("share", "adaptive")}
+
+
+def study_pool(lm: LanguageModel, facts: Sequence[Fact], known_only: bool = False) -> tuple[list[Fact], list[Fact]]:
+    """(pool, owners) for ``facts``: the built-in facts of their relations plus ``facts`` themselves (new answers and
+    neighbours come from it), and all built-in facts plus ``facts`` (whose the new answer is).
+
+    ``known_only`` keeps only the built-in facts the model knows, as the editing study's pool (then t' is the
+    editing study's for the relations whose facts are all one-to-one or none); it costs a pass over every
+    built-in prompt of those relations (about 100 s for all relations on SmolLM2-135M, one CPU thread), so by
+    default the pool is every built-in fact of the relations, and the neighbourhood's ``_before`` score shows how
+    many of them the model gets right unedited.
+    """
+    from kneuron.facts import builtin_facts, known_facts
+
+    builtin = builtin_facts()
+    relations = {f.relation for f in facts}
+    candidates = [f for f in builtin if f.relation in relations]
+    if known_only:
+        candidates = known_facts(lm, candidates)[0]
+    pool = list({**{f.id: f for f in candidates}, **{f.id: f for f in facts}}.values())
+    owners = list({**{f.id: f for f in builtin}, **{f.id: f for f in facts}}.values())
+    return pool, owners
+
+
+def run_edit_robustness(atlas, lm: LanguageModel, *, seed: int = 0, held_out: int = 2, n_neighbours: int = 10,
+                        settings: Sequence[tuple[Scale, SignRule]] = (("absolute", "none"), ("absolute", "activation")),
+                        known_only: bool = False, on_fact: Callable[[int, Fact], None] | None = None,
+                        write: bool = True) -> tuple[list[dict], list[str]]:
+    """The study on an open atlas's done facts with its model; (rows, notes on the tests that could not run). Checks
+    that the model's weights are bit-identical afterwards, also when the study fails; writes the rows under
+    ``edit_robustness`` (with the facts they covered) when ``write``."""
+    from kneuron.store import model_identity
+
+    inputs = atlas_inputs(atlas)
+    if not inputs["facts"]:
+        raise KneuronError(f"{atlas.path} has no computed facts yet: run `kneuron run --out {atlas.path}` first.")
+    pool, owners = study_pool(lm, inputs["facts"], known_only)
+    data = robustness_data()
+    notes = coverage_notes(inputs["facts"], data, inputs["coarse_by_fact"])
+    identity = model_identity(lm)["fingerprint"]
+    try:
+        rows = edit_robustness_study(lm, inputs["facts"], inputs["neurons_by_fact"],
+                                     coarse_by_fact=inputs["coarse_by_fact"], share=inputs["share"], pool=pool,
+                                     owners_from=owners, data=data, settings=settings, held_out=held_out,
+                                     n_neighbours=n_neighbours, seed=seed, on_fact=on_fact)
+    finally:
+        if model_identity(lm)["fingerprint"] != identity:  # pragma: no cover - would be a bug
+            raise KneuronError("The model's weights changed during the edit robustness study: an edit was not undone.")
+    if write:
+        atlas.write_results(STUDY, rows, facts=[f.id for f in inputs["facts"]])
+    return rows, notes
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m kneuron.experiments.edit_robustness --run ATLAS``: run with the atlas's model, store, print."""
+    import argparse
+
+    import torch
+
+    from kneuron.models import load
+    from kneuron.store import Atlas, model_identity
+
+    parser = argparse.ArgumentParser(prog="python -m kneuron.experiments.edit_robustness", description=main.__doc__)
+    parser.add_argument("--run", required=True, help="the atlas (.sqlite)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--held-out", type=int, default=2, help="templates held out per fact")
+    parser.add_argument("--neighbours", type=int, default=10, help="other facts of the relation per edit")
+    parser.add_argument("--known-only", action="store_true",
+                        help="draw new answers and neighbours from the built-in facts the model knows only")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--no-write", action="store_true", help="do not store the rows in the atlas")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with Atlas.open(args.run, read_only=args.no_write) as atlas:
+        lm = load(atlas.meta["model"])
+        if model_identity(lm)["fingerprint"] != atlas.meta.get("fingerprint"):
+            raise KneuronError(f"{args.run} was made with another model than {lm.name!r}.")
+        rows, notes = run_edit_robustness(atlas, lm, seed=args.seed, held_out=args.held_out,
+                                          n_neighbours=args.neighbours, known_only=args.known_only,
+                                          write=not args.no_write)
+    for note in notes:
+        print(f"note: {note}")
+    print(format_summary(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""`kneuron study robustness --run ATLAS` and the report's section for it, on an atlas of the tiny Llama."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from experiments.conftest import tiny_facts
+from kneuron import cli
+from kneuron.experiments.edit_robustness import STUDY, robustness_summary, run_edit_robustness, summary_table
+from kneuron.report import ReportData, render_report
+from kneuron.report.edit_robustness import edit_robustness_section
+from kneuron.store import Atlas, model_identity, run
+from tiny_models import tiny_lm
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(cli.app, list(args), env={"COLUMNS": "200"})
+
+
+def test_study_robustness_stores_what_the_library_computes(atlas_path, fake_load):
+    result = invoke("study", "robustness", "--run", str(atlas_path), "--seed", "1")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "Edit robustness (kn):" in out and "Edit robustness (kn_signed):" in out
+    assert "own prompts" in out and "held-out paraphrases" in out and "held-out, all-prompt neurons" in out
+    assert "reverse: t' → subject" in out and "neighbourhood" in out
+    assert "equal the atlas's for 100%" in out  # the recomputed refined sets
+    with Atlas.open(atlas_path, read_only=True) as atlas:
+        stored = atlas.results(STUDY)
+        coverage = atlas.coverage()[STUDY]
+        done = atlas.done_coverage()
+    assert coverage == done
+    lm = tiny_lm("llama")
+    identity = model_identity(lm)["fingerprint"]
+    with Atlas.open(atlas_path, read_only=True) as atlas:
+        direct, notes = run_edit_robustness(atlas, lm, seed=1, write=False)
+    assert model_identity(lm)["fingerprint"] == identity
+    assert [(r["variant"], r["fact_id"], r["metric"]) for r in stored] == \
+        [(r["variant"], r["fact_id"], r["metric"]) for r in direct]
+    assert [r["value"] for r in stored] == pytest.approx([r["value"] for r in direct], nan_ok=True, rel=1e-6)
+    for label, count, *_ in summary_table(stored, "kn"):  # the printed facts column is the stored one
+        assert re.search(rf"{re.escape(label)}\s+│?\s*{count:.0f}\b", out), label
+    s = robustness_summary(stored, "kn")
+    assert f"{s['edited']:.0f} of {s['facts']:.0f} facts updated" in out
+
+
+def test_study_robustness_says_which_tests_cannot_run(tmp_path, fake_load):
+    path = tmp_path / "no-capital.sqlite"
+    facts = [f for f in tiny_facts() if f.relation != "capital"]
+    run(tiny_lm("llama"), facts, path, steps=3, known_only=False, progress=False, share=0.3)
+    result = invoke("study", "robustness", "--run", str(path))
+    assert result.exit_code == 0, result.output
+    assert "note: no fact of a one-to-one relation (capital, chemical_symbol, currency): the symmetry test is " \
+           "skipped." in result.output
+    assert "reverse: t'" not in result.stdout and "own prompts" in result.stdout
+
+
+def test_study_robustness_refuses_an_atlas_without_done_facts(tmp_path, fake_load):
+    path = tmp_path / "empty.sqlite"
+    run(tiny_lm("llama"), tiny_facts()[:2], path, steps=3, known_only=True, progress=False, min_share=0.99)
+    with Atlas.open(path, read_only=True) as atlas:
+        assert not atlas.facts()  # the tiny model knows none of them
+    result = invoke("study", "robustness", "--run", str(path))
+    assert result.exit_code == 1
+    assert "has no computed facts yet" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert not fake_load
+
+
+def test_report_section_after_the_update_table(atlas_path, fake_load):
+    assert invoke("study", "robustness", "--run", str(atlas_path)).exit_code == 0
+    data = ReportData.from_atlas(atlas_path)
+    html = render_report(data)
+    assert "<h3>Edits under Niu et al.'s tests</h3>" in html
+    assert html.index("Edits under Niu") < (html.index("<h2>Languages") if "<h2>Languages" in html else len(html))
+    rows = data.rows(STUDY)
+    s = robustness_summary(rows, "kn")
+    section = edit_robustness_section(rows)
+    assert f"{s['own_p_rose']:.0%}" in section and f"{s['own_top1_became']:.0%}" in section
+    assert "at most 5.2% of BLiMP" in section
+    assert edit_robustness_section([]) == "" and "Edits under Niu" not in render_report(ReportData({}, n_facts=3))
+    # the section follows the editing section's update table when both are there
+    both = render_report(ReportData({"editing": [{"variant": "kn", "relation": "capital", "fact_id": "capital:France",
+                                                  "metric": "edited", "value": 1.0}], STUDY: rows}, n_facts=3))
+    assert both.index("<h3>Updating facts</h3>") < both.index("Edits under Niu")
+    assert both.count("Editing knowledge") == 1
