@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kneuron import cli
-from kneuron.cli.beyond_study import BEYOND, beyond_names
+from kneuron.cli.beyond_study import BEYOND, STORED, beyond_names
 from kneuron.errors import KneuronError
 from kneuron.store import Atlas
 
@@ -44,8 +44,8 @@ def test_beyond_stores_what_each_study_stores_alone(atlas_path, fake_load, tmp_p
         model = [] if name == "consistency" else ["--model", "tiny-llama"]
         assert invoke("study", name, "--run", str(alone), *model, *extra).exit_code == 0
     together, one_by_one = _stored(atlas_path), _stored(alone)
-    assert sorted(together) == sorted(one_by_one) == sorted(BEYOND)
-    for study in BEYOND:
+    assert sorted(together) == sorted(one_by_one) == sorted(STORED[name] for name in BEYOND)
+    for study in together:
         assert [r[:4] for r in together[study]] == [r[:4] for r in one_by_one[study]]
         assert [r[4] for r in together[study]] == pytest.approx([r[4] for r in one_by_one[study]], nan_ok=True,
                                                                 rel=1e-9)
@@ -55,6 +55,7 @@ def test_only_consistency_needs_no_model(atlas_path, fake_load):
     result = invoke("study", "beyond", "--run", str(atlas_path), "--only", "consistency")
     assert result.exit_code == 0, result.output
     assert not fake_load and _stored(atlas_path).keys() == {"consistency"}
+    assert "no edit robustness rows yet: run `kneuron study robustness --run" in result.stdout
 
 
 def test_bad_input_is_one_line(atlas_path, fake_load, tmp_path):

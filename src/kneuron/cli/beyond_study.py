@@ -1,7 +1,8 @@
 """``kneuron study beyond --run ATLAS``: the studies beyond the paper in one command, on one model load.
 
 In order: ``vocabulary`` (what each knowledge neuron's value slot writes, Geva et al. 2022), ``interactions``
-(neurons alone, in pairs, all together, and how many it takes) and last ``consistency`` (Chen et al.'s consistency
+(neurons alone, in pairs, all together, and how many it takes), ``robustness`` (edits under Niu et al.'s tests:
+symmetry, synonyms, held-out paraphrases, neighbourhood) and last ``consistency`` (Chen et al.'s consistency
 across a fact's prompts; no model), which compares the other studies' figures on consistent and inconsistent facts
 and so runs after them. ``--only`` picks some of them (e.g. ``--only consistency,vocabulary``, what ``make demo`` runs);
 each is also ``kneuron study NAME`` on its own. Every study stores its rows in the atlas (results table) and
@@ -11,7 +12,7 @@ prints its summary; the line at the end says how long each took.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.text import Text
@@ -20,9 +21,12 @@ from kneuron.cli.app import atlas_model, err_console
 from kneuron.errors import KneuronError
 
 #: the studies, in the order they run (consistency last: it reads the others' rows)
-BEYOND = ("vocabulary", "interactions", "consistency")
+BEYOND = ("vocabulary", "interactions", "robustness", "consistency")
+#: the name each study's rows are stored under in the atlas's results table
+STORED = {"vocabulary": "vocabulary", "interactions": "interactions", "robustness": "edit_robustness",
+          "consistency": "consistency"}
 #: the studies that need the model
-NEEDS_MODEL = frozenset({"vocabulary", "interactions"})
+NEEDS_MODEL = frozenset({"vocabulary", "interactions", "robustness"})
 
 
 def beyond_names(only: str | None) -> list[str]:
@@ -53,6 +57,7 @@ def beyond_study(run: Path, model: str | None, device: str, *, only: str | None 
         steps: dict[str, Callable[[], list[dict]]] = {
             "vocabulary": lambda: _vocabulary(atlas, lm, run, seed),
             "interactions": lambda: _interactions(atlas, lm, run, seed, cap, max_k, tolerance),
+            "robustness": lambda: _robustness(atlas, lm, run, seed),
             "consistency": lambda: _consistency(atlas, run),
         }
         results: dict[str, list[dict]] = {}
@@ -84,17 +89,31 @@ def _interactions(atlas, lm, run: Path, seed: int, cap: int, max_k: int | None, 
     return rows
 
 
-def _consistency(atlas, run: Path) -> list[dict]:
-    from kneuron.cli.consistency_study import print_consistency_summary
-    from kneuron.experiments.consistency import consistency_study
+def _robustness(atlas, lm, run: Path, seed: int) -> list[dict]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    rows = consistency_study(atlas)
+    from kneuron.cli.robustness_study import print_robustness_summary
+    from kneuron.experiments.edit_robustness import run_edit_robustness
+
     with atlas.snapshot():
-        others = {study: atlas.results(study) for study in _compared()}
-    print_consistency_summary(rows, run, others)
+        total = len(atlas.facts())
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("edit robustness", total=total)
+        rows, notes = run_edit_robustness(atlas, lm, seed=seed,
+                                          on_fact=lambda n, _fact: progress.update(task, completed=n + 1))
+    for note in notes:
+        err_console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
+    print_robustness_summary(rows, run)
     return rows
 
 
-def _compared() -> Sequence[str]:
-    """The studies whose per-fact figures the consistency summary compares."""
-    return ("suppress_amplify", "editing")
+def _consistency(atlas, run: Path) -> list[dict]:
+    from kneuron.cli.consistency_study import print_consistency_summary
+    from kneuron.experiments.consistency import COMPARED_STUDIES, consistency_study
+
+    rows = consistency_study(atlas)
+    with atlas.snapshot():
+        others = {study: atlas.results(study) for study in COMPARED_STUDIES}
+    print_consistency_summary(rows, run, others)
+    return rows

@@ -21,14 +21,14 @@ def _num(value: float, spec: str) -> str:
 def consistency_command(run: Path) -> None:
     """Compute and store the study on the atlas at ``run`` (no model needed) and print its summary; a ``none``
     atlas gets one line saying why it has no rank correlation."""
-    from kneuron.experiments.consistency import consistency_study
+    from kneuron.experiments.consistency import COMPARED_STUDIES, consistency_study
     from kneuron.store import Atlas
 
     with Atlas.open(run) as atlas:
         rows = consistency_study(atlas)
         keep = atlas.params.get("keep_scores", "full")
         with atlas.snapshot():
-            others = {study: atlas.results(study) for study in ("suppress_amplify", "editing")}
+            others = {study: atlas.results(study) for study in COMPARED_STUDIES}
     if keep == "none":
         err_console.print(Text(f"rank correlation: not available: {run} keeps no score matrices (--keep-scores none); "
                                "re-run with --keep-scores sparse or full. The consistency score (Jaccard of the "
@@ -40,7 +40,7 @@ def consistency_tables(rows: Sequence[dict], run: Path | str, others: dict[str, 
                        ) -> list[Table | Text]:
     """The summary: per relation and overall (facts, mean Jaccard, mean rank correlation, inconsistent), the Otsu
     threshold, and the other studies' figures on consistent against inconsistent facts."""
-    from kneuron.experiments.consistency import effect_comparisons, relation_names, summary_values
+    from kneuron.experiments.consistency import effect_comparisons, missing_studies, relation_names, summary_values
 
     overall, otsu = summary_values(rows), summary_values(rows, "otsu")
     parts: list[Table | Text] = [Text(f"Consistency of {overall.get('facts', 0):.0f} facts across their prompts, "
@@ -76,11 +76,8 @@ def consistency_tables(rows: Sequence[dict], run: Path | str, others: dict[str, 
                 effects.add_row(label, variant, *(f"{_num(split[k][0], percent)} (n={split[k][1]})"
                                                   for k in ("consistent", "inconsistent")))
             parts.append(effects)
-        studied = {study for study, *_ in comparisons}
-        for study, hint in (("suppress_amplify", f"kneuron study suppress-amplify --run {run}"),
-                            ("editing", f"python -m kneuron.experiments.editing --run {run}")):
-            if study not in studied:
-                parts.append(Text(f"no {study.replace('_', '/')} rows yet: run `{hint}`", style="dim"))
+        for study_name, hint in missing_studies(comparisons, run):
+            parts.append(Text(f"no {study_name} rows yet: run `{hint}`", style="dim"))
     return parts
 
 

@@ -53,7 +53,8 @@ def study(
         "--tolerance", min=0.0, help="interactions only: a pair whose Δ is within this of the sum of its neurons' "
                                      "is additive (in units of Δp/p).")] = 0.02,
     only: Annotated[str | None, typer.Option(
-        "--only", help="beyond only: some of its studies, comma-separated (vocabulary, interactions, consistency; "
+        "--only", help="beyond only: some of its studies, comma-separated (vocabulary, interactions, robustness, "
+                       "consistency; "
                        "default: all of them).", show_default=False)] = None,
     device: DeviceOption = "cpu",
 ) -> None:
@@ -80,7 +81,8 @@ def study(
     (mean pairwise Jaccard of the coarse sets, mean pairwise rank correlation of the scores) and splits the facts
     into consistent and inconsistent by an Otsu threshold on the Jaccard (Chen et al., ICLR 2025).
 
-    [b]beyond[/b] runs vocabulary, interactions and consistency (the studies beyond the paper) on one model load,
+    [b]beyond[/b] runs vocabulary, interactions, robustness and consistency (the studies beyond the paper) on one model
+    load,
     or those ``--only`` names.
 
     [b]robustness[/b] tests edits as Niu et al. (ICLR 2024) do: each fact is updated through its knowledge neurons

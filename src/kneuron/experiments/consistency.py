@@ -313,7 +313,21 @@ def split_comparison(rows: Iterable[Mapping], other: Iterable[Mapping], variant:
 COMPARED = (("suppress_amplify", "suppress", "suppress KN: mean Δp/p"),
             ("suppress_amplify", "amplify", "amplify KN: mean Δp/p"),
             ("editing", "success", "edit success (share of facts)"),
-            ("editing", "new_beats_old", "edit: P(new) > P(old), share of prompts"))
+            ("editing", "new_beats_old", "edit: P(new) > P(old), share of prompts"),
+            ("edit_robustness", "own_new_beats_old", "edit (robustness study): P(new) > P(old), own prompts"),
+            ("edit_robustness", "own_top1_new", "edit (robustness study): top-1 = new, own prompts"))
+#: the studies whose per-fact figures are compared between consistent and inconsistent facts
+COMPARED_STUDIES = tuple(dict.fromkeys(study for study, _, _ in COMPARED))
+#: what the summaries say when a compared study has no rows: (its name in prose, the command that makes them)
+MISSING_HINTS = {"suppress_amplify": ("suppress/amplify", "kneuron study suppress-amplify --run {run}"),
+                 "editing": ("editing", "python -m kneuron.experiments.editing --run {run}"),
+                 "edit_robustness": ("edit robustness", "kneuron study robustness --run {run}")}
+
+
+def missing_studies(comparisons: Sequence[tuple], run: object) -> list[tuple[str, str]]:
+    """``(name, command)`` of each compared study that :func:`effect_comparisons` found no rows of."""
+    studied = {study for study, *_ in comparisons}
+    return [(name, hint.format(run=run)) for study, (name, hint) in MISSING_HINTS.items() if study not in studied]
 
 
 def effect_comparisons(rows: Sequence[Mapping], studies: Mapping[str, Sequence[Mapping]]

@@ -17,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from kneuron.experiments.consistency import (
     effect_comparisons,
     fact_values,
+    missing_studies,
     relation_names,
     summary_values,
 )
@@ -211,11 +212,8 @@ def _effects(rows: Sequence[dict], others: Mapping[str, Sequence[dict]], source:
                      "drop (more negative) is a stronger effect; amplify and editing: larger is stronger. Editing: "
                      "facts that were edited (an edit can be refused, e.g. when every neuron is shared by the "
                      "relation).</p>")
-    studied = {study for study, *_ in comparisons}
-    for study, hint in (("suppress_amplify", f"kneuron study suppress-amplify --run {source}"),
-                        ("editing", f"python -m kneuron.experiments.editing --run {source}")):
-        if study not in studied:
-            parts.append(f'<p class="note">No {_e(study.replace("_", "/"))} rows yet: run <code>{_e(hint)}</code>.</p>')
+    for name, hint in missing_studies(comparisons, source):
+        parts.append(f'<p class="note">No {_e(name)} rows yet: run <code>{_e(hint)}</code>.</p>')
     return "".join(parts)
 
 

@@ -474,9 +474,10 @@ def _interactions_section(data: ReportData) -> str:
 
 def _consistency_section(data: ReportData) -> str:
     """The consistency study's section (see :mod:`kneuron.report.consistency`); says how to run it when missing."""
+    from kneuron.experiments.consistency import COMPARED_STUDIES
     from kneuron.report.consistency import consistency_section
 
-    others = {study: data.rows(study) for study in ("suppress_amplify", "editing")}
+    others = {study: data.rows(study) for study in COMPARED_STUDIES}
     return consistency_section(data.rows("consistency"), others, data.coverage.get("consistency"), data.done,
                                data.source or "ATLAS")
 
