@@ -62,3 +62,17 @@ def test_report_has_the_section_after_the_study(atlas_path, fake_load, tmp_path)
     result = invoke("report", "--run", str(atlas_path), "--out", str(out))
     assert result.exit_code == 0, result.output
     assert "<h2>Neuron interactions</h2>" in out.read_text()
+
+
+def test_a_narrow_terminal_gets_the_overall_figures_one_per_line(atlas_path, fake_load):
+    result = runner.invoke(cli.app, ["study", "interactions", "--run", str(atlas_path), "--model", "tiny-llama"],
+                           env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    with Atlas.open(atlas_path, read_only=True) as atlas:
+        overall = interaction_summary(atlas.results("interactions"))["all"]
+    out = result.stdout
+    flat = " ".join(out.split())
+    assert "all facts" in flat and "per relation: a terminal of 130 columns" in flat
+    line = next(text for text in out.splitlines() if "Δ, all knowledge neurons" in text)
+    assert f"{overall['all'][0]:+.1%}" in line  # the stored overall figure, whole, on its own line
+    assert max(len(text) for text in out.splitlines()) <= 80

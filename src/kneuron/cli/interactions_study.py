@@ -86,8 +86,16 @@ def _shares(entry: dict, suffix: str = "") -> str:
     return " / ".join(parts)
 
 
-def interactions_table(rows: Sequence[dict], run: Path | str, seconds_per_fact: float = math.nan) -> Table:
-    """The study's summary (:func:`~kneuron.experiments.interactions.interaction_summary`) as one rich table."""
+#: the terminal width below which the per-relation table cannot be read and the overall figures are shown as a
+#: two-column table instead
+WIDE_TABLE = 130
+
+
+def interactions_table(rows: Sequence[dict], run: Path | str, seconds_per_fact: float = math.nan,
+                       width: int | None = None) -> Table:
+    """The study's summary (:func:`~kneuron.experiments.interactions.interaction_summary`) as one rich table: a
+    row per relation and overall, or, on a terminal narrower than :data:`WIDE_TABLE` (``width``, default the
+    console's), the overall figures one per line."""
     from kneuron.experiments.interactions import interaction_summary, study_params
 
     params = study_params(rows)
@@ -102,6 +110,8 @@ def interactions_table(rows: Sequence[dict], run: Path | str, seconds_per_fact: 
                "get there (reached/facts; –: none)")
     if math.isfinite(seconds_per_fact):
         caption += f"; {seconds_per_fact:.2f} s per fact"
+    if (console.width if width is None else width) < WIDE_TABLE:
+        return _narrow_table(interaction_summary(rows).get("all", {}), title, caption)
     table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False, caption=caption,
                   caption_justify="left")
     for column in ("relation", "facts", "KN", "Δ best", "Δ all", "pairs syn / red / add", "mult. syn / red",
@@ -115,4 +125,28 @@ def interactions_table(rows: Sequence[dict], run: Path | str, seconds_per_fact: 
                       _num(entry["all"][0], "+.1%"), _shares(entry), _shares(entry, " (mult.)"),
                       _needed(entry, 50, "kn"), _needed(entry, 50, "random"), _needed(entry, 90, "kn"),
                       _needed(entry, 90, "random"), end_section=group == "all")
+    return table
+
+
+def _narrow_table(entry: dict, title: str, caption: str) -> Table:
+    """The overall figures as (measure, value) lines, for a narrow terminal (the report has the per-relation ones)."""
+    table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False,
+                  caption=caption + "; per relation: a terminal of 130 columns, or `kneuron report`",
+                  caption_justify="left")
+    table.add_column("all facts")
+    table.add_column("value", justify="right")
+    neurons, n = entry.get("neurons", (math.nan, 0))
+    if not n:
+        return table
+    for label, value in (
+            ("facts", str(n)), ("knowledge neurons per fact", _num(neurons, ".1f")),
+            ("Δ, best-scored neuron alone", _num(entry["best single"][0], "+.1%")),
+            ("Δ, all knowledge neurons", _num(entry["all"][0], "+.1%")),
+            ("pairs: synergistic / redundant / additive", _shares(entry)),
+            ("pairs, multiplicative null: synergistic / redundant", _shares(entry, " (mult.)")),
+            ("top-k for −50%: knowledge neurons", _needed(entry, 50, "kn")),
+            ("top-k for −50%: random neurons", _needed(entry, 50, "random")),
+            ("top-k for −90%: knowledge neurons", _needed(entry, 90, "kn")),
+            ("top-k for −90%: random neurons", _needed(entry, 90, "random"))):
+        table.add_row(label, value)
     return table
