@@ -18,11 +18,10 @@ from kneuron.experiments.edit_robustness import (
     STUDY,
     coverage_notes,
     edit_robustness_study,
-    format_summary,
     held_out_neurons,
     held_out_split,
-    robustness_summary,
 )
+from kneuron.experiments.edit_robustness_summary import format_summary, robustness_summary
 from kneuron.experiments.editing import choose_new_answer
 from kneuron.experiments.editing import score as editing_score
 from kneuron.facts import Fact, encode

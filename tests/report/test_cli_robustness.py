@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from experiments.conftest import tiny_facts
 from kneuron import cli
-from kneuron.experiments.edit_robustness import STUDY, robustness_summary, run_edit_robustness, summary_table
+from kneuron.experiments.edit_robustness import STUDY, run_edit_robustness
+from kneuron.experiments.edit_robustness_summary import robustness_summary, summary_table
 from kneuron.report import ReportData, render_report
 from kneuron.report.edit_robustness import edit_robustness_section
 from kneuron.store import Atlas, model_identity, run

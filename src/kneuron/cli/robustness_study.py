@@ -52,7 +52,7 @@ def _pct(value: float | None) -> str:
 def robustness_tables(rows: Sequence[dict], run: Path | str) -> list[Table | Text]:
     """Per variant: one table of the prompt sets (P(new) > P(old), top-1 = new, P(new) rose, top-1 became new) and
     a line each for the old reverse fact, the neighbourhood and the recomputed refined sets."""
-    from kneuron.experiments.edit_robustness import robustness_summary, robustness_variants, summary_table
+    from kneuron.experiments.edit_robustness_summary import robustness_summary, robustness_variants, summary_table
 
     parts: list[Table | Text] = []
     for variant in robustness_variants(rows):

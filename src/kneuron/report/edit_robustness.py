@@ -12,7 +12,7 @@ import html
 import math
 from collections.abc import Sequence
 
-from kneuron.experiments.edit_robustness import robustness_summary, robustness_variants, summary_table
+from kneuron.experiments.edit_robustness_summary import robustness_summary, robustness_variants, summary_table
 from kneuron.report.editing import LABELS
 
 #: Niu et al.'s finding as PAPER.md states it
