@@ -131,3 +131,31 @@ def test_builtin_sentences_are_the_default():
     assert len(discrimination_sentences(fact)[0]) > 0
     assert {r["metric"] for r in rows} == {"sentence_positive", "sentence_negative", "sentence_auc",
                                            "sentence_auc_signed"}
+
+
+def test_discrimination_is_both_studies_with_the_prompts_read_once(tiny, facts, neurons):
+    from kneuron.experiments import discrimination
+
+    baseline = {f.id: [Neuron(1, 7), Neuron(2, 0)] for f in facts}
+    positive = ["Paris is the capital of France .", "France has its capital in Paris ."]
+    negative = ["France is a country in Europe .", "France is big ."]
+
+    def sentences(fact):
+        return (positive, negative) if fact.relation == "capital" else ([], [])
+
+    separate = (prompt_discrimination(tiny, facts, neurons, baseline, generic=[(0, 3)])
+                + sentence_discrimination(tiny, facts, neurons, baseline, sentences=sentences, generic=[(0, 3)]))
+    rows_read = []
+    handle = tiny.model.register_forward_pre_hook(
+        lambda _m, _a, kwargs: rows_read.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        together = discrimination(tiny, facts, neurons, baseline, sentences=sentences, generic=[(0, 3)])
+    finally:
+        handle.remove()
+    key = lambda r: (r["variant"], r["fact_id"], r["metric"])  # noqa: E731
+    assert sorted(map(key, together)) == sorted(map(key, separate))
+    expected = {key(r): r["value"] for r in separate}
+    assert {key(r): r["value"] for r in together} == pytest.approx(expected, rel=1e-12)
+    prompts = sum(len(f.prompts()) for f in facts)
+    capital_sentences = sum(len(positive) + len(negative) for f in facts if f.relation == "capital")
+    assert sum(rows_read) == prompts + capital_sentences  # every prompt and every sentence read once

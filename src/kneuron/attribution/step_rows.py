@@ -245,13 +245,15 @@ def _ffn_only_at(lm: LanguageModel, targets: torch.Tensor) -> Iterator[None]:
             handle.remove()
 
 
-def _cache_argument(model: nn.Module) -> str:
+def cache_argument(model: nn.Module) -> str:
     """transformers renamed ``past_key_values`` to ``cache`` (5.x); use what this model takes."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _prefix_cache(lm: LanguageModel, ids: torch.Tensor) -> object:
-    """The key/value cache of a causal model after reading ``ids`` (one row)."""
+def prefix_cache(lm: LanguageModel, ids: torch.Tensor) -> object:
+    """The key/value cache of a causal model after reading ``ids`` ((rows, tokens), no padding: every row the same
+    length); rows that then continue from it in one batch: ``cache.batch_repeat_interleave(n)`` gives each row n
+    copies, in row order (deep-copy it first when it is to be read again: a forward pass extends it in place)."""
     out = lm.model(input_ids=ids, use_cache=True)
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
@@ -270,7 +272,7 @@ def _cache_layers(lm: LanguageModel, cache: object) -> list:
 def _forward_logits(lm: LanguageModel, ids: torch.Tensor, targets: torch.Tensor, cache: object | None,
                     ) -> torch.Tensor:
     """(rows, answer tokens, vocabulary) logits at ``targets`` (answer positions only when the head allows)."""
-    kwargs = {_cache_argument(lm.model): cache, "use_cache": True} if cache is not None else {}
+    kwargs = {cache_argument(lm.model): cache, "use_cache": True} if cache is not None else {}
     with logits_at(lm, targets) as sliced:
         logits = lm.model(input_ids=ids, **kwargs).logits
     return logits if sliced else _at(logits, targets)
@@ -334,7 +336,7 @@ def make_plan(lm: LanguageModel, query: EncodedQuery, objective: Objective) -> P
     if lm.kind == "causal":
         targets = [t - position for t in query.target_positions]
         if position > 0:
-            cache = _prefix_cache(lm, ids[None, :position])
+            cache = prefix_cache(lm, ids[None, :position])
         step_ids = ids[position:]
         local = 0
     else:

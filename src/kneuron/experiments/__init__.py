@@ -8,13 +8,14 @@ Example:
     >>> summarize(rows, "kn", "suppress").mean
 """
 
-from kneuron.experiments.discrimination import prompt_discrimination, sentence_discrimination
+from kneuron.experiments.discrimination import discrimination, prompt_discrimination, sentence_discrimination
 from kneuron.experiments.generic import GenericNeuron, generic_neurons, generic_rows, probe_generic
 from kneuron.experiments.layer_distribution import layer_distribution, top_layers, top_third_share
 from kneuron.experiments.metrics import (
     Summary,
     activations_at,
     answer_probabilities,
+    patched_probabilities,
     relative_change,
     roc_auc,
     summarize,
@@ -23,8 +24,8 @@ from kneuron.experiments.suppress_amplify import random_control, suppress_amplif
 from kneuron.experiments.vocabulary import vocabulary_study
 
 __all__ = [
-    "GenericNeuron", "Summary", "activations_at", "answer_probabilities", "generic_neurons", "generic_rows",
-    "layer_distribution", "probe_generic", "prompt_discrimination", "random_control", "relative_change",
-    "roc_auc", "sentence_discrimination", "summarize", "suppress_amplify", "top_layers", "top_third_share",
-    "vocabulary_study",
+    "GenericNeuron", "Summary", "activations_at", "answer_probabilities", "discrimination", "generic_neurons",
+    "generic_rows", "layer_distribution", "patched_probabilities", "probe_generic", "prompt_discrimination",
+    "random_control", "relative_change", "roc_auc", "sentence_discrimination", "summarize", "suppress_amplify",
+    "top_layers", "top_third_share", "vocabulary_study",
 ]

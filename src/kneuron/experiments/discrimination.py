@@ -23,6 +23,9 @@ averaging. For the activation baseline (largest activations, positive) both agre
 Rows: variant ``kn``, ``baseline`` or ``kn_no_generic``; metric ``auc`` and ``auc_signed`` (prompts),
 ``sentence_auc``, ``sentence_auc_signed``, ``sentence_positive``, ``sentence_negative`` and ``neurons``.
 
+Both read the activations of the fact's prompts at the answer position; :func:`discrimination` runs both and reads
+them in one pass over the prompts (:func:`prompt_activations`), which both then share.
+
 Example:
     >>> rows = prompt_discrimination(lm, facts, neurons_by_fact, baseline_by_fact)
     >>> summarize(rows, "kn", "auc").mean, summarize(rows, "baseline", "auc").mean
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -61,6 +65,69 @@ def direction(own: np.ndarray) -> np.ndarray:
     return np.where(own.mean(axis=0) < 0, -1.0, 1.0)
 
 
+@dataclass(frozen=True)
+class PromptActivations:
+    """The activations of ``keys`` at the answer position of every prompt of some facts, read in one pass:
+    ``by_fact[fact_id]`` is (the fact's prompts, len(keys))."""
+
+    keys: tuple[NeuronKey, ...]
+    by_fact: dict[str, np.ndarray]
+
+    def of(self, fact_ids: Iterable[str], keys: Sequence[NeuronKey]) -> np.ndarray:
+        """(prompts of ``fact_ids``, in that order, len(keys)) activations, columns in the order of ``keys``."""
+        column = {key: i for i, key in enumerate(self.keys)}
+        missing = [key for key in keys if key not in column]
+        if missing:
+            raise ValueError(f"the activations of {missing} were not read")
+        blocks = [self.by_fact[fact_id] for fact_id in fact_ids]
+        stacked = np.vstack(blocks) if blocks else np.zeros((0, len(self.keys)), dtype=np.float64)
+        return stacked[:, [column[key] for key in keys]]
+
+
+def prompt_activations(lm: LanguageModel, facts: Sequence[Fact], keys: Iterable[NeuronKey], *,
+                       queries: Mapping[str, list[EncodedQuery]] | None = None, batch_size: int = 32,
+                       ) -> PromptActivations:
+    """The activations of ``keys`` at the answer position of every prompt of ``facts`` (one pass over the prompts;
+    ``queries``: pre-encoded prompts by fact id, computed when missing)."""
+    keys = tuple(sorted(set(keys)))
+    queries = dict(queries) if queries is not None else {}
+    queries.update(encode_facts(lm, [fact for fact in facts if fact.id not in queries]))
+    inputs = [(q.input_ids, q.position) for fact in facts for q in queries[fact.id]]
+    acts = activations_at(lm, inputs, keys, batch_size=batch_size)
+    by_fact, start = {}, 0
+    for fact in facts:
+        by_fact[fact.id] = acts[start:start + len(queries[fact.id])]
+        start += len(queries[fact.id])
+    return PromptActivations(keys, by_fact)
+
+
+def _needed(sets: Iterable[Mapping[str, Sequence[NeuronKey]]]) -> list[NeuronKey]:
+    return sorted({key for variants in sets for keys in variants.values() for key in keys})
+
+
+def discrimination(
+    lm: LanguageModel,
+    facts: Sequence[Fact],
+    neurons_by_fact: Mapping[str, Sequence[Neuron | NeuronKey]],
+    baseline_by_fact: Mapping[str, Sequence[Neuron | NeuronKey]] | None = None,
+    *,
+    sentences: Callable[[Fact], tuple[Sequence[str], Sequence[str]]] | None = None,
+    generic: Iterable[Neuron | NeuronKey] = (),
+    batch_size: int = 32,
+    queries: Mapping[str, list[EncodedQuery]] | None = None,
+) -> list[dict]:
+    """The rows of :func:`prompt_discrimination` then those of :func:`sentence_discrimination`, with the
+    prompts' activations read once for both."""
+    generic_keys = set(keys_of(generic))
+    queries = dict(queries) if queries is not None else {}
+    queries.update(encode_facts(lm, [fact for fact in facts if fact.id not in queries]))
+    needed = _needed(_variants(fact.id, neurons_by_fact, baseline_by_fact, generic_keys) for fact in facts)
+    shared = prompt_activations(lm, facts, needed, queries=queries, batch_size=batch_size) if needed else None
+    common = {"generic": generic_keys, "batch_size": batch_size, "queries": queries, "activations": shared}
+    return (prompt_discrimination(lm, facts, neurons_by_fact, baseline_by_fact, **common)
+            + sentence_discrimination(lm, facts, neurons_by_fact, baseline_by_fact, sentences=sentences, **common))
+
+
 def prompt_discrimination(
     lm: LanguageModel,
     facts: Sequence[Fact],
@@ -70,22 +137,25 @@ def prompt_discrimination(
     generic: Iterable[Neuron | NeuronKey] = (),
     batch_size: int = 32,
     queries: Mapping[str, list[EncodedQuery]] | None = None,
+    activations: PromptActivations | None = None,
 ) -> list[dict]:
     """Per fact and variant, the ROC AUC of own prompts against all other facts' prompts (see the module doc).
 
-    Every prompt runs once: the activations of every neuron any fact needs are read in the same pass.
+    Every prompt runs once: the activations of every neuron any fact needs are read in the same pass (or come
+    from ``activations``, which must hold them for every prompt of ``facts``).
     """
     generic_keys = set(keys_of(generic))
     queries = dict(queries) if queries is not None else {}
     queries.update(encode_facts(lm, [fact for fact in facts if fact.id not in queries]))
     sets = {fact.id: _variants(fact.id, neurons_by_fact, baseline_by_fact, generic_keys) for fact in facts}
-    needed = sorted({key for variants in sets.values() for keys in variants.values() for key in keys})
+    needed = _needed(sets.values())
     if not needed:
         return []
     column = {key: i for i, key in enumerate(needed)}
     owner = np.array([f for f, fact in enumerate(facts) for _ in queries[fact.id]])
-    inputs = [(q.input_ids, q.position) for fact in facts for q in queries[fact.id]]
-    acts = activations_at(lm, inputs, needed, batch_size=batch_size)
+    if activations is None:
+        activations = prompt_activations(lm, facts, needed, queries=queries, batch_size=batch_size)
+    acts = activations.of([fact.id for fact in facts], needed)
     rows = []
     for f, fact in enumerate(facts):
         for variant, keys in sets[fact.id].items():
@@ -128,9 +198,13 @@ def sentence_discrimination(
     sentences: Callable[[Fact], tuple[Sequence[str], Sequence[str]]] | None = None,
     generic: Iterable[Neuron | NeuronKey] = (),
     batch_size: int = 32,
+    queries: Mapping[str, list[EncodedQuery]] | None = None,
+    activations: PromptActivations | None = None,
 ) -> list[dict]:
     """Per fact that has sentences, and per variant: mean activation on stating / subject-only sentences and
-    their ROC AUC. ``sentences(fact) -> (positive, negative)`` defaults to the built-in ones."""
+    their ROC AUC. ``sentences(fact) -> (positive, negative)`` defaults to the built-in ones. The fact's own
+    prompts give each neuron's direction: their activations are read here, or come from ``activations``
+    (see :func:`prompt_discrimination`)."""
     if sentences is None:
         from kneuron.facts import discrimination_sentences as sentences
     generic_keys = set(keys_of(generic))
@@ -140,29 +214,26 @@ def sentence_discrimination(
         if positive and negative:
             chosen.append((fact, positive, negative, _variants(fact.id, neurons_by_fact, baseline_by_fact,
                                                                generic_keys)))
-    needed = sorted({key for *_, variants in chosen for keys in variants.values() for key in keys})
+    needed = _needed(variants for *_, variants in chosen)
     texts = [text for _, positive, negative, _ in chosen for text in positive + negative]
     if not needed or not texts:
         return []
     column = {key: i for i, key in enumerate(needed)}
     acts = activations_at(lm, sentence_inputs(lm, texts), needed, batch_size=batch_size)  # every sentence once
     # the fact's own prompts, at the answer position, give each neuron's direction (for the signed AUC)
-    queries = encode_facts(lm, [fact for fact, *_ in chosen])
-    prompt_inputs = [(q.input_ids, q.position) for fact, *_ in chosen for q in queries[fact.id]]
-    prompt_acts = activations_at(lm, prompt_inputs, needed, batch_size=batch_size)
-    rows, start, prompt_start = [], 0, 0
+    if activations is None:
+        activations = prompt_activations(lm, [fact for fact, *_ in chosen], needed, queries=queries,
+                                         batch_size=batch_size)
+    rows, start = [], 0
     for fact, positive, negative, variants in chosen:
         block = acts[start:start + len(positive) + len(negative)]
         start += len(positive) + len(negative)
-        own = prompt_acts[prompt_start:prompt_start + len(queries[fact.id])]
-        prompt_start += len(queries[fact.id])
         for variant, keys in variants.items():
             if not keys:
                 continue
-            columns = [column[key] for key in keys]
-            values = block[:, columns]
+            values = block[:, [column[key] for key in keys]]
             scores = values.mean(axis=1)
-            signed = (values * direction(own[:, columns])).mean(axis=1)
+            signed = (values * direction(activations.of([fact.id], keys))).mean(axis=1)
             pos, neg = scores[:len(positive)], scores[len(positive):]
             rows.append(row(STUDY, variant, fact.relation, fact.id, "sentence_positive", pos.mean()))
             rows.append(row(STUDY, variant, fact.relation, fact.id, "sentence_negative", neg.mean()))

@@ -24,7 +24,7 @@ import numpy as np
 
 from kneuron.attribution.types import Neuron
 from kneuron.errors import KneuronError
-from kneuron.experiments.metrics import NeuronKey, activations_at, answer_probabilities, relative_change, row
+from kneuron.experiments.metrics import NeuronKey, activations_at, patched_probabilities, relative_change, row
 from kneuron.experiments.suppress_amplify import encode_facts, keys_of
 from kneuron.facts.encoding import EncodedQuery
 from kneuron.facts.fact import Fact, Prompt
@@ -154,7 +154,7 @@ def probe_generic(
     found: Sequence[GenericNeuron | NeuronKey],
     *,
     max_neurons: int = 3,
-    batch_size: int = 32,
+    batch_size: int = 64,
     queries: Mapping[str, list[EncodedQuery]] | None = None,
 ) -> list[dict]:
     """Each generic neuron on its own, on every prompt of every fact, grouped by the last word before the answer.
@@ -172,13 +172,14 @@ def probe_generic(
     flat = [(fact, prompt, query) for fact in facts
             for prompt, query in zip(fact.prompts(), queries[fact.id], strict=True)]
     all_queries = [q for _, _, q in flat]
-    before = answer_probabilities(lm, all_queries, batch_size=batch_size)
+    # the clean probabilities and each neuron alone zeroed, every prompt's prefix run once for all of them
+    probabilities = patched_probabilities(lm, all_queries, [[]] + [suppress_patches([key]) for key in keys],
+                                          batch_size=batch_size)
     acts = activations_at(lm, [(q.input_ids, q.position) for q in all_queries], keys, batch_size=batch_size)
     rows = []
     for column, key in enumerate(keys):
         name = f"L{key[0]}.N{key[1]}"
-        change = relative_change(before, answer_probabilities(lm, all_queries, suppress_patches([key]),
-                                                              batch_size=batch_size))
+        change = relative_change(probabilities[0], probabilities[column + 1])
         groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         for i, (fact, prompt, _) in enumerate(flat):
             groups[fact.id][last_word(prompt)].append(i)

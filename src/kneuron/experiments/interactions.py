@@ -38,8 +38,8 @@ Rows (the atlas's long format, ``study="interactions"``, one fact per fact id):
 **Cost.** All the variants of one prompt share forward passes: for a causal model the prompt's tokens before the
 answer position are run once (nothing is patched there, and a causal model's earlier positions never see later
 ones), and every variant then runs only the answer position onwards, from that cached prefix, one variant per row
-(:func:`kneuron.models.hooks.patch_rows`). A masked model sees both sides of its [MASK], so it runs the whole prompt
-per variant, still many variants per batch.
+(:func:`kneuron.experiments.metrics.patched_probabilities`). A masked model sees both sides of its [MASK], so it runs
+the whole prompt per variant, still many variants per batch.
 
 Example:
     >>> rows = interactions_study(lm, atlas.facts(), atlas.all_refined(), cap=8)
@@ -48,7 +48,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 from collections import defaultdict
@@ -56,23 +55,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from kneuron.attribution.step_rows import _cache_argument, _prefix_cache
 from kneuron.attribution.types import Neuron
 from kneuron.experiments.metrics import (
     NeuronKey,
-    answer_probabilities,
     fact_rng,
-    head_at,
-    joint_probability,
+    patched_probabilities,
     row,
     summarize,
 )
 from kneuron.experiments.suppress_amplify import encode_facts, random_control
 from kneuron.facts.encoding import EncodedQuery
 from kneuron.facts.fact import Fact
-from kneuron.models.hooks import patch_rows, suppress_patches
+from kneuron.models.hooks import suppress_patches
 from kneuron.models.language_model import LanguageModel
 
 STUDY = "interactions"
@@ -137,52 +132,13 @@ def plan_fact(neurons: Iterable[Neuron | NeuronKey], n_neurons: int, rng: np.ran
 
 # ------------------------------------------------------------------------------------------------ measuring
 
-def _shares_prefix(lm: LanguageModel, query: EncodedQuery) -> bool:
-    """Whether the prompt's tokens before its answer position can be run once for all variants (a causal model, and
-    something before the answer position)."""
-    return lm.kind == "causal" and query.position > 0
-
-
-@torch.no_grad()
-def _from_prefix(lm: LanguageModel, query: EncodedQuery, sets: Sequence[NeuronSet], batch_size: int) -> np.ndarray:
-    """(len(sets),) answer probabilities of one causal prompt with each set suppressed at its answer position: the
-    prefix before that position runs once, each chunk of variants runs the rest from a copy of its cache."""
-    ids = query.input_ids.to(lm.device)
-    start = query.position
-    with head_at(lm, torch.zeros(1, 1, dtype=torch.long)):
-        prefix = _prefix_cache(lm, ids[None, :start])
-    rest = ids[start:]
-    offsets = [t - start for t in query.target_positions]
-    out = np.zeros(len(sets), dtype=np.float64)
-    for first in range(0, len(sets), batch_size):
-        chunk = sets[first:first + batch_size]
-        cache = copy.deepcopy(prefix)
-        cache.batch_repeat_interleave(len(chunk))
-        index = torch.tensor([offsets] * len(chunk))
-        with patch_rows(lm, [suppress_patches(s) for s in chunk], positions=0), head_at(lm, index) as sliced:
-            logits = lm.model(input_ids=rest[None].expand(len(chunk), -1), use_cache=True,
-                              **{_cache_argument(lm.model): cache}).logits
-        for row_index in range(len(chunk)):
-            out[first + row_index] = joint_probability(logits[row_index], query, sliced, offset=start)
-    return out
-
-
 def suppressed_probabilities(lm: LanguageModel, queries: Sequence[EncodedQuery], sets: Sequence[NeuronSet], *,
                              batch_size: int = 64) -> np.ndarray:
     """(len(sets), len(queries)) joint answer probability of each query with each set of neurons set to 0 at its
     answer position (the empty set: the clean probability); what :func:`~.metrics.answer_probabilities` gives
-    under ``suppress_patches(set)``, with all the variants batched together."""
-    out = np.zeros((len(sets), len(queries)), dtype=np.float64)
-    whole = [q for q, query in enumerate(queries) if not _shares_prefix(lm, query)]
-    for q, query in enumerate(queries):
-        if _shares_prefix(lm, query):
-            out[:, q] = _from_prefix(lm, query, sets, batch_size)
-    if whole:
-        flat = [queries[q] for _ in sets for q in whole]
-        patches = [suppress_patches(s) for s in sets for _ in whole]
-        out[:, whole] = answer_probabilities(lm, flat, batch_size=batch_size,
-                                             row_patches=patches).reshape(len(sets), len(whole))
-    return out
+    under ``suppress_patches(set)``, with all the variants batched together
+    (:func:`~.metrics.patched_probabilities`)."""
+    return patched_probabilities(lm, queries, [suppress_patches(s) for s in sets], batch_size=batch_size)
 
 
 # ------------------------------------------------------------------------------------------------ per fact

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from kneuron.attribution.types import Neuron
 from kneuron.errors import KneuronError
-from kneuron.experiments.discrimination import prompt_discrimination, sentence_discrimination
+from kneuron.experiments.discrimination import discrimination
 from kneuron.experiments.generic import (
     coarse_generic_neurons,
     coarse_rows,
@@ -119,8 +119,6 @@ def run_studies(
                                                 relations={fact.id: fact.relation for fact in facts},
                                                 generic=generic)
         else:
-            results[study] = prompt_discrimination(lm, facts, neurons_by_fact, baseline_by_fact, generic=generic,
-                                                   queries=queries)
-            results[study] += sentence_discrimination(lm, facts, neurons_by_fact, baseline_by_fact,
-                                                      sentences=sentences, generic=generic)
+            results[study] = discrimination(lm, facts, neurons_by_fact, baseline_by_fact, sentences=sentences,
+                                            generic=generic, queries=queries)
     return results

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from kneuron.attribution.types import Neuron
-from kneuron.experiments.metrics import NeuronKey, answer_probabilities, fact_rng, relative_change, row
+from kneuron.experiments.metrics import NeuronKey, fact_rng, patched_probabilities, relative_change, row
 from kneuron.facts.encoding import EncodedQuery, encode
 from kneuron.facts.fact import Fact
 from kneuron.models.hooks import scale_patches, suppress_patches
@@ -95,7 +95,7 @@ def suppress_amplify(
     factor: float = 2.0,
     other_facts: int = 8,
     seed: int = 0,
-    batch_size: int = 32,
+    batch_size: int = 64,
     queries: Mapping[str, list[EncodedQuery]] | None = None,
     on_fact: Callable[[Fact], None] | None = None,
 ) -> list[dict]:
@@ -109,19 +109,16 @@ def suppress_amplify(
         factor: the amplify factor (the paper doubles).
         other_facts: how many facts of other relations (one prompt each) measure the effect elsewhere (0 to skip).
         seed: seeds the random controls and the choice of other facts.
+        batch_size: rows (one prompt under one patch set) per forward pass.
         queries: pre-encoded prompts by fact id (computed when missing).
         on_fact: called after each fact (progress).
+
+    A fact's patch sets and its clean probabilities are measured on its own and its other prompts in one
+    :func:`~.metrics.patched_probabilities` call (a causal prompt's tokens before the answer position run once).
     """
     generic_keys = set(keys_of(generic))
     queries = dict(queries) if queries is not None else {}
     queries.update(encode_facts(lm, [fact for fact in facts if fact.id not in queries]))
-    clean: dict[str, np.ndarray] = {}
-
-    def before(fact_id: str) -> np.ndarray:
-        if fact_id not in clean:
-            clean[fact_id] = answer_probabilities(lm, queries[fact_id], batch_size=batch_size)
-        return clean[fact_id]
-
     rows: list[dict] = []
     for fact in facts:
         kn = keys_of(neurons_by_fact.get(fact.id, ()))
@@ -142,17 +139,19 @@ def suppress_amplify(
         }
         own = queries[fact.id]
         elsewhere = [queries[other.id][p] for other, p in others]
-        own_before = before(fact.id)
-        other_before = np.array([before(other.id)[p] for other, p in others], dtype=np.float64)
-        measured: dict[tuple[tuple[NeuronKey, ...], str], np.ndarray] = {}
+        # every distinct (neurons, op) of the fact, and the clean probabilities, on all its prompts in one call
+        patched = list(dict.fromkeys((tuple(keys), op) for keys in sets.values() if keys
+                                     for op in ("suppress", "amplify")))
+        patch_sets = [[]] + [suppress_patches(keys) if op == "suppress" else scale_patches(keys, factor)
+                             for keys, op in patched]
+        probabilities = patched_probabilities(lm, own + elsewhere, patch_sets, batch_size=batch_size)
+        own_before, other_before = probabilities[0, :len(own)], probabilities[0, len(own):]
+        measured = dict(zip(patched, probabilities[1:], strict=True))
         for variant, keys in sets.items():
             rows.append(row(STUDY, variant, fact.relation, fact.id, "neurons", len(keys)))
             if not keys:
                 continue
-            for op, patches in (("suppress", suppress_patches(keys)), ("amplify", scale_patches(keys, factor))):
-                if (tuple(keys), op) not in measured:
-                    measured[tuple(keys), op] = answer_probabilities(lm, own + elsewhere, patches,
-                                                                      batch_size=batch_size)
+            for op in ("suppress", "amplify"):
                 after = measured[tuple(keys), op]
                 rows.append(row(STUDY, variant, fact.relation, fact.id, op,
                                 relative_change(own_before, after[:len(own)]).mean()))
