@@ -247,3 +247,24 @@ def test_export_where_it_cannot_write_gives_one_line(atlas_path, tmp_path):
             errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
             assert len(errors) == 1 and text in errors[0], result.stderr
     assert list(locked.iterdir()) == [] and (tmp_path / "file").read_text() == "mine"
+
+
+def test_export_includes_the_vocabulary_table_once_studied(atlas_path, tmp_path):
+    from kneuron.store.vocabulary import read_vocabulary
+
+    target = tmp_path / "before" / "tiny.csv"
+    result = invoke("export", "--run", atlas_path, "--to", target)
+    assert result.exit_code == 0 and not target.with_name("tiny.vocabulary.csv").exists()  # no table yet
+    assert invoke("study", "vocabulary", "--run", atlas_path, "--model", "tiny-llama").exit_code == 0
+    target = tmp_path / "after" / "tiny.csv"
+    result = invoke("export", "--run", atlas_path, "--to", target)
+    assert result.exit_code == 0, result.output
+    written = target.with_name("tiny.vocabulary.csv")
+    assert result.stdout.split()[-1] == str(written)
+    exported = pd.read_csv(written, keep_default_na=False)
+    with Atlas.open(atlas_path, read_only=True) as atlas:
+        stored = read_vocabulary(atlas)
+    assert len(exported) == len(stored) > 0
+    assert list(zip(exported.fact_id, exported.layer, exported.neuron, exported.answer_rank, strict=True)) == \
+        [(r["fact_id"], r["layer"], r["neuron"], r["answer_rank"]) for r in stored]
+    assert list(exported.name) == [f"L{r['layer']}.N{r['neuron']}" for r in stored]

@@ -2,7 +2,8 @@
 
 ``export(atlas, "out.csv")`` writes the neurons table (joined with each fact's relation, subject and object)
 to ``out.csv`` and the other tables beside it: ``out.facts.csv``, ``out.prompts.csv`` (without the score
-BLOBs: read those with :meth:`Atlas.prompt_scores`), ``out.generic.csv`` and ``out.results.csv``. A
+BLOBs: read those with :meth:`Atlas.prompt_scores`), ``out.generic.csv`` and ``out.results.csv``, and
+``out.vocabulary.csv`` when the atlas has that table (``kneuron study vocabulary``). A
 ``.parquet`` path gives the same files in Parquet. Each file is written to a temporary name and renamed, so an
 interrupted export leaves no half-written file.
 
@@ -39,16 +40,25 @@ TABLES = {
                "ORDER BY facts DESC, layer, neuron",
     "results": "SELECT study, variant, relation, fact_id, metric, value FROM results ORDER BY rowid",
 }
+#: tables a study creates on its first write (:mod:`kneuron.store.vocabulary`): exported when the atlas has them
+OPTIONAL_TABLES = {
+    "vocabulary": (
+        "SELECT v.fact_id, f.relation, f.subject, f.object, v.idx, v.layer, v.neuron, "
+        "'L' || v.layer || '.N' || v.neuron AS name, v.activation, v.sign, v.answer_id, v.answer_token, "
+        "v.answer_rank, v.answer_suppressed_rank, v.answer_logit, v.promoted, v.suppressed "
+        "FROM vocabulary v JOIN facts f ON f.id = v.fact_id ORDER BY f.seq, v.idx"
+    ),
+}
 FORMATS = (".csv", ".parquet")
 
 
-def export_paths(path: str | Path) -> dict[str, Path]:
-    """Where each table goes for ``path``."""
+def export_paths(path: str | Path, optional: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Where each table (and each of the ``optional`` ones) goes for ``path``."""
     path = Path(path).expanduser()
     if path.suffix not in FORMATS:
         raise KneuronError(f"Export to a .csv or .parquet path (got {str(path)!r}); e.g. --to runs/demo.parquet.")
     return {name: path if name == "neurons" else path.with_name(f"{path.stem}.{name}{path.suffix}")
-            for name in TABLES}
+            for name in (*TABLES, *optional)}
 
 
 def export(atlas: Atlas | str | Path, path: str | Path) -> list[Path]:
@@ -60,7 +70,7 @@ def export(atlas: Atlas | str | Path, path: str | Path) -> list[Path]:
     Raises:
         KneuronError: a path that is neither .csv nor .parquet, or pandas / pyarrow missing.
     """
-    paths = export_paths(path)
+    export_paths(path)  # a bad suffix is refused before anything is opened
     try:
         import pandas as pd
     except ImportError:
@@ -74,7 +84,10 @@ def export(atlas: Atlas | str | Path, path: str | Path) -> list[Path]:
     source = Atlas.open(atlas, read_only=True) if owned else atlas
     try:
         with source.snapshot():  # every table of the same moment, also while a run writes
-            frames = {name: pd.DataFrame(source.query(TABLES[name]), columns=source.columns(TABLES[name]))
+            present = {row["name"] for row in source.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            paths = export_paths(path, tuple(name for name in OPTIONAL_TABLES if name in present))
+            queries = {**TABLES, **OPTIONAL_TABLES}
+            frames = {name: pd.DataFrame(source.query(queries[name]), columns=source.columns(queries[name]))
                       for name in paths}
     finally:
         if owned:
