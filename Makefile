@@ -12,7 +12,10 @@ $(PY):
 
 # torch is pinned and installed first: any other route lets pip pick a CUDA build of several GB.
 # --no-compile: pip would byte-compile all 2.1 GB of packages (about 100 s here, two thirds of the install);
-# Python compiles the modules it imports on first use instead (a few seconds, once).
+# Python compiles the modules it imports on first use instead and caches them in .venv, once. That cache needs
+# PYTHONDONTWRITEBYTECODE unset in the commands below (this machine sets it; with it every kneuron command
+# compiled torch and transformers again, 7 s more per model load).
+unexport PYTHONDONTWRITEBYTECODE
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet --no-compile torch==2.13.0
