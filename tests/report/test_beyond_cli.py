@@ -64,3 +64,29 @@ def test_bad_input_is_one_line(atlas_path, fake_load, tmp_path):
     result = invoke("study", "beyond", "--run", str(tmp_path / "missing.sqlite"))
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert not fake_load
+
+
+def test_study_all_with_beyond_runs_them_on_the_same_model(atlas_path, fake_load, tmp_path):
+    alone = tmp_path / "alone.sqlite"
+    alone.write_bytes(atlas_path.read_bytes())
+    result = invoke("study", "all", "--run", str(atlas_path), "--model", "tiny-llama",
+                    "--beyond", "consistency,vocabulary")
+    assert result.exit_code == 0, result.output
+    assert len(fake_load) == 1  # one load for the paper's studies and the two beyond them
+    assert "beyond: vocabulary" in result.stderr
+    for args in (("all", "--model", "tiny-llama"), ("beyond", "--only", "consistency,vocabulary", "--model",
+                                                      "tiny-llama")):
+        assert invoke("study", args[0], "--run", str(alone), *args[1:]).exit_code == 0
+    together, apart = _stored(atlas_path), _stored(alone)
+    assert sorted(together) == sorted(apart)
+    assert {"suppress_amplify", "consistency", "vocabulary"} <= together.keys()
+    for study in together:
+        assert [r[:4] for r in together[study]] == [r[:4] for r in apart[study]]
+        assert [r[4] for r in together[study]] == pytest.approx([r[4] for r in apart[study]], nan_ok=True, rel=1e-9)
+
+
+def test_beyond_option_is_refused_in_one_line_before_anything_runs(atlas_path, fake_load):
+    for args in (("layers", "--beyond", "consistency"), ("all", "--beyond", "everything")):
+        result = invoke("study", *args, "--run", str(atlas_path), "--model", "tiny-llama")
+        assert result.exit_code == 1 and "Traceback" not in result.output
+    assert not fake_load and not _stored(atlas_path)

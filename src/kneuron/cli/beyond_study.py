@@ -42,9 +42,10 @@ def beyond_names(only: str | None) -> list[str]:
 
 
 def beyond_study(run: Path, model: str | None, device: str, *, only: str | None = None, seed: int = 0,
-                 cap: int = 8, max_k: int | None = None, tolerance: float = 0.02) -> dict[str, list[dict]]:
-    """Run the chosen studies on the atlas at ``run`` (loading the model once, only when one of them needs it),
-    store and print each, and return ``{study: rows}``."""
+                 cap: int = 8, max_k: int | None = None, tolerance: float = 0.02, lm=None) -> dict[str, list[dict]]:
+    """Run the chosen studies on the atlas at ``run`` (loading the model once, only when one of them needs it;
+    ``lm``: one the caller already loaded for this atlas, as ``kneuron study all --beyond`` does), store and print
+    each, and return ``{study: rows}``."""
     from kneuron.store import Atlas
 
     names = beyond_names(only)
@@ -53,7 +54,8 @@ def beyond_study(run: Path, model: str | None, device: str, *, only: str | None 
             has_facts = bool(atlas.facts())
         if not has_facts:
             raise KneuronError(f"{run} has no computed facts yet: run `kneuron run --out {run}` (or let it finish).")
-        lm = atlas_model(atlas, model, device) if NEEDS_MODEL & set(names) else None
+        if lm is None and NEEDS_MODEL & set(names):
+            lm = atlas_model(atlas, model, device)
         steps: dict[str, Callable[[], list[dict]]] = {
             "vocabulary": lambda: _vocabulary(atlas, lm, run, seed),
             "interactions": lambda: _interactions(atlas, lm, run, seed, cap, max_k, tolerance),

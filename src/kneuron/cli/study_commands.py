@@ -52,6 +52,9 @@ def study(
     tolerance: Annotated[float, typer.Option(
         "--tolerance", min=0.0, help="interactions only: a pair whose Δ is within this of the sum of its neurons' "
                                      "is additive (in units of Δp/p).")] = 0.02,
+    beyond: Annotated[str | None, typer.Option(
+        "--beyond", help="all only: then these studies beyond the paper, on the same model load (comma-separated, "
+                         "as beyond --only; e.g. consistency,vocabulary).", show_default=False)] = None,
     only: Annotated[str | None, typer.Option(
         "--only", help="beyond only: some of its studies, comma-separated (vocabulary, interactions, robustness, "
                        "consistency; "
@@ -133,6 +136,13 @@ def study(
         robustness_study(run, model, device, seed)
         return
     names = study_names(name)
+    if beyond is not None:
+        from kneuron.cli.beyond_study import beyond_names
+
+        if name != "all":
+            raise KneuronError(f"--beyond goes with `kneuron study all` (got {name!r}); or run "
+                               f"`kneuron study beyond --only {beyond}`.")
+        beyond_names(beyond)  # refused in one line before any study runs
     with Atlas.open(run) as atlas:
         with atlas.snapshot():
             has_facts = bool(atlas.query("SELECT 1 FROM facts WHERE status = 'done' LIMIT 1"))
@@ -214,6 +224,10 @@ def study(
         from kneuron.cli.language_study import print_language_summary
 
         print_language_summary(languages, run)
+    if beyond is not None:
+        from kneuron.cli.beyond_study import beyond_study
+
+        beyond_study(run, model, device, only=beyond, seed=seed, cap=cap, max_k=max_k, tolerance=tolerance, lm=lm)
 
 
 @command()
