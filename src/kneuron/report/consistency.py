@@ -5,8 +5,6 @@ amplify and editing work less well on the inconsistent facts, from the ``consist
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 from collections.abc import Mapping, Sequence
 
@@ -22,6 +20,10 @@ from kneuron.experiments.consistency import (
     summary_values,
 )
 from kneuron.report import plots
+from kneuron.report.parts import escape as _e
+from kneuron.report.parts import image as _image
+from kneuron.report.parts import number as _num
+from kneuron.report.parts import table as _table
 
 TITLE = "Consistency across paraphrases"
 #: what ../shared/PAPER.md says of Chen et al. (the report quotes nothing beyond it)
@@ -34,25 +36,6 @@ FEW_FACTS = 10
 MAX_FACT_ROWS = 20
 CLASS_COLORS = {"consistent": plots.COLORS["kn"], "inconsistent": plots.COLORS["baseline"],
                 "not classed": plots.COLORS["random"]}
-
-
-def _e(text: object) -> str:
-    return html.escape(str(text))
-
-
-def _num(value: float, spec: str) -> str:
-    return f"{value:{spec}}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
-    head = "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(row))
-                   + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _image(png: bytes | None, alt: str) -> str:
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">' if png else ""
 
 
 def _class(flag: float) -> str:

@@ -5,14 +5,16 @@ answer's probability) against random neurons of the same layers, from the ``inte
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 from kneuron.experiments.interactions import interaction_summary, study_params
 from kneuron.report import plots
+from kneuron.report.parts import escape as _e
+from kneuron.report.parts import image as _image
+from kneuron.report.parts import number as _num
+from kneuron.report.parts import table as _table
 
 TITLE = "Neuron interactions"
 #: below this many facts the section warns that its means are anecdotes
@@ -25,31 +27,12 @@ PAPER = ('Among the limits the authors name: "neuron interactions not studied". 
          "barely moving it).")
 
 
-def _e(text: object) -> str:
-    return html.escape(str(text))
-
-
-def _num(value: float, spec: str) -> str:
-    return f"{value:{spec}}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
-
-
 def _pct(value: float, signed: bool = True) -> str:
     if not math.isfinite(value):
         return "–"
     if not signed:
         return f"{value:.0%}"
     return f'<span class="{"neg" if value < 0 else "pos"}">{value:+.1%}</span>'
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
-    head = "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(row))
-                   + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _image(png: bytes | None, alt: str) -> str:
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">' if png else ""
 
 
 def _needed(mean: float, reached: int, facts: int) -> str:

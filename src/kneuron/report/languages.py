@@ -5,8 +5,6 @@ neurons measured in every language, from the ``languages`` study's rows (:mod:`k
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 from collections.abc import Mapping, Sequence
 
@@ -21,6 +19,10 @@ from kneuron.experiments.languages import (
 )
 from kneuron.facts.languages import LANGUAGE_NAMES
 from kneuron.report import plots
+from kneuron.report.parts import escape as _e
+from kneuron.report.parts import image as _image
+from kneuron.report.parts import number as _num
+from kneuron.report.parts import table as _table
 
 TITLE = "Languages"
 #: below this many facts (keys) the section warns that its means are anecdotes
@@ -36,31 +38,12 @@ EDIT_LABELS = {"edit_kn": "English knowledge neurons, the paper's formula",
                "edit_random_signed": "random neurons, sign of the activation"}
 
 
-def _e(text: object) -> str:
-    return html.escape(str(text))
-
-
-def _num(value: float, spec: str) -> str:
-    return f"{value:{spec}}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
-
-
 def _pct(value: float, signed: bool = True) -> str:
     if not math.isfinite(value):
         return "–"
     if not signed:
         return f"{value:.1%}"
     return f'<span class="{"neg" if value < 0 else "pos"}">{value:+.1%}</span>'
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
-    head = "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(row))
-                   + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _image(png: bytes | None, alt: str) -> str:
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">' if png else ""
 
 
 def _moved(entry: Mapping[str, float], metric: str) -> str:

@@ -5,7 +5,6 @@ answer, or something else (a format, a topic), against random neurons of the sam
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Mapping, Sequence
 
@@ -14,6 +13,10 @@ from matplotlib.figure import Figure
 
 from kneuron.experiments.metrics import summarize
 from kneuron.experiments.vocabulary import study_params, vocabulary_summary
+from kneuron.report.parts import escape as _e
+from kneuron.report.parts import image as _image
+from kneuron.report.parts import number as _num
+from kneuron.report.parts import table as _table
 from kneuron.report.plots import COLORS, LABELS, to_png
 
 TITLE = "What the neurons write"
@@ -24,27 +27,6 @@ PAPER = ("Geva et al. (2022): a value slot projected onto the vocabulary (unembe
 EXAMPLE_FACTS, EXAMPLE_TOKENS = 16, 8
 #: below this many facts the section warns that its shares are anecdotes
 FEW_FACTS = 10
-
-
-def _e(text: object) -> str:
-    return html.escape(str(text))
-
-
-def _num(value: float, spec: str) -> str:
-    return f"{value:{spec}}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
-    head = "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(row))
-                   + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _image(png: bytes | None, alt: str) -> str:
-    import base64
-
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">' if png else ""
 
 
 def _tokens(entries: Sequence[Sequence], count: int = EXAMPLE_TOKENS) -> str:
