@@ -53,7 +53,15 @@ import torch
 from kneuron.attribution.selection import refined_keys
 from kneuron.attribution.types import Neuron
 from kneuron.errors import KneuronError
-from kneuron.experiments.editing import Scores, _sample, choose_new_answer, relation_counts
+from kneuron.experiments.editing import (
+    Scores,
+    choose_new_answer,
+    mean_of,
+    relation_counts,
+    sample_facts,
+    share_of,
+    variant_suffix,
+)
 from kneuron.experiments.metrics import by_length, fact_rng, head_at, padded, row
 from kneuron.facts.encoding import EncodedQuery, encode
 from kneuron.facts.fact import Fact, Prompt
@@ -67,17 +75,9 @@ STUDY = "edit_robustness"
 GROUPS = ("own", "alias", "kept", "heldout", "heldout_full")
 
 
-def _share(mask: np.ndarray) -> float:
-    return float(np.mean(mask)) if len(mask) else math.nan
-
-
-def _mean(values: np.ndarray) -> float:
-    return float(np.mean(values)) if len(values) else math.nan
-
-
 def variant_name(scale: Scale = "absolute", sign: SignRule = "none") -> str:
     """``kn``, ``kn_signed``, ``kn_slot_norm``, ``kn_slot_norm_signed``: as the editing study names its variants."""
-    return "kn" + ("" if scale == "absolute" else f"_{scale}") + ("" if sign == "none" else "_signed")
+    return "kn" + variant_suffix(scale, sign)
 
 
 @dataclass(frozen=True)
@@ -174,17 +174,19 @@ def pair_metrics(prefix: str, before_old: TokenScores, before_new: TokenScores, 
     if not len(before_old):
         return {}
     return {
-        f"{prefix}_new_beats_old_before": _share(before_new.probability > before_old.probability),
-        f"{prefix}_new_beats_old": _share(after_new.probability > after_old.probability),
-        f"{prefix}_top1_new_before": _share(before_new.hit), f"{prefix}_top1_new": _share(after_new.hit),
-        f"{prefix}_top1_became": _share(after_new.hit & ~before_new.hit),
-        f"{prefix}_p_rose": _share(after_new.first_probability > before_new.first_probability),
-        f"{prefix}_p_joint_rose": _share(after_new.probability > before_new.probability),
-        f"{prefix}_p_first_new_before": _mean(before_new.first_probability),
-        f"{prefix}_p_first_new_after": _mean(after_new.first_probability),
-        f"{prefix}_p_new_before": _mean(before_new.probability), f"{prefix}_p_new_after": _mean(after_new.probability),
-        f"{prefix}_p_old_before": _mean(before_old.probability), f"{prefix}_p_old_after": _mean(after_old.probability),
-        f"{prefix}_top1_old_kept": _share(after_old.hit[before_old.hit]) if before_old.hit.any() else math.nan,
+        f"{prefix}_new_beats_old_before": share_of(before_new.probability > before_old.probability),
+        f"{prefix}_new_beats_old": share_of(after_new.probability > after_old.probability),
+        f"{prefix}_top1_new_before": share_of(before_new.hit), f"{prefix}_top1_new": share_of(after_new.hit),
+        f"{prefix}_top1_became": share_of(after_new.hit & ~before_new.hit),
+        f"{prefix}_p_rose": share_of(after_new.first_probability > before_new.first_probability),
+        f"{prefix}_p_joint_rose": share_of(after_new.probability > before_new.probability),
+        f"{prefix}_p_first_new_before": mean_of(before_new.first_probability),
+        f"{prefix}_p_first_new_after": mean_of(after_new.first_probability),
+        f"{prefix}_p_new_before": mean_of(before_new.probability),
+        f"{prefix}_p_new_after": mean_of(after_new.probability),
+        f"{prefix}_p_old_before": mean_of(before_old.probability),
+        f"{prefix}_p_old_after": mean_of(after_old.probability),
+        f"{prefix}_top1_old_kept": share_of(after_old.hit[before_old.hit]) if before_old.hit.any() else math.nan,
         f"{prefix}_prompts": float(len(before_old)),
     }
 
@@ -316,7 +318,7 @@ def _fact_rows(lm: LanguageModel, fact: Fact, keys: list[NeuronKey], *, data: Ro
                 batch.add("reverse_owner", _queries(lm, reverse_new, owner))
         candidates = [f for f in pool if f.relation == fact.relation and f.id != fact.id and f.object != new]
         rng = fact_rng(seed + 3, fact.id)
-        neighbours = _sample(candidates, n_neighbours, rng)
+        neighbours = sample_facts(candidates, n_neighbours, rng)
         common["neighbours"] = float(len(neighbours))
         if neighbours:  # one prompt per neighbour, as CounterFact's neighbourhood prompts
             chosen = [(f, f.prompts()[int(rng.integers(len(f.templates)))]) for f in neighbours]
@@ -373,27 +375,27 @@ def _reverse_metrics(before: Mapping[str, Scores], after: Mapping[str, Scores]) 
     b_new, a_new = before["reverse_new"], after["reverse_new"]
     b_old, a_old = before["reverse_old"], after["reverse_old"]
     values = {
-        "reverse_new_p_before": _mean(b_new.probability), "reverse_new_p_after": _mean(a_new.probability),
-        "reverse_new_p_rose": _share(a_new.first_probability > b_new.first_probability),
-        "reverse_new_p_joint_rose": _share(a_new.probability > b_new.probability),
-        "reverse_new_top1_before": _share(b_new.hit), "reverse_new_top1_after": _share(a_new.hit),
-        "reverse_new_top1_became": _share(a_new.hit & ~b_new.hit),
-        "reverse_old_p_before": _mean(b_old.probability), "reverse_old_p_after": _mean(a_old.probability),
-        "reverse_old_top1_before": _share(b_old.hit), "reverse_old_top1_after": _share(a_old.hit),
-        "reverse_old_kept": _share(a_old.hit[b_old.hit]) if b_old.hit.any() else math.nan,
+        "reverse_new_p_before": mean_of(b_new.probability), "reverse_new_p_after": mean_of(a_new.probability),
+        "reverse_new_p_rose": share_of(a_new.first_probability > b_new.first_probability),
+        "reverse_new_p_joint_rose": share_of(a_new.probability > b_new.probability),
+        "reverse_new_top1_before": share_of(b_new.hit), "reverse_new_top1_after": share_of(a_new.hit),
+        "reverse_new_top1_became": share_of(a_new.hit & ~b_new.hit),
+        "reverse_old_p_before": mean_of(b_old.probability), "reverse_old_p_after": mean_of(a_old.probability),
+        "reverse_old_top1_before": share_of(b_old.hit), "reverse_old_top1_after": share_of(a_old.hit),
+        "reverse_old_kept": share_of(a_old.hit[b_old.hit]) if b_old.hit.any() else math.nan,
         "reverse_prompts": float(len(b_new)),
     }
     if "reverse_owner" in before:
-        values["reverse_new_beats_owner_before"] = _share(b_new.probability > before["reverse_owner"].probability)
-        values["reverse_new_beats_owner"] = _share(a_new.probability > after["reverse_owner"].probability)
+        values["reverse_new_beats_owner_before"] = share_of(b_new.probability > before["reverse_owner"].probability)
+        values["reverse_new_beats_owner"] = share_of(a_new.probability > after["reverse_owner"].probability)
     return values
 
 
 def _neighbourhood(before: Mapping[str, Scores], after: Mapping[str, Scores]) -> dict[str, float]:
     margin_before = before["neighbour_true"].mean_logprob - before["neighbour_new"].mean_logprob
     margin_after = after["neighbour_true"].mean_logprob - after["neighbour_new"].mean_logprob
-    return {"neighborhood_before": _share(margin_before > 0), "neighborhood": _share(margin_after > 0),
-            "neighborhood_diff_before": _mean(margin_before), "neighborhood_diff": _mean(margin_after),
+    return {"neighborhood_before": share_of(margin_before > 0), "neighborhood": share_of(margin_after > 0),
+            "neighborhood_diff_before": mean_of(margin_before), "neighborhood_diff": mean_of(margin_after),
             "neighborhood_prompts": float(len(margin_before))}
 
 

@@ -127,7 +127,8 @@ def queries_of(lm: LanguageModel, fact: Fact, answer: str | None = None) -> list
     return [encode(lm, prompt, answer or fact.object) for prompt in fact.prompts()]
 
 
-def _share(mask: np.ndarray) -> float:
+def share_of(mask: np.ndarray) -> float:
+    """The share of True in ``mask``; NaN for an empty one."""
     return float(np.mean(mask)) if len(mask) else math.nan
 
 
@@ -149,12 +150,12 @@ def update_metrics(lm: LanguageModel, edit: Edit, fact: Fact, new: str, *, old: 
     return {
         "p_old_before": float(b_old.probability.mean()), "p_old_after": float(a_old.probability.mean()),
         "p_new_before": float(b_new.probability.mean()), "p_new_after": float(a_new.probability.mean()),
-        "new_beats_old_before": _share(b_new.probability > b_old.probability),
-        "new_beats_old": _share(beats),
-        "top1_old_before": _share(said_old), "top1_old_after": _share(a_old.hit),
-        "top1_new_before": _share(b_new.hit), "top1_new": _share(top1_new),
-        "changed": _share(~a_old.hit[said_old]) if said_old.any() else math.nan,
-        "success": float(_share(beats) > 0.5), "success_top1": float(_share(top1_new) > 0.5),
+        "new_beats_old_before": share_of(b_new.probability > b_old.probability),
+        "new_beats_old": share_of(beats),
+        "top1_old_before": share_of(said_old), "top1_old_after": share_of(a_old.hit),
+        "top1_new_before": share_of(b_new.hit), "top1_new": share_of(top1_new),
+        "changed": share_of(~a_old.hit[said_old]) if said_old.any() else math.nan,
+        "success": float(share_of(beats) > 0.5), "success_top1": float(share_of(top1_new) > 0.5),
         "prompts": float(len(q_old)),
     }
 
@@ -165,7 +166,7 @@ def collateral(before: Scores, after: Scores) -> dict[str, float]:
     return {
         "p_change": float(np.mean((after.probability - before.probability) / before.probability)),
         "log_ppl_before": float(before.log_ppl.mean()), "log_ppl_after": float(after.log_ppl.mean()),
-        "top1_kept": _share(after.hit[right]) if right.any() else math.nan,
+        "top1_kept": share_of(after.hit[right]) if right.any() else math.nan,
     }
 
 
@@ -194,6 +195,12 @@ class _Clean:
                                  for name in ("probability", "mean_logprob", "top1", "first")))
 
 
+def variant_suffix(scale: Scale = "absolute", sign: SignRule = "none") -> str:
+    """What a variant's name gains from its update setting: ``""``, ``"_slot_norm"``, ``"_signed"`` or
+    ``"_slot_norm_signed"`` (e.g. ``kn_signed``)."""
+    return ("" if scale == "absolute" else f"_{scale}") + ("" if sign == "none" else "_signed")
+
+
 def choose_new_answer(lm: LanguageModel, fact: Fact, facts: Sequence[Fact], seed: int = 0) -> str | None:
     """Another fact's answer of the same relation (seeded by ``seed`` and the fact id), whose first token differs
     from the fact's answer's and that the model can produce; None when there is none."""
@@ -214,7 +221,7 @@ def choose_new_answer(lm: LanguageModel, fact: Fact, facts: Sequence[Fact], seed
     return candidates[int(fact_rng(seed, fact.id).integers(len(candidates)))]
 
 
-def _sample(pool: Sequence[Fact], count: int, rng: np.random.Generator) -> list[Fact]:
+def sample_facts(pool: Sequence[Fact], count: int, rng: np.random.Generator) -> list[Fact]:
     if count <= 0 or not pool:
         return []
     picks = rng.choice(len(pool), size=min(count, len(pool)), replace=False)
@@ -281,7 +288,7 @@ def editing_study(
     pool = list(pool if pool is not None else facts)
     counts = relation_counts(pool, neurons_by_fact)
     clean = _Clean(lm)
-    suffix = ("" if scale == "absolute" else f"_{scale}") + ("" if sign == "none" else "_signed")
+    suffix = variant_suffix(scale, sign)
     rows: list[dict] = []
     for n, fact in enumerate(facts):
         if on_fact is not None:
@@ -291,8 +298,8 @@ def editing_study(
             continue
         new = choose_new_answer(lm, fact, pool, seed)
         rng = fact_rng(seed, fact.id)
-        intra = _sample([f for f in pool if f.relation == fact.relation and f.id != fact.id], n_other, rng)
-        inter = _sample([f for f in pool if f.relation != fact.relation], n_other, rng)
+        intra = sample_facts([f for f in pool if f.relation == fact.relation and f.id != fact.id], n_other, rng)
+        inter = sample_facts([f for f in pool if f.relation != fact.relation], n_other, rng)
         rel_counts, n_facts = counts.get(fact.relation, ({}, 1))
         options = dict(lambda_old=lambda_old, lambda_new=lambda_new, tokens=tokens, scale=scale, sign=sign, fact=fact)
         kn_edit = None
@@ -350,7 +357,7 @@ def erase_study(
         raise KneuronError(f"No fact of relation {relation!r} to erase.")
     counts = count_neurons(neurons_by_fact[f.id] for f in own if f.id in neurons_by_fact)
     edit = erase_relation(lm, counts, top=top, mode=mode, relation=relation)
-    others = _sample([f for f in facts if f.relation != relation], n_other, np.random.default_rng(seed))
+    others = sample_facts([f for f in facts if f.relation != relation], n_other, np.random.default_rng(seed))
     edits = {f"erase_{mode}": edit}
     if random_control:
         chosen = _random_keys(edit.neurons, lm.n_neurons, np.random.default_rng(seed + 1))
@@ -367,7 +374,7 @@ def erase_study(
                     after = score(lm, queries)
                 values = {"log_ppl_before": float(before.log_ppl.mean()), "log_ppl_after": float(after.log_ppl.mean()),
                           "p_change": float(np.mean((after.probability - before.probability) / before.probability)),
-                          "top1_before": _share(before.hit), "top1_after": _share(after.hit)}
+                          "top1_before": share_of(before.hit), "top1_after": share_of(after.hit)}
                 rows.extend(row(STUDY, variant, fact.relation, fact.id, f"{tag}_{k}", v) for k, v in values.items())
     return rows
 
@@ -379,7 +386,8 @@ def _values(rows: Iterable[dict], variant: str, metric: str) -> np.ndarray:
     return np.array([v for v in out if math.isfinite(v)], dtype=np.float64)
 
 
-def _mean(values: np.ndarray) -> float:
+def mean_of(values: np.ndarray) -> float:
+    """The mean of ``values``; NaN for an empty array."""
     return float(values.mean()) if len(values) else math.nan
 
 
@@ -392,16 +400,16 @@ def update_summary(rows: Sequence[dict], variant: str = "kn") -> dict[str, float
     out = {"facts": float(len(edited)), "edited": float(edited.sum()) if len(edited) else 0.0}
     for metric in ("success", "success_top1", "new_beats_old", "top1_new", "changed", "new_beats_old_before",
                    "top1_old_before", "p_old_before", "p_old_after", "p_new_before", "p_new_after", "neurons"):
-        out[metric] = _mean(_values(rows, variant, metric))
+        out[metric] = mean_of(_values(rows, variant, metric))
     for tag in ("intra", "inter"):
         before, after = _values(rows, variant, f"{tag}_log_ppl_before"), _values(rows, variant, f"{tag}_log_ppl_after")
         out[f"{tag}_ppl_before"] = math.exp(before.mean()) if len(before) else math.nan
         out[f"{tag}_ppl_after"] = math.exp(after.mean()) if len(after) else math.nan
         out[f"{tag}_delta_ppl"] = out[f"{tag}_ppl_after"] - out[f"{tag}_ppl_before"]
-        out[f"{tag}_p_change"] = _mean(_values(rows, variant, f"{tag}_p_change"))
+        out[f"{tag}_p_change"] = mean_of(_values(rows, variant, f"{tag}_p_change"))
         out[f"{tag}_p_change_median"] = float(np.median(v)) if len(v := _values(rows, variant, f"{tag}_p_change")) \
             else math.nan
-        out[f"{tag}_top1_kept"] = _mean(_values(rows, variant, f"{tag}_top1_kept"))
+        out[f"{tag}_top1_kept"] = mean_of(_values(rows, variant, f"{tag}_top1_kept"))
     return out
 
 
@@ -417,9 +425,9 @@ def erase_summary(rows: Sequence[dict], variant: str) -> dict[str, float]:
         out[f"{tag}_ppl_before"] = math.exp(before.mean()) if len(before) else math.nan
         out[f"{tag}_ppl_after"] = math.exp(after.mean()) if len(after) else math.nan
         out[f"{tag}_ppl_change"] = out[f"{tag}_ppl_after"] / out[f"{tag}_ppl_before"] - 1
-        out[f"{tag}_p_change"] = _mean(_values(rows, variant, f"{tag}_p_change"))
-        out[f"{tag}_top1_before"] = _mean(_values(rows, variant, f"{tag}_top1_before"))
-        out[f"{tag}_top1_after"] = _mean(_values(rows, variant, f"{tag}_top1_after"))
+        out[f"{tag}_p_change"] = mean_of(_values(rows, variant, f"{tag}_p_change"))
+        out[f"{tag}_top1_before"] = mean_of(_values(rows, variant, f"{tag}_top1_before"))
+        out[f"{tag}_top1_after"] = mean_of(_values(rows, variant, f"{tag}_top1_after"))
     return out
 
 
@@ -457,8 +465,8 @@ def counterfact_scores(lm: LanguageModel, record: CounterFactRecord, edit: Edit 
         par = _compare(lm, list(record.paraphrase_prompts), record.target_new, record.target_true)
         neighbours = list(record.neighborhood_prompts)
         nei = _compare(lm, [p for p, _ in neighbours], [t for _, t in neighbours], record.target_new)
-        return {"efficacy": _share(eff > 0), "paraphrase": _share(par > 0), "neighborhood": _share(nei > 0),
-                "efficacy_diff": _mean(eff), "paraphrase_diff": _mean(par), "neighborhood_diff": _mean(nei)}
+        return {"efficacy": share_of(eff > 0), "paraphrase": share_of(par > 0), "neighborhood": share_of(nei > 0),
+                "efficacy_diff": mean_of(eff), "paraphrase_diff": mean_of(par), "neighborhood_diff": mean_of(nei)}
 
     before = measure()
     if edit is None:
