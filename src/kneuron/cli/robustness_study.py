@@ -5,7 +5,6 @@ study and printed as a short table."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,14 +44,16 @@ def robustness_study(run: Path, model: str | None, device: str, seed: int) -> li
     return rows
 
 
-def _pct(value: float | None) -> str:
-    return f"{value:.0%}" if value is not None and math.isfinite(value) else "–"
-
-
 def robustness_tables(rows: Sequence[dict], run: Path | str) -> list[Table | Text]:
     """Per variant: one table of the prompt sets (P(new) > P(old), top-1 = new, P(new) rose, top-1 became new) and
     a line each for the old reverse fact, the neighbourhood and the recomputed refined sets."""
-    from kneuron.experiments.edit_robustness_summary import robustness_summary, robustness_variants, summary_table
+    from kneuron.experiments.edit_robustness_summary import (
+        percent,
+        robustness_summary,
+        robustness_variants,
+        summary_lines,
+        summary_table,
+    )
 
     parts: list[Table | Text] = []
     for variant in robustness_variants(rows):
@@ -63,21 +64,9 @@ def robustness_tables(rows: Sequence[dict], run: Path | str) -> list[Table | Tex
                               ("top-1 = new", "right"), ("P(new) rose", "right"), ("top-1 became new", "right")):
             table.add_column(name, justify=justify)
         for label, count, beats, top1, rose, became in summary_table(rows, variant):
-            table.add_row(label, f"{count:.0f}", _pct(beats), _pct(top1), _pct(rose), _pct(became))
+            table.add_row(label, f"{count:.0f}", percent(beats), percent(top1), percent(rose), percent(became))
         parts.append(table)
-        lines = []
-        if s.get("reverse_old_top1_before_facts"):
-            lines.append(f"old reverse fact (\"Paris is the capital of\" → France): top-1 right "
-                         f"{_pct(s.get('reverse_old_top1_before'))} → {_pct(s.get('reverse_old_top1_after'))}, "
-                         f"kept on {_pct(s.get('reverse_old_kept'))} of the prompts it was right on")
-        if s.get("neighborhood_facts"):
-            lines.append(f"neighbourhood (other subjects of the relation keep their answer over t'): "
-                         f"{_pct(s.get('neighborhood_before'))} → {_pct(s.get('neighborhood'))} "
-                         f"({s['neighborhood_facts']:.0f} facts)")
-        if s.get("refined_equal_facts"):
-            lines.append(f"refined sets recomputed from the stored coarse sets equal the atlas's for "
-                         f"{_pct(s.get('refined_equal'))} of {s['refined_equal_facts']:.0f} facts; neurons of the kept "
-                         f"prompts vs all prompts: Jaccard {s.get('heldout_jaccard', math.nan):.2f}")
+        lines = summary_lines(s)
         lines.append("kept / held-out paraphrases: the update goes through the neurons refined again from the kept "
                      "prompts only; 'held-out, all-prompt neurons' is the ordinary update on the same held-out "
                      "prompts. P(new) rose: the new answer's first token (the one top-1 is about); reverse: "

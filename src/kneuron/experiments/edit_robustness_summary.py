@@ -51,12 +51,33 @@ def summary_table(rows: Sequence[dict], variant: str) -> list[tuple[str, float, 
     return table
 
 
+def percent(value: float | None) -> str:
+    """``value`` as a whole percentage; a dash for None or NaN."""
+    return f"{value:.0%}" if value is not None and math.isfinite(value) else "–"
+
+
+def summary_lines(s: dict[str, float]) -> list[str]:
+    """The sentences under a variant's table (from :func:`robustness_summary`): the old reverse fact, the
+    neighbourhood and the recomputed refined sets, each when the study measured it."""
+    lines = []
+    if s.get("reverse_old_top1_before_facts"):
+        lines.append(f"old reverse fact (\"Paris is the capital of\" → France): top-1 right "
+                     f"{percent(s.get('reverse_old_top1_before'))} → {percent(s.get('reverse_old_top1_after'))}, "
+                     f"kept on {percent(s.get('reverse_old_kept'))} of the prompts it was right on")
+    if s.get("neighborhood_facts"):
+        lines.append(f"neighbourhood (other subjects of the relation keep their answer over t'): "
+                     f"{percent(s.get('neighborhood_before'))} → {percent(s.get('neighborhood'))} "
+                     f"({s['neighborhood_facts']:.0f} facts)")
+    if s.get("refined_equal_facts"):
+        lines.append(f"refined sets recomputed from the stored coarse sets equal the atlas's for "
+                     f"{percent(s.get('refined_equal'))} of {s['refined_equal_facts']:.0f} facts; neurons of the "
+                     f"kept prompts vs all prompts: Jaccard {s.get('heldout_jaccard', math.nan):.2f}")
+    return lines
+
+
 def format_summary(rows: Sequence[dict]) -> str:
     """A plain-text summary per variant: the prompt sets' success and probability vs top-1, symmetry and the
     neighbourhood."""
-    def pct(value: float | None) -> str:
-        return f"{value:.0%}" if value is not None and math.isfinite(value) else "–"
-
     lines = []
     for variant in robustness_variants(rows):
         s = robustness_summary(rows, variant)
@@ -64,16 +85,7 @@ def format_summary(rows: Sequence[dict]) -> str:
         lines.append(f"  {'prompt set':<46}{'facts':>6}{'P(new)>P(old)':>14}{'top1=new':>9}{'P(new) rose':>12}"
                      f"{'top1 became':>12}")
         for label, count, beats, top1, rose, became in summary_table(rows, variant):
-            lines.append(f"  {label:<46}{count:>6.0f}{pct(beats):>14}{pct(top1):>9}{pct(rose):>12}{pct(became):>12}")
-        if s.get("reverse_old_top1_before_facts"):
-            lines.append(f"  old reverse fact (e.g. 'Paris is the capital of' -> France): top-1 right "
-                         f"{pct(s.get('reverse_old_top1_before'))} -> {pct(s.get('reverse_old_top1_after'))}, kept "
-                         f"{pct(s.get('reverse_old_kept'))}")
-        if s.get("neighborhood_facts"):
-            lines.append(f"  neighbourhood (other subjects keep their answer over t'): "
-                         f"{pct(s.get('neighborhood_before'))} -> {pct(s.get('neighborhood'))}")
-        if s.get("refined_equal_facts"):
-            lines.append(f"  refined set recomputed from the coarse sets equals the atlas's: "
-                         f"{pct(s.get('refined_equal'))} of {s['refined_equal_facts']:.0f} facts; held-out neurons "
-                         f"vs all-prompt neurons, Jaccard {s.get('heldout_jaccard', math.nan):.2f}")
+            lines.append(f"  {label:<46}{count:>6.0f}{percent(beats):>14}{percent(top1):>9}{percent(rose):>12}"
+                         f"{percent(became):>12}")
+        lines += [f"  {line}" for line in summary_lines(s)]
     return "\n".join(lines)

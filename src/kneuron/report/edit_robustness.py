@@ -8,12 +8,14 @@ classes ``note`` and ``l``).
 
 from __future__ import annotations
 
-import html
-import math
 from collections.abc import Sequence
 
+from kneuron.experiments.edit_robustness_summary import percent as _pct
 from kneuron.experiments.edit_robustness_summary import robustness_summary, robustness_variants, summary_table
 from kneuron.report.editing import LABELS
+from kneuron.report.parts import escape as _e
+from kneuron.report.parts import number
+from kneuron.report.parts import table as _table
 
 #: Niu et al.'s finding as PAPER.md states it
 PAPER_NIU = ("Niu et al. (ICLR 2024): edits should hold under bijective symmetry (the reversed relation) and "
@@ -21,23 +23,8 @@ PAPER_NIU = ("Niu et al. (ICLR 2024): edits should hold under bijective symmetry
              "predictions overturned)")
 
 
-def _e(text: object) -> str:
-    return html.escape(str(text))
-
-
-def _pct(value: float | None) -> str:
-    return f"{value:.0%}" if value is not None and math.isfinite(value) else "–"
-
-
 def _num(value: float | None) -> str:
-    return f"{value:.3g}" if value is not None and math.isfinite(value) else "–"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f'<th class="{"l" if i == 0 else ""}">{_e(h)}</th>' for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f'<td class="{"l" if i == 0 else ""}">{c}</td>' for i, c in enumerate(row))
-                   + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return number(value, ".3g")
 
 
 def edit_robustness_section(rows: Sequence[dict]) -> str:
