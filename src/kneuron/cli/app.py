@@ -286,6 +286,14 @@ RunOption = Annotated[Path, typer.Option(
     "--run", help="The atlas (.sqlite) that `kneuron run` wrote.", show_default=False)]
 
 
+def require_done_facts(atlas, run) -> None:
+    """Refuse, in one line, an atlas with no done fact yet: there is nothing to study."""
+    with atlas.snapshot():
+        has_facts = bool(atlas.query("SELECT 1 FROM facts WHERE status = 'done' LIMIT 1"))
+    if not has_facts:
+        raise KneuronError(f"{run} has no computed facts yet: run `kneuron run --out {run}` (or let it finish).")
+
+
 def atlas_model(atlas, model: str | None, device: str):
     """The model an atlas was made with (``--model`` or the atlas's own), refusing another one."""
     from kneuron.store import model_identity

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rich.text import Text
 
-from kneuron.cli.app import atlas_model, err_console
+from kneuron.cli.app import atlas_model, err_console, require_done_facts
 from kneuron.errors import KneuronError
 
 #: the studies, in the order they run (consistency last: it reads the others' rows)
@@ -50,10 +50,7 @@ def beyond_study(run: Path, model: str | None, device: str, *, only: str | None 
 
     names = beyond_names(only)
     with Atlas.open(run) as atlas:
-        with atlas.snapshot():
-            has_facts = bool(atlas.facts())
-        if not has_facts:
-            raise KneuronError(f"{run} has no computed facts yet: run `kneuron run --out {run}` (or let it finish).")
+        require_done_facts(atlas, run)
         if lm is None and NEEDS_MODEL & set(names):
             lm = atlas_model(atlas, model, device)
         steps: dict[str, Callable[[], list[dict]]] = {

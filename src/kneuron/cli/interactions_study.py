@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.table import Table
 from rich.text import Text
 
-from kneuron.cli.app import atlas_model, console, err_console
+from kneuron.cli.app import atlas_model, console, err_console, require_done_facts
 from kneuron.errors import KneuronError
 
 
@@ -23,10 +23,7 @@ def interactions_command(run: Path, model: str | None, device: str, *, seed: int
     from kneuron.store import Atlas
 
     with Atlas.open(run) as atlas:
-        with atlas.snapshot():
-            has_facts = bool(atlas.facts())
-        if not has_facts:
-            raise KneuronError(f"{run} has no computed facts yet: run `kneuron run --out {run}` (or let it finish).")
+        require_done_facts(atlas, run)
         lm = atlas_model(atlas, model, device)
         rows, seconds = run_interactions_study(atlas, lm, seed=seed, cap=cap, max_k=max_k, tolerance=tolerance,
                                                facts_limit=facts_limit)

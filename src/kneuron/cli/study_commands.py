@@ -19,6 +19,7 @@ from kneuron.cli.app import (
     command,
     console,
     err_console,
+    require_done_facts,
 )
 from kneuron.errors import KneuronError
 
@@ -144,11 +145,8 @@ def study(
                                f"`kneuron study beyond --only {beyond}`.")
         beyond_names(beyond)  # refused in one line before any study runs
     with Atlas.open(run) as atlas:
-        with atlas.snapshot():
-            has_facts = bool(atlas.query("SELECT 1 FROM facts WHERE status = 'done' LIMIT 1"))
-            stale = generic_share is not None or not atlas.meta.get("generic")
-        if not has_facts:
-            raise KneuronError(f"{run} has no computed facts yet: run `kneuron run --out {run}` (or let it finish).")
+        require_done_facts(atlas, run)
+        stale = generic_share is not None or not atlas.meta.get("generic")
         lm = atlas_model(atlas, model, device)
         if stale:
             atlas.update_generic(share=generic_share)  # flags the generic neurons in the atlas's generic table

@@ -12,8 +12,7 @@ from pathlib import Path
 from rich.table import Table
 from rich.text import Text
 
-from kneuron.cli.app import atlas_model, console, err_console, show_token
-from kneuron.errors import KneuronError
+from kneuron.cli.app import atlas_model, console, err_console, require_done_facts, show_token
 
 #: facts whose neurons the study's printout shows as examples
 EXAMPLE_FACTS = 6
@@ -28,10 +27,7 @@ def vocabulary_study_command(run: Path, model: str | None, device: str, seed: in
     from kneuron.store import Atlas
 
     with Atlas.open(run) as atlas:
-        with atlas.snapshot():
-            has_facts = bool(atlas.facts())
-        if not has_facts:
-            raise KneuronError(f"{run} has no computed facts yet: run `kneuron run --out {run}` (or let it finish).")
+        require_done_facts(atlas, run)
         lm = atlas_model(atlas, model, device)
         rows, stored = run_vocabulary_study(atlas, lm, seed)
     print_vocabulary_summary(rows, stored, run)
