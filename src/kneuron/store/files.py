@@ -136,17 +136,20 @@ def probe(path: Path) -> str | None:
 
 def connect_read_only(path: Path, timeout: float = 10.0) -> sqlite3.Connection:
     """A read-only connection (``mode=ro``); a WAL database on read-only media or in a read-only folder (where
-    no -shm file can be made) is read as an immutable file."""
+    no -shm file can be made) is read as an immutable file. Usable from one thread at a time, not only the one
+    that opened it (``kneuron serve`` closes its per-thread connections from the thread that shuts it down)."""
     uri = path.resolve().as_uri()
     try:
-        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=timeout, isolation_level=None)
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=timeout, isolation_level=None,
+                             check_same_thread=False)
         db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         return db
     except sqlite3.Error as exc:
         if "not a database" in str(exc).lower() or "malformed" in str(exc).lower():
             raise translate(path, exc) from None
     try:
-        db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+        db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None,
+                             check_same_thread=False)
         db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         return db
     except sqlite3.Error as exc:
