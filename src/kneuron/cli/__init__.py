@@ -3,12 +3,19 @@
 - :mod:`~kneuron.cli.model_commands`: predict, models, find, facts (ask a model directly);
 - :mod:`~kneuron.cli.atlas_commands`: run, atlas, export (write and read an atlas);
 - :mod:`~kneuron.cli.study_commands`: study, report;
-- :mod:`~kneuron.cli.edit_commands`: edit, erase.
+- :mod:`~kneuron.cli.edit_commands`: edit, erase;
+- :mod:`~kneuron.cli.serve_command`: serve (a web app over an atlas).
 
 Importing this package registers every command on :data:`app`.
 """
 
-from kneuron.cli import atlas_commands, edit_commands, model_commands, study_commands  # noqa: F401 (registers)
+from kneuron.cli import (  # noqa: F401 (registers)
+    atlas_commands,
+    edit_commands,
+    model_commands,
+    serve_command,
+    study_commands,
+)
 from kneuron.cli.app import app, command, console, err_console, fail, load_model, quiet_transformers
 from kneuron.errors import KneuronError
 

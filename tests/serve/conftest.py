@@ -1,0 +1,66 @@
+"""Fixtures of the ``kneuron serve`` tests: a tiny atlas with studies (made once per session), its model, and the
+app over it."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from kneuron.store import Atlas, run
+from store.helpers import tiny_facts
+from tiny_models import tiny_lm
+
+FAMILY = "llama"
+
+
+def atlas_model():
+    """The tiny model the serve atlases are made with (the same weights at every call)."""
+    return tiny_lm(FAMILY)
+
+
+def make_atlas(path, keep_scores: str = "full", studies: bool = True):
+    """A tiny atlas of the ten tiny facts (3 steps, share 0.3), with the paper's studies and a vocabulary study."""
+    from kneuron.experiments.studies import run_studies
+
+    lm = atlas_model()
+    run(lm, tiny_facts(), path, steps=3, known_only=False, progress=False, share=0.3, keep_scores=keep_scores)
+    if studies:
+        with Atlas.open(path) as atlas:
+            facts = atlas.facts()
+            neurons = atlas.all_refined()
+            baseline = {f.id: atlas.baseline_neurons(f.id) for f in facts}
+            found = run_studies(lm, facts, neurons, baseline, seed=3, other_facts=2,
+                                studies=("suppress_amplify", "layers", "discrimination"))
+            for study, rows in found.items():
+                atlas.write_results(study, rows, facts=[f.id for f in facts])
+    return path
+
+
+@pytest.fixture(scope="session")
+def serve_atlas(tmp_path_factory):
+    """A full-score tiny atlas with studies; read-only: copy it (``atlas_copy``) to change it."""
+    return make_atlas(tmp_path_factory.mktemp("serve") / "tiny.sqlite")
+
+
+@pytest.fixture(scope="session")
+def sparse_atlas(tmp_path_factory):
+    return make_atlas(tmp_path_factory.mktemp("serve-sparse") / "sparse.sqlite", keep_scores="sparse",
+                      studies=False)
+
+
+@pytest.fixture
+def atlas_copy(serve_atlas, tmp_path):
+    target = tmp_path / "copy.sqlite"
+    shutil.copyfile(serve_atlas, target)
+    return target
+
+
+@pytest.fixture
+def client(serve_atlas):
+    from fastapi.testclient import TestClient
+
+    from kneuron.serve.app import create_app
+
+    with TestClient(create_app(serve_atlas)) as test_client:
+        yield test_client
