@@ -64,3 +64,18 @@ def client(serve_atlas):
 
     with TestClient(create_app(serve_atlas)) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="module")
+def live_server(serve_atlas):
+    """The app over the tiny atlas with its tiny model loaded for probes (``server.lm``, ``server.queue``), served
+    on a free port of 127.0.0.1."""
+    from kneuron.serve.app import create_app
+    from kneuron.serve.jobs import ProbeQueue
+    from kneuron.serve.server import RunningServer
+
+    lm = atlas_model()
+    with ProbeQueue(lm, max_pending=32) as queue, \
+            RunningServer(create_app(serve_atlas, model=lm, queue=queue)) as server:
+        server.lm, server.queue = lm, queue
+        yield server

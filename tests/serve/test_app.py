@@ -197,3 +197,25 @@ def test_a_missing_atlas_is_refused_in_one_line(tmp_path):
 
     with pytest.raises(KneuronError, match="No atlas at"):
         create_app(tmp_path / "none.sqlite")
+
+
+def test_the_overview_is_computed_once_per_state_of_the_atlas(atlas_copy):
+    """Cached while the atlas stays the same; a commit by a run (another connection) shows at the next request."""
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    app = create_app(atlas_copy)
+    with TestClient(app) as client:
+        cache = app.app.state.cache
+        first = [client.get("/api/overview").json()["done"] for _ in range(5)]
+        client.get("/")
+        assert first == [10] * 5 and cache.computed == 1
+        db = sqlite3.connect(atlas_copy)  # what a run does: a write transaction, committed
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("UPDATE facts SET status = 'pending' WHERE id = 'capital:Italy'")
+        db.commit()
+        assert client.get("/api/overview").json()["done"] == 9
+        assert [r["done"] for r in client.get("/api/overview").json()["relations"]] == [4, 3, 2]
+        assert cache.computed == 2
+        db.close()

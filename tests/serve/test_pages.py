@@ -199,3 +199,16 @@ def test_nothing_is_nan_in_the_json(atlas):
                  pages.relation_page(atlas, "language")):
         json.dumps(data, allow_nan=False)  # raises on NaN or infinity
     assert not any(isinstance(v, float) and math.isnan(v) for v in pages.prompt_cells(atlas, "capital:France", 0))
+
+
+def test_relation_figures_without_the_results_index_are_the_same(atlas_copy):
+    """An atlas whose studies ran before the results-by-fact index existed reads the study's rows instead."""
+    with Atlas.open(atlas_copy, read_only=True) as atlas:
+        indexed = pages.relation_page(atlas, "capital")["figures"]
+    db = sqlite3.connect(atlas_copy)
+    db.execute("DROP INDEX results_by_fact")
+    db.commit()
+    db.close()
+    with Atlas.open(atlas_copy, read_only=True) as atlas:
+        assert pages.relation_page(atlas, "capital")["figures"] == indexed
+    assert [f["n"] for f in indexed] == [5, 5, 5, 5]

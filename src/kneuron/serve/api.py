@@ -31,8 +31,9 @@ def neuron_or_404(name: str) -> tuple[int, int]:
     return found
 
 
-def add_routes(app, reader) -> None:
-    """Register the JSON routes on ``app``; ``reader()`` gives this thread's atlas connection."""
+def add_routes(app, reader, cache) -> None:
+    """Register the JSON routes on ``app``; ``reader()`` gives this thread's atlas connection, ``cache`` is the
+    app's :class:`~kneuron.serve.cache.PageCache`."""
     def queue_of(request: Request):
         queue = request.app.state.queue
         if queue is None or request.app.state.model is None:
@@ -41,11 +42,11 @@ def add_routes(app, reader) -> None:
 
     @app.get("/api/overview")
     def overview() -> dict[str, Any]:
-        return pages.overview(reader())
+        return cache.get("overview", lambda: pages.overview(reader()))
 
     @app.get("/api/relation/{relation:path}")
     def relation(relation: str) -> dict[str, Any]:
-        return pages.relation_page(reader(), relation)
+        return cache.get(("relation", relation), lambda: pages.relation_page(reader(), relation))
 
     @app.get("/api/fact/{fact_id:path}/prompt/{idx}/cells")
     def cells(fact_id: str, idx: int) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException
 
 from kneuron.errors import KneuronError
 from kneuron.serve import api, pages
+from kneuron.serve.cache import PageCache
 from kneuron.serve.readers import AtlasReaders
 from kneuron.serve.safety import ASSETS, BodyLimit
 
@@ -77,6 +78,7 @@ def create_app(atlas: str | Path, *, model=None, queue=None, allow_save: bool = 
         KneuronError: no atlas at ``atlas``, or not an atlas.
     """
     readers = AtlasReaders(atlas)
+    cache = PageCache(readers.path)
     with readers.get().snapshot():
         meta = readers.get().meta
     templates = Jinja2Templates(directory=str(TEMPLATES))
@@ -87,7 +89,7 @@ def create_app(atlas: str | Path, *, model=None, queue=None, allow_save: bool = 
     templates.env.filters.update(percent=percent, number=number)
 
     app = FastAPI(title=title or f"kneuron: {readers.path.name}", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.readers, app.state.model, app.state.queue = readers, model, queue
+    app.state.readers, app.state.model, app.state.queue, app.state.cache = readers, model, queue, cache
     app.state.allow_save = allow_save
 
     @app.on_event("shutdown")
@@ -139,11 +141,12 @@ def create_app(atlas: str | Path, *, model=None, queue=None, allow_save: bool = 
 
     @app.get("/")
     def overview(request: Request) -> Response:
-        return page(request, "overview.html", pages.overview(reader()))
+        return page(request, "overview.html", cache.get("overview", lambda: pages.overview(reader())))
 
     @app.get("/relation/{relation:path}")
     def relation(request: Request, relation: str) -> Response:
-        return page(request, "relation.html", pages.relation_page(reader(), relation))
+        return page(request, "relation.html",
+                    cache.get(("relation", relation), lambda: pages.relation_page(reader(), relation)))
 
     @app.get("/fact/{fact_id:path}")
     def fact(request: Request, fact_id: str) -> Response:
@@ -180,5 +183,5 @@ def create_app(atlas: str | Path, *, model=None, queue=None, allow_save: bool = 
             return JSONResponse({"error": f"No asset {name!r}."}, status_code=404)
         return FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
 
-    api.add_routes(app, reader)
+    api.add_routes(app, reader, cache)
     return BodyLimit(app)

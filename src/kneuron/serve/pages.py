@@ -162,13 +162,31 @@ def relation_page(atlas, relation: str) -> dict[str, Any]:
         shared = [{"name": neuron_name(n.layer, n.index), "layer": n.layer, "index": n.index, "facts": count,
                    "share": count / len(done) if done else None, "score": _finite(n.score)}
                   for n, count in atlas.top_neurons(20, relation=relation)]
-        figures = [_headline_figure(atlas, f"{variant}_{metric}", f"{metric} ({variant})", "suppress_amplify",
-                                    variant, metric, "percent", relation=relation)
-                   for variant in ("kn", "random") for metric in ("suppress", "amplify")]
+        rows = _relation_results(atlas, relation, "suppress_amplify")
+        figures = []
+        for variant in ("kn", "random"):
+            for metric in ("suppress", "amplify"):
+                summary = summarize(rows, variant, metric)
+                figures.append({"key": f"{variant}_{metric}", "label": f"{metric} ({variant})",
+                                "value": _finite(summary.mean), "format": "percent", "n": summary.n,
+                                "study": "suppress_amplify", "variant": variant, "metric": metric})
         layers = atlas.layer_counts("refined", relation=relation)
     return {"relation": relation, "facts": facts[:MAX_ROWS], "n_facts": len(facts), "done": len(done),
             "shared": shared, "figures": [f for f in figures if f["n"]],
             "layers": [{"layer": layer, "neurons": count} for layer, count in sorted(layers.items())]}
+
+
+def _relation_results(atlas, relation: str, study: str) -> list[dict[str, Any]]:
+    """The per-fact rows of ``study`` about the relation's facts: through the facts of the relation and the
+    results-by-fact index (an atlas whose studies ran before that index existed reads all of the study's rows)."""
+    indexed = atlas.query("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'results_by_fact'")
+    if not indexed:
+        return [r for r in _study_rows(atlas, study, relation=relation) if r["fact_id"]]
+    rows = atlas.query("SELECT r.variant, r.relation, r.fact_id, r.metric, r.value FROM facts f CROSS JOIN results r "
+                       "ON r.fact_id = f.id AND r.study = ? WHERE f.relation = ? ORDER BY r.rowid", [study, relation])
+    for row in rows:
+        row["value"] = math.nan if row["value"] is None else row["value"]
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------ fact

@@ -694,7 +694,7 @@ class Atlas:
     def relation_neurons(self, relation: str) -> Counter[tuple[int, int]]:
         """How many of the relation's done facts have each refined neuron, keyed by ``(layer, index)``."""
         rows = self._execute(
-            "SELECT n.layer, n.neuron, count(DISTINCT n.fact_id) FROM neurons n JOIN facts f ON f.id = n.fact_id "
+            "SELECT n.layer, n.neuron, count(DISTINCT n.fact_id) FROM facts f CROSS JOIN neurons n ON n.fact_id = f.id "
             "WHERE n.kind = 'refined' AND f.status = 'done' AND f.relation = ? GROUP BY n.layer, n.neuron",
             (relation,))
         return Counter({(layer, neuron): count for layer, neuron, count in rows})
@@ -713,8 +713,10 @@ class Atlas:
 
     def layer_counts(self, kind: str = "refined", relation: str | None = None) -> dict[int, int]:
         """How many neurons of ``kind`` (over done facts, with repeats) sit in each layer (every layer listed)."""
-        sql = ("SELECT n.layer, count(*) FROM neurons n JOIN facts f ON f.id = n.fact_id "
-               "WHERE n.kind = ? AND f.status = 'done'")
+        # one relation: its facts first (by relation), then their neurons (by fact); else every neuron of the kind
+        join = "facts f CROSS JOIN neurons n ON n.fact_id = f.id" if relation is not None else \
+            "neurons n JOIN facts f ON f.id = n.fact_id"
+        sql = f"SELECT n.layer, count(*) FROM {join} WHERE n.kind = ? AND f.status = 'done'"
         args: list[Any] = [kind]
         if relation is not None:
             sql += " AND f.relation = ?"
@@ -726,8 +728,10 @@ class Atlas:
 
     def top_neurons(self, k: int = 10, relation: str | None = None) -> list[tuple[Neuron, int]]:
         """The ``k`` refined neurons shared by the most done facts: ``(neuron with mean score, facts)``."""
-        sql = ("SELECT n.layer, n.neuron, count(DISTINCT n.fact_id) AS facts, avg(n.score) FROM neurons n "
-               "JOIN facts f ON f.id = n.fact_id WHERE n.kind = 'refined' AND f.status = 'done'")
+        join = "facts f CROSS JOIN neurons n ON n.fact_id = f.id" if relation is not None else \
+            "neurons n JOIN facts f ON f.id = n.fact_id"  # as in layer_counts
+        sql = (f"SELECT n.layer, n.neuron, count(DISTINCT n.fact_id) AS facts, avg(n.score) FROM {join} "
+               "WHERE n.kind = 'refined' AND f.status = 'done'")
         args: list[Any] = []
         if relation is not None:
             sql += " AND f.relation = ?"

@@ -1,0 +1,115 @@
+"""``kneuron serve`` on a large atlas against a small one, side by side: start-up and each page type's time.
+
+The small atlas: the ten tiny facts of the tests on the tiny Llama (full score matrices). The large one: the same
+rows copied ``COPIES`` times under new fact ids, subjects and relations (``capital#17``, ...): ``COPIES x 10`` facts
+with their prompts, neurons and study rows, so every table is ``COPIES`` times larger and every page has the same
+shape of answer. A page that scans a table takes ``COPIES`` times longer there; one that reads through the atlas's
+indexes takes about as long. Printed: seconds in each and their ratio (large / small), the best of ``REPEATS``
+runs, in one process on one thread (``torch.set_num_threads(1)``; the server does no torch work here).
+
+Run: ``.venv/bin/python benchmarks/bench_serve.py [COPIES]`` (default 2000: 20,000 facts, about 1.3 GB of
+atlas in ``/tmp``, built once and reused).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+
+REPEATS = 5
+COPIES = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+
+
+def small_atlas(folder: Path) -> Path:
+    from serve.conftest import make_atlas
+
+    path = folder / "small.sqlite"
+    if not path.exists():
+        make_atlas(path)
+    return path
+
+
+def large_atlas(small: Path, folder: Path, copies: int) -> Path:
+    """``copies`` copies of every fact of ``small`` (new id, subject and relation per copy) in one file."""
+    path = folder / f"large-{copies}.sqlite"
+    if path.exists():
+        return path
+    partial = folder / f"large-{copies}.partial.sqlite"
+    shutil.copyfile(small, partial)
+    db = sqlite3.connect(partial)
+    seq = db.execute("SELECT max(seq) + 1 FROM facts").fetchone()[0]
+    facts = db.execute("SELECT count(*) FROM facts").fetchone()[0]
+    for copy in range(1, copies):
+        suffix = f"#{copy}"
+        rel = f"'#{copy % 100}'"
+        db.execute(f"INSERT INTO facts SELECT id || '{suffix}', seq + {seq * copy}, relation || {rel}, "
+                   f"subject || '{suffix}', object, templates, status, known, known_share, ranks, note, params, "
+                   f"compute_seconds, write_seconds FROM facts WHERE instr(id, '#') = 0")
+        db.execute(f"INSERT INTO prompts SELECT fact_id || '{suffix}', idx, template, text, probability, rank, "
+                   "objective, position, dtype, layers, neurons, scores, activations, baseline, completeness_gap "
+                   "FROM prompts WHERE instr(fact_id, '#') = 0")
+        db.execute(f"INSERT INTO neurons SELECT fact_id || '{suffix}', kind, prompt, rank, layer, neuron, score "
+                   "FROM neurons WHERE instr(fact_id, '#') = 0")
+        db.execute(f"INSERT INTO results SELECT study, variant, CASE WHEN relation = '' THEN '' ELSE relation || "
+                   f"{rel} END, CASE WHEN fact_id = '' THEN '' ELSE fact_id || '{suffix}' END, metric, value "
+                   "FROM results WHERE instr(fact_id, '#') = 0 AND fact_id != ''")
+        if copy % 200 == 0:
+            db.commit()
+    db.commit()
+    db.close()
+    partial.rename(path)
+    print(f"built {path} ({copies * facts:,} facts, {path.stat().st_size / 2**20:,.0f} MB)", flush=True)
+    return path
+
+
+def best(fn, repeats: int = REPEATS) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def measure(path: Path) -> dict[str, float]:
+    from fastapi.testclient import TestClient
+
+    from kneuron.serve.app import create_app
+
+    found = {"start-up (create_app)": best(lambda: create_app(path))}
+    urls = {"overview": "/", "relation": "/relation/capital", "fact": "/fact/capital%3AFrance",
+            "neuron": "/neuron/L0.N15", "prompt cells": "/api/fact/capital%3AFrance/prompt/0/cells",
+            "search (subject)": "/search?q=Italy", "study": "/study/suppress_amplify?variant=kn&metric=suppress"}
+    with TestClient(create_app(path)) as client:
+        for name, url in urls.items():
+            assert client.get(url).status_code == 200, url
+            found[name] = best(lambda url=url: client.get(url))
+    return found
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    folder = Path(tempfile.gettempdir()) / "kneuron-bench-serve"
+    folder.mkdir(exist_ok=True)
+    small = small_atlas(folder)
+    large = large_atlas(small, folder, COPIES)
+    facts = sqlite3.connect(large).execute("SELECT count(*) FROM facts").fetchone()[0]
+    print(f"small atlas: 10 facts, {small.stat().st_size / 2**20:.1f} MB; large: {facts:,} facts, "
+          f"{large.stat().st_size / 2**20:,.0f} MB; best of {REPEATS}, one thread")
+    a, b = measure(small), measure(large)
+    print(f"{'':24} {'small s':>9} {'large s':>9} {'large/small':>12}")
+    for name in a:
+        print(f"{name:24} {a[name]:9.4f} {b[name]:9.4f} {b[name] / a[name]:12.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Headless Chromium driven by Selenium, for the browser tests and the README's screenshots.
+
+Debian's ``chromium`` and ``chromium-driver`` (``/usr/bin/chromium``, ``/usr/bin/chromedriver``; ``make test``
+installs them) are used as they are: the driver's path is given, so Selenium never looks for or downloads one
+(``SE_OFFLINE``), and Chromium starts with its background networking off (this machine's network is closed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--disable-extensions", "--hide-scrollbars", "--force-device-scale-factor=1")
+
+
+def browser_paths() -> tuple[str, str]:
+    """(chromium, chromedriver), or skip: ``make test`` installs both."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("chromium and chromium-driver are not installed (make test installs them: "
+                    "apt-get install -y chromium chromium-driver)")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        pytest.skip("selenium is not installed (make install adds it)")
+    return chromium, driver
+
+
+@contextmanager
+def chromium(width: int = 1280, height: int = 900):
+    """A headless Chromium session (a fresh profile, removed afterwards)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver_path = browser_paths()
+    os.environ.setdefault("SE_OFFLINE", "true")
+    profile = tempfile.mkdtemp(prefix="kneuron-chromium-")
+    options = Options()
+    options.binary_location = binary
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    options.add_argument(f"--window-size={width},{height}")
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_for(driver, condition, timeout: float = 30.0):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+
+
+def charts_drawn(driver) -> int:
+    """How many ECharts instances on the page have drawn a canvas."""
+    return int(driver.execute_script(
+        "return Array.from(document.querySelectorAll('.chart')).filter(e => typeof echarts !== 'undefined' && "
+        "echarts.getInstanceByDom(e) && e.querySelector('canvas')).length"))
+
+
+def screenshot(driver, path: Path) -> Path:
+    """A PNG of the whole page (the window grown to the page's height, at most 4000 pixels)."""
+    height = int(driver.execute_script("return Math.min(4000, document.documentElement.scrollHeight)"))
+    driver.set_window_size(driver.get_window_size()["width"], max(height, 600))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(path))
+    return path
