@@ -66,20 +66,25 @@ def _shown(text: str, width: int = 40) -> str:
     return repr(text if len(text) <= width else text[:width] + "...")
 
 
+def _subject(what: str) -> str:
+    """``what`` as the subject of a sentence: "The prompt", but "Prompt 3" for one of several."""
+    return f"{what[:1].upper()}{what[1:]}" if what[-1:].isdigit() else f"The {what}"
+
+
 def _check_text(text: Any, what: str, limit: int, *, one_line: bool) -> str:
     if not isinstance(text, str):
-        raise ProbeInputError(f"The {what} must be text, not {type(text).__name__}.")
+        raise ProbeInputError(f"{_subject(what)} must be text, not {type(text).__name__}.")
     if len(text) > limit:
-        raise ProbeInputError(f"The {what} is {len(text):,} characters long; at most {limit:,} are accepted: "
+        raise ProbeInputError(f"{_subject(what)} is {len(text):,} characters long; at most {limit:,} are accepted: "
                               "shorten it.")
     if not text.strip():
-        raise ProbeInputError(f"The {what} is empty: type some text.")
+        raise ProbeInputError(f"{_subject(what)} is empty: type some text.")
     for char in text:
         if char in _WHITESPACE:
             if one_line and char != "\t":
-                raise ProbeInputError(f"The {what} must be one line: remove its line breaks.")
+                raise ProbeInputError(f"{_subject(what)} must be one line: remove its line breaks.")
         elif unicodedata.category(char) in ("Cc", "Cs"):
-            raise ProbeInputError(f"The {what} contains the control character U+{ord(char):04X}; remove it.")
+            raise ProbeInputError(f"{_subject(what)} contains the control character U+{ord(char):04X}; remove it.")
     return text
 
 
@@ -95,10 +100,11 @@ def check_answer(text: Any, what: str = "answer") -> str:
     text = _check_text(text, what, MAX_ANSWER_CHARS, one_line=True).strip()
     for placeholder in ("[X]", "[Y]"):
         if placeholder in text:
-            raise ProbeInputError(f"The {what} {_shown(text)} contains {placeholder}, which marks a place in a "
-                                  "prompt: give the plain words.")
+            raise ProbeInputError(f"{_subject(what)} {_shown(text)} contains {placeholder}, which marks a place in "
+                                  "a prompt: give the plain words.")
     if (mask := mask_token_in(text)) is not None:
-        raise ProbeInputError(f"The {what} {_shown(text)} contains the mask token {mask}: give the plain words.")
+        raise ProbeInputError(f"{_subject(what)} {_shown(text)} contains the mask token {mask}: give the plain "
+                              "words.")
     return text
 
 
@@ -134,7 +140,7 @@ def parse_neurons(value: str | Sequence[str], lm: LanguageModel) -> list[tuple[i
     if length > MAX_NEURON_CHARS:
         raise ProbeInputError(f"The neuron list is {length:,} characters long; a probe takes at most {MAX_NEURONS} "
                               f"neurons ({MAX_NEURON_CHARS:,} characters): choose fewer.")
-    tokens = list(dict.fromkeys(token.upper() for part in parts for token in _SEPARATORS.split(part) if token))
+    tokens = [token for part in parts for token in _SEPARATORS.split(part) if token]
     if len(tokens) > MAX_NEURONS:
         raise _too_many(len(tokens))
     keys = []
@@ -165,18 +171,21 @@ def check_neurons(lm: LanguageModel, neurons: Sequence[tuple[int, int]]) -> list
 
 def _check_number(value: Any, what: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ProbeInputError(f"The {what} must be a number, not {value!r}.")
+        raise ProbeInputError(f"{_subject(what)} must be a number, not {value!r}.")
     if not low <= value <= high:
-        raise ProbeInputError(f"The {what} must lie in {low:g}..{high:g}; got {value:g}.")
+        raise ProbeInputError(f"{_subject(what)} must lie in {low:g}..{high:g}; got {value:g}.")
     return value
 
 
 def _named(what: str, exc: Exception) -> str:
-    """``exc``'s message, after "Prompt 3: " when ``what`` names one of several prompts."""
-    return str(exc) if what == "prompt" else f"{what[:1].upper()}{what[1:]}: {exc}"
+    """``exc``'s message, after "Prompt 3: " when ``what`` names one of several."""
+    return f"{_subject(what)}: {exc}" if what[-1:].isdigit() else str(exc)
 
 
 def _prompt(lm: LanguageModel, text: str, what: str = "prompt") -> Prompt:
+    if "[X]" in text:
+        raise ProbeInputError(f"{_subject(what)} contains [X], a template's place for the subject: write the "
+                              "subject itself.")
     try:
         return prompt_from_text(lm, text)
     except FactError as exc:
