@@ -31,6 +31,7 @@ from kneuron.serve.probes import (
     find,
     parse_neurons,
     probe,
+    save_found,
 )
 from tiny_models import CAUSAL_FAMILIES, EAGER_ONLY, FAMILIES, MLM_FAMILIES, tiny_lm
 
@@ -312,3 +313,92 @@ def test_fact_from_probe_builds_the_atlas_kind_of_fact():
     assert "1 to 8" in refused(fact_from_probe, "Denmark", "capital", "Copenhagen", [])
     assert "empty" in refused(fact_from_probe, "Denmark", "", "Copenhagen", ["[X] has [Y]."])
     assert isinstance(ProbeInputError("x"), KneuronError)
+
+
+# ---------------------------------------------------------------------------------------------------- save
+
+
+@pytest.fixture(scope="module")
+def saved_lm():
+    from store.helpers import tiny_model
+
+    return tiny_model("llama")
+
+
+def tiny_atlas(lm, path, known: bool = False, **options):
+    from kneuron.store import run
+    from store.helpers import tiny_facts
+
+    run(lm, tiny_facts()[:2], path, steps=3, share=0.3, known_only=known, progress=False, **options)
+    return path
+
+
+@pytest.mark.parametrize("estimator", ["ig", "gxa"])
+def test_save_found_appends_the_fact_with_the_atlas_params(saved_lm, tmp_path, estimator):
+    from kneuron.store import Atlas
+    from store.helpers import tiny_facts
+
+    path = tiny_atlas(saved_lm, tmp_path / "tiny.sqlite", estimator=estimator)
+    with Atlas.open(path, read_only=True) as atlas:
+        params, before = atlas.params, [f.id for f in atlas.facts()]
+    sweden = tiny_facts()[4]
+    saved = save_found(path, saved_lm, sweden)
+    assert saved["status"] == "added" and saved["fact_id"] == "capital:Sweden" and "\n" not in saved["message"]
+    direct = find_knowledge_neurons(saved_lm, sweden, threshold=params["threshold"], share=params["share"],
+                                    estimator=estimator_from_params(params))
+    assert saved["neurons"] == [str(n) for n in direct.neurons] and saved["neurons"]
+    with Atlas.open(path, read_only=True) as atlas:
+        assert [f.id for f in atlas.facts()] == [*before, "capital:Sweden"]
+        assert atlas.params == params
+        assert [str(n) for n in atlas.knowledge_neurons("capital:Sweden").neurons] == saved["neurons"]
+    again = save_found(path, saved_lm, sweden)
+    assert again["status"] == "exists" and again["neurons"] == saved["neurons"]
+
+
+def test_save_found_reports_dropped_and_invalid_facts(saved_lm, tmp_path):
+    from kneuron.facts.known import answer_ranks
+    from kneuron.store import Atlas
+    from store.helpers import tiny_facts
+
+    path = tiny_atlas(saved_lm, tmp_path / "known.sqlite", known=True, top=1)  # known: top-1 for most prompts
+    unknown = [f for f, ranks in zip(tiny_facts(), answer_ranks(saved_lm, tiny_facts()), strict=True)
+               if all(rank >= 1 for rank in ranks)][-1]
+    saved = save_found(path, saved_lm, unknown)
+    assert saved["status"] == "dropped" and saved["neurons"] == [] and "known filter" in saved["message"]
+    odd = Fact("Denmark", "capital", "Copenhagen", ("[Y] is the capital of [X].",))  # nothing for a causal model
+    invalid = save_found(path, saved_lm, odd)
+    assert invalid["status"] == "invalid" and "nothing before [Y]" in invalid["message"]
+    with Atlas.open(path, read_only=True) as atlas:
+        status = {row["id"]: row["status"] for row in atlas.fact_rows(status=None)}
+    assert status[unknown.id] == "dropped" and status[odd.id] == "invalid"
+    assert save_found(path, saved_lm, unknown)["status"] == "dropped"  # again: still dropped, nothing computed
+
+
+def save_refused(path, lm, fact) -> str:
+    with pytest.raises(KneuronError) as caught:
+        save_found(path, lm, fact)
+    assert "\n" not in str(caught.value)
+    return str(caught.value)
+
+
+def test_save_found_refuses_a_locked_atlas_another_model_and_a_changed_fact(saved_lm, tmp_path):
+    import os
+
+    from kneuron.store import files
+    from store.helpers import dump, tiny_facts, tiny_model
+
+    path = tiny_atlas(saved_lm, tmp_path / "tiny.sqlite")
+    before = dump(path)
+    sweden = tiny_facts()[4]
+    held = files.lock(path)  # another run's lock
+    try:
+        assert "another kneuron run" in save_refused(path, saved_lm, sweden)
+    finally:
+        os.close(held)
+    assert "loaded model" in save_refused(path, tiny_model("llama", seed=1), sweden)
+    changed = Fact("France", "capital", "Berlin", tiny_facts()[0].templates)
+    assert "other content" in save_refused(path, saved_lm, changed)
+    assert "No atlas" in save_refused(tmp_path / "missing.sqlite", saved_lm, sweden)
+    assert dump(path) == before  # nothing was written
+    assert not (tmp_path / "missing.sqlite").exists()
+    assert save_found(path, saved_lm, sweden)["status"] == "added"  # the lock released: it saves
