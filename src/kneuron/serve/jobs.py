@@ -41,7 +41,11 @@ class QueueClosed(KneuronError):
 
 
 class JobTimeout(KneuronError):
-    """:meth:`ProbeQueue.run` stopped waiting; the job goes on and finishes in the background."""
+    """:meth:`ProbeQueue.run` stopped waiting; the job (``job_id``) goes on and finishes in the background."""
+
+    def __init__(self, message: str, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
 
 
 class JobFailed(KneuronError):
@@ -171,7 +175,7 @@ class ProbeQueue:
         job = self.submit(kind, fn)
         if not job.wait(timeout):
             raise JobTimeout(f"The {kind} is still running after {timeout:g} s; it will finish in the background "
-                             f"(job {job.id}).")
+                             f"(job {job.id}).", job.id)
         if job.status == "failed":
             if isinstance(job.exception, KneuronError):
                 raise job.exception
