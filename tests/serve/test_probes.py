@@ -249,6 +249,7 @@ def test_prompt_and_answer_refusals(llama, bert):
     assert "nothing before [Y]" in refused(probe, llama, "[Y] is the capital of Denmark.", ANSWER, [])
     assert "factor" in refused(probe, llama, "The capital of Denmark is", ANSWER, NEURONS, factor=float("nan"))
     assert "top" in refused(probe, llama, "The capital of Denmark is", ANSWER, NEURONS, top=0)
+    assert "whole number" in refused(probe, llama, "The capital of Denmark is", ANSWER, NEURONS, top=2.5)
     check_prompt("The capital\tof\nDenmark is")  # tabs and line breaks are whitespace, not control characters
 
 

@@ -282,6 +282,8 @@ def probe(lm: LanguageModel, prompt: str, answer: str, neurons: Sequence[tuple[i
     query = encode_probe(lm, prompt, answer)
     keys = check_neurons(lm, neurons)
     factor = float(_check_number(factor, "amplify factor", -MAX_FACTOR, MAX_FACTOR))
+    if not isinstance(top, int):
+        raise ProbeInputError(f"The number of top predictions must be a whole number, not {top!r}.")
     top = int(_check_number(top, "number of top predictions", 1, MAX_TOP))
     names = ["as_is"] + (["suppressed", "amplified"] if keys else [])
     sets = [[]] + ([suppress_patches(keys), scale_patches(keys, factor)] if keys else [])
