@@ -122,16 +122,18 @@ def parse_neurons(value: str | Sequence[str], lm: LanguageModel) -> list[tuple[i
     or line breaks, any case) or a list of such strings. Order kept, duplicates dropped; empty means none.
 
     Cheap on any input: a string longer than :data:`MAX_NEURON_CHARS` or a list longer than :data:`MAX_NEURONS` is
-    refused before it is split, and the count is checked before any name is parsed.
+    refused before it is split, and the count of names given (repeats included) is checked before any is parsed.
 
     Raises:
         ProbeInputError: a malformed name, a neuron outside the model, or more than :data:`MAX_NEURONS` neurons.
     """
     if isinstance(value, str):
         parts = [value]
-    elif isinstance(value, Sequence) and all(isinstance(part, str) for part in value):
+    elif isinstance(value, Sequence):
         if len(value) > MAX_NEURONS:
             raise _too_many(len(value))
+        if not all(isinstance(part, str) for part in value):
+            raise ProbeInputError("Neurons must be names such as 'L29.N1066', one per entry of the list.")
         parts = list(value)
     else:
         raise ProbeInputError(f"Neurons must be text such as 'L29.N1066, L3.N7' or a list of such names, not "
