@@ -36,7 +36,7 @@ from rich.text import Text
 from kneuron import __version__
 from kneuron.attribution.estimators import estimator_names
 from kneuron.attribution.integrated_gradients import ALPHA_RULES
-from kneuron.errors import FactError, KneuronError
+from kneuron.errors import KneuronError
 
 app = typer.Typer(
     name="kneuron",
@@ -206,18 +206,9 @@ def show_token(token: str) -> str:
 
 def parse_prompt(lm, text: str):
     """A Prompt from the command line: plain text for causal models, [Y] or the mask token for masked ones."""
-    from kneuron.facts import Prompt
+    from kneuron.facts.encoding import prompt_from_text
 
-    if lm.kind == "causal":
-        return Prompt.from_text(text)  # (encode and top_predictions refuse one with nothing before [Y])
-    mask = getattr(lm.tokenizer, "mask_token", None)
-    if mask and "[Y]" not in text and text.count(mask) == 1:
-        text = text.replace(mask, "[Y]")
-    if text.count("[Y]") != 1:
-        where = f"[Y] (or {mask})" if mask else "[Y]"
-        raise FactError(f"{lm.name} is a masked model: mark the answer's place with one {where}, "
-                        "e.g. 'The capital of France is [Y].'")
-    return Prompt.from_template(text)
+    return prompt_from_text(lm, text)
 
 
 def vocab_size(lm) -> int:

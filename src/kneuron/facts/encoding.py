@@ -122,6 +122,26 @@ def answer_token_ids(lm: LanguageModel, prompt: Prompt, answer: str, _tokens: _T
     return ids
 
 
+def prompt_from_text(lm: LanguageModel, text: str) -> Prompt:
+    """A Prompt from text a person typed: plain text to continue (or a template with [Y]) for a causal model; for
+    a masked model a template with one [Y], or with the model's own mask token once in its place.
+
+    Raises:
+        FactError: a masked model's prompt without exactly one [Y] (or mask token), or what
+            :meth:`Prompt.from_text` / :meth:`Prompt.from_template` refuse.
+    """
+    if lm.kind == "causal":
+        return Prompt.from_text(text)  # (encode and top_predictions refuse one with nothing before [Y])
+    mask = getattr(lm.tokenizer, "mask_token", None)
+    if mask and "[Y]" not in text and text.count(mask) == 1:
+        text = text.replace(mask, "[Y]")
+    if text.count("[Y]") != 1:
+        where = f"[Y] (or {mask})" if mask else "[Y]"
+        raise FactError(f"{lm.name} is a masked model: mark the answer's place with one {where}, "
+                        "e.g. 'The capital of France is [Y].'")
+    return Prompt.from_template(text)
+
+
 def _causal_context(prompt: Prompt) -> str:
     """The text a causal model continues; an error when there is none."""
     if not prompt.causal_text.strip():
