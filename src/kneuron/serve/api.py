@@ -14,10 +14,12 @@ from fastapi import Body, Request
 from fastapi.responses import JSONResponse
 
 from kneuron.errors import KneuronError
-from kneuron.serve import pages
+from kneuron.serve import pages, probes
 
-#: the most prompts a find may attribute (one prompt of 20 steps takes about 1.5 s on SmolLM2-135M here)
+#: the most tokens a vocabulary projection lists
 MAX_TOP = 20
+#: seconds a synchronous probe waits for its turn and its run before the request gives up (the probe still ends)
+PROBE_TIMEOUT = 300.0
 
 
 class NoModel(KneuronError):
@@ -75,26 +77,23 @@ def add_routes(app, reader, cache) -> None:
         queue = request.app.state.queue
         return {"atlas": str(request.app.state.readers.path), "model": getattr(request.app.state.model, "name", None),
                 "connections": request.app.state.readers.connections,
-                "queue": None if queue is None else queue.stats()}
+                "queue": None if queue is None else {"pending": queue.pending(), "max_pending": queue.max_pending}}
 
     # ------------------------------------------------------------------------------------------ probes
 
     @app.post("/api/probe")
     def probe(request: Request, payload: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        from kneuron.serve import probes
-
         queue = queue_of(request)
         lm = request.app.state.model
         prompt = probes.check_prompt(_text(payload, "prompt"))
         answer = probes.check_answer(_text(payload, "answer"))
         neurons = probes.parse_neurons(payload.get("neurons") or "", lm)
         factor = _factor(payload.get("factor", 2.0))
-        return queue.run("probe", lambda job: probes.probe(lm, prompt, answer, neurons, factor=factor))
+        return queue.run("probe", lambda job: probes.probe(job.lm, prompt, answer, neurons, factor=factor),
+                         timeout=PROBE_TIMEOUT)
 
     @app.post("/api/find")
     def find(request: Request, payload: dict[str, Any] = Body(...)) -> JSONResponse:
-        from kneuron.serve import probes
-
         queue = queue_of(request)
         lm = request.app.state.model
         texts = payload.get("prompts")
@@ -108,21 +107,23 @@ def add_routes(app, reader, cache) -> None:
         prompts = [probes.check_prompt(t) for t in texts]
         answer = probes.check_answer(_text(payload, "answer"))
         save = bool(payload.get("save"))
-        if save and not request.app.state.allow_save:
-            raise KneuronError("This server does not write to its atlas: restart it with --allow-save to save "
-                               "found facts.")
+        fact = None
+        if save:
+            if not request.app.state.allow_save:
+                raise KneuronError("This server does not write to its atlas: restart it with --allow-save to save "
+                                   "found facts.")
+            fact = fact_to_save(payload, prompts, answer, lm.kind)
         params = reader().params
         path = request.app.state.readers.path
 
         def work(job):
-            found = probes.find(lm, prompts, answer, params,
-                                on_prompt=lambda done, total: setattr(job, "progress", (done, total)))
-            if save:
-                found["saved"] = probes.save_found(path, lm, prompts, answer)
+            found = probes.find(job.lm, prompts, answer, params, on_prompt=job.set_progress)
+            if fact is not None:
+                found["saved"] = probes.save_found(path, job.lm, fact)
             return found
 
         job = queue.submit("find", work)
-        job.progress = (0, len(prompts))
+        job.set_progress(0, len(prompts))
         return JSONResponse({"job": job.id, "status": job.status}, status_code=202)
 
     @app.get("/api/jobs/{job_id}")
@@ -135,16 +136,15 @@ def add_routes(app, reader, cache) -> None:
 
     @app.get("/api/neuron/{name}/vocabulary")
     def vocabulary(request: Request, name: str, top: int = 10, sign: float = 1.0) -> dict[str, Any]:
-        from kneuron.serve import probes
-
         queue = queue_of(request)
         lm = request.app.state.model
         layer, index = neuron_or_404(name)
         lm.check_neuron(layer, index)
         if not 1 <= top <= MAX_TOP:
             raise probes.ProbeInputError(f"top must be between 1 and {MAX_TOP}.")
-        return queue.run("vocabulary", lambda job: neuron_writes(lm, layer, index, top=top,
-                                                                 sign=-1.0 if sign < 0 else 1.0))
+        return queue.run("vocabulary", lambda job: neuron_writes(job.lm, layer, index, top=top,
+                                                                 sign=-1.0 if sign < 0 else 1.0),
+                         timeout=PROBE_TIMEOUT)
 
 
 def neuron_writes(lm, layer: int, index: int, *, top: int = 10, sign: float = 1.0) -> dict[str, Any]:
@@ -159,22 +159,33 @@ def neuron_writes(lm, layer: int, index: int, *, top: int = 10, sign: float = 1.
             "suppressed": [[t, token_text(lm, t), x] for t, x in found.suppressed]}
 
 
-def _text(payload: dict[str, Any], key: str) -> str:
-    from kneuron.serve.probes import ProbeInputError
+def fact_to_save(payload: dict[str, Any], prompts: list[str], answer: str, kind: str):
+    """The fact a find saves: the page's ``subject`` and ``relation``, its prompts made templates (the subject
+    becomes [X]; a causal prompt gets " [Y]" at its end, a masked one has its [Y] already)."""
+    subject = probes.check_answer(_text(payload, "subject"), "subject")
+    relation = probes.check_answer(_text(payload, "relation"), "relation name")
+    templates = []
+    for number, prompt in enumerate(prompts, 1):
+        if subject not in prompt:
+            raise probes.ProbeInputError(f"Prompt {number} does not contain the subject {subject!r}: a saved fact's "
+                                         "prompts name their subject.")
+        template = prompt.replace(subject, "[X]")
+        templates.append(template if "[Y]" in template or kind != "causal" else template.rstrip() + " [Y]")
+    return probes.fact_from_probe(subject, relation, answer, templates)
 
+
+def _text(payload: dict[str, Any], key: str) -> str:
     value = payload.get(key)
     if not isinstance(value, str):
-        raise ProbeInputError(f"Give the {key} as text.")
+        raise probes.ProbeInputError(f"Give the {key} as text.")
     return value
 
 
 def _factor(value: Any) -> float:
-    from kneuron.serve.probes import ProbeInputError
-
     try:
         factor = float(value)
     except (TypeError, ValueError):
-        raise ProbeInputError(f"The amplification factor {value!r} is not a number.") from None
+        raise probes.ProbeInputError(f"The amplification factor {value!r} is not a number.") from None
     if not 0 < factor <= 100:
-        raise ProbeInputError(f"The amplification factor must be above 0 and at most 100, not {factor:g}.")
+        raise probes.ProbeInputError(f"The amplification factor must be above 0 and at most 100, not {factor:g}.")
     return factor

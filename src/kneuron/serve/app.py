@@ -35,8 +35,8 @@ from kneuron.serve.safety import ASSETS, BodyLimit
 
 LOG = logging.getLogger("kneuron.serve")
 TEMPLATES = Path(__file__).parent / "templates"
-#: seconds a synchronous probe waits for its turn and its run before the request gives up (the probe still ends)
-PROBE_TIMEOUT = 120.0
+#: the HTTP status of each error that is not the user's input (the rest answer 400)
+STATUS = {"NoModel": 409, "QueueFull": 503, "QueueClosed": 503, "JobTimeout": 504, "JobFailed": 500}
 
 
 def fact_url(fact_id: str) -> str:
@@ -111,7 +111,7 @@ def create_app(atlas: str | Path, *, model=None, queue=None, allow_save: bool = 
 
     @app.exception_handler(KneuronError)
     async def _bad_input(request: Request, exc: KneuronError) -> Response:
-        status = 503 if type(exc).__name__ == "QueueFull" else 409 if isinstance(exc, api.NoModel) else 400
+        status = STATUS.get(type(exc).__name__, 400)
         return refuse(request, status, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
     @app.exception_handler(RequestValidationError)

@@ -100,11 +100,13 @@ function probeTable(data) {
   const rows = ["as_is", "suppressed", "amplified"].filter(k => data.conditions && data.conditions[k]).map(k => {
     const c = data.conditions[k];
     const change = k === "as_is" ? "" : pct(c.relative_change);
-    const tops = (c.top || []).map(t => `<code>${esc(t[0])}</code> ${num(t[1], 3)}`).join(" ");
-    return `<tr data-condition="${k}"><td class="l">${k.replace("_", " ")}</td><td class="probability" data-value="${c.probability}">${num(c.probability, 4)}</td><td>${change}</td><td>${c.rank}</td><td class="l">${tops}</td></tr>`;
+    const tops = (c.top || []).map(t => `<code>${esc(t.token)}</code> ${num(t.probability, 3)}`).join(" ");
+    return `<tr data-condition="${k}"><td class="l">${k.replace("_", " ")}</td><td class="probability" data-value="${c.probability}">${num(c.probability, 4)}</td><td class="change" data-value="${c.relative_change === undefined ? "" : c.relative_change}">${change}</td><td data-value="${c.rank}">${c.rank}</td><td class="l">${tops}</td></tr>`;
   }).join("");
-  return `<table id="probe-table"><thead><tr><th class="l">neurons</th><th>P(answer)</th><th>change</th><th>rank</th><th class="l">top 5</th></tr></thead><tbody>${rows}</tbody></table>` +
-    `<p class="dim">${data.neurons.length} neurons, patched at the answer position (amplified ×${data.factor}).</p>`;
+  const neurons = data.neurons.length ? `${data.neurons.length} neurons (${data.neurons.slice(0, 12).map(neuronLink).join(", ")}${data.neurons.length > 12 ? ", …" : ""}), patched at the answer position; amplified ×${data.factor}.` : esc(data.note || "");
+  return `<p class="dim">${esc(data.model)} reads <code>${esc(data.text)}</code>; answer ${esc(JSON.stringify(data.answer_tokens))}.</p>` +
+    `<table id="probe-table"><thead><tr><th class="l">neurons</th><th>P(answer)</th><th>change</th><th>rank</th><th class="l">top ${(data.conditions.as_is.top || []).length}</th></tr></thead><tbody>${rows}</tbody></table>` +
+    `<p class="dim">${neurons}</p>`;
 }
 
 function probeForm() {
@@ -140,7 +142,9 @@ function findForm() {
     const prompts = form.prompts.value.split("\n").filter(t => t.trim());
     const save = form.save ? form.save.checked : false;
     let job;
-    try { job = await postJson("/api/find", {prompts: prompts, answer: form.answer.value, save: save}); }
+    const body = {prompts: prompts, answer: form.answer.value, save: save};
+    if (save) { body.subject = form.subject.value; body.relation = form.relation.value; }
+    try { job = await postJson("/api/find", body); }
     catch (e) { showError(out, e.message); return; }
     progress.hidden = false;
     const bar = progress.querySelector(".bar"), label = progress.querySelector(".label");
