@@ -74,6 +74,7 @@ def charts_drawn(driver) -> int:
 
 def screenshot(driver, path: Path) -> Path:
     """A PNG of the whole page (the window grown to the page's height, at most 4000 pixels)."""
+    driver.execute_script("window.scrollTo(0, 0)")
     height = int(driver.execute_script("return Math.min(4000, document.documentElement.scrollHeight)"))
     driver.set_window_size(driver.get_window_size()["width"], max(height, 600))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,12 @@ def atlas_model():
 
 
 def make_atlas(path, keep_scores: str = "full", studies: bool = True):
-    """A tiny atlas of the ten tiny facts (3 steps, share 0.3), with the paper's studies and a vocabulary study."""
+    """A tiny atlas of the ten tiny facts (3 steps, share 0.3), with the paper's studies and the value-slot
+    vocabulary table (no vocabulary results rows: the tables are what the pages read)."""
     from kneuron.experiments.studies import run_studies
+    from kneuron.experiments.vocabulary import study_vocabularies
+    from kneuron.interventions.vocabulary import token_text
+    from kneuron.store.vocabulary import write_vocabulary
 
     lm = atlas_model()
     run(lm, tiny_facts(), path, steps=3, known_only=False, progress=False, share=0.3, keep_scores=keep_scores)
@@ -34,6 +38,8 @@ def make_atlas(path, keep_scores: str = "full", studies: bool = True):
                                 studies=("suppress_amplify", "layers", "discrimination"))
             for study, rows in found.items():
                 atlas.write_results(study, rows, facts=[f.id for f in facts])
+            vocabularies = study_vocabularies(lm, facts, neurons)
+            write_vocabulary(atlas, vocabularies, lambda token: token_text(lm, token))
     return path
 
 

@@ -34,7 +34,8 @@ def test_overview_headline_equals_the_reports(atlas, serve_atlas):
     figures = {h["key"]: h["value"] for h in data["headline"]}
     assert figures["suppress"] * 100 == pytest.approx(report.suppress)
     assert figures["amplify"] * 100 == pytest.approx(report.amplify)
-    assert figures["auc_kn"] == pytest.approx(report.auc_kn)
+    assert figures["auc_kn"] == pytest.approx(report.auc_kn_signed)  # the demo's headline is sign-aligned
+    assert figures["auc_kn_raw"] == pytest.approx(report.auc_kn)
     assert figures["auc_activation"] == pytest.approx(report.auc_activation)
     assert figures["top_third"] * 100 == pytest.approx(report.top_third)
     assert data["done"] == report.facts == 10
@@ -212,3 +213,23 @@ def test_relation_figures_without_the_results_index_are_the_same(atlas_copy):
     with Atlas.open(atlas_copy, read_only=True) as atlas:
         assert pages.relation_page(atlas, "capital")["figures"] == indexed
     assert [f["n"] for f in indexed] == [5, 5, 5, 5]
+
+
+def test_word_neuron_flags_follow_the_vocabulary_table(atlas):
+    """A knowledge neuron whose value slot ranks its fact's answer among its top WORD_RANK tokens is flagged, on the
+    fact page and the neuron page, exactly where the vocabulary table says so."""
+    from kneuron.store.vocabulary import read_vocabulary
+
+    stored = read_vocabulary(atlas)
+    assert stored, "the fixture atlas has a vocabulary table"
+    for fact in atlas.facts():
+        data = pages.fact_page(atlas, fact.id)
+        ranks = {(v["layer"], v["neuron"]): v["answer_rank"] for v in stored if v["fact_id"] == fact.id}
+        assert {(n["layer"], n["index"]): n["word"] for n in data["refined"]} == {
+            key: (rank if rank < pages.WORD_RANK else None) for key, rank in ranks.items()}
+    v = stored[0]
+    neuron = pages.neuron_page(atlas, v["layer"], v["neuron"])
+    mine = [w for w in stored if (w["layer"], w["neuron"]) == (v["layer"], v["neuron"])]
+    assert [(w["fact_id"], w["promoted"]) for w in neuron["vocabulary"]] == [(w["fact_id"], w["promoted"])
+                                                                           for w in mine]
+    assert neuron["word_facts"] == [w["fact_id"] for w in mine if w["answer_rank"] < pages.WORD_RANK]

@@ -70,7 +70,9 @@ HEADLINE = (
     ("amplify", "Amplifying them ×2", "suppress_amplify", "kn", "amplify", "percent"),
     ("suppress_random", "Suppressing as many random neurons of the same layers", "suppress_amplify", "random",
      "suppress", "percent"),
-    ("auc_kn", "Their activation tells the fact's prompts apart (ROC AUC)", "discrimination", "kn", "auc",
+    ("auc_kn", "Their activation tells the fact's prompts apart (ROC AUC, sign-aligned: the report's headline)",
+     "discrimination", "kn", "auc_signed", "number"),
+    ("auc_kn_raw", "The same AUC of their raw mean activation (the paper's)", "discrimination", "kn", "auc",
      "number"),
     ("auc_activation", "The activation baseline's AUC", "discrimination", "baseline", "auc", "number"),
 )
@@ -383,8 +385,8 @@ def _vocabulary_rows(atlas, layer: int, index: int) -> list[dict[str, Any]]:
         return []
     from kneuron.store.vocabulary import read_vocabulary
 
-    rows = atlas.query("SELECT DISTINCT fact_id FROM vocabulary WHERE layer = ? AND neuron = ? LIMIT ?",
-                       [layer, index, MAX_ROWS])
+    rows = atlas.query("SELECT v.fact_id FROM vocabulary v JOIN facts f ON f.id = v.fact_id WHERE v.layer = ? AND "
+                       "v.neuron = ? ORDER BY f.seq LIMIT ?", [layer, index, MAX_ROWS])
     found = []
     for (fact_id,) in ((r["fact_id"],) for r in rows):
         found += [v for v in read_vocabulary(atlas, fact_id) if v["layer"] == layer and v["neuron"] == index]

@@ -83,7 +83,7 @@ async function showCells(button) {
     tooltip: {formatter: p => `L${p.value[1]}.N${p.value[0]}<br>score ${num(p.value[2])}`},
     xAxis: {type: "value", min: 0, max: data.neurons - 1, name: "neuron", nameLocation: "middle", nameGap: 22},
     yAxis: {type: "value", min: -0.5, max: data.layers - 0.5, name: "layer", interval: Math.max(1, Math.ceil(data.layers / 15))},
-    visualMap: {min: -max, max: max, dimension: 2, calculable: true, right: 5, top: 40,
+    visualMap: {min: -max, max: max, dimension: 2, calculable: true, right: 5, top: 40, formatter: v => num(v, 2),
                 inRange: {color: ["#2166ac", "#f7f7f7", "#b2182b"]}},
     dataZoom: [{type: "inside", xAxisIndex: 0}, {type: "inside", yAxisIndex: 0}, {type: "slider", xAxisIndex: 0, height: 14, bottom: 8}],
     series: [{type: "scatter", symbol: "rect", symbolSize: [4, Math.max(4, 300 / data.layers)], data: data.cells, large: true}],
@@ -105,7 +105,7 @@ function probeTable(data) {
   }).join("");
   const neurons = data.neurons.length ? `${data.neurons.length} neurons (${data.neurons.slice(0, 12).map(neuronLink).join(", ")}${data.neurons.length > 12 ? ", …" : ""}), patched at the answer position; amplified ×${data.factor}.` : esc(data.note || "");
   return `<p class="dim">${esc(data.model)} reads <code>${esc(data.text)}</code>; answer ${esc(JSON.stringify(data.answer_tokens))}.</p>` +
-    `<table id="probe-table"><thead><tr><th class="l">neurons</th><th>P(answer)</th><th>change</th><th>rank</th><th class="l">top ${(data.conditions.as_is.top || []).length}</th></tr></thead><tbody>${rows}</tbody></table>` +
+    `<table id="probe-table"><thead><tr><th class="l">neurons</th><th>P(answer)</th><th>change</th><th>rank (1 = top)</th><th class="l">top ${(data.conditions.as_is.top || []).length}</th></tr></thead><tbody>${rows}</tbody></table>` +
     `<p class="dim">${neurons}</p>`;
 }
 
