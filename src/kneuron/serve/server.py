@@ -118,7 +118,11 @@ def serve_atlas(path: str | Path, *, model=None, host: str = "127.0.0.1", port: 
             anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
             await server.serve(sockets=[sock])
 
-        anyio.run(limited)
+        try:
+            anyio.run(limited)
+        except KeyboardInterrupt:  # uvicorn shut down cleanly, then re-raised the Ctrl-C it caught
+            pass
+        say("kneuron serve: stopped")
     finally:
         if queue is not None:
             queue.close()
