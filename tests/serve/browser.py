@@ -72,11 +72,14 @@ def charts_drawn(driver) -> int:
         "echarts.getInstanceByDom(e) && e.querySelector('canvas')).length"))
 
 
-def screenshot(driver, path: Path) -> Path:
-    """A PNG of the whole page (the window grown to the page's height, at most 4000 pixels)."""
-    driver.execute_script("window.scrollTo(0, 0)")
-    height = int(driver.execute_script("return Math.min(4000, document.documentElement.scrollHeight)"))
-    driver.set_window_size(driver.get_window_size()["width"], max(height, 600))
+def screenshot(driver, path: Path, limit: int = 4000) -> Path:
+    """A PNG of the whole page (at most ``limit`` pixels high), through Chromium's own full-page capture."""
+    import base64
+
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], limit), "scale": 1}})
     path.parent.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(path))
+    path.write_bytes(base64.b64decode(shot["data"]))
     return path

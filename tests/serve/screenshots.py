@@ -46,12 +46,10 @@ def main() -> None:
             wait_for(driver, lambda d: charts_drawn(d) >= 1)
             print(screenshot(driver, args.out / "overview.png"))
             first_relation = driver.find_element(By.CSS_SELECTOR, "#relations tbody a").get_attribute("href")
-            driver.set_window_size(1280, 900)
             driver.get(first_relation)
             wait_for(driver, lambda d: charts_drawn(d) >= 1)
             print(screenshot(driver, args.out / "relation.png"))
 
-            driver.set_window_size(1280, 900)
             driver.get(server.url + "/")
             box = driver.find_element(By.ID, "search")
             box.send_keys(args.search)
@@ -67,7 +65,6 @@ def main() -> None:
                 wait_for(driver, ec.presence_of_element_located((By.ID, "probe-table")), timeout=120)
             print(screenshot(driver, args.out / "fact.png"))
 
-            driver.set_window_size(1280, 900)
             driver.get(neuron)
             if lm is not None:
                 driver.find_element(By.ID, "probe-run").click()
@@ -75,7 +72,6 @@ def main() -> None:
             print(screenshot(driver, args.out / "neuron.png"))
 
             if lm is not None:
-                driver.set_window_size(1280, 900)
                 driver.get(server.url + "/find")
                 driver.find_element(By.ID, "find-prompts").send_keys(args.find)
                 driver.find_element(By.ID, "find-answer").send_keys(args.answer)

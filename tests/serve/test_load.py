@@ -95,6 +95,7 @@ def test_many_pages_and_probes_at_once(live_server, serve_atlas):
         assert all(oks)
         assert [json.loads(json.dumps(a)) for a in answered] == [json.loads(json.dumps(d)) for d in direct]
     grown = rss_mb() - warm
+    print(f"RSS {warm:.0f} MB after the warm-up round, {grown:+.1f} MB after three more")  # shown with -s
     assert grown < 64, f"memory grew {grown:.0f} MB over three more rounds of {PAGES + PROBES} requests"
     assert live_server.server.config.app  # the server was the one answering
     health = json.loads(fetch(live_server.url + "/api/health")[1])

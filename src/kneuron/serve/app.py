@@ -62,6 +62,11 @@ def percent(value: float | None, signed: bool = True) -> str:
     return f"{value * 100:+.1f}%" if signed else f"{value * 100:.1f}%"
 
 
+def plural(count: int, word: str) -> str:
+    """``1 fact``, ``2 facts``."""
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
 def number(value: float | None, digits: int = 4) -> str:
     if value is None or not math.isfinite(float(value)):
         return "–"
@@ -83,7 +88,7 @@ def create_app(atlas: str | Path, *, model=None, queue=None, allow_save: bool = 
         meta = readers.get().meta
     templates = Jinja2Templates(directory=str(TEMPLATES))
     templates.env.globals.update(fact_url=fact_url, relation_url=relation_url, neuron_url=neuron_url,
-                                 study_url=study_url, percent=percent, number=number,
+                                 study_url=study_url, percent=percent, number=number, plural=plural,
                                  model_loaded=model is not None, allow_save=allow_save,
                                  atlas_name=readers.path.name, model_name=meta.get("model"))
     templates.env.filters.update(percent=percent, number=number)

@@ -6,6 +6,7 @@ a background thread (tests, notebooks): ``with RunningServer(app) as server: req
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import threading
@@ -118,10 +119,8 @@ def serve_atlas(path: str | Path, *, model=None, host: str = "127.0.0.1", port: 
             anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
             await server.serve(sockets=[sock])
 
-        try:
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn shut down cleanly, then re-raised the Ctrl-C
             anyio.run(limited)
-        except KeyboardInterrupt:  # uvicorn shut down cleanly, then re-raised the Ctrl-C it caught
-            pass
         say("kneuron serve: stopped")
     finally:
         if queue is not None:
