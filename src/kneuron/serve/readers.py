@@ -2,7 +2,9 @@
 shutdown.
 
 SQLite connections must not be shared between threads, and the web server answers requests on a pool of worker
-threads, so each thread gets its own read-only :class:`~kneuron.store.Atlas`. Opening one is cheap: it checks the
+threads, so each thread gets its own read-only :class:`~kneuron.store.Atlas`. The pool's idle threads end after a while and new
+ones start, so a connection whose thread has ended is closed when the next one opens: the open connections are
+never more than the threads alive (plus the first, kept for the server's own reads). Opening one is cheap: it checks the
 file is an atlas of a schema this kneuron reads, but skips SQLite's page-by-page integrity check (a full scan of the
 file; it runs once, on request, with ``kneuron atlas``), so the server starts in the same time for any atlas size.
 Each page reads inside one snapshot of its connection (:meth:`Atlas.snapshot`), so it shows one moment of an atlas
@@ -24,11 +26,11 @@ class AtlasReaders:
         self.path = Path(path).expanduser().resolve()
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._open: list[Atlas] = []
+        self._open: list[tuple[threading.Thread | None, Atlas]] = []
         self.closed = False
         first = Atlas.open(self.path, read_only=True, check=False)  # refuses a missing, foreign or newer file now
         self._local.atlas = first
-        self._open.append(first)
+        self._open.append((None, first))
 
     def get(self) -> Atlas:
         """This thread's connection (opened on the thread's first request)."""
@@ -39,7 +41,11 @@ class AtlasReaders:
                 if self.closed:
                     atlas.close()
                     raise RuntimeError("the server is shutting down")
-                self._open.append(atlas)
+                ended = [a for thread, a in self._open if thread is not None and not thread.is_alive()]
+                self._open = [(t, a) for t, a in self._open if t is None or t.is_alive()]
+                self._open.append((threading.current_thread(), atlas))
+            for old in ended:  # their threads are gone: nobody else uses them
+                old.close()
             self._local.atlas = atlas
         return atlas
 
@@ -51,6 +57,6 @@ class AtlasReaders:
     def close(self) -> None:
         with self._lock:
             self.closed = True
-            for atlas in self._open:
+            for _, atlas in self._open:
                 atlas.close()
             self._open.clear()
