@@ -219,3 +219,22 @@ def test_the_overview_is_computed_once_per_state_of_the_atlas(atlas_copy):
         assert [r["done"] for r in client.get("/api/overview").json()["relations"]] == [4, 3, 2]
         assert cache.computed == 2
         db.close()
+
+
+def test_text_from_the_atlas_is_escaped(atlas_copy):
+    """A subject, answer or prompt is data: a fact named like markup shows as text, also in the JSON a page embeds."""
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    markup = '<img src=x onerror="alert(1)">'
+    db = sqlite3.connect(atlas_copy)
+    db.execute("UPDATE facts SET subject = ?, object = ? WHERE id = 'capital:France'", (markup, markup))
+    db.execute("UPDATE prompts SET text = ? WHERE fact_id = 'capital:France' AND idx = 0", (markup,))
+    db.commit()
+    db.close()
+    with TestClient(create_app(atlas_copy)) as client:
+        for url in ("/relation/capital", "/fact/capital%3AFrance", "/neuron/L0.N15", "/search?q=img"):
+            html = client.get(url).text
+            assert markup not in html and "<img" not in html, url
+            assert "&lt;img src=x" in html or "\\u003cimg" in html, url
