@@ -103,7 +103,7 @@ function probeTable(data) {
     const tops = (c.top || []).map(t => `<code>${esc(t.token)}</code> ${num(t.probability, 3)}`).join(" ");
     return `<tr data-condition="${k}"><td class="l">${k.replace("_", " ")}</td><td class="probability" data-value="${c.probability}">${num(c.probability, 4)}</td><td class="change" data-value="${c.relative_change === undefined ? "" : c.relative_change}">${change}</td><td data-value="${c.rank}">${c.rank}</td><td class="l">${tops}</td></tr>`;
   }).join("");
-  const neurons = data.neurons.length ? `${data.neurons.length} neurons (${data.neurons.slice(0, 12).map(neuronLink).join(", ")}${data.neurons.length > 12 ? ", …" : ""}), patched at the answer position; amplified ×${data.factor}.` : esc(data.note || "");
+  const neurons = data.neurons.length ? `${data.neurons.length} neuron${data.neurons.length === 1 ? "" : "s"} (${data.neurons.slice(0, 12).map(neuronLink).join(", ")}${data.neurons.length > 12 ? ", …" : ""}), patched at the answer position; amplified ×${data.factor}.` : esc(data.note || "");
   return `<p class="dim">${esc(data.model)} reads <code>${esc(data.text)}</code>; answer ${esc(JSON.stringify(data.answer_tokens))}.</p>` +
     `<table id="probe-table"><thead><tr><th class="l">neurons</th><th>P(answer)</th><th>change</th><th>rank (1 = top)</th><th class="l">top ${(data.conditions.as_is.top || []).length}</th></tr></thead><tbody>${rows}</tbody></table>` +
     `<p class="dim">${neurons}</p>`;
