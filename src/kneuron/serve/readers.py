@@ -2,13 +2,14 @@
 shutdown.
 
 SQLite connections must not be shared between threads, and the web server answers requests on a pool of worker
-threads, so each thread gets its own read-only :class:`~kneuron.store.Atlas`. The pool's idle threads end after a while and new
-ones start, so a connection whose thread has ended is closed when the next one opens: the open connections are
-never more than the threads alive (plus the first, kept for the server's own reads). Opening one is cheap: it checks the
-file is an atlas of a schema this kneuron reads, but skips SQLite's page-by-page integrity check (a full scan of the
-file; it runs once, on request, with ``kneuron atlas``), so the server starts in the same time for any atlas size.
-Each page reads inside one snapshot of its connection (:meth:`Atlas.snapshot`), so it shows one moment of an atlas
-a run may be writing. The pool is as large as the server's thread pool, so the connections are bounded too.
+threads, so each thread gets its own read-only :class:`~kneuron.store.Atlas`. The pool's idle threads end after a
+while and new ones start, so a connection whose thread has ended is closed when the next one opens: the open
+connections are never more than the threads alive (plus the first, kept for the server's own reads).
+
+Opening one is cheap: it checks the file is an atlas of a schema this kneuron reads, but skips SQLite's
+page-by-page integrity check (a full scan of the file; ``kneuron atlas`` runs it), so the server starts in the same
+time for any atlas size. Each page reads inside one snapshot of its connection (:meth:`Atlas.snapshot`), so it
+shows one moment of an atlas a run may be writing.
 """
 
 from __future__ import annotations
