@@ -233,3 +233,23 @@ def test_word_neuron_flags_follow_the_vocabulary_table(atlas):
     assert [(w["fact_id"], w["promoted"]) for w in neuron["vocabulary"]] == [(w["fact_id"], w["promoted"])
                                                                            for w in mine]
     assert neuron["word_facts"] == [w["fact_id"] for w in mine if w["answer_rank"] < pages.WORD_RANK]
+
+
+def test_an_atlas_that_keeps_no_scores(tmp_path):
+    """keep_scores="none": the pages still show the neurons, and say that no matrices or activations were kept."""
+    from fastapi.testclient import TestClient
+
+    from kneuron.serve.app import create_app
+    from serve.conftest import make_atlas
+
+    path = make_atlas(tmp_path / "none.sqlite", keep_scores="none", studies=False)
+    with Atlas.open(path, read_only=True) as atlas:
+        cells = pages.prompt_cells(atlas, "capital:France", 0)
+        assert cells["cells"] == [] and "keeps no score matrices" in cells["note"]
+        neuron = pages.neuron_page(atlas, 0, 15)
+        assert neuron["coarse"] and all(c["activation"] is None for c in neuron["coarse"])
+        assert [n["name"] for n in pages.fact_page(atlas, "capital:France")["refined"]] == [
+            f"L{n.layer}.N{n.index}" for n in atlas.knowledge_neurons("capital:France").neurons]
+    with TestClient(create_app(path)) as client:
+        assert "keeps no score matrices" in client.get("/fact/capital%3AFrance").text
+        assert "none kept (--keep-scores none)" in client.get("/neuron/L0.N15").text
