@@ -90,8 +90,7 @@ def prompt_activations(lm: LanguageModel, facts: Sequence[Fact], keys: Iterable[
     """The activations of ``keys`` at the answer position of every prompt of ``facts`` (one pass over the prompts;
     ``queries``: pre-encoded prompts by fact id, computed when missing)."""
     keys = tuple(sorted(set(keys)))
-    queries = dict(queries) if queries is not None else {}
-    queries.update(encode_facts(lm, [fact for fact in facts if fact.id not in queries]))
+    queries = encode_facts(lm, facts, queries)
     inputs = [(q.input_ids, q.position) for fact in facts for q in queries[fact.id]]
     acts = activations_at(lm, inputs, keys, batch_size=batch_size)
     by_fact, start = {}, 0
@@ -119,8 +118,7 @@ def discrimination(
     """The rows of :func:`prompt_discrimination` then those of :func:`sentence_discrimination`, with the
     prompts' activations read once for both."""
     generic_keys = set(keys_of(generic))
-    queries = dict(queries) if queries is not None else {}
-    queries.update(encode_facts(lm, [fact for fact in facts if fact.id not in queries]))
+    queries = encode_facts(lm, facts, queries)
     needed = _needed(_variants(fact.id, neurons_by_fact, baseline_by_fact, generic_keys) for fact in facts)
     shared = prompt_activations(lm, facts, needed, queries=queries, batch_size=batch_size) if needed else None
     common = {"generic": generic_keys, "batch_size": batch_size, "queries": queries, "activations": shared}
@@ -145,8 +143,7 @@ def prompt_discrimination(
     from ``activations``, which must hold them for every prompt of ``facts``).
     """
     generic_keys = set(keys_of(generic))
-    queries = dict(queries) if queries is not None else {}
-    queries.update(encode_facts(lm, [fact for fact in facts if fact.id not in queries]))
+    queries = encode_facts(lm, facts, queries)
     sets = {fact.id: _variants(fact.id, neurons_by_fact, baseline_by_fact, generic_keys) for fact in facts}
     needed = _needed(sets.values())
     if not needed:

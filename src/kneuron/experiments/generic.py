@@ -167,8 +167,7 @@ def probe_generic(
     keys = keys_of(found)[:max_neurons]
     if not keys:
         return []
-    queries = dict(queries) if queries is not None else {}
-    queries.update(encode_facts(lm, [fact for fact in facts if fact.id not in queries]))
+    queries = encode_facts(lm, facts, queries)
     flat = [(fact, prompt, query) for fact in facts
             for prompt, query in zip(fact.prompts(), queries[fact.id], strict=True)]
     all_queries = [q for _, _, q in flat]

@@ -243,8 +243,7 @@ def interactions_study(
     """
     if cap < 1 or (max_k is not None and max_k < 1) or tolerance < 0 or batch_size < 1:
         raise ValueError("cap, max_k and batch_size must be at least 1 and tolerance not negative")
-    queries = dict(queries) if queries is not None else {}
-    queries.update(encode_facts(lm, [fact for fact in facts if fact.id not in queries]))
+    queries = encode_facts(lm, facts, queries)
     rows: list[dict] = []
     studied = 0
     for fact in facts:

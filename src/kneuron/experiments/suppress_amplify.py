@@ -64,9 +64,14 @@ def random_control(neurons: Sequence[NeuronKey], n_neurons: int, rng: np.random.
     return chosen
 
 
-def encode_facts(lm: LanguageModel, facts: Sequence[Fact]) -> dict[str, list[EncodedQuery]]:
-    """Every prompt of every fact, encoded with the fact's answer: ``{fact_id: [query, ...]}``."""
-    return {fact.id: [encode(lm, prompt, fact.object) for prompt in fact.prompts()] for fact in facts}
+def encode_facts(lm: LanguageModel, facts: Sequence[Fact],
+                 known: Mapping[str, list[EncodedQuery]] | None = None) -> dict[str, list[EncodedQuery]]:
+    """Every prompt of every fact, encoded with the fact's answer: ``{fact_id: [query, ...]}``. ``known``: queries
+    already encoded, by fact id; they are kept (a new dict) and only the facts missing there are encoded."""
+    found = dict(known) if known is not None else {}
+    found.update({fact.id: [encode(lm, prompt, fact.object) for prompt in fact.prompts()]
+                  for fact in facts if fact.id not in found})
+    return found
 
 
 def other_relation_facts(fact: Fact, facts: Sequence[Fact], count: int, rng: np.random.Generator) -> list[Fact]:
@@ -117,8 +122,7 @@ def suppress_amplify(
     :func:`~.metrics.patched_probabilities` call (a causal prompt's tokens before the answer position run once).
     """
     generic_keys = set(keys_of(generic))
-    queries = dict(queries) if queries is not None else {}
-    queries.update(encode_facts(lm, [fact for fact in facts if fact.id not in queries]))
+    queries = encode_facts(lm, facts, queries)
     rows: list[dict] = []
     for fact in facts:
         kn = keys_of(neurons_by_fact.get(fact.id, ()))
