@@ -28,7 +28,12 @@ class Neuron:
         return (self.layer, self.index)
 
     def __str__(self) -> str:
-        return f"L{self.layer}.N{self.index}"
+        return neuron_name(self.layer, self.index)
+
+
+def neuron_name(layer: int, index: int) -> str:
+    """How kneuron names a neuron everywhere (CLI, report, web pages and their addresses): ``L17.N1234``."""
+    return f"L{int(layer)}.N{int(index)}"
 
 
 @dataclass

@@ -30,13 +30,15 @@ import torch
 
 from kneuron.attribution.estimators import estimator_from_params
 from kneuron.attribution.knowledge import find_knowledge_neurons
-from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores
+from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores, neuron_name
 from kneuron.errors import FactError, KneuronError
 from kneuron.experiments.metrics import head_at, joint_probability, padded
 from kneuron.facts.encoding import EncodedQuery, encode, prompt_from_text
 from kneuron.facts.fact import Fact, Prompt, mask_token_in
+from kneuron.interventions.vocabulary import token_text
 from kneuron.models.hooks import NeuronPatch, patch_rows, scale_patches, suppress_patches
 from kneuron.models.language_model import LanguageModel
+from kneuron.serve.pages import finite
 
 MAX_PROMPT_CHARS = 2000
 MAX_ANSWER_CHARS = 200
@@ -212,20 +214,6 @@ def encode_probe(lm: LanguageModel, prompt: str, answer: str, what: str = "promp
 # ------------------------------------------------------------------------------------------------------- probe
 
 
-def finite(value: float) -> float | None:
-    """``value`` as a float, or None when it is NaN or infinite (JSON has neither)."""
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def neuron_name(layer: int, index: int) -> str:
-    return f"L{layer}.N{index}"
-
-
-def _token(lm: LanguageModel, token_id: int) -> str:
-    return lm.tokenizer.decode([int(token_id)])
-
-
 def _measure(lm: LanguageModel, query: EncodedQuery, sets: Sequence[Sequence[NeuronPatch]], top: int) -> list[dict]:
     """One forward pass of ``query`` per patch set (one batch, a row per set), patched at the answer position: the
     batch and the probabilities are :func:`~kneuron.experiments.metrics.answer_probabilities`' own (its
@@ -249,7 +237,7 @@ def _measure(lm: LanguageModel, query: EncodedQuery, sets: Sequence[Sequence[Neu
             "log_probability": finite(log_probs.gather(-1, targets[:, None]).sum()),
             "token_probabilities": [finite(p) for p in log_probs.gather(-1, targets[:, None]).squeeze(-1).exp()],
             "rank": int((first > first[query.answer_ids[0]]).sum()) + 1,
-            "top": [{"token": _token(lm, i), "id": int(i), "probability": finite(p)}
+            "top": [{"token": token_text(lm, i), "id": int(i), "probability": finite(p)}
                     for p, i in zip(chosen.values, chosen.indices, strict=True)],
         })
     return out
@@ -294,7 +282,7 @@ def probe(lm: LanguageModel, prompt: str, answer: str, neurons: Sequence[tuple[i
         measured[name]["relative_change"] = _relative(measured["as_is"]["probability"], measured[name]["probability"])
     return {
         "model": lm.name, "kind": lm.kind, "prompt": prompt, "text": query.text, "answer": answer.strip(),
-        "answer_tokens": [_token(lm, i) for i in query.answer_ids], "position": query.position,
+        "answer_tokens": [token_text(lm, i) for i in query.answer_ids], "position": query.position,
         "neurons": [neuron_name(*key) for key in keys], "factor": factor, "conditions": measured,
         "note": None if keys else "no neurons given: only the model as it is",
     }
