@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from kneuron.attribution.types import neuron_name
 from kneuron.errors import KneuronError
 from kneuron.experiments.metrics import summarize
 from kneuron.store import scores as score_blobs
@@ -44,17 +45,14 @@ class NotFound(KneuronError):
     """A page of something the atlas does not have (the server answers 404 with the message)."""
 
 
-def neuron_name(layer: int, index: int) -> str:
-    return f"L{int(layer)}.N{int(index)}"
-
-
 def parse_neuron_name(text: str) -> tuple[int, int] | None:
     """``(layer, index)`` of ``L29.N1066`` (also ``l29.n1066``, ``29.1066``, ``L29:N1066``), else None."""
     found = _NEURON.match(text or "")
     return (int(found.group(1)), int(found.group(2))) if found else None
 
 
-def _finite(value: Any) -> float | None:
+def finite(value: Any) -> float | None:
+    """``value`` as a float, or None when it is None, NaN or infinite (JSON has neither)."""
     if value is None:
         return None
     value = float(value)
@@ -94,9 +92,10 @@ def overview(atlas) -> dict[str, Any]:
                      for relation, status in counts.items()]
         layers = atlas.layer_counts("refined")
         top = [{"name": neuron_name(n.layer, n.index), "layer": n.layer, "index": n.index, "facts": facts,
-                "score": _finite(n.score)} for n, facts in atlas.top_neurons(15)]
+                "score": finite(n.score)} for n, facts in atlas.top_neurons(15)]
         studies = atlas.query("SELECT study, count(*) AS rows FROM results GROUP BY study ORDER BY study")
-        headline = [_headline_figure(atlas, *entry) for entry in HEADLINE]
+        studies_rows = {study: _study_rows(atlas, study) for study in {entry[2] for entry in HEADLINE}}  # once each
+        headline = [_headline_figure(studies_rows[entry[2]], *entry) for entry in HEADLINE]
         top_third = _layer_metric(atlas, "top_third")
         done = sum(r["done"] for r in relations)
         generic = [{"name": neuron_name(g.layer, g.index), "layer": g.layer, "index": g.index, "facts": g.facts,
@@ -126,24 +125,29 @@ def _study_rows(atlas, study: str, *, variant: str | None = None, metric: str | 
             where.append(f"{column} = ?")
             args.append(value)
     sql = f"SELECT variant, relation, fact_id, metric, value FROM results WHERE {' AND '.join(where)} ORDER BY rowid"
-    rows = atlas.query(sql + (f" LIMIT {int(limit)}" if limit else ""), args)
+    return _result_rows(atlas, sql + (f" LIMIT {int(limit)}" if limit else ""), args)
+
+
+def _result_rows(atlas, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
+    """Rows of results read by ``sql``, a NULL value read back as NaN (as :meth:`Atlas.results` does)."""
+    rows = atlas.query(sql, args)
     for row in rows:
         row["value"] = math.nan if row["value"] is None else row["value"]
     return rows
 
 
-def _headline_figure(atlas, key: str, label: str, study: str, variant: str, metric: str, fmt: str,
-                     relation: str | None = None) -> dict[str, Any]:
-    """The mean of ``metric`` over the per-fact rows of one variant (what the report's headline averages)."""
-    summary = summarize(_study_rows(atlas, study, variant=variant, metric=metric, relation=relation), variant,
-                        metric)
-    return {"key": key, "label": label, "value": _finite(summary.mean), "format": fmt, "n": summary.n,
+def _headline_figure(rows: Sequence[dict[str, Any]], key: str, label: str, study: str, variant: str, metric: str,
+                     fmt: str) -> dict[str, Any]:
+    """The mean of ``metric`` over the per-fact rows of one variant among ``rows`` (the study's): what the
+    report's headline averages."""
+    summary = summarize(rows, variant, metric)
+    return {"key": key, "label": label, "value": finite(summary.mean), "format": fmt, "n": summary.n,
             "study": study, "variant": variant, "metric": metric}
 
 
 def _layer_metric(atlas, metric: str) -> float | None:
     rows = _study_rows(atlas, "layers", variant="kn", metric=metric, relation="")
-    return _finite(rows[0]["value"]) if rows else None
+    return finite(rows[0]["value"]) if rows else None
 
 
 # ------------------------------------------------------------------------------------------------ relation
@@ -162,16 +166,12 @@ def relation_page(atlas, relation: str) -> dict[str, Any]:
             raise NotFound(f"The atlas has no relation {relation!r}; the overview lists its relations.")
         done = [f for f in facts if f["status"] == "done"]
         shared = [{"name": neuron_name(n.layer, n.index), "layer": n.layer, "index": n.index, "facts": count,
-                   "share": count / len(done) if done else None, "score": _finite(n.score)}
+                   "share": count / len(done) if done else None, "score": finite(n.score)}
                   for n, count in atlas.top_neurons(20, relation=relation)]
         rows = _relation_results(atlas, relation, "suppress_amplify")
-        figures = []
-        for variant in ("kn", "random"):
-            for metric in ("suppress", "amplify"):
-                summary = summarize(rows, variant, metric)
-                figures.append({"key": f"{variant}_{metric}", "label": f"{metric} ({variant})",
-                                "value": _finite(summary.mean), "format": "percent", "n": summary.n,
-                                "study": "suppress_amplify", "variant": variant, "metric": metric})
+        figures = [_headline_figure(rows, f"{variant}_{metric}", f"{metric} ({variant})", "suppress_amplify", variant,
+                                    metric, "percent")
+                   for variant in ("kn", "random") for metric in ("suppress", "amplify")]
         layers = atlas.layer_counts("refined", relation=relation)
     return {"relation": relation, "facts": facts[:MAX_ROWS], "n_facts": len(facts), "done": len(done),
             "shared": shared, "figures": [f for f in figures if f["n"]],
@@ -184,11 +184,9 @@ def _relation_results(atlas, relation: str, study: str) -> list[dict[str, Any]]:
     indexed = atlas.query("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'results_by_fact'")
     if not indexed:
         return [r for r in _study_rows(atlas, study, relation=relation) if r["fact_id"]]
-    rows = atlas.query("SELECT r.variant, r.relation, r.fact_id, r.metric, r.value FROM facts f CROSS JOIN results r "
-                       "ON r.fact_id = f.id AND r.study = ? WHERE f.relation = ? ORDER BY r.rowid", [study, relation])
-    for row in rows:
-        row["value"] = math.nan if row["value"] is None else row["value"]
-    return rows
+    return _result_rows(atlas, "SELECT r.variant, r.relation, r.fact_id, r.metric, r.value FROM facts f CROSS JOIN "
+                               "results r ON r.fact_id = f.id AND r.study = ? WHERE f.relation = ? ORDER BY r.rowid",
+                        [study, relation])
 
 
 # ------------------------------------------------------------------------------------------------ fact
@@ -213,7 +211,7 @@ def fact_page(atlas, fact_id: str) -> dict[str, Any]:
         for entry in atlas.query("SELECT kind, prompt, rank, layer, neuron, score FROM neurons WHERE fact_id = ? "
                                  "ORDER BY kind, prompt, rank", [fact_id]):
             item = {"name": neuron_name(entry["layer"], entry["neuron"]), "layer": entry["layer"],
-                    "index": entry["neuron"], "score": _finite(entry["score"]), "rank": entry["rank"]}
+                    "index": entry["neuron"], "score": finite(entry["score"]), "rank": entry["rank"]}
             if entry["kind"] == "coarse":
                 if 0 <= entry["prompt"] < len(coarse):
                     coarse[entry["prompt"]].append(item)
@@ -228,7 +226,7 @@ def fact_page(atlas, fact_id: str) -> dict[str, Any]:
                               "ORDER BY rowid", [fact_id])
     by_study: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for entry in results:
-        by_study[entry["study"]].append({**entry, "value": _finite(entry["value"])})
+        by_study[entry["study"]].append({**entry, "value": finite(entry["value"])})
     order = [s for s in FACT_STUDIES if s in by_study] + sorted(s for s in by_study if s not in FACT_STUDIES)
     for i, prompt in enumerate(prompts):
         prompt["coarse"] = len(coarse[i]) if i < len(coarse) else 0
@@ -288,7 +286,7 @@ def prompt_cells(atlas, fact_id: str, idx: int) -> dict[str, Any]:
         index, values, _ = score_blobs.decode_sparse(row["scores"], row["activations"], row["dtype"])
         scores = values.astype(np.float64)
     top = float(scores.max()) if scores.size else 0.0
-    out["max"] = _finite(top)
+    out["max"] = finite(top)
     if top > 0:
         chosen = np.flatnonzero(np.abs(scores) >= CELL_SHARE * top)
         if chosen.size > MAX_CELLS:
@@ -328,15 +326,15 @@ def neuron_page(atlas, layer: int, index: int) -> dict[str, Any]:
                                [layer, index])[0]["n"]
         keep = atlas.params.get("keep_scores", "full")
         shown = coarse[:MAX_ROWS]
-        values = activations_at(atlas, [(c["fact_id"], c["prompt"]) for c in shown], layer, index, n_neurons, keep)
+        values = stored_activations(atlas, [(c["fact_id"], c["prompt"]) for c in shown], layer, index, n_neurons, keep)
         for entry, value in zip(shown, values, strict=True):
             entry["activation"] = value
-            entry["score"] = _finite(entry["score"])
+            entry["score"] = finite(entry["score"])
         generic = atlas.query("SELECT facts, share, flagged FROM generic WHERE layer = ? AND neuron = ?",
                               [layer, index])
         vocabulary = _vocabulary_rows(atlas, layer, index)
     for entry in refined:
-        entry["score"] = _finite(entry["score"])
+        entry["score"] = finite(entry["score"])
     known = [c["activation"] for c in shown if c["activation"] is not None]
     return {
         "name": neuron_name(layer, index), "layer": layer, "index": index, "n_layers": n_layers,
@@ -348,8 +346,12 @@ def neuron_page(atlas, layer: int, index: int) -> dict[str, Any]:
     }
 
 
-def activations_at(atlas, prompts: Sequence[tuple[str, int]], layer: int, index: int, n_neurons: int,
-                   keep: str) -> list[float | None]:
+#: the bytes of one value of a prompt's BLOB, in SQL
+_WIDTH = "(CASE dtype WHEN 'float64' THEN 8 ELSE 4 END)"
+
+
+def stored_activations(atlas, prompts: Sequence[tuple[str, int]], layer: int, index: int, n_neurons: int,
+                       keep: str) -> list[float | None]:
     """The stored activation of neuron (layer, index) at the answer position of each (fact id, prompt idx); None
     where the atlas kept none (``none``, or a sparse atlas that kept other cells of that fact). A full atlas reads
     the one value out of the BLOB (``substr``), not the whole matrix."""
@@ -358,15 +360,14 @@ def activations_at(atlas, prompts: Sequence[tuple[str, int]], layer: int, index:
     flat = layer * n_neurons + index
     out: list[float | None] = []
     for fact_id, idx in prompts:
-        if keep == "full":
-            rows = atlas.query("SELECT dtype FROM prompts WHERE fact_id = ? AND idx = ?", [fact_id, idx])
+        if keep == "full":  # a full BLOB is float32 or float64 (the atlas's check): the value's bytes at its offset
+            rows = atlas.query(f"SELECT dtype, substr(activations, ? * {_WIDTH} + 1, {_WIDTH}) AS a FROM prompts "
+                               "WHERE fact_id = ? AND idx = ?", [flat, fact_id, idx])
             if not rows:
                 out.append(None)
                 continue
-            dtype = np.dtype(rows[0]["dtype"]).newbyteorder("<")
-            blob = atlas.query("SELECT substr(activations, ?, ?) AS a FROM prompts WHERE fact_id = ? AND idx = ?",
-                               [flat * dtype.itemsize + 1, dtype.itemsize, fact_id, idx])[0]["a"]
-            out.append(_finite(np.frombuffer(blob, dtype=dtype)[0]) if blob and len(blob) == dtype.itemsize
+            dtype, blob = np.dtype(rows[0]["dtype"]).newbyteorder("<"), rows[0]["a"]
+            out.append(finite(np.frombuffer(blob, dtype=dtype)[0]) if blob and len(blob) == dtype.itemsize
                        else None)
         else:
             rows = atlas.query("SELECT scores, activations, dtype FROM prompts WHERE fact_id = ? AND idx = ?",
@@ -376,7 +377,7 @@ def activations_at(atlas, prompts: Sequence[tuple[str, int]], layer: int, index:
                 continue
             kept, _, acts = score_blobs.decode_sparse(rows[0]["scores"], rows[0]["activations"], rows[0]["dtype"])
             where = int(np.searchsorted(kept, flat))
-            out.append(_finite(acts[where]) if where < kept.size and kept[where] == flat else None)
+            out.append(finite(acts[where]) if where < kept.size and kept[where] == flat else None)
     return out
 
 
@@ -433,7 +434,7 @@ def study_page(atlas, study: str, filters: Mapping[str, str | None]) -> dict[str
             raise NotFound(f"The atlas has no results of study {study!r}; `kneuron study` computes them.")
         rows = _study_rows(atlas, study, **chosen, limit=20000)
     means = _means(rows)
-    shown = [{**r, "value": _finite(r["value"])} for r in rows[:MAX_ROWS]]
+    shown = [{**r, "value": finite(r["value"])} for r in rows[:MAX_ROWS]]
     return {"study": study, "filters": chosen, "rows": shown, "n_rows": len(rows), "means": means}
 
 
