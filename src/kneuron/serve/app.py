@@ -28,7 +28,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
 from kneuron.errors import KneuronError
-from kneuron.serve import api, pages
+from kneuron.serve import api, jobs, pages
 from kneuron.serve.cache import PageCache
 from kneuron.serve.readers import AtlasReaders
 from kneuron.serve.safety import ASSETS, BodyLimit
@@ -36,7 +36,7 @@ from kneuron.serve.safety import ASSETS, BodyLimit
 LOG = logging.getLogger("kneuron.serve")
 TEMPLATES = Path(__file__).parent / "templates"
 #: the HTTP status of each error that is not the user's input (the rest answer 400)
-STATUS = {"NoModel": 409, "QueueFull": 503, "QueueClosed": 503, "JobTimeout": 504, "JobFailed": 500}
+STATUS = {api.NoModel: 409, jobs.QueueFull: 503, jobs.QueueClosed: 503, jobs.JobTimeout: 504, jobs.JobFailed: 500}
 
 
 def fact_url(fact_id: str) -> str:
@@ -116,7 +116,7 @@ def create_app(atlas: str | Path, *, model=None, queue=None, allow_save: bool = 
 
     @app.exception_handler(KneuronError)
     async def _bad_input(request: Request, exc: KneuronError) -> Response:
-        status = STATUS.get(type(exc).__name__, 400)
+        status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 400)
         return refuse(request, status, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
     @app.exception_handler(RequestValidationError)
