@@ -40,10 +40,14 @@ def serve(
     from kneuron.serve.server import bind, serve_atlas
     from kneuron.store import Atlas
 
-    bind(host, port).close()  # a taken port is refused before the model loads
-    lm = None
-    if model is not None:
-        with Atlas.open(run, read_only=True, check=False) as atlas, atlas.snapshot():
-            lm = atlas_model(atlas, model, device)
-    serve_atlas(run, model=lm, host=host, port=port, allow_save=allow_save,
+    sock = bind(host, port)  # a taken port is refused before the model loads; this socket is the one served
+    try:
+        lm = None
+        if model is not None:
+            with Atlas.open(run, read_only=True, check=False) as atlas, atlas.snapshot():
+                lm = atlas_model(atlas, model, device)
+    except BaseException:
+        sock.close()
+        raise
+    serve_atlas(run, model=lm, host=host, port=port, sock=sock, allow_save=allow_save,
                 say=lambda text: err_console.print(text, highlight=False, soft_wrap=True))

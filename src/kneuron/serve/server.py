@@ -90,21 +90,23 @@ class RunningServer:
 
 
 def serve_atlas(path: str | Path, *, model=None, host: str = "127.0.0.1", port: int = 8000,
-                allow_save: bool = False, say=print, log_level: str = "info") -> None:
+                sock: socket.socket | None = None, allow_save: bool = False, say=print,
+                log_level: str = "info") -> None:
     """Serve the atlas at ``path`` until interrupted (Ctrl-C); with ``model``, live probes run on it through one
-    :class:`~kneuron.serve.jobs.ProbeQueue`, closed at exit."""
+    :class:`~kneuron.serve.jobs.ProbeQueue`, closed at exit. ``sock``: a socket :func:`bind` already made for
+    ``host:port`` (``kneuron serve`` binds before it loads the model), else it is bound here; closed at exit."""
     import anyio.to_thread
     import uvicorn
 
     from kneuron.serve.app import create_app
 
-    sock = bind(host, port)  # before any work: a taken port is refused at once
+    sock = sock if sock is not None else bind(host, port)  # before any work: a taken port is refused at once
     queue = None
-    if model is not None:
-        from kneuron.serve.jobs import ProbeQueue
-
-        queue = ProbeQueue(model)
     try:
+        if model is not None:
+            from kneuron.serve.jobs import ProbeQueue
+
+            queue = ProbeQueue(model)
         app = create_app(path, model=model, queue=queue, allow_save=allow_save)
         url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}/"
         say(f"kneuron serve: {Path(path)} at {url}" + (f" with live probes on {model.name}" if model else
