@@ -82,8 +82,8 @@ def test_bad_addresses_get_one_line(client, url, status, message):
     assert message.replace("'", "&#39;") in text and "\n" not in text
     assert "Traceback" not in response.text
     api = client.get("/api" + url if not url.startswith("/search") else url.replace("/search", "/api/search"))
-    if api.status_code != 404 or url != "/nothing/here":
-        assert "error" in api.json()
+    assert api.status_code == status
+    assert message.replace("'/nothing", "'/api/nothing") in api.json()["error"]  # the JSON twin says the same
 
 
 def test_an_unexpected_error_is_logged_not_shown(serve_atlas, monkeypatch, caplog):
