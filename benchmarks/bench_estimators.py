@@ -56,9 +56,9 @@ from kneuron.attribution.estimators import (  # noqa: E402
     ScreenedIntegratedGradients,
 )
 from kneuron.errors import KneuronError  # noqa: E402
-from kneuron.experiments.estimator_agreement import jaccard, spearman, top_recall  # noqa: E402
 from kneuron.facts import encode, load_facts  # noqa: E402
 from kneuron.store.runs import classify  # noqa: E402
+from kneuron.studies.estimator_agreement import jaccard, spearman, top_recall  # noqa: E402
 
 
 def why_differs(full_bag, chosen: list[int]) -> str:

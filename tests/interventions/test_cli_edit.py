@@ -6,10 +6,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from experiments.conftest import tiny_facts
 from kneuron import cli
 from kneuron.interventions import Edit
 from kneuron.store import Atlas, run
+from studies.conftest import tiny_facts
 from tiny_models import tiny_lm
 
 runner = CliRunner()
@@ -85,7 +85,7 @@ def test_bad_input(atlas_path, fake_load, tmp_path):
 def test_run_editing_stores_rows_in_the_atlas(atlas_path, fake_load, tmp_path):
     import shutil
 
-    from kneuron.experiments.editing import STUDY, format_summary, run_editing
+    from kneuron.studies.editing import STUDY, format_summary, run_editing
 
     path = tmp_path / "copy.sqlite"
     shutil.copy(atlas_path, path)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.conftest import tiny_facts
 from kneuron.store import run
+from studies.conftest import tiny_facts
 from tiny_models import tiny_lm
 
 

@@ -14,10 +14,10 @@ from kneuron import cli
 from kneuron.attribution import GradientTimesActivation, IntegratedGradients
 from kneuron.attribution.estimators import ESTIMATORS
 from kneuron.errors import KneuronError
-from kneuron.experiments.estimator_agreement import estimator_agreement
 from kneuron.report import ReportData, render_report
 from kneuron.report.estimators import TITLE, estimators_section
 from kneuron.store import Atlas
+from kneuron.studies.estimator_agreement import estimator_agreement
 from tiny_models import tiny_lm
 
 runner = CliRunner()

@@ -6,10 +6,10 @@ import pytest
 from typer.testing import CliRunner
 
 from kneuron import cli
-from kneuron.experiments.interactions import interaction_summary, interactions_study
 from kneuron.interventions.edits import fingerprint
 from kneuron.report import ReportData
 from kneuron.store import Atlas
+from kneuron.studies.interactions import interaction_summary, interactions_study
 from tiny_models import tiny_lm
 
 runner = CliRunner()
@@ -46,8 +46,8 @@ def test_study_interactions_stores_what_the_library_computes(atlas_path, fake_lo
 
 
 def test_study_interactions_refuses_an_atlas_without_facts(tmp_path, fake_load):
-    from experiments.conftest import tiny_facts
     from kneuron.store import run
+    from studies.conftest import tiny_facts
 
     path = tmp_path / "empty.sqlite"
     run(tiny_lm("llama"), tiny_facts()[:0], path, steps=3, known_only=False, progress=False)

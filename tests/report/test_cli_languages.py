@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from experiments.conftest import multilingual_pool
 from kneuron import cli
-from kneuron.experiments.cross_lingual_edit import cross_lingual_edit, edit_summary
-from kneuron.experiments.languages import language_study, multilingual_keys, suppression_matrix
 from kneuron.facts.multilingual import multilingual_facts
 from kneuron.store import Atlas, run
+from kneuron.studies.cross_lingual_edit import cross_lingual_edit, edit_summary
+from kneuron.studies.languages import language_study, multilingual_keys, suppression_matrix
+from studies.conftest import multilingual_pool
 from tiny_models import tiny_lm
 
 runner = CliRunner()

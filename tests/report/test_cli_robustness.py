@@ -7,13 +7,13 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from experiments.conftest import tiny_facts
 from kneuron import cli
-from kneuron.experiments.edit_robustness import STUDY, run_edit_robustness
-from kneuron.experiments.edit_robustness_summary import robustness_summary, summary_table
 from kneuron.report import ReportData, render_report
 from kneuron.report.edit_robustness import edit_robustness_section
 from kneuron.store import Atlas, model_identity, run
+from kneuron.studies.edit_robustness import STUDY, run_edit_robustness
+from kneuron.studies.edit_robustness_summary import robustness_summary, summary_table
+from studies.conftest import tiny_facts
 from tiny_models import tiny_lm
 
 runner = CliRunner()

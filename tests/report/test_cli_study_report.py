@@ -7,10 +7,10 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from experiments.conftest import tiny_facts
 from kneuron import cli
-from kneuron.experiments.studies import run_studies
 from kneuron.store import Atlas, run
+from kneuron.studies.studies import run_studies
+from studies.conftest import tiny_facts
 from tiny_models import tiny_lm
 
 runner = CliRunner()

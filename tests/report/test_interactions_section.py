@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from experiments.conftest import tiny_facts
-from experiments.test_interactions import five_neurons
-from kneuron.experiments.interactions import curve_summary, interaction_summary, interactions_study
 from kneuron.report import ReportData, plots, render_report
 from kneuron.report.interactions import interactions_section
+from kneuron.studies.interactions import curve_summary, interaction_summary, interactions_study
+from studies.conftest import tiny_facts
+from studies.test_interactions import five_neurons
 from tiny_models import tiny_lm
 
 

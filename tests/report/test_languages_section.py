@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from experiments.conftest import multilingual_done_facts, multilingual_neurons, multilingual_pool
-from kneuron.experiments.cross_lingual_edit import cross_lingual_edit, edit_summary
-from kneuron.experiments.languages import language_study, multilingual_keys, own_and_cross, suppression_matrix
 from kneuron.report import ReportData, plots, render_report
 from kneuron.report.languages import languages_section
+from kneuron.studies.cross_lingual_edit import cross_lingual_edit, edit_summary
+from kneuron.studies.languages import language_study, multilingual_keys, own_and_cross, suppression_matrix
+from studies.conftest import multilingual_done_facts, multilingual_neurons, multilingual_pool
 from tiny_models import tiny_lm
 
 

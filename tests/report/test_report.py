@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from experiments.conftest import tiny_facts, tiny_neurons
 from kneuron.attribution import Neuron
-from kneuron.experiments import summarize
-from kneuron.experiments.studies import run_studies, study_names
 from kneuron.report import ReportData, headline, headline_line, plots, render_report, write_report
+from kneuron.studies import summarize
+from kneuron.studies.studies import run_studies, study_names
+from studies.conftest import tiny_facts, tiny_neurons
 from tiny_models import tiny_lm
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

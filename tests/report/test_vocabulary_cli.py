@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 
 from kneuron import cli
 from kneuron.attribution import find_knowledge_neurons
-from kneuron.experiments.vocabulary import vocabulary_study, vocabulary_summary
 from kneuron.interventions.vocabulary import activation_signs, neuron_vocabulary, token_text
 from kneuron.report import ReportData, render_report
 from kneuron.report.vocabulary import rank_figure, vocabulary_section
 from kneuron.store import Atlas
 from kneuron.store.vocabulary import read_vocabulary
+from kneuron.studies.vocabulary import vocabulary_study, vocabulary_summary
 from tiny_models import tiny_lm
 
 runner = CliRunner()

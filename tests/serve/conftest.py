@@ -22,10 +22,10 @@ def atlas_model():
 def make_atlas(path, keep_scores: str = "full", studies: bool = True):
     """A tiny atlas of the ten tiny facts (3 steps, share 0.3), with the paper's studies and the value-slot
     vocabulary table (no vocabulary results rows: the tables are what the pages read)."""
-    from kneuron.experiments.studies import run_studies
-    from kneuron.experiments.vocabulary import study_vocabularies
     from kneuron.interventions.vocabulary import token_text
     from kneuron.store.vocabulary import write_vocabulary
+    from kneuron.studies.studies import run_studies
+    from kneuron.studies.vocabulary import study_vocabularies
 
     lm = atlas_model()
     run(lm, tiny_facts(), path, steps=3, known_only=False, progress=False, share=0.3, keep_scores=keep_scores)

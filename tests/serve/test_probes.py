@@ -3,7 +3,7 @@
 The reference of :func:`probe` patches the neurons with its own forward pre-hook on each layer's FFN output
 projection (its input is the neuron activations), finds a shared layer's depth by counting the module's calls
 itself (ALBERT), and takes its own float64 softmax over full logits: nothing of kneuron.models.hooks or
-kneuron.experiments.
+kneuron.studies.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import torch
 from kneuron.attribution import find_knowledge_neurons
 from kneuron.attribution.estimators import estimator_from_params
 from kneuron.errors import KneuronError
-from kneuron.experiments.metrics import answer_probabilities
 from kneuron.facts import Fact, encode
 from kneuron.models.hooks import scale_patches, suppress_patches
 from kneuron.serve.probes import (
@@ -33,6 +32,7 @@ from kneuron.serve.probes import (
     probe,
     save_found,
 )
+from kneuron.studies.metrics import answer_probabilities
 from tiny_models import CAUSAL_FAMILIES, EAGER_ONLY, FAMILIES, MLM_FAMILIES, tiny_lm
 
 NEURONS = [(0, 3), (2, 5), (1, 7), (2, 0)]

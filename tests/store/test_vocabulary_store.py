@@ -7,13 +7,13 @@ import sqlite3
 
 import pytest
 
-from experiments.conftest import tiny_facts
 from kneuron.errors import KneuronError
-from kneuron.experiments.vocabulary import study_vocabularies
 from kneuron.interventions.vocabulary import token_text
 from kneuron.store import Atlas, run
 from kneuron.store.files import probe
 from kneuron.store.vocabulary import has_vocabulary, read_vocabulary, write_vocabulary
+from kneuron.studies.vocabulary import study_vocabularies
+from studies.conftest import tiny_facts
 from tiny_models import tiny_lm
 
 

@@ -92,7 +92,7 @@ def _robustness(atlas, lm, run: Path, seed: int) -> list[dict]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from kneuron.cli.robustness_study import print_robustness_summary
-    from kneuron.experiments.edit_robustness import run_edit_robustness
+    from kneuron.studies.edit_robustness import run_edit_robustness
 
     with atlas.snapshot():
         total = len(atlas.facts())
@@ -109,7 +109,7 @@ def _robustness(atlas, lm, run: Path, seed: int) -> list[dict]:
 
 def _consistency(atlas, run: Path) -> list[dict]:
     from kneuron.cli.consistency_study import print_consistency_summary
-    from kneuron.experiments.consistency import COMPARED_STUDIES, consistency_study
+    from kneuron.studies.consistency import COMPARED_STUDIES, consistency_study
 
     rows = consistency_study(atlas)
     with atlas.snapshot():

@@ -1,5 +1,5 @@
 """``kneuron study consistency --run ATLAS``: how consistent each fact's attributions are across its prompts, and the
-consistent / inconsistent split of Chen et al. (:mod:`kneuron.experiments.consistency`), stored as the
+consistent / inconsistent split of Chen et al. (:mod:`kneuron.studies.consistency`), stored as the
 ``consistency`` study and printed as a short table; and the line ``kneuron atlas --fact`` shows for one fact."""
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ def _num(value: float, spec: str) -> str:
 def consistency_command(run: Path) -> None:
     """Compute and store the study on the atlas at ``run`` (no model needed) and print its summary; a ``none``
     atlas gets one line saying why it has no rank correlation."""
-    from kneuron.experiments.consistency import COMPARED_STUDIES, consistency_study
     from kneuron.store import Atlas
+    from kneuron.studies.consistency import COMPARED_STUDIES, consistency_study
 
     with Atlas.open(run) as atlas:
         rows = consistency_study(atlas)
@@ -40,7 +40,7 @@ def consistency_tables(rows: Sequence[dict], run: Path | str, others: dict[str, 
                        ) -> list[Table | Text]:
     """The summary: per relation and overall (facts, mean Jaccard, mean rank correlation, inconsistent), the Otsu
     threshold, and the other studies' figures on consistent against inconsistent facts."""
-    from kneuron.experiments.consistency import effect_comparisons, missing_studies, relation_names, summary_values
+    from kneuron.studies.consistency import effect_comparisons, missing_studies, relation_names, summary_values
 
     overall, otsu = summary_values(rows), summary_values(rows, "otsu")
     parts: list[Table | Text] = [Text(f"Consistency of {overall.get('facts', 0):.0f} facts across their prompts, "
@@ -89,7 +89,7 @@ def print_consistency_summary(rows: Sequence[dict], run: Path | str,
 
 def fact_consistency_line(atlas, fact_id: str) -> Text:
     """For ``kneuron atlas --fact``: the fact's consistency line from the stored study, or a hint to run it."""
-    from kneuron.experiments.consistency import STUDY, fact_values, summary_values
+    from kneuron.studies.consistency import STUDY, fact_values, summary_values
 
     rows = atlas.results(STUDY)
     hint = f"`kneuron study consistency --run {atlas.path}`"

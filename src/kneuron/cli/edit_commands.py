@@ -63,7 +63,7 @@ def _save_edit(edit, lm, save: Path | None, save_model: Path | None, overwrite: 
 
 def _collateral_table(lm, edit, title: str, groups) -> Table:
     """One row per fact: mean P(correct) before → after over its prompts, and top-1 right before → after."""
-    from kneuron.experiments.editing import queries_of, score
+    from kneuron.studies.editing import queries_of, score
 
     table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False)
     for name, justify in (("fact", "left"), ("answer", "left"), ("P(answer)", "right"), ("Δp/p", "right"),
@@ -84,7 +84,7 @@ def _collateral_table(lm, edit, title: str, groups) -> Table:
 
 
 def _pick_others(facts, fact_relation: str, exclude: set[str], count: int, seed: int):
-    from kneuron.experiments.metrics import fact_rng
+    from kneuron.studies.metrics import fact_rng
 
     rng = fact_rng(seed, fact_relation)
     same = [f for f in facts if f.relation == fact_relation and f.id not in exclude]
@@ -136,8 +136,8 @@ def edit(
 ) -> None:
     """Update a fact through its knowledge neurons (value slot += −λ_old·e(old) + λ_new·e(new)) and show the
     before/after probabilities on its prompts and on a few other facts."""
-    from kneuron.experiments.editing import queries_of, score
     from kneuron.interventions import update_fact
+    from kneuron.studies.editing import queries_of, score
 
     atlas, facts, lm = _edit_context(run, model, device)
     with atlas:

@@ -1,5 +1,5 @@
 """``kneuron study estimators --run ATLAS``: cheaper attribution estimators against the atlas's exact integrated
-gradients (:mod:`kneuron.experiments.estimator_agreement`), stored as the ``estimators`` study and printed as one
+gradients (:mod:`kneuron.studies.estimator_agreement`), stored as the ``estimators`` study and printed as one
 table."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class PerFact(Mapping):
 
 def parse_estimators(value: str | None) -> list[str]:
     """The comma-separated estimator names, or the default ones (order kept, repeats dropped)."""
-    from kneuron.experiments.estimator_agreement import default_estimators
+    from kneuron.studies.estimator_agreement import default_estimators
 
     names = [name.strip() for name in value.split(",") if name.strip()] if value else default_estimators()
     if not names:
@@ -51,14 +51,14 @@ def estimator_study(run: Path, model: str | None, device: str, estimators: str |
     ``estimators`` and print the table."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from kneuron.experiments.estimator_agreement import (
+    from kneuron.store import Atlas
+    from kneuron.studies.estimator_agreement import (
         STUDY,
         estimator_agreement,
         estimator_for,
         estimator_label,
         exact_ig_refusal,
     )
-    from kneuron.store import Atlas
 
     names = parse_estimators(estimators)
     with Atlas.open(run) as atlas:
@@ -101,8 +101,8 @@ def _num(value: float, spec: str) -> str:
 
 
 def agreement_table(rows: Sequence[dict], title: str) -> Table:
-    """The study's summary (:func:`~kneuron.experiments.estimator_agreement.agreement_summary`) as a rich table."""
-    from kneuron.experiments.estimator_agreement import agreement_summary
+    """The study's summary (:func:`~kneuron.studies.estimator_agreement.agreement_summary`) as a rich table."""
+    from kneuron.studies.estimator_agreement import agreement_summary
 
     table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False, caption_justify="left",
                   caption="Spearman per prompt over all neurons, or over the neurons a sparse atlas keeps; suppress: "

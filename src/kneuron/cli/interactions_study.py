@@ -1,5 +1,5 @@
 """``kneuron study interactions --run ATLAS``: how a fact's knowledge neurons act together
-(:mod:`kneuron.experiments.interactions`): singles, pairs (synergy or redundancy), all, and how many of them it takes
+(:mod:`kneuron.studies.interactions`): singles, pairs (synergy or redundancy), all, and how many of them it takes
 to remove 50% / 90% of the answer's probability against random neurons of the same layers; stored as the
 ``interactions`` study and printed as one table (overall and per relation)."""
 
@@ -38,8 +38,8 @@ def run_interactions_study(atlas, lm, *, seed: int = 0, cap: int = 8, max_k: int
     model's weights are unchanged."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from kneuron.experiments.interactions import STUDY, interactions_study, study_params
     from kneuron.store import model_identity
+    from kneuron.studies.interactions import STUDY, interactions_study, study_params
 
     with atlas.snapshot():  # the facts and neurons of one moment, also while a run writes
         facts = atlas.facts()
@@ -90,10 +90,10 @@ WIDE_TABLE = 130
 
 def interactions_table(rows: Sequence[dict], run: Path | str, seconds_per_fact: float = math.nan,
                        width: int | None = None) -> Table:
-    """The study's summary (:func:`~kneuron.experiments.interactions.interaction_summary`) as one rich table: a
+    """The study's summary (:func:`~kneuron.studies.interactions.interaction_summary`) as one rich table: a
     row per relation and overall, or, on a terminal narrower than :data:`WIDE_TABLE` (``width``, default the
     console's), the overall figures one per line."""
-    from kneuron.experiments.interactions import interaction_summary, study_params
+    from kneuron.studies.interactions import interaction_summary, study_params
 
     params = study_params(rows)
     cap = int(params.get("cap", 0))

@@ -1,5 +1,5 @@
 """``kneuron study languages --run ATLAS``: knowledge neurons across languages
-(:mod:`kneuron.experiments.languages` and :mod:`kneuron.experiments.cross_lingual_edit`), stored as the
+(:mod:`kneuron.studies.languages` and :mod:`kneuron.studies.cross_lingual_edit`), stored as the
 ``languages`` study and printed as a few tables; ``kneuron study all`` runs it too when the atlas has facts done in
 two languages."""
 
@@ -42,7 +42,7 @@ def language_study(run: Path, model: str | None, device: str, seed: int) -> None
 
 
 def _refusal(run: Path, facts: Sequence) -> str | None:
-    from kneuron.experiments.languages import multilingual_refusal
+    from kneuron.studies.languages import multilingual_refusal
 
     if not facts:
         return f"{run} has no computed facts yet: run `kneuron run --out {run}` (or let it finish)."
@@ -55,7 +55,7 @@ def languages_in_all(atlas, lm, seed: int) -> list[dict] | None:
     (with a note saying why it was skipped)."""
     with atlas.snapshot():
         facts = atlas.facts()
-    from kneuron.experiments.languages import multilingual_refusal
+    from kneuron.studies.languages import multilingual_refusal
 
     why = multilingual_refusal(facts)
     if why:
@@ -71,10 +71,10 @@ def run_language_study(atlas, lm, seed: int) -> list[dict]:
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from kneuron.experiments.cross_lingual_edit import cross_lingual_edit
-    from kneuron.experiments.languages import STUDY, language_study, multilingual_keys
     from kneuron.facts.multilingual import multilingual_facts
     from kneuron.store import model_identity
+    from kneuron.studies.cross_lingual_edit import cross_lingual_edit
+    from kneuron.studies.languages import STUDY, language_study, multilingual_keys
 
     with atlas.snapshot():  # the facts and neurons of one moment, also while a run writes
         facts = atlas.facts()
@@ -118,8 +118,9 @@ def _titled(title: str, table: Table, note: str = "") -> list[Table | Text]:
 
 def language_tables(rows: Sequence[dict], run: Path | str) -> list[Table | Text]:
     """The summary as title lines, tables and notes (see :func:`print_language_summary`)."""
-    from kneuron.experiments.cross_lingual_edit import edit_summary
-    from kneuron.experiments.languages import (
+    from kneuron.facts.languages import LANGUAGE_NAMES
+    from kneuron.studies.cross_lingual_edit import edit_summary
+    from kneuron.studies.languages import (
         jaccard_summary,
         neurons_per_language,
         overlap_summary,
@@ -127,7 +128,6 @@ def language_tables(rows: Sequence[dict], run: Path | str) -> list[Table | Text]
         study_languages,
         suppression_matrix,
     )
-    from kneuron.facts.languages import LANGUAGE_NAMES
 
     codes = study_languages(rows)
     overlap = overlap_summary(rows)

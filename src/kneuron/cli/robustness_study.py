@@ -1,5 +1,5 @@
 """``kneuron study robustness --run ATLAS``: edits under Niu et al.'s tests
-(:mod:`kneuron.experiments.edit_robustness`): bijective symmetry, aliases of the subject, paraphrases held out when
+(:mod:`kneuron.studies.edit_robustness`): bijective symmetry, aliases of the subject, paraphrases held out when
 the neurons were refined, CounterFact's neighbourhood, and probability vs top-1; stored as the ``edit_robustness``
 study and printed as a short table."""
 
@@ -22,8 +22,8 @@ def robustness_study(run: Path, model: str | None, device: str, seed: int) -> li
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from kneuron.experiments.edit_robustness import run_edit_robustness
     from kneuron.store import Atlas
+    from kneuron.studies.edit_robustness import run_edit_robustness
 
     with Atlas.open(run) as atlas:
         with atlas.snapshot():
@@ -47,7 +47,7 @@ def robustness_study(run: Path, model: str | None, device: str, seed: int) -> li
 def robustness_tables(rows: Sequence[dict], run: Path | str) -> list[Table | Text]:
     """Per variant: one table of the prompt sets (P(new) > P(old), top-1 = new, P(new) rose, top-1 became new) and
     a line each for the old reverse fact, the neighbourhood and the recomputed refined sets."""
-    from kneuron.experiments.edit_robustness_summary import (
+    from kneuron.studies.edit_robustness_summary import (
         percent,
         robustness_summary,
         robustness_variants,

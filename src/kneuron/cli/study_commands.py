@@ -96,9 +96,9 @@ def study(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from kneuron.experiments import summarize
-    from kneuron.experiments.studies import run_studies, study_names
     from kneuron.store import Atlas
+    from kneuron.studies import summarize
+    from kneuron.studies.studies import run_studies, study_names
 
     if name == "estimators":
         from kneuron.cli.estimator_study import estimator_study

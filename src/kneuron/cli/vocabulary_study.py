@@ -1,5 +1,5 @@
 """``kneuron study vocabulary --run ATLAS``: what each knowledge neuron writes, its value slot projected onto the
-vocabulary (:mod:`kneuron.experiments.vocabulary`), stored as the ``vocabulary`` study's rows and the atlas's
+vocabulary (:mod:`kneuron.studies.vocabulary`), stored as the ``vocabulary`` study's rows and the atlas's
 ``vocabulary`` table (:mod:`kneuron.store.vocabulary`) and printed as a short table; also the projection columns of
 ``kneuron atlas --fact`` and ``kneuron find --vocab N``."""
 
@@ -41,9 +41,9 @@ def run_vocabulary_study(atlas, lm, seed: int = 0) -> tuple[list[dict], list[Map
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from kneuron.experiments.vocabulary import STUDY, study_vocabularies, vocabulary_rows
     from kneuron.interventions.vocabulary import token_text
     from kneuron.store.vocabulary import read_vocabulary, write_vocabulary
+    from kneuron.studies.vocabulary import STUDY, study_vocabularies, vocabulary_rows
 
     with atlas.snapshot():  # the facts and their neurons of one moment, also while a run writes
         facts = atlas.facts()
@@ -79,7 +79,7 @@ def tokens(entries: Sequence[tuple[int, str, float]], count: int = SHOWN_TOKENS)
 
 def vocabulary_tables(rows: Sequence[dict], stored: Sequence[Mapping], run: Path | str) -> list[Table | Text]:
     """The summary (knowledge neurons against the random control) and a few facts' neurons as examples."""
-    from kneuron.experiments.vocabulary import study_params, vocabulary_summary
+    from kneuron.studies.vocabulary import study_params, vocabulary_summary
 
     summary = vocabulary_summary(rows)
     params = study_params(rows)

@@ -1,7 +1,7 @@
 """The report's Consistency section: how consistent each fact's attributions are across its prompts, the Otsu split
 into consistent and inconsistent facts (Chen et al., ICLR 2025), overall and per relation, and whether suppress /
 amplify and editing work less well on the inconsistent facts, from the ``consistency`` study's rows
-(:mod:`kneuron.experiments.consistency`) and the other studies' per-fact rows."""
+(:mod:`kneuron.studies.consistency`) and the other studies' per-fact rows."""
 
 from __future__ import annotations
 
@@ -12,18 +12,18 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from kneuron.experiments.consistency import (
+from kneuron.report import plots
+from kneuron.report.parts import escape as _e
+from kneuron.report.parts import image as _image
+from kneuron.report.parts import number as _num
+from kneuron.report.parts import table as _table
+from kneuron.studies.consistency import (
     effect_comparisons,
     fact_values,
     missing_studies,
     relation_names,
     summary_values,
 )
-from kneuron.report import plots
-from kneuron.report.parts import escape as _e
-from kneuron.report.parts import image as _image
-from kneuron.report.parts import number as _num
-from kneuron.report.parts import table as _table
 
 TITLE = "Consistency across paraphrases"
 #: what ../shared/PAPER.md says of Chen et al. (the report quotes nothing beyond it)

@@ -1,5 +1,5 @@
 """The report's edit robustness section, placed right after the editing section's update table: the update through
-knowledge neurons under Niu et al.'s tests (:mod:`kneuron.experiments.edit_robustness`), from the
+knowledge neurons under Niu et al.'s tests (:mod:`kneuron.studies.edit_robustness`), from the
 ``edit_robustness`` study's rows.
 
 Include it with ``edit_robustness_section(data.rows("edit_robustness"))`` (an HTML fragment, the report's CSS
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kneuron.experiments.edit_robustness_summary import percent as _pct
-from kneuron.experiments.edit_robustness_summary import robustness_summary, robustness_variants, summary_table
 from kneuron.report.editing import LABELS
 from kneuron.report.parts import escape as _e
 from kneuron.report.parts import number
 from kneuron.report.parts import table as _table
+from kneuron.studies.edit_robustness_summary import percent as _pct
+from kneuron.studies.edit_robustness_summary import robustness_summary, robustness_variants, summary_table
 
 #: Niu et al.'s finding as PAPER.md states it
 PAPER_NIU = ("Niu et al. (ICLR 2024): edits should hold under bijective symmetry (the reversed relation) and "

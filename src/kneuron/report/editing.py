@@ -1,5 +1,5 @@
 """The report's editing section: update success and collateral damage, and the erased relation, from the
-``editing`` study's rows (:mod:`kneuron.experiments.editing`), next to the paper's BERT figures.
+``editing`` study's rows (:mod:`kneuron.studies.editing`), next to the paper's BERT figures.
 
 Include it in a report with ``editing_section(data.rows("editing"))`` (an HTML fragment: headings, tables and
 notes, no scripts; classes ``note`` and ``warn`` and left-aligned ``td.l`` as in the report's CSS).
@@ -11,7 +11,7 @@ import html
 import math
 from collections.abc import Sequence
 
-from kneuron.experiments.editing import erase_summary, update_summary
+from kneuron.studies.editing import erase_summary, update_summary
 
 #: the paper's update figures (Dai et al. 2022, "Case 1: updating facts"; BERT-base-cased, PARAREL, one random prompt
 #: per sampled fact): knowledge neurons and the random-neuron control
@@ -68,7 +68,7 @@ def editing_section(rows: Sequence[dict]) -> str:
     """The editing section as an HTML fragment (a "not run" note when there are no rows)."""
     rows = list(rows)
     if not rows:
-        return ("<h2>Editing knowledge</h2><p>Not run: <code>python -m kneuron.experiments.editing --run ATLAS "
+        return ("<h2>Editing knowledge</h2><p>Not run: <code>python -m kneuron.studies.editing --run ATLAS "
                 "--erase RELATION</code></p>")
     parts = ["<h2>Editing knowledge</h2>"]
     updates = update_variants(rows)

@@ -1,5 +1,5 @@
 """The report's section on cheaper estimators: how far each agrees with exact integrated gradients, from the
-``estimators`` study's rows (:mod:`kneuron.experiments.estimator_agreement`), with one figure."""
+``estimators`` study's rows (:mod:`kneuron.studies.estimator_agreement`), with one figure."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 
-from kneuron.experiments.estimator_agreement import agreement_summary
 from kneuron.report import plots
+from kneuron.studies.estimator_agreement import agreement_summary
 
 TITLE = "Cheaper estimators against integrated gradients"
 

@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from kneuron.experiments.metrics import Summary, summarize
 from kneuron.report import plots
+from kneuron.studies.metrics import Summary, summarize
 
 STUDIES = ("suppress_amplify", "generic", "layers", "discrimination")
 
@@ -75,7 +75,7 @@ class ReportData:
 
         with Atlas.open(path, read_only=True) as atlas, atlas.snapshot():
             results = {study: atlas.results(study) for study in STUDIES}
-            if editing := atlas.results("editing"):  # optional study (python -m kneuron.experiments.editing)
+            if editing := atlas.results("editing"):  # optional study (python -m kneuron.studies.editing)
                 results["editing"] = editing
             if robustness := atlas.results("edit_robustness"):  # optional study (kneuron study robustness)
                 results["edit_robustness"] = robustness
@@ -165,7 +165,7 @@ def headline_line(report_path: str | Path, data: ReportData, signed_auc: bool = 
     """``report=PATH facts=N suppress=X% amplify=Y% top_third=Z% auc_kn=A auc_activation=B``.
 
     ``auc_kn`` is the paper's raw mean activation AUC; with ``signed_auc`` it is the signed one (see
-    :mod:`kneuron.experiments.discrimination`).
+    :mod:`kneuron.studies.discrimination`).
     """
     h = headline(data)
     if signed_auc:
@@ -474,8 +474,8 @@ def _interactions_section(data: ReportData) -> str:
 
 def _consistency_section(data: ReportData) -> str:
     """The consistency study's section (see :mod:`kneuron.report.consistency`); says how to run it when missing."""
-    from kneuron.experiments.consistency import COMPARED_STUDIES
     from kneuron.report.consistency import consistency_section
+    from kneuron.studies.consistency import COMPARED_STUDIES
 
     others = {study: data.rows(study) for study in COMPARED_STUDIES}
     return consistency_section(data.rows("consistency"), others, data.coverage.get("consistency"), data.done,

@@ -1,7 +1,7 @@
 """The report's Neuron interactions section: a fact's knowledge neurons suppressed alone, in pairs (synergy or
 redundancy) and all together, and the cumulative curves (how many neurons it takes to remove 50% / 90% of the
 answer's probability) against random neurons of the same layers, from the ``interactions`` study's rows
-(:mod:`kneuron.experiments.interactions`)."""
+(:mod:`kneuron.studies.interactions`)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-from kneuron.experiments.interactions import interaction_summary, study_params
 from kneuron.report import plots
 from kneuron.report.parts import escape as _e
 from kneuron.report.parts import image as _image
 from kneuron.report.parts import number as _num
 from kneuron.report.parts import table as _table
+from kneuron.studies.interactions import interaction_summary, study_params
 
 TITLE = "Neuron interactions"
 #: below this many facts the section warns that its means are anecdotes

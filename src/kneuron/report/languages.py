@@ -1,15 +1,21 @@
 """The report's Languages section: one fact's knowledge neurons across its languages (shared by all, by two or more,
 language-specific; per layer), the s × t cross-lingual suppression matrix and the update through the English
-neurons measured in every language, from the ``languages`` study's rows (:mod:`kneuron.experiments.languages`,
-:mod:`kneuron.experiments.cross_lingual_edit`), next to what Chen et al. (AAAI 2024) report."""
+neurons measured in every language, from the ``languages`` study's rows (:mod:`kneuron.studies.languages`,
+:mod:`kneuron.studies.cross_lingual_edit`), next to what Chen et al. (AAAI 2024) report."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
 
-from kneuron.experiments.cross_lingual_edit import edit_summary
-from kneuron.experiments.languages import (
+from kneuron.facts.languages import LANGUAGE_NAMES
+from kneuron.report import plots
+from kneuron.report.parts import escape as _e
+from kneuron.report.parts import image as _image
+from kneuron.report.parts import number as _num
+from kneuron.report.parts import table as _table
+from kneuron.studies.cross_lingual_edit import edit_summary
+from kneuron.studies.languages import (
     jaccard_summary,
     neurons_per_language,
     overlap_summary,
@@ -17,12 +23,6 @@ from kneuron.experiments.languages import (
     study_languages,
     suppression_matrix,
 )
-from kneuron.facts.languages import LANGUAGE_NAMES
-from kneuron.report import plots
-from kneuron.report.parts import escape as _e
-from kneuron.report.parts import image as _image
-from kneuron.report.parts import number as _num
-from kneuron.report.parts import table as _table
 
 TITLE = "Languages"
 #: below this many facts (keys) the section warns that its means are anecdotes

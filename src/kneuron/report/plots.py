@@ -1,7 +1,7 @@
 """Figures of the studies, drawn with matplotlib's Agg canvas (no display, no pyplot global state) and returned
 as PNG bytes, ready to embed in the HTML report as data URIs.
 
-Each function takes the study's long-format rows (see :mod:`kneuron.experiments`) and returns ``None`` when
+Each function takes the study's long-format rows (see :mod:`kneuron.studies`) and returns ``None`` when
 there is nothing to draw.
 
 Example:
@@ -20,10 +20,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from kneuron.experiments.interactions import curve_summary, fact_curves
-from kneuron.experiments.languages import layer_summary, overlap_summary, study_languages, suppression_matrix
-from kneuron.experiments.layer_distribution import top_layers
-from kneuron.experiments.metrics import summarize
+from kneuron.studies.interactions import curve_summary, fact_curves
+from kneuron.studies.languages import layer_summary, overlap_summary, study_languages, suppression_matrix
+from kneuron.studies.layer_distribution import top_layers
+from kneuron.studies.metrics import summarize
 
 COLORS = {"kn": "#1f77b4", "random": "#bbbbbb", "kn_no_generic": "#2ca02c", "random_no_generic": "#dddddd",
           "baseline": "#ff7f0e", "other": "#9467bd"}
@@ -237,7 +237,7 @@ def generic_figure(rows: Sequence[dict], neuron: str, max_words: int = 12) -> by
 def estimators_figure(rows: Sequence[dict]) -> bytes | None:
     """Per compared estimator: its agreement with integrated gradients (Spearman, top-10 recall, refined Jaccard;
     left) and the suppression of its refined neurons against IG's and a random control's (mean Δp/p; right)."""
-    from kneuron.experiments.estimator_agreement import agreement_summary
+    from kneuron.studies.estimator_agreement import agreement_summary
 
     entries = [e for e in agreement_summary(rows) if e["estimator"] != "ig"]
     if not entries:

@@ -1,5 +1,5 @@
 """The report's "What the neurons write" section: each knowledge neuron's value slot projected onto the vocabulary
-(Geva et al. 2022), from the ``vocabulary`` study's rows (:mod:`kneuron.experiments.vocabulary`) and the atlas's
+(Geva et al. 2022), from the ``vocabulary`` study's rows (:mod:`kneuron.studies.vocabulary`) and the atlas's
 ``vocabulary`` table of top tokens (:mod:`kneuron.store.vocabulary`): does a knowledge neuron write its fact's
 answer, or something else (a format, a topic), against random neurons of the same layers?"""
 
@@ -11,13 +11,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from kneuron.experiments.metrics import summarize
-from kneuron.experiments.vocabulary import study_params, vocabulary_summary
 from kneuron.report.parts import escape as _e
 from kneuron.report.parts import image as _image
 from kneuron.report.parts import number as _num
 from kneuron.report.parts import table as _table
 from kneuron.report.plots import COLORS, LABELS, to_png
+from kneuron.studies.metrics import summarize
+from kneuron.studies.vocabulary import study_params, vocabulary_summary
 
 TITLE = "What the neurons write"
 #: what ../shared/PAPER.md says of Geva et al. (the report quotes nothing beyond it)

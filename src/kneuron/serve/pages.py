@@ -21,9 +21,9 @@ import numpy as np
 
 from kneuron.attribution.types import neuron_name
 from kneuron.errors import KneuronError
-from kneuron.experiments.metrics import summarize
 from kneuron.store import scores as score_blobs
 from kneuron.store.vocabulary import has_vocabulary
+from kneuron.studies.metrics import summarize
 
 #: the longest lists a page shows (the page says how many there are in all)
 MAX_ROWS = 500

@@ -32,13 +32,13 @@ from kneuron.attribution.estimators import estimator_from_params
 from kneuron.attribution.knowledge import find_knowledge_neurons
 from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores, neuron_name
 from kneuron.errors import FactError, KneuronError
-from kneuron.experiments.metrics import head_at, joint_probability, padded
 from kneuron.facts.encoding import EncodedQuery, encode, prompt_from_text
 from kneuron.facts.fact import Fact, Prompt, mask_token_in
 from kneuron.interventions.vocabulary import token_text
 from kneuron.models.hooks import NeuronPatch, patch_rows, scale_patches, suppress_patches
 from kneuron.models.language_model import LanguageModel
 from kneuron.serve.pages import finite
+from kneuron.studies.metrics import head_at, joint_probability, padded
 
 MAX_PROMPT_CHARS = 2000
 MAX_ANSWER_CHARS = 200
@@ -216,7 +216,7 @@ def encode_probe(lm: LanguageModel, prompt: str, answer: str, what: str = "promp
 
 def _measure(lm: LanguageModel, query: EncodedQuery, sets: Sequence[Sequence[NeuronPatch]], top: int) -> list[dict]:
     """One forward pass of ``query`` per patch set (one batch, a row per set), patched at the answer position: the
-    batch and the probabilities are :func:`~kneuron.experiments.metrics.answer_probabilities`' own (its
+    batch and the probabilities are :func:`~kneuron.studies.metrics.answer_probabilities`' own (its
     ``row_patches`` path), and the rank and top predictions come from the same logits."""
     rows = len(sets)
     ids, mask = padded(lm, [query.input_ids] * rows)
@@ -259,7 +259,7 @@ def probe(lm: LanguageModel, prompt: str, answer: str, neurons: Sequence[tuple[i
     Returns a JSON-able dict: ``model``, ``kind``, ``prompt`` (as given), ``text`` (what the model reads, masks
     shown), ``answer``, ``answer_tokens``, ``position``, ``neurons`` (names), ``factor`` and ``conditions``:
     ``{"as_is", "suppressed", "amplified"}``, each with ``probability`` (the answer's joint, teacher-forced
-    probability, what :func:`~kneuron.experiments.metrics.answer_probabilities` gives), ``log_probability``,
+    probability, what :func:`~kneuron.studies.metrics.answer_probabilities` gives), ``log_probability``,
     ``token_probabilities``, ``rank`` (of the first answer token, 1 = top) and ``top`` (the ``top`` likeliest next
     tokens of a causal model, or fillers of a masked model's first answer mask, as ``{"token", "id",
     "probability"}``); the patched ones also ``relative_change`` ((p - p_as_is) / p_as_is, None when p_as_is is 0).

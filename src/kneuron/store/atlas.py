@@ -75,7 +75,7 @@ even while a run writes it.
 ``generic``: refined neurons shared by at least ``min_facts`` done facts, ``PRIMARY KEY (layer, neuron)``.
     ``facts`` (how many facts have it), ``share`` (of all done facts), ``flagged`` (1 when ``share`` exceeds the
     generic share, 10% by default: such a neuron cannot encode any one fact; see
-    :mod:`kneuron.experiments.generic`). A run rewrites it when it ends; :meth:`Atlas.update_generic` with
+    :mod:`kneuron.studies.generic`). A run rewrites it when it ends; :meth:`Atlas.update_generic` with
     another share rewrites it too.
 
 ``results``: the studies' long-format rows, ``(study, variant, relation, fact_id, metric, value)``.
@@ -796,8 +796,8 @@ class Atlas:
     # -------------------------------------------------------------------------------------------- generic
 
     def generic_neurons(self, flagged_only: bool = True) -> list:
-        """The generic table as :class:`~kneuron.experiments.generic.GenericNeuron` values, most shared first."""
-        from kneuron.experiments.generic import GenericNeuron
+        """The generic table as :class:`~kneuron.studies.generic.GenericNeuron` values, most shared first."""
+        from kneuron.studies.generic import GenericNeuron
 
         sql = "SELECT layer, neuron, facts, share FROM generic"
         if flagged_only:
@@ -808,7 +808,7 @@ class Atlas:
     def update_generic(self, share: float | None = None, min_facts: int | None = None) -> list:
         """Recompute the generic table from the done facts' refined neurons (one transaction) and return the
         flagged neurons; ``share`` and ``min_facts`` default to the atlas's (10%, 2) and are saved in meta."""
-        from kneuron.experiments.generic import generic_neurons
+        from kneuron.studies.generic import generic_neurons
 
         settings = dict(self.meta.get("generic", {"share": 0.1, "min_facts": 2}))
         if share is not None:

@@ -1,5 +1,5 @@
 """What each knowledge neuron writes, kept in the atlas: the ``vocabulary`` table that ``kneuron study vocabulary``
-creates on its first write (:mod:`kneuron.experiments.vocabulary`), read by ``kneuron atlas --fact`` and the report.
+creates on its first write (:mod:`kneuron.studies.vocabulary`), read by ``kneuron atlas --fact`` and the report.
 
 An atlas without it (made before, or never studied so) reads as having no rows; nothing else in the atlas depends
 on it. Each study run replaces all of its rows in one transaction, like the study's rows in ``results``.
@@ -19,8 +19,8 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kneuron.experiments.vocabulary import FactVocabulary
 from kneuron.store.files import damaged
+from kneuron.studies.vocabulary import FactVocabulary
 
 TABLE = "vocabulary"
 SCHEMA = """

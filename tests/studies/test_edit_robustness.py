@@ -13,20 +13,20 @@ import pytest
 import torch
 
 from kneuron.attribution import Neuron
-from kneuron.experiments import edit_robustness as er
-from kneuron.experiments.edit_robustness import (
+from kneuron.facts import Fact, encode
+from kneuron.facts.robustness import Aliases, OneToOne, RobustnessData
+from kneuron.store import Atlas, run
+from kneuron.studies import edit_robustness as er
+from kneuron.studies.edit_robustness import (
     STUDY,
     coverage_notes,
     edit_robustness_study,
     held_out_neurons,
     held_out_split,
 )
-from kneuron.experiments.edit_robustness_summary import format_summary, robustness_summary
-from kneuron.experiments.editing import choose_new_answer
-from kneuron.experiments.editing import score as editing_score
-from kneuron.facts import Fact, encode
-from kneuron.facts.robustness import Aliases, OneToOne, RobustnessData
-from kneuron.store import Atlas, run
+from kneuron.studies.edit_robustness_summary import format_summary, robustness_summary
+from kneuron.studies.editing import choose_new_answer
+from kneuron.studies.editing import score as editing_score
 from tiny_models import tiny_lm
 
 from .conftest import probability_by_hand, tiny_facts

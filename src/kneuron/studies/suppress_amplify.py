@@ -33,11 +33,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from kneuron.attribution.types import Neuron
-from kneuron.experiments.metrics import NeuronKey, fact_rng, patched_probabilities, relative_change, row
 from kneuron.facts.encoding import EncodedQuery, encode
 from kneuron.facts.fact import Fact
 from kneuron.models.hooks import scale_patches, suppress_patches
 from kneuron.models.language_model import LanguageModel
+from kneuron.studies.metrics import NeuronKey, fact_rng, patched_probabilities, relative_change, row
 
 STUDY = "suppress_amplify"
 VARIANTS = ("kn", "random", "kn_no_generic", "random_no_generic")

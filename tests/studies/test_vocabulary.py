@@ -9,10 +9,11 @@ import statistics
 import pytest
 import torch
 
-from experiments.conftest import activation_by_hand, tiny_facts, tiny_neurons
-from kneuron.experiments.metrics import fact_rng, summarize
-from kneuron.experiments.suppress_amplify import random_control
-from kneuron.experiments.vocabulary import (
+from kneuron.facts import encode
+from kneuron.interventions.vocabulary import slot_logits
+from kneuron.studies.metrics import fact_rng, summarize
+from kneuron.studies.suppress_amplify import random_control
+from kneuron.studies.vocabulary import (
     STUDY,
     fact_vocabulary,
     study_vocabularies,
@@ -20,8 +21,7 @@ from kneuron.experiments.vocabulary import (
     vocabulary_study,
     vocabulary_summary,
 )
-from kneuron.facts import encode
-from kneuron.interventions.vocabulary import slot_logits
+from studies.conftest import activation_by_hand, tiny_facts, tiny_neurons
 from tiny_models import tiny_lm
 
 

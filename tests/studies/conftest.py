@@ -1,5 +1,5 @@
 """Tiny facts spelled in the tiny vocabulary (see tests/tiny_models.py), fixed neuron sets, and a by-hand
-probability that shares no code with kneuron.experiments (its own hook, its own softmax)."""
+probability that shares no code with kneuron.studies (its own hook, its own softmax)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ the paper's update (:func:`~kneuron.interventions.update_fact`, λ = 1, 8) of th
 answer to the target's English answer ("Paris" → "Rome"). Each language t of the key is then measured on its own
 prompts with its own forms: the key's answer in t against the target key's answer in t (``capital:France@de``
 "Paris" against ``capital:Italy@de`` "Rom"), with the editing study's metrics
-(:func:`~kneuron.experiments.editing.update_metrics`: P(new) > P(old), top-1 = new, change rate, probabilities
+(:func:`~kneuron.studies.editing.update_metrics`: P(new) > P(old), top-1 = new, change rate, probabilities
 before/after...). Every edit is applied in a ``with edit.applied(lm)`` block, so the model is restored bit-exactly
 after each.
 
@@ -37,15 +37,15 @@ import numpy as np
 
 from kneuron.attribution.types import Neuron
 from kneuron.errors import KneuronError
-from kneuron.experiments.editing import update_metrics
-from kneuron.experiments.languages import STUDY, language_order, language_versions
-from kneuron.experiments.metrics import NeuronKey, fact_rng, row
-from kneuron.experiments.suppress_amplify import keys_of, random_control
 from kneuron.facts.fact import Fact
 from kneuron.facts.languages import language_of
 from kneuron.interventions.edits import Edit, EditError
 from kneuron.interventions.update import SignRule, answer_ids, update_fact
 from kneuron.models.language_model import LanguageModel
+from kneuron.studies.editing import update_metrics
+from kneuron.studies.languages import STUDY, language_order, language_versions
+from kneuron.studies.metrics import NeuronKey, fact_rng, row
+from kneuron.studies.suppress_amplify import keys_of, random_control
 
 EDIT_SIGNS: tuple[SignRule, ...] = ("none", "activation")
 

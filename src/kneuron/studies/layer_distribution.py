@@ -21,8 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from kneuron.attribution.types import Neuron
-from kneuron.experiments.metrics import NeuronKey, row
-from kneuron.experiments.suppress_amplify import keys_of
+from kneuron.studies.metrics import NeuronKey, row
+from kneuron.studies.suppress_amplify import keys_of
 
 STUDY = "layers"
 

@@ -17,8 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 from kneuron.attribution.types import Neuron
 from kneuron.errors import KneuronError
-from kneuron.experiments.discrimination import discrimination
-from kneuron.experiments.generic import (
+from kneuron.facts.fact import Fact
+from kneuron.models.language_model import LanguageModel
+from kneuron.studies.discrimination import discrimination
+from kneuron.studies.generic import (
     coarse_generic_neurons,
     coarse_rows,
     generic_neurons,
@@ -26,11 +28,9 @@ from kneuron.experiments.generic import (
     probe_generic,
     word_scores,
 )
-from kneuron.experiments.layer_distribution import layer_distribution
-from kneuron.experiments.metrics import row
-from kneuron.experiments.suppress_amplify import encode_facts, suppress_amplify
-from kneuron.facts.fact import Fact
-from kneuron.models.language_model import LanguageModel
+from kneuron.studies.layer_distribution import layer_distribution
+from kneuron.studies.metrics import row
+from kneuron.studies.suppress_amplify import encode_facts, suppress_amplify
 
 STUDIES = ("suppress_amplify", "generic", "layers", "discrimination")
 #: command-line names -> stored names
@@ -79,7 +79,7 @@ def run_studies(
         coarse_by_fact: each fact's coarse neurons per prompt; when given, the generic study also flags neurons
             that are coarse in more than ``generic_share`` of all prompts, and probes up to ``probe_neurons`` of
             alone those most tied to one last word before the answer (see
-            :func:`kneuron.experiments.generic.word_scores`).
+            :func:`kneuron.studies.generic.word_scores`).
         on_study: called with each study's name before it runs (status).
         on_fact: called after each fact of the suppress/amplify study (progress).
     """

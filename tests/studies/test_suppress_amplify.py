@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.conftest import probability_by_hand
 from kneuron.attribution import Neuron
-from kneuron.experiments import answer_probabilities, random_control, summarize, suppress_amplify
-from kneuron.experiments.metrics import fact_rng
-from kneuron.experiments.suppress_amplify import keys_of, other_relation_prompts
 from kneuron.facts import encode
+from kneuron.studies import answer_probabilities, random_control, summarize, suppress_amplify
+from kneuron.studies.metrics import fact_rng
+from kneuron.studies.suppress_amplify import keys_of, other_relation_prompts
+from studies.conftest import probability_by_hand
 from tiny_models import EAGER_ONLY, tiny_lm
 
 

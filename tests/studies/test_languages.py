@@ -10,18 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.conftest import (
-    CAPITAL,
-    LANGUAGE_TEMPLATES,
-    multilingual_done_facts,
-    multilingual_fact,
-    multilingual_neurons,
-    multilingual_pool,
-    probability_by_hand,
-)
 from kneuron.errors import KneuronError
-from kneuron.experiments.cross_lingual_edit import choose_target, cross_lingual_edit, edit_summary
-from kneuron.experiments.languages import (
+from kneuron.facts import Fact
+from kneuron.facts.languages import language_of, with_language
+from kneuron.studies.cross_lingual_edit import choose_target, cross_lingual_edit, edit_summary
+from kneuron.studies.languages import (
     jaccard_summary,
     language_study,
     language_versions,
@@ -33,8 +26,15 @@ from kneuron.experiments.languages import (
     own_and_cross,
     suppression_matrix,
 )
-from kneuron.facts import Fact
-from kneuron.facts.languages import language_of, with_language
+from studies.conftest import (
+    CAPITAL,
+    LANGUAGE_TEMPLATES,
+    multilingual_done_facts,
+    multilingual_fact,
+    multilingual_neurons,
+    multilingual_pool,
+    probability_by_hand,
+)
 from tiny_models import tiny_lm
 
 
@@ -159,7 +159,7 @@ def test_random_control_is_same_layers_disjoint_and_seeded(tiny):
     assert first.keys() == second.keys() and [first[k] for k in first] == pytest.approx([second[k] for k in first])
     other = language_study(tiny, multilingual_done_facts(), multilingual_neurons(), seed=6)
     assert values(other, "random") != values(rows, "random")
-    from kneuron.experiments.languages import overlap_of, suppression_sets
+    from kneuron.studies.languages import overlap_of, suppression_sets
 
     for key, versions in multilingual_keys(multilingual_done_facts()).items():
         overlap = overlap_of(key, versions, multilingual_neurons())

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.conftest import probability_by_hand
 from kneuron.errors import KneuronError
-from kneuron.experiments.metrics import answer_probabilities, patched_probabilities, shares_prefix
-from kneuron.experiments.suppress_amplify import encode_facts
 from kneuron.interventions.edits import fingerprint
 from kneuron.models import NeuronPatch, scale_patches, suppress_patches
+from kneuron.studies.metrics import answer_probabilities, patched_probabilities, shares_prefix
+from kneuron.studies.suppress_amplify import encode_facts
+from studies.conftest import probability_by_hand
 from tiny_models import EAGER_ONLY, FAMILIES, tiny_lm
 
 SETS = [

@@ -38,7 +38,7 @@ Rows (the atlas's long format, ``study="interactions"``, one fact per fact id):
 **Cost.** All the variants of one prompt share forward passes: for a causal model the prompt's tokens before the
 answer position are run once (nothing is patched there, and a causal model's earlier positions never see later
 ones), and every variant then runs only the answer position onwards, from that cached prefix, one variant per row
-(:func:`kneuron.experiments.metrics.patched_probabilities`). A masked model sees both sides of its [MASK], so it runs
+(:func:`kneuron.studies.metrics.patched_probabilities`). A masked model sees both sides of its [MASK], so it runs
 the whole prompt per variant, still many variants per batch.
 
 Example:
@@ -57,18 +57,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from kneuron.attribution.types import Neuron
-from kneuron.experiments.metrics import (
+from kneuron.facts.encoding import EncodedQuery
+from kneuron.facts.fact import Fact
+from kneuron.models.hooks import suppress_patches
+from kneuron.models.language_model import LanguageModel
+from kneuron.studies.metrics import (
     NeuronKey,
     fact_rng,
     patched_probabilities,
     row,
     summarize,
 )
-from kneuron.experiments.suppress_amplify import encode_facts, random_control
-from kneuron.facts.encoding import EncodedQuery
-from kneuron.facts.fact import Fact
-from kneuron.models.hooks import suppress_patches
-from kneuron.models.language_model import LanguageModel
+from kneuron.studies.suppress_amplify import encode_facts, random_control
 
 STUDY = "interactions"
 #: neurons (best scored first) of a fact whose singles and pairs are measured: 8 neurons, 28 pairs

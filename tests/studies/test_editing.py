@@ -11,7 +11,10 @@ import pytest
 import torch
 
 from kneuron.errors import KneuronError
-from kneuron.experiments.editing import (
+from kneuron.facts import Fact, encode
+from kneuron.facts.counterfact import read_counterfact
+from kneuron.interventions import erase_relation, update_fact
+from kneuron.studies.editing import (
     STUDY,
     choose_new_answer,
     collateral,
@@ -25,9 +28,6 @@ from kneuron.experiments.editing import (
     update_metrics,
     update_summary,
 )
-from kneuron.facts import Fact, encode
-from kneuron.facts.counterfact import read_counterfact
-from kneuron.interventions import erase_relation, update_fact
 from tiny_models import tiny_lm
 
 from .conftest import probability_by_hand

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.conftest import probability_by_hand
 from kneuron.attribution import Neuron
-from kneuron.experiments import suppress_amplify
-from kneuron.experiments.interactions import (
+from kneuron.facts import Fact
+from kneuron.interventions.edits import fingerprint
+from kneuron.models import suppress_patches
+from kneuron.studies import suppress_amplify
+from kneuron.studies.interactions import (
     FactPlan,
     canonical,
     classify,
@@ -27,11 +29,9 @@ from kneuron.experiments.interactions import (
     study_params,
     suppressed_probabilities,
 )
-from kneuron.experiments.metrics import answer_probabilities, fact_rng
-from kneuron.experiments.suppress_amplify import encode_facts, random_control
-from kneuron.facts import Fact
-from kneuron.interventions.edits import fingerprint
-from kneuron.models import suppress_patches
+from kneuron.studies.metrics import answer_probabilities, fact_rng
+from kneuron.studies.suppress_amplify import encode_facts, random_control
+from studies.conftest import probability_by_hand
 from tiny_models import EAGER_ONLY, FAMILIES, tiny_lm
 
 

@@ -1,4 +1,4 @@
-"""Summaries of the edit-robustness study's rows (:mod:`kneuron.experiments.edit_robustness`): per variant, every
+"""Summaries of the edit-robustness study's rows (:mod:`kneuron.studies.edit_robustness`): per variant, every
 metric's mean over the facts, the prompt sets' table (P(new) > P(old), top-1 = new, P(new) rose, top-1 became new)
 and a plain-text rendering; what the CLI and the report show."""
 

@@ -48,12 +48,12 @@ import numpy as np
 
 from kneuron.attribution.types import Neuron
 from kneuron.errors import KneuronError
-from kneuron.experiments.metrics import NeuronKey, answer_probabilities, fact_rng, relative_change, row
-from kneuron.experiments.suppress_amplify import encode_facts, keys_of, random_control
 from kneuron.facts.fact import Fact
 from kneuron.facts.languages import LANGUAGE_NAMES, fact_key, language_of, with_language
 from kneuron.models.hooks import suppress_patches
 from kneuron.models.language_model import LanguageModel
+from kneuron.studies.metrics import NeuronKey, answer_probabilities, fact_rng, relative_change, row
+from kneuron.studies.suppress_amplify import encode_facts, keys_of, random_control
 
 STUDY = "languages"
 SUPPRESS_VARIANTS = ("kn", "random", "kn_shared", "kn_specific")

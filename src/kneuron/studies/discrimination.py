@@ -41,11 +41,11 @@ import numpy as np
 import torch
 
 from kneuron.attribution.types import Neuron
-from kneuron.experiments.metrics import NeuronKey, activations_at, roc_auc, row
-from kneuron.experiments.suppress_amplify import encode_facts, keys_of
 from kneuron.facts.encoding import EncodedQuery
 from kneuron.facts.fact import Fact
 from kneuron.models.language_model import LanguageModel
+from kneuron.studies.metrics import NeuronKey, activations_at, roc_auc, row
+from kneuron.studies.suppress_amplify import encode_facts, keys_of
 
 STUDY = "discrimination"
 

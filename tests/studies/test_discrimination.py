@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.conftest import activation_by_hand, auc_by_hand
 from kneuron.attribution import Neuron
-from kneuron.experiments import prompt_discrimination, roc_auc, sentence_discrimination, summarize
-from kneuron.experiments.discrimination import sentence_inputs
 from kneuron.facts import encode
+from kneuron.studies import prompt_discrimination, roc_auc, sentence_discrimination, summarize
+from kneuron.studies.discrimination import sentence_inputs
+from studies.conftest import activation_by_hand, auc_by_hand
 from tiny_models import tiny_lm
 
 
@@ -134,7 +134,7 @@ def test_builtin_sentences_are_the_default():
 
 
 def test_discrimination_is_both_studies_with_the_prompts_read_once(tiny, facts, neurons):
-    from kneuron.experiments import discrimination
+    from kneuron.studies import discrimination
 
     baseline = {f.id: [Neuron(1, 7), Neuron(2, 0)] for f in facts}
     positive = ["Paris is the capital of France .", "France has its capital in Paris ."]

@@ -13,7 +13,8 @@ import torch
 from scipy.stats import spearmanr
 
 from kneuron.errors import KneuronError
-from kneuron.experiments.consistency import (
+from kneuron.store import Atlas, run
+from kneuron.studies.consistency import (
     FactConsistency,
     between_class_variance,
     consistency_rows,
@@ -27,7 +28,6 @@ from kneuron.experiments.consistency import (
     split_comparison,
     summary_values,
 )
-from kneuron.store import Atlas, run
 from store.helpers import tiny_facts, tiny_model
 
 KEEPS = ("full", "sparse", "none")

@@ -24,12 +24,12 @@ import numpy as np
 
 from kneuron.attribution.types import Neuron
 from kneuron.errors import KneuronError
-from kneuron.experiments.metrics import NeuronKey, activations_at, patched_probabilities, relative_change, row
-from kneuron.experiments.suppress_amplify import encode_facts, keys_of
 from kneuron.facts.encoding import EncodedQuery
 from kneuron.facts.fact import Fact, Prompt
 from kneuron.models.hooks import suppress_patches
 from kneuron.models.language_model import LanguageModel
+from kneuron.studies.metrics import NeuronKey, activations_at, patched_probabilities, relative_change, row
+from kneuron.studies.suppress_amplify import encode_facts, keys_of
 
 STUDY = "generic"
 

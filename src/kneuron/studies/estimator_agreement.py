@@ -18,7 +18,7 @@ integrated-gradients scores and refined neurons the atlas holds:
 * ``refined_jaccard``: |A ∩ B| / |A ∪ B| of the estimator's refined neurons (its scores through
   :func:`~kneuron.attribution.refine` with the atlas's threshold and share) and IG's refined neurons from the
   atlas; 1 when both are empty (they agree), 0 when only one is.
-* the causal check, by :func:`~kneuron.experiments.suppress_amplify.suppress_amplify` itself (no other
+* the causal check, by :func:`~kneuron.studies.suppress_amplify.suppress_amplify` itself (no other
   patching code): ``suppress`` is the mean Δp/p of the fact's prompts when the estimator's refined neurons are
   set to 0 at the answer position, ``suppress_random`` the same for its seeded random control (as many random
   neurons from the same layers), ``suppress_ig`` IG's own refined neurons' (the same value in every estimator's
@@ -53,10 +53,10 @@ from kneuron.attribution.estimators import Estimator
 from kneuron.attribution.selection import refine
 from kneuron.attribution.types import Neuron, NeuronScores
 from kneuron.errors import KneuronError
-from kneuron.experiments.metrics import NeuronKey, row
-from kneuron.experiments.suppress_amplify import encode_facts, keys_of, suppress_amplify
 from kneuron.facts.fact import Fact
 from kneuron.models.language_model import LanguageModel
+from kneuron.studies.metrics import NeuronKey, row
+from kneuron.studies.suppress_amplify import encode_facts, keys_of, suppress_amplify
 
 STUDY = "estimators"
 #: how many top neurons per prompt the recall compares
@@ -342,10 +342,10 @@ def agreement_summary(rows: Sequence[dict]) -> list[dict[str, object]]:
     """One dict per compared estimator (in the rows' order): ``estimator``, ``facts``, ``spearman`` and
     ``spearman_over`` ("all" or "kept" neurons) with ``spearman_neurons`` (mean per fact), ``top_recall``,
     ``refined_jaccard``, ``suppress``, ``suppress_ig``, ``suppress_random`` (means over facts, see
-    :func:`~kneuron.experiments.metrics.summarize`), ``seconds_per_prompt`` and ``speedup`` (IG's seconds per
+    :func:`~kneuron.studies.metrics.summarize`), ``seconds_per_prompt`` and ``speedup`` (IG's seconds per
     prompt from the atlas over it; NaN when unknown); then one for ``ig`` (its suppression, random control
     and seconds)."""
-    from kneuron.experiments.metrics import summarize
+    from kneuron.studies.metrics import summarize
 
     labels = list(dict.fromkeys(r["variant"] for r in rows if r["variant"] not in ("ig", "params")))
     overall = {(r["variant"], r["metric"]): r["value"] for r in rows if not r["fact_id"]}

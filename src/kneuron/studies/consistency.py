@@ -62,8 +62,8 @@ from itertools import combinations
 import numpy as np
 
 from kneuron.attribution.types import Neuron
-from kneuron.experiments.estimator_agreement import average_ranks, spearman
-from kneuron.experiments.metrics import NeuronKey, row
+from kneuron.studies.estimator_agreement import average_ranks, spearman
+from kneuron.studies.metrics import NeuronKey, row
 
 STUDY = "consistency"
 #: the share of a prompt's maximum score above which a neuron joins the fact's kept union (the sparse atlas's)
@@ -320,7 +320,7 @@ COMPARED = (("suppress_amplify", "suppress", "suppress KN: mean Δp/p"),
 COMPARED_STUDIES = tuple(dict.fromkeys(study for study, _, _ in COMPARED))
 #: what the summaries say when a compared study has no rows: (its name in prose, the command that makes them)
 MISSING_HINTS = {"suppress_amplify": ("suppress/amplify", "kneuron study suppress-amplify --run {run}"),
-                 "editing": ("editing", "python -m kneuron.experiments.editing --run {run}"),
+                 "editing": ("editing", "python -m kneuron.studies.editing --run {run}"),
                  "edit_robustness": ("edit robustness", "kneuron study robustness --run {run}")}
 
 

@@ -34,7 +34,7 @@ probability before and after, and top-1 accuracy.
 rewrite prompt), paraphrase (the same on paraphrase prompts) and neighbourhood (P(true) > P(new) on other
 subjects' prompts) scores; as in ROME, answers are compared by their mean per-token log-probability.
 
-Rows are the atlas's long format (``study="editing"``); see :func:`kneuron.experiments.metrics.row`.
+Rows are the atlas's long format (``study="editing"``); see :func:`kneuron.studies.metrics.row`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ import torch
 
 from kneuron.attribution.types import Neuron
 from kneuron.errors import KneuronError
-from kneuron.experiments.metrics import fact_rng, row
 from kneuron.facts.counterfact import CounterFactRecord
 from kneuron.facts.encoding import EncodedQuery, encode
 from kneuron.facts.fact import Fact, Prompt
@@ -65,6 +64,7 @@ from kneuron.interventions.update import (
     update_fact,
 )
 from kneuron.models.language_model import LanguageModel
+from kneuron.studies.metrics import fact_rng, row
 
 STUDY = "editing"
 
@@ -560,10 +560,10 @@ def format_summary(rows: Sequence[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m kneuron.experiments.editing --run runs/NAME.sqlite [--erase capital]``: run, store, print."""
+    """``python -m kneuron.studies.editing --run runs/NAME.sqlite [--erase capital]``: run, store, print."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m kneuron.experiments.editing", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kneuron.studies.editing", description=main.__doc__)
     parser.add_argument("--run", required=True, help="the atlas (.sqlite)")
     parser.add_argument("--erase", default=None, help="a relation to erase")
     parser.add_argument("--top", type=int, default=20)

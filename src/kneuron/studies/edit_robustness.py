@@ -1,7 +1,7 @@
 """Edits under Niu et al.'s tests (ICLR 2024): does a knowledge-neuron update hold beyond the fact's own prompts?
 
-Each fact with knowledge neurons is updated as the editing study does (:mod:`kneuron.experiments.editing`: t' =
-another answer of its relation from :func:`~kneuron.experiments.editing.choose_new_answer`, the update of
+Each fact with knowledge neurons is updated as the editing study does (:mod:`kneuron.studies.editing`: t' =
+another answer of its relation from :func:`~kneuron.studies.editing.choose_new_answer`, the update of
 :func:`~kneuron.interventions.update_fact`, neurons shared by more than 10% of the relation's facts left out), and
 measured, before and after, on:
 
@@ -53,7 +53,13 @@ import torch
 from kneuron.attribution.selection import refined_keys
 from kneuron.attribution.types import Neuron
 from kneuron.errors import KneuronError
-from kneuron.experiments.editing import (
+from kneuron.facts.encoding import EncodedQuery, encode
+from kneuron.facts.fact import Fact, Prompt
+from kneuron.facts.robustness import RobustnessData, robustness_data
+from kneuron.interventions.edits import Edit, EditError
+from kneuron.interventions.update import NeuronKey, Scale, SignRule, neuron_keys, update_fact
+from kneuron.models.language_model import LanguageModel
+from kneuron.studies.editing import (
     Scores,
     choose_new_answer,
     mean_of,
@@ -62,13 +68,7 @@ from kneuron.experiments.editing import (
     share_of,
     variant_suffix,
 )
-from kneuron.experiments.metrics import by_length, fact_rng, head_at, padded, row
-from kneuron.facts.encoding import EncodedQuery, encode
-from kneuron.facts.fact import Fact, Prompt
-from kneuron.facts.robustness import RobustnessData, robustness_data
-from kneuron.interventions.edits import Edit, EditError
-from kneuron.interventions.update import NeuronKey, Scale, SignRule, neuron_keys, update_fact
-from kneuron.models.language_model import LanguageModel
+from kneuron.studies.metrics import by_length, fact_rng, head_at, padded, row
 
 STUDY = "edit_robustness"
 #: the prompt sets every fact is measured on (those that exist for it), in report order
@@ -82,7 +82,7 @@ def variant_name(scale: Scale = "absolute", sign: SignRule = "none") -> str:
 
 @dataclass(frozen=True)
 class TokenScores(Scores):
-    """:class:`~kneuron.experiments.editing.Scores` plus the probability of the answer's first token at the position
+    """:class:`~kneuron.studies.editing.Scores` plus the probability of the answer's first token at the position
     whose top-1 is read (the quantity top-1 is about: a multi-token answer's joint probability can fall while its
     first token becomes top-1, when the edit, written at every position, also pushes the later positions)."""
 
@@ -103,7 +103,7 @@ def _read_input(lm: LanguageModel, query: EncodedQuery) -> tuple[int, ...]:
 
 @torch.no_grad()
 def score(lm: LanguageModel, queries: Sequence[EncodedQuery], *, batch_size: int = 64) -> TokenScores:
-    """:func:`kneuron.experiments.editing.score` in fewer forward passes: each distinct input once (see
+    """:func:`kneuron.studies.editing.score` in fewer forward passes: each distinct input once (see
     :func:`_read_input`), right-padded batches, the head computed only where it is read; the same numbers up to
     float rounding."""
     n = len(queries)
@@ -487,7 +487,7 @@ def run_edit_robustness(atlas, lm: LanguageModel, *, seed: int = 0, held_out: in
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m kneuron.experiments.edit_robustness --run ATLAS``: run with the atlas's model, store, print."""
+    """``python -m kneuron.studies.edit_robustness --run ATLAS``: run with the atlas's model, store, print."""
     import argparse
 
     import torch
@@ -495,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from kneuron.models import load
     from kneuron.store import Atlas, model_identity
 
-    parser = argparse.ArgumentParser(prog="python -m kneuron.experiments.edit_robustness", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kneuron.studies.edit_robustness", description=main.__doc__)
     parser.add_argument("--run", required=True, help="the atlas (.sqlite)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--held-out", type=int, default=2, help="templates held out per fact")
@@ -516,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                           write=not args.no_write)
     for note in notes:
         print(f"note: {note}")
-    from kneuron.experiments.edit_robustness_summary import format_summary
+    from kneuron.studies.edit_robustness_summary import format_summary
 
     print(format_summary(rows))
 

@@ -10,8 +10,8 @@ token the update rule writes). Its rank among a neuron's promoted tokens is 0 wh
 most; its suppressed rank is 0 when it is the token the neuron lowers most.
 
 The control (variant ``random``): as many random neurons as the fact has, one from the layer of each knowledge
-neuron, never one of them (:func:`~kneuron.experiments.suppress_amplify.random_control`), drawn with
-:func:`~kneuron.experiments.metrics.fact_rng` (``seed``, fact id): the same draw whatever the order of the facts.
+neuron, never one of them (:func:`~kneuron.studies.suppress_amplify.random_control`), drawn with
+:func:`~kneuron.studies.metrics.fact_rng` (``seed``, fact id): the same draw whatever the order of the facts.
 Their signs come from their own activations on the fact's prompts, by the same rule.
 
 Rows (the atlas's long format, ``study="vocabulary"``, relation = the fact's relation):
@@ -43,8 +43,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from kneuron.attribution.types import Neuron
-from kneuron.experiments.metrics import NeuronKey, activations_at, fact_rng, row, summarize
-from kneuron.experiments.suppress_amplify import encode_facts, keys_of, random_control
 from kneuron.facts.encoding import EncodedQuery
 from kneuron.facts.fact import Fact
 from kneuron.interventions.update import answer_ids
@@ -55,6 +53,8 @@ from kneuron.interventions.vocabulary import (
     normalised_unembedding,
 )
 from kneuron.models.language_model import LanguageModel
+from kneuron.studies.metrics import NeuronKey, activations_at, fact_rng, row, summarize
+from kneuron.studies.suppress_amplify import encode_facts, keys_of, random_control
 
 STUDY = "vocabulary"
 #: the answer counts as promoted by a neuron within its ``TOP`` (and ``WIDE``) most promoted tokens

@@ -8,10 +8,10 @@ Example:
     >>> summarize(rows, "kn", "suppress").mean
 """
 
-from kneuron.experiments.discrimination import discrimination, prompt_discrimination, sentence_discrimination
-from kneuron.experiments.generic import GenericNeuron, generic_neurons, generic_rows, probe_generic
-from kneuron.experiments.layer_distribution import layer_distribution, top_layers, top_third_share
-from kneuron.experiments.metrics import (
+from kneuron.studies.discrimination import discrimination, prompt_discrimination, sentence_discrimination
+from kneuron.studies.generic import GenericNeuron, generic_neurons, generic_rows, probe_generic
+from kneuron.studies.layer_distribution import layer_distribution, top_layers, top_third_share
+from kneuron.studies.metrics import (
     Summary,
     activations_at,
     answer_probabilities,
@@ -20,8 +20,8 @@ from kneuron.experiments.metrics import (
     roc_auc,
     summarize,
 )
-from kneuron.experiments.suppress_amplify import random_control, suppress_amplify
-from kneuron.experiments.vocabulary import vocabulary_study
+from kneuron.studies.suppress_amplify import random_control, suppress_amplify
+from kneuron.studies.vocabulary import vocabulary_study
 
 __all__ = [
     "GenericNeuron", "Summary", "activations_at", "answer_probabilities", "discrimination", "generic_neurons",

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.conftest import activation_by_hand, probability_by_hand
 from kneuron.attribution import Neuron
 from kneuron.errors import KneuronError
-from kneuron.experiments import generic_neurons, generic_rows, layer_distribution, probe_generic, top_layers
-from kneuron.experiments.generic import last_word
-from kneuron.experiments.layer_distribution import top_third_share
 from kneuron.facts import Prompt, encode
+from kneuron.studies import generic_neurons, generic_rows, layer_distribution, probe_generic, top_layers
+from kneuron.studies.generic import last_word
+from kneuron.studies.layer_distribution import top_third_share
+from studies.conftest import activation_by_hand, probability_by_hand
 from tiny_models import tiny_lm
 
 
@@ -82,7 +82,7 @@ def test_layer_distribution_by_hand(facts, neurons):
 
 
 def test_coarse_generic_neurons_and_their_last_words(facts):
-    from kneuron.experiments.generic import coarse_generic_neurons, coarse_rows
+    from kneuron.studies.generic import coarse_generic_neurons, coarse_rows
 
     # L0.N1 is coarse in every prompt ending in "is" (2 of the 3 templates of each relation but continent's first
     # two), L2.N2 in one prompt only
@@ -99,7 +99,7 @@ def test_coarse_generic_neurons_and_their_last_words(facts):
 
 
 def test_word_score_is_one_for_a_neuron_coarse_exactly_where_a_word_ends_the_prompt(facts):
-    from kneuron.experiments.generic import word_scores
+    from kneuron.studies.generic import word_scores
 
     coarse = {f.id: [[Neuron(0, 1)] + ([Neuron(1, 1)] if i == 0 else []) if last_word(p) == "is" else [Neuron(1, 1)]
                      for i, p in enumerate(f.prompts())] for f in facts}

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.conftest import probability_by_hand
 from kneuron.attribution import GradientTimesActivation, IntegratedGradients, Neuron, refine
 from kneuron.attribution.estimators import Estimator
 from kneuron.errors import KneuronError
-from kneuron.experiments import summarize
-from kneuron.experiments.estimator_agreement import (
+from kneuron.store import Atlas, run
+from kneuron.studies import summarize
+from kneuron.studies.estimator_agreement import (
     agreement_summary,
     average_ranks,
     default_estimators,
@@ -27,8 +27,8 @@ from kneuron.experiments.estimator_agreement import (
     spearman,
     top_recall,
 )
-from kneuron.store import Atlas, run
 from store.helpers import tiny_facts, tiny_model
+from studies.conftest import probability_by_hand
 
 # ------------------------------------------------------------------------------------- metrics by hand
 
