@@ -9,10 +9,10 @@ import time
 import pytest
 import torch
 
-from kneuron.errors import KneuronError
+from kneuron.errors import JobFailed, JobTimeout, KneuronError, ProbeInputError, QueueClosed, QueueFull
 from kneuron.models.hooks import on_ffn_input, patch, suppress_patches
-from kneuron.serve.jobs import JobFailed, JobTimeout, ProbeQueue, QueueClosed, QueueFull
-from kneuron.serve.probes import ProbeInputError, probe
+from kneuron.serve.jobs import ProbeQueue
+from kneuron.serve.probes import probe
 from tiny_models import tiny_lm
 
 WAIT = 30.0  # seconds a test waits at most for something that takes milliseconds (never reached when it works)

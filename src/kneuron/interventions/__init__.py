@@ -8,7 +8,8 @@ Example:
     ...     ...
 """
 
-from kneuron.interventions.edits import AppliedEdit, Edit, EditError, SlotGroup, fingerprint
+from kneuron.errors import EditError
+from kneuron.interventions.edits import AppliedEdit, Edit, SlotGroup, fingerprint
 from kneuron.interventions.erase import count_neurons, erase_relation, top_neurons
 from kneuron.interventions.update import (
     answer_embedding,

@@ -23,8 +23,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kneuron.errors import KneuronError
-from kneuron.interventions.edits import LAYOUTS, Edit, EditError, SlotGroup
+from kneuron.errors import EditError, KneuronError
+from kneuron.interventions.edits import LAYOUTS, Edit, SlotGroup
 from kneuron.models.language_model import LanguageModel
 
 FORMAT = "kneuron-edit/2"

@@ -45,9 +45,10 @@ from typing import Any, Literal
 
 import torch
 
+from kneuron.errors import EditError
 from kneuron.interventions import live
 from kneuron.interventions.live import AppliedEdit
-from kneuron.interventions.slots import LAYOUTS, EditError, read_slots, same_bits, slot_index, slot_names, write_slots
+from kneuron.interventions.slots import LAYOUTS, read_slots, same_bits, slot_index, slot_names, write_slots
 from kneuron.models.language_model import LanguageModel
 
 __all__ = ["LAYOUTS", "AppliedEdit", "Edit", "EditError", "SlotGroup", "fingerprint", "module_path", "read_slots",

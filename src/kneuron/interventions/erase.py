@@ -27,7 +27,8 @@ from typing import Literal
 import torch
 
 from kneuron.attribution.types import KnowledgeNeurons, Neuron
-from kneuron.interventions.edits import Edit, EditError
+from kneuron.errors import EditError
+from kneuron.interventions.edits import Edit
 from kneuron.interventions.update import NeuronKey, neuron_keys, output_embeddings
 from kneuron.models.language_model import LanguageModel
 

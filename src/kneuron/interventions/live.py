@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from kneuron.interventions.slots import EditError, read_slots, same_bits, slot_index, slot_names, write_slots
+from kneuron.errors import EditError
+from kneuron.interventions.slots import read_slots, same_bits, slot_index, slot_names, write_slots
 from kneuron.models.language_model import LanguageModel
 
 if TYPE_CHECKING:

@@ -8,13 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from kneuron.errors import KneuronError
-
 LAYOUTS = ("linear", "conv1d")
-
-
-class EditError(KneuronError):
-    """An edit that cannot be made, applied, undone, saved or loaded."""
 
 
 def read_slots(weight: torch.Tensor, layout: str, indices: torch.Tensor) -> torch.Tensor:

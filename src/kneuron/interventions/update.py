@@ -56,10 +56,10 @@ from typing import Literal
 import torch
 
 from kneuron.attribution.types import KnowledgeNeurons, Neuron
-from kneuron.errors import FactError
+from kneuron.errors import EditError, FactError
 from kneuron.facts.encoding import answer_token_ids
 from kneuron.facts.fact import Fact, Prompt
-from kneuron.interventions.edits import Edit, EditError, slot_sharers
+from kneuron.interventions.edits import Edit, slot_sharers
 from kneuron.models.language_model import LanguageModel
 
 NeuronKey = tuple[int, int]

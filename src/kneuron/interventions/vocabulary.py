@@ -46,16 +46,12 @@ from dataclasses import dataclass
 import torch
 
 from kneuron.attribution.types import Neuron
-from kneuron.errors import KneuronError
+from kneuron.errors import KneuronError, VocabularyError
 from kneuron.interventions.slots import read_slots
 from kneuron.interventions.update import NeuronKey, neuron_keys
 from kneuron.models.architectures import ffn_output_multiplier
 from kneuron.models.language_model import LanguageModel
 from kneuron.models.readout import output_head
-
-
-class VocabularyError(KneuronError):
-    """A model whose value slots have no projection onto its vocabulary."""
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,13 @@ from typing import Any
 from fastapi import Body, Request
 from fastapi.responses import JSONResponse
 
-from kneuron.errors import KneuronError
+from kneuron.errors import KneuronError, NoModel
 from kneuron.serve import pages, probes
 
 #: the most tokens a vocabulary projection lists
 MAX_TOP = 20
 #: seconds a synchronous probe waits for its turn and its run before the request gives up (the probe still ends)
 PROBE_TIMEOUT = 300.0
-
-
-class NoModel(KneuronError):
-    """A probe on a server started without a model."""
 
 
 def neuron_or_404(name: str) -> tuple[int, int]:

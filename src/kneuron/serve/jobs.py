@@ -24,33 +24,12 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, Literal
 
-from kneuron.errors import KneuronError
+from kneuron.errors import JobFailed, JobTimeout, KneuronError, QueueClosed, QueueFull
 from kneuron.models.language_model import LanguageModel
 
 logger = logging.getLogger(__name__)
 
 JobStatus = Literal["queued", "running", "done", "failed"]
-
-
-class QueueFull(KneuronError):
-    """Too many probes are waiting; the page asks the user to try again."""
-
-
-class QueueClosed(KneuronError):
-    """The queue was closed (the server is shutting down)."""
-
-
-class JobTimeout(KneuronError):
-    """:meth:`ProbeQueue.run` stopped waiting; the job (``job_id``) goes on and finishes in the background."""
-
-    def __init__(self, message: str, job_id: str) -> None:
-        super().__init__(message)
-        self.job_id = job_id
-
-
-class JobFailed(KneuronError):
-    """A job waited for by :meth:`ProbeQueue.run` failed with an error that is not a KneuronError (the message is
-    ``job.error``: "internal error: <ExceptionType>"; the traceback is logged)."""
 
 
 def one_line(exc: BaseException) -> str:

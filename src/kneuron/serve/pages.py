@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from kneuron.attribution.types import neuron_name
-from kneuron.errors import KneuronError
+from kneuron.errors import KneuronError, NotFound
 from kneuron.store import scores as score_blobs
 from kneuron.store.vocabulary import has_vocabulary
 from kneuron.studies.metrics import summarize
@@ -39,10 +39,6 @@ WORD_RANK = 10
 MAX_QUERY = 200
 
 _NEURON = re.compile(r"^\s*L?\s*(\d+)\s*[.:/,\s]\s*N?\s*(\d+)\s*$", re.IGNORECASE)
-
-
-class NotFound(KneuronError):
-    """A page of something the atlas does not have (the server answers 404 with the message)."""
 
 
 def parse_neuron_name(text: str) -> tuple[int, int] | None:

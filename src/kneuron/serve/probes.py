@@ -31,7 +31,7 @@ import torch
 from kneuron.attribution.estimators import estimator_from_params
 from kneuron.attribution.knowledge import find_knowledge_neurons
 from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores, neuron_name
-from kneuron.errors import FactError, KneuronError
+from kneuron.errors import FactError, KneuronError, ProbeInputError
 from kneuron.facts.encoding import EncodedQuery, encode, prompt_from_text
 from kneuron.facts.fact import Fact, Prompt, mask_token_in
 from kneuron.interventions.vocabulary import token_text
@@ -54,10 +54,6 @@ NEURON_FORM = "L<layer>.N<index>, e.g. L29.N1066"
 _NEURON = re.compile(r"[Ll](\d{1,6})\.[Nn](\d{1,9})")
 _SEPARATORS = re.compile(r"[\s,;]+")
 _WHITESPACE = frozenset("\t\n\r")
-
-
-class ProbeInputError(KneuronError):
-    """What a page sent cannot be probed: one line saying what was wrong and what to do (the page shows it)."""
 
 
 # ------------------------------------------------------------------------------------------------ checking input

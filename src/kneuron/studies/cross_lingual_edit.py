@@ -36,10 +36,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from kneuron.attribution.types import Neuron
-from kneuron.errors import KneuronError
+from kneuron.errors import EditError, KneuronError
 from kneuron.facts.fact import Fact
 from kneuron.facts.languages import language_of
-from kneuron.interventions.edits import Edit, EditError
+from kneuron.interventions.edits import Edit
 from kneuron.interventions.update import SignRule, answer_ids, update_fact
 from kneuron.models.language_model import LanguageModel
 from kneuron.studies.editing import update_metrics

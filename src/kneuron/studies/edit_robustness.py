@@ -52,11 +52,11 @@ import torch
 
 from kneuron.attribution.selection import refined_keys
 from kneuron.attribution.types import Neuron
-from kneuron.errors import KneuronError
+from kneuron.errors import EditError, KneuronError
 from kneuron.facts.encoding import EncodedQuery, encode
 from kneuron.facts.fact import Fact, Prompt
 from kneuron.facts.robustness import RobustnessData, robustness_data
-from kneuron.interventions.edits import Edit, EditError
+from kneuron.interventions.edits import Edit
 from kneuron.interventions.update import NeuronKey, Scale, SignRule, neuron_keys, update_fact
 from kneuron.models.language_model import LanguageModel
 from kneuron.studies.editing import (

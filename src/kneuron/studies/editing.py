@@ -48,11 +48,11 @@ import numpy as np
 import torch
 
 from kneuron.attribution.types import Neuron
-from kneuron.errors import KneuronError
+from kneuron.errors import EditError, KneuronError
 from kneuron.facts.counterfact import CounterFactRecord
 from kneuron.facts.encoding import EncodedQuery, encode
 from kneuron.facts.fact import Fact, Prompt
-from kneuron.interventions.edits import Edit, EditError
+from kneuron.interventions.edits import Edit
 from kneuron.interventions.erase import count_neurons, erase_relation
 from kneuron.interventions.update import (
     NeuronKey,
