@@ -37,6 +37,7 @@ from kneuron import __version__
 from kneuron.attribution.estimators import estimator_names
 from kneuron.attribution.integrated_gradients import ALPHA_RULES
 from kneuron.errors import KneuronError
+from kneuron.studies.base import show_token  # noqa: F401  (the commands' shared token display)
 
 app = typer.Typer(
     name="kneuron",
@@ -199,11 +200,6 @@ def _root(
 
 # ---------------------------------------------------------------------------------------------- helpers
 
-def show_token(token: str) -> str:
-    """A token as text with its spaces and control characters visible: ' Paris'."""
-    return repr(token)
-
-
 def parse_prompt(lm, text: str):
     """A Prompt from the command line: plain text for causal models, [Y] or the mask token for masked ones."""
     from kneuron.facts.encoding import prompt_from_text
@@ -263,40 +259,15 @@ def neuron_table(kn, writes: dict[tuple[int, int], str] | None = None) -> Table:
     return table
 
 
-StudyArgument = Annotated[str, typer.Argument(
-    help="suppress-amplify, generic, layers, discrimination, languages (facts in several languages), or all "
-         "(languages included when the atlas has facts in two languages); estimators (cheaper attribution against "
-         "IG, not part of all); vocabulary (what each neuron's value slot writes), interactions (knowledge neurons "
-         "alone, in pairs, all together), consistency (across a fact's prompts, Chen et al.; no model), robustness "
-         "(edits under Niu et al.'s tests: symmetry, aliases, held-out paraphrases, neighbourhood): not part of "
-         "all; beyond (vocabulary, interactions, consistency on one model load).",
-    show_default=False)]
-
-
 RunOption = Annotated[Path, typer.Option(
     "--run", help="The atlas (.sqlite) that `kneuron run` wrote.", show_default=False)]
 
 
-def require_done_facts(atlas, run) -> None:
-    """Refuse, in one line, an atlas with no done fact yet: there is nothing to study."""
-    with atlas.snapshot():
-        has_facts = bool(atlas.query("SELECT 1 FROM facts WHERE status = 'done' LIMIT 1"))
-    if not has_facts:
-        raise KneuronError(f"{run} has no computed facts yet: run `kneuron run --out {run}` (or let it finish).")
-
-
 def atlas_model(atlas, model: str | None, device: str):
     """The model an atlas was made with (``--model`` or the atlas's own), refusing another one."""
-    from kneuron.store import model_identity
+    from kneuron.store.study_runs import check_model
 
-    meta = atlas.meta
-    lm = load_model(model or meta.get("model"), device)
-    if model_identity(lm)["fingerprint"] != meta.get("fingerprint"):
-        raise KneuronError(
-            f"{atlas.path} was made with {meta.get('model')!r}, and {lm.name!r} is another model (other weights "
-            f"or vocabulary); its neurons would not be this model's. Give --model {meta.get('model')}, or run "
-            f"`kneuron run --model {lm.name} --out runs/OTHER.sqlite` first.")
-    return lm
+    return check_model(atlas, load_model(model or atlas.meta.get("model"), device))
 
 
 def parse_relations(value: str | None) -> list[str] | None:

@@ -1,231 +1,250 @@
-"""Commands that study an atlas and report on it: study, report."""
+"""Commands that study an atlas and report on it: ``study`` (a group: one subcommand per registered study, ``all``,
+``beyond`` and ``list``) and ``report``.
+
+The study subcommands are made from the study registry (:mod:`kneuron.studies.registry`) each time the CLI is
+built: a study's :class:`~kneuron.studies.base.Option` s become its flags, and every study runs through the one
+runner, :func:`kneuron.store.study_runs.run_studies_on_atlas`. Nothing here names a study.
+"""
 
 from __future__ import annotations
 
-import time
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
+from typer.models import CommandInfo
 
-from kneuron.cli.app import (
-    DeviceOption,
-    ModelOption,
-    RunOption,
-    StudyArgument,
-    atlas_model,
-    command,
-    console,
-    err_console,
-    require_done_facts,
-)
+from kneuron.cli.app import RunOption, app, command, console, err_console, fail, load_model
 from kneuron.errors import KneuronError
+from kneuron.store.study_runs import RunEvents, StudyResult, run_studies_on_atlas
+from kneuron.studies.base import Option, Study, StudyContext, StudyOutput
+from kneuron.studies.registry import (
+    in_all,
+    merged_options,
+    names_of,
+    registered_studies,
+    running_order,
+    studies_in,
+)
 
 
-@command()
-def study(
-    name: StudyArgument,
-    run: RunOption,
-    model: ModelOption = None,
-    generic_share: Annotated[float | None, typer.Option(
-        min=0.0, max=0.99, help="Flag neurons that are knowledge neurons of more than this share of the facts as "
-                                "generic (default: the atlas's, 0.1).", show_default=False)] = None,
-    other_facts: Annotated[int, typer.Option(min=0, help="Facts of other relations on which each fact's neurons "
-                                                         "are also patched.")] = 5,
-    probe: Annotated[int, typer.Option(min=0, help="Generic neurons (most shared first) probed alone.")] = 3,
-    seed: Annotated[int, typer.Option(help="Seeds the random control neurons, the other facts and the edit "
-                                           "targets.")] = 0,
-    estimators: Annotated[str | None, typer.Option(
-        "--estimators", help="estimators only: the estimators to compare with IG, comma-separated: registered names "
-                             "(gxa, ...), ig-gaussN (N-point Gauss–Legendre IG) or ig (exact IG measured again). "
-                             "Default: every registered one but ig, and ig-gauss5.", show_default=False)] = None,
-    facts_limit: Annotated[int | None, typer.Option(
-        "--facts", min=1, help="estimators and interactions only: study the first N done facts (default: all).",
-        show_default=False)] = None,
-    cap: Annotated[int, typer.Option(
-        "--cap", min=1, help="interactions only: each fact's best-scored neurons whose singles and pairs are "
-                             "measured (8: up to 28 pairs).")] = 8,
-    max_k: Annotated[int | None, typer.Option(
-        "--max-k", min=1, help="interactions only: the longest cumulative curve (top-k neurons; default: all of the "
-                               "fact's).", show_default=False)] = None,
-    tolerance: Annotated[float, typer.Option(
-        "--tolerance", min=0.0, help="interactions only: a pair whose Δ is within this of the sum of its neurons' "
-                                     "is additive (in units of Δp/p).")] = 0.02,
-    beyond: Annotated[str | None, typer.Option(
-        "--beyond", help="all only: then these studies beyond the paper, on the same model load (comma-separated, "
-                         "as beyond --only; e.g. consistency,vocabulary).", show_default=False)] = None,
-    only: Annotated[str | None, typer.Option(
-        "--only", help="beyond only: some of its studies, comma-separated (vocabulary, interactions, robustness, "
-                       "consistency; "
-                       "default: all of them).", show_default=False)] = None,
-    device: DeviceOption = "cpu",
-) -> None:
-    """Run the paper's studies on an atlas's facts and neurons and store their results in it.
+class StudyTyper(typer.Typer):
+    """A typer group whose commands are remade from the study registry whenever the CLI is built (so a study
+    registered after ``import kneuron.cli`` has its command too)."""
 
-    [b]estimators[/b] compares cheaper attribution estimators with the atlas's exact integrated gradients (rank
-    correlation, top-10 recall, refined neurons, suppression, seconds per prompt). It recomputes attributions,
-    so it is not part of [b]all[/b]; it needs an atlas computed with exact IG (full or sparse scores).
+    @property  # type: ignore[override]
+    def registered_commands(self) -> list[CommandInfo]:
+        return _Commands(self._fixed, study_commands())
 
-    [b]languages[/b] compares the knowledge neurons of one fact across its languages (ids such as
-    capital:France@fr, e.g. `kneuron run --facts multilingual`): neurons shared by all languages or specific to one,
-    their layers, suppressing one language's neurons measured in every language, and an update through the English
-    neurons measured in every language. [b]all[/b] includes it when the atlas has a fact done in two languages.
+    @registered_commands.setter
+    def registered_commands(self, value: list[CommandInfo]) -> None:
+        self._fixed = value
 
-    [b]vocabulary[/b] projects each knowledge neuron's value slot onto the vocabulary (Geva et al. 2022), with the
-    sign of its activation: does it promote the fact's answer (top 10 / 100), against random neurons of the same
-    layers? Stores the top tokens per neuron (`kneuron atlas --fact` shows them); not part of [b]all[/b].
 
-    [b]interactions[/b] suppresses each fact's knowledge neurons alone, in pairs (synergy or redundancy) and all
-    together, and counts the top-k neurons it takes to remove 50% / 90% of the answer's probability against random
-    neurons of the same layers (not part of [b]all[/b]).
+class _Commands(list):
+    """The fixed commands and the generated ones; what typer appends (``@study_app.command``) stays."""
 
-    [b]consistency[/b] (no model needed) scores how consistent each fact's attributions are across its prompts
-    (mean pairwise Jaccard of the coarse sets, mean pairwise rank correlation of the scores) and splits the facts
-    into consistent and inconsistent by an Otsu threshold on the Jaccard (Chen et al., ICLR 2025).
+    def __init__(self, fixed: list[CommandInfo], generated: list[CommandInfo]) -> None:
+        super().__init__([*fixed, *generated])
+        self._fixed = fixed
 
-    [b]beyond[/b] runs vocabulary, interactions, robustness and consistency (the studies beyond the paper) on one model
-    load,
-    or those ``--only`` names.
+    def append(self, item: CommandInfo) -> None:
+        self._fixed.append(item)
+        super().append(item)
 
-    [b]robustness[/b] tests edits as Niu et al. (ICLR 2024) do: each fact is updated through its knowledge neurons
-    and measured on the reversed relation (one-to-one relations), on its subject's aliases, on paraphrases held out
-    when the neurons are refined again from the stored coarse sets, and on other subjects of the relation
-    (CounterFact's neighbourhood), with probability and top-1 side by side. Not part of [b]all[/b].
-    """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from kneuron.store import Atlas
-    from kneuron.studies import summarize
-    from kneuron.studies.studies import run_studies, study_names
+study_app = StudyTyper(
+    help="Run studies on an atlas's facts and neurons and store their results in it (`kneuron study list` shows "
+         "them: name, group, model, options).",
+    no_args_is_help=True, rich_markup_mode="rich")
+app.add_typer(study_app, name="study")
 
-    if name == "estimators":
-        from kneuron.cli.estimator_study import estimator_study
 
-        estimator_study(run, model, device, estimators, facts_limit, seed)
-        return
-    if name == "beyond":
-        from kneuron.cli.beyond_study import beyond_study
+# ------------------------------------------------------------------------------------------- the commands
 
-        beyond_study(run, model, device, only=only, seed=seed, cap=cap, max_k=max_k, tolerance=tolerance)
-        return
-    if name == "consistency":
-        from kneuron.cli.consistency_study import consistency_command
 
-        consistency_command(run)
-        return
-    if name == "languages":
-        from kneuron.cli.language_study import language_study
+def _flag_parameter(option: Option) -> inspect.Parameter:
+    kind = option.type
+    annotation: Any = kind if option.default is not None or kind is bool else (kind | None)
+    extra: dict[str, Any] = {}
+    if kind in (int, float):
+        extra = {"min": option.min, "max": option.max}
+    value = option.default if kind is not bool else bool(option.default)
+    default = typer.Option(value, option.cli_flag, help=option.help,
+                           show_default=option.default is not None, **extra)
+    return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
-        language_study(run, model, device, seed)
-        return
-    if name == "vocabulary":
-        from kneuron.cli.vocabulary_study import vocabulary_study_command
 
-        vocabulary_study_command(run, model, device, seed)
-        return
-    if name == "interactions":
-        from kneuron.cli.interactions_study import interactions_command
+def _common_parameters() -> list[inspect.Parameter]:
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    return [
+        inspect.Parameter("run", keyword, default=typer.Option(..., "--run", show_default=False,
+                                                                help="The atlas (.sqlite) that `kneuron run` wrote."),
+                          annotation=Path),
+        inspect.Parameter("model", keyword, default=typer.Option(
+            None, "--model", "-m", envvar="KNEURON_MODEL", show_default=False,
+            help="The atlas's model (default: the one it names); another model is refused."), annotation=str | None),
+        inspect.Parameter("device", keyword, default=typer.Option("cpu", "--device",
+                                                                   help="Torch device: cpu, cuda, cuda:1, mps."),
+                          annotation=str),
+    ]
 
-        interactions_command(run, model, device, seed=seed, cap=cap, max_k=max_k, tolerance=tolerance,
-                             facts_limit=facts_limit)
-        return
-    if name == "robustness":
-        from kneuron.cli.robustness_study import robustness_study
 
-        robustness_study(run, model, device, seed)
-        return
-    names = study_names(name)
-    if beyond is not None:
-        from kneuron.cli.beyond_study import beyond_names
+def _command(name: str, help_text: str, options: Sequence[Option], run: Callable[..., None], *,
+             extra: Sequence[inspect.Parameter] = (), hidden: bool = False) -> CommandInfo:
+    """A typer command ``name`` whose flags are ``options`` (and --run, --model, --device, ``extra``), calling
+    ``run(**values)``; a KneuronError is one red line and exit code 1."""
 
-        if name != "all":
-            raise KneuronError(f"--beyond goes with `kneuron study all` (got {name!r}); or run "
-                               f"`kneuron study beyond --only {beyond}`.")
-        beyond_names(beyond)  # refused in one line before any study runs
-    with Atlas.open(run) as atlas:
-        require_done_facts(atlas, run)
-        stale = generic_share is not None or not atlas.meta.get("generic")
-        lm = atlas_model(atlas, model, device)
-        if stale:
-            atlas.update_generic(share=generic_share)  # flags the generic neurons in the atlas's generic table
-        with atlas.snapshot():  # the facts and all their neurons of one moment, also while a run writes
-            facts = atlas.facts()
-            share = float(atlas.meta.get("generic", {}).get("share", 0.1))
-            neurons = atlas.all_refined()
-            baseline = {fact.id: atlas.baseline_neurons(fact.id) for fact in facts}
-            coarse = ({fact.id: atlas.knowledge_neurons(fact.id).coarse for fact in facts}
-                      if "generic" in names else None)
+    def callback(**values: Any) -> None:
+        try:
+            run(**values)
+        except KneuronError as exc:
+            raise fail(exc) from None
+
+    parameters = [*_common_parameters(), *(_flag_parameter(o) for o in options), *extra]
+    callback.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    callback.__annotations__ = {p.name: p.annotation for p in parameters}
+    callback.__doc__ = help_text
+    return CommandInfo(name=name, callback=callback, help=help_text, hidden=hidden)
+
+
+def _text_option(name: str, flag: str, help_text: str) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=str | None,
+                             default=typer.Option(None, flag, help=help_text, show_default=False))
+
+
+def study_commands() -> list[CommandInfo]:
+    """One command per registered study (its aliases hidden), then ``all`` and ``beyond``."""
+    commands = []
+    for study in registered_studies():
+        def run_one(study: Study = study, **values: Any) -> None:
+            run_and_print([study], values)
+
+        spellings = list(dict.fromkeys([study.name, study.name.replace("_", "-"), *study.aliases]))
+        needs = "needs the model" if study.needs_model else "no model"
+        help_text = f"{study.summary_line} [dim]({study.group}; {needs})[/dim]"
+        for i, spelling in enumerate(spellings):
+            commands.append(_command(spelling, help_text, study.options, run_one, hidden=i > 0))
+    everything = in_all() + studies_in("beyond")
+    commands.append(_command(
+        "all", f"The studies of `study all` ({', '.join(s.name for s in in_all())}; one that does not apply to the "
+        "atlas is skipped with a note), then --beyond ones on the same model load.",
+        merged_options(everything), run_all,
+        extra=[_text_option("beyond", "--beyond", "Then these studies beyond the paper, comma-separated "
+                                                  "(e.g. consistency,vocabulary).")]))
+    commands.append(_command(
+        "beyond", f"The studies beyond the paper ({', '.join(s.name for s in studies_in('beyond'))}) on one model "
+        "load, or the --only ones.", merged_options(studies_in("beyond")), run_beyond,
+        extra=[_text_option("only", "--only", "Some of them, comma-separated (default: all of them).")]))
+    return commands
+
+
+def run_all(beyond: str | None = None, **values: Any) -> None:
+    extra = names_of(beyond, studies_in("beyond"), "--beyond") if beyond is not None else []
+    run_and_print([*in_all(), *extra], values, skip_inapplicable=True)
+
+
+def run_beyond(only: str | None = None, **values: Any) -> None:
+    run_and_print(names_of(only, studies_in("beyond"), "--only"), values, skip_inapplicable=only is None)
+
+
+@study_app.command("list")
+def list_studies() -> None:
+    """Every registered study: its group, whether it needs the model, what it reads and its options."""
+    table = Table(title=Text("Studies (kneuron study NAME --run ATLAS)", style="bold"), title_justify="left",
+                  show_edge=False)
+    for column in ("study", "group", "model", "in all", "reads", "options", "what it measures"):
+        table.add_column(column, overflow="fold")
+    for study in registered_studies():
+        table.add_row(study.name, study.group, "yes" if study.needs_model else "no",
+                      "yes" if study.runs_in_all else "", ", ".join(study.reads),
+                      " ".join(o.describe() for o in study.options), study.summary_line)
+    console.print(table)
+
+
+# ------------------------------------------------------------------------------------------- running, printing
+
+
+class TerminalEvents(RunEvents):
+    """The runner's events as rich progress bars (on stderr, gone when done) and one line per note."""
+
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        #: each finished study's summary (tables, lines), printed after the summary table
+        self.summaries: list[Any] = []
+
+    def study_done(self, study: Study, output: StudyOutput, context: StudyContext) -> None:
+        self.summaries += study.summary(output, context)
+
+    def study_started(self, study: Study) -> None:
+        err_console.print(Text(f"study {study.name}", style="bold"), highlight=False)
+
+    def study_skipped(self, study: Study, why: str) -> None:
+        err_console.print(Text(f"{study.name}: skipped ({why}).", style="dim"), soft_wrap=True)
+
+    @contextmanager
+    def running(self, study: Study) -> Iterator[None]:
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=err_console, transient=True) as progress:
-            task = progress.add_task("studies", total=len(facts))
-            started: dict[str, float] = {}
+            self._progress = progress
+            try:
+                yield
+            finally:
+                self._progress = None
 
-            def on_study(stored: str) -> None:
-                started[stored] = time.perf_counter()
-                progress.update(task, description=stored.replace("_", "-"), completed=0)
+    def progress(self, description: str, total: int) -> Callable[[], None]:
+        if self._progress is None:
+            return lambda: None
+        progress = self._progress
+        for task in progress.tasks:
+            progress.update(task.id, visible=False)
+        task = progress.add_task(description, total=total)
+        return lambda: progress.advance(task)
 
-            results = run_studies(
-                lm, facts, neurons, baseline, studies=names, generic_share=share, other_facts=other_facts,
-                probe_neurons=probe, seed=seed, coarse_by_fact=coarse, on_study=on_study,
-                on_fact=lambda _fact: progress.advance(task))
-            started["end"] = time.perf_counter()
-        times = list(started.values())
-        spent = [f"{stored.replace('_', '-')} {end - begin:.1f} s"
-                 for stored, begin, end in zip(started, times, times[1:], strict=False)]
-        err_console.print(f"[dim]{', '.join(spent)}[/dim]", highlight=False)
-        covered = [fact.id for fact in facts]
-        for stored, rows in results.items():
-            atlas.write_results(stored, rows, facts=covered)  # with the facts they covered (see `kneuron report`)
-        languages = None
-        if name == "all":  # the cross-lingual study too, when the atlas has facts done in two languages
-            from kneuron.cli.language_study import languages_in_all
+    def note(self, study: Study, text: str) -> None:
+        err_console.print(Text(f"note: {text}", style="yellow"), soft_wrap=True)
 
-            languages = languages_in_all(atlas, lm, seed)
-    table = Table(title=Text(f"Studies of {len(facts)} facts, stored in {run}", style="bold"), title_justify="left",
-                  show_edge=False)
-    table.add_column("study")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for stored, rows in results.items():
-        for variant, metric, label, percent in (
-                ("kn", "suppress", "suppress KN (mean Δp/p)", True), ("random", "suppress", "suppress random", True),
-                ("kn_no_generic", "suppress", "suppress KN without generic", True),
-                ("kn", "amplify", "amplify KN (mean Δp/p)", True), ("random", "amplify", "amplify random", True),
-                ("kn_no_generic", "amplify", "amplify KN without generic", True),
-                ("kn", "suppress_other", "suppress KN, other relations", True),
-                ("kn", "auc", "AUC KN, own vs other prompts", False),
-                ("baseline", "auc", "AUC activation baseline", False),
-                ("kn", "auc_signed", "AUC KN, signed by direction", False),
-                ("kn", "sentence_auc", "AUC KN, stating vs subject-only", False),
-                ("baseline", "sentence_auc", "AUC baseline, stating vs subject-only", False)):
-            summary = summarize(rows, variant, metric)
-            if summary.n:
-                table.add_row(stored, label, f"{summary.mean:+.2%}" if percent else f"{summary.mean:.3f}")
-        shown = 0
-        for r in rows:
-            if stored == "layers" and r["relation"] == "" and r["metric"] == "top_third":
-                table.add_row(stored, f"top third of the layers ({r['variant']})", f"{r['value']:.1%}")
-            if stored == "generic" and r["metric"] == "share" and not r["fact_id"] and r["variant"] != "params":
-                shown += 1
-                if shown <= 5:
-                    table.add_row(stored, f"generic neuron {r['variant']}", f"in {r['value']:.0%} of the facts")
-            if stored == "generic" and r["metric"].startswith("word_score:") and r["value"] >= 0.5:
-                word = r["metric"].split(":", 1)[1]
-                table.add_row(stored, f"{r['variant']} is coarse where the prompt ends in {word!r}",
-                              f"word score {r['value']:.2f}")
-        if shown > 5:
-            table.add_row(stored, f"... {shown - 5} more generic neurons (see the report)", "")
-    console.print(table)
-    if languages:
-        from kneuron.cli.language_study import print_language_summary
+    def say(self, study: Study, text: str) -> None:
+        err_console.print(Text(text, style="dim"), soft_wrap=True)
 
-        print_language_summary(languages, run)
-    if beyond is not None:
-        from kneuron.cli.beyond_study import beyond_study
 
-        beyond_study(run, model, device, only=beyond, seed=seed, cap=cap, max_k=max_k, tolerance=tolerance, lm=lm)
+def run_and_print(studies: Sequence[Study], values: dict[str, Any], *, skip_inapplicable: bool = False) -> None:
+    """Run ``studies`` on ``--run`` through the runner, then print the summary table, each study's own summary and
+    how long each took."""
+    run, model, device = values.pop("run"), values.pop("model"), values.pop("device")
+    events = TerminalEvents()
+    results = run_studies_on_atlas(run, running_order(studies), values, model=model,
+                                   load_model=lambda name: load_model(name, device), events=events,
+                                   skip_inapplicable=skip_inapplicable, width=console.width)
+    print_results(results, run, events.summaries)
+
+
+def print_results(results: Sequence[StudyResult], run: Path, summaries: Sequence[Any]) -> None:
+    done = [r for r in results if not r.skipped]
+    if not done:
+        return
+    spent = [f"{r.study.name} {r.output.seconds:.1f} s" for r in done]
+    err_console.print(f"[dim]{', '.join(spent)}; stored in {run} (`kneuron report --run {run}`)[/dim]",
+                      highlight=False)
+    lines = [(r.study.name, measure, value) for r in done for measure, value in r.study.measures(r.rows)]
+    if lines:
+        facts = max(len(r.output.facts or []) for r in done)
+        table = Table(title=Text(f"Studies of {facts} facts, stored in {run}", style="bold"), title_justify="left",
+                      show_edge=False)
+        table.add_column("study")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        for line in lines:
+            table.add_row(*line)
+        console.print(table)
+    for part in summaries:
+        console.print(part, soft_wrap=isinstance(part, Text))
 
 
 @command()

@@ -320,7 +320,7 @@ COMPARED = (("suppress_amplify", "suppress", "suppress KN: mean Δp/p"),
 COMPARED_STUDIES = tuple(dict.fromkeys(study for study, _, _ in COMPARED))
 #: what the summaries say when a compared study has no rows: (its name in prose, the command that makes them)
 MISSING_HINTS = {"suppress_amplify": ("suppress/amplify", "kneuron study suppress-amplify --run {run}"),
-                 "editing": ("editing", "python -m kneuron.studies.editing --run {run}"),
+                 "editing": ("editing", "kneuron study editing --run {run}"),
                  "edit_robustness": ("edit robustness", "kneuron study robustness --run {run}")}
 
 

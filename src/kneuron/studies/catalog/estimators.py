@@ -1,19 +1,28 @@
-"""``kneuron study estimators --run ATLAS``: cheaper attribution estimators against the atlas's exact integrated
-gradients (:mod:`kneuron.studies.estimator_agreement`), stored as the ``estimators`` study and printed as one
-table."""
+"""``estimators``: cheaper attribution estimators against the atlas's exact integrated gradients
+(:mod:`kneuron.studies.estimator_agreement`): rank correlation, top-10 recall, refined neurons, suppression,
+seconds per prompt. It recomputes attributions, so it is opt-in; it needs an atlas computed with exact IG (full or
+sparse scores)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 from rich.text import Text
 
-from kneuron.cli.app import atlas_model, console, err_console
-from kneuron.errors import KneuronError
+from kneuron.errors import KneuronError, StudyError
+from kneuron.studies.base import FACTS_LIMIT, SEED, Option, Study, StudyContext, StudyOutput
+from kneuron.studies.estimator_agreement import (
+    agreement_summary,
+    default_estimators,
+    estimator_agreement,
+    estimator_for,
+    estimator_label,
+    exact_ig_refusal,
+)
+from kneuron.studies.registry import register_study
 
 
 class PerFact(Mapping):
@@ -37,63 +46,57 @@ class PerFact(Mapping):
 
 def parse_estimators(value: str | None) -> list[str]:
     """The comma-separated estimator names, or the default ones (order kept, repeats dropped)."""
-    from kneuron.studies.estimator_agreement import default_estimators
-
     names = [name.strip() for name in value.split(",") if name.strip()] if value else default_estimators()
     if not names:
-        raise KneuronError("--estimators names none: give e.g. --estimators gxa,ig-gauss5.")
+        raise StudyError("--estimators names none: give e.g. --estimators gxa,ig-gauss5.")
     return list(dict.fromkeys(names))
 
 
-def estimator_study(run: Path, model: str | None, device: str, estimators: str | None, facts_limit: int | None,
-                    seed: int) -> None:
-    """Compare the estimators with the atlas's IG on its first ``facts_limit`` done facts, store the rows under
-    ``estimators`` and print the table."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+@register_study
+class Estimators(Study):
+    """Cheaper attribution estimators against the atlas's exact integrated gradients: rank correlation, top-10
+    recall, refined neurons, suppression, seconds per prompt."""
 
-    from kneuron.store import Atlas
-    from kneuron.studies.estimator_agreement import (
-        STUDY,
-        estimator_agreement,
-        estimator_for,
-        estimator_label,
-        exact_ig_refusal,
-    )
+    name = "estimators"
+    title = "Estimators against exact integrated gradients"
+    options = (Option("estimators", str, None, "The estimators to compare with IG, comma-separated: registered names "
+                      "(gxa, ...), ig-gaussN (N-point Gauss–Legendre IG) or ig (exact IG measured again). Default: "
+                      "every registered one but ig, and ig-gauss5.", stored=False), FACTS_LIMIT, SEED)
 
-    names = parse_estimators(estimators)
-    with Atlas.open(run) as atlas:
-        with atlas.snapshot():
-            params = atlas.params
-            facts = atlas.facts()
-        why = exact_ig_refusal(params)
-        if why:
-            raise KneuronError(f"{run} cannot be the reference of the estimator study: {why}. Make one with exact "
-                               f"integrated gradients (`kneuron run --out runs/IG.sqlite`, the default).")
-        if not facts:
-            raise KneuronError(f"{run} has no computed facts yet: run `kneuron run --out {run}` (or let it finish).")
+    def applies(self, context: StudyContext) -> str | None:
+        why = exact_ig_refusal(context.atlas.params)
+        return (f"{context.run_path} cannot be the reference of the estimator study: {why}. Make one with exact "
+                "integrated gradients (`kneuron run --out runs/IG.sqlite`, the default)." if why else None)
+
+    def run(self, context: StudyContext) -> StudyOutput:
+        atlas, params = context.atlas, context.atlas.params
+        names = parse_estimators(context.options.get("estimators"))
         chosen = {estimator_label(name): estimator_for(name, params) for name in names}
-        lm = atlas_model(atlas, model, device)
-        facts = facts[:facts_limit] if facts_limit else facts
+        limit = context.options.get("facts_limit")
+        facts = context.facts[:limit] if limit else context.facts
         ids = [fact.id for fact in facts]
+        sparse = params.get("keep_scores", "full") == "sparse"
+        refined = atlas.all_refined()
+        seconds = {row["id"]: row["compute_seconds"] for row in atlas.fact_rows("done")}
 
         def skipped(label: str, exc: KneuronError) -> None:
-            err_console.print(Text(f"skipped {label}: {exc}", style="yellow"), soft_wrap=True)
+            context.note(f"skipped {label}: {exc}")
 
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with atlas.snapshot():  # the facts' scores and neurons of one moment, also while a run writes
-            sparse = params.get("keep_scores", "full") == "sparse"
-            refined = atlas.all_refined()
-            seconds = {row["id"]: row["compute_seconds"] for row in atlas.fact_rows("done")}
-            with Progress(*columns, console=err_console, transient=True) as progress:
-                task = progress.add_task("estimators", total=len(facts))
-                rows = estimator_agreement(
-                    lm, facts, PerFact(ids, atlas.prompt_scores), {i: refined.get(i, []) for i in ids}, chosen,
-                    threshold=float(params.get("threshold", 0.2)), share=params.get("share", "adaptive"),
-                    kept=PerFact(ids, lambda i: atlas.prompt_sparse(i)[0][0]) if sparse else None,
-                    ig_seconds={i: seconds[i] for i in ids if seconds.get(i) is not None}, seed=seed,
-                    on_fact=lambda _fact: progress.advance(task), on_skip=skipped)
-        atlas.write_results(STUDY, rows, facts=ids)
-    console.print(agreement_table(rows, f"Estimators against exact IG on {len(facts)} facts, stored in {run}"))
+        advance = context.progress("estimators", len(facts))
+        rows = estimator_agreement(
+            context.lm, facts, PerFact(ids, atlas.prompt_scores), {i: refined.get(i, []) for i in ids}, chosen,
+            threshold=float(params.get("threshold", 0.2)), share=params.get("share", "adaptive"),
+            kept=PerFact(ids, lambda i: atlas.prompt_sparse(i)[0][0]) if sparse else None,
+            ig_seconds={i: seconds[i] for i in ids if seconds.get(i) is not None}, seed=context.options["seed"],
+            on_fact=lambda _fact: advance(), on_skip=skipped)
+        return StudyOutput(rows, facts=ids)
+
+    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
+        return []
+
+    def summary(self, output: StudyOutput, context: StudyContext) -> list:
+        n = len(output.facts or [])
+        return [agreement_table(output.rows, f"Estimators against exact IG on {n} facts, stored in {context.run_path}")]
 
 
 def _num(value: float, spec: str) -> str:
@@ -102,8 +105,6 @@ def _num(value: float, spec: str) -> str:
 
 def agreement_table(rows: Sequence[dict], title: str) -> Table:
     """The study's summary (:func:`~kneuron.studies.estimator_agreement.agreement_summary`) as a rich table."""
-    from kneuron.studies.estimator_agreement import agreement_summary
-
     table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False, caption_justify="left",
                   caption="Spearman per prompt over all neurons, or over the neurons a sparse atlas keeps; suppress: "
                           "mean Δp/p of the fact's prompts with the estimator's refined neurons, IG's, or as many "

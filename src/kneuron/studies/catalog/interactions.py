@@ -1,66 +1,54 @@
-"""``kneuron study interactions --run ATLAS``: how a fact's knowledge neurons act together
-(:mod:`kneuron.studies.interactions`): singles, pairs (synergy or redundancy), all, and how many of them it takes
-to remove 50% / 90% of the answer's probability against random neurons of the same layers; stored as the
-``interactions`` study and printed as one table (overall and per relation)."""
+"""``interactions``: how a fact's knowledge neurons act together (:mod:`kneuron.studies.interactions`): singles,
+pairs (synergy or redundancy), all, and how many of them it takes to remove 50% / 90% of the answer's probability
+against random neurons of the same layers."""
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from rich.table import Table
 from rich.text import Text
 
-from kneuron.cli.app import atlas_model, console, err_console, require_done_facts
-from kneuron.errors import KneuronError
+from kneuron.studies.base import FACTS_LIMIT, SEED, Option, Study, StudyContext, StudyOutput
+from kneuron.studies.interactions import interaction_summary, interactions_study, study_params
+from kneuron.studies.registry import register_study
 
 
-def interactions_command(run: Path, model: str | None, device: str, *, seed: int, cap: int, max_k: int | None,
-                         tolerance: float, facts_limit: int | None) -> None:
-    """Run the study on the atlas's first ``facts_limit`` done facts (all by default), store it, print its table."""
-    from kneuron.store import Atlas
+@register_study
+class Interactions(Study):
+    """Each fact's knowledge neurons suppressed alone, in pairs (synergy or redundancy) and all together, and the
+    top-k it takes to remove 50% / 90% of the answer's probability, against random neurons."""
 
-    with Atlas.open(run) as atlas:
-        require_done_facts(atlas, run)
-        lm = atlas_model(atlas, model, device)
-        rows, seconds = run_interactions_study(atlas, lm, seed=seed, cap=cap, max_k=max_k, tolerance=tolerance,
-                                               facts_limit=facts_limit)
-    console.print(interactions_table(rows, run, seconds))
+    name = "interactions"
+    title = "Neuron interactions"
+    group = "beyond"
+    options = (SEED,
+               Option("cap", int, 8, "Each fact's best-scored neurons whose singles and pairs are measured (8: up to "
+                      "28 pairs).", min=1),
+               Option("max_k", int, None, "The longest cumulative curve (top-k neurons; default: all of the "
+                      "fact's).", min=1),
+               Option("tolerance", float, 0.02, "A pair whose Δ is within this of the sum of its neurons' is "
+                      "additive (in units of Δp/p).", min=0.0),
+               FACTS_LIMIT)
 
+    def run(self, context: StudyContext) -> StudyOutput:
+        options, limit = context.options, context.options.get("facts_limit")
+        facts = context.facts[:limit] if limit else context.facts
+        advance = context.progress("interactions", len(facts))
+        rows = interactions_study(context.lm, facts, context.atlas.all_refined(), cap=options["cap"],
+                                  max_k=options["max_k"], tolerance=options["tolerance"], seed=options["seed"],
+                                  on_fact=lambda _fact: advance())
+        return StudyOutput(rows, facts=[fact.id for fact in facts])
 
-def run_interactions_study(atlas, lm, *, seed: int = 0, cap: int = 8, max_k: int | None = None,
-                           tolerance: float = 0.02, facts_limit: int | None = None,
-                           ) -> tuple[list[dict], float]:
-    """Compute the rows on the atlas's done facts (the first ``facts_limit``), write them under ``interactions``
-    (with the facts they covered) and return them with the mean seconds per studied fact; checks that the
-    model's weights are unchanged."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
+        return []
 
-    from kneuron.store import model_identity
-    from kneuron.studies.interactions import STUDY, interactions_study, study_params
-
-    with atlas.snapshot():  # the facts and neurons of one moment, also while a run writes
-        facts = atlas.facts()
-        neurons = atlas.all_refined()
-    facts = facts[:facts_limit] if facts_limit else facts
-    identity = model_identity(lm)["fingerprint"]
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    start = time.perf_counter()
-    with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task("interactions", total=len(facts))
-        rows = interactions_study(lm, facts, neurons, cap=cap, max_k=max_k, tolerance=tolerance, seed=seed,
-                                  on_fact=lambda _fact: progress.advance(task))
-    spent = time.perf_counter() - start
-    if model_identity(lm)["fingerprint"] != identity:  # pragma: no cover - would be a bug
-        raise KneuronError("The model's weights changed during the interactions study; please report this.")
-    studied = int(study_params(rows).get("facts", 0))
-    per_fact = spent / studied if studied else math.nan
-    err_console.print(f"[dim]interactions {spent:.1f} s, {per_fact:.2f} s per fact with neurons[/dim]",
-                      highlight=False)
-    atlas.write_results(STUDY, rows, facts=[fact.id for fact in facts])
-    return rows, per_fact
+    def summary(self, output: StudyOutput, context: StudyContext) -> list:
+        studied = int(study_params(output.rows).get("facts", 0))
+        per_fact = output.seconds / studied if studied else math.nan
+        return [interactions_table(output.rows, context.run_path, per_fact, width=context.width)]
 
 
 def _num(value: float, spec: str) -> str:
@@ -91,10 +79,8 @@ WIDE_TABLE = 130
 def interactions_table(rows: Sequence[dict], run: Path | str, seconds_per_fact: float = math.nan,
                        width: int | None = None) -> Table:
     """The study's summary (:func:`~kneuron.studies.interactions.interaction_summary`) as one rich table: a
-    row per relation and overall, or, on a terminal narrower than :data:`WIDE_TABLE` (``width``, default the
-    console's), the overall figures one per line."""
-    from kneuron.studies.interactions import interaction_summary, study_params
-
+    row per relation and overall, or, on a terminal narrower than :data:`WIDE_TABLE` (``width``; None: wide), the
+    overall figures one per line."""
     params = study_params(rows)
     cap = int(params.get("cap", 0))
     title = (f"Neuron interactions of {int(params.get('facts', 0))} facts (top {cap} neurons: up to "
@@ -107,7 +93,7 @@ def interactions_table(rows: Sequence[dict], run: Path | str, seconds_per_fact: 
                "get there (reached/facts; –: none)")
     if math.isfinite(seconds_per_fact):
         caption += f"; {seconds_per_fact:.2f} s per fact"
-    if (console.width if width is None else width) < WIDE_TABLE:
+    if width is not None and width < WIDE_TABLE:
         return _narrow_table(interaction_summary(rows).get("all", {}), title, caption)
     table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False, caption=caption,
                   caption_justify="left")

@@ -1,7 +1,8 @@
-"""``kneuron study languages --run ATLAS``: knowledge neurons across languages
-(:mod:`kneuron.studies.languages` and :mod:`kneuron.studies.cross_lingual_edit`), stored as the
-``languages`` study and printed as a few tables; ``kneuron study all`` runs it too when the atlas has facts done in
-two languages."""
+"""``languages``: one fact's knowledge neurons across its languages (:mod:`kneuron.studies.languages`,
+:mod:`kneuron.studies.cross_lingual_edit`): neurons shared by all languages or specific to one, their layers,
+suppressing one language's neurons measured in every language, and an update through the English neurons measured
+in every language. ``study all`` runs it when the atlas has a fact done in two languages (ids such as
+``capital:France@fr``, e.g. ``kneuron run --facts multilingual``)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from pathlib import Path
 from rich.table import Table
 from rich.text import Text
 
-from kneuron.cli.app import atlas_model, console, err_console
-from kneuron.errors import KneuronError
+from kneuron.facts.multilingual import multilingual_facts
+from kneuron.studies.base import SEED, Study, StudyContext, StudyOutput
+from kneuron.studies.cross_lingual_edit import cross_lingual_edit
+from kneuron.studies.languages import language_study, multilingual_keys, multilingual_refusal
+from kneuron.studies.registry import register_study
 
 
 def _num(value: float, spec: str) -> str:
@@ -25,86 +29,41 @@ def _moved(summary: dict, metric: str) -> str:
     return f"{_num(before, '.3g')}→{_num(after, '.3g')}"
 
 
-def language_study(run: Path, model: str | None, device: str, seed: int) -> None:
-    """Run the study on the atlas at ``run`` (refusing, in one line, an atlas without facts in two languages),
-    store it and print its summary."""
-    from kneuron.store import Atlas
+@register_study
+class Languages(Study):
+    """One fact's knowledge neurons across its languages: shared or language-specific, suppression across
+    languages, an update through the English neurons measured in every language."""
 
-    with Atlas.open(run) as atlas:
-        with atlas.snapshot():
-            facts = atlas.facts()
-        why = _refusal(run, facts)
-        if why:
-            raise KneuronError(why)
-        lm = atlas_model(atlas, model, device)
-        rows = run_language_study(atlas, lm, seed)
-    print_language_summary(rows, run)
+    name = "languages"
+    title = "Knowledge neurons across languages"
+    group = "beyond"
+    in_all = True
+    changes_weights = True
+    options = (SEED,)
 
+    def applies(self, context: StudyContext) -> str | None:
+        why = multilingual_refusal(context.facts)
+        return f"{context.run_path} cannot be studied across languages: {why}" if why else None
 
-def _refusal(run: Path, facts: Sequence) -> str | None:
-    from kneuron.studies.languages import multilingual_refusal
-
-    if not facts:
-        return f"{run} has no computed facts yet: run `kneuron run --out {run}` (or let it finish)."
-    why = multilingual_refusal(facts)
-    return f"{run} cannot be studied across languages: {why}." if why else None
-
-
-def languages_in_all(atlas, lm, seed: int) -> list[dict] | None:
-    """For ``kneuron study all``: the study's rows when the atlas has a fact done in two languages, else None
-    (with a note saying why it was skipped)."""
-    with atlas.snapshot():
-        facts = atlas.facts()
-    from kneuron.studies.languages import multilingual_refusal
-
-    why = multilingual_refusal(facts)
-    if why:
-        err_console.print(f"[dim]languages: skipped ({why}).[/dim]", highlight=False)
-        return None
-    return run_language_study(atlas, lm, seed)
-
-
-def run_language_study(atlas, lm, seed: int) -> list[dict]:
-    """Compute the overlap, suppression and edit rows on the atlas's done facts and write them under
-    ``languages`` (with the facts they covered); checks that every edit was undone."""
-    import time
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from kneuron.facts.multilingual import multilingual_facts
-    from kneuron.store import model_identity
-    from kneuron.studies.cross_lingual_edit import cross_lingual_edit
-    from kneuron.studies.languages import STUDY, language_study, multilingual_keys
-
-    with atlas.snapshot():  # the facts and neurons of one moment, also while a run writes
-        facts = atlas.facts()
+    def run(self, context: StudyContext) -> StudyOutput:
+        facts, neurons, seed = context.facts, context.atlas.all_refined(), context.options["seed"]
         # the edit targets and their forms in each language: the built-in multilingual set, then the atlas's own
         # facts (also those the model does not know), which take precedence where an id is in both
-        pool = [*multilingual_facts(), *atlas.facts(status=("done", "dropped"))]
-        neurons = atlas.all_refined()
-    keys = multilingual_keys(facts)
-    identity = model_identity(lm)["fingerprint"]
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    start = time.perf_counter()
-    with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task("languages: suppress", total=len(keys))
-        rows = language_study(lm, facts, neurons, seed=seed, on_key=lambda _key: progress.advance(task))
-        progress.update(task, description="languages: edit", completed=0)
-        rows += cross_lingual_edit(lm, keys, neurons, pool=pool, counted=facts, seed=seed,
-                                   on_key=lambda _key: progress.advance(task))
-    if model_identity(lm)["fingerprint"] != identity:  # pragma: no cover - would be a bug
-        raise KneuronError("The model's weights changed during the languages study: an edit was not undone.")
-    err_console.print(f"[dim]languages {time.perf_counter() - start:.1f} s[/dim]", highlight=False)
-    covered = [fact.id for versions in keys.values() for fact in versions.values()]
-    atlas.write_results(STUDY, rows, facts=covered)
-    return rows
+        pool = [*multilingual_facts(), *context.atlas.facts(status=("done", "dropped"))]
+        keys = multilingual_keys(facts)
+        advance = context.progress("languages: suppress", len(keys))
+        rows = language_study(context.lm, facts, neurons, seed=seed, on_key=lambda _key: advance())
+        advance = context.progress("languages: edit", len(keys))
+        rows += cross_lingual_edit(context.lm, keys, neurons, pool=pool, counted=facts, seed=seed,
+                                   on_key=lambda _key: advance())
+        covered = [fact.id for versions in keys.values() for fact in versions.values()]
+        return StudyOutput(rows, facts=covered)
 
+    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
+        return []
 
-def print_language_summary(rows: Sequence[dict], run: Path) -> None:
-    """The study's tables: neurons and overlap per language, Jaccard per pair, the suppression matrix (knowledge
-    neurons and the random control) and the cross-lingual edit per language."""
-    for part in language_tables(rows, run):
-        console.print(part, soft_wrap=isinstance(part, Text))
+    def summary(self, output: StudyOutput, context: StudyContext) -> list:
+        return language_tables(output.rows, context.run_path)
 
 
 #: below this many keys the summary says the numbers are anecdotes

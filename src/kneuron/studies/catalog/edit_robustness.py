@@ -1,0 +1,88 @@
+"""``edit_robustness``: edits under Niu et al.'s tests (ICLR 2024; :mod:`kneuron.studies.edit_robustness`): each
+fact is updated through its knowledge neurons and measured on the reversed relation (one-to-one relations), on its
+subject's aliases, on paraphrases held out when the neurons are refined again from the stored coarse sets, and on
+other subjects of the relation (CounterFact's neighbourhood), with probability and top-1 side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.table import Table
+from rich.text import Text
+
+from kneuron.facts.robustness import robustness_data
+from kneuron.studies.base import SEED, Option, Study, StudyContext, StudyOutput
+from kneuron.studies.edit_robustness import coverage_notes, edit_robustness_study, study_pool
+from kneuron.studies.edit_robustness_summary import (
+    percent,
+    robustness_summary,
+    robustness_variants,
+    summary_lines,
+    summary_table,
+)
+from kneuron.studies.registry import register_study
+
+#: the update settings the study runs: (scale, sign) of :func:`~kneuron.interventions.update_fact`
+SETTINGS = (("absolute", "none"), ("absolute", "activation"))
+
+
+@register_study
+class EditRobustness(Study):
+    """Edits through knowledge neurons under Niu et al.'s tests: reversed relation, aliases, held-out
+    paraphrases, neighbourhood; probability and top-1 side by side."""
+
+    name = "edit_robustness"
+    title = "Edit robustness"
+    group = "beyond"
+    aliases = ("robustness",)
+    changes_weights = True
+    options = (SEED,
+               Option("held_out", int, 2, "Templates held out per fact (its neurons are refined again without them).",
+                      min=0),
+               Option("n_neighbours", int, 10, "Other facts of the relation measured per edit.", min=0,
+                      flag="--neighbours"),
+               Option("known_only", bool, False, "Draw new answers and neighbours from the built-in facts the model "
+                      "knows only (a pass over every built-in prompt of the relations).", stored=False))
+
+    def run(self, context: StudyContext) -> StudyOutput:
+        options, facts = context.options, context.facts
+        pool, owners = study_pool(context.lm, facts, options["known_only"])
+        data = robustness_data()
+        notes = coverage_notes(facts, data, context.coarse)
+        advance = context.progress("edit robustness", len(facts))
+        rows = edit_robustness_study(context.lm, facts, context.atlas.all_refined(), coarse_by_fact=context.coarse,
+                                     share=context.atlas.params.get("share", "adaptive"), pool=pool,
+                                     owners_from=owners, data=data, settings=SETTINGS,
+                                     held_out=options["held_out"], n_neighbours=options["n_neighbours"],
+                                     seed=options["seed"], on_fact=lambda _n, _fact: advance())
+        return StudyOutput(rows, notes=notes)
+
+    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
+        return []
+
+    def summary(self, output: StudyOutput, context: StudyContext) -> list:
+        return robustness_tables(output.rows, context.run_path)
+
+
+def robustness_tables(rows: Sequence[dict], run: Path | str) -> list[Table | Text]:
+    """Per variant: one table of the prompt sets (P(new) > P(old), top-1 = new, P(new) rose, top-1 became new) and
+    a line each for the old reverse fact, the neighbourhood and the recomputed refined sets."""
+    parts: list[Table | Text] = []
+    for variant in robustness_variants(rows):
+        s = robustness_summary(rows, variant)
+        table = Table(title=Text(f"Edit robustness ({variant}): {s['edited']:.0f} of {s['facts']:.0f} facts updated, "
+                                 f"stored in {run}", style="bold"), title_justify="left", show_edge=False)
+        for name, justify in (("prompt set", "left"), ("facts", "right"), ("P(new) > P(old)", "right"),
+                              ("top-1 = new", "right"), ("P(new) rose", "right"), ("top-1 became new", "right")):
+            table.add_column(name, justify=justify)
+        for label, count, beats, top1, rose, became in summary_table(rows, variant):
+            table.add_row(label, f"{count:.0f}", percent(beats), percent(top1), percent(rose), percent(became))
+        parts.append(table)
+        lines = summary_lines(s)
+        lines.append("kept / held-out paraphrases: the update goes through the neurons refined again from the kept "
+                     "prompts only; 'held-out, all-prompt neurons' is the ordinary update on the same held-out "
+                     "prompts. P(new) rose: the new answer's first token (the one top-1 is about); reverse: "
+                     "P(new) > P(old) is P(subject) > P(the new answer's own subject).")
+        parts += [Text(line, style="dim") for line in lines]
+    return parts

@@ -1,0 +1,169 @@
+"""The paper's four studies (Dai et al. 2022, §4): suppress/amplify, generic neurons, layers, discrimination.
+
+They share the encoded prompts and the generic-neuron list (always computed: the others report their numbers with
+and without the generic neurons), once per command (:meth:`StudyContext.cached`). Besides their own rows, rows
+with variant ``params`` record the settings (seed, other facts, generic share, probed neurons).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kneuron.studies.base import GENERIC_SHARE, SEED, Option, Study, StudyContext
+from kneuron.studies.discrimination import discrimination
+from kneuron.studies.generic import (
+    coarse_generic_neurons,
+    coarse_rows,
+    generic_neurons,
+    generic_rows,
+    probe_generic,
+    word_scores,
+)
+from kneuron.studies.layer_distribution import layer_distribution
+from kneuron.studies.metrics import row, summarize
+from kneuron.studies.registry import register_study
+from kneuron.studies.suppress_amplify import encode_facts, suppress_amplify
+
+#: (variant, metric, label, percent) of the summary table's mean lines
+MEAN_LINES = (
+    ("kn", "suppress", "suppress KN (mean Δp/p)", True), ("random", "suppress", "suppress random", True),
+    ("kn_no_generic", "suppress", "suppress KN without generic", True),
+    ("kn", "amplify", "amplify KN (mean Δp/p)", True), ("random", "amplify", "amplify random", True),
+    ("kn_no_generic", "amplify", "amplify KN without generic", True),
+    ("kn", "suppress_other", "suppress KN, other relations", True),
+    ("kn", "auc", "AUC KN, own vs other prompts", False),
+    ("baseline", "auc", "AUC activation baseline", False),
+    ("kn", "auc_signed", "AUC KN, signed by direction", False),
+    ("kn", "sentence_auc", "AUC KN, stating vs subject-only", False),
+    ("baseline", "sentence_auc", "AUC baseline, stating vs subject-only", False))
+
+
+def generic_share(context: StudyContext) -> float:
+    """The share the atlas's generic table was flagged with (what :meth:`PaperStudy.prepare` left there)."""
+    return float(context.atlas.meta.get("generic", {}).get("share", 0.1))
+
+
+def generic_list(context: StudyContext) -> list:
+    """The generic knowledge neurons (shared by more than the generic share of the facts), once per command."""
+    return context.cached("generic", lambda: generic_neurons(context.neurons, share=generic_share(context)))
+
+
+def queries(context: StudyContext) -> dict:
+    """Every done fact's prompts encoded once per command."""
+    return context.cached("queries", lambda: encode_facts(context.lm, context.facts))
+
+
+class PaperStudy(Study):
+    """What the paper's studies share: their group, the generic share and the atlas's generic table."""
+
+    group = "paper"
+
+    def prepare(self, atlas: Any, options: Mapping[str, Any], shared: dict[str, Any]) -> None:
+        if shared.get("generic_prepared"):
+            return
+        if options.get("generic_share") is not None or not atlas.meta.get("generic"):
+            atlas.update_generic(share=options.get("generic_share"))  # flags the generic neurons in the atlas
+        shared["generic_prepared"] = True
+
+    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
+        lines = []
+        for variant, metric, label, percent in MEAN_LINES:
+            summary = summarize(rows, variant, metric)
+            if summary.n:
+                lines.append((label, f"{summary.mean:+.2%}" if percent else f"{summary.mean:.3f}"))
+        return lines
+
+
+@register_study
+class SuppressAmplify(PaperStudy):
+    """Suppress (×0) or amplify (×2) each fact's knowledge neurons: the answer's probability change, against
+    random neurons and on other relations' facts."""
+
+    name = "suppress_amplify"
+    title = "Suppressing and amplifying knowledge neurons"
+    options = (Option("other_facts", int, 5, "Facts of other relations on which each fact's neurons are also "
+                      "patched.", min=0), SEED, GENERIC_SHARE)
+
+    def run(self, context: StudyContext) -> list[dict]:
+        seed, other = context.options["seed"], context.options["other_facts"]
+        advance = context.progress("suppress-amplify", len(context.facts))
+        rows = suppress_amplify(context.lm, context.facts, context.neurons, generic=generic_list(context),
+                                other_facts=other, seed=seed, queries=queries(context),
+                                on_fact=lambda _fact: advance())
+        return rows + [row(self.name, "params", "", "", "seed", seed),
+                       row(self.name, "params", "", "", "other_facts", other),
+                       row(self.name, "params", "", "", "generic_share", generic_share(context))]
+
+
+@register_study
+class Generic(PaperStudy):
+    """Generic neurons: knowledge neurons shared by many facts, and coarse neurons tied to one last word; the most
+    shared probed alone."""
+
+    name = "generic"
+    title = "Generic neurons"
+    options = (Option("probe_neurons", int, 3, "Generic neurons (most shared first) probed alone.", min=0,
+                      flag="--probe"), GENERIC_SHARE)
+
+    def run(self, context: StudyContext) -> list[dict]:
+        probe = context.options["probe_neurons"]
+        share, coarse_by_fact, generic = generic_share(context), context.coarse, generic_list(context)
+        coarse = coarse_generic_neurons(coarse_by_fact, share=share)
+        # probe the most shared knowledge neurons, and the coarse neurons most tied to one last word
+        scores = word_scores(coarse, context.facts, coarse_by_fact)
+        by_word = sorted((g for g in coarse if g.key not in {n.key for n in generic[:probe]}),
+                         key=lambda g: (-scores[g.key][1], -g.facts, g.key))
+        probed = [g.key for g in generic[:probe]] + [g.key for g in by_word[:probe]]
+        rows = generic_rows(generic, share) + probe_generic(context.lm, context.facts, context.neurons, probed,
+                                                            max_neurons=len(probed), queries=queries(context))
+        rows += coarse_rows(coarse, context.facts, coarse_by_fact)
+        return rows + [row(self.name, "params", "", "", "probe_neurons", probe)]
+
+    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
+        lines, shown = super().measures(rows), 0
+        for r in rows:
+            if r["metric"] == "share" and not r["fact_id"] and r["variant"] != "params":
+                shown += 1
+                if shown <= 5:
+                    lines.append((f"generic neuron {r['variant']}", f"in {r['value']:.0%} of the facts"))
+            if r["metric"].startswith("word_score:") and r["value"] >= 0.5:
+                word = r["metric"].split(":", 1)[1]
+                lines.append((f"{r['variant']} is coarse where the prompt ends in {word!r}",
+                              f"word score {r['value']:.2f}"))
+        if shown > 5:
+            lines.append((f"... {shown - 5} more generic neurons (see the report)", ""))
+        return lines
+
+
+@register_study
+class Layers(PaperStudy):
+    """Where knowledge neurons sit: their share per layer and in the top third, against the activation baseline."""
+
+    name = "layers"
+    title = "Layer distribution"
+    aliases = ("layer-distribution", "layer_distribution")
+    options = (GENERIC_SHARE,)
+
+    def run(self, context: StudyContext) -> list[dict]:
+        return layer_distribution(context.neurons, context.lm.n_layers, context.baseline,
+                                  relations={fact.id: fact.relation for fact in context.facts},
+                                  generic=generic_list(context))
+
+    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
+        return super().measures(rows) + [(f"top third of the layers ({r['variant']})", f"{r['value']:.1%}")
+                                         for r in rows if r["relation"] == "" and r["metric"] == "top_third"]
+
+
+@register_study
+class Discrimination(PaperStudy):
+    """Whether knowledge neurons' activation tells a fact's prompts from other facts' (ROC AUC), and stating
+    sentences from subject-only ones."""
+
+    name = "discrimination"
+    title = "Discrimination"
+    options = (GENERIC_SHARE,)
+
+    def run(self, context: StudyContext) -> list[dict]:
+        return discrimination(context.lm, context.facts, context.neurons, context.baseline,
+                              generic=generic_list(context), queries=queries(context))
