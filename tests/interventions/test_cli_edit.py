@@ -82,18 +82,21 @@ def test_bad_input(atlas_path, fake_load, tmp_path):
     assert result.exit_code == 1 and "No atlas" in result.output
 
 
-def test_run_editing_stores_rows_in_the_atlas(atlas_path, fake_load, tmp_path):
+def test_study_editing_stores_rows_in_the_atlas(atlas_path, fake_load, tmp_path):
     import shutil
 
-    from kneuron.studies.editing import STUDY, format_summary, run_editing
+    from kneuron.studies.editing import STUDY, format_summary
 
     path = tmp_path / "copy.sqlite"
     shutil.copy(atlas_path, path)
-    rows = run_editing(str(path), erase="capital", top=3, n_other=2, n_other_erase=3,
-                       settings=(("absolute", "activation"),), log=lambda _line: None)
+    result = invoke("study", "editing", "--run", str(path), "--erase", "capital", "--top", "3", "--other", "2",
+                    "--other-erase", "3", "--settings", "absolute:activation")
+    assert result.exit_code == 0, result.output
+    assert "update scale=absolute sign=activation" in result.stderr
     with Atlas.open(path, read_only=True) as atlas:
         stored = atlas.results(STUDY)
-    assert len(stored) == len(rows) > 0
+        rows = [r for r in stored if r["variant"] != "params"]
+    assert len(rows) > 0 and "kn_signed" in result.stdout
     variants = {r["variant"] for r in stored}
     assert {"kn_signed", "random_signed", "erase_zero", "erase_unknown", "erase_random_zero"} <= variants
     text = format_summary(rows)

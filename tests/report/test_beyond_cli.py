@@ -7,9 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 from kneuron import cli
-from kneuron.cli.beyond_study import BEYOND, STORED, beyond_names
 from kneuron.errors import KneuronError
 from kneuron.store import Atlas
+from kneuron.studies.registry import names_of, running_order, studies_in
 
 runner = CliRunner()
 
@@ -24,9 +24,17 @@ def _stored(path) -> dict[str, list[tuple]]:
                         for r in atlas.results(study)] for study in atlas.studies()}
 
 
+def beyond_names(only):
+    return [s.name for s in running_order(names_of(only, studies_in("beyond"), "--only"))]
+
+
 def test_names_run_in_their_order_and_unknown_ones_are_refused():
-    assert beyond_names(None) == list(BEYOND)
-    assert beyond_names("consistency, vocabulary") == ["vocabulary", "consistency"]  # running order, not given
+    every = beyond_names(None)
+    assert set(every) == {s.name for s in studies_in("beyond")}
+    for study in studies_in("beyond"):  # each after the studies it reads
+        assert all(every.index(read) < every.index(study.name) for read in study.reads if read in every)
+    assert beyond_names("vocabulary, consistency") == beyond_names("consistency,vocabulary")  # running order
+    assert beyond_names("robustness") == ["edit_robustness"]  # an alias
     for bad in ("vocab", "", "consistency,suppress-amplify"):
         with pytest.raises(KneuronError, match="choose among"):
             beyond_names(bad)
@@ -38,13 +46,16 @@ def test_beyond_stores_what_each_study_stores_alone(atlas_path, fake_load, tmp_p
     result = invoke("study", "beyond", "--run", str(atlas_path), "--model", "tiny-llama", "--cap", "3")
     assert result.exit_code == 0, result.output
     assert len(fake_load) == 1  # one model load for every study
-    assert "beyond: vocabulary" in result.stderr and "consistency" in result.stderr
-    for name in BEYOND:
+    assert "study vocabulary" in result.stderr and "study consistency" in result.stderr
+    assert "languages: skipped" in result.stderr  # the atlas has no fact in two languages
+    together = _stored(atlas_path)
+    assert sorted(together) == sorted(s.name for s in studies_in("beyond") if s.name != "languages")
+    for name in together:
         extra = ["--cap", "3"] if name == "interactions" else []
         model = [] if name == "consistency" else ["--model", "tiny-llama"]
         assert invoke("study", name, "--run", str(alone), *model, *extra).exit_code == 0
-    together, one_by_one = _stored(atlas_path), _stored(alone)
-    assert sorted(together) == sorted(one_by_one) == sorted(STORED[name] for name in BEYOND)
+    one_by_one = _stored(alone)
+    assert sorted(together) == sorted(one_by_one)
     for study in together:
         assert [r[:4] for r in together[study]] == [r[:4] for r in one_by_one[study]]
         assert [r[4] for r in together[study]] == pytest.approx([r[4] for r in one_by_one[study]], nan_ok=True,
@@ -73,7 +84,7 @@ def test_study_all_with_beyond_runs_them_on_the_same_model(atlas_path, fake_load
                     "--beyond", "consistency,vocabulary")
     assert result.exit_code == 0, result.output
     assert len(fake_load) == 1  # one load for the paper's studies and the two beyond them
-    assert "beyond: vocabulary" in result.stderr
+    assert "study vocabulary" in result.stderr
     for args in (("all", "--model", "tiny-llama"), ("beyond", "--only", "consistency,vocabulary", "--model",
                                                       "tiny-llama")):
         assert invoke("study", args[0], "--run", str(alone), *args[1:]).exit_code == 0
@@ -88,5 +99,5 @@ def test_study_all_with_beyond_runs_them_on_the_same_model(atlas_path, fake_load
 def test_beyond_option_is_refused_in_one_line_before_anything_runs(atlas_path, fake_load):
     for args in (("layers", "--beyond", "consistency"), ("all", "--beyond", "everything")):
         result = invoke("study", *args, "--run", str(atlas_path), "--model", "tiny-llama")
-        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert result.exit_code != 0 and "Traceback" not in result.output  # layers has no --beyond: a usage error
     assert not fake_load and not _stored(atlas_path)

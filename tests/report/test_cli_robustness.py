@@ -11,7 +11,8 @@ from kneuron import cli
 from kneuron.report import ReportData, render_report
 from kneuron.report.edit_robustness import edit_robustness_section
 from kneuron.store import Atlas, model_identity, run
-from kneuron.studies.edit_robustness import STUDY, run_edit_robustness
+from kneuron.store.study_runs import run_studies_on_atlas
+from kneuron.studies.edit_robustness import STUDY
 from kneuron.studies.edit_robustness_summary import robustness_summary, summary_table
 from studies.conftest import tiny_facts
 from tiny_models import tiny_lm
@@ -38,8 +39,7 @@ def test_study_robustness_stores_what_the_library_computes(atlas_path, fake_load
     assert coverage == done
     lm = tiny_lm("llama")
     identity = model_identity(lm)["fingerprint"]
-    with Atlas.open(atlas_path, read_only=True) as atlas:
-        direct, notes = run_edit_robustness(atlas, lm, seed=1, write=False)
+    direct = run_studies_on_atlas(atlas_path, [STUDY], {"seed": 1}, lm=lm, write=False)[0].rows
     assert model_identity(lm)["fingerprint"] == identity
     assert [(r["variant"], r["fact_id"], r["metric"]) for r in stored] == \
         [(r["variant"], r["fact_id"], r["metric"]) for r in direct]

@@ -54,7 +54,7 @@ def test_study_consistency_stores_and_prints_the_library_rows(atlas_path, fake_l
     otsu = summary_values(stored, "otsu")
     assert f"Otsu threshold on the Jaccard (the consistency score): {otsu['threshold']:.3f} over 8 facts" in out
     assert f"no suppress/amplify rows yet: run `kneuron study suppress-amplify --run {atlas_path}`" in out
-    assert f"no editing rows yet: run `python -m kneuron.studies.editing --run {atlas_path}`" in out
+    assert f"no editing rows yet: run `kneuron study editing --run {atlas_path}`" in out
 
 
 def test_the_fact_line_before_and_after_the_study(atlas_path):
@@ -122,7 +122,7 @@ def test_with_suppress_amplify_rows_the_classes_are_compared(atlas_path, fake_lo
     section = html[html.index("<h2>Consistency across paraphrases</h2>"):]
     split = split_comparison(rows, suppress, "kn", "suppress")
     assert f"{split['inconsistent'][0]:+.1%} <span class=\"note\">n={split['inconsistent'][1]}</span>" in section
-    assert "No editing rows yet: run <code>python -m kneuron.studies.editing --run" in section
+    assert "No editing rows yet: run <code>kneuron study editing --run" in section
 
 
 # ------------------------------------------------------------------------------------------- the section

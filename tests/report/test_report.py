@@ -17,7 +17,8 @@ from PIL import Image
 from kneuron.attribution import Neuron
 from kneuron.report import ReportData, headline, headline_line, plots, render_report, write_report
 from kneuron.studies import summarize
-from kneuron.studies.studies import run_studies, study_names
+from kneuron.studies.registry import study_named, studies_in
+from kneuron.studies.studies import run_studies
 from studies.conftest import tiny_facts, tiny_neurons
 from tiny_models import tiny_lm
 
@@ -42,10 +43,11 @@ def data() -> ReportData:
 
 
 def test_study_names():
-    assert study_names("all") == ["suppress_amplify", "generic", "layers", "discrimination"]
-    assert study_names("suppress-amplify") == ["suppress_amplify"]
+    assert [s.name for s in studies_in("paper")] == ["suppress_amplify", "generic", "layers", "discrimination"]
+    assert study_named("suppress-amplify").name == "suppress_amplify"
+    assert study_named("robustness").name == study_named("edit_robustness").name == "edit_robustness"
     with pytest.raises(Exception, match="Unknown study"):
-        study_names("nope")
+        study_named("nope")
 
 
 def test_headline_numbers_are_the_study_summaries(data):

@@ -230,7 +230,7 @@ def print_results(results: Sequence[StudyResult], run: Path, summaries: Sequence
     if not done:
         return
     spent = [f"{r.study.name} {r.output.seconds:.1f} s" for r in done]
-    err_console.print(f"[dim]{', '.join(spent)}; stored in {run} (`kneuron report --run {run}`)[/dim]",
+    err_console.print(f"[dim]studies: {', '.join(spent)}; stored in {run} (`kneuron report --run {run}`)[/dim]",
                       highlight=False)
     lines = [(r.study.name, measure, value) for r in done for measure, value in r.study.measures(r.rows)]
     if lines:

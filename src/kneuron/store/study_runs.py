@@ -125,6 +125,7 @@ def run_studies_on_atlas(
     events: RunEvents | None = None,
     skip_inapplicable: bool = False,
     width: int | None = None,
+    write: bool = True,
 ) -> list[StudyResult]:
     """Run the named studies on the atlas at ``path`` and store their rows; returns one result per study in
     running order.
@@ -137,6 +138,8 @@ def run_studies_on_atlas(
         lm: a model the caller already loaded (its identity is checked like a loaded one).
         skip_inapplicable: skip a study that does not apply to this atlas (``study all``) instead of refusing.
         width: the terminal's width, for summaries with a narrow form.
+        write: store the rows (False: open the atlas read-only and only return them; derived tables are not
+            brought up to date then).
     """
     from kneuron.store.atlas import Atlas, model_identity
 
@@ -146,7 +149,7 @@ def run_studies_on_atlas(
     resolved = {study.name: resolve_options(study, given) for study in studies}  # refused before any work
     shared: dict[str, Any] = {}
     results: list[StudyResult] = []
-    with Atlas.open(path) as atlas:
+    with Atlas.open(path, read_only=not write) as atlas:
         with atlas.snapshot():
             has_done = bool(atlas.fact_rows("done"))
         if not has_done:
@@ -170,7 +173,8 @@ def run_studies_on_atlas(
             context = StudyContext(atlas, resolved[study.name], load_model=model_for_atlas, shared=shared,
                                    progress=events.progress, note=lambda text, s=study: events.note(s, text),
                                    say=lambda text, s=study: events.say(s, text), run_path=str(path), width=width)
-            study.prepare(atlas, resolved[study.name], shared)
+            if write:
+                study.prepare(atlas, resolved[study.name], shared)
             with atlas.snapshot():
                 for key in ("facts", "refined", "baseline", "coarse", "generic", "queries"):
                     shared.pop(key, None)  # inputs of this snapshot (a run may have added facts meanwhile)
@@ -192,15 +196,9 @@ def run_studies_on_atlas(
             if study.changes_weights and fingerprint:
                 _check_unchanged(shared["lm"], fingerprint[0], [study.name], model_identity)
             output.rows = list(output.rows) + params_rows(study, resolved[study.name], output.rows)
-            atlas.write_results(study.name, output.rows, facts=covered)
-            writers = _table_writers()
-            for name, payload in output.tables.items():
-                if name not in writers:
-                    raise StudyError(f"{study.name} returned a table {name!r} no store module writes.")
-                write, read = writers[name]
-                write(atlas, payload)
-                with atlas.snapshot():
-                    output.extra[name] = read(atlas)
+            if write:
+                atlas.write_results(study.name, output.rows, facts=covered)
+                _write_tables(atlas, study, output)
             for note in output.notes:
                 events.note(study, note)
             results.append(StudyResult(study, output))
@@ -209,6 +207,19 @@ def run_studies_on_atlas(
             _check_unchanged(shared["lm"], fingerprint[0], [r.study.name for r in results if not r.skipped],
                              model_identity)
     return results
+
+
+def _write_tables(atlas: Any, study: Study, output: StudyOutput) -> None:
+    """Write the output's extra tables through the store modules that own them, and read them back into
+    ``output.extra`` (what the study's summary shows is what was stored)."""
+    writers = _table_writers()
+    for name, payload in output.tables.items():
+        if name not in writers:
+            raise StudyError(f"{study.name} returned a table {name!r} no store module writes.")
+        write, read = writers[name]
+        write(atlas, payload)
+        with atlas.snapshot():
+            output.extra[name] = read(atlas)
 
 
 def _check_unchanged(lm: Any, fingerprint: str, studies: Sequence[str], identity: Callable) -> None:

@@ -491,48 +491,6 @@ SETTINGS: tuple[tuple[Scale, SignRule], ...] = (("absolute", "none"), ("absolute
                                                   ("slot_norm", "none"))
 
 
-def run_editing(atlas_path: str, *, erase: str | None = None, top: int = 20, n_other: int = 5, n_other_erase: int = 50,
-                seed: int = 0, settings: Sequence[tuple[Scale, SignRule]] = SETTINGS, write: bool = True,
-                log: Callable[[str], None] = print) -> list[dict]:
-    """The editing study on an atlas's facts and knowledge neurons, with the model the atlas names: every done fact
-    is updated (knowledge neurons and the random control, for each of ``settings``), collateral facts and new
-    answers are drawn from the built-in facts the model knows, and ``erase`` (a relation) is erased in modes "zero"
-    and "unknown". The rows go to ``atlas.write_results("editing", rows)`` when ``write``.
-
-    Checks that the model's weight fingerprint is unchanged after all the edits (every edit undone bit-exactly).
-    """
-    import time
-
-    from kneuron.facts import builtin_facts, known_facts
-    from kneuron.models import load
-    from kneuron.store import Atlas, model_identity
-
-    with Atlas.open(atlas_path, read_only=not write) as atlas:
-        meta, facts, neurons = atlas.meta, atlas.facts(), atlas.all_refined()
-        lm = load(meta["model"])
-        identity = model_identity(lm)
-        if identity["fingerprint"] != meta.get("fingerprint"):
-            raise KneuronError(f"{atlas_path} was made with another model than {lm.name!r}.")
-        known = {f.id: f for f in known_facts(lm, builtin_facts())[0]}
-        pool = list({**known, **{f.id: f for f in facts}}.values())
-        rows: list[dict] = []
-        for scale, sign in settings:
-            start = time.perf_counter()
-            part = editing_study(lm, facts, neurons, pool=pool, scale=scale, sign=sign, n_other=n_other, seed=seed)
-            rows += part
-            log(f"update scale={scale} sign={sign}: {len(facts)} facts in {time.perf_counter() - start:.0f} s")
-        if erase:
-            for mode in ("zero", "unknown"):
-                start = time.perf_counter()
-                rows += erase_study(lm, pool, erase, neurons, top=top, mode=mode, n_other=n_other_erase, seed=seed)
-                log(f"erase {erase} ({mode}) in {time.perf_counter() - start:.0f} s")
-        if model_identity(lm)["fingerprint"] != identity["fingerprint"]:  # pragma: no cover - would be a bug
-            raise KneuronError("The model's weights changed during the editing study: an edit was not undone.")
-        if write:
-            atlas.write_results(STUDY, rows)
-    return rows
-
-
 def format_summary(rows: Sequence[dict]) -> str:
     """A plain-text table of :func:`update_summary` per update variant and :func:`erase_summary` per erase variant."""
     lines = []
@@ -557,30 +515,3 @@ def format_summary(rows: Sequence[dict]) -> str:
                          f"{s['own_top1_before']:>7.0%} → {s['own_top1_after']:<5.0%}"
                          f"{s['other_top1_before']:>7.0%} → {s['other_top1_after']:<5.0%}")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m kneuron.studies.editing --run runs/NAME.sqlite [--erase capital]``: run, store, print."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m kneuron.studies.editing", description=main.__doc__)
-    parser.add_argument("--run", required=True, help="the atlas (.sqlite)")
-    parser.add_argument("--erase", default=None, help="a relation to erase")
-    parser.add_argument("--top", type=int, default=20)
-    parser.add_argument("--other", type=int, default=5, help="collateral facts per edit, per side")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--settings", default=",".join(f"{a}:{b}" for a, b in SETTINGS),
-                        help="update settings as scale:sign pairs, comma-separated (default: %(default)s)")
-    parser.add_argument("--no-write", action="store_true", help="do not store the rows in the atlas")
-    args = parser.parse_args(argv)
-    settings = [tuple(item.split(":")) for item in args.settings.split(",") if item]
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rows = run_editing(args.run, erase=args.erase, top=args.top, n_other=args.other, seed=args.seed,
-                       settings=settings, write=not args.no_write)
-    print(format_summary(rows))
-
-
-if __name__ == "__main__":
-    main()

@@ -33,21 +33,6 @@ from kneuron.studies.metrics import row
 from kneuron.studies.suppress_amplify import encode_facts, suppress_amplify
 
 STUDIES = ("suppress_amplify", "generic", "layers", "discrimination")
-#: command-line names -> stored names
-ALIASES = {"suppress-amplify": "suppress_amplify", "suppress_amplify": "suppress_amplify", "generic": "generic",
-           "layers": "layers", "layer-distribution": "layers", "discrimination": "discrimination"}
-
-
-def study_names(name: str) -> list[str]:
-    """The stored study names for a command-line name (``all`` for every study)."""
-    if name == "all":
-        return list(STUDIES)
-    if name not in ALIASES:
-        raise KneuronError(f"Unknown study {name!r}: choose suppress-amplify, generic, layers, discrimination, "
-                           "languages or all (or estimators, vocabulary, interactions, consistency, robustness or "
-                           "beyond, which all leaves out).")
-    return [ALIASES[name]]
-
 
 def run_studies(
     lm: LanguageModel,
@@ -64,6 +49,8 @@ def run_studies(
     coarse_by_fact: Mapping[str, Sequence[Sequence[Neuron]]] | None = None,
     on_study: Callable[[str], None] | None = None,
     on_fact: Callable[[Fact], None] | None = None,
+    queries: Mapping[str, Sequence] | None = None,
+    generic: Sequence | None = None,
 ) -> dict[str, list[dict]]:
     """Run ``studies`` and return ``{study: rows}``.
 
@@ -82,14 +69,17 @@ def run_studies(
             :func:`kneuron.studies.generic.word_scores`).
         on_study: called with each study's name before it runs (status).
         on_fact: called after each fact of the suppress/amplify study (progress).
+        queries, generic: the encoded prompts (:func:`encode_facts`) and generic neurons, when the caller already
+            has them (the runner shares them between the studies of one command).
     """
     unknown = [s for s in studies if s not in STUDIES]
     if unknown:
         raise KneuronError(f"Unknown stud{'y' if len(unknown) == 1 else 'ies'} {unknown}; choose from {STUDIES}.")
     neurons_by_fact = {fact.id: list(neurons_by_fact.get(fact.id, ())) for fact in facts}
-    generic = generic_neurons(neurons_by_fact, share=generic_share)
+    generic = list(generic) if generic is not None else generic_neurons(neurons_by_fact, share=generic_share)
     needs_queries = any(s in studies for s in ("suppress_amplify", "generic", "discrimination"))
-    queries = encode_facts(lm, facts) if needs_queries else {}
+    if queries is None:
+        queries = encode_facts(lm, facts) if needs_queries else {}
     results: dict[str, list[dict]] = {}
     for study in STUDIES:
         if study not in studies:

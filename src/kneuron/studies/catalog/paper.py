@@ -11,19 +11,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kneuron.studies.base import GENERIC_SHARE, SEED, Option, Study, StudyContext
-from kneuron.studies.discrimination import discrimination
-from kneuron.studies.generic import (
-    coarse_generic_neurons,
-    coarse_rows,
-    generic_neurons,
-    generic_rows,
-    probe_generic,
-    word_scores,
-)
-from kneuron.studies.layer_distribution import layer_distribution
-from kneuron.studies.metrics import row, summarize
+from kneuron.studies.generic import generic_neurons
+from kneuron.studies.metrics import summarize
 from kneuron.studies.registry import register_study
-from kneuron.studies.suppress_amplify import encode_facts, suppress_amplify
+from kneuron.studies.studies import run_studies
+from kneuron.studies.suppress_amplify import encode_facts
 
 #: (variant, metric, label, percent) of the summary table's mean lines
 MEAN_LINES = (
@@ -66,6 +58,18 @@ class PaperStudy(Study):
             atlas.update_generic(share=options.get("generic_share"))  # flags the generic neurons in the atlas
         shared["generic_prepared"] = True
 
+    def run(self, context: StudyContext) -> list[dict]:
+        """:func:`~kneuron.studies.studies.run_studies` for this study, with the command's shared inputs."""
+        options = context.options
+        advance = (context.progress(self.name.replace("_", "-"), len(context.facts))  # the one with progress
+                   if self.name == "suppress_amplify" else lambda: None)
+        return run_studies(
+            context.lm, context.facts, context.neurons, context.baseline, studies=[self.name],
+            generic_share=generic_share(context), other_facts=options.get("other_facts", 5),
+            probe_neurons=options.get("probe_neurons", 3), seed=options.get("seed", 0),
+            coarse_by_fact=context.coarse if self.name == "generic" else None, queries=queries(context),
+            generic=generic_list(context), on_fact=lambda _fact: advance())[self.name]
+
     def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
         lines = []
         for variant, metric, label, percent in MEAN_LINES:
@@ -85,16 +89,6 @@ class SuppressAmplify(PaperStudy):
     options = (Option("other_facts", int, 5, "Facts of other relations on which each fact's neurons are also "
                       "patched.", min=0), SEED, GENERIC_SHARE)
 
-    def run(self, context: StudyContext) -> list[dict]:
-        seed, other = context.options["seed"], context.options["other_facts"]
-        advance = context.progress("suppress-amplify", len(context.facts))
-        rows = suppress_amplify(context.lm, context.facts, context.neurons, generic=generic_list(context),
-                                other_facts=other, seed=seed, queries=queries(context),
-                                on_fact=lambda _fact: advance())
-        return rows + [row(self.name, "params", "", "", "seed", seed),
-                       row(self.name, "params", "", "", "other_facts", other),
-                       row(self.name, "params", "", "", "generic_share", generic_share(context))]
-
 
 @register_study
 class Generic(PaperStudy):
@@ -106,19 +100,6 @@ class Generic(PaperStudy):
     options = (Option("probe_neurons", int, 3, "Generic neurons (most shared first) probed alone.", min=0,
                       flag="--probe"), GENERIC_SHARE)
 
-    def run(self, context: StudyContext) -> list[dict]:
-        probe = context.options["probe_neurons"]
-        share, coarse_by_fact, generic = generic_share(context), context.coarse, generic_list(context)
-        coarse = coarse_generic_neurons(coarse_by_fact, share=share)
-        # probe the most shared knowledge neurons, and the coarse neurons most tied to one last word
-        scores = word_scores(coarse, context.facts, coarse_by_fact)
-        by_word = sorted((g for g in coarse if g.key not in {n.key for n in generic[:probe]}),
-                         key=lambda g: (-scores[g.key][1], -g.facts, g.key))
-        probed = [g.key for g in generic[:probe]] + [g.key for g in by_word[:probe]]
-        rows = generic_rows(generic, share) + probe_generic(context.lm, context.facts, context.neurons, probed,
-                                                            max_neurons=len(probed), queries=queries(context))
-        rows += coarse_rows(coarse, context.facts, coarse_by_fact)
-        return rows + [row(self.name, "params", "", "", "probe_neurons", probe)]
 
     def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
         lines, shown = super().measures(rows), 0
@@ -145,10 +126,6 @@ class Layers(PaperStudy):
     aliases = ("layer-distribution", "layer_distribution")
     options = (GENERIC_SHARE,)
 
-    def run(self, context: StudyContext) -> list[dict]:
-        return layer_distribution(context.neurons, context.lm.n_layers, context.baseline,
-                                  relations={fact.id: fact.relation for fact in context.facts},
-                                  generic=generic_list(context))
 
     def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
         return super().measures(rows) + [(f"top third of the layers ({r['variant']})", f"{r['value']:.1%}")
@@ -163,7 +140,3 @@ class Discrimination(PaperStudy):
     name = "discrimination"
     title = "Discrimination"
     options = (GENERIC_SHARE,)
-
-    def run(self, context: StudyContext) -> list[dict]:
-        return discrimination(context.lm, context.facts, context.neurons, context.baseline,
-                              generic=generic_list(context), queries=queries(context))
