@@ -17,7 +17,7 @@ from PIL import Image
 from kneuron.attribution import Neuron
 from kneuron.report import ReportData, headline, headline_line, plots, render_report, write_report
 from kneuron.studies import summarize
-from kneuron.studies.registry import study_named, studies_in
+from kneuron.studies.registry import studies_in, study_named
 from kneuron.studies.studies import run_studies
 from studies.conftest import tiny_facts, tiny_neurons
 from tiny_models import tiny_lm
