@@ -1,0 +1,251 @@
+"""The report's sections of the paper's studies: the headline, suppress/amplify, generic neurons, layers and
+discrimination (each registered under its study's name, :mod:`kneuron.report.sections`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from kneuron.report import plots
+from kneuron.report.data import ReportData, fmt, headline, layer_value
+from kneuron.report.parts import escape, image
+from kneuron.report.parts import table as html_table
+from kneuron.report.sections import report_section
+from kneuron.studies.metrics import Summary, summarize
+
+#: the paper's BERT-base-cased figures (Dai et al. 2022), shown next to ours
+PAPER = {"suppress": -29.03, "amplify": 31.17}
+#: rows of the table of coarse-generic neurons
+MAX_COARSE_ROWS = 15
+#: rows of each probed neuron's table (last words, most frequent first)
+MAX_WORD_ROWS = 10
+
+
+def _pct(value: float, signed: bool = True) -> str:
+    if not math.isfinite(value):
+        return "–"
+    css = "neg" if value < 0 else "pos"
+    text = f"{value * 100:+.2f}%" if signed else f"{value * 100:.1f}%"
+    return f'<span class="{css}">{text}</span>' if signed else text
+
+
+def headline_section(data: ReportData) -> str:
+    h = headline(data)
+    rows = [
+        ["suppress (KN set to 0): mean Δp / p", fmt(h.suppress, "+.2f", "%"), f"{PAPER['suppress']:+.2f}%"],
+        ["amplify (KN doubled): mean Δp / p", fmt(h.amplify, "+.2f", "%"), f"+{PAPER['amplify']:.2f}%"],
+        ["share of KN in the top third of the layers", fmt(h.top_third, ".1f", "%"),
+         "most in the top layers (figure only)"],
+        ["ROC AUC, KN activation: own vs other facts' prompts", fmt(h.auc_kn, ".3f"), "not reported"],
+        ["ROC AUC, activation baseline", fmt(h.auc_activation, ".3f"), "not reported"],
+        ["ROC AUC, KN activation signed by its direction on the fact's prompts",
+         fmt(summarize(data.rows("discrimination"), "kn", "auc_signed").mean, ".3f"), "not reported"],
+        ["suppress, KN without generic neurons", _pct(summarize(data.rows("suppress_amplify"), "kn_no_generic",
+                                                                "suppress").mean), "–"],
+        ["amplify, KN without generic neurons", _pct(summarize(data.rows("suppress_amplify"), "kn_no_generic",
+                                                               "amplify").mean), "–"],
+    ]
+    return ("<h2>Headline</h2>"
+            + html_table(["measure", "this run", "paper (BERT-base-cased, PARAREL)"], rows)
+            + '<p class="note">Means over facts of the per-fact mean over its prompts. Negative is a drop of the '
+              "correct answer's probability. See the sections below for the controls and the generic neurons, "
+              "which change how these numbers should be read.</p>")
+
+
+def _summary_rows(summaries: Sequence[Summary], relations: Sequence[str]) -> list[list[str]]:
+    rows = [["all facts", str(summaries[0].n)] + [_pct(s.mean) for s in summaries]]
+    for relation in relations:
+        cells = [s.per_relation.get(relation, (math.nan, 0)) for s in summaries]
+        rows.append([escape(relation), str(cells[0][1])] + [_pct(mean) for mean, _ in cells])
+    return rows
+
+
+def _suppress_section(data: ReportData, generic_names: Sequence[str]) -> str:
+    rows = data.rows("suppress_amplify")
+    if not rows:
+        return "<h2>Suppress / amplify</h2><p>Not run: <code>kneuron study suppress-amplify --run ...</code></p>"
+    parts = ["<h2>Suppress / amplify</h2>",
+             '<p class="note">Each fact\'s knowledge neurons are zeroed (suppress) or doubled (amplify) at the '
+             "answer position only (the position whose output predicts the first answer token, the one "
+             "attribution scored), and the correct answer's probability is compared with the unpatched one: "
+             "(p<sub>after</sub> − p<sub>before</sub>) / p<sub>before</sub>, averaged over the fact's prompts, "
+             "then over facts. The control patches as many random neurons drawn from the same layers "
+             "(seeded).</p>"]
+    relations = _relations(rows)
+    variants = ("kn", "random", "kn_no_generic", "random_no_generic")
+    for op in ("suppress", "amplify"):
+        summaries = [summarize(rows, v, op) for v in variants]
+        parts.append(f"<h3>{op.capitalize()}</h3>")
+        parts.append(html_table(["relation", "facts", "knowledge neurons", "random (same layers)",
+                             "KN without generic", "random, without generic"],
+                            _summary_rows(summaries, relations)))
+        median = summaries[0].median
+        parts.append(f'<p class="note">Median over facts for the knowledge neurons: {_pct(median)}.</p>')
+    parts.append(image(plots.suppress_amplify_figure(rows), "suppress and amplify per relation"))
+    dropped = sum(1 for r in rows if r["variant"] == "kn_no_generic" and r["metric"] == "neurons" and r["value"] == 0)
+    if generic_names:
+        parts.append(f'<p class="note">Without generic neurons ({", ".join(map(escape, generic_names))}): '
+                     f"{dropped} fact(s) have no knowledge neuron left and drop out of those columns.</p>")
+    parts.append("<h3>Effect on other relations' facts</h3>")
+    other = []
+    for variant in ("kn", "kn_no_generic", "random"):
+        cells = []
+        for op in ("suppress", "amplify"):
+            cells += [_pct(summarize(rows, variant, op).mean), _pct(summarize(rows, variant, f"{op}_other").mean)]
+        other.append([escape(plots.LABELS[variant])] + cells)
+    parts.append(html_table(["neurons patched", "suppress: own prompts", "suppress: other relations",
+                         "amplify: own prompts", "amplify: other relations"], other))
+    settings = {r["metric"]: r["value"] for r in rows if r["variant"] == "params"}
+    drawn = f"{settings['other_facts']:.0f} facts" if "other_facts" in settings else "facts"
+    seed = f" (seed {settings['seed']:.0f})" if "seed" in settings else ""
+    parts.append(f'<p class="note">Same neurons, same position rule, on one prompt each of {drawn} drawn{seed} '
+                 "from the other relations.</p>")
+    parts.append(image(plots.other_relations_figure(rows), "own facts against other relations' facts"))
+    return "".join(parts)
+
+
+@report_section("suppress_amplify")
+def _suppress_amplify_section(data: ReportData) -> str:
+    return _suppress_section(data, generic_names(data))
+
+
+def _relations(rows: Sequence[dict]) -> list[str]:
+    return sorted({r["relation"] for r in rows if r.get("fact_id") and r["relation"]})
+
+
+def generic_names(data: ReportData) -> list[str]:
+    """The generic neurons flagged in the atlas, most shared first."""
+    shares = {r["variant"]: r["value"] for r in data.rows("generic")
+              if r["metric"] == "share" and not r["fact_id"] and r["variant"] != "params"}
+    return sorted(shares, key=lambda name: -shares[name])
+
+
+@report_section("generic")
+def _generic_section(data: ReportData) -> str:
+    rows = data.rows("generic")
+    if not rows:
+        return "<h2>Generic neurons</h2><p>Not run: <code>kneuron study generic --run ...</code></p>"
+    flags = {(r["variant"], r["metric"]): r["value"] for r in rows if not r["fact_id"]}
+    names = generic_names(data)
+    threshold = flags.get(("params", "generic_share"), math.nan)
+    parts = ["<h2>Generic neurons</h2>"]
+    if not names:
+        parts.append(f"<p>No neuron is a knowledge neuron of more than {_pct(threshold, False)} of the facts.</p>")
+    else:
+        parts.append(
+            f'<div class="warn"><b>{len(names)} neuron(s) are knowledge neurons of more than '
+            f"{_pct(threshold, False)} of the facts</b>: they cannot store any one fact. Numbers that include them "
+            "mix their effect into every fact's; the tables above show suppress / amplify with and without them, "
+            "and the most shared are probed alone below.</div>")
+        parts.append(html_table(["neuron", "facts", "share of facts"],
+                            [[escape(n), f"{flags[n, 'facts']:.0f}", _pct(flags[n, "share"], False)] for n in names]))
+    parts.append(_coarse_generic(flags, threshold))
+    probed = sorted({r["variant"] for r in rows if r["fact_id"]},
+                    key=lambda name: (names.index(name) if name in names else len(names), name))
+    for name in probed:
+        table = plots.generic_by_word(rows, name)
+        parts.append(f"<h3>{escape(name)} on its own</h3>")
+        shown = list(table.items())[:MAX_WORD_ROWS]
+        parts.append(html_table(
+            ["last word before the answer", "facts without it", "facts with it", "mean activation",
+             "zeroed alone: facts without it", "zeroed alone: facts with it"],
+            [[f"<code>{escape(word)}</code>", str(v["n_unrelated"]), str(v["n_members"]), f"{v['activation']:.3f}",
+              _pct(v["unrelated"]), _pct(v["members"])] for word, v in shown]))
+        if len(table) > len(shown):
+            parts.append(f'<p class="note">The {len(shown)} most frequent of {len(table)} last words.</p>')
+        # the clearest effect on facts that do not have it, among words seen in enough of them
+        enough = min(3, max((v["n_unrelated"] for v in table.values()), default=0))
+        worst = min(((w, v) for w, v in table.items() if enough and v["n_unrelated"] >= enough),
+                    key=lambda item: item[1]["unrelated"], default=None)
+        if worst:
+            word, v = worst
+            parts.append(f'<p class="note">Zeroing {escape(name)} alone changes the correct probability of facts that '
+                         f"do not count it among their knowledge neurons by {_pct(v['unrelated'])} on prompts "
+                         f"ending in <code>{escape(word)}</code> (mean over {v['n_unrelated']} facts; its mean "
+                         f"activation there is {v['activation']:.2f}).</p>")
+        parts.append(image(plots.generic_figure(rows, name), f"{name} by last word"))
+    return "".join(parts)
+
+
+def _coarse_generic(flags: Mapping[tuple[str, str], float], threshold: float) -> str:
+    """The neurons coarse in more than ``threshold`` of all prompts, with the last words of those prompts."""
+    names = sorted((n for n, metric in flags if metric == "coarse_share"), key=lambda n: -flags[n, "coarse_share"])
+    if not names:
+        return ""
+    totals = {metric.split(":", 1)[1]: v for (n, metric), v in flags.items() if n == "prompts"}
+    table = []
+    for name in names:
+        words = sorted(((metric.split(":", 1)[1], v) for (n, metric), v in flags.items()
+                        if n == name and metric.startswith("coarse:")), key=lambda item: -item[1])
+        where = ", ".join(f"<code>{escape(w)}</code> {v:.0f}/{totals.get(w, 0):.0f}" for w, v in words[:4])
+        word, score = next(((m.split(":", 1)[1], v) for (n, m), v in flags.items()
+                            if n == name and m.startswith("word_score:")), ("", math.nan))
+        table.append((-score if math.isfinite(score) else 0.0,
+                      [escape(name), f"{flags[name, 'coarse_prompts']:.0f}", _pct(flags[name, "coarse_share"], False),
+                       where, f"<code>{escape(word)}</code> {score:.2f}" if word else "–"]))
+    table.sort(key=lambda item: item[0])  # stable: equal scores keep the most frequent first
+    shown = [cells for _, cells in table[:MAX_COARSE_ROWS]]
+    return (f"<h3>Neurons coarse in more than {_pct(threshold, False)} of all prompts</h3>"
+            '<p class="note">Before refinement: a neuron above the coarse threshold in one prompt\'s attribution. '
+            "One that is coarse in every prompt ending in a given word responds to the word, not to a fact; it "
+            "reaches a fact's refined set only when most of the fact's templates end that way. Last column: the "
+            "last words before the answer of the prompts where it is coarse (prompts where it is coarse / prompts "
+            "ending in that word). Word score: (share of the prompts ending in the word where it is coarse) × "
+            "(share of its coarse prompts that end in the word); 1 is a neuron that responds to that word alone. "
+            f"Sorted by word score; {len(shown)} of {len(table)} shown.</p>"
+            + html_table(["neuron", "prompts", "share of prompts", "where (last word before the answer)", "word score"],
+                     shown))
+
+
+@report_section("layers")
+def _layers_section(data: ReportData) -> str:
+    rows = data.rows("layers")
+    if not rows:
+        return "<h2>Layer distribution</h2><p>Not run: <code>kneuron study layers --run ...</code></p>"
+    variants = [v for v in ("kn", "kn_no_generic", "baseline") if plots.layer_shares(rows, v)]
+    table = [[escape(plots.LABELS[v]), f"{layer_value(rows, v, 'total'):.0f}",
+              _pct(layer_value(rows, v, "top_third"), False)] for v in variants]
+    per_layer = {v: plots.layer_shares(rows, v) for v in variants}
+    n_layers = len(per_layer[variants[0]])
+    layer_rows = [[str(layer)] + [_pct(per_layer[v].get(layer, math.nan), False) for v in variants]
+                  for layer in range(n_layers)]
+    return ("<h2>Layer distribution</h2>"
+            + html_table(["neurons", "count", "share in the top third of the layers"], table)
+            + image(plots.layers_figure(rows), "share of neurons per layer")
+            + image(plots.layers_heatmap(rows), "share of knowledge neurons per relation and layer")
+            + "<details><summary>Share per layer</summary>"
+            + html_table(["layer"] + [plots.LABELS[v] for v in variants], layer_rows)
+            + "</details>"
+            + '<p class="note">A neuron shared by several facts counts once per fact. The activation baseline is, '
+              "per fact, as many neurons as it has knowledge neurons, those with the largest activation.</p>")
+
+
+@report_section("discrimination")
+def _discrimination_section(data: ReportData) -> str:
+    rows = data.rows("discrimination")
+    if not rows:
+        return "<h2>Discrimination</h2><p>Not run: <code>kneuron study discrimination --run ...</code></p>"
+    table = []
+    for variant in ("kn", "kn_no_generic", "baseline"):
+        auc, sentence = summarize(rows, variant, "auc"), summarize(rows, variant, "sentence_auc")
+        auc_signed, sentence_signed = summarize(rows, variant, "auc_signed"), summarize(rows, variant,
+                                                                                          "sentence_auc_signed")
+        positive, negative = summarize(rows, variant, "sentence_positive"), summarize(rows, variant,
+                                                                                         "sentence_negative")
+        table.append([escape(plots.LABELS[variant]), fmt(auc.mean, ".3f"), fmt(auc_signed.mean, ".3f"), str(auc.n),
+                      fmt(sentence.mean, ".3f"), fmt(sentence_signed.mean, ".3f"), str(sentence.n),
+                      fmt(positive.mean, ".4f"), fmt(negative.mean, ".4f")])
+    return ("<h2>Discrimination</h2>"
+            + html_table(["neurons", "AUC: own vs other prompts", "same, signed", "facts",
+                      "AUC: stating vs subject-only sentences", "same, signed", "facts", "mean activation: stating",
+                      "mean activation: subject-only"], table)
+            + '<p class="note"><b>Signed</b>: gated FFNs (act(gate) × up) give negative activations as often as '
+              "positive ones, and a neuron can be a knowledge neuron because it is strongly negative on the fact's "
+              "prompts. The paper's raw mean activation then ranks the fact's own prompts lowest (AUC below 0.5). "
+              "The signed AUC multiplies each neuron's activation by the sign of its mean activation on the fact's "
+              "own prompts (where it was attributed) before averaging.</p>"
+            + image(plots.discrimination_figure(rows), "per-fact ROC AUC")
+            + '<p class="note">Score of a text: the mean activation of the fact\'s neurons. Prompts are read at '
+              "the answer position; sentences at their last token for causal models (the only position that has "
+              "read the whole sentence) and averaged over their own tokens for masked models. AUC per fact "
+              "(scikit-learn), then the mean over facts; 0.5 is chance.</p>")
