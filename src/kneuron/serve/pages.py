@@ -24,6 +24,7 @@ from kneuron.errors import KneuronError, NotFound
 from kneuron.store import scores as score_blobs
 from kneuron.store.vocabulary import has_vocabulary
 from kneuron.studies.metrics import summarize
+from kneuron.studies.registry import registered_studies
 
 #: the longest lists a page shows (the page says how many there are in all)
 MAX_ROWS = 500
@@ -187,9 +188,6 @@ def _relation_results(atlas, relation: str, study: str) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------------ fact
 
-#: the studies whose per-fact rows a fact page lists, in this order (any other study follows)
-FACT_STUDIES = ("suppress_amplify", "interactions", "consistency", "editing", "edit_robustness", "discrimination",
-                "estimators")
 
 
 def fact_page(atlas, fact_id: str) -> dict[str, Any]:
@@ -223,7 +221,8 @@ def fact_page(atlas, fact_id: str) -> dict[str, Any]:
     by_study: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for entry in results:
         by_study[entry["study"]].append({**entry, "value": finite(entry["value"])})
-    order = [s for s in FACT_STUDIES if s in by_study] + sorted(s for s in by_study if s not in FACT_STUDIES)
+    panels = [s.name for s in registered_studies() if s.fact_panel]  # the registry's order; then any other
+    order = [s for s in panels if s in by_study] + sorted(s for s in by_study if s not in panels)
     for i, prompt in enumerate(prompts):
         prompt["coarse"] = len(coarse[i]) if i < len(coarse) else 0
     return {
