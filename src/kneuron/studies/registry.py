@@ -30,6 +30,11 @@ def register_study(cls: type[Study]) -> type[Study]:
         raise StudyError(f"{cls.__name__}: a study needs a name of letters, digits and underscores.")
     if study.group not in GROUPS:
         raise StudyError(f"{cls.__name__}: group {study.group!r} is not one of {', '.join(GROUPS)}.")
+    current = _STUDIES.get(name)
+    if current is not None and (type(current).__module__, type(current).__qualname__) != (
+            cls.__module__, cls.__qualname__):
+        raise StudyError(f"{cls.__name__}: the name {name!r} is taken by {type(current).__qualname__}; choose "
+                         "another (or unregister_study it first).")
     spellings = {name, name.replace("_", "-"), *cls.aliases}
     for spelling in spellings:
         owner = _ALIASES.get(spelling)
