@@ -198,7 +198,7 @@ def test_gradient_times_activation_restores_everything_also_after_an_exception(f
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(module, "_answer_log_probs", boom)
+    monkeypatch.setattr(module, "answer_token_log_probs", boom)
     with pytest.raises(RuntimeError, match="boom"):
         GradientTimesActivation().attribute(lm, [PROMPTS[lm.kind]], "Paris")
     assert snapshot(lm.model) == before

@@ -35,21 +35,14 @@ from contextlib import ExitStack
 import torch
 
 from kneuron.attribution.ffn_norm import NormRule, effective_norm, frozen_deltas
-from kneuron.attribution.step_rows import (
-    Objective,
-    _answer_log_probs,
-    _answer_ranks,
-    _at,
-    frozen_parameters,
-    logits_at,
-    objective_of,
-)
+from kneuron.attribution.objective import Objective, answer_token_log_probs, answer_token_ranks, objective_of
 from kneuron.attribution.types import NeuronScores
 from kneuron.errors import KneuronError
 from kneuron.facts.encoding import EncodedQuery
 from kneuron.facts.known import pad_token_id
 from kneuron.models.hooks import on_ffn_input
 from kneuron.models.language_model import LanguageModel
+from kneuron.models.partial_forward import at_targets, frozen_parameters, logits_at
 
 #: at most this many tokens (prompts x padded length) per forward and backward pass
 BATCH_TOKENS = 512
@@ -156,8 +149,8 @@ def _one_batch(lm: LanguageModel, queries: list[EncodedQuery], objective: Object
         sliced = stack.enter_context(logits_at(lm, targets))
         logits = lm.model(input_ids=ids.to(device), **kwargs).logits
         if not sliced:
-            logits = _at(logits, targets)
-        log_p = _answer_log_probs(logits, answer_ids).sum(-1)
+            logits = at_targets(logits, targets)
+        log_p = answer_token_log_probs(logits, answer_ids).sum(-1)
         grads = torch.autograd.grad(log_p.sum(), [deltas[layer] for layer in chosen])
     log_probabilities = log_p.detach().double()
     values = objective_of(log_probabilities[:, None], objective)
@@ -174,6 +167,6 @@ def _one_batch(lm: LanguageModel, queries: list[EncodedQuery], objective: Object
             scores=scores, activations=acts[row].clone(), probability=float(values[row]), baseline=nan,
             completeness_gap=nan.clone(), prompt=query.text, position=query.position, steps=1, objective=objective,
             alphas="right", log_probability=float(log_probabilities[row]),
-            answer_ranks=_answer_ranks(logits.detach()[row], answer_ids[row]), vocab_size=int(logits.shape[-1]),
+            answer_ranks=answer_token_ranks(logits.detach()[row], answer_ids[row]), vocab_size=int(logits.shape[-1]),
             estimator="gxa", norm=rule))
     return results

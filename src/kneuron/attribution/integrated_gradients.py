@@ -50,24 +50,15 @@ import torch
 from kneuron.attribution import limits
 from kneuron.attribution.ffn_norm import NormRule, effective_norm
 from kneuron.attribution.limits import check_row_fits, check_run_fits, count
+from kneuron.attribution.objective import Objective, objective_of
 from kneuron.attribution.shared_depths import check_shared_layers_supported, run_shared_rows
-from kneuron.attribution.step_rows import (
-    Objective,
-    Plan,
-    Row,
-    batches,
-    frozen_parameters,
-    make_plan,
-    memory_per_row,
-    objective_of,
-    run_rows,
-    shape_key,
-)
+from kneuron.attribution.step_rows import Plan, Row, batches, make_plan, memory_per_row, run_rows, shape_key
 from kneuron.attribution.types import NeuronScores
 from kneuron.errors import KneuronError
 from kneuron.facts.encoding import EncodedQuery, encode
 from kneuron.facts.fact import Prompt
 from kneuron.models.language_model import LanguageModel
+from kneuron.models.partial_forward import frozen_parameters
 
 __all__ = ["AlphaRule", "Objective", "alpha_points", "integrated_gradients", "integrated_gradients_many",
            "objective_of"]

@@ -69,7 +69,7 @@ from torch import nn
 
 from kneuron.attribution.estimators import Estimator, encode_prompts
 from kneuron.attribution.limits import memory_budget as parse_budget
-from kneuron.attribution.step_rows import _answer_log_probs, _answer_ranks
+from kneuron.attribution.objective import answer_token_log_probs, answer_token_ranks
 from kneuron.attribution.types import NeuronScores
 from kneuron.errors import KneuronError
 from kneuron.facts.encoding import EncodedQuery
@@ -226,7 +226,7 @@ def _clean_pass(lm: LanguageModel, query: EncodedQuery, readout: Readout) -> _Cl
     targets = torch.tensor(query.target_positions, device=logits.device)
     answer_ids = torch.tensor(query.answer_ids, device=logits.device)
     at_targets = logits[targets]
-    log_p = float(_answer_log_probs(at_targets[None], answer_ids[None]).double().sum())
+    log_p = float(answer_token_log_probs(at_targets[None], answer_ids[None]).double().sum())
     added = ffn_output_multiplier(lm.spec, lm.model.config)
     streams = torch.stack([store["block", layer].to(dtype) - added * store["ffn", layer].to(dtype)
                            for layer in range(lm.n_layers)])
@@ -235,7 +235,7 @@ def _clean_pass(lm: LanguageModel, query: EncodedQuery, readout: Readout) -> _Cl
     if final is not None:
         _check_readout(lm, readout, final, scale, at_targets[0])
     return _Clean(torch.stack([store["act", layer] for layer in range(lm.n_layers)]), streams, scale,
-                  int(query.answer_ids[0]), log_p, _answer_ranks(at_targets, answer_ids), int(logits.shape[-1]))
+                  int(query.answer_ids[0]), log_p, answer_token_ranks(at_targets, answer_ids), int(logits.shape[-1]))
 
 
 def _check_readout(lm: LanguageModel, readout: Readout, final: torch.Tensor, scale: torch.Tensor,

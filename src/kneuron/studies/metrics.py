@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kneuron.attribution.step_rows import cache_argument, prefix_cache
 from kneuron.facts.encoding import EncodedQuery
 from kneuron.models.hooks import NeuronPatch, capture, patch, patch_rows
 from kneuron.models.language_model import LanguageModel
+from kneuron.models.partial_forward import cache_argument, prefix_cache
 
 NeuronKey = tuple[int, int]
 
