@@ -144,8 +144,8 @@ def find_knowledge_neurons(
                else estimator)
     found.params.update(made_by.params(), answer=answer)
     found.params = with_effective_norm(found.params, lm)  # the rule used on this model, or none to record
-    if isinstance(made_by, ScreenedIntegratedGradients):
-        found.params[SCREEN_LAYERS] = layer_list(made_by.chosen)
+    if bag and bag[0].screen_layers is not None:  # a screened estimator: the layers it chose for this bag
+        found.params[SCREEN_LAYERS] = layer_list(bag[0].screen_layers)
     found.scores = bag
     return found
 

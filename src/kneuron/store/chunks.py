@@ -118,7 +118,7 @@ def compute_chunk(lm: LanguageModel, chunk: Chunk, params: dict[str, Any],
             if fact.id in wanted:
                 start = time.perf_counter()
                 bags[number] = estimator.attribute(lm, [encode(lm, p, fact.object) for p in fact.prompts()])
-                extra[number] = {SCREEN_LAYERS: layer_list(estimator.chosen)}
+                extra[number] = {SCREEN_LAYERS: layer_list(bags[number][0].screen_layers or ())}
                 seconds[number] = time.perf_counter() - start
     else:
         queries, owners = [], []
