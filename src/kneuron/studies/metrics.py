@@ -143,7 +143,7 @@ def patched_probabilities(lm: LanguageModel, queries: Sequence[EncodedQuery],
         raise ValueError("batch_size must be at least 1")
     sets = [list(s) for s in patch_sets]
     for p in (p for s in sets for p in s):  # refused before any pass, not after the first prefix ran
-        lm.check_neuron(p.layer, p.neuron)
+        lm.check_neuron(p.layer, p.index)
     out = np.zeros((len(sets), len(queries)), dtype=np.float64)
     if not sets or not queries:
         return out
