@@ -45,13 +45,13 @@ def resolve_estimator(estimator: Estimator | str | None = None, *, steps: int = 
         chosen = estimator
     else:
         raise InputError(f"estimator must be a name ({', '.join(map(repr, estimator_names()))}) or an Estimator "
-                           f"object; got {type(estimator).__name__}.")
+                         f"object; got {type(estimator).__name__}.")
     if screen is None:
         return chosen
     if type(chosen) is not IntegratedGradients:
         raise InputError(f"A screen (screen={screen!r}) picks the layers where exact integrated gradients runs, so "
-                           f"it needs the 'ig' estimator, not {chosen.params()['estimator']!r}: drop the screen or "
-                           "use estimator 'ig'.")
+                         f"it needs the 'ig' estimator, not {chosen.params()['estimator']!r}: drop the screen or "
+                         "use estimator 'ig'.")
     return ScreenedIntegratedGradients(screen, ig=chosen)
 
 
