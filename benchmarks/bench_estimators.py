@@ -145,7 +145,7 @@ def main() -> None:
             line.append(f"{name} {spent / len(queries):.3f}")
             same = compare(measures[name], bag, full)
             if isinstance(estimator, ScreenedIntegratedGradients) and not same:
-                reasons[name][why_differs(full, estimator.chosen)] += 1
+                reasons[name][why_differs(full, list(bag[0].screen_layers or ()))] += 1
         print(", ".join(line), flush=True)
     if "lpi" in estimators:
         queries = [encode(lm, prompt, fact.object) for fact in facts for prompt in fact.prompts()]

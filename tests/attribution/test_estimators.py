@@ -72,7 +72,8 @@ def test_gradient_times_activation_matches_its_naive_formula(family, answer):
     # 1e-6 as for integrated gradients: the eager attention of gpt_neo and gemma2 takes its softmax in float32
     assert _rel_error(fast.scores, slow) < 1e-6
     assert fast.estimator == "gxa" and fast.scores.dtype == torch.float64
-    assert torch.isnan(fast.baseline).all() and torch.isnan(fast.completeness_gap).all()
+    assert torch.isnan(fast.baseline).all() and fast.completeness_gap is None  # no completeness: absent, not NaN
+    assert not GradientTimesActivation.has_completeness and IntegratedGradients.has_completeness
     # its scores are one-point (alpha = 1) integrated gradients, from one backward pass instead of one per layer
     one_point = integrated_gradients(lm, query, steps=1, norm="live")
     assert _rel_error(fast.scores, one_point.scores) < 1e-9
@@ -157,7 +158,8 @@ def test_screened_integrated_gradients_is_exact_in_its_layers(family):
     prompts = [PROMPTS[lm.kind], PROMPTS[lm.kind].replace("capital", "main city")]
     screened = ScreenedIntegratedGradients(2, IntegratedGradients(steps=4))
     bag = screened.attribute(lm, prompts, "Paris")
-    chosen = screened.chosen
+    chosen = list(bag[0].screen_layers)  # the result says which layers were chosen, for every prompt of the bag
+    assert all(s.screen_layers == bag[0].screen_layers for s in bag) and not hasattr(screened, "chosen")
     assert chosen == screen_layers(GradientTimesActivation().attribute(lm, prompts, "Paris"), 2)
     full = IntegratedGradients(steps=4).attribute(lm, prompts, "Paris")
     others = [layer for layer in range(4) if layer not in chosen]
@@ -198,7 +200,7 @@ def test_gradient_times_activation_restores_everything_also_after_an_exception(f
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(module, "_answer_log_probs", boom)
+    monkeypatch.setattr(module, "answer_token_log_probs", boom)
     with pytest.raises(RuntimeError, match="boom"):
         GradientTimesActivation().attribute(lm, [PROMPTS[lm.kind]], "Paris")
     assert snapshot(lm.model) == before

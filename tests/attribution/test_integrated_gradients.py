@@ -182,7 +182,7 @@ def test_an_exception_midway_leaves_no_hooks(monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(rows, "_answer_log_probs", boom)
+    monkeypatch.setattr(rows, "answer_token_log_probs", boom)
     with pytest.raises(RuntimeError):
         integrated_gradients(lm, PROMPTS["causal"], "Paris", steps=3)
     assert all(not m._forward_pre_hooks and "forward" not in m.__dict__ for m in lm.model.modules())

@@ -88,7 +88,7 @@ def test_an_exception_mid_run_restores_everything(family, monkeypatch):
     before = snapshot(lm.model)
     rows = importlib.import_module("kneuron.attribution.step_rows")
     shared = importlib.import_module("kneuron.attribution.shared_depths")  # ALBERT's rows (full passes)
-    real = rows._answer_log_probs
+    real = rows.answer_token_log_probs
     seen = []
 
     def boom_in_the_second_batch(*args, **kwargs):  # the clean pass, one batch, then inside the next one
@@ -97,8 +97,8 @@ def test_an_exception_mid_run_restores_everything(family, monkeypatch):
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(rows, "_answer_log_probs", boom_in_the_second_batch)
-    monkeypatch.setattr(shared, "_answer_log_probs", boom_in_the_second_batch)
+    monkeypatch.setattr(rows, "answer_token_log_probs", boom_in_the_second_batch)
+    monkeypatch.setattr(shared, "answer_token_log_probs", boom_in_the_second_batch)
     with pytest.raises(RuntimeError, match="boom"):
         integrated_gradients(lm, PROMPTS[lm.kind], "Paris", steps=4, batch_rows=4)
     assert len(seen) == 3

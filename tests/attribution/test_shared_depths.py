@@ -84,7 +84,7 @@ def test_a_repeated_block_is_found_by_identity():
 
 
 def test_the_prefix_skipping_path_refuses_shared_layers():
-    from kneuron.attribution.step_rows import start_at_layer
+    from kneuron.models.partial_forward import start_at_layer
 
     lm = tiny_lm("albert")
     with pytest.raises(KneuronError, match="several depths"), start_at_layer(lm, 1, torch.zeros(1, 3, 16)):

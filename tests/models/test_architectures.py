@@ -126,7 +126,7 @@ def test_bloom_built_slow_but_exact_is_refused_in_one_line():
 def test_bloom_alibi_rows_are_repeated_for_each_batch_row():
     """The attribution engine calls the model on one row and feeds many rows in at the blocks; BLOOM's ALiBi input
     is laid out (batch · heads, 1, keys), so the engine repeats it (ArchSpec.batch_head_inputs)."""
-    from kneuron.attribution.step_rows import _batch_head_inputs_for_rows, start_at_layer
+    from kneuron.models.partial_forward import batch_head_inputs_for_rows, start_at_layer
 
     lm = tiny_lm("bloom", dtype=torch.float64)
     assert lm.spec.batch_head_inputs == ("alibi",)
@@ -141,7 +141,7 @@ def test_bloom_alibi_rows_are_repeated_for_each_batch_row():
     with torch.no_grad(), start_at_layer(lm, 0, inputs[0]):
         with pytest.raises(RuntimeError):  # one row's ALiBi for three rows
             lm.model(input_ids=ids[:1])
-        with _batch_head_inputs_for_rows(lm, 0):
+        with batch_head_inputs_for_rows(lm, 0):
             fed = lm.model(input_ids=ids[:1]).logits
     assert fed.shape == batched.shape and torch.allclose(fed, batched, atol=1e-12)
 

@@ -387,6 +387,25 @@ def test_neuron_patch_prints_as_layer_neuron():
     assert scale_patches([(1, 2)], 2.0) == [NeuronPatch(1, 2, "scale", 2.0)]
 
 
+def test_neuron_patch_names_its_index_as_neuron_does_and_keeps_the_old_name_deprecated():
+    """One field name for a neuron's index everywhere: ``index`` (as Neuron.index); ``neuron`` still works, warning."""
+    from kneuron.attribution import Neuron
+
+    p = NeuronPatch(3, 7, "scale", 2.0)
+    assert p.index == 7 == Neuron(3, 7).index and p == NeuronPatch(layer=3, index=7, op="scale", value=2.0)
+    with pytest.warns(FutureWarning, match=r"NeuronPatch\.neuron is deprecated: use NeuronPatch\.index"):
+        assert p.neuron == 7
+    with pytest.warns(FutureWarning, match=r"NeuronPatch\(neuron=\.\.\.\) is deprecated"):
+        old = NeuronPatch(3, neuron=7, op="scale", value=2.0)
+    assert old == p and hash(old) == hash(p)
+    with pytest.raises(AttributeError):
+        p.index = 8  # frozen, as before
+    with pytest.raises(AttributeError):
+        p.neuron = 8  # read-only
+    with pytest.raises(KneuronError, match="index once"):
+        NeuronPatch(3, 7, neuron=7)
+
+
 # ------------------------------------------------------------------------------------------ odd positions
 
 

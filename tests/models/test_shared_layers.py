@@ -123,7 +123,7 @@ def test_hooks_leave_nothing_behind_after_an_exception():
     """Every module's __dict__, hook dicts and torch's global hooks as they were (test_model_restored's snapshot),
     after an exception in the body of each hook context and inside a hook mid-forward."""
     from attribution.test_model_restored import snapshot
-    from kneuron.attribution.step_rows import _record_block_inputs
+    from kneuron.models.partial_forward import record_block_inputs
 
     lm = tiny_lm("albert")
     before = snapshot(lm.model)
@@ -133,7 +133,7 @@ def test_hooks_leave_nothing_behind_after_an_exception():
     with pytest.raises(RuntimeError), patch(lm, [NeuronPatch(2, 1)]), capture(lm, detach=False):
         lm.model(input_ids=IDS)
         raise RuntimeError("inside")
-    with pytest.raises(RuntimeError), _record_block_inputs(lm, {}):
+    with pytest.raises(RuntimeError), record_block_inputs(lm, {}):
         lm.model(input_ids=IDS)
         raise RuntimeError("inside")
 

@@ -50,9 +50,10 @@ def test_find_with_a_screen_and_gauss_alphas(fake_load):
     payload = json.loads(result.stdout)
     screened = ScreenedIntegratedGradients(2, IntegratedGradients(steps=4, alphas="gauss"))
     expected = find_knowledge_neurons(fake_load["tiny-llama"], PROMPTS, "Paris", share=0.5, estimator=screened)
+    chosen = expected.scores[0].screen_layers
     assert [(n["layer"], n["index"]) for n in payload["neurons"]] == expected.keys
     assert payload["params"]["screen"] == 2 and payload["params"]["alphas"] == "gauss"
-    assert payload["params"]["screen_layers"] == ",".join(map(str, screened.chosen)) and len(screened.chosen) == 2
+    assert payload["params"]["screen_layers"] == ",".join(map(str, chosen)) and len(chosen) == 2
 
 
 @pytest.mark.parametrize(("extra", "message"), [

@@ -23,6 +23,7 @@ from kneuron.attribution.knowledge import layer_list
 from kneuron.errors import KneuronError
 from kneuron.facts import encode
 from kneuron.store import Atlas, run
+from kneuron.store.atlas import from_blob
 from kneuron.store.runs import run_params
 from store.helpers import RUN_ARGS, dump, tiny_facts, tiny_model
 
@@ -77,6 +78,10 @@ def test_a_gxa_run_stores_what_gxa_and_refine_give(lm, tmp_path):
             assert_stored(atlas, fact, expected, bag)
             assert all(s.estimator == "gxa" for s in atlas.prompt_scores(fact.id))
             assert all(torch.isnan(s.baseline).all() for s in atlas.prompt_scores(fact.id))  # gxa has no baseline
+            # nor a completeness gap: None in the results, NaN in the atlas's NOT NULL column as always
+            assert all(s.completeness_gap is None for s in atlas.prompt_scores(fact.id))
+            assert all(torch.isnan(from_blob(row["completeness_gap"], "float64", (row["layers"],))).all()
+                       for row in atlas._rows("SELECT * FROM prompts WHERE fact_id = ?", [fact.id]))
             api = find_knowledge_neurons(lm, fact, estimator="gxa")
             assert api.neurons == expected.neurons and api.params == expected.params
     # the IG atlas of the same facts is another atlas: its neurons differ for at least one fact
@@ -99,14 +104,15 @@ def test_a_screened_run_stores_what_screened_ig_gives(lm, tmp_path):
         for fact in facts:
             screened = ScreenedIntegratedGradients(2, IntegratedGradients(steps=6))
             bag = screened.attribute(lm, fact.prompts(), fact.object)
-            assert len(screened.chosen) == 2
-            chosen_sets.add(tuple(screened.chosen))
-            expected = expected_fact(bag, fact, screened, screen_layers=layer_list(screened.chosen))
+            chosen = bag[0].screen_layers
+            assert len(chosen) == 2
+            chosen_sets.add(chosen)
+            expected = expected_fact(bag, fact, screened, screen_layers=layer_list(chosen))
             assert_stored(atlas, fact, expected, bag)
-            assert atlas.knowledge_neurons(fact.id).params["screen_layers"] == ",".join(map(str, screened.chosen))
+            assert atlas.knowledge_neurons(fact.id).params["screen_layers"] == ",".join(map(str, chosen))
             for scores in atlas.prompt_scores(fact.id):  # the layers left out score 0, the chosen ones do not
                 for layer in range(lm.n_layers):
-                    assert bool(scores.scores[layer].any()) == (layer in screened.chosen)
+                    assert bool(scores.scores[layer].any()) == (layer in chosen)
             api = find_knowledge_neurons(lm, fact, estimator=ScreenedIntegratedGradients(2, IntegratedGradients(6)))
             assert api.neurons == expected.neurons and api.params == expected.params
     # a run with screen=2 and the same estimator as an object writes the same atlas

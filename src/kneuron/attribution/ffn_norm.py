@@ -31,7 +31,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from kneuron.errors import KneuronError
+from kneuron.errors import InputError, KneuronError
 from kneuron.facts.encoding import at_least_float32
 from kneuron.models.architectures import norm_epsilon
 from kneuron.models.language_model import LanguageModel
@@ -44,8 +44,8 @@ NORM_RULES: tuple[str, ...] = ("frozen", "live")
 def check_norm(norm: str | None) -> NormRule | None:
     """``norm`` if it is a rule (or None, the family's default); a one-line error otherwise."""
     if norm is not None and norm not in NORM_RULES:
-        raise KneuronError(f"Unknown norm rule {norm!r}: use 'frozen' (hold a post-FFN norm's scale at its clean "
-                           "value, the default) or 'live' (the literal definition).")
+        raise InputError(f"Unknown norm rule {norm!r}: use 'frozen' (hold a post-FFN norm's scale at its clean "
+                         "value, the default) or 'live' (the literal definition).")
     return norm  # type: ignore[return-value]
 
 

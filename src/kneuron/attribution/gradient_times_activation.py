@@ -22,34 +22,35 @@ key/value cache, as integrated gradients does for its many rows; for one pass th
 on SmolLM2-135M's 4-12-token prompts one pass of the whole input was 25% faster. At these sizes a forward is
 bound by reading the weights, whatever the number of tokens, which is also why batching the prompts pays.
 
-Neither a zero baseline nor a completeness gap is computed (both stay NaN): they belong to the integral, which
-this estimator does not take.
+Neither a zero baseline nor a completeness gap is computed: they belong to the integral, which this estimator does
+not take (the baseline stays NaN, the completeness gap is None; :attr:`GradientTimesActivation.has_completeness`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
+from typing import Any
 
 import torch
 
-from kneuron.attribution.ffn_norm import NormRule, effective_norm, frozen_deltas
-from kneuron.attribution.step_rows import (
+from kneuron.attribution.estimator_base import Estimator, OnPrompt, PromptLike, encode_prompts, register_estimator
+from kneuron.attribution.ffn_norm import NormRule, check_norm, effective_norm, frozen_deltas
+from kneuron.attribution.objective import (
     Objective,
-    _answer_log_probs,
-    _answer_ranks,
-    _at,
-    frozen_parameters,
-    logits_at,
+    answer_token_log_probs,
+    answer_token_ranks,
+    check_objective,
     objective_of,
 )
 from kneuron.attribution.types import NeuronScores
-from kneuron.errors import KneuronError
+from kneuron.errors import InputError
 from kneuron.facts.encoding import EncodedQuery
 from kneuron.facts.known import pad_token_id
 from kneuron.models.hooks import on_ffn_input
 from kneuron.models.language_model import LanguageModel
+from kneuron.models.partial_forward import at_targets, frozen_parameters, logits_at
 
 #: at most this many tokens (prompts x padded length) per forward and backward pass
 BATCH_TOKENS = 512
@@ -57,16 +58,17 @@ BATCH_TOKENS = 512
 
 def gradient_times_activation(
     lm: LanguageModel,
-    queries: Sequence[EncodedQuery],
+    prompts: PromptLike | Sequence[PromptLike],
+    answer: str | None = None,
     *,
     objective: Objective = "prob",
     layers: Sequence[int] | None = None,
-    answer: str | None = None,
-    on_prompt: Callable[[int, NeuronScores], None] | None = None,
+    on_prompt: OnPrompt | None = None,
     batch_tokens: int = BATCH_TOKENS,
     norm: NormRule | None = None,
 ) -> list[NeuronScores]:
-    """Gradient × activation of every FFN neuron for each encoded prompt, in the order of ``queries``.
+    """Gradient × activation of every FFN neuron for each prompt, in the order of ``prompts`` (Prompts, texts or
+    EncodedQuery objects, as :meth:`Estimator.attribute` takes them; plain prompts need ``answer``).
 
     Prompts run together: grouped by answer length, sorted by length and right-padded, up to ``batch_tokens``
     tokens per pass. Padding sits after every real token, so a causal model's positions cannot see it (no mask is
@@ -74,7 +76,7 @@ def gradient_times_activation(
     independent, so each row's gradient is its own prompt's (up to float rounding: a batch's composition changes
     the order of sums in its matrix products).
 
-    ``layers`` limits the scored layers (the others score 0); ``answer`` is the text recorded in the results
+    ``layers`` limits the scored layers (the others score 0); ``answer`` is also the text recorded in the results
     (default: the decoded answer tokens). The model is left as it was: hooks are removed and parameters'
     ``requires_grad`` flags restored on exit, also after an exception.
 
@@ -82,12 +84,13 @@ def gradient_times_activation(
     (their default) each layer's gradient reaches the stream through its own post-FFN norm with the norm's factor
     held, and through later layers' live norms: the gradient of integrated gradients' α = 1 row with that rule.
     """
+    queries = encode_prompts(lm, prompts, answer)
     chosen = sorted(set(range(lm.n_layers) if layers is None else layers))
     for layer in chosen:
         lm.check_layer(layer)
     if not chosen:
-        raise KneuronError("No layers to attribute: give at least one layer index.")
-    objective_of(torch.zeros(1, 1, dtype=torch.float64), objective)  # checks the objective's name
+        raise InputError("No layers to attribute: give at least one layer index.")
+    check_objective(objective)
     rule = effective_norm(lm, norm)
     results: list[NeuronScores | None] = [None] * len(queries)
     order = sorted(range(len(queries)), key=lambda i: (len(queries[i].answer_ids), len(queries[i].input_ids)))
@@ -156,8 +159,8 @@ def _one_batch(lm: LanguageModel, queries: list[EncodedQuery], objective: Object
         sliced = stack.enter_context(logits_at(lm, targets))
         logits = lm.model(input_ids=ids.to(device), **kwargs).logits
         if not sliced:
-            logits = _at(logits, targets)
-        log_p = _answer_log_probs(logits, answer_ids).sum(-1)
+            logits = at_targets(logits, targets)
+        log_p = answer_token_log_probs(logits, answer_ids).sum(-1)
         grads = torch.autograd.grad(log_p.sum(), [deltas[layer] for layer in chosen])
     log_probabilities = log_p.detach().double()
     values = objective_of(log_probabilities[:, None], objective)
@@ -172,8 +175,38 @@ def _one_batch(lm: LanguageModel, queries: list[EncodedQuery], objective: Object
         nan = torch.full((lm.n_layers,), math.nan, dtype=torch.float64)
         results.append(NeuronScores(
             scores=scores, activations=acts[row].clone(), probability=float(values[row]), baseline=nan,
-            completeness_gap=nan.clone(), prompt=query.text, position=query.position, steps=1, objective=objective,
+            completeness_gap=None, prompt=query.text, position=query.position, steps=1, objective=objective,
             alphas="right", log_probability=float(log_probabilities[row]),
-            answer_ranks=_answer_ranks(logits.detach()[row], answer_ids[row]), vocab_size=int(logits.shape[-1]),
+            answer_ranks=answer_token_ranks(logits.detach()[row], answer_ids[row]), vocab_size=int(logits.shape[-1]),
             estimator="gxa", norm=rule))
     return results
+
+
+@register_estimator
+class GradientTimesActivation(Estimator):
+    """Attribution patching: activation × ∂objective/∂activation at the clean activations, every layer from one
+    backward pass (:func:`gradient_times_activation`); the same numbers as one-point (α = 1) integrated gradients
+    (with the same ``norm`` rule, see :class:`~kneuron.attribution.integrated_gradients.IntegratedGradients`).
+
+    Example:
+        >>> bag = GradientTimesActivation().attribute(lm, ["The capital of France is"], "Paris")
+    """
+
+    name = "gxa"
+
+    def __init__(self, objective: Objective = "prob", *, norm: NormRule | None = None) -> None:
+        self.objective = check_objective(objective)
+        self.norm = check_norm(norm)
+
+    def params(self) -> dict[str, Any]:
+        return {"estimator": self.name, "objective": self.objective,
+                **({} if self.norm is None else {"norm": self.norm})}
+
+    def attribute(self, lm: LanguageModel, prompts: PromptLike | Sequence[PromptLike], answer: str | None = None,
+                  *, layers: Sequence[int] | None = None, on_prompt: OnPrompt | None = None,
+                  ) -> list[NeuronScores]:
+        return gradient_times_activation(lm, prompts, answer, objective=self.objective, layers=layers,
+                                         on_prompt=on_prompt, norm=self.norm)
+
+
+__all__ = ["BATCH_TOKENS", "GradientTimesActivation", "gradient_times_activation"]

@@ -12,12 +12,13 @@ m-point Gauss–Legendre quadrature of the same integral on [0, 1] (nodes and we
 come near a 200-step sum where the integrand is smooth.
 
 What makes it fast without changing the result (the machinery is in
-:mod:`kneuron.attribution.step_rows`):
+:mod:`kneuron.attribution.step_rows`, on the partial forward passes of
+:mod:`kneuron.models.partial_forward`):
 
 * **Batching.** The (layer, α) pairs are rows of one batch; as many rows run together as the
   memory budget allows, and every row's gradient comes from one backward pass. Several prompts
   share batches when they have the same shape (tokens, cached prefix and answer length):
-  :func:`integrated_gradients_many`.
+  :meth:`IntegratedGradients.attribute`.
 * **Prefix reuse.** Scaling layer l changes nothing below l, so no row runs a block below its
   own layer: a row joins the batch at its layer's block, with that block's clean input, and the
   blocks below the batch's lowest layer are not run at all. The lowest layer's block runs once,
@@ -41,36 +42,28 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 
 from kneuron.attribution import limits
-from kneuron.attribution.ffn_norm import NormRule, effective_norm
+from kneuron.attribution.estimator_base import Estimator, OnPrompt, PromptLike, encode_prompts, register_estimator
+from kneuron.attribution.ffn_norm import NormRule, check_norm, effective_norm
 from kneuron.attribution.limits import check_row_fits, check_run_fits, count
+from kneuron.attribution.objective import Objective, check_objective, objective_of
 from kneuron.attribution.shared_depths import check_shared_layers_supported, run_shared_rows
-from kneuron.attribution.step_rows import (
-    Objective,
-    Plan,
-    Row,
-    batches,
-    frozen_parameters,
-    make_plan,
-    memory_per_row,
-    objective_of,
-    run_rows,
-    shape_key,
-)
+from kneuron.attribution.step_rows import Plan, Row, batches, make_plan, memory_per_row, run_rows, shape_key
 from kneuron.attribution.types import NeuronScores
-from kneuron.errors import KneuronError
-from kneuron.facts.encoding import EncodedQuery, encode
-from kneuron.facts.fact import Prompt
+from kneuron.errors import InputError
+from kneuron.facts.encoding import EncodedQuery
 from kneuron.models.language_model import LanguageModel
+from kneuron.models.partial_forward import frozen_parameters
 
-__all__ = ["AlphaRule", "Objective", "alpha_points", "integrated_gradients", "integrated_gradients_many",
-           "objective_of"]
+__all__ = ["ALPHA_RULES", "AlphaRule", "IntegratedGradients", "Objective", "alpha_points", "integrated_gradients",
+           "integrated_gradients_many", "objective_of"]
 
 AlphaRule = Literal["right", "midpoint", "linspace", "gauss"]
 #: the alpha rules, in the order help texts list them
@@ -114,7 +107,7 @@ def alpha_points(steps: int, rule: AlphaRule = "right") -> torch.Tensor:
         return torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
     if rule == "gauss":
         return _gauss_legendre(steps)[0]
-    raise KneuronError(f"Unknown alpha rule {rule!r}: use 'right', 'midpoint', 'linspace' or 'gauss'.")
+    raise InputError(f"Unknown alpha rule {rule!r}: use 'right', 'midpoint', 'linspace' or 'gauss'.")
 
 
 def alpha_weights(steps: int, rule: AlphaRule = "right") -> torch.Tensor | None:
@@ -137,7 +130,7 @@ def _gauss_legendre(points: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def integrated_gradients(
     lm: LanguageModel,
-    prompt: Prompt | str | EncodedQuery,
+    prompt: PromptLike,
     answer: str | None = None,
     *,
     steps: int = 20,
@@ -178,14 +171,23 @@ def integrated_gradients(
         >>> scores = integrated_gradients(lm, "The capital of France is", "Paris")
         >>> scores.top(3)      # [L27.N1011, ...]
     """
-    return integrated_gradients_many(lm, [prompt], answer, steps=steps, objective=objective, alphas=alphas,
-                                     layers=layers, memory_budget=memory_budget, batch_rows=batch_rows,
-                                     norm=norm)[0]
+    return _integrated_gradients_many(lm, [prompt], answer, steps=steps, objective=objective, alphas=alphas,
+                                      layers=layers, memory_budget=memory_budget, batch_rows=batch_rows,
+                                      norm=norm)[0]
 
 
-def integrated_gradients_many(
+def integrated_gradients_many(lm: LanguageModel, prompts: Sequence[PromptLike], answer: str | None = None,
+                              **settings: Any) -> list[NeuronScores]:
+    """Deprecated: ``IntegratedGradients(steps=..., ...).attribute(lm, prompts, answer, layers=, on_prompt=)``
+    gives the same scores (the estimator is the one way to choose an attribution). Emits a FutureWarning."""
+    warnings.warn("integrated_gradients_many(lm, prompts, answer, steps=...) is deprecated: use "
+                  "IntegratedGradients(steps=...).attribute(lm, prompts, answer)", FutureWarning, stacklevel=2)
+    return _integrated_gradients_many(lm, prompts, answer, **settings)
+
+
+def _integrated_gradients_many(
     lm: LanguageModel,
-    prompts: Sequence[Prompt | str | EncodedQuery],
+    prompts: Sequence[PromptLike],
     answer: str | None = None,
     *,
     steps: int = 20,
@@ -194,10 +196,11 @@ def integrated_gradients_many(
     layers: Sequence[int] | None = None,
     memory_budget: int | str | None = None,
     batch_rows: int | None = None,
-    on_prompt: Callable[[int, NeuronScores], None] | None = None,
+    on_prompt: OnPrompt | None = None,
     norm: NormRule | None = None,
 ) -> list[NeuronScores]:
-    """:func:`integrated_gradients` of several prompts, whose rows share batches where they can.
+    """:func:`integrated_gradients` of several prompts, whose rows share batches where they can (what
+    :meth:`IntegratedGradients.attribute` runs).
 
     Prompts of the same shape (tokens the rows read, cached prefix, answer tokens) are attributed
     together: their (prompt, layer, α) rows fill batches up to the memory budget (``batch_rows`` and
@@ -207,18 +210,19 @@ def integrated_gradients_many(
     group ends; the result is in the order of ``prompts``.
 
     Example:
-        >>> bag = integrated_gradients_many(lm, ["The capital of France is", "France's capital is"], "Paris")
+        >>> bag = IntegratedGradients(steps=20).attribute(lm, ["The capital of France is", "France's capital is"],
+        ...                                               "Paris")
     """
     steps = count("steps", steps)
     rule = effective_norm(lm, norm)
     batch_rows = None if batch_rows is None else count("batch_rows", batch_rows)
     budget = limits.memory_budget(memory_budget) if memory_budget is not None else default_memory_budget(lm)
-    queries = [_query(lm, prompt, answer) for prompt in prompts]
+    queries = encode_prompts(lm, prompts, answer)
     chosen = sorted(set(range(lm.n_layers) if layers is None else layers))
     for layer in chosen:
         lm.check_layer(layer)
     if not chosen:
-        raise KneuronError("No layers to attribute: give at least one layer index.")
+        raise InputError("No layers to attribute: give at least one layer index.")
     check_run_fits(steps, len(chosen), len(queries), budget)
     check_shared_layers_supported(lm)
     points = alpha_points(steps, alphas)
@@ -243,14 +247,6 @@ def integrated_gradients_many(
                 if on_prompt is not None:
                     on_prompt(index, results[index])
     return [r for r in results if r is not None]
-
-
-def _query(lm: LanguageModel, prompt: Prompt | str | EncodedQuery, answer: str | None) -> EncodedQuery:
-    if isinstance(prompt, EncodedQuery):
-        return prompt
-    if answer is None:
-        raise KneuronError("Give the answer to attribute (the correct continuation or mask filler).")
-    return encode(lm, prompt, answer)
 
 
 def _integrate(lm: LanguageModel, plans: Sequence[Plan], members: list[int], chosen: list[int],
@@ -305,3 +301,47 @@ def _scores(plan: Plan, query: EncodedQuery, answer: str | None, gradient_sum: t
         vocab_size=plan.vocab_size,
         norm=norm,
     )
+
+
+@register_estimator
+class IntegratedGradients(Estimator):
+    """The paper's attribution, exact (see :func:`kneuron.attribution.integrated_gradients`).
+
+    Args:
+        steps: points of the sum (20 in the paper).
+        alphas: "right" (the paper's k/m), "midpoint", "linspace" or "gauss" (``steps``-point Gauss–Legendre).
+        objective: "prob" (the paper) or "logprob".
+        memory_budget, batch_rows: how the steps are batched (they change no score beyond float rounding).
+        norm: "frozen" or "live" for models that normalise each FFN output (Gemma 2/3, OLMo 2; see
+            :mod:`kneuron.attribution.ffn_norm`); None is the family's default ("frozen" there, nothing elsewhere).
+            Recorded in :meth:`params` only when given; a run records the rule it used on its model.
+
+    Example:
+        >>> bag = IntegratedGradients(steps=20).attribute(lm, ["The capital of France is"], "Paris")
+    """
+
+    name = "ig"
+    has_completeness = True
+
+    def __init__(self, steps: int = 20, alphas: AlphaRule = "right", objective: Objective = "prob", *,
+                 memory_budget: int | str | None = None, batch_rows: int | None = None,
+                 norm: NormRule | None = None) -> None:
+        self.steps = count("steps", steps)
+        alpha_points(self.steps, alphas)  # checks the rule
+        self.alphas = alphas
+        self.objective = check_objective(objective)
+        self.memory_budget = memory_budget
+        self.batch_rows = batch_rows
+        self.norm = check_norm(norm)
+
+    def params(self) -> dict[str, Any]:
+        return {"estimator": self.name, "steps": self.steps, "alphas": self.alphas, "objective": self.objective,
+                **({} if self.norm is None else {"norm": self.norm})}
+
+    def attribute(self, lm: LanguageModel, prompts: PromptLike | Sequence[PromptLike], answer: str | None = None,
+                  *, layers: Sequence[int] | None = None, on_prompt: OnPrompt | None = None,
+                  ) -> list[NeuronScores]:
+        return _integrated_gradients_many(
+            lm, encode_prompts(lm, prompts, answer), answer, steps=self.steps, objective=self.objective,
+            alphas=self.alphas, layers=layers, memory_budget=self.memory_budget, batch_rows=self.batch_rows,
+            on_prompt=on_prompt, norm=self.norm)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from kneuron.attribution.estimators import (
+    ESTIMATORS,
     Estimator,
     IntegratedGradients,
     ScreenedIntegratedGradients,
@@ -13,10 +15,10 @@ from kneuron.attribution.estimators import (
     estimator_names,
 )
 from kneuron.attribution.ffn_norm import with_effective_norm
-from kneuron.attribution.integrated_gradients import AlphaRule, Objective, integrated_gradients_many
+from kneuron.attribution.integrated_gradients import AlphaRule, Objective
 from kneuron.attribution.selection import refine
 from kneuron.attribution.types import KnowledgeNeurons, NeuronScores
-from kneuron.errors import KneuronError
+from kneuron.errors import FactError, InputError
 from kneuron.facts.fact import Fact, Prompt
 from kneuron.models.language_model import LanguageModel
 
@@ -34,7 +36,7 @@ def resolve_estimator(estimator: Estimator | str | None = None, *, steps: int = 
     activation) picks each fact's K layers, and exact integrated gradients runs only there.
 
     Raises:
-        KneuronError: an unknown name, a value that is not an estimator, or ``screen`` with another estimator.
+        InputError: an unknown name, a value that is not an estimator, or ``screen`` with another estimator.
     """
     if estimator is None or isinstance(estimator, str):
         name = IntegratedGradients.name if estimator is None else estimator
@@ -42,14 +44,14 @@ def resolve_estimator(estimator: Estimator | str | None = None, *, steps: int = 
     elif isinstance(estimator, Estimator):
         chosen = estimator
     else:
-        raise KneuronError(f"estimator must be a name ({', '.join(map(repr, estimator_names()))}) or an Estimator "
-                           f"object; got {type(estimator).__name__}.")
+        raise InputError(f"estimator must be a name ({', '.join(map(repr, estimator_names()))}) or an Estimator "
+                         f"object; got {type(estimator).__name__}.")
     if screen is None:
         return chosen
     if type(chosen) is not IntegratedGradients:
-        raise KneuronError(f"A screen (screen={screen!r}) picks the layers where exact integrated gradients runs, so "
-                           f"it needs the 'ig' estimator, not {chosen.params()['estimator']!r}: drop the screen or "
-                           "use estimator 'ig'.")
+        raise InputError(f"A screen (screen={screen!r}) picks the layers where exact integrated gradients runs, so "
+                         f"it needs the 'ig' estimator, not {chosen.params()['estimator']!r}: drop the screen or "
+                         "use estimator 'ig'.")
     return ScreenedIntegratedGradients(screen, ig=chosen)
 
 
@@ -60,16 +62,42 @@ def bag_of(lm: LanguageModel, fact_or_prompts: Fact | Sequence[str | Prompt], an
         fact = fact_or_prompts
         prompts = fact.prompts()
         if not prompts:
-            raise KneuronError(f"Fact {fact.id!r} has no templates, so no prompts to attribute.")
+            raise FactError(f"Fact {fact.id!r} has no templates, so no prompts to attribute.")
         return prompts, answer or fact.object, fact
     if isinstance(fact_or_prompts, (str, Prompt)):
         fact_or_prompts = [fact_or_prompts]
     if not fact_or_prompts:
-        raise KneuronError("The bag of prompts is empty: give at least one prompt.")
+        raise InputError("The bag of prompts is empty: give at least one prompt.")
     if not answer:
-        raise KneuronError("Give the answer the prompts should lead to (e.g. answer='Paris').")
+        raise FactError("Give the answer the prompts should lead to (e.g. answer='Paris').")
     as_prompt = Prompt.from_text if lm.kind == "causal" else Prompt.from_template
     return [p if isinstance(p, Prompt) else as_prompt(p) for p in fact_or_prompts], answer, None
+
+
+def _estimator_for_call(where: str, estimator: Estimator | str | None, settings: dict[str, Any]) -> Estimator:
+    """The estimator a call of ``where`` asks for, as it always was: ``None`` is exact integrated gradients made
+    from the ``settings`` (default 20 steps, "right", "prob"), a name is made with them, an Estimator object is
+    used as it is (steps, objective and alphas beside it are ignored, as they always were; other settings are
+    refused). Settings given at all are the deprecated route: a FutureWarning names the replacement."""
+    given = {key: value for key, value in settings.items() if value is not None}
+    if given:
+        if isinstance(estimator, Estimator):
+            target = type(estimator).__name__
+        else:
+            cls = ESTIMATORS.get(estimator or IntegratedGradients.name)
+            target = cls.__name__ if cls is not None else "IntegratedGradients"
+        warnings.warn(f"{where}(..., {', '.join(f'{key}=' for key in given)}) is deprecated: pass "
+                      f"estimator={target}({', '.join(f'{key}=...' for key in given)})", FutureWarning, stacklevel=3)
+    if isinstance(estimator, Estimator):
+        options = {key: value for key, value in given.items() if key not in ("steps", "objective", "alphas")}
+        if options:
+            raise InputError(f"{', '.join(sorted(options))} belong to the estimator: give them when making "
+                             f"{type(estimator).__name__}(...), not to {where}.")
+        return estimator
+    named = {"steps": 20, "objective": "prob", "alphas": "right", **given}
+    if estimator is None:  # the exact default
+        return IntegratedGradients(**named)
+    return resolve_estimator(estimator, **named)
 
 
 def attribute_bag(
@@ -77,29 +105,27 @@ def attribute_bag(
     fact_or_prompts: Fact | Sequence[str | Prompt],
     answer: str | None = None,
     *,
-    steps: int = 20,
-    objective: Objective = "prob",
-    alphas: AlphaRule = "right",
-    on_prompt: Callable[[int, NeuronScores], None] | None = None,
     estimator: Estimator | str | None = None,
-    **options,
+    layers: Sequence[int] | None = None,
+    on_prompt: Callable[[int, NeuronScores], None] | None = None,
+    steps: int | None = None,
+    objective: Objective | None = None,
+    alphas: AlphaRule | None = None,
+    **settings: Any,
 ) -> list[NeuronScores]:
-    """Scores for every prompt of a bag (``on_prompt`` reports each as it ends).
+    """Scores for every prompt of a bag: ``estimator.attribute(lm, prompts, answer, layers=, on_prompt=)``
+    (``on_prompt`` reports each prompt as it ends).
 
-    ``estimator`` (default exact integrated gradients from ``steps``, ``objective`` and ``alphas``; see
-    :func:`resolve_estimator`) decides how. With integrated gradients, prompts of the same shape share batches
-    (see :func:`kneuron.attribution.integrated_gradients_many`); ``options`` (``layers``, ``memory_budget``,
-    ``batch_rows``) go to it. An Estimator object takes ``layers`` only (it carries its other settings).
+    ``estimator``: an :class:`Estimator` (default ``IntegratedGradients()``, exact, 20 steps) or a registered
+    name ("ig", "gxa", ...). With integrated gradients, prompts of the same shape share batches.
+
+    Deprecated: the estimator's settings as keywords here (``steps``, ``objective``, ``alphas``,
+    ``memory_budget``, ``batch_rows``, ``norm``): they still work as before, with a FutureWarning; give them to
+    the estimator instead (``estimator=IntegratedGradients(steps=...)``).
     """
     prompts, answer, _ = bag_of(lm, fact_or_prompts, answer)
-    if estimator is None:  # the exact default, the same call as before estimators existed
-        return integrated_gradients_many(lm, prompts, answer, steps=steps, objective=objective, alphas=alphas,
-                                         on_prompt=on_prompt, **options)
-    layers = options.pop("layers", None)
-    if isinstance(estimator, Estimator) and options:
-        raise KneuronError(f"{', '.join(sorted(options))} belong to the estimator: give them when making "
-                           f"{type(estimator).__name__}(...), not to attribute_bag.")
-    chosen = resolve_estimator(estimator, steps=steps, objective=objective, alphas=alphas, **options)
+    chosen = _estimator_for_call("attribute_bag", estimator,
+                                 {"steps": steps, "objective": objective, "alphas": alphas, **settings})
     return chosen.attribute(lm, prompts, answer, layers=layers, on_prompt=on_prompt)
 
 
@@ -108,44 +134,45 @@ def find_knowledge_neurons(
     fact_or_prompts: Fact | Sequence[str | Prompt],
     answer: str | None = None,
     *,
+    estimator: Estimator | str | None = None,
     threshold: float = 0.2,
     share: float | str = "adaptive",
-    steps: int = 20,
-    objective: Objective = "prob",
-    alphas: AlphaRule = "right",
+    layers: Sequence[int] | None = None,
     on_prompt: Callable[[int, NeuronScores], None] | None = None,
-    estimator: Estimator | str | None = None,
-    **options,
+    steps: int | None = None,
+    objective: Objective | None = None,
+    alphas: AlphaRule | None = None,
+    **settings: Any,
 ) -> KnowledgeNeurons:
-    """The knowledge neurons of a fact: attribute each prompt of its bag, then refine.
+    """The knowledge neurons of a fact: attribute each prompt of its bag with ``estimator``, then refine.
 
-    ``estimator`` chooses the attribution (default: exact integrated gradients from ``steps``, ``objective`` and
-    ``alphas``; a name such as "gxa", or an Estimator object, see :mod:`kneuron.attribution.estimators`). The
-    result's ``params`` record the estimator's parameters (``estimator.params()``; ``"norm"``, the rule used on a
-    model whose FFN outputs are normalised, see :mod:`kneuron.attribution.ffn_norm`), and for a
+    ``estimator`` chooses the attribution: an :class:`Estimator` object (default ``IntegratedGradients()``, exact,
+    20 steps; see :mod:`kneuron.attribution.estimators`) or a registered name ("gxa", ...). The result's
+    ``params`` record the estimator's parameters (``estimator.params()``; ``"norm"``, the rule used on a model
+    whose FFN outputs are normalised, see :mod:`kneuron.attribution.ffn_norm`), and for a
     :class:`ScreenedIntegratedGradients` the layers it chose (``"screen_layers"``, e.g. "2,5").
 
+    Deprecated: the estimator's settings as keywords here (``steps``, ``objective``, ``alphas``,
+    ``memory_budget``, ``batch_rows``, ``norm``): they still work as before, with a FutureWarning; pass
+    ``estimator=IntegratedGradients(steps=...)`` instead.
+
     Example:
-        >>> kn = find_knowledge_neurons(lm, ["The capital of France is", "France's capital is"], "Paris")
+        >>> kn = find_knowledge_neurons(lm, ["The capital of France is", "France's capital is"], "Paris",
+        ...                             estimator=IntegratedGradients(steps=20))
         >>> print(kn)
         KnowledgeNeurons(prompts: L29.N1066, L21.N402, ...)
-        >>> find_knowledge_neurons(lm, prompts, "Paris", estimator="gxa").params["estimator"]
+        >>> find_knowledge_neurons(lm, prompts, "Paris", estimator=GradientTimesActivation()).params["estimator"]
         'gxa'
     """
     prompts, answer, fact = bag_of(lm, fact_or_prompts, answer)
-    if estimator is not None and not isinstance(estimator, Estimator):
-        layers = options.pop("layers", None)
-        estimator = resolve_estimator(estimator, steps=steps, objective=objective, alphas=alphas, **options)
-        options = {} if layers is None else {"layers": layers}
-    bag = attribute_bag(lm, prompts, answer, steps=steps, objective=objective, alphas=alphas,
-                        on_prompt=on_prompt, estimator=estimator, **options)
+    made_by = _estimator_for_call("find_knowledge_neurons", estimator,
+                                  {"steps": steps, "objective": objective, "alphas": alphas, **settings})
+    bag = made_by.attribute(lm, prompts, answer, layers=layers, on_prompt=on_prompt)
     found = refine(bag, share=share, threshold=threshold, fact=fact)
-    made_by = (IntegratedGradients(steps, alphas, objective, norm=options.get("norm")) if estimator is None
-               else estimator)
     found.params.update(made_by.params(), answer=answer)
     found.params = with_effective_norm(found.params, lm)  # the rule used on this model, or none to record
-    if isinstance(made_by, ScreenedIntegratedGradients):
-        found.params[SCREEN_LAYERS] = layer_list(made_by.chosen)
+    if bag and bag[0].screen_layers is not None:  # a screened estimator: the layers it chose for this bag
+        found.params[SCREEN_LAYERS] = layer_list(bag[0].screen_layers)
     found.scores = bag
     return found
 

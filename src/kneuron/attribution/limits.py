@@ -1,6 +1,6 @@
 """The limits of one attribution run: counts (steps, batch rows) and the memory budget, checked up front.
 
-Everything here refuses bad input with one :class:`~kneuron.errors.KneuronError` before anything is
+Everything here refuses bad input with one :class:`~kneuron.errors.InputError` before anything is
 allocated: a float ``steps`` would silently put α above 1, and a billion steps would build billions of
 row descriptors before the first batch ran (the kernel killed such a run at 24 GB).
 
@@ -17,7 +17,7 @@ import operator
 import os
 import re
 
-from kneuron.errors import KneuronError
+from kneuron.errors import InputError
 
 #: the environment variable that overrides :data:`DEFAULT_MEMORY_BUDGET`
 BUDGET_VARIABLE = "KNEURON_MEMORY_BUDGET"
@@ -43,14 +43,14 @@ def count(name: str, value: object, *, at_least: int = 1) -> int:
     Integer types that are not ``int`` (a numpy integer, a 0-d integer tensor) are accepted.
     """
     if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise KneuronError(f"{name} must be a whole number of at least {at_least}; got {value!r} "
-                           f"({type(value).__name__}).")
+        raise InputError(f"{name} must be a whole number of at least {at_least}; got {value!r} "
+                         f"({type(value).__name__}).")
     try:
         number = operator.index(value)
     except TypeError:  # e.g. a float tensor, whose __index__ refuses
-        raise KneuronError(f"{name} must be a whole number of at least {at_least}; got {value!r}.") from None
+        raise InputError(f"{name} must be a whole number of at least {at_least}; got {value!r}.") from None
     if number < at_least:
-        raise KneuronError(f"{name} must be at least {at_least}; got {number}.")
+        raise InputError(f"{name} must be at least {at_least}; got {number}.")
     return number
 
 
@@ -59,10 +59,10 @@ def parse_size(text: str, what: str = "a memory size") -> int:
     match = _SIZE.match(text)
     unit = match.group(3).lower() if match else ""
     if match is None or unit not in _UNITS:
-        raise KneuronError(f"{what} of {text!r} is not a size; use {ACCEPTED_SIZES}.")
+        raise InputError(f"{what} of {text!r} is not a size; use {ACCEPTED_SIZES}.")
     number = float(match.group(1)) * 10 ** int(match.group(2) or 0) * _UNITS[unit]
     if not math.isfinite(number) or number < 1:
-        raise KneuronError(f"{what} of {text!r} is below one byte; use {ACCEPTED_SIZES}.")
+        raise InputError(f"{what} of {text!r} is below one byte; use {ACCEPTED_SIZES}.")
     return int(number)
 
 
@@ -94,7 +94,7 @@ def check_run_fits(steps: int, layers: int, prompts: int, budget: int) -> None:
     rows = steps * layers * prompts
     need = rows * ROW_BOOKKEEPING + steps * 16  # the rows, and the α points (float64, and a Python float each)
     if need > budget:
-        raise KneuronError(
+        raise InputError(
             f"steps={steps:,} over {layers} layer(s) and {prompts} prompt(s) makes {rows:,} attribution rows, "
             f"whose bookkeeping alone needs about {format_size(need)}, more than the memory budget of "
             f"{format_size(budget)}; lower steps (the paper uses 20) or attribute fewer layers or prompts at once "
@@ -105,7 +105,7 @@ def check_run_fits(steps: int, layers: int, prompts: int, budget: int) -> None:
 def check_row_fits(per_row: float, budget: int) -> None:
     """Refuse a prompt one of whose rows alone is estimated to need more than ``budget``."""
     if per_row > budget:
-        raise KneuronError(
+        raise InputError(
             f"One attribution row of this prompt needs about {format_size(per_row)}, more than the memory budget "
             f"of {format_size(budget)}; raise memory_budget / {BUDGET_VARIABLE} (e.g. 4GiB) or use a shorter prompt."
         )

@@ -52,14 +52,14 @@ vocabulary this is *not* cheaper than integrated gradients (see the benchmark fi
 Forward passes only, one per prompt; no autograd.
 
 The computation is in the model's dtype, at least float32; scores are returned as float64. ``probability`` is the
-clean joint probability of the whole answer (objective "prob", as integrated gradients reports it); the baseline and
-completeness gap stay NaN (they belong to the integral).
+clean joint probability of the whole answer (objective "prob", as integrated gradients reports it); the baseline stays
+NaN and the completeness gap None (they belong to the integral; :attr:`LogProbIncrease.has_completeness`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -67,11 +67,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from kneuron.attribution.estimators import Estimator, encode_prompts
+from kneuron.attribution.estimator_base import Estimator, OnPrompt, PromptLike, encode_prompts, register_estimator
 from kneuron.attribution.limits import memory_budget as parse_budget
-from kneuron.attribution.step_rows import _answer_log_probs, _answer_ranks
+from kneuron.attribution.objective import answer_token_log_probs, answer_token_ranks
 from kneuron.attribution.types import NeuronScores
-from kneuron.errors import KneuronError
+from kneuron.errors import InputError, KneuronError
 from kneuron.facts.encoding import EncodedQuery
 from kneuron.models.architectures import direct_readout_problem, ffn_output_multiplier, norm_epsilon
 from kneuron.models.hooks import on_ffn_input
@@ -226,7 +226,7 @@ def _clean_pass(lm: LanguageModel, query: EncodedQuery, readout: Readout) -> _Cl
     targets = torch.tensor(query.target_positions, device=logits.device)
     answer_ids = torch.tensor(query.answer_ids, device=logits.device)
     at_targets = logits[targets]
-    log_p = float(_answer_log_probs(at_targets[None], answer_ids[None]).double().sum())
+    log_p = float(answer_token_log_probs(at_targets[None], answer_ids[None]).double().sum())
     added = ffn_output_multiplier(lm.spec, lm.model.config)
     streams = torch.stack([store["block", layer].to(dtype) - added * store["ffn", layer].to(dtype)
                            for layer in range(lm.n_layers)])
@@ -235,7 +235,7 @@ def _clean_pass(lm: LanguageModel, query: EncodedQuery, readout: Readout) -> _Cl
     if final is not None:
         _check_readout(lm, readout, final, scale, at_targets[0])
     return _Clean(torch.stack([store["act", layer] for layer in range(lm.n_layers)]), streams, scale,
-                  int(query.answer_ids[0]), log_p, _answer_ranks(at_targets, answer_ids), int(logits.shape[-1]))
+                  int(query.answer_ids[0]), log_p, answer_token_ranks(at_targets, answer_ids), int(logits.shape[-1]))
 
 
 def _check_readout(lm: LanguageModel, readout: Readout, final: torch.Tensor, scale: torch.Tensor,
@@ -269,26 +269,28 @@ def chunk_size(vocab: int, neurons: int, dtype: torch.dtype, memory_budget: int)
 
 def log_prob_increase(
     lm: LanguageModel,
-    queries: Sequence[EncodedQuery],
+    prompts: PromptLike | Sequence[PromptLike],
+    answer: str | None = None,
     *,
     layers: Sequence[int] | None = None,
-    answer: str | None = None,
-    on_prompt: Callable[[int, NeuronScores], None] | None = None,
+    on_prompt: OnPrompt | None = None,
     memory_budget: int | str | None = None,
 ) -> list[NeuronScores]:
-    """The log-probability increase of every FFN neuron for each encoded prompt (see the module docstring).
+    """The log-probability increase of every FFN neuron for each prompt (see the module docstring), in the order of
+    ``prompts`` (Prompts, texts or EncodedQuery objects, as :meth:`Estimator.attribute` takes them).
 
-    ``layers`` limits the scored layers (the others score 0); ``answer`` is the text recorded in the results
-    (default: the decoded answer tokens); ``memory_budget`` (bytes, or e.g. "256MB") bounds the work matrices
-    (default 192 MiB; it changes no score beyond float rounding). All prompts are scored together (each layer's
-    matrix is shared by them), so ``on_prompt`` is called for each prompt at the end. The model is left as it
-    was: every hook is removed on exit, also after an exception.
+    ``layers`` limits the scored layers (the others score 0); ``answer`` is the answer of plain prompts and the
+    text recorded in the results (default: the decoded answer tokens); ``memory_budget`` (bytes, or e.g. "256MB")
+    bounds the work matrices (default 192 MiB; it changes no score beyond float rounding). All prompts are scored
+    together (each layer's matrix is shared by them), so ``on_prompt`` is called for each prompt at the end. The
+    model is left as it was: every hook is removed on exit, also after an exception.
     """
+    queries = encode_prompts(lm, prompts, answer)
     chosen = sorted(set(range(lm.n_layers) if layers is None else layers))
     for layer in chosen:
         lm.check_layer(layer)
     if not chosen:
-        raise KneuronError("No layers to attribute: give at least one layer index.")
+        raise InputError("No layers to attribute: give at least one layer index.")
     readout = readout_of(lm)
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else parse_budget(memory_budget)
     dtype = readout.unembed.dtype
@@ -304,7 +306,7 @@ def log_prob_increase(
         nan = torch.full((lm.n_layers,), math.nan, dtype=torch.float64)
         result = NeuronScores(
             scores=score, activations=clean.activations, probability=math.exp(clean.log_probability),
-            baseline=nan, completeness_gap=nan.clone(), prompt=query.text, answer=said, position=query.position,
+            baseline=nan, completeness_gap=None, prompt=query.text, answer=said, position=query.position,
             steps=1, objective="prob", alphas="right", log_probability=clean.log_probability,
             answer_ranks=clean.answer_ranks, vocab_size=clean.vocab_size, estimator="lpi")
         results.append(result)
@@ -346,6 +348,8 @@ def _increase(readout: Readout, delta: torch.Tensor, base_log_p: torch.Tensor, p
     capped = readout.capped(pre_base + delta)  # soft-capping bends the logits: log-softmax of the capped sum
     return (capped[:, word] - torch.logsumexp(capped, dim=-1)) - base_log_p[word]
 
+
+@register_estimator
 class LogProbIncrease(Estimator):
     """The log-probability increase of Yu & Ananiadou (2024): each neuron's value slot read out directly through
     the frozen final norm and the head (:mod:`kneuron.attribution.log_prob_increase`), forward passes only.
@@ -365,9 +369,11 @@ class LogProbIncrease(Estimator):
     def params(self) -> dict[str, Any]:
         return {"estimator": self.name}
 
-    def attribute(self, lm, prompts, answer=None, *, layers=None, on_prompt=None):
-        return log_prob_increase(lm, encode_prompts(lm, prompts, answer), layers=layers, answer=answer,
-                                 on_prompt=on_prompt, memory_budget=self.memory_budget)
+    def attribute(self, lm: LanguageModel, prompts: PromptLike | Sequence[PromptLike], answer: str | None = None,
+                  *, layers: Sequence[int] | None = None, on_prompt: OnPrompt | None = None,
+                  ) -> list[NeuronScores]:
+        return log_prob_increase(lm, prompts, answer, layers=layers, on_prompt=on_prompt,
+                                 memory_budget=self.memory_budget)
 
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "LogProbIncrease", "Readout", "chunk_size", "log_prob_increase", "readout_of"]

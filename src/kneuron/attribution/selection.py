@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores
-from kneuron.errors import KneuronError
+from kneuron.errors import InputError
 from kneuron.facts.fact import Fact
 
 ADAPTIVE_START, ADAPTIVE_STEP, ADAPTIVE_RANGE = 0.7, 0.05, (2, 5)
@@ -23,7 +23,7 @@ ADAPTIVE_START, ADAPTIVE_STEP, ADAPTIVE_RANGE = 0.7, 0.05, (2, 5)
 def coarse_neurons(scores: NeuronScores | torch.Tensor, threshold: float = 0.2) -> list[Neuron]:
     """Neurons whose score exceeds ``threshold`` x the prompt's maximum score, best first."""
     if not 0.0 <= threshold <= 1.0:
-        raise KneuronError(f"threshold must lie in [0, 1] (a fraction of the maximum score); got {threshold}.")
+        raise InputError(f"threshold must lie in [0, 1] (a fraction of the maximum score); got {threshold}.")
     matrix = scores.scores if isinstance(scores, NeuronScores) else scores
     top = float(matrix.max())
     if top <= 0.0:
@@ -59,7 +59,7 @@ def refine(
         >>> print(kn.neurons)       # e.g. [L27.N1011, L25.N88]
     """
     if not bag:
-        raise KneuronError("The bag of prompts is empty: give at least one prompt's scores to refine.")
+        raise InputError("The bag of prompts is empty: give at least one prompt's scores to refine.")
     coarse = [coarse_neurons(scores, threshold) for scores in bag]
     params: dict = {"threshold": threshold, "share": share, "prompts": len(bag)}
     chosen, params["share_used"] = refined_keys(coarse, share)
@@ -76,12 +76,12 @@ def refined_keys(coarse: Sequence[Sequence[Neuron]], share: float | str = "adapt
     the prompts' ``coarse`` sets hold (or the adaptive rule), and the share used. From stored coarse sets (an
     atlas keeps them per prompt) this gives the fact's refined set again, or that of a subset of its prompts."""
     if not coarse:
-        raise KneuronError("There are no prompts' coarse neurons to refine: give at least one prompt's set.")
+        raise InputError("There are no prompts' coarse neurons to refine: give at least one prompt's set.")
     if share == "adaptive":
         return _adaptive(coarse)
     if isinstance(share, (int, float)) and not isinstance(share, bool) and 0.0 <= share < 1.0:
         return _shared(coarse, float(share)), float(share)
-    raise KneuronError(f"share must be a fraction in [0, 1) or 'adaptive'; got {share!r}.")
+    raise InputError(f"share must be a fraction in [0, 1) or 'adaptive'; got {share!r}.")
 
 
 def _adaptive(coarse: Sequence[Sequence[Neuron]]) -> tuple[list[tuple[int, int]], float]:
@@ -110,7 +110,7 @@ def _adaptive(coarse: Sequence[Sequence[Neuron]]) -> tuple[list[tuple[int, int]]
 def activation_baseline(bag: Sequence[NeuronScores], count: int) -> list[Neuron]:
     """The paper's baseline: the ``count`` neurons with the largest mean activation over the bag."""
     if not bag:
-        raise KneuronError("The bag of prompts is empty: give at least one prompt's scores.")
+        raise InputError("The bag of prompts is empty: give at least one prompt's scores.")
     if count <= 0:
         return []
     mean = torch.stack([s.activations for s in bag]).float().mean(0)

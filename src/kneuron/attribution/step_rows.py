@@ -16,280 +16,41 @@ layers and of several prompts share a batch; what keeps that exact and cheap:
 * the output head computes logits only at the answer positions, and a masked model's last block
   computes its FFN only there (when its :class:`~kneuron.models.architectures.ArchSpec` names
   ``ffn_in``): its other positions are never read.
+
+This module decides the rows and their batches (:func:`make_plan`, :func:`batches`, :func:`run_rows`); the model
+surgery that runs a model from a block onward, caches a prefix and narrows the head is
+:mod:`kneuron.models.partial_forward`'s.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 import itertools
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
-from torch import nn
 
 from kneuron.attribution.ffn_norm import frozen_rows, recording_norm_scales
-from kneuron.errors import KneuronError
-from kneuron.facts.encoding import EncodedQuery, at_least_float32
-from kneuron.models.architectures import resolve
-from kneuron.models.hooks import at_depth, on_ffn_input
+from kneuron.attribution.objective import Objective, answer_token_log_probs, answer_token_ranks, objective_of
+from kneuron.facts.encoding import EncodedQuery
+from kneuron.models.hooks import on_ffn_input
 from kneuron.models.language_model import LanguageModel
-
-Objective = Literal["prob", "logprob"]
+from kneuron.models.partial_forward import (
+    batch_head_inputs_for_rows,
+    cache_layers,
+    ffn_only_at,
+    forward_logits,
+    prefix_cache,
+    record_block_inputs,
+    rows_entering,
+    start_at_layer,
+)
 
 #: one row: (prompt index, layer, α, whether it is an integration step (else a zero-baseline row))
 Row = tuple[int, int, float, bool]
-
-_HIDDEN_NAMES = ("hidden_states", "hidden_state", "x")
-
-
-def objective_of(log_probs: torch.Tensor, objective: Objective) -> torch.Tensor:
-    """(rows, answer tokens) log-probabilities → the objective per row."""
-    total = log_probs.sum(-1)
-    if objective == "prob":
-        return total.exp()
-    if objective == "logprob":
-        return total
-    raise KneuronError(f"Unknown objective {objective!r}: use 'prob' or 'logprob'.")
-
-
-@contextmanager
-def frozen_parameters(model: nn.Module) -> Iterator[None]:
-    """No parameter requires a gradient inside the block (saves the weight-gradient work and memory)."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-def _hidden_from(args: tuple, kwargs: dict) -> torch.Tensor:
-    if args:
-        return args[0]
-    for name in _HIDDEN_NAMES:
-        if name in kwargs:
-            return kwargs[name]
-    raise KneuronError("Could not find the hidden states among a block's inputs; the block signature is unusual.")
-
-
-def _replace_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
-    """A block's (args, kwargs) with its hidden-state input replaced by ``hidden``."""
-    if args:
-        return (hidden, *args[1:]), kwargs
-    for name in _HIDDEN_NAMES:
-        if name in kwargs:
-            return args, {**kwargs, name: hidden}
-    raise KneuronError("Could not find the hidden states among a block's inputs; the block signature is unusual.")
-
-
-@contextmanager
-def _record_block_inputs(lm: LanguageModel, store: dict[int, torch.Tensor]) -> Iterator[None]:
-    """Record each block's input hidden states (detached) into ``store`` (with shared layers: each depth's)."""
-    handles = []
-
-    def make(layer: int, current):
-        def hook(_module, args, kwargs):
-            if current():
-                store[layer] = _hidden_from(args, kwargs).detach()
-        return hook
-
-    with ExitStack() as depths:
-        try:
-            for layer in range(lm.n_layers):
-                current = depths.enter_context(at_depth(lm, layer))  # its counting hook runs before ours
-                handles.append(lm.block(layer).register_forward_pre_hook(make(layer, current), with_kwargs=True))
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-
-
-_ABSENT = object()
-
-
-@contextmanager
-def start_at_layer(lm: LanguageModel, start: int, hidden: torch.Tensor) -> Iterator[None]:
-    """Run only blocks ``start``.. : the blocks below pass their input through untouched and
-    block ``start`` receives ``hidden`` (its clean input, one row per batch row) instead.
-
-    A hook cannot skip a module's forward, so the blocks below ``start`` get an instance ``forward``; the
-    exact previous instance attribute (e.g. the wrapper accelerate's hooks install on every block of a
-    ``device_map=`` model) is put back on exit, also after an exception, and an absent one stays absent.
-    """
-    if lm.shared_layers:  # a passthrough forward would skip the block at every depth (see shared_depths.py)
-        raise KneuronError(f"{lm.name} runs one block at several depths: its rows cannot start at a block.")
-    skipped = [lm.block(layer) for layer in range(start)]
-    saved = [(block, block.__dict__.get("forward", _ABSENT)) for block in skipped]
-
-    def passthrough(*args, **kwargs):
-        return _hidden_from(args, kwargs)
-
-    def feed(_module, args, kwargs):
-        return _replace_hidden(args, kwargs, hidden)
-
-    handles = []
-    try:
-        handles.append(lm.block(start).register_forward_pre_hook(feed, with_kwargs=True))
-        for block in skipped:
-            block.__dict__["forward"] = passthrough
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        for block, previous in saved:
-            if previous is _ABSENT:
-                block.__dict__.pop("forward", None)
-            else:
-                block.__dict__["forward"] = previous
-
-
-@contextmanager
-def _entering(lm: LanguageModel, layer: int, rows: torch.Tensor) -> Iterator[None]:
-    """``rows`` (their clean inputs to block ``layer``) join the batch at that block, after the rows
-    already running."""
-
-    def enter(_module, args, kwargs):
-        return _replace_hidden(args, kwargs, torch.cat([_hidden_from(args, kwargs), rows]))
-
-    handle = lm.block(layer).register_forward_pre_hook(enter, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-@contextmanager
-def _batch_head_inputs_for_rows(lm: LanguageModel, start: int) -> Iterator[None]:
-    """Repeat the block inputs laid out (batch · heads, ...) (``ArchSpec.batch_head_inputs``: BLOOM's ALiBi), which
-    the model computes for the one row it is called on, once per row that blocks ``start``.. run. Entered after
-    the hooks that feed and append rows, so it sees each block's final rows."""
-    names = lm.spec.batch_head_inputs
-    handles = []
-
-    def repeat(_module, args, kwargs):
-        rows = _hidden_from(args, kwargs).shape[0]
-        fitted = {name: kwargs[name].repeat(rows, *[1] * (kwargs[name].dim() - 1))
-                  for name in names if isinstance(kwargs.get(name), torch.Tensor)}
-        return args, {**kwargs, **fitted}
-
-    try:
-        if names:
-            for layer in range(start, lm.n_layers):
-                handles.append(lm.block(layer).register_forward_pre_hook(repeat, with_kwargs=True))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-@contextmanager
-def logits_at(lm: LanguageModel, targets: torch.Tensor) -> Iterator[bool]:
-    """Make the output head compute logits only at ``targets`` ((rows, answer tokens) positions, or
-    one row of them for every row); yields whether it could."""
-    head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
-    if head is None:
-        yield False
-        return
-
-    def pre_hook(_module, args):
-        return (_at(args[0], targets), *args[1:])
-
-    handle = head.register_forward_pre_hook(pre_hook)
-    try:
-        yield True
-    finally:
-        handle.remove()
-
-
-def _at(x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(rows, answer tokens, ...) entries of (rows, seq, ...) ``x`` at each row's ``targets``."""
-    if targets.shape[0] == 1:
-        return x[:, targets[0]]
-    return x[torch.arange(x.shape[0], device=x.device)[:, None], targets]
-
-
-@contextmanager
-def _ffn_only_at(lm: LanguageModel, targets: torch.Tensor) -> Iterator[None]:
-    """The last block's FFN reads only each row's ``targets`` ((rows, answer tokens)) and writes zeros
-    elsewhere; the block's outputs at the other positions are then wrong, and unused."""
-    first = resolve(lm.block(lm.n_layers - 1), lm.spec.ffn_in or "")
-    assert first is not None  # checked when the LanguageModel was made
-    length: dict[str, int] = {}
-
-    def rows_of(x: torch.Tensor) -> torch.Tensor:  # fewer rows than targets: the one clean row of a branch
-        return targets if x.shape[0] == targets.shape[0] else targets[:1].expand(x.shape[0], -1)
-
-    def narrow(_module, args):
-        length["seq"] = args[0].shape[1]
-        return (_at(args[0], rows_of(args[0])), *args[1:])
-
-    def widen(_module, _args, out):
-        rows = torch.arange(out.shape[0], device=out.device)[:, None]
-        full = out.new_zeros(out.shape[0], length["seq"], *out.shape[2:])
-        return full.index_put((rows, rows_of(out)), out)
-
-    handles = []
-    try:
-        handles.append(first.register_forward_pre_hook(narrow))
-        handles.append(lm.ffn_out(lm.n_layers - 1).register_forward_hook(widen))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def cache_argument(model: nn.Module) -> str:
-    """transformers renamed ``past_key_values`` to ``cache`` (5.x); use what this model takes."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def prefix_cache(lm: LanguageModel, ids: torch.Tensor) -> object:
-    """The key/value cache of a causal model after reading ``ids`` ((rows, tokens), no padding: every row the same
-    length); rows that then continue from it in one batch: ``cache.batch_repeat_interleave(n)`` gives each row n
-    copies, in row order (deep-copy it first when it is to be read again: a forward pass extends it in place)."""
-    out = lm.model(input_ids=ids, use_cache=True)
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
-
-
-def _cache_layers(lm: LanguageModel, cache: object) -> list:
-    layers = getattr(cache, "layers", None)
-    if layers is None or len(layers) < lm.n_layers:
-        raise KneuronError(
-            f"The key/value cache of {lm.name} ({type(cache).__name__}) has no per-layer list; kneuron needs "
-            "transformers' layered caches (transformers >= 4.56)."
-        )
-    return layers
-
-
-def _forward_logits(lm: LanguageModel, ids: torch.Tensor, targets: torch.Tensor, cache: object | None,
-                    ) -> torch.Tensor:
-    """(rows, answer tokens, vocabulary) logits at ``targets`` (answer positions only when the head allows)."""
-    kwargs = {cache_argument(lm.model): cache, "use_cache": True} if cache is not None else {}
-    with logits_at(lm, targets) as sliced:
-        logits = lm.model(input_ids=ids, **kwargs).logits
-    return logits if sliced else _at(logits, targets)
-
-
-def _answer_log_probs(logits: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
-    """(rows, answer tokens) log-probabilities of ``answer_ids`` ((rows or 1, answer tokens))."""
-    log_probs = torch.log_softmax(at_least_float32(logits), dim=-1)
-    return log_probs.gather(-1, answer_ids.to(logits.device).expand(logits.shape[0], -1)[..., None]).squeeze(-1)
-
-
-def _answer_ranks(logits: torch.Tensor, answer_ids: torch.Tensor) -> tuple[int, ...]:
-    """Each answer token's rank (1 = the most likely) among the (answer tokens, vocabulary) ``logits`` at its
-    position; tokens with equal logits share the best rank."""
-    logits = at_least_float32(logits)
-    own = logits.gather(-1, answer_ids.to(logits.device)[:, None])
-    return tuple(int(r) + 1 for r in (logits > own).sum(-1).tolist())
 
 
 @dataclass
@@ -353,19 +114,19 @@ def make_plan(lm: LanguageModel, query: EncodedQuery, objective: Objective) -> P
         return record
 
     with ExitStack() as stack:
-        stack.enter_context(_record_block_inputs(lm, block_inputs))
+        stack.enter_context(record_block_inputs(lm, block_inputs))
         for layer in range(lm.n_layers):
             stack.enter_context(on_ffn_input(lm, layer, recorder(layer)))
         if lm.spec.ffn_output_norm is not None:
             stack.enter_context(recording_norm_scales(lm, local, norm_scales))
-        logits = _forward_logits(lm, step_ids[None], target_tensor[None], copy.deepcopy(cache))
-    log_p = _answer_log_probs(logits, answer_ids[None]).double().sum(-1)
+        logits = forward_logits(lm, step_ids[None], target_tensor[None], copy.deepcopy(cache))
+    log_p = answer_token_log_probs(logits, answer_ids[None]).double().sum(-1)
     value = objective_of(log_p[:, None], objective)  # in float64: exp() of a float32 log P below -103 is 0
     activations = torch.stack([acts[layer] for layer in range(lm.n_layers)])
     scales = (torch.tensor([norm_scales[layer] for layer in range(lm.n_layers)], dtype=torch.float64)
               if norm_scales else None)
     return Plan(step_ids, local, target_tensor, answer_ids, cache, block_inputs, activations, float(value[0]),
-                float(log_p[0]), _answer_ranks(logits[0], answer_ids), int(logits.shape[-1]), scales)
+                float(log_p[0]), answer_token_ranks(logits[0], answer_ids), int(logits.shape[-1]), scales)
 
 
 def memory_per_row(lm: LanguageModel, plan: Plan) -> float:
@@ -410,7 +171,7 @@ def batches(layer_rows: dict[int, list[Row]], rows: int) -> Iterator[list[Row]]:
         yield batch
 
 
-def _by_prompt(values: dict[int, torch.Tensor], prompts: Sequence[int]) -> torch.Tensor:
+def by_prompt(values: dict[int, torch.Tensor], prompts: Sequence[int]) -> torch.Tensor:
     """One entry per row: ``values[p]`` (a (1, ...) tensor) for each row's prompt ``p``, in row order."""
     parts = [values[p].expand(len(list(run)), *values[p].shape[1:])
              for p, run in itertools.groupby(prompts)]
@@ -431,7 +192,7 @@ def run_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objecti
     start = layers[0]
     branch_at_ffn = len({row[0] for row in chunk}) == 1 and not lm.spec.flat_tokens
     first_prompt = every[0]
-    targets = _by_prompt({p: plans[p].targets[None] for p in every}, every)
+    targets = by_prompt({p: plans[p].targets[None] for p in every}, every)
     narrowed = lm.kind == "mlm" and lm.spec.ffn_in is not None and targets.shape[1] < len(plans[first_prompt].input_ids)
 
     def scaler(layer: int):
@@ -452,33 +213,33 @@ def run_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objecti
     cache = None
     if plans[first_prompt].cache is not None:
         cache = copy.deepcopy(plans[first_prompt].cache)
-        mine = _cache_layers(lm, cache)
+        mine = cache_layers(lm, cache)
         for layer in range(start, lm.n_layers):
             active = every[:sum(len(members[k]) for k in layers if k <= layer)]
             if layer == start and branch_at_ffn:
                 active = active[:1]
-            theirs = {p: _cache_layers(lm, plans[p].cache)[layer] for p in set(active)}
-            mine[layer].keys = _by_prompt({p: c.keys for p, c in theirs.items()}, active)
-            mine[layer].values = _by_prompt({p: c.values for p, c in theirs.items()}, active)
+            theirs = {p: cache_layers(lm, plans[p].cache)[layer] for p in set(active)}
+            mine[layer].keys = by_prompt({p: c.keys for p, c in theirs.items()}, active)
+            mine[layer].values = by_prompt({p: c.values for p, c in theirs.items()}, active)
     with torch.set_grad_enabled(gradients), ExitStack() as stack:
-        clean_rows = {layer: _by_prompt({p: plans[p].block_inputs[layer] for p in prompts_of[layer]},
+        clean_rows = {layer: by_prompt({p: plans[p].block_inputs[layer] for p in prompts_of[layer]},
                                         prompts_of[layer]) for layer in layers}
         first_rows = plans[first_prompt].block_inputs[start] if branch_at_ffn else clean_rows[start]
         stack.enter_context(start_at_layer(lm, start, first_rows))
         for layer in layers[1:]:
-            stack.enter_context(_entering(lm, layer, clean_rows[layer]))
-        stack.enter_context(_batch_head_inputs_for_rows(lm, start))
+            stack.enter_context(rows_entering(lm, layer, clean_rows[layer]))
+        stack.enter_context(batch_head_inputs_for_rows(lm, start))
         for layer in layers:
             stack.enter_context(on_ffn_input(lm, layer, scaler(layer)))
-            if frozen_norm:  # the norm reads the whole sequence again (after _ffn_only_at widens it)
+            if frozen_norm:  # the norm reads the whole sequence again (after ffn_only_at widens it)
                 held = torch.stack([plans[p].norm_scales[layer] for p in prompts_of[layer]])  # type: ignore[index]
                 where = torch.tensor([plans[p].position for p in prompts_of[layer]], device=device)
                 stack.enter_context(frozen_rows(lm, layer, layout.rows_of(layer), where, held))
         if narrowed:
-            stack.enter_context(_ffn_only_at(lm, targets))
-        logits = _forward_logits(lm, plans[first_prompt].input_ids[None], targets, cache)
-        answers = _by_prompt({p: plans[p].answer_ids[None] for p in every}, every)
-        log_p = _answer_log_probs(logits, answers).sum(-1)
+            stack.enter_context(ffn_only_at(lm, targets))
+        logits = forward_logits(lm, plans[first_prompt].input_ids[None], targets, cache)
+        answers = by_prompt({p: plans[p].answer_ids[None] for p in every}, every)
+        log_p = answer_token_log_probs(logits, answers).sum(-1)
         # the objective in float64 from log P; gradients in log space: dP/da = P · dlogP/da, with P in float64,
         # so that a P below float32's range (1e-45) neither underflows to 0 nor drags its gradients to 0
         values = objective_of(log_p.detach().double()[:, None], objective)
@@ -535,6 +296,10 @@ def lay_out(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], gradient
     leaves: dict[int, torch.Tensor] = {}
     for layer in layers:
         alphas = torch.tensor([chunk[i][2] for i in members[layer]], dtype=dtype, device=device)
-        clean = _by_prompt({p: plans[p].activations[layer][None] for p in prompts_of[layer]}, prompts_of[layer])
+        clean = by_prompt({p: plans[p].activations[layer][None] for p in prompts_of[layer]}, prompts_of[layer])
         leaves[layer] = (alphas[:, None] * clean).requires_grad_(gradients)
     return RowLayout(order, layers, members, prompts_of, before, leaves, [chunk[i][0] for i in order])
+
+
+__all__ = ["Plan", "Row", "RowLayout", "batches", "by_prompt", "lay_out", "make_plan", "memory_per_row", "run_rows",
+           "shape_key"]

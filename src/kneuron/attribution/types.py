@@ -45,9 +45,11 @@ class NeuronScores:
         activations: (layers, neurons) clean activations at that position.
         probability: the answer's objective with nothing scaled (alpha = 1): its probability, or its
             log-probability when ``objective == "logprob"``.
-        baseline: (layers,) the objective with that layer's activations at the answer position zeroed.
+        baseline: (layers,) the objective with that layer's activations at the answer position zeroed (NaN where
+            not computed: a layer not scored, or an estimator without completeness).
         completeness_gap: (layers,) ``scores[l].sum() - (probability - baseline[l])``; it shrinks
-            towards 0 as ``steps`` grows (the completeness property of integrated gradients).
+            towards 0 as ``steps`` grows (the completeness property of integrated gradients). None for an
+            estimator that defines no completeness (its class's ``has_completeness`` is False).
         prompt, answer: what was attributed; ``position`` the attributed token position.
         steps, objective, alphas: how (``alphas`` the points of the Riemann sum).
         log_probability: the answer's clean joint log-probability (finite where ``probability`` underflows).
@@ -55,9 +57,12 @@ class NeuronScores:
             ``vocab_size``; empty when unknown (e.g. scores read back from an older atlas).
         estimator: the name of the estimator that made the scores (:mod:`kneuron.attribution.estimators`): "ig"
             (integrated gradients), "gxa" (gradient x activation) or "lpi" (log probability increase). Only
-            integrated gradients computes ``baseline`` and ``completeness_gap``; the others leave them NaN.
+            integrated gradients computes ``baseline`` and ``completeness_gap``; the others leave the baseline NaN
+            and the gap None.
         norm: for a model that normalises its FFN outputs (Gemma 2/3, OLMo 2), how the scores treated that norm:
             "frozen" (its scale held at the clean value) or "live"; None for other models (or unknown).
+        screen_layers: the layers a screened estimator chose for this prompt's bag and scored (ascending; the
+            others score 0); None when the estimator scored every layer it was asked to.
 
     The scores are float64 whatever the model's dtype: an answer the model never predicts can have a
     probability below float32's range (1e-45), whose scores would all be 0. Such scores are exact but say
@@ -68,7 +73,7 @@ class NeuronScores:
     activations: torch.Tensor
     probability: float
     baseline: torch.Tensor
-    completeness_gap: torch.Tensor
+    completeness_gap: torch.Tensor | None
     prompt: str = ""
     answer: str = ""
     position: int = -1
@@ -80,6 +85,7 @@ class NeuronScores:
     vocab_size: int = 0
     estimator: str = "ig"
     norm: str | None = None
+    screen_layers: tuple[int, ...] | None = None
 
     @property
     def n_layers(self) -> int:

@@ -122,7 +122,7 @@ def find(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from kneuron.attribution import find_knowledge_neurons
+    from kneuron.attribution import IntegratedGradients, find_knowledge_neurons
 
     chosen = parse_estimator(estimator, screen, steps=steps, objective=objective, alphas=alphas,  # before the load
                              norm=norm)
@@ -131,8 +131,8 @@ def find(
     columns = (TextColumn("attributing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as progress:
         task = progress.add_task("prompts", total=len(prompts))
-        kn = find_knowledge_neurons(lm, prompts, answer, steps=steps, threshold=threshold, share=parse_share(share),
-                                    objective=objective, alphas=alphas, estimator=chosen,  # type: ignore[arg-type]
+        kn = find_knowledge_neurons(lm, prompts, answer, threshold=threshold, share=parse_share(share),
+                                    estimator=chosen or IntegratedGradients(steps, alphas, objective),  # type: ignore[arg-type]
                                     on_prompt=lambda i, s: progress.advance(task))
     def finite(value):  # JSON has no NaN or infinity: they become null
         return value if not isinstance(value, float) or math.isfinite(value) else None

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import operator
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from typing import Literal
 
 import torch
 
-from kneuron.errors import KneuronError
+from kneuron.errors import InputError, KneuronError
 from kneuron.models.language_model import LanguageModel
 
 Positions = None | int | Sequence[int] | torch.Tensor
@@ -241,27 +242,50 @@ def capture(
         yield found
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class NeuronPatch:
-    """One change to one neuron: ``set`` it to ``value``, ``scale`` it by ``value``, or ``add`` ``value``."""
+    """One change to neuron ``(layer, index)``: ``set`` it to ``value``, ``scale`` it by ``value``, or ``add``
+    ``value``. The neuron's index is ``index``, as in :class:`~kneuron.attribution.types.Neuron`; ``neuron`` is
+    its deprecated name (a constructor keyword and a read-only property that warn with FutureWarning)."""
 
     layer: int
-    neuron: int
+    index: int
     op: PatchOp = "set"
     value: float = 0.0
 
+    def __init__(self, layer: int, index: int | None = None, op: PatchOp = "set", value: float = 0.0, *,
+                 neuron: int | None = None) -> None:
+        if neuron is not None:
+            if index is not None:
+                raise InputError("Give the neuron's index once: index= (neuron= is its deprecated name).")
+            warnings.warn("NeuronPatch(neuron=...) is deprecated: use NeuronPatch(layer, index=...)", FutureWarning,
+                          stacklevel=2)
+            index = neuron
+        if index is None:
+            raise InputError("A NeuronPatch needs the neuron's index: NeuronPatch(layer, index, op, value).")
+        object.__setattr__(self, "layer", layer)
+        object.__setattr__(self, "index", index)
+        object.__setattr__(self, "op", op)
+        object.__setattr__(self, "value", value)
+
+    @property
+    def neuron(self) -> int:
+        """Deprecated: the neuron's index, now :attr:`index` (warns with FutureWarning)."""
+        warnings.warn("NeuronPatch.neuron is deprecated: use NeuronPatch.index", FutureWarning, stacklevel=2)
+        return self.index
+
     def __str__(self) -> str:
-        return f"L{self.layer}.N{self.neuron} {self.op} {self.value:g}"
+        return f"L{self.layer}.N{self.index} {self.op} {self.value:g}"
 
 
 def suppress_patches(neurons: Iterable[tuple[int, int]]) -> list[NeuronPatch]:
-    """Patches that zero each ``(layer, neuron)``."""
-    return [NeuronPatch(layer, neuron, "set", 0.0) for layer, neuron in neurons]
+    """Patches that zero each ``(layer, index)``."""
+    return [NeuronPatch(layer, index, "set", 0.0) for layer, index in neurons]
 
 
 def scale_patches(neurons: Iterable[tuple[int, int]], factor: float) -> list[NeuronPatch]:
-    """Patches that multiply each ``(layer, neuron)`` by ``factor``."""
-    return [NeuronPatch(layer, neuron, "scale", factor) for layer, neuron in neurons]
+    """Patches that multiply each ``(layer, index)`` by ``factor``."""
+    return [NeuronPatch(layer, index, "scale", factor) for layer, index in neurons]
 
 
 def _apply(x: torch.Tensor, patches: list[NeuronPatch], positions: Positions) -> torch.Tensor:
@@ -274,7 +298,7 @@ def _apply(x: torch.Tensor, patches: list[NeuronPatch], positions: Positions) ->
     else:
         rows, cols = slice(None), ([positions] if isinstance(positions, int) else list(positions))
     for p in patches:
-        current = out[rows, cols, p.neuron] if not isinstance(rows, slice) else out[:, cols, p.neuron]
+        current = out[rows, cols, p.index] if not isinstance(rows, slice) else out[:, cols, p.index]
         if p.op == "set":
             new = torch.full_like(current, p.value)
         elif p.op == "scale":
@@ -284,9 +308,9 @@ def _apply(x: torch.Tensor, patches: list[NeuronPatch], positions: Positions) ->
         else:
             raise KneuronError(f"Unknown patch op {p.op!r}: use 'set', 'scale' or 'add'.")
         if isinstance(rows, slice):
-            out[:, cols, p.neuron] = new
+            out[:, cols, p.index] = new
         else:
-            out[rows, cols, p.neuron] = new
+            out[rows, cols, p.index] = new
     return out
 
 
@@ -296,7 +320,7 @@ def patch(lm: LanguageModel, patches: Iterable[NeuronPatch], positions: Position
     positions = normalize_positions(positions)
     by_layer: dict[int, list[NeuronPatch]] = {}
     for p in patches:
-        lm.check_neuron(p.layer, p.neuron)
+        lm.check_neuron(p.layer, p.index)
         if p.op not in ("set", "scale", "add"):
             raise KneuronError(f"Unknown patch op {p.op!r}: use 'set', 'scale' or 'add'.")
         by_layer.setdefault(p.layer, []).append(p)
@@ -320,7 +344,7 @@ def patch_rows(lm: LanguageModel, patches_by_row: Sequence[Iterable[NeuronPatch]
     by_layer: dict[int, dict[int, list[NeuronPatch]]] = {}
     for row, patches in enumerate(patches_by_row):
         for p in patches:
-            lm.check_neuron(p.layer, p.neuron)
+            lm.check_neuron(p.layer, p.index)
             if p.op not in ("set", "scale", "add"):
                 raise KneuronError(f"Unknown patch op {p.op!r}: use 'set', 'scale' or 'add'.")
             by_layer.setdefault(p.layer, {}).setdefault(row, []).append(p)

@@ -101,6 +101,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kneuron.attribution.estimator_base import has_completeness
 from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores
 from kneuron.errors import FactError, KneuronError
 from kneuron.facts.fact import Fact
@@ -252,6 +253,14 @@ def blob_dtype(scores: torch.Tensor) -> str:
 
 
 _quoted = quoted
+
+
+def _gap_or_nan(scores: NeuronScores) -> torch.Tensor:
+    """The completeness gap to store: an estimator without one (None) is stored as NaN in every layer, as atlases
+    always kept it (the column is NOT NULL)."""
+    if scores.completeness_gap is not None:
+        return scores.completeness_gap
+    return torch.full((scores.n_layers,), math.nan, dtype=torch.float64)
 
 
 def param(params: Mapping[str, Any], key: str) -> Any:
@@ -630,7 +639,8 @@ class Atlas:
                 activations=activations,
                 probability=row["objective"],
                 baseline=from_blob(row["baseline"], "float64", (row["layers"],)),
-                completeness_gap=from_blob(row["completeness_gap"], "float64", (row["layers"],)),
+                completeness_gap=(from_blob(row["completeness_gap"], "float64", (row["layers"],))
+                                  if has_completeness(estimator) else None),  # stored as NaN (the column is NOT NULL)
                 prompt=row["text"], answer=answer, position=row["position"],
                 steps=params.get("steps", 20 if estimator == "ig" else 1),  # an estimator without steps takes α = 1
                 objective=params.get("objective", "prob"), alphas=params.get("alphas", "right"), estimator=estimator,
@@ -776,7 +786,7 @@ class Atlas:
                 fact_id, idx, templates[idx] if idx < len(templates) else "", scores.prompt, float(probability),
                 int(rank), float(scores.probability), int(scores.position), dtype, int(layers), int(width),
                 *score_blobs.encode(scores.scores, scores.activations, dtype, keep, index),
-                to_blob(scores.baseline, "float64"), to_blob(scores.completeness_gap, "float64")))
+                to_blob(scores.baseline, "float64"), to_blob(_gap_or_nan(scores), "float64")))
         neuron_rows = [(fact_id, "refined", -1, r, n.layer, n.index, float(n.score)) for r, n in enumerate(kn.neurons)]
         neuron_rows += [(fact_id, "coarse", p, r, n.layer, n.index, float(n.score))
                         for p, coarse in enumerate(kn.coarse) for r, n in enumerate(coarse)]

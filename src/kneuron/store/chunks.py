@@ -2,8 +2,8 @@
 
 A run (:func:`kneuron.store.run`) splits the atlas's computable facts (status pending or done, in registration
 order) into consecutive chunks of ``chunk_facts``. One chunk is computed as one call of
-:func:`integrated_gradients_many` over the prompts of all its facts, so prompts of the same shape from different
-facts share integrated-gradients batches. Each prompt's scores are those it gets alone up to float rounding (a
+``IntegratedGradients.attribute`` over the prompts of all its facts, so prompts of the same shape from
+different facts share integrated-gradients batches. Each prompt's scores are those it gets alone up to float rounding (a
 batch's composition changes the order of the sums in its matrix products), so a fact's stored bytes depend on
 its chunk mates. For that reason the chunks depend on the atlas's fact order only, never on which facts are
 done or on worker timing: a resumed run recomputes every chunk that still has a pending fact as a whole (and
@@ -102,7 +102,7 @@ def compute_chunk(lm: LanguageModel, chunk: Chunk, params: dict[str, Any],
     prompts' probabilities and its activation baseline.
 
     Exact integrated gradients (the default) attributes every prompt of the chunk in one
-    :func:`integrated_gradients_many` call (prompts of the same shape share batches across facts); another
+    ``IntegratedGradients.attribute`` call (prompts of the same shape share batches across facts); another
     estimator attributes the chunk's prompts in one ``estimator.attribute`` call; a screened run
     (:class:`ScreenedIntegratedGradients`) screens each fact to be stored on its own (its prompts are one bag) and
     records the layers chosen in the fact's params (``"screen_layers"``, a comma list).
@@ -118,7 +118,7 @@ def compute_chunk(lm: LanguageModel, chunk: Chunk, params: dict[str, Any],
             if fact.id in wanted:
                 start = time.perf_counter()
                 bags[number] = estimator.attribute(lm, [encode(lm, p, fact.object) for p in fact.prompts()])
-                extra[number] = {SCREEN_LAYERS: layer_list(estimator.chosen)}
+                extra[number] = {SCREEN_LAYERS: layer_list(bags[number][0].screen_layers or ())}
                 seconds[number] = time.perf_counter() - start
     else:
         queries, owners = [], []
@@ -126,7 +126,7 @@ def compute_chunk(lm: LanguageModel, chunk: Chunk, params: dict[str, Any],
             for prompt in fact.prompts():
                 queries.append(encode(lm, prompt, fact.object))
                 owners.append(number)
-        # exact IG's attribute is the one integrated_gradients_many call over the chunk made before estimators existed
+        # exact IG's attribute is the one batched call over the chunk that was made before estimators existed
         scores = estimator.attribute(lm, queries)
         per_prompt = (time.perf_counter() - started) / max(len(queries), 1)
         for number in range(len(chunk.facts)):

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kneuron.attribution.step_rows import cache_argument, prefix_cache
 from kneuron.facts.encoding import EncodedQuery
 from kneuron.models.hooks import NeuronPatch, capture, patch, patch_rows
 from kneuron.models.language_model import LanguageModel
+from kneuron.models.partial_forward import cache_argument, prefix_cache
 
 NeuronKey = tuple[int, int]
 
@@ -143,7 +143,7 @@ def patched_probabilities(lm: LanguageModel, queries: Sequence[EncodedQuery],
         raise ValueError("batch_size must be at least 1")
     sets = [list(s) for s in patch_sets]
     for p in (p for s in sets for p in s):  # refused before any pass, not after the first prefix ran
-        lm.check_neuron(p.layer, p.neuron)
+        lm.check_neuron(p.layer, p.index)
     out = np.zeros((len(sets), len(queries)), dtype=np.float64)
     if not sets or not queries:
         return out
