@@ -27,11 +27,13 @@ install: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 
 test: $(STAMP)
 	# the report and serve tests drive Debian's Chromium (Selenium uses its chromedriver; nothing is downloaded)
 	(command -v chromium && command -v chromedriver) || (apt-get update && apt-get install -y chromium chromium-driver)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports  # the layers of .importlinter: every import goes downward
 	$(VENV)/bin/pytest -q
 
 # The main job: knowledge neurons of the built-in facts SmolLM2-135M knows (1 per relation), the paper's
