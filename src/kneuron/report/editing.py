@@ -68,7 +68,7 @@ def editing_section(rows: Sequence[dict]) -> str:
     """The editing section as an HTML fragment (a "not run" note when there are no rows)."""
     rows = list(rows)
     if not rows:
-        return ("<h2>Editing knowledge</h2><p>Not run: <code>python -m kneuron.studies.editing --run ATLAS "
+        return ("<h2>Editing knowledge</h2><p>Not run: <code>kneuron study editing --run ATLAS "
                 "--erase RELATION</code></p>")
     parts = ["<h2>Editing knowledge</h2>"]
     updates = update_variants(rows)
