@@ -36,6 +36,12 @@ def same_state(lm, before: dict[str, torch.Tensor]) -> bool:
     return now.keys() == before.keys() and all(same_bits(now[k], before[k]) for k in before)
 
 
+def attention(lm) -> str:
+    """The attention kernel ``lm`` runs ("sdpa" for most tiny models): a reloaded copy must run the same one to give
+    bit-identical logits (eager and SDPA attention round float32 differently)."""
+    return lm.model.config._attn_implementation
+
+
 def token(lm, word: str) -> int:
     return int(lm.tokenizer.convert_tokens_to_ids(word))
 
@@ -225,10 +231,11 @@ def test_save_model_writes_the_edited_model(tmp_path):
         edited = logits(lm)
     out = edit.save_pretrained(lm, tmp_path / "model")
     assert same_state(lm, before)  # lm itself is left unedited
-    reloaded = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    # the same attention kernel as lm (SDPA): the eager kernel differs from SDPA by float32 rounding (3e-6 here)
+    reloaded = AutoModelForCausalLM.from_pretrained(out, attn_implementation=attention(lm)).eval()
     with torch.no_grad():
         ids = lm.tokenizer("The capital of France is Paris .", return_tensors="pt")["input_ids"]
-        assert torch.allclose(reloaded(input_ids=ids).logits, edited, atol=1e-6)
+        assert torch.equal(reloaded(input_ids=ids).logits, edited)  # the saved weights are the edited ones
     assert str(Edit.load(out / "kneuron_edit")) == str(edit)
 
 
@@ -238,10 +245,10 @@ def test_save_model_bert(tmp_path):
     with edit.applied(lm):
         edited = logits(lm, "The capital of France is [MASK] .")
     out = edit.save_model(lm, tmp_path / "bert")
-    reloaded = AutoModelForMaskedLM.from_pretrained(out, attn_implementation="eager").eval()
+    reloaded = AutoModelForMaskedLM.from_pretrained(out, attn_implementation=attention(lm)).eval()
     ids = lm.tokenizer("The capital of France is [MASK] .", return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        assert torch.allclose(reloaded(input_ids=ids).logits, edited, atol=1e-6)
+        assert torch.equal(reloaded(input_ids=ids).logits, edited)
 
 
 # ------------------------------------------------------------------------------------------------ refusals
