@@ -7,26 +7,53 @@ Example:
     >>> print(kn.neurons)
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from kneuron.attribution import (
+    Estimator,
+    GradientTimesActivation,
+    IntegratedGradients,
     KnowledgeNeurons,
+    LogProbIncrease,
     Neuron,
     NeuronScores,
+    ScreenedIntegratedGradients,
     activation_baseline,
     coarse_neurons,
+    estimator_named,
     find_knowledge_neurons,
     integrated_gradients,
     integrated_gradients_many,
     refine,
 )
-from kneuron.errors import KneuronError
+from kneuron.errors import (
+    AtlasError,
+    EditError,
+    FactError,
+    InputError,
+    KneuronError,
+    ModelLoadError,
+    NeuronIndexError,
+    StudyError,
+    UnsupportedArchitectureError,
+    VocabularyError,
+)
 from kneuron.facts import Fact, Prompt, answer_probability, encode, top_predictions
+from kneuron.interventions import Edit
 from kneuron.models import LanguageModel, NeuronPatch, capture, from_model, load, patch
+from kneuron.store import Atlas
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("kneuron")  # the installed package's metadata (pyproject.toml's version)
+except PackageNotFoundError:  # pragma: no cover - running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
-    "Fact", "KneuronError", "KnowledgeNeurons", "LanguageModel", "Neuron", "NeuronPatch", "NeuronScores", "Prompt",
-    "__version__", "activation_baseline", "answer_probability", "capture", "coarse_neurons", "encode",
+    "Atlas", "AtlasError", "Edit", "EditError", "Estimator", "Fact", "FactError", "GradientTimesActivation",
+    "InputError", "IntegratedGradients", "KneuronError", "KnowledgeNeurons", "LanguageModel", "LogProbIncrease",
+    "ModelLoadError", "Neuron", "NeuronIndexError", "NeuronPatch", "NeuronScores", "Prompt",
+    "ScreenedIntegratedGradients", "StudyError", "UnsupportedArchitectureError", "VocabularyError", "__version__",
+    "activation_baseline", "answer_probability", "capture", "coarse_neurons", "encode", "estimator_named",
     "find_knowledge_neurons", "from_model", "integrated_gradients", "integrated_gradients_many", "load", "patch",
     "refine", "top_predictions",
 ]
