@@ -15,6 +15,7 @@ from kneuron.errors import KneuronError
 from kneuron.facts import Fact
 from kneuron.store import Atlas, run
 from kneuron.store import atlas as atlas_module
+from kneuron.store import connection as connection_module
 from store.helpers import RUN_ARGS, dump, tiny_facts, tiny_model
 
 
@@ -92,7 +93,7 @@ def test_a_second_run_on_the_same_atlas_is_refused(lm, atlas_path):
 
 
 def test_a_write_transaction_of_another_program_gives_a_clear_error(lm, atlas_path, monkeypatch):
-    monkeypatch.setattr(atlas_module, "BUSY_TIMEOUT", 0.2)
+    monkeypatch.setattr(connection_module, "BUSY_TIMEOUT", 0.2)
     other = sqlite3.connect(atlas_path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     try:
