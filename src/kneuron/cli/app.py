@@ -280,7 +280,7 @@ RunOption = Annotated[Path, typer.Option(
 def require_done_facts(atlas, run) -> None:
     """Refuse, in one line, an atlas with no done fact yet: there is nothing to study."""
     with atlas.snapshot():
-        has_facts = bool(atlas.query("SELECT 1 FROM facts WHERE status = 'done' LIMIT 1"))
+        has_facts = atlas.has_done_facts()
     if not has_facts:
         raise KneuronError(f"{run} has no computed facts yet: run `kneuron run --out {run}` (or let it finish).")
 
