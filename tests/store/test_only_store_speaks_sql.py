@@ -43,7 +43,8 @@ def sql_findings(path: Path) -> list[str]:
             if match:
                 found.append(f"{node.lineno}: SQL in a string ({match.group(0)!r})")
         elif isinstance(node, ast.Import):
-            found += [f"{node.lineno}: imports sqlite3" for alias in node.names if alias.name.split(".")[0] == "sqlite3"]
+            found += [f"{node.lineno}: imports sqlite3" for alias in node.names
+                      if alias.name.split(".")[0] == "sqlite3"]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "sqlite3":
             found.append(f"{node.lineno}: imports from sqlite3")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in RAW_SQL_CALLS:
