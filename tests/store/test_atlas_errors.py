@@ -15,6 +15,7 @@ from kneuron.errors import KneuronError
 from kneuron.facts import Fact
 from kneuron.store import Atlas, run
 from kneuron.store import atlas as atlas_module
+from kneuron.store import connection as connection_module
 from store.helpers import RUN_ARGS, dump, tiny_facts, tiny_model
 
 
@@ -92,7 +93,7 @@ def test_a_second_run_on_the_same_atlas_is_refused(lm, atlas_path):
 
 
 def test_a_write_transaction_of_another_program_gives_a_clear_error(lm, atlas_path, monkeypatch):
-    monkeypatch.setattr(atlas_module, "BUSY_TIMEOUT", 0.2)
+    monkeypatch.setattr(connection_module, "BUSY_TIMEOUT", 0.2)
     other = sqlite3.connect(atlas_path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     try:
@@ -192,4 +193,36 @@ def test_a_newer_schema_is_refused(atlas_path):
     db.commit()
     db.close()
     with pytest.raises(KneuronError, match="schema version 99"):
+        Atlas.open(atlas_path, read_only=True)
+
+
+def test_atlas_problems_are_atlas_errors_and_bad_input_is_input_error(lm, atlas_path, tmp_path):
+    """The error classes of kneuron.errors: the atlas (missing, another model's, not done, newer) raises
+    AtlasError; what the caller passed (a status, a result row, a run parameter) raises InputError (a ValueError)."""
+    from kneuron.errors import AtlasError, InputError
+
+    with pytest.raises(AtlasError, match="No atlas at"):
+        Atlas.open(tmp_path / "none.sqlite")
+    (tmp_path / "text.sqlite").write_text("not an atlas")
+    with pytest.raises(AtlasError, match="is not a kneuron atlas"):
+        Atlas.open(tmp_path / "text.sqlite")
+    with pytest.raises(AtlasError, match="another model or other parameters"):
+        run(tiny_model("llama", seed=1), tiny_facts()[:2], atlas_path, **RUN_ARGS)
+    with Atlas.open(atlas_path, read_only=True) as atlas:
+        with pytest.raises(AtlasError, match="No fact"):
+            atlas.knowledge_neurons("capital:Atlantis")
+        with pytest.raises(AtlasError, match="read-only"):
+            atlas.write_results("s", [])
+        with pytest.raises(InputError, match="Unknown fact status 'finished'"):
+            atlas.fact_rows("finished")
+        assert atlas.fact_row("capital:Atlantis") is None and atlas.has_done_facts()
+    with Atlas.open(atlas_path) as atlas, pytest.raises(InputError, match="malformed"):
+        atlas.write_results("s", [{"variant": "v"}])
+    with pytest.raises(InputError, match="steps must be at least 1"):
+        run(lm, tiny_facts()[:2], tmp_path / "other.sqlite", **{**RUN_ARGS, "steps": 0})
+    db = sqlite3.connect(atlas_path)
+    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    with pytest.raises(AtlasError, match="schema version 99"):
         Atlas.open(atlas_path, read_only=True)

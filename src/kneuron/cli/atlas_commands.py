@@ -252,11 +252,10 @@ def _show_atlas(atlas, relation: str | None, top: int) -> None:
 def _show_fact(atlas, fact_id: str) -> None:
     import json
 
-    row = atlas.query("SELECT * FROM facts WHERE id = ?", [fact_id])
-    if not row:
+    row = atlas.fact_row(fact_id)
+    if row is None:
         known = [f.id for f in atlas.facts(status=None)][:8]
         raise KneuronError(f"No fact {fact_id!r} in {atlas.path}; facts are named like {', '.join(known)} ...")
-    row = row[0]
     known = "" if row["known_share"] is None else f", known in {row['known_share']:.0%} of its prompts"
     console.print(Text(f"{row['id']}: {row['subject']} -> {row['object']} ({row['status']}{known})", style="bold"),
                   soft_wrap=True)

@@ -2,8 +2,9 @@
 
 Every function takes an open :class:`~kneuron.store.Atlas` and reads inside one snapshot (the caller's, or its
 own), so a page is one moment of an atlas a run may be writing. Each reads only what its page shows, through the
-atlas's indexes (facts by relation, neurons by fact and by unit, results by study and by fact), with a cap on
-long lists: a page of an atlas of many thousands of facts costs about what it costs in a small one.
+store's query API (:mod:`kneuron.store.queries`, which uses the atlas's indexes: facts by relation, neurons by fact
+and by unit, results by study and by fact), with a cap on long lists: a page of an atlas of many thousands of facts
+costs about what it costs in a small one. No SQL here: :mod:`kneuron.store` is the only layer that speaks it.
 
 Neurons are named ``L<layer>.N<index>`` everywhere (``L29.N1066``): :func:`neuron_name`, :func:`parse_neuron_name`.
 """
@@ -21,8 +22,10 @@ import numpy as np
 
 from kneuron.attribution.types import neuron_name
 from kneuron.errors import KneuronError, NotFound
+from kneuron.store import queries
 from kneuron.store import scores as score_blobs
-from kneuron.store.vocabulary import has_vocabulary
+from kneuron.store.queries import stored_activations
+from kneuron.store.vocabulary import vocabulary_fact_ids, word_ranks
 from kneuron.studies.metrics import summarize
 from kneuron.studies.registry import registered_studies
 
@@ -79,10 +82,7 @@ def overview(atlas) -> dict[str, Any]:
     with atlas.snapshot():
         meta = atlas.meta
         counts = atlas.status_counts()
-        neurons = {row["relation"]: row for row in atlas.query(
-            "SELECT f.relation AS relation, count(*) AS neurons, count(DISTINCT n.fact_id) AS facts_with "
-            "FROM neurons n JOIN facts f ON f.id = n.fact_id WHERE n.kind = 'refined' AND f.status = 'done' "
-            "GROUP BY f.relation")}
+        neurons = queries.relation_neuron_totals(atlas)
         relations = [{"relation": relation, **status, "total": sum(status.values()),
                       "neurons": neurons.get(relation, {}).get("neurons", 0),
                       "facts_with_neurons": neurons.get(relation, {}).get("facts_with", 0)}
@@ -90,8 +90,8 @@ def overview(atlas) -> dict[str, Any]:
         layers = atlas.layer_counts("refined")
         top = [{"name": neuron_name(n.layer, n.index), "layer": n.layer, "index": n.index, "facts": facts,
                 "score": finite(n.score)} for n, facts in atlas.top_neurons(15)]
-        studies = atlas.query("SELECT study, count(*) AS rows FROM results GROUP BY study ORDER BY study")
-        studies_rows = {study: _study_rows(atlas, study) for study in {entry[2] for entry in HEADLINE}}  # once each
+        studies = queries.study_row_counts(atlas)
+        studies_rows = {study: queries.study_rows(atlas, study) for study in {entry[2] for entry in HEADLINE}}  # once
         headline = [_headline_figure(studies_rows[entry[2]], *entry) for entry in HEADLINE]
         top_third = _layer_metric(atlas, "top_third")
         done = sum(r["done"] for r in relations)
@@ -113,26 +113,6 @@ def overview(atlas) -> dict[str, Any]:
     }
 
 
-def _study_rows(atlas, study: str, *, variant: str | None = None, metric: str | None = None,
-                relation: str | None = None, fact_id: str | None = None, limit: int | None = None,
-                ) -> list[dict[str, Any]]:
-    where, args = ["study = ?"], [study]
-    for column, value in (("variant", variant), ("metric", metric), ("relation", relation), ("fact_id", fact_id)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            args.append(value)
-    sql = f"SELECT variant, relation, fact_id, metric, value FROM results WHERE {' AND '.join(where)} ORDER BY rowid"
-    return _result_rows(atlas, sql + (f" LIMIT {int(limit)}" if limit else ""), args)
-
-
-def _result_rows(atlas, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
-    """Rows of results read by ``sql``, a NULL value read back as NaN (as :meth:`Atlas.results` does)."""
-    rows = atlas.query(sql, args)
-    for row in rows:
-        row["value"] = math.nan if row["value"] is None else row["value"]
-    return rows
-
-
 def _headline_figure(rows: Sequence[dict[str, Any]], key: str, label: str, study: str, variant: str, metric: str,
                      fmt: str) -> dict[str, Any]:
     """The mean of ``metric`` over the per-fact rows of one variant among ``rows`` (the study's): what the
@@ -143,7 +123,7 @@ def _headline_figure(rows: Sequence[dict[str, Any]], key: str, label: str, study
 
 
 def _layer_metric(atlas, metric: str) -> float | None:
-    rows = _study_rows(atlas, "layers", variant="kn", metric=metric, relation="")
+    rows = queries.study_rows(atlas, "layers", variant="kn", metric=metric, relation="")
     return finite(rows[0]["value"]) if rows else None
 
 
@@ -153,19 +133,14 @@ def relation_page(atlas, relation: str) -> dict[str, Any]:
     """A relation's facts (status, known, mean probability over the prompts, how many knowledge neurons), its most
     shared neurons, its layer distribution and its suppress / amplify figures."""
     with atlas.snapshot():
-        facts = atlas.query(
-            "SELECT f.id, f.subject, f.object, f.status, f.known, f.known_share, "
-            "(SELECT avg(p.probability) FROM prompts p WHERE p.fact_id = f.id) AS probability, "
-            "(SELECT count(*) FROM prompts p WHERE p.fact_id = f.id) AS prompts, "
-            "(SELECT count(*) FROM neurons n WHERE n.fact_id = f.id AND n.kind = 'refined') AS neurons "
-            "FROM facts f WHERE f.relation = ? ORDER BY f.seq", [relation])
+        facts = queries.relation_fact_summaries(atlas, relation)
         if not facts:
             raise NotFound(f"The atlas has no relation {relation!r}; the overview lists its relations.")
         done = [f for f in facts if f["status"] == "done"]
         shared = [{"name": neuron_name(n.layer, n.index), "layer": n.layer, "index": n.index, "facts": count,
                    "share": count / len(done) if done else None, "score": finite(n.score)}
                   for n, count in atlas.top_neurons(20, relation=relation)]
-        rows = _relation_results(atlas, relation, "suppress_amplify")
+        rows = queries.relation_results(atlas, relation, "suppress_amplify")
         figures = [_headline_figure(rows, f"{variant}_{metric}", f"{metric} ({variant})", "suppress_amplify", variant,
                                     metric, "percent")
                    for variant in ("kn", "random") for metric in ("suppress", "amplify")]
@@ -173,17 +148,6 @@ def relation_page(atlas, relation: str) -> dict[str, Any]:
     return {"relation": relation, "facts": facts[:MAX_ROWS], "n_facts": len(facts), "done": len(done),
             "shared": shared, "figures": [f for f in figures if f["n"]],
             "layers": [{"layer": layer, "neurons": count} for layer, count in sorted(layers.items())]}
-
-
-def _relation_results(atlas, relation: str, study: str) -> list[dict[str, Any]]:
-    """The per-fact rows of ``study`` about the relation's facts: through the facts of the relation and the
-    results-by-fact index (an atlas whose studies ran before that index existed reads all of the study's rows)."""
-    indexed = atlas.query("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'results_by_fact'")
-    if not indexed:
-        return [r for r in _study_rows(atlas, study, relation=relation) if r["fact_id"]]
-    return _result_rows(atlas, "SELECT r.variant, r.relation, r.fact_id, r.metric, r.value FROM facts f CROSS JOIN "
-                               "results r ON r.fact_id = f.id AND r.study = ? WHERE f.relation = ? ORDER BY r.rowid",
-                        [study, relation])
 
 
 # ------------------------------------------------------------------------------------------------ fact
@@ -194,16 +158,14 @@ def fact_page(atlas, fact_id: str) -> dict[str, Any]:
     """A fact: its prompts (probability, rank), refined neurons (with generic and word-neuron flags and how many
     facts share each), coarse neurons per prompt, activation-baseline neurons, and every study's rows about it."""
     with atlas.snapshot():
-        rows = atlas.query("SELECT * FROM facts WHERE id = ?", [fact_id])
-        if not rows:
+        row = atlas.fact_row(fact_id)
+        if row is None:
             raise NotFound(f"The atlas has no fact {fact_id!r}; search by subject or browse its relations.")
-        row = rows[0]
         fact = atlas.fact(fact_id)
         prompts = atlas.prompt_rows(fact_id)
         neurons: dict[str, list[dict[str, Any]]] = defaultdict(list)
         coarse: list[list[dict[str, Any]]] = [[] for _ in prompts]
-        for entry in atlas.query("SELECT kind, prompt, rank, layer, neuron, score FROM neurons WHERE fact_id = ? "
-                                 "ORDER BY kind, prompt, rank", [fact_id]):
+        for entry in queries.fact_neuron_rows(atlas, fact_id):
             item = {"name": neuron_name(entry["layer"], entry["neuron"]), "layer": entry["layer"],
                     "index": entry["neuron"], "score": finite(entry["score"]), "rank": entry["rank"]}
             if entry["kind"] == "coarse":
@@ -216,8 +178,7 @@ def fact_page(atlas, fact_id: str) -> dict[str, Any]:
         words = _word_flags(atlas, fact_id)
         for item in refined:
             item["word"] = words.get((item["layer"], item["index"]))
-        results = atlas.query("SELECT study, variant, relation, metric, value FROM results WHERE fact_id = ? "
-                              "ORDER BY rowid", [fact_id])
+        results = queries.fact_results(atlas, fact_id)
     by_study: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for entry in results:
         by_study[entry["study"]].append({**entry, "value": finite(entry["value"])})
@@ -238,23 +199,15 @@ def fact_page(atlas, fact_id: str) -> dict[str, Any]:
 def _add_unit_facts(atlas, items: list[dict[str, Any]]) -> None:
     """Each item's ``facts`` (done facts having it as a knowledge neuron) and ``generic`` flag (generic table)."""
     for item in items:
-        item["facts"] = atlas.query(
-            "SELECT count(DISTINCT n.fact_id) AS n FROM neurons n JOIN facts f ON f.id = n.fact_id "
-            "WHERE n.kind = 'refined' AND n.layer = ? AND n.neuron = ? AND f.status = 'done'",
-            [item["layer"], item["index"]])[0]["n"]
-        generic = atlas.query("SELECT flagged FROM generic WHERE layer = ? AND neuron = ?",
-                              [item["layer"], item["index"]])
-        item["generic"] = bool(generic and generic[0]["flagged"])
+        item["facts"] = queries.unit_fact_count(atlas, item["layer"], item["index"])
+        generic = queries.generic_row(atlas, item["layer"], item["index"])
+        item["generic"] = bool(generic and generic["flagged"])
 
 
 def _word_flags(atlas, fact_id: str) -> dict[tuple[int, int], int]:
     """The fact's knowledge neurons whose value slot ranks the answer among its WORD_RANK most promoted tokens:
     ``{(layer, index): answer rank}`` (empty without the vocabulary study)."""
-    if not has_vocabulary(atlas):
-        return {}
-    rows = atlas.query("SELECT layer, neuron, answer_rank FROM vocabulary WHERE fact_id = ? AND answer_rank < ?",
-                       [fact_id, WORD_RANK])
-    return {(r["layer"], r["neuron"]): r["answer_rank"] for r in rows}
+    return word_ranks(atlas, fact_id, WORD_RANK)
 
 
 def prompt_cells(atlas, fact_id: str, idx: int) -> dict[str, Any]:
@@ -262,12 +215,10 @@ def prompt_cells(atlas, fact_id: str, idx: int) -> dict[str, Any]:
     prompt's maximum (at most MAX_CELLS, the largest), ``[neuron, layer, score]`` each, and the TOP_PER_LAYER
     neurons of each layer by score."""
     with atlas.snapshot():
-        rows = atlas.query("SELECT scores, activations, dtype, layers, neurons, text, probability FROM prompts "
-                           "WHERE fact_id = ? AND idx = ?", [fact_id, int(idx)])
-        if not rows:
+        row = queries.prompt_blobs(atlas, fact_id, int(idx))
+        if row is None:
             raise NotFound(f"Fact {fact_id!r} has no prompt {idx}.")
         keep = atlas.params.get("keep_scores", "full")
-    row = rows[0]
     shape = (int(row["layers"]), int(row["neurons"]))
     out: dict[str, Any] = {"fact_id": fact_id, "idx": int(idx), "text": row["text"], "layers": shape[0],
                            "neurons": shape[1], "keep_scores": keep, "cells": [], "top": []}
@@ -308,25 +259,16 @@ def neuron_page(atlas, layer: int, index: int) -> dict[str, Any]:
         if not (0 <= layer < n_layers and 0 <= index < n_neurons):
             raise NotFound(f"{neuron_name(layer, index)} is outside the model: it has layers 0-{n_layers - 1} "
                            f"and neurons 0-{n_neurons - 1} per layer.")
-        refined = atlas.query(
-            "SELECT n.fact_id, f.relation, f.subject, f.object, n.rank, n.score FROM neurons n "
-            "JOIN facts f ON f.id = n.fact_id WHERE n.kind = 'refined' AND n.layer = ? AND n.neuron = ? "
-            "AND f.status = 'done' ORDER BY f.seq", [layer, index])
-        coarse = atlas.query(
-            "SELECT n.fact_id, n.prompt, n.rank, n.score, p.text, p.probability FROM neurons n "
-            "JOIN prompts p ON p.fact_id = n.fact_id AND p.idx = n.prompt JOIN facts f ON f.id = n.fact_id "
-            "WHERE n.kind = 'coarse' AND n.layer = ? AND n.neuron = ? ORDER BY f.seq, n.prompt LIMIT ?",
-            [layer, index, MAX_ROWS + 1])
-        n_coarse = atlas.query("SELECT count(*) AS n FROM neurons WHERE kind = 'coarse' AND layer = ? AND neuron = ?",
-                               [layer, index])[0]["n"]
+        refined = queries.neuron_refined_facts(atlas, layer, index)
+        coarse = queries.neuron_coarse_prompts(atlas, layer, index, MAX_ROWS + 1)
+        n_coarse = queries.neuron_coarse_count(atlas, layer, index)
         keep = atlas.params.get("keep_scores", "full")
         shown = coarse[:MAX_ROWS]
         values = stored_activations(atlas, [(c["fact_id"], c["prompt"]) for c in shown], layer, index, n_neurons, keep)
         for entry, value in zip(shown, values, strict=True):
             entry["activation"] = value
             entry["score"] = finite(entry["score"])
-        generic = atlas.query("SELECT facts, share, flagged FROM generic WHERE layer = ? AND neuron = ?",
-                              [layer, index])
+        generic = queries.generic_row(atlas, layer, index)
         vocabulary = _vocabulary_rows(atlas, layer, index)
     for entry in refined:
         entry["score"] = finite(entry["score"])
@@ -335,56 +277,19 @@ def neuron_page(atlas, layer: int, index: int) -> dict[str, Any]:
         "name": neuron_name(layer, index), "layer": layer, "index": index, "n_layers": n_layers,
         "n_neurons": n_neurons, "refined": refined[:MAX_ROWS], "n_refined": len(refined),
         "relations": sorted({r["relation"] for r in refined}), "coarse": shown, "n_coarse": n_coarse,
-        "keep_scores": keep, "generic": generic[0] if generic else None,
+        "keep_scores": keep, "generic": generic,
         "mean_activation": float(np.mean(known)) if known else None,
         "vocabulary": vocabulary, "word_facts": [v["fact_id"] for v in vocabulary if v["answer_rank"] < WORD_RANK],
     }
 
 
-#: the bytes of one value of a prompt's BLOB, in SQL
-_WIDTH = "(CASE dtype WHEN 'float64' THEN 8 ELSE 4 END)"
-
-
-def stored_activations(atlas, prompts: Sequence[tuple[str, int]], layer: int, index: int, n_neurons: int,
-                       keep: str) -> list[float | None]:
-    """The stored activation of neuron (layer, index) at the answer position of each (fact id, prompt idx); None
-    where the atlas kept none (``none``, or a sparse atlas that kept other cells of that fact). A full atlas reads
-    the one value out of the BLOB (``substr``), not the whole matrix."""
-    if keep == "none" or not prompts:
-        return [None] * len(prompts)
-    flat = layer * n_neurons + index
-    out: list[float | None] = []
-    for fact_id, idx in prompts:
-        if keep == "full":  # a full BLOB is float32 or float64 (the atlas's check): the value's bytes at its offset
-            rows = atlas.query(f"SELECT dtype, substr(activations, ? * {_WIDTH} + 1, {_WIDTH}) AS a FROM prompts "
-                               "WHERE fact_id = ? AND idx = ?", [flat, fact_id, idx])
-            if not rows:
-                out.append(None)
-                continue
-            dtype, blob = np.dtype(rows[0]["dtype"]).newbyteorder("<"), rows[0]["a"]
-            out.append(finite(np.frombuffer(blob, dtype=dtype)[0]) if blob and len(blob) == dtype.itemsize
-                       else None)
-        else:
-            rows = atlas.query("SELECT scores, activations, dtype FROM prompts WHERE fact_id = ? AND idx = ?",
-                               [fact_id, idx])
-            if not rows:
-                out.append(None)
-                continue
-            kept, _, acts = score_blobs.decode_sparse(rows[0]["scores"], rows[0]["activations"], rows[0]["dtype"])
-            where = int(np.searchsorted(kept, flat))
-            out.append(finite(acts[where]) if where < kept.size and kept[where] == flat else None)
-    return out
-
-
 def _vocabulary_rows(atlas, layer: int, index: int) -> list[dict[str, Any]]:
-    if not has_vocabulary(atlas):
-        return []
+    """The vocabulary study's rows of neuron (layer, index), fact by fact in run order (of at most MAX_ROWS
+    facts); none without the vocabulary table."""
     from kneuron.store.vocabulary import read_vocabulary
 
-    rows = atlas.query("SELECT v.fact_id FROM vocabulary v JOIN facts f ON f.id = v.fact_id WHERE v.layer = ? AND "
-                       "v.neuron = ? ORDER BY f.seq LIMIT ?", [layer, index, MAX_ROWS])
     found = []
-    for (fact_id,) in ((r["fact_id"],) for r in rows):
+    for fact_id in vocabulary_fact_ids(atlas, layer, index, MAX_ROWS):
         found += [v for v in read_vocabulary(atlas, fact_id) if v["layer"] == layer and v["neuron"] == index]
     return found
 
@@ -406,14 +311,11 @@ def search(atlas, query: str) -> dict[str, Any]:
     if neuron is not None:
         return {"query": query, "redirect": f"/neuron/{neuron_name(*neuron)}"}
     with atlas.snapshot():
-        if atlas.query("SELECT 1 FROM facts WHERE id = ?", [query]):
+        if atlas.fact_row(query) is not None:
             return {"query": query, "redirect": f"/fact/{quote(query, safe='')}"}
-        if atlas.query("SELECT 1 FROM facts WHERE relation = ? LIMIT 1", [query]):
+        if queries.relation_exists(atlas, query):
             return {"query": query, "redirect": f"/relation/{quote(query, safe='')}"}
-        pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        matches = atlas.query(
-            "SELECT id, relation, subject, object, status FROM facts WHERE subject LIKE ?1 ESCAPE '\\' "
-            "OR object LIKE ?1 ESCAPE '\\' OR id LIKE ?1 ESCAPE '\\' ORDER BY seq LIMIT ?2", [pattern, MAX_ROWS + 1])
+        matches = queries.search_facts(atlas, query, MAX_ROWS + 1)
     out: dict[str, Any] = {"query": query, "matches": matches[:MAX_ROWS], "more": len(matches) > MAX_ROWS}
     if len(matches) == 1:
         out["redirect"] = f"/fact/{quote(matches[0]['id'], safe='')}"
@@ -425,9 +327,9 @@ def study_page(atlas, study: str, filters: Mapping[str, str | None]) -> dict[str
     mean over the per-fact rows of each (variant, metric): what a figure elsewhere is the mean of."""
     chosen = {k: v for k, v in filters.items() if k in ("variant", "metric", "relation", "fact_id") and v}
     with atlas.snapshot():
-        if not atlas.query("SELECT 1 FROM results WHERE study = ? LIMIT 1", [study]):
+        if not queries.has_study(atlas, study):
             raise NotFound(f"The atlas has no results of study {study!r}; `kneuron study` computes them.")
-        rows = _study_rows(atlas, study, **chosen, limit=20000)
+        rows = queries.study_rows(atlas, study, **chosen, limit=20000)
     means = _means(rows)
     shown = [{**r, "value": finite(r["value"])} for r in rows[:MAX_ROWS]]
     return {"study": study, "filters": chosen, "rows": shown, "n_rows": len(rows), "means": means}

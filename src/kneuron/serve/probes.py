@@ -424,10 +424,10 @@ def save_found(path: str | Path, lm: LanguageModel, fact: Fact) -> dict[str, Any
     path = Path(path).expanduser()
     with Atlas.open(path, read_only=True) as atlas:
         meta, params = atlas.meta, atlas.params
-        rows = atlas.query("SELECT * FROM facts WHERE id = ?", (fact.id,))
-    if rows and not _same_fact(fact, rows[0]):
-        raise KneuronError(f"The atlas already holds a fact {fact.id!r} with other content ({rows[0]['subject']} -> "
-                           f"{rows[0]['object']}): give this one another relation name or subject.")
+        row = atlas.fact_row(fact.id)
+    if row is not None and not _same_fact(fact, row):
+        raise KneuronError(f"The atlas already holds a fact {fact.id!r} with other content ({row['subject']} -> "
+                           f"{row['object']}): give this one another relation name or subject.")
     identity = model_identity(lm)
     if any(meta.get(key) != identity.get(key) for key in IDENTITY_KEYS):
         raise KneuronError(f"The atlas was made with {meta.get('model')} and the loaded model is {lm.name} (another "

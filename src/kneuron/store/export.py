@@ -18,7 +18,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from kneuron.errors import KneuronError
+from kneuron.errors import InputError, KneuronError
 from kneuron.store.atlas import Atlas
 
 #: table name -> query; "neurons" goes to the path itself, the others to ``stem.NAME.suffix``
@@ -56,7 +56,7 @@ def export_paths(path: str | Path, optional: tuple[str, ...] = ()) -> dict[str, 
     """Where each table (and each of the ``optional`` ones) goes for ``path``."""
     path = Path(path).expanduser()
     if path.suffix not in FORMATS:
-        raise KneuronError(f"Export to a .csv or .parquet path (got {str(path)!r}); e.g. --to runs/demo.parquet.")
+        raise InputError(f"Export to a .csv or .parquet path (got {str(path)!r}); e.g. --to runs/demo.parquet.")
     return {name: path if name == "neurons" else path.with_name(f"{path.stem}.{name}{path.suffix}")
             for name in (*TABLES, *optional)}
 
@@ -68,7 +68,8 @@ def export(atlas: Atlas | str | Path, path: str | Path) -> list[Path]:
         The files written, the neurons table (at ``path``) first.
 
     Raises:
-        KneuronError: a path that is neither .csv nor .parquet, or pandas / pyarrow missing.
+        InputError: a path that is neither .csv nor .parquet, or a folder.
+        KneuronError: pandas / pyarrow missing, or a file that cannot be written.
     """
     export_paths(path)  # a bad suffix is refused before anything is opened
     try:
@@ -100,8 +101,8 @@ def _write(frame, target: Path) -> Path:
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         if target.is_dir():
-            raise KneuronError(f"{str(target)!r} is a folder: give a file path to export to, e.g. "
-                               f"{target / 'atlas.csv'}.")
+            raise InputError(f"{str(target)!r} is a folder: give a file path to export to, e.g. "
+                             f"{target / 'atlas.csv'}.")
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.suffix == ".csv":
             frame.to_csv(temporary, index=False)

@@ -25,7 +25,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from kneuron.errors import KneuronError
+from kneuron.errors import AtlasError
 
 #: ``PRAGMA application_id`` of every atlas: "knrn"
 APPLICATION_ID = 0x6B6E726E
@@ -44,32 +44,32 @@ def quoted(path: Path) -> str:
     return f"'{path}'"
 
 
-def not_an_atlas(path: Path, why: str) -> KneuronError:
-    return KneuronError(f"{quoted(path)} is not a kneuron atlas ({why}); kneuron neither writes into nor deletes "
+def not_an_atlas(path: Path, why: str) -> AtlasError:
+    return AtlasError(f"{quoted(path)} is not a kneuron atlas ({why}); kneuron neither writes into nor deletes "
                         "it. Give the .sqlite file a `kneuron run --out PATH` wrote, or another --out path.")
 
 
-def damaged(path: Path, why: str) -> KneuronError:
-    return KneuronError(f"{quoted(path)} is damaged ({why}), so kneuron cannot trust what it reads from it. "
+def damaged(path: Path, why: str) -> AtlasError:
+    return AtlasError(f"{quoted(path)} is damaged ({why}), so kneuron cannot trust what it reads from it. "
                         f"{RECOVER_HINT}.")
 
 
-def locked(path: Path) -> KneuronError:
-    return KneuronError(
+def locked(path: Path) -> AtlasError:
+    return AtlasError(
         f"{quoted(path)} is locked by another writer (another kneuron run, or a program holding a write "
         f"transaction on it). Wait for it to finish, or {NEW_ATLAS_HINT}."
     )
 
 
-def read_only(path: Path, why: str = "") -> KneuronError:
-    return KneuronError(
+def read_only(path: Path, why: str = "") -> AtlasError:
+    return AtlasError(
         f"{quoted(path)} is read-only{f' ({why})' if why else ''}: kneuron cannot write to it. Make it writable "
         f"(chmod u+w, and its folder too: SQLite keeps a -wal file beside it) or {NEW_ATLAS_HINT}."
     )
 
 
-def translate(path: Path, exc: sqlite3.Error) -> KneuronError:
-    """An sqlite3 error as a KneuronError that says what to do."""
+def translate(path: Path, exc: sqlite3.Error) -> AtlasError:
+    """An sqlite3 error as an AtlasError that says what to do."""
     text = str(exc).lower()
     if "locked" in text or "busy" in text:
         return locked(path)
@@ -79,7 +79,7 @@ def translate(path: Path, exc: sqlite3.Error) -> KneuronError:
         return not_an_atlas(path, f"{exc}: another kind of file, or an atlas whose first page is damaged")
     if any(word in text for word in ("malformed", "corrupt", "could not decode", "disk i/o")):
         return damaged(path, f"SQLite: {exc}")
-    return KneuronError(f"SQLite error on {quoted(path)}: {exc}")
+    return AtlasError(f"SQLite error on {quoted(path)}: {exc}")
 
 
 def identify(db: sqlite3.Connection, path: Path) -> str | None:
@@ -87,7 +87,7 @@ def identify(db: sqlite3.Connection, path: Path) -> str | None:
     written before it, recognised by its tables) or None (no tables at all: a fresh database kneuron is creating).
 
     Raises:
-        KneuronError: anything else (another program's database, or not SQLite), or a damaged file.
+        AtlasError: anything else (another program's database, or not SQLite), or a damaged file.
     """
     try:
         application_id = db.execute("PRAGMA application_id").fetchone()[0]
@@ -116,7 +116,7 @@ def probe(path: Path) -> str | None:
     """:func:`identify` for the file at ``path`` without opening it for writing (an empty file is not an atlas).
 
     Raises:
-        KneuronError: not an atlas, or damaged.
+        AtlasError: not an atlas, or damaged.
     """
     with open(path, "rb") as handle:
         header = handle.read(len(SQLITE_HEADER))
@@ -174,7 +174,7 @@ def check_sidecars(path: Path) -> None:
     for suffix in SIDECARS:
         sidecar = Path(f"{path}{suffix}")
         if sidecar.exists():
-            raise KneuronError(f"{quoted(sidecar)} exists but {quoted(path)} does not: it belongs to another "
+            raise AtlasError(f"{quoted(sidecar)} exists but {quoted(path)} does not: it belongs to another "
                                "database (or a deleted one), and SQLite would replay it into a new atlas. Move it "
                                "away, or choose another --out path.")
 
@@ -184,7 +184,7 @@ def create(path: Path, schema: str, meta: list[tuple[str, str]]) -> None:
     it and linked into place only when complete.
 
     Raises:
-        KneuronError: a file appeared at ``path`` meanwhile, or the folder is not writable.
+        AtlasError: a file appeared at ``path`` meanwhile, or the folder is not writable.
     """
     check_sidecars(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.new")
@@ -206,13 +206,13 @@ def create(path: Path, schema: str, meta: list[tuple[str, str]]) -> None:
         try:
             os.link(temporary, path)
         except FileExistsError:
-            raise KneuronError(f"{quoted(path)} appeared while kneuron was creating an atlas there (another run?); "
+            raise AtlasError(f"{quoted(path)} appeared while kneuron was creating an atlas there (another run?); "
                                "run again to continue it, or choose another --out path.") from None
         except OSError:  # a file system without hard links: claim the name, then replace the claim
             try:
                 os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
-                raise KneuronError(f"{quoted(path)} appeared while kneuron was creating an atlas there; run "
+                raise AtlasError(f"{quoted(path)} appeared while kneuron was creating an atlas there; run "
                                    "again, or choose another --out path.") from None
             os.replace(temporary, path)
     except sqlite3.Error as exc:
@@ -244,7 +244,7 @@ def lock(path: Path) -> int | None:
     Returns the fd (None where there is no flock, on Windows).
 
     Raises:
-        KneuronError: another run holds it.
+        AtlasError: another run holds it.
     """
     try:
         import fcntl

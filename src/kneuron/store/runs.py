@@ -27,7 +27,7 @@ from kneuron.attribution.estimators import Estimator, estimator_from_params, est
 from kneuron.attribution.ffn_norm import check_norm, with_effective_norm
 from kneuron.attribution.integrated_gradients import ALPHA_RULES
 from kneuron.attribution.knowledge import resolve_estimator
-from kneuron.errors import FactError, KneuronError
+from kneuron.errors import AtlasError, FactError, InputError, KneuronError
 from kneuron.facts.encoding import encode
 from kneuron.facts.fact import Fact
 from kneuron.facts.known import answer_ranks, known_share
@@ -83,30 +83,30 @@ def run_params(*, steps: int, threshold: float, share: float | str, objective: s
     estimator's params are recorded, so an atlas of gradient x activation has no ``steps``.
     """
     if chunk_facts < 1:
-        raise KneuronError(f"chunk_facts must be at least 1; got {chunk_facts}.")
+        raise InputError(f"chunk_facts must be at least 1; got {chunk_facts}.")
     if keep_scores not in KEEP_SCORES:
-        raise KneuronError(f"Unknown keep_scores {keep_scores!r}: use {', '.join(map(repr, KEEP_SCORES))}.")
+        raise InputError(f"Unknown keep_scores {keep_scores!r}: use {', '.join(map(repr, KEEP_SCORES))}.")
     if steps < 1:
-        raise KneuronError(f"steps must be at least 1; got {steps}.")
+        raise InputError(f"steps must be at least 1; got {steps}.")
     if not 0.0 <= threshold <= 1.0:
-        raise KneuronError(f"threshold must lie in [0, 1] (a fraction of the maximum score); got {threshold}.")
+        raise InputError(f"threshold must lie in [0, 1] (a fraction of the maximum score); got {threshold}.")
     if share != "adaptive" and not (isinstance(share, (int, float)) and 0.0 <= share < 1.0):
-        raise KneuronError(f"share must be a fraction in [0, 1) or 'adaptive'; got {share!r}.")
+        raise InputError(f"share must be a fraction in [0, 1) or 'adaptive'; got {share!r}.")
     if objective not in ("prob", "logprob"):
-        raise KneuronError(f"Unknown objective {objective!r}: use 'prob' or 'logprob'.")
+        raise InputError(f"Unknown objective {objective!r}: use 'prob' or 'logprob'.")
     if alphas not in ALPHA_RULES:
-        raise KneuronError(f"Unknown alpha rule {alphas!r}: use {', '.join(map(repr, ALPHA_RULES))}.")
+        raise InputError(f"Unknown alpha rule {alphas!r}: use {', '.join(map(repr, ALPHA_RULES))}.")
     if top < 1:
-        raise KneuronError(f"top must be at least 1; got {top}.")
+        raise InputError(f"top must be at least 1; got {top}.")
     if norm is not None and isinstance(estimator, Estimator) and getattr(estimator, "norm", None) != norm:
-        raise KneuronError(f"norm={norm!r} belongs to the estimator: give it when making "
-                           f"{type(estimator).__name__}(..., norm={norm!r}), or pass the estimator's name.")
+        raise InputError(f"norm={norm!r} belongs to the estimator: give it when making "
+                         f"{type(estimator).__name__}(..., norm={norm!r}), or pass the estimator's name.")
     chosen = resolve_estimator(estimator, steps=int(steps), objective=objective, alphas=alphas,  # type: ignore[arg-type]
                                screen=screen, **({} if norm is None else {"norm": check_norm(norm)}))
     if estimator_from_params(chosen.params()) != chosen:  # what every chunk (and Ray worker) rebuilds it from
-        raise KneuronError(f"{type(chosen).__name__} is not in the estimator registry, so a run cannot rebuild it "
-                           "from the atlas's params: register it with kneuron.attribution.estimators."
-                           "register_estimator, or use one of " + ", ".join(map(repr, estimator_names())) + ".")
+        raise InputError(f"{type(chosen).__name__} is not in the estimator registry, so a run cannot rebuild it "
+                         "from the atlas's params: register it with kneuron.attribution.estimators."
+                         "register_estimator, or use one of " + ", ".join(map(repr, estimator_names())) + ".")
     return {**chosen.params(), "threshold": float(threshold),
             "share": share if share == "adaptive" else float(share), "known_only": bool(known_only),
             "top": int(top), "min_share": float(min_share), "chunk_facts": int(chunk_facts),
@@ -217,7 +217,7 @@ def _register(atlas: Atlas, lm: LanguageModel, facts: list[Fact], *, known_only:
     for fact in facts:
         row = existing.get(fact.id)
         if row is not None and not _same(fact, row):
-            raise KneuronError(
+            raise AtlasError(
                 f"Fact {fact.id!r} in {atlas.path} differs from the one given ({row['subject']} -> {row['object']}, "
                 f"templates {row['templates']}); an atlas keeps one version of each fact. Start a new atlas: "
                 "write to another file (--out) or replace it (--overwrite)."
@@ -313,14 +313,15 @@ def run(
         A :class:`RunSummary` (computed, already done, dropped per relation, timing).
 
     Raises:
-        KneuronError: an atlas of another model or other parameters at ``atlas_path``, another run writing it,
-            a read-only or locked file, a fact id reused with other content.
+        AtlasError: an atlas of another model or other parameters at ``atlas_path``, another run writing it,
+            a read-only or locked file, a fact of the atlas given with other content.
+        InputError: a parameter out of range; FactError (an InputError): a fact id reused with other content.
     """
     from kneuron import __version__
 
     started = time.perf_counter()
     if limit_per_relation is not None and limit_per_relation < 1:
-        raise KneuronError(f"limit_per_relation must be at least 1; got {limit_per_relation}.")
+        raise InputError(f"limit_per_relation must be at least 1; got {limit_per_relation}.")
     params = run_params(steps=steps, threshold=threshold, share=share, objective=objective, alphas=alphas,
                         known_only=known_only, top=top, min_share=min_share, chunk_facts=chunk_facts,
                         keep_scores=keep_scores, estimator=estimator, screen=screen, norm=norm)

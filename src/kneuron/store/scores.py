@@ -15,18 +15,20 @@
 * ``none``: both BLOBs are empty; the neurons, probabilities, baselines and gaps are kept.
 
 Readers: :func:`decode_dense` gives dense tensors (zeros where nothing was kept), :func:`decode_sparse` the kept
-entries. The neurons table (refined, coarse and activation-baseline neurons) is the same for all three.
+entries; :func:`check_blobs` checks a stored prompt's BLOB sizes first. :func:`to_blob` / :func:`from_blob` are the
+raw little-endian bytes of the baseline and completeness-gap columns. The neurons table (refined, coarse and
+activation-baseline neurons) is the same for all three.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from kneuron.errors import KneuronError
+from kneuron.errors import AtlasError, InputError
 
 KEEP_SCORES = ("full", "sparse", "none")
 #: the share of a prompt's maximum score above which ``sparse`` keeps a score
@@ -66,7 +68,7 @@ def encode(scores: torch.Tensor, activations: torch.Tensor, dtype: str, keep: st
     if keep == "none":
         return b"", b""
     if keep != "sparse" or index is None:
-        raise KneuronError(f"Unknown keep_scores {keep!r}: use {', '.join(map(repr, KEEP_SCORES))}.")
+        raise InputError(f"Unknown keep_scores {keep!r}: use {', '.join(map(repr, KEEP_SCORES))}.")
     flat, flat_acts = matrix.reshape(-1), acts.reshape(-1)
     return (index.astype(_le("int32")).tobytes() + flat[index].astype(_le(dtype)).tobytes(),
             flat_acts[index].astype(_le(dtype)).tobytes())
@@ -87,7 +89,7 @@ def decode_dense(scores_blob: bytes, activations_blob: bytes, dtype: str, shape:
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense ``(scores, activations)`` of one prompt; zeros where a sparse atlas kept nothing."""
     if keep == "none":
-        raise KneuronError("This atlas keeps no score matrices (made with --keep-scores none): its neurons, "
+        raise AtlasError("This atlas keeps no score matrices (made with --keep-scores none): its neurons, "
                            "probabilities and baselines are there; re-run with --keep-scores sparse or full.")
     if keep == "full":
         return (torch.from_numpy(np.frombuffer(scores_blob, dtype=_le(dtype)).astype(dtype).reshape(shape)),
@@ -96,3 +98,49 @@ def decode_dense(scores_blob: bytes, activations_blob: bytes, dtype: str, shape:
     dense, dense_acts = np.zeros(shape[0] * shape[1], dtype=dtype), np.zeros(shape[0] * shape[1], dtype=dtype)
     dense[index], dense_acts[index] = values, acts
     return torch.from_numpy(dense.reshape(shape)), torch.from_numpy(dense_acts.reshape(shape))
+
+
+# ------------------------------------------------------------------------------------------------ raw BLOBs
+
+
+def to_blob(tensor: torch.Tensor, dtype: str) -> bytes:
+    """Raw little-endian bytes of ``tensor`` in numpy ``dtype`` ("float32" or "float64")."""
+    return np.ascontiguousarray(tensor.detach().cpu().to(getattr(torch, dtype)).numpy(),
+                                dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+
+
+def from_blob(blob: bytes, dtype: str, shape: Sequence[int]) -> torch.Tensor:
+    """The tensor :func:`to_blob` stored."""
+    array = np.frombuffer(blob, dtype=np.dtype(dtype).newbyteorder("<")).reshape(tuple(shape))
+    return torch.from_numpy(array.astype(np.dtype(dtype), copy=True))
+
+
+def blob_dtype(scores: torch.Tensor) -> str:
+    """float64 for float64 scores, float32 otherwise (lossless for float32, float16 and bfloat16)."""
+    return "float64" if scores.dtype == torch.float64 else "float32"
+
+
+def check_blobs(row: Mapping[str, Any], shape: tuple[int, int], keep: str = "full") -> None:
+    """Raise ValueError unless the prompt's BLOBs have the sizes its dtype, shape and ``keep_scores`` say
+    (sparse: whole (index, score) entries, an activation per entry, indices inside the matrix)."""
+    if row["dtype"] not in ("float32", "float64"):
+        raise ValueError(f"unknown dtype {row['dtype']!r}")
+    width = np.dtype(row["dtype"]).itemsize
+    cells = shape[0] * shape[1]
+    sizes = [("baseline", shape[0] * 8), ("completeness_gap", shape[0] * 8)]
+    if keep == "full":
+        sizes += [("scores", cells * width), ("activations", cells * width)]
+    elif keep == "none":
+        sizes += [("scores", 0), ("activations", 0)]
+    else:
+        blob = row["scores"]
+        if not isinstance(blob, bytes) or len(blob) % (4 + width):
+            raise ValueError(f"its sparse scores BLOB is not whole (index, {row['dtype']}) entries")
+        count = len(blob) // (4 + width)
+        sizes.append(("activations", count * width))
+        index = np.frombuffer(blob[:4 * count], dtype=np.dtype("int32").newbyteorder("<"))
+        if count and (index.min() < 0 or index.max() >= cells):
+            raise ValueError("its sparse scores BLOB has an index outside the matrix")
+    for name, size in sizes:
+        if not isinstance(row[name], bytes) or len(row[name]) != size:
+            raise ValueError(f"its {name} BLOB does not hold {size} bytes")

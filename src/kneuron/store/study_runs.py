@@ -151,7 +151,7 @@ def run_studies_on_atlas(
     results: list[StudyResult] = []
     with Atlas.open(path, read_only=not write) as atlas:
         with atlas.snapshot():
-            has_done = bool(atlas.fact_rows("done"))
+            has_done = atlas.has_done_facts()
         if not has_done:
             raise AtlasError(f"{path} has no computed facts yet: run `kneuron run --out {path}` (or let it finish).")
         fingerprint: list[str] = []

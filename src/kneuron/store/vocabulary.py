@@ -67,6 +67,26 @@ def has_vocabulary(atlas) -> bool:
     return bool(atlas.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [TABLE]))
 
 
+def word_ranks(atlas, fact_id: str, below: int) -> dict[tuple[int, int], int]:
+    """The fact's knowledge neurons whose value slot ranks its answer below ``below`` (0 = its top promoted
+    token): ``{(layer, neuron): answer rank}``; empty when the atlas has no table."""
+    if not has_vocabulary(atlas):
+        return {}
+    rows = atlas.query("SELECT layer, neuron, answer_rank FROM vocabulary WHERE fact_id = ? AND answer_rank < ?",
+                       [fact_id, below])
+    return {(r["layer"], r["neuron"]): r["answer_rank"] for r in rows}
+
+
+def vocabulary_fact_ids(atlas, layer: int, neuron: int, limit: int) -> list[str]:
+    """The facts (in run order, at most ``limit``) with a row for neuron (layer, neuron); empty without the
+    table."""
+    if not has_vocabulary(atlas):
+        return []
+    rows = atlas.query("SELECT v.fact_id FROM vocabulary v JOIN facts f ON f.id = v.fact_id WHERE v.layer = ? AND "
+                       "v.neuron = ? ORDER BY f.seq LIMIT ?", [layer, neuron, limit])
+    return [r["fact_id"] for r in rows]
+
+
 def read_vocabulary(atlas, fact_id: str | None = None) -> list[dict[str, Any]]:
     """The table's rows (of one fact, or all) in fact and neuron order, ``promoted`` and ``suppressed`` decoded to
     lists of ``(token id, token text, logit)``; no rows when the atlas has no table."""
@@ -85,4 +105,5 @@ def read_vocabulary(atlas, fact_id: str | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["SCHEMA", "TABLE", "has_vocabulary", "read_vocabulary", "write_vocabulary"]
+__all__ = ["SCHEMA", "TABLE", "has_vocabulary", "read_vocabulary", "vocabulary_fact_ids", "word_ranks",
+           "write_vocabulary"]
