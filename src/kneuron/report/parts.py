@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 from collections.abc import Sequence
+
+from kneuron.studies.base import number  # noqa: F401  (the same cells as the terminal summaries)
 
 
 def escape(text: object) -> str:
     """``text`` as HTML-escaped text."""
     return html.escape(str(text))
-
-
-def number(value: float, spec: str) -> str:
-    """``value`` formatted with ``spec``; a dash for NaN, infinities and non-numbers."""
-    return f"{value:{spec}}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:

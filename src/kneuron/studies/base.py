@@ -278,3 +278,8 @@ def default_measures(rows: Sequence[dict]) -> list[tuple[str, str]]:
 def show_token(token: str) -> str:
     """A token as text with its spaces and control characters visible: ' Paris'."""
     return repr(token)
+
+
+def number(value: float, spec: str) -> str:
+    """``value`` formatted with ``spec``; a dash for NaN, infinities and non-numbers (the summaries' cells)."""
+    return f"{value:{spec}}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kneuron.studies.base import Study, StudyContext, StudyOutput
+from kneuron.studies.base import number as _num
 from kneuron.studies.consistency import (
     COMPARED_STUDIES,
     consistency_study,
@@ -22,10 +23,6 @@ from kneuron.studies.consistency import (
     summary_values,
 )
 from kneuron.studies.registry import register_study
-
-
-def _num(value: float, spec: str) -> str:
-    return f"{value:{spec}}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
 
 
 @register_study

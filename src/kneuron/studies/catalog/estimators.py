@@ -5,7 +5,6 @@ sparse scores)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -14,6 +13,7 @@ from rich.text import Text
 
 from kneuron.errors import KneuronError, StudyError
 from kneuron.studies.base import FACTS_LIMIT, SEED, Option, Study, StudyContext, StudyOutput
+from kneuron.studies.base import number as _num
 from kneuron.studies.estimator_agreement import (
     agreement_summary,
     default_estimators,
@@ -98,9 +98,6 @@ class Estimators(Study):
         n = len(output.facts or [])
         return [agreement_table(output.rows, f"Estimators against exact IG on {n} facts, stored in {context.run_path}")]
 
-
-def _num(value: float, spec: str) -> str:
-    return f"{value:{spec}}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
 
 
 def agreement_table(rows: Sequence[dict], title: str) -> Table:

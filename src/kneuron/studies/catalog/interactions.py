@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kneuron.studies.base import FACTS_LIMIT, SEED, Option, Study, StudyContext, StudyOutput
+from kneuron.studies.base import number as _num
 from kneuron.studies.interactions import interaction_summary, interactions_study, study_params
 from kneuron.studies.registry import register_study
 
@@ -50,9 +51,6 @@ class Interactions(Study):
         per_fact = output.seconds / studied if studied else math.nan
         return [interactions_table(output.rows, context.run_path, per_fact, width=context.width)]
 
-
-def _num(value: float, spec: str) -> str:
-    return f"{value:{spec}}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
 
 
 def _needed(entry: dict, level: int, variant: str) -> str:

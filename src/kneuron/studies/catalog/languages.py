@@ -15,13 +15,10 @@ from rich.text import Text
 
 from kneuron.facts.multilingual import multilingual_facts
 from kneuron.studies.base import SEED, Study, StudyContext, StudyOutput
+from kneuron.studies.base import number as _num
 from kneuron.studies.cross_lingual_edit import cross_lingual_edit
 from kneuron.studies.languages import language_study, multilingual_keys, multilingual_refusal
 from kneuron.studies.registry import register_study
-
-
-def _num(value: float, spec: str) -> str:
-    return f"{value:{spec}}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
 
 
 def _moved(summary: dict, metric: str) -> str:

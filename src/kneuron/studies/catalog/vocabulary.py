@@ -5,7 +5,6 @@ table (:mod:`kneuron.store.vocabulary`; ``kneuron atlas --fact`` shows them)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from rich.text import Text
 
 from kneuron.interventions.vocabulary import token_text
 from kneuron.studies.base import SEED, Study, StudyContext, StudyOutput, show_token
+from kneuron.studies.base import number as _num
 from kneuron.studies.registry import register_study
 from kneuron.studies.vocabulary import study_params, study_vocabularies, vocabulary_rows, vocabulary_summary
 
@@ -49,9 +49,6 @@ class Vocabulary(Study):
     def summary(self, output: StudyOutput, context: StudyContext) -> list:
         return vocabulary_tables(output.rows, output.extra.get("vocabulary", []), context.run_path)
 
-
-def _num(value: float, spec: str) -> str:
-    return f"{value:{spec}}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
 
 
 def tokens(entries: Sequence[tuple[int, str, float]], count: int = SHOWN_TOKENS) -> str:
