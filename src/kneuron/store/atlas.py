@@ -104,6 +104,7 @@ import torch
 from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores
 from kneuron.errors import FactError, KneuronError
 from kneuron.facts.fact import Fact
+from kneuron.models.identity import model_identity
 from kneuron.store import files
 from kneuron.store import scores as score_blobs
 from kneuron.store.files import NEW_ATLAS_HINT, damaged, quoted, translate
@@ -197,28 +198,6 @@ CREATE INDEX IF NOT EXISTS results_by_fact ON results (fact_id, study);
 
 
 # ------------------------------------------------------------------------------------------------ model identity
-
-
-def model_identity(lm) -> dict[str, Any]:
-    """What identifies a model in an atlas: family, kind, shape, dtype and a fingerprint of its weights.
-
-    The fingerprint is a BLAKE2b digest of every parameter and buffer (name, shape, dtype and all its bytes)
-    and of the tokenizer's vocabulary, so a model edited in a single value slot is another model. Hashing
-    SmolLM2-135M's 0.5 GB of float32 weights took 1.1 s on a busy 2-core machine.
-    """
-    import hashlib
-
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in lm.model.state_dict().items():
-        data = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-        if data.numel():
-            digest.update(data.view(torch.uint8).numpy().data)
-    vocab = lm.tokenizer.get_vocab() if hasattr(lm.tokenizer, "get_vocab") else {}
-    digest.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
-    return {"model": lm.name, "family": lm.spec.family, "kind": lm.kind, "n_layers": lm.n_layers,
-            "n_neurons": lm.n_neurons, "dtype": str(lm.dtype).removeprefix("torch."),
-            "fingerprint": digest.hexdigest()}
 
 
 def fact_digest(ids: Iterable[str]) -> str:
