@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import torch
 
-from kneuron.errors import FactError
+from kneuron.errors import AnswerVocabularyError
 from kneuron.facts.encoding import EncodedQuery, encode, encode_many
 from kneuron.facts.fact import Fact
 from kneuron.models.language_model import LanguageModel
@@ -135,17 +135,20 @@ def known_share(ranks: Sequence[int], top: int = 10) -> float:
 
 
 def encodable_facts(lm: LanguageModel, facts: Sequence[Fact]) -> tuple[list[Fact], dict[str, str]]:
-    """(the facts every prompt of which ``lm`` can encode, in order; fact id -> why for the others).
+    """(the facts whose answer ``lm`` can encode after each of their prompts, in order; fact id -> why for the
+    others).
 
     A masked model cannot encode an answer its vocabulary lacks (it would be the unknown token; the tiny test
-    models cannot spell 'Athens'), and a causal model a prompt with no text before ``[Y]``.
+    models cannot spell 'Athens'): :class:`~kneuron.errors.AnswerVocabularyError`. Other encoding errors are the
+    facts' own (e.g. a template with nothing before ``[Y]`` for a causal model, which
+    :func:`~kneuron.facts.validation.causal_templates` filters) and are raised.
     """
     kept, skipped = [], {}
     for fact in facts:
         try:
             for prompt in fact.prompts():
                 encode(lm, prompt, fact.object)
-        except FactError as exc:
+        except AnswerVocabularyError as exc:
             skipped[fact.id] = str(exc)
             continue
         kept.append(fact)
@@ -154,7 +157,7 @@ def encodable_facts(lm: LanguageModel, facts: Sequence[Fact]) -> tuple[list[Fact
 
 class KnownSplit(tuple):
     """What :func:`known_facts` returns: the pair ``(known, dropped)`` (it unpacks as that pair), and ``skipped``,
-    fact id -> why, for the facts the model cannot encode (in neither list)."""
+    fact id -> why, for the facts whose answer the model cannot encode (in neither list)."""
 
     skipped: dict[str, str]
 
@@ -174,13 +177,16 @@ class KnownSplit(tuple):
 
 def known_facts(lm: LanguageModel, facts: Sequence[Fact], top: int = 10, min_share: float = 0.5,
                 batch_size: int = 64) -> KnownSplit:
-    """Split ``facts`` into (known, dropped), skipping the facts the model cannot encode.
+    """Split ``facts`` into (known, dropped), skipping the facts whose answer the model cannot encode.
 
     A fact is known when the first token of its answer is among the model's ``top`` next-token (or
-    mask-filler) predictions for more than ``min_share`` of its prompts. A fact with a prompt the model cannot
-    encode (:func:`encodable_facts`: e.g. an answer outside a masked model's vocabulary) is skipped: it is in
-    neither list, and the result's ``skipped`` says why (fact id -> the encoding error), so ``len(skipped)``
-    counts them.
+    mask-filler) predictions for more than ``min_share`` of its prompts. A fact whose answer the model's
+    vocabulary cannot spell (:func:`encodable_facts`: e.g. 'Athens' for a masked model without that word) is
+    skipped: it is in neither list, and the result's ``skipped`` says why (fact id -> the error), so
+    ``len(result.skipped)`` counts them.
+
+    Raises:
+        FactError: a prompt the model cannot read (e.g. a causal model and a template that starts with [Y]).
     """
     usable, skipped = encodable_facts(lm, facts)
     kept, dropped = [], []
