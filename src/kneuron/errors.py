@@ -28,12 +28,22 @@ class FactError(InputError):
     """A fact, template, prompt or answer is malformed."""
 
 
+class AnswerVocabularyError(FactError):
+    """An answer the model's tokenizer cannot spell: it tokenizes to nothing, or (a masked model) to the unknown
+    token. Not the fact's fault: another model may have the words (``known_facts`` skips such facts)."""
+
+
 class NeuronIndexError(InputError):
     """A layer or neuron index lies outside the model."""
 
 
 class EditError(KneuronError):
     """An edit that cannot be made, applied, undone, saved or loaded."""
+
+
+class EditOptionError(EditError, InputError):
+    """An edit asked for with a bad argument: an unknown option, a number out of range, unusable answers (also an
+    ``InputError`` and a ``ValueError``)."""
 
 
 class VocabularyError(KneuronError):

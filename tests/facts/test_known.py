@@ -84,3 +84,25 @@ def test_ranking_leaves_no_hook_on_the_model():
     assert dict(head._forward_pre_hooks) == before
     ids = encode(lm, FACTS[0].prompts()[0], "Paris").input_ids[None]
     assert lm.model(input_ids=ids).logits.shape[1] == ids.shape[1]  # the head reads every position again
+
+
+def test_known_facts_skips_the_facts_a_masked_model_cannot_encode():
+    """tiny-bert's vocabulary has no 'Athens' or 'Vienna': those built-in facts are skipped, not an error; the others
+    are split exactly as answer_ranks ranks them."""
+    from kneuron.facts import builtin_facts, known_facts
+    from kneuron.facts.known import encodable_facts, known_share
+
+    lm = tiny_lm("bert")
+    facts = builtin_facts()
+    split = known_facts(lm, facts, top=20)
+    kept, dropped = split  # still unpacks as (known, dropped)
+    assert split.skipped and {"capital:Greece", "capital:Austria"} <= set(split.skipped)
+    assert all("vocabulary does not have" in why for why in split.skipped.values())
+    encodable, reasons = encodable_facts(lm, facts)
+    assert reasons == split.skipped and len(encodable) + len(reasons) == len(facts)
+    assert [f.id for f in kept + dropped] == [f.id for f in facts if f.id not in reasons]  # in order, nothing lost
+    by_id = {f.id: ranks for f, ranks in zip(encodable, answer_ranks(lm, encodable), strict=True)}
+    assert all(known_share(by_id[f.id], 20) > 0.5 for f in kept)
+    assert all(known_share(by_id[f.id], 20) <= 0.5 for f in dropped)
+    causal = known_facts(tiny_lm("llama"), facts[:20])
+    assert causal.skipped == {} and len(causal.known) + len(causal.dropped) == 20  # a causal model encodes all

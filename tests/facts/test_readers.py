@@ -11,18 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kneuron.errors import FactError
-from kneuron.facts import Fact
-from kneuron.facts.readers import (
-    causal_templates,
-    load_facts,
-    read_csv,
-    read_jsonl,
-    read_kn_bags,
-    read_lama_trex,
-    read_pararel,
-    read_pararel_patterns,
-    write_jsonl,
-)
+from kneuron.facts import Fact, causal_templates, load_facts
+from kneuron.facts.kn_bags import read_kn_bags
+from kneuron.facts.pararel import read_lama_trex, read_pararel, read_pararel_patterns
+from kneuron.facts.schema import read_csv, read_jsonl, write_jsonl
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "facts"
 PARAREL = FIXTURES / "pararel"

@@ -13,7 +13,7 @@ import kneuron.facts
 from kneuron import cli
 from kneuron.errors import FactError
 from kneuron.facts import Fact, Prompt, encode, load_facts, top_predictions
-from kneuron.facts.readers import read_trex_triples
+from kneuron.facts.pararel import read_trex_triples
 from tiny_models import tiny_lm
 
 runner = CliRunner()

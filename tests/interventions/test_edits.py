@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
 from kneuron.attribution import KnowledgeNeurons, Neuron
-from kneuron.errors import KneuronError
+from kneuron.errors import EditOptionError, InputError, KneuronError
 from kneuron.facts import Fact
 from kneuron.interventions import Edit, EditError, erase_relation, shared_neurons, update_fact
 from tiny_models import FAMILIES, tiny_lm
@@ -310,9 +310,9 @@ def test_other_bad_input():
         update_fact(lm, NEURONS, "Paris", "Rome", tokens="last")
     with pytest.raises(KneuronError, match="old answer"):
         update_fact(lm, NEURONS, None, "Rome")
-    with pytest.raises(KneuronError, match="top must be"):
+    with pytest.raises(EditOptionError, match="top must be"):
         erase_relation(lm, {(0, 1): 1}, top=0)
-    with pytest.raises(KneuronError, match="mode must be"):
+    with pytest.raises(EditOptionError, match="mode must be"):
         erase_relation(lm, {(0, 1): 1}, mode="random")
 
 
@@ -403,7 +403,7 @@ def test_slot_norm_scale_is_the_official_codes_formula(layout_family):
         norm = slot_by_hand(lm, *key).norm()
         expected = -(1.0 * norm / e_old.norm()) * e_old + (8.0 * norm / e_new.norm()) * e_new
         assert torch.equal(delta, expected)
-    with pytest.raises(KneuronError, match="scale must be"):
+    with pytest.raises(EditOptionError, match="scale must be"):
         update_fact(lm, NEURONS, "Paris", "Rome", scale="huge")
 
 
@@ -430,5 +430,13 @@ def test_activation_sign_flips_deltas_of_negative_neurons(layout_family):
     assert signed.meta["sign"] == "activation" and len(signed.meta["signs"]) == len(keys)
     with pytest.raises(KneuronError, match="prompts"):
         update_fact(lm, keys, "Paris", "Rome", sign="activation")
-    with pytest.raises(KneuronError, match="sign must be"):
+    with pytest.raises(EditOptionError, match="sign must be"):
         update_fact(lm, keys, "Paris", "Rome", fact=fact, sign="both")
+
+
+def test_a_bad_edit_option_is_an_input_error_and_an_edit_error():
+    lm = tiny_lm("llama")
+    with pytest.raises(EditOptionError) as caught:
+        update_fact(lm, NEURONS, "Paris", "Rome", scale="huge")
+    assert isinstance(caught.value, InputError) and isinstance(caught.value, EditError)
+    assert isinstance(caught.value, ValueError)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kneuron.attribution.log_prob_increase import readout_of
-from kneuron.errors import KneuronError
+from kneuron.errors import InputError
 from kneuron.interventions.vocabulary import (
     VocabularyError,
     activation_signs,
@@ -162,13 +162,13 @@ def test_albert_and_bad_arguments_are_refused():
     with pytest.raises(VocabularyError, match="narrower than the hidden states"):
         slot_logits(tiny_lm("albert"), [(0, 1)])
     lm = tiny_lm("llama", layers=3)
-    with pytest.raises(KneuronError, match="one sign per neuron"):
+    with pytest.raises(InputError, match="one sign per neuron"):
         slot_logits(lm, NEURONS, [1.0])
-    with pytest.raises(KneuronError, match="outside"):
+    with pytest.raises(InputError, match="outside"):
         neuron_vocabulary(lm, NEURONS, answer_id=10**6)
-    with pytest.raises(KneuronError, match="top must be"):
+    with pytest.raises(InputError, match="top must be"):
         neuron_vocabulary(lm, NEURONS, top=0)
-    with pytest.raises(KneuronError, match="out of range"):
+    with pytest.raises(InputError, match="out of range"):
         slot_logits(lm, [(9, 0)])
     assert neuron_vocabulary(lm, []) == []
 

@@ -8,7 +8,7 @@ import functools
 import pytest
 import torch
 
-from kneuron.errors import KneuronError, NeuronIndexError
+from kneuron.errors import InputError, NeuronIndexError
 from kneuron.models import NeuronPatch, capture, on_ffn_input, patch, scale_patches, suppress_patches
 from kneuron.models.hooks import patch_rows
 from tiny_models import tiny_lm
@@ -289,7 +289,7 @@ def test_patch_rows_gives_each_row_what_patch_gives_it(lm, positions):
 def test_patch_rows_refuses_another_batch_size_and_leaves_nothing(lm):
     ids = _ids(lm)
     before = _logits(lm, ids)
-    with pytest.raises(KneuronError, match="3 rows but the batch has 2"), torch.no_grad(), \
+    with pytest.raises(InputError, match="3 rows but the batch has 2"), torch.no_grad(), \
             patch_rows(lm, [suppress_patches([(0, 1)])] * 3, positions=-1):
         lm.model(input_ids=ids)
     with pytest.raises(Boom), torch.no_grad(), patch_rows(lm, [suppress_patches([(0, 1)])] * BATCH):
@@ -346,9 +346,9 @@ def test_model_restored_after_error_raised_inside_a_hook(lm):
     ids = _ids(lm)
     before = _logits(lm, ids)
     bad = torch.tensor([1, 2, 3])  # batch has 2 rows
-    with pytest.raises(KneuronError, match="per-row"), torch.no_grad(), patch(lm, suppress_patches([(0, 0)]), bad):
+    with pytest.raises(InputError, match="per-row"), torch.no_grad(), patch(lm, suppress_patches([(0, 0)]), bad):
         lm.model(input_ids=ids)
-    with pytest.raises(KneuronError, match="per-row"), torch.no_grad(), capture(lm, positions=bad):
+    with pytest.raises(InputError, match="per-row"), torch.no_grad(), capture(lm, positions=bad):
         lm.model(input_ids=ids)
     assert _hook_count(lm) == 0
     assert torch.equal(_logits(lm, ids), before)
@@ -376,7 +376,7 @@ def test_out_of_range_indices(lm):
 
 
 def test_unknown_patch_op(lm):
-    with pytest.raises(KneuronError, match="Unknown patch op"), patch(lm, [NeuronPatch(0, 0, "double", 2.0)]):
+    with pytest.raises(InputError, match="Unknown patch op"), patch(lm, [NeuronPatch(0, 0, "double", 2.0)]):
         pass
     assert _hook_count(lm) == 0
 
@@ -402,7 +402,7 @@ def test_neuron_patch_names_its_index_as_neuron_does_and_keeps_the_old_name_depr
         p.index = 8  # frozen, as before
     with pytest.raises(AttributeError):
         p.neuron = 8  # read-only
-    with pytest.raises(KneuronError, match="index once"):
+    with pytest.raises(InputError, match="index once"):
         NeuronPatch(3, 7, neuron=7)
 
 
@@ -429,10 +429,10 @@ def test_integer_like_positions(lm):
 def test_position_out_of_range(lm, positions):
     ids = _ids(lm)
     before = _logits(lm, ids)
-    with pytest.raises(KneuronError, match="out of range for a sequence of 7 tokens"), torch.no_grad(), \
+    with pytest.raises(InputError, match="out of range for a sequence of 7 tokens"), torch.no_grad(), \
             capture(lm, positions=positions):
         lm.model(input_ids=ids)
-    with pytest.raises(KneuronError, match="out of range for a sequence of 7 tokens"), torch.no_grad(), \
+    with pytest.raises(InputError, match="out of range for a sequence of 7 tokens"), torch.no_grad(), \
             patch(lm, suppress_patches([(0, 0)]), positions=positions):
         lm.model(input_ids=ids)
     assert _hook_count(lm) == 0
@@ -441,8 +441,8 @@ def test_position_out_of_range(lm, positions):
 
 @pytest.mark.parametrize("positions", [torch.tensor([[1, 2]]), torch.tensor([0.5, 1.0]), "3", 2.5])
 def test_malformed_positions(lm, positions):
-    with pytest.raises(KneuronError, match="[Pp]osition"), capture(lm, positions=positions):
+    with pytest.raises(InputError, match="[Pp]osition"), capture(lm, positions=positions):
         pass
-    with pytest.raises(KneuronError, match="[Pp]osition"), patch(lm, suppress_patches([(0, 0)]), positions=positions):
+    with pytest.raises(InputError, match="[Pp]osition"), patch(lm, suppress_patches([(0, 0)]), positions=positions):
         pass
     assert _hook_count(lm) == 0

@@ -298,3 +298,22 @@ def test_a_one_to_one_fact_without_a_one_to_one_answer_is_edited_without_the_sym
     values = values_of(rows, "capital:France")
     assert values["edited"] == 1.0 and not any(k.startswith("reverse") for k in values)
     assert values["own_prompts"] == 3
+
+
+def test_the_pool_skips_the_facts_a_masked_model_cannot_encode(facts, neurons):
+    """tiny-bert cannot spell 'Athens' or 'Vienna': the pool of built-in facts leaves those facts out (before, their
+    neighbour prompts raised FactError), keeps every fact it can encode, and the study runs on shipped data."""
+    from kneuron.facts import builtin_facts
+    from kneuron.facts.known import encodable_facts
+    from kneuron.facts.robustness import robustness_data
+
+    lm = tiny_lm("bert", dtype=torch.float64, layers=3)
+    pool, owners = er.study_pool(lm, facts)
+    candidates = [f for f in builtin_facts() if f.relation in {f.relation for f in facts}]
+    usable, skipped = encodable_facts(lm, candidates)
+    assert {"capital:Greece", "capital:Austria"} <= set(skipped)
+    assert [f.id for f in pool] == list(dict.fromkeys([f.id for f in usable] + [f.id for f in facts]))
+    assert encodable_facts(lm, pool)[1] == {}
+    rows = edit_robustness_study(lm, facts, neurons, pool=pool, owners_from=owners, data=robustness_data(),
+                                 settings=[("absolute", "none")])
+    assert {r["fact_id"] for r in rows} == {f.id for f in facts}

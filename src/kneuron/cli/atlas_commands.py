@@ -32,6 +32,7 @@ from kneuron.cli.app import (
     parse_share,
 )
 from kneuron.errors import KneuronError
+from kneuron.facts.sources import sources_help
 
 
 @command("run")
@@ -40,9 +41,7 @@ def run_command(
         "--out", "-o", help="The atlas to write, e.g. runs/NAME.sqlite. An atlas of the same model and parameters "
                             "there is continued (a killed run resumes where it stopped).", show_default=False)],
     model: ModelOption = None,
-    facts: Annotated[str, typer.Option("--facts", help="builtin, multilingual (en/fr/de/es/zh), or a facts "
-                                                       "file/folder (JSONL, CSV, PARAREL, LAMA, knowledge-neurons)."
-                                       )] = "builtin",
+    facts: Annotated[str, typer.Option("--facts", help=sources_help())] = "builtin",
     relations: Annotated[str | None, typer.Option(help="Comma-separated relations to keep.", show_default=False)
                          ] = None,
     language: LanguageOption = None,

@@ -31,6 +31,7 @@ from kneuron.cli.app import (
     show_token,
     vocab_size,
 )
+from kneuron.facts.sources import sources_help
 
 
 @command()
@@ -187,9 +188,7 @@ def find(
 @command("facts")
 def facts_command(
     model: ModelOption = None,
-    facts: Annotated[str, typer.Option("--facts", help="builtin, multilingual (en/fr/de/es/zh), or a facts "
-                                                       "file/folder (JSONL, CSV, PARAREL, LAMA, knowledge-neurons)."
-                                       )] = "builtin",
+    facts: Annotated[str, typer.Option("--facts", help=sources_help())] = "builtin",
     relations: Annotated[str | None, typer.Option(help="Comma-separated relations to keep.")] = None,
     language: LanguageOption = None,
     top: Annotated[int, typer.Option(min=1, help="Known: the answer's first token ranks in this top-k ...")] = 10,

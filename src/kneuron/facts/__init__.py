@@ -29,12 +29,13 @@ from kneuron.facts.multilingual import (  # noqa: E402
     read_multilingual,
     select_languages,
 )
-from kneuron.facts.readers import load_facts, read_csv, read_jsonl, write_jsonl  # noqa: E402
+from kneuron.facts.schema import read_csv, read_jsonl, write_jsonl  # noqa: E402
+from kneuron.facts.sources import FactSource, fact_source, fact_sources, load_facts, register_source  # noqa: E402
 from kneuron.facts.validation import causal_templates, validate_facts  # noqa: E402
 
 __all__ += [
-    "answer_ranks", "builtin_facts", "builtin_relations", "causal_templates", "discrimination_facts",
-    "discrimination_sentences", "known_facts", "load_facts", "multilingual_facts", "multilingual_languages",
-    "multilingual_relations", "read_csv", "read_jsonl", "read_multilingual", "select_languages", "validate_facts",
-    "write_jsonl",
+    "FactSource", "answer_ranks", "builtin_facts", "builtin_relations", "causal_templates", "discrimination_facts",
+    "discrimination_sentences", "fact_source", "fact_sources", "known_facts", "load_facts", "multilingual_facts",
+    "multilingual_languages", "multilingual_relations", "read_csv", "read_jsonl", "read_multilingual",
+    "register_source", "select_languages", "validate_facts", "write_jsonl",
 ]

@@ -1,6 +1,6 @@
 """The facts shipped with kneuron: everyday relations that a small English model can know.
 
-They live in ``facts/data/builtin.jsonl`` (our JSONL schema, see :mod:`kneuron.facts.readers`): each relation
+They live in ``facts/data/builtin.jsonl`` (our JSONL schema, see :mod:`kneuron.facts.schema`): each relation
 is declared once with its templates (answer ``[Y]`` at the end, so that causal models can read them) and
 followed by its facts. ``facts/data/discrimination.jsonl`` holds, for part of the facts, sentences that state
 the fact (they mention subject and object) and sentences that mention only the subject, for the paper's
@@ -21,7 +21,7 @@ from importlib import resources
 
 from kneuron.errors import FactError
 from kneuron.facts.fact import Fact
-from kneuron.facts.readers import read_jsonl
+from kneuron.facts.schema import read_jsonl
 
 FACTS_FILE = "builtin.jsonl"
 DISCRIMINATION_FILE = "discrimination.jsonl"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kneuron.errors import FactError
+from kneuron.errors import AnswerVocabularyError, FactError
 from kneuron.facts.fact import Prompt
 from kneuron.models.language_model import LanguageModel
 
@@ -95,6 +95,10 @@ def answer_token_ids(lm: LanguageModel, prompt: Prompt, answer: str, _tokens: _T
     conventions (BPE's "Ġ", SentencePiece's "▁") come out as they would in running text. When the
     two tokenizations disagree on the prefix (a merge across the boundary), the answer is
     tokenized on its own, with a leading space when the template has one.
+
+    Raises:
+        AnswerVocabularyError: an answer the tokenizer cannot spell (nothing, or a masked model's unknown token).
+        FactError: an empty answer.
     """
     if not answer.strip():
         raise FactError("The answer is empty: give the word(s) the model should predict.")
@@ -112,10 +116,10 @@ def answer_token_ids(lm: LanguageModel, prompt: Prompt, answer: str, _tokens: _T
     else:
         ids = tokens.ids(answer, special=False)
     if not ids:
-        raise FactError(f"The answer {answer!r} tokenizes to nothing with {lm.name}'s tokenizer.")
+        raise AnswerVocabularyError(f"The answer {answer!r} tokenizes to nothing with {lm.name}'s tokenizer.")
     unk = tokens.attr("unk_token_id") if lm.kind == "mlm" else None
     if unk is not None and unk in ids:
-        raise FactError(
+        raise AnswerVocabularyError(
             f"The answer {answer!r} contains a word that {lm.name}'s vocabulary does not have (it becomes "
             f"{lm.tokenizer.unk_token!r}); the model cannot predict it. Choose an answer spelled with known tokens."
         )

@@ -3,6 +3,7 @@
 Example:
     >>> kept, dropped = known_facts(lm, builtin_facts())
     >>> len(kept), len(dropped)
+    >>> known_facts(lm, builtin_facts()).skipped      # a masked model's vocabulary may lack answers: fact id -> why
 
 Ranking runs the prompts in batches: sorted by length, right-padded (with an attention mask for a masked
 model), and the output head applied only at the position that predicts the first answer token. Padding sits
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 
 import torch
 
+from kneuron.errors import AnswerVocabularyError
 from kneuron.facts.encoding import EncodedQuery, encode, encode_many
 from kneuron.facts.fact import Fact
 from kneuron.models.language_model import LanguageModel
@@ -132,14 +134,62 @@ def known_share(ranks: Sequence[int], top: int = 10) -> float:
     return sum(rank < top for rank in ranks) / len(ranks) if ranks else 0.0
 
 
+def encodable_facts(lm: LanguageModel, facts: Sequence[Fact]) -> tuple[list[Fact], dict[str, str]]:
+    """(the facts whose answer ``lm`` can encode after each of their prompts, in order; fact id -> why for the
+    others).
+
+    A masked model cannot encode an answer its vocabulary lacks (it would be the unknown token; the tiny test
+    models cannot spell 'Athens'): :class:`~kneuron.errors.AnswerVocabularyError`. Other encoding errors are the
+    facts' own (e.g. a template with nothing before ``[Y]`` for a causal model, which
+    :func:`~kneuron.facts.validation.causal_templates` filters) and are raised.
+    """
+    kept, skipped = [], {}
+    for fact in facts:
+        try:
+            for prompt in fact.prompts():
+                encode(lm, prompt, fact.object)
+        except AnswerVocabularyError as exc:
+            skipped[fact.id] = str(exc)
+            continue
+        kept.append(fact)
+    return kept, skipped
+
+
+class KnownSplit(tuple):
+    """What :func:`known_facts` returns: the pair ``(known, dropped)`` (it unpacks as that pair), and ``skipped``,
+    fact id -> why, for the facts whose answer the model cannot encode (in neither list)."""
+
+    skipped: dict[str, str]
+
+    def __new__(cls, known: list[Fact], dropped: list[Fact], skipped: dict[str, str]) -> KnownSplit:
+        split = super().__new__(cls, (known, dropped))
+        split.skipped = skipped
+        return split
+
+    @property
+    def known(self) -> list[Fact]:
+        return self[0]
+
+    @property
+    def dropped(self) -> list[Fact]:
+        return self[1]
+
+
 def known_facts(lm: LanguageModel, facts: Sequence[Fact], top: int = 10, min_share: float = 0.5,
-                batch_size: int = 64) -> tuple[list[Fact], list[Fact]]:
-    """Split ``facts`` into (known, dropped).
+                batch_size: int = 64) -> KnownSplit:
+    """Split ``facts`` into (known, dropped), skipping the facts whose answer the model cannot encode.
 
     A fact is known when the first token of its answer is among the model's ``top`` next-token (or
-    mask-filler) predictions for more than ``min_share`` of its prompts.
+    mask-filler) predictions for more than ``min_share`` of its prompts. A fact whose answer the model's
+    vocabulary cannot spell (:func:`encodable_facts`: e.g. 'Athens' for a masked model without that word) is
+    skipped: it is in neither list, and the result's ``skipped`` says why (fact id -> the error), so
+    ``len(result.skipped)`` counts them.
+
+    Raises:
+        FactError: a prompt the model cannot read (e.g. a causal model and a template that starts with [Y]).
     """
+    usable, skipped = encodable_facts(lm, facts)
     kept, dropped = [], []
-    for fact, ranks in zip(facts, answer_ranks(lm, facts, batch_size=batch_size), strict=True):
+    for fact, ranks in zip(usable, answer_ranks(lm, usable, batch_size=batch_size), strict=True):
         (kept if known_share(ranks, top) > min_share else dropped).append(fact)
-    return kept, dropped
+    return KnownSplit(kept, dropped, skipped)

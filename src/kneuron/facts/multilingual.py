@@ -54,7 +54,7 @@ from pathlib import Path
 from kneuron.errors import FactError
 from kneuron.facts.fact import OBJECT, Fact
 from kneuron.facts.languages import LANGUAGE_NAMES, language_of, with_language
-from kneuron.facts.readers import _json_lines, _string, _where
+from kneuron.facts.records import json_lines, location, string_field
 
 MULTILINGUAL_FILE = "multilingual.jsonl"
 
@@ -123,10 +123,10 @@ def read_multilingual(path: str | Path) -> list[Fact]:
     entities: dict[str, dict[str, dict[str, str]]] = {}
     relations: dict[str, _Relation] = {}
     pending: list[tuple[str, str, str, dict[str, str]]] = []
-    for number, record in _json_lines(path):
-        where = _where(path, number)
+    for number, record in json_lines(path):
+        where = location(path, number)
         if "entity" in record:
-            entity = _string(record, "entity", where)
+            entity = string_field(record, "entity", where)
             if entity in entities:
                 raise FactError(f"{where}: entity {entity!r} is declared twice.")
             raw = record.get("forms", {})
@@ -136,7 +136,7 @@ def read_multilingual(path: str | Path) -> list[Fact]:
             forms.setdefault("en", {"name": entity})
             entities[entity] = forms
             continue
-        relation = _string(record, "relation", where)
+        relation = string_field(record, "relation", where)
         if "subject" not in record:
             templates = record.get("templates")
             if not isinstance(templates, dict) or not templates:
@@ -153,11 +153,11 @@ def read_multilingual(path: str | Path) -> list[Fact]:
                 checked[code] = tuple(_check_template(t, relation, code, where) for t in listed)
             relations[relation] = _Relation(checked, where)
             continue
-        subject = _string(record, "subject", where)
+        subject = string_field(record, "subject", where)
         objects = record.get("objects")
         if not isinstance(objects, dict) or not objects:
             raise FactError(f"{where}: fact {relation}:{subject} needs 'objects': an object language -> answer.")
-        answers = {_language(code, where): _string(objects, code, where) for code in objects}
+        answers = {_language(code, where): string_field(objects, code, where) for code in objects}
         pending.append((where, relation, subject, answers))
     return _resolve(path, entities, relations, pending)
 

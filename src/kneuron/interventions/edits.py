@@ -12,8 +12,13 @@ bit-exact (nothing is subtracted). Undo compares bit patterns, not values (so Na
 handled), and refuses when a later edit of the same slots is still applied. An edit remembers the model it
 was made for (a fingerprint: name, family, shapes, layout and a digest of the weights, see
 :mod:`kneuron.interventions.live`) and refuses any other; it always refuses a layout that is not the model's.
-Saving never replaces the folder a model was loaded from, and replaces other files only when asked (see
+The file format lives beside ``Edit``, in :mod:`kneuron.interventions.edit_format`, which this module owns;
+saving never replaces the folder a model was loaded from, and replaces other files only when asked (see
 :mod:`kneuron.interventions.edit_files`).
+
+Modules, bottom up (each imports only those before it): :mod:`.slots` (value slots, :class:`SlotGroup`),
+:mod:`.edit_format` (the file format), :mod:`.edit_files` (where an edited model may go), :mod:`.live` (the
+live-edit registry, the weight digest), this module (:class:`Edit` and its undo handle, :class:`AppliedEdit`).
 
 Shared layers (ALBERT runs one layer's weights at every depth, ``lm.shared_layers``): neurons (d1, i) and (d2, i)
 of depths that run the same block write through one value slot, so editing that slot changes neuron i at every
@@ -46,38 +51,28 @@ from typing import Any, Literal
 import torch
 
 from kneuron.errors import EditError
-from kneuron.interventions import live
-from kneuron.interventions.live import AppliedEdit
-from kneuron.interventions.slots import LAYOUTS, read_slots, same_bits, slot_index, slot_names, write_slots
+from kneuron.interventions import edit_files, edit_format, live
+from kneuron.interventions.live import weights_digest
+from kneuron.interventions.slots import (
+    LAYOUTS,
+    VALUE_DTYPES,
+    SlotGroup,
+    finite_or_error,
+    is_int,
+    module_path,
+    read_slots,
+    same_bits,
+    slot_index,
+    slot_names,
+    write_slots,
+)
 from kneuron.models.language_model import LanguageModel
 
-__all__ = ["LAYOUTS", "AppliedEdit", "Edit", "EditError", "SlotGroup", "fingerprint", "module_path", "read_slots",
-           "same_bits", "shared_notes", "slot_sharers", "weights_digest", "write_slots"]
+__all__ = ["LAYOUTS", "VALUE_DTYPES", "AppliedEdit", "Edit", "EditError", "SlotGroup", "finite_or_error",
+           "fingerprint", "module_path", "read_slots", "same_bits", "shared_notes", "slot_sharers", "weights_digest",
+           "write_slots"]
 
 EditOp = Literal["add", "set"]
-VALUE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def weights_digest(lm: LanguageModel) -> str:
-    """SHA-256 of ``lm``'s weights with its live edits read as undone (see :mod:`kneuron.interventions.live`)."""
-    model = lm.model
-
-    def base(tensor: torch.Tensor):
-        handles = [h for h in live.live(model) if any(w is tensor for w in h.weights)]
-        if not handles:
-            return None
-
-        def build() -> torch.Tensor:
-            copy = tensor.detach().clone()
-            for h in reversed(handles):
-                for g, weight, original in zip(h.edit.groups, h.weights, h.originals, strict=True):
-                    if weight is tensor:
-                        write_slots(copy, g.layout, slot_index(g, copy), original)
-            return copy
-
-        return tuple(h.sequence for h in handles), build
-
-    return live.weights_digest(model, base)
 
 
 def fingerprint(lm: LanguageModel, *, fresh: bool = False) -> dict[str, Any]:
@@ -98,28 +93,6 @@ def fingerprint(lm: LanguageModel, *, fresh: bool = False) -> dict[str, Any]:
         "vocab": int(out.weight.shape[0]) if out is not None else 0,
         "weights": weights_digest(lm),
     }
-
-
-def module_path(lm: LanguageModel, layer: int) -> str:
-    """Dotted path, from the model's root, of ``layer``'s FFN output projection."""
-    target = lm.ffn_out(layer)
-    for name, module in lm.model.named_modules():
-        if module is target:
-            return name
-    raise EditError(f"The FFN output projection of layer {layer} is not a submodule of {lm.name}.")  # pragma: no cover
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def finite_or_error(values: torch.Tensor, what: str) -> None:
-    """EditError unless every entry of ``values`` is finite (NaN or inf would make the edit impossible to undo
-    by comparison, and the model useless)."""
-    if not bool(torch.isfinite(values).all()):
-        bad = int((~torch.isfinite(values)).sum())
-        raise EditError(f"{what} has {bad} non-finite entr{'y' if bad == 1 else 'ies'} (NaN or inf); an edit's "
-                        "values must be finite numbers.")
 
 
 def slot_sharers(lm: LanguageModel, keys) -> dict[tuple[int, int], list[tuple[int, int]]]:
@@ -164,50 +137,6 @@ def shared_notes(edit: Edit) -> list[str]:
         notes.append(f"L{layer}.N{index} is also {', '.join(f'L{d}.N{index}' for d in given if d != layer)}: one "
                      "slot, written once")
     return notes
-
-
-@dataclass(frozen=True)
-class SlotGroup:
-    """The value slots an edit touches in one layer.
-
-    Attributes:
-        layer: the layer.
-        module: dotted path of its FFN output projection (e.g. ``model.layers.21.mlp.down_proj``).
-        layout: "linear" (slot = weight column) or "conv1d" (slot = weight row).
-        indices: the neurons whose slots change, in order.
-        values: (len(indices), hidden) floating tensor of finite numbers: one delta (op "add") or new value
-            (op "set") per slot.
-    """
-
-    layer: int
-    module: str
-    layout: str
-    indices: tuple[int, ...]
-    values: torch.Tensor
-
-    def __post_init__(self) -> None:
-        if not _is_int(self.layer) or self.layer < 0:
-            raise EditError(f"An edit's layer is a non-negative integer, not {self.layer!r}.")
-        if not isinstance(self.module, str) or not self.module:
-            raise EditError(f"Layer {self.layer} of the edit names no module (got {self.module!r}).")
-        if self.layout not in LAYOUTS:
-            raise EditError(f"Layer {self.layer} of the edit has layout {self.layout!r}; a layout is 'linear' "
-                            "or 'conv1d'.")
-        if not isinstance(self.indices, tuple) or not all(_is_int(i) and i >= 0 for i in self.indices):
-            raise EditError(f"Layer {self.layer} of the edit lists neurons {self.indices!r}; they are "
-                            "non-negative integers.")
-        if not self.indices:
-            raise EditError(f"Layer {self.layer} of the edit lists no neuron.")
-        if len(set(self.indices)) != len(self.indices):
-            raise EditError(f"Layer {self.layer} of the edit lists a neuron twice: {self.indices}.")
-        if not isinstance(self.values, torch.Tensor) or self.values.dtype not in VALUE_DTYPES:
-            raise EditError(f"Layer {self.layer}: an edit's values are a float16, bfloat16, float32 or float64 "
-                            f"tensor, not {getattr(self.values, 'dtype', type(self.values).__name__)}.")
-        if self.values.dim() != 2 or self.values.shape[0] != len(self.indices) or self.values.shape[1] < 1:
-            raise EditError(f"Layer {self.layer}: values of shape {tuple(self.values.shape)} do not give one "
-                            f"vector per neuron ({len(self.indices)}).")
-        finite_or_error(self.values, f"Layer {self.layer} of the edit")
-
 
 @dataclass
 class Edit:
@@ -258,7 +187,7 @@ class Edit:
         if "layout" in self.model and self.model["layout"] not in LAYOUTS:
             raise EditError(f"The edit's model fingerprint has layout {self.model['layout']!r:.40}, not one of "
                             f"{LAYOUTS}.")
-        if "hidden" in self.model and not _is_int(self.model["hidden"]):
+        if "hidden" in self.model and not is_int(self.model["hidden"]):
             raise EditError(f"The edit's model fingerprint has hidden size {self.model['hidden']!r:.40}, not an "
                             "integer.")
         layouts = {g.layout for g in self.groups} | ({self.model["layout"]} if "layout" in self.model else set())
@@ -429,18 +358,11 @@ class Edit:
                 handle.undo(force=True)
 
     # ------------------------------------------------------------------------------------------ saving
-
     def to_dict(self) -> dict[str, Any]:
-        """The edit's metadata (everything but the vectors), JSON-able."""
-        from kneuron.interventions.edit_files import FORMAT
-
-        return {
-            "format": FORMAT, "op": self.op, "kind": self.kind, "label": self.label, "model": self.model,
-            "groups": [{"layer": g.layer, "module": g.module, "layout": g.layout, "indices": list(g.indices),
-                        "tensor": f"L{g.layer}", "dtype": str(g.values.dtype).removeprefix("torch.")}
-                       for g in self.groups],
-            "meta": self.meta, "summary": str(self),
-        }
+        """The edit's metadata (everything but the vectors), JSON-able: the header of its file
+        (:func:`kneuron.interventions.edit_format.metadata`)."""
+        return edit_format.metadata(op=self.op, kind=self.kind, label=self.label, model=self.model,
+                                    groups=self.groups, meta=self.meta, summary=str(self))
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the edit: a directory gets ``edit.safetensors`` (the vectors, with the metadata in its header)
@@ -449,17 +371,19 @@ class Edit:
 
         An existing edit there is replaced only with ``overwrite=True``; any other existing file never is.
         """
-        from kneuron.interventions.edit_files import save_edit
-
-        return save_edit(self, path, overwrite=overwrite)
+        return edit_format.write(self.to_dict(), self.groups, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> Edit:
         """Read an edit written by :meth:`save` (its directory, its ``.safetensors`` file or its ``.json``).
         Anything malformed is an :class:`EditError`."""
-        from kneuron.interventions.edit_files import load_edit
+        def build(parts: edit_format.EditParts) -> Edit:
+            try:
+                return cls(parts.op, parts.groups, parts.model, kind=parts.kind, label=parts.label, meta=parts.meta)
+            except EditError as exc:
+                raise EditError(f"{parts.where}: {exc}") from None
 
-        return load_edit(cls, path)
+        return edit_format.read(path, build)
 
     def save_model(self, lm: LanguageModel, directory: str | Path, *, overwrite: bool = False) -> Path:
         """Write the *edited* model (``save_pretrained``) and its tokenizer to ``directory``, with the edit itself
@@ -467,10 +391,92 @@ class Edit:
 
         ``directory`` must be new or empty, unless ``overwrite=True`` (which replaces the model files kneuron
         writes and keeps the others); the folder ``lm`` was loaded from (or holding its GGUF file) and kneuron's
-        model cache are refused even then.
+        model cache are refused even then (:func:`kneuron.interventions.edit_files.model_target`). Everything is
+        checked before anything is written.
         """
-        from kneuron.interventions.edit_files import save_model
-
-        return save_model(self, lm, directory, overwrite=overwrite)
+        directory = edit_files.model_target(lm, directory, overwrite=overwrite)
+        self.check(lm)
+        self.fits(lm)
+        edit_format.edit_target(directory / edit_format.EDIT_FOLDER, overwrite=overwrite)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with self.applied(lm):
+                lm.model.save_pretrained(str(directory))
+            if hasattr(lm.tokenizer, "save_pretrained"):
+                lm.tokenizer.save_pretrained(str(directory))
+        except OSError as exc:
+            raise EditError(f"Could not write the edited model to {directory}: {exc}") from exc
+        self.save(directory / edit_format.EDIT_FOLDER, overwrite=overwrite)
+        return directory
 
     save_pretrained = save_model
+
+
+@dataclass(eq=False)
+class AppliedEdit:
+    """The undo handle :meth:`Edit.apply` returns: it holds copies of the original slot values.
+
+    ``undo()`` writes them back (bit-exact). It refuses while a later edit of some of the same slots is still
+    applied (undo that one first), and when the slots' bits changed after the edit was applied (by something
+    else than kneuron). ``undo(force=True)`` first undoes the later live edits of the same slots, latest first,
+    then writes the originals back whatever the slots hold. Also a context manager: ``with edit.apply(lm): ...``
+    undoes on exit (forced).
+    """
+
+    edit: Edit
+    lm: LanguageModel
+    originals: list[torch.Tensor] = field(repr=False)
+    written: list[torch.Tensor] = field(repr=False)
+    weights: list[torch.Tensor] = field(repr=False)
+    sequence: int = 0
+    undone: bool = False
+
+    @property
+    def slots(self) -> set[tuple[int, int]]:
+        """``(id of the weight tensor, neuron)`` of every slot written."""
+        return {(id(w), i) for g, w in zip(self.edit.groups, self.weights, strict=True) for i in g.indices}
+
+    def _later(self) -> list[AppliedEdit]:
+        """Live edits applied after this one that touch its slots, or the slots of one of those (in order)."""
+        chain, slots = [], self.slots
+        for other in live.live(self.lm.model):
+            if other.sequence > self.sequence and other.slots & slots:
+                chain.append(other)
+                slots = slots | other.slots
+        return chain
+
+    def undo(self, *, force: bool = False) -> None:
+        if self.undone:
+            raise EditError(f"{self.edit} was already undone.")
+        later = self._later()
+        if later and not force:
+            shared = set(later[0].edit.neurons) & set(self.edit.neurons)
+            raise EditError(
+                f"{later[0].edit} was applied after {self.edit} to the same neurons ({slot_names(shared)}) and is "
+                "still applied: undo it first (or call undo(force=True) to undo both)."
+            )
+        if not force:
+            with torch.no_grad():
+                for g, weight, expected in zip(self.edit.groups, self.weights, self.written, strict=True):
+                    if not same_bits(read_slots(weight, g.layout, slot_index(g, weight)), expected):
+                        raise EditError(
+                            f"The slots of {self.edit} changed after it was applied (by something else than a "
+                            "kneuron edit). Call undo(force=True) to write the original values back anyway."
+                        )
+        for other in reversed(later):
+            other._restore()
+        self._restore()
+
+    def _restore(self) -> None:
+        with torch.no_grad():
+            for g, weight, original in zip(self.edit.groups, self.weights, self.originals, strict=True):
+                write_slots(weight, g.layout, slot_index(g, weight), original)
+        self.undone = True
+        live.unregister(self.lm.model, self)
+
+    def __enter__(self) -> LanguageModel:
+        return self.lm
+
+    def __exit__(self, *exc) -> None:
+        if not self.undone:
+            self.undo(force=True)

@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 
 from kneuron.attribution.types import KnowledgeNeurons, Neuron
-from kneuron.errors import EditError
+from kneuron.errors import EditError, EditOptionError
 from kneuron.interventions.edits import Edit
 from kneuron.interventions.update import NeuronKey, neuron_keys, output_embeddings
 from kneuron.models.language_model import LanguageModel
@@ -73,7 +73,7 @@ def erase_relation(
             unknown token.
     """
     if top < 1:
-        raise EditError(f"top must be at least 1, not {top}.")
+        raise EditOptionError(f"top must be at least 1, not {top}.")
     counts = relation_neurons if isinstance(relation_neurons, Mapping) else count_neurons(relation_neurons)
     chosen = top_neurons(counts, top)
     same_slot: list[NeuronKey] = []  # with shared layers: the relation's other neurons in the chosen slots
@@ -97,7 +97,7 @@ def erase_relation(
         value = output_embeddings(lm)[unk].detach().to("cpu", dtype).clone()
         meta_token = {"unk_token": str(lm.tokenizer.unk_token), "unk_id": int(unk)}
     else:
-        raise EditError(f"mode must be 'zero' or 'unknown', not {mode!r}.")
+        raise EditOptionError(f"mode must be 'zero' or 'unknown', not {mode!r}.")
     meta = {"relation": relation, "mode": mode, "top": top, "counts": [[k[0], k[1], c] for k, c in chosen],
             **meta_token}
     label = f"{relation or 'relation'} ({mode})"

@@ -56,7 +56,7 @@ from typing import Literal
 import torch
 
 from kneuron.attribution.types import KnowledgeNeurons, Neuron
-from kneuron.errors import EditError, FactError
+from kneuron.errors import EditError, EditOptionError, FactError
 from kneuron.facts.encoding import answer_token_ids
 from kneuron.facts.fact import Fact, Prompt
 from kneuron.interventions.edits import Edit, slot_sharers
@@ -84,7 +84,7 @@ def neuron_keys(neurons: NeuronsLike | Neuron | NeuronKey) -> list[NeuronKey]:
             try:
                 layer, index = n
             except (TypeError, ValueError):
-                raise EditError(f"{n!r} is not a neuron: give Neuron objects or (layer, index) pairs.") from None
+                raise EditOptionError(f"{n!r} is not a neuron: give Neuron objects or (layer, index) pairs.") from None
             keys.append((int(layer), int(index)))
     return list(dict.fromkeys(keys))
 
@@ -96,9 +96,10 @@ def shared_neurons(relation_counts: Mapping[NeuronKey, int], n_facts: int, max_s
     neurons are not all left out (1/n > 10% there).
     """
     if n_facts <= 0:
-        raise EditError(f"n_facts must be positive (the number of facts behind the relation's counts), not {n_facts}.")
+        raise EditOptionError(f"n_facts must be positive (the number of facts behind the relation's counts), not "
+                              f"{n_facts}.")
     if not 0 <= max_share <= 1:
-        raise EditError(f"max_share is a fraction between 0 and 1, not {max_share}.")
+        raise EditOptionError(f"max_share is a fraction between 0 and 1, not {max_share}.")
     return {(int(k[0]), int(k[1])) for k, count in relation_counts.items()
             if count >= 2 and count > max_share * n_facts}
 
@@ -144,7 +145,7 @@ def answer_embedding(lm: LanguageModel, ids: Sequence[int], tokens: TokenRule = 
         return weight[ids[0]].clone()
     if tokens == "mean":
         return weight[list(ids)].mean(dim=0)
-    raise EditError(f"tokens must be 'first' or 'mean', not {tokens!r}.")
+    raise EditOptionError(f"tokens must be 'first' or 'mean', not {tokens!r}.")
 
 
 def activation_signs(lm: LanguageModel, keys: Sequence[NeuronKey], prompts: Sequence[Prompt], answer: str,
@@ -218,12 +219,12 @@ def update_fact(
         except (TypeError, ValueError):
             finite = False
         if not finite:
-            raise EditError(f"{name} must be a finite number, not {value!r}.")
+            raise EditOptionError(f"{name} must be a finite number, not {value!r}.")
     if isinstance(neurons, KnowledgeNeurons) and fact is None:
         fact = neurons.fact
     if old is None:
         if fact is None:
-            raise EditError("Give the old answer (or a fact whose object it is).")
+            raise EditOptionError("Give the old answer (or a fact whose object it is).")
         old = fact.object
     if prompt is None and fact is not None and fact.templates:
         prompt = fact.prompts()[0]
@@ -235,7 +236,7 @@ def update_fact(
     left_out = set(neuron_keys(exclude)) if exclude is not None else set()
     if relation_counts is not None:
         if n_facts is None:
-            raise EditError("relation_counts needs n_facts: how many facts of the relation the counts come from.")
+            raise EditOptionError("relation_counts needs n_facts: how many facts of the relation the counts come from.")
         left_out |= shared_neurons(relation_counts, n_facts, max_share)
     # a slot is left out with any neuron that writes through it (with shared layers, at any depth)
     kept = [k for k in keys if not any((depth, k[1]) in left_out for depth in lm.sharing(k[0]))]
@@ -244,10 +245,10 @@ def update_fact(
                         "by many facts of the relation (or excluded).")
     old_ids, new_ids = answer_ids(lm, old, prompt), answer_ids(lm, new, prompt)
     if old_ids == new_ids:
-        raise EditError(f"The old and new answers {old!r} and {new!r} are the same tokens: nothing to update.")
+        raise EditOptionError(f"The old and new answers {old!r} and {new!r} are the same tokens: nothing to update.")
     if tokens == "first" and old_ids[0] == new_ids[0]:
-        raise EditError(f"{old!r} and {new!r} begin with the same token, so their first-token embeddings cannot "
-                        "tell them apart; use tokens='mean' or another answer.")
+        raise EditOptionError(f"{old!r} and {new!r} begin with the same token, so their first-token embeddings "
+                              "cannot tell them apart; use tokens='mean' or another answer.")
     e_old, e_new = answer_embedding(lm, old_ids, tokens), answer_embedding(lm, new_ids, tokens)
     dtype = torch.promote_types(lm.ffn_out(kept[0][0]).weight.dtype, torch.float32)
     e_old, e_new = e_old.to(dtype), e_new.to(dtype)
@@ -261,18 +262,18 @@ def update_fact(
             norm = lm.value_slot(*k).detach().to("cpu", dtype).norm()
             deltas[k] = -(lambda_old * norm / e_old.norm()) * e_old + (lambda_new * norm / e_new.norm()) * e_new
     else:
-        raise EditError(f"scale must be 'absolute' or 'slot_norm', not {scale!r}.")
+        raise EditOptionError(f"scale must be 'absolute' or 'slot_norm', not {scale!r}.")
     signs: dict[NeuronKey, float] = {}
     if sign == "activation":
         bag = list(prompts) if prompts else (fact.prompts() if fact is not None and fact.templates else [])
         if not bag:
-            raise EditError("sign='activation' needs the fact's prompts (give fact= or prompts=) to read the "
-                            "neurons' activations on.")
+            raise EditOptionError("sign='activation' needs the fact's prompts (give fact= or prompts=) to read the "
+                                  "neurons' activations on.")
         totals = activation_totals(lm, kept, bag, old)
         signs = {k: -1.0 if sum(totals[m] for m in members) < 0 else 1.0 for k, members in sharers.items()}
         deltas = {k: d * signs[k] for k, d in deltas.items()}
     elif sign != "none":
-        raise EditError(f"sign must be 'none' or 'activation', not {sign!r}.")
+        raise EditOptionError(f"sign must be 'none' or 'activation', not {sign!r}.")
     deltas = {m: deltas[k] for k, members in sharers.items() for m in members}  # Edit.build writes each slot once
     what = f"{fact.subject} {fact.relation}: " if fact is not None else ""
     meta = {

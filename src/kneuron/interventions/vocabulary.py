@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 
 from kneuron.attribution.types import Neuron
-from kneuron.errors import KneuronError, VocabularyError
+from kneuron.errors import InputError, KneuronError, VocabularyError
 from kneuron.interventions.slots import read_slots
 from kneuron.interventions.update import NeuronKey, neuron_keys
 from kneuron.models.architectures import ffn_output_multiplier
@@ -180,7 +180,7 @@ def slot_logits(lm: LanguageModel, neurons: Iterable[Neuron | NeuronKey], signs:
     its sign (default +1); one matrix product for all the neurons."""
     keys = neuron_keys(list(neurons))
     if signs is not None and len(signs) != len(keys):
-        raise KneuronError(f"Give one sign per neuron: {len(signs)} signs for {len(keys)} neurons.")
+        raise InputError(f"Give one sign per neuron: {len(signs)} signs for {len(keys)} neurons.")
     matrix = normalised_unembedding(lm)
     logits = (matrix @ slot_directions(lm, keys, matrix.dtype).to(matrix.device)).T
     if signs is not None:
@@ -203,17 +203,17 @@ def neuron_vocabulary(lm: LanguageModel, neurons: Iterable[Neuron | NeuronKey], 
 
     Raises:
         VocabularyError: the model has no projection (see :func:`normalised_unembedding`).
-        KneuronError: ``top`` below 1, an answer id outside the vocabulary, a sign per neuron missing.
+        InputError: ``top`` below 1, an answer id outside the vocabulary, a sign per neuron missing.
     """
     keys = neuron_keys(list(neurons))
     if top < 1:
-        raise KneuronError(f"top must be at least 1, not {top}.")
+        raise InputError(f"top must be at least 1, not {top}.")
     if not keys:
         return []
     logits = slot_logits(lm, keys, signs)
     vocab = logits.shape[1]
     if answer_id is not None and not 0 <= answer_id < vocab:
-        raise KneuronError(f"Token id {answer_id} is outside {lm.name}'s output vocabulary (0..{vocab - 1}).")
+        raise InputError(f"Token id {answer_id} is outside {lm.name}'s output vocabulary (0..{vocab - 1}).")
     k = min(top, vocab)
     high, high_ids = torch.topk(logits, k, dim=1)
     low, low_ids = torch.topk(-logits, k, dim=1)

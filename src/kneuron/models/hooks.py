@@ -30,7 +30,7 @@ from typing import Literal
 
 import torch
 
-from kneuron.errors import InputError, KneuronError
+from kneuron.errors import InputError
 from kneuron.models.language_model import LanguageModel
 
 Positions = None | int | Sequence[int] | torch.Tensor
@@ -137,7 +137,7 @@ def normalize_positions(positions: Positions) -> None | int | list[int] | torch.
         if positions.dim() == 0:
             return int(positions)
         if positions.dim() != 1 or positions.dtype.is_floating_point or positions.dtype == torch.bool:
-            raise KneuronError(
+            raise InputError(
                 f"A position tensor must be 1-D and integer (one position per batch row), not "
                 f"{positions.dtype} of shape {tuple(positions.shape)}."
             )
@@ -147,7 +147,7 @@ def normalize_positions(positions: Positions) -> None | int | list[int] | torch.
             return operator.index(positions)
         return [operator.index(p) for p in positions]
     except TypeError as exc:
-        raise KneuronError(
+        raise InputError(
             f"Positions must be None, an int, a list of ints or a per-row integer tensor, not {positions!r}."
         ) from exc
 
@@ -181,7 +181,7 @@ def _check_positions(positions: Positions, x: torch.Tensor) -> None:
     seq = x.shape[1]
     if isinstance(positions, torch.Tensor):
         if positions.numel() != x.shape[0]:
-            raise KneuronError(
+            raise InputError(
                 f"A per-row position tensor has {positions.numel()} entries but the batch has {x.shape[0]} rows."
             )
         low, high = (int(positions.min()), int(positions.max())) if positions.numel() else (0, 0)
@@ -189,7 +189,7 @@ def _check_positions(positions: Positions, x: torch.Tensor) -> None:
         chosen = [positions] if isinstance(positions, int) else positions
         low, high = (min(chosen), max(chosen)) if chosen else (0, 0)
     if low < -seq or high >= seq:
-        raise KneuronError(
+        raise InputError(
             f"Position {low if low < -seq else high} is out of range for a sequence of {seq} tokens "
             f"(use 0..{seq - 1}, or -{seq}..-1 from the end)."
         )
@@ -306,7 +306,7 @@ def _apply(x: torch.Tensor, patches: list[NeuronPatch], positions: Positions) ->
         elif p.op == "add":
             new = current + p.value
         else:
-            raise KneuronError(f"Unknown patch op {p.op!r}: use 'set', 'scale' or 'add'.")
+            raise InputError(f"Unknown patch op {p.op!r}: use 'set', 'scale' or 'add'.")
         if isinstance(rows, slice):
             out[:, cols, p.index] = new
         else:
@@ -322,7 +322,7 @@ def patch(lm: LanguageModel, patches: Iterable[NeuronPatch], positions: Position
     for p in patches:
         lm.check_neuron(p.layer, p.index)
         if p.op not in ("set", "scale", "add"):
-            raise KneuronError(f"Unknown patch op {p.op!r}: use 'set', 'scale' or 'add'.")
+            raise InputError(f"Unknown patch op {p.op!r}: use 'set', 'scale' or 'add'.")
         by_layer.setdefault(p.layer, []).append(p)
     with ExitStack() as stack:
         for layer, layer_patches in by_layer.items():
@@ -346,7 +346,7 @@ def patch_rows(lm: LanguageModel, patches_by_row: Sequence[Iterable[NeuronPatch]
         for p in patches:
             lm.check_neuron(p.layer, p.index)
             if p.op not in ("set", "scale", "add"):
-                raise KneuronError(f"Unknown patch op {p.op!r}: use 'set', 'scale' or 'add'.")
+                raise InputError(f"Unknown patch op {p.op!r}: use 'set', 'scale' or 'add'.")
             by_layer.setdefault(p.layer, {}).setdefault(row, []).append(p)
     rows = len(patches_by_row)
 
@@ -357,7 +357,7 @@ def patch_rows(lm: LanguageModel, patches_by_row: Sequence[Iterable[NeuronPatch]
 
     def patch_layer(x: torch.Tensor, chosen: dict[int, list[NeuronPatch]]) -> torch.Tensor:
         if x.shape[0] != rows:
-            raise KneuronError(f"patch_rows was given patches for {rows} rows but the batch has {x.shape[0]}.")
+            raise InputError(f"patch_rows was given patches for {rows} rows but the batch has {x.shape[0]}.")
         out = x.clone()
         for row, patches in chosen.items():
             out[row:row + 1] = _apply(x[row:row + 1], patches, row_positions(row))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kneuron.errors import KneuronError
+from kneuron.errors import VocabularyError
 from kneuron.models.architectures import final_norm_of, head_projection_of, logit_multiplier
 from kneuron.models.language_model import LanguageModel
 
@@ -57,11 +57,11 @@ def output_head(lm: LanguageModel, dtype: torch.dtype) -> OutputHead:
     """The model's :class:`OutputHead`, its tensors detached copies in ``dtype``.
 
     Raises:
-        KneuronError: the output head is not one linear layer.
+        VocabularyError: the output head is not one linear layer.
     """
     head = linear_head(lm)
     if head is None:
-        raise KneuronError(f"{lm.name}'s output head is not one linear layer, so it has no unembedding matrix.")
+        raise VocabularyError(f"{lm.name}'s output head is not one linear layer, so it has no unembedding matrix.")
     norm = final_norm_of(lm.spec, lm.model) if lm.spec.final_norm else None
     projection = head_projection_of(lm.spec, lm.model)
     hidden = projection.weight.shape[1] if projection is not None else head.weight.shape[1]

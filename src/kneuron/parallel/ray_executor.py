@@ -55,7 +55,7 @@ class _Worker:
             from transformers.utils import logging as hf_logging
 
             from kneuron.models import load
-            from kneuron.store.atlas import model_identity
+            from kneuron.models.identity import model_identity
 
             hf_logging.set_verbosity_error()
             hf_logging.disable_progress_bar()

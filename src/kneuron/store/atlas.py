@@ -22,16 +22,12 @@ Example:
 - :mod:`kneuron.store.queries`: the reads behind the web app's pages and the CLI's checks (the only SQL of kneuron
   is in :mod:`kneuron.store`; :meth:`Atlas.query` is for a user's own queries).
 
-This module also keeps :func:`model_identity`, what identifies a model in an atlas.
+It re-exports :func:`kneuron.models.identity.model_identity`, what identifies a model in an atlas.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-import torch
-
+from kneuron.models.identity import model_identity
 from kneuron.store.connection import BUSY_TIMEOUT
 from kneuron.store.facts_table import FactsTable
 from kneuron.store.files import NEW_ATLAS_HINT, translate
@@ -53,31 +49,6 @@ from kneuron.store.scores import blob_dtype, from_blob, to_blob
 __all__ = ["BUSY_TIMEOUT", "IDENTITY_KEYS", "KINDS", "NEW_ATLAS_HINT", "PARAM_DEFAULTS", "PARAM_KEYS",
            "RESULTS_BY_FACT", "SCHEMA", "SCHEMA_VERSION", "STATUSES", "Atlas", "blob_dtype", "fact_digest",
            "from_blob", "model_identity", "param", "to_blob", "translate"]
-
-
-# ------------------------------------------------------------------------------------------------ model identity
-
-
-def model_identity(lm) -> dict[str, Any]:
-    """What identifies a model in an atlas: family, kind, shape, dtype and a fingerprint of its weights.
-
-    The fingerprint is a BLAKE2b digest of every parameter and buffer (name, shape, dtype and all its bytes)
-    and of the tokenizer's vocabulary, so a model edited in a single value slot is another model. Hashing
-    SmolLM2-135M's 0.5 GB of float32 weights took 1.1 s on a busy 2-core machine.
-    """
-    import hashlib
-
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in lm.model.state_dict().items():
-        data = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-        if data.numel():
-            digest.update(data.view(torch.uint8).numpy().data)
-    vocab = lm.tokenizer.get_vocab() if hasattr(lm.tokenizer, "get_vocab") else {}
-    digest.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
-    return {"model": lm.name, "family": lm.spec.family, "kind": lm.kind, "n_layers": lm.n_layers,
-            "n_neurons": lm.n_neurons, "dtype": str(lm.dtype).removeprefix("torch."),
-            "fingerprint": digest.hexdigest()}
 
 
 # ------------------------------------------------------------------------------------------------ the atlas

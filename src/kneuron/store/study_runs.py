@@ -103,7 +103,7 @@ def _table_writers() -> dict[str, tuple[Callable, Callable]]:
 
 def check_model(atlas: Any, lm: Any) -> Any:
     """``lm`` when it is the model the atlas was made with, else an AtlasError saying which to give."""
-    from kneuron.store.atlas import model_identity
+    from kneuron.models.identity import model_identity
 
     meta = atlas.meta
     if model_identity(lm)["fingerprint"] != meta.get("fingerprint"):
