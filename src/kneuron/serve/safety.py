@@ -13,6 +13,9 @@ from pathlib import Path
 
 #: the largest request body the server reads (a probe's prompt, answer and neurons are far smaller)
 MAX_BODY = 64 * 1024
+#: how much of a refused body the server reads and drops before it answers 413: a client that sends its whole body
+#: before it reads (urllib, requests) would otherwise lose the answer to a reset connection or a broken pipe
+DRAIN_LIMIT = 16 * 1024 * 1024
 
 STATIC = Path(__file__).parent / "static"
 
@@ -28,11 +31,17 @@ ASSETS = asset_files()
 
 class BodyLimit:
     """ASGI middleware: answer 413 with one JSON line when a request's body exceeds ``limit`` bytes, by its
-    Content-Length or, without one, as it streams in."""
+    Content-Length or, without one, as it streams in.
 
-    def __init__(self, app, limit: int = MAX_BODY) -> None:
+    Before it answers, it reads and drops the rest of the body (up to ``drain`` bytes in all, never keeping more than
+    one chunk), so that the client reads the answer instead of a reset; a client that sent ``Expect: 100-continue``
+    has sent nothing yet and is answered at once, as is a body declared larger than ``drain``.
+    """
+
+    def __init__(self, app, limit: int = MAX_BODY, drain: int = DRAIN_LIMIT) -> None:
         self.app = app
         self.limit = limit
+        self.drain = drain
 
     def _refusal(self, size: int | None) -> bytes:
         told = f"{size:,} bytes" if size is not None else f"over {self.limit:,} bytes"
@@ -43,7 +52,9 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        waits_to_send = headers.get(b"expect", b"").lower() == b"100-continue"
         size = None
         if declared is not None:
             try:
@@ -51,6 +62,8 @@ class BodyLimit:
             except ValueError:
                 size = self.limit + 1
         if size is not None and size > self.limit:
+            if not waits_to_send and size <= self.drain:
+                await _drop_body(receive, self.drain)
             await _send_json(send, 413, self._refusal(size))
             return
         chunks, seen = [], 0
@@ -61,6 +74,8 @@ class BodyLimit:
             chunks.append(message.get("body", b""))
             seen += len(chunks[-1])
             if seen > self.limit:
+                if message.get("more_body", False):
+                    await _drop_body(receive, self.drain - seen)
                 await _send_json(send, 413, self._refusal(None))
                 return
             if not message.get("more_body", False):
@@ -75,6 +90,18 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+async def _drop_body(receive, most: int) -> None:
+    """Read the rest of a request's body and drop it, up to ``most`` more bytes."""
+    dropped = 0
+    while dropped <= most:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        dropped += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 async def _send_json(send, status: int, body: bytes) -> None:
