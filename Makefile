@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint gemma bench clean serve screenshots
+.PHONY: install demo test lint gemma bench clean serve screenshots wheel-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports  # the layers of .importlinter: every import goes downward
 	$(VENV)/bin/pytest -q
+	$(MAKE) wheel-check
+
+# The built wheel on its own: sdist + wheel, twine check, a fresh venv (torch pinned as above) running predict,
+# find, a small run and a serve page fetch outside the source tree (about 4 min here, mostly pip and model loads).
+wheel-check: $(STAMP)
+	.ci/check_wheel.sh $(PY)
 
 # The main job: knowledge neurons of the built-in facts SmolLM2-135M knows (1 per relation), the paper's
 # studies, the two studies beyond it that fit the demo's 10 minutes (consistency, vocabulary; `kneuron study
