@@ -75,3 +75,34 @@ def test_interval_of_picks_wilson_for_shares_and_formats_like_the_issue():
     assert text.startswith(f"{mean.mean * 100:+.1f}%".replace("-", "−") + " [") and f"n = {len(VALUES)}" in text
     assert text.endswith("vs random")
     assert format_interval(interval_of([])) == "–"
+
+
+def test_aggregate_rows_over_facts_and_relations_with_the_paired_test_against_the_control():
+    from kneuron.studies.intervals import aggregate_rows, find
+
+    rows, kn, rnd = [], {}, {}
+    for i, value in enumerate(VALUES):
+        fact, relation = f"r{i % 2}:f{i}", f"r{i % 2}"
+        kn[fact], rnd[fact] = value, value / 4 + 0.01 * i
+        rows += [{"variant": "kn", "relation": relation, "fact_id": fact, "metric": "suppress", "value": value},
+                 {"variant": "random", "relation": relation, "fact_id": fact, "metric": "suppress",
+                  "value": rnd[fact]}]
+    # a per-neuron measure: several rows a fact (the facts are resampled, not the rows)
+    rows += [{"variant": "kn_neuron", "relation": "r0", "fact_id": f"r0:f{i}", "metric": "rank", "value": v}
+             for i, values in enumerate([[1, 2, 3], [4], [5, 6]]) for v in values]
+    rows += [{"variant": "params", "relation": "", "fact_id": "", "metric": "seed", "value": 0.0}]
+    found = aggregate_rows(rows, {"kn": "random"})
+    ids = list(kn)
+    for relation in ("", "r0", "r1"):
+        chosen = [f for f in ids if not relation or f.startswith(relation + ":")]
+        got = find(found, "kn", "suppress", relation)
+        assert (got.mean, got.n, got.control) == (pytest.approx(np.mean([kn[f] for f in chosen])), len(chosen),
+                                                  "random")
+        assert (got.lo, got.hi) == pytest.approx(bootstrap_interval([kn[f] for f in chosen]), rel=1e-12)
+        assert got.p == pytest.approx(paired_permutation_p([kn[f] for f in chosen], [rnd[f] for f in chosen]))
+        assert got.control_mean == pytest.approx(np.mean([rnd[f] for f in chosen]))
+    assert math.isnan(find(found, "random", "suppress").p)
+    neuron = find(found, "kn_neuron", "rank")
+    assert (neuron.mean, neuron.n) == (3.5, 3)
+    assert (neuron.lo, neuron.hi) == pytest.approx(bootstrap_interval([6, 4, 11], [3, 1, 2]), rel=1e-12)
+    assert not [a for a in found if a["variant"] == "params"]

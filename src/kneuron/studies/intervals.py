@@ -162,3 +162,56 @@ def format_interval(interval: Interval, *, percent: bool = False, digits: int = 
     if math.isfinite(interval.p):
         text += f", p = {interval.p:.2g} vs {interval.control}" if interval.control else f", p = {interval.p:.2g}"
     return text
+
+
+def aggregate_rows(rows: Sequence[dict], controls: dict[str, str] | None = None, *, seed: int = SEED,
+                   ) -> list[dict]:
+    """The stored aggregates of a study's per-fact rows (those with a fact id, not ``params``): one per
+    (variant, metric) over all facts (relation ``""``) and one per relation, each a dict of variant, relation,
+    metric and the :class:`Interval`'s fields. ``controls``: variant -> its control variant (the same metric on
+    the same facts), for the paired test. A fact with several rows of a (variant, metric) counts once (the
+    cluster bootstrap); its value in the paired test is the mean of its rows."""
+    controls = controls or {}
+    groups: dict[tuple[str, str], dict[str, list]] = {}
+    relation_of: dict[str, str] = {}
+    for r in rows:
+        if r.get("variant") == "params" or not r.get("fact_id"):
+            continue
+        value = r.get("value")
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        relation_of[r["fact_id"]] = str(r.get("relation") or "")
+        facts = groups.setdefault((str(r["variant"]), str(r["metric"])), {})
+        facts.setdefault(r["fact_id"], []).append(float(value))
+    out = []
+    for (variant, metric), facts in groups.items():
+        control = groups.get((controls[variant], metric)) if variant in controls else None
+        relations = [""] + sorted({relation_of[f] for f in facts})
+        for relation in relations:
+            ids = [f for f in facts if not relation or relation_of[f] == relation]
+            several = any(len(facts[f]) > 1 for f in ids)
+            values = [sum(facts[f]) for f in ids]
+            counts = [len(facts[f]) for f in ids] if several else None
+            paired = None
+            if control is not None:
+                means = [sum(facts[f]) / len(facts[f]) for f in ids]
+                kept = [(m, sum(control[f]) / len(control[f])) for f, m in zip(ids, means, strict=True) if f in control]
+                paired = kept
+            if paired is not None:
+                found = interval_of(values, counts, seed=seed)
+                tested = interval_of([a for a, _ in paired], control=[b for _, b in paired],
+                                     control_name=controls[variant], seed=seed) if paired else None
+                found = Interval(found.mean, found.lo, found.hi, found.n, found.method, controls[variant],
+                                 tested.control_mean if tested else math.nan, tested.p if tested else math.nan)
+            else:
+                found = interval_of(values, counts, seed=seed)
+            out.append({"variant": variant, "relation": relation, "metric": metric, **found.__dict__})
+    return out
+
+
+def find(aggregates: Sequence[dict], variant: str, metric: str, relation: str = "") -> Interval:
+    """The stored :class:`Interval` of (variant, metric, relation) in ``aggregates`` (n 0 when absent)."""
+    for a in aggregates:
+        if a["variant"] == variant and a["metric"] == metric and a["relation"] == relation:
+            return Interval(**{k: a[k] for k in Interval.__dataclass_fields__})
+    return Interval(math.nan, math.nan, math.nan, 0, "none")
