@@ -238,3 +238,12 @@ def test_text_from_the_atlas_is_escaped(atlas_copy):
             html = client.get(url).text
             assert markup not in html and "<img" not in html, url
             assert "&lt;img src=x" in html or "\\u003cimg" in html, url
+
+
+@pytest.mark.parametrize("name", ["L" + "9" * 5000 + ".N1", "L1.N" + "9" * 5000, "L" + "1" * 10 + ".N1",
+                                  "L999999999.N999999999", "L-1.N0", "L0.N-1", "L0.N1e3", "L%00.N1"])
+def test_impossible_neuron_addresses_get_404(client, name):
+    """``/neuron/L<5000 digits>.N1`` answered 500 (Python refuses to read an integer of over 4,300 digits)."""
+    for prefix in ("/neuron/", "/api/neuron/"):
+        response = client.get(prefix + name)
+        assert response.status_code == 404, (prefix, name[:20], response.text[:200])
