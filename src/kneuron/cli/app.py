@@ -33,11 +33,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from kneuron import __version__
 from kneuron.attribution.estimators import estimator_names
 from kneuron.attribution.integrated_gradients import ALPHA_RULES
 from kneuron.errors import KneuronError
 from kneuron.studies.base import show_token  # noqa: F401  (the commands' shared token display)
+from kneuron.version import __version__
 
 app = typer.Typer(
     name="kneuron",

@@ -317,7 +317,7 @@ def run(
             a read-only or locked file, a fact of the atlas given with other content.
         InputError: a parameter out of range; FactError (an InputError): a fact id reused with other content.
     """
-    from kneuron import __version__
+    from kneuron.version import __version__
 
     started = time.perf_counter()
     if limit_per_relation is not None and limit_per_relation < 1:
