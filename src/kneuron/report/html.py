@@ -1,6 +1,10 @@
 """The HTML report: one self-contained file (inline CSS, figures as PNG data URIs, no scripts, no links to fetch)
 with the tables and figures of the studies stored in an atlas, and the headline numbers next to the paper's.
 
+It opens with the title, any "not current" warnings, one line (facts, model) and the headline table; then one
+section per study; the run's raw parameters (``params.*``, ``generic.*``, ...) come last, folded in a
+``<details id="parameters">``.
+
 Example:
     >>> data = ReportData.from_atlas("runs/demo.sqlite")
     >>> write_report(data, "runs/demo.html")
