@@ -125,6 +125,13 @@ class NeuronScores:
         width = self.scores.shape[1]
         return [Neuron(int(i) // width, int(i) % width, float(v)) for v, i in zip(values, indices, strict=True)]
 
+    def _repr_html_(self) -> str:
+        """Jupyter's display: probability, completeness gap, the layers x neurons picture, the top neurons
+        (:func:`kneuron.attribution.display.scores_html`; no model runs)."""
+        from kneuron.attribution.display import scores_html
+
+        return scores_html(self)
+
 
 @dataclass
 class KnowledgeNeurons:
@@ -156,6 +163,13 @@ class KnowledgeNeurons:
         for neuron in self.neurons:
             counts[neuron.layer] = counts.get(neuron.layer, 0) + 1
         return dict(sorted(counts.items()))
+
+    def _repr_html_(self) -> str:
+        """Jupyter's display: the refined neurons as a table, the picture of the bag's scores with them marked
+        (:func:`kneuron.attribution.display.knowledge_html`; no model runs)."""
+        from kneuron.attribution.display import knowledge_html
+
+        return knowledge_html(self)
 
     def __str__(self) -> str:
         what = f"{self.fact.subject} -> {self.fact.object}" if self.fact else "prompts"

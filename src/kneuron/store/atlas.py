@@ -65,3 +65,9 @@ class Atlas(ResultsTable, NeuronsTable, FactsTable):
     :class:`~kneuron.store.neurons_table.NeuronsTable` (neurons, counts, the generic table) and
     :class:`~kneuron.store.results_table.ResultsTable` (the studies' rows and what they covered).
     """
+
+    def _repr_html_(self) -> str:
+        """Jupyter's display: a summary of the atlas (:mod:`kneuron.store.atlas_display`; a few aggregate reads)."""
+        from kneuron.store.atlas_display import atlas_html
+
+        return atlas_html(self)
