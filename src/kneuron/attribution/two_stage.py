@@ -36,16 +36,19 @@ from kneuron.attribution import limits
 from kneuron.attribution.estimator_base import Estimator, OnPrompt, PromptLike, encode_prompts, register_estimator
 from kneuron.attribution.ffn_norm import NormRule, check_norm, effective_norm
 from kneuron.attribution.integrated_gradients import (
-    MAX_ROWS,
     AlphaRule,
     _scores,
     alpha_points,
+    checked_layers,
     default_memory_budget,
+    fill_zero_baselines,
+    rows_per_batch,
+    shape_groups,
 )
-from kneuron.attribution.limits import check_row_fits, check_run_fits, count
+from kneuron.attribution.limits import count
 from kneuron.attribution.objective import Objective, check_objective
-from kneuron.attribution.shared_depths import check_shared_layers_supported, run_shared_rows
-from kneuron.attribution.step_rows import Plan, Row, batches, make_plan, memory_per_row, run_rows, shape_key
+from kneuron.attribution.shared_depths import run_shared_rows
+from kneuron.attribution.step_rows import Plan, Row, batches, run_rows
 from kneuron.attribution.types import NeuronScores
 from kneuron.errors import InputError
 from kneuron.models.language_model import LanguageModel
@@ -123,15 +126,7 @@ def _two_stage(lm: LanguageModel, plans: Sequence[Plan], members: list[int], cho
             if layers:
                 exact = plans[p].activations.double()[layers] * sums[p][layers] / len(alphas)
                 exact_top[p] = max(exact_top[p], float(exact.max()))
-    missing: dict[int, list[Row]] = defaultdict(list)  # zero baselines of the finished layers: forward only
-    for p in members:
-        for layer in sorted(done[p]):
-            if math.isnan(baselines[p][layer]):
-                missing[layer].append((p, layer, 0.0, False))
-    for chunk in batches(missing, rows):
-        _, values = run(lm, plans, chunk, objective, gradients=False, **norm_option)
-        for (p, layer, _, _), value in zip(chunk, values, strict=True):
-            baselines[p][layer] = value
+    fill_zero_baselines(lm, plans, {p: sorted(done[p]) for p in members}, baselines, rows, objective, frozen_norm)
     return sums, baselines, {p: tuple(sorted(done[p])) for p in members}
 
 
@@ -196,25 +191,14 @@ class TwoStageIntegratedGradients(Estimator):
         batch_rows = None if self.batch_rows is None else count("batch_rows", self.batch_rows)
         budget = (limits.memory_budget(self.memory_budget) if self.memory_budget is not None
                   else default_memory_budget(lm))
-        chosen = sorted(set(range(lm.n_layers) if layers is None else layers))
-        for layer in chosen:
-            lm.check_layer(layer)
-        if not chosen:
-            raise InputError("No layers to attribute: give at least one layer index.")
-        check_run_fits(self.steps, len(chosen), len(queries), budget)
-        check_shared_layers_supported(lm)
+        chosen = checked_layers(lm, layers, self.steps, len(queries), budget)
         points = alpha_points(self.steps, self.alphas)
         screen = screen_indices(self.steps, self.screen_points)
-        plans = [make_plan(lm, query, self.objective) for query in queries]
-        groups: dict[tuple[int, int, int], list[int]] = defaultdict(list)
-        for index, plan in enumerate(plans):
-            groups[shape_key(plan)].append(index)
+        plans, groups = shape_groups(lm, queries, self.objective)
         results: list[NeuronScores | None] = [None] * len(plans)
         with frozen_parameters(lm.model):
-            for members in groups.values():
-                per_row = memory_per_row(lm, plans[members[0]])
-                check_row_fits(per_row, budget)
-                rows = min(batch_rows or MAX_ROWS, max(1, int(budget // max(per_row, 1.0))))
+            for members in groups:
+                rows = rows_per_batch(lm, plans[members[0]], budget, batch_rows)
                 sums, baselines, finished = _two_stage(lm, plans, members, chosen, points, screen, rows,
                                                        self.objective, rule == "frozen", self.threshold,
                                                        self.margin)
