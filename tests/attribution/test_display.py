@@ -7,45 +7,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from html.parser import HTMLParser
 
 import pytest
 import torch
 
+from html_cells import Cells
 from kneuron.attribution import IntegratedGradients, KnowledgeNeurons, Neuron, NeuronScores, find_knowledge_neurons
 from kneuron.display import grid_svg, pool_abs
 from kneuron.facts import Fact
 from tiny_models import tiny_lm
 
 MARKUP = '<script>alert("x")</script>&<b>'
-
-
-class Cells(HTMLParser):
-    """Every table's rows, as lists of cell texts; and whether any <script> element was opened."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.rows: list[list[str]] = []
-        self.scripts = 0
-        self._cell: list[str] | None = None
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "tr":
-            self.rows.append([])
-        elif tag in ("td", "th"):
-            self._cell = []
-        elif tag == "script":
-            self.scripts += 1
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._cell is not None:
-            self.rows[-1].append("".join(self._cell).strip())
-            self._cell = None
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell.append(data)
 
 
 def slow_pool(scores: torch.Tensor, rows: int, columns: int) -> list[list[float]]:

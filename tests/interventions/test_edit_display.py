@@ -4,39 +4,14 @@ with its user strings escaped; making the display reads no model and changes not
 from __future__ import annotations
 
 import re
-from html.parser import HTMLParser
 
 import torch
 
+from html_cells import Cells
 from kneuron.interventions import update_fact
 from tiny_models import tiny_lm
 
 MARKUP = '<img src=x onerror="alert(1)">&'
-
-
-class Rows(HTMLParser):
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.rows: list[list[str]] = []
-        self._cell: list[str] | None = None
-        self.tags: set[str] = set()
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.add(tag)
-        if tag == "tr":
-            self.rows.append([])
-        elif tag in ("td", "th"):
-            self._cell = []
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._cell is not None:
-            self.rows[-1].append("".join(self._cell).strip())
-            self._cell = None
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell.append(data)
 
 
 def test_edit_html_says_what_it_changes():
@@ -48,7 +23,7 @@ def test_edit_html_says_what_it_changes():
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
     text = edit._repr_html_()
     assert all(torch.equal(v, before[k]) for k, v in lm.model.state_dict().items())
-    parsed = Rows(text)
+    parsed = Cells(text)
     layers = {row[0]: row[1:] for row in parsed.rows if row and re.fullmatch(r"L\d+", row[0])}
     assert sorted(layers) == [f"L{g.layer}" for g in edit.groups]
     for g in edit.groups:
