@@ -34,7 +34,7 @@ def _param_row(param: click.Parameter) -> str:
     else:
         names = list(param.opts) + list(param.secondary_opts)
         spelling = ", ".join(f"`{n}`" for n in names)
-        kind = "flag" if getattr(param, "is_flag", False) else param.type.name
+        kind = "flag" if getattr(param, "is_flag", False) else getattr(getattr(param, "type", None), "name", "value")
     default = param.default
     shown = "" if default is None or callable(default) or default == () else f"`{default}`"
     if param.required:
