@@ -67,11 +67,6 @@ def screen_indices(steps: int, points: int) -> list[int]:
     return sorted({round((j + 1) * steps / points) - 1 for j in range(points)})
 
 
-def _layer_tops(scores: torch.Tensor) -> torch.Tensor:
-    """Each layer's highest score (layers, neurons) -> (layers,)."""
-    return scores.amax(dim=1)
-
-
 def _finish_layers(screen_tops: torch.Tensor, exact_top: float, screened_top: float, done: set[int],
                    candidates: Sequence[int], threshold: float, margin: float) -> list[int]:
     """The layers still to finish: those whose screened top reaches ``margin × threshold × top``, where ``top`` is
@@ -91,7 +86,8 @@ def _two_stage(lm: LanguageModel, plans: Sequence[Plan], members: list[int], cho
     norm_option = {"frozen_norm": True} if frozen_norm else {}
     alphas = points.tolist()
     screen_alphas = [alphas[i] for i in screen]
-    rest_alphas = [a for i, a in enumerate(alphas) if i not in set(screen)]
+    screened = set(screen)
+    rest_alphas = [a for i, a in enumerate(alphas) if i not in screened]
 
     def run_steps(wanted: dict[int, list[Row]], into: dict[int, torch.Tensor],
                   baselines: dict[int, torch.Tensor]) -> None:
@@ -106,7 +102,8 @@ def _two_stage(lm: LanguageModel, plans: Sequence[Plan], members: list[int], cho
     baselines = {p: torch.full((lm.n_layers,), math.nan, dtype=torch.float64) for p in members}
     run_steps({layer: [(p, layer, a, True) for p in members for a in screen_alphas] for layer in chosen},
               partial, baselines)
-    screen_tops = {p: _layer_tops(plans[p].activations.double() * partial[p] / len(screen)) for p in members}
+    # each layer's highest screened score, (layers,) per prompt
+    screen_tops = {p: (plans[p].activations.double() * partial[p] / len(screen)).amax(dim=1) for p in members}
     sums = {p: torch.zeros_like(partial[p]) for p in members}
     done: dict[int, set[int]] = {p: set() for p in members}
     exact_top = {p: -math.inf for p in members}
