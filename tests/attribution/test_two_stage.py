@@ -121,3 +121,11 @@ def test_it_aims_at_the_runs_coarse_threshold(tmp_path):
         run(lm, tiny_facts()[:2], tmp_path / "other.sqlite", estimator=TwoStageIntegratedGradients(steps=4),
             threshold=0.3, known_only=False, progress=False)
     assert not (tmp_path / "other.sqlite").exists()
+
+
+def test_the_estimators_study_compares_it_only_when_named():
+    from kneuron.studies.estimator_agreement import default_estimators, estimator_for
+
+    assert "two-stage-ig" not in default_estimators() and "gxa" in default_estimators()
+    named = estimator_for("two-stage-ig", {"steps": 8, "objective": "prob", "alphas": "right", "threshold": 0.3})
+    assert named == TwoStageIntegratedGradients(steps=8, threshold=0.3)

@@ -148,6 +148,7 @@ class TwoStageIntegratedGradients(Estimator):
 
     name = "two-stage-ig"
     has_completeness = True  # integrated gradients' own, in the finished layers (NaN in the others)
+    compared_by_default = False  # IG itself where it finishes: `kneuron study estimators --estimators two-stage-ig`
 
     def __init__(self, steps: int = 20, alphas: AlphaRule = "right", objective: Objective = "prob", *,
                  screen_points: int = 2, margin: float = 0.5, threshold: float = DEFAULT_THRESHOLD,
