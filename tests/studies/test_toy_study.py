@@ -83,7 +83,7 @@ def test_a_registered_study_is_everywhere(toy, tmp_path):
 
     served = tmp_path / "served.sqlite"
     shutil.copy(path, served)
-    with TestClient(create_app(served)) as client:
+    with TestClient(create_app(served), base_url="http://localhost") as client:
         fact = facts[0]
         data = client.get(f"/api/fact/{fact.id}").json()
         panel = next(s for s in data["results"] if s["study"] == "toy_neuron_count")
