@@ -216,10 +216,10 @@ def test_the_cli_run_overwrite_keeps_an_atlas_with_another_programs_table(fake_l
 def test_an_atlas_s_own_objects_are_what_its_schema_makes():
     from kneuron.store import vocabulary
     from kneuron.store.files import OWN_OBJECTS
-    from kneuron.store.schema import RESULTS_BY_FACT, SCHEMA
+    from kneuron.store.schema import AGGREGATES, RESULTS_BY_FACT, SCHEMA
 
     db = sqlite3.connect(":memory:")
-    db.executescript(SCHEMA + ";" + vocabulary.SCHEMA + ";" + RESULTS_BY_FACT)
+    db.executescript(SCHEMA + ";" + vocabulary.SCHEMA + ";" + RESULTS_BY_FACT + ";" + AGGREGATES)
     made: dict[str, set[str]] = {}
     for kind, name in db.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"):
         made.setdefault(kind, set()).add(name)

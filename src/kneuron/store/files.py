@@ -35,9 +35,10 @@ APPLICATION_ID = 0x6B6E726E
 #: the tables of schema version 1, which identify an atlas written before the application id
 ATLAS_TABLES = frozenset({"meta", "facts", "prompts", "neurons", "generic", "results"})
 #: every object an atlas of schema version 1 may hold, by type: the tables and indexes of
-#: :data:`kneuron.store.schema.SCHEMA` and the vocabulary study's table (:mod:`kneuron.store.vocabulary`), made on
-#: its first write. SQLite's own (``sqlite_*``: autoindexes, ``sqlite_stat1``) are not listed and always allowed.
-OWN_OBJECTS = {"table": ATLAS_TABLES | {"vocabulary"},
+#: :data:`kneuron.store.schema.SCHEMA`, the vocabulary study's table (:mod:`kneuron.store.vocabulary`) and the
+#: studies' aggregates (:data:`kneuron.store.schema.AGGREGATES`), each made on its first write. SQLite's own
+#: (``sqlite_*``: autoindexes, ``sqlite_stat1``) are not listed and always allowed.
+OWN_OBJECTS = {"table": ATLAS_TABLES | {"vocabulary", "aggregates"},
                "index": frozenset({"facts_by_relation", "neurons_by_unit", "results_by_study", "results_by_fact"})}
 SIDECARS = ("-wal", "-shm")
 SQLITE_HEADER = b"SQLite format 3\x00"
