@@ -108,13 +108,20 @@ class StudyOutput:
     extra: dict[str, Any] = field(default_factory=dict)
     #: how long :meth:`Study.run` took (the runner sets it)
     seconds: float = math.nan
+    #: the rows' means with n, 95% interval and paired p-value (:meth:`Study.aggregates`), as stored (the runner
+    #: sets them; summaries read them rather than recompute)
+    aggregates: list[dict] = field(default_factory=list)
 
 
 class StudyContext:
     """What a study reads: the atlas's done facts and their neurons in one snapshot, its options, the model
-    (loaded on first use) and a cache shared by the studies of one command.
+    (loaded on first use) and two caches.
 
     ``atlas`` is the open atlas (read it inside the runner's snapshot; the runner writes, a study never does).
+    :meth:`cached` keeps what is read from (or derived from) this snapshot of the atlas: the context owns it and
+    it dies with the context, so a study never sees inputs of an earlier snapshot (a run may add facts between
+    two studies of one command). ``shared`` is the command's cache, shared by its studies: the model (see
+    :meth:`cached_for_command`) and :meth:`Study.prepare`'s marks.
     ``progress(description, total)`` starts a progress bar and returns its ``advance()``; ``note(text)`` adds
     a line the user should read, ``say(text)`` a status line.
     """
@@ -127,6 +134,7 @@ class StudyContext:
         self.options = dict(options)
         self._load_model = load_model
         self.shared = shared if shared is not None else {}
+        self._inputs: dict[str, Any] = {}
         self._progress = progress
         self._note = note
         self._say = say
@@ -134,11 +142,17 @@ class StudyContext:
         #: the terminal's width, for summaries that have a narrow form (None: wide)
         self.width = width
 
-    # ------------------------------------------------------------------ inputs (cached for the command)
+    # ------------------------------------------------------------------ inputs (cached for this snapshot)
 
     def cached(self, key: str, compute: Callable[[], Any]) -> Any:
-        """``compute()`` once per command: studies that share an input (the encoded prompts, the generic list)
-        compute it once."""
+        """``compute()`` once per context: an input read from this snapshot of the atlas, or derived from one
+        (the facts, their neurons, the encoded prompts, the generic list)."""
+        if key not in self._inputs:
+            self._inputs[key] = compute()
+        return self._inputs[key]
+
+    def cached_for_command(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per command, for what does not depend on the atlas's contents (the model)."""
         if key not in self.shared:
             self.shared[key] = compute()
         return self.shared[key]
@@ -169,7 +183,7 @@ class StudyContext:
         """The atlas's model, loaded (and its identity checked) on first use."""
         if self._load_model is None:
             raise StudyError("This study was declared needs_model = False but asked for the model.")
-        return self.cached("lm", self._load_model)
+        return self.cached_for_command("lm", self._load_model)
 
     # ------------------------------------------------------------------ feedback
 
@@ -205,6 +219,8 @@ class Study:
         aliases: other CLI spellings (hidden in listings).
         options: its options (:class:`Option`), the CLI flags and ``params`` rows.
         fact_panel: whether a fact's page in ``kneuron serve`` shows its rows about that fact.
+        controls: variant -> its control variant (random neurons, the activation baseline): the stored aggregates
+            carry the paired test of each measure against the same measure of its control on the same facts.
     """
 
     name: ClassVar[str]
@@ -217,6 +233,7 @@ class Study:
     aliases: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[tuple[Option, ...]] = ()
     fact_panel: ClassVar[bool] = True
+    controls: ClassVar[Mapping[str, str]] = {}
 
     @property
     def runs_in_all(self) -> bool:
@@ -241,10 +258,19 @@ class Study:
         """The study's rows (or a :class:`StudyOutput`)."""
         raise NotImplementedError
 
-    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
-        """Its headline figures as ``(measure, value)`` lines for the command's summary table. Default: the mean
-        of each (variant, metric) over the facts, for the first few."""
-        return default_measures(rows)
+    def aggregates(self, output: StudyOutput, context: StudyContext) -> list[dict]:
+        """The means the runner stores with the rows, each with its n, 95% interval and paired p-value against
+        :attr:`controls` (:func:`kneuron.studies.intervals.aggregate_rows`). Default: every per-fact measure,
+        overall and per relation."""
+        from kneuron.studies.intervals import aggregate_rows
+
+        return aggregate_rows(output.rows, dict(self.controls))
+
+    def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
+        """Its headline figures as ``(measure, value)`` lines for the command's summary table (``aggregates``: the
+        stored ones, see :meth:`aggregates`). Default: the mean of each (variant, metric) over the facts with its
+        interval and n, for the first few."""
+        return default_measures(rows, aggregates)
 
     def summary(self, output: StudyOutput, context: StudyContext) -> list[Any]:
         """Tables and lines (rich renderables) the command prints after the summary table. Default: none."""
@@ -270,9 +296,18 @@ def means_by_measure(rows: Sequence[dict]) -> list[tuple[str, str, float, int]]:
 DEFAULT_MEASURES = 8
 
 
-def default_measures(rows: Sequence[dict]) -> list[tuple[str, str]]:
-    return [(f"{metric} ({variant}, mean of {n})", f"{mean:.4g}")
-            for variant, metric, mean, n in means_by_measure(rows)[:DEFAULT_MEASURES] if n]
+def default_measures(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
+    """The first few (variant, metric) means; with the stored interval where there is one."""
+    from kneuron.studies.intervals import find, format_interval
+
+    lines = []
+    for variant, metric, mean, n in means_by_measure(rows)[:DEFAULT_MEASURES]:
+        if not n:
+            continue
+        stored = find(aggregates, variant, metric)
+        lines.append((f"{metric} ({variant})", format_interval(stored)) if stored.n else
+                     (f"{metric} ({variant}, mean of {n})", f"{mean:.4g}"))
+    return lines
 
 
 def show_token(token: str) -> str:
