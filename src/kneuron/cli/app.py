@@ -212,7 +212,7 @@ def vocab_size(lm) -> int:
 
 
 def parse_estimator(name: str, screen: int | None, *, steps: int, objective: str, alphas: str,
-                    norm: str | None = None, threshold: float | None = None):
+                    norm: str | None = None, threshold: float | None = None, share: str | None = None):
     """``--estimator``, ``--screen`` (and the integrated-gradients options) as what the library takes: None for the
     exact default (``--estimator ig`` without a screen: the library's own default path), else an Estimator.
 
@@ -231,7 +231,8 @@ def parse_estimator(name: str, screen: int | None, *, steps: int, objective: str
                            f"--estimator ig, not {name}: drop --screen or use --estimator ig.")
     chosen = resolve_estimator(name, steps=steps, objective=objective, alphas=alphas, screen=screen,  # checks them
                                **({} if norm is None else {"norm": norm}),
-                               **({} if threshold is None else {"threshold": threshold}))  # two-stage-ig aims at it
+                               **({} if threshold is None else {"threshold": threshold}),  # two-stage-ig aims at
+                               **({} if share is None else {"share": parse_share(share)}))  # them
     return None if name == "ig" and screen is None and norm is None else chosen
 
 

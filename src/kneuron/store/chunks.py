@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kneuron.attribution.estimators import ScreenedIntegratedGradients, estimator_from_params
+from kneuron.attribution.estimators import estimator_from_params
 from kneuron.attribution.knowledge import SCREEN_LAYERS, layer_list
 from kneuron.attribution.selection import activation_baseline, refine
 from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores
@@ -103,9 +103,9 @@ def compute_chunk(lm: LanguageModel, chunk: Chunk, params: dict[str, Any],
 
     Exact integrated gradients (the default) attributes every prompt of the chunk in one
     ``IntegratedGradients.attribute`` call (prompts of the same shape share batches across facts); another
-    estimator attributes the chunk's prompts in one ``estimator.attribute`` call; a screened run
-    (:class:`ScreenedIntegratedGradients`) screens each fact to be stored on its own (its prompts are one bag) and
-    records the layers chosen in the fact's params (``"screen_layers"``, a comma list).
+    estimator attributes the chunk's prompts in one ``estimator.attribute`` call; one whose rule reads the whole
+    bag (``Estimator.per_bag``: a screened run, two-stage-ig) is called once per fact to be stored (its prompts are
+    one bag), and the layers it computed are recorded in the fact's params (``"screen_layers"``, a comma list).
     """
     started = time.perf_counter()
     estimator = estimator_from_params({**params, "memory_budget": memory_budget})
@@ -113,12 +113,13 @@ def compute_chunk(lm: LanguageModel, chunk: Chunk, params: dict[str, Any],
     seconds: dict[int, float] = {}
     extra: dict[int, dict[str, Any]] = {}
     wanted = set(chunk.store)
-    if isinstance(estimator, ScreenedIntegratedGradients):
+    if estimator.per_bag:
         for number, fact in enumerate(chunk.facts):
             if fact.id in wanted:
                 start = time.perf_counter()
                 bags[number] = estimator.attribute(lm, [encode(lm, p, fact.object) for p in fact.prompts()])
-                extra[number] = {SCREEN_LAYERS: layer_list(bags[number][0].screen_layers or ())}
+                computed = {layer for scores in bags[number] for layer in scores.screen_layers or ()}
+                extra[number] = {SCREEN_LAYERS: layer_list(sorted(computed))}
                 seconds[number] = time.perf_counter() - start
     else:
         queries, owners = [], []
