@@ -268,19 +268,23 @@ def speed(device: torch.device, guard: Guard, quick: bool, out: dict) -> None:
     say(f"\n== speed: matrix-multiply rate ({size}x{size}) float32 {rates[torch.float32] / 1e12:.1f} TFLOP/s, "
         f"bfloat16 {rates[torch.bfloat16] / 1e12:.1f} TFLOP/s{' (quick: shrunk shapes)' if quick else ''} ==")
     prompts, length = (2, 8) if quick else (4, 15)
-    for name, (kind, config) in shapes(quick).items():
-        for dtype in (torch.bfloat16, torch.float32):
-            label = f"{name} {str(dtype).removeprefix('torch.')}"
-            if not guard.allow(label):
-                continue
-            try:
-                speed_case(device, name, kind, config, dtype, rates[dtype], prompts, length, out)
-            except (torch.OutOfMemoryError, OutOfMemory) as error:  # reported; the next case still runs
-                say(f"  {label}: {str(error).splitlines()[0]}")
-            finally:
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+    table = shapes(quick)
+    # the 7B in bfloat16 first (the last line's figures), its float32 run last (the one most likely to be cut)
+    cases = [("7b", torch.bfloat16)] + [(name, dtype) for name in table if name != "7b"
+                                        for dtype in (torch.bfloat16, torch.float32)] + [("7b", torch.float32)]
+    for name, dtype in cases:
+        kind, config = table[name]
+        label = f"{name} {str(dtype).removeprefix('torch.')}"
+        if not guard.allow(label):
+            continue
+        try:
+            speed_case(device, name, kind, config, dtype, rates[dtype], prompts, length, out)
+        except (torch.OutOfMemoryError, OutOfMemory) as error:  # reported; the next case still runs
+            say(f"  {label}: {str(error).splitlines()[0]}")
+        finally:
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     guard.report()
 
 
