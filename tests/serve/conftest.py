@@ -68,7 +68,7 @@ def client(serve_atlas):
 
     from kneuron.serve.app import create_app
 
-    with TestClient(create_app(serve_atlas)) as test_client:
+    with TestClient(create_app(serve_atlas), base_url="http://localhost") as test_client:
         yield test_client
 
 

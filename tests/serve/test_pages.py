@@ -250,6 +250,6 @@ def test_an_atlas_that_keeps_no_scores(tmp_path):
         assert neuron["coarse"] and all(c["activation"] is None for c in neuron["coarse"])
         assert [n["name"] for n in pages.fact_page(atlas, "capital:France")["refined"]] == [
             f"L{n.layer}.N{n.index}" for n in atlas.knowledge_neurons("capital:France").neurons]
-    with TestClient(create_app(path)) as client:
+    with TestClient(create_app(path), base_url="http://localhost") as client:
         assert "keeps no score matrices" in client.get("/fact/capital%3AFrance").text
         assert "none kept (--keep-scores none)" in client.get("/neuron/L0.N15").text

@@ -260,7 +260,7 @@ def test_export_includes_the_vocabulary_table_once_studied(atlas_path, tmp_path)
     result = invoke("export", "--run", atlas_path, "--to", target)
     assert result.exit_code == 0, result.output
     written = target.with_name("tiny.vocabulary.csv")
-    assert result.stdout.split()[-1] == str(written)
+    assert str(written) in result.stdout.split()
     exported = pd.read_csv(written, keep_default_na=False)
     with Atlas.open(atlas_path, read_only=True) as atlas:
         stored = read_vocabulary(atlas)
@@ -268,3 +268,8 @@ def test_export_includes_the_vocabulary_table_once_studied(atlas_path, tmp_path)
     assert list(zip(exported.fact_id, exported.layer, exported.neuron, exported.answer_rank, strict=True)) == \
         [(r["fact_id"], r["layer"], r["neuron"], r["answer_rank"]) for r in stored]
     assert list(exported.name) == [f"L{r['layer']}.N{r['neuron']}" for r in stored]
+    aggregates = pd.read_csv(target.with_name("tiny.aggregates.csv"), keep_default_na=False)
+    with Atlas.open(atlas_path, read_only=True) as atlas:
+        stored_aggregates = atlas.aggregates()
+    assert len(aggregates) == len(stored_aggregates) > 0
+    assert list(aggregates.metric) == [row["metric"] for row in stored_aggregates]

@@ -232,7 +232,8 @@ def print_results(results: Sequence[StudyResult], run: Path, summaries: Sequence
     spent = [f"{r.study.name} {r.output.seconds:.1f} s" for r in done]
     err_console.print(f"[dim]studies: {', '.join(spent)}; stored in {run} (`kneuron report --run {run}`)[/dim]",
                       highlight=False)
-    lines = [(r.study.name, measure, value) for r in done for measure, value in r.study.measures(r.rows)]
+    lines = [(r.study.name, measure, value) for r in done
+             for measure, value in r.study.measures(r.rows, r.output.aggregates)]
     if lines:
         facts = max(len(r.output.facts or []) for r in done)
         table = Table(title=Text(f"Studies of {facts} facts, stored in {run}", style="bold"), title_justify="left",

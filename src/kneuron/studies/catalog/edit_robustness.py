@@ -58,7 +58,7 @@ class EditRobustness(Study):
                                      seed=options["seed"], on_fact=lambda _n, _fact: advance())
         return StudyOutput(rows, notes=notes)
 
-    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
+    def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
         return []
 
     def summary(self, output: StudyOutput, context: StudyContext) -> list:

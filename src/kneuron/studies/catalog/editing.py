@@ -63,7 +63,7 @@ class Editing(Study):
                 context.say(f"erase {options['erase']} ({mode}) in {time.perf_counter() - start:.0f} s")
         return rows
 
-    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
+    def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
         return []
 
     def summary(self, output: StudyOutput, context: StudyContext) -> list:

@@ -91,7 +91,7 @@ class Estimators(Study):
             on_fact=lambda _fact: advance(), on_skip=skipped)
         return StudyOutput(rows, facts=ids)
 
-    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
+    def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
         return []
 
     def summary(self, output: StudyOutput, context: StudyContext) -> list:

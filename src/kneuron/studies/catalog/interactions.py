@@ -43,7 +43,7 @@ class Interactions(Study):
                                   on_fact=lambda _fact: advance())
         return StudyOutput(rows, facts=[fact.id for fact in facts])
 
-    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
+    def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
         return []
 
     def summary(self, output: StudyOutput, context: StudyContext) -> list:

@@ -56,7 +56,7 @@ class Languages(Study):
         covered = [fact.id for versions in keys.values() for fact in versions.values()]
         return StudyOutput(rows, facts=covered)
 
-    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
+    def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
         return []
 
     def summary(self, output: StudyOutput, context: StudyContext) -> list:

@@ -12,6 +12,7 @@ from typing import Any
 
 from kneuron.studies.base import GENERIC_SHARE, SEED, Option, Study, StudyContext
 from kneuron.studies.generic import generic_neurons
+from kneuron.studies.intervals import find, format_interval
 from kneuron.studies.metrics import summarize
 from kneuron.studies.registry import register_study
 from kneuron.studies.studies import run_studies
@@ -70,9 +71,15 @@ class PaperStudy(Study):
             coarse_by_fact=context.coarse if self.name == "generic" else None, queries=queries(context),
             generic=generic_list(context), on_fact=lambda _fact: advance())[self.name]
 
-    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
+    def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
+        """The mean lines, each with its stored interval, n and paired p-value against its control (``−81.6%
+        [−88.0, −74.1], n = 32, p = 0.0001 vs random``); a bare mean only where no aggregate was stored."""
         lines = []
         for variant, metric, label, percent in MEAN_LINES:
+            stored = find(aggregates, variant, metric)
+            if stored.n:
+                lines.append((label, format_interval(stored, percent=percent)))
+                continue
             summary = summarize(rows, variant, metric)
             if summary.n:
                 lines.append((label, f"{summary.mean:+.2%}" if percent else f"{summary.mean:.3f}"))
@@ -86,6 +93,7 @@ class SuppressAmplify(PaperStudy):
 
     name = "suppress_amplify"
     title = "Suppressing and amplifying knowledge neurons"
+    controls = {"kn": "random", "kn_no_generic": "random_no_generic"}
     options = (Option("other_facts", int, 5, "Facts of other relations on which each fact's neurons are also "
                       "patched.", min=0), SEED, GENERIC_SHARE)
 
@@ -101,8 +109,8 @@ class Generic(PaperStudy):
                       flag="--probe"), GENERIC_SHARE)
 
 
-    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
-        lines, shown = super().measures(rows), 0
+    def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
+        lines, shown = super().measures(rows, aggregates), 0
         for r in rows:
             if r["metric"] == "share" and not r["fact_id"] and r["variant"] != "params":
                 shown += 1
@@ -127,8 +135,8 @@ class Layers(PaperStudy):
     options = (GENERIC_SHARE,)
 
 
-    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
-        return super().measures(rows) + [(f"top third of the layers ({r['variant']})", f"{r['value']:.1%}")
+    def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
+        return super().measures(rows, aggregates) + [(f"top third of the layers ({r['variant']})", f"{r['value']:.1%}")
                                          for r in rows if r["relation"] == "" and r["metric"] == "top_third"]
 
 
@@ -139,4 +147,5 @@ class Discrimination(PaperStudy):
 
     name = "discrimination"
     title = "Discrimination"
+    controls = {"kn": "baseline", "kn_no_generic": "baseline"}
     options = (GENERIC_SHARE,)

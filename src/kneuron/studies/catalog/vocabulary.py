@@ -43,7 +43,7 @@ class Vocabulary(Study):
         rows = vocabulary_rows(found, seed=seed)
         return StudyOutput(rows, tables={"vocabulary": (found, lambda token: token_text(lm, token))})
 
-    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
+    def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
         return []
 
     def summary(self, output: StudyOutput, context: StudyContext) -> list:
