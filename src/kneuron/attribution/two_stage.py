@@ -49,6 +49,7 @@ from kneuron.attribution.integrated_gradients import (
     AlphaRule,
     _scores,
     alpha_points,
+    batch_memory,
     checked_layers,
     default_memory_budget,
     fill_zero_baselines,
@@ -265,13 +266,16 @@ class TwoStageIntegratedGradients(Estimator):
         chosen = checked_layers(lm, layers, self.steps, len(queries), budget)
         points = alpha_points(self.steps, self.alphas)
         screen = screen_indices(self.steps, self.screen_points)
-        plans, groups = shape_groups(lm, queries, self.objective)
+        with limits.out_of_memory_as_error(lm.device, f"running the clean passes of {len(queries)} prompt(s)"):
+            plans, groups = shape_groups(lm, queries, self.objective)
         screen_rule = ScreenRule(self.threshold, self.share, self.margin, self.top_margin, self.ablation_margin)
         results: list[NeuronScores | None] = [None] * len(plans)
         rows_of = [rows_per_batch(lm, plans[members[0]], budget, batch_rows) for members in groups]
         with frozen_parameters(lm.model):
-            sums, baselines, finished = _two_stage(lm, plans, groups, rows_of, chosen, points, screen,
-                                                   self.objective, rule == "frozen", screen_rule)
+            longest = max(range(len(plans)), key=lambda index: len(plans[index].input_ids))
+            with batch_memory(lm, plans[longest], len(plans), max(rows_of), budget, "two-stage integrated gradients"):
+                sums, baselines, finished = _two_stage(lm, plans, groups, rows_of, chosen, points, screen,
+                                                       self.objective, rule == "frozen", screen_rule)
             for index in range(len(plans)):
                 said = answer if answer is not None else lm.tokenizer.decode(list(queries[index].answer_ids))
                 scores = _scores(plans[index], queries[index], said, sums[index], baselines[index],
