@@ -80,7 +80,7 @@ def why_differs(full_bag, chosen: list[int]) -> str:
 def compare(into: dict[str, list[float]], bag, full) -> bool:
     """Add one fact's agreement figures to ``into``; whether its refined neurons equal full IG's."""
     refined, reference = refine(bag), refine(full)
-    same = refined.keys == reference.keys
+    same = set(refined.keys) == set(reference.keys)  # the same neurons (their order by mean score may differ)
     into["jaccard"].append(jaccard(refined.keys, reference.keys))
     into["same_refined"].append(float(same))
     for mine, theirs in zip(bag, full, strict=True):
