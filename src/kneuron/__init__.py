@@ -7,7 +7,6 @@ Example:
     >>> print(kn.neurons)
 """
 
-from importlib.metadata import PackageNotFoundError, version
 
 from kneuron.attribution import (
     Estimator,
@@ -42,11 +41,7 @@ from kneuron.facts import Fact, Prompt, answer_probability, encode, top_predicti
 from kneuron.interventions import Edit
 from kneuron.models import LanguageModel, NeuronPatch, capture, from_model, load, patch
 from kneuron.store import Atlas
-
-try:
-    __version__ = version("kneuron")  # the installed package's metadata (pyproject.toml's version)
-except PackageNotFoundError:  # pragma: no cover - running from a source tree that was never installed
-    __version__ = "0+unknown"
+from kneuron.version import __version__
 
 __all__ = [
     "Atlas", "AtlasError", "Edit", "EditError", "Estimator", "Fact", "FactError", "GradientTimesActivation",

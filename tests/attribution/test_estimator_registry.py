@@ -24,21 +24,24 @@ from kneuron.attribution.estimators import (
     IntegratedGradients,
     LogProbIncrease,
     ScreenedIntegratedGradients,
+    TwoStageIntegratedGradients,
 )
 
 SOURCE = Path(__file__).resolve().parents[2] / "src"
 
 
 def test_the_built_ins_are_registered_in_their_listing_order():
-    assert list(ESTIMATORS) == ["ig", "gxa", "lpi", "screened-ig"]
-    assert estimator_names() == ["ig", "gxa", "lpi"]  # the screen needs K: --estimator ig --screen K
+    assert list(ESTIMATORS) == ["ig", "gxa", "lpi", "screened-ig", "two-stage-ig"]
+    # the screen needs K: --estimator ig --screen K; two-stage-ig screens every layer with its own points
+    assert estimator_names() == ["ig", "gxa", "lpi", "two-stage-ig"]
     assert [ESTIMATORS[n] for n in ESTIMATORS] == [IntegratedGradients, GradientTimesActivation, LogProbIncrease,
-                                                   ScreenedIntegratedGradients]
-    assert [has_completeness(n) for n in ESTIMATORS] == [True, False, False, True] and has_completeness("unknown")
+                                                   ScreenedIntegratedGradients, TwoStageIntegratedGradients]
+    assert [has_completeness(n) for n in ESTIMATORS] == [True, False, False, True, True]
+    assert has_completeness("unknown")
 
 
 @pytest.mark.parametrize("module", ["estimator_base", "gradient_times_activation", "log_prob_increase", "screened",
-                                    "integrated_gradients", "estimators"])
+                                    "two_stage", "integrated_gradients", "estimators"])
 def test_any_module_imports_first_without_a_cycle(module):
     code = (f"import kneuron.attribution.{module}\n"
             "from kneuron.attribution.estimator_base import ESTIMATORS\n"
@@ -46,7 +49,7 @@ def test_any_module_imports_first_without_a_cycle(module):
     env = {**os.environ, "PYTHONPATH": str(SOURCE), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ig,gxa,lpi,screened-ig"
+    assert done.stdout.strip() == "ig,gxa,lpi,screened-ig,two-stage-ig"
 
 
 def test_a_new_estimator_is_one_class_and_one_registration(monkeypatch):

@@ -105,4 +105,6 @@ def test_studies_and_report_run_on_a_cheaper_estimators_atlas(tmp_path, fake_loa
     assert [r["value"] for r in stored] == pytest.approx([r["value"] for r in direct], nan_ok=True)
     result = invoke("report", "--run", str(path))
     assert result.exit_code == 0, result.output
-    assert "<b>params.estimator</b>: gxa" in path.with_suffix(".html").read_text(encoding="utf-8")
+    # the run's parameters are in the folded table at the end of the report
+    assert '<code>params.estimator</code></td><td class="l">gxa</td>' in path.with_suffix(".html").read_text(
+        encoding="utf-8")

@@ -86,3 +86,28 @@ def test_a_report_replaces_a_report_and_leaves_nothing_else(atlas_path, tmp_path
     assert report(atlas_path, "--out", out)[0].exit_code == 0
     assert out.read_text(encoding="utf-8") == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]
+
+
+def test_the_report_opens_with_the_headline_and_folds_the_parameters_at_the_end():
+    """The first heading after the title and the first table are the headline; the run's raw parameters (with
+    markup in a value, escaped) are in one <details> at the very end of the body."""
+    import re
+
+    from kneuron.report import ReportData, render_report
+
+    meta = {"model": "tiny <b>model</b>", "params": {"chunk_facts": 8, "steps": 20},
+            "generic": {"min_facts": 2, "share": 0.1}}
+    text = render_report(ReportData({}, meta, 3))
+    body = text[text.index("<body>") + len("<body>"):text.index("</body>")]
+    assert re.findall(r"<h2[^>]*>([^<]*)</h2>", body)[0] == "Headline"
+    first_table = body.index("<table>")
+    assert body.index("<h2>Headline</h2>") < first_table < body.index("<details")
+    assert "measure</th>" in body[first_table:body.index("</table>")]
+    assert "<ul" not in body and body.count('<details id="parameters">') == 1
+    details = body[body.index('<details id="parameters">'):]
+    assert details.endswith("</details>")
+    for key in ("params.chunk_facts", "params.steps", "generic.min_facts", "generic.share", "model"):
+        assert f"<code>{key}</code>" in details
+        assert f"<code>{key}</code>" not in body[:body.index('<details id="parameters">')]
+    assert "tiny &lt;b&gt;model&lt;/b&gt;" in details and "<b>model</b>" not in text
+    assert "Run parameters (5)" in details

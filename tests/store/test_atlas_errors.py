@@ -187,11 +187,15 @@ def test_an_empty_file_is_not_taken_over(lm, tmp_path):
     assert path.read_bytes() == b""
 
 
-def test_a_newer_schema_is_refused(atlas_path):
-    db = sqlite3.connect(atlas_path)
-    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+def _set_schema_version(path, version: int) -> None:
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
     db.commit()
     db.close()
+
+
+def test_a_newer_schema_is_refused(atlas_path):
+    _set_schema_version(atlas_path, 99)
     with pytest.raises(KneuronError, match="schema version 99"):
         Atlas.open(atlas_path, read_only=True)
 
@@ -220,9 +224,6 @@ def test_atlas_problems_are_atlas_errors_and_bad_input_is_input_error(lm, atlas_
         atlas.write_results("s", [{"variant": "v"}])
     with pytest.raises(InputError, match="steps must be at least 1"):
         run(lm, tiny_facts()[:2], tmp_path / "other.sqlite", **{**RUN_ARGS, "steps": 0})
-    db = sqlite3.connect(atlas_path)
-    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    db.commit()
-    db.close()
+    _set_schema_version(atlas_path, 99)
     with pytest.raises(AtlasError, match="schema version 99"):
         Atlas.open(atlas_path, read_only=True)

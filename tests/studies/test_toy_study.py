@@ -105,3 +105,53 @@ def test_names_and_options_are_checked_when_registering(toy):
         with pytest.raises(StudyError):
             register_study(bad)
     assert study_named("layers").group == "paper"
+
+
+class _SeenFacts(Study):
+    """Stores how many facts its context's cache gave it, under a key both toy studies use."""
+
+    group = "beyond"
+    needs_model = False
+
+    def run(self, context: StudyContext) -> list[dict]:
+        seen = context.cached("toy_fact_ids", lambda: [f.id for f in context.facts])
+        return [row(self.name, "toy", "", "", "facts_seen", float(len(seen)))]
+
+
+class SeenFirst(_SeenFacts):
+    name = "toy_seen_first"
+
+
+class SeenSecond(_SeenFacts):
+    """Before its snapshot (in ``prepare``), a run adds a fact to the atlas, as a run still writing it would."""
+
+    name = "toy_seen_second"
+    reads = ("toy_seen_first",)
+    grow: tuple = ()
+
+    def prepare(self, atlas, options, shared) -> None:
+        if self.grow:
+            self.grow[0]()
+
+
+def test_a_study_never_sees_an_earlier_snapshots_cached_inputs(tmp_path):
+    """A study's cache belongs to its snapshot: a fact added between two studies of one command is seen by the
+    second, also under a cache key the runner does not know."""
+    from kneuron.store import run
+    from kneuron.store.study_runs import run_studies_on_atlas
+    from store.helpers import tiny_facts
+    from tiny_models import tiny_lm
+
+    lm, facts, path = tiny_lm("llama"), tiny_facts(), tmp_path / "growing.sqlite"
+    settings = {"steps": 2, "known_only": False, "progress": False, "share": 0.3}
+    run(lm, facts[:4], path, **settings)
+    SeenSecond.grow = (lambda: run(lm, facts[:5], path, **settings),)
+    register_study(SeenFirst)
+    register_study(SeenSecond)
+    try:
+        results = run_studies_on_atlas(path, ["toy_seen_first", "toy_seen_second"])
+    finally:
+        unregister_study("toy_seen_first")
+        unregister_study("toy_seen_second")
+    seen = {r.study.name: [row["value"] for row in r.output.rows if row["metric"] == "facts_seen"] for r in results}
+    assert seen == {"toy_seen_first": [4.0], "toy_seen_second": [5.0]}

@@ -65,6 +65,9 @@ class Estimator(ABC):
     #: whether :func:`estimator_named` (``--estimator NAME``) makes it from its name and plain settings; False for
     #: one that wraps another estimator (a screen), which only its own constructor or its params rebuild
     selectable: ClassVar[bool] = True
+    #: whether ``kneuron study estimators`` compares it with exact IG by default (False for an opt-in variant of
+    #: integrated gradients itself, e.g. two-stage-ig: name it with ``--estimators`` to compare it)
+    compared_by_default: ClassVar[bool] = True
 
     @abstractmethod
     def params(self) -> dict[str, Any]:

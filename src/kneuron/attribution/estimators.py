@@ -18,6 +18,8 @@ them unchanged.
   vocabulary × neurons matrix per layer, so not always cheaper).
 * :class:`ScreenedIntegratedGradients`: a cheap estimator picks a bag's K most promising layers, exact
   integrated gradients runs only there (opt-in; see its docstring for when to trust it).
+* :class:`TwoStageIntegratedGradients` (``"two-stage-ig"``): every layer screened with a few of integrated
+  gradients' own points, the sum finished where a neuron could be coarse (opt-in; adaptive, no fixed K).
 
 The interface and the registry are :mod:`kneuron.attribution.estimator_base`'s; each estimator lives in its own
 module, beside the function that computes it, and registers itself there. This module imports each built-in once
@@ -50,7 +52,8 @@ from kneuron.attribution.gradient_times_activation import GradientTimesActivatio
 # isort: split
 from kneuron.attribution.log_prob_increase import LogProbIncrease
 from kneuron.attribution.screened import ScreenedIntegratedGradients, screen_layers
+from kneuron.attribution.two_stage import TwoStageIntegratedGradients
 
 __all__ = ["ALPHA_RULES", "ESTIMATORS", "Estimator", "GradientTimesActivation", "IntegratedGradients",
-           "LogProbIncrease", "ScreenedIntegratedGradients", "encode_prompts", "estimator_from_params",
-           "estimator_named", "estimator_names", "register_estimator", "screen_layers"]
+           "LogProbIncrease", "ScreenedIntegratedGradients", "TwoStageIntegratedGradients", "encode_prompts",
+           "estimator_from_params", "estimator_named", "estimator_names", "register_estimator", "screen_layers"]

@@ -44,7 +44,7 @@ import math
 import os
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -218,26 +218,14 @@ def _integrated_gradients_many(
     batch_rows = None if batch_rows is None else count("batch_rows", batch_rows)
     budget = limits.memory_budget(memory_budget) if memory_budget is not None else default_memory_budget(lm)
     queries = encode_prompts(lm, prompts, answer)
-    chosen = sorted(set(range(lm.n_layers) if layers is None else layers))
-    for layer in chosen:
-        lm.check_layer(layer)
-    if not chosen:
-        raise InputError("No layers to attribute: give at least one layer index.")
-    check_run_fits(steps, len(chosen), len(queries), budget)
-    check_shared_layers_supported(lm)
+    chosen = checked_layers(lm, layers, steps, len(queries), budget)
     points = alpha_points(steps, alphas)
     weights = alpha_weights(steps, alphas)
-    plans = [make_plan(lm, query, objective) for query in queries]
-    groups: dict[tuple[int, int, int], list[int]] = defaultdict(list)
-    for index, plan in enumerate(plans):
-        groups[shape_key(plan)].append(index)
+    plans, groups = shape_groups(lm, queries, objective)
     results: list[NeuronScores | None] = [None] * len(plans)
     with frozen_parameters(lm.model):
-        for members in groups.values():
-            per_row = memory_per_row(lm, plans[members[0]])
-            check_row_fits(per_row, budget)
-            fits = max(1, int(budget // max(per_row, 1.0)))
-            rows = min(batch_rows or MAX_ROWS, fits)
+        for members in groups:
+            rows = rows_per_batch(lm, plans[members[0]], budget, batch_rows)
             gradient_sums, baselines = _integrate(lm, plans, members, chosen, points, weights, rows,
                                                  objective, rule == "frozen")
             for index in members:
@@ -247,6 +235,39 @@ def _integrated_gradients_many(
                 if on_prompt is not None:
                     on_prompt(index, results[index])
     return [r for r in results if r is not None]
+
+
+def checked_layers(lm: LanguageModel, layers: Sequence[int] | None, steps: int, prompts: int, budget: float,
+                   ) -> list[int]:
+    """The layers to attribute (all by default), ascending, once each is known to exist, the run's rows are known to
+    fit ``budget`` and the model's layer sharing is supported: what is refused before any forward pass."""
+    chosen = sorted(set(range(lm.n_layers) if layers is None else layers))
+    for layer in chosen:
+        lm.check_layer(layer)
+    if not chosen:
+        raise InputError("No layers to attribute: give at least one layer index.")
+    check_run_fits(steps, len(chosen), prompts, budget)
+    check_shared_layers_supported(lm)
+    return chosen
+
+
+def shape_groups(lm: LanguageModel, queries: Sequence[EncodedQuery], objective: Objective,
+                 ) -> tuple[list[Plan], list[list[int]]]:
+    """Each query's :class:`Plan` (its clean pass), and the indices of the plans of one :func:`shape_key`, whose
+    rows can share batches, in order of first appearance."""
+    plans = [make_plan(lm, query, objective) for query in queries]
+    groups: dict[tuple[int, int, int], list[int]] = defaultdict(list)
+    for index, plan in enumerate(plans):
+        groups[shape_key(plan)].append(index)
+    return plans, list(groups.values())
+
+
+def rows_per_batch(lm: LanguageModel, plan: Plan, budget: float, batch_rows: int | None) -> int:
+    """How many rows of ``plan``'s shape one batch takes: as many as fit ``budget`` (one row that does not fit is
+    refused), at most ``batch_rows`` and :data:`MAX_ROWS`."""
+    per_row = memory_per_row(lm, plan)
+    check_row_fits(per_row, budget)
+    return min(batch_rows or MAX_ROWS, max(1, int(budget // max(per_row, 1.0))))
 
 
 def _integrate(lm: LanguageModel, plans: Sequence[Plan], members: list[int], chosen: list[int],
@@ -266,17 +287,26 @@ def _integrate(lm: LanguageModel, plans: Sequence[Plan], members: list[int], cho
             sums[p][layer] += grad.double() if weights is None else grad.double() * weight_of[alpha]
             if alpha == 0.0:  # linspace's first point is the zero baseline itself
                 baselines[p][layer] = value
-    # the zero baseline of the completeness gap, where no step gave it: a forward pass, no gradient
+    fill_zero_baselines(lm, plans, {p: chosen for p in members}, baselines, rows, objective, frozen_norm)
+    return sums, baselines
+
+
+def fill_zero_baselines(lm: LanguageModel, plans: Sequence[Plan], layers_of: Mapping[int, Sequence[int]],
+                        baselines: Mapping[int, torch.Tensor], rows: int, objective: Objective,
+                        frozen_norm: bool = False) -> None:
+    """Fill, in place, each prompt's zero baseline P(α=0) of the completeness gap in each of its layers
+    (``layers_of[p]``) where no step gave it (still NaN): a forward pass per (prompt, layer), no gradient."""
+    run = run_shared_rows if lm.shared_layers else run_rows
+    norm_option = {"frozen_norm": True} if frozen_norm else {}
     missing: dict[int, list[Row]] = defaultdict(list)
-    for p in members:
-        for layer in chosen:
+    for p, layers in layers_of.items():
+        for layer in layers:
             if math.isnan(baselines[p][layer]):
                 missing[layer].append((p, layer, 0.0, False))
     for chunk in batches(missing, rows):
         _, values = run(lm, plans, chunk, objective, gradients=False, **norm_option)
         for (p, layer, _, _), value in zip(chunk, values, strict=True):
             baselines[p][layer] = value
-    return sums, baselines
 
 
 def _scores(plan: Plan, query: EncodedQuery, answer: str | None, gradient_sum: torch.Tensor,

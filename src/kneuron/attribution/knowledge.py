@@ -11,6 +11,7 @@ from kneuron.attribution.estimators import (
     Estimator,
     IntegratedGradients,
     ScreenedIntegratedGradients,
+    estimator_from_params,
     estimator_named,
     estimator_names,
 )
@@ -167,12 +168,18 @@ def find_knowledge_neurons(
     prompts, answer, fact = bag_of(lm, fact_or_prompts, answer)
     made_by = _estimator_for_call("find_knowledge_neurons", estimator,
                                   {"steps": steps, "objective": objective, "alphas": alphas, **settings})
+    aims_at = made_by.params().get("threshold")  # an estimator that aims at the coarse threshold (two-stage-ig)
+    if aims_at is not None and aims_at != float(threshold):
+        if not isinstance(estimator, str):
+            raise InputError(f"{type(made_by).__name__} aims at the coarse threshold {aims_at:g}, not at "
+                             f"threshold={threshold:g}: make it with threshold={threshold:g}.")
+        made_by = estimator_from_params({**made_by.params(), "threshold": float(threshold)})
     bag = made_by.attribute(lm, prompts, answer, layers=layers, on_prompt=on_prompt)
     found = refine(bag, share=share, threshold=threshold, fact=fact)
     found.params.update(made_by.params(), answer=answer)
     found.params = with_effective_norm(found.params, lm)  # the rule used on this model, or none to record
-    if bag and bag[0].screen_layers is not None:  # a screened estimator: the layers it chose for this bag
-        found.params[SCREEN_LAYERS] = layer_list(bag[0].screen_layers)
+    if bag and bag[0].screen_layers is not None:  # a screened estimator: the layers it computed for this bag
+        found.params[SCREEN_LAYERS] = layer_list(sorted({layer for s in bag for layer in s.screen_layers or ()}))
     found.scores = bag
     return found
 

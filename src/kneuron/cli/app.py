@@ -33,11 +33,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from kneuron import __version__
 from kneuron.attribution.estimators import estimator_names
 from kneuron.attribution.integrated_gradients import ALPHA_RULES
 from kneuron.errors import KneuronError
 from kneuron.studies.base import show_token  # noqa: F401  (the commands' shared token display)
+from kneuron.version import __version__
 
 app = typer.Typer(
     name="kneuron",
@@ -212,7 +212,7 @@ def vocab_size(lm) -> int:
 
 
 def parse_estimator(name: str, screen: int | None, *, steps: int, objective: str, alphas: str,
-                    norm: str | None = None):
+                    norm: str | None = None, threshold: float | None = None):
     """``--estimator``, ``--screen`` (and the integrated-gradients options) as what the library takes: None for the
     exact default (``--estimator ig`` without a screen: the library's own default path), else an Estimator.
 
@@ -230,7 +230,8 @@ def parse_estimator(name: str, screen: int | None, *, steps: int, objective: str
         raise KneuronError(f"--screen {screen} picks the layers where exact integrated gradients runs, so it needs "
                            f"--estimator ig, not {name}: drop --screen or use --estimator ig.")
     chosen = resolve_estimator(name, steps=steps, objective=objective, alphas=alphas, screen=screen,  # checks them
-                               **({} if norm is None else {"norm": norm}))
+                               **({} if norm is None else {"norm": norm}),
+                               **({} if threshold is None else {"threshold": threshold}))  # two-stage-ig aims at it
     return None if name == "ig" and screen is None and norm is None else chosen
 
 

@@ -88,7 +88,8 @@ def run_command(
     from kneuron.store import run as run_facts
 
     chosen = parse_relations(relations)
-    chosen_estimator = parse_estimator(estimator, screen, steps=steps, objective=objective, alphas=alphas, norm=norm)
+    chosen_estimator = parse_estimator(estimator, screen, steps=steps, objective=objective, alphas=alphas, norm=norm,
+                                       threshold=threshold)
     # a malformed file, a missing relation or an empty set fails here, before the model loads or anything is written
     loaded = load_facts(facts)
     if language is not None:

@@ -63,7 +63,7 @@ def _save_edit(edit, lm, save: Path | None, save_model: Path | None, overwrite: 
 
 def _collateral_table(lm, edit, title: str, groups) -> Table:
     """One row per fact: mean P(correct) before → after over its prompts, and top-1 right before → after."""
-    from kneuron.studies.editing import queries_of, score
+    from kneuron.studies.edit_scoring import queries_of, score
 
     table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False)
     for name, justify in (("fact", "left"), ("answer", "left"), ("P(answer)", "right"), ("Δp/p", "right"),
@@ -137,7 +137,7 @@ def edit(
     """Update a fact through its knowledge neurons (value slot += −λ_old·e(old) + λ_new·e(new)) and show the
     before/after probabilities on its prompts and on a few other facts."""
     from kneuron.interventions import update_fact
-    from kneuron.studies.editing import queries_of, score
+    from kneuron.studies.edit_scoring import queries_of, score
 
     atlas, facts, lm = _edit_context(run, model, device)
     with atlas:

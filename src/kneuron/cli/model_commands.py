@@ -126,7 +126,7 @@ def find(
     from kneuron.attribution import IntegratedGradients, find_knowledge_neurons
 
     chosen = parse_estimator(estimator, screen, steps=steps, objective=objective, alphas=alphas,  # before the load
-                             norm=norm)
+                             norm=norm, threshold=threshold)
     lm = load_model(model, device)
     prompts = [parse_prompt(lm, text) for text in prompt]
     columns = (TextColumn("attributing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

@@ -256,6 +256,13 @@ class Edit:
 
     __repr__ = __str__
 
+    def _repr_html_(self) -> str:
+        """Jupyter's display: what the edit changes (:mod:`kneuron.interventions.edit_display`)."""
+        from kneuron.interventions.edit_display import edit_html
+
+        return edit_html(kind=self.kind, label=self.label, op=self.op, model=self.model, groups=self.groups,
+                         meta=self.meta, notes=shared_notes(self))
+
     def describe(self) -> str:
         """Several lines: what, for which model, and each touched slot with its vector's norm."""
         lines = [str(self), f"  model: {self.model.get('name')} ({self.model.get('family')}, "

@@ -1,6 +1,10 @@
 """The HTML report: one self-contained file (inline CSS, figures as PNG data URIs, no scripts, no links to fetch)
 with the tables and figures of the studies stored in an atlas, and the headline numbers next to the paper's.
 
+It opens with the title, any "not current" warnings, one line (facts, model) and the headline table; then one
+section per study; the run's raw parameters (``params.*``, ``generic.*``, ...) come last, folded in a
+``<details id="parameters">``.
+
 Example:
     >>> data = ReportData.from_atlas("runs/demo.sqlite")
     >>> write_report(data, "runs/demo.html")
@@ -117,15 +121,18 @@ def render_report(data: ReportData) -> str:
             flat.update({f"{key}.{k}": v for k, v in value.items()})
         else:
             flat[key] = value
-    meta = "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in sorted(flat.items())
-                   if isinstance(v, (str, int, float)))
+    shown = [(k, v) for k, v in sorted(flat.items()) if isinstance(v, (str, int, float))]
+    meta = "".join(f'<tr><td class="l"><code>{_e(k)}</code></td><td class="l">{_e(v)}</td></tr>' for k, v in shown)
+    model = data.meta.get("model")
     body = "".join([
         f"<h1>{_e(data.title)}</h1>",
         "".join(f'<div class="warn stale"><b>Not current:</b> {_e(line)}</div>' for line in data.warnings()),
-        f'<p class="meta">{data.n_facts} facts.</p>',
-        f'<ul class="meta">{meta}</ul>' if meta else "",
+        f'<p class="meta">{data.n_facts} facts' + (f" of {_e(model)}" if model else "") + ".</p>",
         headline_section(data),
         render_sections(data),
+        # the run's raw parameters last, folded: the report opens with its headline, not with them
+        f'<details id="parameters"><summary>Run parameters ({len(shown)})</summary><table><tbody>{meta}</tbody>'
+        "</table></details>" if meta else "",
     ])
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{GENERATOR}<title>{_e(data.title)}</title>'
             f"<style>{CSS}</style></head><body>{body}</body></html>\n")

@@ -27,6 +27,10 @@ It re-exports :func:`kneuron.models.identity.model_identity`, what identifies a 
 
 from __future__ import annotations
 
+import sqlite3
+
+from kneuron.display import box, escape, line, table, warning
+from kneuron.errors import KneuronError
 from kneuron.models.identity import model_identity
 from kneuron.store.connection import BUSY_TIMEOUT
 from kneuron.store.facts_table import FactsTable
@@ -65,3 +69,60 @@ class Atlas(ResultsTable, NeuronsTable, FactsTable):
     :class:`~kneuron.store.neurons_table.NeuronsTable` (neurons, counts, the generic table) and
     :class:`~kneuron.store.results_table.ResultsTable` (the studies' rows and what they covered).
     """
+
+    def _repr_html_(self) -> str:
+        """Jupyter's display: a summary of the atlas (:func:`atlas_html`; a few aggregate reads)."""
+        return atlas_html(self)
+
+
+# ------------------------------------------------------------------------------------------------ display
+
+#: how many of the most shared neurons the summary lists
+TOP = 5
+STATUS_COLUMNS = ("done", "pending", "dropped", "invalid")
+
+
+def atlas_html(atlas: Atlas) -> str:
+    """The HTML display of ``atlas`` (``Atlas._repr_html_``), built from the pieces of :mod:`kneuron.display`.
+
+    It shows the model and the estimator, the facts per relation and status, the knowledge neurons per layer, the
+    neurons shared by the most facts, the generic neurons' count and the studies stored: a handful of aggregate
+    queries in one snapshot (no model, no score blobs), so it stays cheap on a big atlas. An atlas that cannot be
+    read (closed, locked, damaged) shows one line saying why instead of raising.
+    """
+    title = f"Atlas {atlas.path}"
+    try:
+        with atlas.snapshot():
+            meta = atlas.meta
+            statuses = atlas.status_counts()
+            layers = atlas.layer_counts()
+            top = atlas.top_neurons(TOP)
+            generic = len(atlas.generic_neurons())
+            studies = atlas.studies()
+    except (KneuronError, sqlite3.Error) as exc:
+        return box(title, warning(f"cannot read the atlas: {str(exc).splitlines()[0] if str(exc) else exc!r}"))
+    params = meta.get("params", {}) or {}
+    estimator = params.get("estimator", "ig")
+    how = f"estimator {escape(estimator)}" + (f", {escape(params['steps'])} steps" if estimator == "ig"
+                                               and "steps" in params else "")
+    model = [escape(meta.get(key, "?")) for key in ("model", "family", "kind", "n_layers", "n_neurons")]
+    parts = [line(f"{model[0]} ({model[1]}, {model[2]}, {model[3]} layers × {model[4]} neurons)", how,
+                  f"kneuron {escape(meta.get('kneuron_version', '?'))}")]
+    totals = dict.fromkeys(STATUS_COLUMNS, 0)
+    rows = []
+    for relation, counts in statuses.items():
+        for status in STATUS_COLUMNS:
+            totals[status] += counts.get(status, 0)
+        rows.append([escape(relation)] + [str(counts.get(status, 0)) for status in STATUS_COLUMNS])
+    rows.append(["<b>all</b>"] + [f"<b>{totals[status]}</b>" for status in STATUS_COLUMNS])
+    parts.append(table(["relation", *STATUS_COLUMNS], rows))
+    neurons = sum(layers.values())
+    per_fact = f"{neurons / totals['done']:.1f}" if totals["done"] else "–"
+    parts.append(line(f"<b>{neurons}</b> knowledge neurons over {totals['done']} done facts ({per_fact} per fact)",
+                      f"{generic} generic neurons", "studies stored: " + (", ".join(map(escape, studies)) or "none")))
+    if neurons:
+        parts.append(table(["layer", "neurons", "share"],
+                           [[f"L{layer}", str(n), f"{n / neurons:.0%}"] for layer, n in layers.items() if n]))
+        parts.append(table(["neuron", "facts", "mean score"],
+                           [[escape(n), str(facts), f"{n.score:.4g}"] for n, facts in top]))
+    return box(title, *parts)

@@ -102,7 +102,13 @@ def run_params(*, steps: int, threshold: float, share: float | str, objective: s
         raise InputError(f"norm={norm!r} belongs to the estimator: give it when making "
                          f"{type(estimator).__name__}(..., norm={norm!r}), or pass the estimator's name.")
     chosen = resolve_estimator(estimator, steps=int(steps), objective=objective, alphas=alphas,  # type: ignore[arg-type]
-                               screen=screen, **({} if norm is None else {"norm": check_norm(norm)}))
+                               screen=screen, threshold=float(threshold),  # an estimator that aims at it takes it
+                               **({} if norm is None else {"norm": check_norm(norm)}))
+    aims_at = chosen.params().get("threshold")
+    if aims_at is not None and aims_at != float(threshold):
+        raise InputError(f"{type(chosen).__name__} aims at the coarse threshold {aims_at:g} but the run's is "
+                         f"{float(threshold):g}: give the estimator threshold={float(threshold):g}, or the run "
+                         f"threshold={aims_at:g}.")
     if estimator_from_params(chosen.params()) != chosen:  # what every chunk (and Ray worker) rebuilds it from
         raise InputError(f"{type(chosen).__name__} is not in the estimator registry, so a run cannot rebuild it "
                          "from the atlas's params: register it with kneuron.attribution.estimators."
@@ -317,7 +323,7 @@ def run(
             a read-only or locked file, a fact of the atlas given with other content.
         InputError: a parameter out of range; FactError (an InputError): a fact id reused with other content.
     """
-    from kneuron import __version__
+    from kneuron.version import __version__
 
     started = time.perf_counter()
     if limit_per_relation is not None and limit_per_relation < 1:

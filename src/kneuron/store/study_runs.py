@@ -141,7 +141,8 @@ def run_studies_on_atlas(
         write: store the rows (False: open the atlas read-only and only return them; derived tables are not
             brought up to date then).
     """
-    from kneuron.store.atlas import Atlas, model_identity
+    from kneuron.models.identity import model_identity
+    from kneuron.store.atlas import Atlas
 
     events = events or RunEvents()
     studies = running_order(s if isinstance(s, Study) else study_named(s) for s in names)
@@ -176,8 +177,6 @@ def run_studies_on_atlas(
             if write:
                 study.prepare(atlas, resolved[study.name], shared)
             with atlas.snapshot():
-                for key in ("facts", "refined", "baseline", "coarse", "generic", "queries"):
-                    shared.pop(key, None)  # inputs of this snapshot (a run may have added facts meanwhile)
                 why = study.applies(context)
                 if why and not skip_inapplicable:
                     raise StudyError(why)

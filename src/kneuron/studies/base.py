@@ -112,9 +112,13 @@ class StudyOutput:
 
 class StudyContext:
     """What a study reads: the atlas's done facts and their neurons in one snapshot, its options, the model
-    (loaded on first use) and a cache shared by the studies of one command.
+    (loaded on first use) and two caches.
 
     ``atlas`` is the open atlas (read it inside the runner's snapshot; the runner writes, a study never does).
+    :meth:`cached` keeps what is read from (or derived from) this snapshot of the atlas: the context owns it and
+    it dies with the context, so a study never sees inputs of an earlier snapshot (a run may add facts between
+    two studies of one command). ``shared`` is the command's cache, shared by its studies: the model (see
+    :meth:`cached_for_command`) and :meth:`Study.prepare`'s marks.
     ``progress(description, total)`` starts a progress bar and returns its ``advance()``; ``note(text)`` adds
     a line the user should read, ``say(text)`` a status line.
     """
@@ -127,6 +131,7 @@ class StudyContext:
         self.options = dict(options)
         self._load_model = load_model
         self.shared = shared if shared is not None else {}
+        self._inputs: dict[str, Any] = {}
         self._progress = progress
         self._note = note
         self._say = say
@@ -134,11 +139,17 @@ class StudyContext:
         #: the terminal's width, for summaries that have a narrow form (None: wide)
         self.width = width
 
-    # ------------------------------------------------------------------ inputs (cached for the command)
+    # ------------------------------------------------------------------ inputs (cached for this snapshot)
 
     def cached(self, key: str, compute: Callable[[], Any]) -> Any:
-        """``compute()`` once per command: studies that share an input (the encoded prompts, the generic list)
-        compute it once."""
+        """``compute()`` once per context: an input read from this snapshot of the atlas, or derived from one
+        (the facts, their neurons, the encoded prompts, the generic list)."""
+        if key not in self._inputs:
+            self._inputs[key] = compute()
+        return self._inputs[key]
+
+    def cached_for_command(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per command, for what does not depend on the atlas's contents (the model)."""
         if key not in self.shared:
             self.shared[key] = compute()
         return self.shared[key]
@@ -169,7 +180,7 @@ class StudyContext:
         """The atlas's model, loaded (and its identity checked) on first use."""
         if self._load_model is None:
             raise StudyError("This study was declared needs_model = False but asked for the model.")
-        return self.cached("lm", self._load_model)
+        return self.cached_for_command("lm", self._load_model)
 
     # ------------------------------------------------------------------ feedback
 

@@ -42,7 +42,7 @@ from kneuron.facts.languages import language_of
 from kneuron.interventions.edits import Edit
 from kneuron.interventions.update import SignRule, answer_ids, update_fact
 from kneuron.models.language_model import LanguageModel
-from kneuron.studies.editing import update_metrics
+from kneuron.studies.edit_scoring import update_metrics
 from kneuron.studies.languages import STUDY, language_order, language_versions
 from kneuron.studies.metrics import NeuronKey, fact_rng, row
 from kneuron.studies.suppress_amplify import keys_of, random_control

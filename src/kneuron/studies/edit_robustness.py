@@ -443,15 +443,16 @@ def study_pool(lm: LanguageModel, facts: Sequence[Fact], known_only: bool = Fals
     editing study's for the relations whose facts are all one-to-one or none); it costs a pass over every
     built-in prompt of those relations (about 100 s for all relations on SmolLM2-135M, one CPU thread), so by
     default the pool is every built-in fact of the relations, and the neighbourhood's ``_before`` score shows how
-    many of them the model gets right unedited.
+    many of them the model gets right unedited. Either way the pool skips the built-in facts the model cannot
+    encode (:func:`kneuron.facts.known.encodable_facts`: a masked model whose vocabulary lacks an answer).
     """
     from kneuron.facts import builtin_facts, known_facts
+    from kneuron.facts.known import encodable_facts
 
     builtin = builtin_facts()
     relations = {f.relation for f in facts}
     candidates = [f for f in builtin if f.relation in relations]
-    if known_only:
-        candidates = known_facts(lm, candidates)[0]
+    candidates = known_facts(lm, candidates)[0] if known_only else encodable_facts(lm, candidates)[0]
     pool = list({**{f.id: f for f in candidates}, **{f.id: f for f in facts}}.values())
     owners = list({**{f.id: f for f in builtin}, **{f.id: f for f in facts}}.values())
     return pool, owners

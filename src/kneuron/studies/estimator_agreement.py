@@ -290,14 +290,18 @@ def estimator_label(name: str) -> str:
 
 
 def default_estimators() -> list[str]:
-    """Every registered estimator other than exact IG, then Gauss–Legendre IG with 5 points (``ig-gauss5``)."""
-    from kneuron.attribution.estimators import IntegratedGradients, estimator_names
+    """Every registered estimator other than exact IG that is compared by default
+    (:attr:`~kneuron.attribution.estimator_base.Estimator.compared_by_default`), then Gauss–Legendre IG with 5
+    points (``ig-gauss5``)."""
+    from kneuron.attribution.estimators import ESTIMATORS, IntegratedGradients, estimator_names
 
-    return [name for name in estimator_names() if name != IntegratedGradients.name] + [f"{GAUSS_PREFIX}5"]
+    return [name for name in estimator_names()
+            if name != IntegratedGradients.name and ESTIMATORS[name].compared_by_default] + [f"{GAUSS_PREFIX}5"]
 
 
 def estimator_for(label: str, params: Mapping[str, object]) -> Estimator:
-    """The estimator a label names, with the atlas's ``params`` (its objective; exact IG's steps and alphas):
+    """The estimator a label names, with the atlas's ``params`` (its objective; exact IG's steps and alphas, and
+    its threshold, for the estimators that take them):
     ``ig`` or ``ig-exact`` (exact IG as the atlas ran it, measured again; its rows say ``ig-exact``),
     ``ig-gaussN`` (N-point Gauss–Legendre IG), or a registered name (``gxa``, ...).
 
@@ -319,7 +323,10 @@ def estimator_for(label: str, params: Mapping[str, object]) -> Estimator:
     if label not in estimator_names():
         raise KneuronError(f"Unknown estimator {label!r}: use {', '.join(estimator_names())} or "
                            f"{GAUSS_PREFIX}N (N-point Gauss–Legendre IG).")
-    return estimator_named(label, objective=objective)
+    # the atlas's run settings, for an estimator that takes them (two-stage-ig: IG's steps and alphas, the
+    # coarse threshold it aims at); estimator_named gives each estimator only the settings it takes
+    settings = {key: params[key] for key in ("steps", "alphas", "threshold") if params.get(key) is not None}
+    return estimator_named(label, **settings, objective=objective)
 
 
 def exact_ig_refusal(params: Mapping[str, object]) -> str | None:
