@@ -20,7 +20,8 @@ from kneuron.facts.subject import subject_positions
 from kneuron.interventions.tracing import Restoration, embedding_std, indirect_effects, prepare, trace
 from kneuron.models.hooks import capture
 from kneuron.store import Atlas, run
-from kneuron.studies.tracing import average_effects, fact_traces, tracing_study
+from kneuron.studies.metrics import row
+from kneuron.studies.tracing import average_effects, fact_means, fact_traces, figure_value, tracing_study
 from store.helpers import tiny_facts
 from tiny_models import tiny_lm
 
@@ -60,6 +61,8 @@ def test_rows_are_the_engines_and_the_key_ranks_are_by_hand():
     np.testing.assert_allclose([answer[f"mlp1 L{layer}"] for layer in range(3)], single, rtol=1e-9, atol=1e-15)
     share = (single[1] + single[2]) / single.sum() if single.sum() > 0 else math.nan
     assert answer["kn_layers_share"] == pytest.approx(share, rel=1e-9, nan_ok=True)
+    assert answer["kn_layers_sum"] == pytest.approx(single[1] + single[2], rel=1e-9, abs=1e-15)
+    assert answer["all_layers_sum"] == pytest.approx(single.sum(), rel=1e-9, abs=1e-15)
     assert answer["joint_kn_layers"] == pytest.approx(joint[0], rel=1e-9, abs=1e-15)
     assert answer["kn_neurons"] == pytest.approx(joint[2], rel=1e-9, abs=1e-15)
 
@@ -110,3 +113,18 @@ def test_the_study_is_everywhere(tmp_path, fake_load):
         assert not any(r["variant"].startswith("map:") for r in panel["table"])
         html = client.get(f"/fact/{facts[0].id}").text
         assert html.count('class="chart heatmap"') == 3
+
+
+def test_shares_over_facts_are_ratios_of_means():
+    """One fact with a tiny whole (0.001) and a part of 5 would make the mean of the per-fact ratios about 2500;
+    the summary divides the mean part by the mean whole."""
+    facts = {"a": (0.2, 0.4), "b": (0.3, 0.5), "c": (5.0, 0.001), "d": (0.1, math.nan)}
+    rows = []
+    for fact, (part, whole) in facts.items():
+        rows += [row("tracing", "answer", "r", fact, "kn_neurons", part),
+                 row("tracing", "answer", "r", fact, "joint_all_layers", whole),
+                 row("tracing", "answer", "r", fact, "kn_neurons_share_of_all", part / whole)]
+    value, n = figure_value(rows, "answer", "kn_neurons_share_of_all")
+    assert n == 3 and value == pytest.approx((0.2 + 0.3 + 5.0) / (0.4 + 0.5 + 0.001))
+    assert fact_means(rows, "answer", "kn_neurons_share_of_all")[0] > 1000  # what the summary used to show
+    assert figure_value(rows, "answer", "kn_neurons")[0] == pytest.approx(5.6 / 4)  # not a share: the mean

@@ -19,7 +19,7 @@ from kneuron.report.parts import table as _table
 from kneuron.report.plots import to_png
 from kneuron.report.sections import report_section
 from kneuron.studies.catalog.tracing import FIGURES, KIND_TITLES
-from kneuron.studies.tracing import GROUPS, STUDY, average_effects, fact_means, fact_traces, weighed_most
+from kneuron.studies.tracing import GROUPS, STUDY, average_effects, fact_traces, figure_value, weighed_most
 
 TITLE = "Causal tracing against knowledge neurons"
 FEW_FACTS = 10
@@ -121,12 +121,12 @@ def tracing_section(rows: Sequence[dict], done_facts: int = 0) -> str:
                  "subject's last token, at the last token (the one that predicts the answer), and elsewhere (the "
                  "other tokens from the subject's first on); bars: where the knowledge neurons are.</p>")
     lines = [[_e(label), _num(mean, spec), str(n)] for label, variant, metric, spec in FIGURES
-             for mean, n in [fact_means(rows, variant, metric)]]
+             for mean, n in [figure_value(rows, variant, metric)]]
     for (kind, group), (profile, n) in average_effects(fact_traces(rows)).items():
         layer = int(np.argmax(profile))
         lines.append([_e(f"average indirect effect, {KIND_TITLES[kind]} at the {GROUP_LABELS[group]}: peak"),
                       f"L{layer}: {_num(float(profile[layer]), '.3f')}", str(n)])
-    parts.append(_table(["measure", "mean over facts", "facts"], lines))
+    parts.append(_table(["measure", "over facts (shares: ratio of means)", "facts"], lines))
     parts.append('<p class="note"><b>Share of the layers\' sum</b>: each layer\'s MLP output restored alone at the '
                  "answer position, the effects of the knowledge neurons' layers over the sum of all; <b>restored "
                  "together</b>: one run restoring those layers' MLP outputs against one restoring every layer's; "

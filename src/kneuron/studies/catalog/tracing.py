@@ -20,8 +20,8 @@ from kneuron.studies.tracing import (
     SUBJECT,
     SUBJECT_LAST,
     average_effects,
-    fact_means,
     fact_traces,
+    figure_value,
     tracing_study,
 )
 
@@ -76,7 +76,7 @@ class Tracing(Study):
 
     def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
         return [(f"{label} (mean of {n})", number(mean, spec)) for label, variant, metric, spec in FIGURES[:6]
-                for mean, n in [fact_means(rows, variant, metric)] if n]
+                for mean, n in [figure_value(rows, variant, metric)] if n]
 
     def summary(self, output: StudyOutput, context: StudyContext) -> list[Any]:
         return [tracing_table(output.rows, context.run_path)]
@@ -117,12 +117,13 @@ def tracing_table(rows: Sequence[dict], run: object) -> Table:
                            f"{number(params.get('embedding_std', math.nan), '.3g')} by default), "
                            f"{int(params.get('samples', 0))} draws, window {int(params.get('window', 0))}; "
                            f"{number(params.get('seconds_per_fact', math.nan), '.1f')} s per fact on "
-                           f"{int(params.get('threads', 0))} thread(s); means over facts, n facts"))
+                           f"{int(params.get('threads', 0))} thread(s); means over facts (shares: ratios of means), "
+                           "n facts"))
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_column("n", justify="right")
     for label, variant, metric, spec in FIGURES:
-        mean, n = fact_means(rows, variant, metric)
+        mean, n = figure_value(rows, variant, metric)
         table.add_row(label, number(mean, spec), str(n))
     for (kind, group), (profile, n) in average_effects(fact_traces(rows)).items():
         layer = int(profile.argmax())
