@@ -131,6 +131,8 @@ def test_refusals_are_one_line():
         rome_parts(lm, FACT, "Paris", layer=1, settings=SETTINGS)
     with pytest.raises(FactError, match="before the answer"):
         rewrite_prompt(Fact("France", "capital", "Paris", ("[Y] is the capital of [X].",)))
+    with pytest.raises(EditOptionError, match="last: its FFN output"):
+        rome_parts(lm, FACT, "Rome", layer=1, settings=SETTINGS)
     with pytest.raises(EditOptionError, match="masked model"):
         rome_parts(tiny_lm("bert"), FACT, "Rome", layer=0, settings=SETTINGS)
     with pytest.raises(EditOptionError, match="non-negative"):

@@ -295,6 +295,9 @@ def rome_parts(lm: LanguageModel, fact: Fact, new: str, *, layer: int | None = N
     if prefixes is None:
         prefixes = context_prefixes(lm, settings.prefixes, settings.prefix_tokens, seed=settings.seed)
     queries = rewrite_queries(lm, prompt, fact.subject, new, prefixes)
+    if layer == lm.n_layers - 1 and all(position < query.position for query, position in queries):
+        raise EditOptionError(f"Layer {layer} is {lm.name}'s last: its FFN output at the subject's last token reaches "
+                              "no later position, so no value there changes the answer; edit an earlier layer.")
     key = mean_key(lm, layer, queries)
     slots = _slots(lm, layer)
     bare = mean_key(lm, layer, queries[:1])
