@@ -125,14 +125,17 @@ def _prefixed(prompt: Prompt, prefix: str) -> Prompt:
     return Prompt(prefix=prefix + prompt.prefix, suffix=prompt.suffix, template=prefix + prompt.template)
 
 
-def rewrite_prompt(fact: Fact) -> Prompt:
-    """The fact's first prompt that puts the subject before the answer (ROME's rewrite prompt)."""
-    for prompt in fact.prompts():
+def rewrite_prompt(fact: Fact | Sequence[Prompt]) -> Prompt:
+    """The first prompt of the fact (or of these prompts) that puts the subject before the answer (ROME's rewrite
+    prompt)."""
+    prompts = fact.prompts() if isinstance(fact, Fact) else list(fact)
+    for prompt in prompts:
         template = prompt.template
         if SUBJECT in template and OBJECT in template and template.index(SUBJECT) < template.index(OBJECT):
             return prompt
-    raise FactError(f"No prompt of {fact.id or fact.subject!r} puts the subject before the answer; ROME reads its key "
-                    "at the subject's last token, which a causal model sees only before the answer.")
+    what = repr(fact.id or fact.subject) if isinstance(fact, Fact) else "these"
+    raise FactError(f"No prompt of {what} puts the subject before the answer; ROME reads its key at the subject's "
+                    "last token, which a causal model sees only before the answer.")
 
 
 def rewrite_queries(lm: LanguageModel, prompt: Prompt, subject: str, answer: str, prefixes: Sequence[str],
@@ -305,13 +308,28 @@ def rome_parts(lm: LanguageModel, fact: Fact, new: str, *, layer: int | None = N
     essence, essence_position = essence_query(lm, fact.subject, new)
     delta, info = optimise_delta(lm, layer, queries, essence, essence_position, target_norm, settings)
     stats = stats or key_second_moment(lm, layer, samples, source=text, seed=settings.seed)  # type: ignore[arg-type]
-    solved = torch.linalg.solve(ridge(stats.moment, settings.ridge), key)
-    direction = solved / float(key @ solved)
+    direction = update_direction(key, stats, settings.ridge)
     info |= {"stats": stats.describe(), "prefixes": list(prefixes), "prompt": prompt.causal_text,
              "essence": Prompt.from_template(ESSENCE, fact.subject).causal_text,
              "key_norm": float(key.norm()), "delta_norm": float(delta.norm()),
              "target_norm": target_norm}
     return RomeParts(layer, key, delta, direction, key @ slots + delta, info)
+
+
+def update_direction(key: torch.Tensor, stats: KeyStats, amount: float) -> torch.Tensor:
+    """``C⁻¹k* / (k*ᵀC⁻¹k*)``, C with the ridge (float64)."""
+    solved = torch.linalg.solve(ridge(stats.moment, amount), key)
+    return solved / float(key @ solved)
+
+
+def redirected(parts: RomeParts, stats: KeyStats, amount: float = RomeSettings.ridge) -> RomeParts:
+    """The same key, δ and value with the direction from other statistics (C does not enter δ's optimisation, so
+    this is exactly the edit computed with ``stats``): how much the edit depends on the text behind C."""
+    if stats.layer != parts.layer:
+        raise EditOptionError(f"The key statistics are of layer {stats.layer}; the edit is at layer {parts.layer}.")
+    info = parts.info | {"stats": stats.describe()}
+    return RomeParts(parts.layer, parts.key, parts.delta, update_direction(parts.key, stats, amount), parts.value,
+                     info)
 
 
 def rome_edit(lm: LanguageModel, fact: Fact, new: str, parts: RomeParts, settings: RomeSettings | None = None,
