@@ -141,13 +141,16 @@ def edit_methods_study(
         layer, stats: ROME's layer and its keys' second moment there; ``compare_stats`` other estimates of C (the
             ``rome_c{samples}`` variants).
         pool, owners_from, data, held_out, n_neighbours: as :func:`~kneuron.studies.edit_robustness.
-            edit_robustness_study`; ``n_other``: the collateral facts per relation group, as the editing study.
+            edit_robustness_study`; ``n_other``: the collateral facts per relation group, as the editing study
+            (those of other relations drawn from ``owners_from``, every built-in relation by default in the study).
         trace_samples: noise draws of Hase et al.'s tracing (0: no tracing).
     """
     data = data or robustness_data()
     settings = settings or RomeSettings(seed=seed)
     pool = list(pool if pool is not None else facts)
     owners = data.owners(owners_from if owners_from is not None else pool)
+    # the other relations' facts: every relation of owners_from (the pool holds only the edited facts' relations)
+    others = list(owners_from if owners_from is not None else pool)
     counts = relation_counts(pool, neurons_by_fact)
     options = dict(lambda_old=1.0, lambda_new=8.0, max_share=0.1)
     rome = RomeMethod(lm, layer, stats, settings)
@@ -171,7 +174,7 @@ def edit_methods_study(
         new = robustness_new_answer(lm, fact, pool, data, seed)
         rng = fact_rng(seed, fact.id)
         intra = sample_facts([f for f in pool if f.relation == fact.relation and f.id != fact.id], n_other, rng)
-        inter = sample_facts([f for f in pool if f.relation != fact.relation], n_other, rng)
+        inter = sample_facts([f for f in others if f.relation != fact.relation], n_other, rng)
         for variant, make in methods:
             rows += _collateral_rows(lm, fact, new, keys, variant, make, clean, intra, inter)
         if new is not None and compare_stats:

@@ -69,6 +69,7 @@ class EditMethods(Study):
         return "ROME edits causal models; this atlas's model is masked." if masked else None
 
     def run(self, context: StudyContext) -> StudyOutput:
+        from kneuron.facts.known import encodable_facts
         from kneuron.interventions.rome import default_layer
         from kneuron.interventions.rome_stats import key_second_moment
 
@@ -88,6 +89,7 @@ class EditMethods(Study):
         stats = moment(options["stats_samples"])
         compare = [moment(options["compare_samples"])] if options["compare_samples"] else []
         pool, owners = study_pool(lm, facts)
+        owners = encodable_facts(lm, owners)[0]  # the other relations' collateral facts come from them too
         data = robustness_data()
         notes = coverage_notes(facts, data, context.coarse)
         advance = context.progress("edit methods", len(facts))
