@@ -103,7 +103,13 @@ class RomeParts:
 
 def default_layer(lm: LanguageModel) -> int:
     """A third of the depth (``n_layers // 3``): SmolLM2-135M (30 layers) 10, Gemma 3 1B (26) 8; ROME's choices
-    were 8/24, 12/36 and 17/48 for GPT-2 medium, large and XL (see the module docstring)."""
+    were 8/24, 12/36 and 17/48 for GPT-2 medium, large and XL (see the module docstring).
+
+    On SmolLM2-135M the tracing study (6 facts, noise 3σ, 10 draws, windows of 10 layers) gives the MLP's average
+    indirect effect at the subject's last token as 0.48 for every window that holds layer 0 (MLP 0 acts on the
+    subject's token like an extension of its embedding: editing it would change every use of the token), then a
+    plateau of about 0.2 for the windows centred on layers 6 to 11, falling after it (0.13 at 12, 0.06 at 14):
+    layer 10 is inside that plateau, past layer 0's window."""
     return lm.n_layers // 3
 
 
