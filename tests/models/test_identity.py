@@ -120,5 +120,5 @@ def test_the_cached_atlas_fingerprint_is_the_hashed_one_and_follows_every_change
     lm.ffn_out(1).weight.data[0, 0] -= 1.0
     forget_weights_digests(lm)
     assert atlas_fingerprint(lm) == pinned
-    lm.tokenizer.add_tokens(["zzzunseen"])  # the vocabulary is hashed every time
+    lm.tokenizer.add_tokens(["zzzunseen"])  # a token added: the vocabulary is hashed again
     assert atlas_fingerprint(lm) == fingerprint_by_hand(lm) != pinned

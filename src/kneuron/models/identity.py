@@ -13,17 +13,17 @@ their values.
   ``kneuron-edit/2``, see :mod:`kneuron.interventions.edit_format`): SHA-256 over the lines ``"{name}:{hex}\\n"``,
   ``hex`` being each tensor's own SHA-256; no tokenizer; a tensor live edits wrote may be read as it was before.
 
-Both take the :class:`~kneuron.models.language_model.LanguageModel` and return a hex string. Both are cached
-per model, keyed by each tensor: the tensor object, its storage address, shape, dtype and its version counter
-(which every in-place change through autograd bumps: ``weight[...] = x`` under ``torch.no_grad()``,
-``load_state_dict``, optimizers, kneuron's edits and their undo). The edit digest caches each tensor's digest
-(and what ``unedited`` says about it); the atlas digest, one stream over all tensors, caches the BLAKE2b state
-after the weights when every tensor's key is unchanged, and always hashes the tokenizer's vocabulary anew (so an
-added token changes it). Hashing SmolLM2-135M (0.54 GB of float32) takes about 1 s (1.15 s in a profile of a
-4-fact run, issue 24), which a second run, the study runner's identity check or a server's probe of the same
-model object no longer pays. An in-place change through ``tensor.data`` bypasses the version counter: call
-:func:`forget_weights_digests` after one, or pass ``fresh=True`` (what the study runner's check that a study left
-the weights unchanged does, so that check does not rest on the cache).
+Both take the :class:`~kneuron.models.language_model.LanguageModel` and return a hex string. Both are cached per
+model, keyed by each tensor: the tensor object, its storage address, shape, dtype and its version counter (which
+every in-place change through autograd bumps: ``weight[...] = x`` under ``torch.no_grad()``, ``load_state_dict``,
+optimizers, kneuron's edits and their undo). The edit digest caches each tensor's digest (and what ``unedited`` says
+about it); the atlas digest, one stream over all tensors, caches the BLAKE2b state after the weights when every
+tensor's key is unchanged, and the final digest for the same tokenizer object of the same length (an added token
+changes the length, so the vocabulary is hashed again). Hashing SmolLM2-135M (0.54 GB of float32) takes about 1 s
+(1.15 s in a profile of a 4-fact run, issue 24), which a second run, the study runner's identity check or a server's
+probe of the same model object no longer pays. An in-place change through ``tensor.data`` bypasses the version
+counter: call :func:`forget_weights_digests` after one, or pass ``fresh=True`` (what the study runner's check that a
+study left the weights unchanged does, so that check does not rest on the cache).
 
 Example:
     >>> model_identity(lm)["fingerprint"] == atlas_fingerprint(lm)
@@ -89,9 +89,32 @@ def atlas_fingerprint(lm: LanguageModel, *, fresh: bool = False) -> str:
                 digest.update(data)
         _ATLAS[model] = ([(weakref.ref(tensor), key) for (_, tensor), (_, key) in zip(tensors, keys, strict=True)],
                          digest.copy())
-    vocab = lm.tokenizer.get_vocab() if hasattr(lm.tokenizer, "get_vocab") else {}
-    digest.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
-    return digest.hexdigest()
+    return _with_vocabulary(model, lm.tokenizer, digest, fresh)
+
+
+#: per model: (a weak reference to the tokenizer, its length, the weights' BLAKE2b state, the fingerprint)
+_VOCAB: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+
+
+def _with_vocabulary(model: nn.Module, tokenizer: Any, weights: Any, fresh: bool) -> str:
+    """The fingerprint: ``weights`` (the BLAKE2b state after the weights) updated with the tokenizer's sorted
+    vocabulary as JSON. Cached per model for the same tokenizer object of the same length (adding a token
+    changes the length) after the same weights' state; ``fresh`` computes it again."""
+    try:
+        ref = weakref.ref(tokenizer)
+    except TypeError:
+        ref = None
+    size = len(tokenizer) if hasattr(tokenizer, "__len__") else None
+    state = weights.hexdigest()
+    cached = None if fresh or ref is None else _VOCAB.get(model)
+    if cached is not None and cached[0]() is tokenizer and cached[1] == size and cached[2] == state:
+        return cached[3]
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    weights.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
+    found = weights.hexdigest()
+    if ref is not None:
+        _VOCAB[model] = (ref, size, state, found)
+    return found
 
 
 def model_identity(lm: LanguageModel, *, fresh: bool = False) -> dict[str, Any]:
@@ -142,6 +165,7 @@ def forget_atlas_fingerprint(model: nn.Module) -> None:
     """Drop the cached weights' part of :func:`atlas_fingerprint` for ``model`` (kneuron's edits call it when they
     are applied and undone: their writes bump the version counters anyway, so this is a second guard)."""
     _ATLAS.pop(model, None)
+    _VOCAB.pop(model, None)
 
 
 def forget_weights_digests(lm: LanguageModel | nn.Module) -> None:
@@ -149,4 +173,4 @@ def forget_weights_digests(lm: LanguageModel | nn.Module) -> None:
     LanguageModel or its ``nn.Module``), after changing its weights through ``tensor.data``."""
     model = lm.model if isinstance(lm, LanguageModel) else lm
     _DIGESTS.pop(model, None)
-    _ATLAS.pop(model, None)
+    forget_atlas_fingerprint(model)
