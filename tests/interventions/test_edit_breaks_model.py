@@ -36,7 +36,8 @@ def _state(lm):
 def test_refused_with_the_value_and_the_model_restored(lm_and_neurons, name, value, how):
     lm, kn = lm_and_neurons
     before = _state(lm)
-    with pytest.raises(EditBreaksModelError, match=re.escape(f"{name}={value:g} ") + f".*{how}.*'The capital of France is'"):
+    expected = re.escape(f"{name}={value:g} ") + f".*{how}.*'The capital of France is'"
+    with pytest.raises(EditBreaksModelError, match=expected):
         update_fact(lm, kn, None, "Rome", **{name: value})
     after = lm.model.state_dict()
     assert all(torch.equal(before[key], after[key]) for key in before)  # undo exact, also after the refusal

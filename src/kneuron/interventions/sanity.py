@@ -5,7 +5,8 @@ activation overflows, and the saved model then predicts every token at 1/V. So :
 <kneuron.interventions.update.update_fact>` applies the edit it made once, reads the output distribution at the
 answer positions of the fact's own prompts, undoes it (exactly: :meth:`Edit.applied
 <kneuron.interventions.edits.Edit.applied>`), and refuses the edit when those outputs are non-finite or collapsed
-to a uniform distribution (:func:`kneuron.attribution.health.collapsed`) where the clean model's were not. The
+to a uniform distribution (:func:`kneuron.attribution.health.collapsed`) where the clean model's were finite and
+not uniform (a model already broken is not the edit's doing; ``find`` and ``run`` refuse it). The
 refusal comes before anything is returned, so before the CLI saves a model or an edit file.
 """
 
@@ -24,7 +25,7 @@ from kneuron.models.language_model import LanguageModel
 
 def check_keeps_model(lm: LanguageModel, edit: Edit, queries: Sequence[EncodedQuery], cause: str) -> None:
     """Refuse ``edit`` when, applied, it makes ``lm``'s outputs at ``queries``' answer positions non-finite or
-    uniform (where the clean model's are not); ``cause`` names the value that did it (e.g. ``"lambda_new=3e+38"``).
+    uniform where the clean model's are not; ``cause`` names the value that did it (e.g. ``"lambda_new=3e+38"``).
     ``lm`` is restored exactly whether or not the edit is refused.
 
     Raises:
@@ -34,6 +35,8 @@ def check_keeps_model(lm: LanguageModel, edit: Edit, queries: Sequence[EncodedQu
     with edit.applied(lm):
         edited = [answer_logits(lm, query) for query in queries]
     for query, before, after in zip(queries, clean, edited, strict=True):
+        if not bool(torch.isfinite(before).all()):
+            continue  # broken before the edit (a NaN weight already there): not the edit's doing
         if not bool(torch.isfinite(after).all()):
             broken = "gives non-finite logits"
         elif collapsed(after) and not collapsed(before):
