@@ -48,11 +48,11 @@ def done(atlas: Path) -> dict[str, int]:
 
 
 def start(folder: Path, atlas: Path, stall: float = 60.0) -> subprocess.Popen:
-    """The run: 400 steps, one fact per chunk, one worker (slow enough to be caught mid-run)."""
+    """The run: 100 steps, one fact per chunk, one worker (slow enough to be caught mid-run)."""
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1", "COLUMNS": "250"}
     return subprocess.Popen(
-        [sys.executable, "-m", "kneuron.cli", "run", "--model", str(folder), "--out", str(atlas), "--steps", "400",
+        [sys.executable, "-m", "kneuron.cli", "run", "--model", str(folder), "--out", str(atlas), "--steps", "100",
          "--all-facts", "--per-relation", "3", "--executor", "ray", "--workers", "1", "--chunk-facts", "1",
          "--stall-timeout", str(stall)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
