@@ -46,6 +46,9 @@ class AtlasConnection:
         self._lock_fd: int | None = None
         #: whether :meth:`for_run` created the file (a run that fails before its first fact deletes it again)
         self.created = False
+        #: a reader that found no -wal / -shm beside the atlas removes the ones SQLite made for it when it closes
+        #: (a read-only connection cannot): a refused or read atlas is left as it was found
+        self._tidy = False
 
     # -------------------------------------------------------------------------------------------- opening
 
@@ -63,6 +66,7 @@ class AtlasConnection:
         path = Path(path).expanduser()
         if not path.is_file():
             raise AtlasError(f"No atlas at {quoted(path)}: make one with `kneuron run --out {path}`.")
+        tidy = read_only and not any(os.path.lexists(f"{path}{suffix}") for suffix in files.SIDECARS)
         with files.tidy_on_refusal(path):  # a refused file keeps no -wal / -shm of this connection
             kind = files.probe(path)
             atlas = cls._connect(path, read_only)
@@ -72,6 +76,7 @@ class AtlasConnection:
                 atlas._check_version()
                 if kind == "legacy" and not read_only:
                     atlas._stamp()
+        atlas._tidy = tidy
         return atlas
 
     @classmethod
@@ -168,6 +173,10 @@ class AtlasConnection:
         """Close the connection (a writer checkpoints the WAL into the file) and release the run lock."""
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
+        if self._tidy:
+            self._tidy = False
+            if any(os.path.lexists(f"{self.path}{suffix}") for suffix in files.SIDECARS):
+                files.close_last_connection(self.path)
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # after the connection: closing an fd drops this process's POSIX locks
             self._lock_fd = None

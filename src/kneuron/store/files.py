@@ -165,11 +165,13 @@ def tidy_on_refusal(path: Path) -> Iterator[None]:
         yield
     except BaseException:
         if not existed and any(os.path.lexists(f"{path}{suffix}") for suffix in SIDECARS):
-            _close_last_connection(path)
+            close_last_connection(path)
         raise
 
 
-def _close_last_connection(path: Path) -> None:
+def close_last_connection(path: Path) -> None:
+    """Let SQLite remove the -wal / -shm files of ``path`` if no connection has it open (a read-write connection
+    that closes last removes them; it writes nothing when their log is empty)."""
     with contextlib.suppress(sqlite3.Error, OSError, ValueError):
         db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=rw", uri=True, timeout=0, isolation_level=None)
         try:
