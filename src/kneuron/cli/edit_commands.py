@@ -104,9 +104,10 @@ SaveModelOption = Annotated[Path | None, typer.Option(
 
 
 OverwriteOption = Annotated[bool, typer.Option(
-    "--overwrite", help="Replace an edit saved earlier at --save, and the model files in a non-empty --save-model "
-                        "folder. Never the folder the model was loaded from, kneuron's model cache, or a file that "
-                        "is not a kneuron edit.")]
+    "--overwrite", help="Replace an edit saved earlier at --save, and the model files in a --save-model folder "
+                        "kneuron wrote earlier. Never a folder kneuron did not write, the folder the model was "
+                        "loaded from, an embedded model's package, kneuron's model cache, or a file that is not a "
+                        "kneuron edit.")]
 
 
 @command()

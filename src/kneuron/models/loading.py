@@ -79,6 +79,21 @@ def embedded_gguf(name: str) -> Path:
     raise ModelLoadError(f"The package {dist_name!r} is installed but holds no .gguf file; reinstall it: {install}")
 
 
+def embedded_package_folders() -> list[Path]:
+    """The folders of the installed embedded-model packages (where their ``.gguf`` files or parts lie), found from
+    the distributions' file lists without reading, assembling or importing anything: places kneuron never writes."""
+    found: list[Path] = []
+    for dist_name, _ in EMBEDDED.values():
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for entry in dist.files or ():
+            if "gguf" in str(entry).lower() and ".dist-info" not in str(entry):
+                found.append(Path(str(dist.locate_file(entry))).parent.resolve())
+    return list(dict.fromkeys(found))
+
+
 def cache_root() -> Path:
     """Where kneuron keeps converted models: ``$KNEURON_CACHE``, else ``~/.cache/kneuron``."""
     return Path(os.environ.get("KNEURON_CACHE") or Path.home() / ".cache" / "kneuron").expanduser()
