@@ -260,8 +260,16 @@ def neuron_table(kn, writes: dict[tuple[int, int], str] | None = None) -> Table:
     return table
 
 
+def path_value(text: str) -> Path:
+    """A path option's value: an empty one is refused (``Path("")`` is the current folder, where ``--save ''``
+    wrote ``edit.safetensors``), in one usage line before any work."""
+    if not text.strip():
+        raise typer.BadParameter("an empty path: give a file or folder name")
+    return Path(text)
+
+
 RunOption = Annotated[Path, typer.Option(
-    "--run", help="The atlas (.sqlite) that `kneuron run` wrote.", show_default=False)]
+    "--run", help="The atlas (.sqlite) that `kneuron run` wrote.", show_default=False, parser=path_value)]
 
 
 def atlas_model(atlas, model: str | None, device: str):

@@ -30,6 +30,7 @@ from kneuron.cli.app import (
     parse_estimator,
     parse_relations,
     parse_share,
+    path_value,
 )
 from kneuron.errors import KneuronError
 from kneuron.facts.sources import sources_help
@@ -39,7 +40,8 @@ from kneuron.facts.sources import sources_help
 def run_command(
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="The atlas to write, e.g. runs/NAME.sqlite. An atlas of the same model and parameters "
-                            "there is continued (a killed run resumes where it stopped).", show_default=False)],
+                            "there is continued (a killed run resumes where it stopped).",
+        show_default=False, parser=path_value)],
     model: ModelOption = None,
     facts: Annotated[str, typer.Option("--facts", help=sources_help())] = "builtin",
     relations: Annotated[str | None, typer.Option(help="Comma-separated relations to keep.", show_default=False)
@@ -294,7 +296,8 @@ def export_command(
     run: RunOption,
     to: Annotated[Path, typer.Option("--to", help="out.csv or out.parquet: the neurons table there, the facts, "
                                                   "prompts, generic and results tables beside it "
-                                                  "(out.facts.csv, ...).", show_default=False)],
+                                                  "(out.facts.csv, ...).",
+        show_default=False, parser=path_value)],
 ) -> None:
     """Export an atlas's tables to CSV or Parquet."""
     from kneuron.store import export

@@ -17,6 +17,7 @@ from kneuron.cli.app import (
     command,
     console,
     err_console,
+    path_value,
 )
 from kneuron.errors import KneuronError
 
@@ -95,12 +96,13 @@ def _pick_others(facts, fact_relation: str, exclude: set[str], count: int, seed:
 
 
 SaveOption = Annotated[Path | None, typer.Option(
-    "--save", help="Write the edit (edit.safetensors + edit.json) to this folder.", show_default=False)]
+    "--save", help="Write the edit (edit.safetensors + edit.json) to this folder.",
+        show_default=False, parser=path_value)]
 
 
 SaveModelOption = Annotated[Path | None, typer.Option(
     "--save-model", help="Write the edited model and tokenizer (save_pretrained) to this new or empty folder.",
-    show_default=False)]
+    show_default=False, parser=path_value)]
 
 
 OverwriteOption = Annotated[bool, typer.Option(

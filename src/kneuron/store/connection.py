@@ -63,7 +63,10 @@ class AtlasConnection:
         Raises:
             AtlasError: no file, not an atlas, a damaged one, a newer schema, or (writing) a read-only file.
         """
+        if not str(path):
+            raise AtlasError("An empty path is no atlas: give the .sqlite file a `kneuron run --out PATH` wrote.")
         path = Path(path).expanduser()
+        files.check_kind(path)
         if not path.is_file():
             raise AtlasError(f"No atlas at {quoted(path)}: make one with `kneuron run --out {path}`.")
         tidy = read_only and not any(os.path.lexists(f"{path}{suffix}") for suffix in files.SIDECARS)
@@ -125,7 +128,10 @@ class AtlasConnection:
             AtlasError: another model or other parameters, another run holds the lock, a read-only file,
                 a damaged atlas, or a file that is not an atlas (refused also with ``overwrite``).
         """
+        if not str(path):
+            raise AtlasError("An empty --out path is no atlas: give the .sqlite file, e.g. runs/demo.sqlite.")
         path = Path(path).expanduser()
+        files.check_kind(path)
         if path.is_dir():
             raise AtlasError(f"{quoted(path)} is a folder: give the atlas's file, e.g. {path / 'run.sqlite'}.")
         kind = None
