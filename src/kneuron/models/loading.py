@@ -7,6 +7,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import pickle
 import shutil
 import struct
 import tempfile
@@ -411,6 +412,19 @@ def _read(source: str, gguf_file: str | None, *, dtype: torch.dtype | None, arch
                 source, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load {display!r}: {exc}") from exc
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) met something that is no tensor
+        raise ModelLoadError(
+            f"Could not load {display!r}: its pickle weights (.bin) hold more than tensors (objects, possibly code "
+            "to run), and kneuron never unpickles such files. Use a copy of the model in safetensors."
+        ) from None
+    except RuntimeError as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        if "mismatch" in str(exc).lower():
+            raise ModelLoadError(
+                f"Could not load {display!r}: the shapes of its weights do not match its config.json (another "
+                "model's weights, or an edited config). Give a folder whose config and weights belong together."
+            ) from None
+        raise ModelLoadError(f"Could not load {display!r}: {first}") from None
     return LanguageModel(network, tokenizer, spec, name=display)
 
 
