@@ -25,6 +25,7 @@ from kneuron.cli.app import (
     command,
     console,
     err_console,
+    given_options,
     load_model,
     neuron_table,
     parse_estimator,
@@ -38,6 +39,7 @@ from kneuron.facts.sources import sources_help
 
 @command("run")
 def run_command(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="The atlas to write, e.g. runs/NAME.sqlite. An atlas of the same model and parameters "
                             "there is continued (a killed run resumes where it stopped).",
@@ -91,7 +93,8 @@ def run_command(
 
     chosen = parse_relations(relations)
     chosen_estimator = parse_estimator(estimator, screen, steps=steps, objective=objective, alphas=alphas, norm=norm,
-                                       threshold=threshold)
+                                       threshold=threshold,
+                                       given=given_options(ctx, "steps", "alphas", "objective"))
     # a malformed file, a missing relation or an empty set fails here, before the model loads or anything is written
     loaded = load_facts(facts)
     if language is not None:
