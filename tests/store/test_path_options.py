@@ -70,3 +70,12 @@ def test_an_empty_output_path_is_refused(made, tmp_path, monkeypatch, option):  
     output = _refused(runner.invoke(cli.app, [*command, "--run", str(made[0]), flag, ""], env={"COLUMNS": "400"}))
     assert "empty path" in output
     assert os.listdir(tmp_path) == []
+
+
+def test_an_empty_facts_source_is_refused(tmp_path, monkeypatch):
+    """``--facts ''`` read the current folder as a folder of facts."""
+    _fake_load(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    output = _refused(runner.invoke(cli.app, ["run", "--model", "tiny-llama", "--facts", "", "--out", "a.sqlite"],
+                                    env={"COLUMNS": "400"}))
+    assert "empty facts source" in output and os.listdir(tmp_path) == []
