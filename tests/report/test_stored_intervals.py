@@ -150,3 +150,31 @@ def test_an_atlas_studied_before_aggregates_still_reports(studied, tmp_path):
     assert all("no interval stored" in h["interval"] for h in overview["headline"])
     assert all("no interval stored" in f["interval"] for f in relation["figures"])
     assert study["intervals"] == []
+
+
+def test_every_stored_mean_is_listed_and_the_estimators_table_shows_its_intervals(studied, tmp_path):
+    path = tmp_path / "estimators.sqlite"
+    shutil.copyfile(studied, path)
+    from _pytest.monkeypatch import MonkeyPatch
+
+    import kneuron.models as models
+    from tiny_models import tiny_lm
+
+    patch = MonkeyPatch()
+    patch.setattr(models, "load", lambda name, **_: tiny_lm("llama"))
+    try:
+        result = runner.invoke(cli.app, ["study", "estimators", "--run", str(path), "--estimators", "gxa"],
+                               env={"COLUMNS": "200"})
+    finally:
+        patch.undo()
+    assert result.exit_code == 0, result.output
+    with Atlas.open(path, read_only=True) as atlas:
+        stored = atlas.aggregates("estimators")
+        every = atlas.aggregates()
+    own = find(stored, "gxa", "suppress")
+    assert own.n and own.control == "suppress_random" and math.isfinite(own.p)
+    text = html.unescape(render_report(ReportData.from_atlas(path)))
+    assert format_interval(own, percent=True, digits=2) in text  # the estimators table's cell
+    listed = [a for a in every if a["study"] in ("suppress_amplify", "estimators")]
+    for a in listed:  # and the folded table of every stored mean, per relation too
+        assert format_interval(find([a], a["variant"], a["metric"], a["relation"])) in text

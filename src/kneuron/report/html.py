@@ -73,7 +73,7 @@ def _estimators_section(data: ReportData) -> str:
 
     done = int(data.done.get("facts", 0)) if data.done else data.n_facts
     return estimators_section(data.rows("estimators"), data.coverage.get("estimators"), done,
-                              data.source or "ATLAS")
+                              data.source or "ATLAS", data.aggregates.get("estimators", ()))
 
 
 @report_section("languages")
