@@ -108,8 +108,8 @@ def test_the_report_shows_the_stored_numbers(studied):
         stored = {s: atlas.aggregates(s) for s in ("suppress_amplify", "layers", "discrimination")}
     cells = [format_interval(find(stored["suppress_amplify"], "kn", "suppress"), percent=True),
              format_interval(find(stored["suppress_amplify"], "random", "amplify", "capital"), percent=True),
-             format_interval(find(stored["layers"], "kn", "top_third"), percent=True),
-             format_interval(find(stored["layers"], "baseline", "top_third", "capital"), percent=True),
+             format_interval(find(stored["layers"], "kn", "top_third"), percent=True, signed=False),  # a share
+             format_interval(find(stored["layers"], "baseline", "top_third", "capital"), percent=True, signed=False),
              format_interval(find(stored["discrimination"], "baseline", "auc"))]
     for cell in cells:
         assert "[" in cell and "n = " in cell

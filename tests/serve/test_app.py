@@ -261,9 +261,9 @@ def test_pages_show_the_stored_intervals(client, serve_atlas):
     suppress = find(stored["suppress_amplify"], "kn", "suppress")
     auc = find(stored["discrimination"], "kn", "auc_signed")
     top = find(stored["layers"], "kn", "top_third")
-    for interval, percent in ((suppress, True), (auc, False), (top, True)):
-        assert interval.n and "[" in format_interval(interval, percent=percent)
-        assert format_interval(interval, percent=percent) in page
+    for interval, percent, signed in ((suppress, True, True), (auc, False, True), (top, True, False)):
+        assert interval.n and "[" in format_interval(interval, percent=percent, signed=signed)
+        assert format_interval(interval, percent=percent, signed=signed) in page
     assert f"{suppress.lo * 100:+.1f}".replace("-", "−") in page and "vs random" in page
     page = html_text.unescape(client.get("/relation/capital").text)
     capital = find(stored["suppress_amplify"], "random", "amplify", "capital")

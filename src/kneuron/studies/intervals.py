@@ -202,13 +202,16 @@ def interval_of(values: Sequence[float], counts: Sequence[float] | None = None, 
     return Interval(mean, lo, hi, n, method, control_name, control_mean, p)
 
 
-def format_interval(interval: Interval, *, percent: bool = False, digits: int = 1) -> str:
+def format_interval(interval: Interval, *, percent: bool = False, digits: int = 1, signed: bool | None = None,
+                    ) -> str:
     """``−81.6% [−88.0, −74.1], n = 32`` (``percent``), or ``0.842 [0.80, 0.88], n = 32``; with the paired
-    p-value appended (``, p = 0.0001 vs random``) when there is one; a dash when n is 0."""
+    p-value appended (``, p = 0.0001 vs random``) when there is one; a dash when n is 0. ``signed``: whether a
+    percentage shows its sign (a change does, a share does not); None: all but Wilson's shares."""
     if interval.n == 0 or not math.isfinite(interval.mean):
         return "–"
+    signed = interval.method != "wilson" if signed is None else signed
     scale, unit = (100.0, "%") if percent else (1.0, "")
-    spec = f"+.{digits}f" if percent else f".{max(digits, 3)}f"
+    spec = (f"+.{digits}f" if signed else f".{digits}f") if percent else f".{max(digits, 3)}f"
 
     def show(value: float) -> str:
         return "–" if not math.isfinite(value) else f"{value * scale:{spec}}".replace("-", "−")
@@ -219,11 +222,12 @@ def format_interval(interval: Interval, *, percent: bool = False, digits: int = 
     return text
 
 
-def format_mean(value: float, *, percent: bool = False, digits: int = 1) -> str:
+def format_mean(value: float, *, percent: bool = False, digits: int = 1, signed: bool = True) -> str:
     """A mean alone in :func:`format_interval`'s style (``−81.6%``, ``0.842``); a dash when not finite."""
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         return "–"
-    text = f"{value * 100:+.{digits}f}%" if percent else f"{value:.{max(digits, 3)}f}"
+    sign = "+" if signed else ""
+    text = f"{value * 100:{sign}.{digits}f}%" if percent else f"{value:.{max(digits, 3)}f}"
     return text.replace("-", "−")
 
 
@@ -243,20 +247,24 @@ def row_mean(rows: Sequence[dict], variant: str, metric: str, relation: str = ""
 
 
 def figure(aggregates: Sequence[dict], variant: str, metric: str, relation: str = "", *, rows: Sequence[dict] = (),
-           study: str = "", percent: bool = False, digits: int = 1, pooled: float | None = None) -> str:
+           study: str = "", percent: bool = False, digits: int = 1, pooled: float | None = None,
+           signed: bool | None = None) -> str:
     """How the CLI, the report and the web app show one aggregate: the stored interval
     (:func:`format_interval`, read from ``aggregates``, never recomputed); without one (an atlas studied before
     kneuron stored aggregates) the bare mean of ``rows`` with its n and what to re-run (``pooled``: the bare
-    figure of a study whose rows are not per fact, such as the layers study's share); a dash when neither."""
+    figure of a study whose rows are not per fact, such as the layers study's share, shown without a sign unless
+    ``signed``); a dash when neither."""
     stored = find(aggregates, variant, metric, relation)
+    signed = (pooled is None) if signed is None else signed
     if stored.n:
-        return format_interval(stored, percent=percent, digits=digits)
+        return format_interval(stored, percent=percent, digits=digits,
+                               signed=None if pooled is None and signed else signed)
     mean, n = (pooled, 0) if pooled is not None else row_mean(rows, variant, metric, relation)
     if not n and not (pooled is not None and math.isfinite(pooled)):
         return "–"
     again = f"re-run `kneuron study {study.replace('_', '-')}`" if study else "re-run its study"
     count = f", n = {n}" if n else ""
-    return f"{format_mean(mean, percent=percent, digits=digits)}{count}, no interval stored ({again})"
+    return f"{format_mean(mean, percent=percent, digits=digits, signed=signed)}{count}, no interval stored ({again})"
 
 
 def headline_tail(interval: Interval, *, percent: bool = False, n: int = 0) -> str:
