@@ -76,8 +76,10 @@ def _flag_parameter(option: Option) -> inspect.Parameter:
     if kind in (int, float):
         extra = {"min": option.min, "max": option.max}
     value = option.default if kind is not bool else bool(option.default)
-    default = typer.Option(value, option.cli_flag, help=option.help,
-                           show_default=option.default is not None, **extra)
+    shown: bool | str = option.default is not None
+    if isinstance(option.default, str) and "," in option.default:  # a comma list: let the help wrap after commas
+        shown = ", ".join(item.strip() for item in option.default.split(","))
+    default = typer.Option(value, option.cli_flag, help=option.help, show_default=shown, **extra)
     return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
