@@ -67,3 +67,20 @@ def write_results(name: str, *, command: str, tables: list[dict[str, Any]], summ
     os.replace(temporary, target)
     print(f"results: {target}")
     return target
+
+
+def summary_of(line: str) -> dict[str, Any]:
+    """A benchmark's last ``key=value ...`` line as a dict, numbers as numbers."""
+    out: dict[str, Any] = {}
+    for item in line.split():
+        key, _, value = item.partition("=")
+        try:
+            out[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def command_line(script: str) -> str:
+    """How this benchmark was started: ``python benchmarks/SCRIPT ARGS``."""
+    return " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]])
