@@ -46,8 +46,9 @@ def test_study_all_then_report(atlas_path, fake_load):
     html = atlas_path.with_suffix(".html")
     assert html.is_file() and "data:image/png;base64," in html.read_text(encoding="utf-8")
     last = result.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(rf"report={re.escape(str(html))} facts=8 suppress=\S+% amplify=\S+% top_third=\S+% "
-                        r"auc_kn=\S+ auc_activation=\S+", last), last
+    tail = r" \[-?\d+\.\d+, -?\d+\.\d+\] n=\d+"  # the stored interval and n
+    assert re.fullmatch(rf"report={re.escape(str(html))} facts=8 suppress=\S+%{tail} amplify=\S+%{tail} "
+                        rf"top_third=\S+%{tail} auc_kn=\S+{tail} auc_activation=\S+{tail}", last), last
     from kneuron.report import ReportData, headline_line
 
     data = ReportData.from_atlas(atlas_path)
