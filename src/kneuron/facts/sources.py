@@ -97,7 +97,7 @@ def _set_names() -> list[str]:
 def sources_help() -> str:
     """The CLI's ``--facts`` help: the named sets, then the file formats (names of :func:`fact_sources`)."""
     formats = ", ".join(s.name for s in _SOURCES.values() if not s.is_set)
-    return f"{', '.join(_set_names())}, or a facts file or folder ({formats}: see `kneuron.facts.fact_sources()`)."
+    return f"{', '.join(_set_names())}, or a facts file or folder ({formats}: see fact_sources() in kneuron.facts)."
 
 
 # ------------------------------------------------------------------------------------------------ recognising

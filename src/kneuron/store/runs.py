@@ -33,7 +33,7 @@ from kneuron.facts.fact import Fact
 from kneuron.facts.known import answer_ranks, known_share
 from kneuron.models.language_model import LanguageModel
 from kneuron.store.atlas import Atlas, model_identity
-from kneuron.store.chunks import DEFAULT_CHUNK_FACTS, Chunk, Executor, LocalExecutor, plan_chunks
+from kneuron.store.chunks import DEFAULT_CHUNK_FACTS, Chunk, Executor, LocalExecutor, chunk_prompts, plan_chunks
 from kneuron.store.files import damaged as files_damaged
 from kneuron.store.scores import KEEP_SCORES, keep_params
 
@@ -405,10 +405,15 @@ def _compute(atlas: Atlas, lm: LanguageModel, todo: list[dict[str, Any]], params
     wanted = {row["id"] for row in todo}
     plan = plan_chunks(atlas.fact_rows(status=None), wanted, params["chunk_facts"])
     facts = {fact.id: fact for fact in atlas.facts(status=None)}
-    chunks = (Chunk(number, [facts[i] for i in ids], store) for number, ids, store in plan)
-    bar = RunProgress(console, len(todo), executor.name, progress_interval) if console is not None else nullcontext()
+    chunks = [Chunk(number, [facts[i] for i in ids], store) for number, ids, store in plan]
+    prompts = sum(chunk_prompts(chunk, params) for chunk in chunks)
+    bar = (RunProgress(console, len(todo), executor.name, progress_interval, prompts=prompts)
+           if console is not None else nullcontext())
     with bar as progress:
-        for result in executor.map(chunks, params, identity):
+        on_prompt = progress.prompt_done if progress is not None else None
+        for result in executor.map(iter(chunks), params, identity, on_prompt=on_prompt):
+            if progress is not None:
+                progress.chunk_done(result.prompts)
             for fact in result.results:
                 written = time.perf_counter()
                 atlas.store_fact(fact.fact_id, fact.kn, fact.probabilities, fact.baseline, fact.compute_seconds)
