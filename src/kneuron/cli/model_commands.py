@@ -23,6 +23,7 @@ from kneuron.cli.app import (
     command,
     console,
     err_console,
+    given_options,
     load_model,
     neuron_table,
     parse_estimator,
@@ -95,6 +96,7 @@ def models() -> None:
 
 @command()
 def find(
+    ctx: typer.Context,
     prompt: Annotated[list[str], typer.Option(
         "--prompt", "-p", help="A prompt of the fact's bag (repeat for several). Causal models continue it; "
                                "masked models fill [Y].", show_default=False)],
@@ -126,7 +128,7 @@ def find(
     from kneuron.attribution import IntegratedGradients, find_knowledge_neurons
 
     chosen = parse_estimator(estimator, screen, steps=steps, objective=objective, alphas=alphas,  # before the load
-                             norm=norm, threshold=threshold)
+                             norm=norm, threshold=threshold, given=given_options(ctx, "steps", "alphas", "objective"))
     lm = load_model(model, device)
     prompts = [parse_prompt(lm, text) for text in prompt]
     columns = (TextColumn("attributing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

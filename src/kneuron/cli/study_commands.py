@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.models import CommandInfo
 
-from kneuron.cli.app import RunOption, app, command, console, err_console, fail, load_model
+from kneuron.cli.app import RunOption, app, command, console, err_console, fail, load_model, path_value
 from kneuron.errors import KneuronError
 from kneuron.store.study_runs import RunEvents, StudyResult, run_studies_on_atlas
 from kneuron.studies.base import Option, Study, StudyContext, StudyOutput
@@ -254,7 +254,8 @@ def print_results(results: Sequence[StudyResult], run: Path, summaries: Sequence
 def report(
     run: RunOption,
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="The HTML file to write (default: the atlas's path with .html).", show_default=False)
+        "--out", "-o", help="The HTML file to write (default: the atlas's path with .html).",
+        show_default=False, parser=path_value)
     ] = None,
     raw_auc: Annotated[bool, typer.Option(
         "--raw-auc", help="Headline auc_kn from raw activations (the paper's) instead of sign-aligned ones. A gated "

@@ -11,7 +11,6 @@ Neurons are named ``L<layer>.N<index>`` everywhere (``L29.N1066``): :func:`neuro
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import defaultdict
@@ -203,10 +202,11 @@ def fact_page(atlas, fact_id: str) -> dict[str, Any]:
     order = [s for s in panels if s in by_study] + sorted(s for s in by_study if s not in panels)
     for i, prompt in enumerate(prompts):
         prompt["coarse"] = len(coarse[i]) if i < len(coarse) else 0
+    params = atlas.stored_json(row["params"] or "{}", f"the params of {fact_id!r}")
     return {
         "id": fact_id, "relation": fact.relation, "subject": fact.subject, "object": fact.object,
         "templates": list(fact.templates), "status": row["status"], "known": row["known"],
-        "known_share": row["known_share"], "note": row["note"], "params": json.loads(row["params"] or "{}"),
+        "known_share": row["known_share"], "note": row["note"], "params": params,
         "prompts": prompts, "refined": refined, "coarse": coarse, "baseline": neurons["baseline"],
         "results": [{"study": s, "rows": by_study[s]} for s in order],
         "keep_scores": atlas.params.get("keep_scores", "full"),
