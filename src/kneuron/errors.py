@@ -62,6 +62,12 @@ class AtlasError(KneuronError):
     """An atlas that cannot be opened, read or written as asked (missing, another model's, not finished)."""
 
 
+class OutOfMemory(KneuronError):
+    """A batch of attribution did not fit its device's memory (CUDA, or the CPU allocator): one line saying what
+    was tried, what it was estimated to need and which setting to lower (``memory_budget``, ``batch_rows``,
+    ``--chunk-facts``); raised by :func:`kneuron.attribution.limits.out_of_memory_as_error`."""
+
+
 class StudyError(KneuronError):
     """A study that cannot run as asked (unknown name, missing inputs, an option out of range)."""
 

@@ -136,9 +136,16 @@ def test_save_targets_are_refused_in_one_line_before_any_work(atlas_path, fake_l
     # an earlier saved edit is replaced only with --overwrite
     assert invoke(*args, "--save", str(tmp_path / "edit")).exit_code == 0
     assert "--overwrite" in error_line(invoke(*args, "--save", str(tmp_path / "edit")))
+    # a folder kneuron did not write: refused also with --overwrite (issue 27)
     result = invoke(*args, "--save", str(tmp_path / "edit"), "--save-model", str(folder), "--overwrite")
+    assert "not written by kneuron" in error_line(result)
+    assert [p.name for p in folder.iterdir()] == ["weights.bin"]
+    made = tmp_path / "made"
+    assert invoke(*args, "--save-model", str(made)).exit_code == 0
+    (made / "weights.bin").write_bytes(b"mine")
+    result = invoke(*args, "--save", str(tmp_path / "edit"), "--save-model", str(made), "--overwrite")
     assert result.exit_code == 0, result.output
-    assert (folder / "weights.bin").read_bytes() == b"mine" and (folder / "config.json").is_file()
+    assert (made / "weights.bin").read_bytes() == b"mine" and (made / "config.json").is_file()
 
 
 def test_save_model_over_the_models_own_folder_is_refused(atlas_path, fake_load, tmp_path, monkeypatch):

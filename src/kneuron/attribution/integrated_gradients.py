@@ -45,6 +45,7 @@ checks that this implementation matches it within 1e-6 relative in float64.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -67,7 +68,8 @@ from kneuron.facts.encoding import EncodedQuery
 from kneuron.models.language_model import LanguageModel
 from kneuron.models.partial_forward import frozen_parameters
 
-__all__ = ["ALPHA_RULES", "AlphaRule", "IntegratedGradients", "Objective", "alpha_points", "integrated_gradients",
+__all__ = ["ALPHA_RULES", "AlphaRule", "IntegratedGradients", "Objective", "alpha_points", "batch_memory",
+           "integrated_gradients",
            "integrated_gradients_many", "objective_of"]
 
 AlphaRule = Literal["right", "midpoint", "linspace", "gauss"]
@@ -89,7 +91,14 @@ def default_memory_budget(lm: LanguageModel) -> int:
 
     KNEURON_MEMORY_BUDGET (bytes) when set; on CUDA, :data:`CUDA_MEMORY_SHARE` of the device's free memory
     (``torch.cuda.mem_get_info``) at the call; elsewhere ``limits.DEFAULT_MEMORY_BUDGET`` (2 GiB, measured on CPU).
-    The CUDA rule is written to be right by construction and has not run on a GPU here (this machine has none).
+
+    On CUDA the budget therefore follows what is free when attribution starts: the model's weights and whatever
+    else this or another process holds are already gone from it. Each batch then takes
+    ``budget // memory_per_row`` rows (:func:`rows_per_batch`, at most :data:`MAX_ROWS`): with 50 GiB free, the
+    budget is 30 GiB, and rows estimated at 40 MiB each go 768 to a batch. The other 40% is headroom for the
+    allocator's fragmentation, the prompts' clean passes (their key/value caches) and the estimate being an
+    estimate; a batch that still does not fit raises :class:`~kneuron.errors.OutOfMemory` (one line naming the
+    settings to lower). Tested on the CPU with the free-memory query replaced; not yet run on a GPU.
     """
     if os.environ.get(limits.BUDGET_VARIABLE) is not None:
         return limits.memory_budget(None)
@@ -238,13 +247,15 @@ def _integrated_gradients_many(
     chosen = checked_layers(lm, layers, steps, len(queries), budget)
     points = alpha_points(steps, alphas)
     weights = alpha_weights(steps, alphas)
-    plans, groups = shape_groups(lm, queries, objective)
+    with limits.out_of_memory_as_error(lm.device, f"running the clean passes of {len(queries)} prompt(s)"):
+        plans, groups = shape_groups(lm, queries, objective)
     results: list[NeuronScores | None] = [None] * len(plans)
     with frozen_parameters(lm.model):
         for members in groups:
             rows = rows_per_batch(lm, plans[members[0]], budget, batch_rows)
-            gradient_sums, baselines = _integrate(lm, plans, members, chosen, points, weights, rows,
-                                                 objective, rule == "frozen")
+            with batch_memory(lm, plans[members[0]], len(members), rows, budget):
+                gradient_sums, baselines = _integrate(lm, plans, members, chosen, points, weights, rows,
+                                                     objective, rule == "frozen")
             for index in members:
                 said = answer if answer is not None else lm.tokenizer.decode(list(queries[index].answer_ids))
                 results[index] = _scores(plans[index], queries[index], said, gradient_sums[index],
@@ -285,6 +296,15 @@ def rows_per_batch(lm: LanguageModel, plan: Plan, budget: float, batch_rows: int
     per_row = memory_per_row(lm, plan)
     check_row_fits(per_row, budget)
     return min(batch_rows or MAX_ROWS, max(1, int(budget // max(per_row, 1.0))))
+
+
+def batch_memory(lm: LanguageModel, plan: Plan, prompts: int, rows: int, budget: float,
+                 method: str = "integrated gradients") -> contextlib.AbstractContextManager[None]:
+    """The out-of-memory guard of one shape group's batches (``prompts`` prompts of ``plan``'s shape, ``rows`` rows
+    a batch): an allocation failure inside becomes one :class:`~kneuron.errors.OutOfMemory` line with the
+    batch's estimate against ``budget`` (:func:`kneuron.attribution.limits.out_of_memory_as_error`)."""
+    tried = f"attributing {prompts} prompt(s) of {len(plan.input_ids)} tokens by {method} in batches of {rows} rows"
+    return limits.out_of_memory_as_error(lm.device, tried, needs=rows * memory_per_row(lm, plan), budget=budget)
 
 
 def _integrate(lm: LanguageModel, plans: Sequence[Plan], members: list[int], chosen: list[int],

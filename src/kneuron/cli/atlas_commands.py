@@ -25,11 +25,13 @@ from kneuron.cli.app import (
     command,
     console,
     err_console,
+    given_options,
     load_model,
     neuron_table,
     parse_estimator,
     parse_relations,
     parse_share,
+    path_value,
 )
 from kneuron.errors import KneuronError
 from kneuron.facts.sources import sources_help
@@ -37,9 +39,11 @@ from kneuron.facts.sources import sources_help
 
 @command("run")
 def run_command(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="The atlas to write, e.g. runs/NAME.sqlite. An atlas of the same model and parameters "
-                            "there is continued (a killed run resumes where it stopped).", show_default=False)],
+                            "there is continued (a killed run resumes where it stopped).",
+        show_default=False, parser=path_value)],
     model: ModelOption = None,
     facts: Annotated[str, typer.Option("--facts", help=sources_help())] = "builtin",
     relations: Annotated[str | None, typer.Option(help="Comma-separated relations to keep.", show_default=False)
@@ -92,7 +96,8 @@ def run_command(
 
     chosen = parse_relations(relations)
     chosen_estimator = parse_estimator(estimator, screen, steps=steps, objective=objective, alphas=alphas, norm=norm,
-                                       threshold=threshold)
+                                       threshold=threshold,
+                                       given=given_options(ctx, "steps", "alphas", "objective"))
     # a malformed file, a missing relation or an empty set fails here, before the model loads or anything is written
     loaded = load_facts(facts)
     if language is not None:
@@ -297,7 +302,8 @@ def export_command(
     run: RunOption,
     to: Annotated[Path, typer.Option("--to", help="out.csv or out.parquet: the neurons table there, the facts, "
                                                   "prompts, generic and results tables beside it "
-                                                  "(out.facts.csv, ...).", show_default=False)],
+                                                  "(out.facts.csv, ...).",
+        show_default=False, parser=path_value)],
 ) -> None:
     """Export an atlas's tables to CSV or Parquet."""
     from kneuron.store import export

@@ -305,8 +305,11 @@ class RayExecutor:
         self._report()  # the workers (and the agents) are up: the watchdog ends them with a SIGKILLed driver
         return [(actor, pid) for actor, (pid, _) in zip(actors, answers, strict=True)]
 
-    def map(self, chunks: Iterable[Chunk], params: dict[str, Any], identity: dict[str, Any]
-            ) -> Iterator[ChunkResult]:
+    def map(self, chunks: Iterable[Chunk], params: dict[str, Any], identity: dict[str, Any],
+            on_prompt: Callable[[], None] | None = None) -> Iterator[ChunkResult]:
+        """Each chunk's result as it comes back from a worker. ``on_prompt`` is never called: a worker attributes
+        a chunk's prompts in its own process, so the run's progress counts them (``ChunkResult.prompts``) when the
+        chunk's result arrives; with several workers, chunks arrive one after another as each finishes."""
         ray = _ray()
         started = self._connect(ray)
         previous = None

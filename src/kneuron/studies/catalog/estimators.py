@@ -55,10 +55,16 @@ def parse_estimators(value: str | None) -> list[str]:
 @register_study
 class Estimators(Study):
     """Cheaper attribution estimators against the atlas's exact integrated gradients: rank correlation, top-10
-    recall, refined neurons, suppression, seconds per prompt."""
+    recall, refined neurons, suppression, seconds per prompt.
+
+    Control: each estimator's suppression of its own refined neurons against suppressing as many random neurons of
+    the same layers on the same fact (metric ``suppress`` vs ``suppress_random``, same variant). Its agreement
+    measures (rank correlation, recall, Jaccard) are against IG itself and have no control: there is no paired
+    chance level stored for them."""
 
     name = "estimators"
     title = "Estimators against exact integrated gradients"
+    metric_controls = {"suppress": "suppress_random"}
     options = (Option("estimators", str, None, "The estimators to compare with IG, comma-separated: registered names "
                       "(gxa, ...), ig-gaussN (N-point Gauss–Legendre IG) or ig (exact IG measured again). Default: "
                       "every registered one but ig, and ig-gauss5.", stored=False), FACTS_LIMIT, SEED)
@@ -91,7 +97,7 @@ class Estimators(Study):
             on_fact=lambda _fact: advance(), on_skip=skipped)
         return StudyOutput(rows, facts=ids)
 
-    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
+    def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
         return []
 
     def summary(self, output: StudyOutput, context: StudyContext) -> list:
