@@ -199,8 +199,14 @@ def _root(
     root_arch.set(arch)
     plain_output.set(plain)
     if threads:
+        import os
+
         import torch
 
+        cpus = os.cpu_count() or 1
+        if threads > cpus:  # refused before torch starts a pool of that many threads (10⁹ of them exhaust memory)
+            raise fail(KneuronError(f"--threads {threads:,} is more than the {cpus} CPUs of this machine: give at most "
+                                    f"{cpus} (0: torch's default)."))
         torch.set_num_threads(threads)
 
 

@@ -72,6 +72,9 @@ def run_command(
                                                     "ray://host:port, auto); default: start a local Ray.",
                                                     show_default=False)] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Ray workers (each loads the model once).")] = 2,
+    stall_timeout: Annotated[float | None, typer.Option(
+        "--stall-timeout", min=0.001, help="--executor ray: end the run (resumable) when no chunk has come back for "
+                                           "this many seconds [default: 600].", show_default=False)] = None,
     gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", min=0.0, help="GPUs Ray reserves per "
                                                    "worker (fractions allowed); > 0 puts workers on cuda.")] = 0.0,
     chunk_facts: Annotated[int, typer.Option("--chunk-facts", min=1, help="Facts per chunk: their same-shape "
@@ -118,7 +121,7 @@ def run_command(
     from kneuron.parallel import make_executor
 
     chosen_executor = make_executor(executor, lm, model=model, address=ray_address, workers=workers,
-                                    gpus_per_worker=gpus_per_worker, device=device)
+                                    gpus_per_worker=gpus_per_worker, device=device, stall_timeout=stall_timeout)
     try:
         summary = run_facts(lm, loaded, out, steps=steps, threshold=threshold, share=parse_share(share),
                             objective=objective, alphas=alphas, estimator=chosen_estimator,

@@ -25,6 +25,7 @@ from typing import Any
 
 from kneuron.attribution.estimators import Estimator, estimator_from_params, estimator_names
 from kneuron.attribution.ffn_norm import check_norm, with_effective_norm
+from kneuron.attribution.health import check_finite
 from kneuron.attribution.integrated_gradients import ALPHA_RULES
 from kneuron.attribution.knowledge import resolve_estimator
 from kneuron.errors import AtlasError, FactError, InputError, KneuronError
@@ -341,6 +342,8 @@ def run(
         console = Console(stderr=True)
     say = console.print if progress else (lambda *a, **k: None)
     check_facts(facts)  # before the atlas file exists
+    if facts:  # a model whose clean forward is not finite is refused before the atlas exists, naming the layer
+        check_finite(lm, [encode(lm, prompt, facts[0].object) for prompt in facts[0].prompts()])
     summary = RunSummary(Path(atlas_path))
     identity = model_identity(lm)
     with Atlas.for_run(atlas_path, identity, params, overwrite=overwrite,
