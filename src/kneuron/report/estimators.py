@@ -66,21 +66,35 @@ def estimators_section(rows: Sequence[dict], covered: Mapping[str, object] | Non
                        source: str = "ATLAS", aggregates: Sequence[dict] = ()) -> str:
     """The section as an HTML fragment; says how to run the study when ``rows`` is empty. ``covered``: the
     facts the study covered (``Atlas.coverage()["estimators"]``), against the atlas's ``done_facts``;
-    ``aggregates``: the study's stored aggregates (``Atlas.aggregates("estimators")``), for the intervals."""
+    ``aggregates``: the study's stored ones, whose intervals (and, for an estimator's own suppression, p against
+    random neurons) replace the bare means where they were stored."""
+
+    def cell(estimator: str, metric: str, value: object, spec: str) -> str:
+        stored = find(aggregates, estimator, metric)
+        if not stored.n:
+            return _num(value, spec)
+        return _e(format_interval(stored, percent=spec.endswith("%"), digits=2 if spec.endswith("%") else 3))
+
     if not rows:
         return (f"<h2>{TITLE}</h2><p>Not run: <code>kneuron study estimators --run {_e(source)}</code> (not part of "
                 "<code>study all</code>: it recomputes attributions).</p>")
     table = []
     for entry in agreement_summary(rows):
         if entry["estimator"] == "ig":
-            table.append(["ig (the atlas's)", str(entry["facts"]), "", "", "", "", _num(entry["suppress"], "+.2%"),
-                          _num(entry["suppress_random"], "+.2%"), _num(entry["seconds_per_prompt"], ".3f"), "1"])
+            table.append(["ig (the atlas's)", str(entry["facts"]), "", "", "",
+                          cell("ig", "suppress", entry["suppress"], "+.2%"), "",
+                          cell("ig", "suppress_random", entry["suppress_random"], "+.2%"),
+                          _num(entry["seconds_per_prompt"], ".3f"), "1"])
             continue
         over = "all neurons" if entry["spearman_over"] == "all" else f"{entry['spearman_neurons']:.0f} kept"
-        table.append([_e(entry["estimator"]), str(entry["facts"]),
-                      f"{_num(entry['spearman'], '.3f')} ({over})", _num(entry["top_recall"], ".2f"),
-                      _num(entry["refined_jaccard"], ".2f"), _num(entry["suppress"], "+.2%"),
-                      _num(entry["suppress_ig"], "+.2%"), _num(entry["suppress_random"], "+.2%"),
+        name = str(entry["estimator"])
+        table.append([_e(name), str(entry["facts"]),
+                      f"{_num(entry['spearman'], '.3f')} ({over})",
+                      cell(name, "top_recall", entry["top_recall"], ".2f"),
+                      cell(name, "refined_jaccard", entry["refined_jaccard"], ".2f"),
+                      cell(name, "suppress", entry["suppress"], "+.2%"),
+                      cell(name, "suppress_ig", entry["suppress_ig"], "+.2%"),
+                      cell(name, "suppress_random", entry["suppress_random"], "+.2%"),
                       _num(entry["seconds_per_prompt"], ".3f"), _num(entry["speedup"], ".1f")])
     facts = covered.get("facts") if covered else None
     scope = (f" on {facts} of the atlas's {done_facts} done facts" if facts is not None and done_facts else "")
@@ -103,7 +117,9 @@ def estimators_section(rows: Sequence[dict], covered: Mapping[str, object] | Non
               "Jaccard</b>: overlap of the estimator's refined neurons (its scores through the atlas's threshold "
               "and share) with IG's, 1 when both are empty. <b>Suppress</b>: mean Δp/p of the fact's prompts when "
               "the refined neurons (or as many random ones of the same layers, seeded) are set to 0 at the answer "
-              "position, as in the suppress / amplify study; facts without neurons are left out of a column. "
+              "position, as in the suppress / amplify study; facts without neurons are left out of a column. Where "
+              "the study stored them, each mean carries its 95% interval (bootstrap over facts), n and, for an "
+              "estimator's own suppression, the paired p against random neurons on the same facts. "
               "<b>s / prompt</b>: measured in the study for the estimators; IG's is the atlas's own "
               "(compute seconds of its facts / their prompts, measured when the atlas was made, with refining and "
               "probabilities included), so the speed-up compares two moments of the machine.</p>")

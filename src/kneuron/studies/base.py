@@ -221,6 +221,9 @@ class Study:
         fact_panel: whether a fact's page in ``kneuron serve`` shows its rows about that fact.
         controls: variant -> its control variant (random neurons, the activation baseline): the stored aggregates
             carry the paired test of each measure against the same measure of its control on the same facts.
+        metric_controls: metric -> its control metric of the same variant, for a study whose control is another
+            metric rather than another variant (the estimators study's ``suppress`` against ``suppress_random``).
+            A study without a control says so in its docstring (its aggregates then have no p-value).
     """
 
     name: ClassVar[str]
@@ -234,6 +237,7 @@ class Study:
     options: ClassVar[tuple[Option, ...]] = ()
     fact_panel: ClassVar[bool] = True
     controls: ClassVar[Mapping[str, str]] = {}
+    metric_controls: ClassVar[Mapping[str, str]] = {}
 
     @property
     def runs_in_all(self) -> bool:
@@ -264,7 +268,7 @@ class Study:
         overall and per relation."""
         from kneuron.studies.intervals import aggregate_rows
 
-        return aggregate_rows(output.rows, dict(self.controls))
+        return aggregate_rows(output.rows, self.controls, metric_controls=self.metric_controls)
 
     def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
         """Its headline figures as ``(measure, value)`` lines for the command's summary table (``aggregates``: the

@@ -58,10 +58,16 @@ def parse_estimators(value: str | None) -> list[str]:
 class Estimators(Study):
     """Cheaper attribution estimators against the atlas's exact integrated gradients: rank correlation, top-10
     recall, refined neurons, suppression of the fact and of other relations' facts, generic neurons, seconds per
-    prompt. Each estimator's per-fact measures are paired with exact IG's on the same facts (its control)."""
+    prompt.
+
+    Control: each estimator's per-fact measures are paired with exact IG's on the same facts (variant ``ig``);
+    IG's own suppression is paired with suppressing as many random neurons of the same layers on the same fact
+    (metric ``suppress`` vs ``suppress_random``). Agreement measures (rank correlation, recall, Jaccard) are
+    against IG itself and have no paired chance level."""
 
     name = "estimators"
     title = "Estimators against exact integrated gradients"
+    metric_controls = {"suppress": "suppress_random"}
     options = (Option("estimators", str, None, "The estimators to compare with IG, comma-separated: registered names "
                       "(gxa, ...), ig-gaussN (N-point Gauss–Legendre IG) or ig (exact IG measured again). Default: "
                       "every registered one but ig, and ig-gauss5.", stored=False),
@@ -102,7 +108,7 @@ class Estimators(Study):
     def aggregates(self, output: StudyOutput, context: StudyContext) -> list[dict]:
         """Every per-fact measure, overall and per relation; each estimator's paired with exact IG's (variant
         ``ig``) where IG has the measure (suppression, refined neurons, specificity, seconds)."""
-        return aggregate_rows(output.rows, estimator_controls(output.rows))
+        return aggregate_rows(output.rows, estimator_controls(output.rows), metric_controls=self.metric_controls)
 
     def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
         return []
