@@ -172,7 +172,9 @@ def test_every_stored_mean_is_listed_and_the_estimators_table_shows_its_interval
         stored = atlas.aggregates("estimators")
         every = atlas.aggregates()
     own = find(stored, "gxa", "suppress")
-    assert own.n and own.control == "suppress_random" and math.isfinite(own.p)
+    assert own.n and own.control == "ig" and math.isfinite(own.p)  # an estimator is paired with exact IG
+    ig_own = find(stored, "ig", "suppress")
+    assert ig_own.n and ig_own.control == "suppress_random" and math.isfinite(ig_own.p)  # IG with random neurons
     text = html.unescape(render_report(ReportData.from_atlas(path)))
     assert format_interval(own, percent=True, digits=2) in text  # the estimators table's cell
     listed = [a for a in every if a["study"] in ("suppress_amplify", "estimators")]

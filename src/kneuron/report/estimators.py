@@ -1,5 +1,6 @@
-"""The report's section on cheaper estimators: how far each agrees with exact integrated gradients, from the
-``estimators`` study's rows (:mod:`kneuron.studies.estimator_agreement`), with one figure."""
+"""The report's section on cheaper estimators: how far each agrees with exact integrated gradients, and how specific
+its neurons are (own fact against other relations' facts, generic neurons), from the ``estimators`` study's rows
+(:mod:`kneuron.studies.estimator_agreement`), with one figure."""
 
 from __future__ import annotations
 
@@ -28,6 +29,37 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     body = "".join("<tr>" + "".join(f'<td class="{"l" if i == 0 else ""}">{c}</td>' for i, c in enumerate(row))
                    + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _specificity(rows: Sequence[dict], aggregates: Sequence[dict]) -> str:
+    """The specificity table: per estimator and IG, refined neurons per fact, identical sets and Jaccard against
+    IG, suppression of the fact and of other relations' facts (with the stored interval and paired p-value
+    against IG where ``aggregates`` has them), the generic neurons."""
+    table = []
+    for entry in agreement_summary(rows):
+        label = str(entry["estimator"])
+        cells = []
+        for metric in ("suppress", "suppress_other"):
+            stored = find(aggregates, label, metric)
+            cells.append(_e(format_interval(stored, percent=True)) if stored.n else _num(entry[metric], "+.1%"))
+        ig = label == "ig"
+        table.append(["ig (the atlas's)" if ig else _e(label), _num(entry["neurons"], ".1f"),
+                      "–" if ig else f"{entry['identical_facts']:.0f} of {entry['facts']}",
+                      "–" if ig else _num(entry["refined_jaccard"], ".2f"), *cells,
+                      _num(entry["generic_fraction"], ".0%"), _num(entry["generic_neurons"], ".0f"),
+                      _num(entry["most_shared"], ".0%")])
+    return (_table(["estimator", "refined neurons / fact", "sets identical to IG's", "mean Jaccard with IG",
+                    "suppress: own fact", "suppress: other relations' facts", "generic share of its neurons",
+                    "generic neurons", "most shared neuron in"], table)
+            + '<p class="note"><b>Specificity.</b> Suppressing a fact\'s refined neurons (set to 0 at the answer '
+              "position): the mean Δp/p of the fact's own prompts, and of one prompt of each of several facts of "
+              "other relations (drawn as in the suppress / amplify study); neurons that matter as much for their "
+              "fact but also lower other relations' facts are less specific. <b>Generic</b>: a neuron refined for "
+              "more than the atlas's generic share of the compared facts (the generic study's definition) under "
+              "the estimator's own sets; <b>generic share</b>: of a fact's refined neurons, the share that are "
+              "generic, averaged over facts; <b>most shared</b>: the share of the facts whose refined set holds "
+              "the most shared neuron. Intervals: 95% bootstrap over facts; p: paired test against exact IG on the "
+              "same facts.</p>")
 
 
 def estimators_section(rows: Sequence[dict], covered: Mapping[str, object] | None = None, done_facts: int = 0,
@@ -75,6 +107,7 @@ def estimators_section(rows: Sequence[dict], covered: Mapping[str, object] | Non
             + _table(["estimator", "facts", "Spearman with IG", "top-10 recall", "refined Jaccard",
                       "suppress: its neurons", "suppress: IG's", "suppress: random", "s / prompt",
                       "× faster than IG"], table)
+            + _specificity(rows, aggregates)
             + image
             + '<p class="note"><b>Spearman</b>: rank correlation of the scores with IG\'s per prompt, averaged over '
               "the prompts, then over facts; over every neuron when the atlas keeps full score matrices, otherwise "

@@ -31,8 +31,9 @@ from kneuron.attribution.estimators import ScreenedIntegratedGradients, estimato
 from kneuron.attribution.knowledge import SCREEN_LAYERS, layer_list
 from kneuron.attribution.selection import activation_baseline, refine
 from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores
-from kneuron.facts.encoding import answer_probability, encode
+from kneuron.facts.encoding import EncodedQuery, encode
 from kneuron.facts.fact import Fact
+from kneuron.facts.probabilities import answer_probability_many
 from kneuron.models.language_model import LanguageModel
 
 #: facts per chunk by default (see the README's "Running a whole dataset" for the measurement behind it)
@@ -115,6 +116,10 @@ def compute_chunk(lm: LanguageModel, chunk: Chunk, params: dict[str, Any],
     (:class:`ScreenedIntegratedGradients`) screens each fact to be stored on its own (its prompts are one bag) and
     records the layers chosen in the fact's params (``"screen_layers"``, a comma list). ``on_prompt()`` is called
     as the estimator finishes each prompt (it does not change the scores).
+
+    Each stored fact's prompts get their answer probabilities and ranks in one padded batch
+    (:func:`~kneuron.facts.probabilities.answer_probability_many`), a batch of that fact's prompts alone, so that
+    the stored values depend on the fact only (not on which chunk mates a resumed run still stores).
     """
     started = time.perf_counter()
     report = None if on_prompt is None else (lambda index, scores: on_prompt())
@@ -123,20 +128,21 @@ def compute_chunk(lm: LanguageModel, chunk: Chunk, params: dict[str, Any],
     seconds: dict[int, float] = {}
     extra: dict[int, dict[str, Any]] = {}
     wanted = set(chunk.store)
+    encoded: dict[int, list[EncodedQuery]] = {}
     if isinstance(estimator, ScreenedIntegratedGradients):
         for number, fact in enumerate(chunk.facts):
             if fact.id in wanted:
                 start = time.perf_counter()
-                bags[number] = estimator.attribute(lm, [encode(lm, p, fact.object) for p in fact.prompts()],
-                                                   on_prompt=report)
+                encoded[number] = [encode(lm, p, fact.object) for p in fact.prompts()]
+                bags[number] = estimator.attribute(lm, encoded[number], on_prompt=report)
                 extra[number] = {SCREEN_LAYERS: layer_list(bags[number][0].screen_layers or ())}
                 seconds[number] = time.perf_counter() - start
     else:
         queries, owners = [], []
         for number, fact in enumerate(chunk.facts):
-            for prompt in fact.prompts():
-                queries.append(encode(lm, prompt, fact.object))
-                owners.append(number)
+            encoded[number] = [encode(lm, prompt, fact.object) for prompt in fact.prompts()]
+            queries += encoded[number]
+            owners += [number] * len(encoded[number])
         # exact IG's attribute is the one batched call over the chunk that was made before estimators existed
         scores = estimator.attribute(lm, queries, on_prompt=report)
         per_prompt = (time.perf_counter() - started) / max(len(queries), 1)
@@ -155,8 +161,7 @@ def compute_chunk(lm: LanguageModel, chunk: Chunk, params: dict[str, Any],
         kn = refine(bag, share=params["share"], threshold=params["threshold"], fact=fact)
         kn.params.update(made_by, answer=fact.object, **extra.get(number, {}))
         kn.scores = bag
-        probabilities = [(p.probability, p.rank) for p in
-                         (answer_probability(lm, prompt, fact.object) for prompt in fact.prompts())]
+        probabilities = [(p.probability, p.rank) for p in answer_probability_many(lm, encoded[number])]
         baseline = activation_baseline(bag, len(kn.neurons))
         results.append(FactResult(fact.id, kn, probabilities, baseline,
                                   seconds[number] + time.perf_counter() - start))
