@@ -289,3 +289,13 @@ def test_metaspace_corpus_words_decode_back(words):
     ids = answer_token_ids(lm, Prompt.from_text("People say that"), answer)
     assert lm.tokenizer.decode(ids).strip() == answer
     assert tokens(lm, ids)[0].startswith("▁")
+
+
+def test_from_model_refuses_a_missing_tokenizer():
+    """``from_model(model, tokenizer=None)`` was accepted, and integrated gradients then failed with an
+    AttributeError (issue 27, item 7)."""
+    from kneuron.errors import InputError
+
+    for tokenizer in (None, "gpt2"):
+        with pytest.raises(InputError, match="from_model needs the model's tokenizer"):
+            from_model(cached_tiny("llama").model, tokenizer)

@@ -62,6 +62,9 @@ def test_facts_counts_known_facts_per_relation_and_language(fake_load, languages
     ("multilingual", "it", "No facts in language 'it' in multilingual; its languages: en (English), fr (French)"),
     ("multilingual", "fr,french", "'french' is not a language code"),
     ("builtin", "fr", "builtin has no facts tagged with a language"),
+    ("multilingual", "en,,fr", "'en,,fr' has an empty language code"),  # was accepted silently (issue 27, item 7)
+    ("multilingual", "en,", "'en,' has an empty language code"),
+    ("multilingual", ", fr", "', fr' has an empty language code"),
 ])
 def test_an_unknown_language_is_one_line_before_the_model_loads(fake_load, facts, language, message):
     result = invoke("facts", "--model", "tiny-llama", "--facts", facts, "--language", language)

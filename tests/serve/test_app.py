@@ -93,7 +93,7 @@ def test_an_unexpected_error_is_logged_not_shown(serve_atlas, monkeypatch, caplo
         raise ZeroDivisionError("secret internals")
 
     monkeypatch.setattr(pages, "overview", broken)
-    with TestClient(create_app(serve_atlas), raise_server_exceptions=False) as client:
+    with TestClient(create_app(serve_atlas), raise_server_exceptions=False, base_url="http://localhost") as client:
         response = client.get("/")
         assert response.status_code == 500
         assert error_of(response.text) == "Internal error (ZeroDivisionError); the server&#39;s log has the details."
@@ -163,7 +163,7 @@ def test_the_atlas_is_never_written(atlas_copy):
 
     digest = hashlib.sha256(atlas_copy.read_bytes()).hexdigest()
     stat = atlas_copy.stat()
-    with TestClient(create_app(atlas_copy)) as client:
+    with TestClient(create_app(atlas_copy), base_url="http://localhost") as client:
         for url in ("/", "/relation/capital", "/fact/capital%3AFrance", "/neuron/L0.N15", "/search?q=a",
                     "/api/fact/capital%3AFrance/prompt/0/cells", "/study/layers"):
             assert client.get(url).status_code == 200
@@ -206,8 +206,8 @@ def test_the_overview_is_computed_once_per_state_of_the_atlas(atlas_copy):
     from fastapi.testclient import TestClient
 
     app = create_app(atlas_copy)
-    with TestClient(app) as client:
-        cache = app.app.state.cache
+    with TestClient(app, base_url="http://localhost") as client:
+        cache = app.app.app.state.cache  # under the BodyLimit and HostCheck middleware
         first = [client.get("/api/overview").json()["done"] for _ in range(5)]
         client.get("/")
         assert first == [10] * 5 and cache.computed == 1
@@ -233,8 +233,41 @@ def test_text_from_the_atlas_is_escaped(atlas_copy):
     db.execute("UPDATE prompts SET text = ? WHERE fact_id = 'capital:France' AND idx = 0", (markup,))
     db.commit()
     db.close()
-    with TestClient(create_app(atlas_copy)) as client:
+    with TestClient(create_app(atlas_copy), base_url="http://localhost") as client:
         for url in ("/relation/capital", "/fact/capital%3AFrance", "/neuron/L0.N15", "/search?q=img"):
             html = client.get(url).text
             assert markup not in html and "<img" not in html, url
             assert "&lt;img src=x" in html or "\\u003cimg" in html, url
+
+
+@pytest.mark.parametrize("name", ["L" + "9" * 5000 + ".N1", "L1.N" + "9" * 5000, "L" + "1" * 10 + ".N1",
+                                  "L999999999.N999999999", "L-1.N0", "L0.N-1", "L0.N1e3", "L%00.N1"])
+def test_impossible_neuron_addresses_get_404(client, name):
+    """``/neuron/L<5000 digits>.N1`` answered 500 (Python refuses to read an integer of over 4,300 digits)."""
+    for prefix in ("/neuron/", "/api/neuron/"):
+        response = client.get(prefix + name)
+        assert response.status_code == 404, (prefix, name[:20], response.text[:200])
+
+
+def test_pages_show_the_stored_intervals(client, serve_atlas):
+    """The overview, a relation's page and a study's page show each mean's interval, n and p as stored."""
+    import html as html_text
+
+    from kneuron.studies.intervals import find, format_interval
+
+    with Atlas.open(serve_atlas, read_only=True) as atlas:
+        stored = {s: atlas.aggregates(s) for s in ("suppress_amplify", "layers", "discrimination")}
+    page = html_text.unescape(client.get("/").text)
+    suppress = find(stored["suppress_amplify"], "kn", "suppress")
+    auc = find(stored["discrimination"], "kn", "auc_signed")
+    top = find(stored["layers"], "kn", "top_third")
+    for interval, percent, signed in ((suppress, True, True), (auc, False, True), (top, True, False)):
+        assert interval.n and "[" in format_interval(interval, percent=percent, signed=signed)
+        assert format_interval(interval, percent=percent, signed=signed) in page
+    assert f"{suppress.lo * 100:+.1f}".replace("-", "−") in page and "vs random" in page
+    page = html_text.unescape(client.get("/relation/capital").text)
+    capital = find(stored["suppress_amplify"], "random", "amplify", "capital")
+    assert capital.n == 5 and format_interval(capital, percent=True) in page
+    page = html_text.unescape(client.get("/study/layers").text)
+    for a in stored["layers"]:
+        assert format_interval(find([a], a["variant"], a["metric"], a["relation"])) in page

@@ -82,3 +82,13 @@ def test_another_model_is_refused(serve_atlas, fake_load):
                            env={"COLUMNS": "200"})
     assert result.exit_code == 1
     assert "is another model" in result.output
+
+
+def test_an_address_of_another_machine_is_refused_as_such(serve_atlas, fake_load):
+    """``--host 8.8.8.8`` used to say that another program uses the port (issue 27, item 7)."""
+    for host in ("8.8.8.8", "192.0.2.1"):
+        result = runner.invoke(cli.app, ["serve", "--run", str(serve_atlas), "--port", "0", "--host", host],
+                               env={"COLUMNS": "300"})
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert f"Cannot listen on {host}" in result.output and "not an address of this machine" in result.output
+        assert "another program" not in result.output

@@ -26,7 +26,7 @@ def test_pages_are_consistent_while_a_run_writes(tmp_path):
     run(atlas_model(), facts[:3], path, chunk_facts=1, **RUN)
     writer = threading.Thread(target=run, args=(atlas_model(), facts, path), kwargs={"chunk_facts": 1, **RUN})
     seen = []
-    with TestClient(create_app(path)) as client:
+    with TestClient(create_app(path), base_url="http://localhost") as client:
         writer.start()
         while writer.is_alive() or len(seen) < 3:
             overview = client.get("/api/overview").json()
@@ -56,7 +56,8 @@ def wait_job(client, job_id: str) -> dict:
 def test_find_writes_nothing_unless_asked(atlas_copy):
     lm = atlas_model()
     digest = hashlib.sha256(atlas_copy.read_bytes()).hexdigest()
-    with ProbeQueue(lm) as queue, TestClient(create_app(atlas_copy, model=lm, queue=queue)) as client:
+    with ProbeQueue(lm) as queue, TestClient(create_app(atlas_copy, model=lm, queue=queue),
+            base_url="http://localhost") as client:
         body = {"prompts": ["The capital of France is", "The capital city of France is"], "answer": "Paris"}
         started = client.post("/api/find", json=body)
         assert started.status_code == 202
@@ -70,7 +71,8 @@ def test_find_writes_nothing_unless_asked(atlas_copy):
 def test_find_saves_a_fact_when_the_server_allows_it(atlas_copy):
     lm = atlas_model()
     with ProbeQueue(lm) as queue, \
-            TestClient(create_app(atlas_copy, model=lm, queue=queue, allow_save=True)) as client:
+            TestClient(create_app(atlas_copy, model=lm, queue=queue, allow_save=True),
+                    base_url="http://localhost") as client:
         body = {"prompts": ["The capital of France is", "France's capital city is"], "answer": "Paris",
                 "save": True, "subject": "France", "relation": "seat"}
         bad = client.post("/api/find", json={**body, "subject": "Spain"})
@@ -89,7 +91,8 @@ def test_find_saves_a_fact_when_the_server_allows_it(atlas_copy):
                                      {"prompts": "The capital of France is", "answer": ""}])
 def test_bad_finds_are_refused_before_they_queue(atlas_copy, payload):
     lm = atlas_model()
-    with ProbeQueue(lm) as queue, TestClient(create_app(atlas_copy, model=lm, queue=queue)) as client:
+    with ProbeQueue(lm) as queue, TestClient(create_app(atlas_copy, model=lm, queue=queue),
+            base_url="http://localhost") as client:
         response = client.post("/api/find", json=payload)
         assert response.status_code == 400 and "\n" not in response.json()["error"]
         assert queue.pending() == 0

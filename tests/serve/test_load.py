@@ -130,9 +130,9 @@ def test_a_full_queue_answers_503_in_one_line(serve_atlas):
 @pytest.mark.parametrize(("body", "status", "message"), [
     ({"prompt": "x" * 1_000_000, "answer": "Paris"}, 413, "The request is 1,000,0"),
     ({"prompt": "The capital of France is", "answer": "Paris",
-      "neurons": ", ".join(f"L0.N{i % 32}" for i in range(10_000))}, 413, "The request is"),
+      "neurons": ", ".join(f"L0.N{i % 32}" for i in range(10_000))}, 413, "and at most 512 neurons"),
     ({"prompt": "The capital of France is", "answer": "Paris", "neurons": [f"L0.N{i}" for i in range(10_000)]},
-     413, "The request is"),
+     413, "and at most 512 neurons"),  # issue 27 item 7: the refusal named only the prompt's length
     ({"prompt": "x" * 5000, "answer": "Paris"}, 400, "2,000"),
     ({"prompt": "The capital of France is", "answer": "Paris", "neurons": "L0.N15, L9.N3"}, 400, "L9.N3"),
     ({"prompt": "The capital of France is", "answer": "Paris", "neurons": "banana"}, 400, "banana"),

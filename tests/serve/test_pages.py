@@ -12,6 +12,7 @@ import pytest
 from kneuron.report import ReportData, headline
 from kneuron.serve import pages
 from kneuron.store import Atlas
+from kneuron.studies.intervals import find, format_interval
 
 
 @pytest.fixture
@@ -163,8 +164,10 @@ def test_search(atlas):
 def test_study_page_means_are_what_the_headline_shows(atlas):
     data = pages.study_page(atlas, "suppress_amplify", {"variant": "kn", "metric": "suppress"})
     overview = {h["key"]: h["value"] for h in pages.overview(atlas)["headline"]}
+    stored = find(atlas.aggregates("suppress_amplify"), "kn", "suppress")
     assert data["means"] == [{"variant": "kn", "metric": "suppress", "mean": pytest.approx(overview["suppress"]),
-                              "n": 10}]
+                              "n": 10, "interval": format_interval(stored)}]
+    assert stored.n == 10 and stored.control == "random"
     assert all(r["variant"] == "kn" and r["metric"] == "suppress" for r in data["rows"])
     with pytest.raises(pages.NotFound, match="no results of study 'nope'"):
         pages.study_page(atlas, "nope", {})
@@ -250,6 +253,6 @@ def test_an_atlas_that_keeps_no_scores(tmp_path):
         assert neuron["coarse"] and all(c["activation"] is None for c in neuron["coarse"])
         assert [n["name"] for n in pages.fact_page(atlas, "capital:France")["refined"]] == [
             f"L{n.layer}.N{n.index}" for n in atlas.knowledge_neurons("capital:France").neurons]
-    with TestClient(create_app(path)) as client:
+    with TestClient(create_app(path), base_url="http://localhost") as client:
         assert "keeps no score matrices" in client.get("/fact/capital%3AFrance").text
         assert "none kept (--keep-scores none)" in client.get("/neuron/L0.N15").text

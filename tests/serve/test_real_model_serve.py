@@ -27,7 +27,8 @@ def test_pages_and_a_probe_on_smollm2(smollm2, tmp_path):
         stored = atlas.prompt_rows("capital:France")
     assert kn.neurons, "SmolLM2 has knowledge neurons for France -> Paris"
     names = ", ".join(f"L{n.layer}.N{n.index}" for n in kn.neurons)
-    with ProbeQueue(smollm2) as queue, TestClient(create_app(path, model=smollm2, queue=queue)) as client:
+    with ProbeQueue(smollm2) as queue, TestClient(create_app(path, model=smollm2, queue=queue),
+            base_url="http://localhost") as client:
         fact = client.get("/api/fact/capital%3AFrance").json()
         assert [n["name"] for n in fact["refined"]] == [f"L{n.layer}.N{n.index}" for n in kn.neurons]
         assert "Knowledge neurons of smollm2-135m" in client.get("/").text

@@ -169,3 +169,58 @@ def test_the_cli_refuses_a_foreign_database_in_one_line(fake_load, tmp_path):
         assert len(errors) == 1 and "not a kneuron atlas" in errors[0], result.stderr
         assert "Traceback" not in result.output
     assert dump(path) == {"t": [("precious",)]}
+
+
+@pytest.mark.parametrize("statement", [
+    "CREATE TABLE t (x TEXT)", "CREATE VIEW v AS SELECT id FROM facts",
+    "CREATE TRIGGER tr AFTER INSERT ON results BEGIN SELECT 1; END", "CREATE INDEX mine ON facts (subject)"])
+def test_an_atlas_with_another_programs_table_is_neither_deleted_nor_written(lm, tmp_path, statement):
+    """An atlas that carries kneuron's application_id, into which another program added a table of its own:
+    ``--overwrite`` deleted the whole file with that table (issue 27, item 1); also a view, a trigger, an index."""
+    path = tmp_path / "mixed.sqlite"
+    run(lm, tiny_facts()[:1], path, **RUN_ARGS)
+    db = sqlite3.connect(path)
+    db.execute(statement)
+    if statement.startswith("CREATE TABLE"):
+        db.execute("INSERT INTO t VALUES ('precious')")
+    db.commit()
+    db.close()
+    assert files(tmp_path) == ["mixed.sqlite"]
+    for overwrite in (False, True):
+        with pytest.raises(KneuronError, match="is not a kneuron atlas .*another program added"):
+            run(lm, tiny_facts()[:2], path, **RUN_ARGS, overwrite=overwrite)
+    with pytest.raises(KneuronError, match="not a kneuron atlas"):
+        Atlas.open(path, read_only=True)
+    assert files(tmp_path) == ["mixed.sqlite"]  # nor left a -wal / -shm beside it (issue 27, item 7)
+    before = dump(path)
+    with pytest.raises(KneuronError, match="not a kneuron atlas"):
+        run(lm, tiny_facts()[:2], path, **RUN_ARGS, overwrite=True)
+    assert dump(path) == before
+
+
+def test_the_cli_run_overwrite_keeps_an_atlas_with_another_programs_table(fake_load, tmp_path):
+    path = tmp_path / "mixed.sqlite"
+    run(tiny_model("llama"), tiny_facts()[:1], path, **RUN_ARGS)
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE t (x TEXT)")
+    db.execute("INSERT INTO t VALUES ('precious')")
+    db.commit()
+    db.close()
+    facts = write_facts_file(tmp_path / "facts.jsonl", tiny_facts()[:1])
+    result = runner.invoke(cli.app, ["run", "--model", "tiny-llama", "--facts", str(facts), "--out", str(path),
+                                     "--steps", "3", "--overwrite"], env={"COLUMNS": "300"})
+    assert result.exit_code == 1 and "not a kneuron atlas" in result.output, result.output
+    assert sqlite3.connect(path).execute("SELECT x FROM t").fetchall() == [("precious",)]
+
+
+def test_an_atlas_s_own_objects_are_what_its_schema_makes():
+    from kneuron.store import vocabulary
+    from kneuron.store.files import OWN_OBJECTS
+    from kneuron.store.schema import AGGREGATES, RESULTS_BY_FACT, SCHEMA
+
+    db = sqlite3.connect(":memory:")
+    db.executescript(SCHEMA + ";" + vocabulary.SCHEMA + ";" + RESULTS_BY_FACT + ";" + AGGREGATES)
+    made: dict[str, set[str]] = {}
+    for kind, name in db.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"):
+        made.setdefault(kind, set()).add(name)
+    assert made == {kind: set(names) for kind, names in OWN_OBJECTS.items()}

@@ -58,17 +58,27 @@ def test_a_registered_study_is_everywhere(toy, tmp_path):
     assert invoke("study", "toy_neuron_count", "--run", str(path), "--scale", "-1").exit_code != 0  # its bounds
     result = invoke("study", "toy_neuron_count", "--run", str(path), "--scale", "2")
     assert result.exit_code == 0, result.output
-    assert "neurons (kn, mean of 10)" in result.stdout  # the default summary line
+    assert "neurons (kn)" in result.stdout and ", n = 10" in result.stdout  # the default summary line
 
     with Atlas.open(path, read_only=True) as atlas:
         facts = atlas.facts()
         neurons = atlas.all_refined()
         stored = atlas.results("toy_neuron_count")
         coverage = atlas.coverage()["toy_neuron_count"]
+        aggregates = atlas.aggregates("toy_neuron_count")
         assert coverage == atlas.done_coverage()
     counts = {r["fact_id"]: r["value"] for r in stored if r["variant"] == "kn"}
     assert counts == {f.id: 2.0 * len(neurons.get(f.id, [])) for f in facts}
     assert [(r["metric"], r["value"]) for r in stored if r["variant"] == "params"] == [("scale", 2.0)]
+    # the mean over facts is stored with its n and interval, overall and per relation (what the summary showed)
+    from kneuron.studies.intervals import find, format_interval, interval_of
+
+    overall = find(aggregates, "kn", "neurons")
+    assert overall == interval_of([counts[f.id] for f in facts if f.id in counts])
+    assert format_interval(overall) in result.stdout
+    for relation in {f.relation for f in facts}:
+        assert find(aggregates, "kn", "neurons", relation) == interval_of(
+            [counts[f.id] for f in facts if f.id in counts and f.relation == relation])
 
     report = tmp_path / "toy.html"
     assert invoke("report", "--run", str(path), "--out", str(report)).exit_code == 0
@@ -83,7 +93,7 @@ def test_a_registered_study_is_everywhere(toy, tmp_path):
 
     served = tmp_path / "served.sqlite"
     shutil.copy(path, served)
-    with TestClient(create_app(served)) as client:
+    with TestClient(create_app(served), base_url="http://localhost") as client:
         fact = facts[0]
         data = client.get(f"/api/fact/{fact.id}").json()
         panel = next(s for s in data["results"] if s["study"] == "toy_neuron_count")

@@ -39,6 +39,8 @@ from kneuron.attribution.integrated_gradients import (
     AlphaRule,
     _scores,
     alpha_points,
+    batch_memory,
+    check_alphas,
     checked_layers,
     default_memory_budget,
     fill_zero_baselines,
@@ -154,8 +156,8 @@ class TwoStageIntegratedGradients(Estimator):
                  screen_points: int = 2, margin: float = 0.5, threshold: float = DEFAULT_THRESHOLD,
                  memory_budget: int | str | None = None, batch_rows: int | None = None,
                  norm: NormRule | None = None) -> None:
-        self.steps = count("steps", steps)
-        alpha_points(self.steps, alphas)  # checks the rule
+        self.steps = check_alphas(steps, alphas)
+        limits.check_steps_fit(self.steps, limits.host_budget(memory_budget))  # arithmetic, as IntegratedGradients
         if alphas == "gauss":
             raise InputError("two-stage-ig needs equally weighted points: use alphas 'right', 'midpoint' or "
                              "'linspace' (Gauss-Legendre's points have unequal weights).")
@@ -192,14 +194,16 @@ class TwoStageIntegratedGradients(Estimator):
         chosen = checked_layers(lm, layers, self.steps, len(queries), budget)
         points = alpha_points(self.steps, self.alphas)
         screen = screen_indices(self.steps, self.screen_points)
-        plans, groups = shape_groups(lm, queries, self.objective)
+        with limits.out_of_memory_as_error(lm.device, f"running the clean passes of {len(queries)} prompt(s)"):
+            plans, groups = shape_groups(lm, queries, self.objective)
         results: list[NeuronScores | None] = [None] * len(plans)
         with frozen_parameters(lm.model):
             for members in groups:
                 rows = rows_per_batch(lm, plans[members[0]], budget, batch_rows)
-                sums, baselines, finished = _two_stage(lm, plans, members, chosen, points, screen, rows,
-                                                       self.objective, rule == "frozen", self.threshold,
-                                                       self.margin)
+                with batch_memory(lm, plans[members[0]], len(members), rows, budget, "two-stage integrated gradients"):
+                    sums, baselines, finished = _two_stage(lm, plans, members, chosen, points, screen, rows,
+                                                           self.objective, rule == "frozen", self.threshold,
+                                                           self.margin)
                 for index in members:
                     said = answer if answer is not None else lm.tokenizer.decode(list(queries[index].answer_ids))
                     scores = _scores(plans[index], queries[index], said, sums[index], baselines[index],

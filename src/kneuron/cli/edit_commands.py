@@ -17,6 +17,7 @@ from kneuron.cli.app import (
     command,
     console,
     err_console,
+    path_value,
 )
 from kneuron.errors import KneuronError
 
@@ -95,18 +96,20 @@ def _pick_others(facts, fact_relation: str, exclude: set[str], count: int, seed:
 
 
 SaveOption = Annotated[Path | None, typer.Option(
-    "--save", help="Write the edit (edit.safetensors + edit.json) to this folder.", show_default=False)]
+    "--save", help="Write the edit (edit.safetensors + edit.json) to this folder.",
+        show_default=False, parser=path_value)]
 
 
 SaveModelOption = Annotated[Path | None, typer.Option(
     "--save-model", help="Write the edited model and tokenizer (save_pretrained) to this new or empty folder.",
-    show_default=False)]
+    show_default=False, parser=path_value)]
 
 
 OverwriteOption = Annotated[bool, typer.Option(
-    "--overwrite", help="Replace an edit saved earlier at --save, and the model files in a non-empty --save-model "
-                        "folder. Never the folder the model was loaded from, kneuron's model cache, or a file that "
-                        "is not a kneuron edit.")]
+    "--overwrite", help="Replace an edit saved earlier at --save, and the model files in a --save-model folder "
+                        "kneuron wrote earlier. Never a folder kneuron did not write, the folder the model was "
+                        "loaded from, an embedded model's package, kneuron's model cache, or a file that is not a "
+                        "kneuron edit.")]
 
 
 @command()

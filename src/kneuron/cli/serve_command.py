@@ -25,6 +25,11 @@ def serve(
     allow_save: Annotated[bool, typer.Option(
         "--allow-save", help="Let the find page add a found fact to the atlas (computed again by `kneuron run`'s "
                              "pipeline with the atlas's settings). Off: the server never writes.")] = False,
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", show_default=False,
+        help="Also answer requests addressed to this host name (a name of this machine that a browser uses to "
+             "reach it; repeatable). Other names are refused, so that another site's page cannot read the atlas "
+             "through a name of its own that points here.")] = None,
     device: DeviceOption = "cpu",
 ) -> None:
     """Browse an atlas in your web browser: overview, relations, facts, neurons; live probes with --model.
@@ -49,5 +54,5 @@ def serve(
     except BaseException:
         sock.close()
         raise
-    serve_atlas(run, model=lm, host=host, port=port, sock=sock, allow_save=allow_save,
+    serve_atlas(run, model=lm, host=host, port=port, sock=sock, allow_save=allow_save, allow_hosts=allow_host or (),
                 say=lambda text: err_console.print(text, highlight=False, soft_wrap=True))

@@ -245,9 +245,12 @@ def multilingual_facts(languages: Iterable[str] | None = None, relations: Iterab
 def parse_languages(value: str | Iterable[str]) -> list[str]:
     """``"en, fr"`` → ``["en", "fr"]`` (also a list of codes); FactError for an empty list or a malformed code."""
     codes = [c.strip() for c in value.split(",")] if isinstance(value, str) else [str(c).strip() for c in value]
-    codes = list(dict.fromkeys(c for c in codes if c))
-    if not codes:
+    if not any(codes):
         raise FactError(f"No language given: name one or more codes, e.g. 'en,fr' ({_known_codes()}).")
+    if not all(codes):  # 'en,,fr' or 'en,': a code left out (a typo), not silently dropped
+        raise FactError(f"{value if isinstance(value, str) else ','.join(codes)!r} has an empty language code: "
+                        "separate codes by single commas, e.g. 'en,fr'.")
+    codes = list(dict.fromkeys(codes))
     bad = [c for c in codes if not _CODE.match(c)]
     if bad:
         raise FactError(f"{', '.join(map(repr, bad))} is not a language code: use ISO 639-1 codes such as "

@@ -160,6 +160,14 @@ DEPTH_SCHEDULES: dict[str, DepthSchedule] = {"albert": albert_depths}
 _REGISTRY: dict[str, ArchSpec] = {}
 
 #: model types that route tokens through several experts: one FFN per expert, no single neuron set.
+#: encoder-decoder (sequence-to-sequence) model types: neither masked nor causal LMs, so unsupported (a spec
+#: registered as kind='causal' would not make them work: their FFNs sit in two stacks and the answer comes from a
+#: decoder fed by an encoder)
+ENCODER_DECODER = frozenset(
+    {"t5", "mt5", "umt5", "longt5", "bart", "mbart", "pegasus", "pegasus_x", "marian", "led", "blenderbot",
+     "blenderbot-small", "prophetnet", "bigbird_pegasus", "m2m_100", "fsmt", "plbart", "mvp", "encoder-decoder",
+     "nllb-moe", "seamless_m4t", "t5gemma"}
+)
 MIXTURE_OF_EXPERTS = frozenset(
     {"mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "dbrx", "jamba", "olmoe",
      "phimoe", "granitemoe", "switch_transformers", "gpt_oss", "llama4", "minimax"}
@@ -317,6 +325,11 @@ def spec_for(model_type: str, arch: ArchSpec | str | None = None) -> ArchSpec:
         return _load_dotted(arch)
     if model_type not in _REGISTRY:  # (mixture-of-experts types are never built in, only user-registered)
         names = ", ".join(sorted(_REGISTRY))
+        if model_type in ENCODER_DECODER:
+            raise UnsupportedArchitectureError(
+                f"{model_type!r} is an encoder-decoder (sequence-to-sequence) model, which kneuron does not support: "
+                "it attributes the FFN neurons of masked (encoder-only) and causal (decoder-only) language models. "
+                f"Use one of those instead (supported: {names}).")
         if model_type in MIXTURE_OF_EXPERTS:
             problem = (f"{model_type!r} is a mixture-of-experts model: each expert has its own FFN, so there is "
                        "no single set of FFN neurons to attribute; kneuron supports dense models.")

@@ -116,7 +116,14 @@ class LanguageModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the device of the first parameter that holds values (parameters on ``meta`` are
+        offloaded by accelerate's ``device_map`` and are loaded onto their execution device while they run)."""
+        first = None
+        for parameter in self.model.parameters():
+            first = first if first is not None else parameter
+            if not parameter.is_meta:
+                return parameter.device
+        return first.device if first is not None else torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:

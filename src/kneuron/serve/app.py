@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -31,7 +32,7 @@ from kneuron.errors import KneuronError
 from kneuron.serve import api, jobs, pages
 from kneuron.serve.cache import PageCache
 from kneuron.serve.readers import AtlasReaders
-from kneuron.serve.safety import ASSETS, BodyLimit
+from kneuron.serve.safety import ASSETS, LOOPBACK_NAMES, BodyLimit, HostCheck
 
 LOG = logging.getLogger("kneuron.serve")
 TEMPLATES = Path(__file__).parent / "templates"
@@ -73,9 +74,14 @@ def number(value: float | None, digits: int = 4) -> str:
     return f"{float(value):.{digits}g}"
 
 
-def create_app(atlas: str | Path, *, model=None, queue=None, allow_save: bool = False, title: str | None = None):
+def create_app(atlas: str | Path, *, model=None, queue=None, allow_save: bool = False, title: str | None = None,
+               hosts: Iterable[str] = LOOPBACK_NAMES, any_ip: bool = False):
     """The ASGI app over the atlas at ``atlas``: pass ``model`` and its ``queue`` (a
     :class:`~kneuron.serve.jobs.ProbeQueue` that owns the model) for live probes.
+
+    ``hosts``: the host names it answers to (by default the loopback names; :func:`~kneuron.serve.safety.host_names`
+    gives those of a server bound to an address), ``any_ip``: also any IP address as ``Host`` (a server listening
+    beyond loopback). Any other ``Host``, or an ``Origin`` of another site, gets 403 (:class:`HostCheck`).
 
     Opening the app reads the atlas's meta only (no scan), so it starts as fast for a large atlas as a small one.
 
@@ -189,4 +195,4 @@ def create_app(atlas: str | Path, *, model=None, queue=None, allow_save: bool = 
         return FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
 
     api.add_routes(app, reader, cache)
-    return BodyLimit(app)
+    return BodyLimit(HostCheck(app, hosts, any_ip=any_ip))  # a refused Host's body is read first, as a 413's

@@ -19,13 +19,14 @@ from typing import Any
 
 
 def change_token(path: Path) -> tuple:
-    """(size, mtime_ns) of the atlas and of its ``-wal`` file (None when it has none)."""
+    """(size, mtime_ns, inode) of the atlas and of its ``-wal`` file (None when it has none): the inode changes when
+    the atlas is replaced by another file (``kneuron run --overwrite``)."""
     def stat(target: Path):
         try:
             found = os.stat(target)
         except FileNotFoundError:
             return None
-        return found.st_size, found.st_mtime_ns
+        return found.st_size, found.st_mtime_ns, found.st_dev, found.st_ino
 
     return stat(path), stat(Path(f"{path}-wal"))
 

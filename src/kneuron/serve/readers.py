@@ -29,14 +29,21 @@ class AtlasReaders:
         self._lock = threading.Lock()
         self._open: list[tuple[threading.Thread | None, Atlas]] = []
         self.closed = False
+        file_id = self._file_id(self.path)
         first = Atlas.open(self.path, read_only=True, check=False)  # refuses a missing, foreign or newer file now
-        self._local.atlas = first
+        self._local.atlas, self._local.file_id = first, file_id
         self._open.append((None, first))
 
     def get(self) -> Atlas:
-        """This thread's connection (opened on the thread's first request)."""
+        """This thread's connection (opened on the thread's first request), to the file at the path now: when the
+        atlas was replaced (``kneuron run --overwrite`` deletes it and links a new file there: another inode), the
+        connection to the old file is closed and one to the new file opened, so no page reads the old one."""
         atlas = getattr(self._local, "atlas", None)
+        if atlas is not None and self._file_id(atlas.path) != getattr(self._local, "file_id", None):
+            self._drop(atlas)
+            atlas = self._local.atlas = None
         if atlas is None:
+            file_id = self._file_id(self.path)
             atlas = Atlas.open(self.path, read_only=True, check=False)
             with self._lock:
                 if self.closed:
@@ -47,8 +54,23 @@ class AtlasReaders:
                 self._open.append((threading.current_thread(), atlas))
             for old in ended:  # their threads are gone: nobody else uses them
                 old.close()
-            self._local.atlas = atlas
+            self._local.atlas, self._local.file_id = atlas, file_id
         return atlas
+
+    @staticmethod
+    def _file_id(path: Path) -> tuple[int, int] | None:
+        """(device, inode) of the file at ``path``, None when there is none."""
+        try:
+            found = path.stat()
+        except OSError:
+            return None
+        return found.st_dev, found.st_ino
+
+    def _drop(self, atlas: Atlas) -> None:
+        """Close this thread's connection to a file that is no longer the atlas."""
+        with self._lock:
+            self._open = [(t, a) for t, a in self._open if a is not atlas]
+        atlas.close()
 
     @property
     def connections(self) -> int:

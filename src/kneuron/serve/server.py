@@ -7,10 +7,12 @@ a background thread (tests, notebooks): ``with RunningServer(app) as server: req
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from kneuron.errors import KneuronError
@@ -36,8 +38,16 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise KneuronError(f"Cannot listen on {host}:{port} ({exc.strerror}): another program uses it; give "
-                           "another --port.") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise KneuronError(f"Cannot listen on {host} ({exc.strerror}): it is not an address of this machine; "
+                               "give --host 127.0.0.1 (this machine only) or one of its own addresses.") from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise KneuronError(f"Cannot listen on {host}:{port} ({exc.strerror}): ports below 1024 need "
+                               "privileges; give another --port.") from None
+        if exc.errno == errno.EADDRINUSE:
+            raise KneuronError(f"Cannot listen on {host}:{port} ({exc.strerror}): another program uses it; give "
+                               "another --port.") from None
+        raise KneuronError(f"Cannot listen on {host}:{port} ({exc.strerror}).") from None
     sock.listen(2048)
     return sock
 
@@ -91,10 +101,13 @@ class RunningServer:
 
 def serve_atlas(path: str | Path, *, model=None, host: str = "127.0.0.1", port: int = 8000,
                 sock: socket.socket | None = None, allow_save: bool = False, say=print,
-                log_level: str = "info") -> None:
+                log_level: str = "info", allow_hosts: Iterable[str] = ()) -> None:
     """Serve the atlas at ``path`` until interrupted (Ctrl-C); with ``model``, live probes run on it through one
     :class:`~kneuron.serve.jobs.ProbeQueue`, closed at exit. ``sock``: a socket :func:`bind` already made for
-    ``host:port`` (``kneuron serve`` binds before it loads the model), else it is bound here; closed at exit."""
+    ``host:port`` (``kneuron serve`` binds before it loads the model), else it is bound here; closed at exit.
+
+    The server answers only requests addressed to its own names (:func:`~kneuron.serve.safety.host_names` of
+    ``host``, plus ``allow_hosts``) and not sent by another site's page (:class:`~kneuron.serve.safety.HostCheck`)."""
     import anyio.to_thread
     import uvicorn
 
@@ -107,7 +120,10 @@ def serve_atlas(path: str | Path, *, model=None, host: str = "127.0.0.1", port: 
             from kneuron.serve.jobs import ProbeQueue
 
             queue = ProbeQueue(model)
-        app = create_app(path, model=model, queue=queue, allow_save=allow_save)
+        from kneuron.serve.safety import host_names
+
+        app = create_app(path, model=model, queue=queue, allow_save=allow_save,
+                         hosts=host_names(host, allow_hosts), any_ip=not is_loopback(host))
         url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}/"
         say(f"kneuron serve: {Path(path)} at {url}" + (f" with live probes on {model.name}" if model else
                                                           " (no model: pages only; --model enables probes)"))

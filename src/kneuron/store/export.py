@@ -40,13 +40,18 @@ TABLES = {
                "ORDER BY facts DESC, layer, neuron",
     "results": "SELECT study, variant, relation, fact_id, metric, value FROM results ORDER BY rowid",
 }
-#: tables a study creates on its first write (:mod:`kneuron.store.vocabulary`): exported when the atlas has them
+#: tables a study creates on its first write (:mod:`kneuron.store.vocabulary`, the aggregates): exported when the
+#: atlas has them
 OPTIONAL_TABLES = {
     "vocabulary": (
         "SELECT v.fact_id, f.relation, f.subject, f.object, v.idx, v.layer, v.neuron, "
         "'L' || v.layer || '.N' || v.neuron AS name, v.activation, v.sign, v.answer_id, v.answer_token, "
         "v.answer_rank, v.answer_suppressed_rank, v.answer_logit, v.promoted, v.suppressed "
         "FROM vocabulary v JOIN facts f ON f.id = v.fact_id ORDER BY f.seq, v.idx"
+    ),
+    "aggregates": (
+        "SELECT study, variant, relation, metric, mean, lo, hi, n, method, control, control_mean, p "
+        "FROM aggregates ORDER BY rowid"
     ),
 }
 FORMATS = (".csv", ".parquet")

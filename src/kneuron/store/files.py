@@ -6,7 +6,9 @@ only such a file (and its own ``-wal`` / ``-shm`` siblings).
 
 What proves a file is an atlas:
     - an atlas made by this kneuron carries ``PRAGMA application_id = 0x6B6E726E`` ("knrn", set in the creating
-      transaction) and a ``meta`` table with a ``schema_version``;
+      transaction), a ``meta`` table with a ``schema_version``, and no table, view, trigger or index but its own
+      (:data:`OWN_OBJECTS`): another program that added a table to an atlas made it a file of two owners, which
+      ``--overwrite`` must not delete (nor a run write into);
     - an atlas written before kneuron set the application id (application_id 0) is recognised by its tables:
       exactly ``meta, facts, prompts, neurons, generic, results`` with a ``schema_version`` in ``meta``. The
       first write (``kneuron run``, ``kneuron study``) stamps the application id into it.
@@ -23,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from kneuron.errors import AtlasError
@@ -31,6 +35,12 @@ from kneuron.errors import AtlasError
 APPLICATION_ID = 0x6B6E726E
 #: the tables of schema version 1, which identify an atlas written before the application id
 ATLAS_TABLES = frozenset({"meta", "facts", "prompts", "neurons", "generic", "results"})
+#: every object an atlas of schema version 1 may hold, by type: the tables and indexes of
+#: :data:`kneuron.store.schema.SCHEMA`, the vocabulary study's table (:mod:`kneuron.store.vocabulary`) and the
+#: studies' aggregates (:data:`kneuron.store.schema.AGGREGATES`), each made on its first write. SQLite's own
+#: (``sqlite_*``: autoindexes, ``sqlite_stat1``) are not listed and always allowed.
+OWN_OBJECTS = {"table": ATLAS_TABLES | {"vocabulary", "aggregates"},
+               "index": frozenset({"facts_by_relation", "neurons_by_unit", "results_by_study", "results_by_fact"})}
 SIDECARS = ("-wal", "-shm")
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -91,7 +101,9 @@ def identify(db: sqlite3.Connection, path: Path) -> str | None:
     """
     try:
         application_id = db.execute("PRAGMA application_id").fetchone()[0]
-        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        objects = db.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite^_%' ESCAPE '^'"
+                             ).fetchall()
+        tables = {name for (kind, name) in objects if kind == "table"}
         version = None
         if "meta" in tables:
             row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -99,17 +111,47 @@ def identify(db: sqlite3.Connection, path: Path) -> str | None:
     except sqlite3.Error as exc:
         raise translate(path, exc) from None
     listed = ", ".join(f"table {name}" for name in sorted(tables)[:5]) or "no tables"
+    foreign = sorted(f"{kind} {name}" for kind, name in objects if name not in OWN_OBJECTS.get(kind, ()))
     if application_id == APPLICATION_ID:
         if "meta" not in tables or version is None:
             raise damaged(path, "it carries kneuron's application_id but has no schema_version in a meta table")
+        if foreign:
+            raise not_an_atlas(path, "an atlas into which another program added "
+                                     f"{', '.join(foreign[:5])}{' and more' if len(foreign) > 5 else ''}")
         return "atlas"
     if application_id:
         raise not_an_atlas(path, f"an SQLite database of another program: application_id {application_id}, {listed}")
     if not tables and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
         return None
-    if tables == ATLAS_TABLES and version is not None:
+    if tables == ATLAS_TABLES and version is not None and not foreign:
         return "legacy"
     raise not_an_atlas(path, f"an SQLite database with {listed}")
+
+
+def check_kind(path: Path) -> None:
+    """Refuse, before anything opens it, a path that is neither absent nor a regular file (or a link to one): a
+    dangling symbolic link, a FIFO (opening one blocks until another program writes to it), a socket or a
+    device. A folder is left to the callers (each says what to give instead).
+
+    Raises:
+        AtlasError: what ``path`` is, in one line.
+    """
+    if not str(path):
+        raise AtlasError("An empty path is no atlas: give the .sqlite file, e.g. runs/demo.sqlite.")
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise AtlasError(f"{quoted(path)} is a symbolic link to {os.readlink(path)!r}, which does not exist; "
+                             "kneuron does not follow it. Remove the link, or give another path.") from None
+        return
+    except OSError as exc:
+        raise AtlasError(f"Cannot read {quoted(path)} ({exc.strerror}); give another path.") from None
+    if not (stat.S_ISREG(found.st_mode) or stat.S_ISDIR(found.st_mode)):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(found.st_mode) else \
+            "a socket" if stat.S_ISSOCK(found.st_mode) else "a device or other special file"
+        raise AtlasError(f"{quoted(path)} is {kind}, not a file; kneuron reads and writes atlases only as regular "
+                         "files. Give another path.")
 
 
 def probe(path: Path) -> str | None:
@@ -118,20 +160,56 @@ def probe(path: Path) -> str | None:
     Raises:
         AtlasError: not an atlas, or damaged.
     """
-    with open(path, "rb") as handle:
-        header = handle.read(len(SQLITE_HEADER))
+    check_kind(path)
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise AtlasError(f"Cannot read {quoted(path)} ({exc.strerror}); give another path.") from None
     if not header:
         raise not_an_atlas(path, "an empty file; if a run killed at its start left it, delete it")
     if header != SQLITE_HEADER:
         raise not_an_atlas(path, "not an SQLite database, or an atlas whose first page is damaged")
-    db = connect_read_only(path)
-    try:
-        found = identify(db, path)
-    finally:
-        db.close()
+    with tidy_on_refusal(path):
+        db = connect_read_only(path)
+        try:
+            found = identify(db, path)
+        finally:
+            db.close()
     if found is None:
         raise not_an_atlas(path, "an SQLite database without tables")
     return found
+
+
+@contextlib.contextmanager
+def tidy_on_refusal(path: Path) -> Iterator[None]:
+    """Around opening a file for reading: when the block raises (a damaged atlas, not an atlas) and the file had
+    no ``-wal`` / ``-shm`` before, remove the ones SQLite made for the read-only connection (a WAL database read
+    read-only gets both, and a read-only connection cannot remove them at close), so a refused file is left as it
+    was found.
+
+    They are removed the way SQLite removes them: by closing a read-write connection, which deletes them only when
+    no other connection has the database open (and writes nothing: their log is empty).
+    """
+    existed = any(os.path.lexists(f"{path}{suffix}") for suffix in SIDECARS)
+    try:
+        yield
+    except BaseException:
+        if not existed and any(os.path.lexists(f"{path}{suffix}") for suffix in SIDECARS):
+            close_last_connection(path)
+        raise
+
+
+def close_last_connection(path: Path) -> None:
+    """Let SQLite remove the -wal / -shm files of ``path`` if no connection has it open (a read-write connection
+    that closes last removes them; it writes nothing when their log is empty)."""
+    with contextlib.suppress(sqlite3.Error, OSError, ValueError):
+        db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=rw", uri=True, timeout=0, isolation_level=None)
+        try:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens the log, so close removes it
+        finally:
+            db.close()
 
 
 def connect_read_only(path: Path, timeout: float = 10.0) -> sqlite3.Connection:

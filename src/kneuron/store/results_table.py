@@ -14,7 +14,7 @@ from typing import Any
 
 from kneuron.errors import InputError
 from kneuron.store.connection import AtlasConnection
-from kneuron.store.schema import RESULTS_BY_FACT
+from kneuron.store.schema import AGGREGATE_COLUMNS, AGGREGATES, RESULTS_BY_FACT
 
 
 def fact_digest(ids: Iterable[str]) -> str:
@@ -26,12 +26,15 @@ class ResultsTable(AtlasConnection):
     """Reads and writes of the ``results`` table and of meta ``coverage``."""
 
     def write_results(self, study: str, rows: Iterable[Mapping[str, Any]], facts: Iterable[str] | None = None,
-                      ) -> int:
+                      aggregates: Iterable[Mapping[str, Any]] | None = None) -> int:
         """Replace the rows of ``study`` with ``rows`` (dicts with variant, relation, fact_id, metric, value; a
         row's own "study" key, if any, must match) in one transaction. Returns how many were written.
 
         ``facts``: the ids of the facts the study covered; their count and :func:`fact_digest` are stored with the
         rows (meta ``coverage``), so that a report can tell results that cover every done fact from stale ones.
+        ``aggregates``: the rows' means with their intervals (dicts of the ``aggregates`` table's columns, see
+        :func:`kneuron.studies.intervals.aggregate_rows`), replaced in the same transaction (None: left as they
+        are).
 
         Raises:
             InputError: no study name, a row of another study, or a malformed row (nothing is written).
@@ -51,11 +54,22 @@ class ResultsTable(AtlasConnection):
                 raise InputError(f"Result row {number} of {study!r} is malformed ({exc!r}); each row needs "
                                  "variant, metric and a numeric value (relation and fact_id optional).") from None
         covered = None if facts is None else sorted(set(facts))
+        try:
+            summaries = None if aggregates is None else [
+                (study, *(_sql_number(a[c]) if c in ("mean", "lo", "hi", "control_mean", "p") else a[c]
+                          for c in AGGREGATE_COLUMNS)) for a in aggregates]
+        except KeyError as exc:
+            raise InputError(f"An aggregate of {study!r} lacks {exc}.") from None
         with self.transaction() as db:
             db.execute(RESULTS_BY_FACT)  # an atlas made before the index existed gets it at its next study
             db.execute("DELETE FROM results WHERE study = ?", (study,))
             db.executemany("INSERT INTO results (study, variant, relation, fact_id, metric, value) "
                            "VALUES (?, ?, ?, ?, ?, ?)", records)
+            if summaries is not None:
+                db.execute(AGGREGATES)
+                db.execute("DELETE FROM aggregates WHERE study = ?", (study,))
+                db.executemany(f"INSERT INTO aggregates (study, {', '.join(AGGREGATE_COLUMNS)}) VALUES "
+                               f"({', '.join('?' * (len(AGGREGATE_COLUMNS) + 1))})", summaries)
             row = db.execute("SELECT value FROM meta WHERE key = 'coverage'").fetchone()
             coverage = self._json(row[0], "meta value 'coverage'") if row else {}
             coverage.pop(study, None)
@@ -86,6 +100,25 @@ class ResultsTable(AtlasConnection):
                 row["value"] = math.nan
         return rows
 
+    def aggregates(self, study: str | None = None) -> list[dict[str, Any]]:
+        """The stored aggregates of ``study`` (all studies when None) in the order written, NULL as NaN; none for
+        an atlas whose studies were run before kneuron stored them."""
+        if not self._rows("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'aggregates'"):
+            return []
+        sql = f"SELECT study, {', '.join(AGGREGATE_COLUMNS)} FROM aggregates"
+        rows = self._rows(sql + (" WHERE study = ? ORDER BY rowid" if study else " ORDER BY rowid"),
+                          [study] if study else [])
+        for row in rows:
+            for key in ("mean", "lo", "hi", "control_mean", "p"):
+                if row[key] is None:
+                    row[key] = math.nan
+        return rows
+
     def studies(self) -> list[str]:
         """The studies with rows in the atlas, by name."""
         return [row["study"] for row in self._rows("SELECT DISTINCT study FROM results ORDER BY study")]
+
+
+def _sql_number(value: Any) -> float | None:
+    """A float, NaN (and None) as NULL."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)

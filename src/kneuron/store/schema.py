@@ -76,6 +76,11 @@ even while a run writes it.
     ``relation`` and ``fact_id`` are ``''`` for rows about no one relation or fact; a NaN ``value`` is stored
     as NULL and read back as NaN. :meth:`Atlas.write_results` replaces one study's rows atomically.
 
+``aggregates`` (optional, written with a study's rows by :meth:`Atlas.write_results`): each per-fact measure's
+    mean over the facts, overall (``relation = ''``) and per relation, with its n, 95% interval (``lo``, ``hi``;
+    ``method``: ``bootstrap`` over facts or ``wilson`` for a share) and, against its ``control`` variant, the
+    control's mean and the paired test's ``p`` (see :mod:`kneuron.studies.intervals`). NaN is stored as NULL.
+
 ``vocabulary`` (optional, created by ``kneuron study vocabulary``): each knowledge neuron's top promoted and
     suppressed tokens; see :mod:`kneuron.store.vocabulary`.
 """
@@ -91,8 +96,9 @@ from typing import Any
 from kneuron.errors import AtlasError
 from kneuron.store.files import NEW_ATLAS_HINT, quoted
 
-__all__ = ["IDENTITY_KEYS", "KINDS", "PARAM_DEFAULTS", "PARAM_KEYS", "RESULTS_BY_FACT", "SCHEMA", "SCHEMA_VERSION",
-           "STATUSES", "check_identity", "check_version", "meta_rows", "param"]
+__all__ = ["AGGREGATES", "AGGREGATE_COLUMNS", "IDENTITY_KEYS", "KINDS", "PARAM_DEFAULTS", "PARAM_KEYS",
+           "RESULTS_BY_FACT", "SCHEMA", "SCHEMA_VERSION", "STATUSES", "check_identity",
+           "check_version", "meta_rows", "param"]
 
 SCHEMA_VERSION = 1
 #: the meta keys and params that make an atlas's identity (a run must match them to write into it)
@@ -106,6 +112,14 @@ KINDS = ("refined", "coarse", "baseline")
 
 #: lets a page read one fact's results without scanning every study's rows (``kneuron serve``)
 RESULTS_BY_FACT = "CREATE INDEX IF NOT EXISTS results_by_fact ON results (fact_id, study)"
+#: the aggregates table (optional: created with a study's first aggregates; an older atlas has none)
+AGGREGATES = """CREATE TABLE IF NOT EXISTS aggregates (
+    study TEXT NOT NULL, variant TEXT NOT NULL, relation TEXT NOT NULL DEFAULT '', metric TEXT NOT NULL,
+    mean REAL, lo REAL, hi REAL, n INTEGER NOT NULL, method TEXT NOT NULL, control TEXT NOT NULL DEFAULT '',
+    control_mean REAL, p REAL)"""
+#: the columns of an aggregate, in the table's order after ``study``
+AGGREGATE_COLUMNS = ("variant", "relation", "metric", "mean", "lo", "hi", "n", "method", "control", "control_mean",
+                     "p")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

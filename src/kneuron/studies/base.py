@@ -108,6 +108,9 @@ class StudyOutput:
     extra: dict[str, Any] = field(default_factory=dict)
     #: how long :meth:`Study.run` took (the runner sets it)
     seconds: float = math.nan
+    #: the rows' means with n, 95% interval and paired p-value (:meth:`Study.aggregates`), as stored (the runner
+    #: sets them; summaries read them rather than recompute)
+    aggregates: list[dict] = field(default_factory=list)
 
 
 class StudyContext:
@@ -216,6 +219,11 @@ class Study:
         aliases: other CLI spellings (hidden in listings).
         options: its options (:class:`Option`), the CLI flags and ``params`` rows.
         fact_panel: whether a fact's page in ``kneuron serve`` shows its rows about that fact.
+        controls: variant -> its control variant (random neurons, the activation baseline): the stored aggregates
+            carry the paired test of each measure against the same measure of its control on the same facts.
+        metric_controls: metric -> its control metric of the same variant, for a study whose control is another
+            metric rather than another variant (the estimators study's ``suppress`` against ``suppress_random``).
+            A study without a control says so in its docstring (its aggregates then have no p-value).
     """
 
     name: ClassVar[str]
@@ -228,6 +236,8 @@ class Study:
     aliases: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[tuple[Option, ...]] = ()
     fact_panel: ClassVar[bool] = True
+    controls: ClassVar[Mapping[str, str]] = {}
+    metric_controls: ClassVar[Mapping[str, str]] = {}
 
     @property
     def runs_in_all(self) -> bool:
@@ -252,10 +262,19 @@ class Study:
         """The study's rows (or a :class:`StudyOutput`)."""
         raise NotImplementedError
 
-    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
-        """Its headline figures as ``(measure, value)`` lines for the command's summary table. Default: the mean
-        of each (variant, metric) over the facts, for the first few."""
-        return default_measures(rows)
+    def aggregates(self, output: StudyOutput, context: StudyContext) -> list[dict]:
+        """The means the runner stores with the rows, each with its n, 95% interval and paired p-value against
+        :attr:`controls` (:func:`kneuron.studies.intervals.aggregate_rows`). Default: every per-fact measure,
+        overall and per relation."""
+        from kneuron.studies.intervals import aggregate_rows
+
+        return aggregate_rows(output.rows, self.controls, metric_controls=self.metric_controls)
+
+    def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
+        """Its headline figures as ``(measure, value)`` lines for the command's summary table (``aggregates``: the
+        stored ones, see :meth:`aggregates`). Default: the mean of each (variant, metric) over the facts with its
+        interval and n, for the first few."""
+        return default_measures(rows, aggregates)
 
     def summary(self, output: StudyOutput, context: StudyContext) -> list[Any]:
         """Tables and lines (rich renderables) the command prints after the summary table. Default: none."""
@@ -292,9 +311,18 @@ def means_by_measure(rows: Sequence[dict]) -> list[tuple[str, str, float, int]]:
 DEFAULT_MEASURES = 8
 
 
-def default_measures(rows: Sequence[dict]) -> list[tuple[str, str]]:
-    return [(f"{metric} ({variant}, mean of {n})", f"{mean:.4g}")
-            for variant, metric, mean, n in means_by_measure(rows)[:DEFAULT_MEASURES] if n]
+def default_measures(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
+    """The first few (variant, metric) means; with the stored interval where there is one."""
+    from kneuron.studies.intervals import find, format_interval
+
+    lines = []
+    for variant, metric, mean, n in means_by_measure(rows)[:DEFAULT_MEASURES]:
+        if not n:
+            continue
+        stored = find(aggregates, variant, metric)
+        lines.append((f"{metric} ({variant})", format_interval(stored)) if stored.n else
+                     (f"{metric} ({variant}, mean of {n})", f"{mean:.4g}"))
+    return lines
 
 
 def show_token(token: str) -> str:
