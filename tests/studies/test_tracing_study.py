@@ -105,7 +105,7 @@ def test_the_study_is_everywhere(tmp_path, fake_load):
 
     served = tmp_path / "served.sqlite"
     shutil.copy(path, served)
-    with TestClient(create_app(served)) as client:
+    with TestClient(create_app(served), base_url="http://localhost") as client:
         panel = next(s for s in client.get(f"/api/fact/{facts[0].id}").json()["results"] if s["study"] == "tracing")
         assert [c["title"].split(": ")[1] for c in panel["charts"]] == [
             "residual stream (one layer) restored", "MLP output, windows of 1 layers restored",

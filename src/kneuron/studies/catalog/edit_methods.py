@@ -101,7 +101,7 @@ class EditMethods(Study):
                                   on_fact=lambda _n, _fact: advance())
         return StudyOutput(rows, facts=[f.id for f in facts], notes=notes)
 
-    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
+    def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
         table = dict(comparison(rows))
         found = table.get("update: top-1 = new (own prompts)", {})
         return [(f"top-1 = new ({m}, mean of {n})", number(v, ".0%")) for m, (v, _, _, n) in found.items() if n]

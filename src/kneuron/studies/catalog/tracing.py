@@ -74,7 +74,7 @@ class Tracing(Study):
                                      seed=options["seed"], on_fact=lambda _fact: advance(), note=context.note)
         return StudyOutput(rows, facts=traced)
 
-    def measures(self, rows: Sequence[dict]) -> list[tuple[str, str]]:
+    def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
         return [(f"{label} (mean of {n})", number(mean, spec)) for label, variant, metric, spec in FIGURES[:6]
                 for mean, n in [figure_value(rows, variant, metric)] if n]
 
