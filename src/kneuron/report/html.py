@@ -21,7 +21,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from kneuron.report import paper_sections  # noqa: F401  (registers the paper's sections)
+from kneuron.report import edit_methods, paper_sections, tracing  # noqa: F401  (register their sections)
 from kneuron.report.data import Headline, ReportData, headline, headline_line
 from kneuron.report.paper_sections import headline_section
 from kneuron.report.parts import escape as _e

@@ -197,8 +197,9 @@ def fact_page(atlas, fact_id: str) -> dict[str, Any]:
         results = queries.fact_results(atlas, fact_id)
     by_study: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for entry in results:
-        by_study[entry["study"]].append({**entry, "value": finite(entry["value"])})
-    panels = [s.name for s in registered_studies() if s.fact_panel]  # the registry's order; then any other
+        by_study[entry["study"]].append({**entry, "fact_id": fact_id, "value": finite(entry["value"])})
+    studies = {s.name: s for s in registered_studies()}
+    panels = [name for name, s in studies.items() if s.fact_panel]  # the registry's order; then any other
     order = [s for s in panels if s in by_study] + sorted(s for s in by_study if s not in panels)
     for i, prompt in enumerate(prompts):
         prompt["coarse"] = len(coarse[i]) if i < len(coarse) else 0
@@ -208,9 +209,17 @@ def fact_page(atlas, fact_id: str) -> dict[str, Any]:
         "templates": list(fact.templates), "status": row["status"], "known": row["known"],
         "known_share": row["known_share"], "note": row["note"], "params": params,
         "prompts": prompts, "refined": refined, "coarse": coarse, "baseline": neurons["baseline"],
-        "results": [{"study": s, "rows": by_study[s]} for s in order],
+        "results": [_panel(studies.get(s), s, by_study[s]) for s in order],
         "keep_scores": atlas.params.get("keep_scores", "full"),
     }
+
+
+def _panel(study, name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A study's panel on a fact's page: all its rows about the fact, the charts it draws of them
+    (:meth:`~kneuron.studies.base.Study.fact_charts`) and the rows its table lists (``table``)."""
+    if study is None:  # rows of a study no longer registered: a table of them
+        return {"study": name, "rows": rows, "charts": [], "table": rows}
+    return {"study": name, "rows": rows, "charts": study.fact_charts(rows), "table": study.panel_rows(rows)}
 
 
 def _add_unit_facts(atlas, items: list[dict[str, Any]]) -> None:

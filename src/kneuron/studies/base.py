@@ -280,6 +280,17 @@ class Study:
         """Tables and lines (rich renderables) the command prints after the summary table. Default: none."""
         return []
 
+    def fact_charts(self, rows: Sequence[dict]) -> list[dict[str, Any]]:
+        """Charts of its rows about one fact, drawn on the fact's page of ``kneuron serve`` above its table: plain
+        data, each a heatmap ``{"title", "x": column labels, "y": row labels, "values": [[x, y, value], ...],
+        "caption"}`` (indices into the labels). Default: none."""
+        return []
+
+    def panel_rows(self, rows: Sequence[dict]) -> list[dict]:
+        """Which of its rows about one fact the fact page's table lists (the rows a chart shows may stay out; the
+        study's page and the API keep all of them). Default: all."""
+        return list(rows)
+
 
 def finite_mean(values: Iterable[float]) -> tuple[float, int]:
     kept = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
