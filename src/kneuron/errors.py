@@ -41,6 +41,14 @@ class EditError(KneuronError):
     """An edit that cannot be made, applied, undone, saved or loaded."""
 
 
+class BrokenModelError(KneuronError):
+    """A model whose outputs are unusable: its clean forward pass gives non-finite logits."""
+
+
+class EditBreaksModelError(EditError):
+    """An edit whose application makes the model's outputs non-finite or uniform on the edited fact's prompts."""
+
+
 class EditOptionError(EditError, InputError):
     """An edit asked for with a bad argument: an unknown option, a number out of range, unusable answers (also an
     ``InputError`` and a ``ValueError``)."""

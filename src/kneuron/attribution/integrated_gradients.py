@@ -9,7 +9,12 @@ approximated by a Riemann sum over ``steps`` points (m = 20), one layer scaled a
 ``"linspace"`` uses m points from 0 to 1 inclusive (EleutherAI's re-implementation); ``"gauss"`` is
 m-point Gauss–Legendre quadrature of the same integral on [0, 1] (nodes and weights from
 ``numpy.polynomial.legendre.leggauss``): exact for polynomials of degree 2m − 1 in α, so 4 to 6 points
-come near a 200-step sum where the integrand is smooth.
+come near a 200-step sum where the integrand is smooth. It takes at most ``limits.MAX_GAUSS_POINTS`` (1,000)
+points: its nodes come from an m×m eigenproblem, 7.2 GB at 30,000 points, and few points are its purpose.
+
+Every count is refused by arithmetic on the arguments before anything proportional to it is made: an estimator
+refuses, when it is made, steps whose smallest run (one layer, one prompt) could not fit its memory budget, and
+a call refuses a run whose (prompt, layer, α) rows could not (:mod:`kneuron.attribution.limits`).
 
 What makes it fast without changing the result (the machinery is in
 :mod:`kneuron.attribution.step_rows`, on the partial forward passes of
@@ -104,9 +109,22 @@ def default_memory_budget(lm: LanguageModel) -> int:
     return limits.DEFAULT_MEMORY_BUDGET
 
 
-def alpha_points(steps: int, rule: AlphaRule = "right") -> torch.Tensor:
-    """The α at which gradients are taken, in float64 (``steps`` a whole number ≥ 1: a float would put α above 1)."""
+def check_alphas(steps: object, rule: object) -> int:
+    """``steps`` as a whole number ≥ 1 once it and the alpha ``rule`` are known to be usable together: the rule is
+    one of :data:`ALPHA_RULES` and Gauss–Legendre has at most ``limits.MAX_GAUSS_POINTS`` points. Arithmetic on the
+    arguments only: nothing of size ``steps`` is made."""
     steps = count("steps", steps)
+    if rule not in ALPHA_RULES:
+        raise InputError(f"Unknown alpha rule {rule!r}: use 'right', 'midpoint', 'linspace' or 'gauss'.")
+    if rule == "gauss":
+        limits.check_gauss_points(steps)
+    return steps
+
+
+def alpha_points(steps: int, rule: AlphaRule = "right") -> torch.Tensor:
+    """The α at which gradients are taken, in float64 (``steps`` a whole number ≥ 1: a float would put α above 1;
+    Gauss–Legendre takes at most ``limits.MAX_GAUSS_POINTS``)."""
+    steps = check_alphas(steps, rule)
     k = torch.arange(1, steps + 1, dtype=torch.float64)
     if rule == "right":
         return k / steps
@@ -116,16 +134,14 @@ def alpha_points(steps: int, rule: AlphaRule = "right") -> torch.Tensor:
         return torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
     if rule == "gauss":
         return _gauss_legendre(steps)[0]
-    raise InputError(f"Unknown alpha rule {rule!r}: use 'right', 'midpoint', 'linspace' or 'gauss'.")
+    raise AssertionError(rule)  # check_alphas knows every rule
 
 
 def alpha_weights(steps: int, rule: AlphaRule = "right") -> torch.Tensor | None:
     """The quadrature weight of each α point (float64, summing to 1), or None for the equal weights 1/m of the
     Riemann rules (whose sums are divided by m once, at the end, as before the weighted rule existed)."""
-    if rule == "gauss":
-        return _gauss_legendre(count("steps", steps))[1]
-    alpha_points(steps, rule)  # checks steps and the rule
-    return None
+    steps = check_alphas(steps, rule)
+    return _gauss_legendre(steps)[1] if rule == "gauss" else None
 
 
 def _gauss_legendre(points: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,7 +177,7 @@ def integrated_gradients(
         steps: Riemann steps m (20 in the paper).
         objective: "prob" (the paper) or "logprob" (log of the joint probability).
         alphas: "right" (k/m, the paper), "midpoint" ((k-½)/m), "linspace" (EleutherAI) or "gauss" (``steps``-point
-            Gauss–Legendre quadrature).
+            Gauss–Legendre quadrature, at most ``limits.MAX_GAUSS_POINTS`` points).
         layers: only these layers (others score 0); all by default.
         memory_budget: memory one batch of steps may use: bytes, or a size such as "4GiB" or "512MB" (default
             :func:`default_memory_budget`: KNEURON_MEMORY_BUDGET, else on CUDA a share of the free memory, else
@@ -222,10 +238,11 @@ def _integrated_gradients_many(
         >>> bag = IntegratedGradients(steps=20).attribute(lm, ["The capital of France is", "France's capital is"],
         ...                                               "Paris")
     """
-    steps = count("steps", steps)
+    steps = check_alphas(steps, alphas)
     rule = effective_norm(lm, norm)
     batch_rows = None if batch_rows is None else count("batch_rows", batch_rows)
     budget = limits.memory_budget(memory_budget) if memory_budget is not None else default_memory_budget(lm)
+    limits.check_steps_fit(steps, budget)  # before the prompts are encoded
     queries = encode_prompts(lm, prompts, answer)
     chosen = checked_layers(lm, layers, steps, len(queries), budget)
     points = alpha_points(steps, alphas)
@@ -359,7 +376,8 @@ class IntegratedGradients(Estimator):
 
     Args:
         steps: points of the sum (20 in the paper).
-        alphas: "right" (the paper's k/m), "midpoint", "linspace" or "gauss" (``steps``-point Gauss–Legendre).
+        alphas: "right" (the paper's k/m), "midpoint", "linspace" or "gauss" (``steps``-point Gauss–Legendre, at
+            most ``limits.MAX_GAUSS_POINTS``).
         objective: "prob" (the paper) or "logprob".
         memory_budget, batch_rows: how the steps are batched (they change no score beyond float rounding).
         norm: "frozen" or "live" for models that normalise each FFN output (Gemma 2/3, OLMo 2; see
@@ -376,12 +394,14 @@ class IntegratedGradients(Estimator):
     def __init__(self, steps: int = 20, alphas: AlphaRule = "right", objective: Objective = "prob", *,
                  memory_budget: int | str | None = None, batch_rows: int | None = None,
                  norm: NormRule | None = None) -> None:
-        self.steps = count("steps", steps)
-        alpha_points(self.steps, alphas)  # checks the rule
+        self.steps = check_alphas(steps, alphas)
+        # refused here, by arithmetic, when even one layer of one prompt could not fit: the host budget (given,
+        # $KNEURON_MEMORY_BUDGET or 2 GiB), since the rows' bookkeeping lives in host memory on any device
+        limits.check_steps_fit(self.steps, limits.host_budget(memory_budget))
         self.alphas = alphas
         self.objective = check_objective(objective)
         self.memory_budget = memory_budget
-        self.batch_rows = batch_rows
+        self.batch_rows = None if batch_rows is None else count("batch_rows", batch_rows)
         self.norm = check_norm(norm)
 
     def params(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kneuron.attribution.estimator_base import encode_prompts
 from kneuron.attribution.estimators import (
     ESTIMATORS,
     Estimator,
@@ -16,6 +17,7 @@ from kneuron.attribution.estimators import (
     estimator_names,
 )
 from kneuron.attribution.ffn_norm import with_effective_norm
+from kneuron.attribution.health import check_finite
 from kneuron.attribution.integrated_gradients import AlphaRule, Objective
 from kneuron.attribution.selection import refine
 from kneuron.attribution.types import KnowledgeNeurons, NeuronScores
@@ -181,6 +183,7 @@ def find_knowledge_neurons(
             raise InputError(f"{type(made_by).__name__} aims at the {AIMS[key]} {aims_at[key]}, not at "
                              f"{key}={wanted[key]}: make it with {key}={wanted[key]!r}.")
         made_by = estimator_from_params({**made_by.params(), **{key: wanted[key] for key in aims_at}})
+    check_finite(lm, encode_prompts(lm, prompts, answer))  # a damaged model is refused, naming where
     bag = made_by.attribute(lm, prompts, answer, layers=layers, on_prompt=on_prompt)
     found = refine(bag, share=share, threshold=threshold, fact=fact)
     found.params.update(made_by.params(), answer=answer)

@@ -34,6 +34,12 @@ DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 #: bytes of bookkeeping per (prompt, layer, α) row, all rows of a run held at once (a 4-tuple, its float and
 #: list slots: 104 bytes on CPython 3.12, rounded up)
 ROW_BOOKKEEPING = 128
+#: the most Gauss–Legendre points ``alphas="gauss"`` takes. Its nodes come from an m×m eigenproblem
+#: (``numpy.polynomial.legendre.leggauss``): m² floats and O(m³) time, so 30,000 points would need a 7.2 GB matrix
+#: before anything else ran, while 1,000 need 8 MB and under a second. The rule is for few points: m of them are
+#: exact for polynomials of degree 2m − 1 in α, and 4 to 6 come near a 200-step Riemann sum; past some tens a
+#: Riemann rule with as many steps costs nothing up front.
+MAX_GAUSS_POINTS = 1000
 
 _UNITS = {
     "": 1, "b": 1,
@@ -112,6 +118,33 @@ def check_run_fits(steps: int, layers: int, prompts: int, budget: int) -> None:
             f"whose bookkeeping alone needs about {format_size(need)}, more than the memory budget of "
             f"{format_size(budget)}; lower steps (the paper uses 20) or attribute fewer layers or prompts at once "
             f"(or raise memory_budget / {BUDGET_VARIABLE})."
+        )
+
+
+def check_gauss_points(steps: int) -> None:
+    """Refuse more Gauss–Legendre points than :data:`MAX_GAUSS_POINTS` (arithmetic only: nothing is computed)."""
+    if steps > MAX_GAUSS_POINTS:
+        raise InputError(
+            f"alphas 'gauss' takes at most {MAX_GAUSS_POINTS:,} points; got steps={steps:,}. Its nodes come from an "
+            f"m×m eigenproblem (about {format_size(8 * steps * steps)} for this many), and a few points already "
+            "integrate a smooth curve exactly: use fewer steps, or a Riemann rule (alphas 'right') for many.")
+
+
+def host_budget(value: int | str | None) -> int:
+    """The budget a check without a model measures host bookkeeping against: ``value``, else
+    ``$KNEURON_MEMORY_BUDGET``, else 2 GiB (the row descriptors live in host memory whatever the device)."""
+    return memory_budget(value)
+
+
+def check_steps_fit(steps: int, budget: int) -> None:
+    """Refuse ``steps`` whose smallest possible run (one layer, one prompt) already exceeds ``budget``: what an
+    estimator checks when it is made, before it has a model (arithmetic only)."""
+    need = steps * (ROW_BOOKKEEPING + 16)
+    if need > budget:
+        raise InputError(
+            f"steps={steps:,} is too many even for one layer of one prompt: its rows' bookkeeping alone needs about "
+            f"{format_size(need)}, more than the memory budget of {format_size(budget)}; lower steps (the paper "
+            f"uses 20) or raise memory_budget / {BUDGET_VARIABLE}."
         )
 
 

@@ -50,6 +50,7 @@ from kneuron.attribution.integrated_gradients import (
     _scores,
     alpha_points,
     batch_memory,
+    check_alphas,
     checked_layers,
     default_memory_budget,
     fill_zero_baselines,
@@ -221,8 +222,8 @@ class TwoStageIntegratedGradients(Estimator):
                  threshold: float = DEFAULT_THRESHOLD, share: float | str = "adaptive",
                  memory_budget: int | str | None = None, batch_rows: int | None = None,
                  norm: NormRule | None = None) -> None:
-        self.steps = count("steps", steps)
-        alpha_points(self.steps, alphas)  # checks the rule
+        self.steps = check_alphas(steps, alphas)
+        limits.check_steps_fit(self.steps, limits.host_budget(memory_budget))  # arithmetic, as IntegratedGradients
         if alphas == "gauss":
             raise InputError("two-stage-ig needs equally weighted points: use alphas 'right', 'midpoint' or "
                              "'linspace' (Gauss-Legendre's points have unequal weights).")

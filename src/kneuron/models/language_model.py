@@ -170,6 +170,23 @@ class LanguageModel:
         assert module is not None  # checked in __post_init__
         return module
 
+    def attention_out(self, layer: int) -> nn.Module:
+        """The attention output projection of ``layer`` (``ArchSpec.attention_out``): its output is what the attention
+        adds to the residual stream. Checked when asked for, not at load, so that a family whose attention path is
+        unknown still loads for everything else.
+
+        Raises:
+            UnsupportedArchitectureError: the spec names no attention output, or the block has no such module.
+        """
+        path = self.spec.attention_out
+        module = resolve(self.block(layer), path) if path else None
+        if module is None:
+            named = f"names {path!r}, which block {layer} does not have" if path else "names none"
+            raise UnsupportedArchitectureError(
+                f"The {self.spec.family!r} spec's attention output (attention_out) {named}: give its dotted path "
+                "inside a block (e.g. 'self_attn.o_proj') in the family's ArchSpec.")
+        return module
+
     def ffn_output_norm(self, layer: int) -> nn.Module | None:
         """The norm ``layer``'s block applies to its FFN output before the residual (Gemma 2/3, OLMo 2), or None."""
         if self.spec.ffn_output_norm is None:

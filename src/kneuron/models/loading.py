@@ -7,6 +7,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import pickle
 import shutil
 import struct
 import tempfile
@@ -77,6 +78,21 @@ def embedded_gguf(name: str) -> Path:
     if name == "gemma3-270m":
         return _assemble_gemma(dist)
     raise ModelLoadError(f"The package {dist_name!r} is installed but holds no .gguf file; reinstall it: {install}")
+
+
+def embedded_package_folders() -> list[Path]:
+    """The folders of the installed embedded-model packages (where their ``.gguf`` files or parts lie), found from
+    the distributions' file lists without reading, assembling or importing anything: places kneuron never writes."""
+    found: list[Path] = []
+    for dist_name, _ in EMBEDDED.values():
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for entry in dist.files or ():
+            if "gguf" in str(entry).lower() and ".dist-info" not in str(entry):
+                found.append(Path(str(dist.locate_file(entry))).parent.resolve())
+    return list(dict.fromkeys(found))
 
 
 def cache_root() -> Path:
@@ -399,6 +415,19 @@ def _read(source: str, gguf_file: str | None, *, dtype: torch.dtype | None, arch
                 source, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load {display!r}: {exc}") from exc
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) met something that is no tensor
+        raise ModelLoadError(
+            f"Could not load {display!r}: its pickle weights (.bin) hold more than tensors (objects, possibly code "
+            "to run), and kneuron never unpickles such files. Use a copy of the model in safetensors."
+        ) from None
+    except RuntimeError as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        if "mismatch" in str(exc).lower():
+            raise ModelLoadError(
+                f"Could not load {display!r}: the shapes of its weights do not match its config.json (another "
+                "model's weights, or an edited config). Give a folder whose config and weights belong together."
+            ) from None
+        raise ModelLoadError(f"Could not load {display!r}: {first}") from None
     return LanguageModel(network, tokenizer, spec, name=display)
 
 

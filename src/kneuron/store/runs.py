@@ -25,6 +25,7 @@ from typing import Any
 
 from kneuron.attribution.estimators import Estimator, estimator_from_params, estimator_names
 from kneuron.attribution.ffn_norm import check_norm, with_effective_norm
+from kneuron.attribution.health import check_finite
 from kneuron.attribution.integrated_gradients import ALPHA_RULES
 from kneuron.attribution.knowledge import AIMS, resolve_estimator
 from kneuron.errors import AtlasError, FactError, InputError, KneuronError
@@ -33,7 +34,8 @@ from kneuron.facts.fact import Fact
 from kneuron.facts.known import answer_ranks, known_share
 from kneuron.models.language_model import LanguageModel
 from kneuron.store.atlas import Atlas, model_identity
-from kneuron.store.chunks import DEFAULT_CHUNK_FACTS, Chunk, Executor, LocalExecutor, plan_chunks
+from kneuron.store.chunks import DEFAULT_CHUNK_FACTS, Chunk, Executor, LocalExecutor, chunk_prompts, plan_chunks
+from kneuron.store.files import damaged as files_damaged
 from kneuron.store.scores import KEEP_SCORES, keep_params
 
 
@@ -166,17 +168,18 @@ def _discarded_on_failure(atlas: Atlas):
             atlas.close()  # releases the run lock, which removing the file takes
             done = 1  # unless the atlas says otherwise, keep it
             with contextlib.suppress(KneuronError, OSError), Atlas.open(atlas.path, read_only=True) as check:
-                done = check.query("SELECT count(*) AS n FROM facts WHERE status = 'done'")[0]["n"]
+                done = check._rows("SELECT count(*) AS n FROM facts WHERE status = 'done'")[0]["n"]
             with contextlib.suppress(KneuronError, OSError):
                 if not done:
                     files.remove(atlas.path)
         raise
 
 
-def _same(fact: Fact, row: dict[str, Any]) -> bool:
-    import json
-
-    return (row["relation"], row["subject"], row["object"], tuple(json.loads(row["templates"]))) == (
+def _same(fact: Fact, row: dict[str, Any], atlas: Atlas) -> bool:
+    templates = atlas.stored_json(row["templates"], f"the templates of {row['id']!r}")
+    if not isinstance(templates, list):
+        raise files_damaged(atlas.path, f"the templates of {row['id']!r} are {templates!r}, not a list")
+    return (row["relation"], row["subject"], row["object"], tuple(templates)) == (
         fact.relation, fact.subject, fact.object, tuple(fact.templates))
 
 
@@ -224,7 +227,7 @@ def _register(atlas: Atlas, lm: LanguageModel, facts: list[Fact], *, known_only:
     existing = {row["id"]: row for row in atlas.fact_rows(status=None)}
     for fact in facts:
         row = existing.get(fact.id)
-        if row is not None and not _same(fact, row):
+        if row is not None and not _same(fact, row, atlas):
             raise AtlasError(
                 f"Fact {fact.id!r} in {atlas.path} differs from the one given ({row['subject']} -> {row['object']}, "
                 f"templates {row['templates']}); an atlas keeps one version of each fact. Start a new atlas: "
@@ -341,6 +344,8 @@ def run(
         console = Console(stderr=True)
     say = console.print if progress else (lambda *a, **k: None)
     check_facts(facts)  # before the atlas file exists
+    if facts:  # a model whose clean forward is not finite is refused before the atlas exists, naming the layer
+        check_finite(lm, [encode(lm, prompt, facts[0].object) for prompt in facts[0].prompts()])
     summary = RunSummary(Path(atlas_path))
     identity = model_identity(lm)
     with Atlas.for_run(atlas_path, identity, params, overwrite=overwrite,
@@ -389,7 +394,7 @@ def _announce(say, atlas: Atlas, summary: RunSummary, todo: int, known_only: boo
 def _generic_stale(atlas: Atlas) -> bool:
     """Whether the generic table was computed over fewer done facts than the atlas has (a run killed after
     its last fact but before it rewrote the table)."""
-    done = atlas.query("SELECT count(*) AS n FROM facts WHERE status = 'done'")[0]["n"]
+    done = atlas._rows("SELECT count(*) AS n FROM facts WHERE status = 'done'")[0]["n"]
     return done != atlas.meta.get("generic", {}).get("facts", 0)
 
 
@@ -405,10 +410,15 @@ def _compute(atlas: Atlas, lm: LanguageModel, todo: list[dict[str, Any]], params
     wanted = {row["id"] for row in todo}
     plan = plan_chunks(atlas.fact_rows(status=None), wanted, params["chunk_facts"])
     facts = {fact.id: fact for fact in atlas.facts(status=None)}
-    chunks = (Chunk(number, [facts[i] for i in ids], store) for number, ids, store in plan)
-    bar = RunProgress(console, len(todo), executor.name, progress_interval) if console is not None else nullcontext()
+    chunks = [Chunk(number, [facts[i] for i in ids], store) for number, ids, store in plan]
+    prompts = sum(chunk_prompts(chunk, params) for chunk in chunks)
+    bar = (RunProgress(console, len(todo), executor.name, progress_interval, prompts=prompts)
+           if console is not None else nullcontext())
     with bar as progress:
-        for result in executor.map(chunks, params, identity):
+        on_prompt = progress.prompt_done if progress is not None else None
+        for result in executor.map(iter(chunks), params, identity, on_prompt=on_prompt):
+            if progress is not None:
+                progress.chunk_done(result.prompts)
             for fact in result.results:
                 written = time.perf_counter()
                 atlas.store_fact(fact.fact_id, fact.kn, fact.probabilities, fact.baseline, fact.compute_seconds)
