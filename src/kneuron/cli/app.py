@@ -231,7 +231,8 @@ def given_options(ctx: typer.Context, *names: str) -> list[str]:
 
 
 def parse_estimator(name: str, screen: int | None, *, steps: int, objective: str, alphas: str,
-                    norm: str | None = None, threshold: float | None = None, given: Sequence[str] = ()):
+                    norm: str | None = None, threshold: float | None = None, share: str | None = None,
+                    given: Sequence[str] = ()):
     """``--estimator``, ``--screen`` (and the integrated-gradients options) as what the library takes: None for the
     exact default (``--estimator ig`` without a screen: the library's own default path), else an Estimator.
     ``given``: which of ``steps``, ``alphas`` and ``objective`` the user gave; one the estimator does not use is
@@ -253,7 +254,8 @@ def parse_estimator(name: str, screen: int | None, *, steps: int, objective: str
                            f"--estimator ig, not {name}: drop --screen or use --estimator ig.")
     chosen = resolve_estimator(name, steps=steps, objective=objective, alphas=alphas, screen=screen,  # checks them
                                **({} if norm is None else {"norm": norm}),
-                               **({} if threshold is None else {"threshold": threshold}))  # two-stage-ig aims at it
+                               **({} if threshold is None else {"threshold": threshold}),  # two-stage-ig aims at
+                               **({} if share is None else {"share": parse_share(share)}))  # them
     unused = [f"--{option}" for option in given if option not in chosen.params()]
     if unused:
         takes = [f"--{k}" for k in ("steps", "alphas", "objective") if k in chosen.params()]

@@ -96,7 +96,7 @@ def run_command(
 
     chosen = parse_relations(relations)
     chosen_estimator = parse_estimator(estimator, screen, steps=steps, objective=objective, alphas=alphas, norm=norm,
-                                       threshold=threshold,
+                                       threshold=threshold, share=share,
                                        given=given_options(ctx, "steps", "alphas", "objective"))
     # a malformed file, a missing relation or an empty set fails here, before the model loads or anything is written
     loaded = load_facts(facts)

@@ -128,7 +128,8 @@ def find(
     from kneuron.attribution import IntegratedGradients, find_knowledge_neurons
 
     chosen = parse_estimator(estimator, screen, steps=steps, objective=objective, alphas=alphas,  # before the load
-                             norm=norm, threshold=threshold, given=given_options(ctx, "steps", "alphas", "objective"))
+                             norm=norm, threshold=threshold, share=share,
+                             given=given_options(ctx, "steps", "alphas", "objective"))
     lm = load_model(model, device)
     prompts = [parse_prompt(lm, text) for text in prompt]
     columns = (TextColumn("attributing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kneuron.attribution.estimators import ScreenedIntegratedGradients, estimator_from_params
+from kneuron.attribution.estimators import estimator_from_params
 from kneuron.attribution.knowledge import SCREEN_LAYERS, layer_list
 from kneuron.attribution.selection import activation_baseline, refine
 from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores
@@ -112,10 +112,10 @@ def compute_chunk(lm: LanguageModel, chunk: Chunk, params: dict[str, Any],
 
     Exact integrated gradients (the default) attributes every prompt of the chunk in one
     ``IntegratedGradients.attribute`` call (prompts of the same shape share batches across facts); another
-    estimator attributes the chunk's prompts in one ``estimator.attribute`` call; a screened run
-    (:class:`ScreenedIntegratedGradients`) screens each fact to be stored on its own (its prompts are one bag) and
-    records the layers chosen in the fact's params (``"screen_layers"``, a comma list). ``on_prompt()`` is called
-    as the estimator finishes each prompt (it does not change the scores).
+    estimator attributes the chunk's prompts in one ``estimator.attribute`` call; one whose rule reads the whole
+    bag (``Estimator.per_bag``: a screened run, two-stage-ig) is called once per fact to be stored (its prompts are
+    one bag), and the layers it computed are recorded in the fact's params (``"screen_layers"``, a comma list).
+    ``on_prompt()`` is called as the estimator finishes each prompt (it does not change the scores).
 
     Each stored fact's prompts get their answer probabilities and ranks in one padded batch
     (:func:`~kneuron.facts.probabilities.answer_probability_many`), a batch of that fact's prompts alone, so that
@@ -129,13 +129,14 @@ def compute_chunk(lm: LanguageModel, chunk: Chunk, params: dict[str, Any],
     extra: dict[int, dict[str, Any]] = {}
     wanted = set(chunk.store)
     encoded: dict[int, list[EncodedQuery]] = {}
-    if isinstance(estimator, ScreenedIntegratedGradients):
+    if estimator.per_bag:
         for number, fact in enumerate(chunk.facts):
             if fact.id in wanted:
                 start = time.perf_counter()
                 encoded[number] = [encode(lm, p, fact.object) for p in fact.prompts()]
                 bags[number] = estimator.attribute(lm, encoded[number], on_prompt=report)
-                extra[number] = {SCREEN_LAYERS: layer_list(bags[number][0].screen_layers or ())}
+                computed = {layer for scores in bags[number] for layer in scores.screen_layers or ()}
+                extra[number] = {SCREEN_LAYERS: layer_list(sorted(computed))}
                 seconds[number] = time.perf_counter() - start
     else:
         queries, owners = [], []
@@ -186,8 +187,8 @@ class LocalExecutor:
 
 def chunk_prompts(chunk: Chunk, params: dict[str, Any]) -> int:
     """How many prompts :func:`compute_chunk` attributes for ``chunk``: every fact's (they share batches), or only
-    the stored facts' in a screened run (each is screened on its own)."""
-    screened = isinstance(estimator_from_params(params), ScreenedIntegratedGradients)
+    the stored facts' for an estimator that takes one fact's bag per call (each is screened on its own)."""
+    screened = estimator_from_params(params).per_bag
     return sum(len(fact.prompts()) for fact in chunk.facts if not screened or fact.id in chunk.store)
 
 

@@ -27,7 +27,7 @@ from kneuron.attribution.estimators import Estimator, estimator_from_params, est
 from kneuron.attribution.ffn_norm import check_norm, with_effective_norm
 from kneuron.attribution.health import check_finite
 from kneuron.attribution.integrated_gradients import ALPHA_RULES
-from kneuron.attribution.knowledge import resolve_estimator
+from kneuron.attribution.knowledge import AIMS, resolve_estimator
 from kneuron.errors import AtlasError, FactError, InputError, KneuronError
 from kneuron.facts.encoding import encode
 from kneuron.facts.fact import Fact
@@ -104,13 +104,15 @@ def run_params(*, steps: int, threshold: float, share: float | str, objective: s
         raise InputError(f"norm={norm!r} belongs to the estimator: give it when making "
                          f"{type(estimator).__name__}(..., norm={norm!r}), or pass the estimator's name.")
     chosen = resolve_estimator(estimator, steps=int(steps), objective=objective, alphas=alphas,  # type: ignore[arg-type]
-                               screen=screen, threshold=float(threshold),  # an estimator that aims at it takes it
+                               screen=screen, threshold=float(threshold),  # an estimator that aims at them
+                               share=share if share == "adaptive" else float(share),  # takes them
                                **({} if norm is None else {"norm": check_norm(norm)}))
-    aims_at = chosen.params().get("threshold")
-    if aims_at is not None and aims_at != float(threshold):
-        raise InputError(f"{type(chosen).__name__} aims at the coarse threshold {aims_at:g} but the run's is "
-                         f"{float(threshold):g}: give the estimator threshold={float(threshold):g}, or the run "
-                         f"threshold={aims_at:g}.")
+    wanted = {"threshold": float(threshold), "share": share if share == "adaptive" else float(share)}
+    for key, value in wanted.items():
+        aims_at = chosen.params().get(key)
+        if aims_at is not None and aims_at != value:
+            raise InputError(f"{type(chosen).__name__} aims at the {AIMS[key]} {aims_at} but the run's is "
+                             f"{value}: give the estimator {key}={value!r}, or the run {key}={aims_at!r}.")
     if estimator_from_params(chosen.params()) != chosen:  # what every chunk (and Ray worker) rebuilds it from
         raise InputError(f"{type(chosen).__name__} is not in the estimator registry, so a run cannot rebuild it "
                          "from the atlas's params: register it with kneuron.attribution.estimators."

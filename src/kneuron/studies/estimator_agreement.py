@@ -366,8 +366,8 @@ def estimator_for(label: str, params: Mapping[str, object]) -> Estimator:
         raise KneuronError(f"Unknown estimator {label!r}: use {', '.join(estimator_names())} or "
                            f"{GAUSS_PREFIX}N (N-point Gauss–Legendre IG).")
     # the atlas's run settings, for an estimator that takes them (two-stage-ig: IG's steps and alphas, the
-    # coarse threshold it aims at); estimator_named gives each estimator only the settings it takes
-    settings = {key: params[key] for key in ("steps", "alphas", "threshold") if params.get(key) is not None}
+    # coarse threshold and share it aims at); estimator_named gives each estimator only the settings it takes
+    settings = {key: params[key] for key in ("steps", "alphas", "threshold", "share") if params.get(key) is not None}
     return estimator_named(label, **settings, objective=objective)
 
 
