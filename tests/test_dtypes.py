@@ -66,7 +66,11 @@ def test_bfloat16_estimators_and_edit_agree_with_float32(family):
     for name, bag in full.items():
         for a, b in zip(bag, half[name], strict=True):
             assert b.scores.dtype == torch.float64 and torch.isfinite(b.scores).all(), name
-            assert pearson(a.scores, b.scores) >= PEARSON, name
+            if a.screen_layers is None:
+                assert pearson(a.scores, b.scores) >= PEARSON, name
+            else:  # an adaptive screen may finish other layers in bfloat16: compare those both finished
+                common = sorted(set(a.screen_layers) & set(b.screen_layers))
+                assert common and pearson(a.scores[common], b.scores[common]) >= PEARSON, name
             assert abs(b.probability - a.probability) <= PROBABILITY * a.probability, name
             assert b.activations.dtype == torch.bfloat16  # the model's own values, kept as they were
     prompt = BAGS[lm32.kind][0]
