@@ -53,6 +53,19 @@ def _unfused(monkeypatch):
     monkeypatch.setattr(step_rows, "fusable_head", lambda lm: False)
 
 
+def _counting_fused_calls(monkeypatch) -> list[int]:
+    """Count the rows that go through the fused head (so that a test sees the route it compares taken)."""
+    calls: list[int] = []
+    real = fused_head.answer_log_probs
+
+    def counted(x, head, answers, chunk=None):
+        calls.append(x.shape[0])
+        return real(x, head, answers, chunk)
+
+    monkeypatch.setattr(fused_head, "answer_log_probs", counted)
+    return calls
+
+
 @pytest.mark.parametrize("family", ["gemma3", "bert", "gpt2"])  # the sliding-window model; a head with a bias; tied
 @pytest.mark.parametrize("chunk", [None, 5])
 def test_integrated_gradients_through_the_fused_head_equal_the_models_head(family, chunk, monkeypatch):
@@ -60,24 +73,30 @@ def test_integrated_gradients_through_the_fused_head_equal_the_models_head(famil
     query = encode(lm, PROMPTS[lm.kind], "Copenhagen")  # two answer tokens
     if chunk is not None:
         monkeypatch.setattr(fused_head, "CHUNK", chunk)  # several chunks of the tiny vocabulary
-    with frozen_parameters(lm.model):
-        assert step_rows.make_plan(lm, query, "prob").fused_head
+    calls = _counting_fused_calls(monkeypatch)
     fused = integrated_gradients(lm, query, steps=4)
+    assert sum(calls) >= 3 * 4  # every (layer, α) row went through the fused head
     _unfused(monkeypatch)
-    with frozen_parameters(lm.model):
-        assert not step_rows.make_plan(lm, query, "prob").fused_head
+    calls.clear()
     own = integrated_gradients(lm, query, steps=4)
+    assert not calls
     assert float((fused.scores - own.scores).abs().max() / own.scores.abs().max()) < 1e-10
     assert torch.allclose(fused.baseline, own.baseline, rtol=1e-12, atol=0)
     assert fused.probability == own.probability
 
 
 @pytest.mark.parametrize("family", ["gemma2", "granite", "cohere"])  # logit soft-capping, divisor, scale
-def test_models_that_change_the_heads_output_keep_their_own_head(family):
+def test_models_that_change_the_heads_output_keep_their_own_head(family, monkeypatch):
     lm = tiny_lm(family, dtype=torch.float64)
+    query = encode(lm, PROMPTS[lm.kind], "Paris")
     with frozen_parameters(lm.model):
-        assert fusable_head(lm)  # the head itself is a plain Linear...
-        assert not step_rows.make_plan(lm, encode(lm, PROMPTS[lm.kind], "Paris"), "prob").fused_head  # ...but
+        assert fusable_head(lm)  # the head itself is a plain Linear, but the model changes its output
+    assert not step_rows.make_plan(lm, query, "prob").fused_head
+    gemma3 = tiny_lm("gemma3", dtype=torch.float64)  # which returns it unchanged
+    assert step_rows.make_plan(gemma3, encode(gemma3, PROMPTS["causal"], "Paris"), "prob").fused_head
+    calls = _counting_fused_calls(monkeypatch)
+    integrated_gradients(lm, query, steps=2)
+    assert not calls
 
 
 def test_head_needs_frozen_weights_and_no_hooks_of_its_own():

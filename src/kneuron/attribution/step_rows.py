@@ -74,8 +74,8 @@ class Plan:
     vocab_size: int = 0
     #: (layers,) float64: each layer's post-FFN norm factor 1/RMS at the position (models with such a norm)
     norm_scales: torch.Tensor | None = None
-    #: whether the rows may read the answer's log-probability through the fused head (the head allows it and the
-    #: model returned the head's output unchanged as its logits on the clean pass)
+    #: whether the model returned its head's output unchanged as its logits on the clean pass, so that the rows may
+    #: read the answer's log-probability through the fused head (where the head itself allows it when they run)
     fused_head: bool = False
 
     @property
@@ -129,7 +129,7 @@ def make_plan(lm: LanguageModel, query: EncodedQuery, objective: Objective) -> P
             stack.enter_context(recording_norm_scales(lm, local, norm_scales))
         stack.enter_context(recording_head_output(lm, head_outputs))
         logits = forward_logits(lm, step_ids[None], target_tensor[None], copy.deepcopy(cache))
-    fused = fusable_head(lm) and len(head_outputs) == 1 and logits is head_outputs[0]
+    fused = len(head_outputs) == 1 and logits is head_outputs[0]
     log_p = answer_token_log_probs(logits, answer_ids[None]).double().sum(-1)
     value = objective_of(log_p[:, None], objective)  # in float64: exp() of a float32 log P below -103 is 0
     activations = torch.stack([acts[layer] for layer in range(lm.n_layers)])
@@ -248,7 +248,7 @@ def run_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objecti
         if narrowed:
             stack.enter_context(ffn_only_at(lm, targets))
         answers = by_prompt({p: plans[p].answer_ids[None] for p in every}, every)
-        if all(plans[p].fused_head for p in every):
+        if fusable_head(lm) and all(plans[p].fused_head for p in every):
             log_p = forward_answer_log_probs(lm, plans[first_prompt].input_ids[None], targets, answers, cache).sum(-1)
         else:
             logits = forward_logits(lm, plans[first_prompt].input_ids[None], targets, cache)
