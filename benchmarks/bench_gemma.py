@@ -45,6 +45,7 @@ from kneuron.attribution import step_rows  # noqa: E402
 from kneuron.attribution.integrated_gradients import integrated_gradients  # noqa: E402
 from kneuron.facts import encode  # noqa: E402
 from kneuron.facts.builtin import builtin_facts  # noqa: E402
+from kneuron.models import fused_head  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "bench_gemma.json"
 STEPS = 20
@@ -76,15 +77,16 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def group(name: str, shapes: list) -> str:
-    """An operator's group in the profile: the head's products, the log-softmax, other products, attention..."""
-    vocab_sized = any(isinstance(s, list) and any(d >= 100_000 for d in s) for s in shapes)
+def group(name: str, shapes: list, head_dims: set[int]) -> str:
+    """An operator's group in the profile: the head's products, the log-softmax, other products, attention...
+    (an operator is the head's when one of its inputs has a vocabulary-sized or a fused head's chunk-sized dim)"""
+    vocab_sized = any(isinstance(s, list) and any(d in head_dims for d in s) for s in shapes)
     if name in ("aten::mm", "aten::addmm", "aten::bmm"):
         return "head products (vocabulary-sized)" if vocab_sized else "block products"
     if "log_softmax" in name or (vocab_sized and name in ("aten::fill_", "aten::zero_", "aten::scatter_add_")):
         return "log-softmax, its backward and its zero-filled gradient"
     if vocab_sized:
-        return "other vocabulary-sized element-wise work (exp, max, sum)"
+        return "the head's element-wise work (exp, max, sum over the vocabulary)"
     if "scaled_dot_product" in name or "softmax" in name:
         return "attention (sliding window and global)"
     if name in ("aten::_to_copy", "aten::to", "aten::copy_"):
@@ -97,12 +99,13 @@ def profile(lm, query) -> dict[str, dict[str, float]]:
     from torch.profiler import profile as torch_profile
 
     out: dict[str, dict[str, float]] = {}
+    head_dims = {lm.model.config.vocab_size, fused_head.CHUNK}
     for route, enter in ROUTES.items():
         with enter(), torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             integrated_gradients(lm, query, steps=STEPS)
         groups: dict[str, float] = defaultdict(float)
         for event in prof.key_averages(group_by_input_shape=True):
-            groups[group(event.key, event.input_shapes)] += event.self_cpu_time_total / 1e6
+            groups[group(event.key, event.input_shapes, head_dims)] += event.self_cpu_time_total / 1e6
         out[route] = dict(sorted(groups.items(), key=lambda kv: -kv[1]))
         total = sum(groups.values())
         print(f"\n[profile, {route} route] one prompt, {total:.2f} s of self CPU time (profiler on)")
@@ -117,6 +120,7 @@ def main() -> None:
     parser.add_argument("--fact", default="language:Brazil", help="a built-in fact's id")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="also profile one prompt per route")
+    parser.add_argument("--prompts", type=int, default=None, help="only the fact's first N prompts")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -125,7 +129,7 @@ def main() -> None:
     lm = kneuron.load(args.model)
     load_s = time.perf_counter() - started
     fact = next(f for f in builtin_facts() if f.id == args.fact)
-    queries = [encode(lm, prompt, fact.object) for prompt in fact.prompts()]
+    queries = [encode(lm, prompt, fact.object) for prompt in fact.prompts()[:args.prompts]]
     print(f"{lm!r}; torch threads {torch.get_num_threads()}; fact {fact.id} -> {fact.object!r}, "
           f"{len(queries)} prompts, {STEPS} steps (loaded in {load_s:.0f} s); load average {load_before}")
     for enter in ROUTES.values():  # warm-up
