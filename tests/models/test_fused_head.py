@@ -134,3 +134,4 @@ def test_the_prefix_cache_is_the_same_without_the_heads_logits(family):
     assert calls[0][1] == 0 and calls[1][1] == ids.shape[1]  # no position through the head, then all of them
     for ours, theirs in zip(cache_layers(lm, cache), cache_layers(lm, full), strict=True):
         assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+

@@ -13,8 +13,10 @@ time of a prompt (profiled). The floating-point work that cannot be avoided is t
 logsumexp as in flash attention: per chunk c it computes z = h W_cᵀ + b_c, updates the running maximum m and
 sum s of exp(z − m), and accumulates exp(z − m) W_c into the gradient's numerator g (both rescaled by
 exp(m_old − m_new) when the maximum grows), so each chunk's logits are used once while in cache and never kept.
-Then log p = z_y − (m + log s) and d log p / dh = W[y] − g / s. It is the same value and gradient as the
-model's head and ``log_softmax`` up to the order of float additions.
+Then log p = z_y − (m + log s) and d log p / dh = W[y] − g / s, computed as (1 − p_y) W[y] − g_{≠y} / s with
+the answer's own term left out of g and of 1 − p_y = s_{≠y} / s (as the log-softmax backward's one-hot − softmax
+does; W[y] − g / s would cancel digits when p_y is near 1). It is the same value and gradient as the model's head
+and ``log_softmax`` up to the order of float additions.
 
 :func:`answer_log_probs_head` swaps it into a model for a forward pass (the head's instance ``forward``, put back
 exactly on exit, also after an exception); :func:`fusable_head` says when that is allowed: a plain ``nn.Linear``
@@ -47,24 +49,34 @@ class _AnswerLogProb(torch.autograd.Function):
                 answers: torch.Tensor, chunk: int) -> torch.Tensor:
         gradient = ctx.needs_input_grad[0]
         rows = x.shape[0]
+        every = torch.arange(rows, device=x.device)
         peak = x.new_full((rows,), -torch.inf)
-        total = x.new_zeros(rows)
-        numerator = x.new_zeros(rows, x.shape[1]) if gradient else None
+        other = x.new_zeros(rows)  # sum of exp(z - peak) over the tokens other than each row's answer
+        answer_e = x.new_zeros(rows)  # exp(z_answer - peak)
+        answer_z = x.new_zeros(rows)
+        numerator = x.new_zeros(rows, x.shape[1]) if gradient else None  # sum over the other tokens of e_v W_v
         for start in range(0, weight.shape[0], chunk):
             w = weight[start:start + chunk]
             z = x @ w.T if bias is None else torch.addmm(bias[start:start + chunk], x, w.T)
             new_peak = torch.maximum(peak, z.amax(-1))
             rescale = torch.exp(peak - new_peak)
             e = torch.exp(z - new_peak[:, None])
-            total = total * rescale + e.sum(-1)
+            local = answers - start
+            inside = every[(local >= 0) & (local < w.shape[0])]
+            answer_e = answer_e * rescale
+            answer_z[inside] = z[inside, local[inside]]
+            answer_e[inside] = e[inside, local[inside]]
+            e[inside, local[inside]] = 0.0
+            other = other * rescale + e.sum(-1)
             if numerator is not None:
                 numerator = torch.addmm(numerator * rescale[:, None], e, w)
             peak = new_peak
-        own = weight[answers]
-        target = (x * own).sum(-1) + (0.0 if bias is None else bias[answers])
+        total = other + answer_e
         if numerator is not None:
-            ctx.save_for_backward(own - numerator / total[:, None])
-        return target - (peak + torch.log(total))
+            # d log p / dh = W[y] - sum_v p_v W_v = (1 - p_y) W[y] - sum_{v != y} p_v W_v, with 1 - p_y = other / total
+            # summed over the other tokens: no cancellation when p_y is near 1 (W[y] - g / s would lose digits)
+            ctx.save_for_backward((other / total)[:, None] * weight[answers] - numerator / total[:, None])
+        return answer_z - (peak + torch.log(total))
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
