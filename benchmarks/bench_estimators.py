@@ -8,7 +8,8 @@ The facts are the demo's: the built-in facts the model knows, the first ``--per-
 in this order): exact IG (20 steps, the paper's right Riemann sum), gradient x activation (gxa), log
 probability increase (lpi, when registered and the model supports it), Gauss–Legendre IG with 5 points, and
 screen-then-exact (``ScreenedIntegratedGradients``) for each K of ``--screen-ks``, and two-stage
-integrated gradients (``TwoStageIntegratedGradients``) for each ``screen_points:margin`` of ``--two-stage``.
+integrated gradients (``TwoStageIntegratedGradients``) for each ``screen_points:margin:top_margin:ablation_margin``
+of ``--two-stage``.
 Torch runs on ``--threads`` threads (1 by default).
 
 Per estimator, against exact IG on the same prompts:
@@ -50,6 +51,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import kneuron  # noqa: E402
+from json_results import command_line, summary_of, write_results  # noqa: E402  (benchmarks/)
 from kneuron.attribution import coarse_neurons, refine  # noqa: E402
 from kneuron.attribution.estimators import (  # noqa: E402
     ESTIMATORS,
@@ -79,7 +81,7 @@ def why_differs(full_bag, chosen: list[int]) -> str:
 def compare(into: dict[str, list[float]], bag, full) -> bool:
     """Add one fact's agreement figures to ``into``; whether its refined neurons equal full IG's."""
     refined, reference = refine(bag), refine(full)
-    same = refined.keys == reference.keys
+    same = set(refined.keys) == set(reference.keys)  # the same neurons (their order by mean score may differ)
     into["jaccard"].append(jaccard(refined.keys, reference.keys))
     into["same_refined"].append(float(same))
     for mine, theirs in zip(bag, full, strict=True):
@@ -102,9 +104,9 @@ def main() -> None:
     parser.add_argument("--screen-k", type=int, default=6, help="the K of the last line")
     parser.add_argument("--screen-ks", default="4,6,8")
     parser.add_argument("--reference-prompts", type=int, default=2)
-    parser.add_argument("--two-stage", default="2:0.5,2:0.25,4:0.5",
-                        help="two-stage-ig settings to measure, as screen_points:margin pairs (the first is the "
-                             "last line's)")
+    parser.add_argument("--two-stage", default="2:0.7:0.8:1.0,2:0.7:0.8:1.5,2:0.5:0.8:1.0,1:0.7:0.8:1.0",
+                        help="two-stage-ig settings to measure, each screen_points:margin[:top_margin"
+                             "[:ablation_margin]] (the first is the last line's)")
     parser.add_argument("--skip", default="", help="comma list of estimators not to measure (e.g. lpi,screen4)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -130,9 +132,11 @@ def main() -> None:
         estimators[f"screen{k}"] = ScreenedIntegratedGradients(k)
     two_stage = []
     for setting in filter(None, args.two_stage.split(",")):
-        points, margin = setting.split(":")
-        name = f"two-stage p={points} m={margin}"
-        estimators[name] = TwoStageIntegratedGradients(screen_points=int(points), margin=float(margin))
+        fields = setting.split(":")
+        options = dict(zip(("screen_points", "margin", "top_margin", "ablation_margin"), fields, strict=False))
+        name = "two-stage " + ":".join(fields)
+        estimators[name] = TwoStageIntegratedGradients(**{key: int(value) if key == "screen_points" else float(value)
+                                                          for key, value in options.items()})
         two_stage.append(name)
     for name in filter(None, args.skip.split(",")):
         if name == "ig" or name not in estimators:
@@ -221,9 +225,11 @@ def main() -> None:
         return (f"{short}_speedup={per_prompt['ig'] / per_prompt[name]:.1f} "
                 f"{short}_same_refined={np.mean(measures[name]['same_refined']):.2f}")
 
-    print(f"{fields('gxa', 'gxa')} {fields('lpi', 'lpi')} screen_k={args.screen_k} "
-          f"{same_and_speed(f'screen{args.screen_k}', 'screen')} "
-          f"{same_and_speed(two_stage[0] if two_stage else '', 'two_stage')}")
+    line = (f"{fields('gxa', 'gxa')} {fields('lpi', 'lpi')} screen_k={args.screen_k} "
+            f"{same_and_speed(f'screen{args.screen_k}', 'screen')} "
+            f"{same_and_speed(two_stage[0] if two_stage else '', 'two_stage')}")
+    write_results("bench_estimators", command=command_line("bench_estimators.py"), tables=[], summary=summary_of(line))
+    print(line)
 
 
 if __name__ == "__main__":

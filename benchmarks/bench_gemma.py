@@ -10,8 +10,8 @@ Run with ``.venv/bin/python benchmarks/bench_gemma.py`` after ``make gemma``. On
 * **new**: kneuron as it is (:mod:`kneuron.models.fused_head`).
 
 Per prompt the two run alternately (which goes first alternates too) and the float32 matrix-multiply rate is
-measured just before (``flop_bound.matmul_rate``: a 2048 × 2048 product, best of 3). The bound is
-``flop_bound.lower_bound_flops`` (the FLOPs exact IG cannot avoid: the clean pass, and per (layer, α) row
+measured just before (``bounds.matmul_rate``: a 2048 × 2048 product, best of 3). The bound is
+``bounds.lower_bound_flops`` (the FLOPs exact IG cannot avoid: the clean pass, and per (layer, α) row
 the rows' blocks above the layer and the head, forward and input-backward; for this 262k-token head the backward's
 Wᵀ·softmax is a full head-sized product too, see the fused head's docstring) divided by that rate. A fact's seconds
 are the sum over its prompts; the share of the bound is bound / measured. Scores: the largest |new − old| over a
@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import kneuron  # noqa: E402
-from flop_bound import lower_bound_flops, matmul_rate  # noqa: E402
+from bounds import lower_bound_flops, matmul_rate  # noqa: E402
 from kneuron.attribution import step_rows  # noqa: E402
 from kneuron.attribution.integrated_gradients import integrated_gradients  # noqa: E402
 from kneuron.facts import encode  # noqa: E402

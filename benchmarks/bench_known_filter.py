@@ -36,6 +36,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from json_results import command_line, summary_of, write_results  # noqa: E402  (benchmarks/)
 from kneuron.facts import encode, load_facts, write_jsonl  # noqa: E402
 from kneuron.facts.fact import Fact  # noqa: E402
 from kneuron.facts.known import answer_ranks, answer_ranks_one_by_one  # noqa: E402
@@ -156,7 +157,10 @@ def main() -> None:
 
         lm = kneuron.load()
         case("smollm2", lm, load_facts("builtin", causal=True), results)
-    print(" ".join(f"{key}={value}" for key, value in results.items()))
+    line = " ".join(f"{key}={value}" for key, value in results.items())
+    write_results("bench_known_filter", command=command_line("bench_known_filter.py"), tables=[],
+                  summary=summary_of(line))
+    print(line)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -28,6 +29,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 import kneuron  # noqa: E402
+from json_results import table, write_results  # noqa: E402  (benchmarks/, the script's folder)
 from kneuron.attribution.integrated_gradients import integrated_gradients  # noqa: E402
 from kneuron.facts import encode  # noqa: E402
 
@@ -47,6 +49,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--min-delta", type=float, default=0.01)
+    parser.add_argument("--json", default=None, help="where to write the results (default: "
+                                                      "benchmarks/results/bench_norm_completeness.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lm = kneuron.load(args.model)
@@ -54,6 +58,7 @@ def main() -> None:
     print(f"{lm!r}; torch threads {torch.get_num_threads()}; prompts {args.prompts}; steps {steps_list}")
     queries = [encode(lm, prompt, answer) for prompt, answer in PROMPTS[:args.prompts]]
     last: dict[str, float] = {}
+    rows: list[list] = []
     print(f"{'rule':<7}{'steps':>6}{'layers':>8}{'median |gap|/|dP|':>20}{'within 5%':>11}{'sum|gap|/sum|dP|':>18}"
           f"{'s/prompt':>10}")
     for steps in steps_list:
@@ -75,7 +80,15 @@ def main() -> None:
             total = float(torch.cat(gaps).sum() / torch.cat(deltas).sum())
             print(f"{rule:<7}{steps:>6}{len(relative):>8}{median:>20.4f}{within:>11.0%}{total:>18.4f}{seconds:>10.1f}")
             last[rule] = median
-    print(f"frozen_median_gap={last['frozen']:.4f} live_median_gap={last['live']:.4f}")
+            rows.append([rule, steps, len(relative), median, within, total, seconds])
+    summary = {"frozen_median_gap": round(last["frozen"], 4), "live_median_gap": round(last["live"], 4)}
+    print(" ".join(f"{key}={value:.4f}" for key, value in summary.items()))
+    command = ("python benchmarks/bench_norm_completeness.py " + " ".join(sys.argv[1:])).strip()
+    columns = ["rule", "steps", "layers", "median |gap| / |P(1) − P(0)|", "share of layers within 5%",
+               "Σ|gap| / Σ|P(1) − P(0)|", "s/prompt"]
+    write_results("bench_norm_completeness", command=command, summary=summary, path=args.json,
+                  tables=[table(f"Completeness gap per layer on {lm.name} ({args.prompts} prompts; layers whose "
+                                f"|P(1) − P(0)| is at least {args.min_delta:.0%} of P(1))", columns, rows)])
 
 
 if __name__ == "__main__":

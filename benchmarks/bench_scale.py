@@ -40,6 +40,7 @@ os.environ.setdefault("PYTHONUNBUFFERED", "1")
 import torch  # noqa: E402
 
 import kneuron  # noqa: E402
+from json_results import command_line, summary_of, write_results  # noqa: E402  (benchmarks/)
 from kneuron.facts import causal_templates, load_facts  # noqa: E402
 from kneuron.parallel import RayExecutor  # noqa: E402
 from kneuron.store import Atlas, run  # noqa: E402
@@ -192,11 +193,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         figures = real_model_part(args, Path(tmp))
         recovered = tiny_part(args, Path(tmp))
-    print(f"facts={figures['facts']} local_fph={figures['local_fph']:.0f} ray1_fph={figures['ray1_fph']:.0f} "
+    line = (f"facts={figures['facts']} local_fph={figures['local_fph']:.0f} ray1_fph={figures['ray1_fph']:.0f} "
           f"ray2_fph={figures['ray2_fph']:.0f} ray_equal_local={figures['ray_equal_local']} "
           f"killed_worker_recovered={recovered} cross_fact_speedup={figures['cross_fact_speedup']:.2f} "
           f"sparse_bytes_per_prompt={figures['sparse_bytes_per_prompt']:.0f} "
           f"full_bytes_per_prompt={figures['full_bytes_per_prompt']}")
+    write_results("bench_scale", command=command_line("bench_scale.py"), tables=[], summary=summary_of(line))
+    print(line)
 
 
 if __name__ == "__main__":

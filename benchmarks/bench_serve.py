@@ -28,6 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
+from json_results import command_line, table, write_results  # noqa: E402  (benchmarks/, the script's folder)
+
 REPEATS = 5
 COPIES = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
 
@@ -122,9 +124,15 @@ def main() -> None:
     a, b = measure(small), measure(large)
     print(f"{'':24} {'first request: small s':>22} {'large s':>9} {'ratio':>7}   {'again: small s':>14} "
           f"{'large s':>9} {'ratio':>7}")
+    rows = []
     for name in a:
         (c1, w1), (c2, w2) = a[name], b[name]
         print(f"{name:24} {c1:22.4f} {c2:9.4f} {c2 / c1:7.1f}   {w1:14.4f} {w2:9.4f} {w2 / w1:7.1f}")
+        rows.append([name, c1, c2, c2 / c1, w1, w2, w2 / w1])
+    columns = ["page", "first request: small s", "large s", "ratio", "again: small s", "large s", "ratio"]
+    write_results("bench_serve", command=command_line("bench_serve.py"), summary={"large_facts": facts},
+                  tables=[table(f"Page times, 10 facts against {facts:,} facts (best of {REPEATS}, one thread)",
+                                columns, rows)])
 
 
 if __name__ == "__main__":

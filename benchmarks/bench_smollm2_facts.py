@@ -169,6 +169,10 @@ def main() -> None:
                           f"{row['probability']:.3f}", "yes" if row["top1"] else "-", "yes" if row["greedy"] else "-")
         console.print(facts)
 
+    from json_results import command_line, write_results  # benchmarks/, the script's folder
+    from json_results import table as results_table
+
+    rows = []
     table = Table(title="Load time, peak memory, accuracy (each load in a fresh process)", title_justify="left")
     for column in ("model", "load", "seconds", "cold / cached", "peak RSS", "after load", "top-1", "greedy",
                    "20 facts in", "threads", "load avg"):
@@ -183,7 +187,14 @@ def main() -> None:
             table.add_row(name, run["mode"], f"{run['load_s']:.1f} s", ratio, f"{run['rss_peak_mb'] / 1024:.2f} GB",
                           f"{run['rss_load_mb'] / 1024:.2f} GB", f"{top1}/20", f"{greedy}/20",
                           f"{run['facts_s']:.1f} s", str(run["threads"]), f"{loadavg:.1f}")
+            rows.append([name, run["mode"], run["load_s"], run["rss_peak_mb"] / 1024, run["rss_load_mb"] / 1024,
+                         top1, greedy, run["facts_s"], run["threads"], loadavg])
     console.print(table)
+    columns = ["model", "load", "seconds", "peak RSS GB", "after load GB", "top-1 of 20", "greedy of 20",
+               "20 facts in s", "threads", "load avg"]
+    write_results("bench_smollm2_facts", command=command_line("bench_smollm2_facts.py"), summary={},
+                  tables=[results_table("Load time, peak memory, accuracy (each load in a fresh process)", columns,
+                                        rows)])
     if args.json:
         print(json.dumps([{"model": n, "cold": c, "cached": k} for n, c, k, _ in results]))
 

@@ -131,22 +131,37 @@ def study_list() -> str:
 
 
 def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
+    if value is None:
+        return "–"
+    if isinstance(value, float):  # 4 significant digits; a correlation near 1 keeps 6, to show how near
+        return f"{value:.6g}" if 0.99 < abs(value) < 1 else f"{value:.4g}"
     return str(value).replace("|", "\\|")
 
 
+def _machine(machine: dict[str, Any]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in machine.items() if value is not None)
+
+
 def results_markdown(relative: str) -> str:
-    """Tables for one JSON results file: ``{"command", "when", "tables": [{"title", "columns", "rows"}]}``."""
+    """Markdown for one JSON results file (``benchmarks/json_results.py``, ``kneuron report --json``):
+    ``{"command", "when", "tables": [{"title", "columns", "rows"}], "summary", "machine", "note"}`` (only
+    ``command`` and ``tables`` required): who made it, each table, and the ``key=value`` summary line."""
     path = ROOT / relative
     if not path.is_file():
         raise FileNotFoundError(f"results file {relative} (named in a docs page) does not exist")
-    data = json.loads(path.read_text())
-    lines = [f"Measured by `{data['command']}`" + (f" ({data['when']})" if data.get("when") else "") + "."]
+    data = json.loads(path.read_text(encoding="utf-8"))
+    made = f"Measured by `{data['command']}`" + (f" ({data['when']})" if data.get("when") else "")
+    if data.get("machine"):
+        made += f"; {_machine(data['machine'])}"
+    lines = [made + f"; rendered from `{relative}`."]
+    if data.get("note"):
+        lines += ["", f"*{data['note']}*"]
     for table in data["tables"]:
-        lines += ["", f"**{table['title']}**", "", "| " + " | ".join(table["columns"]) + " |"]
+        lines += ["", f"**{table['title']}**", "", "| " + " | ".join(_cell(c) for c in table["columns"]) + " |"]
         lines.append("| " + " | ".join("---" for _ in table["columns"]) + " |")
         lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table["rows"]]
+    if data.get("summary"):
+        lines += ["", "```", " ".join(f"{key}={_cell(value)}" for key, value in data["summary"].items()), "```"]
     return "\n".join(lines) + "\n"
 
 

@@ -41,6 +41,14 @@ class EditError(KneuronError):
     """An edit that cannot be made, applied, undone, saved or loaded."""
 
 
+class BrokenModelError(KneuronError):
+    """A model whose outputs are unusable: its clean forward pass gives non-finite logits."""
+
+
+class EditBreaksModelError(EditError):
+    """An edit whose application makes the model's outputs non-finite or uniform on the edited fact's prompts."""
+
+
 class EditOptionError(EditError, InputError):
     """An edit asked for with a bad argument: an unknown option, a number out of range, unusable answers (also an
     ``InputError`` and a ``ValueError``)."""
@@ -52,6 +60,12 @@ class VocabularyError(KneuronError):
 
 class AtlasError(KneuronError):
     """An atlas that cannot be opened, read or written as asked (missing, another model's, not finished)."""
+
+
+class OutOfMemory(KneuronError):
+    """A batch of attribution did not fit its device's memory (CUDA, or the CPU allocator): one line saying what
+    was tried, what it was estimated to need and which setting to lower (``memory_budget``, ``batch_rows``,
+    ``--chunk-facts``); raised by :func:`kneuron.attribution.limits.out_of_memory_as_error`."""
 
 
 class StudyError(KneuronError):

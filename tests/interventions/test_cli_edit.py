@@ -136,9 +136,16 @@ def test_save_targets_are_refused_in_one_line_before_any_work(atlas_path, fake_l
     # an earlier saved edit is replaced only with --overwrite
     assert invoke(*args, "--save", str(tmp_path / "edit")).exit_code == 0
     assert "--overwrite" in error_line(invoke(*args, "--save", str(tmp_path / "edit")))
+    # a folder kneuron did not write: refused also with --overwrite (issue 27)
     result = invoke(*args, "--save", str(tmp_path / "edit"), "--save-model", str(folder), "--overwrite")
+    assert "not written by kneuron" in error_line(result)
+    assert [p.name for p in folder.iterdir()] == ["weights.bin"]
+    made = tmp_path / "made"
+    assert invoke(*args, "--save-model", str(made)).exit_code == 0
+    (made / "weights.bin").write_bytes(b"mine")
+    result = invoke(*args, "--save", str(tmp_path / "edit"), "--save-model", str(made), "--overwrite")
     assert result.exit_code == 0, result.output
-    assert (folder / "weights.bin").read_bytes() == b"mine" and (folder / "config.json").is_file()
+    assert (made / "weights.bin").read_bytes() == b"mine" and (made / "config.json").is_file()
 
 
 def test_save_model_over_the_models_own_folder_is_refused(atlas_path, fake_load, tmp_path, monkeypatch):
@@ -162,3 +169,35 @@ def test_save_model_over_the_models_own_folder_is_refused(atlas_path, fake_load,
                         "--save-model", str(source), *extra)
         assert "loaded from" in error_line(result)
     assert {p.name: p.read_bytes() for p in source.iterdir()} == files
+
+
+def test_edit_method_rome_prints_and_saves(atlas_path, fake_load, tmp_path):
+    result = invoke("edit", "--run", str(atlas_path), "--fact", "capital:France", "--new", "Rome", "--method", "rome",
+                    "--layer", "0", "--stats-samples", "100", "--others", "1", "--save", str(tmp_path / "rome"))
+    assert result.exit_code == 0, result.output
+    assert "Edit(rome France capital: Paris -> Rome; 32 slots in L0)" in result.stdout
+    assert "ROME at layer 0: C from 100 keys of generated text" in result.stdout and "Collateral" in result.stdout
+    saved = Edit.load(tmp_path / "rome")
+    assert saved.meta["method"] == "rome" and saved.meta["stats"]["samples"] == 100
+    change = torch.stack([v for _, v in sorted(saved.values().items())])
+    singular = torch.linalg.svdvals(change.double())  # float32 vectors: rank one up to rounding
+    assert singular[0] > 0 and singular[1] < 1e-5 * singular[0]
+    for args, message in ((("--method", "memit"), "--method is kn or rome"),
+                          (("--method", "rome", "--stats-text", "wiki"), "--stats-text is one of generated, facts"),
+                          (("--method", "rome", "--layer", "9"), "Layer 9 is out of range"),
+                          (("--method", "rome", "--layer", "1"), "Layer 1 is tiny-llama's last")):
+        refused = invoke("edit", "--run", str(atlas_path), "--fact", "capital:France", "--new", "Rome", *args)
+        assert refused.exit_code != 0 and message in refused.output and "Traceback" not in refused.output
+
+
+@pytest.mark.parametrize("value", ["3e38", "1e20"])
+def test_an_edit_that_breaks_the_model_is_refused_before_anything_is_saved(atlas_path, fake_load, tmp_path, value):
+    """A finite --lambda-new that overflows inside the model (3e38: non-finite logits; 1e20: a uniform output, every
+    token at 1/V) is refused with the value named, and neither --save nor --save-model is written."""
+    result = invoke("edit", "--run", str(atlas_path), "--fact", "capital:France", "--new", "Rome",
+                    "--lambda-new", value, "--save", str(tmp_path / "edit"), "--save-model", str(tmp_path / "model"))
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and f"lambda_new={float(value):g}" in errors[0], result.stderr
+    assert ("non-finite logits" if value == "3e38" else "uniform distribution") in errors[0]
+    assert not (tmp_path / "edit").exists() and not (tmp_path / "model").exists()

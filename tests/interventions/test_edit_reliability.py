@@ -433,6 +433,32 @@ def test_save_model_refuses_the_folder_of_a_gguf_model(tmp_path):
     assert gguf.read_bytes() == b"GGUF" + bytes(60) and sorted(tmp_path.iterdir()) == [gguf]
 
 
+def test_save_model_refuses_the_embedded_models_package(tmp_path, monkeypatch):
+    """The folder of an embedded model's GGUF file (its package in site-packages) is refused even with overwrite,
+    and so is the folder of the real package when it is installed (issue 27 item 1)."""
+    import kneuron.models.loading as loading
+
+    lm = tiny_lm("llama")
+    edit = update_fact(lm, NEURONS, "Paris", "Rome")
+    try:
+        real = loading.embedded_gguf("smollm2-135m").parent
+    except Exception:  # noqa: BLE001 - not installed here
+        real = None
+    if real is not None:
+        files = sorted(p.name for p in real.iterdir())
+        with pytest.raises(EditError, match="embedded model"):
+            edit.save_model(lm, real, overwrite=True)
+        assert sorted(p.name for p in real.iterdir()) == files
+    package = tmp_path / "site-packages" / "llm_fake"
+    package.mkdir(parents=True)
+    (package / "model.gguf").write_bytes(b"GGUF" + bytes(60))
+    monkeypatch.setattr(loading, "embedded_package_folders", lambda: [package.resolve()])
+    for target in (package, package / "sub"):
+        with pytest.raises(EditError, match="embedded model"):
+            edit.save_model(lm, target, overwrite=True)
+    assert sorted(p.name for p in package.iterdir()) == ["model.gguf"]
+
+
 def test_save_model_refuses_kneurons_model_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KNEURON_CACHE", str(tmp_path / "cache"))
     lm = tiny_lm("llama")
@@ -442,21 +468,24 @@ def test_save_model_refuses_kneurons_model_cache(tmp_path, monkeypatch):
     assert not (tmp_path / "cache").exists()
 
 
-def test_save_model_refuses_a_non_empty_folder_unless_asked(tmp_path):
+def test_save_model_refuses_a_non_empty_folder_unless_kneuron_wrote_it(tmp_path):
     lm = tiny_lm("llama")
     before = state(lm)
     edit = update_fact(lm, NEURONS, "Paris", "Rome")
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "notes.txt").write_text("mine")
-    with pytest.raises(EditError, match="not empty"):
-        edit.save_model(lm, folder)
+    for overwrite in (False, True):  # a folder kneuron did not write: never, also with overwrite (issue 27)
+        with pytest.raises(EditError, match="not written by kneuron"):
+            edit.save_model(lm, folder, overwrite=overwrite)
     assert files_of(folder) == {"notes.txt": b"mine"} and same_state(lm, before)
-    edit.save_model(lm, folder, overwrite=True)
-    assert (folder / "notes.txt").read_text() == "mine" and (folder / "model.safetensors").is_file()
-    assert same_state(lm, before)
+    folder = edit.save_model(lm, tmp_path / "out")
+    (folder / "notes.txt").write_text("mine")
     with pytest.raises(EditError, match="not empty"):    # kneuron's own output is an existing model too
         edit.save_model(lm, folder)
+    edit.save_model(lm, folder, overwrite=True)          # ... replaced when asked, the user's file kept
+    assert (folder / "notes.txt").read_text() == "mine" and (folder / "model.safetensors").is_file()
+    assert same_state(lm, before)
     (tmp_path / "empty").mkdir()
     assert (edit.save_model(lm, tmp_path / "empty") / "config.json").is_file()   # an empty folder is fine
     with pytest.raises(EditError, match="is a file"):

@@ -442,3 +442,15 @@ def test_unknown_model_type_names_the_cli_option():
         spec_for("mamba2")
     assert "kneuron --arch your_package.your_module:YOUR_SPEC COMMAND" in str(info.value)
     assert "KNEURON_ARCH" in str(info.value) and "path/to/file.py:YOUR_SPEC" in str(info.value)
+
+
+@pytest.mark.parametrize("model_type", ["t5", "mt5", "bart"])
+def test_an_encoder_decoder_model_is_unsupported_not_a_causal_model_to_register(model_type):
+    """The T5 message suggested registering T5 with kind='causal', which cannot work (issue 27 item 7)."""
+    from kneuron.errors import UnsupportedArchitectureError
+    from kneuron.models.architectures import spec_for
+
+    with pytest.raises(UnsupportedArchitectureError) as found:
+        spec_for(model_type)
+    assert "encoder-decoder" in str(found.value) and "does not support" in str(found.value)
+    assert "register(" not in str(found.value) and "causal'" not in str(found.value)

@@ -68,3 +68,57 @@ def test_the_atlas_module_and_store_use_the_same_identity():
     from kneuron.store import atlas
 
     assert atlas.model_identity is model_identity and store.model_identity is model_identity
+
+
+def fingerprint_by_hand(lm) -> str:
+    """The atlas fingerprint as it was computed before the cache: every tensor's bytes, then the vocabulary."""
+    import hashlib
+    import json
+
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in lm.model.state_dict().items():
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        digest.update(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(json.dumps(sorted(lm.tokenizer.get_vocab().items()), ensure_ascii=False).encode())
+    return digest.hexdigest()
+
+
+def test_the_cached_atlas_fingerprint_is_the_hashed_one_and_follows_every_change(monkeypatch):
+    from kneuron.models import identity
+
+    lm = fixed("llama", torch.float32)
+    pinned = PINNED["llama", torch.float32][0]
+    assert atlas_fingerprint(lm) == pinned == fingerprint_by_hand(lm)
+    hashed = []
+    real = identity._tensor_bytes
+    monkeypatch.setattr(identity, "_tensor_bytes", lambda t: hashed.append(1) or real(t))
+    assert atlas_fingerprint(lm) == pinned and model_identity(lm)["fingerprint"] == pinned
+    assert not hashed  # the same weights: not hashed again
+    assert atlas_fingerprint(lm, fresh=True) == pinned and hashed  # fresh: hashed again, the same value
+    weight = lm.ffn_out(1).weight
+    with torch.no_grad():  # an in-place write through autograd bumps the version counter
+        weight[0, 0] += 1.0
+    changed = atlas_fingerprint(lm)
+    assert changed != pinned and changed == fingerprint_by_hand(lm)
+    with torch.no_grad():
+        weight[0, 0] -= 1.0
+    assert atlas_fingerprint(lm) == pinned == fingerprint_by_hand(lm)
+    update = update_fact(lm, [(0, 3), (1, 5)], "Paris", "Rome")
+    with update.applied(lm):  # kneuron's edits, applied and undone
+        assert atlas_fingerprint(lm) == PINNED["llama", torch.float32][2] == fingerprint_by_hand(lm)
+    assert atlas_fingerprint(lm) == pinned
+    other = fixed("llama", torch.float32)
+    with torch.no_grad():
+        other.ffn_out(0).weight.mul_(2.0)
+    lm.model.load_state_dict(other.model.state_dict())  # another checkpoint loaded into the same model
+    assert atlas_fingerprint(lm) == fingerprint_by_hand(lm) == atlas_fingerprint(other) != pinned
+    lm.model.load_state_dict(fixed("llama", torch.float32).model.state_dict())
+    assert atlas_fingerprint(lm) == pinned
+    lm.ffn_out(1).weight.data[0, 0] += 1.0  # through .data: the version counter does not see it
+    assert atlas_fingerprint(lm) == pinned  # the documented limit of the cache ...
+    assert atlas_fingerprint(lm, fresh=True) == fingerprint_by_hand(lm) != pinned  # ... fresh sees it
+    lm.ffn_out(1).weight.data[0, 0] -= 1.0
+    forget_weights_digests(lm)
+    assert atlas_fingerprint(lm) == pinned
+    lm.tokenizer.add_tokens(["zzzunseen"])  # a token added: the vocabulary is hashed again
+    assert atlas_fingerprint(lm) == fingerprint_by_hand(lm) != pinned

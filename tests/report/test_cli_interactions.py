@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from typer.testing import CliRunner
 
@@ -66,13 +68,16 @@ def test_report_has_the_section_after_the_study(atlas_path, fake_load, tmp_path)
 
 def test_a_narrow_terminal_gets_the_overall_figures_one_per_line(atlas_path, fake_load):
     result = runner.invoke(cli.app, ["study", "interactions", "--run", str(atlas_path), "--model", "tiny-llama"],
-                           env={"COLUMNS": "80"})
+                           env={"COLUMNS": "80", "TTY_COMPATIBLE": "1", "NO_COLOR": "1"})  # a terminal
     assert result.exit_code == 0, result.output
     with Atlas.open(atlas_path, read_only=True) as atlas:
         overall = interaction_summary(atlas.results("interactions"))["all"]
-    out = result.stdout
+    out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", result.stdout)  # bold and italics, not colours
     flat = " ".join(out.split())
     assert "all facts" in flat and "per relation: a terminal of 130 columns" in flat
     line = next(text for text in out.splitlines() if "Δ, all knowledge neurons" in text)
     assert f"{overall['all'][0]:+.1%}" in line  # the stored overall figure, whole, on its own line
     assert max(len(text) for text in out.splitlines()) <= 80
+    piped = runner.invoke(cli.app, ["study", "interactions", "--run", str(atlas_path), "--model", "tiny-llama"],
+                          env={"COLUMNS": "80"})  # a pipe is never narrow: the per-relation table, whole
+    assert "per relation: a terminal of 130 columns" not in " ".join(piped.stdout.split()) and "…" not in piped.stdout

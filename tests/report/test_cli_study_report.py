@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 from typer.testing import CliRunner
 
 from kneuron import cli
+from kneuron.report import headline
 from kneuron.store import Atlas, run
+from kneuron.studies.registry import registered_studies
 from kneuron.studies.studies import run_studies
 from studies.conftest import tiny_facts
 from tiny_models import tiny_lm
@@ -43,14 +46,32 @@ def test_study_all_then_report(atlas_path, fake_load):
     html = atlas_path.with_suffix(".html")
     assert html.is_file() and "data:image/png;base64," in html.read_text(encoding="utf-8")
     last = result.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(rf"report={re.escape(str(html))} facts=8 suppress=\S+% amplify=\S+% top_third=\S+% "
-                        r"auc_kn=\S+ auc_activation=\S+", last), last
+    tail = r" \[-?\d+\.\d+, -?\d+\.\d+\] n=\d+"  # the stored interval and n
+    assert re.fullmatch(rf"report={re.escape(str(html))} facts=8 suppress=\S+%{tail} amplify=\S+%{tail} "
+                        rf"top_third=\S+%{tail} auc_kn=\S+{tail} auc_activation=\S+{tail}", last), last
     from kneuron.report import ReportData, headline_line
 
     data = ReportData.from_atlas(atlas_path)
     assert last == headline_line(html, data, signed_auc=True)  # sign-aligned AUC by default
     raw = invoke("report", "--run", str(atlas_path), "--raw-auc").stdout.strip().splitlines()[-1]
     assert raw == headline_line(html, data, signed_auc=False)
+
+    # --json: the findings the docs' findings page renders, the atlas's own numbers
+    out = atlas_path.parent / "data" / "findings.json"
+    assert invoke("report", "--run", str(atlas_path), "--json", str(out)).exit_code == 0
+    found = json.loads(out.read_text(encoding="utf-8"))
+    assert found["command"] == f"kneuron report --run {atlas_path} --json {out}" and found["facts"] == 8
+    h = headline(data)
+    assert found["headline"]["suppress_percent"] == pytest.approx(h.suppress)
+    assert found["headline"]["auc_kn_signed"] == pytest.approx(h.auc_kn_signed)
+    tables = {t["title"]: t for t in found["tables"]}
+    assert tables["Headline (8 facts)"]["rows"][0][1:] == [pytest.approx(h.suppress), -29.03]
+    with Atlas.open(atlas_path, read_only=True) as atlas:
+        aggregates = atlas.aggregates()
+    expected = [[s.name, m, v] for s in registered_studies() if data.rows(s.name)
+                for m, v in s.measures(data.rows(s.name), [a for a in aggregates if a["study"] == s.name])]
+    assert tables["Every study's measures"]["rows"] == expected and expected
+    assert len(found["aggregates"]) == len(aggregates)
 
 
 def test_one_study_replaces_only_its_rows(atlas_path, fake_load):

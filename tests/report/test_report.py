@@ -60,8 +60,9 @@ def test_headline_numbers_are_the_study_summaries(data):
     assert h.auc_kn == pytest.approx(np.mean([r["value"] for r in disc if r["variant"] == "kn"
                                               and r["metric"] == "auc"]))
     line = headline_line("runs/x.html", data)
-    pattern = (r"report=runs/x\.html facts=8 suppress=[+-]\d+\.\d\d% amplify=[+-]\d+\.\d\d% top_third=\d+\.\d% "
-               r"auc_kn=\d\.\d{3} auc_activation=\d\.\d{3}")
+    # no stored aggregates (a ReportData made in memory): each figure carries its n, no interval
+    pattern = (r"report=runs/x\.html facts=8 suppress=[+-]\d+\.\d\d% n=8 amplify=[+-]\d+\.\d\d% n=8 "
+               r"top_third=\d+\.\d% auc_kn=\d\.\d{3} n=8 auc_activation=\d\.\d{3} n=8")
     assert re.fullmatch(pattern, line), line
     assert f"suppress={h.suppress:+.2f}%" in line
 

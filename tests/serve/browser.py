@@ -21,12 +21,14 @@ FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "-
 
 
 def browser_paths() -> tuple[str, str]:
-    """(chromium, chromedriver), or skip: ``make test`` installs both."""
+    """(chromium, chromedriver), or skip saying what to install (``make test`` installs both only when it runs as
+    root with apt-get)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not chromium or not driver:
-        pytest.skip("chromium and chromium-driver are not installed (make test installs them: "
-                    "apt-get install -y chromium chromium-driver)")
+        missing = " and ".join(name for name, found in (("chromium", chromium), ("chromedriver", driver)) if not found)
+        pytest.skip(f"{missing} not found: install chromium and chromium-driver (Debian/Ubuntu: sudo apt-get "
+                    "install -y chromium chromium-driver; make test does it when run as root)")
     try:
         import selenium  # noqa: F401
     except ImportError:

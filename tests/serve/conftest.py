@@ -20,10 +20,15 @@ def atlas_model():
 
 
 def make_atlas(path, keep_scores: str = "full", studies: bool = True):
-    """A tiny atlas of the ten tiny facts (3 steps, share 0.3), with the paper's studies and the value-slot
-    vocabulary table (no vocabulary results rows: the tables are what the pages read)."""
+    """A tiny atlas of the ten tiny facts (3 steps, share 0.3), with the paper's studies (rows and aggregates, as
+    ``kneuron study`` stores them) and the value-slot vocabulary table (no vocabulary results rows: the tables
+    are what the pages read)."""
     from kneuron.interventions.vocabulary import token_text
     from kneuron.store.vocabulary import write_vocabulary
+    from kneuron.studies.generic import generic_neurons
+    from kneuron.studies.intervals import aggregate_rows
+    from kneuron.studies.layer_distribution import top_third_aggregates
+    from kneuron.studies.registry import study_named
     from kneuron.studies.studies import run_studies
     from kneuron.studies.vocabulary import study_vocabularies
 
@@ -37,7 +42,11 @@ def make_atlas(path, keep_scores: str = "full", studies: bool = True):
             found = run_studies(lm, facts, neurons, baseline, seed=3, other_facts=2,
                                 studies=("suppress_amplify", "layers", "discrimination"))
             for study, rows in found.items():
-                atlas.write_results(study, rows, facts=[f.id for f in facts])
+                aggregates = (top_third_aggregates(neurons, lm.n_layers, baseline,
+                                                   relations={f.id: f.relation for f in facts},
+                                                   generic=generic_neurons(neurons, share=0.1))
+                              if study == "layers" else aggregate_rows(rows, study_named(study).controls))
+                atlas.write_results(study, rows, facts=[f.id for f in facts], aggregates=aggregates)
             vocabularies = study_vocabularies(lm, facts, neurons)
             write_vocabulary(atlas, vocabularies, lambda token: token_text(lm, token))
     return path

@@ -247,3 +247,27 @@ def test_impossible_neuron_addresses_get_404(client, name):
     for prefix in ("/neuron/", "/api/neuron/"):
         response = client.get(prefix + name)
         assert response.status_code == 404, (prefix, name[:20], response.text[:200])
+
+
+def test_pages_show_the_stored_intervals(client, serve_atlas):
+    """The overview, a relation's page and a study's page show each mean's interval, n and p as stored."""
+    import html as html_text
+
+    from kneuron.studies.intervals import find, format_interval
+
+    with Atlas.open(serve_atlas, read_only=True) as atlas:
+        stored = {s: atlas.aggregates(s) for s in ("suppress_amplify", "layers", "discrimination")}
+    page = html_text.unescape(client.get("/").text)
+    suppress = find(stored["suppress_amplify"], "kn", "suppress")
+    auc = find(stored["discrimination"], "kn", "auc_signed")
+    top = find(stored["layers"], "kn", "top_third")
+    for interval, percent, signed in ((suppress, True, True), (auc, False, True), (top, True, False)):
+        assert interval.n and "[" in format_interval(interval, percent=percent, signed=signed)
+        assert format_interval(interval, percent=percent, signed=signed) in page
+    assert f"{suppress.lo * 100:+.1f}".replace("-", "−") in page and "vs random" in page
+    page = html_text.unescape(client.get("/relation/capital").text)
+    capital = find(stored["suppress_amplify"], "random", "amplify", "capital")
+    assert capital.n == 5 and format_interval(capital, percent=True) in page
+    page = html_text.unescape(client.get("/study/layers").text)
+    for a in stored["layers"]:
+        assert format_interval(find([a], a["variant"], a["metric"], a["relation"])) in page

@@ -130,3 +130,15 @@ def test_find_shows_progress_then_the_neurons(live_server, serve_atlas):
         params = atlas.params
     direct = find(live_server.lm, ["The capital of France is", "The capital city of France is"], "Paris", params)
     assert names == [n["name"] for n in direct["neurons"]] and names
+
+
+def test_without_chromium_the_browser_tests_skip_saying_what_to_install(monkeypatch):
+    """Not root or no apt-get: ``make test`` installs nothing, and the browser tests skip with one line instead of
+    failing."""
+    from serve import browser
+
+    monkeypatch.setattr(browser.shutil, "which", lambda name: "/usr/bin/chromium" if name == "chromium" else None)
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        browser.browser_paths()
+    assert str(skipped.value).startswith("chromedriver not found: install chromium and chromium-driver")
+    assert "apt-get install -y chromium chromium-driver" in str(skipped.value)

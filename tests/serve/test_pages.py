@@ -12,6 +12,7 @@ import pytest
 from kneuron.report import ReportData, headline
 from kneuron.serve import pages
 from kneuron.store import Atlas
+from kneuron.studies.intervals import find, format_interval
 
 
 @pytest.fixture
@@ -163,8 +164,10 @@ def test_search(atlas):
 def test_study_page_means_are_what_the_headline_shows(atlas):
     data = pages.study_page(atlas, "suppress_amplify", {"variant": "kn", "metric": "suppress"})
     overview = {h["key"]: h["value"] for h in pages.overview(atlas)["headline"]}
+    stored = find(atlas.aggregates("suppress_amplify"), "kn", "suppress")
     assert data["means"] == [{"variant": "kn", "metric": "suppress", "mean": pytest.approx(overview["suppress"]),
-                              "n": 10}]
+                              "n": 10, "interval": format_interval(stored)}]
+    assert stored.n == 10 and stored.control == "random"
     assert all(r["variant"] == "kn" and r["metric"] == "suppress" for r in data["rows"])
     with pytest.raises(pages.NotFound, match="no results of study 'nope'"):
         pages.study_page(atlas, "nope", {})

@@ -25,7 +25,8 @@ def invoke(*args):
 
 
 def find_args(*extra):
-    args = ["find", "--model", "tiny-llama", "--answer", "Paris", "--steps", "4", "--share", "0.5", *extra]
+    steps = [] if "gxa" in extra else ["--steps", "4"]  # gxa takes no --steps (refused)
+    args = ["find", "--model", "tiny-llama", "--answer", "Paris", *steps, "--share", "0.5", *extra]
     for prompt in PROMPTS:
         args += ["--prompt", prompt]
     return args
@@ -82,7 +83,9 @@ def test_help_lists_the_registered_estimators():
 
 def test_run_with_gxa_and_atlas_shows_it(fake_load, facts_file, tmp_path):  # noqa: F811
     out = tmp_path / "gxa.sqlite"
-    result = invoke(*run_args(facts_file, out, "--estimator", "gxa", "--keep-scores", "full", "--chunk-facts", "3"))
+    args = [a for a in run_args(facts_file, out, "--estimator", "gxa", "--keep-scores", "full", "--chunk-facts", "3")]
+    del args[args.index("--steps"):args.index("--steps") + 2]  # gxa takes no --steps (refused)
+    result = invoke(*args)
     assert result.exit_code == 0, result.output
     lm = fake_load["tiny-llama"]
     direct = tmp_path / "direct.sqlite"

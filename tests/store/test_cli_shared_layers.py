@@ -22,7 +22,8 @@ def invoke(*args):
 
 
 def find_args(*extra):
-    args = ["find", "--model", "tiny-albert", "--answer", "Paris", "--steps", "4", "--share", "0.5", *extra]
+    steps = [] if "gxa" in extra else ["--steps", "4"]  # gxa takes no --steps (refused)
+    args = ["find", "--model", "tiny-albert", "--answer", "Paris", *steps, "--share", "0.5", *extra]
     for prompt in PROMPTS:
         args += ["--prompt", prompt]
     return args

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -221,7 +222,8 @@ def test_run_executor_chunk_and_keep_options(fake_load, facts_file, tmp_path):
     result = invoke(*run_args(facts_file, out, "--executor", "local", "--chunk-facts", "4", "--keep-scores",
                               "sparse"))
     assert result.exit_code == 0, result.output
-    assert "progress: 10/10 facts (100.0%)" in result.stderr and "executor local" in result.stderr
+    assert re.search(r"progress: 10/10 facts, (\d+)/\1 prompts \(100\.0%\)", result.stderr)
+    assert "executor local" in result.stderr
     with Atlas.open(out, read_only=True) as atlas:
         assert atlas.params["chunk_facts"] == 4 and atlas.params["keep_scores"] == "sparse"
         assert atlas.params["sparse_threshold"] == 0.05

@@ -55,6 +55,53 @@ def test_plain_lines_while_a_chunk_computes_and_at_the_end(tmp_path, monkeypatch
         **{**RUN_ARGS, "progress": True, "chunk_facts": 2}, console=console, progress_interval=0.05)
     assert seen.is_set()
     lines = [line for line in out.getvalue().splitlines() if line.startswith("progress:")]
-    assert lines[0].startswith("progress: 0/4 facts (0.0%), -- s/fact") and lines[0].endswith("executor local")
-    assert lines[-1].startswith("progress: 4/4 facts (100.0%)")
+    assert lines[0].startswith("progress: 0/4 facts, 0/12 prompts (0.0%), -- s/prompt")
+    assert lines[0].endswith("executor local")
+    assert lines[-1].startswith("progress: 4/4 facts, 12/12 prompts (100.0%)")
     assert "\x1b" not in out.getvalue()  # no terminal control codes in a log
+
+
+def test_prompts_move_the_line_inside_a_chunk_and_the_eta_starts_at_the_first(tmp_path, monkeypatch):
+    """One chunk of 4 facts (12 prompts) is one attribute call: with a fake clock that moves 31 s per prompt,
+    a plain line appears per prompt while no fact is stored yet, with an ETA from the first prompt on."""
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    real = progress.RunProgress.prompt_done
+
+    def slow_prompt(self, prompts=1):
+        now[0] += 31.0  # each prompt takes longer than the 30 s between lines
+        real(self, prompts)
+
+    monkeypatch.setattr(progress.RunProgress, "prompt_done", slow_prompt)
+    out = io.StringIO()
+    run(tiny_model("llama"), tiny_facts()[:4], tmp_path / "p.sqlite",
+        **{**RUN_ARGS, "progress": True, "chunk_facts": 4}, console=Console(file=out, width=200),
+        progress_interval=30.0)
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("progress:")]
+    inside = [line for line in lines if line.startswith("progress: 0/4 facts")]
+    counts = [int(line.split(", ")[1].split("/")[0]) for line in inside]
+    assert len(inside) >= 3 and counts == sorted(set(counts)) and counts[0] >= 1  # moving, prompt by prompt
+    assert all("ETA --" not in line for line in inside)
+    assert inside[0].endswith("executor local") and "s/prompt" in inside[0]
+    assert lines[-1].startswith("progress: 4/4 facts, 12/12 prompts (100.0%)")
+
+
+def test_an_executor_without_prompt_reports_counts_each_chunk_when_it_arrives(monkeypatch):
+    """Ray's workers cannot report prompts as they go: a chunk's prompts count when its result arrives, and a
+    local chunk's reports are replaced by its count (never counted twice)."""
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    bar = progress.RunProgress(Console(file=io.StringIO(), width=200), 4, "ray x2", interval=3600, prompts=12)
+    with bar:
+        assert bar.line() == ("progress: 0/4 facts, 0/12 prompts (0.0%), -- s/prompt, elapsed 0s, ETA --, "
+                              "executor ray x2")
+        now[0] = 60.0
+        bar.chunk_done(6)
+        bar.advance(2)
+        assert bar.line() == ("progress: 2/4 facts, 6/12 prompts (50.0%), 10.0 s/prompt, elapsed 1m00s, ETA 1m00s, "
+                              "executor ray x2")
+        bar.prompt_done(5)
+        assert bar.prompts_done == 11
+        bar.chunk_done(6)
+        bar.advance(2)
+        assert bar.prompts_done == 12

@@ -268,3 +268,69 @@ def test_every_pair_of_estimators_gets_the_same_ig_reference(tiny_atlas):
                                    share=params["share"], kept=kept, seed=4)
         refs.append([r for r in rows if r["variant"] == "ig"])
     assert refs[0] == refs[1]
+
+
+# ------------------------------------------------------------------------------------------ specificity
+
+
+def test_specificity_rows_equal_the_paper_study_and_the_hand_computation(tiny_atlas):
+    """``suppress_other`` of IG equals the suppress / amplify study's on the same facts; an estimator's equals the
+    mean relative change by hand on the same drawn prompts of other relations; the generic measures and
+    ``identical`` equal direct counts with the generic study's definition."""
+    from collections import Counter
+
+    from kneuron.studies.metrics import fact_rng
+    from kneuron.studies.suppress_amplify import other_relation_prompts, suppress_amplify
+
+    lm, path = tiny_atlas
+    facts, params, scores, refined, kept, _ = _atlas_inputs(path)
+    gxa = GradientTimesActivation(objective=params["objective"])
+    share = 0.3
+    rows = estimator_agreement(lm, facts, scores, refined, {"gxa": gxa}, threshold=params["threshold"],
+                               share=params["share"], kept=kept, seed=3, other_facts=2, generic_share=share)
+    paper = [r for r in suppress_amplify(lm, facts, refined, other_facts=2, seed=3)
+             if r["variant"] == "kn" and r["metric"] == "suppress_other"]
+    assert paper and by_fact(rows, "ig", "suppress_other") == pytest.approx(
+        {r["fact_id"]: r["value"] for r in paper}, rel=1e-9, abs=1e-12)
+    sets = {"ig": {f.id: {n.key for n in refined[f.id]} for f in facts},
+            "gxa": {f.id: {n.key for n in refine(gxa.attribute(lm, f.prompts(), f.object), share=params["share"],
+                                                  threshold=params["threshold"]).neurons} for f in facts}}
+    other = by_fact(rows, "gxa", "suppress_other")
+    for fact in facts:
+        mine = sets["gxa"][fact.id]
+        if not mine:
+            assert fact.id not in other
+            continue
+        changes = []
+        for o, p in other_relation_prompts(fact, facts, 2, fact_rng(3, fact.id)):
+            prompt = o.prompts()[p]
+            before = probability_by_hand(lm, prompt, o.object)
+            changes.append((probability_by_hand(lm, prompt, o.object, sorted(mine)) - before) / before)
+        assert other[fact.id] == pytest.approx(np.mean(changes), rel=1e-7, abs=1e-12)
+    assert by_fact(rows, "gxa", "identical") == {f.id: float(sets["gxa"][f.id] == sets["ig"][f.id]) for f in facts}
+    overall = {(r["variant"], r["metric"]): r["value"] for r in rows if not r["fact_id"]}
+    for label, by in sets.items():
+        counts = Counter(key for keys in by.values() for key in keys)
+        generic = {key for key, c in counts.items() if c > share * len(facts) and c >= 2}
+        assert by_fact(rows, label, "generic_fraction") == pytest.approx(
+            {f: len(keys & generic) / len(keys) for f, keys in by.items() if keys})
+        assert overall[label, "generic_neurons"] == len(generic)
+        assert overall[label, "most_shared"] == pytest.approx(max(counts.values()) / len(facts))
+    summary = {entry["estimator"]: entry for entry in agreement_summary(rows)}
+    assert summary["gxa"]["identical_facts"] == sum(sets["gxa"][f.id] == sets["ig"][f.id] for f in facts)
+    assert summary["gxa"]["suppress_other"] == pytest.approx(np.mean(list(other.values())))
+    assert summary["ig"]["neurons"] == pytest.approx(np.mean([len(refined[f.id]) for f in facts]))
+
+
+def test_the_study_pairs_each_estimator_with_exact_ig():
+    from kneuron.studies.catalog.estimators import estimator_controls
+    from kneuron.studies.intervals import aggregate_rows, find
+    from kneuron.studies.metrics import row
+
+    rows = [row("estimators", variant, "r", f"f{i}", "suppress_other", value)
+            for i in range(6) for variant, value in (("gxa", -0.5 - 0.01 * i), ("ig", -0.1 - 0.02 * i))]
+    rows += [row("estimators", "params", "", "", "seed", 0)]
+    assert estimator_controls(rows) == {"gxa": "ig"}
+    found = find(aggregate_rows(rows, estimator_controls(rows)), "gxa", "suppress_other")
+    assert found.control == "ig" and found.n == 6 and found.p == pytest.approx(2 / 64)
+    assert found.control_mean == pytest.approx(np.mean([-0.1 - 0.02 * i for i in range(6)]))

@@ -106,3 +106,12 @@ def test_aggregate_rows_over_facts_and_relations_with_the_paired_test_against_th
     assert (neuron.mean, neuron.n) == (3.5, 3)
     assert (neuron.lo, neuron.hi) == pytest.approx(bootstrap_interval([6, 4, 11], [3, 1, 2]), rel=1e-12)
     assert not [a for a in found if a["variant"] == "params"]
+
+
+def test_a_share_shows_no_sign_and_a_change_does():
+    share = interval_of([1, 0, 1, 1, 0, 1, 1, 1])  # 0/1 per fact: Wilson's interval
+    assert share.method == "wilson"
+    assert format_interval(share, percent=True).startswith("75.0% [")
+    change = interval_of([0.2, 0.3, 0.25, 0.1])
+    assert format_interval(change, percent=True).startswith("+21.2% [")
+    assert format_interval(change, percent=True, signed=False).startswith("21.2% [")

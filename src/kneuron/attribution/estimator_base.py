@@ -68,6 +68,9 @@ class Estimator(ABC):
     #: whether ``kneuron study estimators`` compares it with exact IG by default (False for an opt-in variant of
     #: integrated gradients itself, e.g. two-stage-ig: name it with ``--estimators`` to compare it)
     compared_by_default: ClassVar[bool] = True
+    #: whether its scores of a prompt depend on the other prompts of the call, so that a call must hold one fact's
+    #: bag and nothing else (a screen that picks layers for the bag): a run then calls it once per fact
+    per_bag: ClassVar[bool] = False
 
     @abstractmethod
     def params(self) -> dict[str, Any]:

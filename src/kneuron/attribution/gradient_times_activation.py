@@ -37,6 +37,7 @@ import torch
 
 from kneuron.attribution.estimator_base import Estimator, OnPrompt, PromptLike, encode_prompts, register_estimator
 from kneuron.attribution.ffn_norm import NormRule, check_norm, effective_norm, frozen_deltas
+from kneuron.attribution.limits import out_of_memory_as_error
 from kneuron.attribution.objective import (
     Objective,
     answer_token_log_probs,
@@ -54,6 +55,9 @@ from kneuron.models.partial_forward import at_targets, frozen_parameters, logits
 
 #: at most this many tokens (prompts x padded length) per forward and backward pass
 BATCH_TOKENS = 512
+#: the settings that shrink gradient x activation's batches, as an out-of-memory message names them
+LOWER_GXA = (f"batch_tokens (default {BATCH_TOKENS}: prompts x tokens per pass), or a run's chunk_facts "
+             "(--chunk-facts)")
 
 
 def gradient_times_activation(
@@ -96,8 +100,11 @@ def gradient_times_activation(
     order = sorted(range(len(queries)), key=lambda i: (len(queries[i].answer_ids), len(queries[i].input_ids)))
     with frozen_parameters(lm.model):
         for group in _batches(queries, order, max(1, batch_tokens)):
-            for index, scores in zip(group, _one_batch(lm, [queries[i] for i in group], objective, chosen,
-                                                       rule), strict=True):
+            tried = (f"attributing a batch of {len(group)} prompt(s) of up to {len(queries[group[-1]].input_ids)} "
+                     "tokens by gradient x activation")
+            with out_of_memory_as_error(lm.device, tried, lower=LOWER_GXA):
+                batch = _one_batch(lm, [queries[i] for i in group], objective, chosen, rule)
+            for index, scores in zip(group, batch, strict=True):
                 scores.answer = answer if answer is not None else lm.tokenizer.decode(list(queries[index].answer_ids))
                 results[index] = scores
                 if on_prompt is not None:

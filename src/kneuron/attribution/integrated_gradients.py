@@ -9,7 +9,12 @@ approximated by a Riemann sum over ``steps`` points (m = 20), one layer scaled a
 ``"linspace"`` uses m points from 0 to 1 inclusive (EleutherAI's re-implementation); ``"gauss"`` is
 m-point Gauss–Legendre quadrature of the same integral on [0, 1] (nodes and weights from
 ``numpy.polynomial.legendre.leggauss``): exact for polynomials of degree 2m − 1 in α, so 4 to 6 points
-come near a 200-step sum where the integrand is smooth.
+come near a 200-step sum where the integrand is smooth. It takes at most ``limits.MAX_GAUSS_POINTS`` (1,000)
+points: its nodes come from an m×m eigenproblem, 7.2 GB at 30,000 points, and few points are its purpose.
+
+Every count is refused by arithmetic on the arguments before anything proportional to it is made: an estimator
+refuses, when it is made, steps whose smallest run (one layer, one prompt) could not fit its memory budget, and
+a call refuses a run whose (prompt, layer, α) rows could not (:mod:`kneuron.attribution.limits`).
 
 What makes it fast without changing the result (the machinery is in
 :mod:`kneuron.attribution.step_rows`, on the partial forward passes of
@@ -40,6 +45,7 @@ checks that this implementation matches it within 1e-6 relative in float64.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -62,7 +68,8 @@ from kneuron.facts.encoding import EncodedQuery
 from kneuron.models.language_model import LanguageModel
 from kneuron.models.partial_forward import frozen_parameters
 
-__all__ = ["ALPHA_RULES", "AlphaRule", "IntegratedGradients", "Objective", "alpha_points", "integrated_gradients",
+__all__ = ["ALPHA_RULES", "AlphaRule", "IntegratedGradients", "Objective", "alpha_points", "batch_memory",
+           "integrated_gradients",
            "integrated_gradients_many", "objective_of"]
 
 AlphaRule = Literal["right", "midpoint", "linspace", "gauss"]
@@ -84,7 +91,14 @@ def default_memory_budget(lm: LanguageModel) -> int:
 
     KNEURON_MEMORY_BUDGET (bytes) when set; on CUDA, :data:`CUDA_MEMORY_SHARE` of the device's free memory
     (``torch.cuda.mem_get_info``) at the call; elsewhere ``limits.DEFAULT_MEMORY_BUDGET`` (2 GiB, measured on CPU).
-    The CUDA rule is written to be right by construction and has not run on a GPU here (this machine has none).
+
+    On CUDA the budget therefore follows what is free when attribution starts: the model's weights and whatever
+    else this or another process holds are already gone from it. Each batch then takes
+    ``budget // memory_per_row`` rows (:func:`rows_per_batch`, at most :data:`MAX_ROWS`): with 50 GiB free, the
+    budget is 30 GiB, and rows estimated at 40 MiB each go 768 to a batch. The other 40% is headroom for the
+    allocator's fragmentation, the prompts' clean passes (their key/value caches) and the estimate being an
+    estimate; a batch that still does not fit raises :class:`~kneuron.errors.OutOfMemory` (one line naming the
+    settings to lower). Tested on the CPU with the free-memory query replaced; not yet run on a GPU.
     """
     if os.environ.get(limits.BUDGET_VARIABLE) is not None:
         return limits.memory_budget(None)
@@ -95,9 +109,22 @@ def default_memory_budget(lm: LanguageModel) -> int:
     return limits.DEFAULT_MEMORY_BUDGET
 
 
-def alpha_points(steps: int, rule: AlphaRule = "right") -> torch.Tensor:
-    """The α at which gradients are taken, in float64 (``steps`` a whole number ≥ 1: a float would put α above 1)."""
+def check_alphas(steps: object, rule: object) -> int:
+    """``steps`` as a whole number ≥ 1 once it and the alpha ``rule`` are known to be usable together: the rule is
+    one of :data:`ALPHA_RULES` and Gauss–Legendre has at most ``limits.MAX_GAUSS_POINTS`` points. Arithmetic on the
+    arguments only: nothing of size ``steps`` is made."""
     steps = count("steps", steps)
+    if rule not in ALPHA_RULES:
+        raise InputError(f"Unknown alpha rule {rule!r}: use 'right', 'midpoint', 'linspace' or 'gauss'.")
+    if rule == "gauss":
+        limits.check_gauss_points(steps)
+    return steps
+
+
+def alpha_points(steps: int, rule: AlphaRule = "right") -> torch.Tensor:
+    """The α at which gradients are taken, in float64 (``steps`` a whole number ≥ 1: a float would put α above 1;
+    Gauss–Legendre takes at most ``limits.MAX_GAUSS_POINTS``)."""
+    steps = check_alphas(steps, rule)
     k = torch.arange(1, steps + 1, dtype=torch.float64)
     if rule == "right":
         return k / steps
@@ -107,16 +134,14 @@ def alpha_points(steps: int, rule: AlphaRule = "right") -> torch.Tensor:
         return torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
     if rule == "gauss":
         return _gauss_legendre(steps)[0]
-    raise InputError(f"Unknown alpha rule {rule!r}: use 'right', 'midpoint', 'linspace' or 'gauss'.")
+    raise AssertionError(rule)  # check_alphas knows every rule
 
 
 def alpha_weights(steps: int, rule: AlphaRule = "right") -> torch.Tensor | None:
     """The quadrature weight of each α point (float64, summing to 1), or None for the equal weights 1/m of the
     Riemann rules (whose sums are divided by m once, at the end, as before the weighted rule existed)."""
-    if rule == "gauss":
-        return _gauss_legendre(count("steps", steps))[1]
-    alpha_points(steps, rule)  # checks steps and the rule
-    return None
+    steps = check_alphas(steps, rule)
+    return _gauss_legendre(steps)[1] if rule == "gauss" else None
 
 
 def _gauss_legendre(points: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,7 +177,7 @@ def integrated_gradients(
         steps: Riemann steps m (20 in the paper).
         objective: "prob" (the paper) or "logprob" (log of the joint probability).
         alphas: "right" (k/m, the paper), "midpoint" ((k-½)/m), "linspace" (EleutherAI) or "gauss" (``steps``-point
-            Gauss–Legendre quadrature).
+            Gauss–Legendre quadrature, at most ``limits.MAX_GAUSS_POINTS`` points).
         layers: only these layers (others score 0); all by default.
         memory_budget: memory one batch of steps may use: bytes, or a size such as "4GiB" or "512MB" (default
             :func:`default_memory_budget`: KNEURON_MEMORY_BUDGET, else on CUDA a share of the free memory, else
@@ -213,21 +238,24 @@ def _integrated_gradients_many(
         >>> bag = IntegratedGradients(steps=20).attribute(lm, ["The capital of France is", "France's capital is"],
         ...                                               "Paris")
     """
-    steps = count("steps", steps)
+    steps = check_alphas(steps, alphas)
     rule = effective_norm(lm, norm)
     batch_rows = None if batch_rows is None else count("batch_rows", batch_rows)
     budget = limits.memory_budget(memory_budget) if memory_budget is not None else default_memory_budget(lm)
+    limits.check_steps_fit(steps, budget)  # before the prompts are encoded
     queries = encode_prompts(lm, prompts, answer)
     chosen = checked_layers(lm, layers, steps, len(queries), budget)
     points = alpha_points(steps, alphas)
     weights = alpha_weights(steps, alphas)
-    plans, groups = shape_groups(lm, queries, objective)
+    with limits.out_of_memory_as_error(lm.device, f"running the clean passes of {len(queries)} prompt(s)"):
+        plans, groups = shape_groups(lm, queries, objective)
     results: list[NeuronScores | None] = [None] * len(plans)
     with frozen_parameters(lm.model):
         for members in groups:
             rows = rows_per_batch(lm, plans[members[0]], budget, batch_rows)
-            gradient_sums, baselines = _integrate(lm, plans, members, chosen, points, weights, rows,
-                                                 objective, rule == "frozen")
+            with batch_memory(lm, plans[members[0]], len(members), rows, budget):
+                gradient_sums, baselines = _integrate(lm, plans, members, chosen, points, weights, rows,
+                                                     objective, rule == "frozen")
             for index in members:
                 said = answer if answer is not None else lm.tokenizer.decode(list(queries[index].answer_ids))
                 results[index] = _scores(plans[index], queries[index], said, gradient_sums[index],
@@ -268,6 +296,15 @@ def rows_per_batch(lm: LanguageModel, plan: Plan, budget: float, batch_rows: int
     per_row = memory_per_row(lm, plan)
     check_row_fits(per_row, budget)
     return min(batch_rows or MAX_ROWS, max(1, int(budget // max(per_row, 1.0))))
+
+
+def batch_memory(lm: LanguageModel, plan: Plan, prompts: int, rows: int, budget: float,
+                 method: str = "integrated gradients") -> contextlib.AbstractContextManager[None]:
+    """The out-of-memory guard of one shape group's batches (``prompts`` prompts of ``plan``'s shape, ``rows`` rows
+    a batch): an allocation failure inside becomes one :class:`~kneuron.errors.OutOfMemory` line with the
+    batch's estimate against ``budget`` (:func:`kneuron.attribution.limits.out_of_memory_as_error`)."""
+    tried = f"attributing {prompts} prompt(s) of {len(plan.input_ids)} tokens by {method} in batches of {rows} rows"
+    return limits.out_of_memory_as_error(lm.device, tried, needs=rows * memory_per_row(lm, plan), budget=budget)
 
 
 def _integrate(lm: LanguageModel, plans: Sequence[Plan], members: list[int], chosen: list[int],
@@ -339,7 +376,8 @@ class IntegratedGradients(Estimator):
 
     Args:
         steps: points of the sum (20 in the paper).
-        alphas: "right" (the paper's k/m), "midpoint", "linspace" or "gauss" (``steps``-point Gauss–Legendre).
+        alphas: "right" (the paper's k/m), "midpoint", "linspace" or "gauss" (``steps``-point Gauss–Legendre, at
+            most ``limits.MAX_GAUSS_POINTS``).
         objective: "prob" (the paper) or "logprob".
         memory_budget, batch_rows: how the steps are batched (they change no score beyond float rounding).
         norm: "frozen" or "live" for models that normalise each FFN output (Gemma 2/3, OLMo 2; see
@@ -356,12 +394,14 @@ class IntegratedGradients(Estimator):
     def __init__(self, steps: int = 20, alphas: AlphaRule = "right", objective: Objective = "prob", *,
                  memory_budget: int | str | None = None, batch_rows: int | None = None,
                  norm: NormRule | None = None) -> None:
-        self.steps = count("steps", steps)
-        alpha_points(self.steps, alphas)  # checks the rule
+        self.steps = check_alphas(steps, alphas)
+        # refused here, by arithmetic, when even one layer of one prompt could not fit: the host budget (given,
+        # $KNEURON_MEMORY_BUDGET or 2 GiB), since the rows' bookkeeping lives in host memory on any device
+        limits.check_steps_fit(self.steps, limits.host_budget(memory_budget))
         self.alphas = alphas
         self.objective = check_objective(objective)
         self.memory_budget = memory_budget
-        self.batch_rows = batch_rows
+        self.batch_rows = None if batch_rows is None else count("batch_rows", batch_rows)
         self.norm = check_norm(norm)
 
     def params(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kneuron.attribution.estimator_base import encode_prompts
 from kneuron.attribution.estimators import (
     ESTIMATORS,
     Estimator,
@@ -16,6 +17,7 @@ from kneuron.attribution.estimators import (
     estimator_names,
 )
 from kneuron.attribution.ffn_norm import with_effective_norm
+from kneuron.attribution.health import check_finite
 from kneuron.attribution.integrated_gradients import AlphaRule, Objective
 from kneuron.attribution.selection import refine
 from kneuron.attribution.types import KnowledgeNeurons, NeuronScores
@@ -130,6 +132,10 @@ def attribute_bag(
     return chosen.attribute(lm, prompts, answer, layers=layers, on_prompt=on_prompt)
 
 
+#: what an estimator's ``threshold`` and ``share`` params are, named in a refusal
+AIMS = {"threshold": "coarse threshold", "share": "refinement share"}
+
+
 def find_knowledge_neurons(
     lm: LanguageModel,
     fact_or_prompts: Fact | Sequence[str | Prompt],
@@ -168,12 +174,16 @@ def find_knowledge_neurons(
     prompts, answer, fact = bag_of(lm, fact_or_prompts, answer)
     made_by = _estimator_for_call("find_knowledge_neurons", estimator,
                                   {"steps": steps, "objective": objective, "alphas": alphas, **settings})
-    aims_at = made_by.params().get("threshold")  # an estimator that aims at the coarse threshold (two-stage-ig)
-    if aims_at is not None and aims_at != float(threshold):
+    # an estimator that aims at the refinement (two-stage-ig): its threshold and share must be the call's
+    wanted = {"threshold": float(threshold), "share": share if share == "adaptive" else float(share)}
+    aims_at = {key: made_by.params()[key] for key in wanted if key in made_by.params()}
+    if any(value != wanted[key] for key, value in aims_at.items()):
         if not isinstance(estimator, str):
-            raise InputError(f"{type(made_by).__name__} aims at the coarse threshold {aims_at:g}, not at "
-                             f"threshold={threshold:g}: make it with threshold={threshold:g}.")
-        made_by = estimator_from_params({**made_by.params(), "threshold": float(threshold)})
+            key = next(key for key, value in aims_at.items() if value != wanted[key])
+            raise InputError(f"{type(made_by).__name__} aims at the {AIMS[key]} {aims_at[key]}, not at "
+                             f"{key}={wanted[key]}: make it with {key}={wanted[key]!r}.")
+        made_by = estimator_from_params({**made_by.params(), **{key: wanted[key] for key in aims_at}})
+    check_finite(lm, encode_prompts(lm, prompts, answer))  # a damaged model is refused, naming where
     bag = made_by.attribute(lm, prompts, answer, layers=layers, on_prompt=on_prompt)
     found = refine(bag, share=share, threshold=threshold, fact=fact)
     found.params.update(made_by.params(), answer=answer)

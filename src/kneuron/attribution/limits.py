@@ -4,6 +4,10 @@ Everything here refuses bad input with one :class:`~kneuron.errors.InputError` b
 allocated: a float ``steps`` would silently put α above 1, and a billion steps would build billions of
 row descriptors before the first batch ran (the kernel killed such a run at 24 GB).
 
+When a batch does not fit after all (the estimate is an estimate; other processes share a GPU),
+:func:`out_of_memory_as_error` turns the allocator's error into one :class:`~kneuron.errors.OutOfMemory` line
+that names what was tried and the setting to lower.
+
 Memory sizes are plain bytes or a number with a unit: ``B``, decimal ``KB MB GB TB`` (10³ steps), binary
 ``KiB MiB GiB TiB`` (2¹⁰ steps) and the one-letter ``K M G T``, which are binary too (as in Docker's
 ``--memory`` or ``ulimit``): ``2GB`` is 2·10⁹ bytes, ``2GiB`` and ``2G`` are 2·2³⁰.
@@ -11,13 +15,17 @@ Memory sizes are plain bytes or a number with a unit: ``B``, decimal ``KB MB GB 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import operator
 import os
 import re
+from collections.abc import Iterator
 
-from kneuron.errors import InputError
+import torch
+
+from kneuron.errors import InputError, OutOfMemory
 
 #: the environment variable that overrides :data:`DEFAULT_MEMORY_BUDGET`
 BUDGET_VARIABLE = "KNEURON_MEMORY_BUDGET"
@@ -26,6 +34,12 @@ DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 #: bytes of bookkeeping per (prompt, layer, α) row, all rows of a run held at once (a 4-tuple, its float and
 #: list slots: 104 bytes on CPython 3.12, rounded up)
 ROW_BOOKKEEPING = 128
+#: the most Gauss–Legendre points ``alphas="gauss"`` takes. Its nodes come from an m×m eigenproblem
+#: (``numpy.polynomial.legendre.leggauss``): m² floats and O(m³) time, so 30,000 points would need a 7.2 GB matrix
+#: before anything else ran, while 1,000 need 8 MB and under a second. The rule is for few points: m of them are
+#: exact for polynomials of degree 2m − 1 in α, and 4 to 6 come near a 200-step Riemann sum; past some tens a
+#: Riemann rule with as many steps costs nothing up front.
+MAX_GAUSS_POINTS = 1000
 
 _UNITS = {
     "": 1, "b": 1,
@@ -34,6 +48,11 @@ _UNITS = {
     "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
 }
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)(?:e(\d+))?\s*([a-z]*)\s*$", re.IGNORECASE)
+#: what a CPU allocator's RuntimeError says when an allocation fails (torch raises no OutOfMemoryError there)
+CPU_OUT_OF_MEMORY = ("DefaultCPUAllocator", "can't allocate memory")
+#: the settings that shrink integrated gradients' batches, as an out-of-memory message names them
+LOWER_BATCHES = (f"memory_budget (the CLI reads {BUDGET_VARIABLE}, e.g. 1GiB) or batch_rows, or a run's chunk_facts "
+                 "(--chunk-facts: the prompts of a chunk keep their clean passes on the device together)")
 ACCEPTED_SIZES = "plain bytes (2147483648) or a number with a unit: 2GiB, 2G, 512MiB, 2GB, 512MB, 1.5G"
 
 
@@ -102,6 +121,33 @@ def check_run_fits(steps: int, layers: int, prompts: int, budget: int) -> None:
         )
 
 
+def check_gauss_points(steps: int) -> None:
+    """Refuse more Gauss–Legendre points than :data:`MAX_GAUSS_POINTS` (arithmetic only: nothing is computed)."""
+    if steps > MAX_GAUSS_POINTS:
+        raise InputError(
+            f"alphas 'gauss' takes at most {MAX_GAUSS_POINTS:,} points; got steps={steps:,}. Its nodes come from an "
+            f"m×m eigenproblem (about {format_size(8 * steps * steps)} for this many), and a few points already "
+            "integrate a smooth curve exactly: use fewer steps, or a Riemann rule (alphas 'right') for many.")
+
+
+def host_budget(value: int | str | None) -> int:
+    """The budget a check without a model measures host bookkeeping against: ``value``, else
+    ``$KNEURON_MEMORY_BUDGET``, else 2 GiB (the row descriptors live in host memory whatever the device)."""
+    return memory_budget(value)
+
+
+def check_steps_fit(steps: int, budget: int) -> None:
+    """Refuse ``steps`` whose smallest possible run (one layer, one prompt) already exceeds ``budget``: what an
+    estimator checks when it is made, before it has a model (arithmetic only)."""
+    need = steps * (ROW_BOOKKEEPING + 16)
+    if need > budget:
+        raise InputError(
+            f"steps={steps:,} is too many even for one layer of one prompt: its rows' bookkeeping alone needs about "
+            f"{format_size(need)}, more than the memory budget of {format_size(budget)}; lower steps (the paper "
+            f"uses 20) or raise memory_budget / {BUDGET_VARIABLE}."
+        )
+
+
 def check_row_fits(per_row: float, budget: int) -> None:
     """Refuse a prompt one of whose rows alone is estimated to need more than ``budget``."""
     if per_row > budget:
@@ -109,3 +155,41 @@ def check_row_fits(per_row: float, budget: int) -> None:
             f"One attribution row of this prompt needs about {format_size(per_row)}, more than the memory budget "
             f"of {format_size(budget)}; raise memory_budget / {BUDGET_VARIABLE} (e.g. 4GiB) or use a shorter prompt."
         )
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation failure: ``torch.OutOfMemoryError`` (CUDA and other accelerators) or a
+    CPU allocator's RuntimeError (:data:`CPU_OUT_OF_MEMORY`)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in CPU_OUT_OF_MEMORY)
+
+
+def _first_sentences(text: str, count: int = 2) -> str:
+    """The first ``count`` sentences of an allocator's message, on one line (CUDA's goes on about fragmentation)."""
+    sentences = " ".join(text.split()).split(". ")
+    return ". ".join(sentences[:count]).rstrip(".")
+
+
+@contextlib.contextmanager
+def out_of_memory_as_error(device: torch.device | str, tried: str, *, needs: float | None = None,
+                           budget: float | None = None, lower: str = LOWER_BATCHES) -> Iterator[None]:
+    """Turn an allocation failure inside the block into one :class:`~kneuron.errors.OutOfMemory` line: where it
+    happened (``device``), what was ``tried``, the estimate it ``needs`` against the ``budget`` (bytes), the
+    allocator's own first words, and the settings to ``lower``. Any other exception passes unchanged.
+
+    The failed allocation's traceback is dropped, so the frames of the block (and the tensors they hold) are
+    freed when the error is raised, not when it is handled.
+    """
+    try:
+        yield
+    except (RuntimeError, MemoryError) as error:
+        if not (is_out_of_memory(error) or isinstance(error, MemoryError)):
+            raise
+        estimate = ""
+        if needs is not None:
+            estimate = f" (estimated {format_size(needs)}" + (
+                f" of a memory budget of {format_size(budget)})" if budget is not None else ")")
+        said = _first_sentences(str(error)) or type(error).__name__
+        error.__traceback__ = None
+        raise OutOfMemory(f"Out of memory on {device} while {tried}{estimate}: {said}. Lower {lower}.") from None

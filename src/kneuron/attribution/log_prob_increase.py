@@ -69,6 +69,7 @@ from torch import nn
 
 from kneuron.attribution.estimator_base import Estimator, OnPrompt, PromptLike, encode_prompts, register_estimator
 from kneuron.attribution.limits import memory_budget as parse_budget
+from kneuron.attribution.limits import out_of_memory_as_error
 from kneuron.attribution.objective import answer_token_log_probs, answer_token_ranks
 from kneuron.attribution.types import NeuronScores
 from kneuron.errors import InputError, KneuronError
@@ -80,6 +81,9 @@ from kneuron.models.readout import linear_head, output_head
 
 #: bytes the (vocabulary × neuron-chunk) work matrices may take at once, by default
 DEFAULT_MEMORY_BUDGET = 192 * 2**20
+#: the setting that shrinks the work matrices, as an out-of-memory message names it
+LOWER_LPI = ("memory_budget (of the estimator: the vocabulary x neurons work matrices), or a run's chunk_facts "
+             "(--chunk-facts)")
 #: work matrices of one chunk alive at once (M, with room to spare)
 _MATRICES_PER_CHUNK = 5
 #: neurons whose log-sum-exp is taken together: (group × vocabulary) temporaries stay in the CPU cache (measured
@@ -294,12 +298,13 @@ def log_prob_increase(
     readout = readout_of(lm)
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else parse_budget(memory_budget)
     dtype = readout.unembed.dtype
-    with torch.no_grad():
+    neurons = chunk_size(readout.unembed.shape[0], lm.n_neurons, dtype, budget)
+    tried = f"scoring {len(queries)} prompt(s) by log-probability increase in chunks of {neurons} neurons"
+    with torch.no_grad(), out_of_memory_as_error(lm.device, tried, budget=budget, lower=LOWER_LPI):
         cleans = [_clean_pass(lm, query, readout) for query in queries]
         scores = [torch.zeros(lm.n_layers, lm.n_neurons, dtype=torch.float64) for _ in queries]
         if cleans:
-            _score_layers(lm, readout, cleans, chosen, scores, chunk_size(
-                readout.unembed.shape[0], lm.n_neurons, dtype, budget))
+            _score_layers(lm, readout, cleans, chosen, scores, neurons)
     results = []
     for index, (query, clean, score) in enumerate(zip(queries, cleans, scores, strict=True)):
         said = answer if answer is not None else lm.tokenizer.decode(list(query.answer_ids))

@@ -62,6 +62,7 @@ class ScreenedIntegratedGradients(Estimator):
     name = "screened-ig"
     has_completeness = True  # integrated gradients' own, in the chosen layers (NaN in the others)
     selectable = False  # it needs K: ``--estimator ig --screen K``, or its params
+    per_bag = True  # the K layers are chosen for the whole bag
 
     def __init__(self, layers: int, ig: IntegratedGradients | None = None, screen: Estimator | None = None) -> None:
         self.k = count("screen", layers)

@@ -9,7 +9,7 @@ the fact keeps between 2 and 5 neurons (or the share leaves (0, 1)).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -90,21 +90,34 @@ def _adaptive(coarse: Sequence[Sequence[Neuron]]) -> tuple[list[tuple[int, int]]
     When one step jumps across the whole range (too few to too many, or back), the larger set is kept:
     a fact with neurons is more useful than one without.
     """
+    chosen, share, _ = share_walk(lambda share: _shared(coarse, share))
+    return chosen, share
+
+
+def share_walk(chosen_at: Callable[[float], list], share: float | str = "adaptive",
+               ) -> tuple[list, float, list[float]]:
+    """The refinement's choice of share, over any ``chosen_at(share)`` (the neurons kept at that share): the
+    adaptive rule of :func:`refine` (a fixed share is itself), as ``(chosen, share used, every share looked at)``.
+    The shares looked at are those at which a neuron's coarse count can change the result (two-stage-ig asks)."""
+    if share != "adaptive":
+        return chosen_at(float(share)), float(share), [float(share)]
     low, high = ADAPTIVE_RANGE
     share = ADAPTIVE_START
-    chosen = _shared(coarse, share)
+    visited = [share]
+    chosen = chosen_at(share)
     while not low <= len(chosen) <= high:
         step = -ADAPTIVE_STEP if len(chosen) < low else ADAPTIVE_STEP
         new_share = round(share + step, 10)
         if not 0.0 < new_share < 1.0:
             break
-        new = _shared(coarse, new_share)
+        new = chosen_at(new_share)
+        visited.append(new_share)
         if (len(chosen) < low and len(new) > high) or (len(chosen) > high and len(new) < low):
             if len(new) > high:
                 chosen, share = new, new_share
             break
         chosen, share = new, new_share
-    return chosen, share
+    return chosen, share, visited
 
 
 def activation_baseline(bag: Sequence[NeuronScores], count: int) -> list[Neuron]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -35,6 +35,7 @@ from rich.text import Text
 
 from kneuron.attribution.estimators import estimator_names
 from kneuron.attribution.integrated_gradients import ALPHA_RULES
+from kneuron.cli.output import OutputConsole, plain_output, unwrap_paragraphs
 from kneuron.errors import KneuronError
 from kneuron.studies.base import show_token  # noqa: F401  (the commands' shared token display)
 from kneuron.version import __version__
@@ -47,8 +48,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     rich_markup_mode="rich",
 )
-#: results (tables) go to stdout
-console = Console()
+#: results (tables) go to stdout: full cells when piped, tab-separated with ``--plain`` (:mod:`kneuron.cli.output`)
+console = OutputConsole()
 #: status, progress and errors go to stderr
 err_console = Console(stderr=True)
 
@@ -124,6 +125,7 @@ def command(*args, **kwargs) -> Callable[[F], F]:
                 except KneuronError as exc:
                     raise fail(exc) from None
 
+        kwargs.setdefault("help", unwrap_paragraphs(func.__doc__))
         app.command(*args, **kwargs)(wrapper)
         return func
 
@@ -187,12 +189,24 @@ def _root(
         "--arch", envvar="KNEURON_ARCH", show_default=False,
         help="An ArchSpec for a model family kneuron does not know, for every command that loads a model: "
              "package.module:NAME (importable) or path/to/file.py:NAME. Env: KNEURON_ARCH.")] = None,
+    plain: Annotated[bool, typer.Option(
+        "--plain", envvar="KNEURON_PLAIN",
+        help="Print every table as tab-separated lines (a header line, one line per row; a table's title as a "
+             "'# title' line before it), for cut, awk or a spreadsheet. Piped output is never truncated "
+             "without it either. Env: KNEURON_PLAIN=1.")] = False,
 ) -> None:
     """Find, test and edit the knowledge neurons (FFN units) of transformer language models."""
     root_arch.set(arch)
+    plain_output.set(plain)
     if threads:
+        import os
+
         import torch
 
+        cpus = os.cpu_count() or 1
+        if threads > cpus:  # refused before torch starts a pool of that many threads (10⁹ of them exhaust memory)
+            raise fail(KneuronError(f"--threads {threads:,} is more than the {cpus} CPUs of this machine: give at most "
+                                    f"{cpus} (0: torch's default)."))
         torch.set_num_threads(threads)
 
 
@@ -211,13 +225,22 @@ def vocab_size(lm) -> int:
     return int(lm.model.get_output_embeddings().weight.shape[0])
 
 
+def given_options(ctx: typer.Context, *names: str) -> list[str]:
+    """Which of the parameters ``names`` the command line gave (not left at their defaults)."""
+    return [name for name in names if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+
+
 def parse_estimator(name: str, screen: int | None, *, steps: int, objective: str, alphas: str,
-                    norm: str | None = None, threshold: float | None = None):
+                    norm: str | None = None, threshold: float | None = None, share: str | None = None,
+                    given: Sequence[str] = ()):
     """``--estimator``, ``--screen`` (and the integrated-gradients options) as what the library takes: None for the
     exact default (``--estimator ig`` without a screen: the library's own default path), else an Estimator.
+    ``given``: which of ``steps``, ``alphas`` and ``objective`` the user gave; one the estimator does not use is
+    refused (``--estimator gxa --steps 50`` ignored the steps silently).
 
     Raises:
-        KneuronError: an unknown estimator, alpha or norm rule, or ``--screen`` with an estimator other than ig.
+        KneuronError: an unknown estimator, alpha or norm rule, ``--screen`` with an estimator other than ig, or
+            an option given that the estimator does not use.
     """
     from kneuron.attribution.ffn_norm import check_norm
     from kneuron.attribution.knowledge import resolve_estimator
@@ -231,7 +254,14 @@ def parse_estimator(name: str, screen: int | None, *, steps: int, objective: str
                            f"--estimator ig, not {name}: drop --screen or use --estimator ig.")
     chosen = resolve_estimator(name, steps=steps, objective=objective, alphas=alphas, screen=screen,  # checks them
                                **({} if norm is None else {"norm": norm}),
-                               **({} if threshold is None else {"threshold": threshold}))  # two-stage-ig aims at it
+                               **({} if threshold is None else {"threshold": threshold}),  # two-stage-ig aims at
+                               **({} if share is None else {"share": parse_share(share)}))  # them
+    unused = [f"--{option}" for option in given if option not in chosen.params()]
+    if unused:
+        takes = [f"--{k}" for k in ("steps", "alphas", "objective") if k in chosen.params()]
+        raise KneuronError(f"--estimator {name} does not use {' or '.join(unused)} "
+                           f"({f'of these it takes only {takes[0]}' if takes else 'it takes none of these'}): "
+                           "leave them out, or use --estimator ig, which does.")
     return None if name == "ig" and screen is None and norm is None else chosen
 
 
@@ -260,8 +290,16 @@ def neuron_table(kn, writes: dict[tuple[int, int], str] | None = None) -> Table:
     return table
 
 
+def path_value(text: str) -> Path:
+    """A path option's value: an empty one is refused (``Path("")`` is the current folder, where ``--save ''``
+    wrote ``edit.safetensors``), in one usage line before any work."""
+    if not text.strip():
+        raise typer.BadParameter("an empty path: give a file or folder name")
+    return Path(text)
+
+
 RunOption = Annotated[Path, typer.Option(
-    "--run", help="The atlas (.sqlite) that `kneuron run` wrote.", show_default=False)]
+    "--run", help="The atlas (.sqlite) that `kneuron run` wrote.", show_default=False, parser=path_value)]
 
 
 def atlas_model(atlas, model: str | None, device: str):

@@ -25,11 +25,13 @@ from kneuron.cli.app import (
     command,
     console,
     err_console,
+    given_options,
     load_model,
     neuron_table,
     parse_estimator,
     parse_relations,
     parse_share,
+    path_value,
 )
 from kneuron.errors import KneuronError
 from kneuron.facts.sources import sources_help
@@ -37,9 +39,11 @@ from kneuron.facts.sources import sources_help
 
 @command("run")
 def run_command(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="The atlas to write, e.g. runs/NAME.sqlite. An atlas of the same model and parameters "
-                            "there is continued (a killed run resumes where it stopped).", show_default=False)],
+                            "there is continued (a killed run resumes where it stopped).",
+        show_default=False, parser=path_value)],
     model: ModelOption = None,
     facts: Annotated[str, typer.Option("--facts", help=sources_help())] = "builtin",
     relations: Annotated[str | None, typer.Option(help="Comma-separated relations to keep.", show_default=False)
@@ -68,6 +72,9 @@ def run_command(
                                                     "ray://host:port, auto); default: start a local Ray.",
                                                     show_default=False)] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Ray workers (each loads the model once).")] = 2,
+    stall_timeout: Annotated[float | None, typer.Option(
+        "--stall-timeout", min=0.001, help="--executor ray: end the run (resumable) when no chunk has come back for "
+                                           "this many seconds [default: 600].", show_default=False)] = None,
     gpus_per_worker: Annotated[float, typer.Option("--gpus-per-worker", min=0.0, help="GPUs Ray reserves per "
                                                    "worker (fractions allowed); > 0 puts workers on cuda.")] = 0.0,
     chunk_facts: Annotated[int, typer.Option("--chunk-facts", min=1, help="Facts per chunk: their same-shape "
@@ -89,7 +96,8 @@ def run_command(
 
     chosen = parse_relations(relations)
     chosen_estimator = parse_estimator(estimator, screen, steps=steps, objective=objective, alphas=alphas, norm=norm,
-                                       threshold=threshold)
+                                       threshold=threshold, share=share,
+                                       given=given_options(ctx, "steps", "alphas", "objective"))
     # a malformed file, a missing relation or an empty set fails here, before the model loads or anything is written
     loaded = load_facts(facts)
     if language is not None:
@@ -113,7 +121,7 @@ def run_command(
     from kneuron.parallel import make_executor
 
     chosen_executor = make_executor(executor, lm, model=model, address=ray_address, workers=workers,
-                                    gpus_per_worker=gpus_per_worker, device=device)
+                                    gpus_per_worker=gpus_per_worker, device=device, stall_timeout=stall_timeout)
     try:
         summary = run_facts(lm, loaded, out, steps=steps, threshold=threshold, share=parse_share(share),
                             objective=objective, alphas=alphas, estimator=chosen_estimator,
@@ -294,7 +302,8 @@ def export_command(
     run: RunOption,
     to: Annotated[Path, typer.Option("--to", help="out.csv or out.parquet: the neurons table there, the facts, "
                                                   "prompts, generic and results tables beside it "
-                                                  "(out.facts.csv, ...).", show_default=False)],
+                                                  "(out.facts.csv, ...).",
+        show_default=False, parser=path_value)],
 ) -> None:
     """Export an atlas's tables to CSV or Parquet."""
     from kneuron.store import export

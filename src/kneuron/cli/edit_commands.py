@@ -17,6 +17,7 @@ from kneuron.cli.app import (
     command,
     console,
     err_console,
+    path_value,
 )
 from kneuron.errors import KneuronError
 
@@ -95,18 +96,20 @@ def _pick_others(facts, fact_relation: str, exclude: set[str], count: int, seed:
 
 
 SaveOption = Annotated[Path | None, typer.Option(
-    "--save", help="Write the edit (edit.safetensors + edit.json) to this folder.", show_default=False)]
+    "--save", help="Write the edit (edit.safetensors + edit.json) to this folder.",
+        show_default=False, parser=path_value)]
 
 
 SaveModelOption = Annotated[Path | None, typer.Option(
     "--save-model", help="Write the edited model and tokenizer (save_pretrained) to this new or empty folder.",
-    show_default=False)]
+    show_default=False, parser=path_value)]
 
 
 OverwriteOption = Annotated[bool, typer.Option(
-    "--overwrite", help="Replace an edit saved earlier at --save, and the model files in a non-empty --save-model "
-                        "folder. Never the folder the model was loaded from, kneuron's model cache, or a file that "
-                        "is not a kneuron edit.")]
+    "--overwrite", help="Replace an edit saved earlier at --save, and the model files in a --save-model folder "
+                        "kneuron wrote earlier. Never a folder kneuron did not write, the folder the model was "
+                        "loaded from, an embedded model's package, kneuron's model cache, or a file that is not a "
+                        "kneuron edit.")]
 
 
 @command()
@@ -127,18 +130,30 @@ def edit(
                       ] = "first",
     max_share: Annotated[float, typer.Option(help="Leave out neurons that are knowledge neurons of more than this "
                                                   "share of the relation's facts.")] = 0.1,
+    method: Annotated[str, typer.Option(help="kn (the paper's update of the fact's knowledge neurons) or rome "
+                                             "(Meng et al.'s rank-one update of one layer's FFN output projection; "
+                                             "the lambda, scale, sign, tokens and max-share options are KN's).")
+                      ] = "kn",
+    layer: Annotated[int | None, typer.Option(help="ROME: the MLP layer to edit (default: a third of the depth, "
+                                                   "kneuron.interventions.rome.default_layer).", show_default=False)
+                     ] = None,
+    stats_samples: Annotated[int, typer.Option(min=1, help="ROME: tokens of text whose keys give C.")] = 10_000,
+    stats_text: Annotated[str, typer.Option(help="ROME: generated (text sampled from the model, seeded) or facts "
+                                                 "(the built-in facts' sentences).")] = "generated",
     others: Annotated[int, typer.Option(min=0, help="Other facts shown, of the same and of other relations.")] = 3,
-    seed: Annotated[int, typer.Option(help="Seeds the choice of the other facts.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seeds the choice of the other facts (and ROME's sampled text).")] = 0,
     save: SaveOption = None,
     save_model: SaveModelOption = None,
     overwrite: OverwriteOption = False,
     device: DeviceOption = "cpu",
 ) -> None:
-    """Update a fact through its knowledge neurons (value slot += −λ_old·e(old) + λ_new·e(new)) and show the
-    before/after probabilities on its prompts and on a few other facts."""
+    """Update a fact, through its knowledge neurons (value slot += −λ_old·e(old) + λ_new·e(new)) or with ROME, and
+    show the before/after probabilities on its prompts and on a few other facts."""
     from kneuron.interventions import update_fact
     from kneuron.studies.edit_scoring import queries_of, score
 
+    if method not in ("kn", "rome"):
+        raise KneuronError(f"--method is kn or rome, not {method!r}.")
     atlas, facts, lm = _edit_context(run, model, device)
     with atlas:
         _check_targets(lm, save, save_model, overwrite)
@@ -146,9 +161,12 @@ def edit(
         kn = atlas.knowledge_neurons(fact)
         counts = atlas.relation_neurons(target.relation)
         n_facts = len(atlas.facts(relation=target.relation))
-    the_edit = update_fact(lm, kn, target.object, new, lambda_old=lambda_old, lambda_new=lambda_new,
-                           relation_counts=counts, n_facts=n_facts, max_share=max_share, tokens=tokens,
-                           scale=scale, sign=sign, fact=target)
+    if method == "rome":
+        the_edit = _rome_edit(lm, target, new, layer, stats_samples, stats_text, seed)
+    else:
+        the_edit = update_fact(lm, kn, target.object, new, lambda_old=lambda_old, lambda_new=lambda_new,
+                               relation_counts=counts, n_facts=n_facts, max_share=max_share, tokens=tokens,
+                               scale=scale, sign=sign, fact=target)
     console.print(Text(str(the_edit), style="bold"), soft_wrap=True)
     _print_shared_notes(the_edit)
     left_out = the_edit.meta.get("left_out") or []
@@ -179,6 +197,27 @@ def edit(
         console.print(_collateral_table(lm, the_edit, "Collateral: other facts",
                                         [("same relation", same), ("other relation", other)]))
     _save_edit(the_edit, lm, save, save_model, overwrite)
+
+
+def _rome_edit(lm, target, new: str, layer: int | None, samples: int, text: str, seed: int):
+    """The ROME edit of ``target`` → ``new``, with C from ``samples`` tokens of ``text`` (a status line while it
+    samples and optimises) and a dim line on what the optimisation did."""
+    from kneuron.interventions.rome import RomeSettings, default_layer, rome_update
+    from kneuron.interventions.rome_stats import TEXT_SOURCES, key_second_moment
+
+    if text not in TEXT_SOURCES:
+        raise KneuronError(f"--stats-text is one of {', '.join(TEXT_SOURCES)}, not {text!r}.")
+    layer = default_layer(lm) if layer is None else layer
+    lm.check_layer(layer)
+    settings = RomeSettings(seed=seed)
+    with err_console.status(f"ROME: C of layer {layer} from {samples} tokens of {text} text, then the value ..."):
+        stats = key_second_moment(lm, layer, samples, source=text, seed=seed)  # type: ignore[arg-type]
+        the_edit = rome_update(lm, target, new, layer=layer, stats=stats, settings=settings)
+    info = the_edit.meta
+    console.print(f"[dim]ROME at layer {layer}: C from {info['stats']['samples']} keys of {text} text; "
+                  f"NLL of {new!r} {info['nll_before']:.3f} → {info['nll_after']:.3f} in {info['steps']} steps, "
+                  f"|δ| {info['delta_norm']:.3g} (|W k₀| {info['target_norm']:.3g})[/dim]", highlight=False)
+    return the_edit
 
 
 def _print_shared_notes(the_edit) -> None:

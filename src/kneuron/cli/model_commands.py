@@ -23,6 +23,7 @@ from kneuron.cli.app import (
     command,
     console,
     err_console,
+    given_options,
     load_model,
     neuron_table,
     parse_estimator,
@@ -74,9 +75,9 @@ def models() -> None:
                           "slot lives (linear: weight column i, conv1d: weight row i)", caption_justify="left")
     table.add_column("family", style="bold", no_wrap=True)
     table.add_column("kind", no_wrap=True)
-    table.add_column("FFN output projection", no_wrap=True)
+    table.add_column("FFN output projection", overflow="fold")  # a narrow terminal folds it, never cuts it
     table.add_column("layout", no_wrap=True)
-    table.add_column("model types")
+    table.add_column("model types", overflow="fold", min_width=10)
     for spec in families():
         table.add_row(spec.family, "masked" if spec.kind == "mlm" else "causal",
                       f"{spec.blocks[0]}.{{i}}.{spec.ffn_out}", spec.layout, ", ".join(spec.model_types))
@@ -95,6 +96,7 @@ def models() -> None:
 
 @command()
 def find(
+    ctx: typer.Context,
     prompt: Annotated[list[str], typer.Option(
         "--prompt", "-p", help="A prompt of the fact's bag (repeat for several). Causal models continue it; "
                                "masked models fill [Y].", show_default=False)],
@@ -126,7 +128,8 @@ def find(
     from kneuron.attribution import IntegratedGradients, find_knowledge_neurons
 
     chosen = parse_estimator(estimator, screen, steps=steps, objective=objective, alphas=alphas,  # before the load
-                             norm=norm, threshold=threshold)
+                             norm=norm, threshold=threshold, share=share,
+                             given=given_options(ctx, "steps", "alphas", "objective"))
     lm = load_model(model, device)
     prompts = [parse_prompt(lm, text) for text in prompt]
     columns = (TextColumn("attributing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

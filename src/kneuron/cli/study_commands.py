@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.models import CommandInfo
 
-from kneuron.cli.app import RunOption, app, command, console, err_console, fail, load_model
+from kneuron.cli.app import RunOption, app, command, console, err_console, fail, load_model, path_value
 from kneuron.errors import KneuronError
 from kneuron.store.study_runs import RunEvents, StudyResult, run_studies_on_atlas
 from kneuron.studies.base import Option, Study, StudyContext, StudyOutput
@@ -76,8 +76,10 @@ def _flag_parameter(option: Option) -> inspect.Parameter:
     if kind in (int, float):
         extra = {"min": option.min, "max": option.max}
     value = option.default if kind is not bool else bool(option.default)
-    default = typer.Option(value, option.cli_flag, help=option.help,
-                           show_default=option.default is not None, **extra)
+    shown: bool | str = option.default is not None
+    if isinstance(option.default, str) and "," in option.default:  # a comma list: let the help wrap after commas
+        shown = ", ".join(item.strip() for item in option.default.split(","))
+    default = typer.Option(value, option.cli_flag, help=option.help, show_default=shown, **extra)
     return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
@@ -252,19 +254,30 @@ def print_results(results: Sequence[StudyResult], run: Path, summaries: Sequence
 def report(
     run: RunOption,
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="The HTML file to write (default: the atlas's path with .html).", show_default=False)
+        "--out", "-o", help="The HTML file to write (default: the atlas's path with .html).",
+        show_default=False, parser=path_value)
     ] = None,
     raw_auc: Annotated[bool, typer.Option(
         "--raw-auc", help="Headline auc_kn from raw activations (the paper's) instead of sign-aligned ones. A gated "
                           "FFN is unchanged when a neuron's up row and down column both flip sign, so only the "
                           "sign-aligned AUC is well defined there; for positive activations the two agree.")
     ] = False,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the findings as JSON there (the headline, every study's measures and the stored "
+                       "aggregates): what the docs' findings page renders, e.g. docs/data/findings-smollm2.json.",
+        show_default=False)] = None,
 ) -> None:
     """Write one self-contained HTML report (tables, figures) of an atlas's studies; print the headline line."""
     from kneuron.report import ReportData, headline_line, write_report
 
     data = ReportData.from_atlas(run)
     path = write_report(data, out or run.with_suffix(".html"))
+    if json_out is not None:
+        from kneuron.report.findings import write_findings
+
+        command = f"kneuron report --run {run} --json {json_out}" + (" --raw-auc" if raw_auc else "")
+        written = write_findings(run, json_out, command)
+        err_console.print(f"[dim]findings: {written}[/dim]", highlight=False)
     for warning in data.warnings():
         err_console.print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
     missing = [s for s, rows in data.results.items() if not rows]

@@ -97,7 +97,7 @@ def _set_names() -> list[str]:
 def sources_help() -> str:
     """The CLI's ``--facts`` help: the named sets, then the file formats (names of :func:`fact_sources`)."""
     formats = ", ".join(s.name for s in _SOURCES.values() if not s.is_set)
-    return f"{', '.join(_set_names())}, or a facts file or folder ({formats}: see `kneuron.facts.fact_sources()`)."
+    return f"{', '.join(_set_names())}, or a facts file or folder ({formats}: see fact_sources() in kneuron.facts)."
 
 
 # ------------------------------------------------------------------------------------------------ recognising
@@ -206,6 +206,9 @@ def load_facts(source: str | Path, *, relations: Iterable[str] | None = None, ca
         causal: keep only templates with the subject before ``[Y]`` (what a causal LM can use).
     """
     wanted = set(relations) if relations is not None else None
+    if isinstance(source, str) and not source.strip():  # Path("") is the current folder, read as a folder of facts
+        named = ", ".join(repr(name) for name in _set_names())
+        raise FactError(f"An empty facts source names nothing: give {named}, a .jsonl/.csv/.json file or a folder.")
     if isinstance(source, str) and source in _SOURCES and _SOURCES[source].is_set:
         facts = _SOURCES[source].read(wanted)
     else:

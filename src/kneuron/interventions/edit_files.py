@@ -1,10 +1,12 @@
 """Where an edited model may be written: never over the model it came from, nor into a model cache.
 
-``Edit.save_model`` writes into a new or empty folder; a non-empty one (another model, an earlier output, your
-files) only with ``overwrite=True``, which replaces the files ``save_pretrained`` writes and leaves the others.
-Never, even with ``overwrite``: the folder the model was loaded from (or that holds its GGUF file; for a hub id,
-anything inside the Hugging Face cache) and kneuron's own model cache, whose copies later ``kneuron.load()``
-calls would silently read as the original model (:func:`model_target`).
+``Edit.save_model`` writes into a new or empty folder; a non-empty one only when kneuron made it (an earlier
+``save_model`` output: it holds the saved edit in ``kneuron_edit/``) and with ``overwrite=True``, which replaces
+the files ``save_pretrained`` writes and leaves the others. Never, even with ``overwrite``: a folder kneuron did
+not make (another model, your files: nothing proves which of its files are replaceable), the folder the model was
+loaded from (or that holds its GGUF file; for a hub id, anything inside the Hugging Face cache), the folder of an
+embedded model's GGUF file (inside site-packages) and kneuron's own model cache, whose copies later
+``kneuron.load()`` calls would silently read as the original model (:func:`model_target`).
 
 Where an edit file goes is the edit file format's business: :func:`~kneuron.interventions.edit_format.edit_target`
 (re-exported here with :data:`EDIT_FOLDER`, the edit's folder inside an edited model's).
@@ -41,9 +43,10 @@ def model_sources(lm: LanguageModel) -> list[Path]:
 
 
 def _protected() -> list[tuple[Path, str]]:
-    from kneuron.models.loading import cache_root
+    from kneuron.models.loading import cache_root, embedded_package_folders
 
     roots = [(cache_root().expanduser().resolve(), "kneuron's model cache")]
+    roots += [(folder, "the package of an embedded model") for folder in embedded_package_folders()]
     try:
         from huggingface_hub import constants
 
@@ -67,7 +70,21 @@ def model_target(lm: LanguageModel, directory: str | Path, *, overwrite: bool = 
         if _within(resolved, root):
             raise EditError(f"{directory} is inside {what} ({root}), where later loads would read the edited model "
                             "as the original. Give a folder elsewhere (--overwrite does not apply here).")
-    if directory.is_dir() and any(directory.iterdir()) and not overwrite:
-        raise EditError(f"{directory} exists and is not empty (another model, or your files). Give a new folder, or "
-                        "pass overwrite=True (--overwrite) to replace the model files in it.")
+    if directory.is_dir() and any(directory.iterdir()):
+        if not made_by_kneuron(directory):
+            raise EditError(f"{directory} exists, is not empty and was not written by kneuron (another model, or your "
+                            "files); kneuron never writes into it (even with --overwrite). Give a new or empty "
+                            "folder.")
+        if not overwrite:
+            raise EditError(f"{directory} exists and is not empty (an edited model kneuron wrote earlier). Give a new "
+                            "folder, or pass overwrite=True (--overwrite) to replace the model files in it.")
     return directory
+
+
+def made_by_kneuron(directory: Path) -> bool:
+    """Whether ``directory`` is an edited model an earlier ``Edit.save_model`` wrote: it holds a saved kneuron edit
+    in ``kneuron_edit/`` (written last, so a folder that has it is whole)."""
+    from kneuron.interventions.edit_format import JSON_FILE, TENSORS_FILE, _is_saved_edit
+
+    edit = directory / EDIT_FOLDER
+    return edit.is_dir() and _is_saved_edit(edit / TENSORS_FILE) and _is_saved_edit(edit / JSON_FILE)

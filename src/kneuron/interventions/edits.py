@@ -396,9 +396,10 @@ class Edit:
         """Write the *edited* model (``save_pretrained``) and its tokenizer to ``directory``, with the edit itself
         in ``directory/kneuron_edit/``; ``lm`` is left unedited afterwards.
 
-        ``directory`` must be new or empty, unless ``overwrite=True`` (which replaces the model files kneuron
-        writes and keeps the others); the folder ``lm`` was loaded from (or holding its GGUF file) and kneuron's
-        model cache are refused even then (:func:`kneuron.interventions.edit_files.model_target`). Everything is
+        ``directory`` must be new or empty, or an edited model kneuron wrote earlier with ``overwrite=True``
+        (which replaces the model files kneuron writes and keeps the others); any other non-empty folder, the
+        folder ``lm`` was loaded from (or holding its GGUF file), an embedded model's package and kneuron's model
+        cache are refused even then (:func:`kneuron.interventions.edit_files.model_target`). Everything is
         checked before anything is written.
         """
         directory = edit_files.model_target(lm, directory, overwrite=overwrite)

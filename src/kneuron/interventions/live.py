@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from kneuron.interventions.slots import slot_index, write_slots
-from kneuron.models.identity import Unedited, edit_weights_digest, forget_weights_digests
+from kneuron.models.identity import Unedited, edit_weights_digest, forget_atlas_fingerprint, forget_weights_digests
 from kneuron.models.language_model import LanguageModel
 
 _LIVE: weakref.WeakKeyDictionary[nn.Module, list[weakref.ref]] = weakref.WeakKeyDictionary()
@@ -38,12 +38,16 @@ def next_sequence() -> int:
 
 
 def register(model: nn.Module, handle: Any) -> None:
-    """Record ``handle`` (an :class:`~kneuron.interventions.AppliedEdit`) as live on ``model``."""
+    """Record ``handle`` (an :class:`~kneuron.interventions.AppliedEdit`) as live on ``model`` (its weights
+    changed: the cached atlas fingerprint of ``model`` is dropped)."""
+    forget_atlas_fingerprint(model)
     _LIVE.setdefault(model, []).append(weakref.ref(handle))
 
 
 def unregister(model: nn.Module, handle: Any) -> None:
-    """Forget ``handle`` (undone) and every handle already dropped."""
+    """Forget ``handle`` (undone: the cached atlas fingerprint of ``model`` is dropped) and every handle already
+    dropped."""
+    forget_atlas_fingerprint(model)
     refs = _LIVE.get(model, [])
     refs[:] = [r for r in refs if r() is not None and r() is not handle]
 

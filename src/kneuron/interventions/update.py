@@ -57,9 +57,10 @@ import torch
 
 from kneuron.attribution.types import KnowledgeNeurons, Neuron
 from kneuron.errors import EditError, EditOptionError, FactError
-from kneuron.facts.encoding import answer_token_ids
+from kneuron.facts.encoding import answer_token_ids, encode
 from kneuron.facts.fact import Fact, Prompt
 from kneuron.interventions.edits import Edit, slot_sharers
+from kneuron.interventions.sanity import check_keeps_model
 from kneuron.models.language_model import LanguageModel
 
 NeuronKey = tuple[int, int]
@@ -211,7 +212,9 @@ def update_fact(
 
     Raises:
         KneuronError: no neurons left to edit, an answer outside the vocabulary, equal answers, non-finite
-            lambdas (or a delta that overflows to inf).
+            lambdas (or a delta that overflows to inf); EditBreaksModelError: the edit, applied, makes the outputs
+            on the fact's own prompts (``prompts``, else the fact's, else ``prompt``) non-finite or uniform
+            (:mod:`kneuron.interventions.sanity`; the model is restored exactly).
     """
     for name, value in (("lambda_old", lambda_old), ("lambda_new", lambda_new)):
         try:
@@ -283,4 +286,10 @@ def update_fact(
         "signs": [[k[0], k[1], v] for k, v in signs.items()],
         "left_out": sorted([list(k) for k in set(keys) - set(kept)]), "max_share": max_share,
     }
-    return Edit.build(lm, "add", deltas, kind="update", label=f"{what}{old} -> {new}", meta=meta)
+    edit = Edit.build(lm, "add", deltas, kind="update", label=f"{what}{old} -> {new}", meta=meta)
+    # refused when it breaks the model on the fact's own prompts (a finite 3e38 overflows inside the model)
+    own = list(prompts) if prompts else (fact.prompts() if fact is not None and fact.templates else
+                                         [prompt or _default_prompt(lm)])
+    name, value = max((("lambda_old", lambda_old), ("lambda_new", lambda_new)), key=lambda item: abs(item[1]))
+    check_keeps_model(lm, edit, [encode(lm, p, old) for p in own], f"{name}={value:g} (scale {scale})")
+    return edit

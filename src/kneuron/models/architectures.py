@@ -52,6 +52,11 @@ class ArchSpec:
         ffn_in: optional dotted path, inside a block, of the module whose input is the FFN's input and
             whose output feeds only the FFN (its first projection, or the FFN as a whole). With it, a
             masked model's attribution runs the last block's FFN at the answer positions only.
+        attention_out: dotted path, inside a block, of the attention's output projection: its output is what the
+            attention adds to the residual stream (before any post-attention norm, which recomputes the same from
+            it). Causal tracing (:mod:`kneuron.interventions.tracing`) restores it; None: the family's attention
+            output cannot be traced. The MLP output it restores is ``ffn_out``'s output, the block output the
+            block's own.
         position_fields: config fields that hold the model's position limit, the first present one wins
             (``LanguageModel.max_positions``); a family without any (ALiBi, e.g. BLOOM) has no limit.
         positions_after_padding: position ids start after ``pad_token_id`` (RoBERTa): ``pad_token_id + 1``
@@ -109,6 +114,7 @@ class ArchSpec:
     layout: ValueLayout = "linear"
     flat_tokens: bool = False
     ffn_in: str | None = None
+    attention_out: str | None = None
     position_fields: tuple[str, ...] = ("max_position_embeddings", "n_positions")
     positions_after_padding: bool = False
     batch_head_inputs: tuple[str, ...] = ()
@@ -154,6 +160,14 @@ DEPTH_SCHEDULES: dict[str, DepthSchedule] = {"albert": albert_depths}
 _REGISTRY: dict[str, ArchSpec] = {}
 
 #: model types that route tokens through several experts: one FFN per expert, no single neuron set.
+#: encoder-decoder (sequence-to-sequence) model types: neither masked nor causal LMs, so unsupported (a spec
+#: registered as kind='causal' would not make them work: their FFNs sit in two stacks and the answer comes from a
+#: decoder fed by an encoder)
+ENCODER_DECODER = frozenset(
+    {"t5", "mt5", "umt5", "longt5", "bart", "mbart", "pegasus", "pegasus_x", "marian", "led", "blenderbot",
+     "blenderbot-small", "prophetnet", "bigbird_pegasus", "m2m_100", "fsmt", "plbart", "mvp", "encoder-decoder",
+     "nllb-moe", "seamless_m4t", "t5gemma"}
+)
 MIXTURE_OF_EXPERTS = frozenset(
     {"mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "dbrx", "jamba", "olmoe",
      "phimoe", "granitemoe", "switch_transformers", "gpt_oss", "llama4", "minimax"}
@@ -178,7 +192,8 @@ def families() -> list[ArchSpec]:
 def _gated(family: str, *model_types: str, blocks: tuple[str, ...] = ("model.layers",),
            final_norm: tuple[str, ...] = ("model.norm",), **readout) -> ArchSpec:
     return ArchSpec(family, model_types or (family,), "causal", blocks, "mlp.down_proj", final_norm=final_norm,
-                    final_norm_kind=readout.pop("final_norm_kind", "rmsnorm"), **readout)
+                    final_norm_kind=readout.pop("final_norm_kind", "rmsnorm"),
+                    attention_out=readout.pop("attention_out", "self_attn.o_proj"), **readout)
 
 
 def _bloom_settings_problem(model: nn.Module) -> str | None:
@@ -196,40 +211,47 @@ _LN_F = dict(final_norm=("transformer.ln_f", "ln_f"), final_norm_kind="layernorm
 for _spec in (
     # masked LMs
     ArchSpec("bert", ("bert",), "mlm", ("bert.encoder.layer", "encoder.layer"), "output.dense",
-             ffn_in="intermediate"),
+             ffn_in="intermediate", attention_out="attention.output.dense"),
     ArchSpec("roberta", ("roberta", "xlm-roberta", "camembert"), "mlm",
              ("roberta.encoder.layer", "encoder.layer"), "output.dense", ffn_in="intermediate",
-             positions_after_padding=True),
+             positions_after_padding=True, attention_out="attention.output.dense"),
     ArchSpec("distilbert", ("distilbert",), "mlm", ("distilbert.transformer.layer", "transformer.layer"),
-             "ffn.lin2", ffn_in="ffn"),
+             "ffn.lin2", ffn_in="ffn", attention_out="attention.out_lin"),
     ArchSpec("electra", ("electra",), "mlm", ("electra.encoder.layer", "encoder.layer"), "output.dense",
-             ffn_in="intermediate"),
+             ffn_in="intermediate", attention_out="attention.output.dense"),
     # ModernBERT: a gated FFN whose Wi computes input and gate in one matrix (chunked in two); the neuron is
     # act(input) * gate, the input of Wo. Its blocks are pre-norm, its tokens stay (batch, seq) (transformers 5
     # unpads only inside flash attention), and the MLP reads nothing but its own input, so ffn_in is the MLP.
-    ArchSpec("modernbert", ("modernbert",), "mlm", ("model.layers", "layers"), "mlp.Wo", ffn_in="mlp"),
+    ArchSpec("modernbert", ("modernbert",), "mlm", ("model.layers", "layers"), "mlp.Wo", ffn_in="mlp",
+             attention_out="attn.Wo"),
     # one layer's weights at every depth: a neuron is (depth, index), and the depths share value slots
     ArchSpec("albert", ("albert",), "mlm", ("albert.encoder.albert_layer_groups", "encoder.albert_layer_groups"),
-             "ffn_output", ffn_in="ffn", depth_schedule="albert"),
+             "ffn_output", ffn_in="ffn", depth_schedule="albert", attention_out="attention.dense"),
     # causal LMs with a plain FFN
-    ArchSpec("gpt2", ("gpt2",), "causal", ("transformer.h", "h"), "mlp.c_proj", layout="conv1d", **_LN_F),
-    ArchSpec("gpt_neo", ("gpt_neo",), "causal", ("transformer.h", "h"), "mlp.c_proj", **_LN_F),
-    ArchSpec("gptj", ("gptj",), "causal", ("transformer.h", "h"), "mlp.fc_out", **_LN_F),
+    ArchSpec("gpt2", ("gpt2",), "causal", ("transformer.h", "h"), "mlp.c_proj", layout="conv1d",
+             attention_out="attn.c_proj", **_LN_F),
+    ArchSpec("gpt_neo", ("gpt_neo",), "causal", ("transformer.h", "h"), "mlp.c_proj",
+             attention_out="attn.attention.out_proj", **_LN_F),
+    ArchSpec("gptj", ("gptj",), "causal", ("transformer.h", "h"), "mlp.fc_out", attention_out="attn.out_proj", **_LN_F),
     ArchSpec("gpt_neox", ("gpt_neox",), "causal", ("gpt_neox.layers", "layers"), "mlp.dense_4h_to_h",
-             final_norm=("gpt_neox.final_layer_norm", "final_layer_norm"), final_norm_kind="layernorm"),
+             final_norm=("gpt_neox.final_layer_norm", "final_layer_norm"), final_norm_kind="layernorm",
+             attention_out="attention.dense"),
     ArchSpec("opt", ("opt",), "causal", ("model.decoder.layers", "decoder.layers"), "fc2", flat_tokens=True,
              final_norm=("model.decoder.final_layer_norm", "decoder.final_layer_norm"), final_norm_kind="layernorm",
              head_projection=("model.decoder.project_out", "decoder.project_out"),
-             pre_norm_flag="do_layer_norm_before"),
-    ArchSpec("falcon", ("falcon",), "causal", ("transformer.h", "h"), "mlp.dense_4h_to_h", **_LN_F),
+             pre_norm_flag="do_layer_norm_before", attention_out="self_attn.out_proj"),
+    ArchSpec("falcon", ("falcon",), "causal", ("transformer.h", "h"), "mlp.dense_4h_to_h",
+             attention_out="self_attention.dense", **_LN_F),
     # BLOOM: ALiBi (no position embeddings, so no position limit) laid out (batch · heads, 1, keys)
     ArchSpec("bloom", ("bloom",), "causal", ("transformer.h", "h"), "mlp.dense_4h_to_h", position_fields=(),
              batch_head_inputs=("alibi",), post_norm_flag="apply_residual_connection_post_layernorm",
-             settings_problem=_bloom_settings_problem, **_LN_F),
+             settings_problem=_bloom_settings_problem, attention_out="self_attention.dense", **_LN_F),
     ArchSpec("phi", ("phi",), "causal", ("model.layers", "layers"), "mlp.fc2",
-             final_norm=("model.final_layernorm", "final_layernorm"), final_norm_kind="layernorm"),
+             final_norm=("model.final_layernorm", "final_layernorm"), final_norm_kind="layernorm",
+             attention_out="self_attn.dense"),
     ArchSpec("starcoder2", ("starcoder2",), "causal", ("model.layers", "layers"), "mlp.c_proj",
-             final_norm=("model.norm", "norm"), final_norm_kind="layernorm"),
+             final_norm=("model.norm", "norm"), final_norm_kind="layernorm",
+             attention_out="self_attn.o_proj"),
     # causal LMs with a gated FFN: the neuron is act(gate) * up, the input of down_proj
     _gated("llama", "llama", "smollm3"),
     _gated("mistral"),
@@ -303,6 +325,11 @@ def spec_for(model_type: str, arch: ArchSpec | str | None = None) -> ArchSpec:
         return _load_dotted(arch)
     if model_type not in _REGISTRY:  # (mixture-of-experts types are never built in, only user-registered)
         names = ", ".join(sorted(_REGISTRY))
+        if model_type in ENCODER_DECODER:
+            raise UnsupportedArchitectureError(
+                f"{model_type!r} is an encoder-decoder (sequence-to-sequence) model, which kneuron does not support: "
+                "it attributes the FFN neurons of masked (encoder-only) and causal (decoder-only) language models. "
+                f"Use one of those instead (supported: {names}).")
         if model_type in MIXTURE_OF_EXPERTS:
             problem = (f"{model_type!r} is a mixture-of-experts model: each expert has its own FFN, so there is "
                        "no single set of FFN neurons to attribute; kneuron supports dense models.")

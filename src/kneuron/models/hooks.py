@@ -367,3 +367,60 @@ def patch_rows(lm: LanguageModel, patches_by_row: Sequence[Iterable[NeuronPatch]
         for layer, chosen in by_layer.items():
             stack.enter_context(on_ffn_input(lm, layer, lambda x, c=chosen: patch_layer(x, c)))
         yield
+
+
+#: the three outputs of a block that causal tracing reads and restores: the block's output (the residual stream
+#: after it), its MLP's output (the FFN output projection's) and its attention's output (``ArchSpec.attention_out``)
+Site = Literal["block", "mlp", "attention"]
+SITES: tuple[Site, ...] = ("block", "mlp", "attention")
+
+
+def site_module(lm: LanguageModel, layer: int, site: Site) -> torch.nn.Module:
+    """The module whose output is ``site`` at ``layer``: the block, its FFN output projection, or its attention
+    output projection."""
+    if site == "block":
+        return lm.block(layer)
+    if site == "mlp":
+        return lm.ffn_out(layer)
+    if site == "attention":
+        return lm.attention_out(layer)
+    raise InputError(f"Unknown site {site!r}: use one of {', '.join(SITES)}.")
+
+
+@contextmanager
+def on_output(lm: LanguageModel, layer: int, site: Site, fn: ActivationFn) -> Iterator[None]:
+    """Call ``fn(output)`` on every forward of ``site``'s module at ``layer`` (with shared layers: at depth
+    ``layer`` only); ``output`` is (batch, seq, hidden), and ``fn`` may return a replacement (to restore) or None
+    (to read). A block's tuple output is read and replaced at its first element, the hidden states; a projection
+    that sees flattened tokens (OPT's FFN) is shown (batch, seq, hidden). Removed on exit, also when the body
+    raises."""
+    module = site_module(lm, layer, site)
+    with at_depth(lm, layer) as current:
+        shape: dict[str, tuple[int, int]] = {}
+
+        def remember_shape(_module, args, kwargs):
+            hidden = args[0] if args else kwargs.get("hidden_states")
+            shape["bt"] = tuple(hidden.shape[:2])
+
+        def hook(_module, _args, output):
+            if not current():
+                return None
+            hidden = output[0] if isinstance(output, tuple) else output
+            flat = hidden.dim() == 2
+            seen = hidden.view(*shape["bt"], hidden.shape[-1]) if flat else hidden
+            out = fn(seen)
+            if out is None:
+                return None
+            if flat:
+                out = out.reshape(-1, out.shape[-1])
+            return (out, *output[1:]) if isinstance(output, tuple) else out
+
+        handles = []
+        try:
+            if lm.spec.flat_tokens and site != "block":
+                handles.append(lm.block(layer).register_forward_pre_hook(remember_shape, with_kwargs=True))
+            handles.append(module.register_forward_hook(hook))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()

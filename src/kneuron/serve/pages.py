@@ -11,7 +11,6 @@ Neurons are named ``L<layer>.N<index>`` everywhere (``L29.N1066``): :func:`neuro
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import defaultdict
@@ -26,6 +25,7 @@ from kneuron.store import queries
 from kneuron.store import scores as score_blobs
 from kneuron.store.queries import stored_activations
 from kneuron.store.vocabulary import vocabulary_fact_ids, word_ranks
+from kneuron.studies.intervals import figure, find
 from kneuron.studies.metrics import summarize
 from kneuron.studies.registry import registered_studies
 
@@ -94,8 +94,11 @@ def overview(atlas) -> dict[str, Any]:
                 "score": finite(n.score)} for n, facts in atlas.top_neurons(15)]
         studies = queries.study_row_counts(atlas)
         studies_rows = {study: queries.study_rows(atlas, study) for study in {entry[2] for entry in HEADLINE}}  # once
-        headline = [_headline_figure(studies_rows[entry[2]], *entry) for entry in HEADLINE]
+        stored = {study: atlas.aggregates(study) for study in {entry[2] for entry in HEADLINE} | {"layers"}}
+        headline = [_headline_figure(studies_rows[entry[2]], *entry, aggregates=stored[entry[2]])
+                    for entry in HEADLINE]
         top_third = _layer_metric(atlas, "top_third")
+        top_interval = find(stored["layers"], "kn", "top_third")
         done = sum(r["done"] for r in relations)
         generic = [{"name": neuron_name(g.layer, g.index), "layer": g.layer, "index": g.index, "facts": g.facts,
                     "share": g.share} for g in atlas.generic_neurons()[:20]]
@@ -106,7 +109,11 @@ def overview(atlas) -> dict[str, Any]:
         "params": dict(sorted(atlas.params.items())),
         "headline": [h for h in headline if h["n"]] + (
             [{"key": "top_third", "label": "Knowledge neurons in the top third of the layers", "value": top_third,
-              "format": "share", "n": done, "study": "layers", "variant": "kn", "metric": "top_third"}]
+              "format": "share", "n": top_interval.n or done, "study": "layers", "variant": "kn",
+              "metric": "top_third", "lo": finite(top_interval.lo), "hi": finite(top_interval.hi),
+              "p": finite(top_interval.p), "control": top_interval.control,
+              "interval": figure(stored["layers"], "kn", "top_third", study="layers", percent=True,
+                                 pooled=top_third)}]
             if top_third is not None else []),
         "relations": relations, "done": done, "total": sum(r["total"] for r in relations),
         "layers": [{"layer": layer, "neurons": count} for layer, count in sorted(layers.items())],
@@ -116,12 +123,18 @@ def overview(atlas) -> dict[str, Any]:
 
 
 def _headline_figure(rows: Sequence[dict[str, Any]], key: str, label: str, study: str, variant: str, metric: str,
-                     fmt: str) -> dict[str, Any]:
+                     fmt: str, *, aggregates: Sequence[dict[str, Any]] = (), relation: str = "") -> dict[str, Any]:
     """The mean of ``metric`` over the per-fact rows of one variant among ``rows`` (the study's): what the
-    report's headline averages."""
+    report's headline averages; with the stored interval of that mean (``aggregates``, the study's, read and not
+    recomputed: ``lo``, ``hi``, ``p`` against ``control``, and ``interval``, the text the CLI and the report
+    show)."""
     summary = summarize(rows, variant, metric)
+    stored = find(aggregates, variant, metric, relation)
     return {"key": key, "label": label, "value": finite(summary.mean), "format": fmt, "n": summary.n,
-            "study": study, "variant": variant, "metric": metric}
+            "study": study, "variant": variant, "metric": metric, "lo": finite(stored.lo), "hi": finite(stored.hi),
+            "p": finite(stored.p), "control": stored.control,
+            "interval": figure(aggregates, variant, metric, relation, rows=rows, study=study,
+                               percent=fmt == "percent")}
 
 
 def _layer_metric(atlas, metric: str) -> float | None:
@@ -143,8 +156,9 @@ def relation_page(atlas, relation: str) -> dict[str, Any]:
                    "share": count / len(done) if done else None, "score": finite(n.score)}
                   for n, count in atlas.top_neurons(20, relation=relation)]
         rows = queries.relation_results(atlas, relation, "suppress_amplify")
+        stored = atlas.aggregates("suppress_amplify")
         figures = [_headline_figure(rows, f"{variant}_{metric}", f"{metric} ({variant})", "suppress_amplify", variant,
-                                    metric, "percent")
+                                    metric, "percent", aggregates=stored, relation=relation)
                    for variant in ("kn", "random") for metric in ("suppress", "amplify")]
         layers = atlas.layer_counts("refined", relation=relation)
     return {"relation": relation, "facts": facts[:MAX_ROWS], "n_facts": len(facts), "done": len(done),
@@ -183,19 +197,29 @@ def fact_page(atlas, fact_id: str) -> dict[str, Any]:
         results = queries.fact_results(atlas, fact_id)
     by_study: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for entry in results:
-        by_study[entry["study"]].append({**entry, "value": finite(entry["value"])})
-    panels = [s.name for s in registered_studies() if s.fact_panel]  # the registry's order; then any other
+        by_study[entry["study"]].append({**entry, "fact_id": fact_id, "value": finite(entry["value"])})
+    studies = {s.name: s for s in registered_studies()}
+    panels = [name for name, s in studies.items() if s.fact_panel]  # the registry's order; then any other
     order = [s for s in panels if s in by_study] + sorted(s for s in by_study if s not in panels)
     for i, prompt in enumerate(prompts):
         prompt["coarse"] = len(coarse[i]) if i < len(coarse) else 0
+    params = atlas.stored_json(row["params"] or "{}", f"the params of {fact_id!r}")
     return {
         "id": fact_id, "relation": fact.relation, "subject": fact.subject, "object": fact.object,
         "templates": list(fact.templates), "status": row["status"], "known": row["known"],
-        "known_share": row["known_share"], "note": row["note"], "params": json.loads(row["params"] or "{}"),
+        "known_share": row["known_share"], "note": row["note"], "params": params,
         "prompts": prompts, "refined": refined, "coarse": coarse, "baseline": neurons["baseline"],
-        "results": [{"study": s, "rows": by_study[s]} for s in order],
+        "results": [_panel(studies.get(s), s, by_study[s]) for s in order],
         "keep_scores": atlas.params.get("keep_scores", "full"),
     }
+
+
+def _panel(study, name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A study's panel on a fact's page: all its rows about the fact, the charts it draws of them
+    (:meth:`~kneuron.studies.base.Study.fact_charts`) and the rows its table lists (``table``)."""
+    if study is None:  # rows of a study no longer registered: a table of them
+        return {"study": name, "rows": rows, "charts": [], "table": rows}
+    return {"study": name, "rows": rows, "charts": study.fact_charts(rows), "table": study.panel_rows(rows)}
 
 
 def _add_unit_facts(atlas, items: list[dict[str, Any]]) -> None:
@@ -332,15 +356,28 @@ def study_page(atlas, study: str, filters: Mapping[str, str | None]) -> dict[str
         if not queries.has_study(atlas, study):
             raise NotFound(f"The atlas has no results of study {study!r}; `kneuron study` computes them.")
         rows = queries.study_rows(atlas, study, **chosen, limit=20000)
-    means = _means(rows)
+        stored = atlas.aggregates(study)
+    means = _means(rows, stored, study, chosen.get("relation", "") if not chosen.get("fact_id") else None)
     shown = [{**r, "value": finite(r["value"])} for r in rows[:MAX_ROWS]]
-    return {"study": study, "filters": chosen, "rows": shown, "n_rows": len(rows), "means": means}
+    intervals = [{"variant": a["variant"], "relation": a["relation"], "metric": a["metric"], "n": a["n"],
+                  "mean": finite(a["mean"]), "lo": finite(a["lo"]), "hi": finite(a["hi"]), "p": finite(a["p"]),
+                  "control": a["control"], "method": a["method"],
+                  "text": figure([a], a["variant"], a["metric"], a["relation"])}
+                 for a in stored if all(a.get(k) == v for k, v in chosen.items() if k != "fact_id")][:MAX_ROWS]
+    return {"study": study, "filters": chosen, "rows": shown, "n_rows": len(rows), "means": means,
+            "intervals": intervals}
 
 
-def _means(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def _means(rows: Iterable[dict[str, Any]], aggregates: Sequence[dict[str, Any]] = (), study: str = "",
+           relation: str | None = "") -> list[dict[str, Any]]:
+    """The mean over the shown per-fact rows of each (variant, metric), with the stored interval of that mean
+    (``interval``: the CLI's and report's text) where the rows are all of a study's facts or of one relation's
+    (``relation`` None: filtered to one fact, no interval applies)."""
+    rows = list(rows)
     groups: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in rows:
         if r["fact_id"] and math.isfinite(r["value"]):
             groups[r["variant"], r["metric"]].append(r["value"])
-    return [{"variant": v, "metric": m, "mean": float(np.mean(values)), "n": len(values)}
+    return [{"variant": v, "metric": m, "mean": float(np.mean(values)), "n": len(values),
+             "interval": "" if relation is None else figure(aggregates, v, m, relation, rows=rows, study=study)}
             for (v, m), values in sorted(groups.items())]

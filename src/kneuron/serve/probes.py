@@ -17,7 +17,6 @@ Ranks are 1-based (1 = the model's top prediction), as in :class:`kneuron.attrib
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -400,8 +399,10 @@ def _run_arguments(params: Mapping[str, Any]) -> dict[str, Any]:
     return arguments
 
 
-def _same_fact(fact: Fact, row: Mapping[str, Any]) -> bool:
-    return (row["relation"], row["subject"], row["object"], tuple(json.loads(row["templates"]))) == (
+def _same_fact(fact: Fact, row: Mapping[str, Any], atlas) -> bool:
+    templates = atlas.stored_json(row["templates"], f"the templates of {row['id']!r}")
+    templates = tuple(templates) if isinstance(templates, list) else ()
+    return (row["relation"], row["subject"], row["object"], templates) == (
         fact.relation, fact.subject, fact.object, tuple(fact.templates))
 
 
@@ -425,7 +426,8 @@ def save_found(path: str | Path, lm: LanguageModel, fact: Fact) -> dict[str, Any
     with Atlas.open(path, read_only=True) as atlas:
         meta, params = atlas.meta, atlas.params
         row = atlas.fact_row(fact.id)
-    if row is not None and not _same_fact(fact, row):
+        same = row is None or _same_fact(fact, row, atlas)
+    if not same:
         raise KneuronError(f"The atlas already holds a fact {fact.id!r} with other content ({row['subject']} -> "
                            f"{row['object']}): give this one another relation name or subject.")
     identity = model_identity(lm)

@@ -23,16 +23,17 @@ executor object, so the store never imports ``parallel``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kneuron.attribution.estimators import ScreenedIntegratedGradients, estimator_from_params
+from kneuron.attribution.estimators import estimator_from_params
 from kneuron.attribution.knowledge import SCREEN_LAYERS, layer_list
 from kneuron.attribution.selection import activation_baseline, refine
 from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores
-from kneuron.facts.encoding import answer_probability, encode
+from kneuron.facts.encoding import EncodedQuery, encode
 from kneuron.facts.fact import Fact
+from kneuron.facts.probabilities import answer_probability_many
 from kneuron.models.language_model import LanguageModel
 
 #: facts per chunk by default (see the README's "Running a whole dataset" for the measurement behind it)
@@ -68,16 +69,24 @@ class ChunkResult:
     seconds: float
     worker: str = "local"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: prompts attributed for it (what the run's progress counts when the chunk arrives)
+    prompts: int = 0
+
+
+#: called with no argument as each prompt of a chunk is attributed (the run's progress inside a chunk)
+OnChunkPrompt = Callable[[], None]
 
 
 class Executor(Protocol):
     """What runs chunks. ``map`` yields each chunk's result exactly once, in any order; it holds at most a
-    bounded number of finished chunks (the caller writes each before asking for the next)."""
+    bounded number of finished chunks (the caller writes each before asking for the next). It may call
+    ``on_prompt()`` as each prompt of a chunk is attributed (in the caller's process; the caller replaces those
+    counts by the chunk's :attr:`ChunkResult.prompts` when the result arrives), or never."""
 
     name: str
 
-    def map(self, chunks: Iterable[Chunk], params: dict[str, Any], identity: dict[str, Any]
-            ) -> Iterator[ChunkResult]: ...
+    def map(self, chunks: Iterable[Chunk], params: dict[str, Any], identity: dict[str, Any],
+            on_prompt: OnChunkPrompt | None = None) -> Iterator[ChunkResult]: ...
 
 
 def plan_chunks(rows: Sequence[dict[str, Any]], todo: set[str], size: int) -> list[tuple[int, list[str], list[str]]]:
@@ -97,37 +106,46 @@ def plan_chunks(rows: Sequence[dict[str, Any]], todo: set[str], size: int) -> li
 
 
 def compute_chunk(lm: LanguageModel, chunk: Chunk, params: dict[str, Any],
-                  memory_budget: int | None = None) -> ChunkResult:
+                  memory_budget: int | None = None, on_prompt: OnChunkPrompt | None = None) -> ChunkResult:
     """Attribute the chunk's facts with the estimator the params record, then refine each fact and compute its
     prompts' probabilities and its activation baseline.
 
     Exact integrated gradients (the default) attributes every prompt of the chunk in one
     ``IntegratedGradients.attribute`` call (prompts of the same shape share batches across facts); another
-    estimator attributes the chunk's prompts in one ``estimator.attribute`` call; a screened run
-    (:class:`ScreenedIntegratedGradients`) screens each fact to be stored on its own (its prompts are one bag) and
-    records the layers chosen in the fact's params (``"screen_layers"``, a comma list).
+    estimator attributes the chunk's prompts in one ``estimator.attribute`` call; one whose rule reads the whole
+    bag (``Estimator.per_bag``: a screened run, two-stage-ig) is called once per fact to be stored (its prompts are
+    one bag), and the layers it computed are recorded in the fact's params (``"screen_layers"``, a comma list).
+    ``on_prompt()`` is called as the estimator finishes each prompt (it does not change the scores).
+
+    Each stored fact's prompts get their answer probabilities and ranks in one padded batch
+    (:func:`~kneuron.facts.probabilities.answer_probability_many`), a batch of that fact's prompts alone, so that
+    the stored values depend on the fact only (not on which chunk mates a resumed run still stores).
     """
     started = time.perf_counter()
+    report = None if on_prompt is None else (lambda index, scores: on_prompt())
     estimator = estimator_from_params({**params, "memory_budget": memory_budget})
     bags: dict[int, list[NeuronScores]] = {}
     seconds: dict[int, float] = {}
     extra: dict[int, dict[str, Any]] = {}
     wanted = set(chunk.store)
-    if isinstance(estimator, ScreenedIntegratedGradients):
+    encoded: dict[int, list[EncodedQuery]] = {}
+    if estimator.per_bag:
         for number, fact in enumerate(chunk.facts):
             if fact.id in wanted:
                 start = time.perf_counter()
-                bags[number] = estimator.attribute(lm, [encode(lm, p, fact.object) for p in fact.prompts()])
-                extra[number] = {SCREEN_LAYERS: layer_list(bags[number][0].screen_layers or ())}
+                encoded[number] = [encode(lm, p, fact.object) for p in fact.prompts()]
+                bags[number] = estimator.attribute(lm, encoded[number], on_prompt=report)
+                computed = {layer for scores in bags[number] for layer in scores.screen_layers or ()}
+                extra[number] = {SCREEN_LAYERS: layer_list(sorted(computed))}
                 seconds[number] = time.perf_counter() - start
     else:
         queries, owners = [], []
         for number, fact in enumerate(chunk.facts):
-            for prompt in fact.prompts():
-                queries.append(encode(lm, prompt, fact.object))
-                owners.append(number)
+            encoded[number] = [encode(lm, prompt, fact.object) for prompt in fact.prompts()]
+            queries += encoded[number]
+            owners += [number] * len(encoded[number])
         # exact IG's attribute is the one batched call over the chunk that was made before estimators existed
-        scores = estimator.attribute(lm, queries)
+        scores = estimator.attribute(lm, queries, on_prompt=report)
         per_prompt = (time.perf_counter() - started) / max(len(queries), 1)
         for number in range(len(chunk.facts)):
             bags[number] = [s for s, owner in zip(scores, owners, strict=True) if owner == number]
@@ -144,12 +162,12 @@ def compute_chunk(lm: LanguageModel, chunk: Chunk, params: dict[str, Any],
         kn = refine(bag, share=params["share"], threshold=params["threshold"], fact=fact)
         kn.params.update(made_by, answer=fact.object, **extra.get(number, {}))
         kn.scores = bag
-        probabilities = [(p.probability, p.rank) for p in
-                         (answer_probability(lm, prompt, fact.object) for prompt in fact.prompts())]
+        probabilities = [(p.probability, p.rank) for p in answer_probability_many(lm, encoded[number])]
         baseline = activation_baseline(bag, len(kn.neurons))
         results.append(FactResult(fact.id, kn, probabilities, baseline,
                                   seconds[number] + time.perf_counter() - start))
-    return ChunkResult(chunk.number, results, time.perf_counter() - started)
+    prompts = sum(len(bag) for bag in bags.values())
+    return ChunkResult(chunk.number, results, time.perf_counter() - started, prompts=prompts)
 
 
 class LocalExecutor:
@@ -161,10 +179,17 @@ class LocalExecutor:
         self.lm = lm
         self.memory_budget = memory_budget
 
-    def map(self, chunks: Iterable[Chunk], params: dict[str, Any], identity: dict[str, Any]
-            ) -> Iterator[ChunkResult]:
+    def map(self, chunks: Iterable[Chunk], params: dict[str, Any], identity: dict[str, Any],
+            on_prompt: OnChunkPrompt | None = None) -> Iterator[ChunkResult]:
         for chunk in chunks:
-            yield compute_chunk(self.lm, chunk, params, self.memory_budget)
+            yield compute_chunk(self.lm, chunk, params, self.memory_budget, on_prompt)
+
+
+def chunk_prompts(chunk: Chunk, params: dict[str, Any]) -> int:
+    """How many prompts :func:`compute_chunk` attributes for ``chunk``: every fact's (they share batches), or only
+    the stored facts' for an estimator that takes one fact's bag per call (each is screened on its own)."""
+    screened = estimator_from_params(params).per_bag
+    return sum(len(fact.prompts()) for fact in chunk.facts if not screened or fact.id in chunk.store)
 
 
 def query_shape(lm: LanguageModel, query) -> tuple[int, int, int]:

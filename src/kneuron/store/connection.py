@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from kneuron.errors import AtlasError
 from kneuron.store import files
+from kneuron.store.columns import check_rows
 from kneuron.store.files import damaged, quoted, translate
 from kneuron.store.schema import SCHEMA, check_identity, check_version, meta_rows
 
@@ -45,6 +46,9 @@ class AtlasConnection:
         self._lock_fd: int | None = None
         #: whether :meth:`for_run` created the file (a run that fails before its first fact deletes it again)
         self.created = False
+        #: a reader that found no -wal / -shm beside the atlas removes the ones SQLite made for it when it closes
+        #: (a read-only connection cannot): a refused or read atlas is left as it was found
+        self._tidy = False
 
     # -------------------------------------------------------------------------------------------- opening
 
@@ -59,9 +63,13 @@ class AtlasConnection:
         Raises:
             AtlasError: no file, not an atlas, a damaged one, a newer schema, or (writing) a read-only file.
         """
+        if not str(path):
+            raise AtlasError("An empty path is no atlas: give the .sqlite file a `kneuron run --out PATH` wrote.")
         path = Path(path).expanduser()
+        files.check_kind(path)
         if not path.is_file():
             raise AtlasError(f"No atlas at {quoted(path)}: make one with `kneuron run --out {path}`.")
+        tidy = read_only and not any(os.path.lexists(f"{path}{suffix}") for suffix in files.SIDECARS)
         with files.tidy_on_refusal(path):  # a refused file keeps no -wal / -shm of this connection
             kind = files.probe(path)
             atlas = cls._connect(path, read_only)
@@ -71,6 +79,7 @@ class AtlasConnection:
                 atlas._check_version()
                 if kind == "legacy" and not read_only:
                     atlas._stamp()
+        atlas._tidy = tidy
         return atlas
 
     @classmethod
@@ -119,7 +128,10 @@ class AtlasConnection:
             AtlasError: another model or other parameters, another run holds the lock, a read-only file,
                 a damaged atlas, or a file that is not an atlas (refused also with ``overwrite``).
         """
+        if not str(path):
+            raise AtlasError("An empty --out path is no atlas: give the .sqlite file, e.g. runs/demo.sqlite.")
         path = Path(path).expanduser()
+        files.check_kind(path)
         if path.is_dir():
             raise AtlasError(f"{quoted(path)} is a folder: give the atlas's file, e.g. {path / 'run.sqlite'}.")
         kind = None
@@ -167,6 +179,10 @@ class AtlasConnection:
         """Close the connection (a writer checkpoints the WAL into the file) and release the run lock."""
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
+        if self._tidy:
+            self._tidy = False
+            if any(os.path.lexists(f"{self.path}{suffix}") for suffix in files.SIDECARS):
+                files.close_last_connection(self.path)
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # after the connection: closing an fd drops this process's POSIX locks
             self._lock_fd = None
@@ -240,9 +256,21 @@ class AtlasConnection:
     def meta(self) -> dict[str, Any]:
         """The meta table as a dict (values decoded from JSON); see :mod:`kneuron.store.schema` for the keys."""
         if self._meta is None:
-            rows = self._rows("SELECT key, value FROM meta")
-            self._meta = {row["key"]: self._json(row["value"], f"meta value {row['key']!r}") for row in rows}
+            _, rows = self._select("SELECT key, value FROM meta", checked=False)  # value: JSON text, not a number
+            meta = {key: self._json(value, f"meta value {key!r}") for key, value in rows}
+            self._check_meta(meta)
+            self._meta = meta
         return self._meta
+
+    def _check_meta(self, meta: Mapping[str, Any]) -> None:
+        """Refuse meta values of the wrong kind (the model's shape a number, the params an object): read unchecked,
+        they failed later as a ValueError in whatever used them."""
+        for key in ("n_layers", "n_neurons"):
+            if key in meta and not (type(meta[key]) is int and meta[key] >= 0):
+                raise damaged(self.path, f"its meta value {key!r} is {meta[key]!r}, not a count")
+        for key in ("params", "generic", "coverage"):
+            if key in meta and not isinstance(meta[key], dict):
+                raise damaged(self.path, f"its meta value {key!r} is {meta[key]!r}, not a JSON object")
 
     @property
     def params(self) -> dict[str, Any]:
@@ -251,14 +279,18 @@ class AtlasConnection:
 
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
         """Rows of an ad-hoc query as dicts (for a user's own queries: kneuron's code reads through
-        :mod:`kneuron.store.queries` and the table methods).
+        :mod:`kneuron.store.queries` and the table methods). Its values are returned as stored, unchecked (a user's
+        query may name its columns anything).
 
         Example:
             >>> atlas.query("SELECT id, status FROM facts WHERE relation = ?", ["capital"])
         """
-        return self._rows(sql, params)
+        names, rows = self._select(sql, params, checked=False)
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
     def _rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[dict[str, Any]]:
+        """kneuron's own reads as dicts, each value checked to be of its column's kind
+        (:mod:`kneuron.store.columns`)."""
         names, rows = self._select(sql, params)
         return [dict(zip(names, row, strict=True)) for row in rows]
 
@@ -270,12 +302,33 @@ class AtlasConnection:
         """The column names of a query, also when it returns no rows."""
         return self._select(f"SELECT * FROM ({sql}) LIMIT 0")[0]
 
-    def _select(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> tuple[list[str], list[tuple]]:
+    def _select(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = (), checked: bool = True,
+                ) -> tuple[list[str], list[tuple]]:
+        """Run one read; ``checked``: refuse a value of the wrong kind for its column (a layer that is text, a
+        score that is a BLOB, a layer outside the model) as the damaged-atlas error."""
         try:
             cursor = self._db.execute(sql, params)
-            return [d[0] for d in cursor.description or ()], cursor.fetchall()
+            names, rows = [d[0] for d in cursor.description or ()], cursor.fetchall()
         except sqlite3.Error as exc:
             raise translate(self.path, exc) from None
+        if checked:
+            check_rows(self.path, names, rows, self.meta if any(n in ("layer", "neuron") for n in names) else None)
+        return names, rows
+
+    def _numbers_only(self, rows: Sequence[tuple], column: str) -> None:
+        """For a query that averages ``column`` (SQLite's avg() reads text as 0, silently) and counts, as its last
+        value per row, the values that are no number (``sum(typeof(x) NOT IN ('integer', 'real'))``): refuse any."""
+        if any(row[-1] for row in rows):
+            raise damaged(self.path, f"its {column} column holds values that are no number")
+
+    def stored_json(self, text: str | None, what: str) -> Any:
+        """A JSON value stored in the atlas (``what`` names it in the error); undecodable means the file is
+        damaged.
+
+        Raises:
+            AtlasError: not JSON (the damaged-atlas error).
+        """
+        return self._json(text, what)
 
     def _json(self, text: str | None, what: str) -> Any:
         """A JSON value stored in the atlas; undecodable means the file is damaged."""

@@ -158,7 +158,12 @@ class FactsTable(AtlasConnection):
         if self.params.get("keep_scores", "full") != "sparse":
             raise AtlasError(f"{quoted(self.path)} keeps {self.params.get('keep_scores', 'full')} scores, not "
                              "sparse ones: read them with prompt_scores().")
-        rows = self._rows("SELECT scores, activations, dtype FROM prompts WHERE fact_id = ? ORDER BY idx", [fact_id])
+        rows = self._rows("SELECT * FROM prompts WHERE fact_id = ? ORDER BY idx", [fact_id])
+        for row in rows:
+            try:
+                self._check_blobs(row, (row["layers"], row["neurons"]), "sparse")
+            except ValueError as exc:
+                raise damaged(self.path, f"prompt {row['idx']} of {fact_id!r}: {exc}") from None
         return [score_blobs.decode_sparse(row["scores"], row["activations"], row["dtype"]) for row in rows]
 
     _check_blobs = staticmethod(score_blobs.check_blobs)

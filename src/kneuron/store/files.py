@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,14 +128,44 @@ def identify(db: sqlite3.Connection, path: Path) -> str | None:
     raise not_an_atlas(path, f"an SQLite database with {listed}")
 
 
+def check_kind(path: Path) -> None:
+    """Refuse, before anything opens it, a path that is neither absent nor a regular file (or a link to one): a
+    dangling symbolic link, a FIFO (opening one blocks until another program writes to it), a socket or a
+    device. A folder is left to the callers (each says what to give instead).
+
+    Raises:
+        AtlasError: what ``path`` is, in one line.
+    """
+    if not str(path):
+        raise AtlasError("An empty path is no atlas: give the .sqlite file, e.g. runs/demo.sqlite.")
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise AtlasError(f"{quoted(path)} is a symbolic link to {os.readlink(path)!r}, which does not exist; "
+                             "kneuron does not follow it. Remove the link, or give another path.") from None
+        return
+    except OSError as exc:
+        raise AtlasError(f"Cannot read {quoted(path)} ({exc.strerror}); give another path.") from None
+    if not (stat.S_ISREG(found.st_mode) or stat.S_ISDIR(found.st_mode)):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(found.st_mode) else \
+            "a socket" if stat.S_ISSOCK(found.st_mode) else "a device or other special file"
+        raise AtlasError(f"{quoted(path)} is {kind}, not a file; kneuron reads and writes atlases only as regular "
+                         "files. Give another path.")
+
+
 def probe(path: Path) -> str | None:
     """:func:`identify` for the file at ``path`` without opening it for writing (an empty file is not an atlas).
 
     Raises:
         AtlasError: not an atlas, or damaged.
     """
-    with open(path, "rb") as handle:
-        header = handle.read(len(SQLITE_HEADER))
+    check_kind(path)
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise AtlasError(f"Cannot read {quoted(path)} ({exc.strerror}); give another path.") from None
     if not header:
         raise not_an_atlas(path, "an empty file; if a run killed at its start left it, delete it")
     if header != SQLITE_HEADER:
@@ -165,11 +196,13 @@ def tidy_on_refusal(path: Path) -> Iterator[None]:
         yield
     except BaseException:
         if not existed and any(os.path.lexists(f"{path}{suffix}") for suffix in SIDECARS):
-            _close_last_connection(path)
+            close_last_connection(path)
         raise
 
 
-def _close_last_connection(path: Path) -> None:
+def close_last_connection(path: Path) -> None:
+    """Let SQLite remove the -wal / -shm files of ``path`` if no connection has it open (a read-write connection
+    that closes last removes them; it writes nothing when their log is empty)."""
     with contextlib.suppress(sqlite3.Error, OSError, ValueError):
         db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=rw", uri=True, timeout=0, isolation_level=None)
         try:

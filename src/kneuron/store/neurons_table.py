@@ -13,6 +13,7 @@ from typing import Any
 
 from kneuron.attribution.types import KnowledgeNeurons, Neuron
 from kneuron.store.facts_table import FactsTable
+from kneuron.store.files import damaged
 
 
 class NeuronsTable(FactsTable):
@@ -33,6 +34,9 @@ class NeuronsTable(FactsTable):
         n_prompts = len(self._json(row["templates"], f"the templates of {fact_id!r}"))
         coarse: list[list[Neuron]] = [[] for _ in range(n_prompts)]
         for prompt, neuron in self._neurons(fact_id, "coarse"):
+            if not 0 <= prompt < n_prompts:
+                raise damaged(self.path, f"a coarse neuron of {fact_id!r} belongs to prompt {prompt}, but the fact "
+                                         f"has {n_prompts} prompts")
             coarse[prompt].append(neuron)
         refined = [neuron for _, neuron in self._neurons(fact_id, "refined")]
         return KnowledgeNeurons(refined, coarse, self._to_fact(row),
@@ -80,7 +84,8 @@ class NeuronsTable(FactsTable):
         """The ``k`` refined neurons shared by the most done facts: ``(neuron with mean score, facts)``."""
         join = "facts f CROSS JOIN neurons n ON n.fact_id = f.id" if relation is not None else \
             "neurons n JOIN facts f ON f.id = n.fact_id"  # as in layer_counts
-        sql = (f"SELECT n.layer, n.neuron, count(DISTINCT n.fact_id) AS facts, avg(n.score) FROM {join} "
+        sql = (f"SELECT n.layer, n.neuron, count(DISTINCT n.fact_id) AS facts, avg(n.score), "
+               f"sum(typeof(n.score) NOT IN ('integer', 'real')) AS not_numbers FROM {join} "
                "WHERE n.kind = 'refined' AND f.status = 'done'")
         args: list[Any] = []
         if relation is not None:
@@ -88,7 +93,8 @@ class NeuronsTable(FactsTable):
             args.append(relation)
         sql += " GROUP BY n.layer, n.neuron ORDER BY facts DESC, avg(n.score) DESC, n.layer, n.neuron LIMIT ?"
         rows = self._execute(sql, [*args, k])
-        return [(Neuron(layer, neuron, score), facts) for layer, neuron, facts, score in rows]
+        self._numbers_only(rows, "score")
+        return [(Neuron(layer, neuron, score), facts) for layer, neuron, facts, score, _ in rows]
 
     # -------------------------------------------------------------------------------------------- generic
 

@@ -1,14 +1,22 @@
 """A run's progress: a rich bar on a terminal, plain lines a log can read everywhere else.
 
-On a terminal the bar shows facts done, the rate, the elapsed time and the ETA. When stderr is not a terminal
-(nohup, CI, a batch job's log) a bar would print nothing until the run ends, so a plain line is printed at
-least every ``interval`` seconds (30 by default, from a timer thread, so also while a long chunk is computing)
-and once at the end::
+A run counts its facts (stored) and the prompts attributed inside each chunk: a chunk of 16 facts is one
+``attribute`` call that can take minutes, so facts alone would sit at ``0/16`` until all 16 arrive at once. The
+local executor reports each prompt as the estimator finishes it (``on_prompt``); an executor that cannot (Ray's
+workers compute a chunk out of process) has the chunk's prompts counted when its result comes back. The
+percentage, the rate and the ETA are in prompts, so they move, and the ETA is there from the first finished
+prompt.
 
-    progress: 12/38 facts (31.6%), 8.7 s/fact, elapsed 1m44s, ETA 3m46s, executor ray x2
+On a terminal the bar shows prompts and facts done, the rate, the elapsed time and the ETA. When stderr is not a
+terminal (nohup, CI, a batch job's log) a bar would print nothing until the run ends, so a plain line is printed
+at least every ``interval`` seconds (30 by default, from a timer thread, so also while a long chunk is
+computing), also when a prompt finishes ``interval`` seconds or more after the last line, and once at the end::
 
-The rate is wall-clock time since the first fact of this call began computing divided by the facts finished
-since then (never a moving-window estimate), so ``rate x done == elapsed`` holds at every line.
+    progress: 3/38 facts, 41/304 prompts (13.5%), 2.5 s/prompt, elapsed 1m44s, ETA 11m04s, executor local
+
+The rate is wall-clock time since the first prompt of this call began computing divided by the prompts finished
+since then (never a moving-window estimate), so ``rate x done == elapsed`` holds at every line. Without a prompt
+count (``prompts=None``) the same is done in facts.
 """
 
 from __future__ import annotations
@@ -29,59 +37,112 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def rate_text(done: int, elapsed: float) -> str:
-    """Seconds per fact below one fact per second, facts per second above; '--' before the first fact."""
+def rate_text(done: int, elapsed: float, unit: str = "fact") -> str:
+    """Seconds per ``unit`` below one per second, ``unit`` s per second above; '--' before the first one."""
     if done <= 0 or elapsed <= 0:
-        return "-- s/fact"
+        return f"-- s/{unit}"
     per = elapsed / done
-    return f"{per:.1f} s/fact" if per >= 1 else f"{1 / per:.1f} facts/s"
+    return f"{per:.1f} s/{unit}" if per >= 1 else f"{1 / per:.1f} {unit}s/s"
 
 
 class RunProgress:
-    """Progress of ``total`` facts on ``console``; use as a context manager, call :meth:`advance` per fact."""
+    """Progress of ``total`` facts (and ``prompts`` prompts, when given) on ``console``; use as a context manager,
+    call :meth:`prompt_done` as each prompt is attributed, :meth:`chunk_done` with a chunk's prompts when its
+    result arrives and :meth:`advance` per stored fact."""
 
-    def __init__(self, console, total: int, executor: str, interval: float = INTERVAL) -> None:
+    def __init__(self, console, total: int, executor: str, interval: float = INTERVAL, *,
+                 prompts: int | None = None) -> None:
         self.console = console
         self.total = total
         self.executor = executor
         self.interval = interval
+        self.prompts = prompts
         self.done = 0
+        self._settled = 0  # prompts of the chunks whose results arrived
+        self._live = 0  # prompts reported so far by the chunk being computed
         self.started = time.perf_counter()
+        self._said = self.started
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._bar = None
         self._task = None
 
+    @property
+    def prompts_done(self) -> int:
+        """Prompts attributed so far (of chunks that arrived and of the one computing)."""
+        return min(self._settled + self._live, self.prompts) if self.prompts is not None else 0
+
+    def _state(self) -> tuple[int, int, float]:
+        """(units done, units in all, elapsed seconds): in prompts when they are counted, else in facts."""
+        with self._lock:
+            elapsed = time.perf_counter() - self.started
+            if self.prompts is not None:
+                return self.prompts_done, self.prompts, elapsed
+            return self.done, self.total, elapsed
+
+    def _eta(self, done: int, total: int, elapsed: float) -> tuple[str, str]:
+        """The rate and the ETA text of a :meth:`_state`."""
+        unit = "prompt" if self.prompts is not None else "fact"
+        eta = "--" if not done else _duration(elapsed / done * (total - done))
+        return rate_text(done, elapsed, unit), eta
+
     def line(self) -> str:
         """The plain progress line now."""
-        with self._lock:
-            done, elapsed = self.done, time.perf_counter() - self.started
-        eta = "--" if not done else _duration(elapsed / done * (self.total - done))
-        share = 100 * done / self.total if self.total else 100.0
-        return (f"progress: {done}/{self.total} facts ({share:.1f}%), {rate_text(done, elapsed)}, elapsed "
-                f"{_duration(elapsed)}, ETA {eta}, executor {self.executor}")
+        done, total, elapsed = self._state()
+        share = 100 * done / total if total else 100.0
+        rate, eta = self._eta(done, total, elapsed)
+        counts = f"{self.done}/{self.total} facts"
+        if self.prompts is not None:
+            counts += f", {done}/{total} prompts"
+        return (f"progress: {counts} ({share:.1f}%), {rate}, elapsed {_duration(elapsed)}, ETA {eta}, "
+                f"executor {self.executor}")
 
     def __enter__(self) -> RunProgress:
-        self.started = time.perf_counter()
+        self.started = self._said = time.perf_counter()
         if self.console.is_terminal:
             self._bar = _bar(self.console, self)
             self._bar.__enter__()
-            self._task = self._bar.add_task("run", total=self.total)
+            self._task = self._bar.add_task("run", total=self.prompts if self.prompts is not None else self.total)
         else:
             self._thread = threading.Thread(target=self._tick, name="kneuron-progress", daemon=True)
             self._thread.start()
         return self
 
+    def _say(self) -> None:
+        with self._lock:
+            self._said = time.perf_counter()
+        self.console.print(self.line(), highlight=False, soft_wrap=True)
+
     def _tick(self) -> None:
         while not self._stop.wait(self.interval):
-            self.console.print(self.line(), highlight=False, soft_wrap=True)
+            self._say()
+
+    def _moved(self) -> None:
+        if self._bar is not None:
+            done, _, _ = self._state()
+            self._bar.update(self._task, completed=done)
+        elif time.perf_counter() - self._said >= self.interval:
+            self._say()
+
+    def prompt_done(self, prompts: int = 1) -> None:
+        """``prompts`` more prompts of the chunk being computed are attributed."""
+        with self._lock:
+            self._live += prompts
+        self._moved()
+
+    def chunk_done(self, prompts: int) -> None:
+        """A chunk's result arrived: its ``prompts`` count as done (replacing what it reported as it went)."""
+        with self._lock:
+            self._settled += prompts
+            self._live = 0
+        self._moved()
 
     def advance(self, facts: int = 1) -> None:
+        """``facts`` more facts are stored."""
         with self._lock:
             self.done += facts
-        if self._bar is not None:
-            self._bar.update(self._task, completed=self.done)
+        self._moved()
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
@@ -98,13 +159,14 @@ def _bar(console, progress: RunProgress):
     from rich.text import Text
 
     class Rate(ProgressColumn):
-        """Wall-clock rate (elapsed over done) and the ETA from it, not rich's moving-window speed."""
+        """Facts stored, the wall-clock rate (elapsed over done) and the ETA from it, not rich's moving-window
+        speed."""
 
         def render(self, task) -> Text:
-            with progress._lock:
-                done, elapsed = progress.done, time.perf_counter() - progress.started
-            eta = "--" if not done else _duration(elapsed / done * (progress.total - done))
-            return Text(f"{rate_text(done, elapsed)} ETA {eta} ({progress.executor})", style="progress.data.speed")
+            rate, eta = progress._eta(*progress._state())
+            return Text(f"{progress.done}/{progress.total} facts, {rate} ETA {eta} ({progress.executor})",
+                        style="progress.data.speed")
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("facts"),
+    unit = "prompts" if progress.prompts is not None else "facts"
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
                     Rate(), TimeElapsedColumn(), console=console, transient=False)

@@ -25,15 +25,17 @@ from typing import Any
 
 from kneuron.attribution.estimators import Estimator, estimator_from_params, estimator_names
 from kneuron.attribution.ffn_norm import check_norm, with_effective_norm
+from kneuron.attribution.health import check_finite
 from kneuron.attribution.integrated_gradients import ALPHA_RULES
-from kneuron.attribution.knowledge import resolve_estimator
+from kneuron.attribution.knowledge import AIMS, resolve_estimator
 from kneuron.errors import AtlasError, FactError, InputError, KneuronError
 from kneuron.facts.encoding import encode
 from kneuron.facts.fact import Fact
 from kneuron.facts.known import answer_ranks, known_share
 from kneuron.models.language_model import LanguageModel
 from kneuron.store.atlas import Atlas, model_identity
-from kneuron.store.chunks import DEFAULT_CHUNK_FACTS, Chunk, Executor, LocalExecutor, plan_chunks
+from kneuron.store.chunks import DEFAULT_CHUNK_FACTS, Chunk, Executor, LocalExecutor, chunk_prompts, plan_chunks
+from kneuron.store.files import damaged as files_damaged
 from kneuron.store.scores import KEEP_SCORES, keep_params
 
 
@@ -102,13 +104,15 @@ def run_params(*, steps: int, threshold: float, share: float | str, objective: s
         raise InputError(f"norm={norm!r} belongs to the estimator: give it when making "
                          f"{type(estimator).__name__}(..., norm={norm!r}), or pass the estimator's name.")
     chosen = resolve_estimator(estimator, steps=int(steps), objective=objective, alphas=alphas,  # type: ignore[arg-type]
-                               screen=screen, threshold=float(threshold),  # an estimator that aims at it takes it
+                               screen=screen, threshold=float(threshold),  # an estimator that aims at them
+                               share=share if share == "adaptive" else float(share),  # takes them
                                **({} if norm is None else {"norm": check_norm(norm)}))
-    aims_at = chosen.params().get("threshold")
-    if aims_at is not None and aims_at != float(threshold):
-        raise InputError(f"{type(chosen).__name__} aims at the coarse threshold {aims_at:g} but the run's is "
-                         f"{float(threshold):g}: give the estimator threshold={float(threshold):g}, or the run "
-                         f"threshold={aims_at:g}.")
+    wanted = {"threshold": float(threshold), "share": share if share == "adaptive" else float(share)}
+    for key, value in wanted.items():
+        aims_at = chosen.params().get(key)
+        if aims_at is not None and aims_at != value:
+            raise InputError(f"{type(chosen).__name__} aims at the {AIMS[key]} {aims_at} but the run's is "
+                             f"{value}: give the estimator {key}={value!r}, or the run {key}={aims_at!r}.")
     if estimator_from_params(chosen.params()) != chosen:  # what every chunk (and Ray worker) rebuilds it from
         raise InputError(f"{type(chosen).__name__} is not in the estimator registry, so a run cannot rebuild it "
                          "from the atlas's params: register it with kneuron.attribution.estimators."
@@ -164,17 +168,18 @@ def _discarded_on_failure(atlas: Atlas):
             atlas.close()  # releases the run lock, which removing the file takes
             done = 1  # unless the atlas says otherwise, keep it
             with contextlib.suppress(KneuronError, OSError), Atlas.open(atlas.path, read_only=True) as check:
-                done = check.query("SELECT count(*) AS n FROM facts WHERE status = 'done'")[0]["n"]
+                done = check._rows("SELECT count(*) AS n FROM facts WHERE status = 'done'")[0]["n"]
             with contextlib.suppress(KneuronError, OSError):
                 if not done:
                     files.remove(atlas.path)
         raise
 
 
-def _same(fact: Fact, row: dict[str, Any]) -> bool:
-    import json
-
-    return (row["relation"], row["subject"], row["object"], tuple(json.loads(row["templates"]))) == (
+def _same(fact: Fact, row: dict[str, Any], atlas: Atlas) -> bool:
+    templates = atlas.stored_json(row["templates"], f"the templates of {row['id']!r}")
+    if not isinstance(templates, list):
+        raise files_damaged(atlas.path, f"the templates of {row['id']!r} are {templates!r}, not a list")
+    return (row["relation"], row["subject"], row["object"], tuple(templates)) == (
         fact.relation, fact.subject, fact.object, tuple(fact.templates))
 
 
@@ -222,7 +227,7 @@ def _register(atlas: Atlas, lm: LanguageModel, facts: list[Fact], *, known_only:
     existing = {row["id"]: row for row in atlas.fact_rows(status=None)}
     for fact in facts:
         row = existing.get(fact.id)
-        if row is not None and not _same(fact, row):
+        if row is not None and not _same(fact, row, atlas):
             raise AtlasError(
                 f"Fact {fact.id!r} in {atlas.path} differs from the one given ({row['subject']} -> {row['object']}, "
                 f"templates {row['templates']}); an atlas keeps one version of each fact. Start a new atlas: "
@@ -339,6 +344,8 @@ def run(
         console = Console(stderr=True)
     say = console.print if progress else (lambda *a, **k: None)
     check_facts(facts)  # before the atlas file exists
+    if facts:  # a model whose clean forward is not finite is refused before the atlas exists, naming the layer
+        check_finite(lm, [encode(lm, prompt, facts[0].object) for prompt in facts[0].prompts()])
     summary = RunSummary(Path(atlas_path))
     identity = model_identity(lm)
     with Atlas.for_run(atlas_path, identity, params, overwrite=overwrite,
@@ -387,7 +394,7 @@ def _announce(say, atlas: Atlas, summary: RunSummary, todo: int, known_only: boo
 def _generic_stale(atlas: Atlas) -> bool:
     """Whether the generic table was computed over fewer done facts than the atlas has (a run killed after
     its last fact but before it rewrote the table)."""
-    done = atlas.query("SELECT count(*) AS n FROM facts WHERE status = 'done'")[0]["n"]
+    done = atlas._rows("SELECT count(*) AS n FROM facts WHERE status = 'done'")[0]["n"]
     return done != atlas.meta.get("generic", {}).get("facts", 0)
 
 
@@ -403,10 +410,15 @@ def _compute(atlas: Atlas, lm: LanguageModel, todo: list[dict[str, Any]], params
     wanted = {row["id"] for row in todo}
     plan = plan_chunks(atlas.fact_rows(status=None), wanted, params["chunk_facts"])
     facts = {fact.id: fact for fact in atlas.facts(status=None)}
-    chunks = (Chunk(number, [facts[i] for i in ids], store) for number, ids, store in plan)
-    bar = RunProgress(console, len(todo), executor.name, progress_interval) if console is not None else nullcontext()
+    chunks = [Chunk(number, [facts[i] for i in ids], store) for number, ids, store in plan]
+    prompts = sum(chunk_prompts(chunk, params) for chunk in chunks)
+    bar = (RunProgress(console, len(todo), executor.name, progress_interval, prompts=prompts)
+           if console is not None else nullcontext())
     with bar as progress:
-        for result in executor.map(chunks, params, identity):
+        on_prompt = progress.prompt_done if progress is not None else None
+        for result in executor.map(iter(chunks), params, identity, on_prompt=on_prompt):
+            if progress is not None:
+                progress.chunk_done(result.prompts)
             for fact in result.results:
                 written = time.perf_counter()
                 atlas.store_fact(fact.fact_id, fact.kn, fact.probabilities, fact.baseline, fact.compute_seconds)

@@ -64,7 +64,7 @@ def write_vocabulary(atlas, vocabularies: Sequence[FactVocabulary], token_text: 
 
 def has_vocabulary(atlas) -> bool:
     """Whether the atlas has the table (a study wrote it at least once)."""
-    return bool(atlas.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [TABLE]))
+    return bool(atlas._rows("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [TABLE]))
 
 
 def word_ranks(atlas, fact_id: str, below: int) -> dict[tuple[int, int], int]:
@@ -72,7 +72,7 @@ def word_ranks(atlas, fact_id: str, below: int) -> dict[tuple[int, int], int]:
     token): ``{(layer, neuron): answer rank}``; empty when the atlas has no table."""
     if not has_vocabulary(atlas):
         return {}
-    rows = atlas.query("SELECT layer, neuron, answer_rank FROM vocabulary WHERE fact_id = ? AND answer_rank < ?",
+    rows = atlas._rows("SELECT layer, neuron, answer_rank FROM vocabulary WHERE fact_id = ? AND answer_rank < ?",
                        [fact_id, below])
     return {(r["layer"], r["neuron"]): r["answer_rank"] for r in rows}
 
@@ -82,7 +82,7 @@ def vocabulary_fact_ids(atlas, layer: int, neuron: int, limit: int) -> list[str]
     table."""
     if not has_vocabulary(atlas):
         return []
-    rows = atlas.query("SELECT v.fact_id FROM vocabulary v JOIN facts f ON f.id = v.fact_id WHERE v.layer = ? AND "
+    rows = atlas._rows("SELECT v.fact_id FROM vocabulary v JOIN facts f ON f.id = v.fact_id WHERE v.layer = ? AND "
                        "v.neuron = ? ORDER BY f.seq LIMIT ?", [layer, neuron, limit])
     return [r["fact_id"] for r in rows]
 
@@ -93,7 +93,7 @@ def read_vocabulary(atlas, fact_id: str | None = None) -> list[dict[str, Any]]:
     if not has_vocabulary(atlas):
         return []
     sql = "SELECT v.* FROM vocabulary v JOIN facts f ON f.id = v.fact_id"
-    rows = atlas.query(sql + (" WHERE v.fact_id = ? ORDER BY v.idx" if fact_id is not None else
+    rows = atlas._rows(sql + (" WHERE v.fact_id = ? ORDER BY v.idx" if fact_id is not None else
                               " ORDER BY f.seq, v.idx"), [fact_id] if fact_id is not None else [])
     for entry in rows:
         for column in ("promoted", "suppressed"):

@@ -221,6 +221,9 @@ class Study:
         fact_panel: whether a fact's page in ``kneuron serve`` shows its rows about that fact.
         controls: variant -> its control variant (random neurons, the activation baseline): the stored aggregates
             carry the paired test of each measure against the same measure of its control on the same facts.
+        metric_controls: metric -> its control metric of the same variant, for a study whose control is another
+            metric rather than another variant (the estimators study's ``suppress`` against ``suppress_random``).
+            A study without a control says so in its docstring (its aggregates then have no p-value).
     """
 
     name: ClassVar[str]
@@ -234,6 +237,7 @@ class Study:
     options: ClassVar[tuple[Option, ...]] = ()
     fact_panel: ClassVar[bool] = True
     controls: ClassVar[Mapping[str, str]] = {}
+    metric_controls: ClassVar[Mapping[str, str]] = {}
 
     @property
     def runs_in_all(self) -> bool:
@@ -264,7 +268,7 @@ class Study:
         overall and per relation."""
         from kneuron.studies.intervals import aggregate_rows
 
-        return aggregate_rows(output.rows, dict(self.controls))
+        return aggregate_rows(output.rows, self.controls, metric_controls=self.metric_controls)
 
     def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
         """Its headline figures as ``(measure, value)`` lines for the command's summary table (``aggregates``: the
@@ -275,6 +279,17 @@ class Study:
     def summary(self, output: StudyOutput, context: StudyContext) -> list[Any]:
         """Tables and lines (rich renderables) the command prints after the summary table. Default: none."""
         return []
+
+    def fact_charts(self, rows: Sequence[dict]) -> list[dict[str, Any]]:
+        """Charts of its rows about one fact, drawn on the fact's page of ``kneuron serve`` above its table: plain
+        data, each a heatmap ``{"title", "x": column labels, "y": row labels, "values": [[x, y, value], ...],
+        "caption"}`` (indices into the labels). Default: none."""
+        return []
+
+    def panel_rows(self, rows: Sequence[dict]) -> list[dict]:
+        """Which of its rows about one fact the fact page's table lists (the rows a chart shows may stay out; the
+        study's page and the API keep all of them). Default: all."""
+        return list(rows)
 
 
 def finite_mean(values: Iterable[float]) -> tuple[float, int]:

@@ -52,7 +52,7 @@ import torch
 
 from kneuron.attribution.selection import refined_keys
 from kneuron.attribution.types import Neuron
-from kneuron.errors import EditError, KneuronError
+from kneuron.errors import EditError, FactError, KneuronError
 from kneuron.facts.encoding import EncodedQuery, encode
 from kneuron.facts.fact import Fact, Prompt
 from kneuron.facts.robustness import RobustnessData, robustness_data
@@ -73,6 +73,27 @@ from kneuron.studies.metrics import by_length, fact_rng, head_at, padded, row
 STUDY = "edit_robustness"
 #: the prompt sets every fact is measured on (those that exist for it), in report order
 GROUPS = ("own", "alias", "kept", "heldout", "heldout_full")
+
+
+#: how a variant makes its edit of a fact: ``make(fact, new, neurons, prompts)``, ``prompts`` the prompts it may
+#: learn from (None: all the fact's; the held-out test passes the kept ones); raises EditError (or FactError)
+#: when it cannot (the fact is then recorded as not edited)
+EditMaker = Callable[[Fact, str, Sequence[NeuronKey], Sequence[Prompt] | None], Edit]
+#: what an edit that cannot be made raises (recorded as ``edited`` = 0, not an error of the study)
+UNEDITABLE = (EditError, FactError)
+
+
+def kn_maker(counts: Mapping, scale: Scale, sign: SignRule, options: Mapping, lm: LanguageModel) -> EditMaker:
+    """The knowledge-neuron update of :func:`~kneuron.interventions.update_fact` with these settings (neurons
+    shared by more than ``options["max_share"]`` of the relation's facts left out, by ``counts``)."""
+    def make(fact: Fact, new: str, keys: Sequence[NeuronKey], prompts: Sequence[Prompt] | None) -> Edit:
+        if not keys:
+            raise EditError(f"{fact.id} has no knowledge neurons to update.")
+        rel_counts, n_facts = counts.get(fact.relation, ({}, 1))
+        extra = {} if prompts is None else {"prompts": list(prompts)}
+        return update_fact(lm, list(keys), fact.object, new, relation_counts=rel_counts, n_facts=n_facts,
+                           scale=scale, sign=sign, fact=fact, **extra, **options)
+    return make
 
 
 def variant_name(scale: Scale = "absolute", sign: SignRule = "none") -> str:
@@ -272,6 +293,8 @@ def edit_robustness_study(
         if scale not in ("absolute", "slot_norm") or sign not in ("none", "activation"):
             raise KneuronError(f"Unknown update setting {scale}:{sign}; scale is absolute or slot_norm, sign is none "
                                "or activation.")
+    options = dict(lambda_old=lambda_old, lambda_new=lambda_new, max_share=max_share)
+    methods = [(variant_name(scale, sign), kn_maker(counts, scale, sign, options, lm)) for scale, sign in settings]
     rows: list[dict] = []
     for n, fact in enumerate(facts):
         if on_fact is not None:
@@ -279,25 +302,23 @@ def edit_robustness_study(
         keys = neuron_keys(neurons_by_fact.get(fact.id, []))
         if not keys:
             continue
-        rows += _fact_rows(lm, fact, keys, data=data, pool=pool, owners=owners, counts=counts,
-                           coarse=(coarse_by_fact or {}).get(fact.id), share=share, settings=settings,
-                           options=dict(lambda_old=lambda_old, lambda_new=lambda_new, max_share=max_share),
-                           held_out=held_out, n_neighbours=n_neighbours, seed=seed)
+        rows += fact_rows(lm, fact, keys, data=data, pool=pool, owners=owners,
+                          coarse=(coarse_by_fact or {}).get(fact.id), share=share, methods=methods,
+                          held_out=held_out, n_neighbours=n_neighbours, seed=seed)
     return rows
 
 
-def _fact_rows(lm: LanguageModel, fact: Fact, keys: list[NeuronKey], *, data: RobustnessData, pool: Sequence[Fact],
-               owners: Mapping[tuple[str, str], str], counts: Mapping, coarse: Sequence[Sequence[Neuron]] | None,
-               share: float | str, settings: Sequence[tuple[Scale, SignRule]], options: dict, held_out: int,
-               n_neighbours: int, seed: int) -> list[dict]:
-    """Every variant's rows for one fact."""
+def fact_rows(lm: LanguageModel, fact: Fact, keys: list[NeuronKey], *, data: RobustnessData, pool: Sequence[Fact],
+              owners: Mapping[tuple[str, str], str], coarse: Sequence[Sequence[Neuron]] | None, share: float | str,
+              methods: Sequence[tuple[str, EditMaker]], held_out: int, n_neighbours: int, seed: int,
+              study: str = STUDY) -> list[dict]:
+    """Every variant's rows for one fact: each of ``methods`` (variant name, :data:`EditMaker`) makes its edit of
+    the fact (and, for the held-out test, from the kept prompts' neurons and prompts), measured on the same prompt
+    sets (a study comparing edit methods reuses this with its own ``study`` name)."""
     def out(variant: str, values: Mapping[str, float]) -> list[dict]:
-        return [row(STUDY, variant, fact.relation, fact.id, k, v) for k, v in values.items()]
+        return [row(study, variant, fact.relation, fact.id, k, v) for k, v in values.items()]
 
-    new = choose_new_answer(lm, fact, _symmetry_pool(fact, pool, data), seed)
-    if new is None and data.is_one_to_one(fact):  # no one-to-one answer to move to: the symmetry test is skipped
-        new = choose_new_answer(lm, fact, pool, seed)
-    rel_counts, n_facts = counts.get(fact.relation, ({}, 1))
+    new = robustness_new_answer(lm, fact, pool, data, seed)
     prompts = fact.prompts()
     batch = _Batch()  # the prompt sets of the ordinary edit
     common: dict[str, float] = {}
@@ -341,14 +362,12 @@ def _fact_rows(lm: LanguageModel, fact: Fact, keys: list[NeuronKey], *, data: Ro
             held_batch.add(f"{name}_new", _queries(lm, [prompts[i] for i in chosen], new))
     before = batch.scored(lm) | held_batch.scored(lm)
     rows: list[dict] = []
-    for scale, sign in settings:
-        variant = variant_name(scale, sign)
+    for variant, make in methods:
         edit = None
         if new is not None:
             try:
-                edit = update_fact(lm, keys, fact.object, new, relation_counts=rel_counts, n_facts=n_facts,
-                                   scale=scale, sign=sign, fact=fact, **options)
-            except EditError:  # e.g. every neuron shared by the relation
+                edit = make(fact, new, keys, None)
+            except UNEDITABLE:  # e.g. every neuron shared by the relation
                 edit = None
         if edit is None:
             rows += out(variant, {"edited": 0.0})
@@ -364,11 +383,19 @@ def _fact_rows(lm: LanguageModel, fact: Fact, keys: list[NeuronKey], *, data: Ro
         if "neighbour_true" in before:
             values |= _neighbourhood(before, after)
         if held_batch.sets:
-            values |= _held_out_metrics(lm, fact, new, held_keys, kept, heldout, held_batch, before, edit,
-                                        rel_counts=rel_counts, n_facts=n_facts, scale=scale, sign=sign,
-                                        options=options)
+            values |= _held_out_metrics(lm, fact, new, held_keys, kept, heldout, held_batch, before, edit, make)
         rows += out(variant, values)
     return rows
+
+
+def robustness_new_answer(lm: LanguageModel, fact: Fact, pool: Sequence[Fact], data: RobustnessData, seed: int,
+                          ) -> str | None:
+    """t' of ``fact``: among the relation's one-to-one answers the model knows when the fact is one-to-one (so that
+    the reverse query has one answer), otherwise (or when there is none) the editing study's choice."""
+    new = choose_new_answer(lm, fact, _symmetry_pool(fact, pool, data), seed)
+    if new is None and data.is_one_to_one(fact):  # no one-to-one answer to move to: the symmetry test is skipped
+        new = choose_new_answer(lm, fact, pool, seed)
+    return new
 
 
 def _reverse_metrics(before: Mapping[str, Scores], after: Mapping[str, Scores]) -> dict[str, float]:
@@ -400,20 +427,17 @@ def _neighbourhood(before: Mapping[str, Scores], after: Mapping[str, Scores]) ->
 
 
 def _held_out_metrics(lm: LanguageModel, fact: Fact, new: str, held_keys: list[NeuronKey], kept: list[int],
-                      heldout: list[int], held_batch: _Batch, before: Mapping[str, Scores], full_edit: Edit, *,
-                      rel_counts: Mapping, n_facts: int, scale: Scale, sign: SignRule, options: dict,
-                      ) -> dict[str, float]:
-    """The full-neuron edit on the held-out prompts, and the kept-prompt neurons' edit on held-out and kept ones."""
+                      heldout: list[int], held_batch: _Batch, before: Mapping[str, Scores], full_edit: Edit,
+                      make: EditMaker) -> dict[str, float]:
+    """The full edit on the held-out prompts, and the edit made from the kept prompts (and their neurons) on
+    held-out and kept ones."""
     full = held_batch.scored(lm, full_edit)
     values = pair_metrics("heldout_full", before["heldout_old"], before["heldout_new"], full["heldout_old"],
                           full["heldout_new"])
-    if not held_keys:
-        return values | {"heldout_edited": 0.0}
     prompts = fact.prompts()
     try:
-        edit = update_fact(lm, held_keys, fact.object, new, relation_counts=rel_counts, n_facts=n_facts,
-                           scale=scale, sign=sign, fact=fact, prompts=[prompts[i] for i in kept], **options)
-    except EditError:
+        edit = make(fact, new, held_keys, [prompts[i] for i in kept])
+    except UNEDITABLE:
         return values | {"heldout_edited": 0.0}
     after = held_batch.scored(lm, edit)
     values["heldout_edited"] = 1.0

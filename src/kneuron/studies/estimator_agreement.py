@@ -24,6 +24,14 @@ integrated-gradients scores and refined neurons the atlas holds:
   neurons from the same layers), ``suppress_ig`` IG's own refined neurons' (the same value in every estimator's
   rows, repeated so that each estimator's means are over the same facts). Facts where a set is empty have no
   such row (``neurons`` and ``neurons_ig`` say how many were patched).
+* specificity (:mod:`kneuron.studies.estimator_specificity`), for each estimator and for ``ig``:
+  ``suppress_other``, the mean Δp/p on one prompt of each of ``other_facts`` facts of other relations when the
+  fact's refined neurons are set to 0 (drawn as the suppress / amplify study draws them, so ``ig``'s equal its
+  ``suppress_other``); ``generic_fraction``, the share of the fact's refined neurons that are generic (refined for
+  more than ``generic_share`` of the compared facts under the same estimator: the generic study's definition);
+  over all facts (rows without a fact) ``generic_neurons`` (how many) and ``most_shared`` (the share of the facts
+  whose refined set holds the most shared neuron). For each estimator also ``identical``: 1 when its refined set
+  of the fact is IG's, else 0.
 * ``seconds_per_prompt``: wall-clock seconds of the estimator's ``attribute`` call on the fact's prompts (one call
   per fact) divided by its prompts, measured here. Variant ``ig`` carries IG's from the atlas
   (``compute_seconds`` of the fact / its prompts: measured when the atlas was made, and it includes refining and
@@ -31,8 +39,9 @@ integrated-gradients scores and refined neurons the atlas holds:
 
 Rows: study ``estimators``, variant the estimator's label (e.g. ``gxa``, ``ig-gauss5``; ``ig`` for IG's own
 figures), the fact's relation and id. Rows without a fact: ``seconds_per_prompt`` of each variant over all facts
-(total seconds / total prompts), and variant ``params`` (seed, top, threshold, share (NaN for "adaptive",
-``share_adaptive`` 1 then), ``full_scores``). An estimator that raises :class:`~kneuron.errors.KneuronError`
+(total seconds / total prompts), ``generic_neurons`` and ``most_shared``, and variant ``params`` (seed, top,
+threshold, share (NaN for "adaptive", ``share_adaptive`` 1 then), ``full_scores``, ``other_facts``,
+``generic_share``). An estimator that raises :class:`~kneuron.errors.KneuronError`
 (e.g. one that refuses the model) is skipped as a whole: its rows are dropped and ``on_skip`` is told.
 
 Example:
@@ -55,6 +64,7 @@ from kneuron.attribution.types import Neuron, NeuronScores
 from kneuron.errors import KneuronError
 from kneuron.facts.fact import Fact
 from kneuron.models.language_model import LanguageModel
+from kneuron.studies.estimator_specificity import generic_measures, other_suppressions
 from kneuron.studies.metrics import NeuronKey, row
 from kneuron.studies.suppress_amplify import encode_facts, keys_of, suppress_amplify
 
@@ -175,6 +185,8 @@ def estimator_agreement(
     ig_seconds: Mapping[str, float] | None = None,
     seed: int = 0,
     top: int = TOP,
+    other_facts: int = 5,
+    generic_share: float = 0.1,
     on_fact: Callable[[Fact], None] | None = None,
     on_skip: Callable[[str, KneuronError], None] | None = None,
 ) -> list[dict]:
@@ -193,6 +205,9 @@ def estimator_agreement(
         ig_seconds: per fact id, the seconds IG took for the fact when the atlas was made.
         seed: seeds the random controls.
         top: how many top neurons the recall compares (10).
+        other_facts: how many facts of other relations (one prompt each) measure ``suppress_other`` (0: none).
+        generic_share: the generic study's share: a neuron refined for more than this share of ``facts`` is
+            generic (``generic_fraction``, ``generic_neurons``, ``most_shared``).
         on_fact: called after each fact (progress).
         on_skip: called with (label, error) when an estimator raises a KneuronError and is skipped.
     """
@@ -204,6 +219,8 @@ def estimator_agreement(
     queries = encode_facts(lm, facts)
     ig_sets = {fact.id: keys_of(ig_refined.get(fact.id, ())) for fact in facts}
     ig_suppress = _suppressions(lm, facts, ig_sets, queries, seed)
+    specific = {"seed": seed, "count": other_facts}
+    ig_other = other_suppressions(lm, facts, {"ig": ig_sets}, queries, **specific)["ig"]
     active = dict(estimators)
     rows: dict[str, list[dict]] = {label: [] for label in active}
     refined: dict[str, dict[str, list[NeuronKey]]] = {label: {} for label in active}
@@ -247,16 +264,41 @@ def estimator_agreement(
                                   ("suppress_ig", ig_suppress.get(fact.id, {}).get("kn"))):
                 if value is not None:
                     rows[label].append(row(STUDY, label, fact.relation, fact.id, metric, value))
+        rows[label] += _specificity_rows(label, facts, refined[label], ig_sets, generic_share, other_suppressions(
+            lm, facts, {label: refined[label]}, queries, **specific)[label])
         spent, prompts = (sum(s for s, _ in seconds[label]), sum(n for _, n in seconds[label]))
         rows[label].append(row(STUDY, label, "", "", "seconds_per_prompt", spent / prompts if prompts else math.nan))
         result += rows[label]
     result += _ig_rows(facts, {fact.id: len(queries[fact.id]) for fact in facts}, ig_sets, ig_suppress, ig_seconds)
+    result += _specificity_rows("ig", facts, ig_sets, None, generic_share, ig_other)
     result += [row(STUDY, "params", "", "", "seed", seed), row(STUDY, "params", "", "", "top", top),
                row(STUDY, "params", "", "", "threshold", threshold),
                row(STUDY, "params", "", "", "share", share if isinstance(share, (int, float)) else math.nan),
                row(STUDY, "params", "", "", "share_adaptive", float(share == "adaptive")),
-               row(STUDY, "params", "", "", "full_scores", float(kept is None))]
+               row(STUDY, "params", "", "", "full_scores", float(kept is None)),
+               row(STUDY, "params", "", "", "other_facts", other_facts),
+               row(STUDY, "params", "", "", "generic_share", generic_share)]
     return result
+
+
+def _specificity_rows(label: str, facts: Sequence[Fact], sets: Mapping[str, list[NeuronKey]],
+                      ig_sets: Mapping[str, list[NeuronKey]] | None, share: float,
+                      other: Mapping[str, float]) -> list[dict]:
+    """The specificity rows of one variant (see the module docstring): per fact ``suppress_other``,
+    ``generic_fraction`` and (against ``ig_sets``, when given) ``identical``; over all facts ``generic_neurons``
+    and ``most_shared``."""
+    fractions, generic, most = generic_measures({fact.id: sets.get(fact.id, []) for fact in facts}, share)
+    out = []
+    for fact in facts:
+        if fact.id in other:
+            out.append(row(STUDY, label, fact.relation, fact.id, "suppress_other", other[fact.id]))
+        if fact.id in fractions:
+            out.append(row(STUDY, label, fact.relation, fact.id, "generic_fraction", fractions[fact.id]))
+        if ig_sets is not None:
+            same = set(sets.get(fact.id, [])) == set(ig_sets.get(fact.id, []))
+            out.append(row(STUDY, label, fact.relation, fact.id, "identical", float(same)))
+    return out + [row(STUDY, label, "", "", "generic_neurons", generic),
+                  row(STUDY, label, "", "", "most_shared", most)]
 
 
 def _ig_rows(facts: Sequence[Fact], prompt_counts: Mapping[str, int], ig_sets: Mapping[str, list[NeuronKey]],
@@ -324,8 +366,8 @@ def estimator_for(label: str, params: Mapping[str, object]) -> Estimator:
         raise KneuronError(f"Unknown estimator {label!r}: use {', '.join(estimator_names())} or "
                            f"{GAUSS_PREFIX}N (N-point Gauss–Legendre IG).")
     # the atlas's run settings, for an estimator that takes them (two-stage-ig: IG's steps and alphas, the
-    # coarse threshold it aims at); estimator_named gives each estimator only the settings it takes
-    settings = {key: params[key] for key in ("steps", "alphas", "threshold") if params.get(key) is not None}
+    # coarse threshold and share it aims at); estimator_named gives each estimator only the settings it takes
+    settings = {key: params[key] for key in ("steps", "alphas", "threshold", "share") if params.get(key) is not None}
     return estimator_named(label, **settings, objective=objective)
 
 
@@ -350,8 +392,10 @@ def agreement_summary(rows: Sequence[dict]) -> list[dict[str, object]]:
     ``spearman_over`` ("all" or "kept" neurons) with ``spearman_neurons`` (mean per fact), ``top_recall``,
     ``refined_jaccard``, ``suppress``, ``suppress_ig``, ``suppress_random`` (means over facts, see
     :func:`~kneuron.studies.metrics.summarize`), ``seconds_per_prompt`` and ``speedup`` (IG's seconds per
-    prompt from the atlas over it; NaN when unknown); then one for ``ig`` (its suppression, random control
-    and seconds)."""
+    prompt from the atlas over it; NaN when unknown); the specificity beside them: ``neurons`` (refined per fact),
+    ``identical`` (the share of facts whose refined set is IG's) with ``identical_facts`` (how many),
+    ``suppress_other``, ``generic_fraction`` (means over facts), ``generic_neurons`` and ``most_shared`` (over all
+    facts); then one for ``ig`` (its suppression, random control, seconds and specificity)."""
     from kneuron.studies.metrics import summarize
 
     labels = list(dict.fromkeys(r["variant"] for r in rows if r["variant"] not in ("ig", "params")))
@@ -367,12 +411,24 @@ def agreement_summary(rows: Sequence[dict]) -> list[dict[str, object]]:
             "spearman_over": "kept" if kept.n else "all",
             "spearman_neurons": summarize(rows, label, "spearman_neurons").mean,
             **{metric: summarize(rows, label, metric).mean
-               for metric in ("top_recall", "refined_jaccard", "suppress", "suppress_ig", "suppress_random")},
+               for metric in ("top_recall", "refined_jaccard", "suppress", "suppress_ig", "suppress_random",
+                              "identical")},
+            "identical_facts": sum(r["value"] for r in rows if r["variant"] == label and r["metric"] == "identical"
+                                   and r["fact_id"]),
+            **_specificity(rows, overall, label),
             "seconds_per_prompt": mine, "speedup": ig_seconds / mine if mine > 0 else math.nan})
     ig = {metric: summarize(rows, "ig", metric).mean for metric in ("suppress", "suppress_random")}
     found.append({"estimator": "ig", "facts": summarize(rows, "ig", "neurons").n, **ig,
-                  "seconds_per_prompt": ig_seconds})
+                  **_specificity(rows, overall, "ig"), "seconds_per_prompt": ig_seconds})
     return found
+
+
+def _specificity(rows: Sequence[dict], overall: Mapping[tuple[str, str], float], label: str) -> dict[str, float]:
+    from kneuron.studies.metrics import summarize
+
+    return {**{metric: summarize(rows, label, metric).mean
+               for metric in ("neurons", "suppress_other", "generic_fraction")},
+            **{metric: overall.get((label, metric), math.nan) for metric in ("generic_neurons", "most_shared")}}
 
 
 __all__ = ["EXACT_LABEL", "GAUSS_PREFIX", "RESERVED", "STUDY", "TOP", "agreement_summary", "average_ranks",

@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,6 +115,61 @@ def paired_permutation_p(values: Sequence[float], control: Sequence[float], *, n
     return float(min(1.0, 2 * min(less, greater)))
 
 
+def paired_ratio_permutation_p(sums: Sequence[float], counts: Sequence[float], control_sums: Sequence[float],
+                               control_counts: Sequence[float], *, n_resamples: int = N_RESAMPLES,
+                               seed: int = SEED) -> float:
+    """Two-sided p-value of the paired permutation test of a pooled share against its control's on the same
+    facts: the statistic is ``sum(sums) / sum(counts) - sum(control_sums) / sum(control_counts)``, and each
+    permutation swaps a fact's (sum, count) with its control's (under no effect either is as likely to be
+    either). With every count 1 this is :func:`paired_permutation_p` (a swap flips the difference's sign).
+    Exact for at most :data:`EXACT_MAX` facts; NaN without facts."""
+    a, ca = np.asarray(sums, dtype=float), np.asarray(counts, dtype=float)
+    b, cb = np.asarray(control_sums, dtype=float), np.asarray(control_counts, dtype=float)
+    n = a.shape[0]
+    if n == 0:
+        return math.nan
+    if n <= EXACT_MAX:
+        keep = ((np.arange(2 ** n)[:, None] >> np.arange(n)[None, ::-1]) & 1) == 0
+        adjustment, total = 0, 2 ** n
+    else:
+        keep = np.random.default_rng(seed).choice([True, False], size=(n_resamples, n))
+        adjustment, total = 1, n_resamples
+
+    def statistic(mask: np.ndarray) -> np.ndarray:
+        top = np.where(mask, a, b).sum(axis=-1) / np.where(mask, ca, cb).sum(axis=-1)
+        return top - np.where(mask, b, a).sum(axis=-1) / np.where(mask, cb, ca).sum(axis=-1)
+
+    observed = float(statistic(np.ones(n, dtype=bool)))
+    null = statistic(keep)
+    gamma = abs(observed) * np.finfo(float).eps * 100
+    less = (np.count_nonzero(null <= observed + gamma) + adjustment) / (total + adjustment)
+    greater = (np.count_nonzero(null >= observed - gamma) + adjustment) / (total + adjustment)
+    return float(min(1.0, 2 * min(less, greater)))
+
+
+def ratio_interval(sums: Sequence[float], counts: Sequence[float], *, control: tuple[Sequence[float],
+                   Sequence[float]] | None = None, control_name: str = "", seed: int = SEED) -> Interval:
+    """The :class:`Interval` of a pooled share over facts, ``sum(sums) / sum(counts)`` (a fact's ``sums``: its
+    items that count, ``counts``: all its items; facts without items left out): the cluster bootstrap over facts,
+    and with ``control`` (its per-fact sums and counts, same facts and order) the paired
+    :func:`paired_ratio_permutation_p` (over the facts with items in both)."""
+    kept = [i for i, c in enumerate(counts) if c > 0]
+    s, c = [float(sums[i]) for i in kept], [float(counts[i]) for i in kept]
+    if not kept:
+        return Interval(math.nan, math.nan, math.nan, 0, "none", control_name)
+    lo, hi = bootstrap_interval(s, c, seed=seed)
+    found = Interval(sum(s) / sum(c), lo, hi, len(kept), "bootstrap", control_name)
+    if control is None:
+        return found
+    both = [i for i, k in enumerate(counts) if k > 0 and control[1][i] > 0]
+    if not both:
+        return found
+    pick = [[float(v[i]) for i in both] for v in (sums, counts, control[0], control[1])]
+    p = paired_ratio_permutation_p(*pick, seed=seed)
+    control_mean = sum(pick[2]) / sum(pick[3])
+    return Interval(found.mean, lo, hi, found.n, "bootstrap", control_name, control_mean, p)
+
+
 def is_share(values: Sequence[float]) -> bool:
     """Whether every value is 0 or 1 (a share of facts)."""
     return len(values) > 0 and all(v in (0.0, 1.0) for v in values)
@@ -147,13 +202,16 @@ def interval_of(values: Sequence[float], counts: Sequence[float] | None = None, 
     return Interval(mean, lo, hi, n, method, control_name, control_mean, p)
 
 
-def format_interval(interval: Interval, *, percent: bool = False, digits: int = 1) -> str:
+def format_interval(interval: Interval, *, percent: bool = False, digits: int = 1, signed: bool | None = None,
+                    ) -> str:
     """``−81.6% [−88.0, −74.1], n = 32`` (``percent``), or ``0.842 [0.80, 0.88], n = 32``; with the paired
-    p-value appended (``, p = 0.0001 vs random``) when there is one; a dash when n is 0."""
+    p-value appended (``, p = 0.0001 vs random``) when there is one; a dash when n is 0. ``signed``: whether a
+    percentage shows its sign (a change does, a share does not); None: all but Wilson's shares."""
     if interval.n == 0 or not math.isfinite(interval.mean):
         return "–"
+    signed = interval.method != "wilson" if signed is None else signed
     scale, unit = (100.0, "%") if percent else (1.0, "")
-    spec = f"+.{digits}f" if percent else f".{max(digits, 3)}f"
+    spec = (f"+.{digits}f" if signed else f".{digits}f") if percent else f".{max(digits, 3)}f"
 
     def show(value: float) -> str:
         return "–" if not math.isfinite(value) else f"{value * scale:{spec}}".replace("-", "−")
@@ -164,14 +222,73 @@ def format_interval(interval: Interval, *, percent: bool = False, digits: int = 
     return text
 
 
-def aggregate_rows(rows: Sequence[dict], controls: dict[str, str] | None = None, *, seed: int = SEED,
-                   ) -> list[dict]:
+def format_mean(value: float, *, percent: bool = False, digits: int = 1, signed: bool = True) -> str:
+    """A mean alone in :func:`format_interval`'s style (``−81.6%``, ``0.842``); a dash when not finite."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "–"
+    sign = "+" if signed else ""
+    text = f"{value * 100:{sign}.{digits}f}%" if percent else f"{value:.{max(digits, 3)}f}"
+    return text.replace("-", "−")
+
+
+def row_mean(rows: Sequence[dict], variant: str, metric: str, relation: str = "") -> tuple[float, int]:
+    """The mean of a (variant, metric)'s per-fact rows (``relation`` ``""``: all facts) and its number of facts,
+    weighting rows as :func:`aggregate_rows` does (sum over count): what an atlas without stored aggregates can
+    still show."""
+    values, facts = [], set()
+    for r in rows:
+        if (r.get("variant") == variant and r.get("metric") == metric and r.get("fact_id")
+                and (not relation or r.get("relation") == relation)):
+            value = r.get("value")
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                values.append(float(value))
+                facts.add(r["fact_id"])
+    return (sum(values) / len(values) if values else math.nan), len(facts)
+
+
+def figure(aggregates: Sequence[dict], variant: str, metric: str, relation: str = "", *, rows: Sequence[dict] = (),
+           study: str = "", percent: bool = False, digits: int = 1, pooled: float | None = None,
+           signed: bool | None = None) -> str:
+    """How the CLI, the report and the web app show one aggregate: the stored interval
+    (:func:`format_interval`, read from ``aggregates``, never recomputed); without one (an atlas studied before
+    kneuron stored aggregates) the bare mean of ``rows`` with its n and what to re-run (``pooled``: the bare
+    figure of a study whose rows are not per fact, such as the layers study's share, shown without a sign unless
+    ``signed``); a dash when neither."""
+    stored = find(aggregates, variant, metric, relation)
+    signed = (pooled is None) if signed is None else signed
+    if stored.n:
+        return format_interval(stored, percent=percent, digits=digits,
+                               signed=None if pooled is None and signed else signed)
+    mean, n = (pooled, 0) if pooled is not None else row_mean(rows, variant, metric, relation)
+    if not n and not (pooled is not None and math.isfinite(pooled)):
+        return "–"
+    again = f"re-run `kneuron study {study.replace('_', '-')}`" if study else "re-run its study"
+    count = f", n = {n}" if n else ""
+    return f"{format_mean(mean, percent=percent, digits=digits, signed=signed)}{count}, no interval stored ({again})"
+
+
+def headline_tail(interval: Interval, *, percent: bool = False, n: int = 0) -> str:
+    """What the demo's headline appends to a ``key=value`` figure, ASCII: `` [-88.0, -74.1] n=16`` (``percent``:
+    in percent points, else ``[0.801, 0.880]``) from a stored interval; `` n=16`` alone when none was stored and
+    ``n`` facts gave the bare mean; empty when there is neither (the figure is ``nan``)."""
+    if interval.n and math.isfinite(interval.lo) and math.isfinite(interval.hi):
+        lo, hi = (f"{interval.lo * 100:.1f}", f"{interval.hi * 100:.1f}") if percent else \
+            (f"{interval.lo:.3f}", f"{interval.hi:.3f}")
+        return f" [{lo}, {hi}] n={interval.n}"
+    count = interval.n or n
+    return f" n={count}" if count else ""
+
+
+def aggregate_rows(rows: Sequence[dict], controls: Mapping[str, str] | None = None, *, seed: int = SEED,
+                   metric_controls: Mapping[str, str] | None = None) -> list[dict]:
     """The stored aggregates of a study's per-fact rows (those with a fact id, not ``params``): one per
     (variant, metric) over all facts (relation ``""``) and one per relation, each a dict of variant, relation,
     metric and the :class:`Interval`'s fields. ``controls``: variant -> its control variant (the same metric on
-    the same facts), for the paired test. A fact with several rows of a (variant, metric) counts once (the
-    cluster bootstrap); its value in the paired test is the mean of its rows."""
-    controls = controls or {}
+    the same facts), for the paired test; ``metric_controls``: metric -> its control metric of the same variant
+    (the estimators study's ``suppress`` against ``suppress_random``), for measures with no control variant. A
+    fact with several rows of a (variant, metric) counts once (the cluster bootstrap); its value in the paired
+    test is the mean of its rows."""
+    controls, metric_controls = dict(controls or {}), dict(metric_controls or {})
     groups: dict[tuple[str, str], dict[str, list]] = {}
     relation_of: dict[str, str] = {}
     for r in rows:
@@ -185,7 +302,12 @@ def aggregate_rows(rows: Sequence[dict], controls: dict[str, str] | None = None,
         facts.setdefault(r["fact_id"], []).append(float(value))
     out = []
     for (variant, metric), facts in groups.items():
-        control = groups.get((controls[variant], metric)) if variant in controls else None
+        if variant in controls:
+            control_name, control = controls[variant], groups.get((controls[variant], metric))
+        elif metric in metric_controls:
+            control_name, control = metric_controls[metric], groups.get((variant, metric_controls[metric]))
+        else:
+            control_name, control = "", None
         relations = [""] + sorted({relation_of[f] for f in facts})
         for relation in relations:
             ids = [f for f in facts if not relation or relation_of[f] == relation]
@@ -200,8 +322,8 @@ def aggregate_rows(rows: Sequence[dict], controls: dict[str, str] | None = None,
             if paired is not None:
                 found = interval_of(values, counts, seed=seed)
                 tested = interval_of([a for a, _ in paired], control=[b for _, b in paired],
-                                     control_name=controls[variant], seed=seed) if paired else None
-                found = Interval(found.mean, found.lo, found.hi, found.n, found.method, controls[variant],
+                                     control_name=control_name, seed=seed) if paired else None
+                found = Interval(found.mean, found.lo, found.hi, found.n, found.method, control_name,
                                  tested.control_mean if tested else math.nan, tested.p if tested else math.nan)
             else:
                 found = interval_of(values, counts, seed=seed)

@@ -8,9 +8,16 @@ layers (layers 20..29 of a 30-layer model).
 Rows: variant ``kn``, ``baseline`` or ``kn_no_generic``; relation ``""`` for all facts or a relation's name;
 fact id ``""``; metric ``count:L`` and ``share:L`` for each layer L, ``top_third`` and ``total``.
 
+The top-third share's uncertainty (:func:`top_third_aggregates`, stored as the study's aggregates): the share is
+pooled over facts (top-third neurons over all neurons), so its interval is the cluster bootstrap over facts (each
+fact's neurons resampled together), and its paired test against the activation baseline's share permutes, fact by
+fact, which of the two neuron sets is which (:func:`kneuron.studies.intervals.ratio_interval`). Facts without
+neurons do not count in n.
+
 Example:
     >>> rows = layer_distribution(neurons_by_fact, lm.n_layers, baseline_by_fact, relations=relation_of)
     >>> top_third_share(neurons_by_fact, lm.n_layers)
+    >>> top_third_aggregates(neurons_by_fact, lm.n_layers, baseline_by_fact)  # with n, interval and p
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from kneuron.attribution.types import Neuron
+from kneuron.studies.intervals import ratio_interval
 from kneuron.studies.metrics import NeuronKey, row
 from kneuron.studies.suppress_amplify import keys_of
 
@@ -85,3 +93,46 @@ def layer_distribution(
             for relation, groups in sorted(by_relation.items()):
                 rows.extend(_rows(variant, relation, layer_counts(groups, n_layers)))
     return rows
+
+
+def top_third_counts(neurons_by_fact: Mapping[str, Sequence[Neuron | NeuronKey]], n_layers: int,
+                     ) -> dict[str, tuple[int, int]]:
+    """Each fact's (neurons in the top third of the layers, neurons)."""
+    top = set(top_layers(n_layers))
+    return {fact_id: (sum(1 for layer, _ in keys_of(neurons) if layer in top), len(keys_of(neurons)))
+            for fact_id, neurons in neurons_by_fact.items()}
+
+
+def top_third_aggregates(
+    neurons_by_fact: Mapping[str, Sequence[Neuron | NeuronKey]],
+    n_layers: int,
+    baseline_by_fact: Mapping[str, Sequence[Neuron | NeuronKey]] | None = None,
+    *,
+    relations: Mapping[str, str] | None = None,
+    generic: Iterable[Neuron | NeuronKey] = (),
+) -> list[dict]:
+    """The stored aggregates of the layers study: the ``top_third`` share of each variant (``kn``, ``baseline``,
+    ``kn_no_generic``), over all facts (relation ``""``) and per relation, with n (facts with neurons), the cluster
+    bootstrap interval over facts and, for ``kn`` and ``kn_no_generic``, the paired test against ``baseline``.
+    The mean equals the ``top_third`` row of :func:`layer_distribution`."""
+    generic_keys = set(keys_of(generic))
+    variants = {"kn": dict(neurons_by_fact)}
+    if baseline_by_fact is not None:
+        variants["baseline"] = dict(baseline_by_fact)
+    variants["kn_no_generic"] = {fact_id: [k for k in keys_of(neurons) if k not in generic_keys]
+                                 for fact_id, neurons in neurons_by_fact.items()}
+    counts = {variant: top_third_counts(sets, n_layers) for variant, sets in variants.items()}
+    relation_of = dict(relations or {})
+    groups = [""] + sorted({relation_of.get(f, "") for f in neurons_by_fact} - {""}) if relations else [""]
+    out = []
+    for variant, by_fact in counts.items():
+        control = counts.get("baseline") if variant != "baseline" else None
+        for relation in groups:
+            ids = [f for f in by_fact if not relation or relation_of.get(f, "") == relation]
+            pairs = None
+            if control is not None:
+                pairs = ([control.get(f, (0, 0))[0] for f in ids], [control.get(f, (0, 0))[1] for f in ids])
+            found = ratio_interval([by_fact[f][0] for f in ids], [by_fact[f][1] for f in ids], control=pairs,
+                                   control_name="baseline" if control is not None else "")
+            out.append({"variant": variant, "relation": relation, "metric": "top_third", **found.__dict__})
+    return out

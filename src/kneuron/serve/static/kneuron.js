@@ -96,6 +96,29 @@ async function showCells(button) {
     `<table id="cells-top-table"><thead><tr><th>layer</th><th class="l">top neurons by score</th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
+// a study's heatmaps on a fact's page (Study.fact_charts): {title, x, y, values: [[x, y, value]], caption}
+function heatmaps() {
+  document.querySelectorAll("div.heatmap").forEach(element => {
+    let spec;
+    try { spec = JSON.parse(element.dataset.heatmap); } catch (e) { return; }
+    const c = chart(element);
+    if (!c) return;
+    const values = spec.values.map(v => v[2]);
+    const high = Math.max(1e-12, ...values.map(Math.abs));
+    const low = Math.min(0, ...values);
+    c.setOption({
+      title: {text: spec.title, textStyle: {fontSize: 12}, left: 5, top: 2},
+      grid: {left: 170, right: 70, top: 30, bottom: 35},
+      tooltip: {formatter: p => `${esc(spec.y[p.value[1]])}, layer ${esc(spec.x[p.value[0]])}<br>${num(p.value[2])}`},
+      xAxis: {type: "category", data: spec.x, name: "layer", nameLocation: "middle", nameGap: 22},
+      yAxis: {type: "category", data: spec.y, inverse: true},
+      visualMap: {min: low < 0 ? -high : 0, max: high, dimension: 2, calculable: true, right: 5, top: 30, formatter: v => num(v, 2),
+                  inRange: {color: low < 0 ? ["#2166ac", "#f7f7f7", "#b2182b"] : ["#f7f7f7", "#b2182b"]}},
+      series: [{type: "heatmap", data: spec.values}],
+    });
+  });
+}
+
 function probeTable(data) {
   const rows = ["as_is", "suppressed", "amplified"].filter(k => data.conditions && data.conditions[k]).map(k => {
     const c = data.conditions[k];
@@ -177,6 +200,7 @@ document.addEventListener("DOMContentLoaded", () => {
   probeForm();
   findForm();
   vocabulary();
+  heatmaps();
   document.querySelectorAll("button.show-cells").forEach(b => b.addEventListener("click", () => showCells(b)));
   const first = document.querySelector("button.show-cells");
   if (first) showCells(first);

@@ -28,7 +28,10 @@ from kneuron.studies.registry import register_study
 @register_study
 class Consistency(Study):
     """How consistent each fact's attributions are across its prompts (Jaccard of the coarse sets, rank
-    correlation of the scores), and the other studies' figures on consistent against inconsistent facts."""
+    correlation of the scores), and the other studies' figures on consistent against inconsistent facts.
+
+    No control: the per-fact Jaccard and rank correlation are agreement between a fact's own prompts, with no
+    paired chance-level measure computed on the same facts, so its aggregates carry n and an interval only."""
 
     name = "consistency"
     title = "Consistency across prompts"

@@ -30,7 +30,10 @@ SETTINGS = (("absolute", "none"), ("absolute", "activation"))
 @register_study
 class EditRobustness(Study):
     """Edits through knowledge neurons under Niu et al.'s tests: reversed relation, aliases, held-out
-    paraphrases, neighbourhood; probability and top-1 side by side."""
+    paraphrases, neighbourhood; probability and top-1 side by side.
+
+    No control: every measure is the knowledge-neuron edit's own before/after on the tests' prompts (the
+    random-neuron edit is the ``editing`` study's control), so its aggregates carry n and an interval only."""
 
     name = "edit_robustness"
     title = "Edit robustness"

@@ -27,11 +27,18 @@ def parse_settings(text: str) -> list[tuple[str, str]]:
 @register_study
 class Editing(Study):
     """Updates through each fact's knowledge neurons (and as many random ones) to another answer, and erasing a
-    relation: success, change rate and the collateral damage on other facts."""
+    relation: success, change rate and the collateral damage on other facts.
+
+    Controls (the paired p-values of the stored aggregates): each update through the knowledge neurons against the
+    same update through as many random neurons of the same layers on the same fact (``kn`` vs ``random``, and the
+    ``_signed`` and ``_slot_norm`` forms against theirs); erasing the relation's neurons against erasing as many
+    random ones (``erase_zero`` vs ``erase_random_zero``, ``erase_unknown`` vs ``erase_random_unknown``)."""
 
     name = "editing"
     title = "Editing knowledge"
     changes_weights = True
+    controls = {"kn": "random", "kn_signed": "random_signed", "kn_slot_norm": "random_slot_norm",
+                "erase_zero": "erase_random_zero", "erase_unknown": "erase_random_unknown"}
     options = (Option("erase", str, None, "A relation to erase (its most common knowledge neurons), in modes zero "
                       "and unknown.", stored=False),
                Option("top", int, 20, "The relation's most common knowledge neurons that --erase erases.", min=1),

@@ -20,11 +20,16 @@ from kneuron.studies.registry import register_study
 @register_study
 class Interactions(Study):
     """Each fact's knowledge neurons suppressed alone, in pairs (synergy or redundancy) and all together, and the
-    top-k it takes to remove 50% / 90% of the answer's probability, against random neurons."""
+    top-k it takes to remove 50% / 90% of the answer's probability, against random neurons.
+
+    Control: the knowledge neurons' cumulative curve and top-k needed against as many random neurons of the same
+    layers on the same fact (``kn`` vs ``random``, same metric). Singles and pairs have no control (their
+    synergy is measured against additivity, not against random neurons)."""
 
     name = "interactions"
     title = "Neuron interactions"
     group = "beyond"
+    controls = {"kn": "random"}
     options = (SEED,
                Option("cap", int, 8, "Each fact's best-scored neurons whose singles and pairs are measured (8: up to "
                       "28 pairs).", min=1),

@@ -29,13 +29,21 @@ def _moved(summary: dict, metric: str) -> str:
 @register_study
 class Languages(Study):
     """One fact's knowledge neurons across its languages: shared or language-specific, suppression across
-    languages, an update through the English neurons measured in every language."""
+    languages, an update through the English neurons measured in every language.
+
+    Controls: suppressing the knowledge neurons (``kn``) against as many random neurons of the same layers
+    (``random``; the shared and language-specific subsets have none, as the random set is sized to all of the
+    fact's neurons), and the update through them against the same update
+    through random neurons (``edit_kn`` vs ``edit_random``, ``edit_kn_signed`` vs ``edit_random_signed``). The
+    overlap and Jaccard between languages have no control."""
 
     name = "languages"
     title = "Knowledge neurons across languages"
     group = "beyond"
     in_all = True
     changes_weights = True
+    controls = {"kn": "random", "edit_kn": "edit_random",
+                "edit_kn_signed": "edit_random_signed"}
     options = (SEED,)
 
     def applies(self, context: StudyContext) -> str | None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kneuron.studies.base import GENERIC_SHARE, SEED, Option, Study, StudyContext
+from kneuron.studies.base import GENERIC_SHARE, SEED, Option, Study, StudyContext, StudyOutput
 from kneuron.studies.generic import generic_neurons
-from kneuron.studies.intervals import find, format_interval
-from kneuron.studies.metrics import summarize
+from kneuron.studies.intervals import figure, find, row_mean
+from kneuron.studies.layer_distribution import top_third_aggregates
 from kneuron.studies.registry import register_study
 from kneuron.studies.studies import run_studies
 from kneuron.studies.suppress_amplify import encode_facts
@@ -74,16 +74,9 @@ class PaperStudy(Study):
     def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
         """The mean lines, each with its stored interval, n and paired p-value against its control (``−81.6%
         [−88.0, −74.1], n = 32, p = 0.0001 vs random``); a bare mean only where no aggregate was stored."""
-        lines = []
-        for variant, metric, label, percent in MEAN_LINES:
-            stored = find(aggregates, variant, metric)
-            if stored.n:
-                lines.append((label, format_interval(stored, percent=percent)))
-                continue
-            summary = summarize(rows, variant, metric)
-            if summary.n:
-                lines.append((label, f"{summary.mean:+.2%}" if percent else f"{summary.mean:.3f}"))
-        return lines
+        return [(label, figure(aggregates, variant, metric, rows=rows, study=self.name, percent=percent))
+                for variant, metric, label, percent in MEAN_LINES
+                if find(aggregates, variant, metric).n or row_mean(rows, variant, metric)[1]]
 
 
 @register_study
@@ -127,17 +120,31 @@ class Generic(PaperStudy):
 
 @register_study
 class Layers(PaperStudy):
-    """Where knowledge neurons sit: their share per layer and in the top third, against the activation baseline."""
+    """Where knowledge neurons sit: their share per layer and in the top third, against the activation baseline.
+
+    Control: the activation baseline's neurons on the same facts. The stored aggregates are the ``top_third``
+    share of each variant, overall and per relation: pooled over the facts' neurons, with the cluster bootstrap
+    over facts and the paired permutation test against the baseline's share
+    (:func:`~kneuron.studies.layer_distribution.top_third_aggregates`)."""
 
     name = "layers"
     title = "Layer distribution"
     aliases = ("layer-distribution", "layer_distribution")
+    controls = {"kn": "baseline", "kn_no_generic": "baseline"}
     options = (GENERIC_SHARE,)
 
+    def aggregates(self, output: StudyOutput, context: StudyContext) -> list[dict]:
+        """The top-third shares with their intervals (the rows have no per-fact values to aggregate): from the
+        same neurons, layers and generic list as the rows."""
+        return top_third_aggregates(context.neurons, context.lm.n_layers, context.baseline,
+                                    relations={fact.id: fact.relation for fact in context.facts},
+                                    generic=generic_list(context))
 
     def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
-        return super().measures(rows, aggregates) + [(f"top third of the layers ({r['variant']})", f"{r['value']:.1%}")
-                                         for r in rows if r["relation"] == "" and r["metric"] == "top_third"]
+        shares = {r["variant"]: r["value"] for r in rows if r["relation"] == "" and r["metric"] == "top_third"}
+        return [(f"top third of the layers ({variant})",
+                 figure(aggregates, variant, "top_third", study=self.name, percent=True, pooled=share))
+                for variant, share in shares.items()]
 
 
 @register_study

@@ -28,11 +28,16 @@ EXAMPLE_NEURONS = 4
 @register_study
 class Vocabulary(Study):
     """What each knowledge neuron writes: its value slot projected onto the vocabulary, against random neurons
-    of the same layers."""
+    of the same layers.
+
+    Control: the knowledge neurons' vocabulary measures against as many random neurons of the same layers, per
+    fact (``kn`` vs ``random``) and per neuron (``kn_neuron`` vs ``random_neuron``: a fact's value is the mean over
+    its neurons)."""
 
     name = "vocabulary"
     title = "What the knowledge neurons write"
     group = "beyond"
+    controls = {"kn": "random", "kn_neuron": "random_neuron"}
     options = (SEED,)
 
     def run(self, context: StudyContext) -> StudyOutput:
