@@ -13,7 +13,9 @@ layers and of several prompts share a batch; what keeps that exact and cheap:
   the same shape (:func:`shape_key`); the rows' own states are fed in at the blocks;
 * causal models read a key/value cache of the prompt before the answer position, so the rows
   hold only the answer position and the answer tokens after it;
-* the output head computes logits only at the answer positions, and a masked model's last block
+* the output head computes logits only at the answer positions (and, where the model allows it, only each
+  row's answer log-probability and its gradient, vocabulary chunk by chunk, never the whole logits:
+  :mod:`kneuron.models.fused_head`), and a masked model's last block
   computes its FFN only there (when its :class:`~kneuron.models.architectures.ArchSpec` names
   ``ffn_in``): its other positions are never read.
 
@@ -36,12 +38,14 @@ import torch
 from kneuron.attribution.ffn_norm import frozen_rows, recording_norm_scales
 from kneuron.attribution.objective import Objective, answer_token_log_probs, answer_token_ranks, objective_of
 from kneuron.facts.encoding import EncodedQuery
+from kneuron.models.fused_head import fusable_head, recording_head_output
 from kneuron.models.hooks import on_ffn_input
 from kneuron.models.language_model import LanguageModel
 from kneuron.models.partial_forward import (
     batch_head_inputs_for_rows,
     cache_layers,
     ffn_only_at,
+    forward_answer_log_probs,
     forward_logits,
     prefix_cache,
     record_block_inputs,
@@ -70,6 +74,9 @@ class Plan:
     vocab_size: int = 0
     #: (layers,) float64: each layer's post-FFN norm factor 1/RMS at the position (models with such a norm)
     norm_scales: torch.Tensor | None = None
+    #: whether the model returned its head's output unchanged as its logits on the clean pass, so that the rows may
+    #: read the answer's log-probability through the fused head (where the head itself allows it when they run)
+    fused_head: bool = False
 
     @property
     def position_among_targets(self) -> int:
@@ -107,6 +114,7 @@ def make_plan(lm: LanguageModel, query: EncodedQuery, objective: Objective) -> P
     block_inputs: dict[int, torch.Tensor] = {}
     acts: dict[int, torch.Tensor] = {}
     norm_scales: dict[int, float] = {}
+    head_outputs: list[torch.Tensor] = []
 
     def recorder(layer: int):
         def record(x: torch.Tensor) -> None:
@@ -119,14 +127,16 @@ def make_plan(lm: LanguageModel, query: EncodedQuery, objective: Objective) -> P
             stack.enter_context(on_ffn_input(lm, layer, recorder(layer)))
         if lm.spec.ffn_output_norm is not None:
             stack.enter_context(recording_norm_scales(lm, local, norm_scales))
+        stack.enter_context(recording_head_output(lm, head_outputs))
         logits = forward_logits(lm, step_ids[None], target_tensor[None], copy.deepcopy(cache))
+    fused = len(head_outputs) == 1 and logits is head_outputs[0]
     log_p = answer_token_log_probs(logits, answer_ids[None]).double().sum(-1)
     value = objective_of(log_p[:, None], objective)  # in float64: exp() of a float32 log P below -103 is 0
     activations = torch.stack([acts[layer] for layer in range(lm.n_layers)])
     scales = (torch.tensor([norm_scales[layer] for layer in range(lm.n_layers)], dtype=torch.float64)
               if norm_scales else None)
     return Plan(step_ids, local, target_tensor, answer_ids, cache, block_inputs, activations, float(value[0]),
-                float(log_p[0]), answer_token_ranks(logits[0], answer_ids), int(logits.shape[-1]), scales)
+                float(log_p[0]), answer_token_ranks(logits[0], answer_ids), int(logits.shape[-1]), scales, fused)
 
 
 def memory_per_row(lm: LanguageModel, plan: Plan) -> float:
@@ -237,9 +247,12 @@ def run_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objecti
                 stack.enter_context(frozen_rows(lm, layer, layout.rows_of(layer), where, held))
         if narrowed:
             stack.enter_context(ffn_only_at(lm, targets))
-        logits = forward_logits(lm, plans[first_prompt].input_ids[None], targets, cache)
         answers = by_prompt({p: plans[p].answer_ids[None] for p in every}, every)
-        log_p = answer_token_log_probs(logits, answers).sum(-1)
+        if fusable_head(lm) and all(plans[p].fused_head for p in every):
+            log_p = forward_answer_log_probs(lm, plans[first_prompt].input_ids[None], targets, answers, cache).sum(-1)
+        else:
+            logits = forward_logits(lm, plans[first_prompt].input_ids[None], targets, cache)
+            log_p = answer_token_log_probs(logits, answers).sum(-1)
         # the objective in float64 from log P; gradients in log space: dP/da = P · dlogP/da, with P in float64,
         # so that a P below float32's range (1e-45) neither underflows to 0 nor drags its gradients to 0
         values = objective_of(log_p.detach().double()[:, None], objective)

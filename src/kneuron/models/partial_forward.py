@@ -28,6 +28,7 @@ from torch import nn
 
 from kneuron.errors import KneuronError
 from kneuron.models.architectures import resolve
+from kneuron.models.fused_head import answer_log_probs_head
 from kneuron.models.hooks import at_depth
 from kneuron.models.language_model import LanguageModel
 
@@ -229,8 +230,11 @@ def cache_argument(model: nn.Module) -> str:
 def prefix_cache(lm: LanguageModel, ids: torch.Tensor) -> object:
     """The key/value cache of a causal model after reading ``ids`` ((rows, tokens), no padding: every row the same
     length); rows that then continue from it in one batch: ``cache.batch_repeat_interleave(n)`` gives each row n
-    copies, in row order (deep-copy it first when it is to be read again: a forward pass extends it in place)."""
-    out = lm.model(input_ids=ids, use_cache=True)
+    copies, in row order (deep-copy it first when it is to be read again: a forward pass extends it in place).
+    The output head computes no position (its logits are not read: on Gemma 3 they were a 262k-wide product per
+    prefix token)."""
+    with logits_at(lm, torch.empty((1, 0), dtype=torch.long, device=ids.device)):
+        out = lm.model(input_ids=ids, use_cache=True)
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
 
@@ -252,6 +256,18 @@ def forward_logits(lm: LanguageModel, ids: torch.Tensor, targets: torch.Tensor, 
     with logits_at(lm, targets) as sliced:
         logits = lm.model(input_ids=ids, **kwargs).logits
     return logits if sliced else at_targets(logits, targets)
+
+
+def forward_answer_log_probs(lm: LanguageModel, ids: torch.Tensor, targets: torch.Tensor, answers: torch.Tensor,
+                             cache: object | None) -> torch.Tensor:
+    """(rows, answer tokens) log-probabilities of ``answers`` at ``targets`` through the fused head of
+    :mod:`kneuron.models.fused_head` (only for a model whose head :func:`~kneuron.models.fused_head.fusable_head`
+    allows and which returns the head's output as its logits): the same values and gradients as
+    :func:`forward_logits` followed by a log-softmax, without the (rows, answer tokens, vocabulary) logits."""
+    kwargs = {cache_argument(lm.model): cache, "use_cache": True} if cache is not None else {}
+    with answer_log_probs_head(lm, lambda x: at_targets(x, targets), answers):
+        out = lm.model(input_ids=ids, **kwargs).logits
+    return out[..., 0]
 
 
 @contextmanager
@@ -299,7 +315,7 @@ def rows_join_at_their_depth(lm: LanguageModel, joining: dict[int, torch.Tensor]
 
 
 __all__ = [
-    "at_targets", "batch_head_inputs_for_rows", "cache_argument", "cache_layers", "ffn_only_at", "forward_logits",
-    "frozen_parameters", "hidden_from", "logits_at", "prefix_cache", "record_block_inputs", "replace_hidden",
-    "rows_entering", "rows_join_at_their_depth", "start_at_layer",
+    "at_targets", "batch_head_inputs_for_rows", "cache_argument", "cache_layers", "ffn_only_at",
+    "forward_answer_log_probs", "forward_logits", "frozen_parameters", "hidden_from", "logits_at", "prefix_cache",
+    "record_block_inputs", "replace_hidden", "rows_entering", "rows_join_at_their_depth", "start_at_layer",
 ]
