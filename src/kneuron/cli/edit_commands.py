@@ -135,7 +135,8 @@ def edit(
                                              "the lambda, scale, sign, tokens and max-share options are KN's).")
                       ] = "kn",
     layer: Annotated[int | None, typer.Option(help="ROME: the MLP layer to edit (default: a third of the depth, "
-                                                   "kneuron.interventions.rome.default_layer).", show_default=False)
+                                                   "as rome.default_layer says).",
+                                              show_default=False)
                      ] = None,
     stats_samples: Annotated[int, typer.Option(min=1, help="ROME: tokens of text whose keys give C.")] = 10_000,
     stats_text: Annotated[str, typer.Option(help="ROME: generated (text sampled from the model, seeded) or facts "

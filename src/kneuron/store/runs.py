@@ -344,8 +344,13 @@ def run(
         console = Console(stderr=True)
     say = console.print if progress else (lambda *a, **k: None)
     check_facts(facts)  # before the atlas file exists
-    if facts:  # a model whose clean forward is not finite is refused before the atlas exists, naming the layer
-        check_finite(lm, [encode(lm, prompt, facts[0].object) for prompt in facts[0].prompts()])
+    for fact in facts:  # a model whose clean forward is not finite is refused before the atlas exists, naming the
+        try:  # layer; on the first fact that encodes (one that does not is stored as invalid, as before)
+            queries = [encode(lm, prompt, fact.object) for prompt in fact.prompts()]
+        except KneuronError:
+            continue
+        check_finite(lm, queries)
+        break
     summary = RunSummary(Path(atlas_path))
     identity = model_identity(lm)
     with Atlas.for_run(atlas_path, identity, params, overwrite=overwrite,

@@ -50,7 +50,7 @@ class EditMethods(Study):
     group = "opt-in"  # ROME's optimisation and C, and a tracing row per fact: tens of seconds per fact on SmolLM2
     changes_weights = True
     options = (Option("layer", int, None, "ROME's MLP layer (default: a third of the depth, "
-                      "kneuron.interventions.rome.default_layer).", min=0),
+                      "as rome.default_layer says).", min=0),
                Option("stats_samples", int, 10_000, "Tokens of text sampled from the model for ROME's C.", min=1),
                Option("compare_samples", int, 1_000, "Also ROME with C from this many tokens (same key and δ; 0: "
                       "not).", min=0),
