@@ -28,5 +28,8 @@ def test_offloaded_blocks_attribute_exactly(tmp_path):
     assert split.device == torch.device("cpu")
     for estimator in (IntegratedGradients(steps=4), GradientTimesActivation()):
         for a, b in zip(estimator.attribute(lm, BAG, "Paris"), estimator.attribute(split, BAG, "Paris"), strict=True):
-            assert torch.equal(a.scores, b.scores), estimator.name
+            # float64: the one-device model's IG takes the fused output head, the offloaded one (its head wrapped by
+            # accelerate's hooks) the model's own head, so the two agree to float64 rounding, not bit for bit
+            assert torch.allclose(a.scores, b.scores, rtol=1e-9, atol=1e-12 * float(a.scores.abs().max())), \
+                estimator.name
     assert all(p.is_meta for name, p in model.named_parameters() if ".layers.1." in name)  # still offloaded after
