@@ -40,8 +40,8 @@ def pad_token_id(lm: LanguageModel) -> int:
 
 
 @contextmanager
-def _head_at(lm: LanguageModel, positions: torch.Tensor) -> Iterator[bool]:
-    """Make the output head read only ``positions`` ((batch,), one per row); yields whether it could (a model
+def head_at(lm: LanguageModel, index: torch.Tensor) -> Iterator[bool]:
+    """Make the output head read only ``index`` ((batch, k) positions per row); yields whether it could (a model
     without ``get_output_embeddings`` computes logits at every position). The hook is removed on exit."""
     head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
     if not isinstance(head, torch.nn.Module):
@@ -50,8 +50,8 @@ def _head_at(lm: LanguageModel, positions: torch.Tensor) -> Iterator[bool]:
 
     def pre_hook(_module, args):
         hidden = args[0]
-        index = positions.to(hidden.device)[:, None, None].expand(-1, 1, hidden.shape[-1])
-        return (hidden.gather(1, index), *args[1:])
+        picked = hidden.gather(1, index.to(hidden.device)[..., None].expand(-1, -1, hidden.shape[-1]))
+        return (picked, *args[1:])
 
     handle = head.register_forward_pre_hook(pre_hook)
     try:
@@ -102,7 +102,7 @@ def answer_ranks(lm: LanguageModel, facts: Sequence[Fact], batch_size: int = 64)
         # attend to the padding after it anyway, while a padding mask can leave a padded position with no
         # key to attend to under a sliding window (Gemma 2/3), whose NaN then spreads to the whole row.
         kwargs = {} if lm.kind == "causal" else {"attention_mask": mask.to(lm.device)}
-        with _head_at(lm, positions) as sliced:
+        with head_at(lm, positions[:, None]) as sliced:
             logits = lm.model(input_ids=ids.to(lm.device), **kwargs).logits
         rows = torch.arange(len(chunk), device=logits.device)
         scores = logits[:, 0] if sliced else logits[rows, positions.to(logits.device)]

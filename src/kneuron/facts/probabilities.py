@@ -23,38 +23,16 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 
 from kneuron.facts.encoding import AnswerProbability, EncodedQuery, answer_probability, at_least_float32
-from kneuron.facts.known import pad_token_id
+from kneuron.facts.known import head_at, pad_token_id
 from kneuron.models.language_model import LanguageModel
 
 #: prompts per forward pass
 BATCH_SIZE = 32
-
-
-@contextmanager
-def _head_at(lm: LanguageModel, index: torch.Tensor) -> Iterator[bool]:
-    """Make the output head read only ``index`` ((batch, k) positions per row); yields whether it could (a model
-    without ``get_output_embeddings`` computes logits at every position). The hook is removed on exit."""
-    head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
-    if not isinstance(head, torch.nn.Module):
-        yield False
-        return
-
-    def pre_hook(_module, args):
-        hidden = args[0]
-        picked = hidden.gather(1, index.to(hidden.device)[..., None].expand(-1, -1, hidden.shape[-1]))
-        return (picked, *args[1:])
-
-    handle = head.register_forward_pre_hook(pre_hook)
-    try:
-        yield True
-    finally:
-        handle.remove()
 
 
 def _scored(logits: torch.Tensor, query: EncodedQuery) -> AnswerProbability:
@@ -90,7 +68,7 @@ def answer_probability_many(lm: LanguageModel, queries: Sequence[EncodedQuery], 
                               + [queries[i].target_positions[-1]] * (k - len(queries[i].target_positions))
                               for i in chunk])
         kwargs = {} if lm.kind == "causal" else {"attention_mask": mask.to(lm.device)}
-        with _head_at(lm, index) as sliced:
+        with head_at(lm, index) as sliced:
             logits = lm.model(input_ids=ids.to(lm.device), **kwargs).logits
         for row, i in enumerate(chunk):
             positions = list(range(len(queries[i].target_positions))) if sliced else list(

@@ -33,11 +33,12 @@ from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores, ne
 from kneuron.errors import FactError, KneuronError, ProbeInputError
 from kneuron.facts.encoding import EncodedQuery, encode, prompt_from_text
 from kneuron.facts.fact import Fact, Prompt, mask_token_in
+from kneuron.facts.known import head_at
 from kneuron.interventions.vocabulary import token_text
 from kneuron.models.hooks import NeuronPatch, patch_rows, scale_patches, suppress_patches
 from kneuron.models.language_model import LanguageModel
 from kneuron.serve.pages import finite
-from kneuron.studies.metrics import head_at, joint_probability, padded
+from kneuron.studies.metrics import joint_probability, padded
 
 MAX_PROMPT_CHARS = 2000
 MAX_ANSWER_CHARS = 200

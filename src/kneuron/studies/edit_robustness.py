@@ -55,6 +55,7 @@ from kneuron.attribution.types import Neuron
 from kneuron.errors import EditError, FactError, KneuronError
 from kneuron.facts.encoding import EncodedQuery, encode
 from kneuron.facts.fact import Fact, Prompt
+from kneuron.facts.known import head_at
 from kneuron.facts.robustness import RobustnessData, robustness_data
 from kneuron.interventions.edits import Edit
 from kneuron.interventions.update import NeuronKey, Scale, SignRule, neuron_keys, update_fact
@@ -68,7 +69,7 @@ from kneuron.studies.editing import (
     share_of,
     variant_suffix,
 )
-from kneuron.studies.metrics import by_length, fact_rng, head_at, padded, row
+from kneuron.studies.metrics import by_length, fact_rng, padded, row
 
 STUDY = "edit_robustness"
 #: the prompt sets every fact is measured on (those that exist for it), in report order

@@ -21,14 +21,15 @@ import copy
 import math
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from kneuron.facts.encoding import EncodedQuery
+from kneuron.facts.known import head_at
 from kneuron.models.hooks import NeuronPatch, capture, patch, patch_rows
 from kneuron.models.language_model import LanguageModel
 from kneuron.models.partial_forward import cache_argument, prefix_cache
@@ -55,27 +56,6 @@ def padded(lm: LanguageModel, rows: Sequence[torch.Tensor]) -> tuple[torch.Tenso
         ids[i, :r.shape[0]] = r
         mask[i, :r.shape[0]] = 1
     return ids.to(lm.device), mask.to(lm.device)
-
-
-@contextmanager
-def head_at(lm: LanguageModel, index: torch.Tensor) -> Iterator[bool]:
-    """Make the output head compute logits only at ``index`` ((batch, k) positions per row); yields whether it
-    could (a model without ``get_output_embeddings`` computes them all)."""
-    head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
-    if head is None:
-        yield False
-        return
-
-    def pre_hook(_module, args):
-        hidden = args[0]
-        picked = hidden.gather(1, index.to(hidden.device)[..., None].expand(-1, -1, hidden.shape[-1]))
-        return (picked, *args[1:])
-
-    handle = head.register_forward_pre_hook(pre_hook)
-    try:
-        yield True
-    finally:
-        handle.remove()
 
 
 @torch.no_grad()
