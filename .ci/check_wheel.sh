@@ -35,9 +35,9 @@ unset PYTHONPATH
 "$V/kneuron" --version
 "$V/kneuron" --threads 1 predict --top 3 "The capital of France is" | tee predict.txt
 grep -q Paris predict.txt
-"$V/kneuron" --threads 1 find --prompt "The capital of France is" --answer " Paris" --estimator gxa --steps 2 \
+"$V/kneuron" --threads 1 find --prompt "The capital of France is" --answer " Paris" --estimator gxa \
     | tee find.txt
-"$V/kneuron" --threads 1 run --facts builtin --relations capital --per-relation 1 --estimator gxa --steps 2 \
+"$V/kneuron" --threads 1 run --facts builtin --relations capital --per-relation 1 --estimator gxa \
     --out atlas.sqlite
 
 port=$("$V/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
