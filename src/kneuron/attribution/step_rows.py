@@ -41,6 +41,7 @@ from kneuron.facts.encoding import EncodedQuery
 from kneuron.models.fused_head import fusable_head, recording_head_output
 from kneuron.models.hooks import on_ffn_input
 from kneuron.models.language_model import LanguageModel
+from kneuron.models.padded_context import pad_keys, padded_context_rows, pads_contexts
 from kneuron.models.partial_forward import (
     batch_head_inputs_for_rows,
     cache_layers,
@@ -92,6 +93,14 @@ class Plan:
 def shape_key(plan: Plan) -> tuple[int, int, int]:
     """Prompts whose rows may share a batch: same tokens per row, cached prefix and answer length."""
     return len(plan.input_ids), plan.context, len(plan.answer_ids)
+
+
+def batch_key(lm: LanguageModel, plan: Plan) -> tuple[int, int, int]:
+    """Prompts whose rows may share a batch on ``lm``: :func:`shape_key`, but prefixes of any length (> 0) share one
+    where :func:`~kneuron.models.padded_context.pads_contexts` allows it (the cache padded to the longest)."""
+    if plan.context > 0 and pads_contexts(lm):
+        return len(plan.input_ids), -1, len(plan.answer_ids)
+    return shape_key(plan)
 
 
 @torch.no_grad()
@@ -221,16 +230,23 @@ def run_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objecti
         return scale
 
     cache = None
+    contexts = {plans[p].context for p in every}
+    padded = max(contexts) if len(contexts) > 1 else None  # prefixes of several lengths (padded_context_rows)
     if plans[first_prompt].cache is not None:
         cache = copy.deepcopy(plans[first_prompt].cache)
         mine = cache_layers(lm, cache)
+        for layer in range(lm.n_layers if padded else 0):  # the cache's length is read from its first layers
+            mine[layer].keys = pad_keys(mine[layer].keys, padded)
+            mine[layer].values = pad_keys(mine[layer].values, padded)
         for layer in range(start, lm.n_layers):
             active = every[:sum(len(members[k]) for k in layers if k <= layer)]
             if layer == start and branch_at_ffn:
                 active = active[:1]
             theirs = {p: cache_layers(lm, plans[p].cache)[layer] for p in set(active)}
-            mine[layer].keys = by_prompt({p: c.keys for p, c in theirs.items()}, active)
-            mine[layer].values = by_prompt({p: c.values for p, c in theirs.items()}, active)
+            mine[layer].keys = by_prompt({p: pad_keys(c.keys, padded or plans[p].context)
+                                          for p, c in theirs.items()}, active)
+            mine[layer].values = by_prompt({p: pad_keys(c.values, padded or plans[p].context)
+                                            for p, c in theirs.items()}, active)
     with torch.set_grad_enabled(gradients), ExitStack() as stack:
         clean_rows = {layer: by_prompt({p: plans[p].block_inputs[layer] for p in prompts_of[layer]},
                                         prompts_of[layer]) for layer in layers}
@@ -239,6 +255,12 @@ def run_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objecti
         for layer in layers[1:]:
             stack.enter_context(rows_entering(lm, layer, clean_rows[layer]))
         stack.enter_context(batch_head_inputs_for_rows(lm, start))
+        if padded is not None:
+            if cache is None or not pads_contexts(lm) or min(contexts) == 0:
+                raise AssertionError("rows of prompts with prefixes of several lengths share a batch only where "
+                                     "pads_contexts(lm) allows it and every prompt has a cached prefix")
+            stack.enter_context(padded_context_rows(lm, start, [plans[p].context for p in every], padded,
+                                                    len(plans[first_prompt].input_ids)))
         for layer in layers:
             stack.enter_context(on_ffn_input(lm, layer, scaler(layer)))
             if frozen_norm:  # the norm reads the whole sequence again (after ffn_only_at widens it)
@@ -314,5 +336,5 @@ def lay_out(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], gradient
     return RowLayout(order, layers, members, prompts_of, before, leaves, [chunk[i][0] for i in order])
 
 
-__all__ = ["Plan", "Row", "RowLayout", "batches", "by_prompt", "lay_out", "make_plan", "memory_per_row", "run_rows",
-           "shape_key"]
+__all__ = ["Plan", "Row", "RowLayout", "batch_key", "batches", "by_prompt", "lay_out", "make_plan", "memory_per_row",
+           "run_rows", "shape_key"]

@@ -61,7 +61,7 @@ from kneuron.attribution.limits import count
 from kneuron.attribution.objective import Objective, check_objective
 from kneuron.attribution.selection import share_walk
 from kneuron.attribution.shared_depths import run_shared_rows
-from kneuron.attribution.step_rows import Plan, Row, batches, run_rows
+from kneuron.attribution.step_rows import Plan, Row, batch_key, batches, run_rows
 from kneuron.attribution.types import NeuronScores
 from kneuron.errors import InputError
 from kneuron.models.language_model import LanguageModel
@@ -268,12 +268,19 @@ class TwoStageIntegratedGradients(Estimator):
         points = alpha_points(self.steps, self.alphas)
         screen = screen_indices(self.steps, self.screen_points)
         with limits.out_of_memory_as_error(lm.device, f"running the clean passes of {len(queries)} prompt(s)"):
-            plans, groups = shape_groups(lm, queries, self.objective)
+            plans, _ = shape_groups(lm, queries, self.objective)
+        # the bag's prompts share batches across prefix lengths where the model allows it (padded_context): one
+        # batch of a round instead of one per prompt, each of which reads every weight of the blocks it runs
+        grouped: dict[tuple[int, int, int], list[int]] = defaultdict(list)
+        for index, plan in enumerate(plans):
+            grouped[batch_key(lm, plan)].append(index)
+        groups = list(grouped.values())
         screen_rule = ScreenRule(self.threshold, self.share, self.margin, self.top_margin, self.ablation_margin)
         results: list[NeuronScores | None] = [None] * len(plans)
-        rows_of = [rows_per_batch(lm, plans[members[0]], budget, batch_rows) for members in groups]
+        rows_of = [rows_per_batch(lm, plans[max(members, key=lambda p: plans[p].context)], budget, batch_rows)
+                   for members in groups]
         with frozen_parameters(lm.model):
-            longest = max(range(len(plans)), key=lambda index: len(plans[index].input_ids))
+            longest = max(range(len(plans)), key=lambda index: (len(plans[index].input_ids), plans[index].context))
             with batch_memory(lm, plans[longest], len(plans), max(rows_of), budget, "two-stage integrated gradients"):
                 sums, baselines, finished = _two_stage(lm, plans, groups, rows_of, chosen, points, screen,
                                                        self.objective, rule == "frozen", screen_rule)
