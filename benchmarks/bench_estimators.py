@@ -51,7 +51,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import kneuron  # noqa: E402
-from json_results import command_line, summary_of, write_results  # noqa: E402  (benchmarks/)
+from json_results import command_line, summary_of, table, write_results  # noqa: E402  (benchmarks/)
 from kneuron.attribution import coarse_neurons, refine  # noqa: E402
 from kneuron.attribution.estimators import (  # noqa: E402
     ESTIMATORS,
@@ -84,6 +84,8 @@ def compare(into: dict[str, list[float]], bag, full) -> bool:
     same = set(refined.keys) == set(reference.keys)  # the same neurons (their order by mean score may differ)
     into["jaccard"].append(jaccard(refined.keys, reference.keys))
     into["same_refined"].append(float(same))
+    if bag[0].screen_layers is not None:  # layers finished (two-stage) or computed (screen) per prompt
+        into["layers"].extend(len(scores.screen_layers) for scores in bag)
     for mine, theirs in zip(bag, full, strict=True):
         into["spearman"].append(spearman(theirs.scores.numpy(), mine.scores.numpy()))
         into["recall10"].append(top_recall(theirs.scores.numpy(), mine.scores.numpy()))
@@ -110,6 +112,7 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma list of estimators not to measure (e.g. lpi,screen4)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     ks = sorted({int(k) for k in args.screen_ks.split(",")} | {args.screen_k})
     lm = kneuron.load()
     builtin = load_facts("builtin")
@@ -198,11 +201,13 @@ def main() -> None:
             print(f"screen K={k}: differing facts by reason: "
                   + ", ".join(f"{why} {n}" for why, n in reasons[name].most_common()))
 
-    # Gauss-Legendre against a 200-step reference integral
+    # Gauss-Legendre against a 200-step reference integral (none with --reference-prompts 0)
     first = [encode(lm, prompt, facts[0].object) for prompt in facts[0].prompts()][:args.reference_prompts]
-    exact = IntegratedGradients(steps=200).attribute(lm, first, facts[0].object)
+    exact = IntegratedGradients(steps=200).attribute(lm, first, facts[0].object) if first else []
     for name, estimator in (("right 20", IntegratedGradients()), ("gauss 4", IntegratedGradients(4, "gauss")),
                             ("gauss 5", IntegratedGradients(5, "gauss")), ("gauss 6", IntegratedGradients(6, "gauss"))):
+        if not first:
+            break
         bag = estimator.attribute(lm, first, facts[0].object)
         pairs = list(zip(bag, exact, strict=True))
         worst = max(float((b.scores - e.scores).abs().max() / e.scores.abs().max()) for b, e in pairs)
@@ -228,7 +233,32 @@ def main() -> None:
     line = (f"{fields('gxa', 'gxa')} {fields('lpi', 'lpi')} screen_k={args.screen_k} "
             f"{same_and_speed(f'screen{args.screen_k}', 'screen')} "
             f"{same_and_speed(two_stage[0] if two_stage else '', 'two_stage')}")
-    write_results("bench_estimators", command=command_line("bench_estimators.py"), tables=[], summary=summary_of(line))
+    rows = [["ig (20 steps)", round(per_prompt["ig"], 3), 1.0, 1.0, 1.0, 1.0, f"{len(facts)}/{len(facts)}", None]]
+    for name in estimators:
+        if name == "ig" or name not in measures:
+            continue
+        m = measures[name]
+        rows.append([name, round(per_prompt[name], 3), round(per_prompt["ig"] / per_prompt[name], 2),
+                     round(float(np.mean(m["spearman"])), 3), round(float(np.mean(m["recall10"])), 3),
+                     round(float(np.mean(m["jaccard"])), 3), f"{int(sum(m['same_refined']))}/{len(m['same_refined'])}",
+                     round(float(np.mean(m["layers"])), 1) if m["layers"] else None])
+    columns = ["estimator", "s/prompt", "speed-up vs IG", "Spearman", "top-10 recall", "refined Jaccard",
+               "same refined neurons (facts)", "layers finished per prompt"]
+    curve = [[name.removeprefix("two-stage "), round(per_prompt["ig"] / per_prompt[name], 2),
+              round(float(np.mean(measures[name]["same_refined"])), 3),
+              f"{int(sum(measures[name]['same_refined']))}/{len(measures[name]['same_refined'])}",
+              round(float(np.mean(measures[name]["layers"])), 1)]
+             for name in sorted((n for n in two_stage if n in measures),
+                                key=lambda n: per_prompt["ig"] / per_prompt[n])]
+    tables = [table(f"Against exact IG on {len(facts)} facts ({prompts} prompts), SmolLM2-135M, "
+                    f"{torch.get_num_threads()} thread(s), load average {load_before:.1f} at the start", columns, rows)]
+    if curve:
+        tables.append(table("two-stage-ig's trade-off: speed-up against the share of facts whose refined neurons "
+                            "are exact IG's (setting = screen_points:margin:top_margin:ablation_margin)",
+                            ["setting", "speed-up vs IG", "share same refined", "facts", "layers finished per prompt"],
+                            curve))
+    write_results("bench_estimators", command=command_line("bench_estimators.py"), tables=tables,
+                  summary=summary_of(line))
     print(line)
 
 

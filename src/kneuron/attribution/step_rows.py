@@ -43,11 +43,13 @@ from kneuron.models.hooks import on_ffn_input
 from kneuron.models.language_model import LanguageModel
 from kneuron.models.padded_context import pad_keys, padded_context_rows, pads_contexts
 from kneuron.models.partial_forward import (
+    at_targets,
     batch_head_inputs_for_rows,
     cache_layers,
     ffn_only_at,
     forward_answer_log_probs,
     forward_logits,
+    logits_at,
     prefix_cache,
     record_block_inputs,
     rows_entering,
@@ -148,6 +150,76 @@ def make_plan(lm: LanguageModel, query: EncodedQuery, objective: Objective) -> P
                 float(log_p[0]), answer_token_ranks(logits[0], answer_ids), int(logits.shape[-1]), scales, fused)
 
 
+@torch.no_grad()
+def make_plans(lm: LanguageModel, queries: Sequence[EncodedQuery], objective: Objective) -> list[Plan]:
+    """Each query's :func:`make_plan`, from one clean pass over all of them where the model allows it.
+
+    :func:`make_plan` runs two forward passes per prompt (its prefix into the cache, then the answer position);
+    on a CPU each reads every weight of the model for a handful of tokens. Causal prompts of a model whose rows
+    may pad their prefixes (:func:`~kneuron.models.padded_context.pads_contexts`), with the same number of answer
+    tokens, run instead as one batch right-padded to the longest (a causal model's real tokens never read the later
+    padding, so no mask is needed): each prompt's cache (cut at its answer position), block inputs and activations
+    are cut from it. The values are :func:`make_plan`'s up to float rounding (the tests compare them), and depend
+    on the other queries of the call through that rounding: two-stage-ig calls it on one fact's bag. Other queries
+    and models get :func:`make_plan` one by one."""
+    if len(queries) < 2 or not pads_contexts(lm) or any(q.position == 0 for q in queries):
+        return [make_plan(lm, query, objective) for query in queries]
+    if len({len(q.answer_ids) for q in queries}) > 1:  # one batch per answer length
+        by_length: dict[int, list[int]] = {}
+        for index, query in enumerate(queries):
+            by_length.setdefault(len(query.answer_ids), []).append(index)
+        plans: list[Plan | None] = [None] * len(queries)
+        for indices in by_length.values():
+            for index, plan in zip(indices, make_plans(lm, [queries[i] for i in indices], objective), strict=True):
+                plans[index] = plan
+        return [plan for plan in plans if plan is not None]
+    device = lm.device
+    lengths = [len(q.input_ids) for q in queries]
+    ids = torch.stack([torch.cat([q.input_ids, q.input_ids[-1:].expand(max(lengths) - n)]).to(device)
+                       for q, n in zip(queries, lengths, strict=True)])
+    rows = torch.arange(len(queries), device=device)
+    positions = torch.tensor([q.position for q in queries], device=device)
+    targets = torch.tensor([list(q.target_positions) for q in queries], device=device)
+    block_inputs: dict[int, torch.Tensor] = {}
+    acts: dict[int, torch.Tensor] = {}
+    head_outputs: list[torch.Tensor] = []
+
+    def recorder(layer: int):
+        def record(x: torch.Tensor) -> None:
+            acts[layer] = x[rows, positions].detach()
+        return record
+
+    with ExitStack() as stack:
+        stack.enter_context(record_block_inputs(lm, block_inputs))
+        for layer in range(lm.n_layers):
+            stack.enter_context(on_ffn_input(lm, layer, recorder(layer)))
+        stack.enter_context(recording_head_output(lm, head_outputs))
+        sliced = stack.enter_context(logits_at(lm, targets))
+        out = lm.model(input_ids=ids, use_cache=True)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    if any(type(layer).__name__ != "DynamicLayer" for layer in cache_layers(lm, cache)):
+        return [make_plan(lm, query, objective) for query in queries]  # a cache that cannot be cut per prompt
+    logits = out.logits if sliced else at_targets(out.logits, targets)
+    fused = len(head_outputs) == 1 and out.logits is head_outputs[0]
+    made = []
+    for p, query in enumerate(queries):
+        position, answer_ids = query.position, torch.tensor(query.answer_ids, device=device)
+        own = copy.deepcopy(cache)
+        for layer, theirs in zip(cache_layers(lm, own), cache_layers(lm, cache), strict=True):
+            theirs_keys, theirs_values = theirs.keys, theirs.values
+            layer.keys = theirs_keys[p:p + 1, :, :position].clone()
+            layer.values = theirs_values[p:p + 1, :, :position].clone()
+        log_p = answer_token_log_probs(logits[p:p + 1], answer_ids[None]).double().sum(-1)
+        value = objective_of(log_p[:, None], objective)
+        made.append(Plan(
+            query.input_ids[position:].to(device), 0,
+            torch.tensor([t - position for t in query.target_positions], device=device), answer_ids, own,
+            {layer: block_inputs[layer][p:p + 1, position:lengths[p]].clone() for layer in range(lm.n_layers)},
+            torch.stack([acts[layer][p] for layer in range(lm.n_layers)]), float(value[0]), float(log_p[0]),
+            answer_token_ranks(logits[p], answer_ids), int(logits.shape[-1]), None, fused))
+    return made
+
+
 def memory_per_row(lm: LanguageModel, plan: Plan) -> float:
     """A generous estimate of the bytes one step row keeps alive through one forward and backward."""
     config = lm.model.config
@@ -243,10 +315,12 @@ def run_rows(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], objecti
             if layer == start and branch_at_ffn:
                 active = active[:1]
             theirs = {p: cache_layers(lm, plans[p].cache)[layer] for p in set(active)}
-            mine[layer].keys = by_prompt({p: pad_keys(c.keys, padded or plans[p].context)
-                                          for p, c in theirs.items()}, active)
-            mine[layer].values = by_prompt({p: pad_keys(c.values, padded or plans[p].context)
-                                            for p, c in theirs.items()}, active)
+            if padded is not None:
+                theirs = {p: (pad_keys(c.keys, padded), pad_keys(c.values, padded)) for p, c in theirs.items()}
+            else:  # as they are (a sliding window's cache holds fewer keys than the context)
+                theirs = {p: (c.keys, c.values) for p, c in theirs.items()}
+            mine[layer].keys = by_prompt({p: kv[0] for p, kv in theirs.items()}, active)
+            mine[layer].values = by_prompt({p: kv[1] for p, kv in theirs.items()}, active)
     with torch.set_grad_enabled(gradients), ExitStack() as stack:
         clean_rows = {layer: by_prompt({p: plans[p].block_inputs[layer] for p in prompts_of[layer]},
                                         prompts_of[layer]) for layer in layers}
@@ -336,5 +410,6 @@ def lay_out(lm: LanguageModel, plans: Sequence[Plan], chunk: list[Row], gradient
     return RowLayout(order, layers, members, prompts_of, before, leaves, [chunk[i][0] for i in order])
 
 
-__all__ = ["Plan", "Row", "RowLayout", "batch_key", "batches", "by_prompt", "lay_out", "make_plan", "memory_per_row",
+__all__ = ["Plan", "Row", "RowLayout", "batch_key", "batches", "by_prompt", "lay_out", "make_plan", "make_plans",
+           "memory_per_row",
            "run_rows", "shape_key"]

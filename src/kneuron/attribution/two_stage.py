@@ -55,13 +55,12 @@ from kneuron.attribution.integrated_gradients import (
     default_memory_budget,
     fill_zero_baselines,
     rows_per_batch,
-    shape_groups,
 )
 from kneuron.attribution.limits import count
 from kneuron.attribution.objective import Objective, check_objective
 from kneuron.attribution.selection import share_walk
 from kneuron.attribution.shared_depths import run_shared_rows
-from kneuron.attribution.step_rows import Plan, Row, batch_key, batches, run_rows
+from kneuron.attribution.step_rows import Plan, Row, batch_key, batches, make_plans, run_rows
 from kneuron.attribution.types import NeuronScores
 from kneuron.errors import InputError
 from kneuron.models.language_model import LanguageModel
@@ -267,10 +266,12 @@ class TwoStageIntegratedGradients(Estimator):
         chosen = checked_layers(lm, layers, self.steps, len(queries), budget)
         points = alpha_points(self.steps, self.alphas)
         screen = screen_indices(self.steps, self.screen_points)
+        # the bag's clean passes in one batch, and its prompts' rows sharing batches across prefix lengths, where
+        # the model allows it (make_plans, padded_context): one batch of a round instead of one per prompt, each of
+        # which reads every weight of the blocks it runs. A bag is one fact's prompts, so its scores depend on
+        # the fact alone, as a run stores them.
         with limits.out_of_memory_as_error(lm.device, f"running the clean passes of {len(queries)} prompt(s)"):
-            plans, _ = shape_groups(lm, queries, self.objective)
-        # the bag's prompts share batches across prefix lengths where the model allows it (padded_context): one
-        # batch of a round instead of one per prompt, each of which reads every weight of the blocks it runs
+            plans = make_plans(lm, queries, self.objective)
         grouped: dict[tuple[int, int, int], list[int]] = defaultdict(list)
         for index, plan in enumerate(plans):
             grouped[batch_key(lm, plan)].append(index)
