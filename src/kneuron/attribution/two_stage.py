@@ -30,6 +30,13 @@ So a prompt's coarse neurons may miss some of exact IG's in unfinished layers; t
 exact IG's whenever the screen does not hide a coarse neuron (screened score below ``margin`` × the bar) or a
 top score (below ``top_margin`` × the top, with an effect below ``ablation_margin`` × the screen's top).
 ``benchmarks/bench_estimators.py --two-stage`` measures how often that holds on the demo's facts and what it costs.
+
+What it costs is mostly batches, not rows: on a CPU each batch reads the weights of every block it runs, forward and
+backward, however few its rows (on SmolLM2, about 0.1 s for a batch that runs all 30 blocks), and a round of this
+rule has few rows per prompt. So the bag's prompts run together: their clean passes in one right-padded forward
+(:func:`~kneuron.attribution.step_rows.make_plans`), and each round's rows of all prompts in one batch, their
+cached prefixes of different lengths padded (:mod:`kneuron.models.padded_context`, on the Llama family; elsewhere
+one batch per prefix length, as before). ``benchmarks/profile_two_stage.py`` shows a fact batch by batch.
 """
 
 from __future__ import annotations
