@@ -58,11 +58,12 @@ from kneuron.facts.fact import Fact, Prompt
 from kneuron.facts.known import head_at
 from kneuron.facts.robustness import RobustnessData, robustness_data
 from kneuron.interventions.edits import Edit
-from kneuron.interventions.update import NeuronKey, Scale, SignRule, neuron_keys, update_fact
+from kneuron.interventions.update import NeuronKey, Scale, SignRule, update_fact
 from kneuron.models.language_model import LanguageModel
 from kneuron.studies.editing import (
     Scores,
     choose_new_answer,
+    edited_facts,
     mean_of,
     relation_counts,
     sample_facts,
@@ -297,12 +298,7 @@ def edit_robustness_study(
     options = dict(lambda_old=lambda_old, lambda_new=lambda_new, max_share=max_share)
     methods = [(variant_name(scale, sign), kn_maker(counts, scale, sign, options, lm)) for scale, sign in settings]
     rows: list[dict] = []
-    for n, fact in enumerate(facts):
-        if on_fact is not None:
-            on_fact(n, fact)
-        keys = neuron_keys(neurons_by_fact.get(fact.id, []))
-        if not keys:
-            continue
+    for fact, keys in edited_facts(facts, neurons_by_fact, on_fact):
         rows += fact_rows(lm, fact, keys, data=data, pool=pool, owners=owners,
                           coarse=(coarse_by_fact or {}).get(fact.id), share=share, methods=methods,
                           held_out=held_out, n_neighbours=n_neighbours, seed=seed)
