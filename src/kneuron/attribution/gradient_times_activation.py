@@ -35,7 +35,15 @@ from typing import Any
 
 import torch
 
-from kneuron.attribution.estimator_base import Estimator, OnPrompt, PromptLike, encode_prompts, register_estimator
+from kneuron.attribution.estimator_base import (
+    Estimator,
+    OnPrompt,
+    PromptLike,
+    answer_text,
+    attributed_layers,
+    encode_prompts,
+    register_estimator,
+)
 from kneuron.attribution.ffn_norm import NormRule, check_norm, effective_norm, frozen_deltas
 from kneuron.attribution.limits import out_of_memory_as_error
 from kneuron.attribution.objective import (
@@ -46,7 +54,6 @@ from kneuron.attribution.objective import (
     objective_of,
 )
 from kneuron.attribution.types import NeuronScores
-from kneuron.errors import InputError
 from kneuron.facts.encoding import EncodedQuery
 from kneuron.facts.known import pad_token_id
 from kneuron.models.hooks import on_ffn_input
@@ -89,11 +96,7 @@ def gradient_times_activation(
     held, and through later layers' live norms: the gradient of integrated gradients' α = 1 row with that rule.
     """
     queries = encode_prompts(lm, prompts, answer)
-    chosen = sorted(set(range(lm.n_layers) if layers is None else layers))
-    for layer in chosen:
-        lm.check_layer(layer)
-    if not chosen:
-        raise InputError("No layers to attribute: give at least one layer index.")
+    chosen = attributed_layers(lm, layers)
     check_objective(objective)
     rule = effective_norm(lm, norm)
     results: list[NeuronScores | None] = [None] * len(queries)
@@ -105,7 +108,7 @@ def gradient_times_activation(
             with out_of_memory_as_error(lm.device, tried, lower=LOWER_GXA):
                 batch = _one_batch(lm, [queries[i] for i in group], objective, chosen, rule)
             for index, scores in zip(group, batch, strict=True):
-                scores.answer = answer if answer is not None else lm.tokenizer.decode(list(queries[index].answer_ids))
+                scores.answer = answer_text(lm, queries[index], answer)
                 results[index] = scores
                 if on_prompt is not None:
                     on_prompt(index, scores)

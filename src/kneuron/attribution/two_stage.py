@@ -43,7 +43,14 @@ from typing import Any
 import torch
 
 from kneuron.attribution import limits
-from kneuron.attribution.estimator_base import Estimator, OnPrompt, PromptLike, encode_prompts, register_estimator
+from kneuron.attribution.estimator_base import (
+    Estimator,
+    OnPrompt,
+    PromptLike,
+    answer_text,
+    encode_prompts,
+    register_estimator,
+)
 from kneuron.attribution.ffn_norm import NormRule, check_norm, effective_norm
 from kneuron.attribution.integrated_gradients import (
     AlphaRule,
@@ -278,7 +285,7 @@ class TwoStageIntegratedGradients(Estimator):
                 sums, baselines, finished = _two_stage(lm, plans, groups, rows_of, chosen, points, screen,
                                                        self.objective, rule == "frozen", screen_rule)
             for index in range(len(plans)):
-                said = answer if answer is not None else lm.tokenizer.decode(list(queries[index].answer_ids))
+                said = answer_text(lm, queries[index], answer)
                 scores = _scores(plans[index], queries[index], said, sums[index], baselines[index],
                                  self.steps, self.objective, self.alphas, rule)
                 scores.screen_layers = finished[index]
