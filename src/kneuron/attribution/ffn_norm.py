@@ -34,6 +34,7 @@ from torch import nn
 from kneuron.errors import InputError, KneuronError
 from kneuron.facts.encoding import at_least_float32
 from kneuron.models.architectures import norm_epsilon
+from kneuron.models.hooks import forward_hook
 from kneuron.models.language_model import LanguageModel
 
 NormRule = Literal["frozen", "live"]
@@ -131,11 +132,8 @@ def frozen_rows(lm: LanguageModel, layer: int, rows: torch.Tensor, positions: to
         replaced[rows, positions] = frozen_output(lm, norm, picked, scales).to(out.dtype)
         return replaced
 
-    handle = norm.register_forward_hook(hook)
-    try:
+    with forward_hook(norm, hook):
         yield
-    finally:
-        handle.remove()
 
 
 def value_vectors(lm: LanguageModel, layer: int, activations: torch.Tensor) -> torch.Tensor:
@@ -162,8 +160,5 @@ def frozen_deltas(lm: LanguageModel, layer: int, rows: torch.Tensor, positions: 
         replaced[rows, positions] = out[rows, positions] + added.to(out.dtype)
         return replaced
 
-    handle = norm.register_forward_hook(hook)
-    try:
+    with forward_hook(norm, hook):
         yield
-    finally:
-        handle.remove()

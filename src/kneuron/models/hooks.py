@@ -125,6 +125,17 @@ def _on_ffn_input(lm: LanguageModel, layer: int, fn: ActivationFn, current: Call
             handle.remove()
 
 
+@contextmanager
+def forward_hook(module: torch.nn.Module, hook: Callable) -> Iterator[None]:
+    """``hook`` as a forward hook of ``module`` (``hook(module, args, output)``, whose return value, when not None,
+    replaces the output) for the duration of the block; removed on exit, also after an exception."""
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def normalize_positions(positions: Positions) -> None | int | list[int] | torch.Tensor:
     """``positions`` as None, an int, a list of ints, or a 1-D per-row tensor.
 
