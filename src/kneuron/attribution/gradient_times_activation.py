@@ -55,7 +55,7 @@ from kneuron.attribution.objective import (
 )
 from kneuron.attribution.types import NeuronScores
 from kneuron.facts.encoding import EncodedQuery
-from kneuron.facts.known import pad_token_id
+from kneuron.facts.known import right_padded
 from kneuron.models.hooks import on_ffn_input
 from kneuron.models.language_model import LanguageModel
 from kneuron.models.partial_forward import at_targets, frozen_parameters, logits_at
@@ -131,12 +131,7 @@ def _batches(queries: Sequence[EncodedQuery], order: list[int], tokens: int) -> 
 def _one_batch(lm: LanguageModel, queries: list[EncodedQuery], objective: Objective, chosen: list[int],
                rule: NormRule | None = None) -> list[NeuronScores]:
     device = lm.device
-    width = max(len(q.input_ids) for q in queries)
-    ids = torch.full((len(queries), width), pad_token_id(lm), dtype=torch.long)
-    mask = torch.zeros((len(queries), width), dtype=torch.long)
-    for row, query in enumerate(queries):
-        ids[row, :len(query.input_ids)] = query.input_ids
-        mask[row, :len(query.input_ids)] = 1
+    ids, mask = right_padded(lm, [q.input_ids for q in queries])
     rows = torch.arange(len(queries), device=device)
     positions = torch.tensor([q.position for q in queries], device=device)
     targets = torch.tensor([list(q.target_positions) for q in queries], device=device)

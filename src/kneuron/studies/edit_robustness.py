@@ -55,7 +55,7 @@ from kneuron.attribution.types import Neuron
 from kneuron.errors import EditError, FactError, KneuronError
 from kneuron.facts.encoding import EncodedQuery, encode
 from kneuron.facts.fact import Fact, Prompt
-from kneuron.facts.known import head_at
+from kneuron.facts.known import head_at, head_index
 from kneuron.facts.robustness import RobustnessData, robustness_data
 from kneuron.interventions.edits import Edit
 from kneuron.interventions.update import NeuronKey, Scale, SignRule, update_fact
@@ -141,8 +141,7 @@ def score(lm: LanguageModel, queries: Sequence[EncodedQuery], *, batch_size: int
         # every position any of the input's queries reads: the top-1 position and the answer's target positions
         read = [sorted({p for i in users[inputs[b]] for p in (queries[i].position, *queries[i].target_positions)})
                 for b in batch]
-        width = max(len(r) for r in read)
-        index = torch.tensor([r + [r[-1]] * (width - len(r)) for r in read])
+        index = head_index(read)
         with head_at(lm, index) as sliced:
             logits = lm.model(input_ids=ids, attention_mask=mask).logits
         for r, b in enumerate(batch):

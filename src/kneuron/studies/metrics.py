@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from kneuron.facts.encoding import EncodedQuery
-from kneuron.facts.known import head_at
+from kneuron.facts.known import head_at, head_index, right_padded
 from kneuron.models.hooks import NeuronPatch, capture, patch, patch_rows
 from kneuron.models.language_model import LanguageModel
 from kneuron.models.partial_forward import cache_argument, prefix_cache
@@ -45,16 +45,9 @@ def by_length(items: Sequence[torch.Tensor], batch_size: int) -> list[list[int]]
 
 
 def padded(lm: LanguageModel, rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``rows`` right-padded into one (batch, longest) id tensor, and its attention mask, on the model's device."""
-    pad = getattr(lm.tokenizer, "pad_token_id", None)
-    if pad is None:
-        pad = getattr(lm.tokenizer, "eos_token_id", None) or 0
-    width = max(int(r.shape[0]) for r in rows)
-    ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :r.shape[0]] = r
-        mask[i, :r.shape[0]] = 1
+    """``rows`` right-padded into one (batch, longest) id tensor, and its attention mask, on the model's device
+    (:func:`~kneuron.facts.known.right_padded`)."""
+    ids, mask = right_padded(lm, rows)
     return ids.to(lm.device), mask.to(lm.device)
 
 
@@ -80,9 +73,7 @@ def answer_probabilities(lm: LanguageModel, queries: Sequence[EncodedQuery], pat
         chosen = [queries[i] for i in batch]
         ids, mask = padded(lm, [q.input_ids for q in chosen])
         positions = torch.tensor([q.position for q in chosen])
-        width = max(len(q.target_positions) for q in chosen)
-        index = torch.tensor([list(q.target_positions) + [q.target_positions[-1]] * (width - len(q.target_positions))
-                              for q in chosen])
+        index = head_index([q.target_positions for q in chosen])
         if row_patches is not None:
             context = patch_rows(lm, [row_patches[i] for i in batch], positions=positions)
         else:
