@@ -124,17 +124,25 @@ def estimator_controls(rows: Sequence[dict]) -> dict[str, str]:
     return {r["variant"]: "ig" for r in rows if r["variant"] not in RESERVED}
 
 
+def _table(title: str, caption: str, columns: Sequence[str]) -> Table:
+    """An empty table of the study's summary: ``title`` in bold above, ``caption`` below, ``columns`` (the estimator
+    first, left-justified; the numbers right-justified)."""
+    table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False, caption_justify="left",
+                  caption=caption)
+    for column in columns:
+        table.add_column(column, justify="left" if column == columns[0] else "right")
+    return table
+
+
 def specificity_table(rows: Sequence[dict], aggregates: Sequence[dict], title: str) -> Table:
     """Per estimator (and IG): refined neurons per fact, identical sets and Jaccard against IG, suppression of the
     fact's own prompts and of other relations' facts (with their stored intervals), and the generic neurons."""
-    table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False, caption_justify="left",
-                  caption="suppress own / other: mean Δp/p of the fact's prompts / of other relations' facts with the "
-                          "estimator's refined neurons set to 0 [95% bootstrap interval over facts], p: paired test "
-                          "against IG on the same facts; generic: refined for more than the atlas's generic share "
-                          "of the facts (the generic study's definition), under each estimator's own sets.")
-    for column in ("estimator", "neurons / fact", "identical to IG", "Jaccard", "suppress own", "suppress other",
-                   "generic share", "generic", "most shared in"):
-        table.add_column(column, justify="left" if column == "estimator" else "right")
+    table = _table(title, "suppress own / other: mean Δp/p of the fact's prompts / of other relations' facts with "
+                          "the estimator's refined neurons set to 0 [95% bootstrap interval over facts], p: paired "
+                          "test against IG on the same facts; generic: refined for more than the atlas's generic "
+                          "share of the facts (the generic study's definition), under each estimator's own sets.",
+                   ("estimator", "neurons / fact", "identical to IG", "Jaccard", "suppress own", "suppress other",
+                    "generic share", "generic", "most shared in"))
     for entry in agreement_summary(rows):
         label = str(entry["estimator"])
         own, other = (format_interval(find(aggregates, label, metric), percent=True)
@@ -149,17 +157,14 @@ def specificity_table(rows: Sequence[dict], aggregates: Sequence[dict], title: s
     return table
 
 
-
 def agreement_table(rows: Sequence[dict], title: str) -> Table:
     """The study's summary (:func:`~kneuron.studies.estimator_agreement.agreement_summary`) as a rich table."""
-    table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False, caption_justify="left",
-                  caption="Spearman per prompt over all neurons, or over the neurons a sparse atlas keeps; suppress: "
+    table = _table(title, "Spearman per prompt over all neurons, or over the neurons a sparse atlas keeps; suppress: "
                           "mean Δp/p of the fact's prompts with the estimator's refined neurons, IG's, or as many "
                           "random ones of the same layers set to 0. s/prompt of ig (atlas): measured when the atlas "
-                          "was made (compute_seconds / prompts); the others measured now.")
-    for column in ("estimator", "facts", "spearman", "top-10 recall", "refined Jaccard", "suppress est",
-                   "suppress IG", "suppress random", "s/prompt", "x faster"):
-        table.add_column(column, justify="left" if column == "estimator" else "right")
+                          "was made (compute_seconds / prompts); the others measured now.",
+                   ("estimator", "facts", "spearman", "top-10 recall", "refined Jaccard", "suppress est",
+                    "suppress IG", "suppress random", "s/prompt", "x faster"))
     for entry in agreement_summary(rows):
         if entry["estimator"] == "ig":
             table.add_row("ig (atlas)", str(entry["facts"]), "", "", "", "", _num(entry["suppress"], "+.2%"),
