@@ -85,14 +85,16 @@ def _collateral_table(lm, edit, title: str, groups) -> Table:
 
 
 def _pick_others(facts, fact_relation: str, exclude: set[str], count: int, seed: int):
+    """``count`` facts of ``fact_relation`` and ``count`` of other relations (none in ``exclude``), drawn as the
+    editing study draws its collateral facts (:func:`~kneuron.studies.editing.sample_facts`), seeded by the
+    relation."""
+    from kneuron.studies.editing import sample_facts
     from kneuron.studies.metrics import fact_rng
 
     rng = fact_rng(seed, fact_relation)
     same = [f for f in facts if f.relation == fact_relation and f.id not in exclude]
     other = [f for f in facts if f.relation != fact_relation and f.id not in exclude]
-    pick = lambda pool: [pool[int(i)] for i in sorted(rng.choice(len(pool), min(count, len(pool)), replace=False))] \
-        if pool and count else []  # noqa: E731
-    return pick(same), pick(other)
+    return sample_facts(same, count, rng), sample_facts(other, count, rng)
 
 
 SaveOption = Annotated[Path | None, typer.Option(
