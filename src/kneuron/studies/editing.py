@@ -54,7 +54,7 @@ from kneuron.interventions.update import (
     Scale,
     SignRule,
     TokenRule,
-    answer_ids,
+    first_answer_id,
     neuron_keys,
     update_fact,
 )
@@ -92,17 +92,12 @@ def choose_new_answer(lm: LanguageModel, fact: Fact, facts: Sequence[Fact], seed
     """Another fact's answer of the same relation (seeded by ``seed`` and the fact id), whose first token differs
     from the fact's answer's and that the model can produce; None when there is none."""
     prompt = fact.prompts()[0] if fact.templates else None
-    try:
-        old_first = answer_ids(lm, fact.object, prompt)[0]
-    except KneuronError:
+    old_first = first_answer_id(lm, fact.object, prompt)
+    if old_first is None:
         return None
-    candidates = []
-    for other in dict.fromkeys(f.object for f in facts if f.relation == fact.relation and f.object != fact.object):
-        try:
-            if answer_ids(lm, other, prompt)[0] != old_first:
-                candidates.append(other)
-        except KneuronError:
-            continue
+    candidates = [other for other in dict.fromkeys(f.object for f in facts
+                                                   if f.relation == fact.relation and f.object != fact.object)
+                  if first_answer_id(lm, other, prompt) not in (None, old_first)]
     if not candidates:
         return None
     return candidates[int(fact_rng(seed, fact.id).integers(len(candidates)))]
