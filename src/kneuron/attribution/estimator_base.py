@@ -50,23 +50,6 @@ def encode_prompts(lm: LanguageModel, prompts: PromptLike | Sequence[PromptLike]
     return queries
 
 
-def attributed_layers(lm: LanguageModel, layers: Sequence[int] | None) -> list[int]:
-    """The layers an estimator scores: ``layers`` (all by default) ascending and once each, every one checked to
-    exist; an empty choice is refused (what each estimator refuses before any forward pass)."""
-    chosen = sorted(set(range(lm.n_layers) if layers is None else layers))
-    for layer in chosen:
-        lm.check_layer(layer)
-    if not chosen:
-        raise InputError("No layers to attribute: give at least one layer index.")
-    return chosen
-
-
-def answer_text(lm: LanguageModel, query: EncodedQuery, answer: str | None) -> str:
-    """The answer recorded with a prompt's scores: ``answer`` when the caller gave one, else the query's answer
-    tokens decoded."""
-    return answer if answer is not None else lm.tokenizer.decode(list(query.answer_ids))
-
-
 class Estimator(ABC):
     """What every estimator offers: a name, its parameters, and :meth:`attribute` (Captum's design: swap one
     estimator for another by changing one name).

@@ -35,17 +35,9 @@ from typing import Any
 
 import torch
 
-from kneuron.attribution.estimator_base import (
-    Estimator,
-    OnPrompt,
-    PromptLike,
-    answer_text,
-    attributed_layers,
-    encode_prompts,
-    register_estimator,
-)
+from kneuron.attribution.estimator_base import Estimator, OnPrompt, PromptLike, encode_prompts, register_estimator
 from kneuron.attribution.ffn_norm import NormRule, check_norm, effective_norm, frozen_deltas
-from kneuron.attribution.limits import out_of_memory_as_error
+from kneuron.attribution.limits import attributed_layers, out_of_memory_as_error
 from kneuron.attribution.objective import (
     Objective,
     answer_token_log_probs,
@@ -54,7 +46,7 @@ from kneuron.attribution.objective import (
     objective_of,
 )
 from kneuron.attribution.types import NeuronScores
-from kneuron.facts.encoding import EncodedQuery
+from kneuron.facts.encoding import EncodedQuery, answer_text
 from kneuron.facts.known import right_padded
 from kneuron.models.hooks import on_ffn_input
 from kneuron.models.language_model import LanguageModel

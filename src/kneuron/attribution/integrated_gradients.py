@@ -56,23 +56,15 @@ from typing import Any, Literal
 import torch
 
 from kneuron.attribution import limits
-from kneuron.attribution.estimator_base import (
-    Estimator,
-    OnPrompt,
-    PromptLike,
-    answer_text,
-    attributed_layers,
-    encode_prompts,
-    register_estimator,
-)
+from kneuron.attribution.estimator_base import Estimator, OnPrompt, PromptLike, encode_prompts, register_estimator
 from kneuron.attribution.ffn_norm import NormRule, check_norm, effective_norm
-from kneuron.attribution.limits import check_row_fits, check_run_fits, count
+from kneuron.attribution.limits import attributed_layers, check_row_fits, check_run_fits, count
 from kneuron.attribution.objective import Objective, check_objective, objective_of
 from kneuron.attribution.shared_depths import check_shared_layers_supported, run_shared_rows
 from kneuron.attribution.step_rows import Plan, Row, batches, make_plan, memory_per_row, run_rows, shape_key
 from kneuron.attribution.types import NeuronScores
 from kneuron.errors import InputError
-from kneuron.facts.encoding import EncodedQuery
+from kneuron.facts.encoding import EncodedQuery, answer_text
 from kneuron.models.language_model import LanguageModel
 from kneuron.models.partial_forward import frozen_parameters
 

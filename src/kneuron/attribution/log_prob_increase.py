@@ -67,21 +67,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from kneuron.attribution.estimator_base import (
-    Estimator,
-    OnPrompt,
-    PromptLike,
-    answer_text,
-    attributed_layers,
-    encode_prompts,
-    register_estimator,
-)
+from kneuron.attribution.estimator_base import Estimator, OnPrompt, PromptLike, encode_prompts, register_estimator
+from kneuron.attribution.limits import attributed_layers, out_of_memory_as_error
 from kneuron.attribution.limits import memory_budget as parse_budget
-from kneuron.attribution.limits import out_of_memory_as_error
 from kneuron.attribution.objective import answer_token_log_probs, answer_token_ranks
 from kneuron.attribution.types import NeuronScores
 from kneuron.errors import KneuronError
-from kneuron.facts.encoding import EncodedQuery
+from kneuron.facts.encoding import EncodedQuery, answer_text
 from kneuron.models.architectures import direct_readout_problem, ffn_output_multiplier, norm_epsilon
 from kneuron.models.hooks import on_ffn_input
 from kneuron.models.language_model import LanguageModel

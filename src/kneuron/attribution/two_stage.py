@@ -43,14 +43,7 @@ from typing import Any
 import torch
 
 from kneuron.attribution import limits
-from kneuron.attribution.estimator_base import (
-    Estimator,
-    OnPrompt,
-    PromptLike,
-    answer_text,
-    encode_prompts,
-    register_estimator,
-)
+from kneuron.attribution.estimator_base import Estimator, OnPrompt, PromptLike, encode_prompts, register_estimator
 from kneuron.attribution.ffn_norm import NormRule, check_norm, effective_norm
 from kneuron.attribution.integrated_gradients import (
     AlphaRule,
@@ -71,6 +64,7 @@ from kneuron.attribution.shared_depths import run_shared_rows
 from kneuron.attribution.step_rows import Plan, Row, batches, run_rows
 from kneuron.attribution.types import NeuronScores
 from kneuron.errors import InputError
+from kneuron.facts.encoding import answer_text
 from kneuron.models.language_model import LanguageModel
 from kneuron.models.partial_forward import frozen_parameters
 

@@ -226,6 +226,12 @@ class AnswerProbability:
         return self.rank == 0
 
 
+def answer_text(lm: LanguageModel, query: EncodedQuery, answer: str | None) -> str:
+    """The answer as text, as attribution records it with a prompt's scores: ``answer`` when the caller gave one,
+    else the query's answer tokens decoded."""
+    return answer if answer is not None else lm.tokenizer.decode(list(query.answer_ids))
+
+
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     """``x`` in float32 when it is a half type; float32 and float64 stay as they are."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
