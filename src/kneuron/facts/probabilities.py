@@ -28,8 +28,9 @@ from collections.abc import Sequence
 import torch
 
 from kneuron.facts.encoding import AnswerProbability, EncodedQuery, answer_from_logits, answer_probability
-from kneuron.facts.known import head_at, head_index, right_padded
+from kneuron.facts.known import head_index, right_padded
 from kneuron.models.language_model import LanguageModel
+from kneuron.models.partial_forward import logits_at
 
 #: prompts per forward pass
 BATCH_SIZE = 32
@@ -49,7 +50,7 @@ def answer_probability_many(lm: LanguageModel, queries: Sequence[EncodedQuery], 
         ids, mask = right_padded(lm, [queries[i].input_ids for i in chunk])
         index = head_index([queries[i].target_positions for i in chunk])
         kwargs = {} if lm.kind == "causal" else {"attention_mask": mask.to(lm.device)}
-        with head_at(lm, index) as sliced:
+        with logits_at(lm, index) as sliced:
             logits = lm.model(input_ids=ids.to(lm.device), **kwargs).logits
         for row, i in enumerate(chunk):
             positions = list(range(len(queries[i].target_positions))) if sliced else list(

@@ -169,14 +169,15 @@ def batch_head_inputs_for_rows(lm: LanguageModel, start: int) -> Iterator[None]:
 @contextmanager
 def logits_at(lm: LanguageModel, targets: torch.Tensor) -> Iterator[bool]:
     """Make the output head compute logits only at ``targets`` ((rows, answer tokens) positions, or
-    one row of them for every row); yields whether it could."""
+    one row of them for every row; moved to the hidden states' device); yields whether it could (a model without
+    ``get_output_embeddings`` computes logits at every position). The hook is removed on exit."""
     head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
-    if head is None:
+    if not isinstance(head, nn.Module):
         yield False
         return
 
     def pre_hook(_module, args):
-        return (at_targets(args[0], targets), *args[1:])
+        return (at_targets(args[0], targets.to(args[0].device)), *args[1:])
 
     handle = head.register_forward_pre_hook(pre_hook)
     try:

@@ -55,11 +55,12 @@ from kneuron.attribution.types import Neuron
 from kneuron.errors import EditError, FactError, KneuronError
 from kneuron.facts.encoding import EncodedQuery, encode
 from kneuron.facts.fact import Fact, Prompt
-from kneuron.facts.known import head_at, head_index
+from kneuron.facts.known import head_index
 from kneuron.facts.robustness import RobustnessData, robustness_data
 from kneuron.interventions.edits import Edit
 from kneuron.interventions.update import NeuronKey, Scale, SignRule, update_fact
 from kneuron.models.language_model import LanguageModel
+from kneuron.models.partial_forward import logits_at
 from kneuron.studies.editing import (
     Scores,
     choose_new_answer,
@@ -142,7 +143,7 @@ def score(lm: LanguageModel, queries: Sequence[EncodedQuery], *, batch_size: int
         read = [sorted({p for i in users[inputs[b]] for p in (queries[i].position, *queries[i].target_positions)})
                 for b in batch]
         index = head_index(read)
-        with head_at(lm, index) as sliced:
+        with logits_at(lm, index) as sliced:
             logits = lm.model(input_ids=ids, attention_mask=mask).logits
         for r, b in enumerate(batch):
             at = torch.arange(len(read[r])) if sliced else torch.tensor(read[r])
