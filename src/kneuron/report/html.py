@@ -54,7 +54,7 @@ def _editing_section(data: ReportData) -> str:
         return ""
     from kneuron.report.editing import editing_section
 
-    return editing_section(rows)
+    return editing_section(rows, data.aggregates.get("editing", ()))
 
 
 @report_section("edit_robustness")
