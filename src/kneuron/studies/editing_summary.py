@@ -16,15 +16,16 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from kneuron.studies.base import number
+from kneuron.studies.display import stored_figure
 from kneuron.studies.editing import STUDY, erase_summary, update_summary
-from kneuron.studies.intervals import figure, find, format_interval
+from kneuron.studies.intervals import find
 
 
 @dataclass(frozen=True)
@@ -82,12 +83,8 @@ def show(aggregates: Sequence[dict], rows: Sequence[dict], variant: str, item: F
     """One figure: ``+12.3% [+4.0, +20.1], n = 16, p = 0.003 vs random`` from the stored aggregate
     (``name_control`` False: without ``vs random``, for a table whose heading names it); on an atlas studied
     before aggregates were stored, the bare mean with its n and what to re-run; a dash when neither."""
-    stored = find(aggregates, variant, item.metric)
-    if stored.n:
-        return format_interval(stored if name_control else replace(stored, control=""), percent=item.percent,
-                               signed=item.signed)
-    return figure(aggregates, variant, item.metric, rows=rows, study=STUDY, percent=item.percent,
-                  signed=item.signed)
+    return stored_figure(aggregates, rows, STUDY, variant, item.metric, percent=item.percent, signed=item.signed,
+                         name_control=name_control)
 
 
 def minus(text: str) -> str:
