@@ -102,7 +102,8 @@ def _interactions_section(data: ReportData) -> str:
     from kneuron.report.interactions import interactions_section
 
     done = int(data.done.get("facts", 0)) if data.done else data.n_facts
-    return interactions_section(data.rows("interactions"), data.coverage.get("interactions"), done)
+    return interactions_section(data.rows("interactions"), data.coverage.get("interactions"), done,
+                                data.aggregates.get("interactions", ()))
 
 
 @report_section("consistency")
