@@ -92,7 +92,7 @@ def _vocabulary_section(data: ReportData) -> str:
 
     done = int(data.done.get("facts", 0)) if data.done else data.n_facts
     return vocabulary_section(data.rows("vocabulary"), data.vocabulary, data.coverage.get("vocabulary"), done,
-                              data.source or "ATLAS")
+                              data.source or "ATLAS", data.aggregates.get("vocabulary", ()))
 
 
 @report_section("interactions")
