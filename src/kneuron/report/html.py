@@ -62,7 +62,7 @@ def _edit_robustness_section(data: ReportData) -> str:
     """Edits under Niu et al.'s tests (see :mod:`kneuron.report.edit_robustness`), only when the atlas has its rows."""
     from kneuron.report.edit_robustness import edit_robustness_section
 
-    section = edit_robustness_section(data.rows("edit_robustness"))
+    section = edit_robustness_section(data.rows("edit_robustness"), data.aggregates.get("edit_robustness", ()))
     return "<h2>Editing knowledge</h2>" + section if section and not data.rows("editing") else section
 
 
