@@ -114,7 +114,7 @@ def _consistency_section(data: ReportData) -> str:
 
     others = {study: data.rows(study) for study in COMPARED_STUDIES}
     return consistency_section(data.rows("consistency"), others, data.coverage.get("consistency"), data.done,
-                               data.source or "ATLAS")
+                               data.source or "ATLAS", data.aggregates.get("consistency", ()))
 
 
 def render_report(data: ReportData) -> str:
