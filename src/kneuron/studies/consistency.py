@@ -350,7 +350,8 @@ def effect_comparisons(rows: Sequence[Mapping], studies: Mapping[str, Sequence[M
 def split_rows(rows: Sequence[Mapping], studies: Mapping[str, Sequence[Mapping]]) -> list[dict]:
     """The other studies' per-fact values that :func:`effect_comparisons` compares, as rows of this study whose
     variant names the class: ``{study}:{variant}:consistent`` / ``...:inconsistent`` (same metric and fact; the
-    fact's relation as this study's rows have it), so that the runner's aggregates give each class mean its interval and n."""
+    fact's relation as this study's rows have it), so that the runner's aggregates give each class mean its
+    interval and n."""
     flags = {fid: values.get("consistent", math.nan) for fid, values in fact_values(rows).items()}
     relation_of = {r["fact_id"]: r["relation"] for r in rows if r["variant"] == "fact" and r.get("fact_id")}
     out = []
