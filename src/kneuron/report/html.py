@@ -82,7 +82,8 @@ def _languages_section(data: ReportData) -> str:
     from kneuron.report.languages import languages_section
 
     done = int(data.done.get("facts", 0)) if data.done else data.n_facts
-    return languages_section(data.rows("languages"), data.coverage.get("languages"), done)
+    return languages_section(data.rows("languages"), data.coverage.get("languages"), done,
+                             data.aggregates.get("languages", ()))
 
 
 @report_section("vocabulary")

@@ -56,8 +56,11 @@ def fit_table(title: str, header: Sequence[str], lines: Sequence[Sequence[str | 
         for line in lines:
             table.add_row(*(c if isinstance(c, Text) else Text(str(c)) for c in line))
         return table
-    table.add_column(header[0])
-    table.add_column("value", justify="right", min_width=max((len(c) for line in plain for c in line[1:]), default=0))
+    value = max((len(c) for line in plain for c in line[1:]), default=0)
+    labels = max([len(header[0]), *(len(line[0]) for line in plain), *(len(h) + 2 for h in header[1:])])
+    label_width = max(12, min(labels, width - value - 5))  # the labels wrap, the values do not
+    table.add_column(header[0], max_width=label_width, overflow="fold")
+    table.add_column("value", justify="right", min_width=min(value, width - label_width - 5), overflow="fold")
     for line in plain:
         table.add_row(Text(line[0], style="bold"), "")
         for column, cell in zip(header[1:], line[1:], strict=True):
