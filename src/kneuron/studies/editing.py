@@ -76,8 +76,8 @@ from kneuron.studies.metrics import fact_rng, row
 
 __all__ = ["SETTINGS", "STUDY", "CleanScores", "Scores", "choose_new_answer", "collateral", "collateral_facts",
            "collateral_values", "counterfact_edit", "counterfact_scores", "edited_facts", "editing_study",
-           "erase_study", "erase_summary", "format_summary", "mean_of", "queries_of", "relation_counts",
-           "sample_facts", "score", "share_of", "update_metrics", "update_summary", "variant_suffix"]
+           "erase_study", "erase_summary", "mean_of", "queries_of", "relation_counts", "sample_facts", "score",
+           "share_of", "update_metrics", "update_summary", "variant_suffix"]
 
 STUDY = "editing"
 
@@ -326,29 +326,3 @@ def erase_summary(rows: Sequence[dict], variant: str) -> dict[str, float]:
 #: the update settings the study runs: (scale, sign); the paper's formula first
 SETTINGS: tuple[tuple[Scale, SignRule], ...] = (("absolute", "none"), ("absolute", "activation"),
                                                   ("slot_norm", "none"))
-
-
-def format_summary(rows: Sequence[dict]) -> str:
-    """A plain-text table of :func:`update_summary` per update variant and :func:`erase_summary` per erase variant."""
-    lines = []
-    updates = list(dict.fromkeys(r["variant"] for r in rows if r["metric"] == "edited"))
-    if updates:
-        lines.append(f"{'update variant':<26}{'facts':>6}{'edited':>7}{'P(new)>P(old)':>14}{'top1=new':>9}"
-                     f"{'changed':>8}{'ΔPPL intra':>11}{'ΔPPL inter':>11}{'Δp/p intra':>11}{'Δp/p inter':>11}")
-        for variant in updates:
-            s = update_summary(rows, variant)
-            lines.append(f"{variant:<26}{s['facts']:>6.0f}{s['edited']:>7.0f}{s['new_beats_old']:>14.1%}"
-                         f"{s['top1_new']:>9.1%}{s['changed']:>8.1%}{s['intra_delta_ppl']:>11.3g}"
-                         f"{s['inter_delta_ppl']:>11.3g}{s['intra_p_change']:>+11.1%}{s['inter_p_change']:>+11.1%}")
-    erases = list(dict.fromkeys(r["variant"] for r in rows if r["metric"] == "neurons" and not r["fact_id"]))
-    if erases:
-        lines.append(f"{'erase variant':<26}{'neurons':>8}{'PPL own before→after':>24}{'PPL other before→after':>26}"
-                     f"{'top1 own':>16}{'top1 other':>16}")
-        for variant in erases:
-            s = erase_summary(rows, variant)
-            lines.append(f"{variant:<26}{s['neurons']:>8.0f}"
-                         f"{s['own_ppl_before']:>11.3g} → {s['own_ppl_after']:<9.3g} ({s['own_ppl_change']:+.0%})"
-                         f"{s['other_ppl_before']:>9.3g} → {s['other_ppl_after']:<9.3g} ({s['other_ppl_change']:+.0%})"
-                         f"{s['own_top1_before']:>7.0%} → {s['own_top1_after']:<5.0%}"
-                         f"{s['other_top1_before']:>7.0%} → {s['other_top1_after']:<5.0%}")
-    return "\n".join(lines)

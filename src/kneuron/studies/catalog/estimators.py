@@ -115,7 +115,8 @@ class Estimators(Study):
 
     def summary(self, output: StudyOutput, context: StudyContext) -> list:
         n = len(output.facts or [])
-        return [agreement_table(output.rows, f"Estimators against exact IG on {n} facts, stored in {context.run_path}"),
+        return [agreement_table(output.rows, f"Estimators against exact IG on {n} facts, stored in {context.run_path}",
+                                output.aggregates, context.width),
                 specificity_table(output.rows, output.aggregates, "Specificity: own fact against other relations")]
 
 
@@ -124,25 +125,17 @@ def estimator_controls(rows: Sequence[dict]) -> dict[str, str]:
     return {r["variant"]: "ig" for r in rows if r["variant"] not in RESERVED}
 
 
-def _table(title: str, caption: str, columns: Sequence[str]) -> Table:
-    """An empty table of the study's summary: ``title`` in bold above, ``caption`` below, ``columns`` (the estimator
-    first, left-justified; the numbers right-justified)."""
-    table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False, caption_justify="left",
-                  caption=caption)
-    for column in columns:
-        table.add_column(column, justify="left" if column == columns[0] else "right")
-    return table
-
-
 def specificity_table(rows: Sequence[dict], aggregates: Sequence[dict], title: str) -> Table:
     """Per estimator (and IG): refined neurons per fact, identical sets and Jaccard against IG, suppression of the
     fact's own prompts and of other relations' facts (with their stored intervals), and the generic neurons."""
-    table = _table(title, "suppress own / other: mean Δp/p of the fact's prompts / of other relations' facts with "
-                          "the estimator's refined neurons set to 0 [95% bootstrap interval over facts], p: paired "
-                          "test against IG on the same facts; generic: refined for more than the atlas's generic "
-                          "share of the facts (the generic study's definition), under each estimator's own sets.",
-                   ("estimator", "neurons / fact", "identical to IG", "Jaccard", "suppress own", "suppress other",
-                    "generic share", "generic", "most shared in"))
+    table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False, caption_justify="left",
+                  caption="suppress own / other: mean Δp/p of the fact's prompts / of other relations' facts with the "
+                          "estimator's refined neurons set to 0 [95% bootstrap interval over facts], p: paired test "
+                          "against IG on the same facts; generic: refined for more than the atlas's generic share "
+                          "of the facts (the generic study's definition), under each estimator's own sets.")
+    for column in ("estimator", "neurons / fact", "identical to IG", "Jaccard", "suppress own", "suppress other",
+                   "generic share", "generic", "most shared in"):
+        table.add_column(column, justify="left" if column == "estimator" else "right")
     for entry in agreement_summary(rows):
         label = str(entry["estimator"])
         own, other = (format_interval(find(aggregates, label, metric), percent=True)
@@ -157,23 +150,42 @@ def specificity_table(rows: Sequence[dict], aggregates: Sequence[dict], title: s
     return table
 
 
-def agreement_table(rows: Sequence[dict], title: str) -> Table:
-    """The study's summary (:func:`~kneuron.studies.estimator_agreement.agreement_summary`) as a rich table."""
-    table = _table(title, "Spearman per prompt over all neurons, or over the neurons a sparse atlas keeps; suppress: "
-                          "mean Δp/p of the fact's prompts with the estimator's refined neurons, IG's, or as many "
-                          "random ones of the same layers set to 0. s/prompt of ig (atlas): measured when the atlas "
-                          "was made (compute_seconds / prompts); the others measured now.",
-                   ("estimator", "facts", "spearman", "top-10 recall", "refined Jaccard", "suppress est",
-                    "suppress IG", "suppress random", "s/prompt", "x faster"))
+
+def agreement_table(rows: Sequence[dict], title: str, aggregates: Sequence[dict] = (),
+                    width: int | None = None) -> Table:
+    """The study's summary (:func:`~kneuron.studies.estimator_agreement.agreement_summary`) as a rich table: each
+    mean over facts with its stored 95% interval, n and paired p against IG where one was stored (the bare mean
+    otherwise); one figure per line on a terminal too narrow for it (``width``)."""
+    from kneuron.studies.display import fit_table
+
+    def cell(estimator: str, metric: str, value: object, spec: str) -> str:
+        stored = find(aggregates, estimator, metric)
+        if not stored.n:
+            return _num(value, spec)
+        return format_interval(stored, percent=spec.endswith("%"), digits=2 if spec.endswith("%") else 3)
+
+    lines = []
     for entry in agreement_summary(rows):
-        if entry["estimator"] == "ig":
-            table.add_row("ig (atlas)", str(entry["facts"]), "", "", "", "", _num(entry["suppress"], "+.2%"),
-                          _num(entry["suppress_random"], "+.2%"), _num(entry["seconds_per_prompt"], ".3f"), "1")
+        name = str(entry["estimator"])
+        if name == "ig":
+            lines.append(["ig (atlas)", str(entry["facts"]), "", "", "", "",
+                          cell("ig", "suppress", entry["suppress"], "+.2%"),
+                          cell("ig", "suppress_random", entry["suppress_random"], "+.2%"),
+                          _num(entry["seconds_per_prompt"], ".3f"), "1"])
             continue
         over = "" if entry["spearman_over"] == "all" else f" ({entry['spearman_neurons']:.0f} kept)"
-        table.add_row(str(entry["estimator"]), str(entry["facts"]), _num(entry["spearman"], ".3f") + over,
-                      _num(entry["top_recall"], ".2f"), _num(entry["refined_jaccard"], ".2f"),
-                      _num(entry["suppress"], "+.2%"), _num(entry["suppress_ig"], "+.2%"),
-                      _num(entry["suppress_random"], "+.2%"), _num(entry["seconds_per_prompt"], ".3f"),
-                      _num(entry["speedup"], ".1f"))
-    return table
+        spearman = "spearman" if entry["spearman_over"] == "all" else "spearman_kept"
+        lines.append([name, str(entry["facts"]), cell(name, spearman, entry["spearman"], ".3f") + over,
+                      cell(name, "top_recall", entry["top_recall"], ".2f"),
+                      cell(name, "refined_jaccard", entry["refined_jaccard"], ".2f"),
+                      cell(name, "suppress", entry["suppress"], "+.2%"),
+                      cell(name, "suppress_ig", entry["suppress_ig"], "+.2%"),
+                      cell(name, "suppress_random", entry["suppress_random"], "+.2%"),
+                      _num(entry["seconds_per_prompt"], ".3f"), _num(entry["speedup"], ".1f")])
+    return fit_table(title, ["estimator", "facts", "spearman", "top-10 recall", "refined Jaccard", "suppress est",
+                             "suppress IG", "suppress random", "s/prompt", "x faster"], lines, width,
+                     caption="Spearman per prompt over all neurons, or over the neurons a sparse atlas keeps; "
+                             "suppress: mean Δp/p of the fact's prompts with the estimator's refined neurons, IG's, "
+                             "or as many random ones of the same layers set to 0 [95% bootstrap interval over facts, "
+                             "n, paired p as stored]. s/prompt of ig (atlas): measured when the atlas was made "
+                             "(compute_seconds / prompts); the others measured now.")
