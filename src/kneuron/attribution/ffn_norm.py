@@ -107,8 +107,7 @@ def recording_norm_scales(lm: LanguageModel, position: int, store: dict[int, flo
     with ExitStack() as stack:
         for layer in range(lm.n_layers):
             norm = _norm_of(lm, layer)
-            handle = norm.register_forward_pre_hook(recorder(layer, norm))
-            stack.callback(handle.remove)
+            stack.enter_context(forward_hook(norm, recorder(layer, norm), pre=True))
         yield
 
 
