@@ -85,7 +85,9 @@ def test_bad_input(atlas_path, fake_load, tmp_path):
 def test_study_editing_stores_rows_in_the_atlas(atlas_path, fake_load, tmp_path):
     import shutil
 
-    from kneuron.studies.editing import STUDY, format_summary
+    from kneuron.studies.editing import STUDY
+    from kneuron.studies.editing_summary import format_summary
+    from kneuron.studies.intervals import find, format_interval
 
     path = tmp_path / "copy.sqlite"
     shutil.copy(atlas_path, path)
@@ -96,7 +98,13 @@ def test_study_editing_stores_rows_in_the_atlas(atlas_path, fake_load, tmp_path)
     with Atlas.open(path, read_only=True) as atlas:
         stored = atlas.results(STUDY)
         rows = [r for r in stored if r["variant"] != "params"]
+        aggregates = atlas.aggregates(STUDY)
     assert len(rows) > 0 and "kn_signed" in result.stdout
+    # the printed summary shows the stored interval, n and p (vs the control its heading names)
+    interval = find(aggregates, "kn_signed", "new_beats_old")
+    assert interval.n and interval.control == "random_signed"
+    shown = format_interval(interval, percent=True, signed=False).removesuffix(" vs random_signed")
+    assert shown in result.stdout and "update kn_signed: " in result.stdout
     variants = {r["variant"] for r in stored}
     assert {"kn_signed", "random_signed", "erase_zero", "erase_unknown", "erase_random_zero"} <= variants
     text = format_summary(rows)

@@ -10,7 +10,7 @@ import torch
 
 from kneuron.errors import InputError, NeuronIndexError
 from kneuron.models import NeuronPatch, capture, on_ffn_input, patch, scale_patches, suppress_patches
-from kneuron.models.hooks import patch_rows
+from kneuron.models.hooks import forward_hook, patch_rows
 from tiny_models import tiny_lm
 
 BATCH, SEQ = 2, 7
@@ -446,3 +446,18 @@ def test_malformed_positions(lm, positions):
     with pytest.raises(InputError, match="[Pp]osition"), patch(lm, suppress_patches([(0, 0)]), positions=positions):
         pass
     assert _hook_count(lm) == 0
+
+
+@pytest.mark.parametrize("pre", [False, True])
+def test_forward_hook_replaces_within_the_block_and_is_removed_also_after_an_exception(pre):
+    module = torch.nn.Linear(3, 3).double()
+    x = torch.arange(3, dtype=torch.float64)[None]
+    clean = module(x)
+    hook = (lambda _m, args: (args[0] * 2,)) if pre else (lambda _m, _args, out: out * 2)
+    with forward_hook(module, hook, pre=pre):
+        hooked = module(x)
+    assert torch.equal(hooked, module(x * 2) if pre else clean * 2)
+    with pytest.raises(RuntimeError), forward_hook(module, hook, pre=pre):
+        raise RuntimeError("inside the block")
+    assert not module._forward_hooks and not module._forward_pre_hooks
+    assert torch.equal(module(x), clean)

@@ -18,6 +18,7 @@ from kneuron.report import ReportData, render_report
 from kneuron.report.estimators import TITLE, estimators_section
 from kneuron.store import Atlas
 from kneuron.studies.estimator_agreement import estimator_agreement
+from kneuron.studies.intervals import find, format_interval
 from tiny_models import tiny_lm
 
 runner = CliRunner()
@@ -54,7 +55,12 @@ def test_study_estimators_stores_the_library_rows(atlas_path, fake_load):
         scores = {f.id: atlas.prompt_scores(f.id) for f in facts}
         kept = {f.id: atlas.prompt_sparse(f.id)[0][0] for f in facts}
         refined, params = atlas.all_refined(), atlas.params
+        aggregates = atlas.aggregates("estimators")
         assert atlas.coverage()["estimators"]["facts"] == 3
+    gxa = next(line for line in lines if line.lstrip().startswith("gxa"))  # the stored intervals, n and p vs IG
+    for metric, percent in (("top_recall", False), ("refined_jaccard", False), ("suppress", True)):
+        interval = find(aggregates, "gxa", metric)
+        assert interval.n == 3 and format_interval(interval, percent=percent, digits=2 if percent else 3) in gxa
     assert {r["fact_id"] for r in stored if r["fact_id"]} == {f.id for f in facts}
     direct = estimator_agreement(
         tiny_lm("llama"), facts, scores, refined,

@@ -11,7 +11,8 @@ from kneuron import cli
 from kneuron.interventions.edits import fingerprint
 from kneuron.report import ReportData
 from kneuron.store import Atlas
-from kneuron.studies.interactions import interaction_summary, interactions_study
+from kneuron.studies.interactions import interactions_study
+from kneuron.studies.intervals import find, format_interval
 from tiny_models import tiny_lm
 
 runner = CliRunner()
@@ -33,6 +34,7 @@ def test_study_interactions_stores_what_the_library_computes(atlas_path, fake_lo
         stored = atlas.results("interactions")
         facts, neurons = atlas.facts()[:5], atlas.all_refined()
         coverage = atlas.coverage()["interactions"]
+        aggregates = atlas.aggregates("interactions")
     lm = tiny_lm("llama")
     # the CLI's model is left as loaded: the same weights as a fresh tiny Llama
     assert fingerprint(fake_load["tiny-llama"], fresh=True)["weights"] == fingerprint(lm, fresh=True)["weights"]
@@ -41,8 +43,8 @@ def test_study_interactions_stores_what_the_library_computes(atlas_path, fake_lo
         [(r["variant"], r["fact_id"], r["metric"]) for r in direct]
     assert [r["value"] for r in stored] == pytest.approx([r["value"] for r in direct], nan_ok=True, rel=1e-5)
     assert coverage["facts"] == 5
-    overall = interaction_summary(stored)["all"]
-    assert f"{overall['all'][0]:+.1%}" in out  # the printed table is the stored summary
+    stored_all = find(aggregates, "kn", "suppress_all")
+    assert stored_all.n == 5 and format_interval(stored_all, percent=True) in out  # the stored interval, whole
     html_rows = ReportData.from_atlas(atlas_path).rows("interactions")
     assert len(html_rows) == len(stored)
 
@@ -71,13 +73,13 @@ def test_a_narrow_terminal_gets_the_overall_figures_one_per_line(atlas_path, fak
                            env={"COLUMNS": "80", "TTY_COMPATIBLE": "1", "NO_COLOR": "1"})  # a terminal
     assert result.exit_code == 0, result.output
     with Atlas.open(atlas_path, read_only=True) as atlas:
-        overall = interaction_summary(atlas.results("interactions"))["all"]
+        stored = find(atlas.aggregates("interactions"), "kn", "suppress_all")
     out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", result.stdout)  # bold and italics, not colours
     flat = " ".join(out.split())
-    assert "all facts" in flat and "per relation: a terminal of 130 columns" in flat
+    assert "all facts" in flat and "per relation: a wider terminal" in flat
     line = next(text for text in out.splitlines() if "Δ, all knowledge neurons" in text)
-    assert f"{overall['all'][0]:+.1%}" in line  # the stored overall figure, whole, on its own line
+    assert format_interval(stored, percent=True) in line  # the stored overall interval, whole, on its own line
     assert max(len(text) for text in out.splitlines()) <= 80
     piped = runner.invoke(cli.app, ["study", "interactions", "--run", str(atlas_path), "--model", "tiny-llama"],
                           env={"COLUMNS": "80"})  # a pipe is never narrow: the per-relation table, whole
-    assert "per relation: a terminal of 130 columns" not in " ".join(piped.stdout.split()) and "…" not in piped.stdout
+    assert "per relation: a wider terminal" not in " ".join(piped.stdout.split()) and "…" not in piped.stdout

@@ -10,6 +10,7 @@ from kneuron import cli
 from kneuron.facts.multilingual import multilingual_facts
 from kneuron.store import Atlas, run
 from kneuron.studies.cross_lingual_edit import cross_lingual_edit, edit_summary
+from kneuron.studies.intervals import find, format_interval
 from kneuron.studies.languages import language_study, multilingual_keys, suppression_matrix
 from studies.conftest import multilingual_pool
 from tiny_models import tiny_lm
@@ -35,13 +36,14 @@ def test_study_languages_stores_what_the_library_computes(multilingual_atlas, fa
     out = result.stdout
     assert "Knowledge neurons across languages: 3 fact(s) done in 2+ languages (en, fr, de)" in out
     assert "only 3 fact(s): read every mean below as n = 3 or fewer" in out
-    assert "Suppress the knowledge neurons of language s" in out and "Update through the English neurons" in out
+    assert "Suppress all knowledge neurons of s" in out and "Update through the English knowledge neurons" in out
     with Atlas.open(multilingual_atlas, read_only=True) as atlas:
         assert atlas.studies() == ["languages"]
         stored = atlas.results("languages")
         facts, neurons = atlas.facts(), atlas.all_refined()
         pool = [*multilingual_facts(), *atlas.facts(status=("done", "dropped"))]
         coverage = atlas.coverage()["languages"]
+        aggregates = atlas.aggregates("languages")
     assert sum(bool(v) for v in neurons.values()) >= 6  # the tiny run found neurons for most facts
     lm = tiny_lm("llama")
     keys = multilingual_keys(facts)
@@ -51,9 +53,11 @@ def test_study_languages_stores_what_the_library_computes(multilingual_atlas, fa
         [(r["variant"], r["fact_id"], r["metric"]) for r in direct]
     assert [r["value"] for r in stored] == pytest.approx([r["value"] for r in direct], nan_ok=True, rel=1e-6)
     assert coverage["facts"] == 9  # the three keys' versions; not China@en, not Japan
-    # the printed matrix is the stored one
+    # the printed matrix is the stored one: each cell's interval, n and paired p against random neurons
     en_fr = suppression_matrix(stored, "kn")["en", "fr"]
-    assert f"{en_fr[0]:+.1%} (n={en_fr[1]})" in out
+    cell = find(aggregates, "kn", "suppress@en>fr")
+    assert (cell.n, cell.control) == (en_fr[1], "random") and cell.mean == pytest.approx(en_fr[0])
+    assert format_interval(cell, percent=True) in out
     assert edit_summary(stored, "edit_kn")
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+from html import escape
 
 import pytest
 from typer.testing import CliRunner
@@ -13,7 +15,8 @@ from kneuron.report.edit_robustness import edit_robustness_section
 from kneuron.store import Atlas, model_identity, run
 from kneuron.store.study_runs import run_studies_on_atlas
 from kneuron.studies.edit_robustness import STUDY
-from kneuron.studies.edit_robustness_summary import robustness_summary, summary_table
+from kneuron.studies.edit_robustness_summary import TABLE_SETS, robustness_summary, summary_table
+from kneuron.studies.intervals import find, format_interval
 from studies.conftest import tiny_facts
 from tiny_models import tiny_lm
 
@@ -31,9 +34,9 @@ def test_study_robustness_stores_what_the_library_computes(atlas_path, fake_load
     assert "Edit robustness (kn):" in out and "Edit robustness (kn_signed):" in out
     assert "own prompts" in out and "held-out paraphrases" in out and "held-out, all-prompt neurons" in out
     assert "reverse: t' → subject" in out and "neighbourhood" in out
-    assert "equal the atlas's for 100%" in out  # the recomputed refined sets
     with Atlas.open(atlas_path, read_only=True) as atlas:
         stored = atlas.results(STUDY)
+        aggregates = atlas.aggregates(STUDY)
         coverage = atlas.coverage()[STUDY]
         done = atlas.done_coverage()
     assert coverage == done
@@ -44,8 +47,15 @@ def test_study_robustness_stores_what_the_library_computes(atlas_path, fake_load
     assert [(r["variant"], r["fact_id"], r["metric"]) for r in stored] == \
         [(r["variant"], r["fact_id"], r["metric"]) for r in direct]
     assert [r["value"] for r in stored] == pytest.approx([r["value"] for r in direct], nan_ok=True, rel=1e-6)
-    for label, count, *_ in summary_table(stored, "kn"):  # the printed facts column is the stored one
-        assert re.search(rf"{re.escape(label)}\s+│?\s*{count:.0f}\b", out), label
+    prefixes = dict(TABLE_SETS)
+    for label, count, *_ in summary_table(stored, "kn"):  # each printed cell is the stored interval and n
+        metric = f"{prefixes[label]}_new_beats_old" if label in prefixes else "reverse_new_beats_owner"
+        interval = find(aggregates, "kn", metric)
+        assert interval.n == count and not math.isfinite(interval.p)  # no control: no p
+        cell = format_interval(interval, percent=True, signed=False)
+        assert re.search(rf"{re.escape(label)}\s+│?\s*{re.escape(cell)}", out), label
+    refined = find(aggregates, "kn", "refined_equal")  # the recomputed refined sets
+    assert "refined sets recomputed = the atlas's" in out and format_interval(refined, percent=True) in out
     s = robustness_summary(stored, "kn")
     assert f"{s['edited']:.0f} of {s['facts']:.0f} facts updated" in out
 
@@ -80,9 +90,12 @@ def test_report_section_after_the_update_table(atlas_path, fake_load):
     assert "<h3>Edits under Niu et al.'s tests</h3>" in html
     assert html.index("Edits under Niu") < (html.index("<h2>Languages") if "<h2>Languages" in html else len(html))
     rows = data.rows(STUDY)
-    s = robustness_summary(rows, "kn")
-    section = edit_robustness_section(rows)
-    assert f"{s['own_p_rose']:.0%}" in section and f"{s['own_top1_became']:.0%}" in section
+    section = edit_robustness_section(rows, data.aggregates[STUDY])
+    assert section in html and "no interval stored" not in section
+    for metric in ("own_p_rose", "own_top1_became", "alias_new_beats_old", "neighborhood"):
+        interval = data.interval(STUDY, "kn", metric)
+        assert interval.n and escape(format_interval(interval, percent=True, signed=False)) in section, metric
+    assert "no interval stored" in edit_robustness_section(rows)  # an atlas studied before they were stored
     assert "at most 5.2% of BLiMP" in section
     assert edit_robustness_section([]) == "" and "Edits under Niu" not in render_report(ReportData({}, n_facts=3))
     # the section follows the editing section's update table when both are there

@@ -65,7 +65,12 @@ def test_study_all_then_report(atlas_path, fake_load):
     assert found["headline"]["suppress_percent"] == pytest.approx(h.suppress)
     assert found["headline"]["auc_kn_signed"] == pytest.approx(h.auc_kn_signed)
     tables = {t["title"]: t for t in found["tables"]}
-    assert tables["Headline (8 facts)"]["rows"][0][1:] == [pytest.approx(h.suppress), -29.03]
+    assert tables["Headline (8 facts)"]["rows"][0][1:3] == [pytest.approx(h.suppress), -29.03]
+    # each headline figure with its stored interval, n and paired p (the report's text)
+    head = tables["Headline (8 facts)"]["rows"]
+    assert head[0][3] == data.stat("suppress_amplify", "kn", "suppress") and "[" in head[0][3]
+    assert "vs random" in head[0][3]
+    assert head[5][3] == data.stat("discrimination", "baseline", "auc", percent=False, digits=3)
     with Atlas.open(atlas_path, read_only=True) as atlas:
         aggregates = atlas.aggregates()
     expected = [[s.name, m, v] for s in registered_studies() if data.rows(s.name)

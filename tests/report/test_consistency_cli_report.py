@@ -4,7 +4,7 @@ section, on atlases made from the tiny Llama."""
 from __future__ import annotations
 
 import io
-import re
+from html import escape
 
 import pytest
 from PIL import Image
@@ -20,8 +20,10 @@ from kneuron.studies.consistency import (
     consistency_study,
     fact_values,
     split_comparison,
+    split_rows,
     summary_values,
 )
+from kneuron.studies.intervals import aggregate_rows, find, format_interval
 from studies.conftest import tiny_facts
 from tiny_models import tiny_lm
 
@@ -38,6 +40,7 @@ def test_study_consistency_stores_and_prints_the_library_rows(atlas_path, fake_l
     assert not fake_load  # no model loaded
     with Atlas.open(atlas_path, read_only=True) as atlas:
         stored = atlas.results("consistency")
+        aggregates = atlas.aggregates("consistency")
         assert atlas.coverage()["consistency"] == atlas.done_coverage()
     with Atlas.open(atlas_path) as atlas:
         direct = consistency_study(atlas, write=False)
@@ -49,8 +52,11 @@ def test_study_consistency_stores_and_prints_the_library_rows(atlas_path, fake_l
     for relation in ("capital", "language", "continent"):
         values = summary_values(stored, "relation", relation)
         line = next(line for line in out.splitlines() if line.strip().startswith(relation))
-        assert f"{values['jaccard']:.3f}" in line and f"{values['rank_correlation']:.3f}" in line
-        assert f"{values['inconsistent']:.0f} ({values['inconsistent_share']:.0%})" in line
+        jaccard, share = find(aggregates, "fact", "jaccard", relation), find(aggregates, "fact", "consistent", relation)
+        assert jaccard.mean == pytest.approx(values["jaccard"]) and jaccard.n == values["facts"]
+        assert format_interval(jaccard) in line  # the stored interval and n
+        assert format_interval(share, percent=True, signed=False) in line
+        assert share.mean == pytest.approx(1 - values["inconsistent_share"])
     otsu = summary_values(stored, "otsu")
     assert f"Otsu threshold on the Jaccard (the consistency score): {otsu['threshold']:.3f} over 8 facts" in out
     assert f"no suppress/amplify rows yet: run `kneuron study suppress-amplify --run {atlas_path}`" in out
@@ -111,17 +117,22 @@ def test_with_suppress_amplify_rows_the_classes_are_compared(atlas_path, fake_lo
     assert result.exit_code == 0, result.output
     with Atlas.open(atlas_path, read_only=True) as atlas:
         rows, suppress = atlas.results("consistency"), atlas.results("suppress_amplify")
+        aggregates = atlas.aggregates("consistency")
+    shown = []
     for metric in ("suppress", "amplify"):
         split = split_comparison(rows, suppress, "kn", metric)
         assert split["consistent"][1] + split["inconsistent"][1] > 0
         line = next(line for line in result.stdout.splitlines() if line.strip().startswith(f"{metric} KN"))
-        for mean, n in split.values():
-            assert f"{mean:+.1%} (n={n})" in line
+        for side, (mean, n) in split.items():  # each class's mean: the stored interval and n of the same facts
+            if n:
+                stored = find(aggregates, f"suppress_amplify:kn:{side}", metric)
+                assert stored.n == n and stored.mean == pytest.approx(mean)
+                shown.append(format_interval(stored, percent=True))
+                assert shown[-1] in line
     assert "no suppress/amplify rows yet" not in result.stdout and "no editing rows yet" in result.stdout
     html = render_report(ReportData.from_atlas(atlas_path))
     section = html[html.index("<h2>Consistency across paraphrases</h2>"):]
-    split = split_comparison(rows, suppress, "kn", "suppress")
-    assert f"{split['inconsistent'][0]:+.1%} <span class=\"note\">n={split['inconsistent'][1]}</span>" in section
+    assert all(escape(text) in section for text in shown) and "no interval stored" not in section
     assert "No editing rows yet: run <code>kneuron study editing --run" in section
 
 
@@ -138,15 +149,21 @@ def test_section_shows_the_summaries_and_the_comparison():
     editing = [{"variant": "kn", "relation": "a", "fact_id": f, "metric": metric, "value": v}
                for f, metric, v in (("a:1", "success", 0.0), ("a:2", "success", 1.0), ("b:1", "success", 1.0),
                                     ("a:1", "new_beats_old", 0.25), ("a:2", "new_beats_old", 0.75))]
+    aggregates = aggregate_rows([*rows, *split_rows(rows, {"editing": editing})])
     html = consistency_section(rows, {"editing": editing}, {"facts": 4, "digest": "x"}, {"facts": 4, "digest": "x"},
-                               "runs/x.sqlite")
+                               "runs/x.sqlite", aggregates)
     assert "Chen et al. (ICLR 2025)" in html and "Only 4 fact(s)." in html and "Not current" not in html
     assert "Otsu threshold on the Jaccard: <b>0.425</b> over 4 facts; 2 of them (50.0%) are inconsistent." in html
-    assert re.search(r"<td class=\"l\">a</td><td class=\"\">2</td><td class=\"\">0\.450</td><td class=\"\">0\.450"
-                     r"</td><td class=\"\">1</td><td class=\"\">1</td><td class=\"\">50\.0%</td>", html)
-    # edit success: 1.0 on the 2 consistent facts, 0.0 on the 1 inconsistent one
-    assert ("100.0% <span class=\"note\">n=2</span></td><td class=\"\">0.0% <span class=\"note\">n=1</span></td>"
-            "<td class=\"\">-100.0%") in html
+    jaccard = find(aggregates, "fact", "jaccard", "a")
+    assert jaccard.mean == pytest.approx(0.45) and jaccard.n == 2
+    assert (f"<td class=\"l\">a</td><td class=\"\">2</td><td class=\"\">{escape(format_interval(jaccard))}</td>"
+            in html)
+    # edit success: 1.0 on the 2 consistent facts, 0.0 on the 1 inconsistent one (Wilson's intervals)
+    high, low = (find(aggregates, f"editing:kn:{side}", "success") for side in ("consistent", "inconsistent"))
+    assert (high.mean, high.n, low.mean, low.n) == (1.0, 2, 0.0, 1)
+    assert (f"{escape(format_interval(high, percent=True, signed=False))}</td><td class=\"\">"
+            f"{escape(format_interval(low, percent=True, signed=False))}</td><td class=\"\">-100.0%") in html
+    assert "no interval stored" in consistency_section(rows, {"editing": editing})  # none stored: bare, with n
     assert "No suppress/amplify rows yet: run <code>kneuron study suppress-amplify --run runs/x.sqlite</code>" in html
     assert "No editing rows yet" not in html
     assert html.count("data:image/png;base64,") == 2

@@ -4,6 +4,8 @@ absent when the atlas has no interactions rows."""
 from __future__ import annotations
 
 import io
+import math
+from html import escape
 
 import pytest
 import torch
@@ -31,18 +33,33 @@ def test_section_shows_the_summaries(rows):
     assert "&quot;neuron interactions not studied&quot;" in html  # the limit PAPER.md names
     assert "8 facts with knowledge neurons of the 8 it covered (the atlas has 10 done facts)" in html
     assert "Only 8 fact(s)." in html and "up to 6 pairs" in html
-    overall = interaction_summary(rows)["all"]
-    assert f"{overall['all'][0]:+.1%}</span>" in html
-    assert f"{overall['best single'][0]:+.1%}</span>" in html
-    shares = " / ".join(f"{overall[k][0]:.0%}" for k in ("synergistic", "redundant", "additive"))
-    assert f"<td class=\"\">{shares}</td>" in html
-    assert f"{overall['mean interaction'][0]:+.3f}" in html
-    mean, reached = overall["needed 50 kn"]
-    facts = overall["reached 50 kn"][1]
-    assert (f"{mean:.1f} ({reached}/{facts})" if reached else f"– (0/{facts})") in html
     for relation in ("capital", "language", "continent"):
-        assert f'<td class="l">{relation}</td>' in html
-    assert html.count("<tr>") == 1 + 4 + 1 + 8  # header, all + 3 relations, header, 8 facts
+        assert f"<th class=\"\">{relation}</th>" in html
+    assert html.count("<tr>") == 1 + 17 + 1 + 8  # header, a line per figure, header, 8 facts
+    # without stored aggregates (an older atlas): the bare means with their n and what to re-run
+    overall = interaction_summary(rows)["all"]
+    assert f"{overall['all'][0] * 100:+.1f}%, n = 8, no interval stored".replace("-", "−") in html
+
+
+def test_section_shows_the_stored_intervals(rows):
+    """Every mean over facts of the summary table is the stored aggregate's interval, n and (top-k) paired p
+    against random neurons, per relation too."""
+    from kneuron.studies.catalog.interactions import Interactions
+    from kneuron.studies.intervals import aggregate_rows, find, format_interval
+
+    aggregates = aggregate_rows(rows, Interactions.controls)
+    html = interactions_section(rows, {"facts": 8}, 10, aggregates)
+    assert "no interval stored" not in html
+    for variant, metric, relation, percent, signed in (
+            ("kn", "suppress_all", "", True, True), ("single", "delta:1", "capital", True, True),
+            ("pairs", "synergistic", "", True, False), ("pairs", "mean_interaction", "language", False, True),
+            ("random", "reached_90", "language", True, False), ("kn", "reached_50", "continent", True, False)):
+        stored = find(aggregates, variant, metric, relation)
+        assert stored.n, (variant, metric, relation)
+        assert f"<td class=\"\">{escape(format_interval(stored, percent=percent, signed=signed))}</td>" in html
+    kn = find(aggregates, "kn", "reached_50")
+    assert kn.control == "random" and f"p = {kn.p:.2g} vs random" in html
+    assert not math.isfinite(find(aggregates, "pairs", "synergistic").p)  # no control: no p
 
 
 def test_figure_is_png_and_none_without_rows(rows):

@@ -4,7 +4,9 @@ when the atlas has no cross-lingual rows."""
 from __future__ import annotations
 
 import io
+import math
 import re
+from html import escape
 
 import pytest
 import torch
@@ -29,19 +31,36 @@ def rows() -> list[dict]:
 
 
 def test_section_shows_the_summaries(rows):
-    html = languages_section(rows, {"facts": 8}, 10)
+    """Every mean over facts is the stored aggregate's interval, n and paired p: the matrix cells, own and other
+    languages (a key's cells pooled), the per-language edit; without aggregates the bare means with their n."""
+    from kneuron.studies.catalog.languages import Languages
+    from kneuron.studies.intervals import aggregate_rows, find, format_interval
+    from kneuron.studies.languages_summary import language_aggregates
+
+    aggregates = aggregate_rows(rows, Languages.controls) + language_aggregates(rows, Languages.controls)
+    html = languages_section(rows, {"facts": 8}, 10, aggregates)
     assert "3 facts (keys) done in at least two languages (8 of the atlas's 10 done facts)" in html
     assert "Only 3 fact(s)." in html  # few keys: said once, n everywhere
+    assert "no interval stored" not in html
     matrix = suppression_matrix(rows, "kn")
-    for mean, n in matrix.values():
-        assert f"{mean:+.1%}</span> <span class=\"note\">n={n}</span>" in html
+    for (source, target), (mean, n) in matrix.items():
+        stored = find(aggregates, "kn", f"suppress@{source}>{target}")
+        assert stored.n == n and stored.mean == pytest.approx(mean) and stored.control == "random"
+        assert f"<td class=\"\">{escape(format_interval(stored, percent=True))}</td>" in html
     (own, n_own), (cross, n_cross) = own_and_cross(matrix)
-    assert f"{own:+.1%}</span> <span class=\"note\">n={n_own}</span>" in html
-    assert f"{cross:+.1%}</span> <span class=\"note\">n={n_cross}</span>" in html
+    for metric, mean in (("suppress_own", own), ("suppress_cross", cross)):
+        stored = find(aggregates, "kn", metric)
+        assert stored.n == 3 and stored.mean == pytest.approx(mean)  # pooled cells, n = the keys
+        assert math.isfinite(stored.p) and escape(format_interval(stored, percent=True)) in html
     german = edit_summary(rows, "edit_kn")["de"]
-    cells = re.search(r"measured in.*?de \(German\)</td><td class=\"\">(\d+)</td>", html, re.S)
+    cells = re.search(r"de \(German\)</td><td class=\"\">(\d+)</td>", html, re.S)
     assert cells and int(cells.group(1)) == german["keys"]
-    assert f"{german['p_new_before']:.3g} → {german['p_new_after']:.3g}" in html
+    stored = find(aggregates, "edit_kn", "p_new_after@de")
+    assert stored.mean == pytest.approx(german["p_new_after"]) and stored.control == "edit_random"
+    assert escape(format_interval(stored, signed=False)) in html
+    old = languages_section(rows, {"facts": 8}, 10)  # an atlas studied before the aggregates were stored
+    en_fr = matrix["en", "fr"]
+    assert f"{en_fr[0] * 100:+.1f}%, n = {en_fr[1]}, no interval stored".replace("-", "−") in old
 
 
 def test_figures_are_png_and_none_without_rows(rows):

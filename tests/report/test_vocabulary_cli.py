@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from html import escape
 
 import pytest
 from PIL import Image
@@ -18,6 +19,7 @@ from kneuron.report import ReportData, render_report
 from kneuron.report.vocabulary import rank_figure, vocabulary_section
 from kneuron.store import Atlas
 from kneuron.store.vocabulary import read_vocabulary
+from kneuron.studies.intervals import find, format_interval
 from kneuron.studies.vocabulary import vocabulary_study, vocabulary_summary
 from tiny_models import tiny_lm
 
@@ -42,6 +44,7 @@ def test_study_vocabulary_stores_and_prints_what_the_library_computes(atlas_path
         facts, neurons = atlas.facts(), atlas.all_refined()
         tokens = read_vocabulary(atlas)
         coverage = atlas.coverage()["vocabulary"]
+        aggregates = atlas.aggregates("vocabulary")
     direct = vocabulary_study(tiny_lm("llama"), facts, neurons, seed=3)
     assert [(r["variant"], r["fact_id"], r["metric"]) for r in stored] == \
         [(r["variant"], r["fact_id"], r["metric"]) for r in direct]
@@ -50,11 +53,16 @@ def test_study_vocabulary_stores_and_prints_what_the_library_computes(atlas_path
     summary = vocabulary_summary(stored)
     with_neurons = sum(bool(v) for v in neurons.values())
     assert f"What the knowledge neurons write: {with_neurons} fact(s)" in out
-    value, n = summary["kn"]["answer_top10"]
-    assert f"facts: answer among a neuron's 10 most promoted tokens {value:.1%} (n={n})" in out
+    # each mean over facts is the stored aggregate: its interval, n and paired p against the random neurons
+    kn, random = find(aggregates, "kn", "answer_top10"), find(aggregates, "random", "answer_top10")
+    assert kn.n == random.n == summary["kn"]["answer_top10"][1] and kn.control == "random"
+    assert (f"facts: answer among a neuron's 10 most promoted tokens {format_interval(kn, percent=True, signed=False)} "
+            f"{format_interval(random, percent=True, signed=False)}") in out
+    negative = find(aggregates, "kn_neuron", "negative")
+    assert negative.control == "random_neuron" and format_interval(negative, percent=True, signed=False) in out
     value, n = summary["random"]["neuron_rank"]
-    assert f"median answer rank over (fact, neuron) pairs {summary['kn']['neuron_rank'][0]:.0f}" in out
-    assert f"{value:.0f} (n={n})" in out
+    assert f"median answer rank over (fact, neuron) pairs {summary['kn']['neuron_rank'][0]:.0f} (median)" in out
+    assert f"{value:.0f} (median), n = {n}" in out
     assert len(tokens) == sum(len(v) for v in neurons.values())
     first = tokens[0]
     assert f"{first['fact_id']} L{first['layer']}.N{first['neuron']}" in out
@@ -127,11 +135,12 @@ def test_report_section(atlas_path, fake_load):
     summary = vocabulary_summary(rows)
     assert "<h2>What the neurons write</h2>" in html
     assert "a value slot projected onto the vocabulary (unembedding × slot) shows which tokens a neuron" in html
-    for variant in ("kn", "random"):
-        value, n = summary[variant]["answer_top10"]
-        assert f'{value * 100:.1f}% <span class="note">n={n}</span>' in html
+    for variant in ("kn", "random"):  # the stored intervals, n and paired p; the medians as medians
+        stored = data.interval("vocabulary", variant, "answer_top10")
+        assert stored.n and f"<td class=\"\">{escape(format_interval(stored, percent=True, signed=False))}</td>" in html
         value, n = summary[variant]["neuron_rank"]
-        assert f'{value:.0f} <span class="note">n={n}</span>' in html
+        assert f"{value:.0f} (median), n = {n}" in html
+    assert "p = " in html and "no interval stored" not in html
     first = data.vocabulary[0]
     assert f"L{first['layer']}.N{first['neuron']}" in html
     assert html.count("<code>&#x27;") >= len(first["promoted"])  # the tokens, quoted

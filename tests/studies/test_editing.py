@@ -4,6 +4,7 @@ hook-free softmax) and for hygiene: weights restored, deterministic, rows well f
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -238,3 +239,66 @@ def test_report_section(facts, neurons):
     assert "<h3>Updating facts</h3>" in html and "Erasing a relation: capital" in html
     assert "knowledge neurons, sign of the activation" in html and "paper: knowledge neurons" in html
     assert "34.4%" in html and "erase_random_zero" in html and "<script" not in html
+
+
+@pytest.fixture(scope="module")
+def studied_rows():
+    """Update (signed) and erase rows of a tiny model with the aggregates the runner stores for them."""
+    from kneuron.studies.catalog.editing import Editing
+    from kneuron.studies.intervals import aggregate_rows
+    from studies.conftest import tiny_facts, tiny_neurons
+
+    facts = tiny_facts()
+    neurons = tiny_neurons(facts)
+    lm = tiny_lm("llama", layers=3)
+    rows = editing_study(lm, facts, neurons, n_other=1, sign="activation", lambda_new=20.0)
+    rows += erase_study(lm, facts, "capital", neurons, top=2, n_other=2)
+    return rows, aggregate_rows(rows, Editing.controls)
+
+
+#: (variant, metric, percent, signed) of the figures checked against their stored aggregate
+CHECKED = (("kn_signed", "top1_new", True, False), ("kn_signed", "intra_p_change", True, True),
+           ("random_signed", "new_beats_old", True, False), ("kn_signed", "neurons", False, False),
+           ("erase_zero", "own_p_change", True, True), ("erase_zero", "other_top1_after", True, False),
+           ("erase_random_zero", "own_p_change", True, True))
+
+
+def stored_text(aggregates, variant, metric, percent, signed):
+    from dataclasses import replace
+
+    from kneuron.studies.intervals import find, format_interval
+
+    stored = find(aggregates, variant, metric)
+    assert stored.n, (variant, metric)
+    return format_interval(replace(stored, control=""), percent=percent, signed=signed), stored
+
+
+def test_summary_and_report_show_the_stored_intervals(studied_rows):
+    """Each mean over facts the terminal summary (at 80 columns) and the report show is the stored aggregate's
+    interval, n and paired p against the control the study declares, not a bare mean."""
+    import html as escape
+
+    from kneuron.report.editing import editing_section
+    from kneuron.studies.editing_summary import format_summary
+
+    rows, aggregates = studied_rows
+    text = format_summary(rows, aggregates, width=80)
+    page = editing_section(rows, aggregates)
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    for variant, metric, percent, signed in CHECKED:
+        shown, stored = stored_text(aggregates, variant, metric, percent, signed)
+        assert "[" in shown and f"n = {stored.n}" in shown
+        assert f" {shown} " in text, (shown, text)  # whole, not wrapped
+        assert escape.escape(shown) in page
+        if variant in ("kn_signed", "erase_zero"):  # the study's measures have their control's paired p
+            assert stored.control in ("random_signed", "erase_random_zero") and math.isfinite(stored.p)
+            assert f"p = {stored.p:.2g}" in shown
+        else:
+            assert not math.isfinite(stored.p) and "p =" not in shown
+    assert "update kn_signed: " in text and "p vs random_signed" in text
+    assert "erase_zero: 2 neurons erased; p vs erase_random_zero" in text
+    # an atlas studied before aggregates were stored: the bare mean with its n and what to re-run
+    old = format_summary(rows, (), width=200)
+    assert "no interval stored (re-run `kneuron study editing`)" in old
+    assert not re.search(r"\[[−+]?\d+\.\d+, ", old)
+    assert "no interval stored" in editing_section(rows)

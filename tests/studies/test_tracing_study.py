@@ -4,6 +4,7 @@ study is (CLI, atlas, report section, the fact page's heatmaps)."""
 
 from __future__ import annotations
 
+import html as html_text
 import math
 import shutil
 import zlib
@@ -90,7 +91,15 @@ def test_the_study_is_everywhere(tmp_path, fake_load):
     with Atlas.open(path, read_only=True) as atlas:
         stored = atlas.results("tracing")
         facts = atlas.facts()
+        aggregates = atlas.aggregates("tracing")
     assert {r["metric"]: r["value"] for r in stored if r["variant"] == "params"}["samples"] == 2
+    # the summary's figures are the stored intervals: a mean, and a share as a ratio of means
+    from kneuron.studies.intervals import find, format_interval
+
+    total = find(aggregates, "effect", "total_effect")
+    share = find(aggregates, "answer", "joint_share@ratio")
+    assert total.n == 3 and format_interval(total) in result.stdout
+    assert share.n and format_interval(share, percent=True, digits=0, signed=False) in result.stdout
     assert len(fact_traces(stored)) == 3
 
     report = tmp_path / "t.html"
@@ -98,6 +107,7 @@ def test_the_study_is_everywhere(tmp_path, fake_load):
     page = report.read_text(encoding="utf-8")
     assert '<h2 id="study-tracing">Causal tracing against knowledge neurons</h2>' in page
     assert "data:image/png;base64" in page[page.index('id="study-tracing"'):]
+    assert html_text.escape(format_interval(total)) in page[page.index('id="study-tracing"'):]
 
     from fastapi.testclient import TestClient
 
@@ -128,3 +138,10 @@ def test_shares_over_facts_are_ratios_of_means():
     assert n == 3 and value == pytest.approx((0.2 + 0.3 + 5.0) / (0.4 + 0.5 + 0.001))
     assert fact_means(rows, "answer", "kn_neurons_share_of_all")[0] > 1000  # what the summary used to show
     assert figure_value(rows, "answer", "kn_neurons")[0] == pytest.approx(5.6 / 4)  # not a share: the mean
+    # the stored aggregate of the share is that ratio of means, with the bootstrap over the same 3 facts
+    from kneuron.studies.intervals import bootstrap_interval
+    from kneuron.studies.tracing import ratio_aggregates
+
+    stored = next(a for a in ratio_aggregates(rows) if a["metric"] == "kn_neurons_share_of_all@ratio")
+    assert stored["n"] == 3 and stored["mean"] == pytest.approx(value)
+    assert (stored["lo"], stored["hi"]) == bootstrap_interval([0.2, 0.3, 5.0], [0.4, 0.5, 0.001])

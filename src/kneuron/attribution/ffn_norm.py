@@ -34,6 +34,7 @@ from torch import nn
 from kneuron.errors import InputError, KneuronError
 from kneuron.facts.encoding import at_least_float32
 from kneuron.models.architectures import norm_epsilon
+from kneuron.models.hooks import forward_hook
 from kneuron.models.language_model import LanguageModel
 
 NormRule = Literal["frozen", "live"]
@@ -106,8 +107,7 @@ def recording_norm_scales(lm: LanguageModel, position: int, store: dict[int, flo
     with ExitStack() as stack:
         for layer in range(lm.n_layers):
             norm = _norm_of(lm, layer)
-            handle = norm.register_forward_pre_hook(recorder(layer, norm))
-            stack.callback(handle.remove)
+            stack.enter_context(forward_hook(norm, recorder(layer, norm), pre=True))
         yield
 
 
@@ -131,11 +131,8 @@ def frozen_rows(lm: LanguageModel, layer: int, rows: torch.Tensor, positions: to
         replaced[rows, positions] = frozen_output(lm, norm, picked, scales).to(out.dtype)
         return replaced
 
-    handle = norm.register_forward_hook(hook)
-    try:
+    with forward_hook(norm, hook):
         yield
-    finally:
-        handle.remove()
 
 
 def value_vectors(lm: LanguageModel, layer: int, activations: torch.Tensor) -> torch.Tensor:
@@ -162,8 +159,5 @@ def frozen_deltas(lm: LanguageModel, layer: int, rows: torch.Tensor, positions: 
         replaced[rows, positions] = out[rows, positions] + added.to(out.dtype)
         return replaced
 
-    handle = norm.register_forward_hook(hook)
-    try:
+    with forward_hook(norm, hook):
         yield
-    finally:
-        handle.remove()

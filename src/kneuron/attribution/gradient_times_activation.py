@@ -37,7 +37,7 @@ import torch
 
 from kneuron.attribution.estimator_base import Estimator, OnPrompt, PromptLike, encode_prompts, register_estimator
 from kneuron.attribution.ffn_norm import NormRule, check_norm, effective_norm, frozen_deltas
-from kneuron.attribution.limits import out_of_memory_as_error
+from kneuron.attribution.limits import attributed_layers, out_of_memory_as_error
 from kneuron.attribution.objective import (
     Objective,
     answer_token_log_probs,
@@ -46,9 +46,8 @@ from kneuron.attribution.objective import (
     objective_of,
 )
 from kneuron.attribution.types import NeuronScores
-from kneuron.errors import InputError
-from kneuron.facts.encoding import EncodedQuery
-from kneuron.facts.known import pad_token_id
+from kneuron.facts.encoding import EncodedQuery, answer_text
+from kneuron.facts.known import right_padded
 from kneuron.models.hooks import on_ffn_input
 from kneuron.models.language_model import LanguageModel
 from kneuron.models.partial_forward import at_targets, frozen_parameters, logits_at
@@ -89,11 +88,7 @@ def gradient_times_activation(
     held, and through later layers' live norms: the gradient of integrated gradients' α = 1 row with that rule.
     """
     queries = encode_prompts(lm, prompts, answer)
-    chosen = sorted(set(range(lm.n_layers) if layers is None else layers))
-    for layer in chosen:
-        lm.check_layer(layer)
-    if not chosen:
-        raise InputError("No layers to attribute: give at least one layer index.")
+    chosen = attributed_layers(lm, layers)
     check_objective(objective)
     rule = effective_norm(lm, norm)
     results: list[NeuronScores | None] = [None] * len(queries)
@@ -105,7 +100,7 @@ def gradient_times_activation(
             with out_of_memory_as_error(lm.device, tried, lower=LOWER_GXA):
                 batch = _one_batch(lm, [queries[i] for i in group], objective, chosen, rule)
             for index, scores in zip(group, batch, strict=True):
-                scores.answer = answer if answer is not None else lm.tokenizer.decode(list(queries[index].answer_ids))
+                scores.answer = answer_text(lm, queries[index], answer)
                 results[index] = scores
                 if on_prompt is not None:
                     on_prompt(index, scores)
@@ -128,12 +123,7 @@ def _batches(queries: Sequence[EncodedQuery], order: list[int], tokens: int) -> 
 def _one_batch(lm: LanguageModel, queries: list[EncodedQuery], objective: Objective, chosen: list[int],
                rule: NormRule | None = None) -> list[NeuronScores]:
     device = lm.device
-    width = max(len(q.input_ids) for q in queries)
-    ids = torch.full((len(queries), width), pad_token_id(lm), dtype=torch.long)
-    mask = torch.zeros((len(queries), width), dtype=torch.long)
-    for row, query in enumerate(queries):
-        ids[row, :len(query.input_ids)] = query.input_ids
-        mask[row, :len(query.input_ids)] = 1
+    ids, mask = right_padded(lm, [q.input_ids for q in queries])
     rows = torch.arange(len(queries), device=device)
     positions = torch.tensor([q.position for q in queries], device=device)
     targets = torch.tensor([list(q.target_positions) for q in queries], device=device)

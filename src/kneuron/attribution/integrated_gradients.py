@@ -58,13 +58,13 @@ import torch
 from kneuron.attribution import limits
 from kneuron.attribution.estimator_base import Estimator, OnPrompt, PromptLike, encode_prompts, register_estimator
 from kneuron.attribution.ffn_norm import NormRule, check_norm, effective_norm
-from kneuron.attribution.limits import check_row_fits, check_run_fits, count
+from kneuron.attribution.limits import attributed_layers, check_row_fits, check_run_fits, count
 from kneuron.attribution.objective import Objective, check_objective, objective_of
 from kneuron.attribution.shared_depths import check_shared_layers_supported, run_shared_rows
 from kneuron.attribution.step_rows import Plan, Row, batches, make_plan, memory_per_row, run_rows, shape_key
 from kneuron.attribution.types import NeuronScores
 from kneuron.errors import InputError
-from kneuron.facts.encoding import EncodedQuery
+from kneuron.facts.encoding import EncodedQuery, answer_text
 from kneuron.models.language_model import LanguageModel
 from kneuron.models.partial_forward import frozen_parameters
 
@@ -257,7 +257,7 @@ def _integrated_gradients_many(
                 gradient_sums, baselines = _integrate(lm, plans, members, chosen, points, weights, rows,
                                                      objective, rule == "frozen")
             for index in members:
-                said = answer if answer is not None else lm.tokenizer.decode(list(queries[index].answer_ids))
+                said = answer_text(lm, queries[index], answer)
                 results[index] = _scores(plans[index], queries[index], said, gradient_sums[index],
                                          baselines[index], steps, objective, alphas, rule)
                 if on_prompt is not None:
@@ -269,11 +269,7 @@ def checked_layers(lm: LanguageModel, layers: Sequence[int] | None, steps: int, 
                    ) -> list[int]:
     """The layers to attribute (all by default), ascending, once each is known to exist, the run's rows are known to
     fit ``budget`` and the model's layer sharing is supported: what is refused before any forward pass."""
-    chosen = sorted(set(range(lm.n_layers) if layers is None else layers))
-    for layer in chosen:
-        lm.check_layer(layer)
-    if not chosen:
-        raise InputError("No layers to attribute: give at least one layer index.")
+    chosen = attributed_layers(lm, layers)
     check_run_fits(steps, len(chosen), prompts, budget)
     check_shared_layers_supported(lm)
     return chosen

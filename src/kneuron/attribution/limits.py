@@ -1,4 +1,4 @@
-"""The limits of one attribution run: counts (steps, batch rows) and the memory budget, checked up front.
+"""The limits of one attribution run: its layers, counts (steps, batch rows) and the memory budget, checked up front.
 
 Everything here refuses bad input with one :class:`~kneuron.errors.InputError` before anything is
 allocated: a float ``steps`` would silently put α above 1, and a billion steps would build billions of
@@ -21,11 +21,12 @@ import numbers
 import operator
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
 from kneuron.errors import InputError, OutOfMemory
+from kneuron.models.language_model import LanguageModel
 
 #: the environment variable that overrides :data:`DEFAULT_MEMORY_BUDGET`
 BUDGET_VARIABLE = "KNEURON_MEMORY_BUDGET"
@@ -119,6 +120,17 @@ def check_run_fits(steps: int, layers: int, prompts: int, budget: int) -> None:
             f"{format_size(budget)}; lower steps (the paper uses 20) or attribute fewer layers or prompts at once "
             f"(or raise memory_budget / {BUDGET_VARIABLE})."
         )
+
+
+def attributed_layers(lm: LanguageModel, layers: Sequence[int] | None) -> list[int]:
+    """The layers an estimator scores: ``layers`` (all by default) ascending and once each, every one checked to
+    exist; an empty choice is refused (what each estimator refuses before any forward pass)."""
+    chosen = sorted(set(range(lm.n_layers) if layers is None else layers))
+    for layer in chosen:
+        lm.check_layer(layer)
+    if not chosen:
+        raise InputError("No layers to attribute: give at least one layer index.")
+    return chosen
 
 
 def check_gauss_points(steps: int) -> None:

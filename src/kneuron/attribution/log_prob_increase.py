@@ -68,12 +68,12 @@ import torch
 from torch import nn
 
 from kneuron.attribution.estimator_base import Estimator, OnPrompt, PromptLike, encode_prompts, register_estimator
+from kneuron.attribution.limits import attributed_layers, out_of_memory_as_error
 from kneuron.attribution.limits import memory_budget as parse_budget
-from kneuron.attribution.limits import out_of_memory_as_error
 from kneuron.attribution.objective import answer_token_log_probs, answer_token_ranks
 from kneuron.attribution.types import NeuronScores
-from kneuron.errors import InputError, KneuronError
-from kneuron.facts.encoding import EncodedQuery
+from kneuron.errors import KneuronError
+from kneuron.facts.encoding import EncodedQuery, answer_text
 from kneuron.models.architectures import direct_readout_problem, ffn_output_multiplier, norm_epsilon
 from kneuron.models.hooks import on_ffn_input
 from kneuron.models.language_model import LanguageModel
@@ -290,11 +290,7 @@ def log_prob_increase(
     model is left as it was: every hook is removed on exit, also after an exception.
     """
     queries = encode_prompts(lm, prompts, answer)
-    chosen = sorted(set(range(lm.n_layers) if layers is None else layers))
-    for layer in chosen:
-        lm.check_layer(layer)
-    if not chosen:
-        raise InputError("No layers to attribute: give at least one layer index.")
+    chosen = attributed_layers(lm, layers)
     readout = readout_of(lm)
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else parse_budget(memory_budget)
     dtype = readout.unembed.dtype
@@ -307,7 +303,7 @@ def log_prob_increase(
             _score_layers(lm, readout, cleans, chosen, scores, neurons)
     results = []
     for index, (query, clean, score) in enumerate(zip(queries, cleans, scores, strict=True)):
-        said = answer if answer is not None else lm.tokenizer.decode(list(query.answer_ids))
+        said = answer_text(lm, query, answer)
         nan = torch.full((lm.n_layers,), math.nan, dtype=torch.float64)
         result = NeuronScores(
             scores=score, activations=clean.activations, probability=math.exp(clean.log_probability),

@@ -70,6 +70,7 @@ from kneuron.attribution.shared_depths import run_shared_rows
 from kneuron.attribution.step_rows import Plan, Row, batch_key, batches, make_plans, run_rows
 from kneuron.attribution.types import NeuronScores
 from kneuron.errors import InputError
+from kneuron.facts.encoding import answer_text
 from kneuron.models.language_model import LanguageModel
 from kneuron.models.partial_forward import frozen_parameters
 
@@ -293,7 +294,7 @@ class TwoStageIntegratedGradients(Estimator):
                 sums, baselines, finished = _two_stage(lm, plans, groups, rows_of, chosen, points, screen,
                                                        self.objective, rule == "frozen", screen_rule)
             for index in range(len(plans)):
-                said = answer if answer is not None else lm.tokenizer.decode(list(queries[index].answer_ids))
+                said = answer_text(lm, queries[index], answer)
                 scores = _scores(plans[index], queries[index], said, sums[index], baselines[index],
                                  self.steps, self.objective, self.alphas, rule)
                 scores.screen_layers = finished[index]

@@ -85,14 +85,16 @@ def _collateral_table(lm, edit, title: str, groups) -> Table:
 
 
 def _pick_others(facts, fact_relation: str, exclude: set[str], count: int, seed: int):
+    """``count`` facts of ``fact_relation`` and ``count`` of other relations (none in ``exclude``), drawn as the
+    editing study draws its collateral facts (:func:`~kneuron.studies.editing.sample_facts`), seeded by the
+    relation."""
+    from kneuron.studies.editing import sample_facts
     from kneuron.studies.metrics import fact_rng
 
     rng = fact_rng(seed, fact_relation)
     same = [f for f in facts if f.relation == fact_relation and f.id not in exclude]
     other = [f for f in facts if f.relation != fact_relation and f.id not in exclude]
-    pick = lambda pool: [pool[int(i)] for i in sorted(rng.choice(len(pool), min(count, len(pool)), replace=False))] \
-        if pool and count else []  # noqa: E731
-    return pick(same), pick(other)
+    return sample_facts(same, count, rng), sample_facts(other, count, rng)
 
 
 SaveOption = Annotated[Path | None, typer.Option(
@@ -168,8 +170,7 @@ def edit(
         the_edit = update_fact(lm, kn, target.object, new, lambda_old=lambda_old, lambda_new=lambda_new,
                                relation_counts=counts, n_facts=n_facts, max_share=max_share, tokens=tokens,
                                scale=scale, sign=sign, fact=target)
-    console.print(Text(str(the_edit), style="bold"), soft_wrap=True)
-    _print_shared_notes(the_edit)
+    _print_edit(the_edit)
     left_out = the_edit.meta.get("left_out") or []
     if left_out:
         console.print(f"[dim]left out as shared by more than {max_share:.0%} of the {n_facts} {target.relation} "
@@ -221,10 +222,11 @@ def _rome_edit(lm, target, new: str, layer: int | None, samples: int, text: str,
     return the_edit
 
 
-def _print_shared_notes(the_edit) -> None:
-    """With shared layers (ALBERT), what the edit changes beyond the neurons it names."""
+def _print_edit(the_edit) -> None:
+    """The edit as one bold line, then, with shared layers (ALBERT), what it changes beyond the neurons it names."""
     from kneuron.interventions.edits import shared_notes
 
+    console.print(Text(str(the_edit), style="bold"), soft_wrap=True)
     for note in shared_notes(the_edit):
         console.print(Text(note, style="dim"), soft_wrap=True)
 
@@ -255,8 +257,7 @@ def erase(
             raise KneuronError(f"{run} has no relation {relation!r}; it has {', '.join(atlas.relations())}.")
         counts = atlas.relation_neurons(relation)
     the_edit = erase_relation(lm, counts, top=top, mode=mode, relation=relation)
-    console.print(Text(str(the_edit), style="bold"), soft_wrap=True)
-    _print_shared_notes(the_edit)
+    _print_edit(the_edit)
     console.print("[dim]" + ", ".join(f"L{layer}.N{index} ({count} facts)" for layer, index, count
                                       in the_edit.meta["counts"]) + "[/dim]", highlight=False)
     own = [f for f in facts if f.relation == relation]

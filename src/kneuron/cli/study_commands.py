@@ -22,6 +22,7 @@ from typer.models import CommandInfo
 
 from kneuron.cli.app import RunOption, app, command, console, err_console, fail, load_model, path_value
 from kneuron.errors import KneuronError
+from kneuron.store.progress import StudyProgress
 from kneuron.store.study_runs import RunEvents, StudyResult, run_studies_on_atlas
 from kneuron.studies.base import Option, Study, StudyContext, StudyOutput
 from kneuron.studies.registry import (
@@ -174,10 +175,12 @@ def list_studies() -> None:
 
 
 class TerminalEvents(RunEvents):
-    """The runner's events as rich progress bars (on stderr, gone when done) and one line per note."""
+    """The runner's events as rich progress bars on a terminal (on stderr, gone when done), plain progress lines
+    in a log (:class:`~kneuron.store.progress.StudyProgress`), and one line per note."""
 
     def __init__(self) -> None:
         self._progress: Progress | None = None
+        self._plain: StudyProgress | None = None
         #: each finished study's summary (tables, lines), printed after the summary table
         self.summaries: list[Any] = []
 
@@ -192,6 +195,14 @@ class TerminalEvents(RunEvents):
 
     @contextmanager
     def running(self, study: Study) -> Iterator[None]:
+        if not err_console.is_terminal:  # a log: plain lines at least every 30 s (a bar would print nothing)
+            with StudyProgress(err_console, study.name) as plain:
+                self._plain = plain
+                try:
+                    yield
+                finally:
+                    self._plain = None
+            return
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=err_console, transient=True) as progress:
             self._progress = progress
@@ -201,6 +212,8 @@ class TerminalEvents(RunEvents):
                 self._progress = None
 
     def progress(self, description: str, total: int) -> Callable[[], None]:
+        if self._plain is not None:
+            return self._plain.task(description, total)
         if self._progress is None:
             return lambda: None
         progress = self._progress

@@ -226,6 +226,12 @@ class AnswerProbability:
         return self.rank == 0
 
 
+def answer_text(lm: LanguageModel, query: EncodedQuery, answer: str | None) -> str:
+    """The answer as text, as attribution records it with a prompt's scores: ``answer`` when the caller gave one,
+    else the query's answer tokens decoded."""
+    return answer if answer is not None else lm.tokenizer.decode(list(query.answer_ids))
+
+
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     """``x`` in float32 when it is a half type; float32 and float64 stay as they are."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
@@ -234,8 +240,22 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
 def answer_log_probs(logits: torch.Tensor, query: EncodedQuery) -> torch.Tensor:
     """Log-probability of each answer token, from (seq, vocab) logits of one row."""
     positions = torch.tensor(query.target_positions, device=logits.device)
-    targets = torch.tensor(query.answer_ids, device=logits.device)
-    return torch.log_softmax(at_least_float32(logits[positions]), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    return _target_log_probs(logits[positions], query)
+
+
+def _target_log_probs(at_targets: torch.Tensor, query: EncodedQuery) -> torch.Tensor:
+    """Log-probability of each answer token, from (answer tokens, vocab) logits at the target positions."""
+    targets = torch.tensor(query.answer_ids, device=at_targets.device)
+    return torch.log_softmax(at_least_float32(at_targets), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+
+
+def answer_from_logits(at_targets: torch.Tensor, query: EncodedQuery) -> AnswerProbability:
+    """The :class:`AnswerProbability` of ``query`` from its (answer tokens, vocab) logits at its target positions
+    (the first row, at :attr:`EncodedQuery.position`, gives the first token's rank), in at least float32."""
+    log_probs = _target_log_probs(at_targets, query)
+    first = at_least_float32(at_targets[0])
+    rank = int((first > first[query.answer_ids[0]]).sum())
+    return AnswerProbability(float(log_probs.sum().exp()), rank, tuple(float(p) for p in log_probs.exp()))
 
 
 def model_logits(lm: LanguageModel, input_ids: torch.Tensor) -> torch.Tensor:
@@ -257,10 +277,7 @@ def answer_probability(lm: LanguageModel, prompt: Prompt | str | EncodedQuery, a
     """
     query = prompt if isinstance(prompt, EncodedQuery) else encode(lm, prompt, answer or "")
     logits = model_logits(lm, query.input_ids)[0]
-    log_probs = answer_log_probs(logits, query)
-    first = at_least_float32(logits[query.position])
-    rank = int((first > first[query.answer_ids[0]]).sum())
-    return AnswerProbability(float(log_probs.sum().exp()), rank, tuple(float(p) for p in log_probs.exp()))
+    return answer_from_logits(logits[torch.tensor(query.target_positions, device=logits.device)], query)
 
 
 @torch.no_grad()

@@ -15,8 +15,7 @@ to rounding (near-exact ties).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 
@@ -24,6 +23,7 @@ from kneuron.errors import AnswerVocabularyError
 from kneuron.facts.encoding import EncodedQuery, encode, encode_many
 from kneuron.facts.fact import Fact
 from kneuron.models.language_model import LanguageModel
+from kneuron.models.partial_forward import logits_at
 
 
 def _rank_input(lm: LanguageModel, query: EncodedQuery) -> torch.Tensor:
@@ -39,25 +39,24 @@ def pad_token_id(lm: LanguageModel) -> int:
     return int(pad) if pad is not None else 0
 
 
-@contextmanager
-def head_at(lm: LanguageModel, index: torch.Tensor) -> Iterator[bool]:
-    """Make the output head read only ``index`` ((batch, k) positions per row); yields whether it could (a model
-    without ``get_output_embeddings`` computes logits at every position). The hook is removed on exit."""
-    head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
-    if not isinstance(head, torch.nn.Module):
-        yield False
-        return
+def right_padded(lm: LanguageModel, rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` (1-D id tensors) right-padded with :func:`pad_token_id` into one (batch, longest) id tensor, and the
+    attention mask that hides the padding (1 on real tokens), both on the CPU: the batches of the known filter,
+    the stored probabilities, gradient x activation and the studies' measurements."""
+    width = max(int(r.shape[0]) for r in rows)
+    ids = torch.full((len(rows), width), pad_token_id(lm), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :r.shape[0]] = r
+        mask[i, :r.shape[0]] = 1
+    return ids, mask
 
-    def pre_hook(_module, args):
-        hidden = args[0]
-        picked = hidden.gather(1, index.to(hidden.device)[..., None].expand(-1, -1, hidden.shape[-1]))
-        return (picked, *args[1:])
 
-    handle = head.register_forward_pre_hook(pre_hook)
-    try:
-        yield True
-    finally:
-        handle.remove()
+def head_index(positions: Sequence[Sequence[int]]) -> torch.Tensor:
+    """The (batch, longest) index :func:`~kneuron.models.partial_forward.logits_at` takes: each row's positions,
+    the shorter ones repeating their last position (whose logits the caller then leaves unread)."""
+    width = max(len(row) for row in positions)
+    return torch.tensor([list(row) + [row[-1]] * (width - len(row)) for row in positions])
 
 
 def _first_token_ranks(scores: torch.Tensor, targets: torch.Tensor) -> list[int]:
@@ -88,21 +87,15 @@ def answer_ranks(lm: LanguageModel, facts: Sequence[Fact], batch_size: int = 64)
     queries = _queries(lm, facts)
     inputs = [_rank_input(lm, query) for _, _, query in queries]
     order = sorted(range(len(queries)), key=lambda i: int(inputs[i].shape[0]))
-    pad = pad_token_id(lm)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        width = max(int(inputs[i].shape[0]) for i in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            ids[row, :inputs[i].shape[0]] = inputs[i]
-            mask[row, :inputs[i].shape[0]] = 1
+        ids, mask = right_padded(lm, [inputs[i] for i in chunk])
         positions = torch.tensor([queries[i][2].position for i in chunk])
         # A causal model gets no attention mask: its read position is the row's last real token, which cannot
         # attend to the padding after it anyway, while a padding mask can leave a padded position with no
         # key to attend to under a sliding window (Gemma 2/3), whose NaN then spreads to the whole row.
         kwargs = {} if lm.kind == "causal" else {"attention_mask": mask.to(lm.device)}
-        with head_at(lm, positions[:, None]) as sliced:
+        with logits_at(lm, positions[:, None]) as sliced:
             logits = lm.model(input_ids=ids.to(lm.device), **kwargs).logits
         rows = torch.arange(len(chunk), device=logits.device)
         scores = logits[:, 0] if sliced else logits[rows, positions.to(logits.device)]

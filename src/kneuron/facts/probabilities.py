@@ -27,22 +27,13 @@ from collections.abc import Sequence
 
 import torch
 
-from kneuron.facts.encoding import AnswerProbability, EncodedQuery, answer_probability, at_least_float32
-from kneuron.facts.known import head_at, pad_token_id
+from kneuron.facts.encoding import AnswerProbability, EncodedQuery, answer_from_logits, answer_probability
+from kneuron.facts.known import head_index, right_padded
 from kneuron.models.language_model import LanguageModel
+from kneuron.models.partial_forward import logits_at
 
 #: prompts per forward pass
 BATCH_SIZE = 32
-
-
-def _scored(logits: torch.Tensor, query: EncodedQuery) -> AnswerProbability:
-    """The :class:`AnswerProbability` from (answer tokens, vocab) logits at ``query``'s target positions."""
-    scores = at_least_float32(logits)
-    targets = torch.tensor(query.answer_ids, device=scores.device)
-    log_probs = torch.log_softmax(scores, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
-    first = scores[0]
-    rank = int((first > first[query.answer_ids[0]]).sum())
-    return AnswerProbability(float(log_probs.sum().exp()), rank, tuple(float(p) for p in log_probs.exp()))
 
 
 @torch.no_grad()
@@ -54,26 +45,17 @@ def answer_probability_many(lm: LanguageModel, queries: Sequence[EncodedQuery], 
         raise ValueError("batch_size must be at least 1")
     found: list[AnswerProbability | None] = [None] * len(queries)
     order = sorted(range(len(queries)), key=lambda i: len(queries[i]))
-    pad = pad_token_id(lm)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        width = max(len(queries[i]) for i in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            ids[row, :len(queries[i])] = queries[i].input_ids
-            mask[row, :len(queries[i])] = 1
-        k = max(len(queries[i].target_positions) for i in chunk)
-        index = torch.tensor([list(queries[i].target_positions)
-                              + [queries[i].target_positions[-1]] * (k - len(queries[i].target_positions))
-                              for i in chunk])
+        ids, mask = right_padded(lm, [queries[i].input_ids for i in chunk])
+        index = head_index([queries[i].target_positions for i in chunk])
         kwargs = {} if lm.kind == "causal" else {"attention_mask": mask.to(lm.device)}
-        with head_at(lm, index) as sliced:
+        with logits_at(lm, index) as sliced:
             logits = lm.model(input_ids=ids.to(lm.device), **kwargs).logits
         for row, i in enumerate(chunk):
             positions = list(range(len(queries[i].target_positions))) if sliced else list(
                 queries[i].target_positions)
-            found[i] = _scored(logits[row, positions], queries[i])
+            found[i] = answer_from_logits(logits[row, positions], queries[i])
     return [p for p in found if p is not None]
 
 

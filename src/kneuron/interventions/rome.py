@@ -54,7 +54,7 @@ from kneuron.facts.subject import subject_last_position
 from kneuron.interventions.edits import Edit
 from kneuron.interventions.rome_stats import KeyStats, key_second_moment, ridge, sample_sequences
 from kneuron.interventions.update import answer_ids
-from kneuron.models.hooks import capture
+from kneuron.models.hooks import capture, forward_hook
 from kneuron.models.language_model import LanguageModel
 
 #: the essence prompt of ROME's KL term
@@ -195,11 +195,8 @@ def add_at(lm: LanguageModel, layer: int, positions: torch.Tensor, delta: torch.
         added[rows, positions] = added[rows, positions] + delta.to(output.dtype)
         return added
 
-    handle = lm.ffn_out(layer).register_forward_hook(hook)
-    try:
+    with forward_hook(lm.ffn_out(layer), hook):
         yield
-    finally:
-        handle.remove()
 
 
 def _check(lm: LanguageModel, layer: int) -> None:

@@ -50,7 +50,7 @@ import torch
 from kneuron.attribution.limits import memory_budget
 from kneuron.errors import InputError
 from kneuron.facts.encoding import EncodedQuery, at_least_float32
-from kneuron.models.hooks import Site, on_ffn_input, on_output
+from kneuron.models.hooks import Site, forward_hook, on_ffn_input, on_output
 from kneuron.models.language_model import LanguageModel
 from kneuron.models.partial_forward import (
     batch_head_inputs_for_rows,
@@ -192,12 +192,8 @@ def prepare(lm: LanguageModel, query: EncodedQuery, subject: Sequence[int], *, n
         return out
 
     inputs: dict[int, torch.Tensor] = {}
-    handle = embed.register_forward_hook(corrupt)
-    try:
-        with record_block_inputs(lm, inputs):
-            logits = forward_logits(lm, ids.expand(samples, -1), targets, None)
-    finally:
-        handle.remove()
+    with forward_hook(embed, corrupt), record_block_inputs(lm, inputs):
+        logits = forward_logits(lm, ids.expand(samples, -1), targets, None)
     return TracePlan(query, subject, draws, clean, acts, inputs, p_clean, answer_probabilities(logits, answer),
                      float(noise))
 

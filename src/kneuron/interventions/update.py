@@ -56,7 +56,7 @@ from typing import Literal
 import torch
 
 from kneuron.attribution.types import KnowledgeNeurons, Neuron
-from kneuron.errors import EditError, EditOptionError, FactError
+from kneuron.errors import EditError, EditOptionError, FactError, KneuronError
 from kneuron.facts.encoding import answer_token_ids, encode
 from kneuron.facts.fact import Fact, Prompt
 from kneuron.interventions.edits import Edit, slot_sharers
@@ -122,6 +122,15 @@ def answer_ids(lm: LanguageModel, answer: str, prompt: Prompt | None = None) -> 
     if any(not 0 <= i < vocab for i in ids):
         raise FactError(f"The answer {answer!r} has token ids {ids} outside {lm.name}'s output vocabulary ({vocab}).")
     return ids
+
+
+def first_answer_id(lm: LanguageModel, answer: str, prompt: Prompt | None = None) -> int | None:
+    """The first of :func:`answer_ids`, or None for an answer the model cannot produce: what the studies compare
+    when they look for a new answer that begins with another token than the old one."""
+    try:
+        return answer_ids(lm, answer, prompt)[0]
+    except KneuronError:
+        return None
 
 
 def output_embeddings(lm: LanguageModel) -> torch.Tensor:

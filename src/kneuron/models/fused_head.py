@@ -33,6 +33,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from kneuron.models.hooks import forward_hook
 from kneuron.models.language_model import LanguageModel
 
 #: vocabulary entries per chunk: (rows × CHUNK) float32 logits stay a few MB (measured on this machine, one
@@ -117,11 +118,8 @@ def recording_head_output(lm: LanguageModel, store: list[torch.Tensor]) -> Itera
     if head is None:
         yield
         return
-    handle = head.register_forward_hook(lambda _module, _args, out: store.append(out))
-    try:
+    with forward_hook(head, lambda _module, _args, out: store.append(out)):
         yield
-    finally:
-        handle.remove()
 
 
 @contextmanager

@@ -92,14 +92,40 @@ def on_ffn_input(lm: LanguageModel, layer: int, fn: ActivationFn) -> Iterator[No
 
 
 @contextmanager
-def _on_ffn_input(lm: LanguageModel, layer: int, fn: ActivationFn, current: Callable[[], bool]) -> Iterator[None]:
-    module = lm.ffn_out(layer)
-    handles = []
-    shape: dict[str, tuple[int, int]] = {}
+def forward_hook(module: torch.nn.Module, hook: Callable, *, pre: bool = False, with_kwargs: bool = False,
+                 ) -> Iterator[None]:
+    """``hook`` as a forward hook of ``module`` (``hook(module, args, output)``, whose return value, when not None,
+    replaces the output), or with ``pre`` a forward pre-hook (``hook(module, args)``, replacing the input), for the
+    duration of the block; removed on exit, also after an exception. ``with_kwargs`` as torch's registration."""
+    register = module.register_forward_pre_hook if pre else module.register_forward_hook
+    handle = register(hook, with_kwargs=with_kwargs)
+    try:
+        yield
+    finally:
+        handle.remove()
 
-    def remember_shape(_module, args, kwargs):  # the block flattens (batch, seq): remember them from its input
+
+@contextmanager
+def _block_shape(lm: LanguageModel, layer: int, needed: bool) -> Iterator[dict[str, tuple[int, int]]]:
+    """When ``needed`` (a model whose projections see flattened tokens, OPT's), ``shape["bt"]``: the (batch, seq)
+    of ``layer``'s block input, recorded by a pre-hook on the block at each forward, so that a hook on one of its
+    projections can show (batch, seq, features); an empty dict otherwise."""
+    shape: dict[str, tuple[int, int]] = {}
+    if not needed:
+        yield shape
+        return
+
+    def remember_shape(_module, args, kwargs):
         hidden = args[0] if args else kwargs.get("hidden_states")
         shape["bt"] = tuple(hidden.shape[:2])
+
+    with forward_hook(lm.block(layer), remember_shape, pre=True, with_kwargs=True):
+        yield shape
+
+
+@contextmanager
+def _on_ffn_input(lm: LanguageModel, layer: int, fn: ActivationFn, current: Callable[[], bool]) -> Iterator[None]:
+    module = lm.ffn_out(layer)
 
     def pre_hook(_module, args):
         if not current():
@@ -115,14 +141,9 @@ def _on_ffn_input(lm: LanguageModel, layer: int, fn: ActivationFn, current: Call
             out = out.reshape(-1, out.shape[-1])
         return (out, *args[1:])
 
-    try:  # registered inside the try: should the second registration fail, the first is removed
-        if lm.spec.flat_tokens:
-            handles.append(lm.block(layer).register_forward_pre_hook(remember_shape, with_kwargs=True))
-        handles.append(module.register_forward_pre_hook(pre_hook))
+    # should the second registration fail, the first is removed
+    with _block_shape(lm, layer, lm.spec.flat_tokens) as shape, forward_hook(module, pre_hook, pre=True):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def normalize_positions(positions: Positions) -> None | int | list[int] | torch.Tensor:
@@ -395,12 +416,7 @@ def on_output(lm: LanguageModel, layer: int, site: Site, fn: ActivationFn) -> It
     that sees flattened tokens (OPT's FFN) is shown (batch, seq, hidden). Removed on exit, also when the body
     raises."""
     module = site_module(lm, layer, site)
-    with at_depth(lm, layer) as current:
-        shape: dict[str, tuple[int, int]] = {}
-
-        def remember_shape(_module, args, kwargs):
-            hidden = args[0] if args else kwargs.get("hidden_states")
-            shape["bt"] = tuple(hidden.shape[:2])
+    with at_depth(lm, layer) as current, _block_shape(lm, layer, lm.spec.flat_tokens and site != "block") as shape:
 
         def hook(_module, _args, output):
             if not current():
@@ -415,12 +431,5 @@ def on_output(lm: LanguageModel, layer: int, site: Site, fn: ActivationFn) -> It
                 out = out.reshape(-1, out.shape[-1])
             return (out, *output[1:]) if isinstance(output, tuple) else out
 
-        handles = []
-        try:
-            if lm.spec.flat_tokens and site != "block":
-                handles.append(lm.block(layer).register_forward_pre_hook(remember_shape, with_kwargs=True))
-            handles.append(module.register_forward_hook(hook))
+        with forward_hook(module, hook):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()

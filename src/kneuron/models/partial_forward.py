@@ -29,7 +29,7 @@ from torch import nn
 from kneuron.errors import KneuronError
 from kneuron.models.architectures import resolve
 from kneuron.models.fused_head import answer_log_probs_head
-from kneuron.models.hooks import at_depth
+from kneuron.models.hooks import at_depth, forward_hook
 from kneuron.models.language_model import LanguageModel
 
 _HIDDEN_NAMES = ("hidden_states", "hidden_state", "x")
@@ -135,11 +135,8 @@ def rows_entering(lm: LanguageModel, layer: int, rows: torch.Tensor) -> Iterator
     def enter(_module, args, kwargs):
         return replace_hidden(args, kwargs, torch.cat([hidden_from(args, kwargs), rows]))
 
-    handle = lm.block(layer).register_forward_pre_hook(enter, with_kwargs=True)
-    try:
+    with forward_hook(lm.block(layer), enter, pre=True, with_kwargs=True):
         yield
-    finally:
-        handle.remove()
 
 
 @contextmanager
@@ -169,20 +166,18 @@ def batch_head_inputs_for_rows(lm: LanguageModel, start: int) -> Iterator[None]:
 @contextmanager
 def logits_at(lm: LanguageModel, targets: torch.Tensor) -> Iterator[bool]:
     """Make the output head compute logits only at ``targets`` ((rows, answer tokens) positions, or
-    one row of them for every row); yields whether it could."""
+    one row of them for every row; moved to the hidden states' device); yields whether it could (a model without
+    ``get_output_embeddings`` computes logits at every position). The hook is removed on exit."""
     head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
-    if head is None:
+    if not isinstance(head, nn.Module):
         yield False
         return
 
     def pre_hook(_module, args):
-        return (at_targets(args[0], targets), *args[1:])
+        return (at_targets(args[0], targets.to(args[0].device)), *args[1:])
 
-    handle = head.register_forward_pre_hook(pre_hook)
-    try:
+    with forward_hook(head, pre_hook, pre=True):
         yield True
-    finally:
-        handle.remove()
 
 
 def at_targets(x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -212,14 +207,8 @@ def ffn_only_at(lm: LanguageModel, targets: torch.Tensor) -> Iterator[None]:
         full = out.new_zeros(out.shape[0], length["seq"], *out.shape[2:])
         return full.index_put((rows, rows_of(out)), out)
 
-    handles = []
-    try:
-        handles.append(first.register_forward_pre_hook(narrow))
-        handles.append(lm.ffn_out(lm.n_layers - 1).register_forward_hook(widen))
+    with forward_hook(first, narrow, pre=True), forward_hook(lm.ffn_out(lm.n_layers - 1), widen):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def cache_argument(model: nn.Module) -> str:

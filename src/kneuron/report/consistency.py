@@ -18,12 +18,15 @@ from kneuron.report.parts import image as _image
 from kneuron.report.parts import number as _num
 from kneuron.report.parts import table as _table
 from kneuron.studies.consistency import (
+    STUDY,
     effect_comparisons,
     fact_values,
     missing_studies,
     relation_names,
+    split_lines,
     summary_values,
 )
+from kneuron.studies.display import stored_figure
 
 TITLE = "Consistency across paraphrases"
 #: what ../shared/PAPER.md says of Chen et al. (the report quotes nothing beyond it)
@@ -117,11 +120,12 @@ def relations_figure(rows: Sequence[dict]) -> bytes | None:
 
 def consistency_section(rows: Sequence[dict], others: Mapping[str, Sequence[dict]] | None = None,
                         covered: Mapping[str, object] | None = None, done: Mapping[str, object] | None = None,
-                        source: str = "ATLAS") -> str:
+                        source: str = "ATLAS", aggregates: Sequence[dict] = ()) -> str:
     """The section as an HTML fragment; says how to run the study when the atlas has no ``consistency`` rows.
 
     ``others``: the other studies' rows (``suppress_amplify``, ``editing``); ``covered`` / ``done``: the facts the
-    study covered (``Atlas.coverage()["consistency"]``) and the atlas's done facts now (``Atlas.done_coverage()``).
+    study covered (``Atlas.coverage()["consistency"]``) and the atlas's done facts now (``Atlas.done_coverage()``);
+    ``aggregates``: the study's stored ones, whose intervals and n each mean over facts shows.
     """
     rows = list(rows)
     others = others or {}
@@ -148,11 +152,14 @@ def consistency_section(rows: Sequence[dict], others: Mapping[str, Sequence[dict
     if n_facts < FEW_FACTS:
         parts.append(f'<div class="warn"><b>Only {n_facts} fact(s).</b> Every figure below is over {n_facts} or '
                      "fewer facts (n is shown): read them as examples, not as findings.</div>")
-    table = [_summary_cells(_e(relation), summary_values(rows, "relation", relation))
+    table = [_summary_cells(_e(relation), summary_values(rows, "relation", relation), rows, aggregates, relation)
              for relation in relation_names(rows)]
-    table.append(_summary_cells("<b>all facts</b>", overall))
-    parts.append(_table(["relation", "facts", "mean Jaccard", "mean rank correlation", "consistent", "inconsistent",
-                         "share inconsistent"], table))
+    table.append(_summary_cells("<b>all facts</b>", overall, rows, aggregates))
+    parts.append(_table(["relation", "facts", "mean Jaccard", "mean rank correlation", "share consistent",
+                         "consistent", "inconsistent"], table))
+    parts.append('<p class="note">Means over facts with their 95% interval (bootstrap over facts; Wilson\'s for '
+                 "the share of facts) and n, as the study stored them; no control (agreement between a fact's own "
+                 "prompts has no chance-level measure on the same facts).</p>")
     if math.isfinite(otsu.get("threshold", math.nan)):
         parts.append(f"<p>Otsu threshold on the Jaccard: <b>{otsu['threshold']:.3f}</b> over "
                      f"{otsu.get('facts', 0):.0f} facts; {overall.get('inconsistent', 0):.0f} of them "
@@ -166,35 +173,39 @@ def consistency_section(rows: Sequence[dict], others: Mapping[str, Sequence[dict
                      f"{agreement:.2f} across the facts.</p>")
     parts.append(_image(consistency_figure(rows), "distribution of the consistency scores"))
     parts.append(_image(relations_figure(rows), "consistency score per relation"))
-    parts.append(_effects(rows, others, source))
+    parts.append(_effects(rows, others, source, aggregates))
     parts.append(_least_consistent(rows))
     return "".join(parts)
 
 
-def _summary_cells(name: str, values: Mapping[str, float]) -> list[str]:
-    return [name, f"{values.get('facts', 0):.0f}", _num(values.get("jaccard", math.nan), ".3f"),
-            _num(values.get("rank_correlation", math.nan), ".3f"), f"{values.get('consistent', 0):.0f}",
-            f"{values.get('inconsistent', 0):.0f}", _num(values.get("inconsistent_share", math.nan), ".1%")]
+def _summary_cells(name: str, values: Mapping[str, float], rows: Sequence[dict], aggregates: Sequence[dict],
+                   relation: str = "") -> list[str]:
+    return [name, f"{values.get('facts', 0):.0f}",
+            *(_e(stored_figure(aggregates, rows, STUDY, "fact", metric, relation, percent=percent, signed=False))
+              for metric, percent in (("jaccard", False), ("rank_correlation", False), ("consistent", True))),
+            f"{values.get('consistent', 0):.0f}", f"{values.get('inconsistent', 0):.0f}"]
 
 
-def _effects(rows: Sequence[dict], others: Mapping[str, Sequence[dict]], source: str) -> str:
+def _effects(rows: Sequence[dict], others: Mapping[str, Sequence[dict]], source: str,
+             aggregates: Sequence[dict] = ()) -> str:
     comparisons = effect_comparisons(rows, others)
     parts = ["<h3>Do the interventions work less well on inconsistent facts?</h3>"]
     if comparisons:
         table = []
-        for study, variant, label, split in comparisons:
-            spec = "+.1%" if "Δp/p" in label else ".1%"
-            (mean_c, n_c), (mean_i, n_i) = split["consistent"], split["inconsistent"]
-            table.append([_e(label), f"<code>{_e(study)}</code> {_e(variant)}",
-                          f"{_num(mean_c, spec)} <span class=\"note\">n={n_c}</span>",
-                          f"{_num(mean_i, spec)} <span class=\"note\">n={n_i}</span>",
+        for (study, variant, _label, split), (label, consistent, inconsistent) in zip(
+                comparisons, split_lines(rows, comparisons, aggregates), strict=True):
+            (mean_c, _), (mean_i, _) = split["consistent"], split["inconsistent"]
+            table.append([_e(label), f"<code>{_e(study)}</code> {_e(variant)}", _e(consistent), _e(inconsistent),
                           _num(mean_i - mean_c, "+.1%")])
         parts.append(_table(["measure", "rows", "consistent facts", "inconsistent facts",
                              "inconsistent − consistent"], table, left=2))
-        parts.append('<p class="note">Means over the facts of each class that have the row (n). Suppress: a larger '
-                     "drop (more negative) is a stronger effect; amplify and editing: larger is stronger. Editing: "
-                     "facts that were edited (an edit can be refused, e.g. when every neuron is shared by the "
-                     "relation).</p>")
+        parts.append('<p class="note">Means over the facts of each class that have the row, with their 95% interval '
+                     "(bootstrap over facts; Wilson's for a share of facts) and n, as the consistency study stored "
+                     "them (a class whose study changed since shows its bare mean: re-run the consistency study). "
+                     "The two classes hold different facts, so there is no paired test; the difference is shown "
+                     "bare. Suppress: a larger drop (more negative) is a stronger effect; amplify and editing: "
+                     "larger is stronger. Editing: facts that were edited (an edit can be refused, e.g. when every "
+                     "neuron is shared by the relation).</p>")
     for name, hint in missing_studies(comparisons, source):
         parts.append(f'<p class="note">No {_e(name)} rows yet: run <code>{_e(hint)}</code>.</p>')
     return "".join(parts)

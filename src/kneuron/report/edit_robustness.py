@@ -2,7 +2,8 @@
 knowledge neurons under Niu et al.'s tests (:mod:`kneuron.studies.edit_robustness`), from the
 ``edit_robustness`` study's rows.
 
-Include it with ``edit_robustness_section(data.rows("edit_robustness"))`` (an HTML fragment, the report's CSS
+Include it with ``edit_robustness_section(data.rows("edit_robustness"), data.aggregates.get("edit_robustness",
+()))`` (an HTML fragment, the report's CSS
 classes ``note`` and ``l``).
 """
 
@@ -12,10 +13,14 @@ from collections.abc import Sequence
 
 from kneuron.report.editing import LABELS
 from kneuron.report.parts import escape as _e
-from kneuron.report.parts import number
 from kneuron.report.parts import table as _table
-from kneuron.studies.edit_robustness_summary import percent as _pct
-from kneuron.studies.edit_robustness_summary import robustness_summary, robustness_variants, summary_table
+from kneuron.studies.edit_robustness_summary import (
+    SET_MEASURES,
+    detail_figures,
+    robustness_summary,
+    robustness_variants,
+    set_figures,
+)
 
 #: Niu et al.'s finding as PAPER.md states it
 PAPER_NIU = ("Niu et al. (ICLR 2024): edits should hold under bijective symmetry (the reversed relation) and "
@@ -23,38 +28,23 @@ PAPER_NIU = ("Niu et al. (ICLR 2024): edits should hold under bijective symmetry
              "predictions overturned)")
 
 
-def _num(value: float | None) -> str:
-    return number(value, ".3g")
-
-
-def edit_robustness_section(rows: Sequence[dict]) -> str:
-    """The section as an HTML fragment; empty when there are no rows (the study is optional)."""
+def edit_robustness_section(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> str:
+    """The section as an HTML fragment; empty when there are no rows (the study is optional). ``aggregates``: the
+    study's stored ones, whose interval and n each mean over facts shows (the bare mean with its n on an atlas
+    studied before they were stored)."""
     rows = list(rows)
     if not rows:
         return ""
     parts = ["<h3>Edits under Niu et al.'s tests</h3>"]
     for variant in robustness_variants(rows):
         s = robustness_summary(rows, variant)
-        table = [[_e(label), f"{count:.0f}", _pct(beats), _pct(top1), _pct(rose), _pct(became)]
-                 for label, count, beats, top1, rose, became in summary_table(rows, variant)]
         parts.append(f"<p><b>{_e(LABELS.get(variant, variant))}</b>: {s['edited']:.0f} of {s['facts']:.0f} facts "
                      "updated.</p>")
-        parts.append(_table(["prompt set", "facts", "P(new) > P(old)", "top-1 = new", "P(new) rose",
-                             "top-1 became new"], table))
-        facts = [("old reverse fact: top-1 right before → after (kept)",
-                  f"{_pct(s.get('reverse_old_top1_before'))} → {_pct(s.get('reverse_old_top1_after'))} "
-                  f"({_pct(s.get('reverse_old_kept'))})", s.get("reverse_old_top1_before_facts")),
-                 ("reverse of the new answer: P(subject) before → after",
-                  f"{_num(s.get('reverse_new_p_before'))} → {_num(s.get('reverse_new_p_after'))}",
-                  s.get("reverse_new_p_before_facts")),
-                 ("neighbourhood score (own answer beats t') before → after",
-                  f"{_pct(s.get('neighborhood_before'))} → {_pct(s.get('neighborhood'))}",
-                  s.get("neighborhood_facts")),
-                 ("refined set recomputed from the coarse sets = the atlas's", _pct(s.get("refined_equal")),
-                  s.get("refined_equal_facts")),
-                 ("kept-prompt neurons vs all-prompt neurons (Jaccard)", _num(s.get("heldout_jaccard")),
-                  s.get("heldout_jaccard_facts"))]
-        parts.append(_table(["measure", "value", "facts"], [[_e(a), b, f"{c:.0f}"] for a, b, c in facts if c]))
+        parts.append(_table(["prompt set", *(column for column, *_ in SET_MEASURES)],
+                            [[_e(cell) for cell in line] for line in set_figures(rows, variant, aggregates)]))
+        details = detail_figures(rows, variant, aggregates)
+        if details:
+            parts.append(_table(["measure", "mean [95% interval], n"], [[_e(a), _e(b)] for a, b in details]))
     parts.append(
         '<p class="note">Each fact is updated as above (t\' another answer of its relation; for one-to-one relations '
         "one of the relation's one-to-one answers) and measured on: its own prompts; its subject's aliases in the "
@@ -70,5 +60,7 @@ def edit_robustness_section(rows: Sequence[dict]) -> str:
         "top-1 (a multi-token answer's joint probability can fall meanwhile: the edit pushes every position towards "
         "the first token). <i>kept</i> / <i>held-out paraphrases</i> are updated through the neurons of the kept "
         "prompts; <i>held-out, all-prompt neurons</i> is the ordinary update on the held-out prompts. "
-        f"{_e(PAPER_NIU)}.</p>")
+        "Every figure is a mean over facts with its 95% interval (bootstrap over facts; Wilson's for a share of "
+        "facts) and n, as the study stored them; the study has no control (the random-neuron edit is the editing "
+        f"study's). {_e(PAPER_NIU)}.</p>")
     return "".join(parts)

@@ -1,17 +1,27 @@
 """The report's editing section: update success and collateral damage, and the erased relation, from the
 ``editing`` study's rows (:mod:`kneuron.studies.editing`), next to the paper's BERT figures.
 
-Include it in a report with ``editing_section(data.rows("editing"))`` (an HTML fragment: headings, tables and
-notes, no scripts; classes ``note`` and ``warn`` and left-aligned ``td.l`` as in the report's CSS).
+Include it in a report with ``editing_section(data.rows("editing"), data.aggregates.get("editing", ()))`` (an
+HTML fragment: headings, tables and notes, no scripts; classes ``note`` and ``warn`` and left-aligned ``td.l`` as
+in the report's CSS).
 """
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Sequence
 
+from kneuron.report.parts import escape as _e
+from kneuron.report.parts import table as _table
 from kneuron.studies.editing import erase_summary, update_summary
+from kneuron.studies.editing_summary import (
+    CONTROLS,
+    ERASE_FIGURES,
+    UPDATE_FIGURES,
+    erase_variants,
+    show,
+    update_variants,
+)
 
 #: the paper's update figures (Dai et al. 2022, "Case 1: updating facts"; BERT-base-cased, PARAREL, one random prompt
 #: per sampled fact): knowledge neurons and the random-neuron control
@@ -35,37 +45,23 @@ LABELS = {
 }
 
 
-def _e(text: object) -> str:
-    return html.escape(str(text))
-
-
-def _pct(value: float, signed: bool = False) -> str:
-    if not math.isfinite(value):
-        return "–"
-    return f"{value:+.1%}" if signed else f"{value:.1%}"
+def _pct(value: float) -> str:
+    return f"{value:.1%}" if math.isfinite(value) else "–"
 
 
 def _num(value: float) -> str:
     return f"{value:.3g}" if math.isfinite(value) else "–"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
-    head = "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>' for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(row))
-                   + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _label(variant: str) -> str:
+    control = CONTROLS.get(variant)
+    return f"{LABELS.get(variant, variant)} ({variant}{f'; p vs {control}' if control else ''})"
 
 
-def update_variants(rows: Sequence[dict]) -> list[str]:
-    return list(dict.fromkeys(r["variant"] for r in rows if r["metric"] == "edited"))
-
-
-def erase_variants(rows: Sequence[dict]) -> list[str]:
-    return list(dict.fromkeys(r["variant"] for r in rows if r["metric"] == "neurons" and not r.get("fact_id")))
-
-
-def editing_section(rows: Sequence[dict]) -> str:
-    """The editing section as an HTML fragment (a "not run" note when there are no rows)."""
+def editing_section(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> str:
+    """The editing section as an HTML fragment (a "not run" note when there are no rows). ``aggregates``: the
+    study's stored ones (``Atlas.aggregates("editing")``), whose intervals, n and paired p against the study's
+    control each mean shows; without them (an atlas studied by an older kneuron) the bare means with their n."""
     rows = list(rows)
     if not rows:
         return ("<h2>Editing knowledge</h2><p>Not run: <code>kneuron study editing --run ATLAS "
@@ -73,25 +69,18 @@ def editing_section(rows: Sequence[dict]) -> str:
     parts = ["<h2>Editing knowledge</h2>"]
     updates = update_variants(rows)
     if updates:
-        table = []
-        for variant in updates:
-            s = update_summary(rows, variant)
-            table.append([_e(LABELS.get(variant, variant)), f"{s['edited']:.0f}/{s['facts']:.0f}",
-                          _num(s["neurons"]), _pct(s["new_beats_old"]), _pct(s["success"]), _pct(s["top1_new"]),
-                          _pct(s["changed"]), _num(s["intra_delta_ppl"]), _num(s["inter_delta_ppl"]),
-                          _pct(s["intra_p_change"], True), _pct(s["inter_p_change"], True),
-                          _pct(s["intra_top1_kept"]), _pct(s["inter_top1_kept"])])
-        for variant, label in (("kn", "paper: knowledge neurons (BERT-base-cased)"),
-                               ("random", "paper: random neurons")):
-            p = PAPER_UPDATE[variant]
-            table.append([f"<i>{_e(label)}</i>", "", "", "", "", _pct(p["top1_new"]), _pct(p["changed"]),
-                          _num(p["intra_delta_ppl"]), _num(p["inter_delta_ppl"]), "", "", "", ""])
+        summaries = {variant: update_summary(rows, variant) for variant in updates}
+        table = [["facts edited", *(f"{s['edited']:.0f}/{s['facts']:.0f}" for s in summaries.values()), "", ""]]
+        for item in UPDATE_FIGURES:
+            paper = [PAPER_UPDATE[v].get(item.metric, math.nan) for v in ("kn", "random")]
+            table.append([_e(item.label), *(_e(show(aggregates, rows, v, item, name_control=False)) for v in updates),
+                          *(_pct(p) if math.isfinite(p) else "" for p in paper)])
+        for tag, label in (("intra", "ΔPPL same relation"), ("inter", "ΔPPL other relations")):
+            paper = [PAPER_UPDATE[v][f"{tag}_delta_ppl"] for v in ("kn", "random")]
+            table.append([_e(label), *(_num(s[f"{tag}_delta_ppl"]) for s in summaries.values()), *map(_num, paper)])
         parts.append("<h3>Updating facts</h3>")
-        parts.append(_table(["edit", "facts edited", "neurons per edit", "P(new) > P(old), prompts",
-                             "success, facts (majority of prompts)", "top-1 = new, prompts", "change rate",
-                             "ΔPPL same relation", "ΔPPL other relations", "Δp/p same relation",
-                             "Δp/p other relations", "top-1 kept, same relation", "top-1 kept, other relations"],
-                            table))
+        parts.append(_table(["measure", *map(_label, updates), "paper: knowledge neurons (BERT-base-cased)",
+                             "paper: random neurons"], table))
         parts.append(
             '<p class="note">Each fact (h, r, t) is updated to t\' = another fact\'s answer of its relation: every '
             "knowledge neuron's value slot moves by −λ<sub>1</sub>·e(t) + λ<sub>2</sub>·e(t') (λ = 1, 8; e = the "
@@ -100,7 +89,11 @@ def editing_section(rows: Sequence[dict]) -> str:
             "share of facts where it holds on most prompts; <b>top-1 = new</b> is the paper's success rate and "
             "<b>change rate</b> the share of prompts answered t before whose top-1 changed. Collateral, as the "
             "official code measures it: 5 other facts of the same relation and 5 of other relations, all prompts; "
-            "ΔPPL = exp(mean −log p per token, after) − exp(…, before), over all edits. <i>Sign of the "
+            "ΔPPL = exp(mean −log p per token, after) − exp(…, before), over all edits (a difference of "
+            "exponentiated means: no interval). Every other figure is a mean over the edited facts with its 95% "
+            "interval (bootstrap over facts; Wilson's for a share of facts), its n and the paired p-value against "
+            "the same update through as many random neurons of the same layers on the same facts (the control "
+            "named in the column), as the study stored them. <i>Sign of the "
             "activation</i>: each delta times the sign of the neuron's mean activation on the fact's prompts (a "
             "gated FFN's neurons are often negative, where the plain formula pushes away from t'). <i>Norm-scaled"
             "</i>: the official code's λ<sub>i</sub> · |v<sub>i</sub>| / |e|.</p>")
@@ -110,20 +103,25 @@ def editing_section(rows: Sequence[dict]) -> str:
         table = []
         for variant in erases:
             s = erase_summary(rows, variant)
-            table.append([_e(variant), _num(s["neurons"]),
-                          f"{_num(s['own_ppl_before'])} → {_num(s['own_ppl_after'])} "
-                          f"({_pct(s['own_ppl_change'], True)})",
-                          f"{_pct(s['own_top1_before'])} → {_pct(s['own_top1_after'])}",
-                          f"{_num(s['other_ppl_before'])} → {_num(s['other_ppl_after'])} "
-                          f"({_pct(s['other_ppl_change'], True)})",
-                          f"{_pct(s['other_top1_before'])} → {_pct(s['other_top1_after'])}",
-                          f"{s['own_facts']:.0f} / {s['other_facts']:.0f}"])
+            control = CONTROLS.get(variant)
+            ppl = [f"{_num(s[f'{tag}_ppl_before'])} → {_num(s[f'{tag}_ppl_after'])} "
+                   f"({_pct_signed(s[f'{tag}_ppl_change'])}), n = {s[f'{tag}_facts']:.0f}" for tag in ("own", "other")]
+            cells = [_e(show(aggregates, rows, variant, item, name_control=False)) for item in ERASE_FIGURES]
+            table.append([_e(variant + (f" (p vs {control})" if control else "")), _num(s["neurons"]), ppl[0],
+                          *cells[:3], ppl[1], *cells[3:]])
         parts.append(f"<h3>Erasing a relation: {_e(relation)}</h3>")
-        parts.append(_table(["erase", "neurons", f"PPL of {relation} facts", f"top-1 right, {relation}",
-                             "PPL of other relations' facts", "top-1 right, other relations", "facts (own / other)"],
-                            table))
+        parts.append(_table(["erase", "neurons", f"PPL of {relation} facts", f"Δp/p, {relation}",
+                             f"top-1 right before, {relation}", f"top-1 right after, {relation}",
+                             "PPL of other relations' facts", "Δp/p, other relations",
+                             "top-1 right before, other relations", "top-1 right after, other relations"], table))
         parts.append(f'<p class="note">The relation\'s most common knowledge neurons have their value slots set to '
                      f"zero or to the unknown token's output embedding; the random control erases as many random "
-                     f"neurons of the same layers. PPL = exp(mean over facts of the answer's mean −log p per token). "
-                     f"For comparison, {_e(PAPER_ERASE)}.</p>")
+                     f"neurons of the same layers. PPL = exp(mean over facts of the answer's mean −log p per token; "
+                     f"no interval). Δp/p and top-1: means over facts with their 95% interval, n and, for the "
+                     f"relation's neurons, the paired p-value against the random control (erase_random_*) on the "
+                     f"same facts, as stored. For comparison, {_e(PAPER_ERASE)}.</p>")
     return "".join(parts)
+
+
+def _pct_signed(value: float) -> str:
+    return f"{value:+.0%}" if math.isfinite(value) else "–"

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from kneuron.report.data import ReportData, headline
+from kneuron.report.data import HEADLINE_FIGURES, ReportData, headline
 from kneuron.report.paper_sections import PAPER
 
 
@@ -41,13 +41,22 @@ def findings(data: ReportData, aggregates: list[dict[str, Any]], command: str) -
             "top_third_percent": h.top_third, "auc_kn": h.auc_kn, "auc_kn_signed": h.auc_kn_signed,
             "auc_activation": h.auc_activation}
     headline_rows = [
-        ["suppress (knowledge neurons set to 0): mean Δp/p, %", h.suppress, PAPER["suppress"]],
-        ["amplify (knowledge neurons doubled): mean Δp/p, %", h.amplify, PAPER["amplify"]],
-        ["knowledge neurons in the top third of the layers, %", h.top_third, "most in the top layers"],
-        ["ROC AUC, own vs other facts' prompts: KN activation, sign-aligned", h.auc_kn_signed, "not reported"],
-        ["same, raw activation", h.auc_kn, "not reported"],
-        ["same, activation baseline", h.auc_activation, "not reported"],
+        ["suppress (knowledge neurons set to 0): mean Δp/p, %", h.suppress, "suppress", PAPER["suppress"]],
+        ["amplify (knowledge neurons doubled): mean Δp/p, %", h.amplify, "amplify", PAPER["amplify"]],
+        ["knowledge neurons in the top third of the layers, %", h.top_third, "top_third", "most in the top layers"],
+        ["ROC AUC, own vs other facts' prompts: KN activation, sign-aligned", h.auc_kn_signed, "auc_kn_signed",
+         "not reported"],
+        ["same, raw activation", h.auc_kn, "auc_kn", "not reported"],
+        ["same, activation baseline", h.auc_activation, "auc_activation", "not reported"],
     ]
+
+    def stored(key: str, value: float) -> str:
+        """The figure's stored interval, n and p (the report's text), or the bare figure with its n."""
+        study, variant, metric = HEADLINE_FIGURES[key]
+        percent = key in ("suppress", "amplify", "top_third")
+        pooled = value / 100 if key == "top_third" and math.isfinite(value) else None
+        return data.stat(study, variant, metric, percent=percent, digits=1 if percent else 3, pooled=pooled)
+
     by_study: dict[str, list[dict[str, Any]]] = {}
     for row in aggregates:
         by_study.setdefault(row["study"], []).append(row)
@@ -58,8 +67,9 @@ def findings(data: ReportData, aggregates: list[dict[str, Any]], command: str) -
             measures += [[study.name, measure, value] for measure, value in study.measures(rows, by_study.get(
                 study.name, []))]
     tables = [
-        {"title": f"Headline ({h.facts} facts)", "columns": ["measure", "this atlas", "paper (BERT, PARAREL)"],
-         "rows": [[m, _number(v), p] for m, v, p in headline_rows]},
+        {"title": f"Headline ({h.facts} facts)",
+         "columns": ["measure", "this atlas", "paper (BERT, PARAREL)", "95% interval, n, p (stored)"],
+         "rows": [[m, _number(v), p, stored(key, v)] for m, v, key, p in headline_rows]},
         {"title": "Every study's measures", "columns": ["study", "measure", "value"], "rows": measures},
     ]
     overall = [a for a in aggregates if not a.get("relation")]

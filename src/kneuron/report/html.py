@@ -54,7 +54,7 @@ def _editing_section(data: ReportData) -> str:
         return ""
     from kneuron.report.editing import editing_section
 
-    return editing_section(rows)
+    return editing_section(rows, data.aggregates.get("editing", ()))
 
 
 @report_section("edit_robustness")
@@ -62,7 +62,7 @@ def _edit_robustness_section(data: ReportData) -> str:
     """Edits under Niu et al.'s tests (see :mod:`kneuron.report.edit_robustness`), only when the atlas has its rows."""
     from kneuron.report.edit_robustness import edit_robustness_section
 
-    section = edit_robustness_section(data.rows("edit_robustness"))
+    section = edit_robustness_section(data.rows("edit_robustness"), data.aggregates.get("edit_robustness", ()))
     return "<h2>Editing knowledge</h2>" + section if section and not data.rows("editing") else section
 
 
@@ -82,7 +82,8 @@ def _languages_section(data: ReportData) -> str:
     from kneuron.report.languages import languages_section
 
     done = int(data.done.get("facts", 0)) if data.done else data.n_facts
-    return languages_section(data.rows("languages"), data.coverage.get("languages"), done)
+    return languages_section(data.rows("languages"), data.coverage.get("languages"), done,
+                             data.aggregates.get("languages", ()))
 
 
 @report_section("vocabulary")
@@ -92,7 +93,7 @@ def _vocabulary_section(data: ReportData) -> str:
 
     done = int(data.done.get("facts", 0)) if data.done else data.n_facts
     return vocabulary_section(data.rows("vocabulary"), data.vocabulary, data.coverage.get("vocabulary"), done,
-                              data.source or "ATLAS")
+                              data.source or "ATLAS", data.aggregates.get("vocabulary", ()))
 
 
 @report_section("interactions")
@@ -102,7 +103,8 @@ def _interactions_section(data: ReportData) -> str:
     from kneuron.report.interactions import interactions_section
 
     done = int(data.done.get("facts", 0)) if data.done else data.n_facts
-    return interactions_section(data.rows("interactions"), data.coverage.get("interactions"), done)
+    return interactions_section(data.rows("interactions"), data.coverage.get("interactions"), done,
+                                data.aggregates.get("interactions", ()))
 
 
 @report_section("consistency")
@@ -113,7 +115,7 @@ def _consistency_section(data: ReportData) -> str:
 
     others = {study: data.rows(study) for study in COMPARED_STUDIES}
     return consistency_section(data.rows("consistency"), others, data.coverage.get("consistency"), data.done,
-                               data.source or "ATLAS")
+                               data.source or "ATLAS", data.aggregates.get("consistency", ()))
 
 
 def render_report(data: ReportData) -> str:

@@ -14,7 +14,7 @@ from kneuron.report.parts import escape as _e
 from kneuron.report.parts import image as _image
 from kneuron.report.parts import number as _num
 from kneuron.report.parts import table as _table
-from kneuron.studies.interactions import interaction_summary, study_params
+from kneuron.studies.interactions import interaction_figures, study_params
 
 TITLE = "Neuron interactions"
 #: below this many facts the section warns that its means are anecdotes
@@ -45,27 +45,6 @@ def _shares(synergistic: float, redundant: float, additive: float | None = None)
     return " / ".join(parts if additive is None else [*parts, _pct(additive, False)])
 
 
-def _summary_rows(rows: Sequence[dict]) -> list[list[str]]:
-    out = []
-    for group, entry in interaction_summary(rows).items():
-        neurons, n = entry.get("neurons", (math.nan, 0))
-        if not n:
-            continue
-
-        def needed(level: int, variant: str, entry=entry) -> str:
-            mean, reached = entry[f"needed {level} {variant}"]
-            _, facts = entry[f"reached {level} {variant}"]
-            return _needed(mean, reached if facts else 0, facts)
-
-        out.append([f"<b>{_e(group)}</b>" if group == "all" else _e(group), str(n), _num(neurons, ".1f"),
-                    _pct(entry["best single"][0]), _pct(entry["all"][0]),
-                    _shares(entry["synergistic"][0], entry["redundant"][0], entry["additive"][0]),
-                    _num(entry["mean interaction"][0], "+.3f"),
-                    _shares(entry["synergistic (mult.)"][0], entry["redundant (mult.)"][0]),
-                    needed(50, "kn"), needed(50, "random"), needed(90, "kn"), needed(90, "random")])
-    return out
-
-
 def _fact_rows(rows: Sequence[dict]) -> list[list[str]]:
     per: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
     relation: dict[str, str] = {}
@@ -91,10 +70,11 @@ def _fact_rows(rows: Sequence[dict]) -> list[list[str]]:
 
 
 def interactions_section(rows: Sequence[dict], covered: Mapping[str, object] | None = None,
-                         done_facts: int = 0) -> str:
+                         done_facts: int = 0, aggregates: Sequence[dict] = ()) -> str:
     """The section as an HTML fragment; empty when the atlas has no ``interactions`` rows (``kneuron study
     interactions`` is not part of ``study all``). ``covered``: the facts the study covered
-    (``Atlas.coverage()["interactions"]``)."""
+    (``Atlas.coverage()["interactions"]``); ``aggregates``: the study's stored ones, whose intervals, n and paired
+    p each mean shows (the bare means with their n on an atlas studied before they were stored)."""
     rows = list(rows)
     if not rows:
         return ""
@@ -117,11 +97,12 @@ def interactions_section(rows: Sequence[dict], covered: Mapping[str, object] | N
         parts.append(f'<div class="warn"><b>Only {studied} fact(s).</b> Every mean below is over {studied} or fewer '
                      "facts (n is shown): read them as examples, not as findings.</div>")
     parts.append("<h3>Synergy, redundancy and neurons needed</h3>")
-    parts.append(_table(["relation", "facts", "knowledge neurons", "Δ best neuron alone", "Δ all together",
-                         "pairs: synergistic / redundant / additive", "mean interaction",
-                         "multiplicative null: synergistic / redundant", "−50%: KN", "−50%: random", "−90%: KN",
-                         "−90%: random"], _summary_rows(rows)))
-    parts.append(f'<p class="note">Means over facts (a fact\'s shares are over its pairs). Interaction of a pair = '
+    groups, lines = interaction_figures(rows, aggregates)
+    parts.append(_table(["measure", *groups], [[_e(cell) for cell in line] for line in lines]))
+    parts.append(f'<p class="note">Means over facts (a fact\'s shares are over its pairs) with their 95% interval '
+                 "(bootstrap over facts; Wilson's for a share of facts), n and, for the top-k figures, the paired p "
+                 "against random neurons of the same layers on the same facts, as the study stored them. "
+                 "Interaction of a pair = "
                  f"Δ(a, b) − Δ(a) − Δ(b): <b>synergistic</b> below −{tolerance:g} (the pair removes more than its "
                  f"two neurons' sum), <b>redundant</b> above +{tolerance:g} (less), else <b>additive</b>. Δ cannot go "
                  "below −100%, so two neurons that each remove 60% must look redundant under this additive null; the "

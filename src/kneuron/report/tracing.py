@@ -18,8 +18,8 @@ from kneuron.report.parts import number as _num
 from kneuron.report.parts import table as _table
 from kneuron.report.plots import to_png
 from kneuron.report.sections import report_section
-from kneuron.studies.catalog.tracing import FIGURES, KIND_TITLES
-from kneuron.studies.tracing import GROUPS, STUDY, average_effects, fact_traces, figure_value, weighed_most
+from kneuron.studies.catalog.tracing import KIND_TITLES, figure_lines
+from kneuron.studies.tracing import GROUPS, STUDY, average_effects, fact_traces, weighed_most
 
 TITLE = "Causal tracing against knowledge neurons"
 FEW_FACTS = 10
@@ -95,8 +95,9 @@ def _fact_rows(rows: Sequence[dict]) -> list[list[str]]:
     return out
 
 
-def tracing_section(rows: Sequence[dict], done_facts: int = 0) -> str:
-    """The section as an HTML fragment; empty when the atlas has no ``tracing`` rows (an opt-in study)."""
+def tracing_section(rows: Sequence[dict], done_facts: int = 0, aggregates: Sequence[dict] = ()) -> str:
+    """The section as an HTML fragment; empty when the atlas has no ``tracing`` rows (an opt-in study).
+    ``aggregates``: the study's stored ones, whose interval and n each figure over facts shows."""
     rows = list(rows)
     if not rows:
         return ""
@@ -120,13 +121,12 @@ def tracing_section(rows: Sequence[dict], done_facts: int = 0) -> str:
     parts.append('<p class="note">Average indirect effect over facts: the mean effect of restoring each layer at the '
                  "subject's last token, at the last token (the one that predicts the answer), and elsewhere (the "
                  "other tokens from the subject's first on); bars: where the knowledge neurons are.</p>")
-    lines = [[_e(label), _num(mean, spec), str(n)] for label, variant, metric, spec in FIGURES
-             for mean, n in [figure_value(rows, variant, metric)]]
+    lines = [[_e(label), _e(text), str(n)] for label, text, n in figure_lines(rows, aggregates)]
     for (kind, group), (profile, n) in average_effects(fact_traces(rows)).items():
         layer = int(np.argmax(profile))
         lines.append([_e(f"average indirect effect, {KIND_TITLES[kind]} at the {GROUP_LABELS[group]}: peak"),
                       f"L{layer}: {_num(float(profile[layer]), '.3f')}", str(n)])
-    parts.append(_table(["measure", "over facts (shares: ratio of means)", "facts"], lines))
+    parts.append(_table(["measure", "over facts (shares: ratio of means) [95% interval], n", "facts"], lines))
     parts.append('<p class="note"><b>Share of the layers\' sum</b>: each layer\'s MLP output restored alone at the '
                  "answer position, the effects of the knowledge neurons' layers over the sum of all; <b>restored "
                  "together</b>: one run restoring those layers' MLP outputs against one restoring every layer's; "
@@ -144,4 +144,4 @@ def tracing_section(rows: Sequence[dict], done_facts: int = 0) -> str:
 @report_section(STUDY)
 def _section(data) -> str:
     done = int(data.done.get("facts", 0)) if data.done else data.n_facts
-    return tracing_section(data.rows(STUDY), done)
+    return tracing_section(data.rows(STUDY), done, data.aggregates.get(STUDY, ()))

@@ -16,8 +16,9 @@ from kneuron.report.parts import image as _image
 from kneuron.report.parts import number as _num
 from kneuron.report.parts import table as _table
 from kneuron.report.plots import COLORS, LABELS, to_png
+from kneuron.studies.display import stored_figure
 from kneuron.studies.metrics import summarize
-from kneuron.studies.vocabulary import study_params, vocabulary_summary
+from kneuron.studies.vocabulary import STUDY, study_params, summary_figures, vocabulary_summary
 
 TITLE = "What the neurons write"
 #: what ../shared/PAPER.md says of Geva et al. (the report quotes nothing beyond it)
@@ -62,9 +63,10 @@ def rank_figure(rows: Sequence[dict]) -> bytes | None:
 
 def vocabulary_section(rows: Sequence[dict], stored: Sequence[Mapping] = (),
                        covered: Mapping[str, object] | None = None, done_facts: int = 0, source: str = "ATLAS",
-                       ) -> str:
+                       aggregates: Sequence[dict] = ()) -> str:
     """The section as an HTML fragment; says how to run the study when the atlas has no ``vocabulary`` rows.
-    ``stored``: the atlas's vocabulary table (the examples); ``covered``: the facts the study covered."""
+    ``stored``: the atlas's vocabulary table (the examples); ``covered``: the facts the study covered;
+    ``aggregates``: the study's stored ones (each mean's interval, n and paired p)."""
     rows = list(rows)
     parts = [f"<h2>{TITLE}</h2>"]
     if not rows:
@@ -86,31 +88,19 @@ def vocabulary_section(rows: Sequence[dict], stored: Sequence[Mapping] = (),
     if n_facts < FEW_FACTS:
         parts.append(f'<div class="warn"><b>Only {n_facts} fact(s).</b> The shares below are over {n_facts} facts: '
                      "read them as examples, not as findings.</div>")
-    table = []
-    for metric, label, spec in (
-            (f"answer_top{top}", f"facts with the answer among a neuron's {top} most promoted tokens", "pct"),
-            (f"answer_top{wide}", f"… among its {wide} most promoted", "pct"),
-            (f"suppressed_top{top}", f"facts with the answer among a neuron's {top} most suppressed tokens", "pct"),
-            (f"suppressed_top{wide}", f"… among its {wide} most suppressed", "pct"),
-            ("best_rank", "median over facts of the best answer rank of its neurons", ".0f"),
-            ("neuron_rank", "median answer rank over (fact, neuron) pairs", ".0f"),
-            ("raises_answer", "neurons whose projection raises the answer's logit (at any rank)", "pct"),
-            ("negative", "neurons with a negative activation", "pct"),
-            ("neurons", "neurons per fact", ".2f")):
-        cells = []
-        for variant in ("kn", "random"):
-            value, n = summary[variant][metric]
-            text = _num(value * 100, ".1f") + "%" if spec == "pct" and math.isfinite(value) else _num(value, spec)
-            cells.append(f'{text} <span class="note">n={n}</span>')
-        table.append([_e(label), *cells])
-    parts.append(_table(["measure", "knowledge neurons", "random neurons, same layers"], table))
+    table = [[_e(cell) for cell in line] for line in summary_figures(rows, aggregates)]
+    parts.append(_table(["measure", "knowledge neurons (p vs random)", "random neurons, same layers"], table))
+    parts.append('<p class="note">Means over facts with their 95% interval (bootstrap over facts; Wilson\'s for a '
+                 "share of facts), n and, for the knowledge neurons, the paired p against the random neurons on the "
+                 "same facts, as the study stored them; a neuron's measures are averaged over the fact's neurons "
+                 "first. The ranks are medians (no interval).</p>")
     parts.append(_image(rank_figure(rows), "answer rank among each neuron's promoted tokens"))
-    parts.append(_per_relation(rows, top, wide))
+    parts.append(_per_relation(rows, top, wide, aggregates))
     parts.append(_examples(stored))
     return "".join(parts)
 
 
-def _per_relation(rows: Sequence[dict], top: int, wide: int) -> str:
+def _per_relation(rows: Sequence[dict], top: int, wide: int, aggregates: Sequence[dict] = ()) -> str:
     metrics = (f"answer_top{top}", f"answer_top{wide}")
     counts = summarize(rows, "kn", metrics[0]).per_relation
     relations = sorted(counts)
@@ -121,15 +111,14 @@ def _per_relation(rows: Sequence[dict], top: int, wide: int) -> str:
         cells = [str(summarize(rows, "kn", "neurons").per_relation.get(relation, (math.nan, 0))[1])]
         for metric in metrics:
             for variant in ("kn", "random"):
-                mean = summarize(rows, variant, metric).per_relation.get(relation, (math.nan, 0))[0]
-                cells.append(_num(mean * 100, ".0f") + "%" if math.isfinite(mean) else "–")
+                cells.append(_e(stored_figure(aggregates, rows, STUDY, variant, metric, relation, signed=False)))
         best = [r["value"] for r in rows if r["variant"] == "kn" and r["metric"] == "best_rank"
                 and r["relation"] == relation]
         cells.append(_num(float(np.median(best)), ".0f") if best else "–")
         body.append([_e(relation), *cells])
     return ("<h3>Per relation</h3>"
-            + _table(["relation", "facts", f"KN: top {top}", f"random: top {top}", f"KN: top {wide}",
-                      f"random: top {wide}", "KN: median best rank"], body))
+            + _table(["relation", "facts", f"KN: top {top} (p vs random)", f"random: top {top}",
+                      f"KN: top {wide} (p vs random)", f"random: top {wide}", "KN: median best rank"], body))
 
 
 def _examples(stored: Sequence[Mapping]) -> str:

@@ -33,10 +33,10 @@ from kneuron.attribution.types import KnowledgeNeurons, Neuron, NeuronScores, ne
 from kneuron.errors import FactError, KneuronError, ProbeInputError
 from kneuron.facts.encoding import EncodedQuery, encode, prompt_from_text
 from kneuron.facts.fact import Fact, Prompt, mask_token_in
-from kneuron.facts.known import head_at
 from kneuron.interventions.vocabulary import token_text
 from kneuron.models.hooks import NeuronPatch, patch_rows, scale_patches, suppress_patches
 from kneuron.models.language_model import LanguageModel
+from kneuron.models.partial_forward import logits_at
 from kneuron.serve.pages import finite
 from kneuron.studies.metrics import joint_probability, padded
 
@@ -218,7 +218,7 @@ def _measure(lm: LanguageModel, query: EncodedQuery, sets: Sequence[Sequence[Neu
     ids, mask = padded(lm, [query.input_ids] * rows)
     positions = torch.tensor([query.position] * rows)
     index = torch.tensor([list(query.target_positions)] * rows)
-    with patch_rows(lm, sets, positions=positions), head_at(lm, index) as sliced:
+    with patch_rows(lm, sets, positions=positions), logits_at(lm, index) as sliced:
         logits = lm.model(input_ids=ids, attention_mask=mask).logits
     targets = torch.tensor(query.answer_ids, device=logits.device)
     out = []

@@ -170,3 +170,88 @@ def _bar(console, progress: RunProgress):
     unit = "prompts" if progress.prompts is not None else "facts"
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
                     Rate(), TimeElapsedColumn(), console=console, transient=False)
+
+
+class StudyProgress:
+    """Plain progress lines of one study for a log (stderr not a terminal): a rich bar would print nothing until
+    the study ends, and a study can take half an hour.
+
+    Use as a context manager around the study's run. :meth:`task` starts a counted part (``description``,
+    ``total`` facts) and returns its ``advance()``; starting the next part ends the one before. A line is printed
+    at least every ``interval`` seconds from a timer thread (also while no part is counted: then it says how long
+    the study has run), when an advance comes ``interval`` seconds or more after the last line, at the end of each
+    part and once at the end::
+
+        progress: estimators: 12/48 facts (25.0%), 22.9 s/fact, elapsed 4m35s, ETA 13m44s
+
+    The rate is the part's wall-clock time over its finished facts, as in :class:`RunProgress`.
+    """
+
+    def __init__(self, console, study: str, interval: float | None = None) -> None:
+        self.console = console
+        self.study = study
+        self.interval = INTERVAL if interval is None else interval
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.started = self._said = time.perf_counter()
+        self._part: tuple[str, int] | None = None  # (description, total)
+        self._part_started = self.started
+        self._done = 0
+
+    def line(self) -> str:
+        """The plain progress line now."""
+        with self._lock:
+            now = time.perf_counter()
+            if self._part is None:
+                return f"progress: {self.study}: running, elapsed {_duration(now - self.started)}"
+            (description, total), done, elapsed = self._part, self._done, now - self._part_started
+        share = 100 * done / total if total else 100.0
+        eta = "--" if not done else _duration(elapsed / done * (total - done))
+        return (f"progress: {description}: {done}/{total} facts ({share:.1f}%), {rate_text(done, elapsed)}, "
+                f"elapsed {_duration(elapsed)}, ETA {eta}")
+
+    def _say(self) -> None:
+        text = self.line()
+        with self._lock:
+            self._said = time.perf_counter()
+        self.console.print(text, highlight=False, soft_wrap=True)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._say()
+
+    def _end_part(self) -> None:
+        if self._part is not None:
+            self._say()
+
+    def task(self, description: str, total: int):
+        """Start counting a part of ``total`` facts; returns its ``advance()`` (one fact)."""
+        self._end_part()
+        with self._lock:
+            self._part, self._done = (description, total), 0
+            self._part_started = time.perf_counter()
+        part = self._part
+
+        def advance() -> None:
+            with self._lock:
+                if self._part is not part:  # a later part has started: this one is over
+                    return
+                self._done += 1
+                due = time.perf_counter() - self._said >= self.interval
+            if due:
+                self._say()
+
+        return advance
+
+    def __enter__(self) -> StudyProgress:
+        self.started = self._said = time.perf_counter()
+        self._thread = threading.Thread(target=self._tick, name="kneuron-study-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._end_part()

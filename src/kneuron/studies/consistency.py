@@ -345,3 +345,54 @@ def effect_comparisons(rows: Sequence[Mapping], studies: Mapping[str, Sequence[M
             if any(n for _, n in comparison.values()):
                 found.append((study, variant, label, comparison))
     return found
+
+
+def split_rows(rows: Sequence[Mapping], studies: Mapping[str, Sequence[Mapping]]) -> list[dict]:
+    """The other studies' per-fact values that :func:`effect_comparisons` compares, as rows of this study whose
+    variant names the class: ``{study}:{variant}:consistent`` / ``...:inconsistent`` (same metric and fact; the
+    fact's relation as this study's rows have it), so that the runner's aggregates give each class mean its
+    interval and n."""
+    flags = {fid: values.get("consistent", math.nan) for fid, values in fact_values(rows).items()}
+    relation_of = {r["fact_id"]: r["relation"] for r in rows if r["variant"] == "fact" and r.get("fact_id")}
+    out = []
+    for study, variant, _label, _split in effect_comparisons(rows, studies):
+        metric = next(m for s, m, label in COMPARED if s == study and label == _label)
+        for r in studies.get(study) or []:
+            if r["variant"] != variant or r["metric"] != metric or not r.get("fact_id"):
+                continue
+            flag = flags.get(r["fact_id"], math.nan)
+            if flag in (0.0, 1.0) and math.isfinite(r["value"]):
+                side = "consistent" if flag == 1.0 else "inconsistent"
+                out.append(row(STUDY, f"{study}:{variant}:{side}", relation_of.get(r["fact_id"], r["relation"]),
+                               r["fact_id"], metric, r["value"]))
+    return out
+
+
+def split_figure(aggregates: Sequence[dict], study: str, variant: str, metric: str, side: str,
+                 live: tuple[float, int], *, percent: bool = True, signed: bool = False) -> str:
+    """One class's mean as the summaries show it: the stored interval and n of :func:`split_rows`'s aggregate
+    when it is the mean of the other study's rows now (``live``: :func:`split_comparison`'s (mean, n)); the bare
+    mean with its n and what to re-run when the other study changed since, or none was stored."""
+    from kneuron.studies.intervals import find, format_interval, format_mean
+
+    mean, n = live
+    if not n:
+        return "–"
+    stored = find(aggregates, f"{study}:{variant}:{side}", metric)
+    if stored.n == n and math.isclose(stored.mean, mean, rel_tol=1e-9, abs_tol=1e-12):
+        return format_interval(stored, percent=percent, signed=signed)
+    return (f"{format_mean(mean, percent=percent, signed=signed)}, n = {n}, no interval stored (re-run `kneuron "
+            f"study consistency`)")
+
+
+def split_lines(rows: Sequence[dict], comparisons: Sequence[tuple], aggregates: Sequence[dict]) -> list[list[str]]:
+    """``[measure (variant), consistent, inconsistent]`` per comparison, each class's mean with its stored interval
+    and n (:func:`split_figure`)."""
+    lines = []
+    for study, variant, label, split in comparisons:
+        metric = next(m for s, m, name in COMPARED if s == study and name == label)
+        signed = "Δp/p" in label
+        lines.append([f"{label} ({variant})", *(split_figure(aggregates, study, variant, metric, side, split[side],
+                                                             signed=signed)
+                                                for side in ("consistent", "inconsistent"))])
+    return lines

@@ -40,7 +40,7 @@ from kneuron.errors import EditError, KneuronError
 from kneuron.facts.fact import Fact
 from kneuron.facts.languages import language_of
 from kneuron.interventions.edits import Edit
-from kneuron.interventions.update import SignRule, answer_ids, update_fact
+from kneuron.interventions.update import SignRule, answer_ids, first_answer_id, update_fact
 from kneuron.models.language_model import LanguageModel
 from kneuron.studies.edit_scoring import update_metrics
 from kneuron.studies.languages import STUDY, language_order, language_versions
@@ -78,20 +78,16 @@ def choose_target(lm: LanguageModel, key: str, fact: Fact, pool: Mapping[str, Ma
     versions in the most of ``languages`` (the key's own: so that the edit can be measured there); None when none.
     """
     prompt = fact.prompts()[0] if fact.templates else None
-    try:
-        first = answer_ids(lm, fact.object, prompt)[0]
-    except KneuronError:
+    first = first_answer_id(lm, fact.object, prompt)
+    if first is None:
         return None
     candidates = []
     for other, versions in pool.items():
         theirs = versions.get(source)
         if other == key or theirs is None or theirs.relation != fact.relation or theirs.object == fact.object:
             continue
-        try:
-            if answer_ids(lm, theirs.object, prompt)[0] != first:
-                candidates.append(other)
-        except KneuronError:
-            continue
+        if first_answer_id(lm, theirs.object, prompt) not in (None, first):
+            candidates.append(other)
     if not candidates:
         return None
     covered = {other: sum(code in pool[other] for code in languages) for other in candidates}

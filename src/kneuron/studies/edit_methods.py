@@ -44,7 +44,7 @@ from kneuron.interventions.edits import Edit
 from kneuron.interventions.rome import RomeParts, RomeSettings, redirected, rewrite_prompt, rome_edit, rome_parts
 from kneuron.interventions.rome_stats import KeyStats
 from kneuron.interventions.tracing import Restoration, embedding_std, indirect_effects, prepare, window_layers
-from kneuron.interventions.update import NeuronKey, neuron_keys
+from kneuron.interventions.update import NeuronKey
 from kneuron.models.language_model import LanguageModel
 from kneuron.studies.edit_robustness import (
     UNEDITABLE,
@@ -53,9 +53,9 @@ from kneuron.studies.edit_robustness import (
     kn_maker,
     robustness_new_answer,
 )
-from kneuron.studies.edit_scoring import CleanScores, collateral, score
-from kneuron.studies.editing import relation_counts, sample_facts
-from kneuron.studies.metrics import fact_rng, row
+from kneuron.studies.edit_scoring import CleanScores, collateral_values
+from kneuron.studies.editing import collateral_facts, edited_facts, relation_counts
+from kneuron.studies.metrics import row
 from kneuron.studies.tracing import traced_prompt
 
 STUDY = "edit_methods"
@@ -161,20 +161,13 @@ def edit_methods_study(
     clean = CleanScores(lm)
     noise = 3.0 * embedding_std(lm, [f.subject for f in facts]) if trace_samples else 0.0
     rows: list[dict] = []
-    for n, fact in enumerate(facts):
-        if on_fact is not None:
-            on_fact(n, fact)
-        keys = neuron_keys(neurons_by_fact.get(fact.id, []))
-        if not keys:
-            continue
+    for fact, keys in edited_facts(facts, neurons_by_fact, on_fact):
         start, rome.seconds = time.perf_counter(), 0.0
         rows += fact_rows(lm, fact, keys, data=data, pool=pool, owners=owners, coarse=(coarse_by_fact or {}).get(
             fact.id), share=share, methods=methods, held_out=held_out, n_neighbours=n_neighbours, seed=seed,
             study=STUDY)
         new = robustness_new_answer(lm, fact, pool, data, seed)
-        rng = fact_rng(seed, fact.id)
-        intra = sample_facts([f for f in pool if f.relation == fact.relation and f.id != fact.id], n_other, rng)
-        inter = sample_facts([f for f in others if f.relation != fact.relation], n_other, rng)
+        intra, inter = collateral_facts(fact, pool, n_other, seed, others)
         for variant, make in methods:
             rows += _collateral_rows(lm, fact, new, keys, variant, make, clean, intra, inter)
         if new is not None and compare_stats:
@@ -216,12 +209,6 @@ def _collateral_rows(lm: LanguageModel, fact: Fact, new: str | None, keys: Seque
         edit = make(fact, new, keys, None)
     except UNEDITABLE:
         return []
-    values: dict[str, float] = {}
-    for tag, others in (("intra", intra), ("inter", inter)):
-        if others:
-            queries, before = clean.of(others)
-            with edit.applied(lm):
-                after = score(lm, queries)
-            values |= {f"{tag}_{k}": v for k, v in collateral(before, after).items()}
+    values = collateral_values(lm, edit, clean, (("intra", intra), ("inter", inter)))
     return [row(STUDY, variant, fact.relation, fact.id, k, v) for k, v in values.items()]
 

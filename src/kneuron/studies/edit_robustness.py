@@ -55,14 +55,16 @@ from kneuron.attribution.types import Neuron
 from kneuron.errors import EditError, FactError, KneuronError
 from kneuron.facts.encoding import EncodedQuery, encode
 from kneuron.facts.fact import Fact, Prompt
-from kneuron.facts.known import head_at
+from kneuron.facts.known import head_index
 from kneuron.facts.robustness import RobustnessData, robustness_data
 from kneuron.interventions.edits import Edit
-from kneuron.interventions.update import NeuronKey, Scale, SignRule, neuron_keys, update_fact
+from kneuron.interventions.update import NeuronKey, Scale, SignRule, update_fact
 from kneuron.models.language_model import LanguageModel
+from kneuron.models.partial_forward import logits_at
 from kneuron.studies.editing import (
     Scores,
     choose_new_answer,
+    edited_facts,
     mean_of,
     relation_counts,
     sample_facts,
@@ -140,9 +142,8 @@ def score(lm: LanguageModel, queries: Sequence[EncodedQuery], *, batch_size: int
         # every position any of the input's queries reads: the top-1 position and the answer's target positions
         read = [sorted({p for i in users[inputs[b]] for p in (queries[i].position, *queries[i].target_positions)})
                 for b in batch]
-        width = max(len(r) for r in read)
-        index = torch.tensor([r + [r[-1]] * (width - len(r)) for r in read])
-        with head_at(lm, index) as sliced:
+        index = head_index(read)
+        with logits_at(lm, index) as sliced:
             logits = lm.model(input_ids=ids, attention_mask=mask).logits
         for r, b in enumerate(batch):
             at = torch.arange(len(read[r])) if sliced else torch.tensor(read[r])
@@ -297,12 +298,7 @@ def edit_robustness_study(
     options = dict(lambda_old=lambda_old, lambda_new=lambda_new, max_share=max_share)
     methods = [(variant_name(scale, sign), kn_maker(counts, scale, sign, options, lm)) for scale, sign in settings]
     rows: list[dict] = []
-    for n, fact in enumerate(facts):
-        if on_fact is not None:
-            on_fact(n, fact)
-        keys = neuron_keys(neurons_by_fact.get(fact.id, []))
-        if not keys:
-            continue
+    for fact, keys in edited_facts(facts, neurons_by_fact, on_fact):
         rows += fact_rows(lm, fact, keys, data=data, pool=pool, owners=owners,
                           coarse=(coarse_by_fact or {}).get(fact.id), share=share, methods=methods,
                           held_out=held_out, n_neighbours=n_neighbours, seed=seed)

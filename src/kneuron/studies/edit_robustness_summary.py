@@ -1,6 +1,7 @@
 """Summaries of the edit-robustness study's rows (:mod:`kneuron.studies.edit_robustness`): per variant, every
 metric's mean over the facts, the prompt sets' table (P(new) > P(old), top-1 = new, P(new) rose, top-1 became new)
-and a plain-text rendering; what the CLI and the report show."""
+and the other tests, each mean with its stored interval and n as the CLI and the report show them, and a
+plain-text rendering."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+
+from kneuron.studies.edit_robustness import STUDY
 
 
 def robustness_variants(rows: Sequence[dict]) -> list[str]:
@@ -51,41 +54,64 @@ def summary_table(rows: Sequence[dict], variant: str) -> list[tuple[str, float, 
     return table
 
 
-def percent(value: float | None) -> str:
-    """``value`` as a whole percentage; a dash for None or NaN."""
-    return f"{value:.0%}" if value is not None and math.isfinite(value) else "–"
+#: the prompt-set table's measures: (column, metric suffix; the reverse row's metric)
+SET_MEASURES = (("P(new) > P(old)", "new_beats_old", "reverse_new_beats_owner"),
+                ("top-1 = new", "top1_new", "reverse_new_top1_after"),
+                ("P(new) rose", "p_rose", "reverse_new_p_rose"),
+                ("top-1 became new", "top1_became", "reverse_new_top1_became"))
 
 
-def summary_lines(s: dict[str, float]) -> list[str]:
-    """The sentences under a variant's table (from :func:`robustness_summary`): the old reverse fact, the
-    neighbourhood and the recomputed refined sets, each when the study measured it."""
-    lines = []
-    if s.get("reverse_old_top1_before_facts"):
-        lines.append(f"old reverse fact (\"Paris is the capital of\" → France): top-1 right "
-                     f"{percent(s.get('reverse_old_top1_before'))} → {percent(s.get('reverse_old_top1_after'))}, "
-                     f"kept on {percent(s.get('reverse_old_kept'))} of the prompts it was right on")
-    if s.get("neighborhood_facts"):
-        lines.append(f"neighbourhood (other subjects of the relation keep their answer over t'): "
-                     f"{percent(s.get('neighborhood_before'))} → {percent(s.get('neighborhood'))} "
-                     f"({s['neighborhood_facts']:.0f} facts)")
-    if s.get("refined_equal_facts"):
-        lines.append(f"refined sets recomputed from the stored coarse sets equal the atlas's for "
-                     f"{percent(s.get('refined_equal'))} of {s['refined_equal_facts']:.0f} facts; neurons of the "
-                     f"kept prompts vs all prompts: Jaccard {s.get('heldout_jaccard', math.nan):.2f}")
-    return lines
+def set_figures(rows: Sequence[dict], variant: str, aggregates: Sequence[dict] = ()) -> list[list[str]]:
+    """The prompt-set table as text, ``[set label, cell per measure of SET_MEASURES]``: each cell the mean over
+    the facts with its stored 95% interval and n (no control: no p;
+    :func:`~kneuron.studies.display.stored_figure`), for the sets :func:`summary_table` lists."""
+    from kneuron.studies.display import stored_figure
+
+    prefixes = dict(TABLE_SETS)
+    out = []
+    for label, *_ in summary_table(rows, variant):
+        metrics = ([reverse for _, _, reverse in SET_MEASURES] if label not in prefixes else
+                   [f"{prefixes[label]}_{suffix}" for _, suffix, _ in SET_MEASURES])
+        out.append([label, *(stored_figure(aggregates, rows, STUDY, variant, metric, signed=False)
+                             for metric in metrics)])
+    return out
 
 
-def format_summary(rows: Sequence[dict]) -> str:
-    """A plain-text summary per variant: the prompt sets' success and probability vs top-1, symmetry and the
-    neighbourhood."""
+def detail_figures(rows: Sequence[dict], variant: str, aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
+    """The other tests' figures as ``(measure, text)``, each a stored mean over facts with its interval and n: the
+    old reverse fact, the reverse query's probabilities, the neighbourhood and the recomputed refined sets
+    (those the study measured)."""
+    from kneuron.studies.display import stored_figure
+
+    def shown(metric: str, percent: bool = True) -> str:
+        return stored_figure(aggregates, rows, STUDY, variant, metric, percent=percent, signed=False)
+
+    s = robustness_summary(rows, variant)
+    out = []
+    for label, metric, percent, covered in (
+            ("old reverse fact: top-1 right before", "reverse_old_top1_before", True, "reverse_old_top1_before"),
+            ("old reverse fact: top-1 right after", "reverse_old_top1_after", True, "reverse_old_top1_before"),
+            ("old reverse fact: kept where right", "reverse_old_kept", True, "reverse_old_top1_before"),
+            ("reverse of t': P(subject) before", "reverse_new_p_before", False, "reverse_new_p_before"),
+            ("reverse of t': P(subject) after", "reverse_new_p_after", False, "reverse_new_p_before"),
+            ("neighbourhood: own answer beats t', before", "neighborhood_before", True, "neighborhood"),
+            ("neighbourhood: own answer beats t', after", "neighborhood", True, "neighborhood"),
+            ("refined sets recomputed = the atlas's", "refined_equal", True, "refined_equal"),
+            ("kept vs all-prompt neurons, Jaccard", "heldout_jaccard", False, "refined_equal")):
+        if s.get(f"{covered}_facts"):
+            out.append((label, shown(metric, percent)))
+    return out
+
+
+def format_summary(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> str:
+    """A plain-text summary per variant: each prompt set's measures and the other tests', each mean with its
+    stored interval and n (:func:`set_figures`, :func:`detail_figures`)."""
     lines = []
     for variant in robustness_variants(rows):
         s = robustness_summary(rows, variant)
         lines.append(f"{variant}: {s['edited']:.0f} of {s['facts']:.0f} facts updated")
-        lines.append(f"  {'prompt set':<46}{'facts':>6}{'P(new)>P(old)':>14}{'top1=new':>9}{'P(new) rose':>12}"
-                     f"{'top1 became':>12}")
-        for label, count, beats, top1, rose, became in summary_table(rows, variant):
-            lines.append(f"  {label:<46}{count:>6.0f}{percent(beats):>14}{percent(top1):>9}{percent(rose):>12}"
-                         f"{percent(became):>12}")
-        lines += [f"  {line}" for line in summary_lines(s)]
+        for label, *cells in set_figures(rows, variant, aggregates):
+            lines.append(f"  {label}: " + "; ".join(f"{column} {cell}"
+                                                   for (column, *_), cell in zip(SET_MEASURES, cells, strict=True)))
+        lines += [f"  {label}: {text}" for label, text in detail_figures(rows, variant, aggregates)]
     return "\n".join(lines)

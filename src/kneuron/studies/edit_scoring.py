@@ -158,6 +158,21 @@ class CleanScores:
         return queries, Scores(*(np.concatenate([getattr(p, name) for p in parts]) if parts else np.zeros(0)
                                  for name in ("probability", "mean_logprob", "top1", "first")))
 
+
+def collateral_values(lm: LanguageModel, edit: Edit, clean: CleanScores,
+                      groups: Sequence[tuple[str, Sequence[Fact]]]) -> dict[str, float]:
+    """:func:`collateral` of ``edit`` on each non-empty group of other facts, its metrics prefixed by the group's
+    tag (``intra_p_change``, ...): clean scores from ``clean`` (computed once per fact), edited ones with the edit
+    applied. What the editing study and the edit-methods study measure on the facts around an edit."""
+    values: dict[str, float] = {}
+    for tag, others in groups:
+        if others:
+            queries, before = clean.of(others)
+            with edit.applied(lm):
+                after = score(lm, queries)
+            values |= {f"{tag}_{k}": v for k, v in collateral(before, after).items()}
+    return values
+
 # ----------------------------------------------------------------------------------------------------- CounterFact
 
 def _causal_prompt(lm: LanguageModel, text: str) -> Prompt:

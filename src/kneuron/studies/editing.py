@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -54,7 +54,7 @@ from kneuron.interventions.update import (
     Scale,
     SignRule,
     TokenRule,
-    answer_ids,
+    first_answer_id,
     neuron_keys,
     update_fact,
 )
@@ -63,6 +63,7 @@ from kneuron.studies.edit_scoring import (
     CleanScores,
     Scores,
     collateral,
+    collateral_values,
     counterfact_edit,
     counterfact_scores,
     mean_of,
@@ -73,10 +74,10 @@ from kneuron.studies.edit_scoring import (
 )
 from kneuron.studies.metrics import fact_rng, row
 
-__all__ = ["SETTINGS", "STUDY", "CleanScores", "Scores", "choose_new_answer", "collateral", "counterfact_edit",
-           "counterfact_scores", "editing_study", "erase_study", "erase_summary", "format_summary", "mean_of",
-           "queries_of", "relation_counts", "sample_facts", "score", "share_of", "update_metrics", "update_summary",
-           "variant_suffix"]
+__all__ = ["SETTINGS", "STUDY", "CleanScores", "Scores", "choose_new_answer", "collateral", "collateral_facts",
+           "collateral_values", "counterfact_edit", "counterfact_scores", "edited_facts", "editing_study",
+           "erase_study", "erase_summary", "mean_of", "queries_of", "relation_counts", "sample_facts", "score",
+           "share_of", "update_metrics", "update_summary", "variant_suffix"]
 
 STUDY = "editing"
 
@@ -91,27 +92,47 @@ def choose_new_answer(lm: LanguageModel, fact: Fact, facts: Sequence[Fact], seed
     """Another fact's answer of the same relation (seeded by ``seed`` and the fact id), whose first token differs
     from the fact's answer's and that the model can produce; None when there is none."""
     prompt = fact.prompts()[0] if fact.templates else None
-    try:
-        old_first = answer_ids(lm, fact.object, prompt)[0]
-    except KneuronError:
+    old_first = first_answer_id(lm, fact.object, prompt)
+    if old_first is None:
         return None
-    candidates = []
-    for other in dict.fromkeys(f.object for f in facts if f.relation == fact.relation and f.object != fact.object):
-        try:
-            if answer_ids(lm, other, prompt)[0] != old_first:
-                candidates.append(other)
-        except KneuronError:
-            continue
+    candidates = [other for other in dict.fromkeys(f.object for f in facts
+                                                   if f.relation == fact.relation and f.object != fact.object)
+                  if first_answer_id(lm, other, prompt) not in (None, old_first)]
     if not candidates:
         return None
     return candidates[int(fact_rng(seed, fact.id).integers(len(candidates)))]
 
 
 def sample_facts(pool: Sequence[Fact], count: int, rng: np.random.Generator) -> list[Fact]:
+    """``count`` facts of ``pool`` (all when it has fewer) drawn with ``rng`` without replacement, in pool order."""
     if count <= 0 or not pool:
         return []
     picks = rng.choice(len(pool), size=min(count, len(pool)), replace=False)
     return [pool[int(i)] for i in sorted(picks)]
+
+
+def collateral_facts(fact: Fact, pool: Sequence[Fact], n_other: int, seed: int,
+                     others: Sequence[Fact] | None = None) -> tuple[list[Fact], list[Fact]]:
+    """The facts an edit of ``fact`` is checked on for collateral damage: ``n_other`` others of its relation from
+    ``pool`` (``intra``) and ``n_other`` of other relations from ``others`` (default ``pool``; ``inter``), drawn
+    with :func:`~kneuron.studies.metrics.fact_rng` of ``seed`` and the fact id."""
+    rng = fact_rng(seed, fact.id)
+    intra = sample_facts([f for f in pool if f.relation == fact.relation and f.id != fact.id], n_other, rng)
+    inter = sample_facts([f for f in (pool if others is None else others) if f.relation != fact.relation],
+                         n_other, rng)
+    return intra, inter
+
+
+def edited_facts(facts: Sequence[Fact], neurons_by_fact: Mapping[str, Iterable[Neuron | NeuronKey]],
+                 on_fact: Callable[[int, Fact], None] | None = None) -> Iterator[tuple[Fact, list[NeuronKey]]]:
+    """Each fact of ``facts`` that has knowledge neurons, with their keys: the facts the editing studies edit.
+    ``on_fact(n, fact)`` is called for every fact as it comes (those without neurons too: the studies' progress)."""
+    for n, fact in enumerate(facts):
+        if on_fact is not None:
+            on_fact(n, fact)
+        keys = neuron_keys(neurons_by_fact.get(fact.id, []))
+        if keys:
+            yield fact, keys
 
 
 def _random_keys(keys: Sequence[NeuronKey], n_neurons: int, rng: np.random.Generator) -> list[NeuronKey]:
@@ -176,16 +197,9 @@ def editing_study(
     clean = CleanScores(lm)
     suffix = variant_suffix(scale, sign)
     rows: list[dict] = []
-    for n, fact in enumerate(facts):
-        if on_fact is not None:
-            on_fact(n, fact)
-        keys = neuron_keys(neurons_by_fact.get(fact.id, []))
-        if not keys:
-            continue
+    for fact, keys in edited_facts(facts, neurons_by_fact, on_fact):
         new = choose_new_answer(lm, fact, pool, seed)
-        rng = fact_rng(seed, fact.id)
-        intra = sample_facts([f for f in pool if f.relation == fact.relation and f.id != fact.id], n_other, rng)
-        inter = sample_facts([f for f in pool if f.relation != fact.relation], n_other, rng)
+        intra, inter = collateral_facts(fact, pool, n_other, seed)
         rel_counts, n_facts = counts.get(fact.relation, ({}, 1))
         options = dict(lambda_old=lambda_old, lambda_new=lambda_new, tokens=tokens, scale=scale, sign=sign, fact=fact)
         kn_edit = None
@@ -206,13 +220,7 @@ def editing_study(
                 chosen = _random_keys(kn_edit.neurons, lm.n_neurons, fact_rng(seed + 1, fact.id))
                 edit = update_fact(lm, chosen, fact.object, new, **options)
             values = {"edited": 1.0, "neurons": float(len(edit)), **update_metrics(lm, edit, fact, new)}
-            for tag, others in (("intra", intra), ("inter", inter)):
-                if not others:
-                    continue
-                queries, before = clean.of(others)
-                with edit.applied(lm):
-                    after = score(lm, queries)
-                values.update({f"{tag}_{k}": v for k, v in collateral(before, after).items()})
+            values |= collateral_values(lm, edit, clean, (("intra", intra), ("inter", inter)))
             rows.extend(row(STUDY, name, fact.relation, fact.id, metric, value) for metric, value in values.items())
     return rows
 
@@ -318,29 +326,3 @@ def erase_summary(rows: Sequence[dict], variant: str) -> dict[str, float]:
 #: the update settings the study runs: (scale, sign); the paper's formula first
 SETTINGS: tuple[tuple[Scale, SignRule], ...] = (("absolute", "none"), ("absolute", "activation"),
                                                   ("slot_norm", "none"))
-
-
-def format_summary(rows: Sequence[dict]) -> str:
-    """A plain-text table of :func:`update_summary` per update variant and :func:`erase_summary` per erase variant."""
-    lines = []
-    updates = list(dict.fromkeys(r["variant"] for r in rows if r["metric"] == "edited"))
-    if updates:
-        lines.append(f"{'update variant':<26}{'facts':>6}{'edited':>7}{'P(new)>P(old)':>14}{'top1=new':>9}"
-                     f"{'changed':>8}{'ΔPPL intra':>11}{'ΔPPL inter':>11}{'Δp/p intra':>11}{'Δp/p inter':>11}")
-        for variant in updates:
-            s = update_summary(rows, variant)
-            lines.append(f"{variant:<26}{s['facts']:>6.0f}{s['edited']:>7.0f}{s['new_beats_old']:>14.1%}"
-                         f"{s['top1_new']:>9.1%}{s['changed']:>8.1%}{s['intra_delta_ppl']:>11.3g}"
-                         f"{s['inter_delta_ppl']:>11.3g}{s['intra_p_change']:>+11.1%}{s['inter_p_change']:>+11.1%}")
-    erases = list(dict.fromkeys(r["variant"] for r in rows if r["metric"] == "neurons" and not r["fact_id"]))
-    if erases:
-        lines.append(f"{'erase variant':<26}{'neurons':>8}{'PPL own before→after':>24}{'PPL other before→after':>26}"
-                     f"{'top1 own':>16}{'top1 other':>16}")
-        for variant in erases:
-            s = erase_summary(rows, variant)
-            lines.append(f"{variant:<26}{s['neurons']:>8.0f}"
-                         f"{s['own_ppl_before']:>11.3g} → {s['own_ppl_after']:<9.3g} ({s['own_ppl_change']:+.0%})"
-                         f"{s['other_ppl_before']:>9.3g} → {s['other_ppl_after']:<9.3g} ({s['other_ppl_change']:+.0%})"
-                         f"{s['own_top1_before']:>7.0%} → {s['own_top1_after']:<5.0%}"
-                         f"{s['other_top1_before']:>7.0%} → {s['other_top1_after']:<5.0%}")
-    return "\n".join(lines)

@@ -301,6 +301,40 @@ SUMMARY_METRICS = (
 )
 
 
+#: how the summaries label each of :data:`SUMMARY_METRICS` (and whether it is a percentage, signed)
+FIGURE_LABELS = {
+    "neurons": ("knowledge neurons per fact", False, False),
+    "best single": ("Δ, best-scored neuron alone", True, True),
+    "all": ("Δ, all knowledge neurons", True, True),
+    "synergistic": ("pairs synergistic", True, False), "redundant": ("pairs redundant", True, False),
+    "additive": ("pairs additive", True, False), "mean interaction": ("mean pair interaction", False, True),
+    "synergistic (mult.)": ("pairs synergistic, mult. null", True, False),
+    "redundant (mult.)": ("pairs redundant, mult. null", True, False),
+    "needed 50 kn": ("top-k for −50%: KN", False, False), "needed 50 random": ("top-k for −50%: random", False, False),
+    "needed 90 kn": ("top-k for −90%: KN", False, False), "needed 90 random": ("top-k for −90%: random", False, False),
+    "reached 50 kn": ("facts reaching −50%: KN", True, False),
+    "reached 50 random": ("facts reaching −50%: random", True, False),
+    "reached 90 kn": ("facts reaching −90%: KN", True, False),
+    "reached 90 random": ("facts reaching −90%: random", True, False),
+}
+
+
+def interaction_figures(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> tuple[list[str], list[list[str]]]:
+    """The summary as a table of text: the groups (``all facts`` and each relation) and one line per figure of
+    :data:`SUMMARY_METRICS`, ``[label, cell per group]``, each cell the stored mean over the group's facts with its
+    95% interval, n and (the cumulative curves) the paired p against random neurons
+    (:func:`~kneuron.studies.display.stored_figure`)."""
+    from kneuron.studies.display import stored_figure
+
+    relations = sorted({r["relation"] for r in rows if r["fact_id"] and r["variant"] != "params"})
+    lines = []
+    for label, variant, metric in SUMMARY_METRICS:
+        text, percent, signed = FIGURE_LABELS[label]
+        lines.append([text, *(stored_figure(aggregates, rows, STUDY, variant, metric, relation, percent=percent,
+                                            signed=signed) for relation in ("", *relations))])
+    return ["all facts", *relations], lines
+
+
 def interaction_summary(rows: Sequence[dict]) -> dict[str, dict[str, tuple[float, int]]]:
     """``{group: {label: (mean over facts, facts)}}`` of :data:`SUMMARY_METRICS`, for ``"all"`` and each relation.
 

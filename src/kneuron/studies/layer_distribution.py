@@ -67,6 +67,20 @@ def _rows(variant: str, relation: str, counts: np.ndarray) -> list[dict]:
     return rows
 
 
+def _variants(neurons_by_fact: Mapping[str, Sequence[Neuron | NeuronKey]],
+              baseline_by_fact: Mapping[str, Sequence[Neuron | NeuronKey]] | None,
+              generic: Iterable[Neuron | NeuronKey]) -> dict[str, dict[str, Sequence[Neuron | NeuronKey]]]:
+    """The study's neuron sets by fact, per variant: ``kn``, ``baseline`` (when given) and ``kn_no_generic``
+    (the knowledge neurons without the ``generic`` ones), in that order."""
+    generic_keys = set(keys_of(generic))
+    variants = {"kn": dict(neurons_by_fact)}
+    if baseline_by_fact is not None:
+        variants["baseline"] = dict(baseline_by_fact)
+    variants["kn_no_generic"] = {fact_id: [k for k in keys_of(neurons) if k not in generic_keys]
+                                 for fact_id, neurons in neurons_by_fact.items()}
+    return variants
+
+
 def layer_distribution(
     neurons_by_fact: Mapping[str, Sequence[Neuron | NeuronKey]],
     n_layers: int,
@@ -77,12 +91,7 @@ def layer_distribution(
 ) -> list[dict]:
     """Layer distribution rows for the knowledge neurons, the baseline neurons and the knowledge neurons without
     ``generic`` ones; per relation too when ``relations`` maps fact id to relation."""
-    generic_keys = set(keys_of(generic))
-    variants = {"kn": dict(neurons_by_fact)}
-    if baseline_by_fact is not None:
-        variants["baseline"] = dict(baseline_by_fact)
-    variants["kn_no_generic"] = {fact_id: [k for k in keys_of(neurons) if k not in generic_keys]
-                                 for fact_id, neurons in neurons_by_fact.items()}
+    variants = _variants(neurons_by_fact, baseline_by_fact, generic)
     rows = []
     for variant, sets in variants.items():
         rows.extend(_rows(variant, "", layer_counts(sets.values(), n_layers)))
@@ -115,12 +124,7 @@ def top_third_aggregates(
     ``kn_no_generic``), over all facts (relation ``""``) and per relation, with n (facts with neurons), the cluster
     bootstrap interval over facts and, for ``kn`` and ``kn_no_generic``, the paired test against ``baseline``.
     The mean equals the ``top_third`` row of :func:`layer_distribution`."""
-    generic_keys = set(keys_of(generic))
-    variants = {"kn": dict(neurons_by_fact)}
-    if baseline_by_fact is not None:
-        variants["baseline"] = dict(baseline_by_fact)
-    variants["kn_no_generic"] = {fact_id: [k for k in keys_of(neurons) if k not in generic_keys]
-                                 for fact_id, neurons in neurons_by_fact.items()}
+    variants = _variants(neurons_by_fact, baseline_by_fact, generic)
     counts = {variant: top_third_counts(sets, n_layers) for variant, sets in variants.items()}
     relation_of = dict(relations or {})
     groups = [""] + sorted({relation_of.get(f, "") for f in neurons_by_fact} - {""}) if relations else [""]

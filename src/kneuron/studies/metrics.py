@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from kneuron.facts.encoding import EncodedQuery
-from kneuron.facts.known import head_at
+from kneuron.facts.known import head_index, right_padded
 from kneuron.models.hooks import NeuronPatch, capture, patch, patch_rows
 from kneuron.models.language_model import LanguageModel
-from kneuron.models.partial_forward import cache_argument, prefix_cache
+from kneuron.models.partial_forward import cache_argument, logits_at, prefix_cache
 
 NeuronKey = tuple[int, int]
 
@@ -45,16 +45,9 @@ def by_length(items: Sequence[torch.Tensor], batch_size: int) -> list[list[int]]
 
 
 def padded(lm: LanguageModel, rows: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``rows`` right-padded into one (batch, longest) id tensor, and its attention mask, on the model's device."""
-    pad = getattr(lm.tokenizer, "pad_token_id", None)
-    if pad is None:
-        pad = getattr(lm.tokenizer, "eos_token_id", None) or 0
-    width = max(int(r.shape[0]) for r in rows)
-    ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :r.shape[0]] = r
-        mask[i, :r.shape[0]] = 1
+    """``rows`` right-padded into one (batch, longest) id tensor, and its attention mask, on the model's device
+    (:func:`~kneuron.facts.known.right_padded`)."""
+    ids, mask = right_padded(lm, rows)
     return ids.to(lm.device), mask.to(lm.device)
 
 
@@ -80,14 +73,12 @@ def answer_probabilities(lm: LanguageModel, queries: Sequence[EncodedQuery], pat
         chosen = [queries[i] for i in batch]
         ids, mask = padded(lm, [q.input_ids for q in chosen])
         positions = torch.tensor([q.position for q in chosen])
-        width = max(len(q.target_positions) for q in chosen)
-        index = torch.tensor([list(q.target_positions) + [q.target_positions[-1]] * (width - len(q.target_positions))
-                              for q in chosen])
+        index = head_index([q.target_positions for q in chosen])
         if row_patches is not None:
             context = patch_rows(lm, [row_patches[i] for i in batch], positions=positions)
         else:
             context = patch(lm, patches, positions=positions) if patches else nullcontext()
-        with context, head_at(lm, index) as sliced:
+        with context, logits_at(lm, index) as sliced:
             logits = lm.model(input_ids=ids, attention_mask=mask).logits
         for row, (i, query) in enumerate(zip(batch, chosen, strict=True)):
             out[i] = joint_probability(logits[row], query, sliced)
@@ -157,7 +148,7 @@ def _from_prefix(lm: LanguageModel, queries: Sequence[EncodedQuery], sets: Seque
     for first_query in range(0, len(queries), together):
         chosen = queries[first_query:first_query + together]
         ids = torch.stack([q.input_ids for q in chosen]).to(lm.device)
-        with head_at(lm, torch.zeros(len(chosen), 1, dtype=torch.long)):  # the prefix's logits are not read
+        with logits_at(lm, torch.zeros(len(chosen), 1, dtype=torch.long)):  # the prefix's logits are not read
             prefix = prefix_cache(lm, ids[:, :start])
         for first_set in range(0, len(sets), per_prompt):
             chunk = sets[first_set:first_set + per_prompt]
@@ -166,7 +157,7 @@ def _from_prefix(lm: LanguageModel, queries: Sequence[EncodedQuery], sets: Seque
             cache.batch_repeat_interleave(len(chunk))  # row r: prompt r // len(chunk), set r % len(chunk)
             rows = len(chosen) * len(chunk)
             index = torch.tensor([offsets] * rows)
-            with patch_rows(lm, [s for _ in chosen for s in chunk], positions=0), head_at(lm, index) as sliced:
+            with patch_rows(lm, [s for _ in chosen for s in chunk], positions=0), logits_at(lm, index) as sliced:
                 logits = lm.model(input_ids=ids[:, start:].repeat_interleave(len(chunk), dim=0), use_cache=True,
                                   **{cache_argument(lm.model): cache}).logits
             for p, query in enumerate(chosen):
@@ -178,7 +169,8 @@ def _from_prefix(lm: LanguageModel, queries: Sequence[EncodedQuery], sets: Seque
 
 def joint_probability(logits: torch.Tensor, query: EncodedQuery, sliced: bool, offset: int = 0) -> float:
     """The joint probability of ``query``'s answer from one row's ``logits``: (k, vocab) logits at its target
-    positions when ``sliced`` (see :func:`head_at`), else (seq, vocab) logits of positions ``offset`` onwards."""
+    positions when ``sliced`` (see :func:`~kneuron.models.partial_forward.logits_at`), else (seq, vocab) logits of
+    positions ``offset`` onwards."""
     positions = torch.arange(len(query.target_positions)) if sliced else torch.tensor(query.target_positions) - offset
     targets = positions.to(logits.device)
     answer = torch.tensor(query.answer_ids, device=logits.device)
@@ -203,7 +195,7 @@ def activations_at(lm: LanguageModel, inputs: Sequence[tuple[torch.Tensor, int |
         ids, mask = padded(lm, [inputs[i][0] for i in batch])
         positions = [inputs[i][1] for i in batch]
         lengths = [int(inputs[i][0].shape[0]) for i in batch]
-        with capture(lm, layers, positions=None) as acts, head_at(lm, torch.zeros(len(batch), 1, dtype=torch.long)):
+        with capture(lm, layers, positions=None) as acts, logits_at(lm, torch.zeros(len(batch), 1, dtype=torch.long)):
             lm.model(input_ids=ids, attention_mask=mask)  # the logits are not needed: the head computes one
         for column, (layer, index) in enumerate(neurons):
             values = acts[layer][:, :, index].double()  # (batch, seq)

@@ -372,6 +372,34 @@ def figure_value(rows: Sequence[dict], variant: str, metric: str) -> tuple[float
     return fact_means(rows, variant, metric)
 
 
+#: the metric a share's stored aggregate has: the ratio of means of :data:`RATIOS`, not the mean of per-fact shares
+RATIO_SUFFIX = "@ratio"
+
+
+def ratio_aggregates(rows: Sequence[dict]) -> list[dict]:
+    """The stored aggregates of the shares the summaries show as ratios of means (:data:`RATIOS`): each
+    ``sum(part) / sum(whole)`` over the facts with both finite (the same facts and figure as :func:`fact_ratio`;
+    none when the summed whole is not positive), with the percentile bootstrap of that ratio over facts
+    (:func:`~kneuron.studies.intervals.bootstrap_interval`); metric ``{share}@ratio``, variant ``answer``, over all
+    facts (no control)."""
+    from kneuron.studies.intervals import Interval, bootstrap_interval
+
+    out = []
+    for share, (part, whole) in RATIOS.items():
+        found: dict[str, dict[str, float]] = {}
+        for r in rows:
+            if (r.get("fact_id") and r["variant"] == "answer" and r["metric"] in (part, whole)
+                    and isinstance(r["value"], float) and math.isfinite(r["value"])):
+                found.setdefault(r["fact_id"], {})[r["metric"]] = r["value"]
+        pairs = [(v[part], v[whole]) for v in found.values() if part in v and whole in v]
+        parts, wholes = [p for p, _ in pairs], [w for _, w in pairs]
+        if pairs and sum(wholes) > 0:
+            lo, hi = bootstrap_interval(parts, wholes)
+            interval = Interval(sum(parts) / sum(wholes), lo, hi, len(pairs), "bootstrap")
+            out.append({"variant": "answer", "relation": "", "metric": share + RATIO_SUFFIX, **interval.__dict__})
+    return out
+
+
 def weighed_most(rows: Sequence[dict]) -> dict[str, str]:
     """Per fact, the knowledge neuron ROME's key weighs most (its name)."""
     return {r["fact_id"]: r["metric"].split(" ", 1)[1] for r in rows

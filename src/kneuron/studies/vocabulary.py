@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -209,5 +210,39 @@ def vocabulary_summary(rows: Sequence[dict]) -> dict[str, dict[str, tuple[float,
     return out
 
 
+def summary_figures(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str, str]]:
+    """The summary's lines, ``(measure, knowledge neurons, random neurons of the same layers)``, for the terminal
+    and the report alike: each mean over facts with its stored 95% interval, n and (the knowledge neurons) the
+    paired p against the random control (:func:`~kneuron.studies.display.stored_figure`); the two medians as
+    medians with their n (no interval is stored for a median)."""
+    from kneuron.studies.display import stored_figure
+
+    params = study_params(rows)
+    top, wide = int(params.get("top", TOP)), int(params.get("wide", WIDE))
+    summary = vocabulary_summary(rows)
+    lines = []
+    for metric, label, suffix, percent in (
+            (f"answer_top{top}", f"facts: answer among a neuron's {top} most promoted tokens", "", True),
+            (f"answer_top{wide}", f"facts: answer among a neuron's {wide} most promoted", "", True),
+            (f"suppressed_top{top}", f"facts: answer among a neuron's {top} most suppressed", "", True),
+            (f"suppressed_top{wide}", f"facts: answer among a neuron's {wide} most suppressed", "", True),
+            ("best_rank", "median over facts of the best answer rank", None, False),
+            ("neuron_rank", "median answer rank over (fact, neuron) pairs", None, False),
+            ("raises_answer", "neurons that raise the answer's logit (at any rank)", "_neuron", True),
+            ("negative", "neurons with a negative activation (slot taken as −slot)", "_neuron", True),
+            ("neurons", "neurons per fact", "", False)):
+        cells = []
+        for variant in VARIANTS:
+            if suffix is None:
+                median, n = summary[variant][metric]
+                cells.append(f"{median:.0f} (median), n = {n}" if n and math.isfinite(median) else "–")
+            else:
+                cells.append(stored_figure(aggregates, rows, STUDY, variant + suffix, metric, percent=percent,
+                                           signed=False))
+        lines.append((label, *cells))
+    return lines
+
+
 __all__ = ["STUDY", "TOP", "VARIANTS", "WIDE", "FactVocabulary", "fact_vocabulary", "mean_activations",
-           "study_params", "study_vocabularies", "vocabulary_rows", "vocabulary_study", "vocabulary_summary"]
+           "study_params", "study_vocabularies", "summary_figures", "vocabulary_rows", "vocabulary_study",
+           "vocabulary_summary"]

@@ -13,13 +13,14 @@ from rich.text import Text
 
 from kneuron.facts.robustness import robustness_data
 from kneuron.studies.base import SEED, Option, Study, StudyContext, StudyOutput
+from kneuron.studies.display import fit_table
 from kneuron.studies.edit_robustness import coverage_notes, edit_robustness_study, study_pool
 from kneuron.studies.edit_robustness_summary import (
-    percent,
+    SET_MEASURES,
+    detail_figures,
     robustness_summary,
     robustness_variants,
-    summary_lines,
-    summary_table,
+    set_figures,
 )
 from kneuron.studies.registry import register_study
 
@@ -65,27 +66,29 @@ class EditRobustness(Study):
         return []
 
     def summary(self, output: StudyOutput, context: StudyContext) -> list:
-        return robustness_tables(output.rows, context.run_path)
+        return robustness_tables(output.rows, context.run_path, output.aggregates, context.width)
 
 
-def robustness_tables(rows: Sequence[dict], run: Path | str) -> list[Table | Text]:
+def robustness_tables(rows: Sequence[dict], run: Path | str, aggregates: Sequence[dict] = (),
+                      width: int | None = None) -> list[Table | Text]:
     """Per variant: one table of the prompt sets (P(new) > P(old), top-1 = new, P(new) rose, top-1 became new) and
-    a line each for the old reverse fact, the neighbourhood and the recomputed refined sets."""
+    one of the other tests (the old reverse fact, the neighbourhood, the recomputed refined sets), each mean over
+    facts with its stored interval and n (:func:`~kneuron.studies.edit_robustness_summary.set_figures`); one
+    measure per line on a terminal too narrow for the table (``width``; None: any width, as in a pipe)."""
     parts: list[Table | Text] = []
     for variant in robustness_variants(rows):
         s = robustness_summary(rows, variant)
-        table = Table(title=Text(f"Edit robustness ({variant}): {s['edited']:.0f} of {s['facts']:.0f} facts updated, "
-                                 f"stored in {run}", style="bold"), title_justify="left", show_edge=False)
-        for name, justify in (("prompt set", "left"), ("facts", "right"), ("P(new) > P(old)", "right"),
-                              ("top-1 = new", "right"), ("P(new) rose", "right"), ("top-1 became new", "right")):
-            table.add_column(name, justify=justify)
-        for label, count, beats, top1, rose, became in summary_table(rows, variant):
-            table.add_row(label, f"{count:.0f}", percent(beats), percent(top1), percent(rose), percent(became))
-        parts.append(table)
-        lines = summary_lines(s)
-        lines.append("kept / held-out paraphrases: the update goes through the neurons refined again from the kept "
-                     "prompts only; 'held-out, all-prompt neurons' is the ordinary update on the same held-out "
-                     "prompts. P(new) rose: the new answer's first token (the one top-1 is about); reverse: "
-                     "P(new) > P(old) is P(subject) > P(the new answer's own subject).")
-        parts += [Text(line, style="dim") for line in lines]
+        title = f"Edit robustness ({variant}): {s['edited']:.0f} of {s['facts']:.0f} facts updated, stored in {run}"
+        parts.append(fit_table(title, ["prompt set", *(column for column, *_ in SET_MEASURES)],
+                               set_figures(rows, variant, aggregates), width))
+        details = detail_figures(rows, variant, aggregates)
+        if details:
+            parts.append(fit_table(f"Edit robustness ({variant}): the other tests", ["measure", "mean [95%], n"],
+                                   [list(line) for line in details], width))
+        parts.append(Text("means over facts [95% interval: bootstrap over facts; Wilson's for a share of facts], n "
+                          "facts (no control: the random-neuron edit is the editing study's); kept / held-out "
+                          "paraphrases: the update goes through the neurons refined again from the kept "
+                          "prompts only; 'held-out, all-prompt neurons' is the ordinary update on the same held-out "
+                          "prompts. P(new) rose: the new answer's first token (the one top-1 is about); reverse: "
+                          "P(new) > P(old) is P(subject) > P(the new answer's own subject).", style="dim"))
     return parts

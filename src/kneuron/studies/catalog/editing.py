@@ -7,12 +7,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from rich.text import Text
-
 from kneuron.errors import StudyError
 from kneuron.facts import builtin_facts, known_facts
 from kneuron.studies.base import SEED, Option, Study, StudyContext, StudyOutput
-from kneuron.studies.editing import SETTINGS, editing_study, erase_study, format_summary
+from kneuron.studies.editing import SETTINGS, editing_study, erase_study
+from kneuron.studies.editing_summary import CONTROLS, editing_tables
 from kneuron.studies.registry import register_study
 
 
@@ -31,14 +30,14 @@ class Editing(Study):
 
     Controls (the paired p-values of the stored aggregates): each update through the knowledge neurons against the
     same update through as many random neurons of the same layers on the same fact (``kn`` vs ``random``, and the
-    ``_signed`` and ``_slot_norm`` forms against theirs); erasing the relation's neurons against erasing as many
-    random ones (``erase_zero`` vs ``erase_random_zero``, ``erase_unknown`` vs ``erase_random_unknown``)."""
+    ``_signed``, ``_slot_norm`` and ``_slot_norm_signed`` forms against theirs); erasing the relation's neurons
+    against erasing as many random ones (``erase_zero`` vs ``erase_random_zero``, ``erase_unknown`` vs
+    ``erase_random_unknown``)."""
 
     name = "editing"
     title = "Editing knowledge"
     changes_weights = True
-    controls = {"kn": "random", "kn_signed": "random_signed", "kn_slot_norm": "random_slot_norm",
-                "erase_zero": "erase_random_zero", "erase_unknown": "erase_random_unknown"}
+    controls = CONTROLS
     options = (Option("erase", str, None, "A relation to erase (its most common knowledge neurons), in modes zero "
                       "and unknown.", stored=False),
                Option("top", int, 20, "The relation's most common knowledge neurons that --erase erases.", min=1),
@@ -74,4 +73,5 @@ class Editing(Study):
         return []
 
     def summary(self, output: StudyOutput, context: StudyContext) -> list:
-        return [Text(format_summary(output.rows))]
+        """Each update and erase measure with its stored interval, n and paired p against its control."""
+        return editing_tables(output.rows, output.aggregates)

@@ -115,7 +115,8 @@ class Estimators(Study):
 
     def summary(self, output: StudyOutput, context: StudyContext) -> list:
         n = len(output.facts or [])
-        return [agreement_table(output.rows, f"Estimators against exact IG on {n} facts, stored in {context.run_path}"),
+        return [agreement_table(output.rows, f"Estimators against exact IG on {n} facts, stored in {context.run_path}",
+                                output.aggregates, context.width),
                 specificity_table(output.rows, output.aggregates, "Specificity: own fact against other relations")]
 
 
@@ -150,25 +151,41 @@ def specificity_table(rows: Sequence[dict], aggregates: Sequence[dict], title: s
 
 
 
-def agreement_table(rows: Sequence[dict], title: str) -> Table:
-    """The study's summary (:func:`~kneuron.studies.estimator_agreement.agreement_summary`) as a rich table."""
-    table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False, caption_justify="left",
-                  caption="Spearman per prompt over all neurons, or over the neurons a sparse atlas keeps; suppress: "
-                          "mean Δp/p of the fact's prompts with the estimator's refined neurons, IG's, or as many "
-                          "random ones of the same layers set to 0. s/prompt of ig (atlas): measured when the atlas "
-                          "was made (compute_seconds / prompts); the others measured now.")
-    for column in ("estimator", "facts", "spearman", "top-10 recall", "refined Jaccard", "suppress est",
-                   "suppress IG", "suppress random", "s/prompt", "x faster"):
-        table.add_column(column, justify="left" if column == "estimator" else "right")
+def agreement_table(rows: Sequence[dict], title: str, aggregates: Sequence[dict] = (),
+                    width: int | None = None) -> Table:
+    """The study's summary (:func:`~kneuron.studies.estimator_agreement.agreement_summary`) as a rich table: each
+    mean over facts with its stored 95% interval, n and paired p against IG where one was stored (the bare mean
+    otherwise); one figure per line on a terminal too narrow for it (``width``)."""
+    from kneuron.studies.display import fit_table
+
+    def cell(estimator: str, metric: str, value: object, spec: str) -> str:
+        stored = find(aggregates, estimator, metric)
+        if not stored.n:
+            return _num(value, spec)
+        return format_interval(stored, percent=spec.endswith("%"), digits=2 if spec.endswith("%") else 3)
+
+    lines = []
     for entry in agreement_summary(rows):
-        if entry["estimator"] == "ig":
-            table.add_row("ig (atlas)", str(entry["facts"]), "", "", "", "", _num(entry["suppress"], "+.2%"),
-                          _num(entry["suppress_random"], "+.2%"), _num(entry["seconds_per_prompt"], ".3f"), "1")
+        name = str(entry["estimator"])
+        if name == "ig":
+            lines.append(["ig (atlas)", str(entry["facts"]), "", "", "", "",
+                          cell("ig", "suppress", entry["suppress"], "+.2%"),
+                          cell("ig", "suppress_random", entry["suppress_random"], "+.2%"),
+                          _num(entry["seconds_per_prompt"], ".3f"), "1"])
             continue
         over = "" if entry["spearman_over"] == "all" else f" ({entry['spearman_neurons']:.0f} kept)"
-        table.add_row(str(entry["estimator"]), str(entry["facts"]), _num(entry["spearman"], ".3f") + over,
-                      _num(entry["top_recall"], ".2f"), _num(entry["refined_jaccard"], ".2f"),
-                      _num(entry["suppress"], "+.2%"), _num(entry["suppress_ig"], "+.2%"),
-                      _num(entry["suppress_random"], "+.2%"), _num(entry["seconds_per_prompt"], ".3f"),
-                      _num(entry["speedup"], ".1f"))
-    return table
+        spearman = "spearman" if entry["spearman_over"] == "all" else "spearman_kept"
+        lines.append([name, str(entry["facts"]), cell(name, spearman, entry["spearman"], ".3f") + over,
+                      cell(name, "top_recall", entry["top_recall"], ".2f"),
+                      cell(name, "refined_jaccard", entry["refined_jaccard"], ".2f"),
+                      cell(name, "suppress", entry["suppress"], "+.2%"),
+                      cell(name, "suppress_ig", entry["suppress_ig"], "+.2%"),
+                      cell(name, "suppress_random", entry["suppress_random"], "+.2%"),
+                      _num(entry["seconds_per_prompt"], ".3f"), _num(entry["speedup"], ".1f")])
+    return fit_table(title, ["estimator", "facts", "spearman", "top-10 recall", "refined Jaccard", "suppress est",
+                             "suppress IG", "suppress random", "s/prompt", "x faster"], lines, width,
+                     caption="Spearman per prompt over all neurons, or over the neurons a sparse atlas keeps; "
+                             "suppress: mean Δp/p of the fact's prompts with the estimator's refined neurons, IG's, "
+                             "or as many random ones of the same layers set to 0 [95% bootstrap interval over facts, "
+                             "n, paired p as stored]. s/prompt of ig (atlas): measured when the atlas was made "
+                             "(compute_seconds / prompts); the others measured now.")

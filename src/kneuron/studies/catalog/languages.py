@@ -6,7 +6,6 @@ in every language. ``study all`` runs it when the atlas has a fact done in two l
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,15 +14,10 @@ from rich.text import Text
 
 from kneuron.facts.multilingual import multilingual_facts
 from kneuron.studies.base import SEED, Study, StudyContext, StudyOutput
-from kneuron.studies.base import number as _num
 from kneuron.studies.cross_lingual_edit import cross_lingual_edit
+from kneuron.studies.display import fit_table
 from kneuron.studies.languages import language_study, multilingual_keys, multilingual_refusal
 from kneuron.studies.registry import register_study
-
-
-def _moved(summary: dict, metric: str) -> str:
-    before, after = summary.get(f"{metric}_before", math.nan), summary.get(f"{metric}_after", math.nan)
-    return f"{_num(before, '.3g')}→{_num(after, '.3g')}"
 
 
 @register_study
@@ -64,108 +58,77 @@ class Languages(Study):
         covered = [fact.id for versions in keys.values() for fact in versions.values()]
         return StudyOutput(rows, facts=covered)
 
+    def aggregates(self, output: StudyOutput, context: StudyContext) -> list[dict]:
+        """Every per-fact measure's aggregates, and the per-language ones the summaries show (the matrix cells,
+        own and other languages, neurons and the edit per language: :func:`~kneuron.studies.languages_summary.
+        language_aggregates`)."""
+        from kneuron.studies.languages_summary import language_aggregates
+
+        return super().aggregates(output, context) + language_aggregates(output.rows, self.controls)
+
     def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
         return []
 
     def summary(self, output: StudyOutput, context: StudyContext) -> list:
-        return language_tables(output.rows, context.run_path)
+        return language_tables(output.rows, context.run_path, output.aggregates, context.width)
 
 
 #: below this many keys the summary says the numbers are anecdotes
 FEW_KEYS = 10
+#: what every table's cells are
+CAPTION = ("means over facts [95% interval: bootstrap over facts; Wilson's for a share of facts], n facts, paired p "
+           "against the control")
 
 
-def _titled(title: str, table: Table, note: str = "") -> list[Table | Text]:
-    parts: list[Table | Text] = [Text(""), Text(title, style="bold"), table]
-    return parts + [Text(note, style="dim")] if note else parts
-
-
-def language_tables(rows: Sequence[dict], run: Path | str) -> list[Table | Text]:
-    """The summary as title lines, tables and notes (see :func:`print_language_summary`)."""
-    from kneuron.facts.languages import LANGUAGE_NAMES
-    from kneuron.studies.cross_lingual_edit import edit_summary
-    from kneuron.studies.languages import (
-        jaccard_summary,
-        neurons_per_language,
-        overlap_summary,
-        own_and_cross,
-        study_languages,
-        suppression_matrix,
+def language_tables(rows: Sequence[dict], run: Path | str, aggregates: Sequence[dict] = (),
+                    width: int | None = None) -> list[Table | Text]:
+    """The summary as title lines, tables and notes: each mean over facts with its stored interval, n and paired p
+    (:mod:`kneuron.studies.languages_summary`, the report's too); one figure per line on a terminal too narrow for
+    a table (``width``; None: any width, as in a pipe)."""
+    from kneuron.studies.languages import study_languages
+    from kneuron.studies.languages_summary import (
+        EDIT_FIGURES,
+        SUPPRESS_LABELS,
+        edit_lines,
+        jaccard_lines,
+        matrix_lines,
+        n_keys,
+        overlap_lines,
+        own_cross_lines,
+        per_language_lines,
     )
 
-    codes = study_languages(rows)
-    overlap = overlap_summary(rows)
-    n_keys = overlap.get("union", (math.nan, 0))[1]
-    parts: list[Table | Text] = [Text(f"Knowledge neurons across languages: {n_keys} fact(s) done in 2+ languages "
+    codes, keys = study_languages(rows), n_keys(rows)
+    parts: list[Table | Text] = [Text(f"Knowledge neurons across languages: {keys} fact(s) done in 2+ languages "
                                       f"({', '.join(codes)}), stored in {run}", style="bold")]
-    if n_keys < FEW_KEYS:
-        parts.append(Text(f"only {n_keys} fact(s): read every mean below as n = {n_keys} or fewer, not as a finding",
+    if keys < FEW_KEYS:
+        parts.append(Text(f"only {keys} fact(s): read every mean below as n = {keys} or fewer, not as a finding",
                           style="yellow"))
-    head = Table(show_edge=False)
-    for column in ("per fact", "mean", "n"):
-        head.add_column(column, justify="left" if column == "per fact" else "right")
-    for metric, label, spec in (("languages", "languages", ".2f"), ("union", "neurons (union of its languages)", ".2f"),
-                                ("shared_all", "shared by all its languages", ".2f"),
-                                ("shared", "shared by at least two", ".2f"), ("specific", "language-specific", ".2f"),
-                                ("share_shared_all", "share shared by all", ".1%"),
-                                ("share_shared", "share shared by 2+", ".1%"),
-                                ("share_specific", "share language-specific", ".1%")):
-        mean, n = overlap.get(metric, (math.nan, 0))
-        head.add_row(label, _num(mean, spec), str(n))
-    parts += _titled("Overlap of one fact's neurons across its languages (means over facts)", head)
-
-    per = Table(show_edge=False)
-    for column in ("language", "facts", "neurons / fact", "specific / fact"):
-        per.add_column(column, justify="left" if column == "language" else "right")
-    for code, (mean, n) in neurons_per_language(rows).items():
-        specific = overlap.get(f"specific@{code}", (math.nan, 0))[0]
-        per.add_row(f"{code} {LANGUAGE_NAMES.get(code, '')}".strip(), str(n), _num(mean, ".2f"), _num(specific, ".2f"))
-    parts += _titled("Per language", per)
-
-    pairs = Table(show_edge=False)
-    for column in ("pair", "mean Jaccard", "n"):
-        pairs.add_column(column, justify="left" if column == "pair" else "right")
-    for (a, b), (mean, n) in sorted(jaccard_summary(rows).items(),
-                                    key=lambda item: (codes.index(item[0][0]), codes.index(item[0][1]))):
-        pairs.add_row(f"{a}–{b}", _num(mean, ".3f"), str(n))
-    parts += _titled("Jaccard of the neuron sets per language pair", pairs,
-                     "n = facts with both languages; a pair whose two sets are empty is left out")
-
-    for variant, label in (("kn", "the knowledge neurons of language s"),
-                           ("random", "as many random neurons of the same layers (control)")):
-        matrix = suppression_matrix(rows, variant)
-        grid = Table(show_edge=False)
-        grid.add_column("s \\ t")
-        for target in codes:
-            grid.add_column(target, justify="right")
-        for source in codes:
-            grid.add_row(source, *(Text(f"{_num(matrix[source, t][0], '+.1%')} (n={matrix[source, t][1]})")
-                                   if (source, t) in matrix else "–" for t in codes))
-        (own, n_own), (cross, n_cross) = own_and_cross(matrix)
-        parts += _titled(f"Suppress {label}: mean Δp/p of the answer in language t, on t's prompts", grid,
-                         f"own language (s = t): {_num(own, '+.1%')} (n={n_own}); other languages (s ≠ t): "
-                         f"{_num(cross, '+.1%')} (n={n_cross})")
-
-    edits = Table(show_edge=False)
-    for column in ("edit", "language", "facts", "P(new)>P(old) before", "after", "success", "top-1 = new",
-                   "change rate", "p(old) before→after", "p(new) before→after"):
-        edits.add_column(column, justify="left" if column in ("edit", "language") else "right")
+    parts.append(fit_table("Overlap of one fact's neurons across its languages", ["per fact", "mean [95%], n"],
+                           overlap_lines(rows, aggregates), width))
+    parts.append(fit_table("Per language", ["language", "neurons / fact", "specific / fact"],
+                           per_language_lines(rows, aggregates), width))
+    parts.append(fit_table("Jaccard of the neuron sets per language pair", ["pair", "mean Jaccard [95%], n"],
+                           jaccard_lines(rows, aggregates), width,
+                           caption="n = facts with both languages; a pair whose two sets are empty is left out"))
+    parts.append(fit_table("Suppress: own language and other languages", ["neurons set to 0", "own (s = t)",
+                                                                          "other (s ≠ t)"],
+                           own_cross_lines(rows, aggregates), width,
+                           caption="a fact's cells pooled, n = facts; " + CAPTION))
+    for variant in ("kn", "random"):
+        lines = matrix_lines(rows, aggregates, variant)
+        if lines:
+            parts.append(fit_table(f"Suppress {SUPPRESS_LABELS[variant]}: mean Δp/p of the answer in language t, "
+                                   "on t's prompts", ["s \\ t", *codes], lines, width))
     for variant in ("edit_kn", "edit_kn_signed", "edit_random", "edit_random_signed"):
-        summary = edit_summary(rows, variant)
-        if not summary:
-            continue
-        english = summary.get("en", {})
-        name = (f"{variant.removeprefix('edit_')} ({english.get('edited', 0):.0f}/"
-                f"{english.get('attempted', 0):.0f} edited)")
-        for code, entry in summary.items():
-            shares = [_num(entry.get(metric, math.nan), ".1%")
-                      for metric in ("new_beats_old_before", "new_beats_old", "success", "top1_new", "changed")]
-            edits.add_row(name, code, f"{entry['keys']:.0f}", *shares, _moved(entry, "p_old"), _moved(entry, "p_new"))
-            name = ""
-    parts += _titled("Update through the English neurons to another fact's answer, measured in every language with "
-                     "that language's forms", edits,
-                     "facts: measured in that language (the target has a version there); P(new)>P(old): share of "
-                     "prompts; success: share of facts where it holds on most prompts; top-1 = new: share of prompts; "
-                     "change rate: of the prompts answered right before, the share no longer; signed: each delta "
-                     "times the sign of the neuron's activation on the English prompts")
+        heading, lines = edit_lines(rows, aggregates, variant)
+        if lines:
+            parts.append(fit_table(f"Update through the {heading}, measured in every language with that "
+                                   "language's forms", ["language", "facts", *(c for _, c in EDIT_FIGURES)],
+                                   lines, width))
+    parts.append(Text(CAPTION + "; facts: measured in that language (the target has a version there); "
+                      "P(new)>P(old): share of prompts; success: share of facts where it holds on most prompts; "
+                      "top-1 = new: share of prompts; change rate: of the prompts answered right before, the share "
+                      "no longer; signed: each delta times the sign of the neuron's activation on the English "
+                      "prompts", style="dim"))
     return parts

@@ -14,14 +14,18 @@ from rich.text import Text
 
 from kneuron.errors import StudyError
 from kneuron.studies.base import FACTS_LIMIT, SEED, Option, Study, StudyContext, StudyOutput, number
+from kneuron.studies.intervals import find, format_interval
 from kneuron.studies.registry import register_study
 from kneuron.studies.tracing import (
     LAST,
+    RATIO_SUFFIX,
+    RATIOS,
     SUBJECT,
     SUBJECT_LAST,
     average_effects,
     fact_traces,
     figure_value,
+    ratio_aggregates,
     tracing_study,
 )
 
@@ -74,12 +78,16 @@ class Tracing(Study):
                                      seed=options["seed"], on_fact=lambda _fact: advance(), note=context.note)
         return StudyOutput(rows, facts=traced)
 
+    def aggregates(self, output: StudyOutput, context: StudyContext) -> list[dict]:
+        """Every per-fact measure's aggregates, and the shares' as ratios of means
+        (:func:`~kneuron.studies.tracing.ratio_aggregates`), which is how the summaries show them."""
+        return super().aggregates(output, context) + ratio_aggregates(output.rows)
+
     def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
-        return [(f"{label} (mean of {n})", number(mean, spec)) for label, variant, metric, spec in FIGURES[:6]
-                for mean, n in [figure_value(rows, variant, metric)] if n]
+        return [(label, value) for label, value, n in figure_lines(rows, aggregates)[:6] if n]
 
     def summary(self, output: StudyOutput, context: StudyContext) -> list[Any]:
-        return [tracing_table(output.rows, context.run_path)]
+        return [tracing_table(output.rows, context.run_path, output.aggregates)]
 
     def fact_charts(self, rows: Sequence[dict]) -> list[dict[str, Any]]:
         traces = fact_traces(rows)
@@ -108,8 +116,29 @@ class Tracing(Study):
                 and not r["metric"].startswith("mlp1 ")]
 
 
-def tracing_table(rows: Sequence[dict], run: object) -> Table:
-    """The study's headline figures (means over the traced facts) and the average indirect effects' peaks."""
+def figure_lines(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str, int]]:
+    """``(label, text, n)`` of :data:`FIGURES`, for the terminal and the report: each mean over the traced facts
+    (a share: the ratio of means) with its stored 95% interval and n (no control); the bare figure with its n and
+    what to re-run on an atlas traced before they were stored."""
+    lines = []
+    for label, variant, metric, spec in FIGURES:
+        mean, n = figure_value(rows, variant, metric)
+        ratio = variant == "answer" and metric in RATIOS
+        stored = find(aggregates, variant, metric + RATIO_SUFFIX if ratio else metric)
+        if stored.n:
+            text = format_interval(stored, percent=spec.endswith("%"), digits=0 if spec.endswith("%") else 1,
+                                   signed=spec.startswith("+"))
+        elif n:
+            text = f"{number(mean, spec)}, n = {n}, no interval stored (re-run `kneuron study tracing`)"
+        else:
+            text = "–"
+        lines.append((label, text, stored.n or n))
+    return lines
+
+
+def tracing_table(rows: Sequence[dict], run: object, aggregates: Sequence[dict] = ()) -> Table:
+    """The study's headline figures (means over the traced facts, each with its stored interval and n) and the
+    average indirect effects' peaks."""
     params = {r["metric"]: r["value"] for r in rows if r["variant"] == "params"}
     table = Table(title=Text(f"Causal tracing of {int(params.get('facts', 0))} facts, stored in {run}", style="bold"),
                   title_justify="left", show_edge=False, caption_justify="left",
@@ -117,14 +146,13 @@ def tracing_table(rows: Sequence[dict], run: object) -> Table:
                            f"{number(params.get('embedding_std', math.nan), '.3g')} by default), "
                            f"{int(params.get('samples', 0))} draws, window {int(params.get('window', 0))}; "
                            f"{number(params.get('seconds_per_fact', math.nan), '.1f')} s per fact on "
-                           f"{int(params.get('threads', 0))} thread(s); means over facts (shares: ratios of means), "
-                           "n facts"))
+                           f"{int(params.get('threads', 0))} thread(s); means over facts (shares: ratios of means) "
+                           "[95% interval: bootstrap over facts], n facts; no control"))
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_column("n", justify="right")
-    for label, variant, metric, spec in FIGURES:
-        mean, n = figure_value(rows, variant, metric)
-        table.add_row(label, number(mean, spec), str(n))
+    for label, text, n in figure_lines(rows, aggregates):
+        table.add_row(label, Text(text), str(n))
     for (kind, group), (profile, n) in average_effects(fact_traces(rows)).items():
         layer = int(profile.argmax())
         table.add_row(f"AIE {kind} at {group.replace('_', ' ')}: peak layer, value", f"L{layer}: "

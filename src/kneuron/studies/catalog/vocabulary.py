@@ -13,9 +13,15 @@ from rich.text import Text
 
 from kneuron.interventions.vocabulary import token_text
 from kneuron.studies.base import SEED, Study, StudyContext, StudyOutput, show_token
-from kneuron.studies.base import number as _num
+from kneuron.studies.display import fit_table
 from kneuron.studies.registry import register_study
-from kneuron.studies.vocabulary import study_params, study_vocabularies, vocabulary_rows, vocabulary_summary
+from kneuron.studies.vocabulary import (
+    study_params,
+    study_vocabularies,
+    summary_figures,
+    vocabulary_rows,
+    vocabulary_summary,
+)
 
 #: facts whose neurons the study's printout shows as examples
 EXAMPLE_FACTS = 6
@@ -52,7 +58,8 @@ class Vocabulary(Study):
         return []
 
     def summary(self, output: StudyOutput, context: StudyContext) -> list:
-        return vocabulary_tables(output.rows, output.extra.get("vocabulary", []), context.run_path)
+        return vocabulary_tables(output.rows, output.extra.get("vocabulary", []), context.run_path,
+                                 output.aggregates, context.width)
 
 
 
@@ -61,34 +68,24 @@ def tokens(entries: Sequence[tuple[int, str, float]], count: int = SHOWN_TOKENS)
     return " ".join(show_token(text) for _, text, _ in entries[:count])
 
 
-def vocabulary_tables(rows: Sequence[dict], stored: Sequence[Mapping], run: Path | str) -> list[Table | Text]:
-    """The summary (knowledge neurons against the random control) and a few facts' neurons as examples."""
+def vocabulary_tables(rows: Sequence[dict], stored: Sequence[Mapping], run: Path | str,
+                      aggregates: Sequence[dict] = (), width: int | None = None) -> list[Table | Text]:
+    """The summary (knowledge neurons against the random control: each mean over facts with its stored interval,
+    n and paired p, :func:`~kneuron.studies.vocabulary.summary_figures`; one measure per line on a terminal too
+    narrow for the table, ``width``) and a few facts' neurons as examples."""
     summary = vocabulary_summary(rows)
     params = study_params(rows)
-    top, wide = int(params.get("top", 10)), int(params.get("wide", 100))
     n_facts = summary["kn"]["neurons"][1]
     parts: list[Table | Text] = [Text(f"What the knowledge neurons write: {n_facts} fact(s), value slots projected "
                                       f"onto {params.get('vocab_size', 0):.0f} tokens, stored in {run}",
                                       style="bold")]
-    table = Table(show_edge=False)
-    for column in ("measure", "knowledge neurons", "random, same layers"):
-        table.add_column(column, justify="left" if column == "measure" else "right")
-    for metric, label, spec in (
-            (f"answer_top{top}", f"facts: answer among a neuron's {top} most promoted tokens", ".1%"),
-            (f"answer_top{wide}", f"facts: answer among a neuron's {wide} most promoted", ".1%"),
-            (f"suppressed_top{top}", f"facts: answer among a neuron's {top} most suppressed", ".1%"),
-            (f"suppressed_top{wide}", f"facts: answer among a neuron's {wide} most suppressed", ".1%"),
-            ("best_rank", "median over facts of the best answer rank", ".0f"),
-            ("neuron_rank", "median answer rank over (fact, neuron) pairs", ".0f"),
-            ("raises_answer", "neurons that raise the answer's logit (at any rank)", ".1%"),
-            ("negative", "neurons with a negative activation (slot taken as −slot)", ".1%"),
-            ("neurons", "neurons per fact", ".2f")):
-        cells = [f"{_num(summary[v][metric][0], spec)} (n={summary[v][metric][1]})" for v in ("kn", "random")]
-        table.add_row(label, *cells)
-    parts.append(table)
+    parts.append(fit_table("Knowledge neurons against random neurons of the same layers",
+                           ["measure", "knowledge neurons (p vs random)", "random, same layers"],
+                           [list(line) for line in summary_figures(rows, aggregates)], width))
     parts.append(Text("rank 0 = the token a neuron promotes most; the answer is the first token of the fact's answer; "
-                      "each slot is taken with the sign of its neuron's mean activation on the fact's prompts",
-                      style="dim"))
+                      "each slot is taken with the sign of its neuron's mean activation on the fact's prompts; means "
+                      "over facts [95% interval: bootstrap over facts; Wilson's for a share of facts], n facts, "
+                      "paired p against the random neurons", style="dim"))
     if stored:
         examples = Table(show_edge=False)
         for column in ("fact", "neuron", "sign", "answer rank", "promotes most", "suppresses most"):
