@@ -17,7 +17,8 @@ backward) + 1.13 ms per row (the output head, about 8 blocks' work) + 0.137 ms p
 batch half of that; a clean pass 0.175 s per prompt one by one (IG) or 0.05 s batched (two-stage-ig). IG is
 modelled with its own batches (a prompt's 600 rows in one, its 30 baseline rows in another). A setting is
 ``screen_points:margin:top_margin:ablation_margin``. Last line: ``settings=N`` and, for the first setting,
-``same_FILE=K/N speedup_FILE=X`` per file.
+``same_FILE=K/N speedup_FILE=X`` per file. ``replay`` writes its table to
+``benchmarks/results/replay_two_stage.json`` (or ``--json PATH``): a row per setting, two columns per file.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from types import SimpleNamespace
 
 import torch
 
+from json_results import command_line, summary_of, table, write_results
 from kneuron.attribution.integrated_gradients import alpha_points
 from kneuron.attribution.selection import coarse_neurons, refined_keys
 
@@ -133,26 +135,37 @@ def main() -> None:
     parser.add_argument("--which", type=int, default=1, help="dump: the n-th known fact of each relation")
     parser.add_argument("--settings", default="2:0.7:0.8:1.0,2:0.5:0.8:1.0,2:0.9:0.9:1.5,1:0.7:0.8:1.0")
     parser.add_argument("--rows", type=int, default=390, help="rows per batch (SmolLM2's with the 2 GiB budget)")
+    parser.add_argument("--json", default=None, help="replay: where to write the results (default benchmarks/results/)")
     args = parser.parse_args()
     if args.action == "dump":
         dump(args.files[0], args.which)
         return
     sets = {path: torch.load(path, weights_only=True) for path in args.files}
-    last = []
+    last, rows = [], []
     for number, setting in enumerate(args.settings.split(",")):
         fields = setting.split(":")
         rule = two_stage.ScreenRule(0.2, "adaptive", *(float(x) for x in fields[1:4]))
-        line = [setting]
+        line, row = [setting], [setting + (" (default)" if setting == "2:0.7:0.8:1.0" else "")]
         for path, facts in sets.items():
             results = [replay_fact(d, rule, int(fields[0]), args.rows) for d in facts]
             same = sum(r[0] for r in results)
             speedup = sum(r[2] for r in results) / sum(r[1] for r in results)
             line.append(f"{path}: same {same}/{len(facts)}, modelled {speedup:.2f}x")
+            row += [f"{same}/{len(facts)}", round(speedup, 2)]
             if number == 0:
                 name = path.rsplit("/", 1)[-1].removesuffix(".pt")
                 last.append(f"same_{name}={same}/{len(facts)} speedup_{name}={speedup:.2f}")
         print("  ".join(line), flush=True)
-    print(f"settings={len(args.settings.split(','))} " + " ".join(last))
+        rows.append(row)
+    summary = f"settings={len(args.settings.split(','))} " + " ".join(last)
+    print(summary)
+    columns = ["setting (points:margin:top:ablation)"]
+    for path, facts in sets.items():
+        name = path.rsplit("/", 1)[-1]
+        columns += [f"{name} ({len(facts)} facts): same refined", f"{name}: modelled speed-up"]
+    write_results("replay_two_stage", command=command_line("replay_two_stage.py"), summary=summary_of(summary),
+                  tables=[table("two-stage-ig's rule replayed on dumped exact-IG gradients", columns, rows)],
+                  path=args.json)
 
 
 if __name__ == "__main__":
