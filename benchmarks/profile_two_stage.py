@@ -6,6 +6,7 @@ Every batch of step rows (:func:`kneuron.attribution.step_rows.run_rows`) is cou
 row runs the blocks from its own layer up, so a row at layer l is 30 − l of them), whether it takes gradients, the
 prompts in it, its lowest layer and its seconds; the clean passes are timed too. Then cProfile's top functions.
 The docs' benchmarks page fits a cost model on these lines (per batch, per block run, per row, per row-block).
+The totals, a row per estimator, go to ``benchmarks/results/profile_two_stage.json`` (the page renders them).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 import torch
 
 import kneuron
+from json_results import command_line, summary_of, table, write_results
 from kneuron.attribution.estimators import IntegratedGradients, TwoStageIntegratedGradients
 from kneuron.facts import encode, load_facts
 
@@ -57,6 +59,7 @@ def main() -> None:
     ig_module.make_plan, two_stage.make_plans = timed(make_plan), timed(make_plans)
     estimators = [("warm-up", IntegratedGradients(steps=2)), ("ig", IntegratedGradients()),
                   ("two-stage-ig", TwoStageIntegratedGradients())]
+    table_rows, totals = [], {}
     for name, estimator in estimators:
         log.clear()
         clean.clear()
@@ -69,10 +72,14 @@ def main() -> None:
         if name == "warm-up":
             continue
         print(f"== {name}: {total:.2f} s, {len(queries)} prompts; clean passes {sum(clean):.2f} s ({len(clean)} calls)")
+        row: list = [name, round(total, 2), round(sum(clean), 2), len(clean)]
+        totals[name] = total
         for grads, label in ((True, "gradient"), (False, "forward-only")):
             mine = [entry for entry in log if entry[2] == grads]
             print(f"  {label} batches {len(mine)}: rows {sum(e[0] for e in mine)}, row-blocks "
                   f"{sum(e[1] for e in mine)}, {sum(e[5] for e in mine):.2f} s")
+            row += [len(mine), sum(e[0] for e in mine), sum(e[1] for e in mine), round(sum(e[5] for e in mine), 2)]
+        table_rows.append(row)
         for rows, blocks, grads, prompts, lowest, seconds in log:
             print(f"   batch rows={rows} row-blocks={blocks} gradients={grads} prompts={prompts} lowest={lowest} "
                   f"{seconds:.3f} s")
@@ -81,6 +88,14 @@ def main() -> None:
         text = io.StringIO()
         pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(12)
         print(text.getvalue()[:3000])
+    summary = (f"fact={wanted} prompts={len(queries)} ig_s={totals['ig']:.2f} two_stage_s={totals['two-stage-ig']:.2f} "
+               f"speedup={totals['ig'] / totals['two-stage-ig']:.2f}")
+    print(summary)
+    columns = ["estimator", "total (s)", "clean passes (s)", "clean-pass calls"]
+    for label in ("gradient", "zero-baseline (forward-only)"):
+        columns += [f"{label} batches", f"{label} rows", f"{label} row-blocks", f"{label} batches (s)"]
+    write_results("profile_two_stage", command=command_line("profile_two_stage.py"), summary=summary_of(summary),
+                  tables=[table(f"{wanted}, {len(queries)} prompts, one thread", columns, table_rows)])
 
 
 if __name__ == "__main__":
