@@ -107,7 +107,8 @@ def _suppress_section(data: ReportData, generic_names: Sequence[str]) -> str:
         parts.append(f'<p class="note">Median over facts for the knowledge neurons: {_pct(median)}. The p-values '
                      "test each set against its random control on the same facts.</p>")
     parts.append(INTERVAL_NOTE)
-    parts.append(image(plots.suppress_amplify_figure(rows), "suppress and amplify per relation"))
+    aggregates = data.aggregates.get("suppress_amplify", ())
+    parts.append(image(plots.suppress_amplify_figure(rows, aggregates), "suppress and amplify per relation"))
     dropped = sum(1 for r in rows if r["variant"] == "kn_no_generic" and r["metric"] == "neurons" and r["value"] == 0)
     if generic_names:
         parts.append(f'<p class="note">Without generic neurons ({", ".join(map(escape, generic_names))}): '
@@ -127,7 +128,7 @@ def _suppress_section(data: ReportData, generic_names: Sequence[str]) -> str:
     seed = f" (seed {settings['seed']:.0f})" if "seed" in settings else ""
     parts.append(f'<p class="note">Same neurons, same position rule, on one prompt each of {drawn} drawn{seed} '
                  "from the other relations.</p>")
-    parts.append(image(plots.other_relations_figure(rows), "own facts against other relations' facts"))
+    parts.append(image(plots.other_relations_figure(rows, aggregates), "own facts against other relations' facts"))
     return "".join(parts)
 
 
