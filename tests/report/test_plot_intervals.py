@@ -89,3 +89,24 @@ def test_the_n_of_each_group_is_in_its_label(monkeypatch):
     monkeypatch.setattr(plots.Axes, "set_xticks", record)
     plots.suppress_amplify_figure(rows, aggregates)
     assert labels[-1] == [f"all\nn = {find(aggregates, 'kn', 'suppress').n}", "P17\nn = 103", "P36\nn = 103"]
+
+
+def test_the_interactions_curve_band_is_the_stored_interval(monkeypatch):
+    rows = [{"study": "interactions", "variant": variant, "relation": "P17", "fact_id": f"f{i}",
+             "metric": f"curve:{k}", "value": -0.1 * k * (i + 1) - (0.05 if variant == "kn" else 0.0)}
+            for i in range(4) for k in (1, 2, 3) for variant in ("kn", "random")]
+    aggregates = _doctored(aggregate_rows(rows, {"kn": "random"}))
+    bands = []
+    original = plots.Axes.fill_between
+
+    def record(self, x, low, high, **kwargs):
+        bands.append((list(x), list(low), list(high)))
+        return original(self, x, low, high, **kwargs)
+
+    monkeypatch.setattr(plots.Axes, "fill_between", record)
+    assert plots.interactions_figure(rows, aggregates) is not None
+    (_, random_lo, _), (ks, kn_lo, kn_hi) = bands
+    assert ks == [1, 2, 3]
+    assert kn_lo == pytest.approx([find(aggregates, "kn", f"curve:{k}").lo * 100 for k in ks])
+    assert kn_hi == pytest.approx([find(aggregates, "kn", f"curve:{k}").hi * 100 for k in ks])
+    assert random_lo == pytest.approx([find(aggregates, "random", f"curve:{k}").lo * 100 for k in ks])

@@ -388,10 +388,11 @@ def suppression_matrix_figure(rows: Sequence[dict]) -> bytes | None:
     return to_png(figure)
 
 
-def interactions_figure(rows: Sequence[dict]) -> bytes | None:
+def interactions_figure(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> bytes | None:
     """The ``interactions`` study's cumulative curves: Δp/p (%) of the answer with a fact's top-k knowledge neurons
     (by score) set to 0, k = 1, 2, ..., each fact thin and the mean over the facts that have k neurons thick, against
-    as many random neurons of the same layers; the −50% and −90% levels dashed; n = facts at each k."""
+    as many random neurons of the same layers, each mean with its stored 95% interval as a band; the −50% and −90%
+    levels dashed; n = facts at each k."""
     kn, random = curve_summary(rows, "kn"), curve_summary(rows, "random")
     if not kn:
         return None
@@ -402,13 +403,19 @@ def interactions_figure(rows: Sequence[dict]) -> bytes | None:
     for variant, summary in (("random", random), ("kn", kn)):
         if summary:
             ks = list(summary)
-            axis.plot(ks, [summary[k][0] * 100 for k in ks], color=COLORS[variant] if variant == "kn" else "#777777",
-                      marker="o", linewidth=2.2, label=f"{LABELS[variant]}, mean")
+            bars = [stored_bar(aggregates, rows, variant, f"curve:{k}") for k in ks]
+            color = COLORS[variant] if variant == "kn" else "#777777"
+            axis.plot(ks, [b.mean for b in bars], color=color, marker="o", linewidth=2.2,
+                      label=f"{LABELS[variant]}, mean")
+            if any(math.isfinite(b.lo) for b in bars):
+                axis.fill_between(ks, [b.lo for b in bars], [b.hi for b in bars], color=color, alpha=0.2,
+                                  label=f"{LABELS[variant]}, 95% interval (stored)")
     for level in (50, 90):
         axis.axhline(-level, color="#b00020", linestyle="--", linewidth=0.8)
         axis.text(max(kn) + 0.1, -level, f"−{level}%", color="#b00020", va="bottom", fontsize=8)
     axis.axhline(0, color="black", linewidth=0.8)
     for k, (_, n) in kn.items():
+        n = stored_bar(aggregates, rows, "kn", f"curve:{k}").n or n
         axis.annotate(f"n={n}", (k, 0), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7,
                       color="#555555")
     axis.set_xticks(list(kn))
