@@ -252,27 +252,34 @@ def generic_by_word(rows: Sequence[dict], neuron: str) -> dict[str, dict[str, fl
     return dict(sorted(table.items(), key=lambda item: -(item[1]["n_unrelated"] + item[1]["n_members"])))
 
 
-def generic_figure(rows: Sequence[dict], neuron: str, max_words: int = 12) -> bytes | None:
+def generic_figure(rows: Sequence[dict], neuron: str, max_words: int = 12, *,
+                   aggregates: Sequence[dict] = ()) -> bytes | None:
     """One generic neuron: its activation and the effect of zeroing it alone, by the last word before the
-    answer."""
+    answer; each bar with its stored 95% interval, each word labelled with its number of facts (left: all; right:
+    without it, with it)."""
+    from kneuron.studies.generic import MEMBERS, UNRELATED, by_word_rows
+
     table = dict(list(generic_by_word(rows, neuron).items())[:max_words])
     if not table:
         return None
     words = list(table)
-    figure = Figure(figsize=(max(7.0, 0.6 * len(words) + 2), 3.6))
+    split = by_word_rows(rows)
+    figure = Figure(figsize=(max(7.0, 0.6 * len(words) + 2), 3.8))
     left, right = figure.subplots(1, 2)
-    left.bar(words, [table[w]["activation"] for w in words], color=COLORS["kn"])
+    activation = [stored_bar(aggregates, rows, neuron, f"activation:{w}", scale=1.0) for w in words]
+    x = np.arange(len(words))
+    draw_bars(left, x, activation, 0.8, color=COLORS["kn"])
+    left.set_xticks(x, [f"{w}\nn = {b.n}" for w, b in zip(words, activation, strict=True)])
     left.set_title(f"{neuron}: mean activation at the answer position", fontsize=9)
     left.set_xlabel("last word before the answer")
-    x = np.arange(len(words))
-    right.bar(x - 0.2, [table[w]["unrelated"] * 100 for w in words], 0.4, color=COLORS["other"],
-              label="facts without it")
-    right.bar(x + 0.2, [table[w]["members"] * 100 for w in words], 0.4, color=COLORS["kn"],
-              label="facts with it as a knowledge neuron")
-    right.set_xticks(x, words)
+    unrelated = [stored_bar(aggregates, split, neuron, f"suppress_alone:{w}{UNRELATED}") for w in words]
+    members = [stored_bar(aggregates, split, neuron, f"suppress_alone:{w}{MEMBERS}") for w in words]
+    draw_bars(right, x - 0.2, unrelated, 0.4, color=COLORS["other"], label="facts without it")
+    draw_bars(right, x + 0.2, members, 0.4, color=COLORS["kn"], label="facts with it as a knowledge neuron")
+    right.set_xticks(x, [f"{w}\nn = {a.n}, {b.n}" for w, a, b in zip(words, unrelated, members, strict=True)])
     right.axhline(0, color="black", linewidth=0.8)
     right.set_title(f"{neuron} zeroed alone: mean Δp / p (%)", fontsize=9)
-    right.set_xlabel("last word before the answer")
+    right.set_xlabel(f"last word before the answer; {ERROR_BARS}", fontsize=7)
     right.legend(fontsize=7)
     for axis in (left, right):
         axis.tick_params(axis="x", labelrotation=40, labelsize=8)

@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kneuron.studies.base import GENERIC_SHARE, SEED, Option, Study, StudyContext, StudyOutput
-from kneuron.studies.generic import generic_neurons
-from kneuron.studies.intervals import figure, find, row_mean
+from kneuron.studies.generic import by_word_rows, generic_neurons
+from kneuron.studies.intervals import aggregate_rows, figure, find, median_aggregates, row_mean
 from kneuron.studies.layer_distribution import top_third_aggregates
 from kneuron.studies.registry import register_study
 from kneuron.studies.studies import run_studies
@@ -90,6 +90,14 @@ class SuppressAmplify(PaperStudy):
     options = (Option("other_facts", int, 5, "Facts of other relations on which each fact's neurons are also "
                       "patched.", min=0), SEED, GENERIC_SHARE)
 
+    def aggregates(self, output: StudyOutput, context: StudyContext) -> list[dict]:
+        """The default aggregates and each variant's median over facts of suppress and amplify with its bootstrap
+        interval (metric ``suppress:median``, ``amplify:median``; :func:`~kneuron.studies.intervals.median_aggregates`),
+        which the report shows under its tables."""
+        variants = list(dict.fromkeys(r["variant"] for r in output.rows if r.get("fact_id")))
+        return super().aggregates(output, context) + median_aggregates(
+            output.rows, [(v, op) for v in variants for op in ("suppress", "amplify")])
+
 
 @register_study
 class Generic(PaperStudy):
@@ -100,6 +108,13 @@ class Generic(PaperStudy):
     title = "Generic neurons"
     options = (Option("probe_neurons", int, 3, "Generic neurons (most shared first) probed alone.", min=0,
                       flag="--probe"), GENERIC_SHARE)
+
+    def aggregates(self, output: StudyOutput, context: StudyContext) -> list[dict]:
+        """The default aggregates (each probed neuron's ``activation:w`` and ``suppress_alone:w`` over all facts)
+        and ``suppress_alone:w`` split by membership (``...@unrelated``, ``...@members``:
+        :func:`~kneuron.studies.generic.by_word_rows`), the per-last-word means the report's tables show. No
+        control: a neuron zeroed alone has no random counterpart in this study."""
+        return aggregate_rows(output.rows + by_word_rows(output.rows))
 
 
     def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
