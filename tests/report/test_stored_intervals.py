@@ -208,3 +208,24 @@ def test_the_median_and_the_generic_words_are_the_stored_intervals(studied):
         assert html.escape(format_interval(interval, percent=True)) in text
         activation = find(generic, neuron, metric.split("@")[0].replace("suppress_alone:", "activation:"))
         assert activation.n and html.escape(format_interval(activation, signed=False)) in text
+
+
+def test_the_generic_summary_shows_the_stored_word_means_at_any_width(studied):
+    import io
+
+    from rich.console import Console
+
+    from kneuron.studies.catalog.paper import generic_word_tables
+    from kneuron.studies.generic import UNRELATED
+
+    with Atlas.open(studied, read_only=True) as atlas:
+        rows, generic = atlas.results("generic"), atlas.aggregates("generic")
+    (neuron, metric), *_ = [(a["variant"], a["metric"]) for a in generic if a["metric"].endswith(UNRELATED)]
+    cell = format_interval(find(generic, neuron, metric), percent=True)
+    for width in (None, 80):
+        console = Console(width=width or 400, record=True, file=io.StringIO())
+        for table in generic_word_tables(rows, generic, width):
+            console.print(table)
+        text = console.export_text()
+        assert cell in text
+        assert width is None or max(len(line) for line in text.splitlines()) <= 80

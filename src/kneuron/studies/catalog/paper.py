@@ -132,6 +132,43 @@ class Generic(PaperStudy):
             lines.append((f"... {shown - 5} more generic neurons (see the report)", ""))
         return lines
 
+    def summary(self, output: StudyOutput, context: StudyContext) -> list[Any]:
+        """Per probed neuron, its most frequent last words: the mean activation there and the effect of zeroing it
+        alone on facts without it and with it, each with its stored interval and n."""
+        return generic_word_tables(output.rows, output.aggregates, context.width)
+
+
+#: the last words per probed neuron the terminal summary lists (most frequent first)
+SUMMARY_WORDS = 5
+
+
+def generic_word_tables(rows: Sequence[dict], aggregates: Sequence[dict], width: int | None) -> list[Any]:
+    """One table per probed generic neuron (see :meth:`Generic.summary`); one figure per line when ``width`` is
+    too narrow for the table."""
+    from kneuron.studies.display import fit_table, stored_figure
+    from kneuron.studies.generic import MEMBERS, UNRELATED
+
+    split = by_word_rows(rows)
+    tables = []
+    for neuron in dict.fromkeys(r["variant"] for r in rows if r.get("fact_id") and r["metric"] == "member"):
+        counts: dict[str, int] = {}
+        for r in rows:
+            if r["variant"] == neuron and r["metric"].startswith("activation:"):
+                word = r["metric"].split(":", 1)[1]
+                counts[word] = counts.get(word, 0) + 1
+        words = sorted(counts, key=lambda w: -counts[w])[:SUMMARY_WORDS]
+        lines = [[repr(word), stored_figure(aggregates, rows, "generic", neuron, f"activation:{word}", percent=False,
+                                            signed=False),
+                  *(stored_figure(aggregates, split, "generic", neuron, f"suppress_alone:{word}{suffix}")
+                    for suffix in (UNRELATED, MEMBERS))] for word in words]
+        if lines:
+            tables.append(fit_table(f"{neuron} on its own, by the last word before the answer",
+                                    ["last word", "mean activation", "zeroed alone: facts without it",
+                                     "facts with it"], lines, width,
+                                    caption="means over facts [95% interval: bootstrap over facts], n facts; no "
+                                            "control"))
+    return tables
+
 
 @register_study
 class Layers(PaperStudy):
