@@ -192,14 +192,13 @@ def describe_estimator(params: dict) -> str:
 
 def neurons_per_fact(refined: dict, ids: list[str]) -> str:
     """The mean number of refined neurons per done fact of ``ids`` with its 95% interval (the seeded bootstrap over
-    facts of :func:`~kneuron.studies.intervals.interval_of`) and n; empty without done facts. Computed here: an
+    facts, :func:`~kneuron.studies.intervals.count_interval`) and n; empty without done facts. Computed here: an
     atlas's neurons are not a study's rows, so no aggregate of them is stored."""
-    from kneuron.studies.intervals import Interval, bootstrap_interval, format_interval
+    from kneuron.studies.intervals import count_interval, format_interval
 
     if not ids:
         return ""
-    counts = [float(len(refined.get(i, ()))) for i in ids]  # a count, never a share (no Wilson interval)
-    return format_interval(Interval(sum(counts) / len(counts), *bootstrap_interval(counts), len(counts), "bootstrap"))
+    return format_interval(count_interval([len(refined.get(i, ())) for i in ids]))
 
 
 def _show_atlas(atlas, relation: str | None, top: int) -> None:

@@ -188,6 +188,15 @@ def ratio_interval(sums: Sequence[float], counts: Sequence[float], *, control: t
     return Interval(found.mean, lo, hi, found.n, "bootstrap", control_name, control_mean, p)
 
 
+def count_interval(counts: Sequence[float], *, seed: int = SEED) -> Interval:
+    """The mean of per-fact counts (refined neurons per fact) with its percentile bootstrap interval over facts:
+    never Wilson's, even when every count is 0 or 1 (a count is not a share)."""
+    values = [float(c) for c in counts if math.isfinite(c)]
+    if not values:
+        return Interval(math.nan, math.nan, math.nan, 0, "none")
+    return Interval(sum(values) / len(values), *bootstrap_interval(values, seed=seed), len(values), "bootstrap")
+
+
 def is_share(values: Sequence[float]) -> bool:
     """Whether every value is 0 or 1 (a share of facts)."""
     return len(values) > 0 and all(v in (0.0, 1.0) for v in values)
