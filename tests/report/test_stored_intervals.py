@@ -229,3 +229,13 @@ def test_the_generic_summary_shows_the_stored_word_means_at_any_width(studied):
         text = console.export_text()
         assert cell in text
         assert width is None or max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_the_suppress_amplify_summary_lists_the_stored_medians(studied):
+    from kneuron.studies.registry import study_named
+
+    with Atlas.open(studied, read_only=True) as atlas:
+        rows, stored = atlas.results("suppress_amplify"), atlas.aggregates("suppress_amplify")
+    lines = dict(study_named("suppress_amplify").measures(rows, stored))
+    assert lines["suppress KN (median Δp/p)"] == format_interval(find(stored, "kn", "suppress:median"), percent=True)
+    assert "n = " in lines["amplify KN (median Δp/p)"]

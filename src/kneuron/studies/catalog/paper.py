@@ -98,6 +98,15 @@ class SuppressAmplify(PaperStudy):
         return super().aggregates(output, context) + median_aggregates(
             output.rows, [(v, op) for v in variants for op in ("suppress", "amplify")])
 
+    def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
+        """The mean lines, then the knowledge neurons' stored medians over facts with their intervals (none on an
+        atlas studied before medians were stored)."""
+        from kneuron.studies.intervals import format_interval
+
+        medians = [(f"{op} KN (median Δp/p)", format_interval(found, percent=True)) for op in ("suppress", "amplify")
+                   if (found := find(aggregates, "kn", f"{op}:median")).n]
+        return super().measures(rows, aggregates) + medians
+
 
 @register_study
 class Generic(PaperStudy):
