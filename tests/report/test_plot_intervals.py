@@ -110,3 +110,22 @@ def test_the_interactions_curve_band_is_the_stored_interval(monkeypatch):
     assert kn_lo == pytest.approx([find(aggregates, "kn", f"curve:{k}").lo * 100 for k in ks])
     assert kn_hi == pytest.approx([find(aggregates, "kn", f"curve:{k}").hi * 100 for k in ks])
     assert random_lo == pytest.approx([find(aggregates, "random", f"curve:{k}").lo * 100 for k in ks])
+
+
+def test_the_estimators_bars_are_the_stored_intervals(drawn):
+    metrics = ("prompts", "spearman_kept", "top_recall", "refined_jaccard", "suppress", "suppress_ig",
+               "suppress_random")
+    rows = [{"study": "estimators", "variant": "gxa", "relation": "P17", "fact_id": f"f{i}", "metric": metric,
+             "value": 4.0 if metric == "prompts" else 0.1 * (i + 1) - 0.05 * k}
+            for i in range(5) for k, metric in enumerate(metrics)]
+    rows += [{"study": "estimators", "variant": "ig", "relation": "P17", "fact_id": f"f{i}", "metric": "neurons",
+              "value": 3.0} for i in range(5)]
+    aggregates = _doctored(aggregate_rows(rows, metric_controls={"suppress": "suppress_random"}))
+    assert plots.estimators_figure(rows, aggregates) is not None
+    (spearman,), (recall,), (jaccard,), (suppress,), (ig,), (random,) = drawn
+    for bar, metric, scale in ((spearman, "spearman_kept", 1), (recall, "top_recall", 1),
+                               (jaccard, "refined_jaccard", 1), (suppress, "suppress", 100), (ig, "suppress_ig", 100),
+                               (random, "suppress_random", 100)):
+        stored = find(aggregates, "gxa", metric)
+        assert (bar.mean, bar.lo, bar.hi, bar.n) == pytest.approx(
+            (stored.mean * scale, stored.lo * scale, stored.hi * scale, stored.n)), metric

@@ -298,8 +298,8 @@ def estimators_figure(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> 
     if not entries:
         return None
     names = [str(e["estimator"]) for e in entries]
-    counts = [stored_bar(aggregates, rows, name, "spearman").n or stored_bar(aggregates, rows, name, "suppress").n
-              for name in names]
+    counts = [_estimator_bar(aggregates, rows, e, "spearman", 1.0).n or _estimator_bar(aggregates, rows, e, "suppress",
+                                                                                          1.0).n for e in entries]
     figure = Figure(figsize=(max(8.0, 1.6 * len(names) + 5), 3.8))
     left, right = figure.subplots(1, 2)
     x = np.arange(len(names))
@@ -327,8 +327,10 @@ def estimators_figure(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> 
 
 
 def _estimator_bar(aggregates: Sequence[dict], rows: Sequence[dict], entry: dict, metric: str, scale: float) -> Bar:
-    """An estimator's stored bar; without a stored aggregate, the study summary's mean (no interval)."""
-    bar = stored_bar(aggregates, rows, str(entry["estimator"]), metric, scale=scale)
+    """An estimator's stored bar (its Spearman over the kept neurons where the summary uses those); without a stored
+    aggregate, the study summary's mean (no interval)."""
+    stored_metric = "spearman_kept" if metric == "spearman" and entry.get("spearman_over") == "kept" else metric
+    bar = stored_bar(aggregates, rows, str(entry["estimator"]), stored_metric, scale=scale)
     if bar.n:
         return bar
     value = float(entry[metric])
