@@ -95,4 +95,4 @@ bench: $(STAMP)
 # It executes the tutorials (docs/tutorials/*.py, jupytext) on the embedded model, one torch thread each, so a
 # tutorial that breaks fails the build; KNEURON_DOCS_EXECUTE=false skips that for a quick look at the pages.
 docs: $(STAMP)
-	OMP_NUM_THREADS=1 NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+	OMP_NUM_THREADS=1 NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

@@ -180,3 +180,62 @@ def test_every_stored_mean_is_listed_and_the_estimators_table_shows_its_interval
     listed = [a for a in every if a["study"] in ("suppress_amplify", "estimators")]
     for a in listed:  # and the folded table of every stored mean, per relation too
         assert format_interval(find([a], a["variant"], a["metric"], a["relation"])) in text
+
+
+def test_the_median_and_the_generic_words_are_the_stored_intervals(studied):
+    from kneuron.studies.generic import UNRELATED, by_word_rows
+    from kneuron.studies.intervals import median_interval
+
+    data = ReportData.from_atlas(studied)
+    text = render_report(data)
+    with Atlas.open(studied, read_only=True) as atlas:
+        rows, stored = atlas.results("suppress_amplify"), atlas.aggregates("suppress_amplify")
+        generic_rows, generic = atlas.results("generic"), atlas.aggregates("generic")
+    for op in ("suppress", "amplify"):
+        median = find(stored, "kn", f"{op}:median")
+        assert median.n and median.method == "bootstrap median"
+        expected = median_interval(list(per_fact(rows, "kn", op).values()))
+        assert (median.mean, median.lo, median.hi, median.n) == pytest.approx(
+            (expected.mean, expected.lo, expected.hi, expected.n))
+        assert f"Median over facts for the knowledge neurons: {html.escape(format_interval(median, percent=True))}" \
+            in text
+    words = [(r["variant"], r["metric"]) for r in by_word_rows(generic_rows) if r["metric"].endswith(UNRELATED)]
+    assert words, "the tiny atlas probes a generic neuron"
+    for neuron, metric in words[:3]:
+        interval = find(generic, neuron, metric)
+        values = [r["value"] for r in by_word_rows(generic_rows) if r["variant"] == neuron and r["metric"] == metric]
+        assert interval.n == len(values) and interval.mean == pytest.approx(np.mean(values))
+        assert html.escape(format_interval(interval, percent=True)) in text
+        activation = find(generic, neuron, metric.split("@")[0].replace("suppress_alone:", "activation:"))
+        assert activation.n and html.escape(format_interval(activation, signed=False)) in text
+
+
+def test_the_generic_summary_shows_the_stored_word_means_at_any_width(studied):
+    import io
+
+    from rich.console import Console
+
+    from kneuron.studies.catalog.paper import generic_word_tables
+    from kneuron.studies.generic import UNRELATED
+
+    with Atlas.open(studied, read_only=True) as atlas:
+        rows, generic = atlas.results("generic"), atlas.aggregates("generic")
+    (neuron, metric), *_ = [(a["variant"], a["metric"]) for a in generic if a["metric"].endswith(UNRELATED)]
+    cell = format_interval(find(generic, neuron, metric), percent=True)
+    for width in (None, 80):
+        console = Console(width=width or 400, record=True, file=io.StringIO())
+        for table in generic_word_tables(rows, generic, width):
+            console.print(table)
+        text = console.export_text()
+        assert cell in text
+        assert width is None or max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_the_suppress_amplify_summary_lists_the_stored_medians(studied):
+    from kneuron.studies.registry import study_named
+
+    with Atlas.open(studied, read_only=True) as atlas:
+        rows, stored = atlas.results("suppress_amplify"), atlas.aggregates("suppress_amplify")
+    lines = dict(study_named("suppress_amplify").measures(rows, stored))
+    assert lines["suppress KN (median Δp/p)"] == format_interval(find(stored, "kn", "suppress:median"), percent=True)
+    assert "n = " in lines["amplify KN (median Δp/p)"]

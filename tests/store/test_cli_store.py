@@ -139,6 +139,21 @@ def test_atlas_summary(atlas_path):
         assert "Generic neurons" in out and str(generic[0]) in out
     result = invoke("atlas", "--run", atlas_path, "--relation", "language")
     assert result.exit_code == 0 and "language" in result.stdout and "continent" not in result.stdout
+
+
+def test_atlas_neurons_per_fact_carry_n_and_the_bootstrap_interval(atlas_path):
+    from kneuron.studies.intervals import bootstrap_interval
+
+    with Atlas.open(atlas_path, read_only=True) as atlas:
+        refined = atlas.all_refined()
+        by_relation = {r: [len(refined[f.id]) for f in atlas.facts(relation=r)] for r in atlas.relations()}
+    for env in ({"COLUMNS": "80"}, {"COLUMNS": "80", "TTY_COMPATIBLE": "1", "NO_COLOR": "1"}):  # piped, terminal
+        out = runner.invoke(cli.app, ["atlas", "--run", str(atlas_path)], env=env).stdout
+        assert "TTY_COMPATIBLE" not in env or max(len(line) for line in out.splitlines() if "n = " in line) <= 80
+        for relation, counts in [*by_relation.items(), ("all", [c for v in by_relation.values() for c in v])]:
+            lo, hi = bootstrap_interval(counts)
+            shown = f"{sum(counts) / len(counts):.3f} [{lo:.3f}, {hi:.3f}], n = {len(counts)}".replace("-", "−")
+            assert shown in out, (relation, shown, out)
     result = invoke("atlas", "--run", atlas_path, "--relation", "currency")
     assert result.exit_code == 1 and "No relation 'currency'" in result.stderr
 

@@ -5,8 +5,11 @@ the model is unchanged afterwards; and the study runs from the CLI into the atla
 
 from __future__ import annotations
 
+import io
 import math
 import zlib
+from dataclasses import replace
+from html import escape
 
 import pytest
 import torch
@@ -24,6 +27,7 @@ from kneuron.studies.edit_methods import edit_methods_study
 from kneuron.studies.edit_methods_summary import comparison, localisation_correlations
 from kneuron.studies.edit_robustness import edit_robustness_study
 from kneuron.studies.editing import score
+from kneuron.studies.intervals import find, format_interval
 from kneuron.studies.tracing import traced_prompt
 from store.helpers import tiny_facts
 from tiny_models import tiny_lm
@@ -77,7 +81,7 @@ def test_rows_are_the_edits_applied_by_hand():
         assert traced["at_edit_layer_alone"] == pytest.approx(effects[1], rel=1e-9, abs=1e-15)
     table = dict(comparison(rows))
     assert set(table["facts edited"]) == {"kn", "kn_signed", "rome", "rome_c40"}
-    assert table["facts edited"]["rome"][0] == 2
+    assert table["facts edited"]["rome"] == "2 of 2"
 
 
 def _new_answer(rows, fact, lm):
@@ -117,8 +121,31 @@ def test_the_study_runs_from_the_cli(tmp_path, fake_load):
     assert "Hase check" in result.stdout and "rome_c30" in result.stdout
     with Atlas.open(path, read_only=True) as atlas:
         stored = atlas.results("edit_methods")
+        aggregates = atlas.aggregates("edit_methods")
     assert {r["variant"] for r in stored} >= {"kn", "kn_signed", "rome", "rome_c30", "tracing", "params"}
     report = tmp_path / "r.html"
     assert runner.invoke(cli.app, ["report", "--run", str(path), "--out", str(report)]).exit_code == 0
     page = report.read_text(encoding="utf-8")
     assert '<h2 id="study-edit_methods">Editing: knowledge neurons against ROME</h2>' in page
+    # every method's cells are the stored aggregates (interval, n, paired p against the control in the heading)
+    for method, control in (("kn", "kn_signed"), ("rome", "kn_signed"), ("rome_c30", "rome"), ("kn_signed", "")):
+        for metric, percent in (("own_top1_new", True), ("own_p_new_after", False)):
+            interval = find(aggregates, method, metric)
+            assert interval.n >= 1 and interval.control == control
+            assert math.isfinite(interval.p) == bool(control)
+            shown = format_interval(replace(interval, control=""), percent=percent, signed=False)
+            assert shown in result.stdout and escape(shown) in page
+        heading = f"{method} (p vs {control})" if control else method
+        assert heading in result.stdout and f"{escape(heading)}</th>" in page
+    # at 80 columns the table turns into one figure per line, no cell cut
+    from rich.console import Console
+
+    from kneuron.studies.catalog.edit_methods import methods_tables
+
+    console = Console(width=80, record=True, file=io.StringIO())
+    for part in methods_tables(stored, path, aggregates, width=80):
+        console.print(part)
+    narrow = console.export_text()
+    assert max(len(line) for line in narrow.splitlines()) <= 80
+    assert format_interval(replace(find(aggregates, "rome", "own_top1_new"), control=""), percent=True,
+                           signed=False) in narrow

@@ -12,6 +12,7 @@ from kneuron.studies.intervals import (
     bootstrap_interval,
     format_interval,
     interval_of,
+    median_interval,
     paired_permutation_p,
     wilson_interval,
 )
@@ -25,6 +26,15 @@ def test_bootstrap_equals_scipy_percentile_bootstrap_with_the_same_seed():
     ref = stats.bootstrap((np.array(VALUES),), np.mean, n_resamples=10_000, method="percentile",
                           confidence_level=0.95, rng=np.random.default_rng(7), vectorized=True)
     assert ours == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high), rel=1e-12)
+
+
+def test_median_interval_equals_scipy_percentile_bootstrap_of_the_median_with_the_same_seed():
+    ours = median_interval(VALUES + [math.nan], seed=7)
+    ref = stats.bootstrap((np.array(VALUES),), np.median, n_resamples=10_000, method="percentile",
+                          confidence_level=0.95, rng=np.random.default_rng(7), vectorized=True)
+    assert (ours.lo, ours.hi) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high), rel=1e-12)
+    assert ours.mean == np.median(VALUES) and ours.n == len(VALUES) and ours.method == "bootstrap median"
+    assert median_interval([]).n == 0
 
 
 def test_cluster_bootstrap_is_the_plain_one_when_each_fact_has_one_row_and_resamples_facts():

@@ -375,7 +375,9 @@ class IntegratedGradients(Estimator):
         alphas: "right" (the paper's k/m), "midpoint", "linspace" or "gauss" (``steps``-point Gauss–Legendre, at
             most ``limits.MAX_GAUSS_POINTS``).
         objective: "prob" (the paper) or "logprob".
-        memory_budget, batch_rows: how the steps are batched (they change no score beyond float rounding).
+        memory_budget: how the steps are batched: the bytes a batch may take (no score changes beyond float
+            rounding).
+        batch_rows: the same, as a number of step rows per batch.
         norm: "frozen" or "live" for models that normalise each FFN output (Gemma 2/3, OLMo 2; see
             :mod:`kneuron.attribution.ffn_norm`); None is the family's default ("frozen" there, nothing elsewhere).
             Recorded in :meth:`params` only when given; a run records the rule it used on its model.

@@ -35,6 +35,7 @@ from kneuron.cli.app import (
 )
 from kneuron.errors import KneuronError
 from kneuron.facts.sources import sources_help
+from kneuron.studies.display import fit_table
 
 
 @command("run")
@@ -189,6 +190,17 @@ def describe_estimator(params: dict) -> str:
     return text
 
 
+def neurons_per_fact(refined: dict, ids: list[str]) -> str:
+    """The mean number of refined neurons per done fact of ``ids`` with its 95% interval (the seeded bootstrap over
+    facts, :func:`~kneuron.studies.intervals.count_interval`) and n; empty without done facts. Computed here: an
+    atlas's neurons are not a study's rows, so no aggregate of them is stored."""
+    from kneuron.studies.intervals import count_interval, format_interval
+
+    if not ids:
+        return ""
+    return format_interval(count_interval([len(refined.get(i, ())) for i in ids]))
+
+
 def _show_atlas(atlas, relation: str | None, top: int) -> None:
     meta = atlas.meta
     params = meta.get("params", {})
@@ -198,23 +210,21 @@ def _show_atlas(atlas, relation: str | None, top: int) -> None:
     console.print(Text(f"estimator: {describe_estimator(params)}", style="bold"), soft_wrap=True)
     console.print(Text(", ".join(f"{k}={v}" for k, v in params.items()) + f"; made {meta.get('created')} by "
                        f"kneuron {meta.get('kneuron_version')}", style="dim"), soft_wrap=True)
-    facts = Table(show_edge=False)
-    facts.add_column("relation", style="bold")
-    for column in ("done", "pending", "dropped", "invalid", "neurons/fact"):
-        facts.add_column(column, justify="right")
     refined = atlas.all_refined()
     totals = [0, 0, 0, 0]
+    lines = []
     for name, counts in atlas.status_counts().items():
         if relation is not None and name != relation:
             continue
-        ids = [f.id for f in atlas.facts(relation=name)]
-        mean = sum(len(refined[i]) for i in ids) / len(ids) if ids else 0.0
         values = [counts[s] for s in ("done", "pending", "dropped", "invalid")]
         totals = [a + b for a, b in zip(totals, values, strict=True)]
-        facts.add_row(name, *map(str, values), f"{mean:.1f}" if ids else "")
+        lines.append([name, *map(str, values), neurons_per_fact(refined, [f.id for f in atlas.facts(relation=name)])])
     if relation is None:
-        mean = sum(len(v) for v in refined.values()) / len(refined) if refined else 0.0
-        facts.add_row("all", *map(str, totals), f"{mean:.1f}" if refined else "", style="bold")
+        lines.append(["all", *map(str, totals), neurons_per_fact(refined, list(refined))])
+    facts = fit_table("", ["relation", "done", "pending", "dropped", "invalid", "neurons/fact"],
+                      lines, console.width,
+                      caption="neurons/fact: refined neurons, mean over the done facts [95% interval: bootstrap over "
+                              "facts], n facts")
     _titled("Facts", facts)
     if not refined:
         console.print("[yellow]No fact is done yet: resume the run with the same `kneuron run` command.[/yellow]")

@@ -116,7 +116,7 @@ class Prompt:
 class Fact:
     """A relational fact expressed by a bag of prompts.
 
-    Example:
+    Examples:
         >>> fact = Fact("France", "capital", "Paris", ("The capital of [X] is [Y].", "[X]'s capital is [Y]."))
         >>> [p.causal_text for p in fact.prompts()]
         ['The capital of France is', "France's capital is"]

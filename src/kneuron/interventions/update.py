@@ -207,10 +207,15 @@ def update_fact(
     Args:
         lm: the model (not changed: apply the returned :class:`Edit`).
         neurons: the fact's knowledge neurons (KnowledgeNeurons, Neurons or (layer, index) pairs).
-        old, new: the current and the wanted answer (``old=None`` takes the fact's object).
-        lambda_old, lambda_new: the paper's lambda_1 = 1 and lambda_2 = 8.
+        old: the current answer (None takes the fact's object).
+        new: the wanted answer.
+        lambda_old: the paper's lambda_1 (1).
+        lambda_new: the paper's lambda_2 (8).
         exclude: neurons to leave out.
-        relation_counts, n_facts, max_share: also leave out :func:`shared_neurons` of the relation.
+        relation_counts: with ``n_facts`` and ``max_share``, also leave out :func:`shared_neurons` of the
+            relation (how many of its facts each neuron belongs to).
+        n_facts: the relation's number of facts.
+        max_share: the share of them above which a neuron is shared.
         tokens: "first" or "mean": e of a multi-token answer (see the module docstring).
         scale: "absolute" (the paper's formula) or "slot_norm" (the official code's: lambdas times |v_i| / |e|).
         sign: "none" (the formula) or "activation" (each delta times the sign of the neuron's mean activation at the

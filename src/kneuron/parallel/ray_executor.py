@@ -158,7 +158,8 @@ class RayExecutor:
         address: a running cluster ("host:port", "ray://host:port", "auto"); None starts a local Ray (or joins
             the one this process already started).
         device: the workers' torch device; "cuda" when ``gpus_per_worker > 0`` and the device is "cpu".
-        gpus_per_worker, cpus_per_worker: the resources Ray reserves per actor (fractions of a GPU allowed).
+        gpus_per_worker: the GPUs Ray reserves per actor (a fraction allowed).
+        cpus_per_worker: the CPUs Ray reserves per actor.
         threads: torch threads per worker (default: ``cpus_per_worker``).
         memory_budget: bytes per IG batch (default: attribution's, which on CUDA follows the free memory).
         in_flight: chunks submitted per worker at a time (2 keeps a worker busy while its result travels).

@@ -98,7 +98,7 @@ def estimators_section(rows: Sequence[dict], covered: Mapping[str, object] | Non
                       _num(entry["seconds_per_prompt"], ".3f"), _num(entry["speedup"], ".1f")])
     facts = covered.get("facts") if covered else None
     scope = (f" on {facts} of the atlas's {done_facts} done facts" if facts is not None and done_facts else "")
-    png = plots.estimators_figure(rows)
+    png = plots.estimators_figure(rows, aggregates)
     image = (f'<img alt="estimators against integrated gradients" '
              f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">' if png else "")
     return (f"<h2>{TITLE}</h2>"

@@ -110,7 +110,8 @@ def interactions_section(rows: Sequence[dict], covered: Mapping[str, object] | N
                  "p<sub>after</sub> / p<sub>before</sub> (independent factors), same tolerance. <b>−50% / −90%</b>: "
                  "the smallest k whose top-k (or k random neurons) remove that much of the answer's probability, "
                  "mean over the facts that get there (how many of them / facts); – when none does.</p>")
-    parts.append(_image(plots.interactions_figure(rows), "cumulative suppression curves, knowledge neurons vs random"))
+    parts.append(_image(plots.interactions_figure(rows, aggregates),
+                        "cumulative suppression curves, knowledge neurons vs random"))
     parts.append("<h3>Per fact</h3>")
     parts.append(_table(["fact", "relation", "KN", "Δ best alone", "Δ all", "pairs syn / red / add",
                          "−50%: KN", "random", "−90%: KN", "random"], _fact_rows(rows), left=2))

@@ -70,7 +70,8 @@ def languages_section(rows: Sequence[dict], covered: Mapping[str, object] | None
                  + _table(["pair", "mean Jaccard [95% interval], n"], _cells(jaccard_lines(rows, aggregates)))
                  + '<p class="note">|N(a) ∩ N(b)| / |N(a) ∪ N(b)| per fact, averaged over the facts with both '
                    "languages (a fact where both sets are empty is left out).</p>")
-    parts.append(_image(plots.language_layers_figure(rows), "shared and language-specific neurons per layer"))
+    parts.append(_image(plots.language_layers_figure(rows, aggregates),
+                        "shared and language-specific neurons per layer"))
     parts.append('<p class="note">A neuron counts once per fact: "shared by at least two" includes "shared by all".'
                  "</p>")
     parts.append(_suppression(rows, codes, aggregates))

@@ -11,6 +11,9 @@ from kneuron.report.data import ReportData, fmt, headline, layer_value
 from kneuron.report.parts import escape, image
 from kneuron.report.parts import table as html_table
 from kneuron.report.sections import report_section
+from kneuron.studies.display import stored_figure
+from kneuron.studies.generic import MEMBERS, UNRELATED, by_word_rows
+from kneuron.studies.intervals import find
 from kneuron.studies.metrics import summarize
 
 #: the paper's BERT-base-cased figures (Dai et al. 2022), shown next to ours
@@ -74,6 +77,21 @@ def headline_section(data: ReportData) -> str:
               "which change how these numbers should be read.</p>" + INTERVAL_NOTE)
 
 
+def median_figure(data: ReportData, op: str, variant: str = "kn") -> str:
+    """The stored median over facts of ``op`` with its bootstrap interval and n (``−85.1% [−92.0, −70.3], n =
+    16``); on an atlas studied before medians were stored, the bare median with its n and what to re-run."""
+    from kneuron.studies.intervals import format_interval
+
+    stored = data.interval("suppress_amplify", variant, f"{op}:median")
+    if stored.n:
+        return format_interval(stored, percent=True)
+    summary = summarize(data.rows("suppress_amplify"), variant, op)
+    if not summary.n:
+        return "–"
+    median = f"{summary.median * 100:+.1f}%".replace("-", "−")
+    return f"{median}, n = {summary.n}, no interval stored (re-run `kneuron study suppress-amplify`)"
+
+
 def _summary_rows(data: ReportData, op: str, variants: Sequence[str], relations: Sequence[str],
                   ) -> list[list[str]]:
     n = summarize(data.rows("suppress_amplify"), variants[0], op)
@@ -103,11 +121,12 @@ def _suppress_section(data: ReportData, generic_names: Sequence[str]) -> str:
         parts.append(html_table(["relation", "facts", "knowledge neurons", "random (same layers)",
                              "KN without generic", "random, without generic"],
                             _summary_rows(data, op, variants, relations)))
-        median = summarize(rows, "kn", op).median
-        parts.append(f'<p class="note">Median over facts for the knowledge neurons: {_pct(median)}. The p-values '
-                     "test each set against its random control on the same facts.</p>")
+        parts.append(f'<p class="note">Median over facts for the knowledge neurons: '
+                     f"{escape(median_figure(data, op))}. The p-values test each set against its random control on "
+                     "the same facts.</p>")
     parts.append(INTERVAL_NOTE)
-    parts.append(image(plots.suppress_amplify_figure(rows), "suppress and amplify per relation"))
+    aggregates = data.aggregates.get("suppress_amplify", ())
+    parts.append(image(plots.suppress_amplify_figure(rows, aggregates), "suppress and amplify per relation"))
     dropped = sum(1 for r in rows if r["variant"] == "kn_no_generic" and r["metric"] == "neurons" and r["value"] == 0)
     if generic_names:
         parts.append(f'<p class="note">Without generic neurons ({", ".join(map(escape, generic_names))}): '
@@ -127,7 +146,7 @@ def _suppress_section(data: ReportData, generic_names: Sequence[str]) -> str:
     seed = f" (seed {settings['seed']:.0f})" if "seed" in settings else ""
     parts.append(f'<p class="note">Same neurons, same position rule, on one prompt each of {drawn} drawn{seed} '
                  "from the other relations.</p>")
-    parts.append(image(plots.other_relations_figure(rows), "own facts against other relations' facts"))
+    parts.append(image(plots.other_relations_figure(rows, aggregates), "own facts against other relations' facts"))
     return "".join(parts)
 
 
@@ -169,6 +188,15 @@ def _generic_section(data: ReportData) -> str:
     parts.append(_coarse_generic(flags, threshold))
     probed = sorted({r["variant"] for r in rows if r["fact_id"]},
                     key=lambda name: (names.index(name) if name in names else len(names), name))
+    aggregates, split = data.aggregates.get("generic", ()), by_word_rows(rows)
+
+    def shown_mean(name: str, metric: str, percent: bool = True) -> str:
+        source = split if "@" in metric else rows
+        text = escape(stored_figure(aggregates, source, "generic", name, metric, percent=percent, signed=percent))
+        mean = find(aggregates, name, metric).mean
+        return f'<span class="{"neg" if mean < 0 else "pos"}">{text}</span>' if percent and math.isfinite(mean) \
+            else text
+
     for name in probed:
         table = plots.generic_by_word(rows, name)
         parts.append(f"<h3>{escape(name)} on its own</h3>")
@@ -176,8 +204,12 @@ def _generic_section(data: ReportData) -> str:
         parts.append(html_table(
             ["last word before the answer", "facts without it", "facts with it", "mean activation",
              "zeroed alone: facts without it", "zeroed alone: facts with it"],
-            [[f"<code>{escape(word)}</code>", str(v["n_unrelated"]), str(v["n_members"]), f"{v['activation']:.3f}",
-              _pct(v["unrelated"]), _pct(v["members"])] for word, v in shown]))
+            [[f"<code>{escape(word)}</code>", str(v["n_unrelated"]), str(v["n_members"]),
+              shown_mean(name, f"activation:{word}", percent=False),
+              shown_mean(name, f"suppress_alone:{word}{UNRELATED}"),
+              shown_mean(name, f"suppress_alone:{word}{MEMBERS}")]
+             for word, v in shown]))
+        parts.append(INTERVAL_NOTE)
         if len(table) > len(shown):
             parts.append(f'<p class="note">The {len(shown)} most frequent of {len(table)} last words.</p>')
         # the clearest effect on facts that do not have it, among words seen in enough of them
@@ -187,10 +219,10 @@ def _generic_section(data: ReportData) -> str:
         if worst:
             word, v = worst
             parts.append(f'<p class="note">Zeroing {escape(name)} alone changes the correct probability of facts that '
-                         f"do not count it among their knowledge neurons by {_pct(v['unrelated'])} on prompts "
-                         f"ending in <code>{escape(word)}</code> (mean over {v['n_unrelated']} facts; its mean "
-                         f"activation there is {v['activation']:.2f}).</p>")
-        parts.append(image(plots.generic_figure(rows, name), f"{name} by last word"))
+                         f"do not count it among their knowledge neurons by "
+                         f"{shown_mean(name, f'suppress_alone:{word}{UNRELATED}')} on prompts ending in "
+                         f"<code>{escape(word)}</code> (its mean activation there is {v['activation']:.2f}).</p>")
+        parts.append(image(plots.generic_figure(rows, name, aggregates=aggregates), f"{name} by last word"))
     return "".join(parts)
 
 

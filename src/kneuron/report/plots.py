@@ -2,7 +2,9 @@
 as PNG bytes, ready to embed in the HTML report as data URIs.
 
 Each function takes the study's long-format rows (see :mod:`kneuron.studies`) and returns ``None`` when
-there is nothing to draw.
+there is nothing to draw. A bar that is a mean over facts takes its height, its 95% interval (the error bar) and
+its n (in its label) from the study's stored aggregates (:func:`stored_bar`), never recomputed; on an atlas
+studied before aggregates were stored the bar is the bare mean with its n and no error bar.
 
 Example:
     >>> png = suppress_amplify_figure(atlas.results("suppress_amplify"))
@@ -15,13 +17,16 @@ import io
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from kneuron.studies.interactions import curve_summary, fact_curves
-from kneuron.studies.languages import layer_summary, overlap_summary, study_languages, suppression_matrix
+from kneuron.studies.intervals import find, row_mean
+from kneuron.studies.languages import layer_summary, study_languages, suppression_matrix
 from kneuron.studies.layer_distribution import top_layers
 from kneuron.studies.metrics import summarize
 
@@ -40,17 +45,57 @@ def to_png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
+@dataclass(frozen=True)
+class Bar:
+    """One bar that is a mean over facts: its height and 95% interval (``lo``, ``hi``; NaN: none stored), scaled
+    as drawn, and its number of facts ``n``."""
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+
+
+def stored_bar(aggregates: Sequence[dict], rows: Sequence[dict], variant: str, metric: str, relation: str = "", *,
+               scale: float = 100.0) -> Bar:
+    """The bar of (variant, metric, relation): the stored aggregate's mean, interval and n times ``scale``; without
+    one (an atlas studied before aggregates were stored) the bare mean of the per-fact rows with its n, no
+    interval."""
+    stored = find(aggregates, variant, metric, relation)
+    if stored.n:
+        return Bar(stored.mean * scale, stored.lo * scale, stored.hi * scale, stored.n)
+    mean, n = row_mean(rows, variant, metric, relation)
+    return Bar(mean * scale, math.nan, math.nan, n)
+
+
+def draw_bars(axis: Axes, x: np.ndarray | Sequence[float], bars: Sequence[Bar], width: float, **style) -> None:
+    """``bars`` at ``x`` with their intervals as error bars (none where no interval is stored; a bar without facts
+    is not drawn)."""
+    heights = [b.mean if b.n and math.isfinite(b.mean) else 0.0 for b in bars]
+    below = [h - b.lo if math.isfinite(b.lo) else 0.0 for h, b in zip(heights, bars, strict=True)]
+    above = [b.hi - h if math.isfinite(b.hi) else 0.0 for h, b in zip(heights, bars, strict=True)]
+    axis.bar(x, heights, width, yerr=[below, above], capsize=2, error_kw={"elinewidth": 0.8, "ecolor": "#333333"},
+             **style)
+
+
+#: what every figure's error bars are (the report's captions say it)
+ERROR_BARS = "error bars: 95% interval (bootstrap over facts) from the stored aggregates; n: facts"
+
+
 def _relations(rows: Sequence[dict], variant: str, metric: str) -> list[str]:
     return sorted(summarize(rows, variant, metric).per_relation)
 
 
-def suppress_amplify_figure(rows: Sequence[dict]) -> bytes | None:
+def suppress_amplify_figure(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> bytes | None:
     """Mean relative change (%) of the correct probability per relation and overall: suppress and amplify, knowledge
-    neurons against random neurons of the same layers, with and without generic neurons."""
+    neurons against random neurons of the same layers, with and without generic neurons; each bar with its stored
+    95% interval, each group labelled with its number of facts (the knowledge neurons')."""
     relations = _relations(rows, "kn", "suppress")
     if not relations:
         return None
-    groups = ["all", *relations]
+    groups = ["", *relations]
+    labels = [f"{relation or 'all'}\nn = {stored_bar(aggregates, rows, 'kn', 'suppress', relation).n}"
+              for relation in groups]
     figure = Figure(figsize=(max(7.0, 0.75 * len(groups) + 3), 7.2))
     panels = figure.subplots(2, 1, sharex=True)
     variants = ("kn", "random", "kn_no_generic", "random_no_generic")
@@ -58,38 +103,40 @@ def suppress_amplify_figure(rows: Sequence[dict]) -> bytes | None:
     x = np.arange(len(groups))
     for axis, op in zip(panels, ("suppress", "amplify"), strict=True):
         for k, variant in enumerate(variants):
-            summary = summarize(rows, variant, op)
-            heights = [summary.mean * 100] + [summary.per_relation.get(r, (math.nan, 0))[0] * 100 for r in relations]
-            axis.bar(x + (k - 1.5) * width, heights, width, color=COLORS[variant], label=LABELS[variant],
-                     edgecolor="#555555", linewidth=0.4)
+            draw_bars(axis, x + (k - 1.5) * width, [stored_bar(aggregates, rows, variant, op, r) for r in groups],
+                      width, color=COLORS[variant], label=LABELS[variant], edgecolor="#555555", linewidth=0.4)
         axis.axhline(0, color="black", linewidth=0.8)
         axis.set_ylabel(f"{op}: mean Δp / p (%)")
         axis.set_title(f"{op.capitalize()} ({'activation set to 0' if op == 'suppress' else 'activation doubled'} "
                        "at the answer position)", fontsize=10)
         axis.grid(axis="y", alpha=0.3)
     panels[0].legend(fontsize=8, ncol=2)
-    panels[1].set_xticks(x, groups, rotation=40, ha="right")
+    panels[1].set_xticks(x, labels, rotation=40, ha="right")
+    panels[1].set_xlabel(ERROR_BARS, fontsize=8)
     figure.tight_layout()
     return to_png(figure)
 
 
-def other_relations_figure(rows: Sequence[dict]) -> bytes | None:
-    """Own facts against other relations' facts: mean relative change (%) when a fact's neurons are patched."""
+def other_relations_figure(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> bytes | None:
+    """Own facts against other relations' facts: mean relative change (%) when a fact's neurons are patched, each
+    bar with its stored 95% interval, each group labelled with its number of facts (own, other)."""
     bars = []
     for variant in ("kn", "kn_no_generic", "random"):
         for op in ("suppress", "amplify"):
-            own, other = summarize(rows, variant, op), summarize(rows, variant, f"{op}_other")
+            own, other = stored_bar(aggregates, rows, variant, op), stored_bar(aggregates, rows, variant, f"{op}_other")
             if own.n:
-                bars.append((f"{op}\n{LABELS[variant]}", own.mean * 100, other.mean * 100))
+                bars.append((f"{op}\n{LABELS[variant]}\nn = {own.n}, {other.n}", own, other))
     if not bars:
         return None
-    figure = Figure(figsize=(8.5, 3.8))
+    figure = Figure(figsize=(8.5, 4.0))
     axis = figure.subplots()
     x = np.arange(len(bars))
-    axis.bar(x - 0.2, [b[1] for b in bars], 0.4, label="the fact's own prompts", color=COLORS["kn"])
-    axis.bar(x + 0.2, [b[2] for b in bars], 0.4, label="prompts of other relations' facts", color=COLORS["other"])
+    draw_bars(axis, x - 0.2, [b[1] for b in bars], 0.4, label="the fact's own prompts", color=COLORS["kn"])
+    draw_bars(axis, x + 0.2, [b[2] for b in bars], 0.4, label="prompts of other relations' facts",
+              color=COLORS["other"])
     axis.axhline(0, color="black", linewidth=0.8)
     axis.set_xticks(x, [b[0] for b in bars], fontsize=7)
+    axis.set_xlabel(ERROR_BARS, fontsize=8)
     axis.set_ylabel("mean Δp / p (%)")
     axis.legend(fontsize=8)
     axis.grid(axis="y", alpha=0.3)
@@ -205,27 +252,34 @@ def generic_by_word(rows: Sequence[dict], neuron: str) -> dict[str, dict[str, fl
     return dict(sorted(table.items(), key=lambda item: -(item[1]["n_unrelated"] + item[1]["n_members"])))
 
 
-def generic_figure(rows: Sequence[dict], neuron: str, max_words: int = 12) -> bytes | None:
+def generic_figure(rows: Sequence[dict], neuron: str, max_words: int = 12, *,
+                   aggregates: Sequence[dict] = ()) -> bytes | None:
     """One generic neuron: its activation and the effect of zeroing it alone, by the last word before the
-    answer."""
+    answer; each bar with its stored 95% interval, each word labelled with its number of facts (left: all; right:
+    without it, with it)."""
+    from kneuron.studies.generic import MEMBERS, UNRELATED, by_word_rows
+
     table = dict(list(generic_by_word(rows, neuron).items())[:max_words])
     if not table:
         return None
     words = list(table)
-    figure = Figure(figsize=(max(7.0, 0.6 * len(words) + 2), 3.6))
+    split = by_word_rows(rows)
+    figure = Figure(figsize=(max(7.0, 0.6 * len(words) + 2), 3.8))
     left, right = figure.subplots(1, 2)
-    left.bar(words, [table[w]["activation"] for w in words], color=COLORS["kn"])
+    activation = [stored_bar(aggregates, rows, neuron, f"activation:{w}", scale=1.0) for w in words]
+    x = np.arange(len(words))
+    draw_bars(left, x, activation, 0.8, color=COLORS["kn"])
+    left.set_xticks(x, [f"{w}\nn = {b.n}" for w, b in zip(words, activation, strict=True)])
     left.set_title(f"{neuron}: mean activation at the answer position", fontsize=9)
     left.set_xlabel("last word before the answer")
-    x = np.arange(len(words))
-    right.bar(x - 0.2, [table[w]["unrelated"] * 100 for w in words], 0.4, color=COLORS["other"],
-              label="facts without it")
-    right.bar(x + 0.2, [table[w]["members"] * 100 for w in words], 0.4, color=COLORS["kn"],
-              label="facts with it as a knowledge neuron")
-    right.set_xticks(x, words)
+    unrelated = [stored_bar(aggregates, split, neuron, f"suppress_alone:{w}{UNRELATED}") for w in words]
+    members = [stored_bar(aggregates, split, neuron, f"suppress_alone:{w}{MEMBERS}") for w in words]
+    draw_bars(right, x - 0.2, unrelated, 0.4, color=COLORS["other"], label="facts without it")
+    draw_bars(right, x + 0.2, members, 0.4, color=COLORS["kn"], label="facts with it as a knowledge neuron")
+    right.set_xticks(x, [f"{w}\nn = {a.n}, {b.n}" for w, a, b in zip(words, unrelated, members, strict=True)])
     right.axhline(0, color="black", linewidth=0.8)
     right.set_title(f"{neuron} zeroed alone: mean Δp / p (%)", fontsize=9)
-    right.set_xlabel("last word before the answer")
+    right.set_xlabel(f"last word before the answer; {ERROR_BARS}", fontsize=7)
     right.legend(fontsize=7)
     for axis in (left, right):
         axis.tick_params(axis="x", labelrotation=40, labelsize=8)
@@ -234,15 +288,18 @@ def generic_figure(rows: Sequence[dict], neuron: str, max_words: int = 12) -> by
     return to_png(figure)
 
 
-def estimators_figure(rows: Sequence[dict]) -> bytes | None:
+def estimators_figure(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> bytes | None:
     """Per compared estimator: its agreement with integrated gradients (Spearman, top-10 recall, refined Jaccard;
-    left) and the suppression of its refined neurons against IG's and a random control's (mean Δp/p; right)."""
+    left) and the suppression of its refined neurons against IG's and a random control's (mean Δp/p; right); each
+    bar with its stored 95% interval, each estimator labelled with its number of facts."""
     from kneuron.studies.estimator_agreement import agreement_summary
 
     entries = [e for e in agreement_summary(rows) if e["estimator"] != "ig"]
     if not entries:
         return None
     names = [str(e["estimator"]) for e in entries]
+    counts = [_estimator_bar(aggregates, rows, e, "spearman", 1.0).n or _estimator_bar(aggregates, rows, e, "suppress",
+                                                                                          1.0).n for e in entries]
     figure = Figure(figsize=(max(8.0, 1.6 * len(names) + 5), 3.8))
     left, right = figure.subplots(1, 2)
     x = np.arange(len(names))
@@ -254,10 +311,9 @@ def estimators_figure(rows: Sequence[dict]) -> bytes | None:
         width = 0.8 / len(bars)
         scale = 100 if axis is right else 1
         for k, (metric, name, color) in enumerate(bars):
-            heights = [float(e[metric]) * scale if math.isfinite(float(e[metric])) else 0.0 for e in entries]
-            axis.bar(x + (k - 1) * width, heights, width, color=color, label=name, edgecolor="#555555",
-                     linewidth=0.4)
-        axis.set_xticks(x, names, fontsize=8)
+            draw_bars(axis, x + (k - 1) * width, [_estimator_bar(aggregates, rows, e, metric, scale) for e in entries],
+                      width, color=color, label=name, edgecolor="#555555", linewidth=0.4)
+        axis.set_xticks(x, [f"{name}\nn = {n}" for name, n in zip(names, counts, strict=True)], fontsize=8)
         axis.set_ylabel(label)
         axis.axhline(0, color="black", linewidth=0.8)
         axis.grid(axis="y", alpha=0.3)
@@ -265,17 +321,29 @@ def estimators_figure(rows: Sequence[dict]) -> bytes | None:
     left.set_ylim(min(0.0, left.get_ylim()[0]), 1.05)
     left.set_title("Rank correlation, top-10 overlap, refined sets", fontsize=9)
     right.set_title("Refined neurons set to 0 at the answer position", fontsize=9)
+    figure.suptitle(ERROR_BARS, fontsize=8, y=0.02)
     figure.tight_layout()
     return to_png(figure)
 
 
-def language_layers_figure(rows: Sequence[dict]) -> bytes | None:
+def _estimator_bar(aggregates: Sequence[dict], rows: Sequence[dict], entry: dict, metric: str, scale: float) -> Bar:
+    """An estimator's stored bar (its Spearman over the kept neurons where the summary uses those); without a stored
+    aggregate, the study summary's mean (no interval)."""
+    stored_metric = "spearman_kept" if metric == "spearman" and entry.get("spearman_over") == "kept" else metric
+    bar = stored_bar(aggregates, rows, str(entry["estimator"]), stored_metric, scale=scale)
+    if bar.n:
+        return bar
+    value = float(entry[metric])
+    return Bar(value * scale, math.nan, math.nan, int(entry.get("facts", 0) or 0) if math.isfinite(value) else 0)
+
+
+def language_layers_figure(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> bytes | None:
     """The ``languages`` study: per layer, how many of the facts' neurons are shared by all their languages, shared
-    by at least two, or specific to one language (left), and the mean share of each per fact (right)."""
+    by at least two, or specific to one language (left), and the mean share of each per fact with its stored 95%
+    interval and n (right)."""
     layers = layer_summary(rows)
     if not any(layers.values()) or not any(any(v.values()) for v in layers.values()):
         return None
-    summary = overlap_summary(rows)
     n_layers = max(max(v, default=-1) for v in layers.values()) + 1
     figure = Figure(figsize=(max(8.0, 0.3 * n_layers + 5), 3.8))
     left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1]})
@@ -290,12 +358,12 @@ def language_layers_figure(rows: Sequence[dict]) -> bytes | None:
     left.set_ylabel("neurons (over facts)")
     left.legend(fontsize=8)
     left.grid(axis="y", alpha=0.3)
-    n = summary.get("union", (math.nan, 0))[1]
-    shares = [summary.get(f"share_{name}", (math.nan, 0))[0] * 100 for name in ("shared_all", "shared", "specific")]
-    right.bar(range(3), shares, color=[colors[k] for k in ("shared_all", "shared", "specific")])
-    right.set_xticks(range(3), ["all", "2+", "one"], fontsize=8)
+    shares = [stored_bar(aggregates, rows, "overlap", f"share_{name}") for name in ("shared_all", "shared", "specific")]
+    draw_bars(right, range(3), shares, 0.8, color=[colors[k] for k in ("shared_all", "shared", "specific")])
+    right.set_xticks(range(3), [f"{label}\nn = {bar.n}" for label, bar in zip(("all", "2+", "one"), shares,
+                                                                                 strict=True)], fontsize=8)
     right.set_ylabel("mean share of a fact's neurons (%)")
-    right.set_title(f"n = {n} facts", fontsize=9)
+    right.set_title("error bars: 95% interval (stored)", fontsize=8)
     right.set_ylim(0, 100)
     figure.tight_layout()
     return to_png(figure)
@@ -329,10 +397,11 @@ def suppression_matrix_figure(rows: Sequence[dict]) -> bytes | None:
     return to_png(figure)
 
 
-def interactions_figure(rows: Sequence[dict]) -> bytes | None:
+def interactions_figure(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> bytes | None:
     """The ``interactions`` study's cumulative curves: Δp/p (%) of the answer with a fact's top-k knowledge neurons
     (by score) set to 0, k = 1, 2, ..., each fact thin and the mean over the facts that have k neurons thick, against
-    as many random neurons of the same layers; the −50% and −90% levels dashed; n = facts at each k."""
+    as many random neurons of the same layers, each mean with its stored 95% interval as a band; the −50% and −90%
+    levels dashed; n = facts at each k."""
     kn, random = curve_summary(rows, "kn"), curve_summary(rows, "random")
     if not kn:
         return None
@@ -343,13 +412,19 @@ def interactions_figure(rows: Sequence[dict]) -> bytes | None:
     for variant, summary in (("random", random), ("kn", kn)):
         if summary:
             ks = list(summary)
-            axis.plot(ks, [summary[k][0] * 100 for k in ks], color=COLORS[variant] if variant == "kn" else "#777777",
-                      marker="o", linewidth=2.2, label=f"{LABELS[variant]}, mean")
+            bars = [stored_bar(aggregates, rows, variant, f"curve:{k}") for k in ks]
+            color = COLORS[variant] if variant == "kn" else "#777777"
+            axis.plot(ks, [b.mean for b in bars], color=color, marker="o", linewidth=2.2,
+                      label=f"{LABELS[variant]}, mean")
+            if any(math.isfinite(b.lo) for b in bars):
+                axis.fill_between(ks, [b.lo for b in bars], [b.hi for b in bars], color=color, alpha=0.2,
+                                  label=f"{LABELS[variant]}, 95% interval (stored)")
     for level in (50, 90):
         axis.axhline(-level, color="#b00020", linestyle="--", linewidth=0.8)
         axis.text(max(kn) + 0.1, -level, f"−{level}%", color="#b00020", va="bottom", fontsize=8)
     axis.axhline(0, color="black", linewidth=0.8)
     for k, (_, n) in kn.items():
+        n = stored_bar(aggregates, rows, "kn", f"curve:{k}").n or n
         axis.annotate(f"n={n}", (k, 0), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7,
                       color="#555555")
     axis.set_xticks(list(kn))

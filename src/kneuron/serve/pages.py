@@ -15,6 +15,7 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from kneuron.store import queries
 from kneuron.store import scores as score_blobs
 from kneuron.store.queries import stored_activations
 from kneuron.store.vocabulary import vocabulary_fact_ids, word_ranks
-from kneuron.studies.intervals import figure, find
+from kneuron.studies.intervals import count_interval, figure, find, format_interval
 from kneuron.studies.metrics import summarize
 from kneuron.studies.registry import registered_studies
 
@@ -85,10 +86,13 @@ def overview(atlas) -> dict[str, Any]:
         meta = atlas.meta
         counts = atlas.status_counts()
         neurons = queries.relation_neuron_totals(atlas)
+        per_fact = queries.done_fact_neuron_counts(atlas)
         relations = [{"relation": relation, **status, "total": sum(status.values()),
                       "neurons": neurons.get(relation, {}).get("neurons", 0),
-                      "facts_with_neurons": neurons.get(relation, {}).get("facts_with", 0)}
+                      "facts_with_neurons": neurons.get(relation, {}).get("facts_with", 0),
+                      **neurons_per_fact(per_fact.get(relation, []))}
                      for relation, status in counts.items()]
+        all_facts = neurons_per_fact([c for v in per_fact.values() for c in v])
         layers = atlas.layer_counts("refined")
         top = [{"name": neuron_name(n.layer, n.index), "layer": n.layer, "index": n.index, "facts": facts,
                 "score": finite(n.score)} for n, facts in atlas.top_neurons(15)]
@@ -116,10 +120,20 @@ def overview(atlas) -> dict[str, Any]:
                                  pooled=top_third)}]
             if top_third is not None else []),
         "relations": relations, "done": done, "total": sum(r["total"] for r in relations),
+        "neurons_per_fact": all_facts,
         "layers": [{"layer": layer, "neurons": count} for layer, count in sorted(layers.items())],
         "top_neurons": top, "studies": studies, "generic": generic,
         "generic_share": meta.get("generic", {}).get("share", 0.1),
     }
+
+
+def neurons_per_fact(counts: Sequence[int]) -> dict[str, Any]:
+    """The mean refined neurons per done fact with its 95% interval (seeded bootstrap over facts) and n, computed
+    from the atlas's neurons (no study stores them): ``per_fact`` (the mean), ``per_fact_interval`` (the CLI's text,
+    as ``kneuron atlas`` shows it; empty without done facts), ``per_fact_lo``, ``per_fact_hi``, ``per_fact_n``."""
+    found = count_interval(counts)
+    return {"per_fact": finite(found.mean), "per_fact_interval": format_interval(found) if found.n else "",
+            "per_fact_lo": finite(found.lo), "per_fact_hi": finite(found.hi), "per_fact_n": found.n}
 
 
 def _headline_figure(rows: Sequence[dict[str, Any]], key: str, label: str, study: str, variant: str, metric: str,
@@ -130,6 +144,8 @@ def _headline_figure(rows: Sequence[dict[str, Any]], key: str, label: str, study
     show)."""
     summary = summarize(rows, variant, metric)
     stored = find(aggregates, variant, metric, relation)
+    if stored.n:  # the stored mean and n, not recomputed; the rows' bare mean only on an atlas without them
+        summary = replace(summary, mean=stored.mean, n=stored.n)
     return {"key": key, "label": label, "value": finite(summary.mean), "format": fmt, "n": summary.n,
             "study": study, "variant": variant, "metric": metric, "lo": finite(stored.lo), "hi": finite(stored.hi),
             "p": finite(stored.p), "control": stored.control,
@@ -162,6 +178,7 @@ def relation_page(atlas, relation: str) -> dict[str, Any]:
                    for variant in ("kn", "random") for metric in ("suppress", "amplify")]
         layers = atlas.layer_counts("refined", relation=relation)
     return {"relation": relation, "facts": facts[:MAX_ROWS], "n_facts": len(facts), "done": len(done),
+            "neurons_per_fact": neurons_per_fact([f["neurons"] for f in done]),
             "shared": shared, "figures": [f for f in figures if f["n"]],
             "layers": [{"layer": layer, "neurons": count} for layer, count in sorted(layers.items())]}
 

@@ -292,8 +292,11 @@ def run(
         facts: the facts (e.g. ``load_facts("builtin")``); ids must be unique.
         atlas_path: the SQLite file; created when missing, continued when it holds a run of the same model
             and parameters.
-        steps, objective, alphas: integrated gradients (see :func:`kneuron.integrated_gradients`).
-        threshold, share: coarse threshold and refine share (see :func:`kneuron.refine`).
+        steps: integrated gradients' steps (see :func:`kneuron.integrated_gradients`).
+        objective: its objective.
+        alphas: its α rule.
+        threshold: the coarse threshold (see :func:`kneuron.refine`).
+        share: the refine share.
         known_only: compute only facts the model knows: the first answer token ranks below ``top`` for more
             than ``min_share`` of the prompts (:func:`kneuron.facts.known_facts`); the others are recorded as
             'dropped'. False computes every fact (their known-filter outcome is still recorded).

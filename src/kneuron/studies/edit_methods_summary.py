@@ -1,17 +1,27 @@
 """Summaries of the edit-methods study's rows (:mod:`kneuron.studies.edit_methods`): one table of every metric
-per method (means over the facts with a bootstrap 95% interval, the paper's ΔPPL), and Hase et al.'s check (does
-the tracing effect at the edit layer predict ROME's success per fact? Spearman over facts); what the CLI and the
-report show."""
+per method (each mean over the facts with its stored 95% interval, n and paired p against the method's control,
+read from the aggregates the runner stored, never recomputed; the paper's ΔPPL, which is not a mean over facts,
+with its number of edits), and Hase et al.'s check (does the tracing effect at the edit layer predict ROME's
+success per fact? Spearman over facts); what the CLI and the report show."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import stats
 
+from kneuron.studies.base import number
+from kneuron.studies.display import stored_figure
+from kneuron.studies.edit_methods import STUDY
 from kneuron.studies.editing import update_summary
+
+#: each method's control for the paired tests of its stored aggregates (same metric, same facts): the paper's KN
+#: update and ROME against the signed KN update (the KN edit that works on gated FFNs, so ROME is tested against the
+#: better KN edit), and every ``rome_c{n}`` against ``rome`` (same key and δ, C from fewer tokens; see
+#: :func:`controls_of`)
+CONTROLS: Mapping[str, str] = {"kn": "kn_signed", "rome": "kn_signed"}
 
 #: (label, metric) of the comparison table's rows: means over the edited facts of a per-fact share or probability
 TABLE = (
@@ -48,33 +58,40 @@ def per_fact(rows: Sequence[dict], variant: str, metric: str) -> dict[str, float
             and r.get("fact_id") and isinstance(r["value"], float) and math.isfinite(r["value"])}
 
 
-def mean_interval(values: Sequence[float], seed: int = 0) -> tuple[float, float, float, int]:
-    """(mean, low, high, n): a percentile bootstrap 95% interval of the mean (scipy), the mean itself when every
-    value is equal or there is one."""
-    v = np.asarray(values, dtype=np.float64)
-    if not len(v):
-        return math.nan, math.nan, math.nan, 0
-    mean = float(v.mean())
-    if len(v) < 2 or np.ptp(v) == 0:
-        return mean, mean, mean, len(v)
-    ci = stats.bootstrap((v,), np.mean, n_resamples=2000, confidence_level=0.95, method="percentile",
-                         random_state=np.random.default_rng(seed)).confidence_interval
-    return mean, float(ci.low), float(ci.high), len(v)
+def controls_of(rows: Sequence[dict]) -> dict[str, str]:
+    """:data:`CONTROLS` and ``rome_c{n}`` -> ``rome`` for each such variant in the rows."""
+    return {**CONTROLS, **{m: "rome" for m in methods_of(rows) if m.startswith("rome_c")}}
 
 
-def comparison(rows: Sequence[dict]) -> list[tuple[str, dict[str, tuple[float, float, float, int]]]]:
-    """Per table row, per method: (mean, low, high, facts); ΔPPL rows have no interval (NaN bounds)."""
+def control_heading(method: str, rows: Sequence[dict]) -> str:
+    """A method's column heading: ``rome (p vs kn_signed)``, or the method alone when it has no control."""
+    control = controls_of(rows).get(method)
+    return f"{method} (p vs {control})" if control else method
+
+
+def percent_of(metric: str) -> bool:
+    """Whether a table metric is a share (shown in percent) rather than a probability."""
+    return not metric.startswith("own_p_new")
+
+
+def comparison(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, dict[str, str]]]:
+    """Per table row, per method, the cell as shown: facts edited (``2 of 3``); each mean over facts with its stored
+    interval, n and paired p against the method's control (:func:`~kneuron.studies.display.stored_figure`; an atlas
+    studied before aggregates were stored: the bare mean with its n and what to re-run); the paper's ΔPPL with the
+    number of edits behind it (no interval: a difference of exponentiated means)."""
     methods = methods_of(rows)
-    edited = {m: sum(per_fact(rows, m, "edited").values()) for m in methods}
-    out: list[tuple[str, dict]] = [("facts edited", {m: (edited[m], math.nan, math.nan,
-                                                          len(per_fact(rows, m, "edited"))) for m in methods})]
+    edited = {m: per_fact(rows, m, "edited") for m in methods}
+    out: list[tuple[str, dict[str, str]]] = [
+        ("facts edited", {m: f"{sum(edited[m].values()):.0f} of {len(edited[m])}" for m in methods})]
     for label, metric in TABLE:
-        out.append((label, {m: mean_interval(list(per_fact(rows, m, metric).values())) for m in methods}))
+        out.append((label, {m: stored_figure(aggregates, rows, STUDY, m, metric, percent=percent_of(metric),
+                                             signed=False, name_control=False) for m in methods}))
     for label, tag in PPL:
         cells = {}
         for m in methods:
-            s = update_summary(rows, m)
-            cells[m] = (s[f"{tag}_delta_ppl"], math.nan, math.nan, len(per_fact(rows, m, f"{tag}_log_ppl_after")))
+            edits = len(per_fact(rows, m, f"{tag}_log_ppl_after"))
+            delta = number(update_summary(rows, m)[f"{tag}_delta_ppl"], "+.3g").replace("-", "−")
+            cells[m] = f"{delta} over {edits} edits" if edits else "–"
         out.append((label, cells))
     return out
 
@@ -101,19 +118,19 @@ def localisation_correlations(rows: Sequence[dict], variant: str = "rome",
     return out
 
 
-def stats_dependence(rows: Sequence[dict]) -> list[tuple[str, float, float, int]]:
-    """Per ``rome_c{n}`` variant: (variant, mean ‖ΔW − ΔW_main‖/‖ΔW_main‖, mean cosine of the directions, facts)."""
+def stats_dependence(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str, str]]:
+    """Per ``rome_c{n}`` variant: (variant, mean ‖ΔW − ΔW_main‖/‖ΔW_main‖, mean cosine of the directions), each
+    with its stored interval and n (:func:`~kneuron.studies.display.stored_figure`)."""
     out = []
     for m in methods_of(rows):
-        change = list(per_fact(rows, m, "change_vs_main").values())
-        if change:
-            cosine = list(per_fact(rows, m, "cosine_vs_main").values())
-            out.append((m, float(np.mean(change)), float(np.mean(cosine)), len(change)))
+        if per_fact(rows, m, "change_vs_main"):
+            out.append((m, *(stored_figure(aggregates, rows, STUDY, m, metric, percent=False, signed=False, digits=4,
+                                           name_control=False) for metric in ("change_vs_main", "cosine_vs_main"))))
     return out
 
 
-def seconds_per_fact(rows: Sequence[dict]) -> tuple[float, float]:
-    """(mean seconds per fact for everything, of which ROME's key and δ)."""
-    total = list(per_fact(rows, "cost", "seconds").values())
-    rome = list(per_fact(rows, "rome", "rome_seconds").values())
-    return (float(np.mean(total)) if total else math.nan), (float(np.mean(rome)) if rome else math.nan)
+def seconds_per_fact(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> tuple[str, str]:
+    """(mean seconds per fact for everything, of which ROME's key and δ), each with its stored interval and n."""
+    return (stored_figure(aggregates, rows, STUDY, "cost", "seconds", percent=False, signed=False),
+            stored_figure(aggregates, rows, STUDY, "rome", "rome_seconds", percent=False, signed=False,
+                          name_control=False))

@@ -191,3 +191,17 @@ def probe_generic(
                 rows.append(row(STUDY, name, fact.relation, fact.id, f"activation:{word}",
                                 float(np.mean(acts[members, column]))))
     return rows
+
+
+#: the suffixes of a probed neuron's split ``suppress_alone:w`` aggregates: the facts that do not count it among
+#: their knowledge neurons, and those that do
+UNRELATED, MEMBERS = "@unrelated", "@members"
+
+
+def by_word_rows(rows: Sequence[dict]) -> list[dict]:
+    """Each probed neuron's ``suppress_alone:w`` rows again, with the metric suffixed by the fact's membership
+    (:data:`UNRELATED`, :data:`MEMBERS`): what the stored aggregates of the per-last-word means are made from, so
+    that the report's table (facts without it, facts with it) reads an interval for each."""
+    member = {(r["variant"], r["fact_id"]): r["value"] > 0.5 for r in rows if r["metric"] == "member"}
+    return [{**r, "metric": r["metric"] + (MEMBERS if member.get((r["variant"], r["fact_id"])) else UNRELATED)}
+            for r in rows if r.get("fact_id") and str(r["metric"]).startswith("suppress_alone:")]

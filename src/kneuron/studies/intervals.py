@@ -8,6 +8,9 @@ claim is about is the fact, and every resampling here resamples facts:
   statistic is the mean of the resampled facts' rows (sum over count), so the point estimate is the displayed
   row mean and the interval still counts facts, not rows. With one row per fact it is exactly
   ``scipy.stats.bootstrap(..., method="percentile")`` with the same seed (tested).
+* :func:`median_interval`: the same percentile bootstrap over facts of the median (one value per fact), for the
+  figures a study shows as a median (the suppress/amplify median over facts); it is
+  ``scipy.stats.bootstrap(..., np.median, method="percentile")`` with the same seed (tested).
 * :func:`wilson_interval`: the Wilson score interval for a share of facts (0/1 values, one per fact), which has
   a closed form and good coverage at small n where a bootstrap of 0/1 values is degenerate (all-0 or all-1
   samples give a zero-width bootstrap interval; Wilson's does not).
@@ -78,6 +81,21 @@ def bootstrap_interval(sums: Sequence[float], counts: Sequence[float] | None = N
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(stats, [alpha, 1 - alpha])
     return float(lo), float(hi)
+
+
+def median_interval(values: Sequence[float], *, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE,
+                    seed: int = SEED) -> Interval:
+    """The median of per-fact ``values`` (finite ones) with its percentile bootstrap interval over facts (facts
+    resampled with replacement ``n_resamples`` times, the median of each resample): an :class:`Interval` whose
+    ``mean`` holds the median and whose method is ``"bootstrap median"``."""
+    v = np.asarray([float(x) for x in values if math.isfinite(x)], dtype=float)
+    n = v.shape[0]
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0, "none")
+    picks = np.random.default_rng(seed).integers(0, n, (n_resamples, n))
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(np.median(v[picks], axis=1), [alpha, 1 - alpha])
+    return Interval(float(np.median(v)), float(lo), float(hi), n, "bootstrap median")
 
 
 def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -168,6 +186,15 @@ def ratio_interval(sums: Sequence[float], counts: Sequence[float], *, control: t
     p = paired_ratio_permutation_p(*pick, seed=seed)
     control_mean = sum(pick[2]) / sum(pick[3])
     return Interval(found.mean, lo, hi, found.n, "bootstrap", control_name, control_mean, p)
+
+
+def count_interval(counts: Sequence[float], *, seed: int = SEED) -> Interval:
+    """The mean of per-fact counts (refined neurons per fact) with its percentile bootstrap interval over facts:
+    never Wilson's, even when every count is 0 or 1 (a count is not a share)."""
+    values = [float(c) for c in counts if math.isfinite(c)]
+    if not values:
+        return Interval(math.nan, math.nan, math.nan, 0, "none")
+    return Interval(sum(values) / len(values), *bootstrap_interval(values, seed=seed), len(values), "bootstrap")
 
 
 def is_share(values: Sequence[float]) -> bool:
@@ -328,6 +355,29 @@ def aggregate_rows(rows: Sequence[dict], controls: Mapping[str, str] | None = No
             else:
                 found = interval_of(values, counts, seed=seed)
             out.append({"variant": variant, "relation": relation, "metric": metric, **found.__dict__})
+    return out
+
+
+def median_aggregates(rows: Sequence[dict], measures: Sequence[tuple[str, str]], *, seed: int = SEED) -> list[dict]:
+    """The stored aggregates of medians over facts: for each (variant, metric) in ``measures``, overall and per
+    relation, :func:`median_interval` of the facts' values (a fact with several rows: their mean), stored under the
+    metric ``metric + ":median"`` (its ``mean`` field holds the median; no control)."""
+    out = []
+    for variant, metric in measures:
+        facts: dict[str, list[float]] = {}
+        relation_of: dict[str, str] = {}
+        for r in rows:
+            value = r.get("value")
+            if (r.get("variant") == variant and r.get("metric") == metric and r.get("fact_id")
+                    and isinstance(value, (int, float)) and math.isfinite(value)):
+                facts.setdefault(r["fact_id"], []).append(float(value))
+                relation_of[r["fact_id"]] = str(r.get("relation") or "")
+        if not facts:
+            continue
+        for relation in ["", *sorted(set(relation_of.values()))]:
+            values = [sum(v) / len(v) for f, v in facts.items() if not relation or relation_of[f] == relation]
+            found = median_interval(values, seed=seed)
+            out.append({"variant": variant, "relation": relation, "metric": f"{metric}:median", **found.__dict__})
     return out
 
 

@@ -4,7 +4,7 @@ The built-in studies register when :mod:`kneuron.studies.catalog` is imported (i
 test's study registers with :func:`register_study` and is then everywhere a built-in one is: ``kneuron study
 list``, ``kneuron study NAME``, the atlas, ``kneuron report`` and ``kneuron serve``.
 
-Example:
+Examples:
     >>> [s.name for s in studies_in("paper")]
     ['suppress_amplify', 'generic', 'layers', 'discrimination']
 """

@@ -4,7 +4,6 @@ ROME's edit layer predict its success per fact?"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,9 +13,13 @@ from rich.text import Text
 from kneuron.errors import StudyError
 from kneuron.facts.robustness import robustness_data
 from kneuron.studies.base import FACTS_LIMIT, SEED, Option, Study, StudyContext, StudyOutput, number
-from kneuron.studies.edit_methods import edit_methods_study
+from kneuron.studies.display import fit_table, stored_figure
+from kneuron.studies.edit_methods import STUDY, edit_methods_study
 from kneuron.studies.edit_methods_summary import (
+    CONTROLS,
     comparison,
+    control_heading,
+    controls_of,
     localisation_correlations,
     methods_of,
     seconds_per_fact,
@@ -25,18 +28,10 @@ from kneuron.studies.edit_methods_summary import (
 from kneuron.studies.edit_robustness import coverage_notes, study_pool
 from kneuron.studies.registry import register_study
 
-
-def cell(value: float, low: float, high: float, n: int, spec: str = ".0%") -> str:
-    """``mean [low, high]`` (the interval when there is one)."""
-    if not n:
-        return "–"
-    if math.isfinite(low) and math.isfinite(high) and high > low:
-        return f"{number(value, spec)} [{number(low, spec)}, {number(high, spec)}]"
-    return number(value, spec)
-
-
-def spec_of(label: str) -> str:
-    return ".0f" if label == "facts edited" else (".3g" if label.startswith(("ΔPPL", "P(new)")) else ".0%")
+#: what the comparison table's numbers are (the terminal's and the report's)
+CAPTION = ("means over the edited facts [95% interval: bootstrap over facts; Wilson's for a share of facts], n facts, "
+           "paired p against the control in the column's heading (same facts); ΔPPL = exp(mean log-PPL after) − "
+           "exp(mean before), over edits (no interval)")
 
 
 @register_study
@@ -63,6 +58,7 @@ class EditMethods(Study):
                Option("n_other", int, 5, "Collateral facts per edit, of the same relation and of others (ΔPPL).",
                       min=0, flag="--others"),
                SEED, FACTS_LIMIT)
+    controls = CONTROLS
 
     def applies(self, context: StudyContext) -> str | None:
         masked = context.atlas.meta.get("kind") == "mlm"
@@ -101,38 +97,40 @@ class EditMethods(Study):
                                   on_fact=lambda _n, _fact: advance())
         return StudyOutput(rows, facts=[f.id for f in facts], notes=notes)
 
+    def aggregates(self, output: StudyOutput, context: StudyContext) -> list[dict]:
+        """The default aggregates, with each ``rome_c{n}`` variant's control (``rome``) added to :attr:`controls`
+        (the variants' names depend on ``--compare-samples``)."""
+        from kneuron.studies.intervals import aggregate_rows
+
+        return aggregate_rows(output.rows, controls_of(output.rows))
+
     def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
-        table = dict(comparison(rows))
-        found = table.get("update: top-1 = new (own prompts)", {})
-        return [(f"top-1 = new ({m}, mean of {n})", number(v, ".0%")) for m, (v, _, _, n) in found.items() if n]
+        return [(f"top-1 = new ({m})", stored_figure(aggregates, rows, STUDY, m, "own_top1_new", signed=False))
+                for m in methods_of(rows)]
 
     def summary(self, output: StudyOutput, context: StudyContext) -> list[Any]:
-        return methods_tables(output.rows, context.run_path)
+        return methods_tables(output.rows, context.run_path, output.aggregates, context.width)
 
 
-def methods_tables(rows: Sequence[dict], run: object) -> list[Table | Text]:
-    """The comparison table (a column per method), then Hase et al.'s check, C's dependence and the cost."""
+def methods_tables(rows: Sequence[dict], run: object, aggregates: Sequence[dict] = (), width: int | None = None,
+                   ) -> list[Table | Text]:
+    """The comparison table (a column per method, each mean with its stored interval, n and paired p against the
+    control its heading names; one figure per line on a terminal narrower than the table, ``width``), then Hase et
+    al.'s check, C's dependence and the cost."""
     params = {r["metric"]: r["value"] for r in rows if r["variant"] == "params"}
     methods = methods_of(rows)
-    table = Table(title=Text(f"KN against ROME (layer {int(params.get('layer', -1))}, C from "
-                             f"{int(params.get('stats_samples', 0))} sampled tokens), stored in {run}", style="bold"),
-                  title_justify="left", show_edge=False,
-                  caption="means over the edited facts [bootstrap 95% interval]; ΔPPL = exp(mean log-PPL after) − "
-                          "exp(mean before), over edits", caption_justify="left")
-    table.add_column("measure")
-    for m in methods:
-        table.add_column(m, justify="right")
-    for label, cells in comparison(rows):
-        spec = spec_of(label)
-        table.add_row(label, *(cell(*cells[m], spec=spec) for m in methods))
+    lines = [[label, *(cells[m] for m in methods)] for label, cells in comparison(rows, aggregates)]
+    table = fit_table(f"KN against ROME (layer {int(params.get('layer', -1))}, C from "
+                      f"{int(params.get('stats_samples', 0))} sampled tokens), stored in {run}",
+                      ["measure", *(control_heading(m, rows) for m in methods)], lines, width, caption=CAPTION)
     parts: list[Table | Text] = [table]
     for effect, label, rho, p, n in localisation_correlations(rows):
         parts.append(Text(f"Hase check: tracing effect ({effect.replace('_', ' ')}) vs ROME's {label}: Spearman ρ "
                           f"{number(rho, '+.2f')} (p {number(p, '.2g')}, {n} facts)", style="dim"))
-    for variant, change, cosine, n in stats_dependence(rows):
-        parts.append(Text(f"{variant}: ‖ΔW − ΔW(main C)‖ / ‖ΔW(main C)‖ {number(change, '.3f')}, cosine of the update "
-                          f"directions {number(cosine, '.4f')} (mean of {n} facts)", style="dim"))
-    total, rome = seconds_per_fact(rows)
-    parts.append(Text(f"{number(total, '.1f')} s per fact (ROME's key and δ {number(rome, '.1f')} s) on "
+    for variant, change, cosine in stats_dependence(rows, aggregates):
+        parts.append(Text(f"{variant}: ‖ΔW − ΔW(main C)‖ / ‖ΔW(main C)‖ {change}; cosine of the update directions "
+                          f"{cosine} (means over facts)", style="dim"))
+    total, rome = seconds_per_fact(rows, aggregates)
+    parts.append(Text(f"seconds per fact: {total}; of which ROME's key and δ: {rome}; on "
                       f"{int(params.get('threads', 0))} thread(s)", style="dim"))
     return parts

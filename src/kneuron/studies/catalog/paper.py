@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kneuron.studies.base import GENERIC_SHARE, SEED, Option, Study, StudyContext, StudyOutput
-from kneuron.studies.generic import generic_neurons
-from kneuron.studies.intervals import figure, find, row_mean
+from kneuron.studies.generic import by_word_rows, generic_neurons
+from kneuron.studies.intervals import aggregate_rows, figure, find, median_aggregates, row_mean
 from kneuron.studies.layer_distribution import top_third_aggregates
 from kneuron.studies.registry import register_study
 from kneuron.studies.studies import run_studies
@@ -90,6 +90,23 @@ class SuppressAmplify(PaperStudy):
     options = (Option("other_facts", int, 5, "Facts of other relations on which each fact's neurons are also "
                       "patched.", min=0), SEED, GENERIC_SHARE)
 
+    def aggregates(self, output: StudyOutput, context: StudyContext) -> list[dict]:
+        """The default aggregates and each variant's median over facts of suppress and amplify with its bootstrap
+        interval (metric ``suppress:median``, ``amplify:median``; :func:`~kneuron.studies.intervals.median_aggregates`),
+        which the report shows under its tables."""
+        variants = list(dict.fromkeys(r["variant"] for r in output.rows if r.get("fact_id")))
+        return super().aggregates(output, context) + median_aggregates(
+            output.rows, [(v, op) for v in variants for op in ("suppress", "amplify")])
+
+    def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
+        """The mean lines, then the knowledge neurons' stored medians over facts with their intervals (none on an
+        atlas studied before medians were stored)."""
+        from kneuron.studies.intervals import format_interval
+
+        medians = [(f"{op} KN (median Δp/p)", format_interval(found, percent=True)) for op in ("suppress", "amplify")
+                   if (found := find(aggregates, "kn", f"{op}:median")).n]
+        return super().measures(rows, aggregates) + medians
+
 
 @register_study
 class Generic(PaperStudy):
@@ -100,6 +117,13 @@ class Generic(PaperStudy):
     title = "Generic neurons"
     options = (Option("probe_neurons", int, 3, "Generic neurons (most shared first) probed alone.", min=0,
                       flag="--probe"), GENERIC_SHARE)
+
+    def aggregates(self, output: StudyOutput, context: StudyContext) -> list[dict]:
+        """The default aggregates (each probed neuron's ``activation:w`` and ``suppress_alone:w`` over all facts)
+        and ``suppress_alone:w`` split by membership (``...@unrelated``, ``...@members``:
+        :func:`~kneuron.studies.generic.by_word_rows`), the per-last-word means the report's tables show. No
+        control: a neuron zeroed alone has no random counterpart in this study."""
+        return aggregate_rows(output.rows + by_word_rows(output.rows))
 
 
     def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
@@ -116,6 +140,43 @@ class Generic(PaperStudy):
         if shown > 5:
             lines.append((f"... {shown - 5} more generic neurons (see the report)", ""))
         return lines
+
+    def summary(self, output: StudyOutput, context: StudyContext) -> list[Any]:
+        """Per probed neuron, its most frequent last words: the mean activation there and the effect of zeroing it
+        alone on facts without it and with it, each with its stored interval and n."""
+        return generic_word_tables(output.rows, output.aggregates, context.width)
+
+
+#: the last words per probed neuron the terminal summary lists (most frequent first)
+SUMMARY_WORDS = 5
+
+
+def generic_word_tables(rows: Sequence[dict], aggregates: Sequence[dict], width: int | None) -> list[Any]:
+    """One table per probed generic neuron (see :meth:`Generic.summary`); one figure per line when ``width`` is
+    too narrow for the table."""
+    from kneuron.studies.display import fit_table, stored_figure
+    from kneuron.studies.generic import MEMBERS, UNRELATED
+
+    split = by_word_rows(rows)
+    tables = []
+    for neuron in dict.fromkeys(r["variant"] for r in rows if r.get("fact_id") and r["metric"] == "member"):
+        counts: dict[str, int] = {}
+        for r in rows:
+            if r["variant"] == neuron and r["metric"].startswith("activation:"):
+                word = r["metric"].split(":", 1)[1]
+                counts[word] = counts.get(word, 0) + 1
+        words = sorted(counts, key=lambda w: -counts[w])[:SUMMARY_WORDS]
+        lines = [[repr(word), stored_figure(aggregates, rows, "generic", neuron, f"activation:{word}", percent=False,
+                                            signed=False),
+                  *(stored_figure(aggregates, split, "generic", neuron, f"suppress_alone:{word}{suffix}")
+                    for suffix in (UNRELATED, MEMBERS))] for word in words]
+        if lines:
+            tables.append(fit_table(f"{neuron} on its own, by the last word before the answer",
+                                    ["last word", "mean activation", "zeroed alone: facts without it",
+                                     "facts with it"], lines, width,
+                                    caption="means over facts [95% interval: bootstrap over facts], n facts; no "
+                                            "control"))
+    return tables
 
 
 @register_study
