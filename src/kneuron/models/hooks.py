@@ -106,6 +106,16 @@ def forward_hook(module: torch.nn.Module, hook: Callable, *, pre: bool = False, 
 
 
 @contextmanager
+def block_pre_hooks(lm: LanguageModel, layers: Iterable[int], hook: Callable) -> Iterator[None]:
+    """``hook(module, args, kwargs)`` as a forward pre-hook (with kwargs) of each of ``layers``' blocks for the
+    duration of the block; all removed on exit, also after an exception."""
+    with ExitStack() as stack:
+        for layer in layers:
+            stack.enter_context(forward_hook(lm.block(layer), hook, pre=True, with_kwargs=True))
+        yield
+
+
+@contextmanager
 def _block_shape(lm: LanguageModel, layer: int, needed: bool) -> Iterator[dict[str, tuple[int, int]]]:
     """When ``needed`` (a model whose projections see flattened tokens, OPT's), ``shape["bt"]``: the (batch, seq)
     of ``layer``'s block input, recorded by a pre-hook on the block at each forward, so that a hook on one of its

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 
 import torch
 
+from kneuron.models.hooks import block_pre_hooks
 from kneuron.models.language_model import LanguageModel
 from kneuron.models.partial_forward import hidden_from
 
@@ -81,14 +82,8 @@ def padded_context_rows(lm: LanguageModel, start: int, contexts: Sequence[int], 
         return args, {**kwargs, "attention_mask": mask[:rows, None], "position_embeddings": (cos[:rows], sin[:rows]),
                       "position_ids": positions[:rows]}
 
-    handles = []
-    try:
-        for layer in range(start, lm.n_layers):
-            handles.append(lm.block(layer).register_forward_pre_hook(fit, with_kwargs=True))
+    with block_pre_hooks(lm, range(start, lm.n_layers), fit):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 __all__ = ["pad_keys", "padded_context_rows", "pads_contexts"]

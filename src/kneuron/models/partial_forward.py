@@ -29,7 +29,7 @@ from torch import nn
 from kneuron.errors import KneuronError
 from kneuron.models.architectures import resolve
 from kneuron.models.fused_head import answer_log_probs_head
-from kneuron.models.hooks import at_depth, forward_hook
+from kneuron.models.hooks import at_depth, block_pre_hooks, forward_hook
 from kneuron.models.language_model import LanguageModel
 
 _HIDDEN_NAMES = ("hidden_states", "hidden_state", "x")
@@ -145,7 +145,6 @@ def batch_head_inputs_for_rows(lm: LanguageModel, start: int) -> Iterator[None]:
     the model computes for the one row it is called on, once per row that blocks ``start``.. run. Entered after
     the hooks that feed and append rows, so it sees each block's final rows."""
     names = lm.spec.batch_head_inputs
-    handles = []
 
     def repeat(_module, args, kwargs):
         rows = hidden_from(args, kwargs).shape[0]
@@ -153,14 +152,8 @@ def batch_head_inputs_for_rows(lm: LanguageModel, start: int) -> Iterator[None]:
                   for name in names if isinstance(kwargs.get(name), torch.Tensor)}
         return args, {**kwargs, **fitted}
 
-    try:
-        if names:
-            for layer in range(start, lm.n_layers):
-                handles.append(lm.block(layer).register_forward_pre_hook(repeat, with_kwargs=True))
+    with block_pre_hooks(lm, range(start, lm.n_layers) if names else (), repeat):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextmanager

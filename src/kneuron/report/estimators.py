@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from kneuron.report import plots
+from kneuron.studies.catalog.estimators import agreement_cells
 from kneuron.studies.estimator_agreement import agreement_summary
 from kneuron.studies.intervals import find, format_interval
 
@@ -88,14 +89,8 @@ def estimators_section(rows: Sequence[dict], covered: Mapping[str, object] | Non
             continue
         over = "all neurons" if entry["spearman_over"] == "all" else f"{entry['spearman_neurons']:.0f} kept"
         name = str(entry["estimator"])
-        table.append([_e(name), str(entry["facts"]),
-                      f"{_num(entry['spearman'], '.3f')} ({over})",
-                      cell(name, "top_recall", entry["top_recall"], ".2f"),
-                      cell(name, "refined_jaccard", entry["refined_jaccard"], ".2f"),
-                      cell(name, "suppress", entry["suppress"], "+.2%"),
-                      cell(name, "suppress_ig", entry["suppress_ig"], "+.2%"),
-                      cell(name, "suppress_random", entry["suppress_random"], "+.2%"),
-                      _num(entry["seconds_per_prompt"], ".3f"), _num(entry["speedup"], ".1f")])
+        table.append([_e(name), str(entry["facts"]), f"{_num(entry['spearman'], '.3f')} ({over})",
+                      *agreement_cells(name, entry, cell)])
     facts = covered.get("facts") if covered else None
     scope = (f" on {facts} of the atlas's {done_facts} done facts" if facts is not None and done_facts else "")
     png = plots.estimators_figure(rows, aggregates)

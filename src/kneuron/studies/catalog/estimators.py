@@ -54,6 +54,18 @@ def parse_estimators(value: str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def agreement_cells(name: str, entry: Mapping[str, Any], cell: Callable[[str, str, float, str], str]) -> list[str]:
+    """An estimator's agreement cells after its rank correlation, as the terminal and the report show them:
+    top-10 recall, refined Jaccard, the three suppressions (``cell(estimator, metric, value, spec)`` formats each
+    with its stored interval), seconds per prompt and the speed-up."""
+    return [cell(name, "top_recall", entry["top_recall"], ".2f"),
+            cell(name, "refined_jaccard", entry["refined_jaccard"], ".2f"),
+            cell(name, "suppress", entry["suppress"], "+.2%"),
+            cell(name, "suppress_ig", entry["suppress_ig"], "+.2%"),
+            cell(name, "suppress_random", entry["suppress_random"], "+.2%"),
+            _num(entry["seconds_per_prompt"], ".3f"), _num(entry["speedup"], ".1f")]
+
+
 @register_study
 class Estimators(Study):
     """Cheaper attribution estimators against the atlas's exact integrated gradients: rank correlation, top-10
@@ -176,12 +188,7 @@ def agreement_table(rows: Sequence[dict], title: str, aggregates: Sequence[dict]
         over = "" if entry["spearman_over"] == "all" else f" ({entry['spearman_neurons']:.0f} kept)"
         spearman = "spearman" if entry["spearman_over"] == "all" else "spearman_kept"
         lines.append([name, str(entry["facts"]), cell(name, spearman, entry["spearman"], ".3f") + over,
-                      cell(name, "top_recall", entry["top_recall"], ".2f"),
-                      cell(name, "refined_jaccard", entry["refined_jaccard"], ".2f"),
-                      cell(name, "suppress", entry["suppress"], "+.2%"),
-                      cell(name, "suppress_ig", entry["suppress_ig"], "+.2%"),
-                      cell(name, "suppress_random", entry["suppress_random"], "+.2%"),
-                      _num(entry["seconds_per_prompt"], ".3f"), _num(entry["speedup"], ".1f")])
+                      *agreement_cells(name, entry, cell)])
     return fit_table(title, ["estimator", "facts", "spearman", "top-10 recall", "refined Jaccard", "suppress est",
                              "suppress IG", "suppress random", "s/prompt", "x faster"], lines, width,
                      caption="Spearman per prompt over all neurons, or over the neurons a sparse atlas keeps; "
