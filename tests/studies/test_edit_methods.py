@@ -6,6 +6,7 @@ the model is unchanged afterwards; and the study runs from the CLI into the atla
 from __future__ import annotations
 
 import io
+import json
 import math
 import zlib
 from dataclasses import replace
@@ -137,6 +138,17 @@ def test_the_study_runs_from_the_cli(tmp_path, fake_load):
             assert shown in result.stdout and escape(shown) in page
         heading = f"{method} (p vs {control})" if control else method
         assert heading in result.stdout and f"{escape(heading)}</th>" in page
+    # kneuron report --json carries the same comparison table (the docs' findings page renders it)
+    out = tmp_path / "findings.json"
+    assert runner.invoke(cli.app, ["report", "--run", str(path), "--json", str(out)]).exit_code == 0
+    (table,) = [t for t in json.loads(out.read_text(encoding="utf-8"))["tables"]
+                if t["title"].startswith("KN against ROME (layer 0, C from 60 sampled tokens)")]
+    assert table["columns"][1:] == [f"{m} (p vs {c})" if c else m for m, c in
+                                    (("kn", "kn_signed"), ("kn_signed", ""), ("rome", "kn_signed"),
+                                     ("rome_c30", "rome"))]
+    assert table["rows"] == [[label, *cells.values()] for label, cells in comparison(stored, aggregates)]
+    rome = format_interval(replace(find(aggregates, "rome", "own_top1_new"), control=""), percent=True, signed=False)
+    assert any(rome in cell for row in table["rows"] for cell in row)
     # at 80 columns the table turns into one figure per line, no cell cut
     from rich.console import Console
 

@@ -1,9 +1,10 @@
 """An atlas's findings as one JSON file: what the docs' findings page renders (``kneuron report --json PATH``).
 
 The file holds the headline beside the paper's figures, every stored study's measures (the lines of its summary
-table, :meth:`kneuron.studies.base.Study.measures`, so the registry decides them, not this module) and the stored
-aggregates (means with their 95% intervals and paired tests, when the studies were run by a kneuron that stores
-them). Its ``tables`` are in the format the docs' hook renders (``docs/hooks.py``: ``<!-- results: PATH -->``)::
+table, :meth:`kneuron.studies.base.Study.measures`) and tables (:meth:`~kneuron.studies.base.Study.result_tables`),
+so the registry decides them, not this module, and the stored aggregates (means with their 95% intervals and
+paired tests, when the studies were run by a kneuron that stores them). Its ``tables`` are in the format the
+docs' hook renders (``docs/hooks.py``: ``<!-- results: PATH -->``)::
 
     {"command": "kneuron report --run runs/demo.sqlite --json docs/data/findings-smollm2.json",
      "when": "2026-12-07", "model": "smollm2-135m", "facts": 16, "headline": {...},
@@ -72,6 +73,10 @@ def findings(data: ReportData, aggregates: list[dict[str, Any]], command: str) -
          "rows": [[m, _number(v), p, stored(key, v)] for m, v, key, p in headline_rows]},
         {"title": "Every study's measures", "columns": ["study", "measure", "value"], "rows": measures},
     ]
+    for study in registered_studies():
+        rows = data.rows(study.name)
+        if rows:
+            tables += study.result_tables(rows, by_study.get(study.name, []))
     overall = [a for a in aggregates if not a.get("relation")]
     if overall:
         tables.append({"title": "Aggregates over all facts (95% intervals; p: paired test against the control)",

@@ -280,6 +280,11 @@ class Study:
         """Tables and lines (rich renderables) the command prints after the summary table. Default: none."""
         return []
 
+    def result_tables(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[dict[str, Any]]:
+        """Tables of its stored rows for ``kneuron report --json`` (the docs render them), beyond its
+        :meth:`measures`: each ``{"title", "columns", "rows"}`` of plain cells. Default: none."""
+        return []
+
     def fact_charts(self, rows: Sequence[dict]) -> list[dict[str, Any]]:
         """Charts of its rows about one fact, drawn on the fact's page of ``kneuron serve`` above its table: plain
         data, each a heatmap ``{"title", "x": column labels, "y": row labels, "values": [[x, y, value], ...],

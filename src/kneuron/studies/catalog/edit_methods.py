@@ -111,6 +111,15 @@ class EditMethods(Study):
     def summary(self, output: StudyOutput, context: StudyContext) -> list[Any]:
         return methods_tables(output.rows, context.run_path, output.aggregates, context.width)
 
+    def result_tables(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[dict[str, Any]]:
+        """The comparison table as the terminal shows it (a column per method), for the findings JSON."""
+        params = {r["metric"]: r["value"] for r in rows if r["variant"] == "params"}
+        methods = methods_of(rows)
+        return [{"title": f"KN against ROME (layer {int(params.get('layer', -1))}, C from "
+                          f"{int(params.get('stats_samples', 0))} sampled tokens): {CAPTION}",
+                 "columns": ["measure", *(control_heading(m, rows) for m in methods)],
+                 "rows": [[label, *(cells[m] for m in methods)] for label, cells in comparison(rows, aggregates)]}]
+
 
 def methods_tables(rows: Sequence[dict], run: object, aggregates: Sequence[dict] = (), width: int | None = None,
                    ) -> list[Table | Text]:
