@@ -141,6 +141,8 @@ def test_the_study_runs_from_the_cli(tmp_path, fake_load):
     # kneuron report --json carries the same comparison table (the docs' findings page renders it)
     out = tmp_path / "findings.json"
     assert runner.invoke(cli.app, ["report", "--run", str(path), "--json", str(out)]).exit_code == 0
+    titles = [t["title"] for t in json.loads(out.read_text(encoding="utf-8"))["tables"]]
+    assert not any(title.startswith("Headline") for title in titles)  # no paper study ran: no table of nulls
     (table,) = [t for t in json.loads(out.read_text(encoding="utf-8"))["tables"]
                 if t["title"].startswith("KN against ROME (layer 0, C from 60 sampled tokens)")]
     assert table["columns"][1:] == [f"{m} (p vs {c})" if c else m for m, c in

@@ -67,12 +67,12 @@ def findings(data: ReportData, aggregates: list[dict[str, Any]], command: str) -
         if rows:
             measures += [[study.name, measure, value] for measure, value in study.measures(rows, by_study.get(
                 study.name, []))]
-    tables = [
-        {"title": f"Headline ({h.facts} facts)",
-         "columns": ["measure", "this atlas", "paper (BERT, PARAREL)", "95% interval, n, p (stored)"],
-         "rows": [[m, _number(v), p, stored(key, v)] for m, v, key, p in headline_rows]},
-        {"title": "Every study's measures", "columns": ["study", "measure", "value"], "rows": measures},
-    ]
+    tables = []
+    if any(isinstance(v, float) and math.isfinite(v) for _, v, _, _ in headline_rows):  # the paper's studies ran
+        tables.append({"title": f"Headline ({h.facts} facts)",
+                       "columns": ["measure", "this atlas", "paper (BERT, PARAREL)", "95% interval, n, p (stored)"],
+                       "rows": [[m, _number(v), p, stored(key, v)] for m, v, key, p in headline_rows]})
+    tables.append({"title": "Every study's measures", "columns": ["study", "measure", "value"], "rows": measures})
     for study in registered_studies():
         rows = data.rows(study.name)
         if rows:
