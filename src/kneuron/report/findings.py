@@ -61,22 +61,20 @@ def findings(data: ReportData, aggregates: list[dict[str, Any]], command: str) -
     by_study: dict[str, list[dict[str, Any]]] = {}
     for row in aggregates:
         by_study.setdefault(row["study"], []).append(row)
-    measures = []
+    measures, study_tables = [], []
     for study in registered_studies():
         rows = data.rows(study.name)
         if rows:
-            measures += [[study.name, measure, value] for measure, value in study.measures(rows, by_study.get(
-                study.name, []))]
+            own = by_study.get(study.name, [])
+            measures += [[study.name, measure, value] for measure, value in study.measures(rows, own)]
+            study_tables += study.result_tables(rows, own)
     tables = []
     if any(isinstance(v, float) and math.isfinite(v) for _, v, _, _ in headline_rows):  # the paper's studies ran
         tables.append({"title": f"Headline ({h.facts} facts)",
                        "columns": ["measure", "this atlas", "paper (BERT, PARAREL)", "95% interval, n, p (stored)"],
                        "rows": [[m, _number(v), p, stored(key, v)] for m, v, key, p in headline_rows]})
     tables.append({"title": "Every study's measures", "columns": ["study", "measure", "value"], "rows": measures})
-    for study in registered_studies():
-        rows = data.rows(study.name)
-        if rows:
-            tables += study.result_tables(rows, by_study.get(study.name, []))
+    tables += study_tables
     overall = [a for a in aggregates if not a.get("relation")]
     if overall:
         tables.append({"title": "Aggregates over all facts (95% intervals; p: paired test against the control)",
