@@ -45,6 +45,28 @@ def rate_text(done: int, elapsed: float, unit: str = "fact") -> str:
     return f"{per:.1f} s/{unit}" if per >= 1 else f"{1 / per:.1f} {unit}s/s"
 
 
+class _Ticker:
+    """Calls ``say()`` every ``interval`` seconds from a daemon thread, from :meth:`start` until :meth:`stop` (which
+    waits for the thread): the plain lines a log gets while nothing else moves."""
+
+    def __init__(self, say, interval: float, name: str) -> None:
+        self._say, self._interval = say, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._say()
+
+    def start(self) -> _Ticker:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class RunProgress:
     """Progress of ``total`` facts (and ``prompts`` prompts, when given) on ``console``; use as a context manager,
     call :meth:`prompt_done` as each prompt is attributed, :meth:`chunk_done` with a chunk's prompts when its
@@ -63,8 +85,7 @@ class RunProgress:
         self.started = time.perf_counter()
         self._said = self.started
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._ticker: _Ticker | None = None
         self._bar = None
         self._task = None
 
@@ -105,18 +126,13 @@ class RunProgress:
             self._bar.__enter__()
             self._task = self._bar.add_task("run", total=self.prompts if self.prompts is not None else self.total)
         else:
-            self._thread = threading.Thread(target=self._tick, name="kneuron-progress", daemon=True)
-            self._thread.start()
+            self._ticker = _Ticker(self._say, self.interval, "kneuron-progress").start()
         return self
 
     def _say(self) -> None:
         with self._lock:
             self._said = time.perf_counter()
         self.console.print(self.line(), highlight=False, soft_wrap=True)
-
-    def _tick(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._say()
 
     def _moved(self) -> None:
         if self._bar is not None:
@@ -148,9 +164,8 @@ class RunProgress:
         if self._bar is not None:
             self._bar.__exit__(*exc)
             return
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._ticker is not None:
+            self._ticker.stop()
         self.console.print(self.line(), highlight=False, soft_wrap=True)
 
 
@@ -192,8 +207,7 @@ class StudyProgress:
         self.study = study
         self.interval = INTERVAL if interval is None else interval
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._ticker: _Ticker | None = None
         self.started = self._said = time.perf_counter()
         self._part: tuple[str, int] | None = None  # (description, total)
         self._part_started = self.started
@@ -216,10 +230,6 @@ class StudyProgress:
         with self._lock:
             self._said = time.perf_counter()
         self.console.print(text, highlight=False, soft_wrap=True)
-
-    def _tick(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._say()
 
     def _end_part(self) -> None:
         if self._part is not None:
@@ -246,12 +256,10 @@ class StudyProgress:
 
     def __enter__(self) -> StudyProgress:
         self.started = self._said = time.perf_counter()
-        self._thread = threading.Thread(target=self._tick, name="kneuron-study-progress", daemon=True)
-        self._thread.start()
+        self._ticker = _Ticker(self._say, self.interval, "kneuron-study-progress").start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._ticker is not None:
+            self._ticker.stop()
         self._end_part()
