@@ -87,17 +87,34 @@ def findings(data: ReportData, aggregates: list[dict[str, Any]], command: str) -
             "aggregates": [{k: _number(v) for k, v in a.items()} for a in aggregates]}
 
 
+#: the keys every findings file has (how an earlier one is told from a user's file it must not replace)
+FINDINGS_KEYS = frozenset({"command", "when", "model", "facts", "headline", "tables", "aggregates"})
+
+
+def is_findings(path: Path) -> bool:
+    """Whether ``path`` is a findings file kneuron wrote (a JSON object with exactly :data:`FINDINGS_KEYS`)."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(found, dict) and set(found) == FINDINGS_KEYS
+
+
 def write_findings(atlas_path: str | Path, out: str | Path, command: str) -> Path:
     """Read the atlas at ``atlas_path`` (read-only) and write its :func:`findings` to ``out`` (a temporary name,
-    then renamed: an interrupted write leaves no half file)."""
+    then renamed: an interrupted write leaves no half file). An existing ``out`` is replaced only when it is a
+    findings file (:func:`is_findings`): a user's file of that name is refused, before anything is read."""
     from kneuron.errors import KneuronError
     from kneuron.store import Atlas
 
+    out = Path(out)
+    if out.is_dir() or out.exists() and not is_findings(out):
+        raise KneuronError(f"{str(out)!r} exists and is not a kneuron findings file; kneuron does not replace it. "
+                           "Give another --json path.")
     data = ReportData.from_atlas(atlas_path)
     with Atlas.open(atlas_path, read_only=True) as atlas:
         aggregates = atlas.aggregates()
     text = json.dumps(findings(data, aggregates, command), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
-    out = Path(out)
     temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
