@@ -12,7 +12,7 @@ import sqlite3
 import pytest
 
 from kneuron.store import Atlas
-from kneuron.studies.intervals import count_interval, find, format_interval
+from kneuron.studies.intervals import count_interval, find, format_interval, mean_interval
 
 
 @pytest.fixture
@@ -69,3 +69,45 @@ def test_the_relation_page_shows_the_stored_means_and_neurons_per_fact_with_inte
             assert html.escape(format_interval(interval, percent=True)) in page
     assert _value(page, "per-fact") == pytest.approx(sum(counts) / len(counts))
     assert html.escape(format_interval(count_interval(counts))) in page
+
+
+def _reference_scores(atlas, relation=None):
+    """Each refined neuron's score per done fact (of ``relation``), from the facts' knowledge neurons one by one:
+    the slow, obvious reading of what top_neuron_intervals aggregates."""
+    scores: dict[tuple[int, int], list[float]] = {}
+    for fact in atlas.facts(relation=relation):
+        for neuron in atlas.knowledge_neurons(fact.id).neurons:
+            scores.setdefault((neuron.layer, neuron.index), []).append(neuron.score)
+    return scores
+
+
+@pytest.mark.parametrize("relation", [None, "capital"])
+def test_top_neuron_intervals_match_a_fact_by_fact_reference(serve_atlas, relation):
+    with Atlas.open(serve_atlas, read_only=True) as atlas:
+        top = atlas.top_neuron_intervals(8, relation=relation)
+        reference = _reference_scores(atlas, relation)
+        plain = atlas.top_neurons(8, relation=relation)
+    assert [(n.key, facts) for n, facts, _ in top] == [(n.key, facts) for n, facts in plain]
+    assert any(facts > 1 for _, facts, _ in top)  # else the interval of a one-fact neuron is all the test saw
+    for neuron, facts, interval in top:
+        values = reference[neuron.key]
+        assert interval.n == facts == len(values)
+        assert interval.mean == pytest.approx(sum(values) / len(values), rel=1e-12)
+        assert interval.mean == pytest.approx(neuron.score, rel=1e-12)
+        expected = mean_interval(values)
+        assert (interval.lo, interval.hi) == pytest.approx((expected.lo, expected.hi), rel=1e-12)
+        assert interval.lo <= interval.mean <= interval.hi
+
+
+@pytest.mark.parametrize(("url", "relation"), [("/", None), ("/relation/capital", "capital")])
+def test_the_shared_neurons_mean_scores_show_their_interval_and_n(serve_atlas, url, relation):
+    page = _page(serve_atlas, url)
+    with Atlas.open(serve_atlas, read_only=True) as atlas:
+        top = atlas.top_neuron_intervals(15 if relation is None else 20, relation=relation)
+    assert top
+    for neuron, facts, interval in top:
+        cell = re.search(rf'id="score-{re.escape(str(neuron))}" data-value="([^"]*)">([^<]*)<', page)
+        assert cell, neuron
+        assert float(cell.group(1)) == pytest.approx(interval.mean)
+        assert html.unescape(cell.group(2)) == format_interval(interval, significant=4)
+        assert cell.group(2).endswith(f"n = {facts}")

@@ -158,6 +158,24 @@ def test_atlas_neurons_per_fact_carry_n_and_the_bootstrap_interval(atlas_path):
     assert result.exit_code == 1 and "No relation 'currency'" in result.stderr
 
 
+def test_atlas_top_neurons_mean_scores_carry_n_and_the_bootstrap_interval(atlas_path):
+    from kneuron.studies.intervals import bootstrap_interval
+
+    with Atlas.open(atlas_path, read_only=True) as atlas:
+        top = atlas.top_neurons(10)
+        per_fact = {}
+        for fact in atlas.facts():  # the slow reading: each fact's refined scores, in run order
+            for neuron in atlas.knowledge_neurons(fact.id).neurons:
+                per_fact.setdefault(neuron.key, []).append(neuron.score)
+    out = runner.invoke(cli.app, ["atlas", "--run", str(atlas_path)], env={"COLUMNS": "200"}).stdout
+    assert "mean score [95%], n" in out
+    for neuron, facts in top:
+        values = per_fact[neuron.key]
+        lo, hi = bootstrap_interval(values)
+        shown = f"{sum(values) / len(values):.4g} [{lo:.4g}, {hi:.4g}], n = {facts}".replace("-", "−")
+        assert shown in out, (neuron, shown, out)
+
+
 def test_atlas_one_fact(atlas_path):
     result = invoke("atlas", "--run", atlas_path, "--fact", "capital:Denmark")
     assert result.exit_code == 0, result.output

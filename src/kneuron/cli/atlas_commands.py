@@ -36,6 +36,7 @@ from kneuron.cli.app import (
 from kneuron.errors import KneuronError
 from kneuron.facts.sources import sources_help
 from kneuron.studies.display import fit_table
+from kneuron.studies.intervals import count_interval, format_interval
 
 
 @command("run")
@@ -194,8 +195,6 @@ def neurons_per_fact(refined: dict, ids: list[str]) -> str:
     """The mean number of refined neurons per done fact of ``ids`` with its 95% interval (the seeded bootstrap over
     facts, :func:`~kneuron.studies.intervals.count_interval`) and n; empty without done facts. Computed here: an
     atlas's neurons are not a study's rows, so no aggregate of them is stored."""
-    from kneuron.studies.intervals import count_interval, format_interval
-
     if not ids:
         return ""
     return format_interval(count_interval([len(refined.get(i, ())) for i in ids]))
@@ -245,10 +244,12 @@ def _show_atlas(atlas, relation: str | None, top: int) -> None:
     best.add_column("neuron", style="bold")
     best.add_column("facts", justify="right")
     best.add_column("share", justify="right")
-    best.add_column("mean score", justify="right")
-    for neuron, count in atlas.top_neurons(top, relation=relation):
-        best.add_row(str(neuron), str(count), f"{count / done:.0%}", f"{neuron.score:.4g}")
+    best.add_column("mean score [95%], n", justify="right")
+    for neuron, count, score in atlas.top_neuron_intervals(top, relation=relation):
+        best.add_row(str(neuron), str(count), f"{count / done:.0%}", format_interval(score, significant=4))
     _titled("Top neurons (shared by the most facts)", best)
+    console.print(Text("mean score: the neuron's refined score over the facts it is a knowledge neuron of [95% "
+                       "interval: bootstrap over those facts], n facts", style="dim"))
     generic = atlas.generic_neurons()
     share = atlas.meta.get("generic", {}).get("share", 0.1)
     if generic:

@@ -86,7 +86,7 @@ def overview(atlas) -> dict[str, Any]:
         meta = atlas.meta
         counts = atlas.status_counts()
         neurons = queries.relation_neuron_totals(atlas)
-        per_fact = queries.done_fact_neuron_counts(atlas)
+        per_fact = atlas.done_fact_neuron_counts()
         relations = [{"relation": relation, **status, "total": sum(status.values()),
                       "neurons": neurons.get(relation, {}).get("neurons", 0),
                       "facts_with_neurons": neurons.get(relation, {}).get("facts_with", 0),
@@ -95,7 +95,7 @@ def overview(atlas) -> dict[str, Any]:
         all_facts = neurons_per_fact([c for v in per_fact.values() for c in v])
         layers = atlas.layer_counts("refined")
         top = [{"name": neuron_name(n.layer, n.index), "layer": n.layer, "index": n.index, "facts": facts,
-                "score": finite(n.score)} for n, facts in atlas.top_neurons(15)]
+                **_score_figure(score)} for n, facts, score in atlas.top_neuron_intervals(15)]
         studies = queries.study_row_counts(atlas)
         studies_rows = {study: queries.study_rows(atlas, study) for study in {entry[2] for entry in HEADLINE}}  # once
         stored = {study: atlas.aggregates(study) for study in {entry[2] for entry in HEADLINE} | {"layers"}}
@@ -136,6 +136,14 @@ def neurons_per_fact(counts: Sequence[int]) -> dict[str, Any]:
             "per_fact_lo": finite(found.lo), "per_fact_hi": finite(found.hi), "per_fact_n": found.n}
 
 
+def _score_figure(score) -> dict[str, Any]:
+    """A shared neuron's mean score over the facts it is a knowledge neuron of: ``score`` (the mean), ``score_lo``,
+    ``score_hi`` (its 95% bootstrap interval over those facts), ``score_n`` and ``score_interval`` (the text
+    ``kneuron atlas`` shows)."""
+    return {"score": finite(score.mean), "score_lo": finite(score.lo), "score_hi": finite(score.hi),
+            "score_n": score.n, "score_interval": format_interval(score, significant=4)}
+
+
 def _headline_figure(rows: Sequence[dict[str, Any]], key: str, label: str, study: str, variant: str, metric: str,
                      fmt: str, *, aggregates: Sequence[dict[str, Any]] = (), relation: str = "") -> dict[str, Any]:
     """The mean of ``metric`` over the per-fact rows of one variant among ``rows`` (the study's): what the
@@ -169,8 +177,8 @@ def relation_page(atlas, relation: str) -> dict[str, Any]:
             raise NotFound(f"The atlas has no relation {relation!r}; the overview lists its relations.")
         done = [f for f in facts if f["status"] == "done"]
         shared = [{"name": neuron_name(n.layer, n.index), "layer": n.layer, "index": n.index, "facts": count,
-                   "share": count / len(done) if done else None, "score": finite(n.score)}
-                  for n, count in atlas.top_neurons(20, relation=relation)]
+                   "share": count / len(done) if done else None, **_score_figure(score)}
+                  for n, count, score in atlas.top_neuron_intervals(20, relation=relation)]
         rows = queries.relation_results(atlas, relation, "suppress_amplify")
         stored = atlas.aggregates("suppress_amplify")
         figures = [_headline_figure(rows, f"{variant}_{metric}", f"{metric} ({variant})", "suppress_amplify", variant,

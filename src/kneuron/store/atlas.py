@@ -90,13 +90,16 @@ def atlas_html(atlas: Atlas) -> str:
     queries in one snapshot (no model, no score blobs), so it stays cheap on a big atlas. An atlas that cannot be
     read (closed, locked, damaged) shows one line saying why instead of raising.
     """
+    from kneuron.studies.intervals import count_interval, format_interval
+
     title = f"Atlas {atlas.path}"
     try:
         with atlas.snapshot():
             meta = atlas.meta
             statuses = atlas.status_counts()
             layers = atlas.layer_counts()
-            top = atlas.top_neurons(TOP)
+            top = atlas.top_neuron_intervals(TOP)
+            per_fact_counts = [c for counts in atlas.done_fact_neuron_counts().values() for c in counts]
             generic = len(atlas.generic_neurons())
             studies = atlas.studies()
     except (KneuronError, sqlite3.Error) as exc:
@@ -117,12 +120,13 @@ def atlas_html(atlas: Atlas) -> str:
     rows.append(["<b>all</b>"] + [f"<b>{totals[status]}</b>" for status in STATUS_COLUMNS])
     parts.append(table(["relation", *STATUS_COLUMNS], rows))
     neurons = sum(layers.values())
-    per_fact = f"{neurons / totals['done']:.1f}" if totals["done"] else "–"
-    parts.append(line(f"<b>{neurons}</b> knowledge neurons over {totals['done']} done facts ({per_fact} per fact)",
+    per_fact = escape(format_interval(count_interval(per_fact_counts)))
+    parts.append(line(f"<b>{neurons}</b> knowledge neurons over {totals['done']} done facts (per fact: {per_fact})",
                       f"{generic} generic neurons", "studies stored: " + (", ".join(map(escape, studies)) or "none")))
     if neurons:
         parts.append(table(["layer", "neurons", "share"],
                            [[f"L{layer}", str(n), f"{n / neurons:.0%}"] for layer, n in layers.items() if n]))
-        parts.append(table(["neuron", "facts", "mean score"],
-                           [[escape(n), str(facts), f"{n.score:.4g}"] for n, facts in top]))
+        parts.append(table(["neuron", "facts", "mean score [95%], n"],
+                           [[escape(n), str(facts), escape(format_interval(score, significant=4))]
+                            for n, facts, score in top]))
     return box(title, *parts)

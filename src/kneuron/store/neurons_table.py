@@ -96,6 +96,40 @@ class NeuronsTable(FactsTable):
         self._numbers_only(rows, "score")
         return [(Neuron(layer, neuron, score), facts) for layer, neuron, facts, score, _ in rows]
 
+    def done_fact_neuron_counts(self) -> dict[str, list[int]]:
+        """Per relation, the number of refined neurons of each of its done facts (in run order)."""
+        rows = self._rows(
+            "SELECT f.relation AS relation, (SELECT count(*) FROM neurons n WHERE n.fact_id = f.id AND "
+            "n.kind = 'refined') AS neurons FROM facts f WHERE f.status = 'done' ORDER BY f.seq")
+        out: dict[str, list[int]] = {}
+        for row in rows:
+            out.setdefault(row["relation"], []).append(int(row["neurons"]))
+        return out
+
+    def top_neuron_intervals(self, k: int = 10, relation: str | None = None) -> list[tuple[Neuron, int, Any]]:
+        """:meth:`top_neurons` with each neuron's mean score as an :class:`~kneuron.studies.intervals.Interval`
+        over the done facts it is a refined neuron of (its score per fact; a seeded bootstrap over those facts):
+        ``(neuron, facts, interval)``. Computed from the neurons, which no study stores (one more query)."""
+        from kneuron.studies.intervals import mean_interval
+
+        top = self.top_neurons(k, relation)
+        if not top:
+            return []
+        join = "facts f CROSS JOIN neurons n ON n.fact_id = f.id" if relation is not None else \
+            "neurons n JOIN facts f ON f.id = n.fact_id"  # as in layer_counts
+        keys = [(n.layer, n.index) for n, _ in top]
+        sql = (f"SELECT n.layer, n.neuron, avg(n.score) FROM {join} WHERE n.kind = 'refined' AND f.status = 'done' "
+               f"AND (n.layer, n.neuron) IN (VALUES {', '.join(['(?, ?)'] * len(keys))})")
+        args: list[Any] = [value for key in keys for value in key]
+        if relation is not None:
+            sql += " AND f.relation = ?"
+            args.append(relation)
+        scores: dict[tuple[int, int], list[float]] = {key: [] for key in keys}
+        sql += " GROUP BY n.layer, n.neuron, n.fact_id ORDER BY min(f.seq)"  # the facts in run order, as elsewhere
+        for layer, neuron, score in self._execute(sql, args):
+            scores[(layer, neuron)].append(score)  # top_neurons refused a score that is no number
+        return [(neuron, facts, mean_interval(scores[(neuron.layer, neuron.index)])) for neuron, facts in top]
+
     # -------------------------------------------------------------------------------------------- generic
 
     def generic_neurons(self, flagged_only: bool = True) -> list:

@@ -50,17 +50,6 @@ def relation_neuron_totals(atlas: Atlas) -> dict[str, dict[str, Any]]:
     return {row["relation"]: row for row in rows}
 
 
-def done_fact_neuron_counts(atlas: Atlas) -> dict[str, list[int]]:
-    """Per relation, the number of refined neurons of each of its done facts (in run order)."""
-    rows = atlas._rows(
-        "SELECT f.relation AS relation, (SELECT count(*) FROM neurons n WHERE n.fact_id = f.id AND "
-        "n.kind = 'refined') AS neurons FROM facts f WHERE f.status = 'done' ORDER BY f.seq")
-    out: dict[str, list[int]] = {}
-    for row in rows:
-        out.setdefault(row["relation"], []).append(int(row["neurons"]))
-    return out
-
-
 def study_row_counts(atlas: Atlas) -> list[dict[str, Any]]:
     """``{"study", "rows"}`` of every study with rows, by name."""
     return atlas._rows("SELECT study, count(*) AS rows FROM results GROUP BY study ORDER BY study")

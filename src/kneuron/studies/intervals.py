@@ -188,13 +188,19 @@ def ratio_interval(sums: Sequence[float], counts: Sequence[float], *, control: t
     return Interval(found.mean, lo, hi, found.n, "bootstrap", control_name, control_mean, p)
 
 
-def count_interval(counts: Sequence[float], *, seed: int = SEED) -> Interval:
-    """The mean of per-fact counts (refined neurons per fact) with its percentile bootstrap interval over facts:
-    never Wilson's, even when every count is 0 or 1 (a count is not a share)."""
-    values = [float(c) for c in counts if math.isfinite(c)]
-    if not values:
+def mean_interval(values: Sequence[float], *, seed: int = SEED) -> Interval:
+    """The plain mean of per-fact ``values`` (finite ones; a neuron's score, a count) with its percentile bootstrap
+    interval over facts: never Wilson's, even when every value is 0 or 1 (such a value need not be a share)."""
+    kept = [float(v) for v in values if math.isfinite(v)]
+    if not kept:
         return Interval(math.nan, math.nan, math.nan, 0, "none")
-    return Interval(sum(values) / len(values), *bootstrap_interval(values, seed=seed), len(values), "bootstrap")
+    return Interval(sum(kept) / len(kept), *bootstrap_interval(kept, seed=seed), len(kept), "bootstrap")
+
+
+def count_interval(counts: Sequence[float], *, seed: int = SEED) -> Interval:
+    """The mean of per-fact counts (refined neurons per fact) with its bootstrap interval over facts
+    (:func:`mean_interval`: a count of 0 or 1 is not a share)."""
+    return mean_interval(counts, seed=seed)
 
 
 def is_share(values: Sequence[float]) -> bool:
@@ -230,15 +236,19 @@ def interval_of(values: Sequence[float], counts: Sequence[float] | None = None, 
 
 
 def format_interval(interval: Interval, *, percent: bool = False, digits: int = 1, signed: bool | None = None,
-                    ) -> str:
+                    significant: int | None = None) -> str:
     """``−81.6% [−88.0, −74.1], n = 32`` (``percent``), or ``0.842 [0.80, 0.88], n = 32``; with the paired
     p-value appended (``, p = 0.0001 vs random``) when there is one; a dash when n is 0. ``signed``: whether a
-    percentage shows its sign (a change does, a share does not); None: all but Wilson's shares."""
+    percentage shows its sign (a change does, a share does not); None: all but Wilson's shares. ``significant``:
+    that many significant digits instead (``0.0004213 [0.0003127, 0.0005301], n = 12``), for values of any size
+    such as attribution scores."""
     if interval.n == 0 or not math.isfinite(interval.mean):
         return "–"
     signed = interval.method != "wilson" if signed is None else signed
     scale, unit = (100.0, "%") if percent else (1.0, "")
     spec = (f"+.{digits}f" if signed else f".{digits}f") if percent else f".{max(digits, 3)}f"
+    if significant is not None:
+        spec = f".{significant}g"
 
     def show(value: float) -> str:
         return "–" if not math.isfinite(value) else f"{value * scale:{spec}}".replace("-", "−")
