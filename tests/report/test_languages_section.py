@@ -73,3 +73,36 @@ def test_figures_are_png_and_none_without_rows(rows):
 def test_report_includes_the_section_only_with_rows(rows):
     assert "<h2>Languages</h2>" in render_report(ReportData({"languages": rows}, n_facts=11))
     assert "<h2>Languages</h2>" not in render_report(ReportData({}, n_facts=11))
+
+
+def test_the_matrix_heatmap_cells_show_the_stored_interval_and_n(rows, monkeypatch):
+    """Each cell of the heatmap reads its mean, 95% interval and n from the stored aggregates (doctored here, so
+    that a figure recomputed from the rows would differ); without them, the bare mean and n."""
+    from matplotlib.axes import Axes
+
+    from kneuron.studies.catalog.languages import Languages
+    from kneuron.studies.intervals import aggregate_rows, find
+    from kneuron.studies.languages_summary import language_aggregates
+
+    stored = aggregate_rows(rows, Languages.controls) + language_aggregates(rows, Languages.controls)
+    doctored = [{**a, "mean": a["mean"] + 0.5, "lo": a["lo"] + 0.25, "hi": a["hi"] + 0.75, "n": a["n"] + 100}
+                for a in stored]
+    texts: list[str] = []
+    original = Axes.text
+
+    def record(self, x, y, s, *args, **kwargs):
+        texts.append(str(s))
+        return original(self, x, y, s, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "text", record)
+    assert plots.suppression_matrix_figure(rows, doctored) is not None
+    for variant in ("kn", "random"):
+        for (source, target) in suppression_matrix(rows, variant):
+            cell = find(doctored, variant, f"suppress@{source}>{target}")
+            expected = (f"{cell.mean * 100:+.0f}%\n[{cell.lo * 100:+.0f}, {cell.hi * 100:+.0f}]\n"
+                        f"n={cell.n}").replace("-", "−")
+            assert expected in texts, (variant, source, target)
+    texts.clear()
+    plots.suppression_matrix_figure(rows)  # studied before the cells' aggregates were stored
+    for (source, target), (mean, n) in suppression_matrix(rows, "kn").items():
+        assert f"{mean * 100:+.0f}%\nn={n}".replace("-", "−") in texts

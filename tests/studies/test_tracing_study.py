@@ -145,3 +145,55 @@ def test_shares_over_facts_are_ratios_of_means():
     stored = next(a for a in ratio_aggregates(rows) if a["metric"] == "kn_neurons_share_of_all@ratio")
     assert stored["n"] == 3 and stored["mean"] == pytest.approx(value)
     assert (stored["lo"], stored["hi"]) == bootstrap_interval([0.2, 0.3, 5.0], [0.4, 0.5, 0.001])
+
+
+def test_the_average_effect_profiles_are_stored_with_intervals_and_drawn_as_bands(monkeypatch):
+    """Each layer of each average indirect-effect profile is stored as an aggregate over the facts it averages
+    (the bootstrap of the per-fact profiles, by hand here), and the report's figure draws the stored bands
+    (doctored, so that a recomputed band would differ)."""
+    from matplotlib.axes import Axes
+
+    from kneuron.report.tracing import tracing_figure, tracing_section
+    from kneuron.studies.intervals import bootstrap_interval, find, format_interval
+    from kneuron.studies.tracing import PROFILE, profile_aggregates, profile_metric
+
+    lm = tiny_lm("llama", dtype=torch.float64, layers=3)
+    facts = [Fact("Stockholm Sweden", "capital", "Copenhagen", ("The capital of [X] is [Y].",)),
+             Fact("France", "capital", "Paris", ("The capital of [X] is [Y].",)),
+             Fact("Norway", "capital", "Oslo", ("The capital of [X] is [Y].",))]
+    rows, _ = tracing_study(lm, facts, {f.id: [] for f in facts}, samples=2, window=2, noise_scale=3.0, seed=4)
+    traces = fact_traces(rows)
+    stored = profile_aggregates(rows)
+    averages = average_effects(traces)
+    assert max(n for _, n in averages.values()) == 3  # a mean over several facts, so the bootstrap is seen
+    assert averages and len(stored) == sum(len(profile) for profile, _ in averages.values())
+    for (kind, group), (profile, n) in averages.items():
+        for layer in range(len(profile)):
+            values = [float(t.maps[kind][t.positions(group), layer].mean()) for t in traces if t.positions(group)]
+            found = find(stored, PROFILE, profile_metric(kind, group, layer))
+            assert found.n == n == len(values) and found.mean == pytest.approx(sum(values) / n, rel=1e-12)
+            assert found.mean == pytest.approx(float(profile[layer]), rel=1e-12)
+            assert (found.lo, found.hi) == pytest.approx(bootstrap_interval(values), rel=1e-12)
+    doctored = [{**a, "lo": a["lo"] - 0.25, "hi": a["hi"] + 0.5} for a in stored]
+    bands = []
+    original = Axes.fill_between
+
+    def record(self, x, low, high, **kwargs):
+        bands.append((list(low), list(high)))
+        return original(self, x, low, high, **kwargs)
+
+    monkeypatch.setattr(Axes, "fill_between", record)
+    assert tracing_figure(rows, doctored) is not None
+    expected = [([find(doctored, PROFILE, profile_metric(kind, group, layer)).lo for layer in range(len(profile))],
+                 [find(doctored, PROFILE, profile_metric(kind, group, layer)).hi for layer in range(len(profile))])
+                for (kind, group), (profile, _) in averages.items()]
+    assert len(bands) == len(expected)
+    for (low, high), (want_low, want_high) in zip(bands, expected, strict=True):
+        assert low == pytest.approx(want_low) and high == pytest.approx(want_high)
+    bands.clear()
+    assert tracing_figure(rows) is not None and not bands  # traced before the profiles were stored: lines only
+    section = tracing_section(rows, 3, stored)
+    (kind, group), (profile, _) = next(iter(averages.items()))
+    peak = int(np.argmax(profile))
+    text = format_interval(find(stored, PROFILE, profile_metric(kind, group, peak)))
+    assert html_text.escape(f"L{peak}: {text}") in section

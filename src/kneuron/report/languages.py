@@ -88,7 +88,7 @@ def _suppression(rows: Sequence[dict], codes: Sequence[str], aggregates: Sequenc
              "amplify study. The control sets as many random neurons of the same layers (none a knowledge neuron "
              "of any of the fact's languages; seeded). Own and other languages: each fact's cells pooled, the mean "
              "over facts (n = facts).</p>",
-             _image(plots.suppression_matrix_figure(rows), "suppression matrix, languages s × t"),
+             _image(plots.suppression_matrix_figure(rows, aggregates), "suppression matrix, languages s × t"),
              _table(["neurons set to 0", "own language (s = t)", "other languages (s ≠ t)"],
                     _cells(own_cross_lines(rows, aggregates)))]
     for variant, label in SUPPRESS_LABELS.items():

@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from kneuron.studies.interactions import curve_summary, fact_curves
 from kneuron.studies.intervals import find, row_mean
 from kneuron.studies.languages import layer_summary, study_languages, suppression_matrix
+from kneuron.studies.languages_summary import with_language_rows
 from kneuron.studies.layer_distribution import top_layers
 from kneuron.studies.metrics import summarize
 
@@ -369,31 +370,42 @@ def language_layers_figure(rows: Sequence[dict], aggregates: Sequence[dict] = ()
     return to_png(figure)
 
 
-def suppression_matrix_figure(rows: Sequence[dict]) -> bytes | None:
+def suppression_matrix_figure(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> bytes | None:
     """The ``languages`` study's s × t matrices (suppress language s's neurons, mean Δp/p in language t) for the
-    knowledge neurons and the random control, as annotated heatmaps on one colour scale."""
+    knowledge neurons and the random control, as annotated heatmaps on one colour scale: each cell its mean with
+    its stored 95% interval and n (an atlas studied before the cells' aggregates were stored: the bare mean and
+    n)."""
     codes = study_languages(rows)
     panels = [(variant, suppression_matrix(rows, variant)) for variant in ("kn", "random")]
     if not codes or not panels[0][1]:
         return None
-    values = [[[m.get((s, t), (math.nan, 0))[0] * 100 for t in codes] for s in codes] for _, m in panels]
-    limit = max([abs(v) for grid in values for line in grid for v in line if math.isfinite(v)] + [1.0])
-    figure = Figure(figsize=(1.1 * len(codes) * 2 + 3, 0.9 * len(codes) + 1.8))
+    extended = with_language_rows(rows)
+    cells = [{(s, t): stored_bar(aggregates, extended, variant, f"suppress@{s}>{t}")
+              for s in codes for t in codes if (s, t) in matrix} for variant, matrix in panels]
+    limit = max([abs(bar.mean) for grid in cells for bar in grid.values() if math.isfinite(bar.mean)] + [1.0])
+    figure = Figure(figsize=(1.3 * len(codes) * 2 + 3, 1.1 * len(codes) + 1.8))
     axes = figure.subplots(1, 2)
-    for axis, (variant, matrix), grid in zip(axes, panels, values, strict=True):
-        image = axis.imshow(np.array(grid, dtype=float), cmap="RdBu", vmin=-limit, vmax=limit)
+    for axis, (variant, _), grid in zip(axes, panels, cells, strict=True):
+        image = axis.imshow(np.array([[grid[(s, t)].mean if (s, t) in grid else math.nan for t in codes]
+                                      for s in codes], dtype=float), cmap="RdBu", vmin=-limit, vmax=limit)
         for i, s in enumerate(codes):
             for j, t in enumerate(codes):
-                mean, n = matrix.get((s, t), (math.nan, 0))
-                dark = n and abs(mean * 100) > 0.6 * limit
-                axis.text(j, i, f"{mean * 100:+.0f}%\nn={n}" if n else "–", ha="center", va="center", fontsize=7,
+                bar = grid.get((s, t))
+                if bar is None or not bar.n:
+                    axis.text(j, i, "–", ha="center", va="center", fontsize=7)
+                    continue
+                text = f"{bar.mean:+.0f}%"
+                if math.isfinite(bar.lo):
+                    text += f"\n[{bar.lo:+.0f}, {bar.hi:+.0f}]"
+                dark = abs(bar.mean) > 0.6 * limit
+                axis.text(j, i, f"{text}\nn={bar.n}".replace("-", "−"), ha="center", va="center", fontsize=6.5,
                           color="white" if dark else "black")
         axis.set_xticks(range(len(codes)), codes)
         axis.set_yticks(range(len(codes)), codes)
         axis.set_xlabel("measured in language t")
         axis.set_ylabel("neurons of language s set to 0")
         axis.set_title("knowledge neurons" if variant == "kn" else "random (same layers)", fontsize=9)
-    figure.colorbar(image, ax=list(axes), label="mean Δp / p (%)")
+    figure.colorbar(image, ax=list(axes), label="mean Δp / p (%) [95% interval, stored], n facts")
     return to_png(figure)
 
 

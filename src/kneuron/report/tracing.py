@@ -19,7 +19,8 @@ from kneuron.report.parts import table as _table
 from kneuron.report.plots import to_png
 from kneuron.report.sections import report_section
 from kneuron.studies.catalog.tracing import KIND_TITLES, figure_lines
-from kneuron.studies.tracing import GROUPS, STUDY, average_effects, fact_traces, weighed_most
+from kneuron.studies.intervals import find, format_interval
+from kneuron.studies.tracing import GROUPS, PROFILE, STUDY, average_effects, fact_traces, profile_metric, weighed_most
 
 TITLE = "Causal tracing against knowledge neurons"
 FEW_FACTS = 10
@@ -34,9 +35,10 @@ PAPER = ("Meng et al. (NeurIPS 2022, ROME) corrupt the subject's token embedding
          "knowledge neurons put it in a few FFN neurons of the top layers at the answer position.")
 
 
-def tracing_figure(rows: Sequence[dict]) -> bytes | None:
-    """Average indirect effect per layer (one panel per kind; a line per position group), with the share of the
-    knowledge neurons in each layer as bars behind the MLP panel."""
+def tracing_figure(rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> bytes | None:
+    """Average indirect effect per layer (one panel per kind; a line per position group, with its stored 95%
+    interval over facts as a band and n in the legend), with the share of the knowledge neurons in each layer as
+    bars behind the MLP panel. An atlas traced before the profiles' aggregates were stored: the lines alone."""
     averages = average_effects(fact_traces(rows))
     if not averages:
         return None
@@ -51,7 +53,12 @@ def tracing_figure(rows: Sequence[dict]) -> bytes | None:
             if (kind, group) in averages:
                 profile, n = averages[(kind, group)]
                 depth = len(profile)
-                axis.plot(np.arange(depth), profile, color=GROUP_COLORS[group], label=f"{GROUP_LABELS[group]} ({n})")
+                axis.plot(np.arange(depth), profile, color=GROUP_COLORS[group],
+                          label=f"{GROUP_LABELS[group]} (n = {n})")
+                bands = [find(aggregates, PROFILE, profile_metric(kind, group, layer)) for layer in range(depth)]
+                if all(band.n for band in bands):
+                    axis.fill_between(np.arange(depth), [b.lo for b in bands], [b.hi for b in bands],
+                                      color=GROUP_COLORS[group], alpha=0.18, linewidth=0)
         if kind == "mlp" and total:
             twin = axis.twinx()
             twin.bar(list(layers), [layers[layer] / total for layer in layers], color="#1f77b4", alpha=0.25,
@@ -116,16 +123,18 @@ def tracing_section(rows: Sequence[dict], done_facts: int = 0, aggregates: Seque
     if studied < FEW_FACTS:
         parts.append(f'<div class="warn"><b>Only {studied} fact(s).</b> Every mean below is over {studied} or fewer '
                      "facts (n is shown): read them as examples, not as findings.</div>")
-    parts.append(_image(tracing_figure(rows), "average indirect effect per layer, by position, and the knowledge "
-                        "neurons' layers"))
+    parts.append(_image(tracing_figure(rows, aggregates), "average indirect effect per layer, by position, and the "
+                        "knowledge neurons' layers"))
     parts.append('<p class="note">Average indirect effect over facts: the mean effect of restoring each layer at the '
                  "subject's last token, at the last token (the one that predicts the answer), and elsewhere (the "
                  "other tokens from the subject's first on); bars: where the knowledge neurons are.</p>")
     lines = [[_e(label), _e(text), str(n)] for label, text, n in figure_lines(rows, aggregates)]
     for (kind, group), (profile, n) in average_effects(fact_traces(rows)).items():
         layer = int(np.argmax(profile))
+        stored = find(aggregates, PROFILE, profile_metric(kind, group, layer))
+        text = format_interval(stored) if stored.n else f"{_num(float(profile[layer]), '.3f')}, n = {n}"
         lines.append([_e(f"average indirect effect, {KIND_TITLES[kind]} at the {GROUP_LABELS[group]}: peak"),
-                      f"L{layer}: {_num(float(profile[layer]), '.3f')}", str(n)])
+                      _e(f"L{layer}: {text}"), str(n)])
     parts.append(_table(["measure", "over facts (shares: ratio of means) [95% interval], n", "facts"], lines))
     parts.append('<p class="note"><b>Share of the layers\' sum</b>: each layer\'s MLP output restored alone at the '
                  "answer position, the effects of the knowledge neurons' layers over the sum of all; <b>restored "

@@ -336,6 +336,34 @@ def average_effects(traces: Sequence[FactTrace]) -> dict[tuple[str, str], tuple[
     return out
 
 
+#: the variant of the stored aggregates of the average-effect profiles (:func:`profile_aggregates`)
+PROFILE = "profile"
+
+
+def profile_metric(kind: str, group: str, layer: int) -> str:
+    """The metric of one layer of one average-effect profile among the stored aggregates (``mlp@last:L12``)."""
+    return f"{kind}@{group}:L{layer}"
+
+
+def profile_aggregates(rows: Sequence[dict]) -> list[dict]:
+    """The stored aggregates of :func:`average_effects`: per (kind, group) and layer, the mean indirect effect over
+    the same facts that average with its percentile bootstrap interval over them
+    (:func:`~kneuron.studies.intervals.mean_interval`), variant :data:`PROFILE`, metric :func:`profile_metric`,
+    over all facts (no control)."""
+    from kneuron.studies.intervals import mean_interval
+
+    traces = fact_traces(rows)
+    out = []
+    for (kind, group), (profile, _) in average_effects(traces).items():
+        same = [p for p in (t.profile(kind, group) for t in traces if kind in t.maps)
+                if np.isfinite(p).all() and len(p) == len(profile)]  # the facts average_effects averaged
+        for layer in range(len(profile)):
+            interval = mean_interval([float(p[layer]) for p in same])
+            out.append({"variant": PROFILE, "relation": "", "metric": profile_metric(kind, group, layer),
+                        **interval.__dict__})
+    return out
+
+
 def fact_means(rows: Sequence[dict], variant: str, metric: str) -> tuple[float, int]:
     """The mean of a per-fact (variant, metric) over the facts that have a finite one, and how many."""
     values = [r["value"] for r in rows if r.get("fact_id") and r["variant"] == variant and r["metric"] == metric
@@ -407,7 +435,7 @@ def weighed_most(rows: Sequence[dict]) -> dict[str, str]:
 
 
 __all__ = [
-    "GROUPS", "RATIOS", "STUDY", "FactTrace", "average_effects", "fact_means", "fact_ratio", "fact_traces",
-    "figure_value", "trace_fact", "traced_prompt",
+    "GROUPS", "PROFILE", "RATIOS", "STUDY", "FactTrace", "average_effects", "fact_means", "fact_ratio",
+    "fact_traces", "figure_value", "profile_aggregates", "profile_metric", "trace_fact", "traced_prompt",
     "tracing_study", "weighed_most",
 ]

@@ -25,6 +25,7 @@ from kneuron.studies.tracing import (
     average_effects,
     fact_traces,
     figure_value,
+    profile_aggregates,
     ratio_aggregates,
     tracing_study,
 )
@@ -79,9 +80,11 @@ class Tracing(Study):
         return StudyOutput(rows, facts=traced)
 
     def aggregates(self, output: StudyOutput, context: StudyContext) -> list[dict]:
-        """Every per-fact measure's aggregates, and the shares' as ratios of means
-        (:func:`~kneuron.studies.tracing.ratio_aggregates`), which is how the summaries show them."""
-        return super().aggregates(output, context) + ratio_aggregates(output.rows)
+        """Every per-fact measure's aggregates, the shares' as ratios of means
+        (:func:`~kneuron.studies.tracing.ratio_aggregates`), which is how the summaries show them, and each layer
+        of the average indirect-effect profiles (:func:`~kneuron.studies.tracing.profile_aggregates`), which the
+        report draws as bands."""
+        return super().aggregates(output, context) + ratio_aggregates(output.rows) + profile_aggregates(output.rows)
 
     def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
         return [(label, value) for label, value, n in figure_lines(rows, aggregates)[:6] if n]
