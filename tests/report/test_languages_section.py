@@ -104,5 +104,5 @@ def test_the_matrix_heatmap_cells_show_the_stored_interval_and_n(rows, monkeypat
             assert expected in texts, (variant, source, target)
     texts.clear()
     plots.suppression_matrix_figure(rows)  # studied before the cells' aggregates were stored
-    for (source, target), (mean, n) in suppression_matrix(rows, "kn").items():
+    for mean, n in suppression_matrix(rows, "kn").values():
         assert f"{mean * 100:+.0f}%\nn={n}".replace("-", "−") in texts
