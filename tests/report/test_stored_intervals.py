@@ -208,6 +208,16 @@ def test_the_median_and_the_generic_words_are_the_stored_intervals(studied):
         assert html.escape(format_interval(interval, percent=True)) in text
         activation = find(generic, neuron, metric.split("@")[0].replace("suppress_alone:", "activation:"))
         assert activation.n and html.escape(format_interval(activation, signed=False)) in text
+    from kneuron.studies.intervals import wilson_interval
+
+    with Atlas.open(studied, read_only=True) as atlas:
+        done, flagged = len(atlas.facts()), atlas.generic_neurons()
+    assert flagged, "the tiny atlas has a generic neuron"
+    for g in flagged:  # each generic neuron's share of the facts: Wilson's interval over the done facts
+        share = find(generic, str(g), "share")
+        assert (share.mean, share.n) == (pytest.approx(g.facts / done), done)
+        assert (share.lo, share.hi) == pytest.approx(wilson_interval(g.facts, done))
+        assert f"<td class=\"\">{html.escape(format_interval(share, percent=True))}</td>" in text
 
 
 def test_the_generic_summary_shows_the_stored_word_means_at_any_width(studied):

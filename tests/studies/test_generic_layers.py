@@ -107,3 +107,40 @@ def test_word_score_is_one_for_a_neuron_coarse_exactly_where_a_word_ends_the_pro
     assert scores[0, 1] == ("is", 1.0)
     word, score = scores[1, 1]
     assert 0.0 < score < 1.0
+
+
+def test_a_generic_neurons_share_of_the_facts_is_stored_with_wilsons_interval_and_shown_with_it(facts):
+    """Share of 10 facts: 10 of 10 and 2 of 10, Wilson's interval by its formula (z = 1.959964); the measures
+    show the stored interval and n, and on an atlas studied before they were stored the bare share with its
+    count; the word-score line gives the prompt counts it is made of."""
+    import math
+
+    from kneuron.studies.catalog.paper import Generic, share_aggregates
+    from kneuron.studies.generic import coarse_generic_neurons, coarse_rows
+    from kneuron.studies.intervals import find, format_interval
+
+    sets = {f"f{i}": [Neuron(0, 3), Neuron(2, i)] for i in range(10)}
+    sets["f0"].append(Neuron(1, 1))
+    sets["f1"].append(Neuron(1, 1))
+    rows = generic_rows(generic_neurons(sets, share=0.1), 0.1)
+    stored = share_aggregates(rows)
+    z = 1.959963984540054
+    for name, k in (("L0.N3", 10), ("L1.N1", 2)):
+        found = find(stored, name, "share")
+        p, n = k / 10, 10
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        assert found.n == 10 and found.mean == pytest.approx(p) and found.method == "wilson"
+        assert (found.lo, found.hi) == pytest.approx((centre - half, min(1.0, centre + half)), abs=1e-12)
+    lines = dict(Generic().measures(rows, stored))
+    assert lines["generic neuron L1.N1: share of the facts"] == format_interval(find(stored, "L1.N1", "share"),
+                                                                                percent=True)
+    assert "n = 10" in lines["generic neuron L1.N1: share of the facts"]
+    assert dict(Generic().measures(rows))["generic neuron L1.N1: share of the facts"] == "20% (2 facts)"
+    coarse = {f.id: [[Neuron(0, 1)] if last_word(p) == "is" else [Neuron(2, 3)] for p in f.prompts()]
+              for f in facts}
+    words = coarse_rows(coarse_generic_neurons(coarse, share=0.1), facts, coarse)
+    n_is = sum(last_word(p) == "is" for f in facts for p in f.prompts())
+    line = dict(Generic().measures(words))["L0.N1 is coarse where the prompt ends in 'is'"]
+    assert line == f"word score 1.00 (coarse in {n_is} of the {n_is} prompts ending in 'is'; {n_is} of its {n_is} " \
+                   "coarse prompts)"

@@ -13,7 +13,7 @@ from kneuron.report.parts import table as html_table
 from kneuron.report.sections import report_section
 from kneuron.studies.display import stored_figure
 from kneuron.studies.generic import MEMBERS, UNRELATED, by_word_rows
-from kneuron.studies.intervals import find
+from kneuron.studies.intervals import find, format_interval
 from kneuron.studies.metrics import summarize
 
 #: the paper's BERT-base-cased figures (Dai et al. 2022), shown next to ours
@@ -183,8 +183,14 @@ def _generic_section(data: ReportData) -> str:
             f"{_pct(threshold, False)} of the facts</b>: they cannot store any one fact. Numbers that include them "
             "mix their effect into every fact's; the tables above show suppress / amplify with and without them, "
             "and the most shared are probed alone below.</div>")
-        parts.append(html_table(["neuron", "facts", "share of facts"],
-                            [[escape(n), f"{flags[n, 'facts']:.0f}", _pct(flags[n, "share"], False)] for n in names]))
+        stored = data.aggregates.get("generic", ())
+
+        def share(name: str) -> str:  # the stored Wilson interval; the bare share on an atlas studied before
+            found = find(stored, name, "share")
+            return escape(format_interval(found, percent=True)) if found.n else _pct(flags[name, "share"], False)
+
+        parts.append(html_table(["neuron", "facts", "share of facts [95% Wilson], n"],
+                                [[escape(n), f"{flags[n, 'facts']:.0f}", share(n)] for n in names]))
     parts.append(_coarse_generic(flags, threshold))
     probed = sorted({r["variant"] for r in rows if r["fact_id"]},
                     key=lambda name: (names.index(name) if name in names else len(names), name))

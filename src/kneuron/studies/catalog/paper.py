@@ -123,20 +123,32 @@ class Generic(PaperStudy):
         and ``suppress_alone:w`` split by membership (``...@unrelated``, ``...@members``:
         :func:`~kneuron.studies.generic.by_word_rows`), the per-last-word means the report's tables show. No
         control: a neuron zeroed alone has no random counterpart in this study."""
-        return aggregate_rows(output.rows + by_word_rows(output.rows))
-
+        return aggregate_rows(output.rows + by_word_rows(output.rows)) + share_aggregates(output.rows)
 
     def measures(self, rows: Sequence[dict], aggregates: Sequence[dict] = ()) -> list[tuple[str, str]]:
+        """The default lines, each generic neuron's share of the facts (its stored Wilson interval and n; the
+        bare share with its count on an atlas studied before they were stored), and the coarse neurons tied to
+        one last word, with the prompt counts their word score is made of."""
+        from kneuron.studies.intervals import format_interval
+
         lines, shown = super().measures(rows, aggregates), 0
+        counts = {(r["variant"], r["metric"]): r["value"] for r in rows if not r["fact_id"]}
         for r in rows:
             if r["metric"] == "share" and not r["fact_id"] and r["variant"] != "params":
                 shown += 1
                 if shown <= 5:
-                    lines.append((f"generic neuron {r['variant']}", f"in {r['value']:.0%} of the facts"))
+                    stored = find(aggregates, r["variant"], "share")
+                    text = format_interval(stored, percent=True) if stored.n else \
+                        f"{r['value']:.0%} ({counts.get((r['variant'], 'facts'), 0):.0f} facts)"
+                    lines.append((f"generic neuron {r['variant']}: share of the facts", text))
             if r["metric"].startswith("word_score:") and r["value"] >= 0.5:
                 word = r["metric"].split(":", 1)[1]
+                coarse = counts.get((r["variant"], f"coarse:{word}"), 0)
+                ending = counts.get(("prompts", f"prompts:{word}"), 0)
+                everywhere = counts.get((r["variant"], "coarse_prompts"), 0)
                 lines.append((f"{r['variant']} is coarse where the prompt ends in {word!r}",
-                              f"word score {r['value']:.2f}"))
+                              f"word score {r['value']:.2f} (coarse in {coarse:.0f} of the {ending:.0f} prompts "
+                              f"ending in {word!r}; {coarse:.0f} of its {everywhere:.0f} coarse prompts)"))
         if shown > 5:
             lines.append((f"... {shown - 5} more generic neurons (see the report)", ""))
         return lines
@@ -145,6 +157,24 @@ class Generic(PaperStudy):
         """Per probed neuron, its most frequent last words: the mean activation there and the effect of zeroing it
         alone on facts without it and with it, each with its stored interval and n."""
         return generic_word_tables(output.rows, output.aggregates, context.width)
+
+
+def share_aggregates(rows: Sequence[dict]) -> list[dict]:
+    """Each generic neuron's share of the facts (rows ``facts`` and ``share``, no fact id) as a stored aggregate
+    with Wilson's interval over the facts (variant: the neuron, metric ``share``): a share of facts, whose exact
+    interval needs only the counts."""
+    from kneuron.studies.intervals import Interval, wilson_interval
+
+    counts = {(r["variant"], r["metric"]): r["value"] for r in rows if not r.get("fact_id")}
+    out = []
+    for (variant, metric), share in counts.items():
+        facts = counts.get((variant, "facts"))
+        if metric != "share" or variant == "params" or not facts or not share:
+            continue
+        total = round(facts / share)  # share = facts / total, exactly, for a generic neuron
+        interval = Interval(facts / total, *wilson_interval(int(facts), total), total, "wilson")
+        out.append({"variant": variant, "relation": "", "metric": "share", **interval.__dict__})
+    return out
 
 
 #: the last words per probed neuron the terminal summary lists (most frequent first)
