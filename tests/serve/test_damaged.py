@@ -19,7 +19,7 @@ from kneuron.serve.app import create_app
 #: every table an atlas holds and its columns (the schema's, the vocabulary study's and the aggregates)
 TABLES = {
     "facts": ("id", "seq", "relation", "subject", "object", "templates", "status", "known", "known_share", "ranks",
-              "note", "params"),
+              "note", "params", "compute_seconds", "write_seconds"),
     "prompts": ("fact_id", "idx", "template", "text", "probability", "rank", "objective", "position", "dtype",
                 "layers", "neurons", "scores", "activations", "baseline", "completeness_gap"),
     "neurons": ("fact_id", "kind", "prompt", "rank", "layer", "neuron", "score"),
@@ -29,7 +29,7 @@ TABLES = {
                    "control_mean", "p"),
     "vocabulary": ("fact_id", "idx", "layer", "neuron", "activation", "sign", "answer_id", "answer_token",
                    "answer_rank", "answer_suppressed_rank", "answer_logit", "promoted", "suppressed"),
-    "meta": ("value",),
+    "meta": ("key", "value"),
 }
 #: values of the wrong kind for some column: text, a BLOB, a fraction, a negative and a huge integer, not JSON
 BAD_VALUES = ("abc", "", b"\x00\x01\x02", 1.5, -7, 10**12, "{not json", "[1, 2")
