@@ -174,3 +174,14 @@ def test_no_address_answers_500(served, name):
                     f"/fact/{quote(name, safe='')}", f"/relation/{quote(name, safe='')}"):
         status = served.get(address, follow_redirects=False).status_code
         assert status in (200, 301, 400, 404, 422), (address, status)
+
+
+@pytest.mark.parametrize("name", ["L\u0661.N1", "L1.N\uff11", "\u0968.1", "L1.N\U0001d7d9"])
+def test_non_ascii_digits_name_no_neuron(served, name):
+    """Digits of other scripts (Arabic-Indic, fullwidth, Devanagari, mathematical) are no neuron's address: 404,
+    not a redirect to the ASCII neuron they spell."""
+    from kneuron.serve.pages import parse_neuron_name
+
+    assert parse_neuron_name(name) is None
+    for address in (f"/neuron/{quote(name, safe='')}", f"/api/neuron/{quote(name, safe='')}"):
+        assert served.get(address, follow_redirects=False).status_code == 404, address
