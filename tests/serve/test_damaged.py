@@ -19,7 +19,7 @@ from kneuron.serve.app import create_app
 #: every table an atlas holds and its columns (the schema's, the vocabulary study's and the aggregates)
 TABLES = {
     "facts": ("id", "seq", "relation", "subject", "object", "templates", "status", "known", "known_share", "ranks",
-              "note", "params"),
+              "note", "params", "compute_seconds", "write_seconds"),
     "prompts": ("fact_id", "idx", "template", "text", "probability", "rank", "objective", "position", "dtype",
                 "layers", "neurons", "scores", "activations", "baseline", "completeness_gap"),
     "neurons": ("fact_id", "kind", "prompt", "rank", "layer", "neuron", "score"),
@@ -29,7 +29,7 @@ TABLES = {
                    "control_mean", "p"),
     "vocabulary": ("fact_id", "idx", "layer", "neuron", "activation", "sign", "answer_id", "answer_token",
                    "answer_rank", "answer_suppressed_rank", "answer_logit", "promoted", "suppressed"),
-    "meta": ("value",),
+    "meta": ("key", "value"),
 }
 #: values of the wrong kind for some column: text, a BLOB, a fraction, a negative and a huge integer, not JSON
 BAD_VALUES = ("abc", "", b"\x00\x01\x02", 1.5, -7, 10**12, "{not json", "[1, 2")
@@ -174,3 +174,14 @@ def test_no_address_answers_500(served, name):
                     f"/fact/{quote(name, safe='')}", f"/relation/{quote(name, safe='')}"):
         status = served.get(address, follow_redirects=False).status_code
         assert status in (200, 301, 400, 404, 422), (address, status)
+
+
+@pytest.mark.parametrize("name", ["L\u0661.N1", "L1.N\uff11", "\u0968.1", "L1.N\U0001d7d9"])
+def test_non_ascii_digits_name_no_neuron(served, name):
+    """Digits of other scripts (Arabic-Indic, fullwidth, Devanagari, mathematical) are no neuron's address: 404,
+    not a redirect to the ASCII neuron they spell."""
+    from kneuron.serve.pages import parse_neuron_name
+
+    assert parse_neuron_name(name) is None
+    for address in (f"/neuron/{quote(name, safe='')}", f"/api/neuron/{quote(name, safe='')}"):
+        assert served.get(address, follow_redirects=False).status_code == 404, address

@@ -24,7 +24,13 @@ BODIES = {"/api/probe": {"prompt": "The capital of France is", "answer": "Paris"
           "/api/find": {"prompts": ["The capital of France is"], "answer": "Paris", "save": True,
                         "subject": "France", "relation": "seat"}}
 FOREIGN_HOSTS = ["evil.example", "evil.example:8000", "localhost.evil.example", "127.0.0.1.evil.example",
-                 "localhost:80@evil.example", "evil.example:80:80", "", "10.1.2.3", "[2001:db8::1]:8000"]
+                 "localhost:80@evil.example", "evil.example:80:80", "", "10.1.2.3", "[2001:db8::1]:8000",
+                 # the rest of the class (issue 27: every case, not only the example): an unbound address, a
+                 # wildcard, userinfo, a path, a bad port, broken brackets, a space, shorthand IPv4 forms, a name
+                 # ending in two dots (not a fully qualified localhost), a list, a wildcard, percent-encoding
+                 "0.0.0.0", "0.0.0.0:8000", "user@localhost:8000", "evil.example@localhost", "localhost:8000/evil",
+                 "localhost:abc", "localhost:99999", "[::1", "local host", "127.1", "0x7f000001", "localhost..",
+                 "localhost..:8000", "evil.example, localhost", "*", "%6cocalhost", "127.0.0.1.evil.example:8000"]
 FOREIGN_ORIGINS = ["http://evil.example", "http://evil.example:8000", "null", "http://localhost:1",
                    "http://localhost.evil.example", "file://", "https://127.0.0.1.evil.example"]
 

@@ -44,8 +44,9 @@ WORD_RANK = 10
 MAX_QUERY = 200
 
 #: at most 9 digits per number: no model has a billion layers or neurons per layer, and Python refuses to read an
-#: integer of over 4,300 digits (``/neuron/L<5000 digits>.N1`` answered 500); a longer one is no neuron's name
-_NEURON = re.compile(r"^\s*L?\s*(\d{1,9})\s*[.:/,\s]\s*N?\s*(\d{1,9})\s*$", re.IGNORECASE)
+#: integer of over 4,300 digits (``/neuron/L<5000 digits>.N1`` answered 500); a longer one is no neuron's name.
+#: ASCII digits only: ``L\u0661.N1`` (Arabic-Indic one) is no address, not a redirect to L1.N1
+_NEURON = re.compile(r"^\s*L?\s*([0-9]{1,9})\s*[.:/,\s]\s*N?\s*([0-9]{1,9})\s*$", re.IGNORECASE | re.ASCII)
 
 
 def parse_neuron_name(text: str) -> tuple[int, int] | None:

@@ -146,11 +146,12 @@ def host_names(bound: str | None = None, extra: Iterable[str] = ()) -> frozenset
 
 
 def normal_host(name: str) -> str:
-    """``name`` lowercased, without brackets around an IPv6 address and without a trailing dot."""
+    """``name`` lowercased, without brackets around an IPv6 address and without the one trailing dot of a fully
+    qualified name (``localhost.`` is ``localhost``; ``localhost..`` is no name and stays unmatched)."""
     name = name.strip().lower()
     if name.startswith("[") and name.endswith("]"):
         name = name[1:-1]
-    return name.rstrip(".")
+    return name[:-1] if name.endswith(".") else name
 
 
 def split_host(header: str) -> tuple[str, str | None] | None:
