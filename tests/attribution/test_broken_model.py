@@ -83,3 +83,49 @@ def test_cli_find_and_run_say_it_in_one_line(tmp_path):
         assert result.exit_code == 1 and len(errors) == 1 and "first non-finite at layer 1" in errors[0], \
             result.output
     assert not (tmp_path / "a.sqlite").exists()
+
+
+def collapsing(layer: int):
+    """A tiny 3-layer Llama whose layer's FFN output projection is finite and huge (×1e37, as an edit with a huge
+    lambda leaves it): the residual stays finite (about 1e37) but its square overflows, so every RMSNorm after it
+    divides it to zero and the logits are all equal: a uniform distribution, finite everywhere."""
+    lm = tiny_lm("llama", layers=3)
+    with torch.no_grad():
+        lm.ffn_out(layer).weight.mul_(1e37)
+    return lm
+
+
+def test_a_collapsed_model_is_finite_everywhere_and_predicts_uniform():
+    lm = collapsing(1)
+    query = encode(lm, PROMPT, "Paris")
+    with torch.no_grad():
+        out = lm.model(input_ids=query.input_ids[None], output_hidden_states=True)
+    assert all(bool(torch.isfinite(state).all()) for state in out.hidden_states)
+    probabilities = torch.softmax(out.logits[0, -1].double(), dim=-1)
+    assert float(probabilities.max() - probabilities.min()) < 1e-12  # every token at 1/V
+    # the first block output whose mean square overflows float32, from transformers' own hidden states
+    overflowed = [index - 1 for index, state in enumerate(out.hidden_states[1:-1], start=1)
+                  if bool(torch.isinf(state.float().pow(2).mean(-1)).any())]
+    assert overflowed[0] == 1
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_find_and_run_refuse_a_model_that_predicts_uniform_naming_the_layer(tmp_path, layer):
+    with pytest.raises(BrokenModelError, match=rf"uniform distribution on .The capital of France.*at layer {layer}"):
+        find_knowledge_neurons(collapsing(layer), FACT, estimator=IntegratedGradients(steps=2))
+    with pytest.raises(BrokenModelError, match=rf"uniform distribution .*at layer {layer}"):
+        run(collapsing(layer), [FACT], tmp_path / "atlas.sqlite", steps=2, known_only=False, progress=False)
+    assert not (tmp_path / "atlas.sqlite").exists()
+
+
+def test_cli_run_refuses_a_saved_collapsed_model_in_one_line(tmp_path):
+    lm = collapsing(1)
+    lm.model.save_pretrained(tmp_path / "collapsed")
+    lm.tokenizer.save_pretrained(tmp_path / "collapsed")
+    result = CliRunner().invoke(cli.app, ["run", "--model", str(tmp_path / "collapsed"), "--out",
+                                          str(tmp_path / "a.sqlite"), "--steps", "2", "--per-relation", "1",
+                                          "--all-facts"], env={"COLUMNS": "200"})
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.exit_code == 1 and len(errors) == 1 and "uniform distribution" in errors[0] \
+        and "at layer 1" in errors[0], result.output
+    assert not (tmp_path / "a.sqlite").exists()

@@ -64,3 +64,16 @@ def test_collapsed_against_its_definition():
     peaked[0, 3] = 0.01  # ≈ (1 + 1e-2) / V: a real, if weak, preference
     assert not collapsed(peaked)
     assert not collapsed(torch.randn(1, vocab, generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize(("name", "value"), [("lambda_new", 3e38), ("lambda_old", 3e38), ("lambda_new", -3e38)])
+def test_a_slot_norm_delta_that_overflows_names_the_lambda(lm_and_neurons, name, value):
+    """With scale='slot_norm' the lambda is multiplied by each slot's norm before anything runs: 3e38 times a norm
+    overflows to inf there, and the refusal named only "the vector for L1.N16 has non-finite entries", not the
+    value that did it (re-probe of issue 27 item 4)."""
+    lm, kn = lm_and_neurons
+    before = _state(lm)
+    with pytest.raises(EditBreaksModelError, match=re.escape(f"{name}={value:g} (scale slot_norm)")):
+        update_fact(lm, kn, None, "Rome", scale="slot_norm", **{name: value})
+    after = lm.model.state_dict()
+    assert all(torch.equal(before[key], after[key]) for key in before)

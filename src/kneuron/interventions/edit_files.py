@@ -42,20 +42,6 @@ def model_sources(lm: LanguageModel) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def _protected() -> list[tuple[Path, str]]:
-    from kneuron.models.loading import cache_root, embedded_package_folders
-
-    roots = [(cache_root().expanduser().resolve(), "kneuron's model cache")]
-    roots += [(folder, "the package of an embedded model") for folder in embedded_package_folders()]
-    try:
-        from huggingface_hub import constants
-
-        roots.append((Path(constants.HF_HUB_CACHE).expanduser().resolve(), "the Hugging Face cache"))
-    except (ImportError, AttributeError):  # pragma: no cover - huggingface_hub comes with transformers
-        pass
-    return roots
-
-
 def model_target(lm: LanguageModel, directory: str | Path, *, overwrite: bool = False) -> Path:
     """``directory`` when ``Edit.save_model`` may write ``lm``'s edited copy there; EditError otherwise."""
     directory = Path(directory).expanduser()
@@ -66,7 +52,9 @@ def model_target(lm: LanguageModel, directory: str | Path, *, overwrite: bool = 
         if resolved == source:
             raise EditError(f"{directory} is the folder {lm.name!r} was loaded from; writing the edited model there "
                             "would replace the original. Give a new folder (--overwrite does not apply here).")
-    for root, what in _protected():
+    from kneuron.models.loading import protected_folders
+
+    for root, what in protected_folders():
         if _within(resolved, root):
             raise EditError(f"{directory} is inside {what} ({root}), where later loads would read the edited model "
                             "as the original. Give a folder elsewhere (--overwrite does not apply here).")

@@ -56,7 +56,7 @@ from typing import Literal
 import torch
 
 from kneuron.attribution.types import KnowledgeNeurons, Neuron
-from kneuron.errors import EditError, EditOptionError, FactError, KneuronError
+from kneuron.errors import EditBreaksModelError, EditError, EditOptionError, FactError, KneuronError
 from kneuron.facts.encoding import answer_token_ids, encode
 from kneuron.facts.fact import Fact, Prompt
 from kneuron.interventions.edits import Edit, slot_sharers
@@ -292,6 +292,13 @@ def update_fact(
     elif sign != "none":
         raise EditOptionError(f"sign must be 'none' or 'activation', not {sign!r}.")
     deltas = {m: deltas[k] for k, members in sharers.items() for m in members}  # Edit.build writes each slot once
+    name, value = max((("lambda_old", lambda_old), ("lambda_new", lambda_new)), key=lambda item: abs(item[1]))
+    cause = f"{name}={value:g} (scale {scale})"
+    for key, delta in deltas.items():  # a finite lambda times a slot's norm (or an embedding) can overflow here
+        if not bool(torch.isfinite(delta).all()):
+            raise EditBreaksModelError(
+                f"Refused: with {cause}, the change of L{key[0]}.N{key[1]}'s value slot overflows to a non-finite "
+                "value, so nothing was applied or saved; use a smaller value (the paper's lambdas are 1 and 8).")
     what = f"{fact.subject} {fact.relation}: " if fact is not None else ""
     meta = {
         "fact_id": fact.id if fact is not None else "", "relation": fact.relation if fact is not None else "",
@@ -304,6 +311,5 @@ def update_fact(
     # refused when it breaks the model on the fact's own prompts (a finite 3e38 overflows inside the model)
     own = list(prompts) if prompts else (fact.prompts() if fact is not None and fact.templates else
                                          [prompt or _default_prompt(lm)])
-    name, value = max((("lambda_old", lambda_old), ("lambda_new", lambda_new)), key=lambda item: abs(item[1]))
-    check_keeps_model(lm, edit, [encode(lm, p, old) for p in own], f"{name}={value:g} (scale {scale})")
+    check_keeps_model(lm, edit, [encode(lm, p, old) for p in own], cause)
     return edit

@@ -95,6 +95,20 @@ def embedded_package_folders() -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def protected_folders() -> list[tuple[Path, str]]:
+    """(folder, what it is) of the places kneuron never writes an edited model or an edit file into: its own model
+    cache, the embedded models' packages and the Hugging Face cache, whose contents later loads read as originals."""
+    roots = [(cache_root().expanduser().resolve(), "kneuron's model cache")]
+    roots += [(folder, "the package of an embedded model") for folder in embedded_package_folders()]
+    try:
+        from huggingface_hub import constants
+
+        roots.append((Path(constants.HF_HUB_CACHE).expanduser().resolve(), "the Hugging Face cache"))
+    except (ImportError, AttributeError):  # pragma: no cover - huggingface_hub comes with transformers
+        pass
+    return roots
+
+
 def cache_root() -> Path:
     """Where kneuron keeps converted models: ``$KNEURON_CACHE``, else ``~/.cache/kneuron``."""
     return Path(os.environ.get("KNEURON_CACHE") or Path.home() / ".cache" / "kneuron").expanduser()
