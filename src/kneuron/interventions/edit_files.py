@@ -24,10 +24,6 @@ from kneuron.models.language_model import LanguageModel
 __all__ = ["EDIT_FOLDER", "edit_target", "model_sources", "model_target"]
 
 
-def _within(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
 def model_sources(lm: LanguageModel) -> list[Path]:
     """The folders ``lm``'s files were loaded from: its name and ``name_or_path`` when they are existing paths
     (a GGUF file's folder for a file)."""
@@ -52,12 +48,12 @@ def model_target(lm: LanguageModel, directory: str | Path, *, overwrite: bool = 
         if resolved == source:
             raise EditError(f"{directory} is the folder {lm.name!r} was loaded from; writing the edited model there "
                             "would replace the original. Give a new folder (--overwrite does not apply here).")
-    from kneuron.models.loading import protected_folders
+    from kneuron.models.loading import protected_folder_of
 
-    for root, what in protected_folders():
-        if _within(resolved, root):
-            raise EditError(f"{directory} is inside {what} ({root}), where later loads would read the edited model "
-                            "as the original. Give a folder elsewhere (--overwrite does not apply here).")
+    if protected := protected_folder_of(resolved):
+        root, what = protected
+        raise EditError(f"{directory} is inside {what} ({root}), where later loads would read the edited model "
+                        "as the original. Give a folder elsewhere (--overwrite does not apply here).")
     if directory.is_dir() and any(directory.iterdir()):
         if not made_by_kneuron(directory):
             raise EditError(f"{directory} exists, is not empty and was not written by kneuron (another model, or your "

@@ -80,14 +80,13 @@ def _is_saved_edit(file: Path) -> bool:
 
 def edit_target(path: str | Path, *, overwrite: bool = False) -> tuple[Path, Path]:
     """The (safetensors, json) files :func:`write` would write for ``path``; EditError when it may not."""
-    from kneuron.models.loading import protected_folders
+    from kneuron.models.loading import protected_folder_of
 
     path = Path(path).expanduser()
-    resolved = path.resolve()
-    for root, what in protected_folders():
-        if resolved == root or root in resolved.parents:
-            raise EditError(f"{path} is inside {what} ({root}); kneuron never writes an edit there (--overwrite "
-                            "does not apply). Give a path elsewhere.")
+    if protected := protected_folder_of(path):
+        root, what = protected
+        raise EditError(f"{path} is inside {what} ({root}); kneuron never writes an edit there (--overwrite "
+                        "does not apply). Give a path elsewhere.")
     if path.suffix == ".safetensors":
         files = (path, path.with_suffix(".json"))
     else:

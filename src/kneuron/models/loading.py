@@ -109,6 +109,15 @@ def protected_folders() -> list[tuple[Path, str]]:
     return roots
 
 
+def protected_folder_of(path: Path) -> tuple[Path, str] | None:
+    """The :func:`protected_folders` entry that holds ``path`` (resolved; the folder itself counts), or None."""
+    resolved = path.expanduser().resolve()
+    for root, what in protected_folders():
+        if resolved == root or root in resolved.parents:
+            return root, what
+    return None
+
+
 def cache_root() -> Path:
     """Where kneuron keeps converted models: ``$KNEURON_CACHE``, else ``~/.cache/kneuron``."""
     return Path(os.environ.get("KNEURON_CACHE") or Path.home() / ".cache" / "kneuron").expanduser()
