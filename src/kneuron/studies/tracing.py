@@ -321,9 +321,9 @@ def fact_traces(rows: Sequence[dict]) -> list[FactTrace]:
     return out
 
 
-def average_effects(traces: Sequence[FactTrace]) -> dict[tuple[str, str], tuple[np.ndarray, int]]:
-    """ROME's average indirect effect: per (kind, group), the mean over facts of the group's per-layer profile, and
-    how many facts it averages (facts of different depths are not averaged together: the deepest count wins)."""
+def averaged_profiles(traces: Sequence[FactTrace]) -> dict[tuple[str, str], list[np.ndarray]]:
+    """Per (kind, group), the per-fact profiles :func:`average_effects` averages: the finite ones of the deepest
+    depth (facts of different depths are not averaged together)."""
     out = {}
     for kind in KINDS:
         for group in GROUPS:
@@ -331,9 +331,14 @@ def average_effects(traces: Sequence[FactTrace]) -> dict[tuple[str, str], tuple[
             profiles = [p for p in profiles if np.isfinite(p).all()]
             if profiles:
                 depth = max(len(p) for p in profiles)
-                same = [p for p in profiles if len(p) == depth]
-                out[(kind, group)] = (np.mean(same, axis=0), len(same))
+                out[(kind, group)] = [p for p in profiles if len(p) == depth]
     return out
+
+
+def average_effects(traces: Sequence[FactTrace]) -> dict[tuple[str, str], tuple[np.ndarray, int]]:
+    """ROME's average indirect effect: per (kind, group), the mean over facts of the group's per-layer profile, and
+    how many facts it averages (facts of different depths are not averaged together: the deepest count wins)."""
+    return {key: (np.mean(same, axis=0), len(same)) for key, same in averaged_profiles(traces).items()}
 
 
 #: the variant of the stored aggregates of the average-effect profiles (:func:`profile_aggregates`)
@@ -352,12 +357,9 @@ def profile_aggregates(rows: Sequence[dict]) -> list[dict]:
     over all facts (no control)."""
     from kneuron.studies.intervals import mean_interval
 
-    traces = fact_traces(rows)
     out = []
-    for (kind, group), (profile, _) in average_effects(traces).items():
-        same = [p for p in (t.profile(kind, group) for t in traces if kind in t.maps)
-                if np.isfinite(p).all() and len(p) == len(profile)]  # the facts average_effects averaged
-        for layer in range(len(profile)):
+    for (kind, group), same in averaged_profiles(fact_traces(rows)).items():
+        for layer in range(len(same[0])):
             interval = mean_interval([float(p[layer]) for p in same])
             out.append({"variant": PROFILE, "relation": "", "metric": profile_metric(kind, group, layer),
                         **interval.__dict__})
